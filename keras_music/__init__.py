@@ -1,0 +1,62 @@
+"""keras_music: learn music from a corpus with a Keras LSTM, generate, evaluate and export it."""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata
+
+__version__ = "0.1.0"
+
+# tensorflow-io 0.37.1's compiled ops link against TensorFlow 2.16/2.17 only.
+SUPPORTED_TENSORFLOW = ("2.16", "2.17")
+TENSORFLOW_IO_VERSION = "0.37.1"
+
+# TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) hides real output;
+# Python-level errors still surface as exceptions.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+class EnvironmentMismatch(ImportError):
+    """The installed TensorFlow / tensorflow-io pair cannot work together."""
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _check_versions() -> None:
+    tf_version = _installed("tensorflow") or _installed("tensorflow-cpu")
+    if tf_version is not None and not tf_version.startswith(SUPPORTED_TENSORFLOW):
+        raise EnvironmentMismatch(
+            f"keras_music needs TensorFlow {' or '.join(SUPPORTED_TENSORFLOW)} (found {tf_version}): "
+            f"tensorflow-io {TENSORFLOW_IO_VERSION}'s compiled ops do not load on other versions. "
+            "Reinstall with: pip install 'tensorflow==2.17.*' 'tensorflow-io==0.37.1'")
+
+
+_check_versions()
+
+_io_checked = False
+
+
+def check_tensorflow_io() -> None:
+    """Load tensorflow-io's compiled ops and filesystems, or say which TensorFlow is needed."""
+    global _io_checked
+    if _io_checked:
+        return
+    import tensorflow as tf
+
+    try:
+        import tensorflow_io  # noqa: F401  (registers s3://, az://, hdfs:// filesystems)
+        from tensorflow_io.python.ops import core_ops
+
+        core_ops._load()
+    except (ImportError, NotImplementedError, OSError) as error:
+        raise EnvironmentMismatch(
+            f"tensorflow-io's ops failed to load with TensorFlow {tf.__version__}: {error}. "
+            f"keras_music needs TensorFlow {' or '.join(SUPPORTED_TENSORFLOW)} with "
+            f"tensorflow-io {TENSORFLOW_IO_VERSION}: pip install 'tensorflow==2.17.*' "
+            f"'tensorflow-io=={TENSORFLOW_IO_VERSION}'") from None
+    _io_checked = True

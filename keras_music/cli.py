@@ -1,0 +1,117 @@
+"""Shared command-line plumbing: clear errors instead of tracebacks, clean exits after remote I/O."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+
+# Errors a user can fix (bad input, config, data): printed as one line, no traceback.
+USAGE_EXIT = 2
+DATA_EXIT = 1
+
+
+def _user_error_types():
+    from keras_music import config, corpus, vocabulary
+
+    types = [config.ConfigError, corpus.CorpusError, vocabulary.VocabularyError, FileNotFoundError]
+    try:
+        from keras_music import prepare
+
+        types.append(prepare.PrepareError)
+    except ImportError:
+        pass
+    try:
+        from keras_music import run as run_lib
+
+        types.append(run_lib.RunError)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+@contextlib.contextmanager
+def user_errors(parser: argparse.ArgumentParser):
+    """Turn a user-fixable error into `prog: error: message` and exit status 2 (config/usage) or 1."""
+    from keras_music import config
+
+    try:
+        yield
+    except config.ConfigError as error:
+        parser.error(str(error))
+    except _user_error_types() as error:
+        message = str(error)
+        if isinstance(error, FileNotFoundError) and error.filename:
+            message = f"{error.filename}: no such file or directory"
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        finish(DATA_EXIT)
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; rerun the same command to continue", file=sys.stderr)
+        finish(130)
+
+
+def finish(status: int = 0):
+    """Exit; after remote filesystem use, skip interpreter teardown.
+
+    tensorflow-io's S3 client aborts the process during interpreter shutdown ("pure
+    virtual method called", exit 134) even after a successful run. Every result is
+    already written and closed when a command reaches here, so flushing and leaving
+    with os._exit keeps the true exit status.
+    """
+    from keras_music import storage
+
+    if storage.touched_remote():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"temperature must be >= 0 (0 means greedy), got {text}")
+    return value
+
+
+def top_p(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"top-p must be in (0, 1], got {text}")
+    return value
+
+
+def existing_run_dir(text: str) -> str:
+    from keras_music import storage
+
+    if not storage.isdir(text):
+        raise argparse.ArgumentTypeError(f"run directory {text} does not exist (train one with "
+                                         "python -m keras_music.train, or use runs/latest)")
+    return text

@@ -1,0 +1,390 @@
+"""Resolve sources, parse them with music21 in parallel (cached, with timeouts), report every skip."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import queue
+import sys
+import time
+from fractions import Fraction
+
+from keras_music import events, storage
+
+SCORE_EXTENSIONS = (".mid", ".midi", ".xml", ".mxl", ".musicxml", ".abc", ".krn")
+# Bump when parsing or note extraction changes, so stale cache entries are never reused.
+PARSE_VERSION = 3
+GLOB_CHARACTERS = set("*?[")
+
+
+class CorpusError(ValueError):
+    """The sources cannot yield a usable corpus; the message says which and why."""
+
+
+@dataclasses.dataclass
+class SourceFile:
+    name: str  # what the manifest shows: a path, URI, or corpus:<name>/<file>
+    path: str  # where to read the bytes
+    skip: str | None = None  # already known reason to skip (e.g. unsupported type)
+
+
+@dataclasses.dataclass
+class ParseSettings:
+    normalize_key: bool = True
+    min_events: int = 8
+    max_duration: float = 8.0
+    timeout: float = 120.0
+
+    def cache_key(self) -> str:
+        # min_events is applied after the cache, so it is not part of the key.
+        text = json.dumps({"v": PARSE_VERSION, "normalize_key": self.normalize_key}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- sources
+
+def resolve_sources(sources) -> tuple[list[SourceFile], list[SourceFile]]:
+    """Expand sources into files; returns (candidates, already-skipped).
+
+    Accepted: directories (recursive), files, globs (local or remote), remote URIs, and
+    music21 corpus names such as `bach` (the chorales that ship with music21).
+    """
+    files: list[SourceFile] = []
+    for source in sources:
+        source = str(source)
+        found: list[SourceFile] = []
+        if storage.is_remote(source):
+            if GLOB_CHARACTERS & set(source):
+                found = [SourceFile(p, p) for p in storage.glob(source)]
+            elif storage.isdir(source):
+                found = [SourceFile(p, p) for p in storage.walk_files(source)]
+            elif storage.exists(source):
+                found = [SourceFile(source, source)]
+        elif os.path.isdir(source):
+            walk_errors: list = []
+            found = [SourceFile(p, p) for p in storage.walk_files(source, walk_errors)]
+            found += [SourceFile(p, p, skip=reason) for p, reason in walk_errors]
+        elif os.path.isfile(source):
+            found = [SourceFile(source, source)]
+        elif GLOB_CHARACTERS & set(source):
+            found = [SourceFile(p, p) for p in storage.glob(source) if os.path.isfile(p)]
+        else:
+            found = _corpus_files(source)
+            if found is None:
+                raise CorpusError(
+                    f"source {source!r} is not an existing file, directory, glob match, URI or "
+                    "music21 corpus name (e.g. bach)")
+        if not found:
+            raise CorpusError(f"source {source!r} matched no files")
+        files.extend(found)
+    seen = set()
+    candidates, skipped = [], []
+    for f in files:
+        if f.name in seen:
+            continue
+        seen.add(f.name)
+        if f.skip is None and not f.name.lower().endswith(SCORE_EXTENSIONS):
+            f.skip = f"unsupported file type (expected one of {', '.join(SCORE_EXTENSIONS)})"
+        (skipped if f.skip else candidates).append(f)
+    return candidates, skipped
+
+
+def _corpus_files(name: str) -> list[SourceFile] | None:
+    from music21 import corpus
+
+    paths = list(corpus.getComposer(name)) if "/" not in name else []
+    if not paths:
+        try:
+            work = corpus.getWork(name)
+        except Exception:  # music21 raises CorpusException for unknown names
+            return None
+        paths = work if isinstance(work, list) else [work]
+    if not paths:
+        return None
+    root = os.path.commonpath([os.path.dirname(str(p)) for p in paths])
+    return [SourceFile(f"corpus:{name}/{os.path.relpath(str(p), root)}", str(p)) for p in sorted(paths, key=str)]
+
+
+# ----------------------------------------------------------------------------- parsing one file
+
+def parse_bytes(name: str, data: bytes, settings: ParseSettings) -> dict:
+    """Parse one file's bytes into notes; never raises: failures come back as a skip reason."""
+    if not data:
+        return {"status": "skipped", "reason": "empty file"}
+    import tempfile
+    import warnings
+
+    extension = os.path.splitext(name)[1].lower()
+    with tempfile.TemporaryDirectory(prefix="keras_music-parse-") as tmp:
+        path = os.path.join(tmp, "score" + extension)
+        with open(path, "wb") as handle:
+            handle.write(data)
+        try:
+            from music21 import converter
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                score = converter.parse(path, forceSource=True)
+        except Exception as error:  # music21 raises many error types; all mean "unparseable"
+            text = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+            return {"status": "skipped", "reason": f"parse error: {type(error).__name__}: {text}"}
+    try:
+        notes = events.score_notes(score)
+        if not notes:
+            return {"status": "skipped", "reason": "no notes (no pitched notes with a duration)"}
+        shift, key_name = 0, ""
+        if settings.normalize_key:
+            try:
+                shift, key_name = events.key_shift(score)
+            except Exception:  # key analysis can fail on degenerate scores; keep the piece as is
+                shift, key_name = 0, "unknown"
+        notes = [(a, b, p + shift) for a, b, p in notes if 0 <= p + shift <= 127]
+        time_signature = events.score_time_signature(score)
+    except Exception as error:  # a score music21 accepted but whose content is malformed
+        return {"status": "skipped", "reason": f"parse error: {type(error).__name__}: {str(error)[:300]}"}
+    return {
+        "status": "parsed",
+        "notes": [[int(a * events.GRID), int(b * events.GRID), int(p)] for a, b, p in notes],
+        "time_signature": list(time_signature),
+        "key": key_name,
+        "shift": shift,
+    }
+
+
+def notes_from_record(record: dict) -> list[tuple[Fraction, Fraction, int]]:
+    return [(Fraction(a, events.GRID), Fraction(b, events.GRID), p) for a, b, p in record["notes"]]
+
+
+def _worker(tasks, results, settings):
+    # Runs in a child process: parse until told to stop (None).
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        index, name, data = task
+        results.put(("start", index, os.getpid()))
+        results.put(("done", index, parse_bytes(name, data, settings)))
+
+
+def _parse_parallel(jobs, settings: ParseSettings, workers: int, progress) -> dict[int, dict]:
+    """Parse (index, name, data) jobs in worker processes; a hung file is killed after the timeout."""
+    context = multiprocessing.get_context("spawn")
+    tasks, results = context.Queue(), context.Queue()
+    for job in jobs:
+        tasks.put(job)
+    processes: dict[int, multiprocessing.Process] = {}
+
+    def start():
+        process = context.Process(target=_worker, args=(tasks, results, settings), daemon=True)
+        process.start()
+        processes[process.pid] = process
+
+    for _ in range(min(workers, len(jobs))):
+        start()
+    running: dict[int, tuple[int, float]] = {}  # pid -> (index, start time)
+    idle_deaths = 0
+    out: dict[int, dict] = {}
+    try:
+        while len(out) < len(jobs):
+            try:
+                kind, index, payload = results.get(timeout=0.5)
+                if kind == "start":
+                    running[payload] = (index, time.monotonic())
+                else:
+                    out[index] = payload
+                    for pid, (i, _) in list(running.items()):
+                        if i == index:
+                            del running[pid]
+                    progress(1)
+                continue
+            except queue.Empty:
+                pass
+            now = time.monotonic()
+            for pid, (index, started) in list(running.items()):
+                if now - started > settings.timeout and index not in out:
+                    processes[pid].kill()
+                    processes[pid].join()
+                    del processes[pid], running[pid]
+                    out[index] = {"status": "skipped",
+                                  "reason": f"timed out: parsing took longer than {settings.timeout:g} s"}
+                    progress(1)
+                    start()
+            for pid, process in list(processes.items()):
+                if process.is_alive():
+                    continue
+                del processes[pid]
+                if pid in running:
+                    index, _ = running.pop(pid)
+                    if index not in out:
+                        out[index] = {"status": "skipped",
+                                      "reason": f"parse crashed the worker (exit code {process.exitcode})"}
+                        progress(1)
+                else:
+                    idle_deaths += 1
+                if idle_deaths <= 2 * workers:
+                    start()
+            if not processes:
+                # Workers that die before taking any file (e.g. the parent cannot be
+                # re-imported by `spawn`): parse the rest here instead of losing it.
+                for index, name, data in jobs:
+                    if index not in out:
+                        out[index] = parse_bytes(name, data, settings)
+                        progress(1)
+    finally:
+        for _ in processes:
+            tasks.put(None)
+        for process in processes.values():
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+    return out
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("KERAS_MUSIC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "keras_music")
+
+
+class ParseCache:
+    """Parsed notes on local disk, keyed by the file's content hash and the parse settings."""
+
+    def __init__(self, directory: str | None, settings: ParseSettings):
+        self.directory = directory
+        self.suffix = settings.cache_key()
+
+    def _path(self, digest: str) -> str:
+        return os.path.join(self.directory, "parsed", digest[:2], f"{digest}-{self.suffix}.json")
+
+    def get(self, digest: str) -> dict | None:
+        if not self.directory:
+            return None
+        try:
+            with open(self._path(digest), encoding="utf-8") as handle:
+                record = json.load(handle)
+            return record if isinstance(record, dict) and "status" in record else None
+        except (OSError, ValueError):
+            return None
+
+    def put(self, digest: str, record: dict) -> None:
+        # Timeouts and crashes may be transient, so they are not cached.
+        if not self.directory or record.get("reason", "").startswith(("timed out", "parse crashed", "not parsed")):
+            return
+        try:
+            storage.write_text(self._path(digest), json.dumps(record, separators=(",", ":")))
+        except OSError:
+            pass  # an unwritable cache only costs speed
+
+
+def parse_sources(sources, settings: ParseSettings, workers: int = 0, cache_dir: str | None = "",
+                  show_progress: bool = True) -> list[dict]:
+    """Parse every source file; returns one manifest entry per file (used or skipped), in order.
+
+    Used entries carry `notes`, `time_signature`, `key`, `sha256`. A file that cannot be
+    read or parsed is an entry with a reason, never an exception.
+    """
+    from tqdm.auto import tqdm
+
+    candidates, skipped = resolve_sources(sources)
+    cache = ParseCache(default_cache_dir() if cache_dir == "" else cache_dir, settings)
+    entries: list[dict] = [{"file": f.name, "status": "skipped", "reason": f.skip} for f in skipped]
+    jobs = []
+    pending: dict[int, dict] = {}
+    for f in candidates:
+        entry = {"file": f.name}
+        entries.append(entry)
+        try:
+            data = storage.read_bytes(f.path)
+        except (OSError, Exception) as error:  # tf.errors.* from remote filesystems too
+            entry.update(status="skipped", reason=f"unreadable: {getattr(error, 'strerror', None) or error}")
+            continue
+        digest = hashlib.sha256(data + os.path.splitext(f.name)[1].lower().encode()).hexdigest()
+        entry["sha256"] = digest
+        cached = cache.get(digest)
+        if cached is not None:
+            entry.update(cached)
+            continue
+        index = len(jobs)
+        jobs.append((index, f.name, data))
+        pending[index] = entry
+    workers = workers or os.cpu_count() or 1
+    bar = tqdm(total=len(jobs), desc="parsing", unit="file", disable=not show_progress or not jobs,
+               file=sys.stderr)
+    try:
+        if jobs and workers == 1 and settings.timeout <= 0:
+            results = {}
+            for index, name, data in jobs:
+                results[index] = parse_bytes(name, data, settings)
+                bar.update(1)
+        elif jobs:
+            results = _parse_parallel(jobs, settings, workers, bar.update)
+        else:
+            results = {}
+    finally:
+        bar.close()
+    for index, record in results.items():
+        entry = pending[index]
+        cache.put(entry["sha256"], record)
+        entry.update(record)
+    return [_finish(entry, settings) for entry in entries]
+
+
+def _finish(entry: dict, settings: ParseSettings) -> dict:
+    if entry.get("status") == "parsed":
+        sonorities = events.notes_to_sonorities(notes_from_record(entry), Fraction(settings.max_duration))
+        if len(sonorities) < settings.min_events:
+            entry.update(status="skipped", reason=f"too short: {len(sonorities)} events < {settings.min_events}")
+            entry.pop("notes", None)
+        else:
+            entry["status"] = "used"
+            entry["events"] = len(sonorities)
+    return entry
+
+
+def mark_duplicates(entries: list[dict]) -> None:
+    """Skip files whose content repeats an earlier used file, so no piece is in both splits."""
+    first: dict[str, str] = {}
+    for entry in entries:
+        if entry.get("status") != "used":
+            continue
+        digest = entry["sha256"]
+        if digest in first:
+            entry.update(status="skipped", reason=f"duplicate of {first[digest]}")
+            entry.pop("notes", None)
+        else:
+            first[digest] = entry["file"]
+
+
+def split_by_piece(entries: list[dict], val_fraction: float, seed: int) -> None:
+    """Assign `split` (train/validation) by piece, from content hashes, not order or paths."""
+    used = [e for e in entries if e.get("status") == "used"]
+    ranked = sorted(used, key=lambda e: hashlib.sha256(f"{seed}:{e['sha256']}".encode()).hexdigest())
+    count = max(1, round(len(used) * val_fraction)) if len(used) > 1 else 0
+    for position, entry in enumerate(ranked):
+        entry["split"] = "validation" if position < count else "train"
+
+
+def summarize(entries: list[dict]) -> dict:
+    reasons: dict[str, int] = {}
+    for entry in entries:
+        if entry.get("status") != "used":
+            reason = entry.get("reason", "unknown").split(":")[0]
+            reasons[reason] = reasons.get(reason, 0) + 1
+    used = [e for e in entries if e.get("status") == "used"]
+    return {
+        "files": len(entries),
+        "used": len(used),
+        "skipped": len(entries) - len(used),
+        "skip_reasons": reasons,
+        "train_pieces": sum(1 for e in used if e.get("split") == "train"),
+        "validation_pieces": sum(1 for e in used if e.get("split") == "validation"),
+        "events": sum(e.get("events", 0) for e in used),
+    }
+
+
+def manifest_json(entries: list[dict], extra: dict | None = None) -> dict:
+    """The manifest as written to disk: every file, without the bulky notes."""
+    files = [{k: v for k, v in e.items() if k != "notes"} for e in entries]
+    return {"format": "keras_music.corpus_manifest", "version": 1, "summary": summarize(entries),
+            **(extra or {}), "files": files}

@@ -1,0 +1,132 @@
+"""Encoded pieces as TFRecord shards, read back by tf.data as (x, y) windows shifted by one."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from keras_music import storage
+
+PIECES_PER_SHARD = 256
+
+
+def _example(ids, name: str) -> bytes:
+    feature = {
+        "ids": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(i) for i in ids])),
+        "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode("utf-8")])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def write_shards(directory: str, split: str, pieces, pieces_per_shard: int = PIECES_PER_SHARD) -> list[str]:
+    """Write (name, ids) pieces as `split-XXXXX-of-YYYYY.tfrecord` files; returns the file names.
+
+    Each shard is written under a temporary name and renamed, so a killed run never
+    leaves a truncated shard that looks complete.
+    """
+    pieces = list(pieces)
+    count = max(1, math.ceil(len(pieces) / pieces_per_shard))
+    storage.makedirs(directory)
+    names = []
+    for shard in range(count):
+        name = f"{split}-{shard:05d}-of-{count:05d}.tfrecord"
+        final = storage.join(directory, name)
+        temporary = storage.join(directory, f".{name}.tmp")
+        with tf.io.TFRecordWriter(temporary) as writer:
+            for piece_name, ids in pieces[shard * pieces_per_shard:(shard + 1) * pieces_per_shard]:
+                writer.write(_example(ids, piece_name))
+        tf.io.gfile.rename(temporary, final, overwrite=True)
+        names.append(name)
+    return names
+
+
+def shard_files(directory: str, split: str) -> list[str]:
+    files = sorted(f for f in storage.listdir(directory) if f.startswith(split + "-") and f.endswith(".tfrecord"))
+    return [storage.join(directory, f) for f in files]
+
+
+def _parse(record):
+    parsed = tf.io.parse_single_example(record, {
+        "ids": tf.io.VarLenFeature(tf.int64),
+        "name": tf.io.FixedLenFeature([], tf.string),
+    })
+    return tf.cast(tf.sparse.to_dense(parsed["ids"]), tf.int32)
+
+
+def read_pieces(files) -> list[np.ndarray]:
+    """All pieces of some shards as numpy arrays (for evaluation; training streams instead)."""
+    if not files:
+        return []
+    return [ids.numpy() for ids in tf.data.TFRecordDataset(files).map(_parse)]
+
+
+def count_windows(piece_lengths, seq_length: int, stride: int) -> int:
+    """Windows of seq_length + 1 that the stream of boundary-prefixed pieces yields."""
+    total = sum(int(n) + 1 for n in piece_lengths)
+    if total < seq_length + 1:
+        return 0
+    return (total - (seq_length + 1)) // stride + 1
+
+
+def _windows(pieces: tf.data.Dataset, seq_length: int, stride: int, boundary_id: int) -> tf.data.Dataset:
+    # Pieces are joined into one stream, each after a boundary token, so the model
+    # learns how pieces begin and that the boundary ends them.
+    tokens = pieces.flat_map(lambda ids: tf.data.Dataset.from_tensor_slices(
+        tf.concat([[boundary_id], ids], axis=0)))
+    windows = tokens.window(seq_length + 1, shift=stride, drop_remainder=True)
+    windows = windows.flat_map(lambda w: w.batch(seq_length + 1, drop_remainder=True))
+    return windows.map(lambda w: (w[:-1], w[1:]), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _transposer(table: np.ndarray, valid: np.ndarray):
+    table = tf.constant(table, tf.int32)
+    valid = tf.constant(valid, tf.bool)
+
+    def transpose(ids, draw):
+        # Only shifts that keep every token of this piece in the vocabulary are allowed.
+        allowed = tf.reduce_all(tf.gather(valid, ids), axis=0)
+        columns = tf.cast(tf.where(allowed)[:, 0], tf.int32)
+        column = tf.gather(columns, tf.cast(draw % tf.cast(tf.size(columns), tf.int64), tf.int32))
+        return tf.gather(table[:, column], ids)
+
+    return transpose
+
+
+def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: int, seed: int,
+                     first_epoch: int = 0, epochs: int = 1, stride: int | None = None,
+                     shuffle_buffer: int = 2048, transposition=None, boundary_id: int = 2) -> tf.data.Dataset:
+    """Exactly `steps_per_epoch` batches per epoch, for epochs first_epoch..epochs-1.
+
+    Each epoch's shuffles and transpositions are seeded by (seed, epoch), so a resumed
+    run sees the same batches as an uninterrupted one.
+    """
+    stride = stride or seq_length
+    transpose = _transposer(*transposition) if transposition is not None else None
+    piece_count = sum(1 for _ in tf.data.TFRecordDataset(files)) if files else 0
+
+    def one_epoch(epoch: int):
+        epoch_seed = seed * 100003 + epoch
+        pieces = tf.data.TFRecordDataset(files).map(_parse)
+        pieces = pieces.shuffle(max(1, piece_count), seed=epoch_seed, reshuffle_each_iteration=False)
+        if transpose is not None:
+            draws = tf.data.Dataset.random(seed=epoch_seed + 7)
+            pieces = tf.data.Dataset.zip((pieces, draws)).map(transpose)
+        windows = _windows(pieces, seq_length, stride, boundary_id)
+        windows = windows.shuffle(shuffle_buffer, seed=epoch_seed + 13, reshuffle_each_iteration=False)
+        return windows.batch(batch_size, drop_remainder=True).take(steps_per_epoch)
+
+    # Python-level seeds per epoch (tf.data shuffles take no tensor seeds); epochs are few.
+    dataset = one_epoch(first_epoch)
+    for epoch in range(first_epoch + 1, epochs):
+        dataset = dataset.concatenate(one_epoch(epoch))
+    options = tf.data.Options()
+    options.deterministic = True
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def evaluation_dataset(files, seq_length: int, batch_size: int, boundary_id: int = 2) -> tf.data.Dataset:
+    """Non-overlapping windows of the held-out pieces in file order: no shuffle, no augmentation."""
+    pieces = tf.data.TFRecordDataset(files).map(_parse)
+    return _windows(pieces, seq_length, seq_length, boundary_id).batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,392 @@
+"""Scores <-> notes <-> sonorities <-> tokens, for the `note` and `classic` representations."""
+
+from __future__ import annotations
+
+import dataclasses
+from fractions import Fraction
+
+import numpy as np
+
+# Onsets and durations are quantized to twelfths of a quarter note: that grid holds
+# sixteenths (3/12), eighth and sixteenth triplets (4/12, 2/12) exactly.
+GRID = 12
+
+PAD, UNK, BOUNDARY = "<pad>", "<unk>", "<piece>"
+SPECIAL_TOKENS = (PAD, UNK, BOUNDARY)
+REST = "rest"
+PITCH_NAMES = ("C", "C#", "D", "E-", "E", "F", "F#", "G", "G#", "A", "B-", "B")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sonority:
+    """What sounds between two consecutive onsets/offsets: ascending pitches (empty = rest)."""
+
+    pitches: tuple[int, ...]
+    held: tuple[bool, ...]  # True where the pitch continues from the previous sonority
+    duration: Fraction
+
+
+class DecodeReport:
+    """Counts the repairs made while decoding a possibly ill-formed (generated) token list."""
+
+    def __init__(self):
+        self.repairs: dict[str, int] = {}
+
+    def add(self, what: str) -> None:
+        self.repairs[what] = self.repairs.get(what, 0) + 1
+
+
+def quantize(value) -> Fraction:
+    return Fraction(round(float(value) * GRID), GRID)
+
+
+def format_duration(duration: Fraction) -> str:
+    duration = Fraction(duration)
+    return str(duration.numerator) if duration.denominator == 1 else f"{duration.numerator}/{duration.denominator}"
+
+
+def pitch_name(midi: int) -> str:
+    return f"{PITCH_NAMES[midi % 12]}{midi // 12 - 1}"
+
+
+def parse_pitch_name(name: str) -> int:
+    for pitch_class in sorted(range(12), key=lambda pc: -len(PITCH_NAMES[pc])):
+        prefix = PITCH_NAMES[pitch_class]
+        if name.startswith(prefix):
+            octave = name[len(prefix):]
+            if octave.lstrip("-").isdigit():
+                return pitch_class + 12 * (int(octave) + 1)
+    raise ValueError(f"not a pitch name: {name!r} (expected e.g. C4, F#3, B-2)")
+
+
+# ----------------------------------------------------------------------------- scores -> notes
+
+def score_notes(score) -> list[tuple[Fraction, Fraction, int]]:
+    """(onset, end, MIDI pitch) of every pitched note in a music21 score, ties merged.
+
+    Ties are merged here rather than with music21's stripTies, which mishandles chords
+    whose pitches are only partly tied; zero-length (grace) notes and unpitched
+    (percussion) notes are dropped because they carry no duration or pitch to learn.
+    """
+    elements = []
+    for element in score.flatten().notes:
+        onset = quantize(element.offset)
+        duration = quantize(element.quarterLength)
+        if duration <= 0:
+            continue
+        if element.isChord:
+            members = [(n, n.tie or element.tie) for n in element.notes]
+        else:
+            members = [(element, element.tie)]
+        for note, tie in members:
+            pitch = getattr(note, "pitch", None)
+            if pitch is None:
+                continue
+            midi = int(round(pitch.ps))
+            if not 0 <= midi <= 127:
+                continue
+            elements.append((onset, duration, midi, tie.type if tie is not None else None))
+    elements.sort(key=lambda e: (e[0], e[2]))
+    notes: list[list] = []
+    open_by_pitch: dict[int, list] = {}
+    for onset, duration, midi, tie_type in elements:
+        current = open_by_pitch.get(midi)
+        if tie_type in ("stop", "continue") and current is not None and current[1] == onset:
+            current[1] = onset + duration
+            continue
+        note = [onset, onset + duration, midi]
+        notes.append(note)
+        open_by_pitch[midi] = note
+    return sorted((n[0], n[1], n[2]) for n in notes)
+
+
+def score_time_signature(score) -> tuple[int, int]:
+    signatures = score.flatten().getElementsByClass("TimeSignature")
+    if signatures:
+        return int(signatures[0].numerator), int(signatures[0].denominator)
+    return 4, 4
+
+
+def key_shift(score) -> tuple[int, str]:
+    """Semitones that move the piece's estimated key to C major / A minor (in -6..5)."""
+    key = score.analyze("key")
+    target = 0 if key.mode == "major" else 9
+    shift = (target - key.tonic.pitchClass) % 12
+    if shift > 5:
+        shift -= 12
+    return shift, f"{key.tonic.name} {key.mode}"
+
+
+# ----------------------------------------------------------------------------- notes <-> sonorities
+
+def _ticks(value) -> int:
+    return round(value * GRID) if isinstance(value, (Fraction, int)) else round(float(value) * GRID)
+
+
+def canonical_notes(notes) -> list[tuple[int, int, int]]:
+    """(onset, end, pitch) in grid ticks, one note per pitch at a time.
+
+    A re-attack of a sounding pitch ends the older note and the new note lasts as long
+    as either did. Sonorities can only say "this pitch sounds" once, so overlapping
+    unisons (two voices on one pitch) are folded the same way on every encode, which
+    makes decode -> encode exact.
+    """
+    by_pitch: dict[int, list] = {}
+    for a, b, p in notes:
+        a, b = _ticks(a), _ticks(b)
+        if b > a:
+            by_pitch.setdefault(int(p), []).append([a, b])
+    out = []
+    for pitch, spans in by_pitch.items():
+        spans.sort()
+        merged: list[list] = []
+        for onset, end in spans:
+            if merged and onset < merged[-1][1]:
+                end = max(end, merged[-1][1])
+                if onset == merged[-1][0]:
+                    merged[-1][1] = end
+                    continue
+                merged[-1][1] = onset
+            merged.append([onset, end])
+        out.extend((a, b, pitch) for a, b in merged)
+    out.sort()
+    return out
+
+
+def notes_to_sonorities(notes, max_duration=Fraction(8)) -> list[Sonority]:
+    """Cut the piece at every onset and offset; each span becomes one sonority.
+
+    `notes` are (onset, end, pitch) in quarter notes. A pitch is `held` when the same
+    note sounded in the span before. Spans longer than `max_duration` are split into
+    held continuations (rests into several rests) so the duration vocabulary stays small.
+    """
+    limit = _ticks(Fraction(max_duration))
+    notes = canonical_notes(notes)
+    if not notes:
+        return []
+    times = sorted({t for n in notes for t in (n[0], n[1])})
+    by_onset: dict[int, list] = {}
+    for note in notes:
+        by_onset.setdefault(note[0], []).append(note)
+    sounding: dict[int, int] = {}  # pitch -> end tick of the note sounding it
+    out: list[Sonority] = []
+    durations: dict[int, Fraction] = {}
+    for begin, end in zip(times, times[1:]):
+        previous = sounding
+        sounding = {p: e for p, e in previous.items() if e > begin}
+        attacked = set()
+        for _, note_end, pitch in by_onset.get(begin, ()):
+            attacked.add(pitch)
+            sounding[pitch] = note_end
+        pitches = tuple(sorted(sounding))
+        held_flags = tuple(p not in attacked for p in pitches)
+        remaining = end - begin
+        first = True
+        while remaining > 0:
+            piece = min(remaining, limit)
+            if piece not in durations:
+                durations[piece] = Fraction(piece, GRID)
+            flags = held_flags if first else (True,) * len(pitches)
+            out.append(Sonority(pitches, flags, durations[piece]))
+            remaining -= piece
+            first = False
+    return out
+
+
+def sonorities_to_notes(sonorities) -> np.ndarray:
+    """Notes as a float array (n, 3): onset, duration (quarter notes), MIDI pitch."""
+    notes: list[list] = []
+    open_notes: dict[int, list] = {}
+    time = Fraction(0)
+    for sonority in sonorities:
+        still_open = {}
+        for pitch, held in zip(sonority.pitches, sonority.held):
+            if held and pitch in open_notes:
+                note = open_notes[pitch]
+                note[1] += sonority.duration
+            else:
+                note = [time, sonority.duration, pitch]
+                notes.append(note)
+            still_open[pitch] = note
+        open_notes = still_open
+        time += sonority.duration
+    if not notes:
+        return np.zeros((0, 3), dtype=np.float64)
+    return np.array([[float(a), float(d), p] for a, d, p in sorted(notes, key=lambda n: (n[0], n[2]))],
+                    dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------- sonorities <-> tokens
+
+def sonorities_to_tokens(sonorities, representation: str = "note") -> list[str]:
+    if representation == "note":
+        tokens: list[str] = []
+        for sonority in sonorities:
+            if sonority.pitches:
+                tokens.extend(("hold:" if held else "pitch:") + str(p)
+                              for p, held in zip(sonority.pitches, sonority.held))
+            else:
+                tokens.append(REST)
+            tokens.append("dur:" + format_duration(sonority.duration))
+        return tokens
+    if representation == "classic":
+        # The tutorial's encoding: one token per attack, a note name or the chord's
+        # pitch classes; rests and durations are dropped.
+        tokens = []
+        for sonority in sonorities:
+            attacked = [p for p, held in zip(sonority.pitches, sonority.held) if not held]
+            if not attacked:
+                continue
+            if len(attacked) == 1:
+                tokens.append(pitch_name(attacked[0]))
+            else:
+                tokens.append(".".join(str(pc) for pc in sorted({p % 12 for p in attacked})))
+        return tokens
+    raise ValueError(f"unknown representation {representation!r} (expected note or classic)")
+
+
+def tokens_to_sonorities(tokens, representation: str = "note", classic_step=Fraction(1, 2),
+                         report: DecodeReport | None = None) -> list[Sonority]:
+    """Inverse of sonorities_to_tokens; tolerant of ill-formed generated sequences.
+
+    Special tokens are skipped; a `hold:` whose pitch was not sounding becomes an
+    attack; pitches without a following duration are dropped. Each repair is counted
+    in `report`.
+    """
+    report = report or DecodeReport()
+    out: list[Sonority] = []
+    if representation == "classic":
+        step = Fraction(classic_step).limit_denominator(GRID)
+        for token in tokens:
+            if token in SPECIAL_TOKENS:
+                continue
+            try:
+                if "." in token or token.isdigit():
+                    pitches = tuple(sorted({60 + int(pc) for pc in token.split(".")}))
+                else:
+                    pitches = (parse_pitch_name(token),)
+            except ValueError:
+                report.add("unparseable token")
+                continue
+            out.append(Sonority(pitches, tuple(False for _ in pitches), step))
+        return out
+    if representation != "note":
+        raise ValueError(f"unknown representation {representation!r} (expected note or classic)")
+    pending: dict[int, bool] = {}
+    rest = False
+    previous: set[int] = set()
+    for token in tokens:
+        if token in SPECIAL_TOKENS:
+            continue
+        kind, _, value = token.partition(":")
+        if token == REST:
+            rest = True
+        elif kind in ("pitch", "hold") and value.lstrip("-").isdigit():
+            pitch = int(value)
+            held = kind == "hold"
+            if held and pitch not in previous:
+                report.add("hold of a pitch that was not sounding")
+                held = False
+            pending[pitch] = pending.get(pitch, True) and held
+        elif kind == "dur":
+            try:
+                duration = Fraction(value)
+            except (ValueError, ZeroDivisionError):
+                report.add("unparseable token")
+                continue
+            if duration <= 0:
+                report.add("non-positive duration")
+                continue
+            if rest and pending:
+                report.add("rest together with pitches")
+            pitches = tuple(sorted(pending))
+            out.append(Sonority(pitches, tuple(pending[p] for p in pitches), duration))
+            previous = set(pitches)
+            pending, rest = {}, False
+        else:
+            report.add("unparseable token")
+    if pending or rest:
+        report.add("pitches without a duration at the end")
+    return out
+
+
+def transpose_token(token: str, shift: int, representation: str = "note") -> str | None:
+    """The token moved by `shift` semitones, or None if it leaves the MIDI range."""
+    if token in SPECIAL_TOKENS or shift == 0:
+        return token
+    if representation == "note":
+        kind, _, value = token.partition(":")
+        if kind in ("pitch", "hold"):
+            pitch = int(value) + shift
+            return f"{kind}:{pitch}" if 0 <= pitch <= 127 else None
+        return token
+    if "." in token or token.isdigit():
+        return ".".join(str(pc) for pc in sorted({(int(pc) + shift) % 12 for pc in token.split(".")}))
+    try:
+        pitch = parse_pitch_name(token) + shift
+    except ValueError:
+        return token
+    return pitch_name(pitch) if 0 <= pitch <= 127 else None
+
+
+def count_events(tokens, representation: str = "note") -> int:
+    """Musical events (sonorities) in a token list: duration tokens, or all tokens for classic."""
+    if representation == "note":
+        return sum(1 for t in tokens if t.startswith("dur:"))
+    return sum(1 for t in tokens if t not in SPECIAL_TOKENS)
+
+
+def event_keys(sonorities) -> list[tuple]:
+    """Hashable per-event keys for event-level metrics (distinct ratio, repetition)."""
+    return [(s.pitches, s.held, s.duration) for s in sonorities]
+
+
+# ----------------------------------------------------------------------------- sonorities -> music21
+
+def sonorities_to_stream(sonorities, tempo: float = 90.0, instrument: str = "Piano",
+                         time_signature: tuple[int, int] | None = (4, 4), title: str | None = None):
+    """A single-part music21 score: chords/notes/rests with ties for held pitches."""
+    from music21 import chord, instrument as m21instrument, meter, metadata, note, stream, tempo as m21tempo, tie
+
+    part = stream.Part()
+    try:
+        part.insert(0, m21instrument.fromString(instrument))
+    except Exception:  # music21 raises its own error type for unknown names
+        part.insert(0, m21instrument.Piano())
+    part.insert(0, m21tempo.MetronomeMark(number=tempo))
+    if time_signature:
+        part.insert(0, meter.TimeSignature(f"{time_signature[0]}/{time_signature[1]}"))
+    offset = Fraction(0)
+    for index, sonority in enumerate(sonorities):
+        following = sonorities[index + 1] if index + 1 < len(sonorities) else None
+        continues = set()
+        if following is not None:
+            continues = {p for p, h in zip(following.pitches, following.held) if h}
+        if not sonority.pitches:
+            element = note.Rest(quarterLength=sonority.duration)
+        else:
+            members = []
+            for pitch, held in zip(sonority.pitches, sonority.held):
+                member = note.Note(pitch, quarterLength=sonority.duration)
+                goes_on = pitch in continues
+                if held and goes_on:
+                    member.tie = tie.Tie("continue")
+                elif held:
+                    member.tie = tie.Tie("stop")
+                elif goes_on:
+                    member.tie = tie.Tie("start")
+                members.append(member)
+            element = members[0] if len(members) == 1 else chord.Chord(members, quarterLength=sonority.duration)
+        part.insert(offset, element)
+        offset += sonority.duration
+    score = stream.Score()
+    if title:
+        score.insert(0, metadata.Metadata(title=title))
+    score.insert(0, part)
+    return score
+
+
+def stream_to_tokens(score, representation: str = "note", max_duration=Fraction(8),
+                     shift: int = 0) -> list[str]:
+    notes = [(a, b, p + shift) for a, b, p in score_notes(score) if 0 <= p + shift <= 127]
+    return sonorities_to_tokens(notes_to_sonorities(notes, max_duration), representation)

@@ -1,0 +1,272 @@
+"""Local and remote (s3://, gs://, hdfs://, az://) file access with atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import os
+import shutil
+import tempfile
+import uuid
+
+REMOTE_SCHEMES = ("s3://", "gs://", "hdfs://", "az://", "http://", "https://")
+_touched_remote = False
+
+
+def is_remote(path: str) -> bool:
+    return str(path).startswith(REMOTE_SCHEMES)
+
+
+def touched_remote() -> bool:
+    """Whether this process used a remote filesystem (see keras_music.cli.exit_cleanly)."""
+    return _touched_remote
+
+
+def _gfile():
+    global _touched_remote
+    _touched_remote = True
+    from keras_music import check_tensorflow_io
+
+    check_tensorflow_io()
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def join(base: str, *parts: str) -> str:
+    base = str(base)
+    if is_remote(base):
+        return "/".join([base.rstrip("/")] + [p.strip("/") for p in parts])
+    return os.path.join(base, *parts)
+
+
+def exists(path: str) -> bool:
+    return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+    return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+
+
+def makedirs(path: str) -> None:
+    if is_remote(path):
+        _gfile().makedirs(path)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def listdir(path: str) -> list[str]:
+    return sorted(_gfile().listdir(path) if is_remote(path) else os.listdir(path))
+
+
+def size(path: str) -> int:
+    return _gfile().stat(path).length if is_remote(path) else os.path.getsize(path)
+
+
+def remove(path: str) -> None:
+    if is_remote(path):
+        _gfile().remove(path)
+    else:
+        os.remove(path)
+
+
+def rmtree(path: str) -> None:
+    if is_remote(path):
+        _gfile().rmtree(path)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def glob(pattern: str) -> list[str]:
+    if is_remote(pattern):
+        return sorted(_gfile().glob(pattern))
+    import glob as globmod
+
+    return sorted(globmod.glob(pattern, recursive=True))
+
+
+def walk_files(root: str, errors: list | None = None) -> list[str]:
+    """Every file below `root`, sorted; directory symlink loops are entered once.
+
+    Directories that cannot be listed are recorded in `errors` as (path, reason).
+    """
+    if is_remote(root):
+        out = []
+        for dirpath, _, files in _gfile().walk(root):
+            out.extend(join(dirpath, f) for f in files)
+        return sorted(out)
+    out: list[str] = []
+    seen: set[tuple[int, int]] = set()
+
+    def onerror(error: OSError) -> None:
+        if errors is not None:
+            errors.append((error.filename or root, f"unreadable directory: {error.strerror or error}"))
+
+    for dirpath, dirnames, files in os.walk(root, followlinks=True, onerror=onerror):
+        try:
+            stat = os.stat(dirpath)
+        except OSError:
+            continue
+        key = (stat.st_dev, stat.st_ino)
+        if key in seen:
+            dirnames[:] = []
+            continue
+        seen.add(key)
+        dirnames.sort()
+        out.extend(os.path.join(dirpath, f) for f in sorted(files))
+    return sorted(out)
+
+
+def matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatch(name.lower(), p) for p in patterns)
+
+
+def read_bytes(path: str) -> bytes:
+    if is_remote(path):
+        gfile = _gfile()
+        if not gfile.exists(path):
+            raise FileNotFoundError(path)
+        with gfile.GFile(path, "rb") as handle:
+            return handle.read()
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def read_json(path: str):
+    return json.loads(read_text(path))
+
+
+def _temporary_name(path: str) -> str:
+    directory, name = os.path.split(path) if not is_remote(path) else path.rsplit("/", 1)
+    return (directory + "/" if is_remote(path) else os.path.join(directory, "")) + f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write atomically: a temporary sibling, flushed and synced, then renamed over `path`."""
+    path = str(path)
+    temporary = _temporary_name(path)
+    if is_remote(path):
+        gfile = _gfile()
+        with gfile.GFile(temporary, "wb") as handle:
+            handle.write(data)
+        gfile.rename(temporary, path, overwrite=True)
+        return
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str, data) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@contextlib.contextmanager
+def atomic_local_path(path: str, suffix: str = ""):
+    """Yield a local temporary file name; on success it replaces `path` (local or remote).
+
+    For writers that only take a file name (Keras, music21, matplotlib).
+    """
+    path = str(path)
+    local_dir = None if is_remote(path) else (os.path.dirname(path) or ".")
+    if local_dir:
+        os.makedirs(local_dir, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(suffix=suffix or os.path.splitext(path)[1], dir=local_dir,
+                                         prefix="." + os.path.basename(path) + ".tmp-")
+    os.close(handle)
+    try:
+        yield temporary
+        if local_dir:
+            os.chmod(temporary, 0o644)
+            os.replace(temporary, path)
+        else:
+            with open(temporary, "rb") as source:
+                write_bytes(path, source.read())
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str):
+    """Yield a local temporary directory; on success it replaces the directory `path`.
+
+    A killed writer leaves only a hidden temporary directory, never a half-written `path`.
+    """
+    path = str(path)
+    if is_remote(path):
+        local = tempfile.mkdtemp(prefix="keras_music-")
+        try:
+            yield local
+            copy_tree(local, path)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    temporary = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".tmp-", dir=parent)
+    try:
+        yield temporary
+        if os.path.exists(path):
+            old = temporary + ".old"
+            os.replace(path, old)
+            os.replace(temporary, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temporary, path)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def copy_tree(local_dir: str, destination: str) -> None:
+    """Copy a local directory to `destination` (local or remote), file by file, atomically per file."""
+    for dirpath, _, files in os.walk(local_dir):
+        relative = os.path.relpath(dirpath, local_dir)
+        target_dir = destination if relative == "." else join(destination, *relative.split(os.sep))
+        makedirs(target_dir)
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as handle:
+                write_bytes(join(target_dir, name), handle.read())
+
+
+def download_tree(source: str, local_dir: str) -> None:
+    """Copy a (possibly remote) directory to a local one."""
+    if not is_remote(source):
+        shutil.copytree(source, local_dir, dirs_exist_ok=True)
+        return
+    gfile = _gfile()
+    for dirpath, _, files in gfile.walk(source):
+        relative = dirpath[len(source.rstrip("/")):].strip("/")
+        target = os.path.join(local_dir, relative) if relative else local_dir
+        os.makedirs(target, exist_ok=True)
+        for name in files:
+            with open(os.path.join(target, name), "wb") as handle:
+                handle.write(read_bytes(join(dirpath, name)))

@@ -1,0 +1,161 @@
+"""Token <-> id mapping with special tokens, saved and validated as vocab.json."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+from keras_music import events, storage
+
+FORMAT = "keras_music.vocabulary"
+VERSION = 1
+
+
+class VocabularyError(ValueError):
+    """vocab.json is missing, malformed, or does not fit what it is used with."""
+
+
+class Vocabulary:
+    """Ids 0, 1, 2 are always <pad>, <unk>, <piece> (the piece boundary)."""
+
+    def __init__(self, tokens, representation: str = "note", counts=None, classic_step: float = 0.5):
+        tokens = list(tokens)
+        if tuple(tokens[:len(events.SPECIAL_TOKENS)]) != events.SPECIAL_TOKENS:
+            raise VocabularyError(f"the vocabulary must start with {list(events.SPECIAL_TOKENS)}, got {tokens[:3]}")
+        if len(set(tokens)) != len(tokens):
+            duplicates = [t for t, c in collections.Counter(tokens).items() if c > 1]
+            raise VocabularyError(f"the vocabulary has duplicate tokens: {duplicates[:5]}")
+        self.tokens = tokens
+        self.representation = representation
+        self.counts = dict(counts or {})
+        self.classic_step = classic_step
+        self.index = {token: i for i, token in enumerate(tokens)}
+
+    pad_id, unk_id, boundary_id = 0, 1, 2
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, tokens, unknown: list | None = None) -> list[int]:
+        """Ids for tokens; tokens not in the vocabulary become <unk> and are appended to `unknown`."""
+        ids = []
+        for token in tokens:
+            i = self.index.get(token)
+            if i is None:
+                if unknown is not None:
+                    unknown.append(token)
+                i = self.unk_id
+            ids.append(i)
+        return ids
+
+    def decode(self, ids) -> list[str]:
+        out = []
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < len(self.tokens):
+                raise VocabularyError(f"token id {i} is outside the vocabulary of {len(self.tokens)} tokens")
+            out.append(self.tokens[i])
+        return out
+
+    def transposition_table(self, max_shift: int):
+        """[vocab, 2*max_shift+1] ids of each token moved by shift-max_shift semitones.
+
+        Tokens whose shifted form is missing map to themselves; the tf.data pipeline
+        only uses shifts that keep every token of a piece inside the vocabulary.
+        """
+        import numpy as np
+
+        table = np.zeros((len(self.tokens), 2 * max_shift + 1), dtype=np.int32)
+        valid = np.ones_like(table, dtype=bool)
+        for i, token in enumerate(self.tokens):
+            for column, shift in enumerate(range(-max_shift, max_shift + 1)):
+                moved = events.transpose_token(token, shift, self.representation)
+                j = self.index.get(moved) if moved is not None else None
+                table[i, column] = i if j is None else j
+                valid[i, column] = j is not None
+        return table, valid
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "representation": self.representation,
+            "classic_step": self.classic_step,
+            "special_tokens": {"pad": events.PAD, "unknown": events.UNK, "boundary": events.BOUNDARY},
+            "size": len(self.tokens),
+            "tokens": self.tokens,
+            "counts": [self.counts.get(t, 0) for t in self.tokens],
+        }
+
+    def save(self, path: str) -> None:
+        storage.write_json(path, self.to_json())
+
+    @classmethod
+    def from_json(cls, data, source: str = "vocab.json") -> "Vocabulary":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise VocabularyError(f"{source}: not a keras_music vocabulary (expected \"format\": \"{FORMAT}\")")
+        if data.get("version") != VERSION:
+            raise VocabularyError(f"{source}: vocabulary version {data.get('version')!r} is not supported "
+                                  f"(expected {VERSION})")
+        tokens = data.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise VocabularyError(f"{source}: \"tokens\" must be a list of strings")
+        representation = data.get("representation")
+        if representation not in ("note", "classic"):
+            raise VocabularyError(f"{source}: unknown representation {representation!r} (expected note or classic)")
+        if data.get("size", len(tokens)) != len(tokens):
+            raise VocabularyError(f"{source}: \"size\" is {data.get('size')} but {len(tokens)} tokens are listed")
+        counts = data.get("counts") or []
+        try:
+            vocabulary = cls(tokens, representation, dict(zip(tokens, counts)), float(data.get("classic_step", 0.5)))
+        except VocabularyError as error:
+            raise VocabularyError(f"{source}: {error}") from None
+        return vocabulary
+
+    @classmethod
+    def load(cls, path: str) -> "Vocabulary":
+        try:
+            text = storage.read_text(path)
+        except FileNotFoundError:
+            raise VocabularyError(f"{path} does not exist: a run directory needs the vocab.json it was trained with") from None
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise VocabularyError(f"{path} is not valid JSON ({error})") from None
+        return cls.from_json(data, path)
+
+
+def token_sort_key(token: str):
+    kind, _, value = token.partition(":")
+    if kind in ("pitch", "hold"):
+        return (0 if kind == "pitch" else 1, int(value), "")
+    if token == events.REST:
+        return (2, 0, "")
+    if kind == "dur":
+        from fractions import Fraction
+
+        return (3, Fraction(value), "")
+    return (4, 0, token)
+
+
+def build(token_sequences, representation: str = "note", min_count: int = 1, transpose: int = 0,
+          classic_step: float = 0.5) -> Vocabulary:
+    """Count tokens over the training pieces (and their augmentation shifts) and keep frequent ones."""
+    counts: collections.Counter = collections.Counter()
+    for tokens in token_sequences:
+        counts.update(tokens)
+        for shift in range(-transpose, transpose + 1):
+            if shift:
+                moved = [events.transpose_token(t, shift, representation) for t in tokens]
+                if all(m is not None for m in moved):
+                    # Shifted copies only make tokens exist; they do not change the
+                    # counts that decide the min-count cutoff.
+                    for m in set(moved) - set(counts):
+                        counts[m] += 0
+    kept = [t for t, c in counts.items() if t not in events.SPECIAL_TOKENS and (c >= min_count or c == 0)]
+    kept.sort(key=token_sort_key)
+    return Vocabulary(list(events.SPECIAL_TOKENS) + kept, representation, dict(counts), classic_step)

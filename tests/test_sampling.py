@@ -1,0 +1,235 @@
+"""Tests for keras_music.sampling with literal probability vectors."""
+
+import numpy as np
+import pytest
+
+from keras_music.sampling import greedy, make_rng, sample_next, validate_sampling
+
+P = [0.5, 0.3, 0.15, 0.05]
+DRAWS = 20000
+
+
+def draw_many(row, **kwargs):
+    """Samples DRAWS ids from one probability row by batching copies of it."""
+    batch = np.tile(np.asarray(row, dtype=np.float64), (DRAWS, 1))
+    return sample_next(batch, make_rng(kwargs.pop("seed", 0)), **kwargs)
+
+
+def frequencies(ids, vocabulary_size):
+    return np.bincount(ids, minlength=vocabulary_size) / len(ids)
+
+
+def entropy(freq):
+    nonzero = freq[freq > 0]
+    return float(-(nonzero * np.log(nonzero)).sum())
+
+
+def test_output_shape_and_dtype():
+    ids = sample_next([P, P[::-1]], make_rng(1))
+    assert ids.shape == (2,)
+    assert ids.dtype == np.int64
+
+
+def test_unfiltered_frequencies_match_probabilities():
+    freq = frequencies(draw_many(P), 4)
+    np.testing.assert_allclose(freq, P, atol=0.015)
+
+
+def test_top_p_keeps_exactly_the_nucleus():
+    ids = draw_many(P, top_p=0.8)
+    assert set(ids.tolist()) == {0, 1}
+    freq = frequencies(ids, 4)
+    np.testing.assert_allclose(freq[:2], [0.625, 0.375], atol=0.015)
+
+
+def test_top_p_just_above_a_boundary_takes_the_next_token():
+    assert set(draw_many(P, top_p=0.81).tolist()) == {0, 1, 2}
+
+
+def test_tiny_top_p_keeps_the_top_token():
+    assert set(draw_many(P, top_p=1e-6).tolist()) == {0}
+
+
+def test_top_k_keeps_the_k_most_probable():
+    ids = draw_many(P, top_k=2)
+    assert set(ids.tolist()) == {0, 1}
+    np.testing.assert_allclose(frequencies(ids, 4)[:2], [0.625, 0.375], atol=0.015)
+
+
+def test_top_k_at_or_above_vocabulary_is_off():
+    a = draw_many(P, top_k=4, seed=5)
+    b = draw_many(P, top_k=100, seed=5)
+    c = draw_many(P, seed=5)
+    np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(b, c)
+
+
+def test_top_k_and_top_p_combine():
+    # top_k=3 renormalises {0,1,2} to [0.526, 0.316, 0.158]; top_p=0.8 then
+    # needs 0.526 + 0.316 = 0.842 -> {0, 1}.
+    assert set(draw_many(P, top_k=3, top_p=0.8).tolist()) == {0, 1}
+
+
+def test_greedy_paths_agree_with_argmax():
+    rows = np.array([[0.1, 0.2, 0.6, 0.1], [0.7, 0.1, 0.1, 0.1], [0.0, 0.0, 0.1, 0.9]])
+    expected = [2, 0, 3]
+    np.testing.assert_array_equal(greedy(rows), expected)
+    np.testing.assert_array_equal(sample_next(rows, make_rng(0), temperature=0), expected)
+    np.testing.assert_array_equal(
+        sample_next(rows, make_rng(0), temperature=0, top_k=3, top_p=0.5), expected
+    )
+    np.testing.assert_array_equal(sample_next(rows, make_rng(0), top_k=1), expected)
+    np.testing.assert_array_equal(
+        sample_next(rows, make_rng(0), temperature=5.0, top_k=1), expected
+    )
+
+
+def test_greedy_ties_go_to_lowest_id():
+    rows = [[0.1, 0.4, 0.4, 0.1], [0.25, 0.25, 0.25, 0.25]]
+    np.testing.assert_array_equal(greedy(rows), [1, 0])
+    np.testing.assert_array_equal(sample_next(rows, make_rng(0), temperature=0), [1, 0])
+    np.testing.assert_array_equal(sample_next(rows, make_rng(0), top_k=1), [1, 0])
+
+
+def test_very_low_temperature_is_argmax():
+    ids = draw_many([0.3, 0.31, 0.29, 0.1], temperature=1e-4)
+    assert set(ids.tolist()) == {1}
+    ids = draw_many([0.3, 0.31, 0.29, 0.1], temperature=1e-300)
+    assert set(ids.tolist()) == {1}
+
+
+def test_high_temperature_flattens():
+    low = entropy(frequencies(draw_many(P, temperature=0.5), 4))
+    base = entropy(frequencies(draw_many(P, temperature=1.0), 4))
+    high = entropy(frequencies(draw_many(P, temperature=3.0), 4))
+    assert low < base < high
+    assert high > 0.95 * np.log(4)
+
+
+def test_zeros_are_never_sampled():
+    row = [0.0, 0.5, 0.0, 0.5, 0.0]
+    for kwargs in ({}, {"temperature": 50.0}, {"temperature": 1e6}, {"top_p": 0.99}):
+        assert set(draw_many(row, **kwargs).tolist()) == {1, 3}
+    assert set(draw_many([1.0, 0.0, 0.0], temperature=100.0).tolist()) == {0}
+
+
+def test_unnormalised_rows_are_renormalised():
+    ids = draw_many([2.0, 2.0, 0.0, 0.0])
+    np.testing.assert_allclose(frequencies(ids, 4)[:2], [0.5, 0.5], atol=0.015)
+    assert set(draw_many([5.0, 3.0, 1.5, 0.5], top_p=0.8).tolist()) == {0, 1}
+
+
+def test_same_seed_gives_same_draws():
+    rows = np.tile(P, (64, 1))
+    a = sample_next(rows, make_rng(42), temperature=0.9, top_k=3)
+    b = sample_next(rows, make_rng(42), temperature=0.9, top_k=3)
+    c = sample_next(rows, make_rng(43), temperature=0.9, top_k=3)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_one_uniform_per_row_inverse_cdf():
+    rng = make_rng(7)
+    uniforms = make_rng(7).random(5)
+    ids = sample_next(np.tile(P, (5, 1)), rng)
+    expected = np.searchsorted(np.cumsum(P), uniforms, side="right")
+    np.testing.assert_array_equal(ids, expected)
+    # The generator moved on by exactly one batch of uniforms.
+    np.testing.assert_array_equal(rng.random(3), make_rng(7).random(8)[5:])
+
+
+def test_row_result_depends_only_on_its_row_and_position():
+    rows = np.array([P, [0.05, 0.15, 0.3, 0.5], [0.25] * 4])
+    together = sample_next(rows, make_rng(3), temperature=1.3, top_p=0.9)
+    changed = rows.copy()
+    changed[1] = [1.0, 0.0, 0.0, 0.0]
+    other = sample_next(changed, make_rng(3), temperature=1.3, top_p=0.9)
+    assert together[0] == other[0] and together[2] == other[2]
+    assert other[1] == 0
+
+
+def test_batch_of_different_rows_respects_each_support():
+    rows = np.array(
+        [
+            [0.5, 0.3, 0.15, 0.05, 0.0],
+            [0.0, 0.0, 0.1, 0.2, 0.7],
+            [0.2, 0.2, 0.2, 0.2, 0.2],
+            [0.0, 0.9, 0.0, 0.1, 0.0],
+        ]
+    )
+    batch = np.tile(rows, (5000, 1))
+    ids = sample_next(batch, make_rng(11), top_p=0.8).reshape(5000, 4)
+    assert set(ids[:, 0].tolist()) == {0, 1}
+    assert set(ids[:, 1].tolist()) == {3, 4}
+    # Equal mass: ranking ties go to the lowest ids, 4 * 0.2 = 0.8 reaches top_p.
+    assert set(ids[:, 2].tolist()) == {0, 1, 2, 3}
+    assert set(ids[:, 3].tolist()) == {1}
+
+
+def test_banned_ids_never_appear():
+    row = [0.4, 0.3, 0.2, 0.1]
+    ids = draw_many(row, banned=[0, 2])
+    assert set(ids.tolist()) == {1, 3}
+    np.testing.assert_allclose(frequencies(ids, 4)[[1, 3]], [0.75, 0.25], atol=0.015)
+    assert set(draw_many(row, banned=np.array([0]), top_k=1).tolist()) == {1}
+    np.testing.assert_array_equal(greedy([row], banned=[0]), [1])
+    ids = sample_next([row], make_rng(0), temperature=0, banned=[0, 1])
+    np.testing.assert_array_equal(ids, [2])
+
+
+def test_fully_banned_mass_falls_back_to_best_allowed():
+    rows = [[0.9, 0.1, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.6, 0.0, 0.0, 0.4]]
+    ids = sample_next(rows, make_rng(0), banned=[0, 1])
+    np.testing.assert_array_equal(ids, [2, 2, 3])
+    np.testing.assert_array_equal(greedy(rows, banned=[0, 1]), [2, 2, 3])
+
+
+def test_make_rng_is_a_seeded_generator():
+    assert isinstance(make_rng(0), np.random.Generator)
+    assert make_rng(5).random() == np.random.default_rng(5).random()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": -1}, "temperature must be >= 0 (0 means greedy), got -1"),
+        ({"temperature": float("nan")}, "got nan"),
+        ({"temperature": float("inf")}, "got inf"),
+        ({"temperature": "hot"}, "got 'hot'"),
+        ({"top_k": -2}, "top_k must be an integer >= 0 (0 means off), got -2"),
+        ({"top_k": 2.5}, "got 2.5"),
+        ({"top_p": 0}, "top_p must be in (0, 1] (1 means off), got 0"),
+        ({"top_p": 1.5}, "got 1.5"),
+        ({"top_p": -0.1}, "got -0.1"),
+    ],
+)
+def test_validation_errors_name_the_bad_value(kwargs, message):
+    settings = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, **kwargs}
+    with pytest.raises(ValueError) as error:
+        validate_sampling(**settings)
+    assert message in str(error.value)
+    with pytest.raises(ValueError) as error:
+        sample_next([P], make_rng(0), **settings)
+    assert message in str(error.value)
+
+
+def test_validation_accepts_edges():
+    validate_sampling(0, 0, 1.0)
+    validate_sampling(2.5, np.int64(3), 1e-9)
+
+
+@pytest.mark.parametrize(
+    "probabilities, banned, message",
+    [
+        (P, None, "shape (4,)"),
+        ([[0.5, -0.1]], None, "got -0.1"),
+        ([[0.5, float("nan")]], None, "got nan"),
+        ([P], [4], "banned token ids must be in [0, 4), got 4"),
+        ([P], [0.5], "integer token ids"),
+        ([P], [0, 1, 2, 3], "banned covers all 4 token ids"),
+    ],
+)
+def test_bad_inputs_raise(probabilities, banned, message):
+    with pytest.raises(ValueError) as error:
+        sample_next(probabilities, make_rng(0), banned=banned)
+    assert message in str(error.value)
