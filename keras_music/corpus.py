@@ -16,7 +16,7 @@ from keras_music import events, storage
 
 SCORE_EXTENSIONS = (".mid", ".midi", ".xml", ".mxl", ".musicxml", ".abc", ".krn")
 # Bump when parsing or note extraction changes, so stale cache entries are never reused.
-PARSE_VERSION = 3
+PARSE_VERSION = 4
 GLOB_CHARACTERS = set("*?[")
 
 

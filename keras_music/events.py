@@ -75,7 +75,8 @@ def score_notes(score) -> list[tuple[Fraction, Fraction, int]]:
         if duration <= 0:
             continue
         if element.isChord:
-            members = [(n, n.tie or element.tie) for n in element.notes]
+            # Per-note ties only: music21's chord-level tie reports one member's tie for all.
+            members = [(n, n.tie) for n in element.notes]
         else:
             members = [(element, element.tie)]
         for note, tie in members:

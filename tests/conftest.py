@@ -1,0 +1,62 @@
+"""Shared fixtures: a parse cache per test session and small corpora made by code."""
+
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "configs", "tiny.yaml")
+FOUR_CHORALES = ("bach/bwv66.6", "bach/bwv4.8", "bach/bwv26.6", "bach/bwv10.7")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def parse_cache(tmp_path_factory):
+    # One cache per session keeps tests independent of a developer's ~/.cache while
+    # letting later tests reuse what earlier ones parsed.
+    directory = os.environ.get("KERAS_MUSIC_TEST_CACHE") or str(tmp_path_factory.mktemp("parse-cache"))
+    previous = os.environ.get("KERAS_MUSIC_CACHE")
+    os.environ["KERAS_MUSIC_CACHE"] = directory
+    yield directory
+    if previous is None:
+        os.environ.pop("KERAS_MUSIC_CACHE", None)
+    else:
+        os.environ["KERAS_MUSIC_CACHE"] = previous
+
+
+def write_chorales_as_midi(directory, names=FOUR_CHORALES):
+    from music21 import corpus
+
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for name in names:
+        path = os.path.join(directory, name.replace("/", "_") + ".mid")
+        corpus.parse(name).write("midi", fp=path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def midi_folder(tmp_path_factory):
+    """Four chorales as MIDI plus one corrupt .mid file."""
+    directory = str(tmp_path_factory.mktemp("midi"))
+    write_chorales_as_midi(directory)
+    with open(os.path.join(directory, "corrupt.mid"), "wb") as handle:
+        handle.write(b"MThd\x00\x00\x00\x06\x00\x01\x00\x02\x01\xe0MTrk\x00\x00\x10\x00\x90\x3c")
+    return directory
+
+
+def tiny_config(*overrides, sources=FOUR_CHORALES):
+    from keras_music import config
+
+    listed = "[" + ", ".join(sources) + "]"
+    return config.load([TINY], [f"data.sources={listed}", "train.num_samples=0", *overrides])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A trained tiny run directory shared by read-only tests."""
+    from keras_music import train
+
+    run_dir = str(tmp_path_factory.mktemp("tiny-run"))
+    train.train(tiny_config(), run_dir, show_progress=False, log=lambda *a: None)
+    return run_dir

@@ -1,0 +1,116 @@
+"""Tests for keras_music.events: literal tokens, exact round trips, tolerant decoding."""
+
+from fractions import Fraction as F
+
+import numpy as np
+import pytest
+from music21 import chord, converter, note, stream, tie
+
+from keras_music import corpus, events
+
+
+def two_voice_score():
+    """Soprano C5 half, D5 quarter, rest quarter; bass C3 whole note (held across)."""
+    soprano, bass = stream.Part(), stream.Part()
+    soprano.append([note.Note("C5", quarterLength=2), note.Note("D5", quarterLength=1), note.Rest(quarterLength=1)])
+    bass.append(note.Note("C3", quarterLength=4))
+    score = stream.Score()
+    score.insert(0, soprano)
+    score.insert(0, bass)
+    return score
+
+
+def test_note_representation_literal_tokens():
+    tokens = events.stream_to_tokens(two_voice_score())
+    assert tokens == ["pitch:48", "pitch:72", "dur:2", "hold:48", "pitch:74", "dur:1", "hold:48", "dur:1"]
+
+
+def test_rests_triplets_and_sixteenths_keep_their_durations():
+    part = stream.Part()
+    part.append([note.Note("E4", quarterLength=F(1, 3)), note.Note("F4", quarterLength=F(1, 3)),
+                 note.Note("G4", quarterLength=F(1, 3)), note.Rest(quarterLength=F(1, 4)),
+                 note.Note("A4", quarterLength=F(3, 4))])
+    tokens = events.stream_to_tokens(part)
+    assert tokens == ["pitch:64", "dur:1/3", "pitch:65", "dur:1/3", "pitch:67", "dur:1/3", "rest", "dur:1/4",
+                      "pitch:69", "dur:3/4"]
+
+
+def test_classic_representation_is_the_tutorials():
+    part = stream.Part()
+    part.append([note.Note("C#4"), chord.Chord(["C4", "E4", "G4"]), note.Rest(), note.Note("B-3")])
+    assert events.stream_to_tokens(part, "classic") == ["C#4", "0.4.7", "B-3"]
+    sonorities = events.tokens_to_sonorities(["C#4", "0.4.7"], "classic", F(1, 2))
+    assert sonorities == [events.Sonority((61,), (False,), F(1, 2)),
+                          events.Sonority((60, 64, 67), (False, False, False), F(1, 2))]
+
+
+def test_long_notes_split_into_held_continuations():
+    sonorities = events.notes_to_sonorities([(0, 10, 60), (10, 22, 62)], max_duration=8)
+    assert [(s.pitches, s.held, s.duration) for s in sonorities] == [
+        ((60,), (False,), F(8)), ((60,), (True,), F(2)), ((62,), (False,), F(8)), ((62,), (True,), F(4))]
+
+
+def test_overlapping_unisons_fold_to_one_note_at_a_time():
+    # Voice A holds C4 for 0-2, voice B re-attacks it at 1-3.
+    sonorities = events.notes_to_sonorities([(0, 2, 60), (1, 3, 60)])
+    assert [(s.pitches, s.held, s.duration) for s in sonorities] == [
+        ((60,), (False,), F(1)), ((60,), (False,), F(2))]
+
+
+def test_tied_chords_merge_into_one_note():
+    part = stream.Part()
+    first = chord.Chord(["C4", "E4"], quarterLength=1)
+    first.notes[0].tie = tie.Tie("start")
+    second = chord.Chord(["C4", "F4"], quarterLength=1)
+    second.notes[0].tie = tie.Tie("stop")
+    part.append([first, second])
+    assert events.score_notes(part) == [(F(0), F(1), 64), (F(0), F(2), 60), (F(1), F(2), 65)]
+    assert events.stream_to_tokens(part) == ["pitch:60", "pitch:64", "dur:1", "hold:60", "pitch:65", "dur:1"]
+
+
+def test_decoding_repairs_ill_formed_generated_tokens():
+    report = events.DecodeReport()
+    sonorities = events.tokens_to_sonorities(
+        ["<piece>", "hold:60", "dur:1", "pitch:62", "dur:0", "dur:1/2", "bogus", "pitch:64"], report=report)
+    assert sonorities == [events.Sonority((60,), (False,), F(1)), events.Sonority((62,), (False,), F(1, 2))]
+    assert report.repairs == {"hold of a pitch that was not sounding": 1, "non-positive duration": 1,
+                              "unparseable token": 1, "pitches without a duration at the end": 1}
+
+
+def test_transpose_token():
+    assert events.transpose_token("pitch:60", 2) == "pitch:62"
+    assert events.transpose_token("hold:127", 1) is None
+    assert events.transpose_token("dur:1/2", 5) == "dur:1/2"
+    assert events.transpose_token("0.4.7", 2, "classic") == "2.6.9"
+    assert events.transpose_token("B3", 1, "classic") == "C4"
+
+
+def test_sonorities_to_notes_merges_held_pitches():
+    sonorities = events.notes_to_sonorities([(0, 4, 48), (0, 2, 72), (2, 3, 74)])
+    notes = events.sonorities_to_notes(sonorities)
+    np.testing.assert_array_equal(notes, [[0, 4, 48], [0, 2, 72], [2, 1, 74]])
+
+
+def test_written_midi_and_musicxml_reparse_to_the_same_tokens(tmp_path):
+    tokens = events.stream_to_tokens(converter.parse("tinyNotation: 4/4 c4 d8 e8 f4. g8 a2 r4 b4"))
+    score = events.sonorities_to_stream(events.tokens_to_sonorities(tokens))
+    for fmt, name in (("midi", "piece.mid"), ("musicxml", "piece.musicxml")):
+        path = str(tmp_path / name)
+        score.write(fmt, fp=path)
+        assert events.stream_to_tokens(converter.parse(path)) == tokens, fmt
+
+
+@pytest.mark.slow
+def test_whole_bach_corpus_round_trips_through_music21_streams():
+    entries = corpus.parse_sources(["bach"], corpus.ParseSettings(normalize_key=False), show_progress=False)
+    used = [e for e in entries if e["status"] == "used"]
+    assert len(used) >= 400
+    mismatched = []
+    for entry in used:
+        sonorities = events.notes_to_sonorities(corpus.notes_from_record(entry))
+        tokens = events.sonorities_to_tokens(sonorities)
+        assert events.tokens_to_sonorities(tokens) == sonorities
+        rebuilt = events.stream_to_tokens(events.sonorities_to_stream(events.tokens_to_sonorities(tokens)))
+        if rebuilt != tokens:
+            mismatched.append(entry["file"])
+    assert mismatched == []
