@@ -1,0 +1,97 @@
+"""Benchmark corpus parsing (serial, parallel, cached) and the dataset pipeline's peak memory at 1x and 10x."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def parse_throughput(sources, workers: int, cache_dir: str | None) -> tuple[float, int]:
+    from keras_music import corpus
+
+    settings = corpus.ParseSettings()
+    started = time.perf_counter()
+    entries = corpus.parse_sources(sources, settings, workers=workers, cache_dir=cache_dir, show_progress=False)
+    seconds = time.perf_counter() - started
+    return len(entries) / seconds, len(entries)
+
+
+MEMORY_CHILD = r"""
+import json, resource, sys
+from keras_music import dataset
+import tensorflow as tf
+files, seq_length, batch = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+lengths = [len(p) for p in tf.data.TFRecordDataset(files).map(dataset._parse)]
+steps = dataset.count_windows(lengths, seq_length, seq_length) // batch
+count = 0
+for x, y in dataset.training_dataset(files, seq_length, batch, steps, 0, 0, 1):
+    count += 1
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"baseline_mib": before / 1024, "peak_mib": after / 1024, "batches": count,
+                  "tokens": sum(lengths)}))
+"""
+
+
+def pipeline_memory(run_dir: str, factor: int, seq_length: int, batch: int) -> dict:
+    from keras_music import dataset, run as run_lib
+
+    pieces = dataset.read_pieces(dataset.shard_files(run_lib.data_dir(run_dir), "train"))
+    with tempfile.TemporaryDirectory() as tmp:
+        copies = [(f"piece{i}-{k}", ids.tolist()) for k in range(factor) for i, ids in enumerate(pieces)]
+        dataset.write_shards(tmp, "train", copies)
+        files = dataset.shard_files(tmp, "train")
+        output = subprocess.run([sys.executable, "-c", MEMORY_CHILD, json.dumps(files), str(seq_length), str(batch)],
+                                capture_output=True, text=True, check=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", default="bach", help="source to parse (default: the embedded Bach chorales)")
+    parser.add_argument("--run-dir", default=None,
+                        help="a prepared/trained run directory whose shards feed the memory test "
+                             "(default: prepare one from --data in a temporary directory)")
+    parser.add_argument("--repeat", type=int, default=2, help="repetitions of each memory measurement")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    from keras_music import config as config_lib, prepare
+
+    results = {"cpu_count": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as cache:
+        serial, files = parse_throughput([args.data], 1, None)
+        parallel, _ = parse_throughput([args.data], os.cpu_count() or 1, cache)
+        cached, _ = parse_throughput([args.data], os.cpu_count() or 1, cache)
+    results["parse"] = {"files": files, "serial_files_per_second": serial, "parallel_files_per_second": parallel,
+                        "cached_files_per_second": cached, "cached_speedup_vs_parallel": cached / parallel,
+                        "cached_speedup_vs_serial": cached / serial}
+    print(f"parse {files} files: serial {serial:.1f} files/s, parallel ({os.cpu_count()} workers) "
+          f"{parallel:.1f} files/s, cached {cached:.1f} files/s ({cached / parallel:.0f}x parallel)")
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = args.run_dir
+        if run_dir is None:
+            run_dir = tmp
+            prepare.prepare(config_lib.load([], [f"data.sources=[{args.data}]"]), run_dir, show_progress=False,
+                            log=lambda *a: None)
+        results["memory"] = {}
+        for factor in (1, 10):
+            runs = [pipeline_memory(run_dir, factor, 128, 32) for _ in range(args.repeat)]
+            results["memory"][f"{factor}x"] = runs
+            peaks = ", ".join(f"{r['peak_mib']:.0f}" for r in runs)
+            growth = ", ".join(f"{r['peak_mib'] - r['baseline_mib']:.0f}" for r in runs)
+            print(f"dataset pipeline {factor:>2}x corpus ({runs[0]['tokens']:,} tokens, {runs[0]['batches']} batches): "
+                  f"peak RSS {peaks} MiB; growth during the epoch {growth} MiB")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
