@@ -357,8 +357,10 @@ def music_metrics(run_dir: str, num_samples: int = DEFAULT_NUM_SAMPLES, length: 
     for temperature in _progress(temperatures, show=show_progress and len(temperatures) > 1,
                                  desc="temperatures", unit="temperature"):
         key = temperature_key(temperature)
+        # No primer: pieces come from the model's own openings, so the generated set does
+        # not borrow material from the held-out pieces it is compared with.
         samples = generator.generate(num_samples=num_samples, length=length, temperature=float(temperature),
-                                     seed=seed, show_progress=show_progress)
+                                     seed=seed, primer_tokens=[], show_progress=show_progress)
         rows = generated_piece_metrics(samples, matrix)
         generated[key] = rows
         summaries[key] = {name: summarize_values(_metric_values(rows, name)) for name in METRIC_NAMES}
@@ -485,7 +487,14 @@ def _fmt(value, digits: int = 3) -> str:
         return "n/a"
     if isinstance(value, int):
         return str(value)
+    if abs(value) >= 1e5:
+        # Per-event perplexities of weak models run to millions; digits after the point say nothing there.
+        return f"{value:.4g}"
     return f"{value:.{digits}f}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _mean_std(summary) -> str:
@@ -508,7 +517,7 @@ def render_markdown(result: dict) -> str:
     lines = [
         f"# Evaluation of {result['run_dir']}",
         "",
-        f"Held-out split: {result['held_out']['pieces']} pieces, {result['held_out']['tokens']} tokens, "
+        f"Held-out split: {_plural(result['held_out']['pieces'], 'piece')}, {result['held_out']['tokens']} tokens, "
         f"{result['held_out']['events']} events ({settings['representation']} representation, vocabulary "
         f"{settings['vocabulary_size']}; {result['held_out']['unknown_tokens']} held-out tokens are `<unk>`). "
         f"Generated: {settings['num_samples']} pieces of up to {settings['length']} events per temperature, "
@@ -543,8 +552,8 @@ def render_markdown(result: dict) -> str:
         "",
         "## Music metrics (mean ± std over pieces)",
         "",
-        "Generated metrics cover only the generated part of each piece (the primer is dropped); generated "
-        "pieces are measured in 4/4, real pieces in their own time signature.",
+        "Generated pieces start from `<piece>` alone (no primer; had there been one, only the generated "
+        "part would be measured) and are measured in 4/4; real pieces in their own time signature.",
         "",
         "| metric | " + " | ".join(f"T = {k}" for k in keys) + " | held-out real |",
         "|---|" + "---|" * (len(keys) + 1),
@@ -557,7 +566,9 @@ def render_markdown(result: dict) -> str:
         "## Generated vs real: overlapping area / KL divergence (Yang & Lerch 2020)",
         "",
         "OA = overlap of the two Gaussian-KDE densities (1 = same distribution, 0 = disjoint); "
-        "KL = KL(real ‖ generated) in nats (0 = same). With few held-out pieces these are rough.",
+        "KL = KL(real ‖ generated) in nats (0 = same). The real distribution comes from "
+        f"{_plural(result['held_out']['pieces'], 'held-out piece')}"
+        + ("; with so few, these numbers are rough." if result["held_out"]["pieces"] < 10 else "."),
         "",
         "| metric | " + " | ".join(f"OA T = {k} | KL T = {k}" for k in keys) + " |",
         "|---|" + "---|---|" * len(keys),
@@ -572,7 +583,7 @@ def render_markdown(result: dict) -> str:
               "|---|---|---|---|---|"]
     for k in keys:
         rows = music["generated"][k]["pieces"]
-        mean_events = _fmt(float(np.mean([r["events"] for r in rows]))) if rows else "n/a"
+        mean_events = _fmt(float(np.mean([r["events"] for r in rows])), 1) if rows else "n/a"
         reasons = ", ".join(f"{r}: {n}" for r, n in music["generated"][k]["stop_reasons"].items())
         lines.append(f"| {k} | {len(rows)} | {mean_events} | {reasons} | {sum(r['repairs'] for r in rows)} |")
     lines += [
@@ -721,21 +732,20 @@ def parse_args(argv=None):
         prog="python -m keras_music.evaluate",
         description="Evaluate a trained run: held-out NLL / perplexity / accuracy against Kneser-Ney n-gram "
                     "baselines, and music metrics of generated pieces (per temperature) beside held-out real "
-                    "ones. Writes evaluation.json, evaluation.md and plots.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "ones. Writes evaluation.json, evaluation.md and plots.")
     parser.add_argument("--run-dir", required=True, type=cli.existing_run_dir, metavar="DIR",
                         help="run directory written by keras_music.train")
     parser.add_argument("--num-samples", type=cli.positive_int, default=DEFAULT_NUM_SAMPLES, metavar="N",
-                        help="generated pieces per temperature")
+                        help=f"generated pieces per temperature (default: {DEFAULT_NUM_SAMPLES})")
     parser.add_argument("--length", type=cli.positive_int, default=DEFAULT_LENGTH, metavar="N",
-                        help="events (sonorities) to generate per piece")
+                        help=f"events (sonorities) to generate per piece (default: {DEFAULT_LENGTH})")
     parser.add_argument("--temperature", type=cli.temperature, nargs="+", action="extend", default=None,
                         metavar="T", help="sampling temperatures, repeatable or several values "
                                           f"(default: {' '.join(f'{t:g}' for t in DEFAULT_TEMPERATURES)})")
     parser.add_argument("--seed", type=cli.non_negative_int, default=0, metavar="S",
-                        help="sampling seed (the same for every temperature)")
+                        help="sampling seed, the same for every temperature (default: 0)")
     parser.add_argument("--orders", type=orders_argument, default=DEFAULT_ORDERS, metavar="ORDERS",
-                        help="n-gram baseline orders, e.g. 1-5 or 2,3")
+                        help="n-gram baseline orders, e.g. 1-5 or 2,3 (default: 1-5)")
     parser.add_argument("--out", default=None, metavar="DIR", help="output directory (default: RUN/evaluation)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser, parser.parse_args(argv)

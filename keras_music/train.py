@@ -206,6 +206,18 @@ def plot_curves(history: list[dict], out_path: str, title: str = "") -> None:
     plt.close(figure)
 
 
+def distribution_strategy(name: str):
+    """tf.distribute strategy for `train.strategy` (MirroredStrategy spans every local device)."""
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    raise run_lib.RunError(f"train.strategy={name} is not available in this version of keras_music "
+                           "(use default or mirrored)")
+
+
 def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, log=print) -> dict:
     """Prepare (or reuse) data, fit (or resume), and write the run directory. Returns metrics.json."""
     import keras
@@ -253,13 +265,14 @@ def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, l
             alpha=train_cfg.min_learning_rate_ratio, warmup_target=train_cfg.learning_rate, warmup_steps=warmup)
     else:
         learning_rate = train_cfg.learning_rate
-    if state:
-        model = keras.saving.load_model(run_lib.path(run_dir, BACKUP, state["model"]), safe_mode=True)
-    else:
-        model = model_lib.build_model(len(vocabulary), model_cfg.embedding_size, model_cfg.hidden_size,
-                                      model_cfg.num_layers, model_cfg.dropout)
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=train_cfg.clipnorm),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    with distribution_strategy(train_cfg.strategy).scope():
+        if state:
+            model = keras.saving.load_model(run_lib.path(run_dir, BACKUP, state["model"]), safe_mode=True)
+        else:
+            model = model_lib.build_model(len(vocabulary), model_cfg.embedding_size, model_cfg.hidden_size,
+                                          model_cfg.num_layers, model_cfg.dropout)
+            model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=train_cfg.clipnorm),
+                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
     transposition = vocabulary.transposition_table(data.transpose) if data.transpose else None
     train_data = dataset.training_dataset(train_files, data.seq_length, train_cfg.batch_size, steps_per_epoch,
