@@ -96,11 +96,14 @@ def _transposer(table: np.ndarray, valid: np.ndarray):
 
 def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: int, seed: int,
                      first_epoch: int = 0, epochs: int = 1, stride: int | None = None,
-                     shuffle_buffer: int = 2048, transposition=None, boundary_id: int = 2) -> tf.data.Dataset:
+                     shuffle_buffer: int = 2048, transposition=None, boundary_id: int = 2,
+                     worker_slice: tuple[int, int] | None = None) -> tf.data.Dataset:
     """Exactly `steps_per_epoch` batches per epoch, for epochs first_epoch..epochs-1.
 
     Each epoch's shuffles and transpositions are seeded by (seed, epoch), so a resumed
-    run sees the same batches as an uninterrupted one.
+    run sees the same batches as an uninterrupted one. With `worker_slice=(i, n)` the
+    worker keeps rows i*b/n..(i+1)*b/n of every global batch: together the n workers
+    see exactly the batches a single process would.
     """
     stride = stride or seq_length
     transpose = _transposer(*transposition) if transposition is not None else None
@@ -115,7 +118,12 @@ def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: i
             pieces = tf.data.Dataset.zip((pieces, draws)).map(transpose)
         windows = _windows(pieces, seq_length, stride, boundary_id)
         windows = windows.shuffle(shuffle_buffer, seed=epoch_seed + 13, reshuffle_each_iteration=False)
-        return windows.batch(batch_size, drop_remainder=True).take(steps_per_epoch)
+        batches = windows.batch(batch_size, drop_remainder=True).take(steps_per_epoch)
+        if worker_slice is not None:
+            index, count = worker_slice
+            rows = batch_size // count
+            batches = batches.map(lambda x, y: (x[index * rows:(index + 1) * rows], y[index * rows:(index + 1) * rows]))
+        return batches
 
     # Python-level seeds per epoch (tf.data shuffles take no tensor seeds); epochs are few.
     dataset = one_epoch(first_epoch)

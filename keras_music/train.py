@@ -206,32 +206,169 @@ def plot_curves(history: list[dict], out_path: str, title: str = "") -> None:
     plt.close(figure)
 
 
+class Cluster:
+    """This process's place in a multi-worker job, from the standard TF_CONFIG variable."""
+
+    def __init__(self, environment=None):
+        environment = os.environ if environment is None else environment
+        try:
+            tf_config = json.loads(environment.get("TF_CONFIG", "") or "{}")
+        except ValueError as error:
+            raise run_lib.RunError(f"TF_CONFIG is not valid JSON: {error}") from None
+        cluster, task = tf_config.get("cluster") or {}, tf_config.get("task") or {}
+        if not cluster or "type" not in task:
+            raise run_lib.RunError("train.strategy=multi_worker needs TF_CONFIG with \"cluster\" and \"task\", e.g. "
+                                   '{"cluster": {"worker": ["127.0.0.1:12345", "127.0.0.1:12346"]}, '
+                                   '"task": {"type": "worker", "index": 0}}')
+        self.task_type, self.task_index = task["type"], int(task.get("index", 0))
+        self.num_workers = sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
+        self.is_chief = self.task_type == "chief" or (
+            self.task_type == "worker" and self.task_index == 0 and "chief" not in cluster)
+
+
 def distribution_strategy(name: str):
-    """tf.distribute strategy for `train.strategy` (MirroredStrategy spans every local device)."""
+    """tf.distribute strategy for `train.strategy`; create it before any other TensorFlow work."""
     import tensorflow as tf
 
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
-    raise run_lib.RunError(f"train.strategy={name} is not available in this version of keras_music "
-                           "(use default or mirrored)")
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, tf.errors.NotFoundError) as error:
+            raise run_lib.RunError(f"train.strategy=tpu but no TPU was found: {error}") from None
+        return tf.distribute.TPUStrategy(resolver)
+    raise run_lib.RunError(f"unknown train.strategy {name!r}")
+
+
+def learning_rate_schedule(train_cfg, total_steps: int):
+    import keras
+
+    if train_cfg.lr_schedule != "cosine":
+        return train_cfg.learning_rate
+    warmup = min(200, max(1, total_steps // 20))
+    return keras.optimizers.schedules.CosineDecay(
+        train_cfg.learning_rate * 0.1, decay_steps=max(1, total_steps - warmup),
+        alpha=train_cfg.min_learning_rate_ratio, warmup_target=train_cfg.learning_rate, warmup_steps=warmup)
+
+
+def evaluate_windows(model, data) -> dict:
+    """Mean cross-entropy and accuracy over every position of the validation windows."""
+    import tensorflow as tf
+
+    @tf.function
+    def step(x, y):
+        probabilities = model(x, training=False)
+        picked = tf.gather(probabilities, y, batch_dims=2)
+        loss = -tf.reduce_sum(tf.math.log(tf.maximum(picked, 1e-12)))
+        hits = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probabilities, -1, output_type=tf.int32), y), tf.float32))
+        return loss, hits
+
+    total_loss, total_hits, count = 0.0, 0.0, 0
+    for x, y in data:
+        loss, hits = step(x, y)
+        total_loss += float(loss)
+        total_hits += float(hits)
+        count += int(tf.size(y))
+    return {"loss": total_loss / max(count, 1), "accuracy": total_hits / max(count, 1), "tokens": count}
+
+
+def fit_custom(strategy, model, optimizer, make_train_data, validation_data, progress, first_epoch: int,
+               epochs: int, steps_per_epoch: int, global_batch: int, seq_length: int, clipnorm: float, log) -> None:
+    """A training loop under strategy.run, for MultiWorkerMirroredStrategy.
+
+    Keras `fit` fails under MultiWorkerMirroredStrategy (PerReplica conversion error),
+    so this loop drives the same RunProgress callback (checkpoints, backups, early
+    stopping) by hand. Gradients are summed across replicas before the per-variable
+    clipping, so each update equals the single-process one for the same global batch.
+    """
+    import tensorflow as tf
+
+    distributed = strategy.distribute_datasets_from_function(make_train_data)
+    iterator = iter(distributed)
+    global_tokens = float(global_batch * seq_length)
+
+    def replica_step(x, y):
+        with tf.GradientTape() as tape:
+            probabilities = model(x, training=True)
+            picked = tf.gather(probabilities, y, batch_dims=2)
+            loss = -tf.reduce_sum(tf.math.log(tf.maximum(picked, 1e-7))) / global_tokens
+        gradients = tape.gradient(loss, model.trainable_variables)
+        context = tf.distribute.get_replica_context()
+        gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+        gradients = [tf.clip_by_norm(g, clipnorm) for g in gradients]
+        # The Keras optimizer sums gradients across replicas again; pre-dividing keeps the total.
+        replicas = tf.cast(context.num_replicas_in_sync, tf.float32)
+        optimizer.apply([g / replicas for g in gradients], model.trainable_variables)
+        hits = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probabilities, -1, output_type=tf.int32), y), tf.float32))
+        return loss, hits
+
+    @tf.function
+    def train_step(iterator):
+        x, y = next(iterator)
+        loss, hits = strategy.run(replica_step, args=(x, y))
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, hits, axis=None))
+
+    @tf.function
+    def agree_to_stop(flag):
+        # Every worker must stop at the same epoch, or the others wait forever in a
+        # collective: any worker's stop (e.g. its time budget) stops all of them.
+        value = strategy.run(lambda f: f * 1.0, args=(flag,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+
+    progress.set_model(model)
+    for epoch in range(first_epoch, epochs):
+        progress.on_epoch_begin(epoch)
+        loss_sum, hit_sum = 0.0, 0.0
+        for batch in range(steps_per_epoch):
+            loss, hits = train_step(iterator)
+            loss_sum += float(loss)
+            hit_sum += float(hits)
+            progress.on_train_batch_end(batch)
+        validation = evaluate_windows(model, validation_data)
+        logs = {"loss": loss_sum / steps_per_epoch, "accuracy": hit_sum / (steps_per_epoch * global_tokens),
+                "val_loss": validation["loss"], "val_accuracy": validation["accuracy"]}
+        model.stop_training = False
+        progress.on_epoch_end(epoch, logs)
+        if float(agree_to_stop(tf.constant(1.0 if model.stop_training else 0.0))) > 0:
+            break
 
 
 def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, log=print) -> dict:
-    """Prepare (or reuse) data, fit (or resume), and write the run directory. Returns metrics.json."""
+    """Prepare (or reuse) data, fit (or resume), and write the run directory. Returns metrics.json.
+
+    Under train.strategy=multi_worker every worker runs this; only the chief writes the
+    run directory, the others work in a temporary directory and read the chief's backup
+    to resume.
+    """
+    import tempfile
+    import warnings
+
     import keras
     import numpy as np
     import tensorflow as tf
 
     from keras_music import dataset, model as model_lib
 
-    storage.makedirs(run_dir)
+    train_cfg, data, model_cfg = config.train, config.data, config.model
+    cluster = Cluster() if train_cfg.strategy == "multi_worker" else None
+    strategy = distribution_strategy(train_cfg.strategy)
+    chief = cluster is None or cluster.is_chief
+    work_dir = run_dir if chief else tempfile.mkdtemp(prefix="keras_music-worker-")
+    if not chief:
+        log = lambda *args, **kwargs: None  # noqa: E731  (workers stay quiet; the chief reports)
+    storage.makedirs(work_dir)
     started = time.time()
-    info = prepare_run(config, run_dir, show_progress, log)
-    vocabulary = run_lib.load_vocabulary(run_dir)
-    storage.write_text(run_lib.path(run_dir, run_lib.CONFIG), config_lib.dump(config))
-    data, train_cfg, model_cfg = config.data, config.train, config.model
+    info = prepare_run(config, work_dir, show_progress and chief, log)
+    vocabulary = run_lib.load_vocabulary(work_dir)
+    storage.write_text(run_lib.path(work_dir, run_lib.CONFIG), config_lib.dump(config))
     stride = data.window_stride or data.seq_length
     windows = dataset.count_windows(info["lengths"]["train"], data.seq_length, stride)
     steps_per_epoch = windows // train_cfg.batch_size
@@ -239,11 +376,12 @@ def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, l
         raise run_lib.RunError(f"the training split has {info['tokens']['train']} tokens, {windows} windows of "
                                f"data.seq_length+1={data.seq_length + 1}: fewer than one batch of "
                                f"train.batch_size={train_cfg.batch_size}; lower them or add data")
-    data_dir = run_lib.data_dir(run_dir)
+    if train_cfg.batch_size % strategy.num_replicas_in_sync:
+        raise run_lib.RunError(f"train.batch_size={train_cfg.batch_size} must be divisible by the "
+                               f"{strategy.num_replicas_in_sync} replicas of train.strategy={train_cfg.strategy}")
+    data_dir = run_lib.data_dir(work_dir)
     train_files = dataset.shard_files(data_dir, "train")
     validation_files = dataset.shard_files(data_dir, "validation")
-
-    import warnings
 
     # Keras warns about `shuffle` and end-of-data for every tf.data input; the pipeline
     # shuffles itself and yields exactly steps_per_epoch batches per epoch.
@@ -257,47 +395,50 @@ def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, l
     if state and not state.get("stopped_reason") and first_epoch < train_cfg.epochs:
         log(f"resuming {run_dir} at epoch {first_epoch + 1} of {train_cfg.epochs}")
 
-    total_steps = steps_per_epoch * train_cfg.epochs
-    if train_cfg.lr_schedule == "cosine":
-        warmup = min(200, max(1, total_steps // 20))
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            train_cfg.learning_rate * 0.1, decay_steps=max(1, total_steps - warmup),
-            alpha=train_cfg.min_learning_rate_ratio, warmup_target=train_cfg.learning_rate, warmup_steps=warmup)
-    else:
-        learning_rate = train_cfg.learning_rate
-    with distribution_strategy(train_cfg.strategy).scope():
+    learning_rate = learning_rate_schedule(train_cfg, steps_per_epoch * train_cfg.epochs)
+    custom_loop = train_cfg.strategy == "multi_worker"
+    with strategy.scope():
         if state:
             model = keras.saving.load_model(run_lib.path(run_dir, BACKUP, state["model"]), safe_mode=True)
         else:
             model = model_lib.build_model(len(vocabulary), model_cfg.embedding_size, model_cfg.hidden_size,
                                           model_cfg.num_layers, model_cfg.dropout)
-            model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=train_cfg.clipnorm),
+            # The custom loop clips after summing replicas' gradients, so its optimizer must not clip again.
+            clip = {} if custom_loop else {"clipnorm": train_cfg.clipnorm}
+            model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate, **clip),
                           loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
     transposition = vocabulary.transposition_table(data.transpose) if data.transpose else None
-    train_data = dataset.training_dataset(train_files, data.seq_length, train_cfg.batch_size, steps_per_epoch,
-                                          train_cfg.seed, first_epoch, train_cfg.epochs, stride,
-                                          data.shuffle_buffer, transposition, vocabulary.boundary_id)
+
+    def make_train_data(context=None):
+        worker = (context.input_pipeline_id, context.num_input_pipelines) if context is not None else None
+        return dataset.training_dataset(train_files, data.seq_length, train_cfg.batch_size, steps_per_epoch,
+                                        train_cfg.seed, first_epoch, train_cfg.epochs, stride, data.shuffle_buffer,
+                                        transposition, vocabulary.boundary_id, worker_slice=worker)
+
     validation_data = dataset.evaluation_dataset(validation_files, data.seq_length, train_cfg.batch_size,
                                                  vocabulary.boundary_id)
-    progress, callbacks = make_callbacks(config, run_dir, model, steps_per_epoch, state, log)
+    progress, callbacks = make_callbacks(config, work_dir, model, steps_per_epoch, state, log)
     sizes = model_lib.describe(model)
     log(f"model: {sizes['num_layers']} x LSTM({sizes['hidden_size']}), {sizes['parameters']:,} parameters, "
         f"vocabulary {sizes['vocabulary_size']}; {steps_per_epoch} steps/epoch of {train_cfg.batch_size} x "
-        f"{data.seq_length} tokens")
+        f"{data.seq_length} tokens" + (f"; {cluster.num_workers} workers" if cluster else ""))
     stopped_before = state.get("stopped_reason") if state else None
     if first_epoch < train_cfg.epochs and not stopped_before:
-        model.fit(train_data, validation_data=validation_data, epochs=train_cfg.epochs, initial_epoch=first_epoch,
-                  steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-                  verbose=(1 if sys.stdout.isatty() else 2) if show_progress else 0)
+        if custom_loop:
+            fit_custom(strategy, model, model.optimizer, make_train_data, validation_data, progress, first_epoch,
+                       train_cfg.epochs, steps_per_epoch, train_cfg.batch_size, data.seq_length,
+                       train_cfg.clipnorm, log)
+        else:
+            model.fit(make_train_data(), validation_data=validation_data, epochs=train_cfg.epochs,
+                      initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+                      verbose=(1 if sys.stdout.isatty() else 2) if show_progress else 0)
     history = progress.history
-    best_path = run_lib.path(run_dir, "checkpoints", "best.keras")
+    best_path = run_lib.path(work_dir, "checkpoints", "best.keras")
     if storage.exists(best_path):
         best = keras.saving.load_model(best_path, safe_mode=True)
         model.set_weights(best.get_weights())
-    with storage.atomic_local_path(run_lib.path(run_dir, run_lib.MODEL)) as tmp:
-        model.save(tmp)
-    evaluation = model.evaluate(validation_data, verbose=0, return_dict=True)
+    evaluation = evaluate_windows(model, validation_data)
     train_seconds = sum(h.get("seconds", 0.0) for h in history)
     tokens_seen = steps_per_epoch * train_cfg.batch_size * data.seq_length * len(history)
     metrics = {
@@ -315,8 +456,15 @@ def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, l
         "parameters": sizes["parameters"],
         "vocabulary_size": sizes["vocabulary_size"],
         "validation_unknown_rate": info.get("validation_unknown_rate"),
+        "strategy": train_cfg.strategy,
+        "replicas": int(strategy.num_replicas_in_sync),
         "history": history,
     }
+    if not chief:
+        storage.rmtree(work_dir)
+        return metrics
+    with storage.atomic_local_path(run_lib.path(run_dir, run_lib.MODEL)) as tmp:
+        model.save(tmp)
     storage.write_json(run_lib.path(run_dir, run_lib.METRICS), metrics)
     if history:
         plot_curves(history, run_lib.path(run_dir, "training_curves.png"),
@@ -330,8 +478,13 @@ def main(argv=None) -> int:
 
     with cli.user_errors(parser):
         config = resolve_config(args)
+        if config.train.strategy == "multi_worker" and not args.run_dir:
+            parser.error("train.strategy=multi_worker needs --run-dir: every worker must name the same run directory")
         run_dir = args.run_dir or run_lib.new_run_dir()
         metrics = train(config, run_dir, show_progress=not args.quiet)
+        if config.train.strategy == "multi_worker" and not Cluster().is_chief:
+            print(f"worker finished: loss {metrics['train_loss']:.4f} (the chief writes {run_dir})")
+            cli.finish(0)
         run_lib.point_latest(run_dir)
         samples = []
         if config.train.num_samples:

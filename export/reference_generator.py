@@ -1,0 +1,377 @@
+"""Generate a MIDI file from a keras_music TFLite step model with only numpy and ai-edge-litert.
+
+This is the on-device reference: it drives `model.tflite` one token at a time (states
+in, states out), samples with temperature / top-k and a seed, decodes the tokens into
+notes and writes a standard MIDI file with its own small writer. It imports neither
+TensorFlow, Keras nor keras_music, so it runs where only the LiteRT runtime exists.
+
+    python export/reference_generator.py --model RUN/export/model.tflite \
+        --vocab RUN/export/vocab.json --out piece.mid --length 400 --temperature 0.9 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import struct
+import sys
+import tempfile
+from fractions import Fraction
+
+import numpy as np
+
+VOCAB_FORMAT = "keras_music.vocabulary"
+VOCAB_VERSION = 1
+SIGNATURE = "step"
+TICKS_PER_QUARTER = 480  # divisible by 12, so the model's 1/12-quarter grid lands on whole ticks
+VELOCITY = 80
+
+
+class GeneratorError(Exception):
+    """The model or vocabulary file is unusable, or they do not belong together."""
+
+
+# ----------------------------------------------------------------------------- vocabulary
+
+def load_vocabulary(path: str) -> dict:
+    """vocab.json as a dict, checked: format, version, tokens, special tokens at ids 0, 1, 2."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as error:
+        raise GeneratorError(f"cannot read the vocabulary {path}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise GeneratorError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(data, dict) or data.get("format") != VOCAB_FORMAT:
+        raise GeneratorError(f"{path}: not a keras_music vocabulary (expected \"format\": \"{VOCAB_FORMAT}\")")
+    if data.get("version") != VOCAB_VERSION:
+        raise GeneratorError(f"{path}: vocabulary version {data.get('version')!r} is not supported "
+                             f"(expected {VOCAB_VERSION})")
+    tokens = data.get("tokens")
+    if not isinstance(tokens, list) or len(tokens) < 4 or not all(isinstance(t, str) for t in tokens):
+        raise GeneratorError(f"{path}: \"tokens\" must be a list of at least 4 strings")
+    special = data.get("special_tokens") or {}
+    expected = [special.get("pad", "<pad>"), special.get("unknown", "<unk>"), special.get("boundary", "<piece>")]
+    if tokens[:3] != expected:
+        raise GeneratorError(f"{path}: the first tokens must be {expected}, got {tokens[:3]}")
+    if data.get("representation") not in ("note", "classic"):
+        raise GeneratorError(f"{path}: unknown representation {data.get('representation')!r} "
+                             "(expected note or classic)")
+    return data
+
+
+# ----------------------------------------------------------------------------- the model
+
+class StepModel:
+    """model.tflite's `step` signature: token [1] int32, state [1, 2L, H] float32 -> probabilities, next_state."""
+
+    def __init__(self, path: str, vocabulary_size: int, num_threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        if not os.path.isfile(path):
+            raise GeneratorError(f"model file {path} does not exist")
+        try:
+            interpreter = Interpreter(model_path=path, num_threads=num_threads)
+        except (ValueError, RuntimeError) as error:
+            raise GeneratorError(f"{path} is not a loadable TFLite model: {error}") from None
+        signatures = interpreter.get_signature_list()
+        if SIGNATURE not in signatures:
+            raise GeneratorError(f"{path} has signatures {sorted(signatures)}, expected {SIGNATURE!r}")
+        self.runner = interpreter.get_signature_runner(SIGNATURE)
+        inputs = self.runner.get_input_details()
+        outputs = self.runner.get_output_details()
+        if set(inputs) != {"token", "state"} or set(outputs) != {"probabilities", "next_state"}:
+            raise GeneratorError(f"{path}: step takes {sorted(inputs)} and returns {sorted(outputs)}, expected "
+                                 "token, state -> probabilities, next_state")
+        self.state_shape = tuple(int(n) for n in inputs["state"]["shape"])
+        model_vocabulary = int(outputs["probabilities"]["shape"][-1])
+        if model_vocabulary != vocabulary_size:
+            raise GeneratorError(f"{path} predicts {model_vocabulary} tokens but the vocabulary has "
+                                 f"{vocabulary_size}: the model and vocab.json do not belong together")
+
+    def initial_state(self) -> np.ndarray:
+        return np.zeros(self.state_shape, np.float32)
+
+    def step(self, token: int, state: np.ndarray):
+        out = self.runner(token=np.array([token], np.int32), state=state)
+        return out["probabilities"][0], out["next_state"]
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def sample(probabilities, rng, temperature: float, top_k: int, banned) -> int:
+    """One id: temperature 0 is greedy; otherwise p^(1/T) over the top_k ids, drawn by inverse CDF.
+
+    Banned ids (padding, unknown) are never returned; ties go to the lowest id.
+    """
+    probabilities = np.asarray(probabilities, np.float64).copy()
+    probabilities[list(banned)] = 0.0
+    masked = probabilities.copy()
+    masked[list(banned)] = -1.0
+    best = int(np.argmax(masked))
+    if temperature == 0:
+        return best
+    uniform = rng.random()
+    with np.errstate(divide="ignore"):
+        log_probabilities = np.log(probabilities)
+    top = log_probabilities.max()
+    if not np.isfinite(top):
+        return best
+    # Shifting by the maximum keeps the best id at weight 1 for any small temperature.
+    weights = np.exp((log_probabilities - top) / temperature)
+    if 0 < top_k < len(weights):
+        order = np.argsort(-probabilities, kind="stable")
+        weights[order[top_k:]] = 0.0
+    cumulative = np.cumsum(weights)
+    chosen = int(np.count_nonzero(cumulative <= uniform * cumulative[-1]))
+    return min(chosen, int(np.flatnonzero(weights > 0)[-1]))
+
+
+def generate(model: StepModel, vocabulary: dict, primer_ids, length: int, temperature: float, top_k: int,
+             seed: int | None, stop_at_boundary: bool = True):
+    """Primer ids followed by up to `length` sampled ids; returns (ids, stopped_at_boundary)."""
+    rng = np.random.default_rng(seed)
+    boundary = 2
+    banned = (0, 1)
+    state = model.initial_state()
+    probabilities = None
+    for token in primer_ids:
+        probabilities, state = model.step(token, state)
+    generated = []
+    for _ in range(length):
+        token = sample(probabilities, rng, temperature, top_k, banned)
+        if token == boundary and stop_at_boundary:
+            return list(primer_ids) + generated, True
+        generated.append(token)
+        probabilities, state = model.step(token, state)
+    return list(primer_ids) + generated, False
+
+
+# ----------------------------------------------------------------------------- tokens -> notes
+
+def _pitch_from_name(name: str) -> int:
+    names = {"C": 0, "C#": 1, "D-": 1, "D": 2, "D#": 3, "E-": 3, "E": 4, "F": 5, "F#": 6, "G-": 6, "G": 7,
+             "G#": 8, "A-": 8, "A": 9, "A#": 10, "B-": 10, "B": 11}
+    for prefix in sorted(names, key=len, reverse=True):
+        octave = name[len(prefix):]
+        if name.startswith(prefix) and octave.lstrip("-").isdigit():
+            return names[prefix] + 12 * (int(octave) + 1)
+    raise ValueError(name)
+
+
+def tokens_to_sonorities(tokens, representation: str = "note", classic_step=Fraction(1, 2)):
+    """Tokens -> [(pitches ascending, held flags, duration in quarter notes)], tolerant of bad sequences.
+
+    note: `pitch:N` attacks MIDI pitch N, `hold:N` continues N from the previous
+    sonority (a hold of a pitch that was not sounding becomes an attack), `rest`
+    marks silence, and `dur:Q` closes the sonority with length Q. Special and
+    unparseable tokens are skipped; pitches without a following duration are dropped.
+    classic: each note name (C4, F#3, B-2) or chord of pitch classes (0.4.7, placed
+    from middle C up) is one attack lasting classic_step.
+    """
+    sonorities = []
+    specials = {"<pad>", "<unk>", "<piece>"}
+    if representation == "classic":
+        step = Fraction(classic_step).limit_denominator(12)
+        for token in tokens:
+            if token in specials:
+                continue
+            try:
+                if "." in token or token.isdigit():
+                    pitches = tuple(sorted({60 + int(pc) for pc in token.split(".")}))
+                else:
+                    pitches = (_pitch_from_name(token),)
+            except ValueError:
+                continue
+            sonorities.append((pitches, (False,) * len(pitches), step))
+        return sonorities
+    pending: dict[int, bool] = {}
+    previous: set[int] = set()
+    for token in tokens:
+        if token in specials or token == "rest":
+            continue
+        kind, _, value = token.partition(":")
+        if kind in ("pitch", "hold") and value.lstrip("-").isdigit():
+            pitch = int(value)
+            held = kind == "hold" and pitch in previous
+            pending[pitch] = pending.get(pitch, True) and held
+        elif kind == "dur":
+            try:
+                duration = Fraction(value)
+            except (ValueError, ZeroDivisionError):
+                continue
+            if duration <= 0:
+                continue
+            pitches = tuple(sorted(pending))
+            sonorities.append((pitches, tuple(pending[p] for p in pitches), duration))
+            previous = set(pitches)
+            pending = {}
+    return sonorities
+
+
+def sonorities_to_notes(sonorities):
+    """[(onset, duration, pitch)] in quarter notes; a held pitch lengthens the note it continues."""
+    notes = []
+    sounding: dict[int, list] = {}
+    time = Fraction(0)
+    for pitches, held_flags, duration in sonorities:
+        still = {}
+        for pitch, held in zip(pitches, held_flags):
+            if held and pitch in sounding:
+                note = sounding[pitch]
+                note[1] += duration
+            else:
+                note = [time, duration, pitch]
+                notes.append(note)
+            still[pitch] = note
+        sounding = still
+        time += duration
+    return sorted((tuple(n) for n in notes), key=lambda n: (n[0], n[2]))
+
+
+# ----------------------------------------------------------------------------- MIDI writer
+
+def _variable_length(value: int) -> bytes:
+    """A MIDI variable-length quantity: 7 bits a byte, high bit set on all but the last."""
+    out = [value & 0x7F]
+    value >>= 7
+    while value:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    return bytes(reversed(out))
+
+
+def midi_bytes(notes, tempo_bpm: float = 90.0, program: int = 0, time_signature=(4, 4)) -> bytes:
+    """A format-0 standard MIDI file: tempo, time signature, program, then note on/off on channel 0."""
+    tempo = round(60_000_000 / tempo_bpm)
+    if not 0 < tempo < 1 << 24:
+        raise ValueError(f"tempo {tempo_bpm} BPM is outside what MIDI can store (4..60000000 BPM)")
+    events = []
+    for onset, duration, pitch in notes:
+        start = round(onset * TICKS_PER_QUARTER)
+        end = round((onset + duration) * TICKS_PER_QUARTER)
+        if end <= start or not 0 <= pitch <= 127:
+            continue
+        # Offs sort before ons at the same tick so a re-attacked pitch is not cut short.
+        events.append((start, 1, pitch, bytes([0x90, pitch, VELOCITY])))
+        events.append((end, 0, pitch, bytes([0x80, pitch, 0])))
+    events.sort(key=lambda e: (e[0], e[1], e[2]))
+    numerator, denominator = time_signature
+    track = bytearray()
+    track += _variable_length(0) + b"\xff\x51\x03" + tempo.to_bytes(3, "big")
+    track += _variable_length(0) + b"\xff\x58\x04" + bytes([numerator, int(math.log2(denominator)), 24, 8])
+    track += _variable_length(0) + bytes([0xC0, program & 0x7F])
+    now = 0
+    for tick, _, _, data in events:
+        track += _variable_length(tick - now) + data
+        now = tick
+    track += _variable_length(0) + b"\xff\x2f\x00"
+    header = b"MThd" + struct.pack(">IHHH", 6, 0, 1, TICKS_PER_QUARTER)
+    return header + b"MTrk" + struct.pack(">I", len(track)) + bytes(track)
+
+
+def write_file(path: str, data: bytes) -> None:
+    """Write atomically: a temporary sibling renamed over `path`."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".tmp-")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+# ----------------------------------------------------------------------------- command line
+
+def _count(kind: str, minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{kind} must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _non_negative_float(kind: str, minimum: float = 0.0):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"{kind} must be a finite number >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="reference_generator.py",
+        description="Generate a piece with a keras_music TFLite step model (numpy + ai-edge-litert only) "
+                    "and write it as a MIDI file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", required=True, help="model.tflite (or a quantized variant) from RUN/export/")
+    parser.add_argument("--vocab", required=True, help="vocab.json from RUN/export/")
+    parser.add_argument("--out", required=True, help="MIDI file to write")
+    parser.add_argument("--length", type=_count("--length", 1), default=400,
+                        help="most tokens to sample after the primer (stops earlier at the <piece> token)")
+    parser.add_argument("--temperature", type=_non_negative_float("--temperature"), default=1.0,
+                        help="sampling temperature; 0 is greedy")
+    parser.add_argument("--top-k", type=_count("--top-k", 0), default=0,
+                        help="sample only among the k most probable tokens (0 = all)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (same seed, same piece)")
+    parser.add_argument("--tempo", type=_non_negative_float("--tempo", 4.0), default=90.0,
+                        help="tempo of the MIDI file in quarter notes per minute")
+    parser.add_argument("--primer", default="<piece>",
+                        help="space-separated tokens the piece starts from (default: the piece boundary)")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="do not stop at a sampled <piece> token; sample all --length tokens")
+    return parser, parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    parser, args = parse_args(argv)
+    try:
+        vocabulary = load_vocabulary(args.vocab)
+        tokens = vocabulary["tokens"]
+        index = {token: i for i, token in enumerate(tokens)}
+        primer = args.primer.split()
+        unknown = [t for t in primer if t not in index]
+        if unknown or not primer:
+            parser.error(f"--primer tokens {unknown or primer} are not in {args.vocab} "
+                         "(use tokens it lists, e.g. \"<piece> pitch:60 dur:1\")")
+        model = StepModel(args.model, len(tokens))
+        ids, stopped = generate(model, vocabulary, [index[t] for t in primer], args.length, args.temperature,
+                                args.top_k, args.seed, stop_at_boundary=not args.keep_going)
+        piece = [tokens[i] for i in ids]
+        sonorities = tokens_to_sonorities(piece, vocabulary["representation"],
+                                          Fraction(str(vocabulary.get("classic_step", 0.5))))
+        notes = sonorities_to_notes(sonorities)
+        write_file(args.out, midi_bytes(notes, args.tempo))
+    except GeneratorError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"{parser.prog}: error: {error.filename or args.out}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    quarters = float(sum(s[2] for s in sonorities))
+    print(f"wrote {args.out}: {len(ids) - len(primer)} tokens after the primer, {len(notes)} notes, "
+          f"{quarters:g} quarter notes ({'stopped at <piece>' if stopped else 'reached --length'})")
+    print("tokens: " + " ".join(piece))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
