@@ -255,16 +255,15 @@ class ParseCache:
         self.suffix = settings.cache_key()
 
     def _path(self, digest: str) -> str:
-        return os.path.join(self.directory, "parsed", digest[:2], f"{digest}-{self.suffix}.json")
+        return storage.join(self.directory, "parsed", digest[:2], f"{digest}-{self.suffix}.json")
 
     def get(self, digest: str) -> dict | None:
         if not self.directory:
             return None
         try:
-            with open(self._path(digest), encoding="utf-8") as handle:
-                record = json.load(handle)
+            record = json.loads(storage.read_text(self._path(digest)))
             return record if isinstance(record, dict) and "status" in record else None
-        except (OSError, ValueError):
+        except Exception:  # missing, unreadable or corrupt (OSError, ValueError, tf.errors.* remotely): a miss
             return None
 
     def put(self, digest: str, record: dict) -> None:
@@ -273,8 +272,17 @@ class ParseCache:
             return
         try:
             storage.write_text(self._path(digest), json.dumps(record, separators=(",", ":")))
-        except OSError:
-            pass  # an unwritable cache only costs speed
+        except Exception:  # OSError locally, tf.errors.* remotely: an unwritable cache only costs speed
+            pass
+
+
+def resolve_files(sources) -> list[SourceFile]:
+    """Every source file in manifest order: files already known to be skipped first, then the rest.
+
+    Deterministic for the same sources, so separate processes can split the list by position.
+    """
+    candidates, skipped = resolve_sources(sources)
+    return skipped + candidates
 
 
 def parse_sources(sources, settings: ParseSettings, workers: int = 0, cache_dir: str | None = "",
@@ -284,16 +292,24 @@ def parse_sources(sources, settings: ParseSettings, workers: int = 0, cache_dir:
     Used entries carry `notes`, `time_signature`, `key`, `sha256`. A file that cannot be
     read or parsed is an entry with a reason, never an exception.
     """
+    return parse_files(resolve_files(sources), settings, workers, cache_dir, show_progress)
+
+
+def parse_files(files: list[SourceFile], settings: ParseSettings, workers: int = 0, cache_dir: str | None = "",
+                show_progress: bool = True) -> list[dict]:
+    """parse_sources for an already resolved list of files (e.g. one shard of it), in the given order."""
     from tqdm.auto import tqdm
 
-    candidates, skipped = resolve_sources(sources)
     cache = ParseCache(default_cache_dir() if cache_dir == "" else cache_dir, settings)
-    entries: list[dict] = [{"file": f.name, "status": "skipped", "reason": f.skip} for f in skipped]
+    entries: list[dict] = []
     jobs = []
     pending: dict[int, dict] = {}
-    for f in candidates:
+    for f in files:
         entry = {"file": f.name}
         entries.append(entry)
+        if f.skip:
+            entry.update(status="skipped", reason=f.skip)
+            continue
         try:
             data = storage.read_bytes(f.path)
         except (OSError, Exception) as error:  # tf.errors.* from remote filesystems too

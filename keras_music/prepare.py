@@ -1,19 +1,29 @@
-"""Sources -> parsed corpus -> tokens -> vocabulary -> TFRecord shards: a prepared directory."""
+"""Sources -> parsed corpus -> tokens -> vocabulary -> TFRecord shards: a prepared directory, in one call or sharded."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import json
+import re
 import sys
 import time
 from fractions import Fraction
 
 from keras_music import config as config_lib, corpus, events, storage
-from keras_music.vocabulary import Vocabulary, build as build_vocabulary
+from keras_music.vocabulary import build as build_vocabulary
 
 PREPARED_FORMAT = "keras_music.prepared"
+PART_FORMAT = "keras_music.prepare_part"
+PARTS = "parts"
+PART_ENTRIES = "parsed.json"
+# Written last in a shard's directory: its presence means the shard is complete.
+PART_MANIFEST = "manifest_part.json"
 # What the prepared data depends on: if any of these change, the data is rebuilt.
 PREPARE_KEYS = ("sources", "representation", "transpose", "normalize_key", "val_fraction", "min_count",
                 "min_events", "max_duration", "classic_step")
+_SHARD_NAME = re.compile(r"^shard-(\d+)-of-(\d+)$")
 
 
 class PrepareError(ValueError):
@@ -25,6 +35,11 @@ def prepare_settings(config: config_lib.Config) -> dict:
     settings = {key: data[key] for key in PREPARE_KEYS}
     settings["seed"] = config.train.seed
     return settings
+
+
+def parse_settings(data: config_lib.DataConfig) -> corpus.ParseSettings:
+    return corpus.ParseSettings(normalize_key=data.normalize_key, min_events=data.min_events,
+                                max_duration=data.max_duration, timeout=data.parse_timeout)
 
 
 def tokens_for(entry: dict, data: config_lib.DataConfig) -> list[str]:
@@ -48,17 +63,29 @@ def prepare(config: config_lib.Config, out_dir: str, show_progress: bool = True,
 
     prepared.json is written last: its presence means the rest is complete.
     """
-    data = config.data
     started = time.time()
-    settings = corpus.ParseSettings(normalize_key=data.normalize_key, min_events=data.min_events,
-                                    max_duration=data.max_duration, timeout=data.parse_timeout)
-    entries = corpus.parse_sources(data.sources, settings, workers=data.workers,
+    data = config.data
+    entries = corpus.parse_sources(data.sources, parse_settings(data), workers=data.workers,
                                    cache_dir=data.cache_dir, show_progress=show_progress)
+    return build(config, entries, out_dir, started, log)
+
+
+def build(config: config_lib.Config, entries: list[dict], out_dir: str, started: float | None = None,
+          log=print) -> dict:
+    """From parsed manifest entries (in resolved order) to a complete prepared directory."""
+    from keras_music import dataset
+
+    started = time.time() if started is None else started
+    data = config.data
+    marker = storage.join(out_dir, "prepared.json")
+    storage.makedirs(out_dir)
+    # A stale marker would vouch for files this call is about to replace.
+    if storage.exists(marker):
+        storage.remove(marker)
     corpus.mark_duplicates(entries)
     corpus.split_by_piece(entries, data.val_fraction, config.train.seed)
     used = [e for e in entries if e.get("status") == "used"]
     manifest = corpus.manifest_json(entries, {"sources": list(data.sources)})
-    storage.makedirs(out_dir)
     storage.write_json(storage.join(out_dir, "corpus_manifest.json"), manifest)
     summary = manifest["summary"]
     if not used:
@@ -85,9 +112,11 @@ def prepare(config: config_lib.Config, out_dir: str, show_progress: bool = True,
             ids = vocabulary.encode(tokens[entry["file"]], unknown)
             encoded.append((entry["file"], ids))
         lengths[split] = [len(ids) for _, ids in encoded]
-        from keras_music import dataset
-
-        dataset.write_shards(data_dir, split, encoded)
+        written = set(dataset.write_shards(data_dir, split, encoded))
+        # Shards of an earlier, larger preparation would otherwise be read as part of this one.
+        for name in storage.listdir(data_dir):
+            if name.startswith(split + "-") and name.endswith(".tfrecord") and name not in written:
+                storage.remove(storage.join(data_dir, name))
     validation_tokens = sum(lengths["validation"])
     validation_events = sum(events.count_events(tokens[e["file"]], data.representation) for e in validation)
     info = {
@@ -106,37 +135,217 @@ def prepare(config: config_lib.Config, out_dir: str, show_progress: bool = True,
         "files": summary,
         "seconds": round(time.time() - started, 2),
     }
-    storage.write_json(storage.join(out_dir, "prepared.json"), info)
+    storage.write_json(marker, info)
     log(f"prepared {len(used)} pieces ({summary['skipped']} of {summary['files']} files skipped), "
         f"vocabulary {len(vocabulary)} tokens, held-out unknown rate {info['validation_unknown_rate']:.2%}")
     return info
 
 
-def main(argv=None) -> int:
+# ----------------------------------------------------------------------------- sharded preparation
+
+def shard_dir(out_dir: str, shard_index: int, num_shards: int) -> str:
+    return storage.join(out_dir, PARTS, f"shard-{shard_index}-of-{num_shards}")
+
+
+def _files_digest(files: list[corpus.SourceFile]) -> str:
+    return hashlib.sha256("\n".join(f.name for f in files).encode("utf-8")).hexdigest()
+
+
+def prepare_shard(config: config_lib.Config, out_dir: str, shard_index: int, num_shards: int,
+                  show_progress: bool = True, log=print) -> dict:
+    """Parse the files at positions shard_index, shard_index + num_shards, ... of the resolved list.
+
+    Writes parts/shard-I-of-N/parsed.json (manifest entries with notes) and, last,
+    manifest_part.json; `merge` turns all N parts into the prepared directory.
+    """
+    if not 0 <= shard_index < num_shards:
+        raise PrepareError(f"shard index {shard_index} is outside 0..{num_shards - 1} for {num_shards} shards")
+    started = time.time()
+    data = config.data
+    files = corpus.resolve_files(data.sources)
+    indexes = list(range(shard_index, len(files), num_shards))
+    directory = shard_dir(out_dir, shard_index, num_shards)
+    marker = storage.join(directory, PART_MANIFEST)
+    storage.makedirs(directory)
+    # A rerun must not leave an old marker vouching for a half-replaced part.
+    if storage.exists(marker):
+        storage.remove(marker)
+    entries = corpus.parse_files([files[i] for i in indexes], parse_settings(data), workers=data.workers,
+                                 cache_dir=data.cache_dir, show_progress=show_progress)
+    payload = json.dumps({"format": PART_FORMAT, "indexes": indexes, "entries": entries},
+                         separators=(",", ":")).encode("utf-8")
+    storage.write_bytes(storage.join(directory, PART_ENTRIES), payload)
+    part = {
+        "format": PART_FORMAT,
+        "version": 1,
+        "shard_index": shard_index,
+        "num_shards": num_shards,
+        "settings": prepare_settings(config),
+        "parse_version": corpus.PARSE_VERSION,
+        "total_files": len(files),
+        "files_digest": _files_digest(files),
+        "entries_sha256": hashlib.sha256(payload).hexdigest(),
+        "summary": corpus.summarize(entries),
+        "files": [e["file"] for e in entries],
+        "seconds": round(time.time() - started, 2),
+    }
+    storage.write_json(marker, part)
+    parsed = sum(1 for e in entries if e.get("status") == "used")
+    log(f"shard {shard_index} of {num_shards}: {len(entries)} of {len(files)} files, {parsed} usable, "
+        f"in {directory}")
+    return part
+
+
+def _shard_counts(parts_dir: str) -> dict[int, set[int]]:
+    counts: dict[int, set[int]] = {}
+    for name in storage.listdir(parts_dir):
+        match = _SHARD_NAME.match(name)
+        if match:
+            counts.setdefault(int(match.group(2)), set()).add(int(match.group(1)))
+    return counts
+
+
+def merge(config: config_lib.Config, out_dir: str, num_shards: int | None = None, check_sources: bool = False,
+          log=print) -> dict:
+    """Check that all shards of out_dir/parts are complete and alike, then build the prepared directory.
+
+    The result equals an unsharded `prepare` of the same sources and settings. Sources
+    come from the parts; with check_sources, config.data.sources must match them.
+    """
+    started = time.time()
+    parts_dir = storage.join(out_dir, PARTS)
+    rerun = ("run python -m keras_music.prepare --data SRC --out {out} --num-shards N --shard-index I for "
+             "every I in 0..N-1 first").format(out=out_dir)
+    if not storage.isdir(parts_dir):
+        raise PrepareError(f"nothing to merge: {parts_dir} does not exist; {rerun}")
+    counts = _shard_counts(parts_dir)
+    if num_shards is None:
+        if not counts:
+            raise PrepareError(f"nothing to merge: {parts_dir} has no shard-I-of-N directories; {rerun}")
+        if len(counts) > 1:
+            found = ", ".join(f"{n} shards" for n in sorted(counts))
+            raise PrepareError(f"{parts_dir} holds parts of different shardings ({found}); pass --num-shards "
+                               "to pick one, or remove the stale parts")
+        num_shards = next(iter(counts))
+    present = [i for i in range(num_shards)
+               if storage.exists(storage.join(shard_dir(out_dir, i, num_shards), PART_MANIFEST))]
+    missing = [i for i in range(num_shards) if i not in present]
+    if missing:
+        names = ", ".join(f"shard-{i}-of-{num_shards}" for i in missing)
+        raise PrepareError(
+            f"cannot merge {out_dir}: {len(missing)} of {num_shards} shards missing or unfinished ({names}: no "
+            f"{PART_MANIFEST}); run python -m keras_music.prepare --out {out_dir} --num-shards {num_shards} "
+            f"--shard-index I for I in {', '.join(str(i) for i in missing)}, with the same --data/--config/--set")
+    parts = [storage.read_json(storage.join(shard_dir(out_dir, i, num_shards), PART_MANIFEST))
+             for i in range(num_shards)]
+    first = parts[0]
+    for i, part in enumerate(parts):
+        where = shard_dir(out_dir, i, num_shards)
+        if not isinstance(part, dict) or part.get("format") != PART_FORMAT:
+            raise PrepareError(f"{where}/{PART_MANIFEST} is not a keras_music shard manifest")
+        if (part.get("shard_index"), part.get("num_shards")) != (i, num_shards):
+            raise PrepareError(f"{where}/{PART_MANIFEST} describes shard {part.get('shard_index')} of "
+                               f"{part.get('num_shards')}, expected shard {i} of {num_shards}")
+        if part.get("parse_version") != corpus.PARSE_VERSION:
+            raise PrepareError(f"{where} was parsed by another keras_music version (parse version "
+                               f"{part.get('parse_version')}, this one is {corpus.PARSE_VERSION}); rerun that shard")
+        for key, value in part["settings"].items():
+            if value != first["settings"].get(key):
+                raise PrepareError(f"shards disagree on settings: data.{key} is {first['settings'].get(key)!r} "
+                                   f"in shard 0 but {value!r} in shard {i}; rerun the shards with the same "
+                                   "--data/--config/--set")
+        if (part["total_files"], part["files_digest"]) != (first["total_files"], first["files_digest"]):
+            raise PrepareError(f"shards saw different source files ({first['total_files']} in shard 0, "
+                               f"{part['total_files']} in shard {i}): the sources changed between shard runs; "
+                               "rerun every shard")
+    sources = first["settings"]["sources"]
+    if check_sources and list(config.data.sources) != list(sources):
+        raise PrepareError(f"--data {list(config.data.sources)} differs from the shards' sources {sources}; "
+                           "merge without --data or with the same sources")
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, sources=tuple(sources)))
+    wanted = prepare_settings(config)
+    for key, value in first["settings"].items():
+        if wanted.get(key) != value:
+            name = "train.seed" if key == "seed" else f"data.{key}"
+            raise PrepareError(f"the merge settings differ from the shards': {name} is {wanted.get(key)!r} here "
+                               f"but {value!r} in the shards; pass --merge the same --config/--set as the shards")
+    by_index: dict[int, dict] = {}
+    for i, part in enumerate(parts):
+        where = storage.join(shard_dir(out_dir, i, num_shards), PART_ENTRIES)
+        payload = storage.read_bytes(where)
+        if hashlib.sha256(payload).hexdigest() != part["entries_sha256"]:
+            raise PrepareError(f"{where} does not match its {PART_MANIFEST} (changed or truncated); rerun shard {i}")
+        parsed = json.loads(payload)
+        for index, entry in zip(parsed["indexes"], parsed["entries"]):
+            if index % num_shards != i or index in by_index:
+                raise PrepareError(f"{where} holds file position {index}, which does not belong to shard {i}")
+            by_index[index] = entry
+    if sorted(by_index) != list(range(first["total_files"])):
+        raise PrepareError(f"the shards hold {len(by_index)} of {first['total_files']} files; rerun every shard")
+    entries = [by_index[i] for i in range(first["total_files"])]
+    info = build(config, entries, out_dir, started, log)
+    storage.write_text(storage.join(out_dir, "config.yaml"), config_lib.dump(config))
+    return info
+
+
+# ----------------------------------------------------------------------------- command line
+
+def parse_args(argv=None):
+    from keras_music import cli
+
     parser = argparse.ArgumentParser(
         prog="python -m keras_music.prepare",
         description="Parse sources into a prepared directory (vocab.json, corpus_manifest.json, TFRecord "
-                    "shards) that `train --data DIR` accepts.")
+                    "shards) that `train --data DIR` accepts. DIR and the sources may be local or s3://, gs://, "
+                    "hdfs://, az:// URIs. For big corpora, run N shard jobs (--num-shards N --shard-index I, "
+                    "each parsing every N-th file, on one machine or many) and then one --merge; the result "
+                    "equals a single unsharded call.")
     parser.add_argument("--data", action="append", default=[], metavar="SRC",
                         help="source: directory, glob, file, s3:// gs:// hdfs:// URI, or music21 corpus name "
-                             "(repeatable; default from the config: bach)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="prepared directory to write")
+                             "(repeatable; default from the config: bach). With --merge: optional, checked "
+                             "against the shards' sources")
+    parser.add_argument("--out", required=True, metavar="DIR", help="prepared directory to write (local or URI)")
+    parser.add_argument("--num-shards", type=cli.positive_int, default=None, metavar="N",
+                        help="split the work into N shards; with --shard-index, parse one shard into "
+                             "DIR/parts/shard-I-of-N/; with --merge, the shard count to merge (default: "
+                             "the one found in DIR/parts)")
+    parser.add_argument("--shard-index", type=cli.non_negative_int, default=None, metavar="I",
+                        help="which shard this call parses, 0..N-1 (needs --num-shards)")
+    parser.add_argument("--merge", action="store_true",
+                        help="combine the N finished shards in DIR/parts into the prepared directory "
+                             "(use the same --config/--set as the shards)")
     config_lib.add_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.merge and args.shard_index is not None:
+        parser.error("--merge combines all shards: drop --shard-index")
+    if args.shard_index is not None and args.num_shards is None:
+        parser.error("--shard-index needs --num-shards")
+    if args.num_shards is not None and args.shard_index is None and not args.merge:
+        parser.error("--num-shards needs --shard-index (one shard per call) or --merge")
+    if args.shard_index is not None and args.shard_index >= args.num_shards:
+        parser.error(f"argument --shard-index: expected 0..{args.num_shards - 1} for --num-shards "
+                     f"{args.num_shards}, got {args.shard_index}")
+    return parser, args
+
+
+def main(argv=None) -> int:
+    parser, args = parse_args(argv)
     from keras_music import cli
 
     with cli.user_errors(parser):
-        overrides = list(args.overrides)
-        config = config_lib.load(args.config, overrides)
+        config = config_lib.load(args.config, args.overrides)
         if args.data:
-            import dataclasses
-
             config = dataclasses.replace(config, data=dataclasses.replace(config.data, sources=tuple(args.data)))
-        prepare(config, args.out, show_progress=not args.quiet)
-        storage.write_text(storage.join(args.out, "config.yaml"), config_lib.dump(config))
-    return 0
+        if args.merge:
+            merge(config, args.out, args.num_shards, check_sources=bool(args.data))
+        elif args.shard_index is not None:
+            prepare_shard(config, args.out, args.shard_index, args.num_shards, show_progress=not args.quiet)
+        else:
+            prepare(config, args.out, show_progress=not args.quiet)
+            storage.write_text(storage.join(args.out, "config.yaml"), config_lib.dump(config))
+    cli.finish(0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

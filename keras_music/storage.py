@@ -34,6 +34,13 @@ def _gfile():
     return tf.io.gfile
 
 
+def _remote(path: str) -> str:
+    """`path` as tf.io.gfile wants it: a bare bucket (s3://bucket) needs its trailing slash."""
+    path = str(path)
+    scheme, _, rest = path.partition("://")
+    return path + "/" if rest and "/" not in rest else path
+
+
 def join(base: str, *parts: str) -> str:
     base = str(base)
     if is_remote(base):
@@ -42,22 +49,24 @@ def join(base: str, *parts: str) -> str:
 
 
 def exists(path: str) -> bool:
-    return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
+    return _gfile().exists(_remote(path)) if is_remote(path) else os.path.exists(path)
 
 
 def isdir(path: str) -> bool:
-    return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+    return _gfile().isdir(_remote(path)) if is_remote(path) else os.path.isdir(path)
 
 
 def makedirs(path: str) -> None:
     if is_remote(path):
-        _gfile().makedirs(path)
+        _gfile().makedirs(_remote(path))
     else:
         os.makedirs(path, exist_ok=True)
 
 
 def listdir(path: str) -> list[str]:
-    return sorted(_gfile().listdir(path) if is_remote(path) else os.listdir(path))
+    # Object stores report sub-"directories" with a trailing slash.
+    return sorted(name.rstrip("/") for name in (_gfile().listdir(_remote(path)) if is_remote(path)
+                                                 else os.listdir(path)))
 
 
 def size(path: str) -> int:
@@ -72,8 +81,11 @@ def remove(path: str) -> None:
 
 
 def rmtree(path: str) -> None:
+    """Remove a directory tree; a missing one is not an error."""
     if is_remote(path):
-        _gfile().rmtree(path)
+        gfile = _gfile()
+        if gfile.exists(_remote(path)):
+            gfile.rmtree(_remote(path))
     else:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -92,8 +104,13 @@ def walk_files(root: str, errors: list | None = None) -> list[str]:
     Directories that cannot be listed are recorded in `errors` as (path, reason).
     """
     if is_remote(root):
+        # Object stores have no symlinks, so no loops to guard against.
+        def remote_error(error) -> None:
+            if errors is not None:
+                errors.append((root, f"unreadable directory: {error}"))
+
         out = []
-        for dirpath, _, files in _gfile().walk(root):
+        for dirpath, _, files in _gfile().walk(_remote(root), onerror=remote_error):
             out.extend(join(dirpath, f) for f in files)
         return sorted(out)
     out: list[str] = []
@@ -151,10 +168,18 @@ def write_bytes(path: str, data: bytes) -> None:
     path = str(path)
     temporary = _temporary_name(path)
     if is_remote(path):
+        # An object store publishes an object only when its upload completes, but HDFS
+        # and friends show partial files: the rename keeps every scheme atomic.
         gfile = _gfile()
-        with gfile.GFile(temporary, "wb") as handle:
-            handle.write(data)
-        gfile.rename(temporary, path, overwrite=True)
+        try:
+            with gfile.GFile(temporary, "wb") as handle:
+                handle.write(data)
+            gfile.rename(temporary, path, overwrite=True)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                if gfile.exists(temporary):
+                    gfile.remove(temporary)
+            raise
         return
     directory = os.path.dirname(path)
     if directory:
@@ -223,16 +248,24 @@ def atomic_directory(path: str):
     """
     path = str(path)
     if is_remote(path):
+        # Object stores cannot rename a directory: each file is replaced atomically,
+        # then files of an older version that the new one lacks are removed.
         local = tempfile.mkdtemp(prefix="keras_music-")
         try:
             yield local
             copy_tree(local, path)
+            fresh = {join(path, *os.path.relpath(os.path.join(d, f), local).split(os.sep))
+                     for d, _, files in os.walk(local) for f in files}
+            for stale in walk_files(path):
+                if stale not in fresh:
+                    remove(stale)
         finally:
             shutil.rmtree(local, ignore_errors=True)
         return
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     temporary = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".tmp-", dir=parent)
+    os.chmod(temporary, 0o755)  # mkdtemp's 0700 would otherwise become the final directory's mode
     try:
         yield temporary
         if os.path.exists(path):
@@ -263,7 +296,7 @@ def download_tree(source: str, local_dir: str) -> None:
         shutil.copytree(source, local_dir, dirs_exist_ok=True)
         return
     gfile = _gfile()
-    for dirpath, _, files in gfile.walk(source):
+    for dirpath, _, files in gfile.walk(_remote(source)):
         relative = dirpath[len(source.rstrip("/")):].strip("/")
         target = os.path.join(local_dir, relative) if relative else local_dir
         os.makedirs(target, exist_ok=True)
