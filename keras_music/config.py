@@ -55,7 +55,7 @@ class ModelConfig:
     embedding_size: int = 96
     hidden_size: int = 256
     num_layers: int = 3
-    dropout: float = 0.1
+    dropout: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,12 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     # Fraction of the schedule's final learning rate relative to the initial one.
     min_learning_rate_ratio: float = 0.05
-    epochs: int = 20
+    epochs: int = 60
     # Stop the whole fit after this many minutes (0 = no limit); the run is still complete.
-    time_budget_minutes: float = 0.0
+    time_budget_minutes: float = 28.0
     seed: int = 0
     clipnorm: float = 1.0
-    early_stopping_patience: int = 5
+    early_stopping_patience: int = 10
     strategy: str = "default"
     # Pieces written into the run directory when training ends.
     num_samples: int = 3

@@ -1,0 +1,650 @@
+"""Stateful note-by-note generation from a trained run (Keras, SavedModel or TFLite) into MIDI, MusicXML and plots."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import sys
+from fractions import Fraction
+
+import numpy as np
+
+from keras_music import events, run as run_lib, sampling, storage
+from keras_music.vocabulary import Vocabulary
+
+BACKENDS = ("keras", "savedmodel", "tflite")
+EXPORT_DIR = "export"
+SAVED_MODEL = "saved_model"
+TFLITE_FILES = ("model.tflite", "model_float16.tflite", "model_dynamic.tflite")
+# The default primer is the opening of a held-out piece: this many tokens, cut back
+# to the last complete sonority.
+DEFAULT_PRIMER_TOKENS = (8, 32)
+# A model that keeps emitting pitches without ever closing a sonority must still end:
+# each row stops after this many tokens per requested event.
+MAX_TOKENS_PER_EVENT = 32
+PRIMER_EXTENSIONS = (".mid", ".midi", ".musicxml", ".mxl", ".xml", ".abc", ".krn")
+
+
+class GenerateError(ValueError):
+    """Generation cannot run as asked (primer, export artifacts, settings); the message says why."""
+
+
+def _export_missing(path: str, run_dir: str) -> GenerateError:
+    return GenerateError(f"{path} is missing: export the run first with "
+                         f"python -m keras_music.export --run-dir {run_dir}")
+
+
+# ----------------------------------------------------------------------------- backends
+
+class KerasBackend:
+    """The trained Keras model driven one token at a time through model.StepModel."""
+
+    name = "keras"
+
+    def __init__(self, run_dir: str, vocabulary: Vocabulary | None = None, model=None):
+        from keras_music import model as model_lib
+
+        self.model = model if model is not None else run_lib.load_model(run_dir, vocabulary)
+        self.step_model = model_lib.StepModel(self.model)
+        self.vocabulary_size = self.step_model.vocabulary_size
+        self.state_shape = tuple(self.step_model.state_shape)
+
+    def initial_state(self, batch: int) -> np.ndarray:
+        return self.step_model.initial_state(batch)
+
+    def step(self, token_ids, state):
+        return self.step_model.step(np.asarray(token_ids, np.int32), np.asarray(state, np.float32))
+
+
+class SavedModelBackend:
+    """RUN/export/saved_model's `step` signature, loaded with plain TensorFlow."""
+
+    name = "savedmodel"
+
+    def __init__(self, run_dir: str, path: str | None = None):
+        import tensorflow as tf
+
+        self.path = path or run_lib.path(run_dir, EXPORT_DIR, SAVED_MODEL)
+        if not storage.exists(storage.join(self.path, "saved_model.pb")):
+            raise _export_missing(self.path, run_dir)
+        self.loaded = tf.saved_model.load(self.path)
+        if "step" not in self.loaded.signatures:
+            raise GenerateError(f"{self.path} has no `step` signature (found {sorted(self.loaded.signatures)}): "
+                                f"re-export with python -m keras_music.export --run-dir {run_dir}")
+        self._step = self.loaded.signatures["step"]
+        state_spec = self._step.structured_input_signature[1]["state"]
+        self.state_shape = tuple(int(d) for d in state_spec.shape[1:])
+        self.vocabulary_size = int(self._step.structured_outputs["probabilities"].shape[-1])
+        self._tf = tf
+
+    def initial_state(self, batch: int) -> np.ndarray:
+        return np.zeros((batch,) + self.state_shape, np.float32)
+
+    def step(self, token_ids, state):
+        tf = self._tf
+        out = self._step(token=tf.constant(np.asarray(token_ids, np.int32)),
+                         state=tf.constant(np.asarray(state, np.float32)))
+        return out["probabilities"].numpy(), out["next_state"].numpy()
+
+
+class TFLiteBackend:
+    """A RUN/export/*.tflite file's `step` signature through the LiteRT interpreter (no TensorFlow)."""
+
+    name = "tflite"
+
+    def __init__(self, run_dir: str, file: str = TFLITE_FILES[0], path: str | None = None):
+        self.path = path or run_lib.path(run_dir, EXPORT_DIR, file)
+        if not storage.exists(self.path):
+            raise _export_missing(self.path, run_dir)
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_content=storage.read_bytes(self.path))
+        signatures = self.interpreter.get_signature_list()
+        if "step" not in signatures:
+            raise GenerateError(f"{self.path} has no `step` signature (found {sorted(signatures)}): "
+                                f"re-export with python -m keras_music.export --run-dir {run_dir}")
+        self.runner = self.interpreter.get_signature_runner("step")
+        inputs = self.runner.get_input_details()
+        outputs = self.runner.get_output_details()
+        self.state_shape = tuple(int(d) for d in inputs["state"]["shape"][1:])
+        self.vocabulary_size = int(outputs["probabilities"]["shape"][-1])
+
+    def initial_state(self, batch: int) -> np.ndarray:
+        return np.zeros((batch,) + self.state_shape, np.float32)
+
+    def step(self, token_ids, state):
+        token_ids = np.asarray(token_ids, np.int32)
+        state = np.asarray(state, np.float32)
+        probabilities = np.empty((len(token_ids), self.vocabulary_size), np.float32)
+        next_state = np.empty_like(state)
+        # The exported TFLite signature has its batch fixed to 1 (what a phone app
+        # runs), so a batch is stepped one row at a time here.
+        for row in range(len(token_ids)):
+            out = self.runner(token=token_ids[row:row + 1], state=state[row:row + 1])
+            probabilities[row] = out["probabilities"][0]
+            next_state[row] = out["next_state"][0]
+        return probabilities, next_state
+
+
+def _check_exported_vocabulary(run_dir: str, vocabulary: Vocabulary | None) -> None:
+    exported = run_lib.path(run_dir, EXPORT_DIR, run_lib.VOCAB)
+    if vocabulary is None or not storage.exists(exported):
+        return
+    if Vocabulary.load(exported).tokens != vocabulary.tokens:
+        raise GenerateError(f"{exported} differs from {run_lib.path(run_dir, run_lib.VOCAB)}: the export is stale; "
+                            f"re-export with python -m keras_music.export --run-dir {run_dir}")
+
+
+def make_backend(run_dir: str, backend: str, vocabulary: Vocabulary | None = None):
+    if backend == "keras":
+        return KerasBackend(run_dir, vocabulary)
+    if backend in ("savedmodel", "tflite"):
+        _check_exported_vocabulary(run_dir, vocabulary)
+    if backend == "savedmodel":
+        return SavedModelBackend(run_dir)
+    if backend == "tflite":
+        return TFLiteBackend(run_dir)
+    raise GenerateError(f"unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
+
+
+# ----------------------------------------------------------------------------- pieces
+
+@dataclasses.dataclass
+class Piece:
+    tokens: list[str]  # generated tokens only (no primer, no boundary)
+    primer_tokens: list[str]
+    ids: list[int]  # ids of `tokens`
+    sonorities: list  # decoded primer + generated sonorities
+    notes: np.ndarray  # (n, 3) onset/duration/pitch of primer + generated
+    primer_events: int  # how many of `sonorities` belong to the primer
+    stop_reason: str  # "length" | "boundary" | "token_limit" (no sonority ever closed)
+    repairs: dict
+    seed: int = 0
+    index: int = 0  # row in the batch that produced it
+    settings: dict = dataclasses.field(default_factory=dict)
+    primer_source: str = ""
+    unknown_primer_tokens: list = dataclasses.field(default_factory=list)
+    time_signature: tuple = (4, 4)
+
+    @property
+    def events(self) -> int:
+        """Generated sonorities (the primer's excluded)."""
+        return len(self.sonorities) - self.primer_events
+
+    @property
+    def primer_duration(self) -> float:
+        """Quarter notes the primer occupies at the start of the piece."""
+        return float(sum(s.duration for s in self.sonorities[:self.primer_events]))
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _rng_for_primers(seed: int):
+    # A stream separate from the sampler's, so choosing a primer never shifts the
+    # sampled tokens of an otherwise identical run.
+    return sampling.make_rng([int(seed), 1])
+
+
+class Generator:
+    """Loads a run (config, vocabulary, model or exported artifacts) and generates pieces from it."""
+
+    def __init__(self, run_dir: str, backend="keras", log=_warn):
+        self.run_dir = run_dir
+        self.config = run_lib.load_config(run_dir)
+        self.vocabulary = run_lib.load_vocabulary(run_dir)
+        self.representation = self.vocabulary.representation
+        self.log = log
+        if isinstance(backend, str):
+            self.backend_name = backend
+            self.backend = make_backend(run_dir, backend, self.vocabulary)
+        else:
+            # Any object with initial_state(batch) and step(ids, state) (tests use fakes).
+            self.backend_name = getattr(backend, "name", type(backend).__name__)
+            self.backend = backend
+        size = getattr(self.backend, "vocabulary_size", len(self.vocabulary))
+        if size != len(self.vocabulary):
+            raise GenerateError(f"the {self.backend_name} model has {size} tokens but {run_lib.path(run_dir, run_lib.VOCAB)} "
+                                f"has {len(self.vocabulary)}: re-export the run with "
+                                f"python -m keras_music.export --run-dir {run_dir}")
+        self.banned = np.array([self.vocabulary.pad_id, self.vocabulary.unk_id], np.int64)
+        self.is_event = np.array([self._counts_as_event(t) for t in self.vocabulary.tokens], bool)
+        self._held_out = None
+        self._held_out_files: list[dict] = []
+
+    def _counts_as_event(self, token: str) -> bool:
+        return events.count_events([token], self.representation) == 1
+
+    # ------------------------------------------------------------------ primers
+
+    def primer_from_file(self, path: str) -> list[str]:
+        """A score file tokenized exactly as training data was (representation, key frame, max duration)."""
+        return self._read_primer(path)[0]
+
+    def _read_primer(self, path: str) -> tuple[list[str], tuple[int, int]]:
+        import tempfile
+        import warnings
+
+        if not storage.exists(path):
+            raise FileNotFoundError(2, "no such file", path)
+        extension = os.path.splitext(path)[1].lower()
+        from music21 import converter
+
+        with tempfile.TemporaryDirectory(prefix="keras_music-primer-") as tmp:
+            local = path
+            if storage.is_remote(path):
+                local = os.path.join(tmp, "primer" + extension)
+                with open(local, "wb") as handle:
+                    handle.write(storage.read_bytes(path))
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    score = converter.parse(local, forceSource=True)
+            except Exception as error:  # music21 raises many types; all mean "unreadable"
+                text = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+                raise GenerateError(f"primer {path}: music21 cannot read it ({type(error).__name__}: {text}); "
+                                    f"expected a score file such as {', '.join(PRIMER_EXTENSIONS)}") from None
+        shift = 0
+        if self.config.data.normalize_key:
+            try:
+                shift, _ = events.key_shift(score)
+            except Exception:  # key analysis fails on degenerate scores; training keeps those unshifted too
+                shift = 0
+        tokens = events.stream_to_tokens(score, self.representation, Fraction(self.config.data.max_duration), shift)
+        if not tokens:
+            raise GenerateError(f"primer {path} has no notes to start from")
+        return tokens, events.score_time_signature(score)
+
+    def held_out_pieces(self) -> list[list[str]]:
+        """Token lists of the run's validation pieces (read once)."""
+        if self._held_out is None:
+            pieces = []
+            try:
+                from keras_music import dataset
+
+                data_dir = run_lib.data_dir(self.run_dir)
+                if storage.isdir(data_dir):
+                    files = dataset.shard_files(data_dir, "validation")
+                    pieces = [self.vocabulary.decode(ids) for ids in dataset.read_pieces(files)]
+            except Exception as error:  # unreadable shards only cost the default primer
+                self.log(f"cannot read the held-out pieces of {self.run_dir}: {error}")
+            self._held_out = pieces
+            self._held_out_files = self._held_out_manifest(len(pieces))
+        return self._held_out
+
+    def _held_out_manifest(self, count: int) -> list[dict]:
+        """Manifest entries of the validation pieces, in shard order (prepare sorts them by content hash)."""
+        try:
+            files = storage.read_json(run_lib.path(self.run_dir, run_lib.MANIFEST)).get("files", [])
+        except (OSError, ValueError, AttributeError):
+            return []
+        entries = sorted((f for f in files if f.get("status") == "used" and f.get("split") == "validation"),
+                         key=lambda f: f.get("sha256", ""))
+        return entries if len(entries) == count else []
+
+    def random_opening(self, rng) -> tuple[list[str], str, tuple[int, int]]:
+        """The first 8..32 tokens of a random held-out piece, cut after its last complete sonority."""
+        pieces = [p for p in self.held_out_pieces() if p]
+        if not pieces:
+            return [], "none (no held-out pieces found; started from the boundary alone)", (4, 4)
+        index = int(rng.integers(len(pieces)))
+        tokens = pieces[index]
+        entry = self._held_out_files[index] if self._held_out_files and all(self._held_out) else {}
+        name = entry.get("file", f"number {index}")
+        time_signature = tuple(entry.get("time_signature") or (4, 4))
+        wanted = int(rng.integers(DEFAULT_PRIMER_TOKENS[0], DEFAULT_PRIMER_TOKENS[1] + 1))
+        if self.representation == "note":
+            ends = [i + 1 for i, t in enumerate(tokens) if t.startswith("dur:")]
+            within = [e for e in ends if e <= wanted]
+            cut = within[-1] if within else (ends[0] if ends else len(tokens))
+        else:
+            cut = min(wanted, len(tokens))
+        return tokens[:cut], f"held-out piece {name} (first {cut} tokens)", time_signature
+
+    def _primers(self, num_samples, rng, primer, primer_tokens, strict):
+        """One (tokens, source, unknown tokens, time signature) per row."""
+        if primer is not None and primer_tokens is not None:
+            raise GenerateError("give either a primer file or primer tokens, not both")
+        if primer is None and primer_tokens is None:
+            openings = [self.random_opening(rng) for _ in range(num_samples)]
+            return [(tokens, source, [], time_signature) for tokens, source, time_signature in openings]
+        time_signature = (4, 4)
+        if primer is not None:
+            (tokens, time_signature), source = self._read_primer(primer), str(primer)
+        else:
+            if isinstance(primer_tokens, str):
+                primer_tokens = primer_tokens.split()
+            tokens, source = list(primer_tokens), "tokens"
+        while tokens and tokens[0] == events.BOUNDARY:
+            tokens = tokens[1:]  # every sequence starts with exactly one boundary
+        unknown: list[str] = []
+        self.vocabulary.encode(tokens, unknown)
+        unknown = list(dict.fromkeys(unknown))
+        if unknown:
+            where = f"primer {primer}" if primer is not None else "primer tokens"
+            message = (f"{where}: {len(unknown)} token(s) not in the vocabulary of {self.run_dir}: "
+                       f"{', '.join(unknown[:20])}{' ...' if len(unknown) > 20 else ''}")
+            if strict:
+                raise GenerateError(message)
+            self.log(message + " (fed to the model as <unk>)")
+        return [(tokens, source, unknown, time_signature)] * num_samples
+
+    # ------------------------------------------------------------------ the loop
+
+    def prime(self, sequences: list[list[int]]):
+        """Feed each row's ids through the backend; returns (probabilities after each row's last id, state).
+
+        Rows of different lengths are stepped together; a row whose sequence has ended
+        keeps its state unchanged, so every row's state is exactly that of its own prefix.
+        """
+        batch = len(sequences)
+        lengths = np.array([len(s) for s in sequences])
+        if lengths.min() < 1:
+            raise GenerateError("every primed sequence needs at least the boundary token")
+        padded = np.zeros((batch, lengths.max()), np.int32)
+        for row, sequence in enumerate(sequences):
+            padded[row, :len(sequence)] = sequence
+        state = self.backend.initial_state(batch)
+        last = None
+        for t in range(int(lengths.max())):
+            probabilities, next_state = self.backend.step(padded[:, t], state)
+            if last is None:
+                last = np.zeros_like(probabilities)
+            active = t < lengths
+            state = np.where(active[:, None, None], next_state, state)
+            last[active] = probabilities[active]
+        return last, state
+
+    def generate(self, num_samples=1, length=200, temperature=1.0, top_k=0, top_p=1.0, seed=0,
+                 primer=None, primer_tokens=None, strict=False, show_progress=False) -> list[Piece]:
+        """Sample `num_samples` pieces in one batched pass.
+
+        Each row starts with `<piece>` and its primer: the file `primer`, the list (or
+        space-separated string) `primer_tokens` ([] = no primer), or by default the opening
+        of a random held-out piece (a different one per row, chosen with `seed`). A row
+        stops after `length` events (sonorities; tokens for `classic`) or when it samples
+        `<piece>`.
+        """
+        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+            raise GenerateError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
+            raise GenerateError(f"length must be an integer >= 1 (events to generate), got {length!r}")
+        try:
+            sampling.validate_sampling(temperature, top_k, top_p)
+        except ValueError as error:
+            raise GenerateError(str(error)) from None
+        primers = self._primers(num_samples, _rng_for_primers(seed), primer, primer_tokens, strict)
+        boundary = self.vocabulary.boundary_id
+        sequences = [[boundary] + self.vocabulary.encode(primer[0]) for primer in primers]
+        probabilities, state = self.prime(sequences)
+
+        rng = sampling.make_rng(seed)
+        generated: list[list[int]] = [[] for _ in range(num_samples)]
+        event_counts = np.zeros(num_samples, np.int64)
+        finished = np.zeros(num_samples, bool)
+        stop = ["token_limit"] * num_samples
+        max_tokens = length * MAX_TOKENS_PER_EVENT
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=length, desc="generating", unit="event", disable=not show_progress, file=sys.stderr)
+        shown = 0
+        try:
+            for _ in range(max_tokens):
+                ids = sampling.sample_next(probabilities, rng, temperature, top_k, top_p, self.banned)
+                for row in np.flatnonzero(~finished):
+                    token_id = int(ids[row])
+                    if token_id == boundary:
+                        finished[row], stop[row] = True, "boundary"
+                        continue
+                    generated[row].append(token_id)
+                    if self.is_event[token_id]:
+                        event_counts[row] += 1
+                        if event_counts[row] >= length:
+                            finished[row], stop[row] = True, "length"
+                progress = int(np.where(finished, length, event_counts).min())
+                if progress > shown:
+                    bar.update(progress - shown)
+                    shown = progress
+                if finished.all():
+                    break
+                # Finished rows keep stepping with the rest of the batch; their output is ignored.
+                probabilities, state = self.backend.step(ids.astype(np.int32), state)
+        finally:
+            bar.close()
+
+        settings = {"backend": self.backend_name, "num_samples": num_samples, "length": length,
+                    "temperature": float(temperature), "top_k": int(top_k), "top_p": float(top_p),
+                    "representation": self.representation}
+        return [self._piece(row, primers[row], generated[row], stop[row], seed, settings)
+                for row in range(num_samples)]
+
+    def _piece(self, row, primer, ids, stop_reason, seed, settings) -> Piece:
+        primer_tokens, source, unknown, time_signature = primer
+        tokens = self.vocabulary.decode(ids)
+        report = events.DecodeReport()
+        step = Fraction(self.config.data.classic_step).limit_denominator(events.GRID)
+        sonorities = events.tokens_to_sonorities(list(primer_tokens) + tokens, self.representation, step, report)
+        primer_events = len(events.tokens_to_sonorities(list(primer_tokens), self.representation, step))
+        return Piece(tokens=tokens, primer_tokens=list(primer_tokens), ids=[int(i) for i in ids],
+                     sonorities=sonorities, notes=events.sonorities_to_notes(sonorities),
+                     primer_events=min(primer_events, len(sonorities)), stop_reason=stop_reason,
+                     repairs=dict(report.repairs), seed=int(seed), index=row, settings=dict(settings),
+                     primer_source=source, unknown_primer_tokens=list(unknown),
+                     time_signature=tuple(time_signature))
+
+    # ------------------------------------------------------------------ output
+
+    def write(self, pieces, out_dir, tempo=90.0, instrument="Piano", prefix="sample") -> list[str]:
+        """MIDI, MusicXML, piano-roll PNG and JSON per piece (atomic writes); returns the paths."""
+        if not tempo > 0:
+            raise GenerateError(f"tempo must be a positive number of beats per minute, got {tempo!r}")
+        storage.makedirs(out_dir)
+        paths = []
+        width = max(2, len(str(len(pieces))))
+        for number, piece in enumerate(pieces, start=1):
+            stem = storage.join(out_dir, f"{prefix}-{number:0{width}d}")
+            title = f"{prefix} {number} (keras_music)"
+            score = events.sonorities_to_stream(piece.sonorities, tempo=tempo, instrument=instrument,
+                                                time_signature=tuple(piece.time_signature), title=title)
+            midi, musicxml, png, record = (stem + ".mid", stem + ".musicxml", stem + ".png", stem + ".json")
+            with storage.atomic_local_path(midi, suffix=".mid") as tmp:
+                midi_stream(piece, tempo, instrument).write("midi", fp=tmp)
+            with storage.atomic_local_path(musicxml, suffix=".musicxml") as tmp:
+                score.write("musicxml", fp=tmp)
+            plot_piano_roll(piece, png, title)
+            storage.write_json(record, {
+                "format": "keras_music.generated_piece", "version": 1,
+                "run_dir": str(self.run_dir), "seed": piece.seed, "index": piece.index,
+                "settings": dict(piece.settings, tempo=float(tempo), instrument=instrument),
+                "stop_reason": piece.stop_reason, "events": piece.events, "primer_events": piece.primer_events,
+                "primer_source": piece.primer_source, "unknown_primer_tokens": piece.unknown_primer_tokens,
+                "repairs": piece.repairs, "primer_tokens": piece.primer_tokens, "tokens": piece.tokens,
+                "ids": piece.ids, "files": {"midi": os.path.basename(midi), "musicxml": os.path.basename(musicxml),
+                                            "png": os.path.basename(png)},
+            })
+            paths.extend([midi, musicxml, png, record])
+        return paths
+
+
+def midi_stream(piece: Piece, tempo: float = 90.0, instrument: str = "Piano"):
+    """The piece's notes as whole notes (no ties) in as few parts as keep MIDI re-parsing exact.
+
+    music21's MIDI writer joins ties with stripTies, which lengthens every member of a
+    chord when only some are tied, and its reader merges notes that start together into
+    one chord when their ends are close; so each note is written once at its full length,
+    and notes starting together with different lengths go to different tracks.
+    """
+    from music21 import chord, instrument as m21instrument, note, stream, tempo as m21tempo
+
+    groups: dict[tuple, list[int]] = {}
+    for onset, duration, pitch in np.asarray(piece.notes).reshape(-1, 3):
+        key = (Fraction(onset).limit_denominator(events.GRID), Fraction(duration).limit_denominator(events.GRID))
+        groups.setdefault(key, []).append(int(pitch))
+    lanes: list[list] = []  # per track: [end of its last chord, [(onset, duration, pitches)]]
+    for (onset, duration), pitches in sorted(groups.items()):
+        lane = next((lane for lane in lanes if lane[0] <= onset), None)
+        if lane is None:
+            lane = [Fraction(0), []]
+            lanes.append(lane)
+        lane[0] = onset + duration
+        lane[1].append((onset, duration, sorted(pitches)))
+    score = stream.Score()
+    for number, (_, chords) in enumerate(lanes or [[0, []]]):
+        part = stream.Part()
+        try:
+            part.insert(0, m21instrument.fromString(instrument))
+        except Exception:  # music21 raises its own error type for unknown names
+            part.insert(0, m21instrument.Piano())
+        if number == 0:
+            part.insert(0, m21tempo.MetronomeMark(number=tempo))
+        for onset, duration, pitches in chords:
+            element = (note.Note(pitches[0], quarterLength=duration) if len(pitches) == 1
+                       else chord.Chord(pitches, quarterLength=duration))
+            part.insert(onset, element)
+        score.insert(0, part)
+    return score
+
+
+def plot_piano_roll(piece: Piece, path: str, title: str = "") -> None:
+    """Pitch against time in quarter notes; the primer region and notes are drawn apart from generated ones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    notes = np.asarray(piece.notes, float).reshape(-1, 3)
+    primer_end = piece.primer_duration
+    total = float(sum(s.duration for s in piece.sonorities)) or 1.0
+    figure, axis = plt.subplots(figsize=(min(24.0, 6 + total / 8), 4.5))
+    if primer_end > 0:
+        axis.axvspan(0, primer_end, color="0.88", zorder=0, label="primer")
+    for is_primer, color, label in ((True, "0.45", "primer notes"), (False, "tab:blue", "generated notes")):
+        chosen = notes[(notes[:, 0] < primer_end) == is_primer] if len(notes) else notes
+        for onset, duration, pitch in chosen:
+            axis.add_patch(matplotlib.patches.Rectangle((onset, pitch - 0.4), duration, 0.8, color=color,
+                                                        linewidth=0, zorder=2))
+        if len(chosen):
+            axis.plot([], [], color=color, linewidth=6, label=label)
+    low, high = (notes[:, 2].min(), notes[:, 2].max()) if len(notes) else (60, 72)
+    axis.set_xlim(0, total)
+    axis.set_ylim(low - 2, high + 2)
+    axis.set_xlabel("time (quarter notes)")
+    axis.set_ylabel("MIDI pitch")
+    axis.set_title(title or "piano roll")
+    axis.grid(alpha=0.25, zorder=1)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(loc="upper right", fontsize="small")
+    figure.tight_layout()
+    with storage.atomic_local_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=90)
+    plt.close(figure)
+
+
+def summary_line(name: str, piece: Piece) -> str:
+    pitches = piece.notes[:, 2] if len(piece.notes) else []
+    span = f"pitches {int(min(pitches))}-{int(max(pitches))}" if len(pitches) else "no notes"
+    repairs = sum(piece.repairs.values())
+    return (f"{name}: {_count(piece.events, 'event')} generated after a {piece.primer_events}-event primer, "
+            f"{_count(len(piece.tokens), 'token')}, stopped by {piece.stop_reason}, {span}, "
+            f"{_count(repairs, 'decode repair')}")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def write_training_samples(run_dir: str, config) -> list[str]:
+    """The pieces train writes at the end of a run (RUN/samples/); returns the MIDI paths."""
+    train = config.train
+    if train.num_samples < 1:
+        return []
+    generator = Generator(run_dir)
+    pieces = generator.generate(num_samples=train.num_samples, length=train.sample_length,
+                                temperature=train.sample_temperature, seed=train.seed)
+    paths = generator.write(pieces, run_lib.path(run_dir, "samples"))
+    return [p for p in paths if p.endswith(".mid")]
+
+
+def default_out_dir(run_dir: str) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = run_lib.path(run_dir, "generated", stamp)
+    suffix = 1
+    while storage.exists(out):
+        suffix += 1
+        out = run_lib.path(run_dir, "generated", f"{stamp}-{suffix}")
+    return out
+
+
+def parse_args(argv=None):
+    from keras_music import cli
+
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_music.generate",
+        description="Generate pieces from a trained run, one note at a time with the LSTM states carried "
+                    "forward; writes MIDI, MusicXML, a piano-roll PNG and a JSON record per piece.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--run-dir", required=True, type=cli.existing_run_dir, metavar="DIR",
+                        help="trained run directory (e.g. runs/latest)")
+    parser.add_argument("--num-samples", type=cli.positive_int, default=1, metavar="N",
+                        help="pieces to generate (sampled together as one batch)")
+    parser.add_argument("--length", type=cli.positive_int, default=200, metavar="N",
+                        help="events (sonorities; tokens for the classic representation) to generate per piece; "
+                             "a piece also ends early when it samples the <piece> boundary")
+    parser.add_argument("--temperature", type=cli.temperature, default=1.0, metavar="T",
+                        help="sampling temperature; below 1 is safer, above 1 wilder, 0 is greedy")
+    parser.add_argument("--top-k", type=cli.non_negative_int, default=0, metavar="K",
+                        help="sample only among the K most probable tokens (0 = off)")
+    parser.add_argument("--top-p", type=cli.top_p, default=1.0, metavar="P",
+                        help="sample only from the smallest set of tokens holding mass P (1 = off)")
+    primer = parser.add_mutually_exclusive_group()
+    primer.add_argument("--primer", metavar="FILE",
+                        help="MIDI/MusicXML/ABC/Humdrum file whose notes open every piece (default: the opening "
+                             "of a random held-out piece)")
+    primer.add_argument("--primer-tokens", metavar="TOKENS",
+                        help='space-separated tokens that open every piece, e.g. "pitch:60 pitch:64 dur:1" '
+                             '("" = no primer)')
+    parser.add_argument("--strict", action="store_true",
+                        help="fail when the primer has tokens the vocabulary lacks (default: warn, use <unk>)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same pieces)")
+    parser.add_argument("--out", metavar="DIR", default=None, help="output directory (default: RUN/generated/<timestamp>)")
+    parser.add_argument("--tempo", type=float, default=90.0, metavar="BPM", help="tempo written into the files")
+    parser.add_argument("--instrument", default="Piano", metavar="NAME",
+                        help="music21 instrument name written into the files (e.g. Piano, Violin, Organ)")
+    parser.add_argument("--backend", choices=BACKENDS, default="keras",
+                        help="keras: the trained model; savedmodel / tflite: the artifacts in RUN/export")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if not args.tempo > 0 or args.tempo == float("inf"):
+        parser.error(f"argument --tempo: expected a positive number of beats per minute, got {args.tempo}")
+    return parser, args
+
+
+def main(argv=None):
+    from keras_music import cli
+
+    parser, args = parse_args(argv)
+    with cli.user_errors(parser):
+        try:
+            generator = Generator(args.run_dir, args.backend)
+            pieces = generator.generate(num_samples=args.num_samples, length=args.length,
+                                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                        seed=args.seed, primer=args.primer, primer_tokens=args.primer_tokens,
+                                        strict=args.strict, show_progress=not args.quiet)
+            out_dir = args.out or default_out_dir(args.run_dir)
+            paths = generator.write(pieces, out_dir, tempo=args.tempo, instrument=args.instrument)
+        except GenerateError as error:
+            print(f"{parser.prog}: error: {error}", file=sys.stderr)
+            cli.finish(cli.DATA_EXIT)
+        for path in paths:
+            print(path)
+        for number, piece in enumerate(pieces, start=1):
+            print(summary_line(f"sample {number}", piece))
+        print(f"wrote {len(pieces)} piece{'s' if len(pieces) != 1 else ''} to {out_dir}")
+    cli.finish(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,411 @@
+"""Tests for keras_music.generate: exact stateful stepping, sampling, primers, stops, files and the CLI."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+
+from keras_music import events, generate, sampling
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from keras_music import train
+
+    directory = str(tmp_path_factory.mktemp("generate-run"))
+    train.train(tiny_config(), directory, show_progress=False, log=lambda *a: None)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def generator(run_dir):
+    return generate.Generator(run_dir, log=lambda message: None)
+
+
+def run_with_log(run_dir):
+    messages = []
+    return generate.Generator(run_dir, log=messages.append), messages
+
+
+def vocabulary_tokens(generator, prefix):
+    return [t for t in generator.vocabulary.tokens if t.startswith(prefix)]
+
+
+def simple_primer(generator):
+    """pitch + dur tokens the run's vocabulary certainly has."""
+    pitches, durations = vocabulary_tokens(generator, "pitch:"), vocabulary_tokens(generator, "dur:")
+    return [pitches[0], pitches[-1], durations[0], pitches[len(pitches) // 2], durations[-1]]
+
+
+# ----------------------------------------------------------------------------- exact states
+
+def test_step_model_matches_sequence_model_at_every_position(generator):
+    model = generator.backend.model
+    rng = np.random.default_rng(0)
+    vocabulary_size = len(generator.vocabulary)
+    for length in (1, 5, 23):
+        ids = rng.integers(0, vocabulary_size, size=(3, length)).astype(np.int32)
+        expected = model(ids, training=False).numpy()
+        state = generator.backend.initial_state(3)
+        for t in range(length):
+            probabilities, state = generator.backend.step(ids[:, t], state)
+            assert np.max(np.abs(probabilities - expected[:, t])) < 1e-5, (length, t)
+
+
+def test_priming_rows_of_different_lengths_keeps_each_state_exact(generator):
+    model = generator.backend.model
+    rng = np.random.default_rng(1)
+    sequences = [[2] + list(rng.integers(3, len(generator.vocabulary), size=n)) for n in (0, 6, 21)]
+    last, state = generator.prime(sequences)
+    for row, sequence in enumerate(sequences):
+        expected = model(np.array([sequence], np.int32), training=False).numpy()[0, -1]
+        assert np.max(np.abs(last[row] - expected)) < 1e-5
+    # The carried state continues exactly: one more step equals the sequence model one further.
+    nxt = np.array([5, 6, 7], np.int32)
+    probabilities, _ = generator.backend.step(nxt, state)
+    for row, sequence in enumerate(sequences):
+        expected = model(np.array([sequence + [int(nxt[row])]], np.int32), training=False).numpy()[0, -1]
+        assert np.max(np.abs(probabilities[row] - expected)) < 1e-5
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def test_same_seed_same_pieces_and_different_seed_differs(generator):
+    first = generator.generate(num_samples=2, length=12, seed=3)
+    again = generator.generate(num_samples=2, length=12, seed=3)
+    other = generator.generate(num_samples=2, length=12, seed=4)
+    assert [p.tokens for p in first] == [p.tokens for p in again]
+    assert [p.primer_tokens for p in first] == [p.primer_tokens for p in again]
+    assert [p.tokens for p in first] != [p.tokens for p in other]
+
+
+def test_temperature_zero_and_top_k_one_equal_a_manual_greedy_loop(generator):
+    primer = simple_primer(generator)
+    greedy = generator.generate(num_samples=1, length=15, temperature=0, primer_tokens=primer, seed=1)[0]
+    top1 = generator.generate(num_samples=1, length=15, temperature=1.3, top_k=1, primer_tokens=primer, seed=7)[0]
+    assert greedy.tokens == top1.tokens
+    vocabulary = generator.vocabulary
+    ids = [vocabulary.boundary_id] + vocabulary.encode(primer)
+    state = generator.backend.initial_state(1)
+    for token_id in ids:
+        probabilities, state = generator.backend.step(np.array([token_id], np.int32), state)
+    expected = []
+    while events.count_events(vocabulary.decode(expected)) < 15:
+        token_id = int(sampling.greedy(probabilities, banned=[vocabulary.pad_id, vocabulary.unk_id])[0])
+        if token_id == vocabulary.boundary_id:
+            break
+        expected.append(token_id)
+        probabilities, state = generator.backend.step(np.array([token_id], np.int32), state)
+    assert greedy.ids == expected
+
+
+class CountingBackend:
+    """Wraps a backend and records the batch size of every step call."""
+
+    def __init__(self, inner):
+        self.inner, self.batches = inner, []
+        self.vocabulary_size = inner.vocabulary_size
+
+    def initial_state(self, batch):
+        return self.inner.initial_state(batch)
+
+    def step(self, token_ids, state):
+        self.batches.append(len(token_ids))
+        return self.inner.step(token_ids, state)
+
+
+def test_a_batch_is_sampled_in_one_pass_and_every_row_is_valid(run_dir, generator):
+    counting = CountingBackend(generator.backend)
+    batched = generate.Generator(run_dir, backend=counting, log=lambda m: None)
+    pieces = batched.generate(num_samples=4, length=10, top_p=0.95, seed=5)
+    assert set(counting.batches) == {4}
+    longest = max(len(p.primer_tokens) + 1 + len(p.tokens) for p in pieces)
+    assert len(counting.batches) <= longest + 1  # one pass of steps, not one per piece
+    for piece in pieces:
+        assert not {events.PAD, events.UNK, events.BOUNDARY} & set(piece.tokens)
+        assert all(t in generator.vocabulary.index for t in piece.tokens)
+        assert piece.ids == generator.vocabulary.encode(piece.tokens)
+        assert piece.stop_reason in ("length", "boundary")
+        generated = events.count_events(piece.tokens)
+        assert generated == 10 if piece.stop_reason == "length" else generated <= 10
+    again = batched.generate(num_samples=4, length=10, top_p=0.95, seed=5)
+    assert [p.tokens for p in again] == [p.tokens for p in pieces]
+
+
+def test_bad_settings_raise_errors_naming_the_value(generator):
+    with pytest.raises(generate.GenerateError, match="temperature"):
+        generator.generate(temperature=-1)
+    with pytest.raises(generate.GenerateError, match="top_p"):
+        generator.generate(top_p=0)
+    with pytest.raises(generate.GenerateError, match="length"):
+        generator.generate(length=0)
+    with pytest.raises(generate.GenerateError, match="not both"):
+        generator.generate(primer="x.mid", primer_tokens=[])
+
+
+# ----------------------------------------------------------------------------- stopping
+
+def test_stops_after_length_events(generator):
+    for seed in range(3):
+        for piece in generator.generate(num_samples=2, length=7, seed=seed, primer_tokens=[]):
+            if piece.stop_reason == "length":
+                assert events.count_events(piece.tokens) == 7
+                assert piece.tokens[-1].startswith("dur:")
+                assert piece.events == 7 and piece.primer_events == 0
+
+
+class FakeBackend:
+    """Puts all mass on `dur:` until row r has taken k + r generation steps, then on <piece>."""
+
+    name = "fake"
+
+    def __init__(self, vocabulary, k, unk_mass=0.0):
+        self.vocabulary_size = len(vocabulary)
+        self.duration_id = vocabulary.index[[t for t in vocabulary.tokens if t.startswith("dur:")][0]]
+        self.boundary_id = vocabulary.boundary_id
+        self.unk_id = vocabulary.unk_id
+        self.k, self.unk_mass = k, unk_mass
+        self.batches = []
+
+    def initial_state(self, batch):
+        return np.zeros((batch, 1, 1), np.float32)
+
+    def step(self, token_ids, state):
+        self.batches.append(len(token_ids))
+        counter = state[:, 0, 0] + 1  # the first call consumes the boundary
+        probabilities = np.zeros((len(token_ids), self.vocabulary_size), np.float32)
+        for row, steps in enumerate(counter):
+            target = self.boundary_id if steps > self.k + row else self.duration_id
+            probabilities[row, target] = 1.0 - self.unk_mass
+            probabilities[row, self.unk_id] += self.unk_mass
+        return probabilities, counter[:, None, None].astype(np.float32)
+
+
+def test_stops_when_the_boundary_is_sampled_per_row(run_dir, generator):
+    fake = FakeBackend(generator.vocabulary, k=3)
+    fake_generator = generate.Generator(run_dir, backend=fake, log=lambda m: None)
+    pieces = fake_generator.generate(num_samples=3, length=50, primer_tokens=[], seed=0)
+    duration = generator.vocabulary.tokens[fake.duration_id]
+    assert [p.tokens for p in pieces] == [[duration] * 3, [duration] * 4, [duration] * 5]
+    assert [p.stop_reason for p in pieces] == ["boundary"] * 3
+    assert set(fake.batches) == {3}  # finished rows kept stepping with the batch
+
+
+def test_pad_and_unk_are_never_sampled(run_dir, generator):
+    fake = FakeBackend(generator.vocabulary, k=100, unk_mass=0.999)
+    pieces = generate.Generator(run_dir, backend=fake, log=lambda m: None).generate(
+        num_samples=2, length=20, primer_tokens=[], temperature=2.0, seed=0)
+    for piece in pieces:
+        assert events.UNK not in piece.tokens and events.PAD not in piece.tokens
+        assert piece.stop_reason == "length"
+
+
+# ----------------------------------------------------------------------------- primers
+
+def write_primer_midi(path, pitches=(62, 66, 69, 74, 73, 71, 69, 66, 64, 62)):
+    from music21 import key, note, stream
+
+    part = stream.Part()
+    part.insert(0, key.Key("D"))
+    for pitch in pitches:
+        part.append(note.Note(pitch, quarterLength=1))
+    part.write("midi", fp=str(path))
+    return str(path)
+
+
+def test_primer_from_a_midi_file_is_tokenized_in_the_training_key_frame(generator, tmp_path):
+    from fractions import Fraction
+
+    from music21 import converter
+
+    path = write_primer_midi(tmp_path / "primer.mid")
+    score = converter.parse(path)
+    shift, _ = events.key_shift(score)
+    expected = events.stream_to_tokens(score, "note", Fraction(generator.config.data.max_duration), shift)
+    assert shift != 0
+    piece = generator.generate(num_samples=1, length=5, primer=path, seed=0)[0]
+    assert piece.primer_tokens == expected
+    assert piece.primer_events == events.count_events(expected) == 10
+    assert piece.sonorities[:10] == events.tokens_to_sonorities(expected)
+    assert piece.primer_source == path
+
+
+def test_primer_from_tokens_opens_every_piece(generator):
+    primer = simple_primer(generator)
+    pieces = generator.generate(num_samples=2, length=4, primer_tokens=" ".join(primer), seed=2)
+    for piece in pieces:
+        assert piece.primer_tokens == primer
+        assert piece.primer_events == 2
+        assert piece.sonorities[:2] == events.tokens_to_sonorities(primer)
+
+
+def test_default_primer_is_a_held_out_opening_cut_after_a_sonority(generator):
+    held_out = generator.held_out_pieces()
+    assert held_out
+    openings = set()
+    for seed in range(4):
+        for piece in generator.generate(num_samples=2, length=3, seed=seed):
+            primer = piece.primer_tokens
+            assert primer[-1].startswith("dur:")
+            assert any(tokens[:len(primer)] == primer for tokens in held_out)
+            assert len(primer) <= 32 or events.count_events(primer) == 1
+            assert "held-out piece" in piece.primer_source
+            openings.add(tuple(primer))
+    assert len(openings) > 1
+
+
+def test_unknown_primer_tokens_are_reported_by_name(run_dir):
+    generator, messages = run_with_log(run_dir)
+    known = simple_primer(generator)
+    piece = generator.generate(num_samples=1, length=3, seed=0,
+                               primer_tokens=known[:2] + ["pitch:127", "dur:77/5"] + known[2:])[0]
+    assert piece.unknown_primer_tokens == ["pitch:127", "dur:77/5"]
+    assert len(messages) == 1 and "pitch:127" in messages[0] and "dur:77/5" in messages[0]
+    with pytest.raises(generate.GenerateError, match=r"pitch:127.*dur:77/5"):
+        generator.generate(num_samples=1, length=3, primer_tokens=["pitch:127", "dur:77/5"], strict=True)
+
+
+def test_unreadable_primer_files_raise_errors_naming_the_file(generator, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not music")
+    with pytest.raises(generate.GenerateError, match="notes.txt"):
+        generator.generate(primer=str(text))
+    corrupt = tmp_path / "broken.mid"
+    corrupt.write_bytes(b"MThd\x00\x00\x00\x06garbage")
+    with pytest.raises(generate.GenerateError, match="broken.mid"):
+        generator.generate(primer=str(corrupt))
+    with pytest.raises(FileNotFoundError):
+        generator.generate(primer=str(tmp_path / "missing.mid"))
+
+
+# ----------------------------------------------------------------------------- files
+
+def canonical(piece):
+    notes = [(a, a + d, p) for a, d, p in piece.notes]
+    return events.sonorities_to_tokens(events.notes_to_sonorities(notes))
+
+
+def crafted_piece(generator):
+    """Chords whose members end at different times and partly tied pitches, from the run's vocabulary."""
+    pitches = [int(t.split(":")[1]) for t in vocabulary_tokens(generator, "pitch:")]
+    durations = vocabulary_tokens(generator, "dur:")
+    low, mid, high = pitches[2], pitches[len(pitches) // 2], pitches[-3]
+    tokens = [f"pitch:{low}", f"pitch:{mid}", f"pitch:{high}", durations[1],
+              f"hold:{mid}", durations[0], f"pitch:{low}", f"hold:{mid}", f"pitch:{high}", durations[-1],
+              "rest", durations[0], f"pitch:{mid}", durations[1]]
+    sonorities = events.tokens_to_sonorities(tokens)
+    return generate.Piece(tokens=tokens, primer_tokens=[], ids=generator.vocabulary.encode(tokens),
+                          sonorities=sonorities, notes=events.sonorities_to_notes(sonorities), primer_events=0,
+                          stop_reason="length", repairs={})
+
+
+def test_written_midi_and_musicxml_reparse_into_the_same_events(generator, tmp_path):
+    from music21 import converter
+
+    pieces = generator.generate(num_samples=2, length=25, temperature=1.2, seed=8)
+    pieces.append(crafted_piece(generator))
+    paths = generator.write(pieces, str(tmp_path), tempo=120, instrument="Violin", prefix="take")
+    assert len(paths) == 4 * len(pieces)
+    for number, piece in enumerate(pieces, start=1):
+        stem = tmp_path / f"take-{number:02d}"
+        expected = canonical(piece)
+        assert expected
+        for extension in (".mid", ".musicxml"):
+            parsed = converter.parse(str(stem) + extension)
+            assert events.stream_to_tokens(parsed, shift=0) == expected, extension
+        with open(str(stem) + ".png", "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+        record = json.loads((tmp_path / f"take-{number:02d}.json").read_text())
+        assert record["tokens"] == piece.tokens and record["primer_tokens"] == piece.primer_tokens
+        assert record["stop_reason"] == piece.stop_reason and record["repairs"] == piece.repairs
+        assert record["settings"]["tempo"] == 120 and record["settings"]["instrument"] == "Violin"
+    midi = converter.parse(str(tmp_path / "take-01.mid"))
+    marks = midi.flatten().getElementsByClass("MetronomeMark")
+    assert marks and marks[0].number == 120
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+def test_write_training_samples(run_dir):
+    import dataclasses
+
+    config = tiny_config()
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, num_samples=2, sample_length=6))
+    paths = generate.write_training_samples(run_dir, config)
+    assert len(paths) == 2
+    assert all(p.endswith(".mid") and os.path.dirname(p) == os.path.join(run_dir, "samples") for p in paths)
+    assert all(os.path.getsize(p) > 0 for p in paths)
+
+
+# ----------------------------------------------------------------------------- backends
+
+def test_export_backends_need_the_export(tmp_path):
+    for backend in (generate.SavedModelBackend, generate.TFLiteBackend):
+        with pytest.raises(generate.GenerateError, match="python -m keras_music.export --run-dir"):
+            backend(str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir):
+    try:
+        from keras_music import export
+    except ImportError as error:
+        pytest.skip(f"keras_music.export is not available: {error}")
+    export.export(run_dir, quantize=("none",), parity_windows=1, parity_steps=0, log=lambda *a: None)
+    return run_dir
+
+
+def test_every_backend_gives_the_same_pieces(exported, generator):
+    primer = simple_primer(generator)
+    results = {}
+    for backend in generate.BACKENDS:
+        chosen = generator if backend == "keras" else generate.Generator(exported, backend, log=lambda m: None)
+        greedy = chosen.generate(num_samples=2, length=12, temperature=0, primer_tokens=primer)
+        sampled = chosen.generate(num_samples=2, length=12, temperature=1.0, seed=9)
+        results[backend] = ([p.tokens for p in greedy], [p.tokens for p in sampled])
+    assert results["savedmodel"] == results["keras"]
+    assert results["tflite"] == results["keras"]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+@pytest.mark.parametrize("bad", [["--length", "-1"], ["--temperature", "-0.5"], ["--top-p", "1.5"],
+                                 ["--num-samples", "0"], ["--top-k", "-2"], ["--tempo", "0"]])
+def test_cli_bad_values_are_usage_errors(run_dir, bad, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main(["--run-dir", run_dir, *bad])
+    assert exit_info.value.code == 2
+    assert bad[0] in capsys.readouterr().err
+
+
+def test_cli_missing_run_dir_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main(["--run-dir", str(tmp_path / "nope")])
+    assert exit_info.value.code == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_cli_writes_files_and_summaries(run_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main(["--run-dir", run_dir, "--num-samples", "2", "--length", "8", "--seed", "3",
+                       "--out", str(out), "--quiet", "--top-k", "10", "--temperature", "0.9"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    for number in (1, 2):
+        for extension in (".mid", ".musicxml", ".png", ".json"):
+            path = out / f"sample-{number:02d}{extension}"
+            assert path.exists() and str(path) in printed
+        assert f"sample {number}:" in printed
+
+
+def test_cli_strict_names_the_unknown_tokens_and_the_file(run_dir, tmp_path, capsys):
+    path = write_primer_midi(tmp_path / "high.mid", pitches=(120, 122, 124, 126))
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main(["--run-dir", run_dir, "--primer", path, "--strict", "--quiet", "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert "high.mid" in error and "pitch:1" in error
+    assert not (tmp_path / "o").exists()
