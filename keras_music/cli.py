@@ -16,18 +16,17 @@ def _user_error_types():
     from keras_music import config, corpus, vocabulary
 
     types = [config.ConfigError, corpus.CorpusError, vocabulary.VocabularyError, FileNotFoundError]
-    try:
-        from keras_music import prepare
+    import importlib
 
-        types.append(prepare.PrepareError)
-    except ImportError:
-        pass
-    try:
-        from keras_music import run as run_lib
-
-        types.append(run_lib.RunError)
-    except ImportError:
-        pass
+    # Later stages' error types, each imported only if its module is already loaded, so a
+    # light command never pays for importing TensorFlow here.
+    for module_name, name in (("prepare", "PrepareError"), ("run", "RunError"), ("generate", "GenerateError"),
+                              ("experiment", "ExperimentError")):
+        module = sys.modules.get(f"keras_music.{module_name}")
+        if module is None and module_name in ("prepare", "run"):
+            module = importlib.import_module(f"keras_music.{module_name}")
+        if module is not None and hasattr(module, name):
+            types.append(getattr(module, name))
     return tuple(types)
 
 
