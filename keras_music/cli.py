@@ -48,6 +48,21 @@ def user_errors(parser: argparse.ArgumentParser):
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted; rerun the same command to continue", file=sys.stderr)
         finish(130)
+    except Exception as error:
+        from keras_music import storage
+
+        if not storage.touched_remote():
+            raise
+        # After remote I/O tensorflow-io aborts at interpreter exit (134), which would
+        # hide this error's status: report it here and leave through finish().
+        tf = sys.modules.get("tensorflow")
+        if tf is not None and isinstance(error, tf.errors.OpError):
+            print(f"{parser.prog}: error: {error.message}", file=sys.stderr)  # e.g. NoSuchBucket, AccessDenied
+        else:
+            import traceback
+
+            traceback.print_exc()
+        finish(DATA_EXIT)
 
 
 def finish(status: int = 0):

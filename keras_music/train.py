@@ -57,9 +57,16 @@ def prepare_run(config: config_lib.Config, run_dir: str, show_progress: bool, lo
     if len(sources) == 1 and storage.isdir(sources[0]) and prepare.is_prepared(sources[0]):
         source = sources[0]
         info = prepare.read_prepared(source)
+        prepared = info.get("settings", {})
+        for key in ("representation", "transpose", "max_duration", "classic_step", "normalize_key"):
+            if key in prepared and prepared[key] != getattr(config.data, key):
+                raise run_lib.RunError(f"{source} was prepared with data.{key}={prepared[key]!r} but this run has "
+                                       f"{getattr(config.data, key)!r}; pass --set data.{key}={prepared[key]} "
+                                       "or prepare again")
         for name in (run_lib.VOCAB, run_lib.MANIFEST):
             storage.write_bytes(run_lib.path(run_dir, name), storage.read_bytes(storage.join(source, name)))
-        info = dict(info, data_dir=storage.join(source, "data"))
+        location = source if storage.is_remote(source) else os.path.abspath(source)
+        info = dict(info, data_dir=storage.join(location, "data"))
         storage.write_json(run_lib.path(run_dir, run_lib.PREPARED), info)
         log(f"using prepared data in {source} ({info['pieces']['train']} training pieces)")
         return info

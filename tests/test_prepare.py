@@ -1,0 +1,204 @@
+"""Tests for keras_music.prepare: sharded preparation merges into exactly the unsharded result."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from keras_music import dataset, prepare, storage
+from conftest import REPO, TINY, tiny_config
+
+SIX_CHORALES = ("bach/bwv66.6", "bach/bwv4.8", "bach/bwv26.6", "bach/bwv10.7", "bach/bwv153.1", "bach/bwv269")
+
+
+def run_main(argv) -> int:
+    """prepare.main in this process; returns its exit status (main always ends in sys.exit)."""
+    with pytest.raises(SystemExit) as exit_info:
+        prepare.main(argv)
+    return exit_info.value.code
+
+
+def cli_args(out, *extra, sources=SIX_CHORALES):
+    args = ["--config", TINY, "--out", str(out), "--quiet"]
+    for source in sources:
+        args += ["--data", source]
+    return args + list(extra)
+
+
+def split_contents(directory, split):
+    """(names, id arrays) of every piece in a split's TFRecord shards, in file order."""
+    import tensorflow as tf
+
+    files = dataset.shard_files(os.path.join(directory, "data"), split)
+    names = [tf.train.Example.FromString(record.numpy()).features.feature["name"].bytes_list.value[0].decode()
+             for record in tf.data.TFRecordDataset(files)]
+    return names, dataset.read_pieces(files)
+
+
+def assert_same_prepared(expected_dir, actual_dir):
+    with open(os.path.join(expected_dir, "vocab.json"), "rb") as a, open(os.path.join(actual_dir, "vocab.json"), "rb") as b:
+        assert a.read() == b.read()
+    assert storage.read_json(os.path.join(actual_dir, "corpus_manifest.json")) == \
+        storage.read_json(os.path.join(expected_dir, "corpus_manifest.json"))
+    expected_info = storage.read_json(os.path.join(expected_dir, "prepared.json"))
+    actual_info = storage.read_json(os.path.join(actual_dir, "prepared.json"))
+    expected_info.pop("seconds")
+    actual_info.pop("seconds")
+    assert actual_info == expected_info
+    for split in ("train", "validation"):
+        expected_names, expected_ids = split_contents(expected_dir, split)
+        actual_names, actual_ids = split_contents(actual_dir, split)
+        assert actual_names == expected_names and expected_names, split
+        assert len(actual_ids) == len(expected_ids)
+        for a, b in zip(actual_ids, expected_ids):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def unsharded(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("unsharded"))
+    prepare.prepare(tiny_config(sources=SIX_CHORALES), out, show_progress=False, log=lambda *a: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Three finished shards of the six chorales (not merged)."""
+    out = tmp_path_factory.mktemp("sharded")
+    for index in range(3):
+        assert run_main(cli_args(out, "--num-shards", "3", "--shard-index", str(index))) == 0
+    return str(out)
+
+
+def copy_of(shards, tmp_path):
+    target = str(tmp_path / "prepared")
+    shutil.copytree(shards, target)
+    return target
+
+
+def test_three_shards_merged_equal_the_unsharded_preparation(shards, unsharded, tmp_path):
+    out = copy_of(shards, tmp_path)
+    parts = [storage.read_json(os.path.join(out, "parts", f"shard-{i}-of-3", "manifest_part.json"))
+             for i in range(3)]
+    assert [len(p["files"]) for p in parts] == [2, 2, 2]
+    assert len({f for p in parts for f in p["files"]}) == 6
+    assert not os.path.exists(os.path.join(out, "prepared.json"))
+    assert run_main(["--config", TINY, "--out", out, "--merge", "--quiet"]) == 0
+    assert_same_prepared(unsharded, out)
+    with open(os.path.join(out, "config.yaml")) as handle:
+        assert "bach/bwv269" in handle.read()
+
+
+def test_skipped_files_keep_their_place_when_sharded(tmp_path, midi_folder):
+    folder = tmp_path / "mixed"
+    shutil.copytree(midi_folder, folder)
+    (folder / "notes.txt").write_text("not music")
+    sources = (str(folder),)
+    full, sharded = str(tmp_path / "full"), str(tmp_path / "sharded")
+    assert run_main(cli_args(full, sources=sources)) == 0
+    for index in range(2):
+        assert run_main(cli_args(sharded, "--num-shards", "2", "--shard-index", str(index), sources=sources)) == 0
+    # --data at merge time is optional, but when given it must be the shards' sources.
+    assert run_main(cli_args(sharded, "--merge", sources=sources)) == 0
+    assert_same_prepared(full, sharded)
+    reasons = {os.path.basename(f["file"]): f.get("reason", "") for f in
+               storage.read_json(os.path.join(sharded, "corpus_manifest.json"))["files"]}
+    assert reasons["notes.txt"].startswith("unsupported file type")
+    assert reasons["corrupt.mid"]
+
+
+def test_merge_with_a_missing_shard_names_it(shards, tmp_path, capsys):
+    out = copy_of(shards, tmp_path)
+    shutil.rmtree(os.path.join(out, "parts", "shard-1-of-3"))
+    assert run_main(["--config", TINY, "--out", out, "--merge"]) == 1
+    error = capsys.readouterr().err
+    assert "1 of 3 shards missing" in error and "shard-1-of-3" in error and "--shard-index I for I in 1" in error
+    assert "Traceback" not in error
+    assert not os.path.exists(os.path.join(out, "prepared.json"))
+
+
+def test_an_unfinished_shard_counts_as_missing(shards, tmp_path, capsys):
+    out = copy_of(shards, tmp_path)
+    os.remove(os.path.join(out, "parts", "shard-2-of-3", "manifest_part.json"))
+    assert run_main(["--config", TINY, "--out", out, "--merge"]) == 1
+    assert "shard-2-of-3" in capsys.readouterr().err
+
+
+def test_merge_with_nothing_to_merge_says_how_to_make_shards(tmp_path, capsys):
+    assert run_main(["--out", str(tmp_path / "empty"), "--merge"]) == 1
+    error = capsys.readouterr().err
+    assert "nothing to merge" in error and "--num-shards N --shard-index I" in error
+
+
+def test_merge_settings_must_match_the_shards(shards, tmp_path, capsys):
+    out = copy_of(shards, tmp_path)
+    assert run_main(["--config", TINY, "--out", out, "--merge", "--set", "data.min_count=2"]) == 1
+    error = capsys.readouterr().err
+    assert "data.min_count is 2 here but 1 in the shards" in error
+    assert run_main(["--config", TINY, "--out", out, "--merge", "--data", "bach/bwv66.6"]) == 1
+    assert "differs from the shards' sources" in capsys.readouterr().err
+
+
+def test_shards_that_disagree_or_were_changed_are_refused(shards, tmp_path, capsys):
+    out = copy_of(shards, tmp_path)
+    part_file = os.path.join(out, "parts", "shard-2-of-3", "manifest_part.json")
+    part = storage.read_json(part_file)
+    storage.write_json(part_file, dict(part, settings=dict(part["settings"], max_duration=4.0)))
+    assert run_main(["--config", TINY, "--out", out, "--merge"]) == 1
+    assert "shards disagree on settings: data.max_duration is 8.0 in shard 0 but 4.0 in shard 2" in \
+        capsys.readouterr().err
+    storage.write_json(part_file, part)
+    parsed_file = os.path.join(out, "parts", "shard-2-of-3", "parsed.json")
+    with open(parsed_file, "ab") as handle:
+        handle.write(b" ")
+    assert run_main(["--config", TINY, "--out", out, "--merge"]) == 1
+    assert "does not match its manifest_part.json" in capsys.readouterr().err
+
+
+def test_parts_of_two_shardings_need_num_shards(shards, tmp_path, capsys):
+    out = copy_of(shards, tmp_path)
+    os.makedirs(os.path.join(out, "parts", "shard-0-of-2"))
+    assert run_main(["--config", TINY, "--out", out, "--merge"]) == 1
+    assert "different shardings (2 shards, 3 shards)" in capsys.readouterr().err
+    assert run_main(["--config", TINY, "--out", out, "--merge", "--num-shards", "3"]) == 0
+    assert os.path.exists(os.path.join(out, "prepared.json"))
+
+
+def test_re_preparing_removes_stale_tfrecord_shards(unsharded, tmp_path):
+    out = str(tmp_path / "again")
+    shutil.copytree(unsharded, out)
+    stale = os.path.join(out, "data", "train-00001-of-00002.tfrecord")
+    with open(stale, "wb") as handle:
+        handle.write(b"left over from a bigger corpus")
+    prepare.prepare(tiny_config(sources=SIX_CHORALES), out, show_progress=False, log=lambda *a: None)
+    assert not os.path.exists(stale)
+    assert_same_prepared(unsharded, out)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num-shards", "3", "--shard-index", "3"], "expected 0..2 for --num-shards 3, got 3"),
+    (["--num-shards", "3", "--shard-index", "-1"], "expected an integer >= 0, got -1"),
+    (["--num-shards", "0", "--shard-index", "0"], "expected a positive integer, got 0"),
+    (["--num-shards", "-2", "--shard-index", "0"], "expected a positive integer, got -2"),
+    (["--shard-index", "1"], "--shard-index needs --num-shards"),
+    (["--num-shards", "2"], "--num-shards needs --shard-index"),
+    (["--merge", "--num-shards", "2", "--shard-index", "0"], "drop --shard-index"),
+])
+def test_bad_shard_flags_are_usage_errors(tmp_path, capsys, flags, message):
+    assert run_main(["--out", str(tmp_path / "out"), *flags]) == 2
+    error = capsys.readouterr().err
+    assert message in error and "usage:" in error
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_help_describes_sharding():
+    result = subprocess.run([sys.executable, "-m", "keras_music.prepare", "--help"], capture_output=True,
+                            text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    for flag in ("--data", "--out", "--num-shards", "--shard-index", "--merge", "--config", "--set"):
+        assert flag in result.stdout
+    assert "s3://" in result.stdout
