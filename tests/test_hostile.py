@@ -146,6 +146,7 @@ def test_unreadable_file_is_skipped_with_its_reason():
     os.chmod(locked, 0o000)
     # Imports first: the interpreter's own files may be unreadable to that user.
     script = ("import json, os, sys\n"
+              "import logging, tqdm.auto\n"
               "from keras_music import corpus\n"
               "if os.geteuid() == 0:\n"
               "    os.setgid(65534); os.setuid(65534)\n"
