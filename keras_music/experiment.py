@@ -34,7 +34,7 @@ VERDICTS = ("supports", "contradicts", "cannot tell")
 
 RECOMMENDED_COMMAND = (
     "python -m keras_music.experiment --configs configs/original.yaml configs/modified.yaml "
-    "--scale 0.125 --budget 12 --num-samples 12 --length 160 --out runs/experiment-bach")
+    "--scale 0.125 --budget 12 --num-samples 32 --out runs/experiment-bach")
 EPILOG = f"""\
 The recommended study on the Bach chorales that ship with music21, on a 2-core laptop
 CPU in at most about 40 minutes (hidden sizes 1024 -> 128 and 2048 -> 256, 12 minutes of
@@ -422,12 +422,16 @@ def assemble(runs, trained, evaluations, accuracy, samples, out_dir, settings) -
         best = baseline["orders"][str(baseline["best_order"])]
         music = e["music_metrics"]
         per_epoch = t["tokens_per_epoch"]
-        elapsed, history = 0.0, []
+        c = run.config
+        elapsed, tokens, history = 0.0, 0, []
         for h in t.get("history", []):
             elapsed += h.get("seconds", 0.0)
-            history.append({"epoch": int(h["epoch"]), "tokens_seen": int(h["epoch"]) * per_epoch,
-                            "seconds": elapsed, "loss": h.get("loss"), "val_loss": h.get("val_loss")})
-        c = run.config
+            # An epoch cut short by the time budget is only partly trained; train.py records
+            # whole epochs unless its history carries the steps each epoch actually ran.
+            steps = h.get("steps")
+            tokens += int(steps) * c.train.batch_size * c.data.seq_length if steps is not None else per_epoch
+            history.append({"epoch": int(h["epoch"]), "tokens_seen": tokens, "seconds": elapsed,
+                            "loss": h.get("loss"), "val_loss": h.get("val_loss")})
         out_runs[run.name] = {
             "config_file": run.config_file,
             "run_dir": _relative(run.run_dir, out_dir),
@@ -444,7 +448,8 @@ def assemble(runs, trained, evaluations, accuracy, samples, out_dir, settings) -
             "training": {"parameters": t.get("parameters"), "epochs": t.get("epochs"), "stopped": t.get("stopped"),
                          "tokens_per_epoch": per_epoch, "tokens_seen": t.get("tokens_seen"),
                          "train_seconds": t.get("train_seconds"), "wall_seconds": t.get("wall_seconds"),
-                         "tokens_per_second": t.get("tokens_per_second"), "best_epoch": t.get("best_epoch")},
+                         "tokens_per_second": t.get("tokens_per_second"), "best_epoch": t.get("best_epoch"),
+                         "partial_epochs_counted_whole": any("steps" not in h for h in t.get("history", []))},
             "history": history,
             "quality": {k: quality.get(k) for k in ("nll_nats", "nll_bits", "perplexity", "accuracy",
                                                     "event_nll_nats", "event_perplexity", "tokens", "events",
@@ -553,11 +558,16 @@ def scaling_lines(result: dict) -> list[str]:
                       f"round(configured × {settings['scale']:g})); nothing else was scaled."]
     if settings["budget_minutes"] is not None:
         lines += ["", f"`--budget {settings['budget_minutes']:g}`: every config trains for the same "
-                      f"{settings['budget_minutes']:g} minutes of wall-clock time (train.time_budget_minutes), with "
+                      f"{settings['budget_minutes']:g} minute{'' if settings['budget_minutes'] == 1 else 's'} of "
+                      "wall-clock time (train.time_budget_minutes), with "
                       f"train.epochs={BUDGET_EPOCHS} so that the budget ends training, a constant learning rate "
                       "(a cosine schedule needs the run's length in advance, which a wall-clock budget does not "
                       "give) and early stopping off. The evaluated model is each run's best-validation checkpoint. "
-                      "A budget-stopped run's last, partial epoch is counted as a whole epoch in tokens seen."]
+                      "The budget clock starts before the first epoch, so start-up (graph tracing, data pipeline) "
+                      "counts against it."]
+        if any(result["runs"][n]["training"].get("partial_epochs_counted_whole") for n in names):
+            lines[-1] += (" Tokens seen count the last, budget-stopped epoch as a whole epoch (the run's history "
+                          "records epochs, not steps), so they overstate by less than one epoch.")
     if settings["budget_tokens"] is not None:
         lines += ["", f"`--budget-tokens {settings['budget_tokens']:,}`: every config trains for "
                       f"ceil({settings['budget_tokens']:,} / tokens per epoch) epochs, so each sees at least that "

@@ -106,16 +106,24 @@ def make_callbacks(config, run_dir, model, steps_per_epoch, initial_state, log):
             self.stopped_reason = None
             self.started = time.time()
             self.epoch_started = time.time()
+            self.steps = 0
+
+        def on_train_begin(self, logs=None):
+            # The budget counts training only, not data preparation or model building.
+            self.started = time.time()
 
         def on_epoch_begin(self, epoch, logs=None):
             _set_seed_generators(self.model, train.seed, epoch)
             self.epoch_started = time.time()
+            self.steps = 0
 
         def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
             budget = train.time_budget_minutes * 60
             if budget and self.elapsed + time.time() - self.started > budget:
                 self.model.stop_training = True
-                self.stopped_reason = f"time budget of {train.time_budget_minutes:g} minutes reached"
+                minutes = train.time_budget_minutes
+                self.stopped_reason = f"time budget of {minutes:g} minute{'' if minutes == 1 else 's'} reached"
 
         def on_epoch_end(self, epoch, logs=None):
             logs = dict(logs or {})
@@ -123,7 +131,8 @@ def make_callbacks(config, run_dir, model, steps_per_epoch, initial_state, log):
             for key in ("loss", "val_loss"):
                 if key in logs:
                     logs[key.replace("loss", "perplexity")] = float(np.exp(min(logs[key], 50)))
-            logs["tokens_per_second"] = steps_per_epoch * train.batch_size * config.data.seq_length / max(seconds, 1e-9)
+            logs["steps"] = self.steps
+            logs["tokens_per_second"] = self.steps * train.batch_size * config.data.seq_length / max(seconds, 1e-9)
             logs["epoch"] = epoch + 1
             logs["seconds"] = seconds
             learning_rate = self.model.optimizer.learning_rate
@@ -331,7 +340,9 @@ def fit_custom(strategy, model, optimizer, make_train_data, validation_data, pro
         return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
 
     progress.set_model(model)
+    progress.on_train_begin()
     for epoch in range(first_epoch, epochs):
+        model.stop_training = False
         progress.on_epoch_begin(epoch)
         loss_sum, hit_sum = 0.0, 0.0
         for batch in range(steps_per_epoch):
@@ -342,7 +353,6 @@ def fit_custom(strategy, model, optimizer, make_train_data, validation_data, pro
         validation = evaluate_windows(model, validation_data)
         logs = {"loss": loss_sum / steps_per_epoch, "accuracy": hit_sum / (steps_per_epoch * global_tokens),
                 "val_loss": validation["loss"], "val_accuracy": validation["accuracy"]}
-        model.stop_training = False
         progress.on_epoch_end(epoch, logs)
         if float(agree_to_stop(tf.constant(1.0 if model.stop_training else 0.0))) > 0:
             break
@@ -447,7 +457,7 @@ def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, l
         model.set_weights(best.get_weights())
     evaluation = evaluate_windows(model, validation_data)
     train_seconds = sum(h.get("seconds", 0.0) for h in history)
-    tokens_seen = steps_per_epoch * train_cfg.batch_size * data.seq_length * len(history)
+    tokens_seen = sum(int(h.get("steps", steps_per_epoch)) for h in history) * train_cfg.batch_size * data.seq_length
     metrics = {
         "epochs": len(history),
         "stopped": progress.stopped_reason or stopped_before or ("completed" if history else "nothing to train"),
