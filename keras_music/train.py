@@ -447,9 +447,10 @@ def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, l
                        train_cfg.epochs, steps_per_epoch, train_cfg.batch_size, data.seq_length,
                        train_cfg.clipnorm, log)
         else:
+            # Keras' bar on a terminal; in logs the one summary line per epoch from RunProgress.
             model.fit(make_train_data(), validation_data=validation_data, epochs=train_cfg.epochs,
                       initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-                      verbose=(1 if sys.stdout.isatty() else 2) if show_progress else 0)
+                      verbose=1 if show_progress and sys.stdout.isatty() else 0)
     history = progress.history
     best_path = run_lib.path(work_dir, "checkpoints", "best.keras")
     if storage.exists(best_path):
