@@ -27,6 +27,10 @@ MAX_TOKENS_PER_EVENT = 32
 PRIMER_EXTENSIONS = (".mid", ".midi", ".musicxml", ".mxl", ".xml", ".abc", ".krn")
 
 
+# Events a piece must have before a sampled <piece> boundary may end it.
+DEFAULT_MIN_LENGTH = 8
+
+
 class GenerateError(ValueError):
     """Generation cannot run as asked (primer, export artifacts, settings); the message says why."""
 
@@ -359,14 +363,16 @@ class Generator:
         return last, state
 
     def generate(self, num_samples=1, length=200, temperature=1.0, top_k=0, top_p=1.0, seed=0,
-                 primer=None, primer_tokens=None, strict=False, show_progress=False) -> list[Piece]:
+                 primer=None, primer_tokens=None, strict=False, show_progress=False,
+                 min_length=DEFAULT_MIN_LENGTH) -> list[Piece]:
         """Sample `num_samples` pieces in one batched pass.
 
         Each row starts with `<piece>` and its primer: the file `primer`, the list (or
         space-separated string) `primer_tokens` ([] = no primer), or by default the opening
         of a random held-out piece (a different one per row, chosen with `seed`). A row
         stops after `length` events (sonorities; tokens for `classic`) or when it samples
-        `<piece>`.
+        `<piece>`, but not before `min_length` events (clamped to `length`): an empty or
+        one-chord "piece" is never what a user asked for.
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
             raise GenerateError(f"num_samples must be an integer >= 1, got {num_samples!r}")
@@ -386,6 +392,10 @@ class Generator:
         event_counts = np.zeros(num_samples, np.int64)
         finished = np.zeros(num_samples, bool)
         stop = ["token_limit"] * num_samples
+        if isinstance(min_length, bool) or not isinstance(min_length, (int, np.integer)) or min_length < 0:
+            raise GenerateError(f"min_length must be an integer >= 0 (events), got {min_length!r}")
+        min_length = min(int(min_length), int(length))
+        banned_early = np.append(self.banned, boundary)
         max_tokens = length * MAX_TOKENS_PER_EVENT
         from tqdm.auto import tqdm
 
@@ -393,7 +403,17 @@ class Generator:
         shown = 0
         try:
             for _ in range(max_tokens):
-                ids = sampling.sample_next(probabilities, rng, temperature, top_k, top_p, self.banned)
+                early = event_counts < min_length
+                if early.any():
+                    # Rows still short of min_length may not end yet: the boundary is banned for them.
+                    ids = np.empty(num_samples, np.int64)
+                    ids[early] = sampling.sample_next(probabilities[early], rng, temperature, top_k, top_p,
+                                                      banned_early)
+                    if (~early).any():
+                        ids[~early] = sampling.sample_next(probabilities[~early], rng, temperature, top_k, top_p,
+                                                           self.banned)
+                else:
+                    ids = sampling.sample_next(probabilities, rng, temperature, top_k, top_p, self.banned)
                 for row in np.flatnonzero(~finished):
                     token_id = int(ids[row])
                     if token_id == boundary:
@@ -417,6 +437,7 @@ class Generator:
 
         settings = {"backend": self.backend_name, "num_samples": num_samples, "length": length,
                     "temperature": float(temperature), "top_k": int(top_k), "top_p": float(top_p),
+                    "min_length": min_length,
                     "representation": self.representation}
         return [self._piece(row, primers[row], generated[row], stop[row], seed, settings)
                 for row in range(num_samples)]
@@ -593,6 +614,8 @@ def parse_args(argv=None):
     parser.add_argument("--length", type=cli.positive_int, default=200, metavar="N",
                         help="events (sonorities; tokens for the classic representation) to generate per piece; "
                              "a piece also ends early when it samples the <piece> boundary")
+    parser.add_argument("--min-length", type=cli.non_negative_int, default=DEFAULT_MIN_LENGTH, metavar="N",
+                        help="events a piece must have before a sampled <piece> boundary may end it")
     parser.add_argument("--temperature", type=cli.temperature, default=1.0, metavar="T",
                         help="sampling temperature; below 1 is safer, above 1 wilder, 0 is greedy")
     parser.add_argument("--top-k", type=cli.non_negative_int, default=0, metavar="K",
@@ -629,7 +652,7 @@ def main(argv=None):
     with cli.user_errors(parser):
         try:
             generator = Generator(args.run_dir, args.backend)
-            pieces = generator.generate(num_samples=args.num_samples, length=args.length,
+            pieces = generator.generate(num_samples=args.num_samples, length=args.length, min_length=args.min_length,
                                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                         seed=args.seed, primer=args.primer, primer_tokens=args.primer_tokens,
                                         strict=args.strict, show_progress=not args.quiet)

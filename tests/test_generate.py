@@ -94,7 +94,9 @@ def test_temperature_zero_and_top_k_one_equal_a_manual_greedy_loop(generator):
         probabilities, state = generator.backend.step(np.array([token_id], np.int32), state)
     expected = []
     while events.count_events(vocabulary.decode(expected)) < 15:
-        token_id = int(sampling.greedy(probabilities, banned=[vocabulary.pad_id, vocabulary.unk_id])[0])
+        early = events.count_events(vocabulary.decode(expected)) < generate.DEFAULT_MIN_LENGTH
+        banned = [vocabulary.pad_id, vocabulary.unk_id] + ([vocabulary.boundary_id] if early else [])
+        token_id = int(sampling.greedy(probabilities, banned=banned)[0])
         if token_id == vocabulary.boundary_id:
             break
         expected.append(token_id)
@@ -122,8 +124,10 @@ def test_a_batch_is_sampled_in_one_pass_and_every_row_is_valid(run_dir, generato
     batched = generate.Generator(run_dir, backend=counting, log=lambda m: None)
     pieces = batched.generate(num_samples=4, length=10, top_p=0.95, seed=5)
     assert set(counting.batches) == {4}
-    longest = max(len(p.primer_tokens) + 1 + len(p.tokens) for p in pieces)
-    assert len(counting.batches) <= longest + 1  # one pass of steps, not one per piece
+    # Priming steps all rows together (as long as the longest primer), then generation
+    # steps them together (as long as the longest piece): one pass, not one per piece.
+    longest = max(len(p.primer_tokens) for p in pieces) + 1 + max(len(p.tokens) for p in pieces)
+    assert len(counting.batches) <= longest + 1
     for piece in pieces:
         assert not {events.PAD, events.UNK, events.BOUNDARY} & set(piece.tokens)
         assert all(t in generator.vocabulary.index for t in piece.tokens)
@@ -187,11 +191,32 @@ class FakeBackend:
 def test_stops_when_the_boundary_is_sampled_per_row(run_dir, generator):
     fake = FakeBackend(generator.vocabulary, k=3)
     fake_generator = generate.Generator(run_dir, backend=fake, log=lambda m: None)
-    pieces = fake_generator.generate(num_samples=3, length=50, primer_tokens=[], seed=0)
+    pieces = fake_generator.generate(num_samples=3, length=50, primer_tokens=[], seed=0, min_length=0)
     duration = generator.vocabulary.tokens[fake.duration_id]
     assert [p.tokens for p in pieces] == [[duration] * 3, [duration] * 4, [duration] * 5]
     assert [p.stop_reason for p in pieces] == ["boundary"] * 3
     assert set(fake.batches) == {3}  # finished rows kept stepping with the batch
+
+
+def test_the_boundary_cannot_end_a_piece_before_min_length(run_dir, generator):
+    fake = FakeBackend(generator.vocabulary, k=0, unk_mass=0.0)
+    original_step = fake.step
+
+    def half_boundary(token_ids, state):
+        probabilities, state = original_step(token_ids, state)
+        probabilities[:, fake.duration_id] = 0.5  # boundary and duration equally likely from the start
+        probabilities[:, fake.boundary_id] = 0.5
+        return probabilities, state
+
+    fake.step = half_boundary
+    pieces = generate.Generator(run_dir, backend=fake, log=lambda m: None).generate(
+        num_samples=8, length=30, primer_tokens=[], seed=3, min_length=5)
+    assert all(len(p.tokens) >= 5 for p in pieces)
+    assert {p.stop_reason for p in pieces} <= {"boundary", "length"}
+    assert any(p.stop_reason == "boundary" for p in pieces)
+    short = generate.Generator(run_dir, backend=fake, log=lambda m: None).generate(
+        num_samples=8, length=30, primer_tokens=[], seed=3, min_length=0)
+    assert any(len(p.tokens) < 5 for p in short)
 
 
 def test_pad_and_unk_are_never_sampled(run_dir, generator):
