@@ -3,8 +3,10 @@
 import json
 import os
 import socket
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -61,3 +63,41 @@ def test_two_workers_train_in_lockstep_and_match_a_single_process(tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
     assert distributed["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_killed_workers_resume_from_the_chiefs_backup(tmp_path):
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    run_dir = tmp_path / "resumed"
+    extra = ["--set", "train.epochs=3"]
+
+    def start(index, capture):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+                   CUDA_VISIBLE_DEVICES="-1")
+        return subprocess.Popen(train_command(run_dir, "multi_worker") + extra, env=env, text=True,
+                                stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT if capture else subprocess.DEVNULL)
+
+    chief, worker = start(0, True), start(1, False)
+    for line in chief.stdout:
+        if line.startswith("epoch 2:"):
+            break
+    # Let the chief finish writing epoch 2's backup, then kill both mid-run.
+    state = run_dir / "backup" / "state.json"
+    for _ in range(100):
+        if state.exists() and json.load(open(state))["next_epoch"] == 2:
+            break
+        time.sleep(0.1)
+    for process in (chief, worker):
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    assert not (run_dir / "metrics.json").exists()
+
+    chief, worker = start(0, True), start(1, False)
+    out, _ = chief.communicate(timeout=600)
+    worker.wait(timeout=600)
+    assert chief.returncode == 0 and worker.returncode == 0, out[-3000:]
+    assert "resuming" in out
+    metrics = json.load(open(run_dir / "metrics.json"))
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
