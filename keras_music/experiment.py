@@ -563,8 +563,8 @@ def scaling_lines(result: dict) -> list[str]:
                       f"train.epochs={BUDGET_EPOCHS} so that the budget ends training, a constant learning rate "
                       "(a cosine schedule needs the run's length in advance, which a wall-clock budget does not "
                       "give) and early stopping off. The evaluated model is each run's best-validation checkpoint. "
-                      "The budget clock starts before the first epoch, so start-up (graph tracing, data pipeline) "
-                      "counts against it."]
+                      "The budget clock starts with training, so data preparation does not count against it; "
+                      "the first epoch's graph tracing does."]
         if any(result["runs"][n]["training"].get("partial_epochs_counted_whole") for n in names):
             lines[-1] += (" Tokens seen count the last, budget-stopped epoch as a whole epoch (the run's history "
                           "records epochs, not steps), so they overstate by less than one epoch.")
