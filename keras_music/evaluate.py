@@ -448,7 +448,7 @@ def evaluate_run(run_dir: str, num_samples: int = DEFAULT_NUM_SAMPLES, length: i
         plot_metrics_vs_temperature(music, storage.join(out_dir, TEMPERATURE_PNG))
         figures.append(TEMPERATURE_PNG)
     result["figures"] = figures
-    result = _json_ready(result)
+    result = storage.json_ready(result)
     storage.write_json(storage.join(out_dir, EVALUATION_JSON), result)
     storage.write_text(storage.join(out_dir, EVALUATION_MD), render_markdown(result))
     return result
@@ -464,19 +464,6 @@ def _check_settings(num_samples, length, temperatures, seed) -> None:
     for t in temperatures:
         if isinstance(t, bool) or not isinstance(t, (int, float, np.number)) or not (0 <= t < math.inf):
             raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {t!r}")
-
-
-def _json_ready(value):
-    """NaN and infinities become null: they are not JSON, and other tools refuse them."""
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # ----------------------------------------------------------------------------- report

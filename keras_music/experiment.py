@@ -392,7 +392,7 @@ def run_study(config_files, out_dir: str, sources=(), overrides=(), scale: float
     plot_learning_curves(result, storage.join(out_dir, LEARNING_CURVES_PNG))
     plot_metrics_by_temperature(result, storage.join(out_dir, METRICS_PNG))
     result["seconds"] = round(time.time() - started, 1)
-    result = _json_ready(result)
+    result = storage.json_ready(result)
     storage.write_json(storage.join(out_dir, REPORT_JSON), result)
     storage.write_text(storage.join(out_dir, REPORT_MD), render_report(result))
     return result
@@ -489,18 +489,6 @@ def assemble(runs, trained, evaluations, accuracy, samples, out_dir, settings) -
         "claims": claims,
         "figures": [LEARNING_CURVES_PNG, METRICS_PNG],
     }
-
-
-def _json_ready(value):
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # ----------------------------------------------------------------------------- report
