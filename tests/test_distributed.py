@@ -101,3 +101,14 @@ def test_killed_workers_resume_from_the_chiefs_backup(tmp_path):
     assert "resuming" in out
     metrics = json.load(open(run_dir / "metrics.json"))
     assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+
+
+def test_mirrored_strategy_trains_like_the_default_on_one_device(tmp_path, tiny_run):
+    from keras_music import train
+    from conftest import tiny_config
+
+    metrics = train.train(tiny_config("train.strategy=mirrored"), str(tmp_path / "mirrored"), show_progress=False,
+                          log=lambda *a: None)
+    reference = json.load(open(os.path.join(tiny_run, "metrics.json")))
+    assert metrics["strategy"] == "mirrored" and metrics["replicas"] >= 1
+    assert metrics["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-4)
