@@ -330,6 +330,22 @@ def transpose_token(token: str, shift: int, representation: str = "note") -> str
     return pitch_name(pitch) if 0 <= pitch <= 127 else None
 
 
+def token_representations(token: str) -> set[str]:
+    """Which representations' grammar a token belongs to (empty if none; specials fit both)."""
+    if token in SPECIAL_TOKENS:
+        return {"note", "classic"}
+    kind, _, value = token.partition(":")
+    if token == REST or (kind in ("pitch", "hold") and value.isdigit()) or kind == "dur":
+        return {"note"}
+    if all(part.isdigit() and int(part) < 12 for part in token.split(".")):
+        return {"classic"}
+    try:
+        parse_pitch_name(token)
+    except ValueError:
+        return set()
+    return {"classic"}
+
+
 def count_events(tokens, representation: str = "note") -> int:
     """Musical events (sonorities) in a token list: duration tokens, or all tokens for classic."""
     if representation == "note":

@@ -324,6 +324,14 @@ class Generator:
             tokens, source = list(primer_tokens), "tokens"
         while tokens and tokens[0] == events.BOUNDARY:
             tokens = tokens[1:]  # every sequence starts with exactly one boundary
+        foreign = [t for t in tokens if self.representation not in events.token_representations(t)
+                   and events.token_representations(t)]
+        if foreign:
+            where = f"primer {primer}" if primer is not None else "primer tokens"
+            other = sorted(events.token_representations(foreign[0]))[0]
+            raise GenerateError(f"{where} are in the {other} representation ({', '.join(foreign[:5])}"
+                                f"{' ...' if len(foreign) > 5 else ''}) but {self.run_dir} was trained on the "
+                                f"{self.representation} representation")
         unknown: list[str] = []
         self.vocabulary.encode(tokens, unknown)
         unknown = list(dict.fromkeys(unknown))

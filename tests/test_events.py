@@ -114,3 +114,13 @@ def test_whole_bach_corpus_round_trips_through_music21_streams():
         if rebuilt != tokens:
             mismatched.append(entry["file"])
     assert mismatched == []
+
+
+def test_token_representations():
+    assert events.token_representations("pitch:60") == {"note"}
+    assert events.token_representations("dur:1/3") == {"note"}
+    assert events.token_representations("rest") == {"note"}
+    assert events.token_representations("C#4") == {"classic"}
+    assert events.token_representations("0.4.7") == {"classic"}
+    assert events.token_representations("<piece>") == {"note", "classic"}
+    assert events.token_representations("banana") == set()

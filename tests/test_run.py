@@ -102,3 +102,14 @@ def test_no_pickle_anywhere_in_the_package():
                 assert not any(a.name in ("pickle", "dill", "cloudpickle") for a in node.names), path
             if isinstance(node, ast.ImportFrom):
                 assert node.module not in ("pickle", "dill", "cloudpickle"), path
+
+
+def test_primer_in_another_representation_is_one_clear_error(tiny_run):
+    result = subprocess.run([sys.executable, "-m", "keras_music.generate", "--run-dir", tiny_run, "--length", "5",
+                             "--primer-tokens", "C4 E4 0.4.7", "--out", os.path.join(tiny_run, "never")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "primer tokens are in the classic representation (C4, E4, 0.4.7)" in result.stderr
+    assert "trained on the note representation" in result.stderr
+    assert not os.path.exists(os.path.join(tiny_run, "never"))
