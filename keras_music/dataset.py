@@ -47,19 +47,29 @@ def shard_files(directory: str, split: str) -> list[str]:
     return [storage.join(directory, f) for f in files]
 
 
-def _parse(record):
+def _parse_named(record):
     parsed = tf.io.parse_single_example(record, {
         "ids": tf.io.VarLenFeature(tf.int64),
         "name": tf.io.FixedLenFeature([], tf.string),
     })
-    return tf.cast(tf.sparse.to_dense(parsed["ids"]), tf.int32)
+    return parsed["name"], tf.cast(tf.sparse.to_dense(parsed["ids"]), tf.int32)
+
+
+def _parse(record):
+    return _parse_named(record)[1]
+
+
+def read_named_pieces(files) -> list[tuple[str, np.ndarray]]:
+    """(name, ids) of every piece of some shards (for evaluation; training streams instead)."""
+    if not files:
+        return []
+    return [(name.numpy().decode("utf-8"), ids.numpy())
+            for name, ids in tf.data.TFRecordDataset(files).map(_parse_named)]
 
 
 def read_pieces(files) -> list[np.ndarray]:
-    """All pieces of some shards as numpy arrays (for evaluation; training streams instead)."""
-    if not files:
-        return []
-    return [ids.numpy() for ids in tf.data.TFRecordDataset(files).map(_parse)]
+    """All pieces of some shards as numpy arrays."""
+    return [ids for _, ids in read_named_pieces(files)]
 
 
 def count_windows(piece_lengths, seq_length: int, stride: int) -> int:
@@ -97,17 +107,19 @@ def _transposer(table: np.ndarray, valid: np.ndarray):
 def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: int, seed: int,
                      first_epoch: int = 0, epochs: int = 1, stride: int | None = None,
                      shuffle_buffer: int = 2048, transposition=None, boundary_id: int = 2,
-                     worker_slice: tuple[int, int] | None = None) -> tf.data.Dataset:
+                     worker_slice: tuple[int, int] | None = None, piece_count: int | None = None) -> tf.data.Dataset:
     """Exactly `steps_per_epoch` batches per epoch, for epochs first_epoch..epochs-1.
 
     Each epoch's shuffles and transpositions are seeded by (seed, epoch), so a resumed
     run sees the same batches as an uninterrupted one. With `worker_slice=(i, n)` the
     worker keeps rows i*b/n..(i+1)*b/n of every global batch: together the n workers
-    see exactly the batches a single process would.
+    see exactly the batches a single process would. `piece_count` (known from
+    prepared.json) saves a pass over the shards to count the pieces.
     """
     stride = stride or seq_length
     transpose = _transposer(*transposition) if transposition is not None else None
-    piece_count = sum(1 for _ in tf.data.TFRecordDataset(files)) if files else 0
+    if piece_count is None:
+        piece_count = sum(1 for _ in tf.data.TFRecordDataset(files)) if files else 0
 
     def one_epoch(epoch: int):
         epoch_seed = seed * 100003 + epoch

@@ -53,18 +53,6 @@ def _progress(iterable=None, show: bool = False, **kwargs):
     return tqdm(iterable, disable=not show, file=sys.stderr, **kwargs)
 
 
-def _read_names(files) -> list[str]:
-    """Piece names stored beside the ids in the shards (dataset.read_pieces returns ids only)."""
-    import tensorflow as tf
-
-    names = []
-    for record in tf.data.TFRecordDataset(files):
-        example = tf.train.Example.FromString(record.numpy())
-        values = example.features.feature["name"].bytes_list.value
-        names.append(values[0].decode("utf-8") if values else "")
-    return names
-
-
 def _manifest_entries(run_dir: str) -> dict:
     file = run_lib.path(run_dir, run_lib.MANIFEST)
     if not storage.exists(file):
@@ -106,13 +94,9 @@ def load_split(run_dir: str, split: str, vocabulary=None) -> list[HeldOutPiece]:
     files = dataset.shard_files(data_dir, split)
     if not files:
         raise run_lib.RunError(f"{data_dir} has no {split}-*.tfrecord shards: {run_dir} has no {split} split")
-    pieces = dataset.read_pieces(files)
-    names = _read_names(files)
-    if len(names) != len(pieces):
-        names = [""] * len(pieces)
     entries = _manifest_entries(run_dir)
     out = []
-    for name, ids in zip(names, pieces):
+    for name, ids in dataset.read_named_pieces(files):
         entry = entries.get(name)
         ids = np.asarray(ids, dtype=np.int32)
         out.append(HeldOutPiece(name, ids, _count_events(ids, vocabulary, entry), _time_signature(entry)))

@@ -149,12 +149,9 @@ def resolve_runs(config_files, out_dir: str, sources=(), overrides=(), scale: fl
 
 
 def tokens_per_epoch(config: config_lib.Config, prepared: dict) -> int:
-    from keras_music import dataset
+    from keras_music import train
 
-    data = config.data
-    stride = data.window_stride or data.seq_length
-    windows = dataset.count_windows(prepared["lengths"]["train"], data.seq_length, stride)
-    return (windows // config.train.batch_size) * config.train.batch_size * data.seq_length
+    return train.epoch_steps(config, prepared["lengths"]["train"]) * config.train.batch_size * config.data.seq_length
 
 
 # ----------------------------------------------------------------------------- statistics (pure numpy)

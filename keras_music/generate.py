@@ -265,38 +265,35 @@ class Generator:
     def held_out_pieces(self) -> list[list[str]]:
         """Token lists of the run's validation pieces (read once)."""
         if self._held_out is None:
-            pieces = []
+            named = []
             try:
                 from keras_music import dataset
 
                 data_dir = run_lib.data_dir(self.run_dir)
                 if storage.isdir(data_dir):
-                    files = dataset.shard_files(data_dir, "validation")
-                    pieces = [self.vocabulary.decode(ids) for ids in dataset.read_pieces(files)]
+                    named = dataset.read_named_pieces(dataset.shard_files(data_dir, "validation"))
             except Exception as error:  # unreadable shards only cost the default primer
                 self.log(f"cannot read the held-out pieces of {self.run_dir}: {error}")
-            self._held_out = pieces
-            self._held_out_files = self._held_out_manifest(len(pieces))
+            entries = self._manifest_by_file()
+            self._held_out = [self.vocabulary.decode(ids) for _, ids in named]
+            self._held_out_files = [entries.get(name, {}) for name, _ in named]
         return self._held_out
 
-    def _held_out_manifest(self, count: int) -> list[dict]:
-        """Manifest entries of the validation pieces, in shard order (prepare sorts them by content hash)."""
+    def _manifest_by_file(self) -> dict[str, dict]:
+        """Manifest entries by file name (each shard record carries its piece's file name)."""
         try:
             files = storage.read_json(run_lib.path(self.run_dir, run_lib.MANIFEST)).get("files", [])
         except (OSError, ValueError, AttributeError):
-            return []
-        entries = sorted((f for f in files if f.get("status") == "used" and f.get("split") == "validation"),
-                         key=lambda f: f.get("sha256", ""))
-        return entries if len(entries) == count else []
+            return {}
+        return {f["file"]: f for f in files if isinstance(f, dict) and "file" in f}
 
     def random_opening(self, rng) -> tuple[list[str], str, tuple[int, int]]:
         """The first 8..32 tokens of a random held-out piece, cut after its last complete sonority."""
-        pieces = [p for p in self.held_out_pieces() if p]
-        if not pieces:
+        candidates = [(p, e) for p, e in zip(self.held_out_pieces(), self._held_out_files) if p]
+        if not candidates:
             return [], "none (no held-out pieces found; started from the boundary alone)", (4, 4)
-        index = int(rng.integers(len(pieces)))
-        tokens = pieces[index]
-        entry = self._held_out_files[index] if self._held_out_files and all(self._held_out) else {}
+        index = int(rng.integers(len(candidates)))
+        tokens, entry = candidates[index]
         name = entry.get("file", f"number {index}")
         time_signature = tuple(entry.get("time_signature") or (4, 4))
         wanted = int(rng.integers(DEFAULT_PRIMER_TOKENS[0], DEFAULT_PRIMER_TOKENS[1] + 1))

@@ -358,6 +358,14 @@ def fit_custom(strategy, model, optimizer, make_train_data, validation_data, pro
             break
 
 
+def epoch_steps(config: config_lib.Config, train_lengths) -> int:
+    """Batches per epoch: the training windows the pipeline cuts, in whole batches."""
+    from keras_music import dataset
+
+    stride = config.data.window_stride or config.data.seq_length
+    return dataset.count_windows(train_lengths, config.data.seq_length, stride) // config.train.batch_size
+
+
 def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, log=print) -> dict:
     """Prepare (or reuse) data, fit (or resume), and write the run directory. Returns metrics.json.
 
@@ -388,7 +396,7 @@ def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, l
     storage.write_text(run_lib.path(work_dir, run_lib.CONFIG), config_lib.dump(config))
     stride = data.window_stride or data.seq_length
     windows = dataset.count_windows(info["lengths"]["train"], data.seq_length, stride)
-    steps_per_epoch = windows // train_cfg.batch_size
+    steps_per_epoch = epoch_steps(config, info["lengths"]["train"])
     if steps_per_epoch < 1:
         raise run_lib.RunError(f"the training split has {info['tokens']['train']} tokens, {windows} windows of "
                                f"data.seq_length+1={data.seq_length + 1}: fewer than one batch of "
@@ -431,7 +439,8 @@ def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, l
         worker = (context.input_pipeline_id, context.num_input_pipelines) if context is not None else None
         return dataset.training_dataset(train_files, data.seq_length, train_cfg.batch_size, steps_per_epoch,
                                         train_cfg.seed, first_epoch, train_cfg.epochs, stride, data.shuffle_buffer,
-                                        transposition, vocabulary.boundary_id, worker_slice=worker)
+                                        transposition, vocabulary.boundary_id, worker_slice=worker,
+                                        piece_count=len(info["lengths"]["train"]))
 
     validation_data = dataset.evaluation_dataset(validation_files, data.seq_length, train_cfg.batch_size,
                                                  vocabulary.boundary_id)
