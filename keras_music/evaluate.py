@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from keras_music import events, metrics, run as run_lib, storage
+from keras_music import events, metrics, plots, run as run_lib, storage
 
 DEFAULT_NUM_SAMPLES = 20
 DEFAULT_LENGTH = 200
@@ -578,15 +578,6 @@ def render_markdown(result: dict) -> str:
 # ----------------------------------------------------------------------------- plots
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _number(value) -> float:
     return math.nan if value is None else float(value)
 
@@ -598,12 +589,9 @@ def _finite(values) -> np.ndarray:
 
 def plot_distributions(music: dict, out_path: str) -> None:
     """Per metric: histograms of generated values per temperature over the held-out real ones."""
-    plt = _pyplot()
     names = music["metric_names"]
     keys = [temperature_key(t) for t in music["temperatures"]]
-    columns = 4
-    rows = math.ceil(len(names) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    figure, axes = plots.metric_grid(len(names))
     for ax, name in zip(axes.flat, names):
         real = _finite(_metric_values(music["real"]["pieces"], name))
         generated = {k: _finite(_metric_values(music["generated"][k]["pieces"], name)) for k in keys}
@@ -623,27 +611,15 @@ def plot_distributions(music: dict, out_path: str) -> None:
                 ax.hist(generated[k], bins=bins, density=True, histtype="step", linewidth=1.5, label=f"T = {k}")
         ax.set_title(name, fontsize=10)
         ax.tick_params(labelsize=8)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        figure.legend(handles, labels, loc="upper right", fontsize=9)
-    figure.suptitle("metric distributions: generated (per temperature) vs held-out real")
-    figure.tight_layout(rect=(0, 0, 0.92, 0.96))
-    with storage.atomic_local_path(out_path, suffix=".png") as tmp:
-        figure.savefig(tmp, dpi=80)
-    plt.close(figure)
+    plots.finish_metric_grid(figure, axes, len(names), "metric distributions: generated (per temperature) vs held-out real", out_path)
 
 
 def plot_metrics_vs_temperature(music: dict, out_path: str) -> None:
     """Per metric: generated mean ± std against temperature, the held-out real mean as a line."""
-    plt = _pyplot()
     names = music["metric_names"]
     temperatures = music["temperatures"]
     keys = [temperature_key(t) for t in temperatures]
-    columns = 4
-    rows = math.ceil(len(names) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    figure, axes = plots.metric_grid(len(names))
     for ax, name in zip(axes.flat, names):
         summaries = [music["generated"][k]["summary"][name] for k in keys]
         means = np.array([_number(s["mean"]) for s in summaries])
@@ -658,16 +634,7 @@ def plot_metrics_vs_temperature(music: dict, out_path: str) -> None:
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("temperature", fontsize=8)
         ax.tick_params(labelsize=8)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        figure.legend(handles, labels, loc="upper right", fontsize=9)
-    figure.suptitle("metrics against sampling temperature (mean ± std; dashed: held-out real mean)")
-    figure.tight_layout(rect=(0, 0, 0.92, 0.96))
-    with storage.atomic_local_path(out_path, suffix=".png") as tmp:
-        figure.savefig(tmp, dpi=80)
-    plt.close(figure)
+    plots.finish_metric_grid(figure, axes, len(names), "metrics against sampling temperature (mean ± std; dashed: held-out real mean)", out_path)
 
 
 # ----------------------------------------------------------------------------- command line

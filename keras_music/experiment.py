@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from keras_music import config as config_lib, evaluate, events, run as run_lib, storage
+from keras_music import config as config_lib, evaluate, events, plots, run as run_lib, storage
 
 DEFAULT_TEMPERATURES = (0.5, 0.8, 1.0, 1.2)
 DEFAULT_NUM_SAMPLES = 20
@@ -722,23 +722,13 @@ def _mean_std(summary) -> str:
 # ----------------------------------------------------------------------------- plots
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _number(value) -> float:
     return math.nan if value is None else float(value)
 
 
 def plot_learning_curves(result: dict, out_path: str) -> None:
     """Validation (solid) and training (dotted) loss of every config against tokens seen and training time."""
-    plt = _pyplot()
-    figure, (by_tokens, by_time) = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure, (by_tokens, by_time) = plots.pyplot().subplots(1, 2, figsize=(11, 4.2))
     for index, name in enumerate(result["names"]):
         history = result["runs"][name]["history"]
         if not history:
@@ -758,20 +748,15 @@ def plot_learning_curves(result: dict, out_path: str) -> None:
     figure.suptitle("learning curves: " + " vs ".join(
         f"{n} (hidden {result['runs'][n]['settings']['hidden_size']})" for n in result["names"]))
     figure.tight_layout()
-    with storage.atomic_local_path(out_path, suffix=".png") as tmp:
-        figure.savefig(tmp, dpi=90)
-    plt.close(figure)
+    plots.save(figure, out_path, dpi=90)
 
 
 def plot_metrics_by_temperature(result: dict, out_path: str) -> None:
     """Per metric: each config's mean ± standard error against temperature, the held-out real mean dashed."""
-    plt = _pyplot()
     names = result["metric_names"]
     temperatures = result["settings"]["temperatures"]
     keys = [evaluate.temperature_key(t) for t in temperatures]
-    columns = 4
-    rows = math.ceil(len(names) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
+    figure, axes = plots.metric_grid(len(names))
     for ax, metric in zip(axes.flat, names):
         for index, config in enumerate(result["names"]):
             summaries = [result["runs"][config]["music"][k][metric] for k in keys]
@@ -784,16 +769,7 @@ def plot_metrics_by_temperature(result: dict, out_path: str) -> None:
         ax.set_title(metric, fontsize=10)
         ax.set_xlabel("temperature", fontsize=8)
         ax.tick_params(labelsize=8)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        figure.legend(handles, labels, loc="upper right", fontsize=9)
-    figure.suptitle("music metrics against temperature (mean ± standard error; dashed: held-out real mean)")
-    figure.tight_layout(rect=(0, 0, 0.9, 0.96))
-    with storage.atomic_local_path(out_path, suffix=".png") as tmp:
-        figure.savefig(tmp, dpi=80)
-    plt.close(figure)
+    plots.finish_metric_grid(figure, axes, len(names), "music metrics against temperature (mean ± standard error; dashed: held-out real mean)", out_path, right=0.9)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -536,22 +536,20 @@ def midi_stream(piece: Piece, tempo: float = 90.0, instrument: str = "Piano"):
 
 def plot_piano_roll(piece: Piece, path: str, title: str = "") -> None:
     """Pitch against time in quarter notes; the primer region and notes are drawn apart from generated ones."""
-    import matplotlib
+    from matplotlib.patches import Rectangle
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from keras_music import plots
 
     notes = np.asarray(piece.notes, float).reshape(-1, 3)
     primer_end = piece.primer_duration
     total = float(sum(s.duration for s in piece.sonorities)) or 1.0
-    figure, axis = plt.subplots(figsize=(min(24.0, 6 + total / 8), 4.5))
+    figure, axis = plots.pyplot().subplots(figsize=(min(24.0, 6 + total / 8), 4.5))
     if primer_end > 0:
         axis.axvspan(0, primer_end, color="0.88", zorder=0, label="primer")
     for is_primer, color, label in ((True, "0.45", "primer notes"), (False, "tab:blue", "generated notes")):
         chosen = notes[(notes[:, 0] < primer_end) == is_primer] if len(notes) else notes
         for onset, duration, pitch in chosen:
-            axis.add_patch(matplotlib.patches.Rectangle((onset, pitch - 0.4), duration, 0.8, color=color,
-                                                        linewidth=0, zorder=2))
+            axis.add_patch(Rectangle((onset, pitch - 0.4), duration, 0.8, color=color, linewidth=0, zorder=2))
         if len(chosen):
             axis.plot([], [], color=color, linewidth=6, label=label)
     low, high = (notes[:, 2].min(), notes[:, 2].max()) if len(notes) else (60, 72)
@@ -564,9 +562,7 @@ def plot_piano_roll(piece: Piece, path: str, title: str = "") -> None:
     if axis.get_legend_handles_labels()[0]:
         axis.legend(loc="upper right", fontsize="small")
     figure.tight_layout()
-    with storage.atomic_local_path(path, suffix=".png") as tmp:
-        figure.savefig(tmp, dpi=90)
-    plt.close(figure)
+    plots.save(figure, path, dpi=90)
 
 
 def summary_line(name: str, piece: Piece) -> str:

@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import json
 import re
-import sys
 import time
 from fractions import Fraction
 

@@ -194,13 +194,10 @@ def read_backup(run_dir: str, config) -> dict | None:
 
 
 def plot_curves(history: list[dict], out_path: str, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from keras_music import plots
 
     epochs = [h["epoch"] for h in history]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (left, right) = plots.pyplot().subplots(1, 2, figsize=(10, 4))
     for key, label in (("loss", "train"), ("val_loss", "validation")):
         if any(key in h for h in history):
             left.plot(epochs, [h.get(key, float("nan")) for h in history], marker="o", label=label)
@@ -217,9 +214,7 @@ def plot_curves(history: list[dict], out_path: str, title: str = "") -> None:
     right.grid(alpha=0.3)
     figure.suptitle(title or "training curves")
     figure.tight_layout()
-    with storage.atomic_local_path(out_path, suffix=".png") as tmp:
-        figure.savefig(tmp, dpi=100)
-    plt.close(figure)
+    plots.save(figure, out_path, dpi=100)
 
 
 class Cluster:

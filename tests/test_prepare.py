@@ -1,6 +1,5 @@
 """Tests for keras_music.prepare: sharded preparation merges into exactly the unsharded result."""
 
-import json
 import os
 import shutil
 import subprocess
