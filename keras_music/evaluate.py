@@ -582,19 +582,14 @@ def _number(value) -> float:
     return math.nan if value is None else float(value)
 
 
-def _finite(values) -> np.ndarray:
-    array = np.asarray([np.nan if v is None else v for v in values], dtype=float)
-    return array[np.isfinite(array)]
-
-
 def plot_distributions(music: dict, out_path: str) -> None:
     """Per metric: histograms of generated values per temperature over the held-out real ones."""
     names = music["metric_names"]
     keys = [temperature_key(t) for t in music["temperatures"]]
     figure, axes = plots.metric_grid(len(names))
     for ax, name in zip(axes.flat, names):
-        real = _finite(_metric_values(music["real"]["pieces"], name))
-        generated = {k: _finite(_metric_values(music["generated"][k]["pieces"], name)) for k in keys}
+        real = metrics.finite_values(_metric_values(music["real"]["pieces"], name))
+        generated = {k: metrics.finite_values(_metric_values(music["generated"][k]["pieces"], name)) for k in keys}
         pooled = np.concatenate([real, *generated.values()])
         if len(pooled) == 0:
             ax.set_title(f"{name} (undefined)")

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from keras_music import config as config_lib, evaluate, events, plots, run as run_lib, storage
+from keras_music import config as config_lib, evaluate, events, metrics, plots, run as run_lib, storage
 
 DEFAULT_TEMPERATURES = (0.5, 0.8, 1.0, 1.2)
 DEFAULT_NUM_SAMPLES = 20
@@ -157,20 +157,9 @@ def tokens_per_epoch(config: config_lib.Config, prepared: dict) -> int:
 # ----------------------------------------------------------------------------- statistics (pure numpy)
 
 
-def _finite(values) -> np.ndarray:
-    out = []
-    for value in values:
-        if value is None:
-            continue
-        value = float(value)
-        if math.isfinite(value):
-            out.append(value)
-    return np.asarray(out, dtype=float)
-
-
 def mean_se(values) -> dict:
     """Mean, sample standard deviation (n − 1), standard error of the mean, count of finite values."""
-    x = _finite(values)
+    x = metrics.finite_values(values)
     n = len(x)
     std = float(x.std(ddof=1)) if n >= 2 else math.nan
     return {"mean": float(x.mean()) if n else math.nan, "std": std,
@@ -197,7 +186,7 @@ def compare_groups(original, modified, direction: int) -> dict:
 def compare_paired(original: dict, modified: dict, direction: int) -> dict:
     """Like compare_groups for values keyed by the same items (held-out pieces): mean of per-item differences."""
     shared = [k for k in original if k in modified and original[k] is not None and modified[k] is not None]
-    differences = _finite([modified[k] - original[k] for k in shared])
+    differences = metrics.finite_values([modified[k] - original[k] for k in shared])
     summary = mean_se(differences)
     return {"original": mean_se([original[k] for k in shared]), "modified": mean_se([modified[k] for k in shared]),
             "difference": summary["mean"], "se": summary["se"], "pairs": summary["n"],

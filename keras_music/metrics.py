@@ -549,7 +549,10 @@ _MAX_GRID_POINTS = 200_001
 _KDE_CHUNK_CELLS = 1 << 20
 
 
-def _finite_values(values) -> np.ndarray:
+def finite_values(values) -> np.ndarray:
+    """The finite numbers among `values` (any iterable) as a flat float array; None, NaN and infinities dropped."""
+    if not isinstance(values, np.ndarray):
+        values = list(values)
     array = np.asarray(values, dtype=float).ravel()
     return array[np.isfinite(array)]
 
@@ -666,8 +669,8 @@ def compare_distributions(generated, real, bandwidth=None) -> dict:
     values or no spread gets the floor bandwidth ``0.01 * std(pooled values)``.
     ``bandwidth_generated`` and ``bandwidth_real`` report what was used.
     """
-    generated = _finite_values(generated)
-    real = _finite_values(real)
+    generated = finite_values(generated)
+    real = finite_values(real)
     generated_mean, generated_std = _mean_std(generated)
     real_mean, real_std = _mean_std(real)
     comparison = _kde_overlap(real, generated, bandwidth)
@@ -706,8 +709,8 @@ def compare_distances(generated, real, bandwidth=None) -> dict:
     real set's intra-set distances look like the inter-set distances (OA
     near 1, KL near 0). ``reason`` collects the degenerate-case notes.
     """
-    generated = _finite_values(generated)
-    real = _finite_values(real)
+    generated = finite_values(generated)
+    real = finite_values(real)
     distances = {
         "intra_generated": _pairwise_distances(generated),
         "intra_real": _pairwise_distances(real),
