@@ -607,7 +607,6 @@ def export(run_dir: str, quantize=QUANTIZATIONS, parity_windows: int = 8, parity
     destination = export_dir(run_dir)
     with storage.atomic_directory(destination) as out, \
             tempfile.TemporaryDirectory(prefix="keras_music-step-") as scratch:
-        os.chmod(out, 0o755)  # mkdtemp makes it private; the export is meant to be shared
         vocab_file = os.path.join(out, VOCAB)
         with open(vocab_file, "wb") as handle:
             handle.write(storage.read_bytes(run_lib.path(run_dir, run_lib.VOCAB)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import os
 import shutil
@@ -69,10 +68,6 @@ def listdir(path: str) -> list[str]:
                                                  else os.listdir(path)))
 
 
-def size(path: str) -> int:
-    return _gfile().stat(path).length if is_remote(path) else os.path.getsize(path)
-
-
 def remove(path: str) -> None:
     if is_remote(path):
         _gfile().remove(path)
@@ -133,10 +128,6 @@ def walk_files(root: str, errors: list | None = None) -> list[str]:
         dirnames.sort()
         out.extend(os.path.join(dirpath, f) for f in sorted(files))
     return sorted(out)
-
-
-def matches(name: str, patterns) -> bool:
-    return any(fnmatch.fnmatch(name.lower(), p) for p in patterns)
 
 
 def read_bytes(path: str) -> bytes:
@@ -305,18 +296,3 @@ def copy_tree(local_dir: str, destination: str) -> None:
         for name in files:
             with open(os.path.join(dirpath, name), "rb") as handle:
                 write_bytes(join(target_dir, name), handle.read())
-
-
-def download_tree(source: str, local_dir: str) -> None:
-    """Copy a (possibly remote) directory to a local one."""
-    if not is_remote(source):
-        shutil.copytree(source, local_dir, dirs_exist_ok=True)
-        return
-    gfile = _gfile()
-    for dirpath, _, files in gfile.walk(_remote(source)):
-        relative = dirpath[len(source.rstrip("/")):].strip("/")
-        target = os.path.join(local_dir, relative) if relative else local_dir
-        os.makedirs(target, exist_ok=True)
-        for name in files:
-            with open(os.path.join(target, name), "wb") as handle:
-                handle.write(read_bytes(join(dirpath, name)))

@@ -390,9 +390,9 @@ def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, l
     vocabulary = run_lib.load_vocabulary(work_dir)
     storage.write_text(run_lib.path(work_dir, run_lib.CONFIG), config_lib.dump(config))
     stride = data.window_stride or data.seq_length
-    windows = dataset.count_windows(info["lengths"]["train"], data.seq_length, stride)
     steps_per_epoch = epoch_steps(config, info["lengths"]["train"])
     if steps_per_epoch < 1:
+        windows = dataset.count_windows(info["lengths"]["train"], data.seq_length, stride)
         raise run_lib.RunError(f"the training split has {info['tokens']['train']} tokens, {windows} windows of "
                                f"data.seq_length+1={data.seq_length + 1}: fewer than one batch of "
                                f"train.batch_size={train_cfg.batch_size}; lower them or add data")
