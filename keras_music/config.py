@@ -37,6 +37,9 @@ class DataConfig:
     min_events: int = 8
     # Durations above this (in quarter notes) are split into held continuations.
     max_duration: float = 8.0
+    # Divisions of a quarter note that onsets and ends snap to (24 keeps 32nds and
+    # sixteenth triplets exactly); notes off the grid move to the nearest point.
+    grid: int = 24
     # The fixed step of the classic representation, in quarter notes.
     classic_step: float = 0.5
     # Windows are cut every `window_stride` tokens (0 = seq_length, no overlap).
@@ -168,6 +171,7 @@ def validate(config: Config) -> Config:
     require(d.min_count >= 1, "data.min_count", d.min_count, "an integer >= 1")
     require(d.min_events >= 1, "data.min_events", d.min_events, "an integer >= 1")
     require(d.max_duration >= 1.0, "data.max_duration", d.max_duration, "a number of quarter notes >= 1")
+    require(1 <= d.grid <= 960, "data.grid", d.grid, "an integer number of divisions of a quarter note in 1..960")
     require(d.classic_step > 0, "data.classic_step", d.classic_step, "a positive number of quarter notes")
     require(d.window_stride >= 0, "data.window_stride", d.window_stride, "an integer >= 0")
     require(d.shuffle_buffer >= 1, "data.shuffle_buffer", d.shuffle_buffer, "an integer >= 1")

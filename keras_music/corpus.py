@@ -15,8 +15,9 @@ from fractions import Fraction
 from keras_music import events, storage
 
 SCORE_EXTENSIONS = (".mid", ".midi", ".xml", ".mxl", ".musicxml", ".abc", ".krn")
+MIDI_EXTENSIONS = (".mid", ".midi")
 # Bump when parsing or note extraction changes, so stale cache entries are never reused.
-PARSE_VERSION = 4
+PARSE_VERSION = 5
 GLOB_CHARACTERS = set("*?[")
 
 
@@ -37,10 +38,12 @@ class ParseSettings:
     min_events: int = 8
     max_duration: float = 8.0
     timeout: float = 120.0
+    grid: int = events.GRID  # divisions of a quarter note that onsets and ends snap to
 
     def cache_key(self) -> str:
         # min_events is applied after the cache, so it is not part of the key.
-        text = json.dumps({"v": PARSE_VERSION, "normalize_key": self.normalize_key}, sort_keys=True)
+        text = json.dumps({"v": PARSE_VERSION, "normalize_key": self.normalize_key, "grid": self.grid,
+                           "max_duration": self.max_duration}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -114,6 +117,96 @@ def parse_bytes(name: str, data: bytes, settings: ParseSettings) -> dict:
     """Parse one file's bytes into notes; never raises: failures come back as a skip reason."""
     if not data:
         return {"status": "skipped", "reason": "empty file"}
+    if os.path.splitext(name)[1].lower() in MIDI_EXTENSIONS:
+        return _parse_midi(data, settings)
+    return _parse_score(name, data, settings)
+
+
+def _error_reason(error: Exception) -> str:
+    text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+    return f"parse error: {type(error).__name__}: {text}" if text else f"parse error: {type(error).__name__}"
+
+
+def _parse_midi(data: bytes, settings: ParseSettings) -> dict:
+    """MIDI read from its events (exact ticks), quantised on the grid, checked against the raw notes."""
+    from keras_music import midi
+
+    grid = settings.grid
+    try:
+        raw = midi.read(data)
+    except midi.MidiError as error:
+        return {"status": "skipped", "reason": f"parse error: {error}"}
+    except Exception as error:  # a reader bug on hostile bytes must cost one file, not the run
+        return {"status": "skipped", "reason": _error_reason(error)}
+    if not raw.notes:
+        dropped = ", ".join(f"{n} {why}" for why, n in raw.dropped.items())
+        return {"status": "skipped", "reason": "no notes (no pitched notes with a duration"
+                + (f"; dropped {dropped})" if dropped else ")")}
+    if max(n[1] for n in raw.notes) > midi.MAX_QUARTERS * raw.ticks_per_quarter:
+        return {"status": "skipped", "reason": f"timeline too long: notes beyond {midi.MAX_QUARTERS} quarter notes"}
+    notes, account = midi.quantize(raw, grid)
+    shift, key_name = 0, ""
+    if settings.normalize_key:
+        shift, key_name = midi.estimate_key(notes, grid)
+    kept = [[a, b, p + shift, part] for a, b, p, part in notes if 0 <= p + shift <= 127]
+    if len(kept) < len(notes):
+        account["notes_dropped"]["out of range after transposition"] = len(notes) - len(kept)
+    if not kept:
+        return {"status": "skipped", "reason": "no notes (all out of range after transposition)"}
+    timing = midi.timing(raw)
+    account["tempo_changes"] = len(timing["tempos"])
+    account["time_signature_changes"] = len(timing["time_signatures"])
+    check = check_timeline(raw, kept, shift, grid, settings.max_duration)
+    record = {
+        "status": "parsed", "format": "midi", "grid": grid, "notes": kept,
+        "start": kept[0][0] / grid, **timing,
+        "time_signature": timing["time_signatures"][0][1:],
+        "parts": raw.parts, "key": key_name, "shift": shift, "midi": account, "check": check,
+    }
+    if not check["ok"]:
+        return {"status": "skipped", "midi": account, "check": check,
+                "reason": f"timeline drift: {check['notes_misplaced']} of {check['notes_checked']} notes not "
+                          f"where the file has them after tokenising (end moved {check['end_drift']:g} quarters)"}
+    return record
+
+
+def check_timeline(raw, notes, shift: int, grid: int, max_duration: float) -> dict:
+    """Tokenise the notes, decode them, and compare with the file's raw note events.
+
+    Every raw note (left out ones aside) must come back on its pitch within half a grid
+    step of its own onset, and the piece must end where the file's last note ends.
+    """
+    from keras_music import midi
+
+    tpq = raw.ticks_per_quarter
+    tokens = events.sonorities_to_tokens(events.notes_to_sonorities(
+        [(Fraction(a, grid), Fraction(b, grid), p) for a, b, p, _ in notes], Fraction(max_duration), grid))
+    decoded = events.sonorities_to_notes(events.tokens_to_sonorities(tokens))
+    start = Fraction(notes[0][0], grid)
+    onsets: dict[int, set[int]] = {}
+    for onset, _, pitch in decoded:
+        onsets.setdefault(int(pitch), set()).add(round((Fraction(onset).limit_denominator(grid) + start) * grid))
+    checked = misplaced = 0
+    first_misplaced = None
+    for onset, end, pitch, _, _ in raw.notes:
+        if not 0 <= pitch + shift <= 127:
+            continue
+        checked += 1
+        point = midi.to_grid(onset, tpq, grid)
+        close = abs(Fraction(onset, tpq) - Fraction(point, grid)) <= Fraction(1, 2 * grid)
+        if not close or point not in onsets.get(pitch + shift, ()):
+            misplaced += 1
+            if first_misplaced is None:
+                first_misplaced = float(Fraction(onset, tpq))
+    decoded_end = float(start) + (float((decoded[:, 0] + decoded[:, 1]).max()) if len(decoded) else 0.0)
+    raw_end = max(end for _, end, p, _, _ in raw.notes if 0 <= p + shift <= 127) / tpq
+    drift = abs(decoded_end - raw_end)
+    return {"ok": misplaced == 0 and drift <= 1.0 / grid + 1e-9, "notes_checked": checked,
+            "notes_misplaced": misplaced, "first_misplaced_at": first_misplaced, "end_drift": round(drift, 6)}
+
+
+def _parse_score(name: str, data: bytes, settings: ParseSettings) -> dict:
+    """MusicXML / ABC / Humdrum through music21's score parser."""
     import tempfile
     import warnings
 
@@ -129,10 +222,10 @@ def parse_bytes(name: str, data: bytes, settings: ParseSettings) -> dict:
                 warnings.simplefilter("ignore")
                 score = converter.parse(path, forceSource=True)
         except Exception as error:  # music21 raises many error types; all mean "unparseable"
-            text = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-            return {"status": "skipped", "reason": f"parse error: {type(error).__name__}: {text}"}
+            return {"status": "skipped", "reason": _error_reason(error)}
+    grid = settings.grid
     try:
-        notes = events.score_notes(score)
+        notes = events.score_notes(score, grid)
         if not notes:
             return {"status": "skipped", "reason": "no notes (no pitched notes with a duration)"}
         shift, key_name = 0, ""
@@ -142,20 +235,33 @@ def parse_bytes(name: str, data: bytes, settings: ParseSettings) -> dict:
             except Exception:  # key analysis can fail on degenerate scores; keep the piece as is
                 shift, key_name = 0, "unknown"
         notes = [(a, b, p + shift) for a, b, p in notes if 0 <= p + shift <= 127]
-        time_signature = events.score_time_signature(score)
+        if not notes:
+            return {"status": "skipped", "reason": "no notes (all out of range after transposition)"}
+        timing = events.score_timing(score)
+        instruments = score.flatten().getElementsByClass("Instrument")
+        program = next((int(i.midiProgram) for i in instruments if i.midiProgram is not None), 0)
     except Exception as error:  # a score music21 accepted but whose content is malformed
-        return {"status": "skipped", "reason": f"parse error: {type(error).__name__}: {str(error)[:300]}"}
+        return {"status": "skipped", "reason": _error_reason(error)}
     return {
-        "status": "parsed",
-        "notes": [[int(a * events.GRID), int(b * events.GRID), int(p)] for a, b, p in notes],
-        "time_signature": list(time_signature),
+        "status": "parsed", "format": "score", "grid": grid,
+        "notes": [[int(a * grid), int(b * grid), int(p), 0] for a, b, p in notes],
+        "start": float(notes[0][0]), **timing,
+        "time_signature": timing["time_signatures"][0][1:],
+        "parts": [{"track": 0, "channel": 1, "program": program, "name": ""}],
         "key": key_name,
         "shift": shift,
     }
 
 
 def notes_from_record(record: dict) -> list[tuple[Fraction, Fraction, int]]:
-    return [(Fraction(a, events.GRID), Fraction(b, events.GRID), p) for a, b, p in record["notes"]]
+    """(onset, end, pitch) in quarter notes on the piece's own timeline (leading silence kept)."""
+    grid = int(record.get("grid", events.GRID))
+    return [(Fraction(n[0], grid), Fraction(n[1], grid), n[2]) for n in record["notes"]]
+
+
+def record_sonorities(record: dict, max_duration) -> list:
+    return events.notes_to_sonorities(notes_from_record(record), Fraction(max_duration),
+                                      int(record.get("grid", events.GRID)))
 
 
 def _worker(tasks, results, settings):
@@ -348,7 +454,7 @@ def parse_files(files: list[SourceFile], settings: ParseSettings, workers: int =
 
 def _finish(entry: dict, settings: ParseSettings) -> dict:
     if entry.get("status") == "parsed":
-        sonorities = events.notes_to_sonorities(notes_from_record(entry), Fraction(settings.max_duration))
+        sonorities = record_sonorities(entry, settings.max_duration)
         if len(sonorities) < settings.min_events:
             entry.update(status="skipped", reason=f"too short: {len(sonorities)} events < {settings.min_events}")
             entry.pop("notes", None)

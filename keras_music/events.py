@@ -7,9 +7,9 @@ from fractions import Fraction
 
 import numpy as np
 
-# Onsets and durations are quantized to twelfths of a quarter note: that grid holds
-# sixteenths (3/12), eighth and sixteenth triplets (4/12, 2/12) exactly.
-GRID = 12
+# Onsets and durations are quantized to a grid of `data.grid` divisions of a quarter
+# note; the default, 24, holds 32nds (3/24) and sixteenth triplets (4/24) exactly.
+GRID = 24
 
 PAD, UNK, BOUNDARY = "<pad>", "<unk>", "<piece>"
 SPECIAL_TOKENS = (PAD, UNK, BOUNDARY)
@@ -36,8 +36,8 @@ class DecodeReport:
         self.repairs[what] = self.repairs.get(what, 0) + 1
 
 
-def quantize(value) -> Fraction:
-    return Fraction(round(float(value) * GRID), GRID)
+def quantize(value, grid: int = GRID) -> Fraction:
+    return Fraction(round(float(value) * grid), grid)
 
 
 def format_duration(duration: Fraction) -> str:
@@ -61,7 +61,7 @@ def parse_pitch_name(name: str) -> int:
 
 # ----------------------------------------------------------------------------- scores -> notes
 
-def score_notes(score) -> list[tuple[Fraction, Fraction, int]]:
+def score_notes(score, grid: int = GRID) -> list[tuple[Fraction, Fraction, int]]:
     """(onset, end, MIDI pitch) of every pitched note in a music21 score, ties merged.
 
     Ties are merged here rather than with music21's stripTies, which mishandles chords
@@ -70,8 +70,8 @@ def score_notes(score) -> list[tuple[Fraction, Fraction, int]]:
     """
     elements = []
     for element in score.flatten().notes:
-        onset = quantize(element.offset)
-        duration = quantize(element.quarterLength)
+        onset = quantize(element.offset, grid)
+        duration = quantize(element.quarterLength, grid)
         if duration <= 0:
             continue
         if element.isChord:
@@ -108,6 +108,27 @@ def score_time_signature(score) -> tuple[int, int]:
     return 4, 4
 
 
+def score_timing(score) -> dict:
+    """Tempo marks and time signatures of a music21 score as [[quarter, bpm]] and [[quarter, n, d]]."""
+    flat = score.flatten()
+    signatures: dict[float, list] = {}
+    for signature in flat.getElementsByClass("TimeSignature"):
+        signatures.setdefault(float(signature.offset), [float(signature.offset), int(signature.numerator),
+                                                        int(signature.denominator)])
+    tempos: dict[float, list] = {}
+    for mark in flat.getElementsByClass("MetronomeMark"):
+        bpm = mark.getQuarterBPM() if mark.number is not None else None
+        if bpm and bpm > 0:
+            tempos[float(mark.offset)] = [float(mark.offset), round(float(bpm), 6)]
+    tempos_list = [tempos[k] for k in sorted(tempos)]
+    signature_list = [signatures[k] for k in sorted(signatures)]
+    if not tempos_list or tempos_list[0][0] > 0:
+        tempos_list.insert(0, [0.0, 120.0])
+    if not signature_list or signature_list[0][0] > 0:
+        signature_list.insert(0, [0.0, 4, 4])
+    return {"tempos": tempos_list, "time_signatures": signature_list}
+
+
 def key_shift(score) -> tuple[int, str]:
     """Semitones that move the piece's estimated key to C major / A minor (in -6..5)."""
     key = score.analyze("key")
@@ -120,11 +141,11 @@ def key_shift(score) -> tuple[int, str]:
 
 # ----------------------------------------------------------------------------- notes <-> sonorities
 
-def _ticks(value) -> int:
-    return round(value * GRID) if isinstance(value, (Fraction, int)) else round(float(value) * GRID)
+def _ticks(value, grid: int = GRID) -> int:
+    return round(value * grid) if isinstance(value, (Fraction, int)) else round(float(value) * grid)
 
 
-def canonical_notes(notes) -> list[tuple[int, int, int]]:
+def canonical_notes(notes, grid: int = GRID) -> list[tuple[int, int, int]]:
     """(onset, end, pitch) in grid ticks, one note per pitch at a time.
 
     A re-attack of a sounding pitch ends the older note and the new note lasts as long
@@ -133,8 +154,8 @@ def canonical_notes(notes) -> list[tuple[int, int, int]]:
     makes decode -> encode exact.
     """
     by_pitch: dict[int, list] = {}
-    for a, b, p in notes:
-        a, b = _ticks(a), _ticks(b)
+    for a, b, p, *_ in notes:
+        a, b = _ticks(a, grid), _ticks(b, grid)
         if b > a:
             by_pitch.setdefault(int(p), []).append([a, b])
     out = []
@@ -154,15 +175,15 @@ def canonical_notes(notes) -> list[tuple[int, int, int]]:
     return out
 
 
-def notes_to_sonorities(notes, max_duration=Fraction(8)) -> list[Sonority]:
+def notes_to_sonorities(notes, max_duration=Fraction(8), grid: int = GRID) -> list[Sonority]:
     """Cut the piece at every onset and offset; each span becomes one sonority.
 
     `notes` are (onset, end, pitch) in quarter notes. A pitch is `held` when the same
     note sounded in the span before. Spans longer than `max_duration` are split into
     held continuations (rests into several rests) so the duration vocabulary stays small.
     """
-    limit = _ticks(Fraction(max_duration))
-    notes = canonical_notes(notes)
+    limit = _ticks(Fraction(max_duration), grid)
+    notes = canonical_notes(notes, grid)
     if not notes:
         return []
     times = sorted({t for n in notes for t in (n[0], n[1])})
@@ -186,7 +207,7 @@ def notes_to_sonorities(notes, max_duration=Fraction(8)) -> list[Sonority]:
         while remaining > 0:
             piece = min(remaining, limit)
             if piece not in durations:
-                durations[piece] = Fraction(piece, GRID)
+                durations[piece] = Fraction(piece, grid)
             flags = held_flags if first else (True,) * len(pitches)
             out.append(Sonority(pitches, flags, durations[piece]))
             remaining -= piece
@@ -404,6 +425,6 @@ def sonorities_to_stream(sonorities, tempo: float = 90.0, instrument: str = "Pia
 
 
 def stream_to_tokens(score, representation: str = "note", max_duration=Fraction(8),
-                     shift: int = 0) -> list[str]:
-    notes = [(a, b, p + shift) for a, b, p in score_notes(score) if 0 <= p + shift <= 127]
-    return sonorities_to_tokens(notes_to_sonorities(notes, max_duration), representation)
+                     shift: int = 0, grid: int = GRID) -> list[str]:
+    notes = [(a, b, p + shift) for a, b, p in score_notes(score, grid) if 0 <= p + shift <= 127]
+    return sonorities_to_tokens(notes_to_sonorities(notes, max_duration, grid), representation)

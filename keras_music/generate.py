@@ -170,7 +170,17 @@ class Piece:
     settings: dict = dataclasses.field(default_factory=dict)
     primer_source: str = ""
     unknown_primer_tokens: list = dataclasses.field(default_factory=list)
-    time_signature: tuple = (4, 4)
+    # Where the piece sits in time: its first note's position ("start", quarter notes, so a
+    # primer's pickup keeps its place in the bar), tempo map, time signatures and program,
+    # inherited from the primer or, without one, the corpus's typical values.
+    timing: dict = dataclasses.field(default_factory=lambda: default_timing())
+
+    @property
+    def time_signature(self) -> tuple[int, int]:
+        """The metre in force where the piece starts."""
+        start = self.timing["start"]
+        current = [s for s in self.timing["time_signatures"] if s[0] <= start] or self.timing["time_signatures"][:1]
+        return tuple(current[-1][1:3])
 
     @property
     def events(self) -> int:
@@ -181,6 +191,70 @@ class Piece:
     def primer_duration(self) -> float:
         """Quarter notes the primer occupies at the start of the piece."""
         return float(sum(s.duration for s in self.sonorities[:self.primer_events]))
+
+
+def default_timing(tempo: float = 120.0, time_signature=(4, 4), program: int = 0) -> dict:
+    return {"start": 0.0, "tempos": [[0.0, float(tempo)]],
+            "time_signatures": [[0.0, int(time_signature[0]), int(time_signature[1])]], "program": int(program)}
+
+
+def record_timing(record: dict) -> dict:
+    """A parsed file's (or manifest entry's) timing: start, tempo map, metre and its main program."""
+    counts: dict[int, int] = {}
+    for note in record.get("notes") or ():
+        part = note[3] if len(note) > 3 else 0
+        counts[part] = counts.get(part, 0) + 1
+    parts = record.get("parts") or [{"program": 0}]
+    main = max(counts, key=counts.get) if counts else 0
+    program = parts[main]["program"] if 0 <= main < len(parts) else parts[0].get("program", 0)
+    fallback = default_timing()
+    return {"start": float(record.get("start") or 0.0),
+            "tempos": [list(t) for t in record.get("tempos") or fallback["tempos"]],
+            "time_signatures": [list(t) for t in record.get("time_signatures") or fallback["time_signatures"]],
+            "program": int(program)}
+
+
+def _within_primer(timing: dict, primer_duration: float) -> dict:
+    """The primer's tempo map and metre up to its end; the continuation keeps what is in force there."""
+    end = timing["start"] + primer_duration
+    out = dict(timing)
+    for key in ("tempos", "time_signatures"):
+        entries = sorted(timing[key], key=lambda e: e[0])
+        out[key] = [e for e in entries if e[0] < end or e[0] <= timing["start"]] or entries[:1]
+    return out
+
+
+def with_overrides(timing: dict, tempo: float | None = None, program: int | None = None) -> dict:
+    """`--tempo` replaces the whole tempo map with one tempo; `--instrument` replaces the program."""
+    out = dict(timing)
+    if tempo is not None:
+        out["tempos"] = [[0.0, float(tempo)]]
+    if program is not None:
+        out["program"] = int(program)
+    return out
+
+
+def instrument_program(name: str) -> int:
+    """The General MIDI program (0-127) of a music21 instrument name such as Piano, Violin or Organ."""
+    from music21 import instrument
+
+    try:
+        program = instrument.fromString(name).midiProgram
+    except Exception:  # music21 raises its own error type for unknown names
+        raise GenerateError(f"unknown instrument {name!r} (expected a music21 instrument name such as Piano, "
+                            "Violin, Flute, Organ)") from None
+    return int(program) if program is not None else 0
+
+
+def piece_midi(piece: Piece, title: str = "") -> bytes:
+    """The piece as a MIDI file: its notes at their place on the timeline, its tempo map, metre and program."""
+    from keras_music import midi
+
+    start = float(piece.timing.get("start", 0.0))
+    notes = [(start + onset, start + onset + duration, int(pitch), 80, 0)
+             for onset, duration, pitch in np.asarray(piece.notes, float).reshape(-1, 3)]
+    parts = [{"program": int(piece.timing.get("program", 0)), "channel": 1, "name": title}]
+    return midi.write(notes, piece.timing["tempos"], piece.timing["time_signatures"], parts, title=title)
 
 
 def _warn(message: str) -> None:
@@ -224,43 +298,25 @@ class Generator:
 
     # ------------------------------------------------------------------ primers
 
-    def primer_from_file(self, path: str) -> list[str]:
-        """A score file tokenized exactly as training data was (representation, key frame, max duration)."""
-        return self._read_primer(path)[0]
-
-    def _read_primer(self, path: str) -> tuple[list[str], tuple[int, int]]:
-        import tempfile
-        import warnings
+    def _read_primer(self, path: str) -> tuple[list[str], dict]:
+        """A score file tokenized exactly as training data was (same parser, grid, key frame, max duration)."""
+        from keras_music import corpus
 
         if not storage.exists(path):
             raise FileNotFoundError(2, "no such file", path)
-        extension = os.path.splitext(path)[1].lower()
-        from music21 import converter
-
-        with tempfile.TemporaryDirectory(prefix="keras_music-primer-") as tmp:
-            local = path
-            if storage.is_remote(path):
-                local = os.path.join(tmp, "primer" + extension)
-                with open(local, "wb") as handle:
-                    handle.write(storage.read_bytes(path))
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    score = converter.parse(local, forceSource=True)
-            except Exception as error:  # music21 raises many types; all mean "unreadable"
-                text = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-                raise GenerateError(f"primer {path}: music21 cannot read it ({type(error).__name__}: {text}); "
-                                    f"expected a score file such as {', '.join(PRIMER_EXTENSIONS)}") from None
-        shift = 0
-        if self.config.data.normalize_key:
-            try:
-                shift, _ = events.key_shift(score)
-            except Exception:  # key analysis fails on degenerate scores; training keeps those unshifted too
-                shift = 0
-        tokens = events.stream_to_tokens(score, self.representation, Fraction(self.config.data.max_duration), shift)
+        data = self.config.data
+        if not path.lower().endswith(PRIMER_EXTENSIONS):
+            raise GenerateError(f"primer {path}: unsupported file type (expected one of {', '.join(PRIMER_EXTENSIONS)})")
+        settings = corpus.ParseSettings(normalize_key=data.normalize_key, max_duration=data.max_duration,
+                                        timeout=data.parse_timeout, grid=data.grid)
+        record = corpus.parse_bytes(path, storage.read_bytes(path), settings)
+        if record.get("status") != "parsed":
+            raise GenerateError(f"primer {path}: {record.get('reason', 'cannot be read')}; expected a score file "
+                                f"such as {', '.join(PRIMER_EXTENSIONS)} with pitched notes")
+        tokens = events.sonorities_to_tokens(corpus.record_sonorities(record, data.max_duration), self.representation)
         if not tokens:
             raise GenerateError(f"primer {path} has no notes to start from")
-        return tokens, events.score_time_signature(score)
+        return tokens, record_timing(record)
 
     def held_out_pieces(self) -> list[list[str]]:
         """Token lists of the run's validation pieces (read once)."""
@@ -287,15 +343,21 @@ class Generator:
             return {}
         return {f["file"]: f for f in files if isinstance(f, dict) and "file" in f}
 
-    def random_opening(self, rng) -> tuple[list[str], str, tuple[int, int]]:
+    def corpus_timing(self) -> dict:
+        """The corpus's median tempo, most common metre and program (prepared.json), for unprimed pieces."""
+        typical = run_lib.load_prepared(self.run_dir).get("timing") or {}
+        return default_timing(typical.get("tempo", 120.0), typical.get("time_signature", (4, 4)),
+                              typical.get("program", 0))
+
+    def random_opening(self, rng) -> tuple[list[str], str, dict]:
         """The first 8..32 tokens of a random held-out piece, cut after its last complete sonority."""
         candidates = [(p, e) for p, e in zip(self.held_out_pieces(), self._held_out_files) if p]
         if not candidates:
-            return [], "none (no held-out pieces found; started from the boundary alone)", (4, 4)
+            return [], "none (no held-out pieces found; started from the boundary alone)", self.corpus_timing()
         index = int(rng.integers(len(candidates)))
         tokens, entry = candidates[index]
         name = entry.get("file", f"number {index}")
-        time_signature = tuple(entry.get("time_signature") or (4, 4))
+        timing = record_timing(entry)
         wanted = int(rng.integers(DEFAULT_PRIMER_TOKENS[0], DEFAULT_PRIMER_TOKENS[1] + 1))
         if self.representation == "note":
             ends = [i + 1 for i, t in enumerate(tokens) if t.startswith("dur:")]
@@ -303,18 +365,18 @@ class Generator:
             cut = within[-1] if within else (ends[0] if ends else len(tokens))
         else:
             cut = min(wanted, len(tokens))
-        return tokens[:cut], f"held-out piece {name} (first {cut} tokens)", time_signature
+        return tokens[:cut], f"held-out piece {name} (first {cut} tokens)", timing
 
     def _primers(self, num_samples, rng, primer, primer_tokens, strict):
-        """One (tokens, source, unknown tokens, time signature) per row."""
+        """One (tokens, source, unknown tokens, timing) per row."""
         if primer is not None and primer_tokens is not None:
             raise GenerateError("give either a primer file or primer tokens, not both")
         if primer is None and primer_tokens is None:
             openings = [self.random_opening(rng) for _ in range(num_samples)]
-            return [(tokens, source, [], time_signature) for tokens, source, time_signature in openings]
-        time_signature = (4, 4)
+            return [(tokens, source, [], timing) for tokens, source, timing in openings]
+        timing = self.corpus_timing()
         if primer is not None:
-            (tokens, time_signature), source = self._read_primer(primer), str(primer)
+            (tokens, timing), source = self._read_primer(primer), str(primer)
         else:
             if isinstance(primer_tokens, str):
                 primer_tokens = primer_tokens.split()
@@ -339,7 +401,7 @@ class Generator:
             if strict:
                 raise GenerateError(message)
             self.log(message + " (fed to the model as <unk>)")
-        return [(tokens, source, unknown, time_signature)] * num_samples
+        return [(tokens, source, unknown, timing)] * num_samples
 
     # ------------------------------------------------------------------ the loop
 
@@ -448,43 +510,51 @@ class Generator:
                 for row in range(num_samples)]
 
     def _piece(self, row, primer, ids, stop_reason, seed, settings) -> Piece:
-        primer_tokens, source, unknown, time_signature = primer
+        primer_tokens, source, unknown, timing = primer
         tokens = self.vocabulary.decode(ids)
         report = events.DecodeReport()
-        step = Fraction(self.config.data.classic_step).limit_denominator(events.GRID)
+        step = Fraction(self.config.data.classic_step).limit_denominator(self.config.data.grid)
         sonorities = events.tokens_to_sonorities(list(primer_tokens) + tokens, self.representation, step, report)
-        primer_events = len(events.tokens_to_sonorities(list(primer_tokens), self.representation, step))
+        primer_sonorities = events.tokens_to_sonorities(list(primer_tokens), self.representation, step)
+        primer_events = len(primer_sonorities)
         return Piece(tokens=tokens, primer_tokens=list(primer_tokens), ids=[int(i) for i in ids],
                      sonorities=sonorities, notes=events.sonorities_to_notes(sonorities),
                      primer_events=min(primer_events, len(sonorities)), stop_reason=stop_reason,
                      repairs=dict(report.repairs), seed=int(seed), index=row, settings=dict(settings),
                      primer_source=source, unknown_primer_tokens=list(unknown),
-                     time_signature=tuple(time_signature))
+                     timing=_within_primer(timing, float(sum(x.duration for x in primer_sonorities))))
 
     # ------------------------------------------------------------------ output
 
-    def write(self, pieces, out_dir, tempo=90.0, instrument="Piano", prefix="sample") -> list[str]:
-        """MIDI, MusicXML, piano-roll PNG and JSON per piece (atomic writes); returns the paths."""
-        if not tempo > 0:
+    def write(self, pieces, out_dir, tempo=None, instrument=None, prefix="sample") -> list[str]:
+        """MIDI, MusicXML, piano-roll PNG and JSON per piece (atomic writes); returns the paths.
+
+        Each piece keeps its own timing (the primer's tempo map, metre and program, or the
+        corpus's typical ones); `tempo` (bpm) and `instrument` (a music21 name) override it.
+        """
+        if tempo is not None and not tempo > 0:
             raise GenerateError(f"tempo must be a positive number of beats per minute, got {tempo!r}")
+        program = instrument_program(instrument) if instrument is not None else None
         storage.makedirs(out_dir)
         paths = []
         width = max(2, len(str(len(pieces))))
         for number, piece in enumerate(pieces, start=1):
+            piece = dataclasses.replace(piece, timing=with_overrides(piece.timing, tempo, program))
             stem = storage.join(out_dir, f"{prefix}-{number:0{width}d}")
             title = f"{prefix} {number} (keras_music)"
-            score = events.sonorities_to_stream(piece.sonorities, tempo=tempo, instrument=instrument,
+            first_tempo = piece.timing["tempos"][0][1]
+            score = events.sonorities_to_stream(piece.sonorities, tempo=first_tempo, instrument=instrument or "Piano",
                                                 time_signature=tuple(piece.time_signature), title=title)
             midi, musicxml, png, record = (stem + ".mid", stem + ".musicxml", stem + ".png", stem + ".json")
-            with storage.atomic_local_path(midi, suffix=".mid") as tmp:
-                midi_stream(piece, tempo, instrument).write("midi", fp=tmp)
+            storage.write_bytes(midi, piece_midi(piece, title))
             with storage.atomic_local_path(musicxml, suffix=".musicxml") as tmp:
                 score.write("musicxml", fp=tmp)
             plot_piano_roll(piece, png, title)
             storage.write_json(record, {
                 "format": "keras_music.generated_piece", "version": 1,
                 "run_dir": str(self.run_dir), "seed": piece.seed, "index": piece.index,
-                "settings": dict(piece.settings, tempo=float(tempo), instrument=instrument),
+                "settings": dict(piece.settings, tempo=None if tempo is None else float(tempo), instrument=instrument),
+                "timing": piece.timing,
                 "stop_reason": piece.stop_reason, "events": piece.events, "primer_events": piece.primer_events,
                 "primer_source": piece.primer_source, "unknown_primer_tokens": piece.unknown_primer_tokens,
                 "repairs": piece.repairs, "primer_tokens": piece.primer_tokens, "tokens": piece.tokens,
@@ -493,45 +563,6 @@ class Generator:
             })
             paths.extend([midi, musicxml, png, record])
         return paths
-
-
-def midi_stream(piece: Piece, tempo: float = 90.0, instrument: str = "Piano"):
-    """The piece's notes as whole notes (no ties) in as few parts as keep MIDI re-parsing exact.
-
-    music21's MIDI writer joins ties with stripTies, which lengthens every member of a
-    chord when only some are tied, and its reader merges notes that start together into
-    one chord when their ends are close; so each note is written once at its full length,
-    and notes starting together with different lengths go to different tracks.
-    """
-    from music21 import chord, instrument as m21instrument, note, stream, tempo as m21tempo
-
-    groups: dict[tuple, list[int]] = {}
-    for onset, duration, pitch in np.asarray(piece.notes).reshape(-1, 3):
-        key = (Fraction(onset).limit_denominator(events.GRID), Fraction(duration).limit_denominator(events.GRID))
-        groups.setdefault(key, []).append(int(pitch))
-    lanes: list[list] = []  # per track: [end of its last chord, [(onset, duration, pitches)]]
-    for (onset, duration), pitches in sorted(groups.items()):
-        lane = next((lane for lane in lanes if lane[0] <= onset), None)
-        if lane is None:
-            lane = [Fraction(0), []]
-            lanes.append(lane)
-        lane[0] = onset + duration
-        lane[1].append((onset, duration, sorted(pitches)))
-    score = stream.Score()
-    for number, (_, chords) in enumerate(lanes or [[0, []]]):
-        part = stream.Part()
-        try:
-            part.insert(0, m21instrument.fromString(instrument))
-        except Exception:  # music21 raises its own error type for unknown names
-            part.insert(0, m21instrument.Piano())
-        if number == 0:
-            part.insert(0, m21tempo.MetronomeMark(number=tempo))
-        for onset, duration, pitches in chords:
-            element = (note.Note(pitches[0], quarterLength=duration) if len(pitches) == 1
-                       else chord.Chord(pitches, quarterLength=duration))
-            part.insert(onset, element)
-        score.insert(0, part)
-    return score
 
 
 def plot_piano_roll(piece: Piece, path: str, title: str = "") -> None:
@@ -634,14 +665,17 @@ def parse_args(argv=None):
                         help="fail when the primer has tokens the vocabulary lacks (default: warn, use <unk>)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same pieces)")
     parser.add_argument("--out", metavar="DIR", default=None, help="output directory (default: RUN/generated/<timestamp>)")
-    parser.add_argument("--tempo", type=float, default=90.0, metavar="BPM", help="tempo written into the files")
-    parser.add_argument("--instrument", default="Piano", metavar="NAME",
-                        help="music21 instrument name written into the files (e.g. Piano, Violin, Organ)")
+    parser.add_argument("--tempo", type=float, default=None, metavar="BPM",
+                        help="one tempo for the whole piece (default: the primer's tempo map, or the corpus's "
+                             "median tempo when there is no primer file or held-out opening)")
+    parser.add_argument("--instrument", default=None, metavar="NAME",
+                        help="music21 instrument name written into the files, e.g. Piano, Violin, Organ (default: "
+                             "the primer's main program, or the corpus's most common one)")
     parser.add_argument("--backend", choices=BACKENDS, default="keras",
                         help="keras: the trained model; savedmodel / tflite: the artifacts in RUN/export")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if not args.tempo > 0 or args.tempo == float("inf"):
+    if args.tempo is not None and (not args.tempo > 0 or args.tempo == float("inf")):
         parser.error(f"argument --tempo: expected a positive number of beats per minute, got {args.tempo}")
     return parser, args
 

@@ -8,7 +8,6 @@ import hashlib
 import json
 import re
 import time
-from fractions import Fraction
 
 from keras_music import config as config_lib, corpus, events, storage
 from keras_music.vocabulary import build as build_vocabulary
@@ -21,7 +20,7 @@ PART_ENTRIES = "parsed.json"
 PART_MANIFEST = "manifest_part.json"
 # What the prepared data depends on: if any of these change, the data is rebuilt.
 PREPARE_KEYS = ("sources", "representation", "transpose", "normalize_key", "val_fraction", "min_count",
-                "min_events", "max_duration", "classic_step")
+                "min_events", "max_duration", "grid", "classic_step")
 _SHARD_NAME = re.compile(r"^shard-(\d+)-of-(\d+)$")
 
 
@@ -38,12 +37,45 @@ def prepare_settings(config: config_lib.Config) -> dict:
 
 def parse_settings(data: config_lib.DataConfig) -> corpus.ParseSettings:
     return corpus.ParseSettings(normalize_key=data.normalize_key, min_events=data.min_events,
-                                max_duration=data.max_duration, timeout=data.parse_timeout)
+                                max_duration=data.max_duration, timeout=data.parse_timeout, grid=data.grid)
 
 
 def tokens_for(entry: dict, data: config_lib.DataConfig) -> list[str]:
-    sonorities = events.notes_to_sonorities(corpus.notes_from_record(entry), Fraction(data.max_duration))
-    return events.sonorities_to_tokens(sonorities, data.representation)
+    return events.sonorities_to_tokens(corpus.record_sonorities(entry, data.max_duration), data.representation)
+
+
+def piece_tempo(entry: dict) -> float:
+    """The median of a piece's tempo map over its notes' span, each tempo weighted by the quarter notes it lasts."""
+    tempos = sorted(entry.get("tempos") or [[0.0, 120.0]])
+    grid = int(entry.get("grid", events.GRID))
+    start = entry["notes"][0][0] / grid if entry.get("notes") else 0.0
+    end = max(n[1] for n in entry["notes"]) / grid if entry.get("notes") else start
+    weights: dict[float, float] = {}
+    for (at, bpm), following in zip(tempos, tempos[1:] + [[float("inf"), 0]]):
+        span = min(following[0], end) - max(at, start)
+        if span > 0:
+            weights[bpm] = weights.get(bpm, 0.0) + span
+    if not weights:
+        return float(tempos[0][1])
+    half, running = sum(weights.values()) / 2, 0.0
+    for bpm in sorted(weights):
+        running += weights[bpm]
+        if running >= half:
+            return bpm
+    return bpm
+
+
+def typical_timing(used: list[dict]) -> dict:
+    """The corpus's median tempo, most common opening time signature and most common program."""
+    import statistics
+    from collections import Counter
+
+    tempos = [piece_tempo(e) for e in used]
+    signatures = Counter(tuple(e.get("time_signature") or (4, 4)) for e in used)
+    programs = Counter(p.get("program", 0) for e in used for p in (e.get("parts") or [{"program": 0}])[:1])
+    return {"tempo": round(statistics.median(tempos), 3) if tempos else 120.0,
+            "time_signature": list(signatures.most_common(1)[0][0]) if signatures else [4, 4],
+            "program": programs.most_common(1)[0][0] if programs else 0}
 
 
 def is_prepared(directory: str) -> bool:
@@ -132,6 +164,7 @@ def build(config: config_lib.Config, entries: list[dict], out_dir: str, started:
         "validation_unknown_rate": len(unknown_validation) / max(1, validation_tokens),
         "validation_events": validation_events,
         "files": summary,
+        "timing": typical_timing(used),
         "seconds": round(time.time() - started, 2),
     }
     storage.write_json(marker, info)

@@ -102,11 +102,16 @@ def load_model(run_dir: str, vocabulary: Vocabulary | None = None, file: str = M
     return model
 
 
+def load_prepared(run_dir: str) -> dict:
+    """prepared.json of the run ({} when the run has none, e.g. one trained before it existed)."""
+    file = path(run_dir, PREPARED)
+    try:
+        info = storage.read_json(file) if storage.exists(file) else {}
+    except (OSError, ValueError):
+        raise RunError(f"{file} is not valid JSON: rerun the train command to prepare the data again") from None
+    return info if isinstance(info, dict) else {}
+
+
 def data_dir(run_dir: str) -> str:
     """Where the run's TFRecord shards are: its own data/, or the prepared directory it names."""
-    prepared = path(run_dir, PREPARED)
-    if storage.exists(prepared):
-        info = storage.read_json(prepared)
-        if info.get("data_dir"):
-            return info["data_dir"]
-    return path(run_dir, "data")
+    return load_prepared(run_dir).get("data_dir") or path(run_dir, "data")

@@ -1,0 +1,294 @@
+"""Standard MIDI files <-> notes on a grid, with the tempo map, metre, programs and timeline kept."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from fractions import Fraction
+
+import numpy as np
+
+PERCUSSION_CHANNEL = 10  # General MIDI's drum channel (1-based): unpitched, left out
+DEFAULT_TEMPO = 500_000  # microseconds per quarter note (120 bpm) when a file sets none
+# A timeline longer than this many quarter notes (about 28 hours at 120 bpm) is a
+# corrupt or absurd file, not music: tokenising it would only produce rests.
+MAX_QUARTERS = 200_000
+WRITE_TICKS_PER_QUARTER = 960  # divisible by 24, 32, 48 and 64: every grid point is a whole tick
+
+# Krumhansl-Kessler key profiles (major, minor), starting at the tonic.
+_MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+_MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+_KEY_NAMES = ("C", "C#", "D", "E-", "E", "F", "F#", "G", "A-", "A", "B-", "B")
+
+
+class MidiError(ValueError):
+    """The bytes are not a MIDI file this reader can use; the message says why."""
+
+
+@dataclasses.dataclass
+class RawMidi:
+    """What a MIDI file says, in its own ticks: pitched notes per part, tempo map, metre."""
+
+    ticks_per_quarter: int
+    notes: list[tuple[int, int, int, int, int]]  # (onset, end, pitch, velocity, part) in ticks
+    parts: list[dict]  # {"track", "channel", "program", "name"} in first-note order
+    tempos: list[tuple[int, int]]  # (tick, microseconds per quarter), every change on any track
+    time_signatures: list[tuple[int, int, int]]  # (tick, numerator, denominator)
+    dropped: dict[str, int]  # notes left out, by reason
+    unterminated: int = 0  # notes never switched off, ended at their track's end
+
+
+def read(data: bytes) -> RawMidi:
+    """Pair note-on/off per track, channel and pitch from the file's own events (exact ticks).
+
+    A note-on with velocity 0 is a note-off; a re-attack of a sounding pitch ends the
+    older note there; percussion (channel 10) and notes switched off at the tick they
+    start are counted and left out.
+    """
+    from music21 import midi as m21midi
+
+    if not data.startswith(b"MThd"):
+        raise MidiError("not a MIDI file (no MThd header)")
+    midi_file = m21midi.MidiFile()
+    try:
+        midi_file.readstr(data)
+    except Exception as error:  # music21 raises MidiException, IndexError, struct errors on bad bytes
+        raise MidiError(f"unreadable MIDI: {type(error).__name__}: {str(error)[:200]}") from None
+    tpq = getattr(midi_file, "ticksPerQuarterNote", None)
+    if getattr(midi_file, "ticksPerSecond", None) or not tpq:
+        raise MidiError("SMPTE (frames per second) time division is not supported; expected ticks per quarter note")
+    voice = m21midi.ChannelVoiceMessages
+    meta = m21midi.MetaEvents
+    notes: list[tuple[int, int, int, int, int]] = []
+    parts: dict[tuple[int, int, int], int] = {}
+    part_list: list[dict] = []
+    tempos: dict[int, int] = {}
+    signatures: dict[int, tuple[int, int]] = {}
+    dropped: dict[str, int] = {}
+    unterminated = 0
+    for track_index, track in enumerate(midi_file.tracks):
+        tick = 0
+        track_name = ""
+        programs: dict[int, int] = {}
+        sounding: dict[tuple[int, int], tuple[int, int, int]] = {}  # (channel, pitch) -> (onset, velocity, part)
+
+        def close(key, end):
+            onset, velocity, part = sounding.pop(key)
+            if end > onset:
+                notes.append((onset, end, key[1], velocity, part))
+            else:  # switched off where it started: no duration in the file itself
+                dropped["too short (zero length in the file)"] = dropped.get("too short (zero length in the file)", 0) + 1
+
+        for event in track.events:
+            if event.type == "DeltaTime":
+                tick += int(event.time or 0)
+                continue
+            kind = event.type
+            if kind == meta.SET_TEMPO and isinstance(event.data, bytes) and len(event.data) >= 3:
+                value = int.from_bytes(event.data[:3], "big")
+                if value > 0:
+                    tempos[tick] = value
+            elif kind == meta.TIME_SIGNATURE and isinstance(event.data, bytes) and len(event.data) >= 2:
+                numerator, power = event.data[0], event.data[1]
+                if numerator > 0 and power <= 6:
+                    signatures[tick] = (int(numerator), 2 ** int(power))
+            elif kind == meta.SEQUENCE_TRACK_NAME and isinstance(event.data, bytes) and not track_name:
+                track_name = event.data.decode("latin-1", "replace").strip()
+            elif kind == voice.PROGRAM_CHANGE and event.channel:
+                programs[event.channel] = int(event.data or 0) & 0x7F
+            elif kind in (voice.NOTE_ON, voice.NOTE_OFF) and event.channel and event.pitch is not None:
+                key = (int(event.channel), int(event.pitch))
+                is_on = kind == voice.NOTE_ON and (event.velocity or 0) > 0
+                if key in sounding:
+                    close(key, tick)
+                if not is_on:
+                    continue
+                if key[0] == PERCUSSION_CHANNEL:
+                    dropped["percussion"] = dropped.get("percussion", 0) + 1
+                    continue
+                if not 0 <= key[1] <= 127:
+                    dropped["out of range"] = dropped.get("out of range", 0) + 1
+                    continue
+                part_key = (track_index, key[0], programs.get(key[0], 0))
+                if part_key not in parts:
+                    parts[part_key] = len(part_list)
+                    part_list.append({"track": track_index, "channel": key[0], "program": part_key[2],
+                                      "name": track_name})
+                sounding[key] = (tick, int(event.velocity), parts[part_key])
+        for key in list(sounding):
+            unterminated += 1
+            close(key, tick)
+    notes.sort()
+    return RawMidi(int(tpq), notes, part_list, sorted(tempos.items()),
+                   sorted((t, n, d) for t, (n, d) in signatures.items()), dropped, unterminated)
+
+
+def tempo_bpm(microseconds_per_quarter: int) -> float:
+    return 60_000_000.0 / microseconds_per_quarter
+
+
+# ----------------------------------------------------------------------------- onto the grid
+
+def to_grid(tick: int, ticks_per_quarter: int, grid: int) -> int:
+    """The nearest grid point (halves round up), in grid steps."""
+    return (2 * tick * grid + ticks_per_quarter) // (2 * ticks_per_quarter)
+
+
+def quantize(raw: RawMidi, grid: int) -> tuple[list[list[int]], dict]:
+    """Notes as [onset, end, pitch, part] in grid steps, and the account of what happened to them.
+
+    Off-grid notes move to the nearest grid point; a note that would have no length gets
+    one grid step; notes of one pitch struck together (doubled tracks) become one.
+    """
+    tpq = raw.ticks_per_quarter
+    exact = moved = lengthened = 0
+    largest = Fraction(0)
+    by_onset_pitch: dict[tuple[int, int], list[int]] = {}
+    for onset, end, pitch, _velocity, part in raw.notes:
+        a, b = to_grid(onset, tpq, grid), to_grid(end, tpq, grid)
+        if onset * grid % tpq == 0 and end * grid % tpq == 0:
+            exact += 1
+        else:
+            moved += 1
+            largest = max(largest, abs(Fraction(onset, tpq) - Fraction(a, grid)),
+                          abs(Fraction(end, tpq) - Fraction(b, grid)))
+        if b <= a:
+            b = a + 1
+            lengthened += 1
+        key = (a, pitch)
+        if key in by_onset_pitch:
+            # Keep the longer of two notes struck together on one pitch.
+            by_onset_pitch[key][1] = max(by_onset_pitch[key][1], b)
+        else:
+            by_onset_pitch[key] = [a, b, pitch, part]
+    notes = sorted(by_onset_pitch.values())
+    account = {
+        "notes_read": len(raw.notes) + sum(raw.dropped.values()),
+        "notes_on_grid": exact,
+        "notes_moved": moved,
+        "largest_move": float(largest),
+        "notes_lengthened": lengthened,
+        "duplicates_merged": len(raw.notes) - len(notes),
+        "notes_dropped": dict(raw.dropped),
+        "notes_unterminated": raw.unterminated,
+    }
+    return notes, account
+
+
+def quarters(tick: int, ticks_per_quarter: int) -> float:
+    return tick / ticks_per_quarter
+
+
+def timing(raw: RawMidi) -> dict:
+    """Tempo map and metre in quarter notes (exact tick ratios as floats), as the run keeps them."""
+    tpq = raw.ticks_per_quarter
+    tempos = [[quarters(t, tpq), round(tempo_bpm(us), 6)] for t, us in raw.tempos]
+    if not tempos or tempos[0][0] > 0:
+        tempos.insert(0, [0.0, round(tempo_bpm(DEFAULT_TEMPO), 6)])
+    signatures = [[quarters(t, tpq), n, d] for t, n, d in raw.time_signatures]
+    if not signatures or signatures[0][0] > 0:
+        signatures.insert(0, [0.0, 4, 4])
+    return {"tempos": tempos, "time_signatures": signatures}
+
+
+def estimate_key(notes, grid: int) -> tuple[int, str]:
+    """Semitones that move the notes' key to C major / A minor (in -6..5), from a pitch-class profile.
+
+    Each pitch class is weighted by how long it sounds, then correlated with the
+    Krumhansl-Kessler major and minor profiles in all twelve keys.
+    """
+    weights = np.zeros(12)
+    for onset, end, pitch, *_ in notes:
+        weights[int(pitch) % 12] += (end - onset) / grid
+    if not weights.any():
+        return 0, "unknown"
+    best = (-2.0, 0, "major")
+    for tonic in range(12):
+        for mode, profile in (("major", _MAJOR_PROFILE), ("minor", _MINOR_PROFILE)):
+            score = float(np.corrcoef(weights, np.roll(profile, tonic))[0, 1])
+            if score > best[0]:
+                best = (score, tonic, mode)
+    _, tonic, mode = best
+    target = 0 if mode == "major" else 9
+    shift = (target - tonic) % 12
+    if shift > 5:
+        shift -= 12
+    return shift, f"{_KEY_NAMES[tonic]} {mode}"
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _vlq(value: int) -> bytes:
+    out = [value & 0x7F]
+    value >>= 7
+    while value:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    return bytes(reversed(out))
+
+
+def _track(events: list[tuple[int, int, bytes]]) -> bytes:
+    """Events (tick, order, bytes) -> an MTrk chunk; `order` breaks ties (note-offs before note-ons)."""
+    body = bytearray()
+    last = 0
+    for tick, _, payload in sorted(events, key=lambda e: (e[0], e[1])):
+        body += _vlq(tick - last) + payload
+        last = tick
+    body += _vlq(0) + b"\xff\x2f\x00"
+    return b"MTrk" + struct.pack(">I", len(body)) + bytes(body)
+
+
+def write(notes, tempos=((0.0, 120.0),), time_signatures=((0.0, 4, 4),), parts=None,
+          ticks_per_quarter: int = WRITE_TICKS_PER_QUARTER, title: str = "") -> bytes:
+    """A format-1 MIDI file: track 0 holds the tempo map and metre, one track per part.
+
+    `notes` are (onset, end, pitch[, velocity[, part]]) in quarter notes; `tempos` are
+    (quarter, bpm); `time_signatures` (quarter, numerator, denominator); `parts` are
+    {"program", "channel", "name"} (default: one piano part).
+    """
+    parts = list(parts or [{"program": 0, "channel": 1, "name": ""}])
+
+    def tick(q) -> int:
+        return int(round(float(q) * ticks_per_quarter))
+
+    conductor: list[tuple[int, int, bytes]] = []
+    if title:
+        name = title.encode("latin-1", "replace")[:127]
+        conductor.append((0, 0, b"\xff\x03" + _vlq(len(name)) + name))
+    for at, numerator, denominator in time_signatures:
+        power = max(0, int(denominator).bit_length() - 1)
+        conductor.append((tick(at), 1, b"\xff\x58\x04" + bytes([int(numerator) & 0xFF, power, 24, 8])))
+    for at, bpm in tempos:
+        value = max(1, min(0xFFFFFF, int(round(60_000_000.0 / float(bpm)))))
+        conductor.append((tick(at), 2, b"\xff\x51\x03" + value.to_bytes(3, "big")))
+    tracks = [_track(conductor)]
+    per_part: list[list[tuple[int, int, bytes]]] = [[] for _ in parts]
+    for number, part in enumerate(parts):
+        channel = (int(part.get("channel", 1)) - 1) & 0x0F
+        name = str(part.get("name", "")).encode("latin-1", "replace")[:127]
+        if name:
+            per_part[number].append((0, 0, b"\xff\x03" + _vlq(len(name)) + name))
+        per_part[number].append((0, 1, bytes([0xC0 | channel, int(part.get("program", 0)) & 0x7F])))
+    for note in notes:
+        onset, end, pitch = note[0], note[1], int(note[2])
+        velocity = int(note[3]) if len(note) > 3 else 80
+        number = int(note[4]) if len(note) > 4 and 0 <= int(note[4]) < len(parts) else 0
+        channel = (int(parts[number].get("channel", 1)) - 1) & 0x0F
+        start, stop = tick(onset), tick(end)
+        if stop <= start:
+            stop = start + 1
+        velocity = max(1, min(127, velocity))
+        per_part[number].append((start, 3, bytes([0x90 | channel, pitch & 0x7F, velocity])))
+        per_part[number].append((stop, 2, bytes([0x80 | channel, pitch & 0x7F, 0])))
+    tracks.extend(_track(events) for events in per_part)
+    header = b"MThd" + struct.pack(">IHHH", 6, 1, len(tracks), ticks_per_quarter)
+    return header + b"".join(tracks)
+
+
+def within(entries, start: float, end: float | None = None) -> list:
+    """Tempo or metre entries in force from `start` on (the one in force at `start` moved there)."""
+    entries = sorted(entries, key=lambda e: e[0])
+    current = [e for e in entries if e[0] <= start]
+    out = [[start, *current[-1][1:]]] if current else []
+    out += [list(e) for e in entries if start < e[0] and (end is None or e[0] < end)]
+    return out
