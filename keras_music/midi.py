@@ -42,7 +42,7 @@ def read(data: bytes) -> RawMidi:
     """Pair note-on/off per track, channel and pitch from the file's own events (exact ticks).
 
     A note-on with velocity 0 is a note-off; a re-attack of a sounding pitch ends the
-    older note there; percussion (channel 10) and notes switched off at the tick they
+    older note there (and that note's own note-off, when it comes, is consumed); percussion (channel 10) and notes switched off at the tick they
     start are counted and left out.
     """
     from music21 import midi as m21midi
@@ -71,6 +71,9 @@ def read(data: bytes) -> RawMidi:
         track_name = ""
         programs: dict[int, int] = {}
         sounding: dict[tuple[int, int], tuple[int, int, int]] = {}  # (channel, pitch) -> (onset, velocity, part)
+        # Note-offs still owed by notes a re-attack already ended: note-ons and note-offs
+        # pair first-in first-out, so such an off is theirs, not the sounding note's.
+        owed: dict[tuple[int, int], int] = {}
 
         def close(key, end):
             onset, velocity, part = sounding.pop(key)
@@ -99,10 +102,15 @@ def read(data: bytes) -> RawMidi:
             elif kind in (voice.NOTE_ON, voice.NOTE_OFF) and event.channel and event.pitch is not None:
                 key = (int(event.channel), int(event.pitch))
                 is_on = kind == voice.NOTE_ON and (event.velocity or 0) > 0
+                if not is_on:
+                    if owed.get(key):
+                        owed[key] -= 1
+                    elif key in sounding:
+                        close(key, tick)
+                    continue
                 if key in sounding:
                     close(key, tick)
-                if not is_on:
-                    continue
+                    owed[key] = owed.get(key, 0) + 1
                 if key[0] == PERCUSSION_CHANNEL:
                     dropped["percussion"] = dropped.get("percussion", 0) + 1
                     continue
@@ -182,9 +190,9 @@ def quarters(tick: int, ticks_per_quarter: int) -> float:
 def timing(raw: RawMidi) -> dict:
     """Tempo map and metre in quarter notes (exact tick ratios as floats), as the run keeps them."""
     tpq = raw.ticks_per_quarter
-    tempos = [[quarters(t, tpq), round(tempo_bpm(us), 6)] for t, us in raw.tempos]
+    tempos = [[quarters(t, tpq), tempo_bpm(us)] for t, us in raw.tempos]
     if not tempos or tempos[0][0] > 0:
-        tempos.insert(0, [0.0, round(tempo_bpm(DEFAULT_TEMPO), 6)])
+        tempos.insert(0, [0.0, tempo_bpm(DEFAULT_TEMPO)])
     signatures = [[quarters(t, tpq), n, d] for t, n, d in raw.time_signatures]
     if not signatures or signatures[0][0] > 0:
         signatures.insert(0, [0.0, 4, 4])

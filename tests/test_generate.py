@@ -328,7 +328,11 @@ def crafted_piece(generator):
 
 
 def test_written_midi_and_musicxml_reparse_into_the_same_events(generator, tmp_path):
+    from fractions import Fraction
+
     from music21 import converter
+
+    from test_midi import read_back
 
     pieces = generator.generate(num_samples=2, length=25, temperature=1.2, seed=8)
     pieces.append(crafted_piece(generator))
@@ -338,19 +342,66 @@ def test_written_midi_and_musicxml_reparse_into_the_same_events(generator, tmp_p
         stem = tmp_path / f"take-{number:02d}"
         expected = canonical(piece)
         assert expected
-        for extension in (".mid", ".musicxml"):
-            parsed = converter.parse(str(stem) + extension)
-            assert events.stream_to_tokens(parsed, shift=0) == expected, extension
+        # MIDI is judged with mido, an independent reader: every note where the piece has it.
+        notes, tempos, _ = read_back(str(stem) + ".mid")
+        start = Fraction(piece.timing["start"])
+        written = [(a - start, b - a, p) for a, b, p, _ in notes]
+        assert written == sorted((Fraction(a).limit_denominator(96), Fraction(d).limit_denominator(96), int(p))
+                                 for a, d, p in piece.notes)
+        assert {program for *_, program in notes} == {40}  # music21's Violin is GM program 41 (40 from 0)
+        assert tempos == [(0, 500_000)]
+        parsed = converter.parse(str(stem) + ".musicxml")
+        assert events.stream_to_tokens(parsed, shift=0) == expected
         with open(str(stem) + ".png", "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
         record = json.loads((tmp_path / f"take-{number:02d}.json").read_text())
         assert record["tokens"] == piece.tokens and record["primer_tokens"] == piece.primer_tokens
         assert record["stop_reason"] == piece.stop_reason and record["repairs"] == piece.repairs
         assert record["settings"]["tempo"] == 120 and record["settings"]["instrument"] == "Violin"
-    midi = converter.parse(str(tmp_path / "take-01.mid"))
-    marks = midi.flatten().getElementsByClass("MetronomeMark")
-    assert marks and marks[0].number == 120
+        assert record["timing"]["tempos"] == [[0.0, 120.0]] and record["timing"]["program"] == 40
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+def test_a_midi_primer_hands_its_tempo_map_metre_program_and_pickup_to_the_piece(generator, tmp_path):
+    import mido
+
+    from test_midi import TPQ, build, note, read_back
+
+    conductor = [(0, mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(72))),
+                 (0, mido.MetaMessage("time_signature", numerator=3, denominator=4)),
+                 (2 * TPQ, mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(96))),
+                 (400 * TPQ, mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(150)))]
+    violin = [(0, mido.Message("program_change", program=40, channel=0))]
+    for i, pitch in enumerate((62, 66, 69, 74, 73, 71, 69, 66, 64, 62)):
+        violin += note(1 + i, 2 + i, pitch)  # a one-beat pickup in 3/4
+    primer = build(tmp_path / "primer.mid", [conductor, violin])
+    piece = generator.generate(num_samples=1, length=6, primer=primer, seed=3)[0]
+    assert piece.timing["start"] == 1.0
+    generator.write([piece], str(tmp_path / "out"))
+    notes, tempos, signatures = read_back(str(tmp_path / "out" / "sample-01.mid"))
+    assert notes[0][0] == 1  # the pickup keeps its place in the bar
+    assert tempos == [(0, mido.bpm2tempo(72)), (2, mido.bpm2tempo(96))]  # the change after the primer's end is not the piece's
+    assert signatures == [(0, 3, 4)]
+    assert {program for *_, program in notes} == {40}
+
+
+def test_unprimed_pieces_take_the_corpus_median_tempo_and_most_common_metre(run_dir, tmp_path):
+    import shutil
+
+    from test_midi import read_back
+
+    copy = str(tmp_path / "run")
+    shutil.copytree(run_dir, copy)
+    info = json.loads(open(os.path.join(copy, "prepared.json")).read())
+    info["timing"] = {"tempo": 77.0, "time_signature": [3, 4], "program": 19}
+    with open(os.path.join(copy, "prepared.json"), "w") as handle:
+        json.dump(info, handle)
+    generator = generate.Generator(copy, log=lambda message: None)
+    pieces = generator.generate(num_samples=1, length=4, primer_tokens=simple_primer(generator), seed=1)
+    generator.write(pieces, str(tmp_path / "out"))
+    notes, tempos, signatures = read_back(str(tmp_path / "out" / "sample-01.mid"))
+    assert tempos == [(0, round(60_000_000 / 77))] and signatures == [(0, 3, 4)]
+    assert {program for *_, program in notes} == {19}
 
 
 def test_write_training_samples(run_dir):
