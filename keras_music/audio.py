@@ -63,8 +63,12 @@ def soundfont_bytes(path: str | None = None) -> bytes:
     return _soundfont_bytes(str(path) if path else default_soundfont())
 
 
-def with_release_tail(midi_bytes: bytes, seconds: float = RELEASE_SECONDS) -> bytes:
-    """The MIDI with every track's end moved `seconds` past the file's end (at the tempo in force there)."""
+def with_release_tail(midi_bytes: bytes, seconds: float = RELEASE_SECONDS, end_seconds: float | None = None) -> bytes:
+    """The MIDI with every track's end moved `seconds` past the file's end (at the tempo in force there).
+
+    `end_seconds` puts the end there instead of at the file's own end (writers pad differently,
+    and excerpts compared with each other must last exactly as long).
+    """
     import mido
 
     try:
@@ -74,14 +78,29 @@ def with_release_tail(midi_bytes: bytes, seconds: float = RELEASE_SECONDS) -> by
     if midi.type == 2:
         raise AudioError("cannot render a type-2 MIDI file (independent sequences)")
     end = max((sum(message.time for message in track) for track in midi.tracks), default=0)
-    tempo, now = 500000, 0  # MIDI's default tempo (120 bpm) until a set_tempo says otherwise
+    tempo, now, clock = 500000, 0, 0.0  # MIDI's default tempo (120 bpm) until a set_tempo says otherwise
     for message in mido.merge_tracks(midi.tracks):
+        if end_seconds is not None and clock + message.time * tempo / 1e6 / midi.ticks_per_beat > end_seconds:
+            break
         now += message.time
-        if message.type == "set_tempo" and now <= end:
+        clock += message.time * tempo / 1e6 / midi.ticks_per_beat
+        if message.type == "set_tempo" and (end_seconds is not None or now <= end):
             tempo = message.tempo
+    if end_seconds is not None:
+        end = now + round((end_seconds - clock) * 1e6 / tempo * midi.ticks_per_beat)
     extra = round(seconds * 1e6 / tempo * midi.ticks_per_beat)
     for track in midi.tracks:
         length = sum(message.time for message in track)
+        if end_seconds is not None:
+            # Drop whatever lies past the end (notes still sounding are released by the renderer).
+            kept, elapsed = mido.MidiTrack(), 0
+            for message in track:
+                if message.type == "end_of_track" or elapsed + message.time > end:
+                    break
+                elapsed += message.time
+                kept.append(message)
+            track[:] = kept
+            length = elapsed
         if track and track[-1].type == "end_of_track":
             track[-1].time += end + extra - length
         else:
@@ -91,24 +110,25 @@ def with_release_tail(midi_bytes: bytes, seconds: float = RELEASE_SECONDS) -> by
     return out.getvalue()
 
 
-def render_wave(midi_bytes: bytes, soundfont: str | None = None) -> bytes:
+def render_wave(midi_bytes: bytes, soundfont: str | None = None, end_seconds: float | None = None) -> bytes:
     """16-bit 48 kHz stereo WAV of the MIDI plus RELEASE_SECONDS for its last notes to ring out."""
     import midirenderer
 
     sf2 = soundfont_bytes(soundfont)
-    midi_bytes = with_release_tail(midi_bytes)
+    midi_bytes = with_release_tail(midi_bytes, end_seconds=end_seconds)
     try:
         return bytes(midirenderer.render_wave_from(sf2, midi_bytes))
     except (ValueError, RuntimeError) as error:
         raise AudioError(f"cannot render the MIDI with {soundfont or DEFAULT_SOUNDFONT_NAME}: {error}") from None
 
 
-def render(midi_bytes: bytes, fmt: str = DEFAULT_FORMAT, soundfont: str | None = None) -> bytes:
-    """The MIDI rendered and encoded as `fmt` (ogg, wav or flac)."""
+def render(midi_bytes: bytes, fmt: str = DEFAULT_FORMAT, soundfont: str | None = None,
+           end_seconds: float | None = None) -> bytes:
+    """The MIDI rendered and encoded as `fmt` (ogg, wav or flac); `end_seconds` cuts or pads it to that length."""
     fmt = check_format(fmt)
     if fmt == NONE:
         raise AudioError("audio format 'none' renders nothing")
-    wave = render_wave(midi_bytes, soundfont)
+    wave = render_wave(midi_bytes, soundfont, end_seconds)
     if fmt == "wav":
         return wave
     import soundfile
@@ -124,9 +144,10 @@ def render(midi_bytes: bytes, fmt: str = DEFAULT_FORMAT, soundfont: str | None =
     return out.getvalue()
 
 
-def render_file(midi_path: str, out_path: str, fmt: str = DEFAULT_FORMAT, soundfont: str | None = None) -> str:
+def render_file(midi_path: str, out_path: str, fmt: str = DEFAULT_FORMAT, soundfont: str | None = None,
+                end_seconds: float | None = None) -> str:
     """Render the MIDI file at `midi_path` into `out_path` (written atomically); returns `out_path`."""
-    storage.write_bytes(out_path, render(storage.read_bytes(midi_path), fmt, soundfont))
+    storage.write_bytes(out_path, render(storage.read_bytes(midi_path), fmt, soundfont, end_seconds))
     return out_path
 
 

@@ -132,3 +132,12 @@ def test_generate_cli_writes_the_chosen_format_or_none(tiny_run, tmp_path, capsy
     assert exit_info.value.code == 1
     error = capsys.readouterr().err
     assert "missing.sf2: no such file" in error and "Traceback" not in error
+
+
+def test_end_seconds_cuts_or_pads_to_an_exact_length(chorale_midi):
+    with open(chorale_midi, "rb") as handle:
+        midi = handle.read()
+    for end in (5.0, 30.0):
+        samples, rate = decode(audio.render(midi, "wav", end_seconds=end))
+        assert len(samples) / rate == pytest.approx(end + audio.RELEASE_SECONDS, abs=2 / rate)
+        assert np.abs(samples[int((end - 1) * rate):int(end * rate)]).max() > 0.01 if end < 20 else True

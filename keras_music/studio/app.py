@@ -292,9 +292,9 @@ class Studio:
                                        seed=random.randrange(2 ** 31), primer_tokens=[])[0]
             sonorities = piece.sonorities
         sonorities = trim(sonorities, quarters)
-        return self._write_stimulus(side, generator, sonorities)
+        return self._write_stimulus(side, generator, sonorities, float(quarters) * 60 / self.tempo)
 
-    def _write_stimulus(self, side: Side, generator, sonorities) -> str:
+    def _write_stimulus(self, side: Side, generator, sonorities, seconds: float) -> str:
         from keras_music.generate import Piece
 
         piece = Piece(tokens=[], primer_tokens=[], ids=[], sonorities=sonorities,
@@ -302,8 +302,11 @@ class Studio:
                       repairs={}, settings={"side": side.name})
         item = uuid.uuid4().hex
         paths = generator.write([piece], os.path.join(self.out_dir, "stimuli", item), tempo=self.tempo,
-                                prefix="stimulus", soundfont=self.soundfont)
-        sound = next(p for p in paths if p.endswith(".ogg"))
+                                prefix="stimulus", audio=audio_lib.NONE)
+        midi = next(p for p in paths if p.endswith(".mid"))
+        # Rendered to the excerpt's exact length: MIDI writers pad the end differently, and a
+        # longer excerpt could give its side away.
+        sound = audio_lib.render_file(midi, os.path.splitext(midi)[0] + ".ogg", "ogg", self.soundfont, seconds)
         with open(sound, "rb") as handle:
             seconds = audio_lib.duration(handle.read())
         return self.store.add_stimulus(side.name, os.path.relpath(sound, self.out_dir), seconds)
@@ -389,10 +392,17 @@ def create_app(studio: Studio):
         headers = {"Retry-After": "3"} if status == 503 else None
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
-    async def json_body(request) -> dict:
+    async def refuse_oversized(request, cap: int, what: str) -> None:
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > MAX_JSON_BYTES:
-            raise StudioError(f"request body over {MAX_JSON_BYTES} bytes", 413)
+        if declared and declared.isdigit() and int(declared) > cap:
+            if int(declared) <= 4 * cap:
+                # Read what the client is still sending, so it gets the 413 instead of a reset connection.
+                async for _ in request.stream():
+                    pass
+            raise StudioError(f"{what} over {cap} bytes", 413)
+
+    async def json_body(request) -> dict:
+        await refuse_oversized(request, MAX_JSON_BYTES, "request body")
         data = await _read_capped(request, MAX_JSON_BYTES)
         if not data.strip():
             return {}
@@ -443,9 +453,7 @@ def create_app(studio: Studio):
         filename = os.path.basename(request.query_params.get("filename", ""))
         if not filename:
             raise StudioError("name the upload: POST /api/primers?filename=NAME.mid with the file as the body")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
-            raise StudioError(f"upload over {MAX_UPLOAD_BYTES} bytes", 413)
+        await refuse_oversized(request, MAX_UPLOAD_BYTES, "upload")
         data = await _read_capped(request, MAX_UPLOAD_BYTES)
         return JSONResponse(await run_in_threadpool(studio.add_primer, filename, data))
 

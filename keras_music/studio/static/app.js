@@ -75,6 +75,7 @@ async function generate(event) {
       top_p: number("top-p"), length: number("length"), seed: number("seed"), primer: $("primer").value,
     });
     $("player").src = piece.urls.audio;
+    $("player").dataset.seconds = piece.seconds;
     $("roll-png").src = piece.urls.png;
     $("dl-midi").href = piece.urls.midi;
     $("dl-musicxml").href = piece.urls.musicxml;
