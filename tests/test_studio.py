@@ -278,8 +278,9 @@ def test_page_generates_plays_downloads_and_records_a_blind_round(server, browse
         browser.find_element(By.ID, choice).click()
         wait_for(browser, "return document.getElementById('ab-status').textContent.includes('recorded')")
     name = browser.find_element(By.ID, "comparison").get_attribute("value")
-    votes = wait_for(browser, "const row = [...document.querySelectorAll('#results-table tbody tr')]"
-                              f".find(r => r.cells[0].textContent === {json.dumps(name)});"
-                              "return row && Number(row.cells[1].textContent);")
-    assert votes == before.get(name, 0) + 2
+    expected = before.get(name, 0) + 2
+    # The view refreshes after each vote; wait for the refresh that follows the second one.
+    assert wait_for(browser, "const row = [...document.querySelectorAll('#results-table tbody tr')]"
+                             f".find(r => r.cells[0].textContent === {json.dumps(name)});"
+                             f"return row && Number(row.cells[1].textContent) === {expected};", timeout=10)
     browser.save_screenshot(os.path.join(browser.downloads, "studio.png"))
