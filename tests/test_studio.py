@@ -284,3 +284,20 @@ def test_page_generates_plays_downloads_and_records_a_blind_round(server, browse
                              f".find(r => r.cells[0].textContent === {json.dumps(name)});"
                              f"return row && Number(row.cells[1].textContent) === {expected};", timeout=10)
     browser.save_screenshot(os.path.join(browser.downloads, "studio.png"))
+
+
+def test_experiment_report_includes_the_votes_between_its_two_runs(tmp_path):
+    from keras_music import experiment
+
+    original, modified, other = (tmp_path / n for n in ("original", "modified", "other"))
+    store = listening.Store(str(tmp_path / listening.DB_NAME))
+    for name, second in (("original@1 vs modified@1", modified), ("original@1 vs other@1", other)):
+        store.add_comparison(name, "prefer", "original@1", name.split(" vs ")[1], str(original), str(second))
+        a, b = store.add_stimulus("x", "a.ogg", 1.0), store.add_stimulus("y", "b.ogg", 1.0)
+        for number in range(8):
+            store.vote(store.add_pair(name, a, b, "a"), "a" if number < 6 else "b")
+    (result,) = experiment.listening_results(str(tmp_path), [str(modified), str(original)])
+    assert result["name"] == "original@1 vs modified@1" and result["votes"] == 8 and result["preference"] == 0.75
+    row = listening.report_lines([result])[2]
+    assert "| original@1 vs modified@1 |" in row and "| 8 | 0.750 |" in row
+    assert experiment.listening_results(str(tmp_path / "none"), [str(original), str(modified)]) == []
