@@ -21,6 +21,7 @@ def _user_error_types():
     # Later stages' error types, each imported only if its module is already loaded, so a
     # light command never pays for importing TensorFlow here.
     for module_name, name in (("prepare", "PrepareError"), ("run", "RunError"), ("generate", "GenerateError"),
+                              ("audio", "AudioError"),
                               ("experiment", "ExperimentError")):
         module = sys.modules.get(f"keras_music.{module_name}")
         if module is None and module_name in ("prepare", "run"):

@@ -163,6 +163,7 @@ def _parse_midi(data: bytes, settings: ParseSettings) -> dict:
         "time_signature": timing["time_signatures"][0][1:],
         "parts": raw.parts, "key": key_name, "shift": shift, "midi": account, "check": check,
     }
+    record["events"] = check.pop("events")
     if not check["ok"]:
         return {"status": "skipped", "midi": account, "check": check,
                 "reason": f"timeline drift: {check['notes_misplaced']} of {check['notes_checked']} notes not "
@@ -175,34 +176,36 @@ def check_timeline(raw, notes, shift: int, grid: int, max_duration: float) -> di
 
     Every raw note (left out ones aside) must come back on its pitch within half a grid
     step of its own onset, and the piece must end where the file's last note ends.
+    Returns the verdict and the number of events (sonorities) the tokens hold.
     """
     from keras_music import midi
 
     tpq = raw.ticks_per_quarter
-    tokens = events.sonorities_to_tokens(events.notes_to_sonorities(
-        [(Fraction(a, grid), Fraction(b, grid), p) for a, b, p, _ in notes], Fraction(max_duration), grid))
-    decoded = events.sonorities_to_notes(events.tokens_to_sonorities(tokens))
-    start = Fraction(notes[0][0], grid)
+    sonorities = events.notes_to_sonorities([(Fraction(a, grid), Fraction(b, grid), p) for a, b, p, _ in notes],
+                                            Fraction(max_duration), grid)
+    decoded = events.sonorities_to_notes(events.tokens_to_sonorities(events.sonorities_to_tokens(sonorities)))
+    start = notes[0][0]  # grid steps: the tokens begin at the first note
     onsets: dict[int, set[int]] = {}
     for onset, _, pitch in decoded:
-        onsets.setdefault(int(pitch), set()).add(round((Fraction(onset).limit_denominator(grid) + start) * grid))
+        onsets.setdefault(int(pitch), set()).add(start + round(onset * grid))
     checked = misplaced = 0
     first_misplaced = None
-    for onset, end, pitch, _, _ in raw.notes:
+    for onset, _end, pitch, _, _ in raw.notes:
         if not 0 <= pitch + shift <= 127:
             continue
         checked += 1
         point = midi.to_grid(onset, tpq, grid)
-        close = abs(Fraction(onset, tpq) - Fraction(point, grid)) <= Fraction(1, 2 * grid)
+        close = abs(2 * (onset * grid - point * tpq)) <= tpq  # within half a grid step, in integers
         if not close or point not in onsets.get(pitch + shift, ()):
             misplaced += 1
             if first_misplaced is None:
-                first_misplaced = float(Fraction(onset, tpq))
-    decoded_end = float(start) + (float((decoded[:, 0] + decoded[:, 1]).max()) if len(decoded) else 0.0)
+                first_misplaced = onset / tpq
+    decoded_end = start / grid + (float((decoded[:, 0] + decoded[:, 1]).max()) if len(decoded) else 0.0)
     raw_end = max(end for _, end, p, _, _ in raw.notes if 0 <= p + shift <= 127) / tpq
     drift = abs(decoded_end - raw_end)
     return {"ok": misplaced == 0 and drift <= 1.0 / grid + 1e-9, "notes_checked": checked,
-            "notes_misplaced": misplaced, "first_misplaced_at": first_misplaced, "end_drift": round(drift, 6)}
+            "notes_misplaced": misplaced, "first_misplaced_at": first_misplaced, "end_drift": round(drift, 6),
+            "events": len(sonorities)}
 
 
 def _parse_score(name: str, data: bytes, settings: ParseSettings) -> dict:
@@ -454,13 +457,17 @@ def parse_files(files: list[SourceFile], settings: ParseSettings, workers: int =
 
 def _finish(entry: dict, settings: ParseSettings) -> dict:
     if entry.get("status") == "parsed":
-        sonorities = record_sonorities(entry, settings.max_duration)
-        if len(sonorities) < settings.min_events:
-            entry.update(status="skipped", reason=f"too short: {len(sonorities)} events < {settings.min_events}")
+        # MIDI workers count the events while checking the timeline (same grid and max_duration: both key the cache).
+        count = entry.get("events")
+        if count is None:
+            count = len(record_sonorities(entry, settings.max_duration))
+        if count < settings.min_events:
+            entry.update(status="skipped", reason=f"too short: {count} events < {settings.min_events}")
             entry.pop("notes", None)
+            entry.pop("events", None)
         else:
             entry["status"] = "used"
-            entry["events"] = len(sonorities)
+            entry["events"] = count
     return entry
 
 

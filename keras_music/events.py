@@ -142,7 +142,15 @@ def key_shift(score) -> tuple[int, str]:
 # ----------------------------------------------------------------------------- notes <-> sonorities
 
 def _ticks(value, grid: int = GRID) -> int:
-    return round(value * grid) if isinstance(value, (Fraction, int)) else round(float(value) * grid)
+    if isinstance(value, int):
+        return value * grid
+    if isinstance(value, Fraction):
+        # Integer arithmetic: building a Fraction per call dominated parsing time.
+        numerator, denominator = value.numerator * grid, value.denominator
+        if numerator % denominator == 0:
+            return numerator // denominator
+        return round(Fraction(numerator, denominator))
+    return round(float(value) * grid)
 
 
 def canonical_notes(notes, grid: int = GRID) -> list[tuple[int, int, int]]:
@@ -311,11 +319,13 @@ def tokens_to_sonorities(tokens, representation: str = "note", classic_step=Frac
                 held = False
             pending[pitch] = pending.get(pitch, True) and held
         elif kind == "dur":
-            try:
-                duration = Fraction(value)
-            except (ValueError, ZeroDivisionError):
-                report.add("unparseable token")
-                continue
+            duration = _DURATIONS.get(value)
+            if duration is None:
+                try:
+                    duration = _DURATIONS[value] = Fraction(value)
+                except (ValueError, ZeroDivisionError):
+                    report.add("unparseable token")
+                    continue
             if duration <= 0:
                 report.add("non-positive duration")
                 continue
@@ -330,6 +340,9 @@ def tokens_to_sonorities(tokens, representation: str = "note", classic_step=Frac
     if pending or rest:
         report.add("pitches without a duration at the end")
     return out
+
+
+_DURATIONS: dict[str, Fraction] = {}  # "dur:" values already parsed (a few dozen distinct ones)
 
 
 def transpose_token(token: str, shift: int, representation: str = "note") -> str | None:

@@ -378,10 +378,25 @@ def run_study(config_files, out_dir: str, sources=(), overrides=(), scale: float
     plot_learning_curves(result, storage.join(out_dir, LEARNING_CURVES_PNG))
     plot_metrics_by_temperature(result, storage.join(out_dir, METRICS_PNG))
     result["seconds"] = round(time.time() - started, 1)
+    result["listening"] = listening_results(out_dir, [run.run_dir for run in runs[:2]])
     result = storage.json_ready(result)
     storage.write_json(storage.join(out_dir, REPORT_JSON), result)
     storage.write_text(storage.join(out_dir, REPORT_MD), render_report(result))
     return result
+
+
+def listening_results(out_dir: str, run_dirs) -> list[dict]:
+    """Blind A/B results between the two compared runs, from the studio's votes in OUT/listening.sqlite."""
+    from keras_music import listening
+
+    path = storage.join(out_dir, listening.DB_NAME)
+    if storage.is_remote(path) or not storage.exists(path):
+        return []
+    try:
+        return listening.Store(path).results_for_runs(run_dirs)
+    except Exception as error:  # sqlite3 errors: a damaged vote file must not cost the study's report
+        print(f"warning: cannot read listening results from {path}: {error}", file=sys.stderr)
+        return []
 
 
 def _held_out_names(run_dir: str) -> list[str]:
@@ -680,6 +695,15 @@ def render_report(result: dict) -> str:
                 lines.append(f"- {name}, T = {key}: " + ", ".join(f"[{os.path.basename(p)}]({p})" for p in paths))
     if not listed:
         lines.append("No sample pieces were written (--write-samples 0).")
+    if result.get("listening"):
+        from keras_music import listening
+
+        lines += ["", "Blind A/B votes from `python -m keras_music.studio` (95% Wilson intervals; exact two-sided "
+                      "binomial test against 0.5):", ""] + listening.report_lines(result["listening"])
+    else:
+        lines += ["", "No blind listening votes yet: serve both runs with `python -m keras_music.studio --run-dir "
+                      "OUT/<original> --run-dir OUT/<modified>`, vote, and rerun this command with the same --out "
+                      "to add them here."]
     lines += ["", "Every run directory is an ordinary keras_music run: generate more with "
                   "`python -m keras_music.generate --run-dir OUT/<config>`, export with "
                   "`python -m keras_music.export --run-dir OUT/<config>`.", "", "## Metrics", ""]

@@ -11,7 +11,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from keras_music import events, run as run_lib, sampling, storage
+from keras_music import audio as audio_lib, events, run as run_lib, sampling, storage
 from keras_music.vocabulary import Vocabulary
 
 BACKENDS = ("keras", "savedmodel", "tflite")
@@ -526,12 +526,15 @@ class Generator:
 
     # ------------------------------------------------------------------ output
 
-    def write(self, pieces, out_dir, tempo=None, instrument=None, prefix="sample") -> list[str]:
-        """MIDI, MusicXML, piano-roll PNG and JSON per piece (atomic writes); returns the paths.
+    def write(self, pieces, out_dir, tempo=None, instrument=None, prefix="sample",
+              audio=audio_lib.DEFAULT_FORMAT, soundfont=None) -> list[str]:
+        """MIDI, MusicXML, piano-roll PNG, audio (`audio`: ogg, wav, flac or none) and JSON per piece
+        (atomic writes); returns the paths.
 
         Each piece keeps its own timing (the primer's tempo map, metre and program, or the
         corpus's typical ones); `tempo` (bpm) and `instrument` (a music21 name) override it.
         """
+        audio = audio_lib.check_format(audio)
         if tempo is not None and not tempo > 0:
             raise GenerateError(f"tempo must be a positive number of beats per minute, got {tempo!r}")
         program = instrument_program(instrument) if instrument is not None else None
@@ -550,6 +553,12 @@ class Generator:
             with storage.atomic_local_path(musicxml, suffix=".musicxml") as tmp:
                 score.write("musicxml", fp=tmp)
             plot_piano_roll(piece, png, title)
+            files = {"midi": os.path.basename(midi), "musicxml": os.path.basename(musicxml), "png": os.path.basename(png)}
+            sound = None
+            if audio != audio_lib.NONE:
+                # Rendered from the written MIDI file, so the audio is exactly what the MIDI plays.
+                sound = audio_lib.render_file(midi, stem + audio_lib.EXTENSIONS[audio], audio, soundfont)
+                files["audio"] = os.path.basename(sound)
             storage.write_json(record, {
                 "format": "keras_music.generated_piece", "version": 1,
                 "run_dir": str(self.run_dir), "seed": piece.seed, "index": piece.index,
@@ -558,10 +567,9 @@ class Generator:
                 "stop_reason": piece.stop_reason, "events": piece.events, "primer_events": piece.primer_events,
                 "primer_source": piece.primer_source, "unknown_primer_tokens": piece.unknown_primer_tokens,
                 "repairs": piece.repairs, "primer_tokens": piece.primer_tokens, "tokens": piece.tokens,
-                "ids": piece.ids, "files": {"midi": os.path.basename(midi), "musicxml": os.path.basename(musicxml),
-                                            "png": os.path.basename(png)},
+                "ids": piece.ids, "files": files,
             })
-            paths.extend([midi, musicxml, png, record])
+            paths.extend(p for p in (midi, musicxml, png, sound, record) if p)
         return paths
 
 
@@ -637,7 +645,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m keras_music.generate",
         description="Generate pieces from a trained run, one note at a time with the LSTM states carried "
-                    "forward; writes MIDI, MusicXML, a piano-roll PNG and a JSON record per piece.",
+                    "forward; writes MIDI, MusicXML, a piano-roll PNG, audio and a JSON record per piece.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--run-dir", required=True, type=cli.existing_run_dir, metavar="DIR",
                         help="trained run directory (e.g. runs/latest)")
@@ -671,6 +679,10 @@ def parse_args(argv=None):
     parser.add_argument("--instrument", default=None, metavar="NAME",
                         help="music21 instrument name written into the files, e.g. Piano, Violin, Organ (default: "
                              "the primer's main program, or the corpus's most common one)")
+    parser.add_argument("--audio", choices=audio_lib.FORMATS + (audio_lib.NONE,), default=audio_lib.DEFAULT_FORMAT,
+                        help="audio written beside each piece's MIDI (ogg = Ogg/Opus, which browsers play; none = off)")
+    parser.add_argument("--soundfont", metavar="FILE.sf2", default=None,
+                        help="General MIDI SoundFont for the audio (default: TimGM6mb.sf2 from the pretty_midi package)")
     parser.add_argument("--backend", choices=BACKENDS, default="keras",
                         help="keras: the trained model; savedmodel / tflite: the artifacts in RUN/export")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -692,8 +704,9 @@ def main(argv=None):
                                         seed=args.seed, primer=args.primer, primer_tokens=args.primer_tokens,
                                         strict=args.strict, show_progress=not args.quiet)
             out_dir = args.out or default_out_dir(args.run_dir)
-            paths = generator.write(pieces, out_dir, tempo=args.tempo, instrument=args.instrument)
-        except GenerateError as error:
+            paths = generator.write(pieces, out_dir, tempo=args.tempo, instrument=args.instrument,
+                                    audio=args.audio, soundfont=args.soundfont)
+        except (GenerateError, audio_lib.AudioError) as error:
             print(f"{parser.prog}: error: {error}", file=sys.stderr)
             cli.finish(cli.DATA_EXIT)
         for path in paths:

@@ -337,7 +337,7 @@ def test_written_midi_and_musicxml_reparse_into_the_same_events(generator, tmp_p
     pieces = generator.generate(num_samples=2, length=25, temperature=1.2, seed=8)
     pieces.append(crafted_piece(generator))
     paths = generator.write(pieces, str(tmp_path), tempo=120, instrument="Violin", prefix="take")
-    assert len(paths) == 4 * len(pieces)
+    assert len(paths) == 5 * len(pieces)  # MIDI, MusicXML, PNG, Ogg audio, JSON
     for number, piece in enumerate(pieces, start=1):
         stem = tmp_path / f"take-{number:02d}"
         expected = canonical(piece)
@@ -359,6 +359,9 @@ def test_written_midi_and_musicxml_reparse_into_the_same_events(generator, tmp_p
         assert record["stop_reason"] == piece.stop_reason and record["repairs"] == piece.repairs
         assert record["settings"]["tempo"] == 120 and record["settings"]["instrument"] == "Violin"
         assert record["timing"]["tempos"] == [[0.0, 120.0]] and record["timing"]["program"] == 40
+        assert record["files"]["audio"] == f"take-{number:02d}.ogg"
+        with open(str(stem) + ".ogg", "rb") as handle:
+            assert handle.read(4) == b"OggS"
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
 
 
@@ -471,7 +474,7 @@ def test_cli_writes_files_and_summaries(run_dir, tmp_path, capsys):
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     for number in (1, 2):
-        for extension in (".mid", ".musicxml", ".png", ".json"):
+        for extension in (".mid", ".musicxml", ".png", ".ogg", ".json"):
             path = out / f"sample-{number:02d}{extension}"
             assert path.exists() and str(path) in printed
         assert f"sample {number}:" in printed

@@ -1,0 +1,303 @@
+"""The studio: HTTP API (concurrency, restarts, statistics, refusals) and the page in headless Chromium."""
+
+import concurrent.futures
+import io
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from keras_music import audio, listening
+from keras_music.studio import app as studio_app
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+class Server:
+    """One studio served by uvicorn in a thread of the test process."""
+
+    def __init__(self, studio):
+        import uvicorn
+
+        self.studio = studio
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(studio_app.create_app(studio), log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.05)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.socket.close()
+
+
+def make_studio(run_dir, root, **kwargs):
+    return studio_app.Studio([run_dir], str(root / "out"), str(root / "votes.sqlite"), ab_seconds=8, ab_pool=1,
+                             log=lambda message: None, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("studio")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run, root):
+    server = Server(make_studio(tiny_run, root))
+    yield server
+    server.stop()
+
+
+def call(server, path, body=None, data=None, method=None):
+    """(status, decoded JSON or bytes) of one request."""
+    if body is not None:
+        data = json.dumps(body).encode()
+    request = urllib.request.Request(server.url + path, data=data, method=method or ("POST" if data is not None else "GET"))
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            status, payload, kind = response.status, response.read(), response.headers.get("content-type", "")
+    except urllib.error.HTTPError as error:
+        status, payload, kind = error.code, error.read(), error.headers.get("content-type", "")
+    return status, json.loads(payload) if kind.startswith("application/json") else payload
+
+
+# ----------------------------------------------------------------------------- API
+
+def test_generate_answers_the_documented_shape_and_serves_every_file(server):
+    status, piece = call(server, "/api/generate", {"length": 16, "seed": 5, "temperature": 0.9, "top_k": 20})
+    assert status == 200, piece
+    assert set(piece["urls"]) >= {"midi", "musicxml", "audio", "png"}
+    assert len(piece["id"]) == 32 and piece["seed"] == 5
+    status, midi = call(server, piece["urls"]["midi"])
+    assert status == 200 and midi[:4] == b"MThd"
+    status, sound = call(server, piece["urls"]["audio"])
+    assert status == 200 and sound[:4] == b"OggS"
+    assert audio.duration(sound) == pytest.approx(piece["seconds"])
+    status, png = call(server, piece["urls"]["png"])
+    assert status == 200 and png[:4] == b"\x89PNG"
+    status, musicxml = call(server, piece["urls"]["musicxml"])
+    assert status == 200 and b"score-partwise" in musicxml
+    status, runs = call(server, "/api/runs")
+    assert status == 200 and runs["runs"][0]["held_out"] >= 1 and "val_loss" in runs["runs"][0]["metrics"]
+
+
+def test_bad_requests_unknown_ids_traversal_and_oversized_bodies_are_4xx(server, tmp_path):
+    from tests.conftest import write_chorales_as_midi
+
+    cases = [
+        ("/api/generate", {"length": 10 ** 6}, 400, "length"),
+        ("/api/generate", {"temperature": "hot"}, 400, "temperature"),
+        ("/api/generate", {"run": "nope"}, 404, "unknown run"),
+        ("/api/generate", {"primer": "upload:" + "0" * 32}, 404, "unknown primer"),
+        ("/api/generate", {"primer": "held_out:99"}, 400, "does not exist"),
+        ("/api/ab/vote", {"pair_id": "0" * 32, "choice": "a"}, 404, "unknown pair"),
+        ("/api/ab/vote", {"pair_id": "../../etc", "choice": "a"}, 404, "unknown pair"),
+        ("/api/ab/next", {"comparison": "x@1 vs y@1"}, 404, "unknown run"),
+    ]
+    for path, body, expected, words in cases:
+        status, answer = call(server, path, body)
+        assert status == expected and words in answer["error"], (path, body, answer)
+    status, answer = call(server, "/api/generate", data=b"{not json")
+    assert status == 400 and "not JSON" in answer["error"]
+    status, answer = call(server, "/api/generate", data=b" " * (studio_app.MAX_JSON_BYTES + 1))
+    assert status == 413
+    for path in ("/files/pieces/../../votes.sqlite", "/files/pieces/%2e%2e/%2e%2e/votes.sqlite",
+                 "/files/pieces/" + "0" * 32 + "/..%2F..%2Fvotes.sqlite", "/runs/x/config.yaml",
+                 "/api/ab/audio/" + "0" * 32 + "/a", "/static/../app.py"):
+        status, answer = call(server, path)
+        assert 400 <= status < 500, path
+        assert b"CREATE TABLE" not in (answer if isinstance(answer, bytes) else b"")
+    # Uploads: non-music, wrong type, oversized; a real MIDI is accepted and usable as a primer.
+    status, answer = call(server, "/api/primers?filename=x.mid", data=b"definitely not midi")
+    assert status == 422 and "not usable music" in answer["error"]
+    status, answer = call(server, "/api/primers?filename=notes.txt", data=b"C D E")
+    assert status == 415
+    status, answer = call(server, "/api/primers?filename=big.mid", data=b"M" * (studio_app.MAX_UPLOAD_BYTES + 1))
+    assert status == 413
+    path = write_chorales_as_midi(str(tmp_path), ("bach/bwv66.6",))[0]
+    with open(path, "rb") as handle:
+        status, primer = call(server, "/api/primers?filename=chorale.mid", data=handle.read())
+    assert status == 200 and primer["notes"] > 100
+    status, piece = call(server, "/api/generate", {"length": 8, "primer": "upload:" + primer["id"]})
+    assert status == 200 and piece["primer_events"] > 0
+
+
+def test_a_second_generation_waits_or_gets_a_busy_answer(server, monkeypatch):
+    monkeypatch.setattr(studio_app, "QUEUE", 0)
+    release = threading.Event()
+    holder = threading.Thread(target=lambda: server.studio.exclusive(release.wait))
+    holder.start()
+    time.sleep(0.2)
+    try:
+        status, answer = call(server, "/api/generate", {"length": 4})
+        assert status == 503 and answer["error"].startswith("busy")
+    finally:
+        release.set()
+        holder.join()
+    assert call(server, "/api/generate", {"length": 4})[0] == 200
+
+
+def test_fifty_concurrent_votes_are_all_stored_and_survive_a_restart(server, tiny_run, root):
+    pairs = [call(server, "/api/ab/next", {})[1] for _ in range(50)]
+    assert all(set(p) >= {"pair_id", "a", "b"} and p["a"]["audio_url"] != p["b"]["audio_url"] for p in pairs)
+    name = pairs[0]["comparison"]
+    before = next((r["votes"] for r in call(server, "/api/ab/results")[1]["comparisons"] if r["name"] == name), 0)
+
+    def vote(number):
+        return call(server, "/api/ab/vote", {"pair_id": pairs[number]["pair_id"], "choice": "ab"[number % 3 == 0],
+                                             "reason": f"vote {number}"})[0]
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        assert list(pool.map(vote, range(50))) == [200] * 50
+    status, answer = call(server, "/api/ab/vote", {"pair_id": pairs[0]["pair_id"], "choice": "a"})
+    assert status == 409 and "already" in answer["error"]
+    status, answer = call(server, "/api/ab/vote", {"pair_id": pairs[0]["pair_id"], "choice": "c"})
+    assert status in (400, 409)
+    result = next(r for r in call(server, "/api/ab/results")[1]["comparisons"] if r["name"] == name)
+    assert result["votes"] == before + 50
+    # Blind stimuli match in length, and the A/B audio is served under the pair's id only.
+    status, first = call(server, pairs[1]["a"]["audio_url"])
+    status_b, second = call(server, pairs[1]["b"]["audio_url"])
+    assert status == status_b == 200 and abs(audio.duration(first) - audio.duration(second)) < 0.05
+
+    restarted = Server(make_studio(tiny_run, root))
+    try:
+        again = next(r for r in call(restarted, "/api/ab/results")[1]["comparisons"] if r["name"] == name)
+        assert again == result
+        status, csv_text = call(restarted, "/api/ab/results?format=csv")
+        assert status == 200 and name.encode() in csv_text and f",{result['votes']},".encode() in csv_text
+        # A pair drawn before the restart can still be answered after it.
+        spare = call(server, "/api/ab/next", {})[1]
+        assert call(restarted, "/api/ab/vote", {"pair_id": spare["pair_id"], "choice": "b"})[0] == 200
+    finally:
+        restarted.stop()
+
+
+@pytest.mark.parametrize("k,n", [(0, 1), (3, 10), (7, 10), (25, 50), (50, 50), (61, 100), (1, 13)])
+def test_interval_and_p_value_match_scipy(k, n):
+    from scipy import stats
+
+    test = stats.binomtest(k, n, 0.5)
+    low, high = test.proportion_ci(confidence_level=0.95, method="wilson")
+    assert listening.wilson_interval(k, n) == pytest.approx((low, high), abs=1e-9)
+    assert listening.binomial_p_value(k, n) == pytest.approx(test.pvalue, rel=1e-9)
+
+
+def test_concurrent_store_writers_lose_nothing(tmp_path):
+    store = listening.Store(str(tmp_path / "votes.sqlite"))
+    store.add_comparison("x vs y", "prefer", "x", "y", "/x", "/y")
+    a, b = store.add_stimulus("x", "a.ogg", 1.0), store.add_stimulus("y", "b.ogg", 1.0)
+    pairs = [store.add_pair("x vs y", a, b, "ab"[i % 2]) for i in range(200)]
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        list(pool.map(lambda p: listening.Store(store.path).vote(p, "a"), pairs))
+    (result,) = store.results()
+    assert result["votes"] == 200 and result["chose_first"] == 100
+    import sqlite3
+
+    connection = sqlite3.connect(store.path)
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # WAL is a property of the file
+    connection.close()
+
+
+# ----------------------------------------------------------------------------- the page in Chromium
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    downloads = str(tmp_path_factory.mktemp("downloads"))
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1800",
+                     "--autoplay-policy=no-user-gesture-required", "--mute-audio"):
+        options.add_argument(argument)
+    options.add_experimental_option("prefs", {"download.default_directory": downloads,
+                                              "download.prompt_for_download": False})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": downloads})
+    driver.downloads = downloads
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, script, timeout=60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: d.execute_script(script))
+
+
+def test_page_generates_plays_downloads_and_records_a_blind_round(server, browser):
+    import mido
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/")
+    wait_for(browser, "return document.getElementById('run-select').options.length > 0")
+    length = browser.find_element(By.ID, "length")
+    length.clear()
+    length.send_keys("24")
+    browser.find_element(By.ID, "generate-button").click()
+    duration = wait_for(browser, "const p = document.getElementById('player');"
+                                 "return p.readyState >= 1 && isFinite(p.duration) && p.duration > 0 && p.duration;")
+    seconds = float(browser.execute_script("return document.getElementById('player').dataset.seconds"))
+    assert duration == pytest.approx(seconds, abs=0.05)
+    assert browser.execute_script("return document.getElementById('player').error") is None
+    # Playable: it actually advances when played (muted, autoplay allowed by the flags above).
+    browser.execute_script("document.getElementById('player').play()")
+    wait_for(browser, "return document.getElementById('player').currentTime > 0.2", timeout=20)
+    assert wait_for(browser, "const i = document.getElementById('roll-png'); return i.complete && i.naturalWidth") > 100
+    # The download is the piece's MIDI, and the audio lasts its end time plus the release tail.
+    browser.find_element(By.ID, "dl-midi").click()
+    deadline = time.time() + 20
+    while time.time() < deadline and not [f for f in os.listdir(browser.downloads) if f.endswith(".mid")]:
+        time.sleep(0.1)
+    (name,) = [f for f in os.listdir(browser.downloads) if f.endswith(".mid")]
+    midi_path = os.path.join(browser.downloads, name)
+    assert duration == pytest.approx(mido.MidiFile(midi_path).length + audio.RELEASE_SECONDS, abs=0.05)
+    shutil.move(midi_path, midi_path + ".seen")
+
+    # One blind round: two votes, then the results view shows them.
+    before = {r["name"]: r["votes"] for r in call(server, "/api/ab/results")[1]["comparisons"]}
+    for choice in ("vote-a", "vote-b"):
+        browser.find_element(By.ID, "ab-next").click()
+        wait_for(browser, "return !document.getElementById('ab-pair').hidden && "
+                          "document.getElementById('ab-a').readyState >= 1 && document.getElementById('ab-b').readyState >= 1")
+        a, b = browser.execute_script("return [document.getElementById('ab-a').duration, document.getElementById('ab-b').duration]")
+        assert a == pytest.approx(b, abs=0.05) and a > 5
+        browser.find_element(By.ID, choice).click()
+        wait_for(browser, "return document.getElementById('ab-status').textContent.includes('recorded')")
+    name = browser.find_element(By.ID, "comparison").get_attribute("value")
+    expected = before.get(name, 0) + 2
+    # The view refreshes after each vote; wait for the refresh that follows the second one.
+    assert wait_for(browser, "const row = [...document.querySelectorAll('#results-table tbody tr')]"
+                             f".find(r => r.cells[0].textContent === {json.dumps(name)});"
+                             f"return row && Number(row.cells[1].textContent) === {expected};", timeout=10)
+    browser.save_screenshot(os.path.join(browser.downloads, "studio.png"))
+
+
+def test_experiment_report_includes_the_votes_between_its_two_runs(tmp_path):
+    from keras_music import experiment
+
+    original, modified, other = (tmp_path / n for n in ("original", "modified", "other"))
+    store = listening.Store(str(tmp_path / listening.DB_NAME))
+    for name, second in (("original@1 vs modified@1", modified), ("original@1 vs other@1", other)):
+        store.add_comparison(name, "prefer", "original@1", name.split(" vs ")[1], str(original), str(second))
+        a, b = store.add_stimulus("x", "a.ogg", 1.0), store.add_stimulus("y", "b.ogg", 1.0)
+        for number in range(8):
+            store.vote(store.add_pair(name, a, b, "a"), "a" if number < 6 else "b")
+    (result,) = experiment.listening_results(str(tmp_path), [str(modified), str(original)])
+    assert result["name"] == "original@1 vs modified@1" and result["votes"] == 8 and result["preference"] == 0.75
+    row = listening.report_lines([result])[2]
+    assert "| original@1 vs modified@1 |" in row and "| 8 | 0.750 |" in row
+    assert experiment.listening_results(str(tmp_path / "none"), [str(original), str(modified)]) == []
