@@ -216,6 +216,7 @@ class Generator:
                                 f"python -m keras_music.export --run-dir {run_dir}")
         self.banned = np.array([self.vocabulary.pad_id, self.vocabulary.unk_id], np.int64)
         self.is_event = np.array([self._counts_as_event(t) for t in self.vocabulary.tokens], bool)
+        self.grammar = sampling.Grammar(events.grammar_table(self.vocabulary.tokens, self.representation))
         self._held_out = None
         self._held_out_files: list[dict] = []
 
@@ -367,6 +368,15 @@ class Generator:
             last[active] = probabilities[active]
         return last, state
 
+    def grammar_state(self, sequences: list[list[int]]) -> sampling.GrammarState:
+        """The grammar's state of each row after its own ids (boundary and primer)."""
+        state = self.grammar.start(len(sequences))
+        lengths = np.array([len(s) for s in sequences])
+        for t in range(int(lengths.max(initial=0))):
+            ids = np.array([s[t] if t < len(s) else 0 for s in sequences], np.int64)
+            self.grammar.advance(state, ids, t < lengths)
+        return state
+
     def generate(self, num_samples=1, length=200, temperature=1.0, top_k=0, top_p=1.0, seed=0,
                  primer=None, primer_tokens=None, strict=False, show_progress=False,
                  min_length=DEFAULT_MIN_LENGTH) -> list[Piece]:
@@ -377,7 +387,9 @@ class Generator:
         of a random held-out piece (a different one per row, chosen with `seed`). A row
         stops after `length` events (sonorities; tokens for `classic`) or when it samples
         `<piece>`, but not before `min_length` events (clamped to `length`): an empty or
-        one-chord "piece" is never what a user asked for.
+        one-chord "piece" is never what a user asked for. Every step samples only the
+        tokens the representation's grammar allows (`sampling.Grammar`), so decoding
+        has nothing to repair.
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
             raise GenerateError(f"num_samples must be an integer >= 1, got {num_samples!r}")
@@ -406,19 +418,28 @@ class Generator:
 
         bar = tqdm(total=length, desc="generating", unit="event", disable=not show_progress, file=sys.stderr)
         shown = 0
+        grammar = self.grammar_state(sequences)
         try:
-            for _ in range(max_tokens):
+            for step in range(max_tokens):
+                if step == max_tokens - 1:
+                    # A token started now could never be closed: rows between
+                    # sonorities stop here and the others may only close theirs.
+                    finished |= grammar.phase == 0
+                    if finished.all():
+                        break
+                allowed = self.grammar.allowed(grammar, closing=np.full(num_samples, step == max_tokens - 1))
                 early = event_counts < min_length
                 if early.any():
                     # Rows still short of min_length may not end yet: the boundary is banned for them.
                     ids = np.empty(num_samples, np.int64)
                     ids[early] = sampling.sample_next(probabilities[early], rng, temperature, top_k, top_p,
-                                                      banned_early)
+                                                      banned_early, allowed[early])
                     if (~early).any():
                         ids[~early] = sampling.sample_next(probabilities[~early], rng, temperature, top_k, top_p,
-                                                           self.banned)
+                                                           self.banned, allowed[~early])
                 else:
-                    ids = sampling.sample_next(probabilities, rng, temperature, top_k, top_p, self.banned)
+                    ids = sampling.sample_next(probabilities, rng, temperature, top_k, top_p, self.banned, allowed)
+                self.grammar.advance(grammar, ids, ~finished)
                 for row in np.flatnonzero(~finished):
                     token_id = int(ids[row])
                     if token_id == boundary:
