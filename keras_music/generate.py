@@ -29,6 +29,9 @@ PRIMER_EXTENSIONS = (".mid", ".midi", ".musicxml", ".mxl", ".xml", ".abc", ".krn
 
 # Events a piece must have before a sampled <piece> boundary may end it.
 DEFAULT_MIN_LENGTH = 8
+# A primer file is the opening to continue, not a whole piece to re-read: this
+# many events (a few bars of a chorale) by default.
+DEFAULT_PRIMER_EVENTS = 16
 
 
 class GenerateError(ValueError):
@@ -183,6 +186,19 @@ class Piece:
         return float(sum(s.duration for s in self.sonorities[:self.primer_events]))
 
 
+def opening_events(tokens: list[str], count: int, representation: str = "note") -> list[str]:
+    """The tokens of the first `count` events (cut after a sonority's duration for `note`)."""
+    if representation != "note":
+        return list(tokens[:count])
+    seen = 0
+    for index, token in enumerate(tokens):
+        if token.startswith("dur:"):
+            seen += 1
+            if seen == count:
+                return list(tokens[:index + 1])
+    return list(tokens)
+
+
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
@@ -306,7 +322,7 @@ class Generator:
             cut = min(wanted, len(tokens))
         return tokens[:cut], f"held-out piece {name} (first {cut} tokens)", time_signature
 
-    def _primers(self, num_samples, rng, primer, primer_tokens, strict):
+    def _primers(self, num_samples, rng, primer, primer_tokens, strict, primer_events=DEFAULT_PRIMER_EVENTS):
         """One (tokens, source, unknown tokens, time signature) per row."""
         if primer is not None and primer_tokens is not None:
             raise GenerateError("give either a primer file or primer tokens, not both")
@@ -316,6 +332,10 @@ class Generator:
         time_signature = (4, 4)
         if primer is not None:
             (tokens, time_signature), source = self._read_primer(primer), str(primer)
+            total = events.count_events(tokens, self.representation)
+            tokens = opening_events(tokens, primer_events, self.representation)
+            used = events.count_events(tokens, self.representation)
+            source = f"{primer} (first {used} of {total} events)"
         else:
             if isinstance(primer_tokens, str):
                 primer_tokens = primer_tokens.split()
@@ -379,10 +399,11 @@ class Generator:
 
     def generate(self, num_samples=1, length=200, temperature=1.0, top_k=0, top_p=1.0, seed=0,
                  primer=None, primer_tokens=None, strict=False, show_progress=False,
-                 min_length=DEFAULT_MIN_LENGTH) -> list[Piece]:
+                 min_length=DEFAULT_MIN_LENGTH, primer_events=DEFAULT_PRIMER_EVENTS) -> list[Piece]:
         """Sample `num_samples` pieces in one batched pass.
 
-        Each row starts with `<piece>` and its primer: the file `primer`, the list (or
+        Each row starts with `<piece>` and its primer: the first `primer_events` events
+        of the file `primer`, the list (or
         space-separated string) `primer_tokens` ([] = no primer), or by default the opening
         of a random held-out piece (a different one per row, chosen with `seed`). A row
         stops after `length` events (sonorities; tokens for `classic`) or when it samples
@@ -399,7 +420,9 @@ class Generator:
             sampling.validate_sampling(temperature, top_k, top_p)
         except ValueError as error:
             raise GenerateError(str(error)) from None
-        primers = self._primers(num_samples, _rng_for_primers(seed), primer, primer_tokens, strict)
+        if isinstance(primer_events, bool) or not isinstance(primer_events, (int, np.integer)) or primer_events < 1:
+            raise GenerateError(f"primer_events must be an integer >= 1, got {primer_events!r}")
+        primers = self._primers(num_samples, _rng_for_primers(seed), primer, primer_tokens, strict, primer_events)
         boundary = self.vocabulary.boundary_id
         sequences = [[boundary] + self.vocabulary.encode(primer[0]) for primer in primers]
         probabilities, state = self.prime(sequences)
@@ -651,6 +674,8 @@ def parse_args(argv=None):
     primer.add_argument("--primer-tokens", metavar="TOKENS",
                         help='space-separated tokens that open every piece, e.g. "pitch:60 pitch:64 dur:1" '
                              '("" = no primer)')
+    parser.add_argument("--primer-events", type=cli.positive_int, default=DEFAULT_PRIMER_EVENTS, metavar="N",
+                        help="events (sonorities) taken from the opening of --primer FILE")
     parser.add_argument("--strict", action="store_true",
                         help="fail when the primer has tokens the vocabulary lacks (default: warn, use <unk>)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same pieces)")
@@ -677,7 +702,8 @@ def main(argv=None):
             pieces = generator.generate(num_samples=args.num_samples, length=args.length, min_length=args.min_length,
                                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                         seed=args.seed, primer=args.primer, primer_tokens=args.primer_tokens,
-                                        strict=args.strict, show_progress=not args.quiet)
+                                        strict=args.strict, show_progress=not args.quiet,
+                                        primer_events=args.primer_events)
             out_dir = args.out or default_out_dir(args.run_dir)
             paths = generator.write(pieces, out_dir, tempo=args.tempo, instrument=args.instrument)
         except GenerateError as error:
@@ -685,6 +711,8 @@ def main(argv=None):
             cli.finish(cli.DATA_EXIT)
         for path in paths:
             print(path)
+        if args.primer:
+            print(f"primer: {pieces[0].primer_source} (--primer-events {args.primer_events})")
         for number, piece in enumerate(pieces, start=1):
             print(summary_line(f"sample {number}", piece))
         print(f"wrote {len(pieces)} piece{'s' if len(pieces) != 1 else ''} to {out_dir}")

@@ -303,7 +303,28 @@ def test_primer_from_a_midi_file_is_tokenized_in_the_training_key_frame(generato
     assert piece.primer_tokens == expected
     assert piece.primer_events == events.count_events(expected) == 10
     assert piece.sonorities[:10] == events.tokens_to_sonorities(expected)
-    assert piece.primer_source == path
+    assert piece.primer_source == f"{path} (first 10 of 10 events)"
+
+
+def test_primer_file_gives_only_its_opening_events(run_dir, tmp_path):
+    path = write_primer_midi(tmp_path / "primer.mid")
+    quiet = generate.Generator(run_dir, log=lambda m: None)
+    whole = quiet.generate(num_samples=1, length=3, primer=path, seed=0)[0].primer_tokens
+    piece = quiet.generate(num_samples=1, length=3, primer=path, seed=0, primer_events=4)[0]
+    assert piece.primer_events == 4
+    assert piece.primer_tokens == generate.opening_events(whole, 4)
+    assert piece.primer_tokens[-1].startswith("dur:") and events.count_events(piece.primer_tokens) == 4
+    assert piece.primer_source == f"{path} (first 4 of 10 events)"
+    with pytest.raises(generate.GenerateError, match="primer_events must be an integer >= 1, got 0"):
+        quiet.generate(primer=path, primer_events=0)
+
+
+def test_opening_events_cuts_after_whole_sonorities():
+    tokens = ["pitch:60", "pitch:64", "dur:1", "rest", "dur:1/2", "hold:64", "dur:1"]
+    assert generate.opening_events(tokens, 1) == tokens[:3]
+    assert generate.opening_events(tokens, 2) == tokens[:5]
+    assert generate.opening_events(tokens, 9) == tokens
+    assert generate.opening_events(["C4", "D4", "0.4.7"], 2, "classic") == ["C4", "D4"]
 
 
 def test_primer_from_tokens_opens_every_piece(generator):
@@ -472,6 +493,20 @@ def test_cli_writes_files_and_summaries(run_dir, tmp_path, capsys):
             path = out / f"sample-{number:02d}{extension}"
             assert path.exists() and str(path) in printed
         assert f"sample {number}:" in printed
+
+
+def test_cli_primer_events_takes_the_opening_and_records_it(run_dir, tmp_path, capsys):
+    primer = write_primer_midi(tmp_path / "primer.mid")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main(["--run-dir", run_dir, "--length", "4", "--primer", primer, "--primer-events", "3",
+                       "--out", str(out), "--quiet"])
+    assert exit_info.value.code == 0
+    assert f"primer: {primer} (first 3 of 10 events) (--primer-events 3)" in capsys.readouterr().out
+    record = json.loads((out / "sample-01.json").read_text())
+    assert record["primer_events"] == 3 and events.count_events(record["primer_tokens"]) == 3
+    assert record["primer_source"] == f"{primer} (first 3 of 10 events)"
+    assert record["repairs"] == {}
 
 
 def test_cli_strict_names_the_unknown_tokens_and_the_file(run_dir, tmp_path, capsys):
