@@ -1,7 +1,8 @@
 """Generate a MIDI file from a keras_music TFLite step model with only numpy and ai-edge-litert.
 
 This is the on-device reference: it drives `model.tflite` one token at a time (states
-in, states out), samples with temperature / top-k and a seed, decodes the tokens into
+in, states out), samples with temperature / top-k and a seed among the tokens the
+vocabulary's grammar allows (so the output needs no repair), decodes the tokens into
 notes and writes a standard MIDI file with its own small writer. It imports neither
 TensorFlow, Keras nor keras_music, so it runs where only the LiteRT runtime exists.
 
@@ -101,15 +102,75 @@ class StepModel:
 
 # ----------------------------------------------------------------------------- sampling
 
-def sample(probabilities, rng, temperature: float, top_k: int, banned) -> int:
+class Grammar:
+    """vocab.json's "grammar" as a state machine over one piece (export/README.md, "Sampling grammar").
+
+    rules "note": between sonorities a pitch, a hold of a pitch of the previous
+    sonority, rest or <piece>; after a pitch/hold a higher pitch/hold or a
+    duration; after a rest a duration; a duration closes the sonority.
+    rules "any": every token not of kind "banned". A vocabulary without a
+    grammar (older exports) bans only <pad> and <unk>.
+    """
+
+    def __init__(self, vocabulary: dict):
+        size = len(vocabulary["tokens"])
+        table = vocabulary.get("grammar")
+        if table is None:
+            table = {"rules": "any", "kinds": ["banned", "banned"] + ["event"] * (size - 2), "pitches": [-1] * size}
+        kinds, pitches = table.get("kinds"), table.get("pitches")
+        if table.get("rules") not in ("note", "any") or not isinstance(kinds, list) or not isinstance(pitches, list) \
+                or len(kinds) != size or len(pitches) != size:
+            raise GeneratorError(f"vocabulary grammar must have rules note/any and {size} kinds and pitches")
+        self.rules = table["rules"]
+        kind = np.asarray(kinds)
+        self.pitch = np.asarray(pitches, np.int64)
+        self.is_pitch, self.is_hold = kind == "pitch", kind == "hold"
+        self.is_rest, self.is_dur, self.is_end = kind == "rest", kind == "dur", kind == "end"
+        self.not_banned = kind != "banned"
+        self.phase, self.top, self.current, self.previous = "between", -1, set(), set()
+
+    def allowed(self, closing: bool = False) -> np.ndarray:
+        """Boolean [V]: the tokens that may come next (`closing`: only what closes an open sonority)."""
+        if self.rules == "any":
+            return self.not_banned.copy()
+        if self.phase == "rest" or (closing and self.phase == "chord"):
+            allowed = self.is_dur.copy()
+        else:
+            voiced = self.is_pitch | (self.is_hold & np.isin(self.pitch, list(self.previous)))
+            if self.phase == "between":
+                allowed = voiced | self.is_rest | self.is_end
+            else:
+                allowed = (voiced & (self.pitch > self.top)) | self.is_dur
+        return allowed if allowed.any() else self.not_banned.copy()
+
+    def advance(self, token: int) -> None:
+        """Moves past one token, leniently for primers (a rest inside a chord leaves it open)."""
+        if self.rules == "any":
+            return
+        if self.is_pitch[token] or self.is_hold[token]:
+            self.phase = "chord"
+            self.top = max(self.top, int(self.pitch[token]))
+            self.current.add(int(self.pitch[token]))
+        elif self.is_rest[token] and self.phase == "between":
+            self.phase = "rest"
+        elif self.is_dur[token]:
+            self.phase, self.top, self.previous, self.current = "between", -1, self.current, set()
+
+
+def sample(probabilities, rng, temperature: float, top_k: int, banned, allowed=None) -> int:
     """One id: temperature 0 is greedy; otherwise p^(1/T) over the top_k ids, drawn by inverse CDF.
 
-    Banned ids (padding, unknown) are never returned; ties go to the lowest id.
+    Banned ids (padding, unknown) and ids outside `allowed` (bool [V], the grammar)
+    are never returned; what remains is renormalised; ties go to the lowest id.
     """
     probabilities = np.asarray(probabilities, np.float64).copy()
-    probabilities[list(banned)] = 0.0
+    forbidden = np.zeros(len(probabilities), bool)
+    forbidden[list(banned)] = True
+    if allowed is not None:
+        forbidden |= ~np.asarray(allowed, bool)
+    probabilities[forbidden] = 0.0
     masked = probabilities.copy()
-    masked[list(banned)] = -1.0
+    masked[forbidden] = -1.0
     best = int(np.argmax(masked))
     if temperature == 0:
         return best
@@ -131,20 +192,31 @@ def sample(probabilities, rng, temperature: float, top_k: int, banned) -> int:
 
 def generate(model: StepModel, vocabulary: dict, primer_ids, length: int, temperature: float, top_k: int,
              seed: int | None, stop_at_boundary: bool = True):
-    """Primer ids followed by up to `length` sampled ids; returns (ids, stopped_at_boundary)."""
+    """Primer ids followed by up to `length` sampled ids; returns (ids, stopped_at_boundary).
+
+    Every id is drawn among those the grammar allows; the last one may only close an
+    open sonority, and a piece between sonorities at the last step stops there, so
+    the output never ends inside a sonority.
+    """
     rng = np.random.default_rng(seed)
     boundary = 2
     banned = (0, 1)
+    grammar = Grammar(vocabulary)
     state = model.initial_state()
     probabilities = None
     for token in primer_ids:
         probabilities, state = model.step(token, state)
+        grammar.advance(token)
     generated = []
-    for _ in range(length):
-        token = sample(probabilities, rng, temperature, top_k, banned)
+    for step in range(length):
+        last = step == length - 1
+        if last and grammar.rules == "note" and grammar.phase == "between":
+            break
+        token = sample(probabilities, rng, temperature, top_k, banned, grammar.allowed(closing=last))
         if token == boundary and stop_at_boundary:
             return list(primer_ids) + generated, True
         generated.append(token)
+        grammar.advance(token)
         probabilities, state = model.step(token, state)
     return list(primer_ids) + generated, False
 

@@ -11,7 +11,7 @@ import yaml
 
 REPRESENTATIONS = ("note", "classic")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "cosine_budget")
 
 
 class ConfigError(ValueError):

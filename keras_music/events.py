@@ -380,6 +380,47 @@ def token_representations(token: str) -> set[str]:
     return {"classic"}
 
 
+# Token kinds of the sampling grammar, as shipped in vocab.json's "grammar".
+GRAMMAR_KINDS = ("banned", "end", "pitch", "hold", "rest", "dur", "event")
+
+
+def grammar_table(tokens, representation: str = "note") -> dict:
+    """Per-token data of the sampling grammar: {"rules", "kinds", "pitches"}, JSON-ready.
+
+    `rules` is "note" (sonorities: ascending pitch/hold tokens or one rest, closed by
+    a duration; a hold only of a pitch sounding in the previous sonority; the end
+    token only between sonorities) or "any" (classic: every token but pad/unk).
+    `kinds[i]` is one of GRAMMAR_KINDS; `pitches[i]` is the MIDI pitch of a pitch or
+    hold token and -1 otherwise. Tokens the decoder would repair or skip (pad, unk,
+    unparseable, non-positive durations) are "banned".
+    """
+    if representation not in ("note", "classic"):
+        raise ValueError(f"unknown representation {representation!r} (expected note or classic)")
+    kinds, pitches = [], []
+    for token in tokens:
+        kind, pitch = "banned", -1
+        if token == BOUNDARY:
+            kind = "end"
+        elif token in SPECIAL_TOKENS:
+            kind = "banned"
+        elif representation == "classic":
+            kind = "event"
+        elif token == REST:
+            kind = "rest"
+        else:
+            prefix, _, value = token.partition(":")
+            if prefix in ("pitch", "hold") and value.isdigit() and int(value) <= 127:
+                kind, pitch = prefix, int(value)
+            elif prefix == "dur":
+                try:
+                    kind = "dur" if Fraction(value) > 0 else "banned"
+                except (ValueError, ZeroDivisionError):
+                    kind = "banned"
+        kinds.append(kind)
+        pitches.append(pitch)
+    return {"rules": "note" if representation == "note" else "any", "kinds": kinds, "pitches": pitches}
+
+
 def count_events(tokens, representation: str = "note") -> int:
     """Musical events (sonorities) in a token list: duration tokens, or all tokens for classic."""
     if representation == "note":

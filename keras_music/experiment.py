@@ -457,7 +457,9 @@ def assemble(runs, trained, evaluations, accuracy, samples, out_dir, settings) -
                                                     "pieces")} | accuracy[run.name],
             "ngram": {"best_order": baseline["best_order"], "perplexity": best["perplexity"],
                       "event_perplexity": best["event_perplexity"], "perplexity_ratio": ratios["perplexity_ratio"],
-                      "event_perplexity_ratio": ratios["event_perplexity_ratio"]},
+                      "event_perplexity_ratio": ratios["event_perplexity_ratio"],
+                      "perplexity_by_order": {order: scores["perplexity"]
+                                              for order, scores in baseline["orders"].items()}},
             "music": {evaluate.temperature_key(temperature): {
                 name: mean_se(row["metrics"].get(name) for row in
                               music["generated"][evaluate.temperature_key(temperature)]["pieces"])
@@ -634,6 +636,8 @@ def render_report(result: dict) -> str:
     row("held-out perplexity per event", lambda r: _fmt(r["quality"]["event_perplexity"]))
     row("held-out accuracy per event", lambda r: _fmt(r["quality"].get("event_accuracy")))
     row("best n-gram baseline (order)", lambda r: f"{r['ngram']['best_order']}-gram")
+    row("n-gram perplexity per token by order",
+        lambda r: ", ".join(f"{order}: {_fmt(value)}" for order, value in r["ngram"]["perplexity_by_order"].items()))
     row("best n-gram perplexity per token / per event",
         lambda r: f"{_fmt(r['ngram']['perplexity'])} / {_fmt(r['ngram']['event_perplexity'])}")
     row("LSTM / n-gram perplexity per token (below 1: LSTM better)", lambda r: _fmt(r["ngram"]["perplexity_ratio"]))

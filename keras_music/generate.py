@@ -29,6 +29,9 @@ PRIMER_EXTENSIONS = (".mid", ".midi", ".musicxml", ".mxl", ".xml", ".abc", ".krn
 
 # Events a piece must have before a sampled <piece> boundary may end it.
 DEFAULT_MIN_LENGTH = 8
+# A primer file is the opening to continue, not a whole piece to re-read: this
+# many events (a few bars of a chorale) by default.
+DEFAULT_PRIMER_EVENTS = 16
 
 
 class GenerateError(ValueError):
@@ -257,6 +260,19 @@ def piece_midi(piece: Piece, title: str = "") -> bytes:
     return midi.write(notes, piece.timing["tempos"], piece.timing["time_signatures"], parts, title=title)
 
 
+def opening_events(tokens: list[str], count: int, representation: str = "note") -> list[str]:
+    """The tokens of the first `count` events (cut after a sonority's duration for `note`)."""
+    if representation != "note":
+        return list(tokens[:count])
+    seen = 0
+    for index, token in enumerate(tokens):
+        if token.startswith("dur:"):
+            seen += 1
+            if seen == count:
+                return list(tokens[:index + 1])
+    return list(tokens)
+
+
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
@@ -290,6 +306,7 @@ class Generator:
                                 f"python -m keras_music.export --run-dir {run_dir}")
         self.banned = np.array([self.vocabulary.pad_id, self.vocabulary.unk_id], np.int64)
         self.is_event = np.array([self._counts_as_event(t) for t in self.vocabulary.tokens], bool)
+        self.grammar = sampling.Grammar(events.grammar_table(self.vocabulary.tokens, self.representation))
         self._held_out = None
         self._held_out_files: list[dict] = []
 
@@ -367,7 +384,7 @@ class Generator:
             cut = min(wanted, len(tokens))
         return tokens[:cut], f"held-out piece {name} (first {cut} tokens)", timing
 
-    def _primers(self, num_samples, rng, primer, primer_tokens, strict):
+    def _primers(self, num_samples, rng, primer, primer_tokens, strict, primer_events=DEFAULT_PRIMER_EVENTS):
         """One (tokens, source, unknown tokens, timing) per row."""
         if primer is not None and primer_tokens is not None:
             raise GenerateError("give either a primer file or primer tokens, not both")
@@ -377,6 +394,10 @@ class Generator:
         timing = self.corpus_timing()
         if primer is not None:
             (tokens, timing), source = self._read_primer(primer), str(primer)
+            total = events.count_events(tokens, self.representation)
+            tokens = opening_events(tokens, primer_events, self.representation)
+            used = events.count_events(tokens, self.representation)
+            source = f"{primer} (first {used} of {total} events)"
         else:
             if isinstance(primer_tokens, str):
                 primer_tokens = primer_tokens.split()
@@ -429,17 +450,29 @@ class Generator:
             last[active] = probabilities[active]
         return last, state
 
+    def grammar_state(self, sequences: list[list[int]]) -> sampling.GrammarState:
+        """The grammar's state of each row after its own ids (boundary and primer)."""
+        state = self.grammar.start(len(sequences))
+        lengths = np.array([len(s) for s in sequences])
+        for t in range(int(lengths.max(initial=0))):
+            ids = np.array([s[t] if t < len(s) else 0 for s in sequences], np.int64)
+            self.grammar.advance(state, ids, t < lengths)
+        return state
+
     def generate(self, num_samples=1, length=200, temperature=1.0, top_k=0, top_p=1.0, seed=0,
                  primer=None, primer_tokens=None, strict=False, show_progress=False,
-                 min_length=DEFAULT_MIN_LENGTH) -> list[Piece]:
+                 min_length=DEFAULT_MIN_LENGTH, primer_events=DEFAULT_PRIMER_EVENTS) -> list[Piece]:
         """Sample `num_samples` pieces in one batched pass.
 
-        Each row starts with `<piece>` and its primer: the file `primer`, the list (or
+        Each row starts with `<piece>` and its primer: the first `primer_events` events
+        of the file `primer`, the list (or
         space-separated string) `primer_tokens` ([] = no primer), or by default the opening
         of a random held-out piece (a different one per row, chosen with `seed`). A row
         stops after `length` events (sonorities; tokens for `classic`) or when it samples
         `<piece>`, but not before `min_length` events (clamped to `length`): an empty or
-        one-chord "piece" is never what a user asked for.
+        one-chord "piece" is never what a user asked for. Every step samples only the
+        tokens the representation's grammar allows (`sampling.Grammar`), so decoding
+        has nothing to repair.
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
             raise GenerateError(f"num_samples must be an integer >= 1, got {num_samples!r}")
@@ -449,7 +482,9 @@ class Generator:
             sampling.validate_sampling(temperature, top_k, top_p)
         except ValueError as error:
             raise GenerateError(str(error)) from None
-        primers = self._primers(num_samples, _rng_for_primers(seed), primer, primer_tokens, strict)
+        if isinstance(primer_events, bool) or not isinstance(primer_events, (int, np.integer)) or primer_events < 1:
+            raise GenerateError(f"primer_events must be an integer >= 1, got {primer_events!r}")
+        primers = self._primers(num_samples, _rng_for_primers(seed), primer, primer_tokens, strict, primer_events)
         boundary = self.vocabulary.boundary_id
         sequences = [[boundary] + self.vocabulary.encode(primer[0]) for primer in primers]
         probabilities, state = self.prime(sequences)
@@ -468,19 +503,28 @@ class Generator:
 
         bar = tqdm(total=length, desc="generating", unit="event", disable=not show_progress, file=sys.stderr)
         shown = 0
+        grammar = self.grammar_state(sequences)
         try:
-            for _ in range(max_tokens):
+            for step in range(max_tokens):
+                if step == max_tokens - 1:
+                    # A token started now could never be closed: rows between
+                    # sonorities stop here and the others may only close theirs.
+                    finished |= grammar.phase == 0
+                    if finished.all():
+                        break
+                allowed = self.grammar.allowed(grammar, closing=np.full(num_samples, step == max_tokens - 1))
                 early = event_counts < min_length
                 if early.any():
                     # Rows still short of min_length may not end yet: the boundary is banned for them.
                     ids = np.empty(num_samples, np.int64)
                     ids[early] = sampling.sample_next(probabilities[early], rng, temperature, top_k, top_p,
-                                                      banned_early)
+                                                      banned_early, allowed[early])
                     if (~early).any():
                         ids[~early] = sampling.sample_next(probabilities[~early], rng, temperature, top_k, top_p,
-                                                           self.banned)
+                                                           self.banned, allowed[~early])
                 else:
-                    ids = sampling.sample_next(probabilities, rng, temperature, top_k, top_p, self.banned)
+                    ids = sampling.sample_next(probabilities, rng, temperature, top_k, top_p, self.banned, allowed)
+                self.grammar.advance(grammar, ids, ~finished)
                 for row in np.flatnonzero(~finished):
                     token_id = int(ids[row])
                     if token_id == boundary:
@@ -669,6 +713,8 @@ def parse_args(argv=None):
     primer.add_argument("--primer-tokens", metavar="TOKENS",
                         help='space-separated tokens that open every piece, e.g. "pitch:60 pitch:64 dur:1" '
                              '("" = no primer)')
+    parser.add_argument("--primer-events", type=cli.positive_int, default=DEFAULT_PRIMER_EVENTS, metavar="N",
+                        help="events (sonorities) taken from the opening of --primer FILE")
     parser.add_argument("--strict", action="store_true",
                         help="fail when the primer has tokens the vocabulary lacks (default: warn, use <unk>)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same pieces)")
@@ -702,7 +748,8 @@ def main(argv=None):
             pieces = generator.generate(num_samples=args.num_samples, length=args.length, min_length=args.min_length,
                                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                         seed=args.seed, primer=args.primer, primer_tokens=args.primer_tokens,
-                                        strict=args.strict, show_progress=not args.quiet)
+                                        strict=args.strict, show_progress=not args.quiet,
+                                        primer_events=args.primer_events)
             out_dir = args.out or default_out_dir(args.run_dir)
             paths = generator.write(pieces, out_dir, tempo=args.tempo, instrument=args.instrument,
                                     audio=args.audio, soundfont=args.soundfont)
@@ -711,6 +758,8 @@ def main(argv=None):
             cli.finish(cli.DATA_EXIT)
         for path in paths:
             print(path)
+        if args.primer:
+            print(f"primer: {pieces[0].primer_source} (--primer-events {args.primer_events})")
         for number, piece in enumerate(pieces, start=1):
             print(summary_line(f"sample {number}", piece))
         print(f"wrote {len(pieces)} piece{'s' if len(pieces) != 1 else ''} to {out_dir}")

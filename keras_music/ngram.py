@@ -27,7 +27,10 @@ def _estimate_discounts(count_of_counts):
     back to the single absolute discount Y (if n1 and n2 exist) or to
     DEFAULT_DISCOUNT. Every Dk is clipped to [MIN_DISCOUNT, k] so that no
     count is discounted below zero and every seen context keeps some mass for
-    the lower orders.
+    the lower orders, then raised to keep D1 <= D2 <= D3+: a count seen more
+    often is never trusted less (on small corpora n4 can vanish and drive D3+
+    to the floor, which gives frequent n-grams almost all the mass and makes
+    higher orders lose to lower ones).
     """
     n1, n2, n3, n4 = (count_of_counts.get(k, 0) for k in (1, 2, 3, 4))
     if n1 and n2 and n3 and n4:
@@ -38,7 +41,96 @@ def _estimate_discounts(count_of_counts):
         raw = (y, y, y)
     else:
         raw = (DEFAULT_DISCOUNT,) * 3
-    return tuple(min(max(d, MIN_DISCOUNT), float(k)) for k, d in zip((1, 2, 3), raw))
+    d1, d2, d3 = (min(max(d, MIN_DISCOUNT), float(k)) for k, d in zip((1, 2, 3), raw))
+    # Raising (never lowering) keeps each Dk <= k, since D1 <= 1 <= 2 <= 3.
+    d2 = max(d2, d1)
+    d3 = max(d3, d2)
+    return d1, d2, d3
+
+
+class _Levels:
+    """Raw and Kneser-Ney adjusted n-gram counts of a corpus for every length up to `order`.
+
+    Only windows that end on a real token are counted, so the n-grams of a
+    level are exactly the suffixes of the level above, and also exactly the
+    n-grams an order-n model would count with n - 1 boundary ids of padding;
+    raw counts and continuation counts of every level come from one pass over
+    the text and then one pass over the level above, never from the text again.
+    Tables are built lazily and cached, so fitting orders 1..N costs about as
+    much as fitting order N once.
+    """
+
+    def __init__(self, checked, order, bos):
+        if not any(checked):
+            raise ValueError("fit needs at least one token, got only empty sequences")
+        self.order = order
+        padding = (bos,) * (order - 1)
+        raw = {}
+        for tokens in checked:
+            padded = padding + tuple(tokens)
+            for gram in zip(*(padded[k:] for k in range(order))):
+                raw[gram] = raw.get(gram, 0) + 1
+        self.raw = {order: raw}
+        self.adjusted = {}
+        upper = raw
+        for n in range(order - 1, 0, -1):
+            lower_raw, continuation = {}, {}
+            for gram, count in upper.items():
+                suffix = gram[1:]
+                lower_raw[suffix] = lower_raw.get(suffix, 0) + count
+                continuation[suffix] = continuation.get(suffix, 0) + 1
+            # n-grams that begin with the boundary have only the boundary as a
+            # left neighbour, so their raw counts are used (as KenLM does).
+            self.adjusted[n] = {
+                gram: (lower_raw[gram] if gram[0] == bos else kept)
+                for gram, kept in continuation.items()
+            }
+            self.raw[n] = lower_raw
+            upper = lower_raw
+        self._tables = {}
+
+    def table(self, n, top, discount):
+        """(table, (D1, D2, D3+)) of level n: raw counts if `top`, else continuation counts."""
+        key = (n, top or n == self.order, discount)
+        cached = self._tables.get(key)
+        if cached is None:
+            counts = self.raw[n] if key[1] else self.adjusted[n]
+            cached = self._tables[key] = _build_table(counts, discount)
+        return cached
+
+
+def _build_table(counts, discount):
+    """Groups n-gram counts by context and discounts them.
+
+    Returns ({context: (total count, mass left for the lower order,
+    {token: discounted count})}, (D1, D2, D3+)).
+    """
+    if discount is None:
+        count_of_counts = {}
+        for count in counts.values():
+            if count <= 4:
+                count_of_counts[count] = count_of_counts.get(count, 0) + 1
+        d1, d2, d3 = _estimate_discounts(count_of_counts)
+    else:
+        d1 = d2 = d3 = float(discount)
+    by_context = {}
+    for gram, count in counts.items():
+        context = gram[:-1]
+        words = by_context.get(context)
+        if words is None:
+            words = by_context[context] = {}
+        words[gram[-1]] = count
+    table = {}
+    for context, words in by_context.items():
+        total = 0
+        left = 0.0
+        for token, count in words.items():
+            d = d1 if count == 1 else d2 if count == 2 else d3
+            words[token] = count - d
+            total += count
+            left += d
+        table[context] = (float(total), left, words)
+    return table, (d1, d2, d3)
 
 
 class NGramModel:
@@ -140,67 +232,20 @@ class NGramModel:
 
     def fit(self, sequences):
         """Counts n-grams of `sequences` (iterable of token-id sequences) and returns self."""
-        checked = self._check_sequences(sequences)
-        if not any(checked):
-            raise ValueError("fit needs at least one token, got only empty sequences")
-        order, bos = self.order, self.bos_id
-        padding = (bos,) * (order - 1)
+        levels = _Levels(self._check_sequences(sequences), self.order, self.bos_id)
+        return self._fit_levels(levels)
 
-        # Only windows that end on a real token are counted, so the n-grams of
-        # a lower level are exactly the suffixes of the level above; its raw
-        # counts and continuation counts both come from one pass over the
-        # level above, never from the text again.
-        raw = {}
-        for tokens in checked:
-            padded = padding + tuple(tokens)
-            for gram in zip(*(padded[k:] for k in range(order))):
-                raw[gram] = raw.get(gram, 0) + 1
-
-        adjusted = {order: raw}
-        upper = raw
-        for n in range(order - 1, 0, -1):
-            lower_raw, continuation = {}, {}
-            for gram, count in upper.items():
-                suffix = gram[1:]
-                lower_raw[suffix] = lower_raw.get(suffix, 0) + count
-                continuation[suffix] = continuation.get(suffix, 0) + 1
-            adjusted[n] = {
-                gram: (lower_raw[gram] if gram[0] == bos else kept)
-                for gram, kept in continuation.items()
-            }
-            upper = lower_raw
-
+    def _fit_levels(self, levels):
+        """Builds this model's tables from shared counts of an order >= self.order."""
+        order = self.order
         self.discounts = {}
         self._tables = [None] * (order + 1)
         for n in range(1, order + 1):
-            counts = adjusted[n]
-            if self.discount is None:
-                count_of_counts = {}
-                for count in counts.values():
-                    if count <= 4:
-                        count_of_counts[count] = count_of_counts.get(count, 0) + 1
-                d1, d2, d3 = _estimate_discounts(count_of_counts)
-            else:
-                d1 = d2 = d3 = float(self.discount)
-            self.discounts[n] = (d1, d2, d3)
-
-            by_context = {}
-            for gram, count in counts.items():
-                context = gram[:-1]
-                words = by_context.get(context)
-                if words is None:
-                    words = by_context[context] = {}
-                words[gram[-1]] = count
-            table = {}
-            for context, words in by_context.items():
-                total = 0
-                left = 0.0
-                for token, count in words.items():
-                    d = d1 if count == 1 else d2 if count == 2 else d3
-                    words[token] = count - d
-                    total += count
-                    left += d
-                table[context] = (float(total), left, words)
+            # The top level of a model scores with raw counts; every lower level
+            # with Kneser-Ney continuation counts, which do not depend on the
+            # model's order, so models of several orders share those tables.
+            table, discounts = levels.table(n, top=n == order, discount=self.discount)
+            self.discounts[n] = discounts
             self._tables[n] = table
         self._array_cache = {}
         self._argmax_cache = {}
@@ -327,6 +372,22 @@ class NGramModel:
         }
 
 
+def fit_orders(train_sequences, vocabulary_size, orders, discount=None):
+    """One fitted NGramModel per order, all built from a single count of the highest order.
+
+    Returns:
+      dict mapping each order (ascending) to its fitted NGramModel; each equals
+      `NGramModel(order, vocabulary_size, discount).fit(train_sequences)`.
+    """
+    orders = tuple(sorted(set(orders)))
+    if not orders:
+        raise ValueError(f"orders must name at least one order, got {orders!r}")
+    models = {order: NGramModel(order, vocabulary_size, discount=discount) for order in orders}
+    top = models[orders[-1]]
+    levels = _Levels(top._check_sequences(train_sequences), top.order, top.bos_id)
+    return {order: model._fit_levels(levels) for order, model in models.items()}
+
+
 def evaluate_orders(
     train_sequences, eval_sequences, vocabulary_size, orders=(1, 2, 3, 4, 5), discount=None
 ):
@@ -338,11 +399,8 @@ def evaluate_orders(
     orders = tuple(orders)
     if not orders:
         raise ValueError(f"orders must name at least one order, got {orders!r}")
-    results = {}
-    for order in orders:
-        model = NGramModel(order, vocabulary_size, discount=discount)
-        results[order] = model.fit(train_sequences).evaluate(eval_sequences)
-    return results
+    models = fit_orders(train_sequences, vocabulary_size, orders, discount)
+    return {order: models[order].evaluate(eval_sequences) for order in orders}
 
 
 def best_order(results):

@@ -1,4 +1,4 @@
-"""Pure numpy next-token sampling: greedy, temperature, top-k, top-p and banned ids."""
+"""Pure numpy next-token sampling: greedy, temperature, top-k, top-p, banned ids and a token grammar."""
 
 import math
 import numbers
@@ -97,21 +97,39 @@ def _argmax_allowed(probs, mask):
     return np.argmax(probs, axis=1).astype(np.int64)
 
 
-def greedy(probabilities, banned=None):
+def _forbidden_mask(banned, allowed, probs):
+    """Boolean mask of ids never returned ([vocab] or [batch, vocab]), or None."""
+    mask = _banned_mask(banned, probs.shape[1])
+    if allowed is None:
+        return mask
+    allowed = np.asarray(allowed)
+    if allowed.dtype != bool or allowed.shape != probs.shape:
+        raise ValueError(f"allowed must be a boolean array of shape {probs.shape}, got "
+                         f"{allowed.dtype} {allowed.shape}")
+    forbidden = ~allowed if mask is None else ~allowed | mask
+    empty = np.flatnonzero(forbidden.all(axis=1))
+    if empty.size:
+        raise ValueError(f"row {int(empty[0])} allows no token: allowed and banned leave nothing to sample")
+    return forbidden
+
+
+def greedy(probabilities, banned=None, allowed=None):
     """Returns the most probable id of each row as int64 [batch] (ties -> lowest id).
 
     Args:
       probabilities: float array [batch, vocab] of non-negative scores.
       banned: optional token ids that are never returned.
+      allowed: optional boolean [batch, vocab]; only True ids are returned.
     """
     probs = _as_probabilities(probabilities)
-    return _argmax_allowed(probs, _banned_mask(banned, probs.shape[1]))
+    return _argmax_allowed(probs, _forbidden_mask(banned, allowed, probs))
 
 
-def sample_next(probabilities, rng, temperature=1.0, top_k=0, top_p=1.0, banned=None):
+def sample_next(probabilities, rng, temperature=1.0, top_k=0, top_p=1.0, banned=None, allowed=None):
     """Samples one next-token id per row, for the whole batch in one vectorised pass.
 
-    The steps are: zero the banned ids; rescale p -> p^(1/temperature) in log
+    The steps are: zero the banned ids and those `allowed` rules out (the
+    grammar), which renormalises over what remains; rescale p -> p^(1/temperature) in log
     space; keep the `top_k` most probable ids; keep the smallest set of most
     probable ids whose mass reaches `top_p` (never fewer than one); renormalise
     and draw by inverse CDF from a single `rng.random(batch)` call, so the same
@@ -129,6 +147,8 @@ def sample_next(probabilities, rng, temperature=1.0, top_k=0, top_p=1.0, banned=
       top_k: number of most probable ids to keep; 0 keeps all.
       top_p: nucleus mass in (0, 1]; 1 keeps all.
       banned: optional token ids (e.g. padding, unknown) never sampled.
+      allowed: optional boolean [batch, vocab] of the ids each row may take
+        (see `Grammar.allowed`); every row must allow at least one id.
 
     Returns:
       int64 array [batch] of sampled ids.
@@ -136,7 +156,7 @@ def sample_next(probabilities, rng, temperature=1.0, top_k=0, top_p=1.0, banned=
     validate_sampling(temperature, top_k, top_p)
     probs = _as_probabilities(probabilities)
     batch, vocabulary_size = probs.shape
-    mask = _banned_mask(banned, vocabulary_size)
+    mask = _forbidden_mask(banned, allowed, probs)
     if mask is not None:
         probs = np.where(mask, 0.0, probs)
     fallback = _argmax_allowed(probs, mask)
@@ -181,3 +201,112 @@ def sample_next(probabilities, rng, temperature=1.0, top_k=0, top_p=1.0, banned=
     last_positive = vocabulary_size - 1 - np.argmax(weights[:, ::-1] > 0, axis=1)
     ids = np.minimum(ids, last_positive)
     return np.where(alive, ids, fallback).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- grammar
+
+_PHASE_START, _PHASE_CHORD, _PHASE_REST = 0, 1, 2
+
+
+class GrammarState:
+    """Where each row of a batch stands in its sonority; plain arrays, advanced by `Grammar.advance`.
+
+    phase: 0 between sonorities, 1 after a pitch/hold, 2 after a rest.
+    top: highest pitch of the open sonority (-1 if none).
+    current / previous: bool [batch, 128], pitches of the open and the last closed sonority.
+    """
+
+    def __init__(self, batch: int):
+        self.phase = np.zeros(batch, np.int64)
+        self.top = np.full(batch, -1, np.int64)
+        self.current = np.zeros((batch, 128), bool)
+        self.previous = np.zeros((batch, 128), bool)
+
+
+class Grammar:
+    """The tokens a representation allows next, from the per-token table of `events.grammar_table`.
+
+    Rules "note": between sonorities any pitch, a hold of a pitch of the previous
+    sonority, rest, or the end token; after a pitch/hold only a higher pitch or
+    hold (pitches ascend) or a duration; after a rest only a duration; a duration
+    closes the sonority. Rules "any": every token that is not banned. Banned
+    tokens (pad, unk, unparseable) are never allowed. The decoder then has
+    nothing to repair in what was sampled.
+    """
+
+    def __init__(self, table: dict):
+        rules = table.get("rules")
+        if rules not in ("note", "any"):
+            raise ValueError(f"grammar rules must be 'note' or 'any', got {rules!r}")
+        kinds = list(table.get("kinds", []))
+        pitches = np.asarray(table.get("pitches", []), np.int64)
+        if len(kinds) != len(pitches) or not kinds:
+            raise ValueError(f"grammar needs one kind and one pitch per token, got {len(kinds)} kinds "
+                             f"and {len(pitches)} pitches")
+        self.rules = rules
+        self.size = len(kinds)
+        kind = np.asarray(kinds)
+        self.is_end = kind == "end"
+        self.is_pitch = kind == "pitch"
+        self.is_hold = kind == "hold"
+        self.is_rest = kind == "rest"
+        self.is_dur = kind == "dur"
+        self.not_banned = kind != "banned"
+        self.pitch = np.where(self.is_pitch | self.is_hold, pitches, -1)
+        self._pitch_index = np.clip(self.pitch, 0, 127)
+
+    def start(self, batch: int) -> GrammarState:
+        return GrammarState(batch)
+
+    def allowed(self, state: GrammarState, closing=None) -> np.ndarray:
+        """Boolean [batch, vocab]: the tokens each row may take next.
+
+        `closing` (bool [batch], optional) marks rows that must finish their open
+        sonority now: they may only take a duration (rows between sonorities are
+        unaffected). A row left with nothing allowed (a vocabulary lacking
+        durations or pitches) falls back to every non-banned token.
+        """
+        batch = len(state.phase)
+        if self.rules == "any":
+            return np.broadcast_to(self.not_banned, (batch, self.size)).copy()
+        voiced = self.is_pitch | (self.is_hold & state.previous[:, self._pitch_index])
+        between = voiced | self.is_rest | self.is_end
+        chord = (voiced & (self.pitch > state.top[:, None])) | self.is_dur
+        phase = state.phase[:, None]
+        allowed = np.where(phase == _PHASE_START, between,
+                           np.where(phase == _PHASE_CHORD, chord, self.is_dur))
+        if closing is not None:
+            must_close = np.asarray(closing, bool) & (state.phase != _PHASE_START)
+            allowed[must_close] = self.is_dur
+        empty = ~allowed.any(axis=1)
+        allowed[empty] = self.not_banned
+        return allowed
+
+    def advance(self, state: GrammarState, ids, active=None) -> None:
+        """Moves each row past its token `ids[row]` (in place); lenient, like the decoder.
+
+        Only rows where `active` (bool [batch], default all) is True move.
+
+        Primers are advanced with the same call, so an ill-formed primer moves the
+        state the way decoding will read it (a rest inside a chord leaves the chord
+        open; a stray end token changes nothing).
+        """
+        if self.rules == "any":
+            return
+        ids = np.asarray(ids, np.int64)
+        rows = np.arange(len(ids))
+        active = np.ones(len(ids), bool) if active is None else np.asarray(active, bool)
+        voiced = (self.is_pitch[ids] | self.is_hold[ids]) & active
+        if voiced.any():
+            pitch = self.pitch[ids[voiced]]
+            state.phase[voiced] = _PHASE_CHORD
+            state.top[voiced] = np.maximum(state.top[voiced], pitch)
+            state.current[rows[voiced], pitch] = True
+        rest = self.is_rest[ids] & (state.phase == _PHASE_START) & active
+        state.phase[rest] = _PHASE_REST
+        closed = self.is_dur[ids] & active
+        if closed.any():
+            state.previous[closed] = state.current[closed]
+            state.current[closed] = False
+            state.top[closed] = -1
+            state.phase[closed] = _PHASE_START

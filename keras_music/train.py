@@ -86,12 +86,44 @@ def _set_seed_generators(model, seed: int, epoch: int) -> None:
         variable.assign(np.array([seed * 1000 + i, epoch], dtype=variable.dtype))
 
 
-def make_callbacks(config, run_dir, model, steps_per_epoch, initial_state, log):
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def progress_line(epoch: int, epochs: int, step: int, steps: int, tokens_per_second: float, loss: float | None,
+                  epoch_eta: float, budget_left: float | None) -> str:
+    """One line saying where training is: step of epoch, speed, loss and what is left."""
+    budget = f"budget left {_clock(budget_left)}" if budget_left is not None else "no time budget"
+    loss_text = f"loss {loss:.4f}" if loss is not None else "loss n/a"
+    return (f"epoch {epoch}/{epochs} step {step}/{steps} | {tokens_per_second:,.0f} tokens/s | {loss_text} | "
+            f"epoch ends in {_clock(epoch_eta)} | {budget}")
+
+
+def budget_cosine(train, fraction: float) -> float:
+    """Learning rate of the `cosine_budget` schedule at `fraction` (0..1) of the run.
+
+    Warm up linearly from a tenth of the rate over the first 2% of the run, then
+    follow a cosine down to `min_learning_rate_ratio` of it at fraction 1.
+    """
+    peak, floor = train.learning_rate, train.learning_rate * train.min_learning_rate_ratio
+    fraction = min(max(fraction, 0.0), 1.0)
+    warmup = 0.02
+    if fraction < warmup:
+        return peak * (0.1 + 0.9 * fraction / warmup)
+    progress = (fraction - warmup) / (1 - warmup)
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_callbacks(config, run_dir, model, steps_per_epoch, initial_state, log, show_progress=False):
     import keras
     import numpy as np
 
     train = config.train
     backup_dir = run_lib.path(run_dir, BACKUP)
+    tokens_per_step = train.batch_size * config.data.seq_length
+    interactive = sys.stderr.isatty()
 
     class RunProgress(keras.callbacks.Callback):
         """Best checkpoint, early stopping, time budget and resumable backups in one place."""
@@ -103,10 +135,31 @@ def make_callbacks(config, run_dir, model, steps_per_epoch, initial_state, log):
             self.best = state.get("best", math.inf)
             self.wait = state.get("wait", 0)
             self.elapsed = state.get("elapsed", 0.0)
+            self.stopped = None  # completed | early_stopping | time_budget | nan_loss
             self.stopped_reason = None
             self.started = time.time()
             self.epoch_started = time.time()
             self.steps = 0
+            self.shown = 0.0
+            self.steps_done = state.get("steps_done", 0)
+
+        def run_fraction(self) -> float:
+            """How far the run is: the larger of elapsed/budget and steps/(epochs x steps)."""
+            by_steps = self.steps_done / max(1, train.epochs * steps_per_epoch)
+            budget = train.time_budget_minutes * 60
+            by_time = (self.elapsed + time.time() - self.started) / budget if budget else 0.0
+            return max(by_steps, by_time)
+
+        def _stop(self, code, reason):
+            self.model.stop_training = True
+            self.stopped, self.stopped_reason = code, reason
+
+        def _set_learning_rate(self):
+            # Elapsed time is only known outside the graph, so the schedule is set
+            # from here before each step; it reaches its floor when the time budget
+            # or the last epoch ends, whichever comes first.
+            if train.lr_schedule == "cosine_budget":
+                self.model.optimizer.learning_rate.assign(budget_cosine(train, self.run_fraction()))
 
         def on_train_begin(self, logs=None):
             # The budget counts training only, not data preparation or model building.
@@ -116,14 +169,41 @@ def make_callbacks(config, run_dir, model, steps_per_epoch, initial_state, log):
             _set_seed_generators(self.model, train.seed, epoch)
             self.epoch_started = time.time()
             self.steps = 0
+            self.epoch = epoch
+            self._set_learning_rate()
 
         def on_train_batch_end(self, batch, logs=None):
             self.steps += 1
+            self.steps_done += 1
+            now = time.time()
             budget = train.time_budget_minutes * 60
-            if budget and self.elapsed + time.time() - self.started > budget:
-                self.model.stop_training = True
+            used = self.elapsed + now - self.started
+            if budget and used > budget:
                 minutes = train.time_budget_minutes
-                self.stopped_reason = f"time budget of {minutes:g} minute{'' if minutes == 1 else 's'} reached"
+                self._stop("time_budget", f"time budget of {minutes:g} minute{'' if minutes == 1 else 's'} reached")
+            self._set_learning_rate()
+            if show_progress:
+                self._show(now, used, budget, (logs or {}).get("loss"))
+
+        def _show(self, now, used, budget, loss):
+            last = self.steps == steps_per_epoch
+            # A terminal line is redrawn a few times a second; a log file gets one
+            # line per tenth of the epoch, so it stays readable.
+            if interactive:
+                due = last or now - self.shown >= 0.25
+            else:
+                due = last or self.steps % max(1, steps_per_epoch // 10) == 0
+            if not due:
+                return
+            self.shown = now
+            seconds = max(now - self.epoch_started, 1e-9)
+            speed = self.steps * tokens_per_step / seconds
+            epoch_eta = (steps_per_epoch - self.steps) * seconds / self.steps
+            line = progress_line(self.epoch + 1, train.epochs, self.steps, steps_per_epoch, speed,
+                                 None if loss is None else float(loss), epoch_eta,
+                                 max(0.0, budget - used) if budget else None)
+            sys.stderr.write(("\r" + line + "\033[K" + ("\n" if last else "")) if interactive else line + "\n")
+            sys.stderr.flush()
 
         def on_epoch_end(self, epoch, logs=None):
             logs = dict(logs or {})
@@ -146,11 +226,9 @@ def make_callbacks(config, run_dir, model, steps_per_epoch, initial_state, log):
             else:
                 self.wait += 1
                 if train.early_stopping_patience and self.wait >= train.early_stopping_patience:
-                    self.model.stop_training = True
-                    self.stopped_reason = f"no validation improvement for {self.wait} epochs"
+                    self._stop("early_stopping", f"no validation improvement for {self.wait} epochs")
             if not math.isfinite(logs.get("loss", 0.0)):
-                self.model.stop_training = True
-                self.stopped_reason = "loss became NaN"
+                self._stop("nan_loss", "loss became NaN")
             log(f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}  val_loss {val_loss:.4f}  "
                 f"val_perplexity {logs.get('val_perplexity', float('nan')):.3f}  "
                 f"val_accuracy {logs.get('val_accuracy', float('nan')):.4f}  {seconds:.0f} s")
@@ -165,7 +243,8 @@ def make_callbacks(config, run_dir, model, steps_per_epoch, initial_state, log):
                 self.model.save(tmp)
             state = {"next_epoch": next_epoch, "model": name, "history": self.history, "best": self.best,
                      "wait": self.wait, "elapsed": self.elapsed + time.time() - self.started,
-                     "stopped_reason": self.stopped_reason, "config": config_lib.to_dict(config)}
+                     "stopped": self.stopped, "stopped_reason": self.stopped_reason, "steps_done": self.steps_done,
+                     "config": config_lib.to_dict(config)}
             storage.write_json(storage.join(backup_dir, "state.json"), state)
             for old in storage.listdir(backup_dir):
                 if old.startswith("model-") and old != name:
@@ -261,6 +340,9 @@ def distribution_strategy(name: str):
 def learning_rate_schedule(train_cfg, total_steps: int):
     import keras
 
+    if train_cfg.lr_schedule == "cosine_budget":
+        # Set before every step by RunProgress from the elapsed share of the run.
+        return budget_cosine(train_cfg, 0.0)
     if train_cfg.lr_schedule != "cosine":
         return train_cfg.learning_rate
     warmup = min(200, max(1, total_steps // 20))
@@ -344,7 +426,7 @@ def fit_custom(strategy, model, optimizer, make_train_data, validation_data, pro
             loss, hits = train_step(iterator)
             loss_sum += float(loss)
             hit_sum += float(hits)
-            progress.on_train_batch_end(batch)
+            progress.on_train_batch_end(batch, {"loss": loss_sum / (batch + 1)})
         validation = evaluate_windows(model, validation_data)
         logs = {"loss": loss_sum / steps_per_epoch, "accuracy": hit_sum / (steps_per_epoch * global_tokens),
                 "val_loss": validation["loss"], "val_accuracy": validation["accuracy"]}
@@ -439,22 +521,28 @@ def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, l
 
     validation_data = dataset.evaluation_dataset(validation_files, data.seq_length, train_cfg.batch_size,
                                                  vocabulary.boundary_id)
-    progress, callbacks = make_callbacks(config, work_dir, model, steps_per_epoch, state, log)
+    progress, callbacks = make_callbacks(config, work_dir, model, steps_per_epoch, state, log,
+                                         show_progress=show_progress and chief)
     sizes = model_lib.describe(model)
     log(f"model: {sizes['num_layers']} x LSTM({sizes['hidden_size']}), {sizes['parameters']:,} parameters, "
         f"vocabulary {sizes['vocabulary_size']}; {steps_per_epoch} steps/epoch of {train_cfg.batch_size} x "
         f"{data.seq_length} tokens" + (f"; {cluster.num_workers} workers" if cluster else ""))
     stopped_before = state.get("stopped_reason") if state else None
+    stopped_code_before = state.get("stopped") if state else None
+    if stopped_before and not stopped_code_before:
+        # Backups written before the code existed carry only the sentence.
+        stopped_code_before = ("time_budget" if "time budget" in stopped_before else
+                               "nan_loss" if "NaN" in stopped_before else "early_stopping")
     if first_epoch < train_cfg.epochs and not stopped_before:
         if custom_loop:
             fit_custom(strategy, model, model.optimizer, make_train_data, validation_data, progress, first_epoch,
                        train_cfg.epochs, steps_per_epoch, train_cfg.batch_size, data.seq_length,
                        train_cfg.clipnorm, log)
         else:
-            # Keras' bar on a terminal; in logs the one summary line per epoch from RunProgress.
+            # RunProgress draws the progress line and one summary line per epoch; Keras' own bar stays off.
             model.fit(make_train_data(), validation_data=validation_data, epochs=train_cfg.epochs,
                       initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-                      verbose=1 if show_progress and sys.stdout.isatty() else 0)
+                      verbose=0)
     history = progress.history
     best_path = run_lib.path(work_dir, "checkpoints", "best.keras")
     if storage.exists(best_path):
@@ -465,7 +553,10 @@ def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, l
     tokens_seen = sum(int(h.get("steps", steps_per_epoch)) for h in history) * train_cfg.batch_size * data.seq_length
     metrics = {
         "epochs": len(history),
-        "stopped": progress.stopped_reason or stopped_before or ("completed" if history else "nothing to train"),
+        # Why training ended: completed | early_stopping | time_budget | nan_loss.
+        "stopped": progress.stopped or stopped_code_before or "completed",
+        "stopped_detail": (progress.stopped_reason or stopped_before
+                           or ("all epochs trained" if history else "nothing to train")),
         "train_loss": history[-1]["loss"] if history else None,
         "val_loss": float(evaluation["loss"]),
         "val_perplexity": float(np.exp(evaluation["loss"])),
@@ -517,7 +608,7 @@ def main(argv=None) -> int:
                                                    "wall_seconds")}, indent=None))
         print(f"\nrun directory: {run_dir}")
         print(f"held-out: loss {metrics['val_loss']:.4f} nats/token, perplexity {metrics['val_perplexity']:.3f}, "
-              f"accuracy {metrics['val_accuracy']:.3f} ({metrics['epochs']} epochs, {metrics['stopped']}, "
+              f"accuracy {metrics['val_accuracy']:.3f} ({metrics['epochs']} epochs, {metrics['stopped_detail']}, "
               f"{metrics['wall_seconds'] / 60:.1f} min)")
         if samples:
             print(f"samples: {', '.join(samples)}")

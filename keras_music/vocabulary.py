@@ -89,6 +89,9 @@ class Vocabulary:
             "size": len(self.tokens),
             "tokens": self.tokens,
             "counts": [self.counts.get(t, 0) for t in self.tokens],
+            # What sampling may emit after what, as data, so on-device generators
+            # mask exactly as keras_music does (export/README.md, "Sampling grammar").
+            "grammar": events.grammar_table(self.tokens, self.representation),
         }
 
     def save(self, path: str) -> None:

@@ -1,5 +1,6 @@
 """Tests for keras_music.evaluate: held-out likelihood, n-gram baseline, music metrics and the report."""
 
+import argparse
 import importlib.util
 import json
 import math
@@ -112,6 +113,8 @@ def test_perplexity_and_bits_follow_from_nll(evaluation):
     best = result["ngram"]["orders"][str(ratios["best_order"])]
     assert ratios["perplexity_ratio"] == pytest.approx(lstm["perplexity"] / best["perplexity"])
     assert best["perplexity"] == min(s["perplexity"] for s in result["ngram"]["orders"].values())
+    assert result["ngram"]["perplexity_by_order"] == {
+        order: scores["perplexity"] for order, scores in result["ngram"]["orders"].items()}
 
 
 def test_counts_match_prepared(evaluation, tiny_run):
@@ -273,6 +276,10 @@ def test_orders_argument():
     assert evaluate.orders_argument("1-5") == (1, 2, 3, 4, 5)
     assert evaluate.orders_argument("3,1,3") == (1, 3)
     assert evaluate.orders_argument("2") == (2,)
+    assert evaluate.orders_argument("1-20")[-1] == 20
+    assert evaluate.DEFAULT_ORDERS == tuple(range(1, 13))
+    with pytest.raises(argparse.ArgumentTypeError, match="above 20"):
+        evaluate.orders_argument("1-21")
 
 
 @needs_generator

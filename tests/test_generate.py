@@ -90,18 +90,23 @@ def test_temperature_zero_and_top_k_one_equal_a_manual_greedy_loop(generator):
     vocabulary = generator.vocabulary
     ids = [vocabulary.boundary_id] + vocabulary.encode(primer)
     state = generator.backend.initial_state(1)
+    grammar = sampling.Grammar(events.grammar_table(vocabulary.tokens, vocabulary.representation))
+    where = grammar.start(1)
     for token_id in ids:
         probabilities, state = generator.backend.step(np.array([token_id], np.int32), state)
+        grammar.advance(where, [token_id])
     expected = []
     while events.count_events(vocabulary.decode(expected)) < 15:
         early = events.count_events(vocabulary.decode(expected)) < generate.DEFAULT_MIN_LENGTH
         banned = [vocabulary.pad_id, vocabulary.unk_id] + ([vocabulary.boundary_id] if early else [])
-        token_id = int(sampling.greedy(probabilities, banned=banned)[0])
+        token_id = int(sampling.greedy(probabilities, banned=banned, allowed=grammar.allowed(where))[0])
         if token_id == vocabulary.boundary_id:
             break
         expected.append(token_id)
+        grammar.advance(where, [token_id])
         probabilities, state = generator.backend.step(np.array([token_id], np.int32), state)
     assert greedy.ids == expected
+    assert greedy.repairs == {}
 
 
 class CountingBackend:
@@ -162,12 +167,13 @@ def test_stops_after_length_events(generator):
 
 
 class FakeBackend:
-    """Puts all mass on `dur:` until row r has taken k + r generation steps, then on <piece>."""
+    """All mass on a pitch, then on `dur:`, until row r has closed k + r sonorities, then on <piece>."""
 
     name = "fake"
 
     def __init__(self, vocabulary, k, unk_mass=0.0):
         self.vocabulary_size = len(vocabulary)
+        self.pitch_id = vocabulary.index[[t for t in vocabulary.tokens if t.startswith("pitch:")][0]]
         self.duration_id = vocabulary.index[[t for t in vocabulary.tokens if t.startswith("dur:")][0]]
         self.boundary_id = vocabulary.boundary_id
         self.unk_id = vocabulary.unk_id
@@ -182,7 +188,10 @@ class FakeBackend:
         counter = state[:, 0, 0] + 1  # the first call consumes the boundary
         probabilities = np.zeros((len(token_ids), self.vocabulary_size), np.float32)
         for row, steps in enumerate(counter):
-            target = self.boundary_id if steps > self.k + row else self.duration_id
+            if steps % 2 == 0:
+                target = self.duration_id
+            else:
+                target = self.boundary_id if steps > 2 * (self.k + row) else self.pitch_id
             probabilities[row, target] = 1.0 - self.unk_mass
             probabilities[row, self.unk_id] += self.unk_mass
         return probabilities, counter[:, None, None].astype(np.float32)
@@ -192,8 +201,8 @@ def test_stops_when_the_boundary_is_sampled_per_row(run_dir, generator):
     fake = FakeBackend(generator.vocabulary, k=3)
     fake_generator = generate.Generator(run_dir, backend=fake, log=lambda m: None)
     pieces = fake_generator.generate(num_samples=3, length=50, primer_tokens=[], seed=0, min_length=0)
-    duration = generator.vocabulary.tokens[fake.duration_id]
-    assert [p.tokens for p in pieces] == [[duration] * 3, [duration] * 4, [duration] * 5]
+    pair = [generator.vocabulary.tokens[fake.pitch_id], generator.vocabulary.tokens[fake.duration_id]]
+    assert [p.tokens for p in pieces] == [pair * 3, pair * 4, pair * 5]
     assert [p.stop_reason for p in pieces] == ["boundary"] * 3
     assert set(fake.batches) == {3}  # finished rows kept stepping with the batch
 
@@ -217,6 +226,45 @@ def test_the_boundary_cannot_end_a_piece_before_min_length(run_dir, generator):
     short = generate.Generator(run_dir, backend=fake, log=lambda m: None).generate(
         num_samples=8, length=30, primer_tokens=[], seed=3, min_length=0)
     assert any(len(p.tokens) < 5 for p in short)
+
+
+class UniformBackend:
+    """Every token equally likely at every step: the hardest case for a grammar."""
+
+    name = "uniform"
+
+    def __init__(self, vocabulary_size):
+        self.vocabulary_size = vocabulary_size
+
+    def initial_state(self, batch):
+        return np.zeros((batch, 1, 1), np.float32)
+
+    def step(self, token_ids, state):
+        return np.full((len(token_ids), self.vocabulary_size), 1.0 / self.vocabulary_size, np.float32), state
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 1.5, 2.0])
+def test_uniform_sampling_is_valid_by_construction(run_dir, generator, temperature):
+    uniform = generate.Generator(run_dir, backend=UniformBackend(len(generator.vocabulary)), log=lambda m: None)
+    pieces = uniform.generate(num_samples=50, length=40, temperature=temperature, seed=11, min_length=8)
+    assert [p.repairs for p in pieces] == [{}] * 50
+    assert {p.stop_reason for p in pieces} <= {"length", "boundary"}
+    assert any(p.stop_reason == "boundary" for p in pieces) and any(p.stop_reason == "length" for p in pieces)
+    for piece in pieces:
+        assert piece.events >= 8
+        assert piece.tokens[-1].startswith("dur:")
+        # Decoding the tokens again gives back exactly what was sampled.
+        assert events.sonorities_to_tokens(piece.sonorities[piece.primer_events:]) == piece.tokens
+
+
+def test_without_the_grammar_uniform_sampling_needs_repairs(run_dir, generator):
+    # The same run with the grammar switched to "anything goes" shows what the
+    # grammar prevents: the decoder has to repair nearly every piece.
+    uniform = generate.Generator(run_dir, backend=UniformBackend(len(generator.vocabulary)), log=lambda m: None)
+    table = events.grammar_table(generator.vocabulary.tokens, "note")
+    uniform.grammar = sampling.Grammar(dict(table, rules="any"))
+    pieces = uniform.generate(num_samples=20, length=40, seed=11, primer_tokens=[])
+    assert sum(bool(p.repairs) for p in pieces) >= 15
 
 
 def test_pad_and_unk_are_never_sampled(run_dir, generator):
@@ -255,7 +303,28 @@ def test_primer_from_a_midi_file_is_tokenized_in_the_training_key_frame(generato
     assert piece.primer_tokens == expected
     assert piece.primer_events == events.count_events(expected) == 10
     assert piece.sonorities[:10] == events.tokens_to_sonorities(expected)
-    assert piece.primer_source == path
+    assert piece.primer_source == f"{path} (first 10 of 10 events)"
+
+
+def test_primer_file_gives_only_its_opening_events(run_dir, tmp_path):
+    path = write_primer_midi(tmp_path / "primer.mid")
+    quiet = generate.Generator(run_dir, log=lambda m: None)
+    whole = quiet.generate(num_samples=1, length=3, primer=path, seed=0)[0].primer_tokens
+    piece = quiet.generate(num_samples=1, length=3, primer=path, seed=0, primer_events=4)[0]
+    assert piece.primer_events == 4
+    assert piece.primer_tokens == generate.opening_events(whole, 4)
+    assert piece.primer_tokens[-1].startswith("dur:") and events.count_events(piece.primer_tokens) == 4
+    assert piece.primer_source == f"{path} (first 4 of 10 events)"
+    with pytest.raises(generate.GenerateError, match="primer_events must be an integer >= 1, got 0"):
+        quiet.generate(primer=path, primer_events=0)
+
+
+def test_opening_events_cuts_after_whole_sonorities():
+    tokens = ["pitch:60", "pitch:64", "dur:1", "rest", "dur:1/2", "hold:64", "dur:1"]
+    assert generate.opening_events(tokens, 1) == tokens[:3]
+    assert generate.opening_events(tokens, 2) == tokens[:5]
+    assert generate.opening_events(tokens, 9) == tokens
+    assert generate.opening_events(["C4", "D4", "0.4.7"], 2, "classic") == ["C4", "D4"]
 
 
 def test_primer_from_tokens_opens_every_piece(generator):
@@ -478,6 +547,20 @@ def test_cli_writes_files_and_summaries(run_dir, tmp_path, capsys):
             path = out / f"sample-{number:02d}{extension}"
             assert path.exists() and str(path) in printed
         assert f"sample {number}:" in printed
+
+
+def test_cli_primer_events_takes_the_opening_and_records_it(run_dir, tmp_path, capsys):
+    primer = write_primer_midi(tmp_path / "primer.mid")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main(["--run-dir", run_dir, "--length", "4", "--primer", primer, "--primer-events", "3",
+                       "--out", str(out), "--quiet"])
+    assert exit_info.value.code == 0
+    assert f"primer: {primer} (first 3 of 10 events) (--primer-events 3)" in capsys.readouterr().out
+    record = json.loads((out / "sample-01.json").read_text())
+    assert record["primer_events"] == 3 and events.count_events(record["primer_tokens"]) == 3
+    assert record["primer_source"] == f"{primer} (first 3 of 10 events)"
+    assert record["repairs"] == {}
 
 
 def test_cli_strict_names_the_unknown_tokens_and_the_file(run_dir, tmp_path, capsys):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from keras_music import events, sampling
 from keras_music.sampling import greedy, make_rng, sample_next, validate_sampling
 
 P = [0.5, 0.3, 0.15, 0.05]
@@ -233,3 +234,83 @@ def test_bad_inputs_raise(probabilities, banned, message):
     with pytest.raises(ValueError) as error:
         sample_next(probabilities, make_rng(0), banned=banned)
     assert message in str(error.value)
+
+
+# ----------------------------------------------------------------------------- grammar
+
+GRAMMAR_TOKENS = ["<pad>", "<unk>", "<piece>", "pitch:60", "pitch:64", "pitch:67", "hold:60", "hold:64",
+                  "rest", "dur:1", "dur:1/2", "dur:0", "bogus"]
+
+
+def grammar_and_ids():
+    table = events.grammar_table(GRAMMAR_TOKENS, "note")
+    return sampling.Grammar(table), {t: i for i, t in enumerate(GRAMMAR_TOKENS)}
+
+
+def allowed_tokens(grammar, state, row=0, **kwargs):
+    return [GRAMMAR_TOKENS[i] for i in np.flatnonzero(grammar.allowed(state, **kwargs)[row])]
+
+
+def test_grammar_table_kinds_and_pitches():
+    table = events.grammar_table(GRAMMAR_TOKENS, "note")
+    assert table["rules"] == "note"
+    assert table["kinds"] == ["banned", "banned", "end", "pitch", "pitch", "pitch", "hold", "hold", "rest",
+                              "dur", "dur", "banned", "banned"]
+    assert table["pitches"] == [-1, -1, -1, 60, 64, 67, 60, 64, -1, -1, -1, -1, -1]
+    classic = events.grammar_table(["<pad>", "<unk>", "<piece>", "C4", "0.4.7"], "classic")
+    assert classic == {"rules": "any", "kinds": ["banned", "banned", "end", "event", "event"],
+                       "pitches": [-1] * 5}
+
+
+def test_grammar_walks_a_sonority():
+    grammar, ids = grammar_and_ids()
+    state = grammar.start(1)
+    # Between sonorities: pitches, rest, the end; no hold (nothing sounded), no duration.
+    assert allowed_tokens(grammar, state) == ["<piece>", "pitch:60", "pitch:64", "pitch:67", "rest"]
+    grammar.advance(state, [ids["pitch:60"]])
+    # Inside a chord: only higher pitches (no hold: nothing sounded before) and durations.
+    assert allowed_tokens(grammar, state) == ["pitch:64", "pitch:67", "dur:1", "dur:1/2"]
+    grammar.advance(state, [ids["pitch:64"]])
+    grammar.advance(state, [ids["dur:1"]])
+    # 60 and 64 sounded: both may be held, and the end is allowed again.
+    assert allowed_tokens(grammar, state) == ["<piece>", "pitch:60", "pitch:64", "pitch:67", "hold:60",
+                                              "hold:64", "rest"]
+    grammar.advance(state, [ids["hold:64"]])
+    assert allowed_tokens(grammar, state) == ["pitch:67", "dur:1", "dur:1/2"]
+    assert allowed_tokens(grammar, state, closing=np.array([True])) == ["dur:1", "dur:1/2"]
+    grammar.advance(state, [ids["dur:1/2"]])
+    grammar.advance(state, [ids["rest"]])
+    assert allowed_tokens(grammar, state) == ["dur:1", "dur:1/2"]
+    grammar.advance(state, [ids["dur:1"]])
+    # After a rest nothing sounds: no holds.
+    assert allowed_tokens(grammar, state) == ["<piece>", "pitch:60", "pitch:64", "pitch:67", "rest"]
+
+
+def test_grammar_rows_are_independent_and_inactive_rows_stay():
+    grammar, ids = grammar_and_ids()
+    state = grammar.start(2)
+    grammar.advance(state, [ids["pitch:67"], ids["rest"]], active=np.array([True, False]))
+    assert allowed_tokens(grammar, state, row=0) == ["dur:1", "dur:1/2"]
+    assert allowed_tokens(grammar, state, row=1) == ["<piece>", "pitch:60", "pitch:64", "pitch:67", "rest"]
+
+
+def test_any_rules_allow_all_but_banned():
+    grammar = sampling.Grammar(events.grammar_table(["<pad>", "<unk>", "<piece>", "C4", "0.4.7"], "classic"))
+    state = grammar.start(3)
+    grammar.advance(state, [3, 4, 2])
+    np.testing.assert_array_equal(grammar.allowed(state), [[False, False, True, True, True]] * 3)
+
+
+def test_sample_next_only_draws_allowed_ids_and_renormalises():
+    probabilities = np.array([[0.7, 0.1, 0.1, 0.1]] * 2)
+    allowed = np.array([[False, True, True, False], [True, False, False, False]])
+    rng = sampling.make_rng(0)
+    draws = np.array([sampling.sample_next(probabilities, rng, 1.0, allowed=allowed) for _ in range(2000)])
+    assert set(draws[:, 0]) == {1, 2}
+    assert abs(np.mean(draws[:, 0] == 1) - 0.5) < 0.05
+    assert set(draws[:, 1]) == {0}
+    np.testing.assert_array_equal(sampling.greedy(probabilities, allowed=allowed), [1, 0])
+    with pytest.raises(ValueError, match="row 0 allows no token"):
+        sampling.sample_next(probabilities, rng, allowed=np.zeros((2, 4), bool))
+    with pytest.raises(ValueError, match="boolean array of shape"):
+        sampling.sample_next(probabilities, rng, allowed=np.ones((1, 4), bool))

@@ -33,6 +33,9 @@ def test_tiny_run_writes_the_whole_run_directory(tiny_run):
         assert metrics[key] is not None, key
     assert metrics["val_perplexity"] == pytest.approx(np.exp(metrics["val_loss"]))
     assert metrics["epochs"] == 2 and len(metrics["history"]) == 2
+    assert metrics["stopped"] == "completed" and metrics["stopped_detail"] == "all epochs trained"
+    # tiny.yaml trains at a constant rate: every epoch records it.
+    assert [h["learning_rate"] for h in metrics["history"]] == pytest.approx([0.01, 0.01])
     with open(os.path.join(tiny_run, "training_curves.png"), "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
     model = run_lib.load_model(tiny_run)
@@ -102,6 +105,48 @@ def test_killed_run_resumes_and_ends_with_the_uninterrupted_weights(tmp_path):
     actual = run_lib.load_model(str(interrupted)).get_weights()
     for a, b in zip(expected, actual):
         np.testing.assert_array_equal(a, b)
+
+
+def test_progress_line_says_where_training_is():
+    line = train.progress_line(3, 60, 120, 400, 5432.1, 1.23456, 95.4, 12 * 60 + 30)
+    assert line == ("epoch 3/60 step 120/400 | 5,432 tokens/s | loss 1.2346 | epoch ends in 1:35 | "
+                    "budget left 12:30")
+    assert train.progress_line(1, 2, 1, 2, 10.0, None, 3725, None).endswith(
+        "loss n/a | epoch ends in 1:02:05 | no time budget")
+
+
+def test_budget_cosine_warms_up_then_anneals_to_the_floor():
+    settings = tiny_config("train.learning_rate=0.01", "train.min_learning_rate_ratio=0.05").train
+    assert train.budget_cosine(settings, 0.0) == pytest.approx(0.001)
+    assert train.budget_cosine(settings, 0.02) == pytest.approx(0.01)
+    assert train.budget_cosine(settings, 0.51) == pytest.approx(0.0005 + 0.0095 * 0.5)
+    assert train.budget_cosine(settings, 1.0) == pytest.approx(0.0005)
+    assert train.budget_cosine(settings, 3.0) == pytest.approx(0.0005)
+    rates = [train.budget_cosine(settings, f / 100) for f in range(2, 101)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+
+
+def test_time_budget_stops_an_annealed_run_and_the_steps_are_shown(tmp_path, capsys):
+    # A budget of 0.6 seconds ends the run inside its first epoch: the budget
+    # schedule must already be at its floor there, and `stopped` must say why.
+    config = tiny_config("train.epochs=3", "train.lr_schedule=cosine_budget", "train.learning_rate=0.01",
+                         "train.min_learning_rate_ratio=0.05", "train.time_budget_minutes=0.01")
+    metrics = train.train(config, str(tmp_path / "run"), show_progress=True, log=lambda *a: None)
+    assert metrics["stopped"] == "time_budget"
+    assert metrics["stopped_detail"] == "time budget of 0.01 minutes reached"
+    assert metrics["epochs"] == 1
+    assert metrics["history"][0]["learning_rate"] == pytest.approx(0.0005)
+    shown = capsys.readouterr().err
+    assert "epoch 1/3 step 1/" in shown and "tokens/s | loss " in shown and "budget left 0:00" in shown
+
+
+def test_cosine_schedule_records_a_falling_rate_per_epoch(tmp_path, capsys):
+    config = tiny_config("train.epochs=3", "train.lr_schedule=cosine", "train.learning_rate=0.01")
+    metrics = train.train(config, str(tmp_path / "run"), show_progress=False, log=lambda *a: None)
+    rates = [h["learning_rate"] for h in metrics["history"]]
+    assert len(rates) == 3 and rates[0] > rates[1] > rates[2] > 0
+    assert metrics["stopped"] == "completed"
+    assert capsys.readouterr().err == ""  # quiet: no progress lines
 
 
 def test_help_lists_every_option():
