@@ -101,13 +101,6 @@ def score_notes(score, grid: int = GRID) -> list[tuple[Fraction, Fraction, int]]
     return sorted((n[0], n[1], n[2]) for n in notes)
 
 
-def score_time_signature(score) -> tuple[int, int]:
-    signatures = score.flatten().getElementsByClass("TimeSignature")
-    if signatures:
-        return int(signatures[0].numerator), int(signatures[0].denominator)
-    return 4, 4
-
-
 def score_timing(score) -> dict:
     """Tempo marks and time signatures of a music21 score as [[quarter, bpm]] and [[quarter, n, d]]."""
     flat = score.flatten()

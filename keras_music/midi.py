@@ -292,11 +292,3 @@ def write(notes, tempos=((0.0, 120.0),), time_signatures=((0.0, 4, 4),), parts=N
     header = b"MThd" + struct.pack(">IHHH", 6, 1, len(tracks), ticks_per_quarter)
     return header + b"".join(tracks)
 
-
-def within(entries, start: float, end: float | None = None) -> list:
-    """Tempo or metre entries in force from `start` on (the one in force at `start` moved there)."""
-    entries = sorted(entries, key=lambda e: e[0])
-    current = [e for e in entries if e[0] <= start]
-    out = [[start, *current[-1][1:]]] if current else []
-    out += [list(e) for e in entries if start < e[0] and (end is None or e[0] < end)]
-    return out

@@ -43,8 +43,9 @@ def write_piece(entry: dict, notes: list[list], path: str, musicxml: bool = Fals
     storage.write_bytes(path, payload)
     written = [path]
     if musicxml:
-        sonorities = events.notes_to_sonorities([(Fraction(a).limit_denominator(960), Fraction(b).limit_denominator(960), p)
-                                                 for a, b, p, _ in notes], Fraction(8), int(entry.get("grid", events.GRID)))
+        grid = int(entry.get("grid", events.GRID))
+        sonorities = events.notes_to_sonorities([(Fraction(a).limit_denominator(grid), Fraction(b).limit_denominator(grid), p)
+                                                 for a, b, p, _ in notes], Fraction(8), grid)
         tempo = (entry.get("tempos") or [[0, 120.0]])[0][1]
         signature = tuple((entry.get("time_signatures") or [[0, 4, 4]])[0][1:])
         score = events.sonorities_to_stream(sonorities, tempo=tempo, time_signature=signature)

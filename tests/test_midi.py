@@ -246,3 +246,19 @@ def test_roundtrip_command_prints_a_table_and_reports_skips(ground_truth, tmp_pa
     assert "truth.mid" in printed and "skipped" in printed and "no MThd header" in printed
     assert "1 of 2 files used, 0 flagged" in printed
     assert sorted(os.listdir(out)) == ["fidelity.json", "truth.mid"]
+
+
+def test_roundtrip_musicxml_holds_the_same_notes(ground_truth, tmp_path):
+    from music21 import converter
+
+    from keras_music import events
+
+    out = str(tmp_path / "out")
+    with pytest.raises(SystemExit) as exit_info:
+        roundtrip.main([ground_truth["path"], "--out", out, "--set", "data.min_events=1", "--musicxml", "--quiet"])
+    assert exit_info.value.code == 0
+    score = converter.parse(os.path.join(out, "truth.musicxml"))
+    notes = events.score_notes(score)
+    first = ground_truth["notes"][0][0]  # MusicXML starts at the first note
+    expected = events.canonical_notes([(a - first, b - first, p) for a, b, p, _ in ground_truth["notes"]])
+    assert events.canonical_notes(notes) == expected

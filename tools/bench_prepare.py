@@ -1,4 +1,8 @@
-"""Benchmark corpus parsing (serial, parallel, cached) and the dataset pipeline's peak memory at 1x and 10x."""
+"""Benchmark corpus parsing (serial, parallel, cached), real-MIDI preparation against pretty_midi, and the dataset pipeline's peak memory.
+
+    python tools/bench_prepare.py                                  # the embedded Bach chorales
+    python tools/bench_prepare.py --midi ../shared/real-midi/piano-midi-de --skip-memory
+"""
 
 from __future__ import annotations
 
@@ -51,6 +55,57 @@ def pipeline_memory(run_dir: str, factor: int, seq_length: int, batch: int) -> d
     return json.loads(output.strip().splitlines()[-1])
 
 
+def midi_files(directory: str) -> list[str]:
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(directory) for name in names
+                  if name.lower().endswith((".mid", ".midi")))
+
+
+def read_with_pretty_midi(files: list[str]) -> float:
+    """Seconds for an independent library merely to read the files (no quantising, no tokens)."""
+    import pretty_midi
+
+    started = time.perf_counter()
+    for path in files:
+        pretty_midi.PrettyMIDI(path)
+    return time.perf_counter() - started
+
+
+def prepare_seconds(directory: str, out_dir: str, cache_dir: str, workers: int) -> float:
+    from keras_music import config as config_lib, prepare
+
+    config = config_lib.load([], [f"data.sources=[{directory}]", f"data.cache_dir={cache_dir}",
+                                  f"data.workers={workers}"])
+    started = time.perf_counter()
+    prepare.prepare(config, out_dir, show_progress=False, log=lambda *a: None)
+    return time.perf_counter() - started
+
+
+def real_midi(directory: str) -> dict:
+    """Cold and cached `prepare` of a MIDI folder, next to pretty_midi reading the same files.
+
+    pretty_midi is timed before and after, so a change of load on a shared machine shows.
+    """
+    files = midi_files(directory)
+    workers = os.cpu_count() or 1
+    reference_before = read_with_pretty_midi(files)
+    with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as out:
+        cold = prepare_seconds(directory, os.path.join(out, "cold"), cache, workers)
+        cached = prepare_seconds(directory, os.path.join(out, "cached"), cache, workers)
+    with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as out:
+        serial = prepare_seconds(directory, os.path.join(out, "serial"), cache, 1)
+    reference_after = read_with_pretty_midi(files)
+    reference = (reference_before + reference_after) / 2
+    result = {"files": len(files), "pretty_midi_read_seconds": [reference_before, reference_after],
+              "cold_prepare_seconds": cold, "cached_prepare_seconds": cached, "serial_cold_prepare_seconds": serial,
+              "cold_files_per_second": len(files) / cold, "cached_files_per_second": len(files) / cached,
+              "cold_vs_pretty_midi": cold / reference, "serial_cold_vs_pretty_midi": serial / reference}
+    print(f"real MIDI, {len(files)} files: pretty_midi reads them in {reference_before:.1f} s / "
+          f"{reference_after:.1f} s (before / after); prepare cold {cold:.1f} s ({len(files) / cold:.1f} files/s, "
+          f"{cold / reference:.2f}x pretty_midi) with {workers} workers, serial cold {serial:.1f} s "
+          f"({serial / reference:.2f}x), cached {cached:.1f} s ({len(files) / cached:.1f} files/s)")
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", default="bach", help="source to parse (default: the embedded Bach chorales)")
@@ -59,10 +114,20 @@ def main(argv=None) -> int:
                              "(default: prepare one from --data in a temporary directory)")
     parser.add_argument("--repeat", type=int, default=2, help="repetitions of each memory measurement")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--midi", default=None, metavar="DIR",
+                        help="also time cold and cached prepare of this MIDI folder against pretty_midi reading it")
+    parser.add_argument("--skip-memory", action="store_true", help="skip the Bach parse and memory measurements")
     args = parser.parse_args(argv)
     from keras_music import config as config_lib, prepare
 
     results = {"cpu_count": os.cpu_count()}
+    if args.midi:
+        results["real_midi"] = real_midi(args.midi)
+    if args.skip_memory:
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(results, handle, indent=2)
+        return 0
     with tempfile.TemporaryDirectory() as cache:
         serial, files = parse_throughput([args.data], 1, None)
         parallel, _ = parse_throughput([args.data], os.cpu_count() or 1, cache)
