@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
 import numpy as np
@@ -583,38 +584,45 @@ class Generator:
             raise GenerateError(f"tempo must be a positive number of beats per minute, got {tempo!r}")
         program = instrument_program(instrument) if instrument is not None else None
         storage.makedirs(out_dir)
-        paths = []
-        width = max(2, len(str(len(pieces))))
-        for number, piece in enumerate(pieces, start=1):
-            piece = dataclasses.replace(piece, timing=with_overrides(piece.timing, tempo, program))
-            stem = storage.join(out_dir, f"{prefix}-{number:0{width}d}")
-            title = f"{prefix} {number} (keras_music)"
-            first_tempo = piece.timing["tempos"][0][1]
-            score = events.sonorities_to_stream(piece.sonorities, tempo=first_tempo, instrument=instrument or "Piano",
-                                                time_signature=tuple(piece.time_signature), title=title)
-            midi, musicxml, png, record = (stem + ".mid", stem + ".musicxml", stem + ".png", stem + ".json")
-            storage.write_bytes(midi, piece_midi(piece, title))
-            with storage.atomic_local_path(musicxml, suffix=".musicxml") as tmp:
-                score.write("musicxml", fp=tmp)
-            plot_piano_roll(piece, png, title)
-            files = {"midi": os.path.basename(midi), "musicxml": os.path.basename(musicxml), "png": os.path.basename(png)}
-            sound = None
-            if audio != audio_lib.NONE:
-                # Rendered from the written MIDI file, so the audio is exactly what the MIDI plays.
-                sound = audio_lib.render_file(midi, stem + audio_lib.EXTENSIONS[audio], audio, soundfont)
-                files["audio"] = os.path.basename(sound)
-            storage.write_json(record, {
-                "format": "keras_music.generated_piece", "version": 1,
-                "run_dir": str(self.run_dir), "seed": piece.seed, "index": piece.index,
-                "settings": dict(piece.settings, tempo=None if tempo is None else float(tempo), instrument=instrument),
-                "timing": piece.timing,
-                "stop_reason": piece.stop_reason, "events": piece.events, "primer_events": piece.primer_events,
-                "primer_source": piece.primer_source, "unknown_primer_tokens": piece.unknown_primer_tokens,
-                "repairs": piece.repairs, "primer_tokens": piece.primer_tokens, "tokens": piece.tokens,
-                "ids": piece.ids, "files": files,
-            })
-            paths.extend(p for p in (midi, musicxml, png, sound, record) if p)
-        return paths
+        with ThreadPoolExecutor(max_workers=1) as renderer:
+            return [path for number, piece in enumerate(pieces, start=1)
+                    for path in self._write_piece(piece, number, len(pieces), out_dir, tempo, instrument, program,
+                                                  prefix, audio, soundfont, renderer)]
+
+    def _write_piece(self, piece, number, count, out_dir, tempo, instrument, program, prefix, audio, soundfont,
+                     renderer) -> list[str]:
+        """One piece's files; its audio renders on `renderer` while the MusicXML and piano roll are written."""
+        width = max(2, len(str(count)))
+        piece = dataclasses.replace(piece, timing=with_overrides(piece.timing, tempo, program))
+        stem = storage.join(out_dir, f"{prefix}-{number:0{width}d}")
+        title = f"{prefix} {number} (keras_music)"
+        first_tempo = piece.timing["tempos"][0][1]
+        score = events.sonorities_to_stream(piece.sonorities, tempo=first_tempo, instrument=instrument or "Piano",
+                                            time_signature=tuple(piece.time_signature), title=title)
+        midi, musicxml, png, record = (stem + ".mid", stem + ".musicxml", stem + ".png", stem + ".json")
+        storage.write_bytes(midi, piece_midi(piece, title))
+        # Rendered from the written MIDI file, so the audio is exactly what the MIDI plays; the
+        # renderer releases the GIL, so it runs beside the MusicXML and the piano roll.
+        rendering = (renderer.submit(audio_lib.render_file, midi, stem + audio_lib.EXTENSIONS[audio], audio,
+                                     soundfont) if audio != audio_lib.NONE else None)
+        with storage.atomic_local_path(musicxml, suffix=".musicxml") as tmp:
+            score.write("musicxml", fp=tmp)
+        plot_piano_roll(piece, png, title)
+        files = {"midi": os.path.basename(midi), "musicxml": os.path.basename(musicxml), "png": os.path.basename(png)}
+        sound = rendering.result() if rendering is not None else None
+        if sound:
+            files["audio"] = os.path.basename(sound)
+        storage.write_json(record, {
+            "format": "keras_music.generated_piece", "version": 1,
+            "run_dir": str(self.run_dir), "seed": piece.seed, "index": piece.index,
+            "settings": dict(piece.settings, tempo=None if tempo is None else float(tempo), instrument=instrument),
+            "timing": piece.timing,
+            "stop_reason": piece.stop_reason, "events": piece.events, "primer_events": piece.primer_events,
+            "primer_source": piece.primer_source, "unknown_primer_tokens": piece.unknown_primer_tokens,
+            "repairs": piece.repairs, "primer_tokens": piece.primer_tokens, "tokens": piece.tokens,
+            "ids": piece.ids, "files": files,
+        })
+        return [p for p in (midi, musicxml, png, sound, record) if p]
 
 
 def plot_piano_roll(piece: Piece, path: str, title: str = "") -> None:
