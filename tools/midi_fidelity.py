@@ -1,6 +1,6 @@
 """Round-trip real MIDI files through keras_music and judge the result with mido, an independent reader.
 
-    python tools/midi_fidelity.py ../shared/real-midi/piano-midi-de --out /tmp/rt [--set data.grid=24]
+    python tools/midi_fidelity.py ../shared/real-midi/piano-midi-de --out OUT [--set data.grid=24]
 
 Runs `python -m keras_music.roundtrip` on the sources, then reads every source and its
 decoded file with mido (never with keras_music's reader) and reports: notes back within
