@@ -318,20 +318,18 @@ class Generator:
 
     def _read_primer(self, path: str) -> tuple[list[str], dict]:
         """A score file tokenized exactly as training data was (same parser, grid, key frame, max duration)."""
-        from keras_music import corpus
+        from keras_music import corpus, prepare
 
         if not storage.exists(path):
             raise FileNotFoundError(2, "no such file", path)
         data = self.config.data
         if not path.lower().endswith(PRIMER_EXTENSIONS):
             raise GenerateError(f"primer {path}: unsupported file type (expected one of {', '.join(PRIMER_EXTENSIONS)})")
-        settings = corpus.ParseSettings(normalize_key=data.normalize_key, max_duration=data.max_duration,
-                                        timeout=data.parse_timeout, grid=data.grid)
-        record = corpus.parse_bytes(path, storage.read_bytes(path), settings)
+        record = corpus.parse_bytes(path, storage.read_bytes(path), prepare.parse_settings(data))
         if record.get("status") != "parsed":
             raise GenerateError(f"primer {path}: {record.get('reason', 'cannot be read')}; expected a score file "
                                 f"such as {', '.join(PRIMER_EXTENSIONS)} with pitched notes")
-        tokens = events.sonorities_to_tokens(corpus.record_sonorities(record, data.max_duration), self.representation)
+        tokens = prepare.tokens_for(record, data)
         if not tokens:
             raise GenerateError(f"primer {path} has no notes to start from")
         return tokens, record_timing(record)

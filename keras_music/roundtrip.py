@@ -14,14 +14,13 @@ from keras_music.prepare import parse_settings, tokens_for
 FIDELITY = "fidelity.json"
 
 
-def decoded_notes(entry: dict, data: config_lib.DataConfig) -> list[list]:
+def decoded_notes(entry: dict, tokens: list[str], data: config_lib.DataConfig) -> list[list]:
     """The entry's tokens decoded back to [onset, end, pitch, part] in quarter notes on its own timeline.
 
     Tokens carry no instrument (parts are merged for the model), so each decoded note
     takes the part of the source note struck at the same grid point and pitch.
     """
     grid = int(entry.get("grid", events.GRID))
-    tokens = tokens_for(entry, data)
     step = Fraction(data.classic_step).limit_denominator(grid)
     sonorities = events.tokens_to_sonorities(tokens, data.representation, step)
     start = Fraction(entry["notes"][0][0], grid)
@@ -77,8 +76,9 @@ def roundtrip(config: config_lib.Config, out_dir: str, musicxml: bool = False, s
         row = {key: entry[key] for key in ("file", "status", "reason", "format", "events", "midi", "check",
                                            "key", "parts") if key in entry}
         if entry.get("status") == "used":
-            notes = decoded_notes(entry, data)
-            row["tokens"] = len(tokens_for(entry, data))
+            tokens = tokens_for(entry, data)
+            notes = decoded_notes(entry, tokens, data)
+            row["tokens"] = len(tokens)
             row["notes_written"] = len(notes)
             row["tempo_changes"] = len(entry.get("tempos") or [])
             row["time_signatures"] = entry.get("time_signatures")
