@@ -30,6 +30,7 @@ PRIMER_EXTENSIONS = (".mid", ".midi", ".musicxml", ".mxl", ".xml", ".abc", ".krn
 
 # Events a piece must have before a sampled <piece> boundary may end it.
 DEFAULT_MIN_LENGTH = 8
+DEFAULT_TEMPERATURE = sampling.DEFAULT_TEMPERATURE
 # A primer file is the opening to continue, not a whole piece to re-read: this
 # many events (a few bars of a chorale) by default.
 DEFAULT_PRIMER_EVENTS = 16
@@ -717,8 +718,9 @@ def parse_args(argv=None):
                              "a piece also ends early when it samples the <piece> boundary")
     parser.add_argument("--min-length", type=cli.non_negative_int, default=DEFAULT_MIN_LENGTH, metavar="N",
                         help="events a piece must have before a sampled <piece> boundary may end it")
-    parser.add_argument("--temperature", type=cli.temperature, default=1.0, metavar="T",
-                        help="sampling temperature; below 1 is safer, above 1 wilder, 0 is greedy")
+    parser.add_argument("--temperature", type=cli.temperature, default=DEFAULT_TEMPERATURE, metavar="T",
+                        help="sampling temperature; below 1 is safer, above 1 wilder, 0 is greedy (the "
+                             "default is where the default run's pieces sit closest to real ones)")
     parser.add_argument("--top-k", type=cli.non_negative_int, default=0, metavar="K",
                         help="sample only among the K most probable tokens (0 = off)")
     parser.add_argument("--top-p", type=cli.top_p, default=1.0, metavar="P",
