@@ -283,6 +283,7 @@ window.kerasMusic = {
   decode: (tokens) => plainNotes(decode(tokens, page.vocabulary)),
   midi: (tokens, tempo) => midiOf(decode(tokens, page.vocabulary), tempo ?? timing().tempo),
   rng: (seed) => new SplitMix64(seed),
+  audioClock: () => page.synth.context && {state: page.synth.context.state, time: page.synth.context.currentTime},
   get last() {
     return page.last && {...page.last, notes: plainNotes(page.last.notes)};
   },
