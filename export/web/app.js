@@ -244,7 +244,15 @@ async function start() {
     notes.push('the threaded build needs cross-origin isolation (COOP/COEP headers); using the default build');
     page.build = 'default';
   }
-  await loadLiteRt(WASM_DIRECTORY, {threads: page.build === 'threaded'});
+  try {
+    await loadLiteRt(WASM_DIRECTORY, {threads: page.build === 'threaded'});
+  } catch (error) {
+    if (page.build !== 'threaded') throw error;
+    // e.g. a browser without relaxed SIMD, which LiteRT.js's threaded build requires.
+    notes.push(`the threaded build did not load (${error.message}); using the default build`);
+    page.build = 'default';
+    await loadLiteRt(WASM_DIRECTORY, {threads: false});
+  }
   mark('runtimeLoaded');
   const loaded = await loadModel(params.get('model') || page.site.default_model);
   mark('ready');

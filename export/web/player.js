@@ -3,6 +3,10 @@
 const LEAD_SECONDS = 0.08;  // scheduling slack before the first note
 const RELEASE_SECONDS = 0.12;
 
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
 function frequency(pitch) {
   return 440 * 2 ** ((pitch - 69) / 12);
 }
@@ -31,7 +35,8 @@ export class Synth {
   async play(notes, tempo) {
     this.stop();
     const context = this.ensureContext();
-    if (context.state === 'suspended') await context.resume();
+    // Without a user gesture a browser may keep the context suspended; the notes then wait for it.
+    if (context.state === 'suspended') await Promise.race([context.resume(), sleep(300)]);
     const secondsPerQuarter = 60 / tempo;
     const output = context.createGain();
     output.gain.value = 0.8 / Math.max(1, Math.sqrt(maxPolyphony(notes)));
