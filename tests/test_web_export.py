@@ -504,6 +504,13 @@ def test_threaded_build_runs_when_isolated_and_the_default_build_without_isolati
         open_page(browser, isolated.url + "/")
 
 
+def test_page_draws_the_published_splitmix64_values(page):
+    words = call(page, "(() => { const rng = kerasMusic.rng(1234567);"
+                       "return Array.from({length: 5}, () => rng.nextU64().toString()); })()")
+    assert words == ["6457827717110365317", "3203168211198807973", "9817491932198370423", "4593380528125082431",
+                     "16408922859458223821"]
+
+
 def test_page_refuses_bad_settings_with_the_setting_named(page):
     for settings, words in (({"length": 0}, "length"), ({"temperature": -1}, "temperature"),
                             ({"topP": 0}, "topP"), ({"topK": 1.5}, "topK"), ({"seed": 1.5}, "seed"),
