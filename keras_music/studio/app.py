@@ -344,9 +344,9 @@ class Studio:
 
 def web_directory(path: str, required: bool = True) -> str | None:
     """The web export in `path`: a site folder itself (with web.json) or a run directory's export/web/."""
-    from keras_music import web_export
+    from keras_music import export, web_export
 
-    for candidate in (path, os.path.join(path, "export", web_export.WEB_DIR)):
+    for candidate in (path, os.path.join(export.export_dir(path), web_export.WEB_DIR)):
         if os.path.isfile(os.path.join(candidate, web_export.SITE_FILE)):
             return candidate
     if required:
