@@ -97,11 +97,19 @@ async function loadModel(name) {
   return exclusive(async () => {
     const started = performance.now();
     const compiled = await loadAndCompile(entry.file, {accelerator: 'wasm'});
-    const model = new StepModel(compiled, name, page.vocabulary.tokens.length);
-    // The first run of a compiled model prepares its kernels (about a second); do it now, not in a piece.
-    const warmed = performance.now();
-    model.release((await model.step(BOUNDARY, model.initialState())).state);
-    const warmupMs = performance.now() - warmed;
+    let model;
+    let warmupMs;
+    try {
+      model = new StepModel(compiled, name, page.vocabulary.tokens.length);
+      // The first run of a compiled model prepares its kernels and compiles code lazily (up to seconds
+      // on a slow machine); do it now rather than inside the first piece.
+      const warmed = performance.now();
+      model.release((await model.step(BOUNDARY, model.initialState())).state);
+      warmupMs = performance.now() - warmed;
+    } catch (error) {
+      compiled.delete();
+      throw error;
+    }
     if (page.model) page.model.delete();
     page.model = model;
     $('model').value = name;
