@@ -321,6 +321,18 @@ def test_reference_sampler_is_keras_musics_sampler_drawing_from_splitmix64():
             assert reference.sample(row, ours, temperature, top_k, (0, 1), mask, top_p) == expected
 
 
+def test_page_sources_import_only_each_other_and_litert():
+    import re
+
+    for name in web_export.SOURCE_FILES:
+        if name.endswith(".js"):
+            with open(os.path.join(SCRIPTS, "web", name)) as handle:
+                imported = re.findall(r"^import .* from '([^']+)';$", handle.read(), re.M)
+            assert all(target.startswith("./") for target in imported), (name, imported)
+            assert all(target[2:] in web_export.SOURCE_FILES or target.startswith("./litert/")
+                       for target in imported), (name, imported)
+
+
 # ----------------------------------------------------------------------------- the export
 
 def test_web_export_writes_a_static_site_with_the_models_and_runtime(web_run, site):
