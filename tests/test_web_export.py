@@ -529,7 +529,16 @@ def test_page_refuses_bad_settings_with_the_setting_named(page):
                             ({"primer": "pitch:999"}, "primer")):
         with pytest.raises(AssertionError, match=words):
             call(page, f"kerasMusic.generate({json.dumps(settings)})")
-    assert call(page, "kerasMusic.generate({seed: 1, length: 8, primer: '<piece> pitch:60 pitch:64 dur:1'})")
+
+
+
+def test_a_primer_is_continued_as_the_reference_generator_continues_it(page, vocabulary, reference_models):
+    primer = ["<piece>", "pitch:60", "pitch:64", "dur:1", "hold:60", "pitch:67"]  # ends inside a sonority
+    ids = [vocabulary["tokens"].index(token) for token in primer]
+    expected, _ = reference.generate(reference_models["model_dynamic.tflite"], vocabulary, ids, 80, 1.0, 1, 4)
+    settings = {"seed": 4, "length": 80, "topK": 1, "primer": " ".join(primer)}
+    assert call(page, f"kerasMusic.generate({json.dumps(settings)})") == expected[len(ids):]
+    assert call(page, "kerasMusic.last.tokens.slice(0, 6)") == primer
 
 
 # ----------------------------------------------------------------------------- hosting
