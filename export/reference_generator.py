@@ -1,10 +1,12 @@
 """Generate a MIDI file from a keras_music TFLite step model with only numpy and ai-edge-litert.
 
 This is the on-device reference: it drives `model.tflite` one token at a time (states
-in, states out), samples with temperature / top-k and a seed among the tokens the
-vocabulary's grammar allows (so the output needs no repair), decodes the tokens into
-notes and writes a standard MIDI file with its own small writer. It imports neither
-TensorFlow, Keras nor keras_music, so it runs where only the LiteRT runtime exists.
+in, states out), samples with temperature / top-k / top-p among the tokens the
+vocabulary's grammar allows (so the output needs no repair), draws with the portable
+SplitMix64 generator of export/README.md (the web page draws the same numbers, so a
+seed gives the same piece in both), decodes the tokens into notes and writes a
+standard MIDI file with its own small writer. It imports neither TensorFlow, Keras nor
+keras_music, so it runs where only the LiteRT runtime exists.
 
     python export/reference_generator.py --model RUN/export/model.tflite \
         --vocab RUN/export/vocab.json --out piece.mid --length 400 --temperature 0.9 --seed 1
@@ -16,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import secrets
 import struct
 import sys
 import tempfile
@@ -157,11 +160,50 @@ class Grammar:
             self.phase, self.top, self.previous, self.current = "between", -1, self.current, set()
 
 
-def sample(probabilities, rng, temperature: float, top_k: int, banned, allowed=None) -> int:
-    """One id: temperature 0 is greedy; otherwise p^(1/T) over the top_k ids, drawn by inverse CDF.
+class SplitMix64:
+    """The portable random-number generator of the export contract (export/README.md, "Portable sampler").
 
-    Banned ids (padding, unknown) and ids outside `allowed` (bool [V], the grammar)
-    are never returned; what remains is renormalised; ties go to the lowest id.
+    64-bit state, set to the seed modulo 2^64; each call adds 0x9E3779B97F4A7C15 and
+    mixes the state into one 64-bit output. `random()` is the top 53 bits of the
+    next output divided by 2^53: a float64 in [0, 1) that every language computes
+    exactly. `random(n)` returns n of them as an array (the interface of
+    `numpy.random.Generator.random`, so any sampler written against numpy takes it).
+    """
+
+    MASK = (1 << 64) - 1
+
+    def __init__(self, seed: int):
+        self.state = int(seed) & self.MASK
+
+    def next_u64(self) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & self.MASK
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & self.MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & self.MASK
+        return z ^ (z >> 31)
+
+    def random(self, size=None):
+        if size is None:
+            return (self.next_u64() >> 11) / 9007199254740992.0  # 2^53
+        return np.array([self.random() for _ in range(int(size))], np.float64)
+
+
+# Cumulative masses within this distance below top_p count as reaching it, so a nucleus
+# whose exact mass equals top_p is not widened by float rounding.
+TOP_P_TOLERANCE = 1e-9
+
+
+def sample(probabilities, rng, temperature: float, top_k: int, banned, allowed=None, top_p: float = 1.0) -> int:
+    """One id, in the contract's order: grammar mask, temperature, top-k, top-p, one draw.
+
+    Temperature 0 is greedy (the most probable allowed id, ties to the lowest id) and
+    draws nothing. Otherwise one `rng.random()` is drawn, weights are p^(1/T) computed
+    as exp((log p - max log p) / T), ids ranked by probability (descending, ties by
+    id) keep the top_k best and then the smallest prefix whose weight reaches top_p
+    of the kept total, and the draw picks the first id (in id order) whose cumulative
+    weight exceeds u times the total. Banned ids (padding, unknown) and ids outside
+    `allowed` (bool [V], the grammar) are never returned. Every step is float64;
+    export/README.md states it operation by operation, and the web page repeats it.
     """
     probabilities = np.asarray(probabilities, np.float64).copy()
     forbidden = np.zeros(len(probabilities), bool)
@@ -182,23 +224,35 @@ def sample(probabilities, rng, temperature: float, top_k: int, banned, allowed=N
         return best
     # Shifting by the maximum keeps the best id at weight 1 for any small temperature.
     weights = np.exp((log_probabilities - top) / temperature)
-    if 0 < top_k < len(weights):
+    use_top_k, use_top_p = 0 < top_k < len(weights), top_p < 1
+    if use_top_k or use_top_p:
         order = np.argsort(-probabilities, kind="stable")
-        weights[order[top_k:]] = 0.0
+        ranked = weights[order]
+        if use_top_k:
+            ranked[top_k:] = 0.0
+        if use_top_p:
+            cumulative = np.cumsum(ranked)
+            before = cumulative - ranked
+            outside = before >= (top_p - TOP_P_TOLERANCE) * cumulative[-1]
+            outside[0] = False
+            ranked[outside] = 0.0
+        weights = np.empty_like(weights)
+        weights[order] = ranked
     cumulative = np.cumsum(weights)
     chosen = int(np.count_nonzero(cumulative <= uniform * cumulative[-1]))
+    # u * total can round up to the total itself; the last id with weight is the most it may be.
     return min(chosen, int(np.flatnonzero(weights > 0)[-1]))
 
 
 def generate(model: StepModel, vocabulary: dict, primer_ids, length: int, temperature: float, top_k: int,
-             seed: int | None, stop_at_boundary: bool = True):
+             seed: int, stop_at_boundary: bool = True, top_p: float = 1.0):
     """Primer ids followed by up to `length` sampled ids; returns (ids, stopped_at_boundary).
 
-    Every id is drawn among those the grammar allows; the last one may only close an
-    open sonority, and a piece between sonorities at the last step stops there, so
-    the output never ends inside a sonority.
+    Every id is drawn among those the grammar allows, with SplitMix64(seed); the last
+    one may only close an open sonority, and a piece between sonorities at the last
+    step stops there, so the output never ends inside a sonority.
     """
-    rng = np.random.default_rng(seed)
+    rng = SplitMix64(seed)
     boundary = 2
     banned = (0, 1)
     grammar = Grammar(vocabulary)
@@ -212,7 +266,7 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int, temper
         last = step == length - 1
         if last and grammar.rules == "note" and grammar.phase == "between":
             break
-        token = sample(probabilities, rng, temperature, top_k, banned, grammar.allowed(closing=last))
+        token = sample(probabilities, rng, temperature, top_k, banned, grammar.allowed(closing=last), top_p)
         if token == boundary and stop_at_boundary:
             return list(primer_ids) + generated, True
         generated.append(token)
@@ -388,6 +442,16 @@ def _non_negative_float(kind: str, minimum: float = 0.0):
     return parse
 
 
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"--top-p must be in (0, 1], got {text}")
+    return value
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="reference_generator.py",
@@ -403,13 +467,19 @@ def parse_args(argv=None):
                         help="sampling temperature; 0 is greedy")
     parser.add_argument("--top-k", type=_count("--top-k", 0), default=0,
                         help="sample only among the k most probable tokens (0 = all)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (same seed, same piece)")
+    parser.add_argument("--top-p", type=_probability, default=1.0,
+                        help="sample only among the most probable tokens whose mass reaches p (1 = all)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="SplitMix64 seed, an integer taken modulo 2^64 (same seed, same piece, here and in "
+                             "the web page); default: a random one, printed")
     parser.add_argument("--tempo", type=_non_negative_float("--tempo", 4.0), default=90.0,
                         help="tempo of the MIDI file in quarter notes per minute")
     parser.add_argument("--primer", default="<piece>",
                         help="space-separated tokens the piece starts from (default: the piece boundary)")
     parser.add_argument("--keep-going", action="store_true",
                         help="do not stop at a sampled <piece> token; sample all --length tokens")
+    parser.add_argument("--tokens-out", default=None, metavar="FILE",
+                        help="also write the sampled token ids (primer excluded) to FILE as a JSON list")
     return parser, parser.parse_args(argv)
 
 
@@ -425,13 +495,16 @@ def main(argv=None) -> int:
             parser.error(f"--primer tokens {unknown or primer} are not in {args.vocab} "
                          "(use tokens it lists, e.g. \"<piece> pitch:60 dur:1\")")
         model = StepModel(args.model, len(tokens))
+        seed = secrets.randbits(64) if args.seed is None else args.seed
         ids, stopped = generate(model, vocabulary, [index[t] for t in primer], args.length, args.temperature,
-                                args.top_k, args.seed, stop_at_boundary=not args.keep_going)
+                                args.top_k, seed, stop_at_boundary=not args.keep_going, top_p=args.top_p)
         piece = [tokens[i] for i in ids]
         sonorities = tokens_to_sonorities(piece, vocabulary["representation"],
                                           Fraction(str(vocabulary.get("classic_step", 0.5))))
         notes = sonorities_to_notes(sonorities)
         write_file(args.out, midi_bytes(notes, args.tempo))
+        if args.tokens_out:
+            write_file(args.tokens_out, json.dumps([int(i) for i in ids[len(primer):]]).encode())
     except GeneratorError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 1
@@ -441,6 +514,7 @@ def main(argv=None) -> int:
     quarters = float(sum(s[2] for s in sonorities))
     print(f"wrote {args.out}: {len(ids) - len(primer)} tokens after the primer, {len(notes)} notes, "
           f"{quarters:g} quarter notes ({'stopped at <piece>' if stopped else 'reached --length'})")
+    print(f"seed: {seed}")
     print("tokens: " + " ".join(piece))
     return 0
 

@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 
-from keras_music import run as run_lib, storage
+from keras_music import run as run_lib, storage, web_export
 
 EXPORT_DIR = "export"
 SAVED_MODEL = "saved_model"
@@ -575,13 +575,15 @@ def parse_quantize(text: str) -> tuple[str, ...]:
 
 
 def export(run_dir: str, quantize=QUANTIZATIONS, parity_windows: int = 8, parity_steps: int = 200,
-           show_progress: bool = False, log=print, separate_conversion: bool | None = None) -> dict:
+           show_progress: bool = False, log=print, separate_conversion: bool | None = None,
+           web: bool = False) -> dict:
     """Write RUN/export/ (SavedModel, TFLite files, vocab.json, export_report.json) atomically.
 
     Returns the report; report["passed"] says whether every threshold held. The
     artifacts are written either way so a failed check can be inspected.
     `separate_conversion` runs the TFLite converter in a CPU-only child process
-    (None: only when this process sees a GPU).
+    (None: only when this process sees a GPU). `web` also writes RUN/export/web/, the
+    static site that generates in the browser (keras_music.web_export).
     """
     import numpy as np
     import tensorflow as tf
@@ -603,6 +605,8 @@ def export(run_dir: str, quantize=QUANTIZATIONS, parity_windows: int = 8, parity
     primers += [window[:PRIMER_LENGTH] for window in windows[:2]]
     if separate_conversion is None:
         separate_conversion = _needs_separate_process()
+    # Fetched before the long conversion, so a missing npm fails in seconds.
+    runtime = web_export.fetch_runtime(log=log) if web else None
 
     destination = export_dir(run_dir)
     with storage.atomic_directory(destination) as out, \
@@ -643,6 +647,13 @@ def export(run_dir: str, quantize=QUANTIZATIONS, parity_windows: int = 8, parity
                                                  "dynamic": "dynamic-range int8 weights"}[quantization],
                                    operators=operators, builtin_only=True)
         float32_bytes = artifacts["tflite_float32"]["bytes"]
+        web_summary = None
+        if web:
+            described = {"none": "float32", "float16": "float16 weights", "dynamic": "dynamic-range int8 weights"}
+            web_summary = web_export.write_site(
+                os.path.join(out, web_export.WEB_DIR), vocab_file,
+                [(tflite_paths[q], described[q]) for q in quantize], runtime,
+                run_name=os.path.basename(run_dir.rstrip("/")), timing=run_lib.load_prepared(run_dir).get("timing"))
         report = {
             "format": REPORT_FORMAT,
             "version": REPORT_VERSION,
@@ -677,6 +688,8 @@ def export(run_dir: str, quantize=QUANTIZATIONS, parity_windows: int = 8, parity
         }
         for name, artifact in artifacts.items():
             report["files"][artifact["path"]] = artifact["bytes"]
+        if web_summary:
+            report["web"] = web_summary
         report["checks"] = evaluate_checks(report)
         report["passed"] = all(check["passed"] for check in report["checks"])
         storage.write_json(os.path.join(out, REPORT), report)
@@ -724,6 +737,12 @@ def format_table(report: dict) -> str:
                      f"{_number(saved['generate_greedy_identical'])}")
     if report.get("dynamic_size_ratio") is not None:
         lines.append(f"dynamic-range size / float32 size: {report['dynamic_size_ratio']:.3f}")
+    web = report.get("web")
+    if web:
+        visit = web["download"]["default"]
+        lines.append(f"web export: {web['path']}/ ({web['files']} files, {web['bytes'] / 2 ** 20:.1f} MiB); a visitor "
+                     f"downloads {visit['bytes'] / 2 ** 20:.1f} MiB ({visit['gzip_bytes'] / 2 ** 20:.1f} MiB gzipped) "
+                     f"with {web['default_model']} and {web['runtime']}")
     lines.append("")
     lines.append("checks:")
     for check in report["checks"]:
@@ -757,6 +776,9 @@ def parse_args(argv=None):
                         help="held-out windows (of the run's seq_length) compared artifact against Keras")
     parser.add_argument("--parity-steps", type=cli.non_negative_int, default=200, metavar="N",
                         help="length of each greedy generation run compared against Keras")
+    parser.add_argument("--web", action="store_true",
+                        help="also write RUN/export/web/: a static site that generates with the .tflite files in the "
+                             "visitor's browser (LiteRT.js, fetched with npm at export time; needs node and npm)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or timing lines")
     return parser, parser.parse_args(argv)
 
@@ -770,9 +792,9 @@ def main(argv=None) -> int:
     with cli.user_errors(parser):
         try:
             report = export(args.run_dir, quantize=args.quantize, parity_windows=args.parity_windows,
-                            parity_steps=args.parity_steps, show_progress=not args.quiet,
+                            parity_steps=args.parity_steps, show_progress=not args.quiet, web=args.web,
                             log=(lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr)))
-        except ExportError as error:
+        except (ExportError, web_export.WebExportError) as error:
             print(f"{parser.prog}: error: {error}", file=sys.stderr)
             cli.finish(cli.DATA_EXIT)
         print(format_table(report))

@@ -25,6 +25,8 @@ ID = re.compile(r"^[0-9a-f]{32}$")
 FILE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 PRIMER_TOKENS = 32
 AB_TEMPO = 90.0  # bpm of every A/B excerpt unless --tempo is given
+# Cross-origin isolation: what LiteRT.js's threaded build needs (SharedArrayBuffer); harmless for the default one.
+ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
 
 
 class StudioError(ValueError):
@@ -113,6 +115,7 @@ class Studio:
                 "metrics": _scalars(metrics), "evaluation": _scalars(evaluation),
                 "curves_url": (f"/runs/{label}/training_curves.png"
                                if os.path.isfile(run_lib.path(run_dir, "training_curves.png")) else None),
+                "web_url": f"/web/{label}/" if web_directory(run_dir, required=False) else None,
             })
         return out
 
@@ -339,6 +342,50 @@ class Studio:
             raise StudioError(str(error), error.status) from None
 
 
+def web_directory(path: str, required: bool = True) -> str | None:
+    """The web export in `path`: a site folder itself (with web.json) or a run directory's export/web/."""
+    from keras_music import export, web_export
+
+    for candidate in (path, os.path.join(export.export_dir(path), web_export.WEB_DIR)):
+        if os.path.isfile(os.path.join(candidate, web_export.SITE_FILE)):
+            return candidate
+    if required:
+        raise StudioError(f"{path} holds no web export (no {web_export.SITE_FILE} in it or in export/web/): build "
+                          "one with python -m keras_music.export --run-dir RUN --web", 404)
+    return None
+
+
+def web_site(directory: str, isolate: bool = True):
+    """An ASGI app serving a web export's files, with the cross-origin isolation headers when `isolate`."""
+    import mimetypes
+
+    from starlette.staticfiles import StaticFiles
+
+    mimetypes.add_type("application/wasm", ".wasm")
+    mimetypes.add_type("text/javascript", ".js")
+    mimetypes.add_type("application/octet-stream", ".tflite")
+    files = StaticFiles(directory=directory, html=True)
+    extra = [(k.lower().encode(), v.encode()) for k, v in ISOLATION_HEADERS.items()] if isolate else []
+
+    async def app(scope, receive, send):
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start" and extra:
+                message = dict(message, headers=list(message.get("headers", [])) + extra)
+            await send(message)
+
+        await files(scope, receive, send_with_headers)
+
+    return app
+
+
+def create_web_app(directory: str, isolate: bool = True):
+    """Only a web export, at /: what `--web-export` serves (no runs loaded, no TensorFlow)."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    return Starlette(routes=[Mount("/", web_site(web_directory(directory), isolate))])
+
+
 def trim(sonorities, quarters: Fraction) -> list:
     """The first `quarters` quarter notes of a piece (the last sonority cut short to fit)."""
     out, total = [], Fraction(0)
@@ -519,6 +566,10 @@ def create_app(studio: Studio):
         Route("/api/ab/results", ab_results),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]
+    for label, run_dir in studio.runs.items():
+        site = web_directory(run_dir, required=False)
+        if site:
+            routes.append(Mount(f"/web/{label}", web_site(site)))
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, Exception: failed})
 
 
@@ -534,7 +585,11 @@ def parse_args(argv=None):
                     "kept in SQLite. The page uses a JSON HTTP API that scripts can call too.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--run-dir", action="append", type=cli.existing_run_dir, metavar="DIR", default=None,
-                        help="trained run directory to serve (repeatable; default: runs/latest)")
+                        help="trained run directory to serve (repeatable; default: runs/latest); a run with a web "
+                             "export (export --web) also gets its in-browser page at /web/RUN/")
+    parser.add_argument("--web-export", default=None, metavar="DIR",
+                        help="serve only this web export (RUN/export/web, or a run directory that has one) at /, "
+                             "with the COOP/COEP headers LiteRT.js's threaded build needs; loads no runs")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind; the default is reachable from this machine only")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (0 = any free port)")
@@ -553,7 +608,14 @@ def parse_args(argv=None):
     parser.add_argument("--max-length", type=cli.positive_int, default=MAX_LENGTH, metavar="EVENTS",
                         help="the longest piece a request may ask for")
     args = parser.parse_args(argv)
-    args.run_dir = args.run_dir or [cli.existing_run_dir("runs/latest")]
+    if args.web_export is not None:
+        if args.run_dir:
+            parser.error("argument --web-export: serves a web export alone; leave out --run-dir")
+        if web_directory(args.web_export, required=False) is None:
+            parser.error(f"argument --web-export: {args.web_export} holds no web export (no web.json in it or in "
+                         "export/web/); build one with python -m keras_music.export --run-dir RUN --web")
+    else:
+        args.run_dir = args.run_dir or [cli.existing_run_dir("runs/latest")]
     if not 0 <= args.port <= 65535:
         parser.error(f"argument --port: expected 0-65535, got {args.port}")
     if (args.tempo is not None and not 0 < args.tempo < 1000) or not 1 <= args.ab_seconds <= 300:
@@ -569,6 +631,10 @@ def main(argv=None):
     except argparse.ArgumentTypeError as error:  # runs/latest missing with no --run-dir
         print(f"python -m keras_music.studio: error: {error}", file=sys.stderr)
         cli.finish(cli.USAGE_EXIT)
+    if args.web_export is not None:
+        serve(parser, args.host, args.port, create_web_app(args.web_export),
+              f"web export {os.path.realpath(web_directory(args.web_export))}")
+        cli.finish(0)
     beside = os.path.dirname(os.path.realpath(args.run_dir[0]))
     with cli.user_errors(parser):
         for run_dir in args.run_dir:
@@ -580,21 +646,27 @@ def main(argv=None):
                         args.db or os.path.join(beside, listening.DB_NAME), soundfont=args.soundfont,
                         tempo=args.tempo, ab_seconds=args.ab_seconds, ab_pool=args.ab_pool,
                         max_length=args.max_length)
-        import socket
-
-        import uvicorn
-
-        # Bind the socket here so a port in use is a one-line error and --port 0 can print the real port.
-        sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((args.host, args.port))
-        except OSError as error:
-            print(f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {error.strerror}", file=sys.stderr)
-            cli.finish(cli.DATA_EXIT)
-        host, port = sock.getsockname()[:2]
-        print(f"studio: http://{host if ':' not in host else f'[{host}]'}:{port}/ (runs: {', '.join(studio.runs)}; "
-              f"votes: {studio.store.path})", flush=True)
-        server = uvicorn.Server(uvicorn.Config(create_app(studio), log_level="warning", access_log=False))
-        server.run(sockets=[sock])
+        serve(parser, args.host, args.port, create_app(studio),
+              f"runs: {', '.join(studio.runs)}; votes: {studio.store.path}")
     cli.finish(0)
+
+
+def serve(parser, host: str, port: int, app, what: str) -> None:
+    import socket
+
+    import uvicorn
+
+    from keras_music import cli
+
+    # Bind the socket here so a port in use is a one-line error and --port 0 can print the real port.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        print(f"{parser.prog}: error: cannot listen on {host}:{port}: {error.strerror}", file=sys.stderr)
+        cli.finish(cli.DATA_EXIT)
+    bound, port = sock.getsockname()[:2]
+    print(f"studio: http://{bound if ':' not in bound else f'[{bound}]'}:{port}/ ({what})", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server.run(sockets=[sock])

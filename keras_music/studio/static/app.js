@@ -28,7 +28,8 @@ function showRun() {
   if (!run) return;
   $("run-info").innerHTML = `<p>${run.representation} representation, ${run.vocabulary_size} tokens, ${run.held_out} held-out pieces</p>` +
     (Object.keys(run.metrics).length ? "<h3>Training</h3>" + table(run.metrics) : "") +
-    (Object.keys(run.evaluation).length ? "<h3>Evaluation</h3>" + table(run.evaluation) : "<p>No evaluation yet.</p>");
+    (Object.keys(run.evaluation).length ? "<h3>Evaluation</h3>" + table(run.evaluation) : "<p>No evaluation yet.</p>") +
+    (run.web_url ? `<p><a id="web-link" href="${run.web_url}">Open the in-browser version</a>: the same model generating on your device with LiteRT.js.</p>` : "");
   $("curves").hidden = !run.curves_url;
   if (run.curves_url) $("curves").src = run.curves_url;
   const options = [["held_out", "opening of a random held-out piece"], ["none", "none"]];
