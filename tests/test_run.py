@@ -186,7 +186,7 @@ def test_a_second_writer_refuses_at_once_and_a_dead_owners_lock_is_taken_over(tm
         except (OSError, ValueError):
             return None
 
-    first = subprocess.Popen(train_command(run_dir, "--set", "train.epochs=2000"), stdout=subprocess.DEVNULL,
+    first = subprocess.Popen(train_command(run_dir, "--set", "train.epochs=100"), stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         wait_for(lambda: (owner() or {}).get("pid") == first.pid or first.poll() is not None, 240,
