@@ -148,6 +148,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+MATCHED = "matched"
+
+
+def piece_length(text: str):
+    """`matched` (generated pieces as long as the held-out ones) or a positive number of events."""
+    if text.strip().lower() == MATCHED:
+        return MATCHED
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected {MATCHED!r} or a positive integer, got {text!r}") from None
+
+
 def non_negative_int(text: str) -> int:
     try:
         value = int(text)

@@ -9,11 +9,14 @@ import sys
 
 import numpy as np
 
-from keras_music import events, metrics, plots, run as run_lib, storage
+from keras_music import cli, events, metrics, plots, run as run_lib, storage
 
 DEFAULT_NUM_SAMPLES = 20
 MAX_NUM_SAMPLES = 1000
-DEFAULT_LENGTH = 200
+# Generated pieces as long as the held-out pieces they are compared with: pitch entropy,
+# pitch range and most other metrics grow with a piece's length, so sets of unlike lengths
+# differ for that reason alone.
+DEFAULT_LENGTH = cli.MATCHED
 DEFAULT_TEMPERATURES = (0.5, 1.0, 1.5)
 # Held-out perplexity on the Bach chorales keeps improving up to order 8 and is
 # flat by 12, so the baseline is compared at its best order, not a truncated one.
@@ -361,8 +364,9 @@ def music_metrics(run_dir: str, num_samples: int = DEFAULT_NUM_SAMPLES, length: 
         key = temperature_key(temperature)
         # No primer: pieces come from the model's own openings, so the generated set does
         # not borrow material from the held-out pieces it is compared with.
-        samples = generator.generate(num_samples=num_samples, length=length, temperature=float(temperature),
-                                     seed=seed, primer_tokens=[], show_progress=show_progress)
+        samples = generator.generate(num_samples=num_samples, temperature=float(temperature), seed=seed,
+                                     primer_tokens=[], show_progress=show_progress,
+                                     **generation_lengths(length, real, num_samples))
         rows = generated_piece_metrics(samples, matrix)
         generated[key] = rows
         summaries[key] = {name: summarize_values(_metric_values(rows, name)) for name in METRIC_NAMES}
@@ -380,6 +384,16 @@ def music_metrics(run_dir: str, num_samples: int = DEFAULT_NUM_SAMPLES, length: 
                             "stop_reasons": _stop_reasons(generated[key])} for key in generated},
         "comparison": comparisons,
     }
+
+
+def generation_lengths(length, real_rows, num_samples: int) -> dict:
+    """Generator length settings: `matched` gives piece i exactly the events of held-out piece i (cycling)."""
+    if length != cli.MATCHED:
+        return {"length": length}
+    if not real_rows:
+        raise ValueError("length 'matched' needs at least one held-out piece")
+    lengths = [max(1, int(real_rows[i % len(real_rows)]["events"])) for i in range(num_samples)]
+    return {"length": lengths, "min_length": max(lengths)}
 
 
 def _stop_reasons(rows) -> dict:
@@ -463,8 +477,16 @@ def _evaluate_run(run_dir, num_samples, length, temperatures, seed, orders, out_
     return result
 
 
+def length_phrase(length) -> str:
+    if length == cli.MATCHED:
+        return "as long as the held-out pieces (piece i has the events of held-out piece i)"
+    return f"of up to {length} events"
+
+
 def _check_settings(num_samples, length, temperatures, seed) -> None:
-    for name, value, low in (("num_samples", num_samples, 1), ("length", length, 1), ("seed", seed, 0)):
+    checked = (("num_samples", num_samples, 1), ("seed", seed, 0)) + (
+        () if length == cli.MATCHED else (("length", length, 1),))
+    for name, value, low in checked:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     temperatures = tuple(temperatures)
@@ -516,7 +538,7 @@ def render_markdown(result: dict) -> str:
         f"Held-out split: {_plural(result['held_out']['pieces'], 'piece')}, {result['held_out']['tokens']} tokens, "
         f"{result['held_out']['events']} events ({settings['representation']} representation, vocabulary "
         f"{settings['vocabulary_size']}; {result['held_out']['unknown_tokens']} held-out tokens are `<unk>`). "
-        f"Generated: {settings['num_samples']} pieces of up to {settings['length']} events per temperature, "
+        f"Generated: {settings['num_samples']} pieces {length_phrase(settings['length'])} per temperature, "
         f"seed {settings['seed']}.",
         "",
         "## Model quality on the held-out split",
@@ -684,7 +706,6 @@ def orders_argument(text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv=None):
-    from keras_music import cli
 
     parser = argparse.ArgumentParser(
         prog="python -m keras_music.evaluate",
@@ -696,8 +717,10 @@ def parse_args(argv=None):
     parser.add_argument("--num-samples", type=cli.bounded_int(1, MAX_NUM_SAMPLES), default=DEFAULT_NUM_SAMPLES,
                         metavar="N", help=f"generated pieces per temperature (default: {DEFAULT_NUM_SAMPLES}; at most "
                                           f"{MAX_NUM_SAMPLES})")
-    parser.add_argument("--length", type=cli.positive_int, default=DEFAULT_LENGTH, metavar="N",
-                        help=f"events (sonorities) to generate per piece (default: {DEFAULT_LENGTH})")
+    parser.add_argument("--length", type=cli.piece_length, default=DEFAULT_LENGTH, metavar="N|matched",
+                        help="events (sonorities) to generate per piece, or 'matched': each piece exactly as "
+                             "long as a held-out piece, so length-dependent metrics compare like with like "
+                             f"(default: {DEFAULT_LENGTH})")
     parser.add_argument("--temperature", type=cli.temperature, nargs="+", action="extend", default=None,
                         metavar="T", help="sampling temperatures, repeatable or several values "
                                           f"(default: {' '.join(f'{t:g}' for t in DEFAULT_TEMPERATURES)})")
@@ -713,7 +736,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     parser, args = parse_args(argv)
-    from keras_music import cli
 
     with cli.user_errors(parser):
         temperatures = tuple(dict.fromkeys(args.temperature)) if args.temperature else DEFAULT_TEMPERATURES

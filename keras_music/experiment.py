@@ -13,11 +13,11 @@ import time
 
 import numpy as np
 
-from keras_music import config as config_lib, evaluate, events, metrics, plots, run as run_lib, storage
+from keras_music import cli, config as config_lib, evaluate, events, metrics, plots, run as run_lib, storage
 
 DEFAULT_TEMPERATURES = (0.5, 0.8, 1.0, 1.2)
 DEFAULT_NUM_SAMPLES = 20
-DEFAULT_LENGTH = 200
+DEFAULT_LENGTH = cli.MATCHED
 DEFAULT_WRITE_SAMPLES = 2
 # Smallest hidden size --scale produces: below it an LSTM of three layers says little.
 MIN_SCALED_HIDDEN = 8
@@ -587,7 +587,7 @@ def render_report(result: dict) -> str:
         f"{data['vocabulary_size']}. Every config saw the same held-out pieces: "
         f"{'yes' if data['same_held_out'] else '**no** (the configs differ in a data setting)'}.",
         "",
-        f"Generated: {settings['num_samples']} pieces of up to {settings['length']} events per temperature "
+        f"Generated: {settings['num_samples']} pieces {evaluate.length_phrase(settings['length'])} per temperature "
         f"({', '.join(keys)}) per config, no primer, sampling seed {settings['seed']}.",
         "",
     ]
@@ -813,7 +813,6 @@ def budget_minutes(text: str) -> float:
 
 
 def parse_args(argv=None):
-    from keras_music import cli
 
     parser = argparse.ArgumentParser(
         prog="python -m keras_music.experiment",
@@ -843,8 +842,9 @@ def parse_args(argv=None):
                              f"{' '.join(f'{t:g}' for t in DEFAULT_TEMPERATURES)})")
     parser.add_argument("--num-samples", type=cli.positive_int, default=DEFAULT_NUM_SAMPLES, metavar="N",
                         help=f"pieces generated per temperature and config (default: {DEFAULT_NUM_SAMPLES})")
-    parser.add_argument("--length", type=cli.positive_int, default=DEFAULT_LENGTH, metavar="EVENTS",
-                        help=f"events (sonorities) per generated piece (default: {DEFAULT_LENGTH})")
+    parser.add_argument("--length", type=cli.piece_length, default=DEFAULT_LENGTH, metavar="EVENTS|matched",
+                        help="events (sonorities) per generated piece, or 'matched' (each as long as a "
+                             f"held-out piece) (default: {DEFAULT_LENGTH})")
     parser.add_argument("--seed", type=cli.non_negative_int, default=0, metavar="S",
                         help="seed for the data split, training and sampling, the same for every config (default: 0)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -875,7 +875,6 @@ def default_out_dir(root: str = "runs") -> str:
 
 
 def main(argv=None):
-    from keras_music import cli
 
     parser, args = parse_args(argv)
     command = "python -m keras_music.experiment " + shlex.join(sys.argv[1:] if argv is None else list(argv))

@@ -34,6 +34,7 @@ MAX_LENGTH = 100_000
 
 # Events a piece must have before a sampled <piece> boundary may end it.
 DEFAULT_MIN_LENGTH = 8
+DEFAULT_TEMPERATURE = sampling.DEFAULT_TEMPERATURE
 # A primer file is the opening to continue, not a whole piece to re-read: this
 # many events (a few bars of a chorale) by default.
 DEFAULT_PRIMER_EVENTS = 16
@@ -328,6 +329,16 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _row_lengths(length, num_samples: int) -> np.ndarray:
+    """`length` as one event count per row: an integer for every row, or a sequence of them."""
+    values = list(length) if isinstance(length, (list, tuple, np.ndarray)) else [length] * num_samples
+    if len(values) != num_samples or any(
+            isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= MAX_LENGTH for v in values):
+        raise GenerateError(f"length must be an integer in 1..{MAX_LENGTH} (events to generate) or one such "
+                            f"integer per piece ({num_samples}), got {length!r}")
+    return np.asarray(values, np.int64)
+
+
 def _rng_for_primers(seed: int):
     # A stream separate from the sampler's, so choosing a primer never shifts the
     # sampled tokens of an otherwise identical run.
@@ -521,8 +532,9 @@ class Generator:
         of the file `primer`, the list (or
         space-separated string) `primer_tokens` ([] = no primer), or by default the opening
         of a random held-out piece (a different one per row, chosen with `seed`). A row
-        stops after `length` events (sonorities; tokens for `classic`) or when it samples
-        `<piece>`, but not before `min_length` events (clamped to `length`): an empty or
+        stops after `length` events (sonorities; tokens for `classic`; one integer, or one
+        per row) or when it samples `<piece>`, but not before `min_length` events (clamped
+        to the row's length): an empty or
         one-chord "piece" is never what a user asked for. Every step samples only the
         tokens the representation's grammar allows (`sampling.Grammar`), so decoding
         has nothing to repair.
@@ -530,8 +542,7 @@ class Generator:
         if (isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer))
                 or not 1 <= num_samples <= MAX_NUM_SAMPLES):
             raise GenerateError(f"num_samples must be an integer in 1..{MAX_NUM_SAMPLES}, got {num_samples!r}")
-        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or not 1 <= length <= MAX_LENGTH:
-            raise GenerateError(f"length must be an integer in 1..{MAX_LENGTH} (events to generate), got {length!r}")
+        lengths = _row_lengths(length, num_samples)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise GenerateError(f"seed must be an integer >= 0, got {seed!r}")
         try:
@@ -552,12 +563,13 @@ class Generator:
         stop = ["token_limit"] * num_samples
         if isinstance(min_length, bool) or not isinstance(min_length, (int, np.integer)) or min_length < 0:
             raise GenerateError(f"min_length must be an integer >= 0 (events), got {min_length!r}")
-        min_length = min(int(min_length), int(length))
+        min_lengths = np.minimum(int(min_length), lengths)
+        longest = int(lengths.max())
         banned_early = np.append(self.banned, boundary)
-        max_tokens = length * MAX_TOKENS_PER_EVENT
+        max_tokens = longest * MAX_TOKENS_PER_EVENT
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=length, desc="generating", unit="event", disable=not show_progress, file=sys.stderr)
+        bar = tqdm(total=longest, desc="generating", unit="event", disable=not show_progress, file=sys.stderr)
         shown = 0
         grammar = self.grammar_state(sequences)
         try:
@@ -569,7 +581,7 @@ class Generator:
                     if finished.all():
                         break
                 allowed = self.grammar.allowed(grammar, closing=np.full(num_samples, step == max_tokens - 1))
-                early = event_counts < min_length
+                early = event_counts < min_lengths
                 if early.any():
                     # Rows still short of min_length may not end yet: the boundary is banned for them.
                     ids = np.empty(num_samples, np.int64)
@@ -589,9 +601,9 @@ class Generator:
                     generated[row].append(token_id)
                     if self.is_event[token_id]:
                         event_counts[row] += 1
-                        if event_counts[row] >= length:
+                        if event_counts[row] >= lengths[row]:
                             finished[row], stop[row] = True, "length"
-                progress = int(np.where(finished, length, event_counts).min())
+                progress = int(np.where(finished, longest, event_counts).min())
                 if progress > shown:
                     bar.update(progress - shown)
                     shown = progress
@@ -602,11 +614,11 @@ class Generator:
         finally:
             bar.close()
 
-        settings = {"backend": self.backend_name, "num_samples": num_samples, "length": length,
+        settings = {"backend": self.backend_name, "num_samples": num_samples,
                     "temperature": float(temperature), "top_k": int(top_k), "top_p": float(top_p),
-                    "min_length": min_length,
                     "representation": self.representation}
-        return [self._piece(row, primers[row], generated[row], stop[row], seed, settings)
+        return [self._piece(row, primers[row], generated[row], stop[row], seed,
+                            {**settings, "length": int(lengths[row]), "min_length": int(min_lengths[row])})
                 for row in range(num_samples)]
 
     def _piece(self, row, primer, ids, stop_reason, seed, settings) -> Piece:
@@ -842,8 +854,9 @@ def parse_args(argv=None):
                              "a piece also ends early when it samples the <piece> boundary")
     parser.add_argument("--min-length", type=cli.non_negative_int, default=DEFAULT_MIN_LENGTH, metavar="N",
                         help="events a piece must have before a sampled <piece> boundary may end it")
-    parser.add_argument("--temperature", type=cli.temperature, default=1.0, metavar="T",
-                        help="sampling temperature; below 1 is safer, above 1 wilder, 0 is greedy")
+    parser.add_argument("--temperature", type=cli.temperature, default=DEFAULT_TEMPERATURE, metavar="T",
+                        help="sampling temperature; below 1 is safer, above 1 wilder, 0 is greedy (the "
+                             "default is where the default run's pieces sit closest to real ones)")
     parser.add_argument("--top-k", type=cli.non_negative_int, default=0, metavar="K",
                         help="sample only among the K most probable tokens (0 = off)")
     parser.add_argument("--top-p", type=cli.top_p, default=1.0, metavar="P",

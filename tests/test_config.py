@@ -19,6 +19,14 @@ def test_default_yaml_is_the_dataclass_defaults():
     assert config.load([preset("default.yaml")]) == config.Config()
 
 
+def test_default_sample_temperature_is_the_recommended_one(tmp_path):
+    from keras_music import generate, sampling
+
+    assert config.Config().train.sample_temperature == sampling.DEFAULT_TEMPERATURE == 0.9
+    _, args = generate.parse_args(["--run-dir", str(tmp_path)])
+    assert args.temperature == sampling.DEFAULT_TEMPERATURE
+
+
 def test_precedence_defaults_then_files_then_overrides(tmp_path):
     first = tmp_path / "a.yaml"
     first.write_text("model:\n  hidden_size: 64\ntrain:\n  epochs: 3\n")

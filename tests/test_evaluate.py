@@ -11,7 +11,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from keras_music import dataset, evaluate, events, metrics, ngram, run as run_lib, sampling, storage
+from keras_music import cli, dataset, evaluate, events, metrics, ngram, run as run_lib, sampling, storage
 
 pytestmark = pytest.mark.slow
 
@@ -54,13 +54,35 @@ class NGramGenerator:
         rng = sampling.make_rng(seed)
         banned = [self.vocabulary.pad_id, self.vocabulary.unk_id, self.vocabulary.boundary_id]
         pieces = []
-        for _ in range(num_samples):
+        lengths = list(length) if isinstance(length, list) else [length] * num_samples
+        for row in range(num_samples):
             ids = []
-            while sum(self.vocabulary.tokens[i].startswith("dur:") for i in ids) < length:
+            while sum(self.vocabulary.tokens[i].startswith("dur:") for i in ids) < lengths[row]:
                 probabilities = self.model.probabilities(ids)[None, :]
                 ids.append(int(sampling.sample_next(probabilities, rng, temperature, 0, 1.0, banned)[0]))
             pieces.append(fake_piece(self.vocabulary.decode(ids)))
         return pieces
+
+
+def test_matched_length_gives_each_generated_piece_a_held_out_piece_length(tiny_run):
+    real = [{"events": 7}, {"events": 3}]
+    assert evaluate.generation_lengths("matched", real, 5) == {"length": [7, 3, 7, 3, 7], "min_length": 7}
+    assert evaluate.generation_lengths(12, real, 5) == {"length": 12}
+    generator = NGramGenerator(tiny_run)
+    music = evaluate.music_metrics(tiny_run, num_samples=3, length="matched", temperatures=(1.0,), seed=0,
+                                   generator=generator)
+    held_out = [row["events"] for row in music["real"]["pieces"]]
+    assert generator.calls[0]["length"] == [held_out[i % len(held_out)] for i in range(3)]
+    assert [row["events"] for row in music["generated"]["1"]["pieces"]] == generator.calls[0]["length"]
+
+
+def test_length_argument_takes_matched_or_a_positive_integer():
+    assert cli.piece_length("matched") == "matched"
+    assert cli.piece_length("Matched ") == "matched"
+    assert cli.piece_length("40") == 40
+    for bad in ("0", "-3", "long"):
+        with pytest.raises(argparse.ArgumentTypeError, match="'matched' or a positive integer"):
+            cli.piece_length(bad)
 
 
 @pytest.fixture(scope="module")

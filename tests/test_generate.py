@@ -228,6 +228,19 @@ def test_the_boundary_cannot_end_a_piece_before_min_length(run_dir, generator):
     assert any(len(p.tokens) < 5 for p in short)
 
 
+def test_each_row_can_have_its_own_length(run_dir, generator):
+    fake = FakeBackend(generator.vocabulary, k=0, unk_mass=0.0)
+    fake_generator = generate.Generator(run_dir, backend=fake, log=lambda m: None)
+    pieces = fake_generator.generate(num_samples=3, length=[2, 5, 3], min_length=5, primer_tokens=[], seed=0)
+    assert [len(p.sonorities) for p in pieces] == [2, 5, 3]
+    assert [p.stop_reason for p in pieces] == ["length"] * 3
+    assert [p.settings["length"] for p in pieces] == [2, 5, 3]
+    assert [p.settings["min_length"] for p in pieces] == [2, 5, 3]
+    for bad in ([2, 5], [2, 0, 3], [2, True, 3]):
+        with pytest.raises(generate.GenerateError, match="one such integer per piece"):
+            fake_generator.generate(num_samples=3, length=bad, primer_tokens=[], seed=0)
+
+
 class UniformBackend:
     """Every token equally likely at every step: the hardest case for a grammar."""
 

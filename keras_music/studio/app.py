@@ -14,7 +14,7 @@ import time
 import uuid
 from fractions import Fraction
 
-from keras_music import audio as audio_lib, events, listening, run as run_lib, storage
+from keras_music import audio as audio_lib, events, listening, run as run_lib, sampling, storage
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024  # scores are small; a 2 MB MIDI is already a long symphony
@@ -129,7 +129,7 @@ class Studio:
     def generate(self, body: dict) -> dict:
         label = self.run_label(body.get("run"))
         generator = self.generators[label]
-        temperature = _number(body, "temperature", 1.0, 0.0, 5.0)
+        temperature = _number(body, "temperature", sampling.DEFAULT_TEMPERATURE, 0.0, 5.0)
         top_k = int(_number(body, "top_k", 0, 0, len(generator.vocabulary), integer=True))
         top_p = _number(body, "top_p", 1.0, 1e-6, 1.0)
         length = int(_number(body, "length", 64, 1, self.max_length, integer=True))
