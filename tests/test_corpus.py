@@ -151,7 +151,18 @@ def start_prepare(folder, out, cache, tag):
     # the way Ctrl-C in a terminal does.
     return subprocess.Popen([sys.executable, "-m", "keras_music.prepare", "--data", str(folder), "--out", str(out),
                              "--quiet", "--set", "data.workers=2"], env=environment, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=as_in_a_terminal)
+
+
+def as_in_a_terminal():
+    """SIGINT as a foreground command in a terminal has it.
+
+    A test runner started in the background by a shell without job control ignores
+    SIGINT, and its children would inherit that: Ctrl-C could then never reach them.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def cache_entries(cache):

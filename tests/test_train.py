@@ -328,8 +328,12 @@ def test_printed_next_commands_quote_paths_with_spaces(tiny_run, tmp_path, capsy
 def test_ctrl_c_during_training_stops_within_seconds(tmp_path):
     import time
 
-    process = subprocess.Popen(command(tmp_path / "run", "--set", "train.epochs=40"), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    from test_corpus import as_in_a_terminal
+
+    # Many short steps per epoch: training is still far from its end when the line of epoch 1 is read.
+    slow = ("--set", "train.epochs=40", "--set", "data.seq_length=8", "--set", "train.batch_size=1")
+    process = subprocess.Popen(command(tmp_path / "run", *slow), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=as_in_a_terminal)
     try:
         for line in process.stdout:
             if line.startswith("epoch 1:"):
