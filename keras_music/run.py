@@ -576,9 +576,12 @@ def read_split(run_dir: str, split: str, vocabulary: Vocabulary, info: dict | No
         try:
             pieces.extend(dataset.read_named_pieces([file]))
         except Exception as error:  # tf.errors.DataLossError and friends for truncated or bit-flipped records
-            first = (getattr(error, "message", None) or str(error)).strip().splitlines()
-            raise RunError(f"{file} cannot be read ({type(error).__name__}: {first[0] if first else ''}); "
-                           f"{fix}") from None
+            import re
+
+            text = (getattr(error, "message", None) or str(error)).strip().splitlines()
+            # TensorFlow wraps the reason in the names of the graph nodes that met it.
+            reason = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]", "", text[0] if text else "").strip()
+            raise RunError(f"{file} cannot be read ({type(error).__name__}: {reason}); {fix}") from None
     size = len(vocabulary)
     for name, ids in pieces:
         ids = np.asarray(ids)

@@ -301,6 +301,11 @@ def atomic_local_path(path: str, suffix: str = ""):
         else:
             with open(temporary, "rb") as source:
                 write_bytes(path, source.read())
+    except OSError as error:
+        if error.errno is not None and error.filename in (temporary, None):
+            # Writers such as Keras report a full disk without a file name: name the one asked for.
+            raise OSError(error.errno, error.strerror, path) from None
+        raise
     finally:
         with contextlib.suppress(OSError):
             os.remove(temporary)
