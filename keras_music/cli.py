@@ -4,18 +4,36 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
+import shlex
 import sys
 
 # Errors a user can fix (bad input, config, data): printed as one line, no traceback.
 USAGE_EXIT = 2
 DATA_EXIT = 1
 
+# What to do about an operating-system error a user can fix, by errno.
+OS_ERROR_ADVICE = {
+    errno.ENOSPC: "free some space and rerun the same command",
+    errno.EDQUOT: "free some space and rerun the same command",
+    errno.EROFS: "choose a writable directory",
+    errno.EACCES: "check the owner and mode of the directory, or choose another one",
+    errno.EPERM: "check the owner and mode of the directory, or choose another one",
+    errno.EMFILE: "raise the limit (ulimit -n) or lower data.workers",
+    errno.ENFILE: "close other programs or lower data.workers",
+}
+# TensorFlow's file I/O errors (TFRecord, TensorBoard, SavedModel writers) by class name.
+TF_IO_ERRORS = ("NotFoundError", "PermissionDeniedError", "ResourceExhaustedError", "DataLossError",
+                "AlreadyExistsError", "UnavailableError", "FailedPreconditionError")
+TF_OS_MESSAGES = ("No space left", "Read-only file system", "Permission denied", "Too many open files",
+                  "Disk quota exceeded")
+
 
 def _user_error_types():
     from keras_music import config, corpus, vocabulary
 
-    types = [config.ConfigError, corpus.CorpusError, vocabulary.VocabularyError, FileNotFoundError]
+    types = [config.ConfigError, corpus.CorpusError, vocabulary.VocabularyError]
     import importlib
 
     # Later stages' error types, each imported only if its module is already loaded, so a
@@ -31,9 +49,42 @@ def _user_error_types():
     return tuple(types)
 
 
+def os_error_message(error: OSError) -> str:
+    """One line for an operating-system error: the file, what went wrong and what to do."""
+    where = error.filename
+    if getattr(error, "filename2", None) is not None:
+        where = f"{where} -> {error.filename2}"
+    if isinstance(where, bytes):
+        where = os.fsdecode(where)
+    what = "no such file or directory" if isinstance(error, FileNotFoundError) else (
+        error.strerror or str(error) or type(error).__name__)
+    text = f"{where}: {what}" if where is not None else str(what)
+    advice = OS_ERROR_ADVICE.get(error.errno)
+    if advice:
+        text += f"; {advice} (files written before are intact)"
+    return " ".join(text.split())
+
+
+def tf_io_error(error: BaseException) -> str | None:
+    """The one-line message of a TensorFlow file-I/O error (disk full, permissions, corrupt data), else None."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(error, tf.errors.OpError):
+        return None
+    message = (error.message or str(error)).strip()
+    if type(error).__name__ in TF_IO_ERRORS or any(text in message for text in TF_OS_MESSAGES):
+        first = message.splitlines()[0] if message else type(error).__name__
+        return " ".join(first.split())
+    return None
+
+
 @contextlib.contextmanager
 def user_errors(parser: argparse.ArgumentParser):
-    """Turn a user-fixable error into `prog: error: message` and exit status 2 (config/usage) or 1."""
+    """Turn a user-fixable error into `prog: error: message` and exit status 2 (config/usage) or 1.
+
+    Operating-system errors (disk full, read-only or unwritable directories, too many
+    open files) are user errors too: every write is atomic, so what was written
+    before is intact, and one line says what happened.
+    """
     from keras_music import config
 
     try:
@@ -41,10 +92,10 @@ def user_errors(parser: argparse.ArgumentParser):
     except config.ConfigError as error:
         parser.error(str(error))
     except _user_error_types() as error:
-        message = str(error)
-        if isinstance(error, FileNotFoundError) and error.filename:
-            message = f"{error.filename}: no such file or directory"
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        finish(DATA_EXIT)
+    except OSError as error:
+        print(f"{parser.prog}: error: {os_error_message(error)}", file=sys.stderr)
         finish(DATA_EXIT)
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted; rerun the same command to continue", file=sys.stderr)
@@ -52,6 +103,10 @@ def user_errors(parser: argparse.ArgumentParser):
     except Exception as error:
         from keras_music import storage
 
+        message = tf_io_error(error)
+        if message is not None:
+            print(f"{parser.prog}: error: {message}", file=sys.stderr)
+            finish(DATA_EXIT)
         if not storage.touched_remote():
             raise
         # After remote I/O tensorflow-io aborts at interpreter exit (134), which would
@@ -143,3 +198,33 @@ def existing_run_dir(text: str) -> str:
         raise argparse.ArgumentTypeError(f"run directory {text} does not exist (train one with "
                                          "python -m keras_music.train, or use runs/latest)")
     return text
+
+
+def bounded_int(low: int, high: int, what: str = "an integer"):
+    """An argparse type for integers in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} in {low}..{high}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {what} in {low}..{high}, got {value}")
+        return value
+
+    parse.__name__ = f"integer in {low}..{high}"
+    return parse
+
+
+def quote(path) -> str:
+    """A path as it must be typed in a shell (spaces and quotes escaped)."""
+    return shlex.quote(str(path))
+
+
+def command_line(*words) -> str:
+    """A command to print for the user to copy: every word after the first ones shell-quoted.
+
+    The leading `python -m keras_music.x` is passed as one word and printed as is.
+    """
+    first, *rest = words
+    return " ".join([str(first)] + [quote(word) for word in rest])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -129,6 +130,9 @@ def _coerce(key: str, value, annotation):
     if expected is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            # YAML reads .inf and .nan as numbers; no setting means anything with them.
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if expected is str:
         if not isinstance(value, str):
@@ -163,6 +167,12 @@ def validate(config: Config) -> Config:
         if not ok:
             raise ConfigError(f"{key}: expected {expected}, got {value!r}")
 
+    for section in dataclasses.fields(config):
+        values = getattr(config, section.name)
+        for f in dataclasses.fields(values):
+            value = getattr(values, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section.name}.{f.name}: expected a finite number, got {value!r}")
     require(len(d.sources) > 0, "data.sources", d.sources, "at least one source")
     require(d.representation in REPRESENTATIONS, "data.representation", d.representation,
             "one of " + ", ".join(REPRESENTATIONS))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import queue
+import signal
 import sys
+import threading
 import time
 from fractions import Fraction
 
@@ -19,6 +23,13 @@ MIDI_EXTENSIONS = (".mid", ".midi")
 # Bump when parsing or note extraction changes, so stale cache entries are never reused.
 PARSE_VERSION = 5
 GLOB_CHARACTERS = set("*?[")
+# Larger source files are skipped unread: no score keras_music can learn from is this big,
+# and reading one whole would only exhaust memory.
+MAX_SOURCE_BYTES = 128 << 20
+CACHE_FORMAT = "keras_music.parse_cache"
+# Jobs handed to the worker pool ahead of the ones running: enough to keep every worker
+# busy, few enough that an interrupt has little to throw away.
+QUEUED_PER_WORKER = 2
 
 
 class CorpusError(ValueError):
@@ -267,8 +278,24 @@ def record_sonorities(record: dict, max_duration) -> list:
                                       int(record.get("grid", events.GRID)))
 
 
-def _worker(tasks, results, settings):
-    # Runs in a child process: parse until told to stop (None).
+def _watch_parent(parent_pid: int) -> None:
+    """Exit this worker as soon as the process that started it is gone (e.g. killed with SIGKILL)."""
+
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(0.25)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _worker(tasks, results, settings, parent_pid=None):
+    # Runs in a child process: parse until told to stop (None). Ctrl-C reaches the whole
+    # process group; the parent decides what happens, so the worker ignores it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is not None:
+        _watch_parent(parent_pid)
     while True:
         task = tasks.get()
         if task is None:
@@ -278,36 +305,71 @@ def _worker(tasks, results, settings):
         results.put(("done", index, parse_bytes(name, data, settings)))
 
 
-def _parse_parallel(jobs, settings: ParseSettings, workers: int, progress) -> dict[int, dict]:
-    """Parse (index, name, data) jobs in worker processes; a hung file is killed after the timeout."""
+@contextlib.contextmanager
+def _sigint_ignored():
+    # A child inherits an ignored SIGINT through fork and exec, so a Ctrl-C during its
+    # start-up cannot print a KeyboardInterrupt traceback from it.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _parse_parallel(jobs, settings: ParseSettings, workers: int, progress, on_result=None) -> dict[int, dict]:
+    """Parse (index, name, data) jobs in worker processes; a hung file is killed after the timeout.
+
+    Jobs are handed out a few at a time, and `on_result(index, record)` runs as each
+    file finishes (the caller caches it there), so an interrupt loses only the files
+    being parsed. On any exception (KeyboardInterrupt included) every worker is killed
+    at once. Workers also exit by themselves when this process dies.
+    """
     context = multiprocessing.get_context("spawn")
     tasks, results = context.Queue(), context.Queue()
-    for job in jobs:
-        tasks.put(job)
     processes: dict[int, multiprocessing.Process] = {}
+    parent = os.getpid()
+    submitted = 0
+    out: dict[int, dict] = {}
 
     def start():
-        process = context.Process(target=_worker, args=(tasks, results, settings), daemon=True)
-        process.start()
+        process = context.Process(target=_worker, args=(tasks, results, settings, parent), daemon=True)
+        with _sigint_ignored():
+            process.start()
         processes[process.pid] = process
+
+    def finish(index: int, record: dict) -> None:
+        out[index] = record
+        if on_result is not None:
+            on_result(index, record)
+        progress(1)
+
+    def feed():
+        nonlocal submitted
+        while submitted < len(jobs) and submitted - len(out) < QUEUED_PER_WORKER * max(1, len(processes)):
+            tasks.put(jobs[submitted])
+            submitted += 1
 
     for _ in range(min(workers, len(jobs))):
         start()
     running: dict[int, tuple[int, float]] = {}  # pid -> (index, start time)
     idle_deaths = 0
-    out: dict[int, dict] = {}
+    completed = False
     try:
+        feed()
         while len(out) < len(jobs):
             try:
-                kind, index, payload = results.get(timeout=0.5)
+                kind, index, payload = results.get(timeout=0.25)
                 if kind == "start":
                     running[payload] = (index, time.monotonic())
-                else:
-                    out[index] = payload
+                elif index not in out:
                     for pid, (i, _) in list(running.items()):
                         if i == index:
                             del running[pid]
-                    progress(1)
+                    finish(index, payload)
+                    feed()
                 continue
             except queue.Empty:
                 pass
@@ -317,10 +379,10 @@ def _parse_parallel(jobs, settings: ParseSettings, workers: int, progress) -> di
                     processes[pid].kill()
                     processes[pid].join()
                     del processes[pid], running[pid]
-                    out[index] = {"status": "skipped",
-                                  "reason": f"timed out: parsing took longer than {settings.timeout:g} s"}
-                    progress(1)
+                    finish(index, {"status": "skipped",
+                                   "reason": f"timed out: parsing took longer than {settings.timeout:g} s"})
                     start()
+                    feed()
             for pid, process in list(processes.items()):
                 if process.is_alive():
                     continue
@@ -328,27 +390,35 @@ def _parse_parallel(jobs, settings: ParseSettings, workers: int, progress) -> di
                 if pid in running:
                     index, _ = running.pop(pid)
                     if index not in out:
-                        out[index] = {"status": "skipped",
-                                      "reason": f"parse crashed the worker (exit code {process.exitcode})"}
-                        progress(1)
+                        finish(index, {"status": "skipped",
+                                       "reason": f"parse crashed the worker (exit code {process.exitcode})"})
                 else:
                     idle_deaths += 1
                 if idle_deaths <= 2 * workers:
                     start()
+                feed()
             if not processes:
                 # Workers that die before taking any file (e.g. the parent cannot be
                 # re-imported by `spawn`): parse the rest here instead of losing it.
                 for index, name, data in jobs:
                     if index not in out:
-                        out[index] = parse_bytes(name, data, settings)
-                        progress(1)
+                        finish(index, parse_bytes(name, data, settings))
+        completed = True
     finally:
-        for _ in processes:
-            tasks.put(None)
+        if completed:
+            for _ in processes:
+                tasks.put(None)
+            for process in processes.values():
+                process.join(timeout=5)
         for process in processes.values():
-            process.join(timeout=5)
             if process.is_alive():
                 process.kill()
+        for process in processes.values():
+            process.join(timeout=2)
+        # Undelivered jobs must not keep this process alive at exit waiting to flush them.
+        for channel in (tasks, results):
+            channel.cancel_join_thread()
+            channel.close()
     return out
 
 
@@ -356,8 +426,72 @@ def default_cache_dir() -> str:
     return os.environ.get("KERAS_MUSIC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "keras_music")
 
 
+def _is_int(value, low=None, high=None) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
+            and (high is None or value <= high))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_record(record) -> str | None:
+    """What is wrong with a parse record read back (from the cache or a shard's part), or None.
+
+    A record is what parse_bytes returns: a skip with its reason, or notes on a grid with
+    the piece's timing. Anything else (an edited or damaged file) must be parsed again,
+    never used: a bad time signature would only fail much later, in generate.
+    """
+    if not isinstance(record, dict) or record.get("status") not in ("parsed", "skipped"):
+        return "no status"
+    if record["status"] == "skipped":
+        return None if isinstance(record.get("reason"), str) else "a skip without a reason"
+    grid = record.get("grid", events.GRID)
+    if not _is_int(grid, 1, 960):
+        return f"grid {grid!r}"
+    notes = record.get("notes")
+    if not isinstance(notes, list) or not notes:
+        return "no notes"
+    for note in notes:
+        if not (isinstance(note, list) and len(note) in (3, 4) and all(_is_int(v) for v in note)
+                and 0 <= note[0] < note[1] and 0 <= note[2] <= 127 and (len(note) == 3 or note[3] >= 0)):
+            return f"note {note!r}"
+    if not _is_number(record.get("start", 0.0)):
+        return f"start {record.get('start')!r}"
+    signature = record.get("time_signature", [4, 4])
+    if not (isinstance(signature, list) and len(signature) == 2 and events.valid_time_signature(*signature)):
+        return f"time signature {signature!r}"
+    for entry in record.get("time_signatures", [[0.0, 4, 4]]):
+        if not (isinstance(entry, list) and len(entry) == 3 and _is_number(entry[0]) and entry[0] >= 0
+                and events.valid_time_signature(entry[1], entry[2])):
+            return f"time signature change {entry!r}"
+    for entry in record.get("tempos", [[0.0, 120.0]]):
+        if not (isinstance(entry, list) and len(entry) == 2 and _is_number(entry[0]) and entry[0] >= 0
+                and _is_number(entry[1]) and entry[1] > 0):
+            return f"tempo change {entry!r}"
+    events_count = record.get("events")
+    if events_count is not None and not _is_int(events_count, 0):
+        return f"event count {events_count!r}"
+    parts = record.get("parts", [])
+    if not isinstance(parts, list) or not all(isinstance(p, dict) and _is_int(p.get("program", 0), 0, 127)
+                                              for p in parts):
+        return "parts"
+    if not _is_int(record.get("shift", 0), -127, 127):
+        return f"shift {record.get('shift')!r}"
+    return None
+
+
+def _record_digest(record: dict) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
 class ParseCache:
-    """Parsed notes on local disk, keyed by the file's content hash and the parse settings."""
+    """Parsed notes on local disk, keyed by the file's content hash and the parse settings.
+
+    Each entry carries the sha256 of its record; an entry that fails it or check_record
+    (truncated, edited, bit-flipped) is a miss: the file is parsed again and the entry
+    rewritten.
+    """
 
     def __init__(self, directory: str | None, settings: ParseSettings):
         self.directory = directory
@@ -370,17 +504,24 @@ class ParseCache:
         if not self.directory:
             return None
         try:
-            record = json.loads(storage.read_text(self._path(digest)))
-            return record if isinstance(record, dict) and "status" in record else None
+            data = json.loads(storage.read_text(self._path(digest), MAX_SOURCE_BYTES))
         except Exception:  # missing, unreadable or corrupt (OSError, ValueError, tf.errors.* remotely): a miss
             return None
+        if isinstance(data, dict) and data.get("format") == CACHE_FORMAT:
+            record = data.get("record")
+            if not isinstance(record, dict) or data.get("sha256") != _record_digest(record):
+                return None
+        else:
+            record = data  # an entry written before entries carried a checksum
+        return record if check_record(record) is None else None
 
     def put(self, digest: str, record: dict) -> None:
         # Timeouts and crashes may be transient, so they are not cached.
         if not self.directory or record.get("reason", "").startswith(("timed out", "parse crashed", "not parsed")):
             return
+        entry = {"format": CACHE_FORMAT, "sha256": _record_digest(record), "record": record}
         try:
-            storage.write_text(self._path(digest), json.dumps(record, separators=(",", ":")))
+            storage.write_text(self._path(digest), json.dumps(entry, separators=(",", ":")))
         except Exception:  # OSError locally, tf.errors.* remotely: an unwritable cache only costs speed
             pass
 
@@ -420,11 +561,16 @@ def parse_files(files: list[SourceFile], settings: ParseSettings, workers: int =
             entry.update(status="skipped", reason=f.skip)
             continue
         try:
-            data = storage.read_bytes(f.path)
+            data = storage.read_bytes(f.path, MAX_SOURCE_BYTES)
+        except (storage.NotARegularFile, storage.FileTooLarge) as error:
+            # FIFOs and devices would block or never end; they are never opened for reading.
+            entry.update(status="skipped", reason=error.strerror)
+            continue
         except (OSError, Exception) as error:  # tf.errors.* from remote filesystems too
             entry.update(status="skipped", reason=f"unreadable: {getattr(error, 'strerror', None) or error}")
             continue
-        digest = hashlib.sha256(data + os.path.splitext(f.name)[1].lower().encode()).hexdigest()
+        extension = os.path.splitext(f.name)[1].lower().encode("utf-8", "surrogateescape")
+        digest = hashlib.sha256(data + extension).hexdigest()
         entry["sha256"] = digest
         cached = cache.get(digest)
         if cached is not None:
@@ -433,26 +579,35 @@ def parse_files(files: list[SourceFile], settings: ParseSettings, workers: int =
         index = len(jobs)
         jobs.append((index, f.name, data))
         pending[index] = entry
+
+    def keep(index: int, record: dict) -> None:
+        # Cached as each file finishes, so an interrupted parse resumes where it stopped.
+        entry = pending[index]
+        cache.put(entry["sha256"], record)
+        entry.update(record)
+
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(jobs), desc="parsing", unit="file", disable=not show_progress or not jobs,
                file=sys.stderr)
     try:
         if jobs and workers == 1 and settings.timeout <= 0:
-            results = {}
             for index, name, data in jobs:
-                results[index] = parse_bytes(name, data, settings)
+                keep(index, parse_bytes(name, data, settings))
                 bar.update(1)
         elif jobs:
-            results = _parse_parallel(jobs, settings, workers, bar.update)
-        else:
-            results = {}
+            _parse_parallel(jobs, settings, workers, bar.update, keep)
     finally:
         bar.close()
-    for index, record in results.items():
-        entry = pending[index]
-        cache.put(entry["sha256"], record)
-        entry.update(record)
     return [_finish(entry, settings) for entry in entries]
+
+
+def parse_path(path: str, settings: ParseSettings, cache_dir: str | None = "") -> dict:
+    """One file read and parsed like a corpus file (bounded size, parse timeout in a worker), no minimum length.
+
+    Returns the manifest entry: status "used" with notes, or "skipped" with the reason.
+    """
+    settings = dataclasses.replace(settings, min_events=1)
+    return parse_files([SourceFile(path, path)], settings, workers=1, cache_dir=cache_dir, show_progress=False)[0]
 
 
 def _finish(entry: dict, settings: ParseSettings) -> dict:

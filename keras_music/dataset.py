@@ -15,7 +15,8 @@ PIECES_PER_SHARD = 256
 def _example(ids, name: str) -> bytes:
     feature = {
         "ids": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(i) for i in ids])),
-        "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode("utf-8")])),
+        # File names that are not UTF-8 arrive with surrogate escapes; they go back to their bytes.
+        "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode("utf-8", "surrogateescape")])),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
@@ -63,7 +64,7 @@ def read_named_pieces(files) -> list[tuple[str, np.ndarray]]:
     """(name, ids) of every piece of some shards (for evaluation; training streams instead)."""
     if not files:
         return []
-    return [(name.numpy().decode("utf-8"), ids.numpy())
+    return [(name.numpy().decode("utf-8", "surrogateescape"), ids.numpy())
             for name, ids in tf.data.TFRecordDataset(files).map(_parse_named)]
 
 

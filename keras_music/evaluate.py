@@ -12,6 +12,7 @@ import numpy as np
 from keras_music import cli, events, metrics, plots, run as run_lib, storage
 
 DEFAULT_NUM_SAMPLES = 20
+MAX_NUM_SAMPLES = 1000
 # Generated pieces as long as the held-out pieces they are compared with: pitch entropy,
 # pitch range and most other metrics grow with a piece's length, so sets of unlike lengths
 # differ for that reason alone.
@@ -64,8 +65,13 @@ def _manifest_entries(run_dir: str) -> dict:
     file = run_lib.path(run_dir, run_lib.MANIFEST)
     if not storage.exists(file):
         return {}
-    manifest = storage.read_json(file)
-    return {entry.get("file"): entry for entry in manifest.get("files", []) if isinstance(entry, dict)}
+    try:
+        manifest = storage.read_json(file, 1 << 30)
+    except (OSError, ValueError):
+        raise run_lib.RunError(f"{file} is not valid JSON: prepare the data again (rerun the same train "
+                               "command)") from None
+    files = manifest.get("files", []) if isinstance(manifest, dict) else []
+    return {entry.get("file"): entry for entry in files if isinstance(entry, dict)}
 
 
 def _count_events(ids, vocabulary, entry) -> int:
@@ -95,15 +101,20 @@ def load_split(run_dir: str, split: str, vocabulary=None) -> list[HeldOutPiece]:
     from keras_music import dataset
 
     vocabulary = vocabulary or run_lib.load_vocabulary(run_dir)
+    info = run_lib.load_prepared(run_dir)
     data_dir = run_lib.data_dir(run_dir)
     if not storage.isdir(data_dir):
         raise run_lib.RunError(f"{data_dir} is missing: {run_dir} has no prepared data (train the run first)")
-    files = dataset.shard_files(data_dir, split)
-    if not files:
-        raise run_lib.RunError(f"{data_dir} has no {split}-*.tfrecord shards: {run_dir} has no {split} split")
+    if info:
+        # Checked against prepared.json: a missing or damaged shard is an error, never a smaller split.
+        named = run_lib.read_split(run_dir, split, vocabulary, info)
+    else:  # a run from before prepared.json
+        named = dataset.read_named_pieces(dataset.shard_files(data_dir, split))
+    if not named:
+        raise run_lib.RunError(f"{data_dir} has no {split} pieces: {run_dir} has no {split} split")
     entries = _manifest_entries(run_dir)
     out = []
-    for name, ids in dataset.read_named_pieces(files):
+    for name, ids in named:
         entry = entries.get(name)
         ids = np.asarray(ids, dtype=np.int32)
         out.append(HeldOutPiece(name, ids, _count_events(ids, vocabulary, entry), _time_signature(entry)))
@@ -407,6 +418,14 @@ def evaluate_run(run_dir: str, num_samples: int = DEFAULT_NUM_SAMPLES, length: i
     """
     _check_settings(num_samples, length, temperatures, seed)
     orders = _check_orders(orders)
+    out_dir = out_dir or run_lib.path(run_dir, EVALUATION_DIR)
+    # One evaluation writes a directory at a time; the run itself is only read.
+    with run_lib.lock(out_dir, "python -m keras_music.evaluate"):
+        return _evaluate_run(run_dir, num_samples, length, temperatures, seed, orders, out_dir, show_progress,
+                             generator)
+
+
+def _evaluate_run(run_dir, num_samples, length, temperatures, seed, orders, out_dir, show_progress, generator):
     temperatures = tuple(float(t) for t in temperatures)
     config = run_lib.load_config(run_dir)
     vocabulary = run_lib.load_vocabulary(run_dir)
@@ -445,7 +464,6 @@ def evaluate_run(run_dir: str, num_samples: int = DEFAULT_NUM_SAMPLES, length: i
         "lstm_vs_ngram": comparison,
         "music_metrics": music,
     }
-    out_dir = out_dir or run_lib.path(run_dir, EVALUATION_DIR)
     storage.makedirs(out_dir)
     figures = []
     plot_distributions(music, storage.join(out_dir, DISTRIBUTIONS_PNG))
@@ -697,8 +715,9 @@ def parse_args(argv=None):
                     "ones. Writes evaluation.json, evaluation.md and plots.")
     parser.add_argument("--run-dir", required=True, type=cli.existing_run_dir, metavar="DIR",
                         help="run directory written by keras_music.train")
-    parser.add_argument("--num-samples", type=cli.positive_int, default=DEFAULT_NUM_SAMPLES, metavar="N",
-                        help=f"generated pieces per temperature (default: {DEFAULT_NUM_SAMPLES})")
+    parser.add_argument("--num-samples", type=cli.bounded_int(1, MAX_NUM_SAMPLES), default=DEFAULT_NUM_SAMPLES,
+                        metavar="N", help=f"generated pieces per temperature (default: {DEFAULT_NUM_SAMPLES}; at most "
+                                          f"{MAX_NUM_SAMPLES})")
     parser.add_argument("--length", type=cli.piece_length, default=DEFAULT_LENGTH, metavar="N|matched",
                         help="events (sonorities) to generate per piece, or 'matched': each piece exactly as "
                              "long as a held-out piece, so length-dependent metrics compare like with like "

@@ -36,6 +36,13 @@ class DecodeReport:
         self.repairs[what] = self.repairs.get(what, 0) + 1
 
 
+def valid_time_signature(numerator, denominator) -> bool:
+    """A metre MIDI and music21 can write: numerator 1..255 over a power of two up to 128."""
+    return (isinstance(numerator, int) and not isinstance(numerator, bool) and 1 <= numerator <= 255
+            and isinstance(denominator, int) and not isinstance(denominator, bool)
+            and denominator in (1, 2, 4, 8, 16, 32, 64, 128))
+
+
 def quantize(value, grid: int = GRID) -> Fraction:
     return Fraction(round(float(value) * grid), grid)
 

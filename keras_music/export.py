@@ -255,23 +255,29 @@ def convert_in_subprocess(step_saved_model: str, out_dir: str, quantizations) ->
 
 # ----------------------------------------------------------------------------- parity data
 
-def held_out_windows(run_dir: str, seq_length: int, boundary_id: int, count: int):
+def held_out_windows(run_dir: str, seq_length: int, boundary_id: int, count: int, vocabulary=None):
     """Up to `count` non-overlapping windows of the held-out stream (pieces after boundary tokens).
 
     Returns (int32 [n, length], split). The training split is the fallback for runs
     without held-out pieces; a stream shorter than seq_length gives one shorter window.
+    The shards are checked against prepared.json (and the ids against `vocabulary`).
     """
     import numpy as np
 
     from keras_music import dataset
 
     directory = run_lib.data_dir(run_dir)
+    info = run_lib.load_prepared(run_dir)
+    vocabulary = vocabulary or run_lib.load_vocabulary(run_dir)
     for split in ("validation", "train"):
-        try:
-            files = dataset.shard_files(directory, split)
-        except FileNotFoundError:
-            files = []
-        pieces = dataset.read_pieces(files)
+        if info:
+            pieces = [ids for _, ids in run_lib.read_split(run_dir, split, vocabulary, info)]
+        else:  # a run from before prepared.json
+            try:
+                files = dataset.shard_files(directory, split)
+            except FileNotFoundError:
+                files = []
+            pieces = dataset.read_pieces(files)
         if not pieces:
             continue
         stream = np.concatenate([np.concatenate([[boundary_id], piece]) for piece in pieces]).astype(np.int32)
@@ -583,8 +589,15 @@ def export(run_dir: str, quantize=QUANTIZATIONS, parity_windows: int = 8, parity
     artifacts are written either way so a failed check can be inspected.
     `separate_conversion` runs the TFLite converter in a CPU-only child process
     (None: only when this process sees a GPU). `web` also writes RUN/export/web/, the
-    static site that generates in the browser (keras_music.web_export).
+    static site that generates in the browser (keras_music.web_export). The run directory
+    is locked meanwhile, and unfinished export folders of a killed earlier export are removed first.
     """
+    with run_lib.lock(run_dir, "python -m keras_music.export"):
+        return _export(run_dir, quantize, parity_windows, parity_steps, show_progress, log, separate_conversion, web)
+
+
+def _export(run_dir, quantize, parity_windows, parity_steps, show_progress, log, separate_conversion,
+            web) -> dict:
     import numpy as np
     import tensorflow as tf
 
@@ -600,7 +613,8 @@ def export(run_dir: str, quantize=QUANTIZATIONS, parity_windows: int = 8, parity
     model = run_lib.load_model(run_dir, vocabulary)
     sizes = model_lib.describe(model)
     banned = banned_ids(vocabulary)
-    windows, split = held_out_windows(run_dir, config.data.seq_length, vocabulary.boundary_id, parity_windows)
+    windows, split = held_out_windows(run_dir, config.data.seq_length, vocabulary.boundary_id, parity_windows,
+                                      vocabulary)
     primers = [np.array([vocabulary.boundary_id], np.int32)]
     primers += [window[:PRIMER_LENGTH] for window in windows[:2]]
     if separate_conversion is None:
@@ -609,6 +623,9 @@ def export(run_dir: str, quantize=QUANTIZATIONS, parity_windows: int = 8, parity
     runtime = web_export.fetch_runtime(log=log) if web else None
 
     destination = export_dir(run_dir)
+    removed = remove_stale_exports(run_dir)
+    if removed:
+        log(f"removed {removed} unfinished export folder(s) left by an interrupted export")
     with storage.atomic_directory(destination) as out, \
             tempfile.TemporaryDirectory(prefix="keras_music-step-") as scratch:
         vocab_file = os.path.join(out, VOCAB)
@@ -692,8 +709,42 @@ def export(run_dir: str, quantize=QUANTIZATIONS, parity_windows: int = 8, parity
             report["web"] = web_summary
         report["checks"] = evaluate_checks(report)
         report["passed"] = all(check["passed"] for check in report["checks"])
+        report["vocabulary_fingerprint"] = vocabulary.fingerprint()
+        # Generators that load these files check them against the checksums first.
+        report["sha256"] = file_digests(out)
         storage.write_json(os.path.join(out, REPORT), report)
     return report
+
+
+def file_digests(directory: str) -> dict:
+    """sha256 of every file below a local directory, by '/'-joined relative path (the report excluded)."""
+    import hashlib
+
+    digests = {}
+    for folder, _, files in os.walk(directory):
+        for name in files:
+            file = os.path.join(folder, name)
+            relative = os.path.relpath(file, directory).replace(os.sep, "/")
+            if relative == REPORT:
+                continue
+            with open(file, "rb") as handle:
+                digests[relative] = hashlib.sha256(handle.read()).hexdigest()
+    return dict(sorted(digests.items()))
+
+
+def remove_stale_exports(run_dir: str) -> int:
+    """Remove the hidden `.export.tmp-*` folders a killed export left beside export/ (callers hold the run's lock)."""
+    import shutil
+
+    if storage.is_remote(run_dir) or not os.path.isdir(run_dir):
+        return 0
+    removed = 0
+    for name in os.listdir(run_dir):
+        folder = os.path.join(run_dir, name)
+        if name.startswith("." + EXPORT_DIR + ".tmp-") and os.path.isdir(folder) and not os.path.islink(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 # ----------------------------------------------------------------------------- table
@@ -791,9 +842,11 @@ def main(argv=None) -> int:
 
     with cli.user_errors(parser):
         try:
-            report = export(args.run_dir, quantize=args.quantize, parity_windows=args.parity_windows,
-                            parity_steps=args.parity_steps, show_progress=not args.quiet, web=args.web,
-                            log=(lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr)))
+            # One writer of the run at a time: an export never runs beside train or another export.
+            with run_lib.lock(args.run_dir, "python -m keras_music.export"):
+                report = export(args.run_dir, quantize=args.quantize, parity_windows=args.parity_windows,
+                                parity_steps=args.parity_steps, show_progress=not args.quiet, web=args.web,
+                                log=(lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr)))
         except (ExportError, web_export.WebExportError) as error:
             print(f"{parser.prog}: error: {error}", file=sys.stderr)
             cli.finish(cli.DATA_EXIT)

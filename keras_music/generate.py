@@ -26,6 +26,10 @@ DEFAULT_PRIMER_TOKENS = (8, 32)
 # each row stops after this many tokens per requested event.
 MAX_TOKENS_PER_EVENT = 32
 PRIMER_EXTENSIONS = (".mid", ".midi", ".musicxml", ".mxl", ".xml", ".abc", ".krn")
+# Pieces are sampled together as one batch and each is written as five files: a bound
+# keeps a mistyped count from filling the memory and the disk.
+MAX_NUM_SAMPLES = 1000
+MAX_LENGTH = 100_000
 
 
 # Events a piece must have before a sampled <piece> boundary may end it.
@@ -40,9 +44,14 @@ class GenerateError(ValueError):
     """Generation cannot run as asked (primer, export artifacts, settings); the message says why."""
 
 
+def _export_command(run_dir: str) -> str:
+    import shlex
+
+    return f"python -m keras_music.export --run-dir {shlex.quote(str(run_dir))}"
+
+
 def _export_missing(path: str, run_dir: str) -> GenerateError:
-    return GenerateError(f"{path} is missing: export the run first with "
-                         f"python -m keras_music.export --run-dir {run_dir}")
+    return GenerateError(f"{path} is missing: export the run first with {_export_command(run_dir)}")
 
 
 # ----------------------------------------------------------------------------- backends
@@ -78,10 +87,18 @@ class SavedModelBackend:
         self.path = path or run_lib.path(run_dir, EXPORT_DIR, SAVED_MODEL)
         if not storage.exists(storage.join(self.path, "saved_model.pb")):
             raise _export_missing(self.path, run_dir)
-        self.loaded = tf.saved_model.load(self.path)
+        if path is None:
+            names = [f"{SAVED_MODEL}/{name}" for name in _relative_files(self.path)]
+            run_lib.check_export_files(run_dir, names)
+        try:
+            self.loaded = tf.saved_model.load(self.path)
+        except Exception as error:  # tf.errors.* for a damaged SavedModel
+            text = (getattr(error, "message", None) or str(error)).strip().splitlines()
+            raise GenerateError(f"{self.path} cannot be loaded ({type(error).__name__}: {text[0] if text else ''}): "
+                                f"re-export with {_export_command(run_dir)}") from None
         if "step" not in self.loaded.signatures:
             raise GenerateError(f"{self.path} has no `step` signature (found {sorted(self.loaded.signatures)}): "
-                                f"re-export with python -m keras_music.export --run-dir {run_dir}")
+                                f"re-export with {_export_command(run_dir)}")
         self._step = self.loaded.signatures["step"]
         state_spec = self._step.structured_input_signature[1]["state"]
         self.state_shape = tuple(int(d) for d in state_spec.shape[1:])
@@ -107,13 +124,19 @@ class TFLiteBackend:
         self.path = path or run_lib.path(run_dir, EXPORT_DIR, file)
         if not storage.exists(self.path):
             raise _export_missing(self.path, run_dir)
+        if path is None:
+            run_lib.check_export_files(run_dir, [file])
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_content=storage.read_bytes(self.path))
+        try:
+            self.interpreter = Interpreter(model_content=storage.read_bytes(self.path))
+        except ValueError as error:  # not a TFLite flatbuffer
+            raise GenerateError(f"{self.path} cannot be loaded ({error}): re-export with "
+                                f"{_export_command(run_dir)}") from None
         signatures = self.interpreter.get_signature_list()
         if "step" not in signatures:
             raise GenerateError(f"{self.path} has no `step` signature (found {sorted(signatures)}): "
-                                f"re-export with python -m keras_music.export --run-dir {run_dir}")
+                                f"re-export with {_export_command(run_dir)}")
         self.runner = self.interpreter.get_signature_runner("step")
         inputs = self.runner.get_input_details()
         outputs = self.runner.get_output_details()
@@ -137,13 +160,22 @@ class TFLiteBackend:
         return probabilities, next_state
 
 
+def _relative_files(directory: str) -> list[str]:
+    """Every file below a local or remote directory, as '/'-joined paths relative to it."""
+    out = []
+    for file in storage.walk_files(directory):
+        relative = file[len(str(directory).rstrip("/")) + 1:]
+        out.append(relative.replace(os.sep, "/"))
+    return sorted(out)
+
+
 def _check_exported_vocabulary(run_dir: str, vocabulary: Vocabulary | None) -> None:
     exported = run_lib.path(run_dir, EXPORT_DIR, run_lib.VOCAB)
     if vocabulary is None or not storage.exists(exported):
         return
     if Vocabulary.load(exported).tokens != vocabulary.tokens:
         raise GenerateError(f"{exported} differs from {run_lib.path(run_dir, run_lib.VOCAB)}: the export is stale; "
-                            f"re-export with python -m keras_music.export --run-dir {run_dir}")
+                            f"re-export with {_export_command(run_dir)}")
 
 
 def make_backend(run_dir: str, backend: str, vocabulary: Vocabulary | None = None):
@@ -203,19 +235,37 @@ def default_timing(tempo: float = 120.0, time_signature=(4, 4), program: int = 0
             "time_signatures": [[0.0, int(time_signature[0]), int(time_signature[1])]], "program": int(program)}
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
 def record_timing(record: dict) -> dict:
-    """A parsed file's (or manifest entry's) timing: start, tempo map, metre and its main program."""
+    """A parsed file's (or manifest entry's) timing: start, tempo map, metre and its main program.
+
+    Entries that no parser writes (a damaged or edited manifest) are left out, so a piece
+    always gets a tempo and metre MIDI and MusicXML can hold.
+    """
     counts: dict[int, int] = {}
     for note in record.get("notes") or ():
         part = note[3] if len(note) > 3 else 0
         counts[part] = counts.get(part, 0) + 1
-    parts = record.get("parts") or [{"program": 0}]
+    parts = [p for p in (record.get("parts") or []) if isinstance(p, dict)] or [{"program": 0}]
     main = max(counts, key=counts.get) if counts else 0
-    program = parts[main]["program"] if 0 <= main < len(parts) else parts[0].get("program", 0)
+    program = parts[main].get("program", 0) if isinstance(main, int) and 0 <= main < len(parts) else \
+        parts[0].get("program", 0)
+    if isinstance(program, bool) or not isinstance(program, int) or not 0 <= program <= 127:
+        program = 0
     fallback = default_timing()
-    return {"start": float(record.get("start") or 0.0),
-            "tempos": [list(t) for t in record.get("tempos") or fallback["tempos"]],
-            "time_signatures": [list(t) for t in record.get("time_signatures") or fallback["time_signatures"]],
+    tempos = [[float(t[0]), float(t[1])] for t in record.get("tempos") or ()
+              if isinstance(t, (list, tuple)) and len(t) == 2 and _number(t[0]) and t[0] >= 0 and _number(t[1])
+              and t[1] > 0]
+    signatures = [[float(t[0]), t[1], t[2]] for t in record.get("time_signatures") or ()
+                  if isinstance(t, (list, tuple)) and len(t) == 3 and _number(t[0]) and t[0] >= 0
+                  and events.valid_time_signature(t[1], t[2])]
+    start = record.get("start") or 0.0
+    return {"start": float(start) if _number(start) and start >= 0 else 0.0,
+            "tempos": tempos or fallback["tempos"],
+            "time_signatures": signatures or fallback["time_signatures"],
             "program": int(program)}
 
 
@@ -283,9 +333,9 @@ def _row_lengths(length, num_samples: int) -> np.ndarray:
     """`length` as one event count per row: an integer for every row, or a sequence of them."""
     values = list(length) if isinstance(length, (list, tuple, np.ndarray)) else [length] * num_samples
     if len(values) != num_samples or any(
-            isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in values):
-        raise GenerateError(f"length must be an integer >= 1 (events to generate) or one such integer per "
-                            f"piece ({num_samples}), got {length!r}")
+            isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= MAX_LENGTH for v in values):
+        raise GenerateError(f"length must be an integer in 1..{MAX_LENGTH} (events to generate) or one such "
+                            f"integer per piece ({num_samples}), got {length!r}")
     return np.asarray(values, np.int64)
 
 
@@ -314,8 +364,7 @@ class Generator:
         size = getattr(self.backend, "vocabulary_size", len(self.vocabulary))
         if size != len(self.vocabulary):
             raise GenerateError(f"the {self.backend_name} model has {size} tokens but {run_lib.path(run_dir, run_lib.VOCAB)} "
-                                f"has {len(self.vocabulary)}: re-export the run with "
-                                f"python -m keras_music.export --run-dir {run_dir}")
+                                f"has {len(self.vocabulary)}: re-export the run with {_export_command(run_dir)}")
         self.banned = np.array([self.vocabulary.pad_id, self.vocabulary.unk_id], np.int64)
         self.is_event = np.array([self._counts_as_event(t) for t in self.vocabulary.tokens], bool)
         self.grammar = sampling.Grammar(events.grammar_table(self.vocabulary.tokens, self.representation))
@@ -336,8 +385,10 @@ class Generator:
         data = self.config.data
         if not path.lower().endswith(PRIMER_EXTENSIONS):
             raise GenerateError(f"primer {path}: unsupported file type (expected one of {', '.join(PRIMER_EXTENSIONS)})")
-        record = corpus.parse_bytes(path, storage.read_bytes(path), prepare.parse_settings(data))
-        if record.get("status") != "parsed":
+        # Read and parsed like a corpus file: regular files only, bounded in size, and
+        # parsed in a worker process that is stopped after data.parse_timeout seconds.
+        record = corpus.parse_path(path, prepare.parse_settings(data), cache_dir=data.cache_dir)
+        if record.get("status") != "used":
             raise GenerateError(f"primer {path}: {record.get('reason', 'cannot be read')}; expected a score file "
                                 f"such as {', '.join(PRIMER_EXTENSIONS)} with pitched notes")
         tokens = prepare.tokens_for(record, data)
@@ -352,10 +403,13 @@ class Generator:
             try:
                 from keras_music import dataset
 
-                data_dir = run_lib.data_dir(self.run_dir)
-                if storage.isdir(data_dir):
-                    named = dataset.read_named_pieces(dataset.shard_files(data_dir, "validation"))
-            except Exception as error:  # unreadable shards only cost the default primer
+                info = run_lib.load_prepared(self.run_dir)
+                if info and storage.isdir(info.get("data_dir") or run_lib.path(self.run_dir, run_lib.DATA)):
+                    named = run_lib.read_split(self.run_dir, "validation", self.vocabulary, info)
+                elif not info and storage.isdir(run_lib.data_dir(self.run_dir)):  # a run from before prepared.json
+                    named = dataset.read_named_pieces(dataset.shard_files(run_lib.data_dir(self.run_dir),
+                                                                          "validation"))
+            except Exception as error:  # damaged or missing shards only cost the default primer
                 self.log(f"cannot read the held-out pieces of {self.run_dir}: {error}")
             entries = self._manifest_by_file()
             self._held_out = [self.vocabulary.decode(ids) for _, ids in named]
@@ -485,9 +539,12 @@ class Generator:
         tokens the representation's grammar allows (`sampling.Grammar`), so decoding
         has nothing to repair.
         """
-        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-            raise GenerateError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        if (isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer))
+                or not 1 <= num_samples <= MAX_NUM_SAMPLES):
+            raise GenerateError(f"num_samples must be an integer in 1..{MAX_NUM_SAMPLES}, got {num_samples!r}")
         lengths = _row_lengths(length, num_samples)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise GenerateError(f"seed must be an integer >= 0, got {seed!r}")
         try:
             sampling.validate_sampling(temperature, top_k, top_p)
         except ValueError as error:
@@ -582,9 +639,16 @@ class Generator:
     # ------------------------------------------------------------------ output
 
     def write(self, pieces, out_dir, tempo=None, instrument=None, prefix="sample",
-              audio=audio_lib.DEFAULT_FORMAT, soundfont=None) -> list[str]:
-        """MIDI, MusicXML, piano-roll PNG, audio (`audio`: ogg, wav, flac or none) and JSON per piece
-        (atomic writes); returns the paths.
+              audio=audio_lib.DEFAULT_FORMAT, soundfont=None, replace=False) -> list[str]:
+        """MIDI, MusicXML, piano-roll PNG, audio (`audio`: ogg, wav, flac or none) and JSON per piece; returns the paths.
+
+        Each piece is written as a unit: its files are made in a hidden temporary
+        directory and moved into `out_dir` together, the JSON record last, so an
+        interrupted call leaves whole pieces only (and no temporary files; one killed
+        outright leaves a hidden directory that the next write into `out_dir` removes).
+        Numbers continue after the pieces already in `out_dir`: a second call never
+        replaces or mixes with the first one's pieces. With `replace`, `out_dir` is
+        replaced as a whole instead (numbering from 1).
 
         Each piece keeps its own timing (the primer's tempo map, metre and program, or the
         corpus's typical ones); `tempo` (bpm) and `instrument` (a music21 name) override it.
@@ -593,18 +657,50 @@ class Generator:
         if tempo is not None and not tempo > 0:
             raise GenerateError(f"tempo must be a positive number of beats per minute, got {tempo!r}")
         program = instrument_program(instrument) if instrument is not None else None
-        storage.makedirs(out_dir)
-        with ThreadPoolExecutor(max_workers=1) as renderer:
-            return [path for number, piece in enumerate(pieces, start=1)
-                    for path in self._write_piece(piece, number, len(pieces), out_dir, tempo, instrument, program,
-                                                  prefix, audio, soundfont, renderer)]
+        pieces = list(pieces)
+        if replace:
+            with storage.atomic_directory(out_dir) as staging:
+                paths = self._write_pieces(pieces, staging, 1, tempo, instrument, program, prefix, audio, soundfont)
+            return [storage.join(out_dir, os.path.basename(p)) for p in paths]
+        with run_lib.lock(out_dir, "python -m keras_music.generate"):
+            _remove_staging(out_dir, prefix)
+            first = next_number(out_dir, prefix)
+            if first > 1:
+                self.log(f"{out_dir} already holds pieces up to {prefix}-{first - 1:02d}: the new ones are "
+                         f"numbered from {prefix}-{first:02d}")
+            return self._write_pieces(pieces, out_dir, first, tempo, instrument, program, prefix, audio, soundfont)
 
-    def _write_piece(self, piece, number, count, out_dir, tempo, instrument, program, prefix, audio, soundfont,
+    def _write_pieces(self, pieces, out_dir, first, tempo, instrument, program, prefix, audio, soundfont):
+        width = max(2, len(str(first + len(pieces) - 1)))
+        paths = []
+        with ThreadPoolExecutor(max_workers=1) as renderer:
+            for offset, piece in enumerate(pieces):
+                number = first + offset
+                staging = _staging_dir(out_dir, prefix, number)
+                try:
+                    written = self._write_piece(piece, number, width, staging, tempo, instrument, program, prefix,
+                                                audio, soundfont, renderer)
+                    # The record goes last: a piece whose JSON exists is complete.
+                    written.sort(key=lambda p: p.endswith(".json"))
+                    for path in written:
+                        final = storage.join(out_dir, os.path.basename(path))
+                        if storage.is_remote(final):
+                            storage.write_bytes(final, storage.read_bytes(path))
+                        else:
+                            os.replace(path, final)
+                        paths.append(final)
+                finally:
+                    import shutil
+
+                    shutil.rmtree(staging, ignore_errors=True)
+        return paths
+
+    def _write_piece(self, piece, number, width, directory, tempo, instrument, program, prefix, audio, soundfont,
                      renderer) -> list[str]:
-        """One piece's files; its audio renders on `renderer` while the MusicXML and piano roll are written."""
-        width = max(2, len(str(count)))
+        """One piece's files into `directory`; its audio renders on `renderer` while the MusicXML and piano roll
+        are written."""
         piece = dataclasses.replace(piece, timing=with_overrides(piece.timing, tempo, program))
-        stem = storage.join(out_dir, f"{prefix}-{number:0{width}d}")
+        stem = os.path.join(directory, f"{prefix}-{number:0{width}d}")
         title = f"{prefix} {number} (keras_music)"
         first_tempo = piece.timing["tempos"][0][1]
         score = events.sonorities_to_stream(piece.sonorities, tempo=first_tempo, instrument=instrument or "Piano",
@@ -615,11 +711,13 @@ class Generator:
         # renderer releases the GIL, so it runs beside the MusicXML and the piano roll.
         rendering = (renderer.submit(audio_lib.render_file, midi, stem + audio_lib.EXTENSIONS[audio], audio,
                                      soundfont) if audio != audio_lib.NONE else None)
-        with storage.atomic_local_path(musicxml, suffix=".musicxml") as tmp:
-            score.write("musicxml", fp=tmp)
-        plot_piano_roll(piece, png, title)
+        try:
+            with storage.atomic_local_path(musicxml, suffix=".musicxml") as tmp:
+                score.write("musicxml", fp=tmp)
+            plot_piano_roll(piece, png, title)
+        finally:
+            sound = rendering.result() if rendering is not None else None  # never leave it writing into `directory`
         files = {"midi": os.path.basename(midi), "musicxml": os.path.basename(musicxml), "png": os.path.basename(png)}
-        sound = rendering.result() if rendering is not None else None
         if sound:
             files["audio"] = os.path.basename(sound)
         storage.write_json(record, {
@@ -633,6 +731,43 @@ class Generator:
             "ids": piece.ids, "files": files,
         })
         return [p for p in (midi, musicxml, png, sound, record) if p]
+
+
+_STAGING = ".{prefix}-{number}.tmp-"
+
+
+def _staging_dir(out_dir: str, prefix: str, number: int) -> str:
+    """A hidden local directory in which one piece's files are made before they are moved into `out_dir`."""
+    import tempfile
+
+    parent = None if storage.is_remote(out_dir) else out_dir
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=_STAGING.format(prefix=prefix, number=number), dir=parent)
+
+
+def _remove_staging(out_dir: str, prefix: str) -> None:
+    """Staging directories left by a write that was killed outright (the out-dir lock proves nobody uses them)."""
+    import re
+    import shutil
+
+    if storage.is_remote(out_dir) or not os.path.isdir(out_dir):
+        return
+    pattern = re.compile(r"^\." + re.escape(prefix) + r"-\d+\.tmp-")
+    for name in os.listdir(out_dir):
+        if pattern.match(name) and os.path.isdir(os.path.join(out_dir, name)):
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+
+
+def next_number(out_dir: str, prefix: str = "sample") -> int:
+    """The number after every `prefix-N.*` file already in `out_dir` (1 for a new or empty directory)."""
+    import re
+
+    if not storage.isdir(out_dir):
+        return 1
+    pattern = re.compile(r"^" + re.escape(prefix) + r"-(\d+)\.")
+    numbers = [int(m.group(1)) for m in map(pattern.match, storage.listdir(out_dir)) if m]
+    return max(numbers, default=0) + 1
 
 
 def plot_piano_roll(piece: Piece, path: str, title: str = "") -> None:
@@ -687,7 +822,8 @@ def write_training_samples(run_dir: str, config) -> list[str]:
     generator = Generator(run_dir)
     pieces = generator.generate(num_samples=train.num_samples, length=train.sample_length,
                                 temperature=train.sample_temperature, seed=train.seed)
-    paths = generator.write(pieces, run_lib.path(run_dir, "samples"))
+    # The run's own samples are one set: written as a whole, replacing an earlier set.
+    paths = generator.write(pieces, run_lib.path(run_dir, "samples"), replace=True)
     return [p for p in paths if p.endswith(".mid")]
 
 
@@ -711,9 +847,9 @@ def parse_args(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--run-dir", required=True, type=cli.existing_run_dir, metavar="DIR",
                         help="trained run directory (e.g. runs/latest)")
-    parser.add_argument("--num-samples", type=cli.positive_int, default=1, metavar="N",
-                        help="pieces to generate (sampled together as one batch)")
-    parser.add_argument("--length", type=cli.positive_int, default=200, metavar="N",
+    parser.add_argument("--num-samples", type=cli.bounded_int(1, MAX_NUM_SAMPLES), default=1, metavar="N",
+                        help=f"pieces to generate (sampled together as one batch; at most {MAX_NUM_SAMPLES})")
+    parser.add_argument("--length", type=cli.bounded_int(1, MAX_LENGTH), default=200, metavar="N",
                         help="events (sonorities; tokens for the classic representation) to generate per piece; "
                              "a piece also ends early when it samples the <piece> boundary")
     parser.add_argument("--min-length", type=cli.non_negative_int, default=DEFAULT_MIN_LENGTH, metavar="N",
@@ -736,7 +872,8 @@ def parse_args(argv=None):
                         help="events (sonorities) taken from the opening of --primer FILE")
     parser.add_argument("--strict", action="store_true",
                         help="fail when the primer has tokens the vocabulary lacks (default: warn, use <unk>)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same pieces)")
+    parser.add_argument("--seed", type=cli.non_negative_int, default=0, metavar="S",
+                        help="random seed, an integer >= 0 (same seed, same pieces)")
     parser.add_argument("--out", metavar="DIR", default=None, help="output directory (default: RUN/generated/<timestamp>)")
     parser.add_argument("--tempo", type=float, default=None, metavar="BPM",
                         help="one tempo for the whole piece (default: the primer's tempo map, or the corpus's "

@@ -107,3 +107,33 @@ def build_step_model(model: keras.Model) -> StepModel:
 def load_model(path: str) -> keras.Model:
     """Load model.keras with safe mode on: no arbitrary code runs from an untrusted file."""
     return keras.saving.load_model(path, compile=False, safe_mode=True)
+
+
+# Inside a .keras file (a zip archive) beside Keras' own entries; Keras ignores it when loading.
+METADATA = "keras_music.json"
+
+
+def save_model(model: keras.Model, path: str, metadata: dict | None = None) -> None:
+    """model.save, plus `metadata` (e.g. the vocabulary fingerprint) stored inside the same file."""
+    import json
+    import zipfile
+
+    model.save(path)
+    if metadata:
+        with zipfile.ZipFile(path, "a") as archive:
+            archive.writestr(METADATA, json.dumps(metadata, sort_keys=True))
+
+
+def read_metadata(path: str) -> dict | None:
+    """What save_model stored with the model, or None (a model saved without it, or not a zip)."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if METADATA not in archive.namelist():
+                return None
+            data = json.loads(archive.read(METADATA).decode("utf-8"))
+    except (OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None

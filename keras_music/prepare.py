@@ -9,10 +9,10 @@ import json
 import re
 import time
 
-from keras_music import config as config_lib, corpus, events, storage
+from keras_music import config as config_lib, corpus, events, run as run_lib, storage
 from keras_music.vocabulary import build as build_vocabulary
 
-PREPARED_FORMAT = "keras_music.prepared"
+PREPARED_FORMAT = run_lib.PREPARED_FORMAT
 PART_FORMAT = "keras_music.prepare_part"
 PARTS = "parts"
 PART_ENTRIES = "parsed.json"
@@ -25,7 +25,7 @@ _SHARD_NAME = re.compile(r"^shard-(\d+)-of-(\d+)$")
 
 
 class PrepareError(ValueError):
-    pass
+    """The sources or parts cannot become a prepared directory; the message says why and what to do."""
 
 
 def prepare_settings(config: config_lib.Config) -> dict:
@@ -83,47 +83,75 @@ def is_prepared(directory: str) -> bool:
 
 
 def read_prepared(directory: str) -> dict:
-    info = storage.read_json(storage.join(directory, "prepared.json"))
-    if not isinstance(info, dict) or info.get("format") != PREPARED_FORMAT:
-        raise PrepareError(f"{directory}/prepared.json is not a keras_music prepared directory marker")
-    return info
+    """prepared.json of a prepared (or run) directory, checked for consistency (run.check_prepared)."""
+    try:
+        return run_lib.load_prepared(directory, required=True)
+    except run_lib.RunError as error:
+        raise PrepareError(str(error)) from None
 
 
-def prepare(config: config_lib.Config, out_dir: str, show_progress: bool = True, log=print) -> dict:
+def prepare(config: config_lib.Config, out_dir: str, show_progress: bool = True, log=print,
+            expected_vocabulary: str | None = None) -> dict:
     """Write vocab.json, corpus_manifest.json, data/*.tfrecord and prepared.json into out_dir.
 
-    prepared.json is written last: its presence means the rest is complete.
+    prepared.json is written last: its presence means the rest is complete. With
+    `expected_vocabulary` (a fingerprint), nothing is written unless the vocabulary
+    built comes out the same (a run that has started training keeps its vocabulary).
     """
     started = time.time()
     data = config.data
     entries = corpus.parse_sources(data.sources, parse_settings(data), workers=data.workers,
                                    cache_dir=data.cache_dir, show_progress=show_progress)
-    return build(config, entries, out_dir, started, log)
+    return build(config, entries, out_dir, started, log, expected_vocabulary)
+
+
+def _shard_records(data_dir: str, names: list[str], pieces: list[list[int]]) -> list[dict]:
+    """What each shard holds, as prepared.json records it: pieces, tokens, bytes and sha256."""
+    from keras_music import dataset
+
+    records, position = [], 0
+    for name in names:
+        count = min(dataset.PIECES_PER_SHARD, len(pieces) - position)
+        held = pieces[position:position + count]
+        position += count
+        payload = storage.read_bytes(storage.join(data_dir, name))
+        records.append({"file": name, "pieces": len(held), "tokens": sum(len(ids) for ids in held),
+                        "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()})
+    return records
 
 
 def build(config: config_lib.Config, entries: list[dict], out_dir: str, started: float | None = None,
-          log=print) -> dict:
-    """From parsed manifest entries (in resolved order) to a complete prepared directory."""
+          log=print, expected_vocabulary: str | None = None) -> dict:
+    """From parsed manifest entries (in resolved order) to a complete prepared directory.
+
+    Everything is computed and checked before the first file is written.
+    """
     from keras_music import dataset
 
     started = time.time() if started is None else started
     data = config.data
     marker = storage.join(out_dir, "prepared.json")
-    storage.makedirs(out_dir)
-    # A stale marker would vouch for files this call is about to replace.
-    if storage.exists(marker):
-        storage.remove(marker)
     corpus.mark_duplicates(entries)
     corpus.split_by_piece(entries, data.val_fraction, config.train.seed)
     used = [e for e in entries if e.get("status") == "used"]
     manifest = corpus.manifest_json(entries, {"sources": list(data.sources)})
-    storage.write_json(storage.join(out_dir, "corpus_manifest.json"), manifest)
     summary = manifest["summary"]
+
+    def write_manifest():
+        if expected_vocabulary is None or used_ok:
+            storage.makedirs(out_dir)
+            storage.write_json(storage.join(out_dir, "corpus_manifest.json"), manifest)
+
+    # A run that has started training keeps its files unless the data comes out usable.
+    used_ok = bool(used) and summary["train_pieces"] > 0 and summary["validation_pieces"] > 0
+
     if not used:
+        write_manifest()
         reasons = ", ".join(f"{n} {r}" for r, n in summary["skip_reasons"].items()) or "no files"
         raise PrepareError(f"no usable pieces in {', '.join(data.sources)}: {summary['files']} files, "
                            f"all skipped ({reasons}); see {storage.join(out_dir, 'corpus_manifest.json')}")
     if summary["train_pieces"] == 0 or summary["validation_pieces"] == 0:
+        write_manifest()
         raise PrepareError(f"need at least 2 usable pieces to split train/validation by piece, "
                            f"got {len(used)}; see {storage.join(out_dir, 'corpus_manifest.json')}")
     ordered = sorted(used, key=lambda e: e["sha256"])
@@ -132,21 +160,32 @@ def build(config: config_lib.Config, entries: list[dict], out_dir: str, started:
     validation = [e for e in ordered if e["split"] == "validation"]
     vocabulary = build_vocabulary((tokens[e["file"]] for e in train), data.representation, data.min_count,
                                   data.transpose, data.classic_step)
-    vocabulary.save(storage.join(out_dir, "vocab.json"))
-    lengths = {}
+    if expected_vocabulary is not None and vocabulary.fingerprint() != expected_vocabulary:
+        raise PrepareError(f"preparing the data of {out_dir} again gives another vocabulary than the one its model "
+                           f"was trained with (the sources changed since): nothing was changed; train on these "
+                           f"sources in a new --run-dir")
+    lengths, encoded_splits = {}, {}
     unknown_validation: list[str] = []
-    data_dir = storage.join(out_dir, "data")
     for split, pieces in (("train", train), ("validation", validation)):
-        encoded = []
-        for entry in pieces:
-            unknown = unknown_validation if split == "validation" else None
-            ids = vocabulary.encode(tokens[entry["file"]], unknown)
-            encoded.append((entry["file"], ids))
-        lengths[split] = [len(ids) for _, ids in encoded]
-        written = set(dataset.write_shards(data_dir, split, encoded))
+        unknown = unknown_validation if split == "validation" else None
+        encoded_splits[split] = [(entry["file"], vocabulary.encode(tokens[entry["file"]], unknown))
+                                 for entry in pieces]
+        lengths[split] = [len(ids) for _, ids in encoded_splits[split]]
+    # Written from here on; prepared.json, last, vouches for the rest.
+    storage.makedirs(out_dir)
+    # A stale marker would vouch for files this call is about to replace.
+    if storage.exists(marker):
+        storage.remove(marker)
+    write_manifest()
+    vocabulary.save(storage.join(out_dir, "vocab.json"))
+    data_dir = storage.join(out_dir, "data")
+    shards = {}
+    for split in ("train", "validation"):
+        written = dataset.write_shards(data_dir, split, encoded_splits[split])
+        shards[split] = _shard_records(data_dir, written, [ids for _, ids in encoded_splits[split]])
         # Shards of an earlier, larger preparation would otherwise be read as part of this one.
         for name in storage.listdir(data_dir):
-            if name.startswith(split + "-") and name.endswith(".tfrecord") and name not in written:
+            if name.startswith(split + "-") and name.endswith(".tfrecord") and name not in set(written):
                 storage.remove(storage.join(data_dir, name))
     validation_tokens = sum(lengths["validation"])
     validation_events = sum(events.count_events(tokens[e["file"]], data.representation) for e in validation)
@@ -155,11 +194,13 @@ def build(config: config_lib.Config, entries: list[dict], out_dir: str, started:
         "version": 1,
         "settings": prepare_settings(config),
         "vocabulary_size": len(vocabulary),
+        "vocabulary_fingerprint": vocabulary.fingerprint(),
         "pieces": {split: len(v) for split, v in lengths.items()},
         "tokens": {split: sum(v) for split, v in lengths.items()},
         "events": {split: sum(events.count_events(tokens[e["file"]], data.representation) for e in pieces)
                    for split, pieces in (("train", train), ("validation", validation))},
         "lengths": lengths,
+        "shards": shards,
         "validation_unknown_tokens": len(unknown_validation),
         "validation_unknown_rate": len(unknown_validation) / max(1, validation_tokens),
         "validation_events": validation_events,
@@ -180,7 +221,7 @@ def shard_dir(out_dir: str, shard_index: int, num_shards: int) -> str:
 
 
 def _files_digest(files: list[corpus.SourceFile]) -> str:
-    return hashlib.sha256("\n".join(f.name for f in files).encode("utf-8")).hexdigest()
+    return hashlib.sha256("\n".join(f.name for f in files).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def prepare_shard(config: config_lib.Config, out_dir: str, shard_index: int, num_shards: int,
@@ -316,7 +357,7 @@ def merge(config: config_lib.Config, out_dir: str, num_shards: int | None = None
         raise PrepareError(f"the shards hold {len(by_index)} of {first['total_files']} files; rerun every shard")
     entries = [by_index[i] for i in range(first["total_files"])]
     info = build(config, entries, out_dir, started, log)
-    storage.write_text(storage.join(out_dir, "config.yaml"), config_lib.dump(config))
+    run_lib.write_config(out_dir, config)
     return info
 
 
@@ -369,13 +410,19 @@ def main(argv=None) -> int:
         config = config_lib.load(args.config, args.overrides)
         if args.data:
             config = dataclasses.replace(config, data=dataclasses.replace(config.data, sources=tuple(args.data)))
-        if args.merge:
-            merge(config, args.out, args.num_shards, check_sources=bool(args.data))
-        elif args.shard_index is not None:
-            prepare_shard(config, args.out, args.shard_index, args.num_shards, show_progress=not args.quiet)
+        if args.shard_index is not None:
+            with run_lib.lock(shard_dir(args.out, args.shard_index, args.num_shards), "python -m keras_music.prepare"):
+                prepare_shard(config, args.out, args.shard_index, args.num_shards, show_progress=not args.quiet)
         else:
-            prepare(config, args.out, show_progress=not args.quiet)
-            storage.write_text(storage.join(args.out, "config.yaml"), config_lib.dump(config))
+            with run_lib.lock(args.out, "python -m keras_music.prepare"):
+                if run_lib.training_started(args.out):
+                    raise PrepareError(f"{args.out} holds a trained run: preparing into it would replace the data "
+                                       "and vocabulary its model was trained with; choose another --out")
+                if args.merge:
+                    merge(config, args.out, args.num_shards, check_sources=bool(args.data))
+                else:
+                    prepare(config, args.out, show_progress=not args.quiet)
+                    run_lib.write_config(args.out, config)
     cli.finish(0)
 
 

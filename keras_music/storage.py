@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 import uuid
 
@@ -130,23 +132,72 @@ def walk_files(root: str, errors: list | None = None) -> list[str]:
     return sorted(out)
 
 
-def read_bytes(path: str) -> bytes:
+class NotARegularFile(OSError):
+    """A FIFO, device, socket or directory where a file was expected: reading it could block or never end."""
+
+
+class FileTooLarge(OSError):
+    """A file larger than the caller's limit."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:,.1f} MB"
+
+
+def read_bytes(path: str, max_bytes: int | None = None) -> bytes:
+    """The whole file; only regular files are read, and never more than `max_bytes`.
+
+    A FIFO, a device (or a symlink to /dev/zero) would block or never end, so they are
+    refused before any read: opened without blocking, checked with fstat.
+    """
     if is_remote(path):
         gfile = _gfile()
         if not gfile.exists(path):
-            raise FileNotFoundError(path)
+            raise FileNotFoundError(errno.ENOENT, "no such file or directory", path)
+        if max_bytes is not None:
+            size = gfile.stat(path).length
+            if size > max_bytes:
+                raise FileTooLarge(errno.EFBIG, f"too large: {_megabytes(size)} (limit {_megabytes(max_bytes)})",
+                                   path)
         with gfile.GFile(path, "rb") as handle:
             return handle.read()
-    with open(path, "rb") as handle:
-        return handle.read()
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            kind = _kind(info.st_mode)
+            raise NotARegularFile(errno.EISDIR if kind == "a directory" else errno.EINVAL,
+                                  f"not a regular file ({kind})", path)
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise FileTooLarge(errno.EFBIG, f"too large: {_megabytes(info.st_size)} "
+                                            f"(limit {_megabytes(max_bytes)})", path)
+        handle = os.fdopen(descriptor, "rb")
+        descriptor = None
+        with handle:
+            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)
+    if max_bytes is not None and len(data) > max_bytes:  # the file grew while it was read
+        raise FileTooLarge(errno.EFBIG, f"too large: more than {_megabytes(max_bytes)}", path)
+    return data
 
 
-def read_text(path: str) -> str:
-    return read_bytes(path).decode("utf-8")
+def read_text(path: str, max_bytes: int | None = None) -> str:
+    return read_bytes(path, max_bytes).decode("utf-8")
 
 
-def read_json(path: str):
-    return json.loads(read_text(path))
+def read_json(path: str, max_bytes: int | None = None):
+    return json.loads(read_text(path, max_bytes))
 
 
 def _temporary_name(path: str) -> str:
@@ -181,9 +232,12 @@ def write_bytes(path: str, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.remove(temporary)
+        if isinstance(error, OSError) and error.errno is not None and error.filename in (temporary, None):
+            # Name the file the caller asked for, not its temporary sibling (same errno, same class).
+            raise OSError(error.errno, error.strerror, path) from None
         raise
 
 
@@ -192,7 +246,9 @@ def write_text(path: str, text: str) -> None:
 
 
 def write_json(path: str, data) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """JSON as other tools read it: NaN and infinities are written as null, never as bare NaN."""
+    write_text(path, json.dumps(json_ready(data), indent=2, sort_keys=False, default=_json_default,
+                                allow_nan=False) + "\n")
 
 
 def json_ready(value):
@@ -201,6 +257,8 @@ def json_ready(value):
 
     import numpy as np
 
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if isinstance(value, dict):
         return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -243,6 +301,11 @@ def atomic_local_path(path: str, suffix: str = ""):
         else:
             with open(temporary, "rb") as source:
                 write_bytes(path, source.read())
+    except OSError as error:
+        if error.errno is not None and error.filename in (temporary, None):
+            # Writers such as Keras report a full disk without a file name: name the one asked for.
+            raise OSError(error.errno, error.strerror, path) from None
+        raise
     finally:
         with contextlib.suppress(OSError):
             os.remove(temporary)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -12,7 +13,12 @@ import time
 
 from keras_music import config as config_lib, run as run_lib, storage
 
-BACKUP = "backup"
+BACKUP = run_lib.BACKUP
+COMMAND = "python -m keras_music.train"
+
+
+class TrainingDiverged(run_lib.RunError):
+    """The loss became NaN or infinite; training stopped (the best earlier model, if any, is kept)."""
 
 
 def parse_args(argv=None):
@@ -39,42 +45,83 @@ def resolve_config(args) -> config_lib.Config:
     return config_lib.validate(config)
 
 
-def _same_settings(run_dir: str, config: config_lib.Config) -> bool:
-    file = run_lib.path(run_dir, run_lib.CONFIG)
-    if not storage.exists(file):
-        return False
+def _copy_if_changed(source: str, target: str) -> None:
+    data = storage.read_bytes(source)
+    if storage.exists(target) and storage.read_bytes(target) == data:
+        return
+    storage.write_bytes(target, data)
+
+
+def trained_vocabulary(run_dir: str) -> str | None:
+    """The fingerprint of the vocabulary a started run was trained with (None: the run has not started)."""
+    from keras_music import model as model_lib
+
+    if not run_lib.training_started(run_dir):
+        return None
+    state = run_lib.read_backup_state(run_dir) or {}
+    if isinstance(state.get("vocabulary_fingerprint"), str):
+        return state["vocabulary_fingerprint"]
+    for parts in ((run_lib.MODEL,), run_lib.BEST_CHECKPOINT):
+        file = run_lib.path(run_dir, *parts)
+        if storage.exists(file) and not storage.is_remote(file):
+            fingerprint = (model_lib.read_metadata(file) or {}).get("vocabulary_fingerprint")
+            if fingerprint:
+                return fingerprint
     try:
-        return run_lib.load_config(run_dir) == config
+        return run_lib.load_vocabulary(run_dir).fingerprint()  # a run trained before fingerprints were kept
     except run_lib.RunError:
-        return False
+        raise run_lib.RunError(f"{run_dir} holds training results but neither a readable {run_lib.VOCAB} nor a "
+                               "record of the vocabulary they were trained with; train in a new --run-dir") from None
 
 
 def prepare_run(config: config_lib.Config, run_dir: str, show_progress: bool, log=print) -> dict:
-    """Prepare data into the run directory, or reuse it (resume, or a prepared --data directory)."""
+    """Prepare data into the run directory, or reuse it (resume, or a prepared --data directory).
+
+    Reused data is checked first (prepared.json, shard checksums, vocabulary); damaged
+    data is prepared again. A run that has started training keeps its vocabulary:
+    data that would change it is refused before anything is written.
+    """
     from keras_music import prepare
 
     sources = config.data.sources
+    expected = trained_vocabulary(run_dir)
     if len(sources) == 1 and storage.isdir(sources[0]) and prepare.is_prepared(sources[0]):
         source = sources[0]
-        info = prepare.read_prepared(source)
+        run_lib.check_unlocked(source)
+        info = run_lib.load_prepared(source, required=True)
         prepared = info.get("settings", {})
         for key in ("representation", "transpose", "max_duration", "classic_step", "normalize_key"):
             if key in prepared and prepared[key] != getattr(config.data, key):
                 raise run_lib.RunError(f"{source} was prepared with data.{key}={prepared[key]!r} but this run has "
                                        f"{getattr(config.data, key)!r}; pass --set data.{key}={prepared[key]} "
                                        "or prepare again")
+        vocabulary = run_lib.load_vocabulary(source)
+        run_lib.check_data(source, info, vocabulary)
+        if expected is not None and vocabulary.fingerprint() != expected:
+            raise run_lib.RunError(f"{source} now holds another vocabulary than the one {run_dir} was trained with "
+                                   "(it was prepared again since); nothing was changed: train on it in a new "
+                                   "--run-dir")
         for name in (run_lib.VOCAB, run_lib.MANIFEST):
-            storage.write_bytes(run_lib.path(run_dir, name), storage.read_bytes(storage.join(source, name)))
+            _copy_if_changed(storage.join(source, name), run_lib.path(run_dir, name))
         location = source if storage.is_remote(source) else os.path.abspath(source)
         info = dict(info, data_dir=storage.join(location, "data"))
-        storage.write_json(run_lib.path(run_dir, run_lib.PREPARED), info)
+        try:
+            current = run_lib.load_prepared(run_dir)
+        except run_lib.RunError:
+            current = None
+        if current != info:
+            storage.write_json(run_lib.path(run_dir, run_lib.PREPARED), info)
         log(f"using prepared data in {source} ({info['pieces']['train']} training pieces)")
         return info
     if prepare.is_prepared(run_dir):
-        info = prepare.read_prepared(run_dir)
-        if info.get("settings") == prepare.prepare_settings(config):
-            return info
-    return prepare.prepare(config, run_dir, show_progress=show_progress, log=log)
+        try:
+            info = prepare.read_prepared(run_dir)
+            if info.get("settings") == prepare.prepare_settings(config):
+                run_lib.check_data(run_dir, info, run_lib.load_vocabulary(run_dir))
+                return info
+        except (prepare.PrepareError, run_lib.RunError) as error:
+            log(f"the prepared data in {run_dir} cannot be used ({str(error).split('; ')[0]}): preparing it again")
+    return prepare.prepare(config, run_dir, show_progress=show_progress, log=log, expected_vocabulary=expected)
 
 
 def _set_seed_generators(model, seed: int, epoch: int) -> None:
@@ -116,9 +163,12 @@ def budget_cosine(train, fraction: float) -> float:
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_callbacks(config, run_dir, model, steps_per_epoch, initial_state, log, show_progress=False):
+def make_callbacks(config, run_dir, model, steps_per_epoch, initial_state, log, show_progress=False,
+                   metadata=None):
     import keras
     import numpy as np
+
+    from keras_music import model as model_lib
 
     train = config.train
     backup_dir = run_lib.path(run_dir, BACKUP)
@@ -131,7 +181,8 @@ def make_callbacks(config, run_dir, model, steps_per_epoch, initial_state, log, 
         def __init__(self):
             super().__init__()
             state = initial_state or {}
-            self.history = state.get("history", [])
+            # JSON keeps NaN as null; back in Python it is NaN again.
+            self.history = [{k: (math.nan if v is None else v) for k, v in h.items()} for h in state.get("history", [])]
             self.best = state.get("best", math.inf)
             self.wait = state.get("wait", 0)
             self.elapsed = state.get("elapsed", 0.0)
@@ -142,6 +193,7 @@ def make_callbacks(config, run_dir, model, steps_per_epoch, initial_state, log, 
             self.steps = 0
             self.shown = 0.0
             self.steps_done = state.get("steps_done", 0)
+            self.backup_model = state.get("model")  # the newest backup with finite weights
 
         def run_fraction(self) -> float:
             """How far the run is: the larger of elapsed/budget and steps/(epochs x steps)."""
@@ -219,35 +271,42 @@ def make_callbacks(config, run_dir, model, steps_per_epoch, initial_state, log, 
             logs["learning_rate"] = float(learning_rate.numpy() if hasattr(learning_rate, "numpy") else learning_rate)
             self.history.append({k: float(v) for k, v in logs.items()})
             val_loss = logs.get("val_loss", math.inf)
-            if val_loss < self.best:
+            loss = logs.get("loss", 0.0)
+            diverged = not math.isfinite(loss) or math.isnan(val_loss)
+            if diverged:
+                # The weights are NaN or infinite now: neither the best checkpoint nor the
+                # backup may take them, so both keep the last finite epoch.
+                self._stop("nan_loss", f"the loss became {'NaN' if math.isnan(loss) else loss} in epoch {epoch + 1}")
+            elif val_loss < self.best:
                 self.best, self.wait = val_loss, 0
-                with storage.atomic_local_path(run_lib.path(run_dir, "checkpoints", "best.keras")) as tmp:
-                    self.model.save(tmp)
+                with storage.atomic_local_path(run_lib.path(run_dir, *run_lib.BEST_CHECKPOINT)) as tmp:
+                    model_lib.save_model(self.model, tmp, metadata)
             else:
                 self.wait += 1
                 if train.early_stopping_patience and self.wait >= train.early_stopping_patience:
                     self._stop("early_stopping", f"no validation improvement for {self.wait} epochs")
-            if not math.isfinite(logs.get("loss", 0.0)):
-                self._stop("nan_loss", "loss became NaN")
-            log(f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}  val_loss {val_loss:.4f}  "
+            log(f"epoch {epoch + 1}: loss {loss:.4f}  val_loss {val_loss:.4f}  "
                 f"val_perplexity {logs.get('val_perplexity', float('nan')):.3f}  "
                 f"val_accuracy {logs.get('val_accuracy', float('nan')):.4f}  {seconds:.0f} s")
-            self._backup(epoch + 1)
+            self._backup(epoch + 1, save_weights=not diverged)
 
-        def _backup(self, next_epoch):
+        def _backup(self, next_epoch, save_weights=True):
             # The model file (weights + optimizer) goes first, the state file last: a
             # kill between them resumes from the previous complete backup.
             storage.makedirs(backup_dir)
-            name = f"model-{next_epoch:04d}.keras"
-            with storage.atomic_local_path(storage.join(backup_dir, name)) as tmp:
-                self.model.save(tmp)
-            state = {"next_epoch": next_epoch, "model": name, "history": self.history, "best": self.best,
-                     "wait": self.wait, "elapsed": self.elapsed + time.time() - self.started,
+            if save_weights:
+                name = f"model-{next_epoch:04d}.keras"
+                with storage.atomic_local_path(storage.join(backup_dir, name)) as tmp:
+                    model_lib.save_model(self.model, tmp, metadata)
+                self.backup_model = name
+            state = {"next_epoch": next_epoch, "model": self.backup_model, "history": self.history,
+                     "best": self.best, "wait": self.wait, "elapsed": self.elapsed + time.time() - self.started,
                      "stopped": self.stopped, "stopped_reason": self.stopped_reason, "steps_done": self.steps_done,
-                     "config": config_lib.to_dict(config)}
-            storage.write_json(storage.join(backup_dir, "state.json"), state)
+                     "config": config_lib.to_dict(config),
+                     "vocabulary_fingerprint": (metadata or {}).get("vocabulary_fingerprint")}
+            storage.write_json(storage.join(backup_dir, run_lib.BACKUP_STATE), state)
             for old in storage.listdir(backup_dir):
-                if old.startswith("model-") and old != name:
+                if old.startswith("model-") and old != self.backup_model:
                     storage.remove(storage.join(backup_dir, old))
 
     progress = RunProgress()
@@ -259,12 +318,8 @@ def make_callbacks(config, run_dir, model, steps_per_epoch, initial_state, log, 
 
 
 def read_backup(run_dir: str, config) -> dict | None:
-    file = run_lib.path(run_dir, BACKUP, "state.json")
-    if not storage.exists(file):
-        return None
-    try:
-        state = storage.read_json(file)
-    except (ValueError, OSError):
+    state = run_lib.read_backup_state(run_dir)
+    if state is None:
         return None
     if state.get("config") != config_lib.to_dict(config):
         raise run_lib.RunError(f"{run_dir} holds an interrupted run with different settings; use a new --run-dir "
@@ -305,12 +360,29 @@ class Cluster:
             tf_config = json.loads(environment.get("TF_CONFIG", "") or "{}")
         except ValueError as error:
             raise run_lib.RunError(f"TF_CONFIG is not valid JSON: {error}") from None
+        example = ('e.g. {"cluster": {"worker": ["127.0.0.1:12345", "127.0.0.1:12346"]}, '
+                   '"task": {"type": "worker", "index": 0}}')
+        if not isinstance(tf_config, dict):
+            raise run_lib.RunError(f"TF_CONFIG must be a JSON object, {example}")
         cluster, task = tf_config.get("cluster") or {}, tf_config.get("task") or {}
-        if not cluster or "type" not in task:
-            raise run_lib.RunError("train.strategy=multi_worker needs TF_CONFIG with \"cluster\" and \"task\", e.g. "
-                                   '{"cluster": {"worker": ["127.0.0.1:12345", "127.0.0.1:12346"]}, '
-                                   '"task": {"type": "worker", "index": 0}}')
-        self.task_type, self.task_index = task["type"], int(task.get("index", 0))
+        if not isinstance(cluster, dict) or not isinstance(task, dict) or not cluster or "type" not in task:
+            raise run_lib.RunError(f"train.strategy=multi_worker needs TF_CONFIG with \"cluster\" and \"task\", "
+                                   f"{example}")
+        for name, members in cluster.items():
+            if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+                raise run_lib.RunError(f"TF_CONFIG: cluster.{name} must be a list of \"host:port\" strings, "
+                                       f"got {members!r}")
+        index = task.get("index", 0)
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise run_lib.RunError(f"TF_CONFIG: task.index must be an integer, got {index!r}")
+        self.task_type, self.task_index = task["type"], index
+        members = cluster.get(self.task_type)
+        if not isinstance(self.task_type, str) or members is None:
+            raise run_lib.RunError(f"TF_CONFIG: task.type {self.task_type!r} is not in the cluster "
+                                   f"({', '.join(sorted(cluster))})")
+        if not 0 <= index < len(members):
+            raise run_lib.RunError(f"TF_CONFIG: task.index {index} is outside 0..{len(members) - 1} for the "
+                                   f"{len(members)} {self.task_type} address(es)")
         self.num_workers = sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
         self.is_chief = self.task_type == "chief" or (
             self.task_type == "worker" and self.task_index == 0 and "chief" not in cluster)
@@ -369,7 +441,11 @@ def evaluate_windows(model, data) -> dict:
         total_loss += float(loss)
         total_hits += float(hits)
         count += int(tf.size(y))
-    return {"loss": total_loss / max(count, 1), "accuracy": total_hits / max(count, 1), "tokens": count}
+    if count == 0:
+        # An empty validation set would read as a perfect loss of 0.
+        raise run_lib.RunError("the validation data holds no window to evaluate on: the validation shards are "
+                               "missing or empty; prepare the data again (rerun the same train command)")
+    return {"loss": total_loss / count, "accuracy": total_hits / count, "tokens": count}
 
 
 def fit_custom(strategy, model, optimizer, make_train_data, validation_data, progress, first_epoch: int,
@@ -443,13 +519,68 @@ def epoch_steps(config: config_lib.Config, train_lengths) -> int:
     return dataset.count_windows(train_lengths, config.data.seq_length, stride) // config.train.batch_size
 
 
+def _load_saved(file: str, fix: str):
+    """A checkpoint or backup written by this module, loaded in safe mode and checked for finite weights."""
+    import keras
+    import numpy as np
+
+    try:
+        model = keras.saving.load_model(file, safe_mode=True)
+    except Exception as error:  # zip, HDF5 and Keras errors for a damaged file
+        text = str(error).strip().splitlines()
+        raise run_lib.RunError(f"{file} cannot be loaded ({type(error).__name__}: {text[0] if text else ''}); "
+                               f"{fix}") from None
+    if not all(np.all(np.isfinite(w)) for w in model.get_weights()):
+        raise run_lib.RunError(f"{file} holds NaN or infinite weights; {fix}")
+    return model
+
+
+def _complete_metrics(run_dir: str, state: dict | None, config, vocabulary) -> dict | None:
+    """metrics.json of a run that has already finished (and whose model checks out), else None."""
+    if not state or not (state.get("stopped") or state.get("stopped_reason")
+                         or state.get("next_epoch", 0) >= config.train.epochs):
+        return None
+    file = run_lib.path(run_dir, run_lib.METRICS)
+    if not storage.exists(file) or not storage.exists(run_lib.path(run_dir, run_lib.MODEL)):
+        return None
+    try:
+        metrics = storage.read_json(file, 64 << 20)
+        run_lib.load_model(run_dir, vocabulary)
+    except (OSError, ValueError):  # RunError is a ValueError: a damaged model is written again
+        return None
+    return metrics if isinstance(metrics, dict) and "val_loss" in metrics else None
+
+
+def _diverged(run_dir: str, metrics: dict, config) -> TrainingDiverged:
+    best = metrics.get("best_epoch")
+    return TrainingDiverged(
+        f"training stopped: {metrics.get('stopped_detail', 'the loss became NaN')} (train.learning_rate="
+        f"{config.train.learning_rate:g}); {run_lib.path(run_dir, run_lib.MODEL)} holds the best earlier epoch "
+        f"({best}, validation loss {metrics['val_loss']:.4f}). Lower train.learning_rate (or "
+        "train.clipnorm) and train again in a new --run-dir")
+
+
 def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, log=print) -> dict:
     """Prepare (or reuse) data, fit (or resume), and write the run directory. Returns metrics.json.
 
-    Under train.strategy=multi_worker every worker runs this; only the chief writes the
-    run directory, the others work in a temporary directory and read the chief's backup
-    to resume.
+    The run directory is locked for the whole call (one writer at a time), and a run
+    that has started training is only ever continued with its own settings: the
+    settings are compared before anything is written. Rerunning a finished run
+    changes nothing. Under train.strategy=multi_worker every worker runs this; only
+    the chief writes the run directory, the others work in a temporary directory and
+    read the chief's backup to resume. A loss that becomes NaN or infinite stops
+    training with TrainingDiverged; the best earlier epoch is kept.
     """
+    cluster = Cluster() if config.train.strategy == "multi_worker" else None
+    chief = cluster is None or cluster.is_chief
+    owning = run_lib.lock(run_dir, COMMAND) if chief else contextlib.nullcontext()
+    with owning:
+        if chief:
+            run_lib.check_settings(run_dir, config)
+        return _train(config, run_dir, cluster, chief, show_progress, log)
+
+
+def _train(config, run_dir, cluster, chief, show_progress, log) -> dict:
     import tempfile
     import warnings
 
@@ -460,9 +591,7 @@ def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, l
     from keras_music import dataset, model as model_lib
 
     train_cfg, data, model_cfg = config.train, config.data, config.model
-    cluster = Cluster() if train_cfg.strategy == "multi_worker" else None
     strategy = distribution_strategy(train_cfg.strategy)
-    chief = cluster is None or cluster.is_chief
     work_dir = run_dir if chief else tempfile.mkdtemp(prefix="keras_music-worker-")
     if not chief:
         log = lambda *args, **kwargs: None  # noqa: E731  (workers stay quiet; the chief reports)
@@ -470,7 +599,17 @@ def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, l
     started = time.time()
     info = prepare_run(config, work_dir, show_progress and chief, log)
     vocabulary = run_lib.load_vocabulary(work_dir)
-    storage.write_text(run_lib.path(work_dir, run_lib.CONFIG), config_lib.dump(config))
+    run_lib.write_config(work_dir, config)
+    metadata = {"vocabulary_fingerprint": vocabulary.fingerprint(), "vocabulary_size": len(vocabulary)}
+    state = read_backup(run_dir, config)
+    if chief:
+        done = _complete_metrics(run_dir, state, config, vocabulary)
+        if done is not None:
+            log(f"{run_dir} has finished training ({done.get('epochs')} epochs, {done.get('stopped_detail')}); "
+                "nothing to do")
+            if done.get("stopped") == "nan_loss":
+                raise _diverged(run_dir, done, config)
+            return done
     stride = data.window_stride or data.seq_length
     steps_per_epoch = epoch_steps(config, info["lengths"]["train"])
     if steps_per_epoch < 1:
@@ -478,12 +617,15 @@ def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, l
         raise run_lib.RunError(f"the training split has {info['tokens']['train']} tokens, {windows} windows of "
                                f"data.seq_length+1={data.seq_length + 1}: fewer than one batch of "
                                f"train.batch_size={train_cfg.batch_size}; lower them or add data")
+    if dataset.count_windows(info["lengths"]["validation"], data.seq_length, data.seq_length) < 1:
+        raise run_lib.RunError(f"the validation split has {info['tokens']['validation']} tokens: not one window of "
+                               f"data.seq_length+1={data.seq_length + 1}, so the validation loss would mean "
+                               "nothing; lower data.seq_length or raise data.val_fraction")
     if train_cfg.batch_size % strategy.num_replicas_in_sync:
         raise run_lib.RunError(f"train.batch_size={train_cfg.batch_size} must be divisible by the "
                                f"{strategy.num_replicas_in_sync} replicas of train.strategy={train_cfg.strategy}")
-    data_dir = run_lib.data_dir(work_dir)
-    train_files = dataset.shard_files(data_dir, "train")
-    validation_files = dataset.shard_files(data_dir, "validation")
+    train_files = run_lib.shard_paths(work_dir, "train", info)
+    validation_files = run_lib.shard_paths(work_dir, "validation", info)
 
     # Keras warns about `shuffle` and end-of-data for every tf.data input; the pipeline
     # shuffles itself and yields exactly steps_per_epoch batches per epoch.
@@ -492,16 +634,17 @@ def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, l
     keras.utils.set_random_seed(train_cfg.seed)
     if train_cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    state = read_backup(run_dir, config)
     first_epoch = state["next_epoch"] if state else 0
     if state and not state.get("stopped_reason") and first_epoch < train_cfg.epochs:
         log(f"resuming {run_dir} at epoch {first_epoch + 1} of {train_cfg.epochs}")
 
     learning_rate = learning_rate_schedule(train_cfg, steps_per_epoch * train_cfg.epochs)
     custom_loop = train_cfg.strategy == "multi_worker"
+    backup_fix = (f"remove {run_lib.path(run_dir, BACKUP)} to train again from the first epoch, or use a new "
+                  "--run-dir")
     with strategy.scope():
-        if state:
-            model = keras.saving.load_model(run_lib.path(run_dir, BACKUP, state["model"]), safe_mode=True)
+        if state and state.get("model"):
+            model = _load_saved(run_lib.path(run_dir, BACKUP, state["model"]), backup_fix)
         else:
             model = model_lib.build_model(len(vocabulary), model_cfg.embedding_size, model_cfg.hidden_size,
                                           model_cfg.num_layers, model_cfg.dropout)
@@ -522,7 +665,7 @@ def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, l
     validation_data = dataset.evaluation_dataset(validation_files, data.seq_length, train_cfg.batch_size,
                                                  vocabulary.boundary_id)
     progress, callbacks = make_callbacks(config, work_dir, model, steps_per_epoch, state, log,
-                                         show_progress=show_progress and chief)
+                                         show_progress=show_progress and chief, metadata=metadata)
     sizes = model_lib.describe(model)
     log(f"model: {sizes['num_layers']} x LSTM({sizes['hidden_size']}), {sizes['parameters']:,} parameters, "
         f"vocabulary {sizes['vocabulary_size']}; {steps_per_epoch} steps/epoch of {train_cfg.batch_size} x "
@@ -544,24 +687,33 @@ def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, l
                       initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
                       verbose=0)
     history = progress.history
-    best_path = run_lib.path(work_dir, "checkpoints", "best.keras")
+    stopped = progress.stopped or stopped_code_before or "completed"
+    best_path = run_lib.path(work_dir, *run_lib.BEST_CHECKPOINT)
     if storage.exists(best_path):
-        best = keras.saving.load_model(best_path, safe_mode=True)
+        best = _load_saved(best_path, f"remove it and {run_lib.path(run_dir, BACKUP)} to train again, or use a new "
+                                      "--run-dir")
         model.set_weights(best.get_weights())
+    elif stopped == "nan_loss":
+        raise TrainingDiverged(f"training stopped: {progress.stopped_reason or stopped_before} before any epoch had "
+                               f"a finite validation loss, so no model was kept (train.learning_rate="
+                               f"{train_cfg.learning_rate:g}); lower train.learning_rate (or train.clipnorm) and "
+                               "train again in a new --run-dir")
     evaluation = evaluate_windows(model, validation_data)
     train_seconds = sum(h.get("seconds", 0.0) for h in history)
     tokens_seen = sum(int(h.get("steps", steps_per_epoch)) for h in history) * train_cfg.batch_size * data.seq_length
+    finite = [h.get("val_loss", math.inf) for h in history]
+    finite = [v if isinstance(v, (int, float)) and math.isfinite(v) else math.inf for v in finite]
     metrics = {
         "epochs": len(history),
         # Why training ended: completed | early_stopping | time_budget | nan_loss.
-        "stopped": progress.stopped or stopped_code_before or "completed",
+        "stopped": stopped,
         "stopped_detail": (progress.stopped_reason or stopped_before
                            or ("all epochs trained" if history else "nothing to train")),
         "train_loss": history[-1]["loss"] if history else None,
         "val_loss": float(evaluation["loss"]),
         "val_perplexity": float(np.exp(evaluation["loss"])),
         "val_accuracy": float(evaluation["accuracy"]),
-        "best_epoch": int(np.argmin([h.get("val_loss", math.inf) for h in history]) + 1) if history else None,
+        "best_epoch": int(np.argmin(finite) + 1) if history else None,
         "tokens_seen": tokens_seen,
         "tokens_per_second": tokens_seen / train_seconds if train_seconds else None,
         "train_seconds": round(train_seconds, 1),
@@ -577,11 +729,13 @@ def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, l
         storage.rmtree(work_dir)
         return metrics
     with storage.atomic_local_path(run_lib.path(run_dir, run_lib.MODEL)) as tmp:
-        model.save(tmp)
+        model_lib.save_model(model, tmp, metadata)
     storage.write_json(run_lib.path(run_dir, run_lib.METRICS), metrics)
     if history:
         plot_curves(history, run_lib.path(run_dir, "training_curves.png"),
                     f"{os.path.basename(str(run_dir).rstrip('/'))}: {sizes['num_layers']} x LSTM({sizes['hidden_size']})")
+    if stopped == "nan_loss":
+        raise _diverged(run_dir, storage.json_ready(metrics), config)
     return metrics
 
 
@@ -593,17 +747,20 @@ def main(argv=None) -> int:
         config = resolve_config(args)
         if config.train.strategy == "multi_worker" and not args.run_dir:
             parser.error("train.strategy=multi_worker needs --run-dir: every worker must name the same run directory")
+        chief = config.train.strategy != "multi_worker" or Cluster().is_chief
         run_dir = args.run_dir or run_lib.new_run_dir()
-        metrics = train(config, run_dir, show_progress=not args.quiet)
-        if config.train.strategy == "multi_worker" and not Cluster().is_chief:
-            print(f"worker finished: loss {metrics['train_loss']:.4f} (the chief writes {run_dir})")
-            cli.finish(0)
-        run_lib.point_latest(run_dir)
-        samples = []
-        if config.train.num_samples:
-            from keras_music import generate
+        # Held until the samples are written too: train() takes the same lock again inside.
+        with run_lib.lock(run_dir, COMMAND) if chief else contextlib.nullcontext():
+            metrics = train(config, run_dir, show_progress=not args.quiet)
+            if not chief:
+                print(f"worker finished: loss {metrics['train_loss']:.4f} (the chief writes {run_dir})")
+                cli.finish(0)
+            run_lib.point_latest(run_dir)
+            samples = []
+            if config.train.num_samples:
+                from keras_music import generate
 
-            samples = generate.write_training_samples(run_dir, config)
+                samples = generate.write_training_samples(run_dir, config)
         print(json.dumps({k: metrics[k] for k in ("val_loss", "val_perplexity", "val_accuracy", "epochs",
                                                    "wall_seconds")}, indent=None))
         print(f"\nrun directory: {run_dir}")
@@ -613,9 +770,10 @@ def main(argv=None) -> int:
         if samples:
             print(f"samples: {', '.join(samples)}")
         print("next:")
-        print(f"  python -m keras_music.generate --run-dir {run_dir} --num-samples 4 --temperature 0.9")
-        print(f"  python -m keras_music.evaluate --run-dir {run_dir}")
-        print(f"  python -m keras_music.export --run-dir {run_dir}")
+        print("  " + cli.command_line("python -m keras_music.generate", "--run-dir", run_dir, "--num-samples", "4",
+                                      "--temperature", "0.9"))
+        print("  " + cli.command_line("python -m keras_music.evaluate", "--run-dir", run_dir))
+        print("  " + cli.command_line("python -m keras_music.export", "--run-dir", run_dir))
     cli.finish(0)
 
 

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
+import math
+import re
 
 from keras_music import events, storage
 
 FORMAT = "keras_music.vocabulary"
 VERSION = 1
+# vocab.json of a million tokens is far below this; anything larger is not one.
+MAX_BYTES = 256 << 20
+_NUMBER = re.compile(r"^(0|[1-9][0-9]*)$")
+_DURATION = re.compile(r"^[1-9][0-9]*(/[1-9][0-9]*)?$")
 
 
 class VocabularyError(ValueError):
@@ -79,6 +86,11 @@ class Vocabulary:
                 valid[i, column] = j is not None
         return table, valid
 
+    def fingerprint(self) -> str:
+        """sha256 of what ids mean (representation, step, tokens in order): models and data record it."""
+        text = json.dumps([self.representation, float(self.classic_step), self.tokens], separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
     def to_json(self) -> dict:
         return {
             "format": FORMAT,
@@ -112,9 +124,23 @@ class Vocabulary:
             raise VocabularyError(f"{source}: unknown representation {representation!r} (expected note or classic)")
         if data.get("size", len(tokens)) != len(tokens):
             raise VocabularyError(f"{source}: \"size\" is {data.get('size')} but {len(tokens)} tokens are listed")
+        step = data.get("classic_step", 0.5)
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not (math.isfinite(step) and step > 0):
+            raise VocabularyError(f"{source}: \"classic_step\" must be a positive number of quarter notes, got {step!r}")
+        if tuple(tokens[:len(events.SPECIAL_TOKENS)]) != events.SPECIAL_TOKENS:
+            raise VocabularyError(f"{source}: the vocabulary must start with {list(events.SPECIAL_TOKENS)}, "
+                                  f"got {tokens[:3]}")
+        bad = [t for i, t in enumerate(tokens) if not valid_token(t, representation, i)]
+        if bad:
+            raise VocabularyError(f"{source}: {len(bad)} token(s) are not valid {representation} tokens: "
+                                  f"{', '.join(repr(t) for t in bad[:5])}{' ...' if len(bad) > 5 else ''} "
+                                  "(the file was edited or damaged; use the vocab.json the run was trained with)")
         counts = data.get("counts") or []
+        if not isinstance(counts, list) or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                                                   for c in counts) or len(counts) not in (0, len(tokens)):
+            raise VocabularyError(f"{source}: \"counts\" must list one integer >= 0 per token")
         try:
-            vocabulary = cls(tokens, representation, dict(zip(tokens, counts)), float(data.get("classic_step", 0.5)))
+            vocabulary = cls(tokens, representation, dict(zip(tokens, counts)), float(step))
         except VocabularyError as error:
             raise VocabularyError(f"{source}: {error}") from None
         return vocabulary
@@ -122,14 +148,44 @@ class Vocabulary:
     @classmethod
     def load(cls, path: str) -> "Vocabulary":
         try:
-            text = storage.read_text(path)
+            text = storage.read_text(path, MAX_BYTES)
         except FileNotFoundError:
             raise VocabularyError(f"{path} does not exist: a run directory needs the vocab.json it was trained with") from None
+        except OSError as error:
+            raise VocabularyError(f"{path} cannot be read: {error.strerror or error}") from None
+        except UnicodeDecodeError:
+            raise VocabularyError(f"{path} is not UTF-8 text") from None
         try:
             data = json.loads(text)
         except ValueError as error:
             raise VocabularyError(f"{path} is not valid JSON ({error})") from None
         return cls.from_json(data, path)
+
+
+def valid_token(token: str, representation: str, position: int | None = None) -> bool:
+    """Whether `token` is one the representation can produce (special tokens only at ids 0-2)."""
+    if token in events.SPECIAL_TOKENS:
+        return position is None or events.SPECIAL_TOKENS.index(token) == position
+    if representation == "note":
+        if token == events.REST:
+            return True
+        kind, _, value = token.partition(":")
+        if kind in ("pitch", "hold"):
+            return bool(_NUMBER.match(value)) and int(value) <= 127
+        if kind == "dur" and _DURATION.match(value):
+            from fractions import Fraction
+
+            return events.format_duration(Fraction(value)) == value
+        return False
+    if all(part.isdigit() and len(part) <= 2 for part in token.split(".")):
+        classes = [int(part) for part in token.split(".")]
+        return (len(classes) >= 1 and all(0 <= c < 12 for c in classes) and classes == sorted(set(classes))
+                and token == ".".join(str(c) for c in classes))
+    try:
+        pitch = events.parse_pitch_name(token)
+    except ValueError:
+        return False
+    return 0 <= pitch <= 127 and events.pitch_name(pitch) == token
 
 
 def token_sort_key(token: str):

@@ -64,6 +64,26 @@ def test_wrong_types_and_ranges_name_the_key(override, message):
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize("override, message", [
+    ("data.max_duration=.inf", "data.max_duration: expected a finite number, got inf"),
+    ("train.learning_rate=.inf", "train.learning_rate: expected a finite number, got inf"),
+    ("train.time_budget_minutes=.nan", "train.time_budget_minutes: expected a finite number, got nan"),
+    ("data.parse_timeout=-.inf", "data.parse_timeout: expected a finite number, got -inf"),
+])
+def test_infinite_and_nan_values_are_refused_naming_the_key(override, message):
+    with pytest.raises(config.ConfigError) as error:
+        config.load([], [override])
+    assert message in str(error.value)
+
+
+def test_a_config_built_in_code_is_checked_for_finite_values_too():
+    import dataclasses
+
+    built = dataclasses.replace(config.Config(), data=dataclasses.replace(config.DataConfig(), max_duration=float("inf")))
+    with pytest.raises(config.ConfigError, match="data.max_duration: expected a finite number, got inf"):
+        config.validate(built)
+
+
 def test_report_settings_are_verbatim_and_otherwise_equal():
     original = config.load([preset("original.yaml")])
     modified = config.load([preset("modified.yaml")])

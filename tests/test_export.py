@@ -29,6 +29,9 @@ def run_dir(tiny_run, tmp_path_factory):
     # A private copy: exporting writes RUN/export/, and tiny_run is shared read-only.
     directory = str(tmp_path_factory.mktemp("export-run") / "run")
     shutil.copytree(tiny_run, directory, ignore=shutil.ignore_patterns("export"))
+    # What an export killed with SIGKILL leaves behind: its unfinished folders (see the test below).
+    for name in (".export.tmp-killed", ".export.tmp-killed.old"):
+        os.makedirs(os.path.join(directory, name, "saved_model"))
     return directory
 
 
@@ -152,6 +155,20 @@ def test_export_writes_the_contract_files(exported, run_dir):
     assert report["parity_data"]["greedy_steps"] == GREEDY_STEPS
     assert report["parity_data"]["split"] == "validation"
     assert "all checks passed" in table
+
+
+def test_an_export_killed_earlier_leaves_nothing_behind(exported, run_dir):
+    # The run_dir fixture planted two unfinished folders of a killed export; this export removed them.
+    assert not [name for name in os.listdir(run_dir) if name.startswith(".export")]
+
+
+def test_the_report_holds_a_checksum_of_every_exported_file(exported):
+    directory, report, _ = exported
+    listed = sorted(report["sha256"])
+    found = sorted(os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/")
+                   for root, _, files in os.walk(directory) for name in files if name != export.REPORT)
+    assert listed == found and "model.tflite" in listed and "saved_model/saved_model.pb" in listed
+    assert report["vocabulary_fingerprint"] == run_lib.load_vocabulary(os.path.dirname(directory)).fingerprint()
 
 
 def test_report_figures_meet_thresholds(exported):

@@ -584,3 +584,119 @@ def test_cli_strict_names_the_unknown_tokens_and_the_file(run_dir, tmp_path, cap
     error = capsys.readouterr().err
     assert "high.mid" in error and "pitch:1" in error
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- issue 16
+
+def piece_files(directory):
+    return sorted(os.listdir(directory))
+
+
+def test_an_interrupted_write_leaves_whole_pieces_and_numbers_never_mix(generator, tmp_path, monkeypatch):
+    out = str(tmp_path / "out")
+    first = generator.generate(num_samples=2, length=4, seed=1, primer_tokens=[])
+    generator.write(first, out, audio="none")
+    before = {name: open(os.path.join(out, name), "rb").read() for name in piece_files(out)}
+    assert sorted(before) == [f"sample-0{n}{e}" for n in (1, 2) for e in (".json", ".mid", ".musicxml", ".png")]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    second = generator.generate(num_samples=2, length=4, seed=2, primer_tokens=[])
+    monkeypatch.setattr(generate, "plot_piano_roll", interrupted)  # Ctrl-C in the middle of a piece
+    with pytest.raises(KeyboardInterrupt):
+        generator.write(second, out, audio="none")
+    # The earlier pieces are untouched, no half piece and no temporary file is left.
+    assert {name: open(os.path.join(out, name), "rb").read() for name in piece_files(out)} == before
+    monkeypatch.undo()
+    # A write killed outright leaves its hidden staging folder; the next write removes it.
+    os.makedirs(os.path.join(out, ".sample-3.tmp-killed"))
+    paths = generator.write(second, out, audio="none")
+    assert [os.path.basename(p) for p in paths if p.endswith(".json")] == ["sample-03.json", "sample-04.json"]
+    assert piece_files(out) == sorted(list(before) + [f"sample-0{n}{e}" for n in (3, 4)
+                                                      for e in (".json", ".mid", ".musicxml", ".png")])
+    for name, data in before.items():
+        assert open(os.path.join(out, name), "rb").read() == data
+    assert json.loads(open(os.path.join(out, "sample-03.json")).read())["seed"] == 2
+
+
+def test_the_run_samples_are_replaced_as_one_set(generator, tmp_path):
+    out = str(tmp_path / "samples")
+    for seed in (1, 2):
+        generator.write(generator.generate(num_samples=2, length=4, seed=seed, primer_tokens=[]), out, audio="none",
+                        replace=True)
+    assert piece_files(out) == [f"sample-0{n}{e}" for n in (1, 2) for e in (".json", ".mid", ".musicxml", ".png")]
+    assert json.loads(open(os.path.join(out, "sample-01.json")).read())["seed"] == 2
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
+    (["--num-samples", "1001"], "argument --num-samples: expected an integer in 1..1000, got 1001"),
+    (["--length", "0"], "argument --length: expected an integer in 1..100000, got 0"),
+])
+def test_bad_numbers_are_usage_errors(run_dir, argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        generate.parse_args(["--run-dir", run_dir, *argv])
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_a_primer_that_is_a_fifo_is_refused_at_once(run_dir, tmp_path):
+    import subprocess
+    import sys
+
+    fifo = str(tmp_path / "primer.mid")
+    os.mkfifo(fifo)
+    result = subprocess.run([sys.executable, "-m", "keras_music.generate", "--run-dir", run_dir, "--primer", fifo,
+                             "--audio", "none", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                            timeout=240)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"primer {fifo}: not a regular file (a FIFO)" in result.stderr
+
+
+def test_a_primer_that_parses_too_long_is_stopped(run_dir, tmp_path):
+    import dataclasses
+
+    from test_corpus import slow_midi_folder
+
+    generator = generate.Generator(run_dir, log=lambda message: None)
+    data = dataclasses.replace(generator.config.data, parse_timeout=0.5, cache_dir=str(tmp_path / "cache"))
+    generator.config = dataclasses.replace(generator.config, data=data)
+    slow = os.path.join(slow_midi_folder(str(tmp_path / "slow"), count=1, notes=60000), "slow00.mid")
+    with pytest.raises(generate.GenerateError, match="timed out: parsing took longer than 0.5 s"):
+        generator.generate(num_samples=1, length=4, primer=slow)
+
+
+def test_bad_timing_in_a_manifest_never_reaches_the_files(generator, tmp_path):
+    timing = generate.record_timing({"start": float("nan"), "tempos": [[0.0, -5.0], [1.0, 90.0]],
+                                     "time_signatures": [[0.0, 4, 3], [0.0, 0, 4], ["x", 3, 4]],
+                                     "parts": [{"program": 400}], "notes": [[0, 24, 60, 0]]})
+    assert timing == {"start": 0.0, "tempos": [[1.0, 90.0]], "time_signatures": [[0.0, 4, 4]], "program": 0}
+    piece = generator.generate(num_samples=1, length=4, seed=3, primer_tokens=[])[0]
+    piece = dataclasses_replace(piece, timing=dict(timing, tempos=[[0.0, 90.0]]))
+    paths = generator.write([piece], str(tmp_path / "out"), audio="none")
+    assert any(p.endswith(".musicxml") for p in paths)
+
+
+def dataclasses_replace(piece, **changes):
+    import dataclasses
+
+    return dataclasses.replace(piece, **changes)
+
+
+def test_tampered_export_files_are_refused(exported, tmp_path):
+    import shutil
+
+    copy = str(tmp_path / "run")
+    shutil.copytree(exported, copy)
+    path = os.path.join(copy, "export", "model.tflite")
+    payload = bytearray(open(path, "rb").read())
+    payload[len(payload) // 2] ^= 0x01
+    open(path, "wb").write(bytes(payload))
+    from keras_music import run as run_lib
+
+    with pytest.raises(run_lib.RunError, match="model.tflite was changed or damaged since it was exported"):
+        generate.Generator(copy, backend="tflite")
+    os.remove(os.path.join(copy, "export", "export_report.json"))
+    with pytest.raises(run_lib.RunError, match="export_report.json is missing"):
+        generate.Generator(copy, backend="savedmodel")
