@@ -190,6 +190,8 @@ def test_ctrl_c_while_parsing_stops_every_process_and_a_rerun_resumes(slow_folde
     try:
         assert wait_until(lambda: cache_entries(cache) or process.poll() is not None, 240), "no file was parsed"
         assert process.poll() is None
+        # The command, its resource tracker and both workers: files are still being parsed.
+        assert len(tagged_processes(tag)) >= 4, "parsing was over before the first result was cached"
         os.killpg(process.pid, signal.SIGINT)
         started = time.monotonic()
         _, stderr = process.communicate(timeout=60)
