@@ -5,7 +5,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import threading
 import time
 import urllib.error
@@ -13,33 +12,18 @@ import urllib.request
 
 import pytest
 
+from conftest import BackgroundServer, headless_chromium
 from keras_music import audio, listening
 from keras_music.studio import app as studio_app
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
-class Server:
-    """One studio served by uvicorn in a thread of the test process."""
+class Server(BackgroundServer):
+    """The studio's app served in a thread of the test process."""
 
     def __init__(self, studio):
-        import uvicorn
-
         self.studio = studio
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(studio_app.create_app(studio), log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.05)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.socket.close()
+        super().__init__(studio_app.create_app(studio))
 
 
 def make_studio(run_dir, root, **kwargs):
@@ -214,20 +198,7 @@ def test_concurrent_store_writers_lose_nothing(tmp_path):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    downloads = str(tmp_path_factory.mktemp("downloads"))
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1800",
-                     "--autoplay-policy=no-user-gesture-required", "--mute-audio"):
-        options.add_argument(argument)
-    options.add_experimental_option("prefs", {"download.default_directory": downloads,
-                                              "download.prompt_for_download": False})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": downloads})
-    driver.downloads = downloads
+    driver = headless_chromium(str(tmp_path_factory.mktemp("downloads")), "1200,1800")
     yield driver
     driver.quit()
 

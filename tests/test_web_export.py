@@ -6,10 +6,8 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from fractions import Fraction
@@ -17,14 +15,13 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, BackgroundServer, headless_chromium
 from keras_music import events, export, sampling, web_export
 from keras_music.studio import app as studio_app
 from keras_music.vocabulary import Vocabulary
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCRIPTS = os.path.join(REPO, "export")
 MODELS = ("model.tflite", "model_float16.tflite", "model_dynamic.tflite")
 STEPS = 200
@@ -73,32 +70,10 @@ def site(web_run):
     return os.path.join(export.export_dir(web_run), web_export.WEB_DIR)
 
 
-class Server:
-    """An ASGI app served by uvicorn in a thread of the test process."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.05)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.socket.close()
-
-
 @pytest.fixture(scope="module")
 def isolated(site):
     """The web export as `python -m keras_music.studio --web-export` serves it (with COOP/COEP)."""
-    server = Server(studio_app.create_web_app(site))
+    server = BackgroundServer(studio_app.create_web_app(site))
     yield server
     server.stop()
 
@@ -106,28 +81,15 @@ def isolated(site):
 @pytest.fixture(scope="module")
 def plain(site):
     """The same files from a host that sends no isolation headers."""
-    server = Server(studio_app.create_web_app(site, isolate=False))
+    server = BackgroundServer(studio_app.create_web_app(site, isolate=False))
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    downloads = str(tmp_path_factory.mktemp("web-downloads"))
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1400",
-                     "--autoplay-policy=no-user-gesture-required", "--mute-audio"):
-        options.add_argument(argument)
-    options.add_experimental_option("prefs", {"download.default_directory": downloads,
-                                              "download.prompt_for_download": False})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": downloads})
+    driver = headless_chromium(str(tmp_path_factory.mktemp("web-downloads")), "1200,1400")
     driver.set_script_timeout(180)
-    driver.downloads = downloads
     yield driver
     driver.quit()
 
@@ -569,7 +531,7 @@ def test_studio_links_a_runs_web_export(web_run, tmp_path):
                                log=lambda message: None)
     (run,) = studio.describe_runs()
     assert run["web_url"] == f"/web/{run['name']}/"
-    server = Server(studio_app.create_app(studio))
+    server = BackgroundServer(studio_app.create_app(studio))
     try:
         status, headers, body = fetch(server.url + run["web_url"] + "web.json")
         assert status == 200 and json.loads(body)["format"] == web_export.SITE_FORMAT
