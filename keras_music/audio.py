@@ -8,6 +8,7 @@ import io
 import os
 
 from keras_music import storage
+from keras_music.errors import KerasMusicError
 
 # Ogg/Opus plays in every current browser and is about a tenth of the WAV's size.
 FORMATS = ("ogg", "wav", "flac")
@@ -21,7 +22,7 @@ DEFAULT_SOUNDFONT_NAME = "TimGM6mb.sf2"
 RELEASE_SECONDS = 1.0
 
 
-class AudioError(ValueError):
+class AudioError(KerasMusicError, ValueError):
     """Audio cannot be rendered as asked (format, SoundFont, MIDI); the message says why."""
 
 

@@ -9,6 +9,8 @@ import os
 import shlex
 import sys
 
+from keras_music import errors
+
 # Errors a user can fix (bad input, config, data): printed as one line, no traceback.
 USAGE_EXIT = 2
 DATA_EXIT = 1
@@ -28,25 +30,6 @@ TF_IO_ERRORS = ("NotFoundError", "PermissionDeniedError", "ResourceExhaustedErro
                 "AlreadyExistsError", "UnavailableError", "FailedPreconditionError")
 TF_OS_MESSAGES = ("No space left", "Read-only file system", "Permission denied", "Too many open files",
                   "Disk quota exceeded")
-
-
-def _user_error_types():
-    from keras_music import config, corpus, vocabulary
-
-    types = [config.ConfigError, corpus.CorpusError, vocabulary.VocabularyError]
-    import importlib
-
-    # Later stages' error types, each imported only if its module is already loaded, so a
-    # light command never pays for importing TensorFlow here.
-    for module_name, name in (("prepare", "PrepareError"), ("run", "RunError"), ("generate", "GenerateError"),
-                              ("audio", "AudioError"),
-                              ("experiment", "ExperimentError")):
-        module = sys.modules.get(f"keras_music.{module_name}")
-        if module is None and module_name in ("prepare", "run"):
-            module = importlib.import_module(f"keras_music.{module_name}")
-        if module is not None and hasattr(module, name):
-            types.append(getattr(module, name))
-    return tuple(types)
 
 
 def os_error_message(error: OSError) -> str:
@@ -85,13 +68,11 @@ def user_errors(parser: argparse.ArgumentParser):
     open files) are user errors too: every write is atomic, so what was written
     before is intact, and one line says what happened.
     """
-    from keras_music import config
-
     try:
         yield
-    except config.ConfigError as error:
+    except errors.UsageError as error:
         parser.error(str(error))
-    except _user_error_types() as error:
+    except errors.KerasMusicError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         finish(DATA_EXIT)
     except OSError as error:

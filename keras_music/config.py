@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from keras_music.errors import UsageError
+
 REPRESENTATIONS = ("note", "classic")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 LR_SCHEDULES = ("constant", "cosine", "cosine_budget")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A configuration key, value or file is invalid; the message names it."""
 
 

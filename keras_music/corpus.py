@@ -17,6 +17,7 @@ import time
 from fractions import Fraction
 
 from keras_music import events, storage
+from keras_music.errors import KerasMusicError
 
 SCORE_EXTENSIONS = (".mid", ".midi", ".xml", ".mxl", ".musicxml", ".abc", ".krn")
 MIDI_EXTENSIONS = (".mid", ".midi")
@@ -32,7 +33,7 @@ CACHE_FORMAT = "keras_music.parse_cache"
 QUEUED_PER_WORKER = 2
 
 
-class CorpusError(ValueError):
+class CorpusError(KerasMusicError, ValueError):
     """The sources cannot yield a usable corpus; the message says which and why."""
 
 

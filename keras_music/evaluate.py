@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from keras_music import cli, events, metrics, plots, run as run_lib, storage
+from keras_music import cli, events, formatting as fmt, metrics, plots, run as run_lib, storage
 
 DEFAULT_NUM_SAMPLES = 20
 MAX_NUM_SAMPLES = 1000
@@ -61,19 +61,6 @@ def _progress(iterable=None, show: bool = False, **kwargs):
     return tqdm(iterable, disable=not show, file=sys.stderr, **kwargs)
 
 
-def _manifest_entries(run_dir: str) -> dict:
-    file = run_lib.path(run_dir, run_lib.MANIFEST)
-    if not storage.exists(file):
-        return {}
-    try:
-        manifest = storage.read_json(file, 1 << 30)
-    except (OSError, ValueError):
-        raise run_lib.RunError(f"{file} is not valid JSON: prepare the data again (rerun the same train "
-                               "command)") from None
-    files = manifest.get("files", []) if isinstance(manifest, dict) else []
-    return {entry.get("file"): entry for entry in files if isinstance(entry, dict)}
-
-
 def _count_events(ids, vocabulary, entry) -> int:
     if vocabulary.representation == "classic":
         # Every classic token is one event; <unk> stands for a real (rare) token.
@@ -98,21 +85,12 @@ def _time_signature(entry) -> tuple[int, int]:
 
 def load_split(run_dir: str, split: str, vocabulary=None) -> list[HeldOutPiece]:
     """The pieces of one split (train or validation) of a run, in shard order."""
-    from keras_music import dataset
-
     vocabulary = vocabulary or run_lib.load_vocabulary(run_dir)
-    info = run_lib.load_prepared(run_dir)
-    data_dir = run_lib.data_dir(run_dir)
-    if not storage.isdir(data_dir):
-        raise run_lib.RunError(f"{data_dir} is missing: {run_dir} has no prepared data (train the run first)")
-    if info:
-        # Checked against prepared.json: a missing or damaged shard is an error, never a smaller split.
-        named = run_lib.read_split(run_dir, split, vocabulary, info)
-    else:  # a run from before prepared.json
-        named = dataset.read_named_pieces(dataset.shard_files(data_dir, split))
+    # Checked against prepared.json: a missing or damaged shard is an error, never a smaller split.
+    named = run_lib.named_pieces(run_dir, split, vocabulary)
     if not named:
-        raise run_lib.RunError(f"{data_dir} has no {split} pieces: {run_dir} has no {split} split")
-    entries = _manifest_entries(run_dir)
+        raise run_lib.RunError(f"{run_lib.data_dir(run_dir)} has no {split} pieces: {run_dir} has no {split} split")
+    entries = run_lib.manifest_entries(run_dir)
     out = []
     for name, ids in named:
         entry = entries.get(name)
@@ -501,30 +479,6 @@ def _check_settings(num_samples, length, temperatures, seed) -> None:
 # ----------------------------------------------------------------------------- report
 
 
-def _fmt(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    if isinstance(value, int):
-        return str(value)
-    if abs(value) >= 1e5:
-        # Per-event perplexities of weak models run to millions; digits after the point say nothing there.
-        return f"{value:.4g}"
-    return f"{value:.{digits}f}"
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
-
-
-def _mean_std(summary) -> str:
-    if summary["mean"] is None:
-        return "n/a"
-    text = f"{_fmt(summary['mean'])} ± {_fmt(summary['std'])}"
-    if summary.get("n_undefined"):
-        text += f" ({summary['n_undefined']} n/a)"
-    return text
-
-
 def render_markdown(result: dict) -> str:
     settings = result["settings"]
     lstm = result["model_quality"]
@@ -536,7 +490,7 @@ def render_markdown(result: dict) -> str:
     lines = [
         f"# Evaluation of {result['run_dir']}",
         "",
-        f"Held-out split: {_plural(result['held_out']['pieces'], 'piece')}, {result['held_out']['tokens']} tokens, "
+        f"Held-out split: {fmt.plural(result['held_out']['pieces'], 'piece')}, {result['held_out']['tokens']} tokens, "
         f"{result['held_out']['events']} events ({settings['representation']} representation, vocabulary "
         f"{settings['vocabulary_size']}; {result['held_out']['unknown_tokens']} held-out tokens are `<unk>`). "
         f"Generated: {settings['num_samples']} pieces {length_phrase(settings['length'])} per temperature, "
@@ -550,22 +504,22 @@ def render_markdown(result: dict) -> str:
         "| model | NLL nats/token | NLL bits/token | perplexity/token | top-1 accuracy | NLL nats/event "
         "| perplexity/event | LSTM perplexity / this |",
         "|---|---|---|---|---|---|---|---|",
-        f"| LSTM | {_fmt(lstm['nll_nats'])} | {_fmt(lstm['nll_bits'])} | {_fmt(lstm['perplexity'])} "
-        f"| {_fmt(lstm['accuracy'])} | {_fmt(lstm['event_nll_nats'])} | {_fmt(lstm['event_perplexity'])} | 1.000 |",
+        f"| LSTM | {fmt.number(lstm['nll_nats'])} | {fmt.number(lstm['nll_bits'])} | {fmt.number(lstm['perplexity'])} "
+        f"| {fmt.number(lstm['accuracy'])} | {fmt.number(lstm['event_nll_nats'])} | {fmt.number(lstm['event_perplexity'])} | 1.000 |",
     ]
     for order, scores in baseline["orders"].items():
         marker = " (best)" if int(order) == baseline["best_order"] else ""
         lines.append(
-            f"| {order}-gram{marker} | {_fmt(scores['nll_nats'])} | {_fmt(scores['nll_bits'])} "
-            f"| {_fmt(scores['perplexity'])} | {_fmt(scores['accuracy'])} | {_fmt(scores['event_nll_nats'])} "
-            f"| {_fmt(scores['event_perplexity'])} | {_fmt(ratios['per_order'][order]['perplexity_ratio'])} |")
+            f"| {order}-gram{marker} | {fmt.number(scores['nll_nats'])} | {fmt.number(scores['nll_bits'])} "
+            f"| {fmt.number(scores['perplexity'])} | {fmt.number(scores['accuracy'])} | {fmt.number(scores['event_nll_nats'])} "
+            f"| {fmt.number(scores['event_perplexity'])} | {fmt.number(ratios['per_order'][order]['perplexity_ratio'])} |")
     ratio = ratios["perplexity_ratio"]
     verdict = ("the LSTM predicts the held-out music better than every n-gram" if ratio is not None and ratio < 1
                else "the LSTM does not beat the best n-gram")
     lines += [
         "",
-        f"**LSTM perplexity / best n-gram ({ratios['best_order']}-gram) perplexity = {_fmt(ratio)} per token, "
-        f"{_fmt(ratios['event_perplexity_ratio'])} per event**: {verdict} (below 1 = better than the baseline).",
+        f"**LSTM perplexity / best n-gram ({ratios['best_order']}-gram) perplexity = {fmt.number(ratio)} per token, "
+        f"{fmt.number(ratios['event_perplexity_ratio'])} per event**: {verdict} (below 1 = better than the baseline).",
         "",
         f"The n-grams are interpolated modified Kneser-Ney models; {baseline['note']}.",
         "",
@@ -578,15 +532,15 @@ def render_markdown(result: dict) -> str:
         "|---|" + "---|" * (len(keys) + 1),
     ]
     for name in music["metric_names"]:
-        cells = [_mean_std(music["generated"][k]["summary"][name]) for k in keys]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_mean_std(music['real']['summary'][name])} |")
+        cells = [fmt.mean_std(music["generated"][k]["summary"][name]) for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {fmt.mean_std(music['real']['summary'][name])} |")
     lines += [
         "",
         "## Generated vs real: overlapping area / KL divergence (Yang & Lerch 2020)",
         "",
         "OA = overlap of the two Gaussian-KDE densities (1 = same distribution, 0 = disjoint); "
         "KL = KL(real ‖ generated) in nats (0 = same). The real distribution comes from "
-        f"{_plural(result['held_out']['pieces'], 'held-out piece')}"
+        f"{fmt.plural(result['held_out']['pieces'], 'held-out piece')}"
         + ("; with so few, these numbers are rough." if result["held_out"]["pieces"] < 10 else "."),
         "",
         "| metric | " + " | ".join(f"OA T = {k} | KL T = {k}" for k in keys) + " |",
@@ -596,13 +550,13 @@ def render_markdown(result: dict) -> str:
         cells = []
         for k in keys:
             c = music["comparison"][k][name]
-            cells += [_fmt(c["overlapping_area"]), _fmt(c["kl_divergence"])]
+            cells += [fmt.number(c["overlapping_area"]), fmt.number(c["kl_divergence"])]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Generation", "", "| temperature | pieces | mean events | stop reasons | repairs |",
               "|---|---|---|---|---|"]
     for k in keys:
         rows = music["generated"][k]["pieces"]
-        mean_events = _fmt(float(np.mean([r["events"] for r in rows])), 1) if rows else "n/a"
+        mean_events = fmt.number(float(np.mean([r["events"] for r in rows])), 1) if rows else "n/a"
         reasons = ", ".join(f"{r}: {n}" for r, n in music["generated"][k]["stop_reasons"].items())
         lines.append(f"| {k} | {len(rows)} | {mean_events} | {reasons} | {sum(r['repairs'] for r in rows)} |")
     lines += [
@@ -624,10 +578,6 @@ def render_markdown(result: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- plots
-
-
-def _number(value) -> float:
-    return math.nan if value is None else float(value)
 
 
 def plot_distributions(music: dict, out_path: str) -> None:
@@ -665,11 +615,11 @@ def plot_metrics_vs_temperature(music: dict, out_path: str) -> None:
     figure, axes = plots.metric_grid(len(names))
     for ax, name in zip(axes.flat, names):
         summaries = [music["generated"][k]["summary"][name] for k in keys]
-        means = np.array([_number(s["mean"]) for s in summaries])
-        stds = np.array([_number(s["std"]) for s in summaries])
+        means = np.array([fmt.nan_if_none(s["mean"]) for s in summaries])
+        stds = np.array([fmt.nan_if_none(s["std"]) for s in summaries])
         ax.errorbar(temperatures, means, yerr=stds, marker="o", capsize=3, label="generated")
         real = music["real"]["summary"][name]
-        real_mean, real_std = _number(real["mean"]), _number(real["std"])
+        real_mean, real_std = fmt.nan_if_none(real["mean"]), fmt.nan_if_none(real["std"])
         if math.isfinite(real_mean):
             ax.axhline(real_mean, color="0.3", linestyle="--", label="held-out real")
             if math.isfinite(real_std) and real_std > 0:
@@ -746,9 +696,9 @@ def main(argv=None) -> int:
         lstm = result["model_quality"]
         ratios = result["lstm_vs_ngram"]
         print(f"held-out: {lstm['tokens']} tokens, {lstm['events']} events; LSTM perplexity "
-              f"{_fmt(lstm['perplexity'])}/token ({_fmt(lstm['nll_bits'])} bits), {_fmt(lstm['event_perplexity'])}"
-              f"/event, accuracy {_fmt(lstm['accuracy'])}")
-        print(f"LSTM / best n-gram ({ratios['best_order']}-gram) perplexity: {_fmt(ratios['perplexity_ratio'])}")
+              f"{fmt.number(lstm['perplexity'])}/token ({fmt.number(lstm['nll_bits'])} bits), {fmt.number(lstm['event_perplexity'])}"
+              f"/event, accuracy {fmt.number(lstm['accuracy'])}")
+        print(f"LSTM / best n-gram ({ratios['best_order']}-gram) perplexity: {fmt.number(ratios['perplexity_ratio'])}")
         print(f"report: {storage.join(out_dir, EVALUATION_MD)}")
     cli.finish(0)
 

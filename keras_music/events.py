@@ -421,11 +421,21 @@ def grammar_table(tokens, representation: str = "note") -> dict:
     return {"rules": "note" if representation == "note" else "any", "kinds": kinds, "pitches": pitches}
 
 
-def count_events(tokens, representation: str = "note") -> int:
-    """Musical events (sonorities) in a token list: duration tokens, or all tokens for classic."""
+def ends_event(token: str, representation: str = "note") -> bool:
+    """Whether a token closes a musical event (sonority): its duration token, or any non-special token for classic."""
     if representation == "note":
-        return sum(1 for t in tokens if t.startswith("dur:"))
-    return sum(1 for t in tokens if t not in SPECIAL_TOKENS)
+        return token.startswith("dur:")
+    return token not in SPECIAL_TOKENS
+
+
+def event_ends(tokens, representation: str = "note") -> list[int]:
+    """The index just past each event's last token (cut there to keep whole events)."""
+    return [i + 1 for i, token in enumerate(tokens) if ends_event(token, representation)]
+
+
+def count_events(tokens, representation: str = "note") -> int:
+    """Musical events (sonorities) in a token list."""
+    return sum(1 for token in tokens if ends_event(token, representation))
 
 
 def event_keys(sonorities) -> list[tuple]:

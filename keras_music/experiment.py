@@ -13,7 +13,8 @@ import time
 
 import numpy as np
 
-from keras_music import cli, config as config_lib, evaluate, events, metrics, plots, run as run_lib, storage
+from keras_music import cli, config as config_lib, evaluate, events, formatting as fmt, metrics, plots, run as run_lib, storage
+from keras_music.errors import KerasMusicError
 
 DEFAULT_TEMPERATURES = (0.5, 0.8, 1.0, 1.2)
 DEFAULT_NUM_SAMPLES = 20
@@ -84,7 +85,7 @@ RULE = (
     "contradict and none supports, and cannot tell otherwise.")
 
 
-class ExperimentError(ValueError):
+class ExperimentError(KerasMusicError, ValueError):
     """The study cannot run as asked; the message says why."""
 
 
@@ -286,7 +287,7 @@ def event_accuracy(run_dir: str) -> dict:
     pieces = evaluate.load_split(run_dir, "validation", vocabulary)
     model = run_lib.load_model(run_dir, vocabulary)
     _, hits = evaluate.token_log_probs(model, [p.ids for p in pieces], vocabulary.boundary_id, vocabulary.pad_id)
-    ends_event = np.array([events.count_events([t], vocabulary.representation) == 1 for t in vocabulary.tokens])
+    ends_event = np.array([events.ends_event(t, vocabulary.representation) for t in vocabulary.tokens])
     correct = total = 0
     for piece, hit in zip(pieces, hits):
         ends = np.flatnonzero(ends_event[piece.ids])
@@ -399,12 +400,6 @@ def listening_results(out_dir: str, run_dirs) -> list[dict]:
         return []
 
 
-def _held_out_names(run_dir: str) -> list[str]:
-    manifest = storage.read_json(run_lib.path(run_dir, run_lib.MANIFEST))
-    return sorted(e.get("file") for e in manifest.get("files", [])
-                  if isinstance(e, dict) and e.get("status") == "used" and e.get("split") == "validation")
-
-
 def _relative(path: str, root: str) -> str:
     if storage.is_remote(path) or storage.is_remote(root):
         return path[len(root):].lstrip("/") if path.startswith(root) else path
@@ -414,7 +409,7 @@ def _relative(path: str, root: str) -> str:
 def assemble(runs, trained, evaluations, accuracy, samples, out_dir, settings) -> dict:
     """The JSON-ready summary the report and plots are drawn from."""
     first = evaluations[runs[0].name]
-    held_out = {r.name: _held_out_names(r.run_dir) for r in runs}
+    held_out = {r.name: run_lib.held_out_names(r.run_dir) for r in runs}
     prepared = storage.read_json(run_lib.path(runs[0].run_dir, run_lib.PREPARED))
     out_runs = {}
     for run in runs:
@@ -497,27 +492,6 @@ def assemble(runs, trained, evaluations, accuracy, samples, out_dir, settings) -
 # ----------------------------------------------------------------------------- report
 
 
-def _fmt(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int):
-        return f"{value:,}"
-    if abs(value) >= 1e5:
-        return f"{value:.4g}"
-    return f"{value:.{digits}f}"
-
-
-def _signed(value, digits: int = 3) -> str:
-    text = _fmt(value, digits)
-    return "+" + text if value is not None and text != "n/a" and value > 0 else text
-
-
-def _minutes(seconds) -> str:
-    return "n/a" if seconds is None else f"{seconds / 60:.1f} min"
-
-
 def _direction(direction: int) -> str:
     return "higher" if direction > 0 else "lower"
 
@@ -581,7 +555,7 @@ def render_report(result: dict) -> str:
         f"**{original}** (the report's original setting) with **{modified}** (its modified setting).",
         "",
         f"Data: {', '.join(f'`{s}`' for s in settings['sources'])}; {data['train_pieces']} training pieces "
-        f"({_fmt(data['train_tokens'])} tokens), {data['validation_pieces']} held-out "
+        f"({fmt.number(data['train_tokens'], grouped=True)} tokens), {data['validation_pieces']} held-out "
         f"piece{'' if data['validation_pieces'] == 1 else 's'}, split by piece with "
         f"seed {settings['seed']}; {data['representation']} representation, vocabulary "
         f"{data['vocabulary_size']}. Every config saw the same held-out pieces: "
@@ -623,25 +597,25 @@ def render_report(result: dict) -> str:
     def row(label, cell):
         lines.append(f"| {label} | " + " | ".join(cell(runs[n]) for n in names) + " |")
 
-    row("parameters", lambda r: _fmt(r["training"]["parameters"]))
+    row("parameters", lambda r: fmt.number(r["training"]["parameters"], grouped=True))
     row("epochs (stopped by)", lambda r: f"{r['training']['epochs']} ({r['training']['stopped']})")
-    row("tokens seen", lambda r: _fmt(r["training"]["tokens_seen"]))
-    row("training time", lambda r: _minutes(r["training"]["train_seconds"]))
-    row("wall time (incl. data and final evaluation)", lambda r: _minutes(r["training"]["wall_seconds"]))
-    row("tokens per second", lambda r: _fmt(r["training"]["tokens_per_second"], 0))
-    row("held-out loss (NLL nats/token)", lambda r: _fmt(r["quality"]["nll_nats"]))
-    row("held-out perplexity per token", lambda r: _fmt(r["quality"]["perplexity"]))
-    row("held-out accuracy per token", lambda r: _fmt(r["quality"]["accuracy"]))
-    row("held-out NLL nats/event", lambda r: _fmt(r["quality"]["event_nll_nats"]))
-    row("held-out perplexity per event", lambda r: _fmt(r["quality"]["event_perplexity"]))
-    row("held-out accuracy per event", lambda r: _fmt(r["quality"].get("event_accuracy")))
+    row("tokens seen", lambda r: fmt.number(r["training"]["tokens_seen"], grouped=True))
+    row("training time", lambda r: fmt.minutes(r["training"]["train_seconds"]))
+    row("wall time (incl. data and final evaluation)", lambda r: fmt.minutes(r["training"]["wall_seconds"]))
+    row("tokens per second", lambda r: fmt.number(r["training"]["tokens_per_second"], 0, grouped=True))
+    row("held-out loss (NLL nats/token)", lambda r: fmt.number(r["quality"]["nll_nats"], grouped=True))
+    row("held-out perplexity per token", lambda r: fmt.number(r["quality"]["perplexity"], grouped=True))
+    row("held-out accuracy per token", lambda r: fmt.number(r["quality"]["accuracy"], grouped=True))
+    row("held-out NLL nats/event", lambda r: fmt.number(r["quality"]["event_nll_nats"], grouped=True))
+    row("held-out perplexity per event", lambda r: fmt.number(r["quality"]["event_perplexity"], grouped=True))
+    row("held-out accuracy per event", lambda r: fmt.number(r["quality"].get("event_accuracy"), grouped=True))
     row("best n-gram baseline (order)", lambda r: f"{r['ngram']['best_order']}-gram")
     row("n-gram perplexity per token by order",
-        lambda r: ", ".join(f"{order}: {_fmt(value)}" for order, value in r["ngram"]["perplexity_by_order"].items()))
+        lambda r: ", ".join(f"{order}: {fmt.number(value, grouped=True)}" for order, value in r["ngram"]["perplexity_by_order"].items()))
     row("best n-gram perplexity per token / per event",
-        lambda r: f"{_fmt(r['ngram']['perplexity'])} / {_fmt(r['ngram']['event_perplexity'])}")
-    row("LSTM / n-gram perplexity per token (below 1: LSTM better)", lambda r: _fmt(r["ngram"]["perplexity_ratio"]))
-    row("LSTM / n-gram perplexity per event", lambda r: _fmt(r["ngram"]["event_perplexity_ratio"]))
+        lambda r: f"{fmt.number(r['ngram']['perplexity'], grouped=True)} / {fmt.number(r['ngram']['event_perplexity'], grouped=True)}")
+    row("LSTM / n-gram perplexity per token (below 1: LSTM better)", lambda r: fmt.number(r["ngram"]["perplexity_ratio"], grouped=True))
+    row("LSTM / n-gram perplexity per event", lambda r: fmt.number(r["ngram"]["event_perplexity_ratio"], grouped=True))
     row("full evaluation", lambda r: f"[{r['evaluation']}]({r['evaluation']})")
     lines += ["", "## Learning curves", "",
               "Validation loss against training tokens seen and against training time, both configs on one "
@@ -654,8 +628,8 @@ def render_report(result: dict) -> str:
               "|---|---|" + "---|" * (len(keys) + 1)]
     for metric in result["metric_names"]:
         for name in names:
-            cells = [_mean_std(runs[name]["music"][k][metric]) for k in keys]
-            lines.append(f"| {metric} | {name} | " + " | ".join(cells) + f" | {_mean_std(result['real'][metric])} |")
+            cells = [fmt.mean_std(runs[name]["music"][k][metric]) for k in keys]
+            lines.append(f"| {metric} | {name} | " + " | ".join(cells) + f" | {fmt.mean_std(result['real'][metric])} |")
     lines += ["", f"![metrics by temperature]({METRICS_PNG})", "", "## The lab report's claims", "",
               f"Rule: {result['rule']}", "",
               "| # | claim (modified vs original) | measured as | verdict |", "|---|---|---|---|"]
@@ -675,21 +649,21 @@ def render_report(result: dict) -> str:
             a, b = m["original"], m["modified"]
             if label == "held_out_perplexity":
                 label = "held-out perplexity (paired per-piece NLL nats/token)"
-                a_text = f"ppl {_fmt(a.get('perplexity'))}; NLL {_fmt(a['mean'])} ({a['n']})"
-                b_text = f"ppl {_fmt(b.get('perplexity'))}; NLL {_fmt(b['mean'])} ({b['n']})"
+                a_text = f"ppl {fmt.number(a.get('perplexity'), grouped=True)}; NLL {fmt.number(a['mean'], grouped=True)} ({a['n']})"
+                b_text = f"ppl {fmt.number(b.get('perplexity'), grouped=True)}; NLL {fmt.number(b['mean'], grouped=True)} ({b['n']})"
             else:
-                a_text, b_text = f"{_fmt(a['mean'])} ({a['n']})", f"{_fmt(b['mean'])} ({b['n']})"
+                a_text, b_text = f"{fmt.number(a['mean'], grouped=True)} ({a['n']})", f"{fmt.number(b['mean'], grouped=True)} ({b['n']})"
             spread = None if m["se"] is None else SPREAD_FACTOR * m["se"]
             lines.append(f"| {claim['id']} | {label} | {_direction(m['direction'])} | {a_text} | {b_text} "
-                         f"| {_signed(m['difference'])} | {_fmt(spread)} | {m['verdict']} |")
+                         f"| {fmt.signed(m['difference'])} | {fmt.number(spread, grouped=True)} | {m['verdict']} |")
     if slopes:
         lines += ["", "| # | config | measure | expected with temperature | slope per unit of temperature (n) "
                       f"| {SPREAD_FACTOR:g} × SE | verdict |", "|---|---|---|---|---|---|---|"]
         for claim_id, m in slopes:
             spread = None if m["se"] is None else SPREAD_FACTOR * m["se"]
             expected = "rises" if m["direction"] > 0 else "falls"
-            lines.append(f"| {claim_id} | {m['config']} | {m['measure']} | {expected} | {_signed(m['slope'])} "
-                         f"({m['n']}) | {_fmt(spread)} | {m['verdict']} |")
+            lines.append(f"| {claim_id} | {m['config']} | {m['measure']} | {expected} | {fmt.signed(m['slope'])} "
+                         f"({m['n']}) | {fmt.number(spread, grouped=True)} | {m['verdict']} |")
     lines += ["", "## Listening", ""]
     listed = False
     for name in names:
@@ -713,7 +687,7 @@ def render_report(result: dict) -> str:
                   "`python -m keras_music.export --run-dir OUT/<config>`.", "", "## Metrics", ""]
     lines += [f"- `{name}`: {text}." for name, text in result["descriptions"].items()]
     if result.get("seconds") is not None:
-        lines += ["", f"The whole study took {_minutes(result['seconds'])}."]
+        lines += ["", f"The whole study took {fmt.minutes(result['seconds'])}."]
     return "\n".join(lines) + "\n"
 
 
@@ -728,19 +702,7 @@ def _training_length_caveat(settings: dict) -> str:
             "of tokens and took different times (see the table).")
 
 
-def _mean_std(summary) -> str:
-    if summary["mean"] is None:
-        return "n/a"
-    if summary["std"] is None:
-        return f"{_fmt(summary['mean'])} (n={summary['n']})"
-    return f"{_fmt(summary['mean'])} ± {_fmt(summary['std'])}"
-
-
 # ----------------------------------------------------------------------------- plots
-
-
-def _number(value) -> float:
-    return math.nan if value is None else float(value)
 
 
 def plot_learning_curves(result: dict, out_path: str) -> None:
@@ -752,10 +714,10 @@ def plot_learning_curves(result: dict, out_path: str) -> None:
             continue
         color = f"C{index}"
         tokens = [h["tokens_seen"] for h in history]
-        minutes = [_number(h["seconds"]) / 60 for h in history]
+        minutes = [fmt.nan_if_none(h["seconds"]) / 60 for h in history]
         for axis, x in ((by_tokens, tokens), (by_time, minutes)):
-            axis.plot(x, [_number(h["val_loss"]) for h in history], marker="o", color=color, label=f"{name} validation")
-            axis.plot(x, [_number(h["loss"]) for h in history], linestyle=":", color=color, label=f"{name} training")
+            axis.plot(x, [fmt.nan_if_none(h["val_loss"]) for h in history], marker="o", color=color, label=f"{name} validation")
+            axis.plot(x, [fmt.nan_if_none(h["loss"]) for h in history], linestyle=":", color=color, label=f"{name} training")
     by_tokens.set_xlabel("training tokens seen")
     by_time.set_xlabel("training time (minutes)")
     for axis in (by_tokens, by_time):
@@ -777,10 +739,10 @@ def plot_metrics_by_temperature(result: dict, out_path: str) -> None:
     for ax, metric in zip(axes.flat, names):
         for index, config in enumerate(result["names"]):
             summaries = [result["runs"][config]["music"][k][metric] for k in keys]
-            ax.errorbar(temperatures, [_number(s["mean"]) for s in summaries],
+            ax.errorbar(temperatures, [fmt.nan_if_none(s["mean"]) for s in summaries],
                         yerr=[0.0 if s["se"] is None else s["se"] for s in summaries],
                         marker="o", capsize=3, color=f"C{index}", label=config)
-        real = _number(result["real"][metric]["mean"])
+        real = fmt.nan_if_none(result["real"][metric]["mean"])
         if math.isfinite(real):
             ax.axhline(real, color="0.3", linestyle="--", label="held-out real")
         ax.set_title(metric, fontsize=10)
@@ -864,22 +826,12 @@ def parse_args(argv=None):
     return parser, args
 
 
-def default_out_dir(root: str = "runs") -> str:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = storage.join(root, f"experiment-{stamp}")
-    suffix = 1
-    while storage.exists(out):
-        suffix += 1
-        out = storage.join(root, f"experiment-{stamp}-{suffix}")
-    return out
-
-
 def main(argv=None):
 
     parser, args = parse_args(argv)
     command = "python -m keras_music.experiment " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     with cli.user_errors(parser):
-        out_dir = args.out or default_out_dir()
+        out_dir = args.out or run_lib.timestamped_dir("runs", "experiment-")
         try:
             result = run_study(args.configs, out_dir, args.data, args.overrides, args.scale, args.budget,
                                args.budget_tokens, args.temperatures or DEFAULT_TEMPERATURES, args.num_samples,

@@ -9,18 +9,15 @@ import sys
 import tempfile
 import time
 
-from keras_music import run as run_lib, storage, web_export
+from keras_music import formatting as fmt, run as run_lib, storage, web_export
+from keras_music.errors import KerasMusicError
 
-EXPORT_DIR = "export"
-SAVED_MODEL = "saved_model"
-VOCAB = "vocab.json"
 REPORT = "export_report.json"
 REPORT_FORMAT = "keras_music.export_report"
 REPORT_VERSION = 1
 
 # Quantization name -> TFLite file; "none" is the float32 model, always written.
 QUANTIZATIONS = ("none", "float16", "dynamic")
-TFLITE_FILES = {"none": "model.tflite", "float16": "model_float16.tflite", "dynamic": "model_dynamic.tflite"}
 ARTIFACT_NAMES = {"none": "tflite_float32", "float16": "tflite_float16", "dynamic": "tflite_dynamic"}
 
 SIGNATURES = ("serving_default", "step", "generate", "initial_state")
@@ -38,12 +35,12 @@ SIZE_RATIO_MIN_BYTES = 1 << 20
 PRIMER_LENGTH = 16
 
 
-class ExportError(RuntimeError):
+class ExportError(KerasMusicError, RuntimeError):
     """A conversion failed, needed non-builtin ops, or an artifact does not load."""
 
 
 def export_dir(run_dir: str) -> str:
-    return run_lib.path(run_dir, EXPORT_DIR)
+    return run_lib.path(run_dir, run_lib.EXPORT)
 
 
 def banned_ids(vocabulary) -> list[int]:
@@ -195,7 +192,7 @@ def convert_tflite(step_saved_model: str, quantization: str) -> bytes:
     except Exception as error:  # the converter raises ConverterError and friends
         raise ExportError(f"TFLite conversion ({quantization}) failed with builtin ops only: "
                           f"{type(error).__name__}: {str(error).strip()[:2000]}") from None
-    check_builtin_only(data, TFLITE_FILES[quantization])
+    check_builtin_only(data, run_lib.TFLITE_FILES[quantization])
     return data
 
 
@@ -230,7 +227,7 @@ def convert_all(step_saved_model: str, out_dir: str, quantizations) -> None:
     """Write one .tflite file per quantization into out_dir (in this process)."""
     for quantization in quantizations:
         data = convert_tflite(step_saved_model, quantization)
-        with open(os.path.join(out_dir, TFLITE_FILES[quantization]), "wb") as handle:
+        with open(os.path.join(out_dir, run_lib.TFLITE_FILES[quantization]), "wb") as handle:
             handle.write(data)
 
 
@@ -264,20 +261,10 @@ def held_out_windows(run_dir: str, seq_length: int, boundary_id: int, count: int
     """
     import numpy as np
 
-    from keras_music import dataset
-
     directory = run_lib.data_dir(run_dir)
-    info = run_lib.load_prepared(run_dir)
     vocabulary = vocabulary or run_lib.load_vocabulary(run_dir)
     for split in ("validation", "train"):
-        if info:
-            pieces = [ids for _, ids in run_lib.read_split(run_dir, split, vocabulary, info)]
-        else:  # a run from before prepared.json
-            try:
-                files = dataset.shard_files(directory, split)
-            except FileNotFoundError:
-                files = []
-            pieces = dataset.read_pieces(files)
+        pieces = [ids for _, ids in run_lib.named_pieces(run_dir, split, vocabulary)]
         if not pieces:
             continue
         stream = np.concatenate([np.concatenate([[boundary_id], piece]) for piece in pieces]).astype(np.int32)
@@ -628,10 +615,10 @@ def _export(run_dir, quantize, parity_windows, parity_steps, show_progress, log,
         log(f"removed {removed} unfinished export folder(s) left by an interrupted export")
     with storage.atomic_directory(destination) as out, \
             tempfile.TemporaryDirectory(prefix="keras_music-step-") as scratch:
-        vocab_file = os.path.join(out, VOCAB)
+        vocab_file = os.path.join(out, run_lib.EXPORT_VOCAB)
         with open(vocab_file, "wb") as handle:
             handle.write(storage.read_bytes(run_lib.path(run_dir, run_lib.VOCAB)))
-        saved_model_dir = os.path.join(out, SAVED_MODEL)
+        saved_model_dir = os.path.join(out, run_lib.SAVED_MODEL)
         started = time.perf_counter()
         write_saved_model(model, vocabulary, vocab_file, saved_model_dir)
         log(f"SavedModel written in {time.perf_counter() - started:.1f} s")
@@ -648,18 +635,18 @@ def _export(run_dir, quantize, parity_windows, parity_steps, show_progress, log,
         missing = [name for name in SIGNATURES if name not in loaded.signatures]
         if missing:
             raise ExportError(f"{saved_model_dir} lacks signatures {missing} after reloading")
-        tflite_paths = {q: os.path.join(out, TFLITE_FILES[q]) for q in quantize}
+        tflite_paths = {q: os.path.join(out, run_lib.TFLITE_FILES[q]) for q in quantize}
         parity = measure_parity(model, loaded, tflite_paths, windows, primers, parity_steps, banned,
                                 show_progress=show_progress)
 
-        artifacts = {"saved_model": dict(parity["saved_model"], path=SAVED_MODEL,
+        artifacts = {"saved_model": dict(parity["saved_model"], path=run_lib.SAVED_MODEL,
                                          bytes=_directory_size(saved_model_dir),
                                          signatures=sorted(loaded.signatures.keys()))}
         for quantization, path in tflite_paths.items():
             with open(path, "rb") as handle:
-                operators = check_builtin_only(handle.read(), TFLITE_FILES[quantization])
+                operators = check_builtin_only(handle.read(), run_lib.TFLITE_FILES[quantization])
             name = ARTIFACT_NAMES[quantization]
-            artifacts[name] = dict(parity[name], path=TFLITE_FILES[quantization], bytes=os.path.getsize(path),
+            artifacts[name] = dict(parity[name], path=run_lib.TFLITE_FILES[quantization], bytes=os.path.getsize(path),
                                    quantization={"none": "float32", "float16": "float16",
                                                  "dynamic": "dynamic-range int8 weights"}[quantization],
                                    operators=operators, builtin_only=True)
@@ -677,7 +664,7 @@ def _export(run_dir, quantize, parity_windows, parity_steps, show_progress, log,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": _versions(),
             "model": dict(sizes, representation=vocabulary.representation),
-            "files": {"vocab.json": os.path.getsize(vocab_file)},
+            "files": {run_lib.EXPORT_VOCAB: os.path.getsize(vocab_file)},
             "parity_data": {
                 "split": split,
                 "windows": int(len(windows)),
@@ -741,23 +728,13 @@ def remove_stale_exports(run_dir: str) -> int:
     removed = 0
     for name in os.listdir(run_dir):
         folder = os.path.join(run_dir, name)
-        if name.startswith("." + EXPORT_DIR + ".tmp-") and os.path.isdir(folder) and not os.path.islink(folder):
+        if name.startswith("." + run_lib.EXPORT + ".tmp-") and os.path.isdir(folder) and not os.path.islink(folder):
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
     return removed
 
 
 # ----------------------------------------------------------------------------- table
-
-def _number(value, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float) and (value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5)):
-        return f"{value:.1e}"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
 
 def format_table(report: dict) -> str:
     """The report as aligned text: one row per artifact, then every check."""
@@ -767,12 +744,12 @@ def format_table(report: dict) -> str:
         rows.append([
             name,
             f"{artifact['bytes'] / 1024:.1f} KiB",
-            _number(artifact["windows"]["max_abs"]),
-            _number(artifact["greedy"]["max_abs"]),
-            _number(artifact["overall"]["mean_abs"]),
+            fmt.table_cell(artifact["windows"]["max_abs"]),
+            fmt.table_cell(artifact["greedy"]["max_abs"]),
+            fmt.table_cell(artifact["overall"]["mean_abs"]),
             f"{100 * artifact['overall']['top1_agreement']:.2f}%",
-            _number(artifact["greedy_identical"]),
-            _number(artifact.get("steps_per_second"), 0),
+            fmt.table_cell(artifact["greedy_identical"]),
+            fmt.table_cell(artifact.get("steps_per_second"), 0),
         ])
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header] + rows]
@@ -780,12 +757,12 @@ def format_table(report: dict) -> str:
     keras_figures = report.get("keras", {})
     if keras_figures.get("steps_per_second"):
         lines.append(f"keras step model: {keras_figures['steps_per_second']:.0f} steps/s; step vs sequence model "
-                     f"max|dp| {_number(keras_figures['step_vs_sequence_model']['max_abs'])}")
+                     f"max|dp| {fmt.table_cell(keras_figures['step_vs_sequence_model']['max_abs'])}")
     saved = report["artifacts"].get("saved_model", {})
     if "serving_default" in saved:
-        lines.append(f"serving_default vs Keras sequence model: max|dp| {_number(saved['serving_default']['max_abs'])}"
+        lines.append(f"serving_default vs Keras sequence model: max|dp| {fmt.table_cell(saved['serving_default']['max_abs'])}"
                      f"; generate (temperature 0) equals Keras greedy: "
-                     f"{_number(saved['generate_greedy_identical'])}")
+                     f"{fmt.table_cell(saved['generate_greedy_identical'])}")
     if report.get("dynamic_size_ratio") is not None:
         lines.append(f"dynamic-range size / float32 size: {report['dynamic_size_ratio']:.3f}")
     web = report.get("web")
@@ -800,8 +777,8 @@ def format_table(report: dict) -> str:
         status = "PASS" if check["passed"] else "FAIL"
         if not check["applies"]:
             status = "n/a "
-        lines.append(f"  {status}  {check['artifact']}: {check['metric']} = {_number(check['value'], 4)} "
-                     f"(needs {check['operator']} {_number(check['limit'], 4)})"
+        lines.append(f"  {status}  {check['artifact']}: {check['metric']} = {fmt.table_cell(check['value'], 4)} "
+                     f"(needs {check['operator']} {fmt.table_cell(check['limit'], 4)})"
                      + (f" [{check['note']}]" if check.get("note") else ""))
     lines.append("all checks passed" if report["passed"] else "SOME CHECKS FAILED")
     return "\n".join(lines)

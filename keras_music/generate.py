@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -12,13 +11,11 @@ from fractions import Fraction
 
 import numpy as np
 
-from keras_music import audio as audio_lib, events, run as run_lib, sampling, storage
+from keras_music import audio as audio_lib, events, formatting as fmt, run as run_lib, sampling, storage
+from keras_music.errors import KerasMusicError
 from keras_music.vocabulary import Vocabulary
 
 BACKENDS = ("keras", "savedmodel", "tflite")
-EXPORT_DIR = "export"
-SAVED_MODEL = "saved_model"
-TFLITE_FILES = ("model.tflite", "model_float16.tflite", "model_dynamic.tflite")
 # The default primer is the opening of a held-out piece: this many tokens, cut back
 # to the last complete sonority.
 DEFAULT_PRIMER_TOKENS = (8, 32)
@@ -40,7 +37,7 @@ DEFAULT_TEMPERATURE = sampling.DEFAULT_TEMPERATURE
 DEFAULT_PRIMER_EVENTS = 16
 
 
-class GenerateError(ValueError):
+class GenerateError(KerasMusicError, ValueError):
     """Generation cannot run as asked (primer, export artifacts, settings); the message says why."""
 
 
@@ -84,11 +81,11 @@ class SavedModelBackend:
     def __init__(self, run_dir: str, path: str | None = None):
         import tensorflow as tf
 
-        self.path = path or run_lib.path(run_dir, EXPORT_DIR, SAVED_MODEL)
+        self.path = path or run_lib.path(run_dir, run_lib.EXPORT, run_lib.SAVED_MODEL)
         if not storage.exists(storage.join(self.path, "saved_model.pb")):
             raise _export_missing(self.path, run_dir)
         if path is None:
-            names = [f"{SAVED_MODEL}/{name}" for name in _relative_files(self.path)]
+            names = [f"{run_lib.SAVED_MODEL}/{name}" for name in _relative_files(self.path)]
             run_lib.check_export_files(run_dir, names)
         try:
             self.loaded = tf.saved_model.load(self.path)
@@ -120,8 +117,8 @@ class TFLiteBackend:
 
     name = "tflite"
 
-    def __init__(self, run_dir: str, file: str = TFLITE_FILES[0], path: str | None = None):
-        self.path = path or run_lib.path(run_dir, EXPORT_DIR, file)
+    def __init__(self, run_dir: str, file: str = run_lib.TFLITE_FILES["none"], path: str | None = None):
+        self.path = path or run_lib.path(run_dir, run_lib.EXPORT, file)
         if not storage.exists(self.path):
             raise _export_missing(self.path, run_dir)
         if path is None:
@@ -170,7 +167,7 @@ def _relative_files(directory: str) -> list[str]:
 
 
 def _check_exported_vocabulary(run_dir: str, vocabulary: Vocabulary | None) -> None:
-    exported = run_lib.path(run_dir, EXPORT_DIR, run_lib.VOCAB)
+    exported = run_lib.path(run_dir, run_lib.EXPORT, run_lib.EXPORT_VOCAB)
     if vocabulary is None or not storage.exists(exported):
         return
     if Vocabulary.load(exported).tokens != vocabulary.tokens:
@@ -235,7 +232,7 @@ def default_timing(tempo: float = 120.0, time_signature=(4, 4), program: int = 0
             "time_signatures": [[0.0, int(time_signature[0]), int(time_signature[1])]], "program": int(program)}
 
 
-def _number(value) -> bool:
+def _finite_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
@@ -257,13 +254,13 @@ def record_timing(record: dict) -> dict:
         program = 0
     fallback = default_timing()
     tempos = [[float(t[0]), float(t[1])] for t in record.get("tempos") or ()
-              if isinstance(t, (list, tuple)) and len(t) == 2 and _number(t[0]) and t[0] >= 0 and _number(t[1])
+              if isinstance(t, (list, tuple)) and len(t) == 2 and _finite_number(t[0]) and t[0] >= 0 and _finite_number(t[1])
               and t[1] > 0]
     signatures = [[float(t[0]), t[1], t[2]] for t in record.get("time_signatures") or ()
-                  if isinstance(t, (list, tuple)) and len(t) == 3 and _number(t[0]) and t[0] >= 0
+                  if isinstance(t, (list, tuple)) and len(t) == 3 and _finite_number(t[0]) and t[0] >= 0
                   and events.valid_time_signature(t[1], t[2])]
     start = record.get("start") or 0.0
-    return {"start": float(start) if _number(start) and start >= 0 else 0.0,
+    return {"start": float(start) if _finite_number(start) and start >= 0 else 0.0,
             "tempos": tempos or fallback["tempos"],
             "time_signatures": signatures or fallback["time_signatures"],
             "program": int(program)}
@@ -313,16 +310,9 @@ def piece_midi(piece: Piece, title: str = "") -> bytes:
 
 
 def opening_events(tokens: list[str], count: int, representation: str = "note") -> list[str]:
-    """The tokens of the first `count` events (cut after a sonority's duration for `note`)."""
-    if representation != "note":
-        return list(tokens[:count])
-    seen = 0
-    for index, token in enumerate(tokens):
-        if token.startswith("dur:"):
-            seen += 1
-            if seen == count:
-                return list(tokens[:index + 1])
-    return list(tokens)
+    """The tokens of the first `count` (>= 1) events: all of them when there are fewer."""
+    ends = events.event_ends(tokens, representation)
+    return list(tokens[:ends[count - 1]]) if count <= len(ends) else list(tokens)
 
 
 def _warn(message: str) -> None:
@@ -366,13 +356,10 @@ class Generator:
             raise GenerateError(f"the {self.backend_name} model has {size} tokens but {run_lib.path(run_dir, run_lib.VOCAB)} "
                                 f"has {len(self.vocabulary)}: re-export the run with {_export_command(run_dir)}")
         self.banned = np.array([self.vocabulary.pad_id, self.vocabulary.unk_id], np.int64)
-        self.is_event = np.array([self._counts_as_event(t) for t in self.vocabulary.tokens], bool)
+        self.is_event = np.array([events.ends_event(t, self.representation) for t in self.vocabulary.tokens], bool)
         self.grammar = sampling.Grammar(events.grammar_table(self.vocabulary.tokens, self.representation))
         self._held_out = None
         self._held_out_files: list[dict] = []
-
-    def _counts_as_event(self, token: str) -> bool:
-        return events.count_events([token], self.representation) == 1
 
     # ------------------------------------------------------------------ primers
 
@@ -401,28 +388,14 @@ class Generator:
         if self._held_out is None:
             named = []
             try:
-                from keras_music import dataset
-
-                info = run_lib.load_prepared(self.run_dir)
-                if info and storage.isdir(info.get("data_dir") or run_lib.path(self.run_dir, run_lib.DATA)):
-                    named = run_lib.read_split(self.run_dir, "validation", self.vocabulary, info)
-                elif not info and storage.isdir(run_lib.data_dir(self.run_dir)):  # a run from before prepared.json
-                    named = dataset.read_named_pieces(dataset.shard_files(run_lib.data_dir(self.run_dir),
-                                                                          "validation"))
+                if storage.isdir(run_lib.data_dir(self.run_dir)):  # a run copied without its data has none
+                    named = run_lib.named_pieces(self.run_dir, "validation", self.vocabulary)
             except Exception as error:  # damaged or missing shards only cost the default primer
                 self.log(f"cannot read the held-out pieces of {self.run_dir}: {error}")
-            entries = self._manifest_by_file()
+            entries = run_lib.manifest_entries(self.run_dir, strict=False)
             self._held_out = [self.vocabulary.decode(ids) for _, ids in named]
             self._held_out_files = [entries.get(name, {}) for name, _ in named]
         return self._held_out
-
-    def _manifest_by_file(self) -> dict[str, dict]:
-        """Manifest entries by file name (each shard record carries its piece's file name)."""
-        try:
-            files = storage.read_json(run_lib.path(self.run_dir, run_lib.MANIFEST)).get("files", [])
-        except (OSError, ValueError, AttributeError):
-            return {}
-        return {f["file"]: f for f in files if isinstance(f, dict) and "file" in f}
 
     def corpus_timing(self) -> dict:
         """The corpus's median tempo, most common metre and program (prepared.json), for unprimed pieces."""
@@ -441,7 +414,7 @@ class Generator:
         timing = record_timing(entry)
         wanted = int(rng.integers(DEFAULT_PRIMER_TOKENS[0], DEFAULT_PRIMER_TOKENS[1] + 1))
         if self.representation == "note":
-            ends = [i + 1 for i, t in enumerate(tokens) if t.startswith("dur:")]
+            ends = events.event_ends(tokens, "note")
             within = [e for e in ends if e <= wanted]
             cut = within[-1] if within else (ends[0] if ends else len(tokens))
         else:
@@ -805,13 +778,9 @@ def summary_line(name: str, piece: Piece) -> str:
     pitches = piece.notes[:, 2] if len(piece.notes) else []
     span = f"pitches {int(min(pitches))}-{int(max(pitches))}" if len(pitches) else "no notes"
     repairs = sum(piece.repairs.values())
-    return (f"{name}: {_count(piece.events, 'event')} generated after a {piece.primer_events}-event primer, "
-            f"{_count(len(piece.tokens), 'token')}, stopped by {piece.stop_reason}, {span}, "
-            f"{_count(repairs, 'decode repair')}")
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
+    return (f"{name}: {fmt.plural(piece.events, 'event')} generated after a {piece.primer_events}-event primer, "
+            f"{fmt.plural(len(piece.tokens), 'token')}, stopped by {piece.stop_reason}, {span}, "
+            f"{fmt.plural(repairs, 'decode repair')}")
 
 
 def write_training_samples(run_dir: str, config) -> list[str]:
@@ -825,16 +794,6 @@ def write_training_samples(run_dir: str, config) -> list[str]:
     # The run's own samples are one set: written as a whole, replacing an earlier set.
     paths = generator.write(pieces, run_lib.path(run_dir, "samples"), replace=True)
     return [p for p in paths if p.endswith(".mid")]
-
-
-def default_out_dir(run_dir: str) -> str:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = run_lib.path(run_dir, "generated", stamp)
-    suffix = 1
-    while storage.exists(out):
-        suffix += 1
-        out = run_lib.path(run_dir, "generated", f"{stamp}-{suffix}")
-    return out
 
 
 def parse_args(argv=None):
@@ -906,7 +865,7 @@ def main(argv=None):
                                         seed=args.seed, primer=args.primer, primer_tokens=args.primer_tokens,
                                         strict=args.strict, show_progress=not args.quiet,
                                         primer_events=args.primer_events)
-            out_dir = args.out or default_out_dir(args.run_dir)
+            out_dir = args.out or run_lib.timestamped_dir(run_lib.path(args.run_dir, run_lib.GENERATED))
             paths = generator.write(pieces, out_dir, tempo=args.tempo, instrument=args.instrument,
                                     audio=args.audio, soundfont=args.soundfont)
         except (GenerateError, audio_lib.AudioError) as error:

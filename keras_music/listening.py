@@ -11,6 +11,8 @@ import sqlite3
 import time
 import uuid
 
+from keras_music.errors import KerasMusicError
+
 DB_NAME = "listening.sqlite"
 # z for a two-sided 95% interval.
 Z95 = 1.959963984540054
@@ -32,7 +34,7 @@ CREATE TABLE IF NOT EXISTS votes (
 """
 
 
-class ListeningError(ValueError):
+class ListeningError(KerasMusicError, ValueError):
     """A listening-test request cannot be honoured (unknown pair, double vote); the message says why."""
 
     def __init__(self, message: str, status: int = 400):

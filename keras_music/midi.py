@@ -8,6 +8,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from keras_music.errors import KerasMusicError
+
 PERCUSSION_CHANNEL = 10  # General MIDI's drum channel (1-based): unpitched, left out
 DEFAULT_TEMPO = 500_000  # microseconds per quarter note (120 bpm) when a file sets none
 # A timeline longer than this many quarter notes (about 28 hours at 120 bpm) is a
@@ -21,7 +23,7 @@ _MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98,
 _KEY_NAMES = ("C", "C#", "D", "E-", "E", "F", "F#", "G", "A-", "A", "B-", "B")
 
 
-class MidiError(ValueError):
+class MidiError(KerasMusicError, ValueError):
     """The bytes are not a MIDI file this reader can use; the message says why."""
 
 

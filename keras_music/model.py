@@ -100,10 +100,6 @@ class StepModel:
         return out["probabilities"].numpy(), out["next_state"].numpy()
 
 
-def build_step_model(model: keras.Model) -> StepModel:
-    return StepModel(model)
-
-
 def load_model(path: str) -> keras.Model:
     """Load model.keras with safe mode on: no arbitrary code runs from an untrusted file."""
     return keras.saving.load_model(path, compile=False, safe_mode=True)

@@ -10,6 +10,7 @@ import re
 import time
 
 from keras_music import config as config_lib, corpus, events, run as run_lib, storage
+from keras_music.errors import KerasMusicError
 from keras_music.vocabulary import build as build_vocabulary
 
 PREPARED_FORMAT = run_lib.PREPARED_FORMAT
@@ -24,7 +25,7 @@ PREPARE_KEYS = ("sources", "representation", "transpose", "normalize_key", "val_
 _SHARD_NAME = re.compile(r"^shard-(\d+)-of-(\d+)$")
 
 
-class PrepareError(ValueError):
+class PrepareError(KerasMusicError, ValueError):
     """The sources or parts cannot become a prepared directory; the message says why and what to do."""
 
 

@@ -12,6 +12,7 @@ import socket
 import sys
 
 from keras_music import config as config_lib, storage
+from keras_music.errors import KerasMusicError
 from keras_music.vocabulary import Vocabulary, VocabularyError
 
 CONFIG = "config.yaml"
@@ -25,13 +26,20 @@ DATA = "data"
 BACKUP = "backup"
 BACKUP_STATE = "state.json"
 BEST_CHECKPOINT = ("checkpoints", "best.keras")
+GENERATED = "generated"
+SAMPLES = "samples"
 EXPORT = "export"
 EXPORT_REPORT = "export_report.json"
+# Inside export/: the SavedModel for TensorFlow code, one .tflite per quantization, the vocabulary.
+SAVED_MODEL = "saved_model"
+TFLITE_FILES = {"none": "model.tflite", "float16": "model_float16.tflite", "dynamic": "model_dynamic.tflite"}
+EXPORT_VOCAB = "vocab.json"
+WEB = "web"
 # Held by the one process that writes a directory (see `lock`).
 LOCK = ".keras_music.lock"
 
 
-class RunError(ValueError):
+class RunError(KerasMusicError, ValueError):
     """A run directory is missing a file, or its files do not fit together."""
 
 
@@ -49,13 +57,20 @@ def _shell(word) -> str:
     return shlex.quote(str(word))
 
 
-def new_run_dir(root: str = "runs") -> str:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = storage.join(root, stamp)
+def timestamped_dir(root: str, prefix: str = "") -> str:
+    """root/<prefix><YYYYmmdd-HHMMSS>, with -2, -3, ... appended when that name is taken (not created)."""
+    stamp = prefix + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = storage.join(root, stamp)
     suffix = 1
-    while storage.exists(run_dir):
+    while storage.exists(out):
         suffix += 1
-        run_dir = storage.join(root, f"{stamp}-{suffix}")
+        out = storage.join(root, f"{stamp}-{suffix}")
+    return out
+
+
+def new_run_dir(root: str = "runs") -> str:
+    """A new, empty runs/<timestamp> directory."""
+    run_dir = timestamped_dir(root)
     storage.makedirs(run_dir)
     return run_dir
 
@@ -594,6 +609,49 @@ def read_split(run_dir: str, split: str, vocabulary: Vocabulary, info: dict | No
                        f"{path(run_dir, PREPARED)} records {info['pieces'][split]} pieces of "
                        f"{info['tokens'][split]} tokens; {fix}")
     return pieces
+
+
+def manifest_entries(run_dir: str, strict: bool = True) -> dict[str, dict]:
+    """corpus_manifest.json's entries by file name ({} when the run has none).
+
+    strict raises a RunError for a manifest that is not valid JSON; otherwise it
+    counts as absent (it only adds detail, e.g. the metre of a held-out piece).
+    """
+    file = path(run_dir, MANIFEST)
+    if not storage.exists(file):
+        return {}
+    try:
+        manifest = storage.read_json(file, 1 << 30)
+    except (OSError, ValueError):
+        if not strict:
+            return {}
+        raise RunError(f"{file} is not valid JSON: prepare the data again (rerun the same train "
+                       "command)") from None
+    files = manifest.get("files", []) if isinstance(manifest, dict) else []
+    return {entry["file"]: entry for entry in files if isinstance(entry, dict) and "file" in entry}
+
+
+def held_out_names(run_dir: str) -> list[str]:
+    """The file names of the run's validation pieces, sorted (from the manifest)."""
+    return sorted(name for name, entry in manifest_entries(run_dir).items()
+                  if entry.get("status") == "used" and entry.get("split") == "validation")
+
+
+def named_pieces(run_dir: str, split: str, vocabulary: Vocabulary, info: dict | None = None) -> list[tuple[str, object]]:
+    """(file name, ids) of every piece of one split, in shard order ([] when the split is empty).
+
+    Checked against prepared.json (read_split); a run from before prepared.json is read
+    as its shards are. A run without prepared data is a RunError.
+    """
+    info = load_prepared(run_dir) if info is None else info
+    if info:
+        return read_split(run_dir, split, vocabulary, info)
+    from keras_music import dataset
+
+    directory = path(run_dir, DATA)
+    if not storage.isdir(directory):
+        raise RunError(f"{directory} is missing: {run_dir} has no prepared data (train the run first)")
+    return dataset.read_named_pieces(dataset.shard_files(directory, split))
 
 
 def check_data(run_dir: str, info: dict, vocabulary: Vocabulary) -> None:

@@ -9,6 +9,7 @@ import math
 import re
 
 from keras_music import events, storage
+from keras_music.errors import KerasMusicError
 
 FORMAT = "keras_music.vocabulary"
 VERSION = 1
@@ -18,7 +19,7 @@ _NUMBER = re.compile(r"^(0|[1-9][0-9]*)$")
 _DURATION = re.compile(r"^[1-9][0-9]*(/[1-9][0-9]*)?$")
 
 
-class VocabularyError(ValueError):
+class VocabularyError(KerasMusicError, ValueError):
     """vocab.json is missing, malformed, or does not fit what it is used with."""
 
 

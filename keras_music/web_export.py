@@ -12,6 +12,7 @@ import tempfile
 import time
 
 from keras_music import storage
+from keras_music.errors import KerasMusicError
 
 WEB_DIR = "web"
 SITE_FILE = "web.json"
@@ -51,7 +52,7 @@ NPM_TIMEOUT_SECONDS = 600
 DEFAULT_MODEL_ORDER = ("model_dynamic.tflite", "model_float16.tflite", "model.tflite")
 
 
-class WebExportError(RuntimeError):
+class WebExportError(KerasMusicError, RuntimeError):
     """The web export cannot be built: npm missing or unable to fetch, or the page's sources missing."""
 
 

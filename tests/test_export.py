@@ -69,7 +69,7 @@ def keras_reference(run_dir):
 def loaded(exported):
     import tensorflow as tf
 
-    return tf.saved_model.load(os.path.join(exported[0], export.SAVED_MODEL))
+    return tf.saved_model.load(os.path.join(exported[0], run_lib.SAVED_MODEL))
 
 
 def keras_greedy(step_model, primer, steps, banned=(0, 1)):

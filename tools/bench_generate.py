@@ -119,7 +119,7 @@ def stateful(backend):
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from keras_music import generate, model as model_lib
+    from keras_music import generate, model as model_lib, run as run_lib
 
     model, source, tokens_per_event, ratio_origin = load_subject(args.run_dir)
     vocabulary_size = model_lib.describe(model)["vocabulary_size"]
@@ -136,7 +136,7 @@ def main(argv=None):
         windowed(model, args.window, vocabulary_size, "compiled"), args.window_steps)
     keras_backend = generate.KerasBackend(None, model=model)
     add("b_keras_step", "(b) Keras StepModel.step, states carried", stateful(keras_backend), args.steps)
-    export_dir = os.path.join(args.run_dir, generate.EXPORT_DIR) if args.run_dir else None
+    export_dir = os.path.join(args.run_dir, run_lib.EXPORT) if args.run_dir else None
     if export_dir and os.path.isdir(export_dir):
         try:
             backend = generate.SavedModelBackend(args.run_dir)
@@ -144,7 +144,7 @@ def main(argv=None):
                 {"bytes": _tree_size(backend.path)})
         except generate.GenerateError as error:
             print(f"skipping the SavedModel: {error}", file=sys.stderr)
-        for name in generate.TFLITE_FILES:
+        for name in run_lib.TFLITE_FILES.values():
             path = os.path.join(export_dir, name)
             if not os.path.exists(path):
                 print(f"skipping {name}: not in {export_dir}", file=sys.stderr)

@@ -15,6 +15,7 @@ import uuid
 from fractions import Fraction
 
 from keras_music import audio as audio_lib, events, listening, run as run_lib, sampling, storage
+from keras_music.errors import KerasMusicError
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024  # scores are small; a 2 MB MIDI is already a long symphony
@@ -29,7 +30,7 @@ AB_TEMPO = 90.0  # bpm of every A/B excerpt unless --tempo is given
 ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
 
 
-class StudioError(ValueError):
+class StudioError(KerasMusicError, ValueError):
     """A request the studio refuses; `status` is the HTTP status (4xx)."""
 
     def __init__(self, message: str, status: int = 400):
@@ -186,7 +187,7 @@ class Studio:
             raise StudioError(f"held-out piece {index!r} does not exist (the run has {len(pieces)})")
         tokens = pieces[int(index)]
         if generator.representation == "note":
-            ends = [i + 1 for i, t in enumerate(tokens) if t.startswith("dur:") and i < PRIMER_TOKENS]
+            ends = [end for end in events.event_ends(tokens, "note") if end <= PRIMER_TOKENS]
             return tokens[:ends[-1]] if ends else tokens[:PRIMER_TOKENS]
         return tokens[:PRIMER_TOKENS]
 
