@@ -11,10 +11,10 @@ import subprocess
 import tempfile
 import time
 
-from keras_music import storage
+from keras_music import run as run_lib, storage
 from keras_music.errors import KerasMusicError
 
-WEB_DIR = "web"
+WEB_DIR = run_lib.WEB  # the site's folder inside RUN/export/ (export.py still names it so)
 SITE_FILE = "web.json"
 SITE_FORMAT = "keras_music.web"
 SITE_VERSION = 1
@@ -53,7 +53,7 @@ DEFAULT_MODEL_ORDER = ("model_dynamic.tflite", "model_float16.tflite", "model.tf
 
 
 class WebExportError(KerasMusicError, RuntimeError):
-    """The web export cannot be built: npm missing or unable to fetch, or the page's sources missing."""
+    """The web export cannot be built (npm missing or unable to fetch, the page's sources missing) or found."""
 
 
 def sources_dir() -> str:
@@ -62,6 +62,17 @@ def sources_dir() -> str:
         raise WebExportError(f"the web page's sources are missing ({', '.join(missing)} in {SOURCES}); the web "
                              "export needs keras_music installed from a clone of its repository (pip install -e .)")
     return SOURCES
+
+
+def site_directory(path: str, required: bool = True) -> str | None:
+    """The web export in `path`: a site folder itself (with web.json) or a run directory's export/web/."""
+    for candidate in (path, run_lib.path(path, run_lib.EXPORT, run_lib.WEB)):
+        if os.path.isfile(os.path.join(candidate, SITE_FILE)):
+            return candidate
+    if required:
+        raise WebExportError(f"{path} holds no web export (no {SITE_FILE} in it or in export/web/): build one with "
+                             "python -m keras_music.export --run-dir RUN --web")
+    return None
 
 
 # ----------------------------------------------------------------------------- the runtime (npm)
@@ -235,6 +246,6 @@ def describe(directory: str) -> dict:
         paths = [os.path.join(directory, *name.split("/")) for name in download_files(site, build)]
         download[build] = {"bytes": sum(os.path.getsize(p) for p in paths),
                            "gzip_bytes": sum(_gzipped_size(p) for p in paths)}
-    return {"path": WEB_DIR, "files": len(files), "bytes": sum(os.path.getsize(p) for p in files),
+    return {"path": run_lib.WEB, "files": len(files), "bytes": sum(os.path.getsize(p) for p in files),
             "default_model": site["default_model"], "models": [e["name"] for e in site["models"]],
             "runtime": f"@litertjs/core {RUNTIME_VERSION}", "download": download}

@@ -1,10 +1,13 @@
 """Shared fixtures: a parse cache per test session and small corpora made by code."""
 
 import os
+import sys
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The page tests serve pages and drive Chromium with tools/page_harness.py, as tools/bench_web.py does.
+sys.path.append(os.path.join(REPO, "tools"))
 TINY = os.path.join(REPO, "configs", "tiny.yaml")
 FOUR_CHORALES = ("bach/bwv66.6", "bach/bwv4.8", "bach/bwv26.6", "bach/bwv10.7")
 
@@ -60,52 +63,3 @@ def tiny_run(tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("tiny-run"))
     train.train(tiny_config(), run_dir, show_progress=False, log=lambda *a: None)
     return run_dir
-
-
-# ----------------------------------------------------------------------------- servers and a browser for page tests
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
-
-class BackgroundServer:
-    """An ASGI app served by uvicorn on a free local port, in a thread of the test process."""
-
-    def __init__(self, app):
-        import socket
-        import threading
-        import time
-
-        import uvicorn
-
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.05)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.socket.close()
-
-
-def headless_chromium(downloads: str, window_size: str):
-    """Debian's Chromium through chromedriver, headless, downloading into `downloads` without asking."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={window_size}",
-                     "--autoplay-policy=no-user-gesture-required", "--mute-audio"):
-        options.add_argument(argument)
-    options.add_experimental_option("prefs", {"download.default_directory": downloads,
-                                              "download.prompt_for_download": False})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": downloads})
-    driver.downloads = downloads
-    return driver

@@ -1,7 +1,6 @@
 """The studio: HTTP API (concurrency, restarts, statistics, refusals) and the page in headless Chromium."""
 
 import concurrent.futures
-import io
 import json
 import os
 import shutil
@@ -12,10 +11,10 @@ import urllib.request
 
 import pytest
 
-from conftest import BackgroundServer, headless_chromium
-from keras_music import audio, listening
-from keras_music.studio import app as studio_app
-
+from conftest import write_chorales_as_midi
+from keras_music import audio
+from keras_music.studio import app as studio_app, routes, service
+from page_harness import BackgroundServer, headless_chromium
 
 
 class Server(BackgroundServer):
@@ -23,11 +22,11 @@ class Server(BackgroundServer):
 
     def __init__(self, studio):
         self.studio = studio
-        super().__init__(studio_app.create_app(studio))
+        super().__init__(routes.create_app(studio))
 
 
 def make_studio(run_dir, root, **kwargs):
-    return studio_app.Studio([run_dir], str(root / "out"), str(root / "votes.sqlite"), ab_seconds=8, ab_pool=1,
+    return service.Studio([run_dir], str(root / "out"), str(root / "votes.sqlite"), ab_seconds=8, ab_pool=1,
                              log=lambda message: None, **kwargs)
 
 
@@ -77,8 +76,6 @@ def test_generate_answers_the_documented_shape_and_serves_every_file(server):
 
 
 def test_bad_requests_unknown_ids_traversal_and_oversized_bodies_are_4xx(server, tmp_path):
-    from tests.conftest import write_chorales_as_midi
-
     cases = [
         ("/api/generate", {"length": 10 ** 6}, 400, "length"),
         ("/api/generate", {"temperature": "hot"}, 400, "temperature"),
@@ -94,7 +91,7 @@ def test_bad_requests_unknown_ids_traversal_and_oversized_bodies_are_4xx(server,
         assert status == expected and words in answer["error"], (path, body, answer)
     status, answer = call(server, "/api/generate", data=b"{not json")
     assert status == 400 and "not JSON" in answer["error"]
-    status, answer = call(server, "/api/generate", data=b" " * (studio_app.MAX_JSON_BYTES + 1))
+    status, answer = call(server, "/api/generate", data=b" " * (routes.MAX_JSON_BYTES + 1))
     assert status == 413
     for path in ("/files/pieces/../../votes.sqlite", "/files/pieces/%2e%2e/%2e%2e/votes.sqlite",
                  "/files/pieces/" + "0" * 32 + "/..%2F..%2Fvotes.sqlite", "/runs/x/config.yaml",
@@ -107,7 +104,7 @@ def test_bad_requests_unknown_ids_traversal_and_oversized_bodies_are_4xx(server,
     assert status == 422 and "not usable music" in answer["error"]
     status, answer = call(server, "/api/primers?filename=notes.txt", data=b"C D E")
     assert status == 415
-    status, answer = call(server, "/api/primers?filename=big.mid", data=b"M" * (studio_app.MAX_UPLOAD_BYTES + 1))
+    status, answer = call(server, "/api/primers?filename=big.mid", data=b"M" * (routes.MAX_UPLOAD_BYTES + 1))
     assert status == 413
     path = write_chorales_as_midi(str(tmp_path), ("bach/bwv66.6",))[0]
     with open(path, "rb") as handle:
@@ -118,7 +115,7 @@ def test_bad_requests_unknown_ids_traversal_and_oversized_bodies_are_4xx(server,
 
 
 def test_a_second_generation_waits_or_gets_a_busy_answer(server, monkeypatch):
-    monkeypatch.setattr(studio_app, "QUEUE", 0)
+    monkeypatch.setattr(service, "QUEUE", 0)
     release = threading.Event()
     holder = threading.Thread(target=lambda: server.studio.exclusive(release.wait))
     holder.start()
@@ -168,30 +165,67 @@ def test_fifty_concurrent_votes_are_all_stored_and_survive_a_restart(server, tin
         restarted.stop()
 
 
-@pytest.mark.parametrize("k,n", [(0, 1), (3, 10), (7, 10), (25, 50), (50, 50), (61, 100), (1, 13)])
-def test_interval_and_p_value_match_scipy(k, n):
-    from scipy import stats
+def test_wrong_methods_are_not_found_and_failures_are_one_logged_line(server, monkeypatch):
+    status, answer = call(server, "/api/generate")
+    assert (status, answer) == (405, {"error": "not found"})
+    logged = []
+    monkeypatch.setattr(server.studio, "log", logged.append)
 
-    test = stats.binomtest(k, n, 0.5)
-    low, high = test.proportion_ci(confidence_level=0.95, method="wilson")
-    assert listening.wilson_interval(k, n) == pytest.approx((low, high), abs=1e-9)
-    assert listening.binomial_p_value(k, n) == pytest.approx(test.pvalue, rel=1e-9)
+    def broken():
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(server.studio, "describe_runs", broken)
+    status, answer = call(server, "/api/runs")
+    assert (status, answer) == (500, {"error": "internal error (RuntimeError); see the studio's log"})
+    assert logged == ["studio: GET /api/runs: RuntimeError: disk on fire"]
 
 
-def test_concurrent_store_writers_lose_nothing(tmp_path):
-    store = listening.Store(str(tmp_path / "votes.sqlite"))
-    store.add_comparison("x vs y", "prefer", "x", "y", "/x", "/y")
-    a, b = store.add_stimulus("x", "a.ogg", 1.0), store.add_stimulus("y", "b.ogg", 1.0)
-    pairs = [store.add_pair("x vs y", a, b, "ab"[i % 2]) for i in range(200)]
-    with concurrent.futures.ThreadPoolExecutor(10) as pool:
-        list(pool.map(lambda p: listening.Store(store.path).vote(p, "a"), pairs))
-    (result,) = store.results()
-    assert result["votes"] == 200 and result["chose_first"] == 100
-    import sqlite3
+# ----------------------------------------------------------------------------- command line
 
-    connection = sqlite3.connect(store.path)
-    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # WAL is a property of the file
-    connection.close()
+@pytest.mark.parametrize("extra,words", [
+    (["--web-export", "."], "argument --web-export: serves a web export alone; leave out --run-dir"),
+    (["--port", "70000"], "argument --port: expected 0-65535, got 70000"),
+    (["--tempo", "0"], "argument --tempo must be in (0, 1000) and --ab-seconds in [1, 300]"),
+    (["--ab-seconds", "0.5"], "argument --tempo must be in (0, 1000) and --ab-seconds in [1, 300]"),
+    (["--ab-pool", "0"], "argument --ab-pool: expected a positive integer, got 0"),
+])
+def test_command_line_refusals_are_usage_errors(tiny_run, capsys, extra, words):
+    with pytest.raises(SystemExit) as exit_info:
+        studio_app.parse_args(["--run-dir", tiny_run, *extra])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"python -m keras_music.studio: error: {words}"
+
+
+def test_without_runs_latest_or_a_web_export_the_command_says_what_is_missing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        studio_app.main([])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("python -m keras_music.studio: error: run directory runs/latest does not exist "
+                                       "(train one with python -m keras_music.train, or use runs/latest)\n")
+    with pytest.raises(SystemExit) as exit_info:
+        studio_app.parse_args(["--web-export", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m keras_music.studio: error: argument --web-export: {tmp_path} holds no web export (no web.json in "
+        "it or in export/web/); build one with python -m keras_music.export --run-dir RUN --web")
+
+
+def test_a_port_in_use_is_one_line_and_exit_1(capsys):
+    import argparse
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            studio_app.serve(argparse.ArgumentParser(prog="studio"), "127.0.0.1", port, None, "nothing")
+    finally:
+        taken.close()
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == f"studio: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
 
 
 # ----------------------------------------------------------------------------- the page in Chromium
@@ -255,20 +289,3 @@ def test_page_generates_plays_downloads_and_records_a_blind_round(server, browse
                              f".find(r => r.cells[0].textContent === {json.dumps(name)});"
                              f"return row && Number(row.cells[1].textContent) === {expected};", timeout=10)
     browser.save_screenshot(os.path.join(browser.downloads, "studio.png"))
-
-
-def test_experiment_report_includes_the_votes_between_its_two_runs(tmp_path):
-    from keras_music import experiment
-
-    original, modified, other = (tmp_path / n for n in ("original", "modified", "other"))
-    store = listening.Store(str(tmp_path / listening.DB_NAME))
-    for name, second in (("original@1 vs modified@1", modified), ("original@1 vs other@1", other)):
-        store.add_comparison(name, "prefer", "original@1", name.split(" vs ")[1], str(original), str(second))
-        a, b = store.add_stimulus("x", "a.ogg", 1.0), store.add_stimulus("y", "b.ogg", 1.0)
-        for number in range(8):
-            store.vote(store.add_pair(name, a, b, "a"), "a" if number < 6 else "b")
-    (result,) = experiment.listening_results(str(tmp_path), [str(modified), str(original)])
-    assert result["name"] == "original@1 vs modified@1" and result["votes"] == 8 and result["preference"] == 0.75
-    row = listening.report_lines([result])[2]
-    assert "| original@1 vs modified@1 |" in row and "| 8 | 0.750 |" in row
-    assert experiment.listening_results(str(tmp_path / "none"), [str(original), str(modified)]) == []

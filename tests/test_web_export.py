@@ -1,7 +1,6 @@
 """The web export: the page in headless Chromium samples the reference generator's tokens, decodes, plays and writes MIDI."""
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -15,10 +14,11 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from conftest import REPO, BackgroundServer, headless_chromium
-from keras_music import events, export, sampling, web_export
-from keras_music.studio import app as studio_app
+from conftest import REPO
+from keras_music import events, export, run as run_lib, sampling, web_export
+from keras_music.studio import routes, service
 from keras_music.vocabulary import Vocabulary
+from page_harness import BackgroundServer, PageError, call, headless_chromium, open_page, reference_generator
 
 pytestmark = pytest.mark.slow
 
@@ -27,14 +27,7 @@ MODELS = ("model.tflite", "model_float16.tflite", "model_dynamic.tflite")
 STEPS = 200
 
 
-def load_reference():
-    spec = importlib.util.spec_from_file_location("reference_generator", os.path.join(SCRIPTS, "reference_generator.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-reference = load_reference()
+reference = reference_generator()
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -67,13 +60,13 @@ def web_run(tiny_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def site(web_run):
-    return os.path.join(export.export_dir(web_run), web_export.WEB_DIR)
+    return run_lib.path(web_run, run_lib.EXPORT, run_lib.WEB)
 
 
 @pytest.fixture(scope="module")
 def isolated(site):
     """The web export as `python -m keras_music.studio --web-export` serves it (with COOP/COEP)."""
-    server = BackgroundServer(studio_app.create_web_app(site))
+    server = BackgroundServer(routes.create_web_app(site))
     yield server
     server.stop()
 
@@ -81,7 +74,7 @@ def isolated(site):
 @pytest.fixture(scope="module")
 def plain(site):
     """The same files from a host that sends no isolation headers."""
-    server = BackgroundServer(studio_app.create_web_app(site, isolate=False))
+    server = BackgroundServer(routes.create_web_app(site, isolate=False))
     yield server
     server.stop()
 
@@ -92,22 +85,6 @@ def browser(tmp_path_factory):
     driver.set_script_timeout(180)
     yield driver
     driver.quit()
-
-
-def call(driver, expression):
-    """The value of a JavaScript expression that may be a Promise; a rejection fails with its message."""
-    answer = driver.execute_async_script(
-        "const done = arguments[arguments.length - 1];"
-        f"Promise.resolve().then(() => {expression})"
-        ".then((value) => done({value}), (error) => done({error: String(error && error.message || error)}));")
-    if "error" in answer:
-        raise AssertionError(f"{expression}: {answer['error']}")
-    return answer.get("value")
-
-
-def open_page(driver, url):
-    driver.get(url)
-    return call(driver, "kerasMusic.ready")
 
 
 @pytest.fixture(scope="module")
@@ -166,23 +143,25 @@ const chunks = [];
 for await (const chunk of process.stdin) chunks.push(chunk);
 const cases = JSON.parse(Buffer.concat(chunks).toString());
 const out = {};
-out.rng = cases.rng.map(([seed, count]) => {
+out.rng = (cases.rng || []).map(([seed, count]) => {
   const rng = new SplitMix64(seed);
   const words = Array.from({length: count}, () => rng.nextU64().toString());
   const floats = Array.from({length: count}, () => rng.random());
   return {words, floats};
 });
-out.samples = cases.samples.map(({rows, masks, seed, temperature, topK, topP}) => {
+out.samples = (cases.samples || []).map(({rows, masks, seed, temperature, topK, topP}) => {
   const rng = new SplitMix64(seed);
   return rows.map((row, i) => sample(row, rng, temperature, topK, topP, [0, 1], masks ? masks[i] : null));
 });
-const grammar = new Grammar(cases.grammar.vocabulary);
-out.grammar = cases.grammar.walk.map(([token, closing]) => {
-  const allowed = grammar.allowed(closing);
-  grammar.advance(token);
-  return allowed;
-});
-out.decoded = cases.decode.map(({tokens, vocabulary}) => {
+if (cases.grammar) {
+  const grammar = new Grammar(cases.grammar.vocabulary);
+  out.grammar = cases.grammar.walk.map(([token, closing]) => {
+    const allowed = grammar.allowed(closing);
+    grammar.advance(token);
+    return allowed;
+  });
+}
+out.decoded = (cases.decode || []).map(({tokens, vocabulary}) => {
   const notes = decode(tokens, vocabulary);
   return {notes: notes.map((n) => [Number(n.onset), Number(n.duration), n.pitch]),
           midi: Array.from(midiBytes(notes, cases.tempo, cases.program, cases.timeSignature))};
@@ -204,11 +183,9 @@ def run_node(tmp_path, cases):
     return json.loads(result.stdout)
 
 
-def test_javascript_sampler_grammar_decoder_and_midi_writer_match_python(tmp_path):
-    cases = {"tempo": 96.0, "program": 19, "timeSignature": [3, 4]}
+def test_javascript_splitmix64_and_sampler_match_python(tmp_path):
     seeds = [0, 1, 1234567, 987654321, 2 ** 53 - 1, -1, "18446744073709551615", "9007199254740993"]
-    cases["rng"] = [[seed, 40] for seed in seeds]
-
+    cases = {"rng": [[seed, 40] for seed in seeds], "samples": []}
     generator = np.random.default_rng(0)
     rows = generator.dirichlet(np.full(40, 0.3), size=60).astype(np.float32)
     rows[:, 7] = rows[:, 8]  # ties in probability: ranked by id
@@ -217,7 +194,6 @@ def test_javascript_sampler_grammar_decoder_and_midi_writer_match_python(tmp_pat
     masks[:, 4] = True
     settings = [(1.0, 0, 1.0), (0.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.9), (0.9, 12, 0.75), (1.0, 1, 1.0),
                 (2.5, 0, 0.5), (1e-4, 0, 1.0), (1.0, 39, 0.999)]
-    cases["samples"] = []
     expected_samples = []
     for number, (temperature, top_k, top_p) in enumerate(settings):
         for with_mask in (False, True):
@@ -230,6 +206,17 @@ def test_javascript_sampler_grammar_decoder_and_midi_writer_match_python(tmp_pat
                                      "masks": masks.tolist() if with_mask else None,
                                      "temperature": temperature, "topK": top_k, "topP": top_p})
 
+    answers = run_node(tmp_path, cases)
+
+    assert len(answers["rng"]) == len(seeds)
+    for (seed, count), got in zip(cases["rng"], answers["rng"]):
+        rng = reference.SplitMix64(int(seed))
+        assert got["words"] == [str(rng.next_u64()) for _ in range(count)], seed
+        assert got["floats"] == [rng.random() for _ in range(count)], seed
+    assert answers["samples"] == expected_samples
+
+
+def test_javascript_grammar_matches_python(tmp_path):
     tokens = ["<pad>", "<unk>", "<piece>", "pitch:60", "pitch:62", "pitch:64", "hold:60", "hold:62", "hold:64",
               "rest", "dur:1", "dur:1/2", "dur:1/3"]
     shipped = json.loads(json.dumps(Vocabulary(tokens).to_json()))
@@ -242,23 +229,24 @@ def test_javascript_sampler_grammar_decoder_and_midi_writer_match_python(tmp_pat
         walk.append([token, closing])
         expected_grammar.append(allowed.tolist())
         grammar.advance(token)
-    cases["grammar"] = {"vocabulary": shipped, "walk": walk}
 
+    answers = run_node(tmp_path, {"grammar": {"vocabulary": shipped, "walk": walk}})
+
+    assert answers["grammar"] == expected_grammar
+
+
+def test_javascript_decoder_and_midi_writer_match_python(tmp_path):
     note_tokens = ["<piece>", "pitch:60", "pitch:64", "dur:1", "hold:60", "pitch:67", "dur:1", "rest", "dur:1/2",
                    "hold:62", "pitch:62", "dur:1/3", "hold:62", "dur:2/3", "pitch:65", "bogus", "dur:0", "pitch:70",
                    "dur:0.25", "pitch:60", "pitch:60", "hold:64", "dur:3/8", "hold:60", "dur:1/24", "pitch:71"]
     classic = ["<piece>", "C4", "0.4.7", "F#3", "B-2", "x.y", "E-5", "11"]
-    cases["decode"] = [{"tokens": note_tokens, "vocabulary": {"representation": "note"}},
-                       {"tokens": classic, "vocabulary": {"representation": "classic", "classic_step": 0.5}}]
+    cases = {"tempo": 96.0, "program": 19, "timeSignature": [3, 4],
+             "decode": [{"tokens": note_tokens, "vocabulary": {"representation": "note"}},
+                        {"tokens": classic, "vocabulary": {"representation": "classic", "classic_step": 0.5}}]}
 
     answers = run_node(tmp_path, cases)
 
-    for (seed, count), got in zip(cases["rng"], answers["rng"]):
-        rng = reference.SplitMix64(int(seed))
-        assert got["words"] == [str(rng.next_u64()) for _ in range(count)], seed
-        assert got["floats"] == [rng.random() for _ in range(count)], seed
-    assert answers["samples"] == expected_samples
-    assert answers["grammar"] == expected_grammar
+    assert len(answers["decoded"]) == 2
     for case, got in zip(cases["decode"], answers["decoded"]):
         step = Fraction(str(case["vocabulary"].get("classic_step", 0.5)))
         notes = reference.sonorities_to_notes(reference.tokens_to_sonorities(case["tokens"],
@@ -331,7 +319,7 @@ def test_web_export_fails_clearly_without_npm(tmp_path, monkeypatch):
 
 
 def test_unreachable_registry_fails_the_export_in_seconds_and_keeps_the_previous_one(web_run, tmp_path, monkeypatch):
-    site_file = os.path.join(export.export_dir(web_run), web_export.WEB_DIR, web_export.SITE_FILE)
+    site_file = os.path.join(run_lib.path(web_run, run_lib.EXPORT, run_lib.WEB), web_export.SITE_FILE)
     with open(site_file, "rb") as handle:
         before = handle.read()
     monkeypatch.setenv("KERAS_MUSIC_CACHE", str(tmp_path / "cache"))  # no cached runtime
@@ -398,8 +386,26 @@ def test_reference_cli_tokens_out_equals_the_page(page, site, tmp_path):
     assert page_tokens(page, 77, length=150, temperature=1.1, top_k=30, top_p=0.95, keep_going=False) == expected
 
 
-def test_page_plays_draws_and_offers_midi_that_matches_python_decoding(page, vocabulary):
+def midi_track(path):
+    """The tempos (bpm) and notes ([onset, duration] in quarters, pitch) of a one-track, 480-tick MIDI file."""
     import mido
+
+    midi = mido.MidiFile(path)
+    assert midi.ticks_per_beat == 480 and len(midi.tracks) == 1
+    tick, starts, tempos, notes = 0, {}, [], []
+    for message in midi.tracks[0]:
+        tick += message.time
+        if message.type == "set_tempo":
+            tempos.append(mido.tempo2bpm(message.tempo))
+        elif message.type == "note_on" and message.velocity > 0:
+            starts[message.note] = tick
+        elif message.type in ("note_off", "note_on"):
+            onset = starts.pop(message.note)
+            notes.append([onset / 480, (tick - onset) / 480, message.note])
+    return tempos, notes
+
+
+def test_page_plays_draws_and_offers_midi_that_matches_python_decoding(page, vocabulary):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -443,18 +449,8 @@ def test_page_plays_draws_and_offers_midi_that_matches_python_decoding(page, voc
         time.sleep(0.1)
     with open(path, "rb") as handle:
         data = handle.read()
-    midi = mido.MidiFile(path)
-    assert midi.ticks_per_beat == 480
-    tick, starts, notes = 0, {}, []
-    for message in midi.tracks[0]:
-        tick += message.time
-        if message.type == "set_tempo":
-            assert mido.tempo2bpm(message.tempo) == pytest.approx(100)
-        elif message.type == "note_on" and message.velocity > 0:
-            starts[message.note] = tick
-        elif message.type in ("note_off", "note_on"):
-            onset = starts.pop(message.note)
-            notes.append([onset / 480, (tick - onset) / 480, message.note])
+    tempos, notes = midi_track(path)
+    assert tempos == [pytest.approx(100)]
     assert sorted(notes) == sorted(expected.tolist())
     python_notes = reference.sonorities_to_notes(reference.tokens_to_sonorities(tokens, "note"))
     assert data == reference.midi_bytes(python_notes, 100.0, 0, (4, 4))
@@ -489,7 +485,7 @@ def test_page_refuses_bad_settings_with_the_setting_named(page):
     for settings, words in (({"length": 0}, "length"), ({"temperature": -1}, "temperature"),
                             ({"topP": 0}, "topP"), ({"topK": 1.5}, "topK"), ({"seed": 1.5}, "seed"),
                             ({"primer": "pitch:999"}, "primer")):
-        with pytest.raises(AssertionError, match=words):
+        with pytest.raises(PageError, match=words):
             call(page, f"kerasMusic.generate({json.dumps(settings)})")
 
 
@@ -510,7 +506,7 @@ def fetch(url):
         return response.status, response.headers, response.read()
 
 
-def test_studio_serves_the_web_export_with_isolation_headers(isolated, plain, web_run, tmp_path):
+def test_studio_serves_the_web_export_with_isolation_headers(isolated, plain):
     status, headers, body = fetch(isolated.url + "/")
     assert status == 200 and b'src="app.js"' in body
     assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
@@ -519,19 +515,23 @@ def test_studio_serves_the_web_export_with_isolation_headers(isolated, plain, we
     assert headers["Content-Type"] == "application/wasm" and headers["Cross-Origin-Embedder-Policy"] == "require-corp"
     status, headers, _ = fetch(plain.url + "/web.json")
     assert status == 200 and "Cross-Origin-Opener-Policy" not in headers
-    # A run directory works as well as its export/web/, and a folder without a web export is a usage error.
-    assert studio_app.web_directory(web_run) == os.path.join(export.export_dir(web_run), web_export.WEB_DIR)
-    with pytest.raises(SystemExit) as exit_info:
-        studio_app.parse_args(["--web-export", str(tmp_path)])
-    assert exit_info.value.code == 2
+
+
+def test_a_web_export_is_found_in_its_folder_or_its_run_directory(web_run, site, tmp_path):
+    assert web_export.site_directory(web_run) == web_export.site_directory(site) == site
+    assert web_export.site_directory(str(tmp_path), required=False) is None
+    with pytest.raises(web_export.WebExportError) as refused:
+        web_export.site_directory(str(tmp_path))
+    assert str(refused.value) == (f"{tmp_path} holds no web export (no web.json in it or in export/web/): build one "
+                                  "with python -m keras_music.export --run-dir RUN --web")
 
 
 def test_studio_links_a_runs_web_export(web_run, tmp_path):
-    studio = studio_app.Studio([web_run], str(tmp_path / "out"), str(tmp_path / "votes.sqlite"), ab_pool=1,
-                               log=lambda message: None)
+    studio = service.Studio([web_run], str(tmp_path / "out"), str(tmp_path / "votes.sqlite"), ab_pool=1,
+                            log=lambda message: None)
     (run,) = studio.describe_runs()
     assert run["web_url"] == f"/web/{run['name']}/"
-    server = BackgroundServer(studio_app.create_app(studio))
+    server = BackgroundServer(routes.create_app(studio))
     try:
         status, headers, body = fetch(server.url + run["web_url"] + "web.json")
         assert status == 200 and json.loads(body)["format"] == web_export.SITE_FORMAT

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -46,7 +45,7 @@ def timed_fit(model, data, steps: int, warmup: int = 3) -> float:
     return time.perf_counter() - started
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", default=None, help="prepared run directory (default: prepare Bach in a temp dir)")
     parser.add_argument("--hidden-size", type=int, default=256)
@@ -56,13 +55,12 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--json", default=None)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    import keras
-    import numpy as np
-    import tensorflow as tf
 
-    from keras_music import config as config_lib, dataset, model as model_lib, prepare, run as run_lib
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from keras_music import config as config_lib, dataset, prepare, run as run_lib, storage
 
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = args.run_dir or tmp
@@ -71,39 +69,13 @@ def main(argv=None) -> int:
         vocabulary = run_lib.load_vocabulary(run_dir)
         files = dataset.shard_files(run_lib.data_dir(run_dir), "train")
         pieces = dataset.read_pieces(files)
-        lengths = [len(p) for p in pieces]
-        vocab = len(vocabulary)
-        L, B = args.seq_length, args.batch_size
-
-        # (a) keras_music: many-to-many on the tf.data pipeline, every position predicted.
-        steps_per_epoch = dataset.count_windows(lengths, L, L) // B
-        data = dataset.training_dataset(files, L, B, steps_per_epoch, 0, 0, 1000).repeat()
-        many = model_lib.build_model(vocab, args.embedding_size, args.hidden_size, args.num_layers, 0.0)
-        many.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-        seconds = timed_fit(many, data, args.steps)
-        many_tokens = args.steps * B * L / seconds
-
-        # (b) the tutorial: stride-1 windows, one-hot target of the last position only.
-        stream = np.concatenate([np.concatenate([[vocabulary.boundary_id], p]) for p in pieces]).astype(np.int32)
-        windows = min(len(stream) - L - 1, 20000)  # enough for the timed steps; the tutorial holds all in memory
-        x = np.stack([stream[i:i + L] for i in range(windows)])
-        y = keras.utils.to_categorical(stream[L:L + windows], vocab)
-        tokens = keras.Input((L,), dtype="int32")
-        h = keras.layers.Embedding(vocab, args.embedding_size)(tokens)
-        for i in range(args.num_layers):
-            h = keras.layers.LSTM(args.hidden_size, return_sequences=i < args.num_layers - 1)(h)
-        one = keras.Model(tokens, keras.layers.Dense(vocab, activation="softmax")(h))
-        one.compile(optimizer="adam", loss="categorical_crossentropy")
-        one_data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(4096).batch(B, drop_remainder=True).repeat()
-        seconds_one = timed_fit(one, one_data, args.steps)
-        one_tokens = args.steps * B / seconds_one
-        one_hot_mib = windows * vocab * 4 / 2**20 * ((len(stream) - L - 1) / windows)
-
-    flops = lstm_flops_per_token(vocab, args.embedding_size, args.hidden_size, args.num_layers)
-    peak = matmul_gflops(B, args.hidden_size * 2, 4 * args.hidden_size)
+        many_tokens = many_to_many_tokens_per_second(files, [len(p) for p in pieces], len(vocabulary), args)
+        one_tokens, one_hot_mib = many_to_one_tokens_per_second(pieces, vocabulary, args)
+    flops = lstm_flops_per_token(len(vocabulary), args.embedding_size, args.hidden_size, args.num_layers)
+    peak = matmul_gflops(args.batch_size, args.hidden_size * 2, 4 * args.hidden_size)
     achieved = many_tokens * flops / 1e9
     results = {
-        "config": vars(args), "vocabulary_size": vocab, "cpu_count": os.cpu_count(),
+        "config": vars(args), "vocabulary_size": len(vocabulary), "cpu_count": os.cpu_count(),
         "many_to_many_predicted_tokens_per_second": many_tokens,
         "many_to_one_predicted_tokens_per_second": one_tokens,
         "speedup": many_tokens / one_tokens,
@@ -112,18 +84,61 @@ def main(argv=None) -> int:
         "matmul_gflops_per_second_at_lstm_shape": peak,
         "share_of_matmul_throughput": achieved / peak,
     }
-    print(f"{args.num_layers} x LSTM({args.hidden_size}), seq_length {L}, batch {B}, vocabulary {vocab}, "
-          f"{os.cpu_count()} CPU cores")
-    print(f"  many-to-many (tf.data):          {many_tokens:10,.0f} predicted tokens/s")
-    print(f"  many-to-one, one-hot (tutorial): {one_tokens:10,.0f} predicted tokens/s")
-    print(f"  ratio: {many_tokens / one_tokens:.1f}x; the tutorial's one-hot targets for the whole corpus "
-          f"would take {one_hot_mib:,.0f} MiB")
+    report(results, args)
+    if args.json:
+        storage.write_json(args.json, results)
+    return 0
+
+
+def many_to_many_tokens_per_second(files, lengths, vocabulary_size: int, args) -> float:
+    """keras_music: many-to-many on the tf.data pipeline, every position predicted."""
+    from keras_music import dataset, model as model_lib
+
+    L, B = args.seq_length, args.batch_size
+    steps_per_epoch = dataset.count_windows(lengths, L, L) // B
+    data = dataset.training_dataset(files, L, B, steps_per_epoch, 0, 0, 1000).repeat()
+    many = model_lib.build_model(vocabulary_size, args.embedding_size, args.hidden_size, args.num_layers, 0.0)
+    many.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    seconds = timed_fit(many, data, args.steps)
+    return args.steps * B * L / seconds
+
+
+def many_to_one_tokens_per_second(pieces, vocabulary, args) -> tuple[float, float]:
+    """The tutorial: stride-1 windows, one-hot target of the last position only; also the MiB its one-hot targets
+    would take for the whole corpus."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    L, B, vocab = args.seq_length, args.batch_size, len(vocabulary)
+    stream = np.concatenate([np.concatenate([[vocabulary.boundary_id], p]) for p in pieces]).astype(np.int32)
+    windows = min(len(stream) - L - 1, 20000)  # enough for the timed steps; the tutorial holds all in memory
+    x = np.stack([stream[i:i + L] for i in range(windows)])
+    y = keras.utils.to_categorical(stream[L:L + windows], vocab)
+    tokens = keras.Input((L,), dtype="int32")
+    h = keras.layers.Embedding(vocab, args.embedding_size)(tokens)
+    for i in range(args.num_layers):
+        h = keras.layers.LSTM(args.hidden_size, return_sequences=i < args.num_layers - 1)(h)
+    one = keras.Model(tokens, keras.layers.Dense(vocab, activation="softmax")(h))
+    one.compile(optimizer="adam", loss="categorical_crossentropy")
+    one_data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(4096).batch(B, drop_remainder=True).repeat()
+    seconds_one = timed_fit(one, one_data, args.steps)
+    one_hot_mib = windows * vocab * 4 / 2**20 * ((len(stream) - L - 1) / windows)
+    return args.steps * B / seconds_one, one_hot_mib
+
+
+def report(results: dict, args) -> None:
+    many, one = results["many_to_many_predicted_tokens_per_second"], results["many_to_one_predicted_tokens_per_second"]
+    achieved, peak = results["training_gflops_per_second"], results["matmul_gflops_per_second_at_lstm_shape"]
+    B = args.batch_size
+    print(f"{args.num_layers} x LSTM({args.hidden_size}), seq_length {args.seq_length}, batch {B}, vocabulary "
+          f"{results['vocabulary_size']}, {os.cpu_count()} CPU cores")
+    print(f"  many-to-many (tf.data):          {many:10,.0f} predicted tokens/s")
+    print(f"  many-to-one, one-hot (tutorial): {one:10,.0f} predicted tokens/s")
+    print(f"  ratio: {many / one:.1f}x; the tutorial's one-hot targets for the whole corpus "
+          f"would take {results['tutorial_full_corpus_one_hot_mib']:,.0f} MiB")
     print(f"  training reaches {achieved:.1f} GFLOP/s = {achieved / peak:.0%} of this CPU's matmul throughput "
           f"at the LSTM's shape ({B} x {2 * args.hidden_size} x {4 * args.hidden_size}: {peak:.1f} GFLOP/s)")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,380 @@
+"""What the studio does: runs, generation, uploads and blind A/B stimuli and votes, behind the HTTP routes."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import re
+import sys
+import threading
+import time
+import uuid
+from fractions import Fraction
+
+from keras_music import audio as audio_lib, events, listening, run as run_lib, sampling, storage, web_export
+from keras_music.errors import KerasMusicError
+
+MAX_LENGTH = 1000  # events per generated piece
+QUEUE = 2  # requests that may wait for the one running generation before "busy" answers
+ID = re.compile(r"^[0-9a-f]{32}$")
+FILE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+PRIMER_TOKENS = 32
+AB_TEMPO = 90.0  # bpm of every A/B excerpt unless --tempo is given
+
+
+class StudioError(KerasMusicError, ValueError):
+    """A request the studio refuses; `status` is the HTTP status (4xx)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclasses.dataclass
+class Side:
+    run: str  # run label
+    temperature: float | None  # None: the run's real held-out pieces
+
+    @property
+    def name(self) -> str:
+        return f"{listening.REAL}:{self.run}" if self.temperature is None else f"{self.run}@{self.temperature:g}"
+
+
+class Studio:
+    """Runs, generators, the output area and the listening store behind the HTTP API."""
+
+    def __init__(self, run_dirs, out_dir: str, db: str, soundfont: str | None = None, tempo: float | None = None,
+                 ab_seconds: float = 20.0, ab_pool: int = 8, max_length: int = MAX_LENGTH, log=None):
+        from keras_music.generate import Generator
+
+        self.log = log or (lambda message: print(message, file=sys.stderr))
+        self.runs: dict[str, str] = {}
+        for run_dir in run_dirs:
+            label = os.path.basename(os.path.realpath(run_dir)) or "run"
+            while label in self.runs:
+                label += "+"
+            self.runs[label] = run_dir
+        self.out_dir = os.path.abspath(out_dir)
+        os.makedirs(self.out_dir, exist_ok=True)
+        self.store = listening.Store(db)
+        self.soundfont = soundfont
+        audio_lib.soundfont_bytes(soundfont)  # a bad --soundfont fails at start, not on the first request
+        self.tempo, self.ab_seconds, self.ab_pool, self.max_length = tempo, ab_seconds, ab_pool, max_length
+        # Generated pieces keep their own timing unless --tempo says otherwise; A/B excerpts all
+        # share one tempo so that neither side can be told apart by it.
+        self.ab_tempo = tempo or AB_TEMPO
+        self.generators = {label: Generator(run_dir, log=self.log) for label, run_dir in self.runs.items()}
+        self._lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending = 0
+        for generator in self.generators.values():
+            # The first step traces the model; do it now rather than in the first request.
+            generator.generate(length=2, primer_tokens=[])
+            generator.held_out_pieces()
+
+    # ------------------------------------------------------------------ one generation at a time
+
+    def exclusive(self, work):
+        with self._pending_lock:
+            if self._pending > QUEUE:
+                raise StudioError("busy: another generation is running and the queue is full; try again in a "
+                                  "few seconds", 503)
+            self._pending += 1
+        try:
+            with self._lock:
+                return work()
+        finally:
+            with self._pending_lock:
+                self._pending -= 1
+
+    # ------------------------------------------------------------------ runs
+
+    def run_label(self, label) -> str:
+        if label is None:
+            return next(iter(self.runs))
+        if label not in self.runs:
+            raise StudioError(f"unknown run {label!r} (served: {', '.join(self.runs)})", 404)
+        return label
+
+    def describe_runs(self) -> list[dict]:
+        out = []
+        for label, run_dir in self.runs.items():
+            generator = self.generators[label]
+            metrics = _read_json(run_lib.path(run_dir, run_lib.METRICS))
+            evaluation = _read_json(run_lib.path(run_dir, "evaluation.json"))
+            out.append({
+                "name": label, "run_dir": run_dir, "representation": generator.representation,
+                "vocabulary_size": len(generator.vocabulary), "held_out": len(generator.held_out_pieces()),
+                "metrics": _scalars(metrics), "evaluation": _scalars(evaluation),
+                "curves_url": (f"/runs/{label}/training_curves.png"
+                               if os.path.isfile(run_lib.path(run_dir, "training_curves.png")) else None),
+                "web_url": f"/web/{label}/" if web_export.site_directory(run_dir, required=False) else None,
+            })
+        return out
+
+    def run_file(self, label: str, name: str) -> str:
+        if name not in ("training_curves.png",):
+            raise StudioError(f"no such run file {name!r}", 404)
+        path = run_lib.path(self.runs[self.run_label(label)], name)
+        if not os.path.isfile(path):
+            raise StudioError(f"{label} has no {name}", 404)
+        return path
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, body: dict) -> dict:
+        label = self.run_label(body.get("run"))
+        generator = self.generators[label]
+        temperature = _number(body, "temperature", sampling.DEFAULT_TEMPERATURE, 0.0, 5.0)
+        top_k = int(_number(body, "top_k", 0, 0, len(generator.vocabulary), integer=True))
+        top_p = _number(body, "top_p", 1.0, 1e-6, 1.0)
+        length = int(_number(body, "length", 64, 1, self.max_length, integer=True))
+        seed = int(_number(body, "seed", random.randrange(2 ** 31), 0, 2 ** 31 - 1, integer=True))
+        primer = body.get("primer", "held_out")
+        kwargs = {}
+        if primer == "none":
+            kwargs["primer_tokens"] = []
+        elif isinstance(primer, str) and primer.startswith("held_out:"):
+            kwargs["primer_tokens"] = self.held_out_opening(generator, primer.partition(":")[2])
+        elif isinstance(primer, str) and primer.startswith("upload:"):
+            kwargs["primer"] = self.primer_path(primer.partition(":")[2])
+        elif primer != "held_out":
+            raise StudioError(f"primer must be 'held_out', 'held_out:N', 'upload:ID' or 'none', got {primer!r}")
+        piece_id = uuid.uuid4().hex
+        directory = os.path.join(self.out_dir, "pieces", piece_id)
+
+        def work():
+            from keras_music.generate import GenerateError
+
+            started = time.perf_counter()
+            try:
+                pieces = generator.generate(length=length, temperature=temperature, top_k=top_k, top_p=top_p,
+                                            seed=seed, **kwargs)
+            except GenerateError as error:
+                raise StudioError(str(error)) from None
+            sampled = time.perf_counter()
+            paths = generator.write(pieces, directory, tempo=self.tempo, prefix="piece", soundfont=self.soundfont)
+            return pieces[0], paths, sampled - started, time.perf_counter() - sampled
+
+        piece, paths, sample_seconds, write_seconds = self.exclusive(work)
+        names = {os.path.splitext(p)[1]: os.path.basename(p) for p in paths}
+        base = f"/files/pieces/{piece_id}/"
+        with open(os.path.join(directory, names[".ogg"]), "rb") as handle:
+            seconds = audio_lib.duration(handle.read())
+        return {
+            "id": piece_id, "run": label, "seed": seed, "events": piece.events, "primer_events": piece.primer_events,
+            "stop_reason": piece.stop_reason, "tempo": self.tempo or piece.timing["tempos"][0][1], "seconds": seconds,
+            "quarters": float(sum(s.duration for s in piece.sonorities)),
+            "primer_quarters": piece.primer_duration,
+            "notes": [[float(a), float(b), int(p)] for a, b, p in piece.notes],
+            "timing": {"sample_seconds": round(sample_seconds, 3), "write_seconds": round(write_seconds, 3)},
+            "urls": {"midi": base + names[".mid"], "musicxml": base + names[".musicxml"],
+                     "audio": base + names[".ogg"], "png": base + names[".png"], "json": base + names[".json"]},
+        }
+
+    @staticmethod
+    def held_out_opening(generator, index: str) -> list[str]:
+        pieces = generator.held_out_pieces()
+        if not index.isdigit() or not 0 <= int(index) < len(pieces):
+            raise StudioError(f"held-out piece {index!r} does not exist (the run has {len(pieces)})")
+        tokens = pieces[int(index)]
+        if generator.representation == "note":
+            ends = [end for end in events.event_ends(tokens, "note") if end <= PRIMER_TOKENS]
+            return tokens[:ends[-1]] if ends else tokens[:PRIMER_TOKENS]
+        return tokens[:PRIMER_TOKENS]
+
+    # ------------------------------------------------------------------ uploads
+
+    def add_primer(self, filename: str, data: bytes) -> dict:
+        from keras_music import corpus
+
+        extension = os.path.splitext(filename)[1].lower()
+        if extension not in corpus.SCORE_EXTENSIONS:
+            raise StudioError(f"{filename!r} is not a score file (expected one of {', '.join(corpus.SCORE_EXTENSIONS)})",
+                              415)
+        # The same guarded parse as corpus files: any failure comes back as a reason, never an exception.
+        parsed = corpus.parse_bytes(filename, data, corpus.ParseSettings(normalize_key=False, min_events=1))
+        if parsed["status"] != "parsed":
+            raise StudioError(f"{filename} is not usable music: {parsed['reason']}", 422)
+        primer_id = uuid.uuid4().hex
+        storage.write_bytes(os.path.join(self.out_dir, "primers", primer_id + extension), data)
+        return {"id": primer_id, "name": filename, "notes": len(parsed["notes"])}
+
+    def primer_path(self, primer_id: str) -> str:
+        directory = os.path.join(self.out_dir, "primers")
+        if ID.match(primer_id or "") and os.path.isdir(directory):
+            for name in os.listdir(directory):
+                if os.path.splitext(name)[0] == primer_id:
+                    return os.path.join(directory, name)
+        raise StudioError(f"unknown primer {primer_id!r}: upload it first with POST /api/primers", 404)
+
+    # ------------------------------------------------------------------ files
+
+    def output_file(self, area: str, item: str, name: str) -> str:
+        if area != "pieces" or not ID.match(item) or not FILE_NAME.match(name):
+            raise StudioError("not found", 404)
+        path = os.path.realpath(os.path.join(self.out_dir, area, item, name))
+        # Belt and braces: whatever the patterns allow, nothing outside the output area is served.
+        if not path.startswith(os.path.realpath(self.out_dir) + os.sep) or not os.path.isfile(path):
+            raise StudioError("not found", 404)
+        return path
+
+    # ------------------------------------------------------------------ A/B
+
+    def parse_side(self, text) -> Side:
+        if not isinstance(text, str):
+            raise StudioError(f"a side is 'RUN@TEMPERATURE' or '{listening.REAL}:RUN', got {text!r}")
+        if text.startswith(listening.REAL + ":"):
+            return Side(self.run_label(text.partition(":")[2]), None)
+        run, at, value = text.rpartition("@")
+        try:
+            temperature = float(value)
+        except ValueError:
+            temperature = -1.0
+        if not at or not 0.05 <= temperature <= 3.0:
+            raise StudioError(f"a side is 'RUN@TEMPERATURE' (0.05-3) or '{listening.REAL}:RUN', got {text!r}")
+        return Side(self.run_label(run), temperature)
+
+    def default_comparisons(self) -> list[str]:
+        labels = list(self.runs)
+        names = [f"{a}@1 vs {b}@1" for i, a in enumerate(labels) for b in labels[i + 1:]]
+        return names + [f"{listening.REAL}:{label} vs {label}@1" for label in labels]
+
+    def comparison(self, body: dict) -> tuple[str, Side, Side]:
+        name = body.get("comparison") or self.default_comparisons()[0]
+        if not isinstance(name, str) or " vs " not in name:
+            raise StudioError(f"comparison must be 'SIDE vs SIDE', got {name!r}")
+        first, second = (self.parse_side(part.strip()) for part in name.split(" vs ", 1))
+        if second.temperature is None:
+            first, second = second, first  # the real side comes first: preference = found the human
+        if first.name == second.name or second.temperature is None:
+            raise StudioError(f"comparison {name!r} needs two different sides, at most one of them real")
+        name = f"{first.name} vs {second.name}"
+        kind = "real" if first.temperature is None else "prefer"
+        self.store.add_comparison(name, kind, first.name, second.name, os.path.realpath(self.runs[first.run]),
+                                  os.path.realpath(self.runs[second.run]))
+        return name, first, second
+
+    def next_pair(self, body: dict) -> dict:
+        name, first, second = self.comparison(body)
+        first_id, second_id = self.exclusive(lambda: (self.stimulus(first), self.stimulus(second)))
+        first_is = random.choice("ab")
+        pair = self.store.add_pair(name, first_id, second_id, first_is)
+        kind = self.store_kind(name)
+        return {"pair_id": pair, "comparison": name,
+                "question": "Which one is the human?" if kind == "real" else "Which do you prefer?",
+                "a": {"audio_url": f"/api/ab/audio/{pair}/a"}, "b": {"audio_url": f"/api/ab/audio/{pair}/b"}}
+
+    def store_kind(self, name: str) -> str:
+        return next((r["kind"] for r in self.store.results() if r["name"] == name), "prefer")
+
+    def stimulus(self, side: Side) -> str:
+        """A rendered piece for this side: a new one while the pool is short, else one drawn from the pool."""
+        pool = self.store.stimuli(side.name)
+        if len(pool) >= self.ab_pool:
+            return random.choice(pool)["id"]
+        generator = self.generators[side.run]
+        # Every stimulus lasts the same whole number of quarter notes, so pairs match in length.
+        quarters = Fraction(max(1, round(self.ab_seconds * self.ab_tempo / 60)))
+        step = Fraction(generator.config.data.classic_step).limit_denominator(generator.config.data.grid)
+        if side.temperature is None:
+            candidates = [events.tokens_to_sonorities(p, generator.representation, step)
+                          for p in generator.held_out_pieces()]
+            candidates = [c for c in candidates if c]
+            if not candidates:
+                raise StudioError(f"{side.run} has no held-out pieces to compare with", 409)
+            long_enough = [c for c in candidates if sum(s.duration for s in c) >= quarters]
+            sonorities = random.choice(long_enough or candidates)
+        else:
+            # A sixteenth per event at least, so the piece always reaches the target before trimming.
+            length = min(self.max_length, int(quarters * 4))
+            piece = generator.generate(length=length, min_length=length, temperature=side.temperature,
+                                       seed=random.randrange(2 ** 31), primer_tokens=[])[0]
+            sonorities = piece.sonorities
+        sonorities = trim(sonorities, quarters)
+        return self._write_stimulus(side, generator, sonorities, float(quarters) * 60 / self.ab_tempo)
+
+    def _write_stimulus(self, side: Side, generator, sonorities, seconds: float) -> str:
+        from keras_music.generate import Piece
+
+        piece = Piece(tokens=[], primer_tokens=[], ids=[], sonorities=sonorities,
+                      notes=events.sonorities_to_notes(sonorities), primer_events=0, stop_reason="length",
+                      repairs={}, settings={"side": side.name})
+        item = uuid.uuid4().hex
+        paths = generator.write([piece], os.path.join(self.out_dir, "stimuli", item), tempo=self.ab_tempo,
+                                prefix="stimulus", audio=audio_lib.NONE)
+        midi = next(p for p in paths if p.endswith(".mid"))
+        # Rendered to the excerpt's exact length: MIDI writers pad the end differently, and a
+        # longer excerpt could give its side away.
+        sound = audio_lib.render_file(midi, os.path.splitext(midi)[0] + ".ogg", "ogg", self.soundfont, seconds)
+        with open(sound, "rb") as handle:
+            seconds = audio_lib.duration(handle.read())
+        return self.store.add_stimulus(side.name, os.path.relpath(sound, self.out_dir), seconds)
+
+    def pair_audio(self, pair: str, side: str) -> str:
+        if not ID.match(pair):
+            raise StudioError("not found", 404)
+        try:
+            relative = self.store.pair_file(pair, side)
+        except listening.ListeningError as error:
+            raise StudioError(str(error), error.status) from None
+        path = os.path.realpath(os.path.join(self.out_dir, relative))
+        if not path.startswith(os.path.realpath(self.out_dir) + os.sep) or not os.path.isfile(path):
+            raise StudioError("not found", 404)
+        return path
+
+    def vote(self, body: dict) -> dict:
+        pair, choice, reason = body.get("pair_id"), body.get("choice"), body.get("reason", "")
+        if not isinstance(pair, str) or not ID.match(pair):
+            raise StudioError(f"unknown pair {pair!r}", 404)
+        if not isinstance(reason, str) or len(reason) > 2000:
+            raise StudioError("reason must be text of at most 2000 characters")
+        try:
+            return self.store.vote(pair, choice, reason.strip())
+        except listening.ListeningError as error:
+            raise StudioError(str(error), error.status) from None
+
+
+def trim(sonorities, quarters: Fraction) -> list:
+    """The first `quarters` quarter notes of a piece (the last sonority cut short to fit)."""
+    out, total = [], Fraction(0)
+    for sonority in sonorities:
+        if total >= quarters:
+            break
+        duration = min(Fraction(sonority.duration), quarters - total)
+        out.append(dataclasses.replace(sonority, duration=duration))
+        total += duration
+    return out
+
+
+def _read_json(path: str):
+    try:
+        return storage.read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _scalars(record) -> dict:
+    """Numbers and short strings of a JSON record, one level of nesting flattened ('a.b')."""
+    out = {}
+    if not isinstance(record, dict):
+        return out
+    for key, value in record.items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for sub, item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, float, str)) or isinstance(item, str) and len(item) > 40:
+                continue
+            out[key if sub is None else f"{key}.{sub}"] = item
+    return dict(list(out.items())[:40])
+
+
+def _number(body: dict, key: str, default, low, high, integer: bool = False):
+    value = body.get(key, default)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and value != int(value)):
+        raise StudioError(f"{key} must be {'an integer' if integer else 'a number'} in [{low}, {high}], got {value!r}")
+    if not low <= value <= high:
+        raise StudioError(f"{key} must be in [{low}, {high}], got {value!r}")
+    return value

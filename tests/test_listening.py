@@ -1,0 +1,129 @@
+"""Blind A/B votes: the SQLite store (concurrent writers, refusals), the statistics and the report formats."""
+
+import concurrent.futures
+import sqlite3
+
+import pytest
+
+from keras_music import listening
+
+
+def comparison_store(tmp_path, first_dir="/x", second_dir="/y"):
+    store = listening.Store(str(tmp_path / "votes.sqlite"))
+    store.add_comparison("x vs y", "prefer", "x", "y", first_dir, second_dir)
+    return store, store.add_stimulus("x", "x.ogg", 1.0), store.add_stimulus("y", "y.ogg", 1.5)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+@pytest.mark.parametrize("k,n", [(0, 1), (3, 10), (7, 10), (25, 50), (50, 50), (61, 100), (1, 13)])
+def test_interval_and_p_value_match_scipy(k, n):
+    from scipy import stats
+
+    test = stats.binomtest(k, n, 0.5)
+    low, high = test.proportion_ci(confidence_level=0.95, method="wilson")
+    assert listening.wilson_interval(k, n) == pytest.approx((low, high), abs=1e-9)
+    assert listening.binomial_p_value(k, n) == pytest.approx(test.pvalue, rel=1e-9)
+
+
+def test_no_trials_is_the_whole_interval_and_p_one():
+    assert listening.wilson_interval(0, 0) == (0.0, 1.0)
+    assert listening.binomial_p_value(0, 0) == 1.0
+
+
+def test_summaries_state_the_question_and_leave_statistics_out_without_votes():
+    empty = listening.summarize("x vs y", "prefer", "x", "y", 0, 0)
+    assert empty == {"name": "x vs y", "kind": "prefer", "first": "x", "second": "y",
+                     "question": "which do you prefer? (preference = share who picked x)", "votes": 0,
+                     "chose_first": 0, "preference": None, "ci95": None, "p_value": None}
+    real = listening.summarize("held-out:r vs r@1", "real", "held-out:r", "r@1", 4, 3)
+    assert real["question"] == "which is the human? (preference = share who picked the real piece)"
+    assert real["preference"] == 0.75 and real["ci95"] == list(listening.wilson_interval(3, 4))
+    assert real["p_value"] == pytest.approx(10 / 16)  # 0, 1, 3 or 4 of 4 are no likelier than 3
+
+
+# ----------------------------------------------------------------------------- the store
+
+def test_concurrent_store_writers_lose_nothing(tmp_path):
+    store, a, b = comparison_store(tmp_path)
+    pairs = [store.add_pair("x vs y", a, b, "ab"[i % 2]) for i in range(200)]
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        list(pool.map(lambda p: listening.Store(store.path).vote(p, "a"), pairs))
+    (result,) = store.results()
+    assert result["votes"] == 200 and result["chose_first"] == 100
+    connection = sqlite3.connect(store.path)
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # WAL is a property of the file
+    connection.close()
+
+
+def test_a_pair_serves_its_sides_in_the_order_drawn_and_takes_one_vote(tmp_path):
+    store, first, second = comparison_store(tmp_path)
+    pair = store.add_pair("x vs y", first, second, "b")  # the first side plays as b
+    assert (store.pair_file(pair, "a"), store.pair_file(pair, "b")) == ("y.ogg", "x.ogg")
+    assert store.stimuli("y") == [{"id": second, "file": "y.ogg", "seconds": 1.5}]
+    assert store.vote(pair, "b", "warmer") == {"pair_id": pair, "comparison": "x vs y", "choice": "b"}
+    (vote,) = store.votes()
+    assert (vote["pair_id"], vote["choice"], vote["chose_first"], vote["reason"]) == (pair, "b", True, "warmer")
+    with pytest.raises(listening.ListeningError, match="already has a vote") as refused:
+        store.vote(pair, "a")
+    assert refused.value.status == 409
+    assert store.results()[0]["votes"] == 1
+
+
+@pytest.mark.parametrize("call,words,status", [
+    (lambda store, pair: store.pair_file(pair, "c"), "side must be 'a' or 'b', got 'c'", 404),
+    (lambda store, pair: store.pair_file("0" * 32, "a"), "unknown pair '0000", 404),
+    (lambda store, pair: store.vote(pair, "c"), "choice must be 'a' or 'b', got 'c'", 400),
+    (lambda store, pair: store.vote("0" * 32, "a"), "unknown pair '0000", 404),
+])
+def test_bad_sides_choices_and_unknown_pairs_are_refused_with_a_status(tmp_path, call, words, status):
+    store, first, second = comparison_store(tmp_path)
+    pair = store.add_pair("x vs y", first, second, "a")
+    with pytest.raises(listening.ListeningError, match=words) as refused:
+        call(store, pair)
+    assert refused.value.status == status
+    assert store.votes() == []
+
+
+def test_results_for_runs_match_either_order_and_only_with_votes(tmp_path):
+    store, first, second = comparison_store(tmp_path, str(tmp_path / "one"), str(tmp_path / "two"))
+    store.add_comparison("x vs x", "prefer", "x", "x2", str(tmp_path / "one"), str(tmp_path / "three"))
+    store.add_comparison("x vs y", "real", "ignored", "ignored", "/a", "/b")  # a known name is kept as it was
+    assert store.results_for_runs([str(tmp_path / "two"), str(tmp_path / "one")]) == []  # no votes yet
+    store.vote(store.add_pair("x vs y", first, second, "a"), "a")
+    (result,) = store.results_for_runs([str(tmp_path / "two"), str(tmp_path / "one")])
+    assert (result["name"], result["kind"], result["first"], result["votes"]) == ("x vs y", "prefer", "x", 1)
+
+
+def test_experiment_report_includes_the_votes_between_its_two_runs(tmp_path):
+    from keras_music import experiment
+
+    original, modified, other = (tmp_path / n for n in ("original", "modified", "other"))
+    store = listening.Store(str(tmp_path / listening.DB_NAME))
+    for name, second in (("original@1 vs modified@1", modified), ("original@1 vs other@1", other)):
+        store.add_comparison(name, "prefer", "original@1", name.split(" vs ")[1], str(original), str(second))
+        a, b = store.add_stimulus("x", "a.ogg", 1.0), store.add_stimulus("y", "b.ogg", 1.0)
+        for number in range(8):
+            store.vote(store.add_pair(name, a, b, "a"), "a" if number < 6 else "b")
+    (result,) = experiment.listening_results(str(tmp_path), [str(modified), str(original)])
+    assert result["name"] == "original@1 vs modified@1" and result["votes"] == 8 and result["preference"] == 0.75
+    row = listening.report_lines([result])[2]
+    assert "| original@1 vs modified@1 |" in row and "| 8 | 0.750 |" in row
+    assert experiment.listening_results(str(tmp_path / "none"), [str(original), str(modified)]) == []
+
+
+# ----------------------------------------------------------------------------- report formats
+
+def test_csv_and_markdown_rows_carry_every_figure():
+    voted = listening.summarize("x vs y", "prefer", "x", "y", 4, 3)
+    empty = listening.summarize("x vs z", "prefer", "x", "z", 0, 0)
+    assert voted["ci95"] == pytest.approx([0.30064, 0.95441], abs=1e-5)
+    low, high = voted["ci95"]
+    assert listening.results_csv([voted, empty]).splitlines() == [
+        "name,kind,first,second,votes,chose_first,preference,ci95_low,ci95_high,p_value",
+        f"x vs y,prefer,x,y,4,3,0.75,{low!r},{high!r},0.625",
+        "x vs z,prefer,x,z,0,0,,,,"]
+    assert listening.report_lines([voted]) == [
+        "| comparison | question | votes | preference | 95% CI (Wilson) | p (two-sided binomial) |",
+        "|---|---|---|---|---|---|",
+        "| x vs y | which do you prefer? (preference = share who picked x) | 4 | 0.750 | 0.301-0.954 | 0.625 |"]
