@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import math
 import os
 import shlex
 import sys
@@ -34,11 +35,9 @@ TF_OS_MESSAGES = ("No space left", "Read-only file system", "Permission denied",
 
 def os_error_message(error: OSError) -> str:
     """One line for an operating-system error: the file, what went wrong and what to do."""
-    where = error.filename
-    if getattr(error, "filename2", None) is not None:
-        where = f"{where} -> {error.filename2}"
-    if isinstance(where, bytes):
-        where = os.fsdecode(where)
+    first, second = (os.fsdecode(name) if isinstance(name, bytes) else name
+                     for name in (error.filename, getattr(error, "filename2", None)))
+    where = first if second is None else f"{first} -> {second}"
     what = "no such file or directory" if isinstance(error, FileNotFoundError) else (
         error.strerror or str(error) or type(error).__name__)
     text = f"{where}: {what}" if where is not None else str(what)
@@ -119,14 +118,37 @@ def finish(status: int = 0):
     sys.exit(status)
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def number_type(name: str, convert, accept, expected: str, out_of_range: str = "expected {expected}, got {value}"):
+    """An argparse type called `name`: `convert` the text (int or float), then keep the value if `accept(value)`.
+
+    Text that does not convert is refused as "expected EXPECTED, got 'TEXT'"; a value that
+    `accept` refuses, as `out_of_range` with {expected}, {text} and {value} filled in.
+    """
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(out_of_range.format(expected=expected, text=text, value=value))
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+positive_int = number_type("positive_int", int, lambda value: value >= 1, "a positive integer")
+non_negative_int = number_type("non_negative_int", int, lambda value: value >= 0, "an integer >= 0")
+temperature = number_type("temperature", float, lambda value: 0 <= value < math.inf, "a number >= 0",
+                          "temperature must be >= 0 (0 means greedy), got {text}")
+top_p = number_type("top_p", float, lambda value: 0 < value <= 1, "a number in (0, 1]",
+                    "top-p must be in (0, 1], got {text}")
+
+
+def bounded_int(low: int, high: int, what: str = "an integer"):
+    """An argparse type for integers in [low, high]."""
+    return number_type(f"integer in {low}..{high}", int, lambda value: low <= value <= high, f"{what} in {low}..{high}")
 
 
 MATCHED = "matched"
@@ -142,36 +164,6 @@ def piece_length(text: str):
         raise argparse.ArgumentTypeError(f"expected {MATCHED!r} or a positive integer, got {text!r}") from None
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def temperature(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"temperature must be >= 0 (0 means greedy), got {text}")
-    return value
-
-
-def top_p(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"top-p must be in (0, 1], got {text}")
-    return value
-
-
 def existing_run_dir(text: str) -> str:
     from keras_music import storage
 
@@ -179,22 +171,6 @@ def existing_run_dir(text: str) -> str:
         raise argparse.ArgumentTypeError(f"run directory {text} does not exist (train one with "
                                          "python -m keras_music.train, or use runs/latest)")
     return text
-
-
-def bounded_int(low: int, high: int, what: str = "an integer"):
-    """An argparse type for integers in [low, high]."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what} in {low}..{high}, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"expected {what} in {low}..{high}, got {value}")
-        return value
-
-    parse.__name__ = f"integer in {low}..{high}"
-    return parse
 
 
 def quote(path) -> str:

@@ -112,19 +112,19 @@ def test_generate_cli_writes_the_chosen_format_or_none(tiny_run, tmp_path, capsy
 
     from keras_music import generate
 
-    for fmt, extension in (("wav", ".wav"), ("none", None)):
-        out = tmp_path / fmt
+    def generate_into(out, fmt):
         with pytest.raises(SystemExit) as exit_info:
             generate.main(["--run-dir", tiny_run, "--length", "12", "--out", str(out), "--quiet", "--audio", fmt])
         assert exit_info.value.code == 0
-        record = json.loads((out / "sample-01.json").read_text())
-        if extension:
-            assert record["files"]["audio"] == "sample-01" + extension
-            samples, rate = decode((out / ("sample-01" + extension)).read_bytes())
-            assert len(samples) / rate > 1 and np.abs(samples).max() > 0.01
-        else:
-            assert "audio" not in record["files"]
-            assert sorted(p.suffix for p in out.iterdir()) == [".json", ".mid", ".musicxml", ".png"]
+        return json.loads((out / "sample-01.json").read_text())
+
+    record = generate_into(tmp_path / "wav", "wav")
+    assert record["files"]["audio"] == "sample-01.wav"
+    samples, rate = decode((tmp_path / "wav" / "sample-01.wav").read_bytes())
+    assert len(samples) / rate > 1 and np.abs(samples).max() > 0.01
+    record = generate_into(tmp_path / "none", "none")
+    assert "audio" not in record["files"]
+    assert sorted(p.suffix for p in (tmp_path / "none").iterdir()) == [".json", ".mid", ".musicxml", ".png"]
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         generate.main(["--run-dir", tiny_run, "--length", "4", "--out", str(tmp_path / "bad"), "--quiet",
@@ -137,7 +137,13 @@ def test_generate_cli_writes_the_chosen_format_or_none(tiny_run, tmp_path, capsy
 def test_end_seconds_cuts_or_pads_to_an_exact_length(chorale_midi):
     with open(chorale_midi, "rb") as handle:
         midi = handle.read()
-    for end in (5.0, 30.0):
-        samples, rate = decode(audio.render(midi, "wav", end_seconds=end))
-        assert len(samples) / rate == pytest.approx(end + audio.RELEASE_SECONDS, abs=2 / rate)
-        assert np.abs(samples[int((end - 1) * rate):int(end * rate)]).max() > 0.01 if end < 20 else True
+    last_note = last_note_off_seconds(chorale_midi)
+    assert 5 < last_note < 28
+    cut, rate = decode(audio.render(midi, "wav", end_seconds=5.0))
+    padded, _ = decode(audio.render(midi, "wav", end_seconds=30.0))
+    assert len(cut) / rate == pytest.approx(5.0 + audio.RELEASE_SECONDS, abs=2 / rate)
+    assert len(padded) / rate == pytest.approx(30.0 + audio.RELEASE_SECONDS, abs=2 / rate)
+    # Cut: the music sounds up to the cut. Padded: the last notes ring out, then silence to the end.
+    assert np.abs(cut[int(4 * rate):int(5 * rate)]).max() > 0.01
+    assert np.abs(padded[int((last_note - 1) * rate):int(last_note * rate)]).max() > 0.01
+    assert np.abs(padded[int((last_note + 2) * rate):]).max() < 0.01

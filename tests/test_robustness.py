@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import FOUR_CHORALES, REPO, TINY
-from keras_music import cli, evaluate, export, generate, run as run_lib, storage, train
+from keras_music import evaluate, export, generate, run as run_lib, storage, train
 
 ADVICE = {
     errno.ENOSPC: "No space left on device; free some space and rerun the same command",
@@ -115,13 +115,6 @@ def test_disk_full_while_exporting_keeps_the_earlier_export(tiny_run, tmp_path, 
     one_line_error(capsys, exit_info, ADVICE[errno.ENOSPC])
     assert os.listdir(os.path.join(run_dir, "export")) == ["export_report.json"]
     assert not leftovers(run_dir)
-
-
-def test_the_message_names_the_file_and_what_to_do():
-    error = OSError(errno.ENOSPC, "No space left on device", "runs/a/metrics.json")
-    assert cli.os_error_message(error) == ("runs/a/metrics.json: No space left on device; free some space and rerun "
-                                           "the same command (files written before are intact)")
-    assert cli.os_error_message(FileNotFoundError(errno.ENOENT, "x", "a.yaml")) == "a.yaml: no such file or directory"
 
 
 # ----------------------------------------------------------------------------- a directory nobody may write to

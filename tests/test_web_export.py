@@ -274,13 +274,15 @@ def test_reference_sampler_is_keras_musics_sampler_drawing_from_splitmix64():
 def test_page_sources_import_only_each_other_and_litert():
     import re
 
-    for name in web_export.SOURCE_FILES:
-        if name.endswith(".js"):
-            with open(os.path.join(SCRIPTS, "web", name)) as handle:
-                imported = re.findall(r"^import .* from '([^']+)';$", handle.read(), re.M)
-            assert all(target.startswith("./") for target in imported), (name, imported)
-            assert all(target[2:] in web_export.SOURCE_FILES or target.startswith("./litert/")
-                       for target in imported), (name, imported)
+    imports = {}
+    for name in (name for name in web_export.SOURCE_FILES if name.endswith(".js")):
+        with open(os.path.join(SCRIPTS, "web", name)) as handle:
+            imports[name] = re.findall(r"^import .* from '([^']+)';$", handle.read(), re.M)
+    assert imports["app.js"] == ["./litert/core/index.js", "./sampler.js", "./music.js", "./player.js"]
+    for name, imported in imports.items():
+        assert all(target.startswith("./") for target in imported), (name, imported)
+        assert all(target[2:] in web_export.SOURCE_FILES or target.startswith("./litert/")
+                   for target in imported), (name, imported)
 
 
 # ----------------------------------------------------------------------------- the export

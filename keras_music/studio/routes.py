@@ -90,6 +90,18 @@ def refusing(work):
 
 # ----------------------------------------------------------------------------- endpoints
 
+def json_action(action: str):
+    """An endpoint that hands the request's JSON body to the studio's method `action` (in a worker thread) and
+    answers with what it returns."""
+
+    async def endpoint(request):
+        body = await json_body(request)
+        return JSONResponse(await run_in_threadpool(getattr(request.app.state.studio, action), body))
+
+    endpoint.__name__ = action
+    return refusing(endpoint)
+
+
 @refusing
 async def index(request):
     return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
@@ -103,12 +115,6 @@ async def runs(request):
 @refusing
 async def run_file(request):
     return FileResponse(request.app.state.studio.run_file(request.path_params["run"], request.path_params["name"]))
-
-
-@refusing
-async def generate(request):
-    body = await json_body(request)
-    return JSONResponse(await run_in_threadpool(request.app.state.studio.generate, body))
 
 
 @refusing
@@ -133,23 +139,11 @@ async def comparisons(request):
 
 
 @refusing
-async def ab_next(request):
-    body = await json_body(request)
-    return JSONResponse(await run_in_threadpool(request.app.state.studio.next_pair, body))
-
-
-@refusing
 async def ab_audio(request):
     path = await run_in_threadpool(request.app.state.studio.pair_audio, request.path_params["pair"],
                                    request.path_params["side"])
     # Served under the pair's id only, with no file name, so nothing tells the listener which is which.
     return FileResponse(path, media_type=audio_lib.MEDIA_TYPES["ogg"], headers={"Cache-Control": "no-store"})
-
-
-@refusing
-async def ab_vote(request):
-    body = await json_body(request)
-    return JSONResponse(await run_in_threadpool(request.app.state.studio.vote, body))
 
 
 @refusing
@@ -178,13 +172,13 @@ ROUTES = (
     Route("/", index),
     Route("/api/runs", runs),
     Route("/runs/{run}/{name}", run_file),
-    Route("/api/generate", generate, methods=["POST"]),
+    Route("/api/generate", json_action("generate"), methods=["POST"]),
     Route("/api/primers", primers, methods=["POST"]),
     Route("/files/{area}/{item}/{name}", files),
     Route("/api/ab/comparisons", comparisons),
-    Route("/api/ab/next", ab_next, methods=["POST"]),
+    Route("/api/ab/next", json_action("next_pair"), methods=["POST"]),
     Route("/api/ab/audio/{pair}/{side}", ab_audio),
-    Route("/api/ab/vote", ab_vote, methods=["POST"]),
+    Route("/api/ab/vote", json_action("vote"), methods=["POST"]),
     Route("/api/ab/results", ab_results),
 )
 
