@@ -20,7 +20,7 @@ def is_remote(path: str) -> bool:
 
 
 def touched_remote() -> bool:
-    """Whether this process used a remote filesystem (see keras_music.cli.exit_cleanly)."""
+    """Whether this process used a remote filesystem (see keras_music.cli.finish)."""
     return _touched_remote
 
 

@@ -128,49 +128,64 @@ def fetch_runtime(directory: str | None = None, log=print) -> str:
                              "(e.g. apt-get install nodejs npm) and run the export again")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="keras_music-npm-") as work:
-        package = {"name": "keras-music-web-runtime", "private": True, "description": "fetched by keras_music",
-                   "dependencies": {name: version for name, (version, _) in RUNTIME_PACKAGES.items()}}
-        with open(os.path.join(work, "package.json"), "w", encoding="utf-8") as handle:
-            json.dump(package, handle)
-        command = [npm, "install", "--ignore-scripts", "--no-audit", "--no-fund", "--update-notifier=false",
-                   "--fetch-retries=1", "--fetch-retry-mintimeout=1000", "--fetch-retry-maxtimeout=5000",
-                   "--loglevel=error"]
-        try:
-            result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=NPM_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            raise WebExportError(f"npm did not fetch @litertjs/core {RUNTIME_VERSION} from {_registry(npm)} within "
-                                 f"{NPM_TIMEOUT_SECONDS} s; check the network or the npm registry setting") from None
-        if result.returncode != 0:
-            tail = " | ".join(line.strip() for line in (result.stderr or result.stdout).strip().splitlines()[-6:])
-            raise WebExportError(f"npm could not fetch @litertjs/core {RUNTIME_VERSION} from {_registry(npm)} "
-                                 f"(exit {result.returncode}): {tail or 'no output'}. The web export needs the npm "
-                                 "registry once; the runtime is then cached in " + directory)
-        try:
-            with open(os.path.join(work, "package-lock.json"), encoding="utf-8") as handle:
-                locked = json.load(handle).get("packages", {})
-        except (OSError, ValueError):
-            locked = {}
-        for name, (version, integrity) in RUNTIME_PACKAGES.items():
-            entry = locked.get(f"node_modules/{name}", {})
-            if entry.get("version") != version or entry.get("integrity") != integrity:
-                raise WebExportError(f"npm installed {name} {entry.get('version')} with integrity "
-                                     f"{entry.get('integrity')}, expected {version} with {integrity}: the registry "
-                                     "or npm cache served other files; refusing to ship them")
+        _npm_install(npm, work, directory)
+        _check_integrity(work)
         with storage.atomic_directory(directory) as out:
-            digests = {}
-            for name, inside, target in RUNTIME_FILES:
-                source = os.path.join(work, "node_modules", *name.split("/"), *inside.split("/"))
-                if not os.path.isfile(source):
-                    raise WebExportError(f"{name} {RUNTIME_VERSION} has no {inside}: the package layout changed")
-                os.makedirs(os.path.dirname(os.path.join(out, target)), exist_ok=True)
-                shutil.copyfile(source, os.path.join(out, target))
-                digests[target] = _sha256(os.path.join(out, target))
-            manifest = {"version": RUNTIME_VERSION, "packages": {n: v for n, (v, _) in RUNTIME_PACKAGES.items()},
-                        "files": digests}
-            with open(os.path.join(out, RUNTIME_MANIFEST), "w", encoding="utf-8") as handle:
-                json.dump(manifest, handle, indent=1)
+            _copy_runtime(os.path.join(work, "node_modules"), out)
     log(f"LiteRT.js {RUNTIME_VERSION} fetched with npm in {time.perf_counter() - started:.1f} s")
     return directory
+
+
+def _npm_install(npm: str, work: str, directory: str) -> None:
+    """npm install of the pinned packages into `work`, scripts off, failing fast when the registry is unreachable."""
+    package = {"name": "keras-music-web-runtime", "private": True, "description": "fetched by keras_music",
+               "dependencies": {name: version for name, (version, _) in RUNTIME_PACKAGES.items()}}
+    with open(os.path.join(work, "package.json"), "w", encoding="utf-8") as handle:
+        json.dump(package, handle)
+    command = [npm, "install", "--ignore-scripts", "--no-audit", "--no-fund", "--update-notifier=false",
+               "--fetch-retries=1", "--fetch-retry-mintimeout=1000", "--fetch-retry-maxtimeout=5000",
+               "--loglevel=error"]
+    try:
+        result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=NPM_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise WebExportError(f"npm did not fetch @litertjs/core {RUNTIME_VERSION} from {_registry(npm)} within "
+                             f"{NPM_TIMEOUT_SECONDS} s; check the network or the npm registry setting") from None
+    if result.returncode != 0:
+        tail = " | ".join(line.strip() for line in (result.stderr or result.stdout).strip().splitlines()[-6:])
+        raise WebExportError(f"npm could not fetch @litertjs/core {RUNTIME_VERSION} from {_registry(npm)} "
+                             f"(exit {result.returncode}): {tail or 'no output'}. The web export needs the npm "
+                             "registry once; the runtime is then cached in " + directory)
+
+
+def _check_integrity(work: str) -> None:
+    """What npm installed in `work` is the pinned version with the registry's own integrity hash, or refused."""
+    try:
+        with open(os.path.join(work, "package-lock.json"), encoding="utf-8") as handle:
+            locked = json.load(handle).get("packages", {})
+    except (OSError, ValueError):
+        locked = {}
+    for name, (version, integrity) in RUNTIME_PACKAGES.items():
+        entry = locked.get(f"node_modules/{name}", {})
+        if entry.get("version") != version or entry.get("integrity") != integrity:
+            raise WebExportError(f"npm installed {name} {entry.get('version')} with integrity "
+                                 f"{entry.get('integrity')}, expected {version} with {integrity}: the registry "
+                                 "or npm cache served other files; refusing to ship them")
+
+
+def _copy_runtime(node_modules: str, out: str) -> None:
+    """The runtime's files from npm's node_modules into `out`, with a manifest of their hashes."""
+    digests = {}
+    for name, inside, target in RUNTIME_FILES:
+        source = os.path.join(node_modules, *name.split("/"), *inside.split("/"))
+        if not os.path.isfile(source):
+            raise WebExportError(f"{name} {RUNTIME_VERSION} has no {inside}: the package layout changed")
+        os.makedirs(os.path.dirname(os.path.join(out, target)), exist_ok=True)
+        shutil.copyfile(source, os.path.join(out, target))
+        digests[target] = _sha256(os.path.join(out, target))
+    manifest = {"version": RUNTIME_VERSION, "packages": {n: v for n, (v, _) in RUNTIME_PACKAGES.items()},
+                "files": digests}
+    with open(os.path.join(out, RUNTIME_MANIFEST), "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=1)
 
 
 # ----------------------------------------------------------------------------- the site
