@@ -116,10 +116,10 @@ def test_bad_requests_unknown_ids_traversal_and_oversized_bodies_are_4xx(server,
 
 def test_a_second_generation_waits_or_gets_a_busy_answer(server, monkeypatch):
     monkeypatch.setattr(service, "QUEUE", 0)
-    release = threading.Event()
-    holder = threading.Thread(target=lambda: server.studio.exclusive(release.wait))
+    holding, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=lambda: server.studio.exclusive(lambda: (holding.set(), release.wait())))
     holder.start()
-    time.sleep(0.2)
+    assert holding.wait(30)
     try:
         status, answer = call(server, "/api/generate", {"length": 4})
         assert status == 503 and answer["error"].startswith("busy")
