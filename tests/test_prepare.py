@@ -107,7 +107,7 @@ def test_skipped_files_keep_their_place_when_sharded(tmp_path, midi_folder):
     reasons = {os.path.basename(f["file"]): f.get("reason", "") for f in
                storage.read_json(os.path.join(sharded, "corpus_manifest.json"))["files"]}
     assert reasons["notes.txt"].startswith("unsupported file type")
-    assert reasons["corrupt.mid"]
+    assert reasons["corrupt.mid"].startswith("parse error: unreadable MIDI: MidiException: ")
 
 
 def test_merge_with_a_missing_shard_names_it(shards, tmp_path, capsys):

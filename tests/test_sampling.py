@@ -215,8 +215,10 @@ def test_validation_errors_name_the_bad_value(kwargs, message):
 
 
 def test_validation_accepts_edges():
-    validate_sampling(0, 0, 1.0)
-    validate_sampling(2.5, np.int64(3), 1e-9)
+    assert validate_sampling(0, 0, 1.0) is None and validate_sampling(2.5, np.int64(3), 1e-9) is None
+    # Greedy with nothing cut off, and a nucleus so small that only the top token is left.
+    np.testing.assert_array_equal(sample_next([P, P[::-1]], make_rng(0), 0, 0, 1.0), [0, 3])
+    np.testing.assert_array_equal(sample_next([P, P[::-1]], make_rng(0), 2.5, np.int64(3), 1e-9), [0, 3])
 
 
 @pytest.mark.parametrize(
