@@ -132,11 +132,14 @@ def score_timing(score) -> dict:
 def key_shift(score) -> tuple[int, str]:
     """Semitones that move the piece's estimated key to C major / A minor (in -6..5)."""
     key = score.analyze("key")
-    target = 0 if key.mode == "major" else 9
-    shift = (target - key.tonic.pitchClass) % 12
-    if shift > 5:
-        shift -= 12
-    return shift, f"{key.tonic.name} {key.mode}"
+    return shift_to_c(key.tonic.pitchClass, key.mode), f"{key.tonic.name} {key.mode}"
+
+
+def shift_to_c(tonic: int, mode: str) -> int:
+    """Semitones (in -6..5) that move a key with this tonic pitch class to C major, or A minor if minor."""
+    target = 0 if mode == "major" else 9
+    shift = (target - tonic) % 12
+    return shift - 12 if shift > 5 else shift
 
 
 # ----------------------------------------------------------------------------- notes <-> sonorities

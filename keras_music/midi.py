@@ -8,6 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from keras_music import events
 from keras_music.errors import KerasMusicError
 
 PERCUSSION_CHANNEL = 10  # General MIDI's drum channel (1-based): unpitched, left out
@@ -259,11 +260,7 @@ def estimate_key(notes, grid: int) -> tuple[int, str]:
             if score > best[0]:
                 best = (score, tonic, mode)
     _, tonic, mode = best
-    target = 0 if mode == "major" else 9
-    shift = (target - tonic) % 12
-    if shift > 5:
-        shift -= 12
-    return shift, f"{_KEY_NAMES[tonic]} {mode}"
+    return events.shift_to_c(tonic, mode), f"{_KEY_NAMES[tonic]} {mode}"
 
 
 # ----------------------------------------------------------------------------- writing
