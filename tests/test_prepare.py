@@ -178,6 +178,18 @@ def test_re_preparing_removes_stale_tfrecord_shards(unsharded, tmp_path):
     assert_same_prepared(unsharded, out)
 
 
+def test_typical_timing_is_the_median_tempo_and_the_most_common_metre():
+    def entry(bpm, signature, program=0):
+        return {"notes": [[0, 96, 60, 0]], "grid": 24, "tempos": [[0.0, bpm]], "time_signature": signature,
+                "parts": [{"program": program}]}
+
+    used = [entry(80, [3, 4]), entry(100, [3, 4], 40), entry(140, [4, 4], 40)]
+    assert prepare.typical_timing(used) == {"tempo": 100.0, "time_signature": [3, 4], "program": 40}
+    # A tempo map counts each tempo by how long it lasts within the notes' span.
+    weighted = {"notes": [[0, 10 * 24, 60, 0]], "grid": 24, "tempos": [[0.0, 60.0], [1.0, 90.0], [9.0, 200.0]]}
+    assert prepare.piece_tempo(weighted) == 90.0
+
+
 def edit_part(out, index, **changes):
     part_file = os.path.join(out, "parts", f"shard-{index}-of-3", "manifest_part.json")
     storage.write_json(part_file, dict(storage.read_json(part_file), **changes))
