@@ -55,7 +55,7 @@ def test_special_tokens_have_fixed_ids():
     assert (vocabulary.pad_id, vocabulary.unk_id, vocabulary.boundary_id) == (0, 1, 2)
     assert vocabulary.tokens[:3] == ["<pad>", "<unk>", "<piece>"]
     assert vocabulary.encode(SPECIALS) == [0, 1, 2]
-    assert len(vocabulary) == vocabulary.size == 11
+    assert len(vocabulary) == 11
 
 
 @pytest.mark.parametrize("tokens, message", [
