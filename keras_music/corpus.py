@@ -107,6 +107,15 @@ def resolve_sources(sources) -> tuple[list[SourceFile], list[SourceFile]]:
     return candidates, skipped
 
 
+def resolve_files(sources) -> list[SourceFile]:
+    """Every source file in manifest order: files already known to be skipped first, then the rest.
+
+    Deterministic for the same sources, so separate processes can split the list by position.
+    """
+    candidates, skipped = resolve_sources(sources)
+    return skipped + candidates
+
+
 def _corpus_files(name: str) -> list[SourceFile] | None:
     from music21 import corpus
 
@@ -279,46 +288,206 @@ def record_sonorities(record: dict, max_duration) -> list:
                                       int(record.get("grid", events.GRID)))
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """Exit this worker as soon as the process that started it is gone (e.g. killed with SIGKILL)."""
+# ----------------------------------------------------------------------------- records read back: checks, cache
 
-    def watch():
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(1)
-            time.sleep(0.25)
+def check_record(record) -> str | None:
+    """What is wrong with a parse record read back (from the cache or a shard's part), or None.
 
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    A record is what parse_bytes returns: a skip with its reason, or notes on a grid with
+    the piece's timing. Anything else (an edited or damaged file) must be parsed again,
+    never used: a bad time signature would only fail much later, in generate.
+    """
+    if not isinstance(record, dict) or record.get("status") not in ("parsed", "skipped"):
+        return "no status"
+    if record["status"] == "skipped":
+        return None if isinstance(record.get("reason"), str) else "a skip without a reason"
+    grid = record.get("grid", events.GRID)
+    if not _is_int(grid, 1, 960):
+        return f"grid {grid!r}"
+    notes = record.get("notes")
+    if not isinstance(notes, list) or not notes:
+        return "no notes"
+    for note in notes:
+        if not (isinstance(note, list) and len(note) in (3, 4) and all(_is_int(v) for v in note)
+                and 0 <= note[0] < note[1] and 0 <= note[2] <= 127 and (len(note) == 3 or note[3] >= 0)):
+            return f"note {note!r}"
+    if not _is_number(record.get("start", 0.0)):
+        return f"start {record.get('start')!r}"
+    signature = record.get("time_signature", [4, 4])
+    if not (isinstance(signature, list) and len(signature) == 2 and events.valid_time_signature(*signature)):
+        return f"time signature {signature!r}"
+    for entry in record.get("time_signatures", [[0.0, 4, 4]]):
+        if not (isinstance(entry, list) and len(entry) == 3 and _is_number(entry[0]) and entry[0] >= 0
+                and events.valid_time_signature(entry[1], entry[2])):
+            return f"time signature change {entry!r}"
+    for entry in record.get("tempos", [[0.0, 120.0]]):
+        if not (isinstance(entry, list) and len(entry) == 2 and _is_number(entry[0]) and entry[0] >= 0
+                and _is_number(entry[1]) and entry[1] > 0):
+            return f"tempo change {entry!r}"
+    events_count = record.get("events")
+    if events_count is not None and not _is_int(events_count, 0):
+        return f"event count {events_count!r}"
+    parts = record.get("parts", [])
+    if not isinstance(parts, list) or not all(isinstance(p, dict) and _is_int(p.get("program", 0), 0, 127)
+                                              for p in parts):
+        return "parts"
+    if not _is_int(record.get("shift", 0), -127, 127):
+        return f"shift {record.get('shift')!r}"
+    return None
 
 
-def _worker(tasks, results, settings, parent_pid=None):
-    # Runs in a child process: parse until told to stop (None). Ctrl-C reaches the whole
-    # process group; the parent decides what happens, so the worker ignores it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if parent_pid is not None:
-        _watch_parent(parent_pid)
-    while True:
-        task = tasks.get()
-        if task is None:
+def _is_int(value, low=None, high=None) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
+            and (high is None or value <= high))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _record_digest(record: dict) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+class ParseCache:
+    """Parsed notes on local disk, keyed by the file's content hash and the parse settings.
+
+    Each entry carries the sha256 of its record; an entry that fails it or check_record
+    (truncated, edited, bit-flipped) is a miss: the file is parsed again and the entry
+    rewritten.
+    """
+
+    def __init__(self, directory: str | None, settings: ParseSettings):
+        self.directory = directory
+        self.suffix = settings.cache_key()
+
+    def _path(self, digest: str) -> str:
+        return storage.join(self.directory, "parsed", digest[:2], f"{digest}-{self.suffix}.json")
+
+    def get(self, digest: str) -> dict | None:
+        if not self.directory:
+            return None
+        try:
+            data = json.loads(storage.read_text(self._path(digest), MAX_SOURCE_BYTES))
+        except Exception:  # missing, unreadable or corrupt (OSError, ValueError, tf.errors.* remotely): a miss
+            return None
+        if isinstance(data, dict) and data.get("format") == CACHE_FORMAT:
+            record = data.get("record")
+            if not isinstance(record, dict) or data.get("sha256") != _record_digest(record):
+                return None
+        else:
+            record = data  # an entry written before entries carried a checksum
+        return record if check_record(record) is None else None
+
+    def put(self, digest: str, record: dict) -> None:
+        # Timeouts and crashes may be transient, so they are not cached.
+        if not self.directory or record.get("reason", "").startswith(("timed out", "parse crashed", "not parsed")):
             return
-        index, name, data = task
-        results.put(("start", index, os.getpid()))
-        results.put(("done", index, parse_bytes(name, data, settings)))
+        entry = {"format": CACHE_FORMAT, "sha256": _record_digest(record), "record": record}
+        try:
+            storage.write_text(self._path(digest), json.dumps(entry, separators=(",", ":")))
+        except Exception:  # OSError locally, tf.errors.* remotely: an unwritable cache only costs speed
+            pass
 
 
-@contextlib.contextmanager
-def _sigint_ignored():
-    # A child inherits an ignored SIGINT through fork and exec, so a Ctrl-C during its
-    # start-up cannot print a KeyboardInterrupt traceback from it.
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+def default_cache_dir() -> str:
+    return os.environ.get("KERAS_MUSIC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "keras_music")
+
+
+# ----------------------------------------------------------------------------- parsing every file
+
+def parse_sources(sources, settings: ParseSettings, workers: int = 0, cache_dir: str | None = "",
+                  show_progress: bool = True) -> list[dict]:
+    """Parse every source file; returns one manifest entry per file (used or skipped), in order.
+
+    Used entries carry `notes`, `time_signature`, `key`, `sha256`. A file that cannot be
+    read or parsed is an entry with a reason, never an exception.
+    """
+    return parse_files(resolve_files(sources), settings, workers, cache_dir, show_progress)
+
+
+def parse_files(files: list[SourceFile], settings: ParseSettings, workers: int = 0, cache_dir: str | None = "",
+                show_progress: bool = True) -> list[dict]:
+    """parse_sources for an already resolved list of files (e.g. one shard of it), in the given order."""
+    from tqdm.auto import tqdm
+
+    cache = ParseCache(default_cache_dir() if cache_dir == "" else cache_dir, settings)
+    entries: list[dict] = []
+    jobs = []
+    pending: dict[int, dict] = {}
+    for f in files:
+        entry = {"file": f.name}
+        entries.append(entry)
+        if f.skip:
+            entry.update(status="skipped", reason=f.skip)
+            continue
+        try:
+            data = storage.read_bytes(f.path, MAX_SOURCE_BYTES)
+        except (storage.NotARegularFile, storage.FileTooLarge) as error:
+            # FIFOs and devices would block or never end; they are never opened for reading.
+            entry.update(status="skipped", reason=error.strerror)
+            continue
+        except (OSError, Exception) as error:  # tf.errors.* from remote filesystems too
+            entry.update(status="skipped", reason=f"unreadable: {getattr(error, 'strerror', None) or error}")
+            continue
+        extension = os.path.splitext(f.name)[1].lower().encode("utf-8", "surrogateescape")
+        digest = hashlib.sha256(data + extension).hexdigest()
+        entry["sha256"] = digest
+        cached = cache.get(digest)
+        if cached is not None:
+            entry.update(cached)
+            continue
+        index = len(jobs)
+        jobs.append((index, f.name, data))
+        pending[index] = entry
+
+    def keep(index: int, record: dict) -> None:
+        # Cached as each file finishes, so an interrupted parse resumes where it stopped.
+        entry = pending[index]
+        cache.put(entry["sha256"], record)
+        entry.update(record)
+
+    workers = workers or os.cpu_count() or 1
+    bar = tqdm(total=len(jobs), desc="parsing", unit="file", disable=not show_progress or not jobs,
+               file=sys.stderr)
     try:
-        yield
+        if jobs and workers == 1 and settings.timeout <= 0:
+            for index, name, data in jobs:
+                keep(index, parse_bytes(name, data, settings))
+                bar.update(1)
+        elif jobs:
+            _parse_parallel(jobs, settings, workers, bar.update, keep)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        bar.close()
+    return [_finish(entry, settings) for entry in entries]
 
+
+def parse_path(path: str, settings: ParseSettings, cache_dir: str | None = "") -> dict:
+    """One file read and parsed like a corpus file (bounded size, parse timeout in a worker), no minimum length.
+
+    Returns the manifest entry: status "used" with notes, or "skipped" with the reason.
+    """
+    settings = dataclasses.replace(settings, min_events=1)
+    return parse_files([SourceFile(path, path)], settings, workers=1, cache_dir=cache_dir, show_progress=False)[0]
+
+
+def _finish(entry: dict, settings: ParseSettings) -> dict:
+    if entry.get("status") == "parsed":
+        # MIDI workers count the events while checking the timeline (same grid and max_duration: both key the cache).
+        count = entry.get("events")
+        if count is None:
+            count = len(record_sonorities(entry, settings.max_duration))
+        if count < settings.min_events:
+            entry.update(status="skipped", reason=f"too short: {count} events < {settings.min_events}")
+            entry.pop("notes", None)
+            entry.pop("events", None)
+        else:
+            entry["status"] = "used"
+            entry["events"] = count
+    return entry
+
+
+# ----------------------------------------------------------------------------- worker processes
 
 def _parse_parallel(jobs, settings: ParseSettings, workers: int, progress, on_result=None) -> dict[int, dict]:
     """Parse (index, name, data) jobs in worker processes; a hung file is killed after the timeout.
@@ -453,209 +622,48 @@ class _ParsePool:
             channel.close()
 
 
-def default_cache_dir() -> str:
-    return os.environ.get("KERAS_MUSIC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "keras_music")
-
-
-def _is_int(value, low=None, high=None) -> bool:
-    return (isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
-            and (high is None or value <= high))
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_record(record) -> str | None:
-    """What is wrong with a parse record read back (from the cache or a shard's part), or None.
-
-    A record is what parse_bytes returns: a skip with its reason, or notes on a grid with
-    the piece's timing. Anything else (an edited or damaged file) must be parsed again,
-    never used: a bad time signature would only fail much later, in generate.
-    """
-    if not isinstance(record, dict) or record.get("status") not in ("parsed", "skipped"):
-        return "no status"
-    if record["status"] == "skipped":
-        return None if isinstance(record.get("reason"), str) else "a skip without a reason"
-    grid = record.get("grid", events.GRID)
-    if not _is_int(grid, 1, 960):
-        return f"grid {grid!r}"
-    notes = record.get("notes")
-    if not isinstance(notes, list) or not notes:
-        return "no notes"
-    for note in notes:
-        if not (isinstance(note, list) and len(note) in (3, 4) and all(_is_int(v) for v in note)
-                and 0 <= note[0] < note[1] and 0 <= note[2] <= 127 and (len(note) == 3 or note[3] >= 0)):
-            return f"note {note!r}"
-    if not _is_number(record.get("start", 0.0)):
-        return f"start {record.get('start')!r}"
-    signature = record.get("time_signature", [4, 4])
-    if not (isinstance(signature, list) and len(signature) == 2 and events.valid_time_signature(*signature)):
-        return f"time signature {signature!r}"
-    for entry in record.get("time_signatures", [[0.0, 4, 4]]):
-        if not (isinstance(entry, list) and len(entry) == 3 and _is_number(entry[0]) and entry[0] >= 0
-                and events.valid_time_signature(entry[1], entry[2])):
-            return f"time signature change {entry!r}"
-    for entry in record.get("tempos", [[0.0, 120.0]]):
-        if not (isinstance(entry, list) and len(entry) == 2 and _is_number(entry[0]) and entry[0] >= 0
-                and _is_number(entry[1]) and entry[1] > 0):
-            return f"tempo change {entry!r}"
-    events_count = record.get("events")
-    if events_count is not None and not _is_int(events_count, 0):
-        return f"event count {events_count!r}"
-    parts = record.get("parts", [])
-    if not isinstance(parts, list) or not all(isinstance(p, dict) and _is_int(p.get("program", 0), 0, 127)
-                                              for p in parts):
-        return "parts"
-    if not _is_int(record.get("shift", 0), -127, 127):
-        return f"shift {record.get('shift')!r}"
-    return None
-
-
-def _record_digest(record: dict) -> str:
-    return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
-
-
-class ParseCache:
-    """Parsed notes on local disk, keyed by the file's content hash and the parse settings.
-
-    Each entry carries the sha256 of its record; an entry that fails it or check_record
-    (truncated, edited, bit-flipped) is a miss: the file is parsed again and the entry
-    rewritten.
-    """
-
-    def __init__(self, directory: str | None, settings: ParseSettings):
-        self.directory = directory
-        self.suffix = settings.cache_key()
-
-    def _path(self, digest: str) -> str:
-        return storage.join(self.directory, "parsed", digest[:2], f"{digest}-{self.suffix}.json")
-
-    def get(self, digest: str) -> dict | None:
-        if not self.directory:
-            return None
-        try:
-            data = json.loads(storage.read_text(self._path(digest), MAX_SOURCE_BYTES))
-        except Exception:  # missing, unreadable or corrupt (OSError, ValueError, tf.errors.* remotely): a miss
-            return None
-        if isinstance(data, dict) and data.get("format") == CACHE_FORMAT:
-            record = data.get("record")
-            if not isinstance(record, dict) or data.get("sha256") != _record_digest(record):
-                return None
-        else:
-            record = data  # an entry written before entries carried a checksum
-        return record if check_record(record) is None else None
-
-    def put(self, digest: str, record: dict) -> None:
-        # Timeouts and crashes may be transient, so they are not cached.
-        if not self.directory or record.get("reason", "").startswith(("timed out", "parse crashed", "not parsed")):
+def _worker(tasks, results, settings, parent_pid=None):
+    # Runs in a child process: parse until told to stop (None). Ctrl-C reaches the whole
+    # process group; the parent decides what happens, so the worker ignores it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is not None:
+        _watch_parent(parent_pid)
+    while True:
+        task = tasks.get()
+        if task is None:
             return
-        entry = {"format": CACHE_FORMAT, "sha256": _record_digest(record), "record": record}
-        try:
-            storage.write_text(self._path(digest), json.dumps(entry, separators=(",", ":")))
-        except Exception:  # OSError locally, tf.errors.* remotely: an unwritable cache only costs speed
-            pass
+        index, name, data = task
+        results.put(("start", index, os.getpid()))
+        results.put(("done", index, parse_bytes(name, data, settings)))
 
 
-def resolve_files(sources) -> list[SourceFile]:
-    """Every source file in manifest order: files already known to be skipped first, then the rest.
+def _watch_parent(parent_pid: int) -> None:
+    """Exit this worker as soon as the process that started it is gone (e.g. killed with SIGKILL)."""
 
-    Deterministic for the same sources, so separate processes can split the list by position.
-    """
-    candidates, skipped = resolve_sources(sources)
-    return skipped + candidates
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(0.25)
 
-
-def parse_sources(sources, settings: ParseSettings, workers: int = 0, cache_dir: str | None = "",
-                  show_progress: bool = True) -> list[dict]:
-    """Parse every source file; returns one manifest entry per file (used or skipped), in order.
-
-    Used entries carry `notes`, `time_signature`, `key`, `sha256`. A file that cannot be
-    read or parsed is an entry with a reason, never an exception.
-    """
-    return parse_files(resolve_files(sources), settings, workers, cache_dir, show_progress)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def parse_files(files: list[SourceFile], settings: ParseSettings, workers: int = 0, cache_dir: str | None = "",
-                show_progress: bool = True) -> list[dict]:
-    """parse_sources for an already resolved list of files (e.g. one shard of it), in the given order."""
-    from tqdm.auto import tqdm
-
-    cache = ParseCache(default_cache_dir() if cache_dir == "" else cache_dir, settings)
-    entries: list[dict] = []
-    jobs = []
-    pending: dict[int, dict] = {}
-    for f in files:
-        entry = {"file": f.name}
-        entries.append(entry)
-        if f.skip:
-            entry.update(status="skipped", reason=f.skip)
-            continue
-        try:
-            data = storage.read_bytes(f.path, MAX_SOURCE_BYTES)
-        except (storage.NotARegularFile, storage.FileTooLarge) as error:
-            # FIFOs and devices would block or never end; they are never opened for reading.
-            entry.update(status="skipped", reason=error.strerror)
-            continue
-        except (OSError, Exception) as error:  # tf.errors.* from remote filesystems too
-            entry.update(status="skipped", reason=f"unreadable: {getattr(error, 'strerror', None) or error}")
-            continue
-        extension = os.path.splitext(f.name)[1].lower().encode("utf-8", "surrogateescape")
-        digest = hashlib.sha256(data + extension).hexdigest()
-        entry["sha256"] = digest
-        cached = cache.get(digest)
-        if cached is not None:
-            entry.update(cached)
-            continue
-        index = len(jobs)
-        jobs.append((index, f.name, data))
-        pending[index] = entry
-
-    def keep(index: int, record: dict) -> None:
-        # Cached as each file finishes, so an interrupted parse resumes where it stopped.
-        entry = pending[index]
-        cache.put(entry["sha256"], record)
-        entry.update(record)
-
-    workers = workers or os.cpu_count() or 1
-    bar = tqdm(total=len(jobs), desc="parsing", unit="file", disable=not show_progress or not jobs,
-               file=sys.stderr)
+@contextlib.contextmanager
+def _sigint_ignored():
+    # A child inherits an ignored SIGINT through fork and exec, so a Ctrl-C during its
+    # start-up cannot print a KeyboardInterrupt traceback from it.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        if jobs and workers == 1 and settings.timeout <= 0:
-            for index, name, data in jobs:
-                keep(index, parse_bytes(name, data, settings))
-                bar.update(1)
-        elif jobs:
-            _parse_parallel(jobs, settings, workers, bar.update, keep)
+        yield
     finally:
-        bar.close()
-    return [_finish(entry, settings) for entry in entries]
+        signal.signal(signal.SIGINT, previous)
 
 
-def parse_path(path: str, settings: ParseSettings, cache_dir: str | None = "") -> dict:
-    """One file read and parsed like a corpus file (bounded size, parse timeout in a worker), no minimum length.
-
-    Returns the manifest entry: status "used" with notes, or "skipped" with the reason.
-    """
-    settings = dataclasses.replace(settings, min_events=1)
-    return parse_files([SourceFile(path, path)], settings, workers=1, cache_dir=cache_dir, show_progress=False)[0]
-
-
-def _finish(entry: dict, settings: ParseSettings) -> dict:
-    if entry.get("status") == "parsed":
-        # MIDI workers count the events while checking the timeline (same grid and max_duration: both key the cache).
-        count = entry.get("events")
-        if count is None:
-            count = len(record_sonorities(entry, settings.max_duration))
-        if count < settings.min_events:
-            entry.update(status="skipped", reason=f"too short: {count} events < {settings.min_events}")
-            entry.pop("notes", None)
-            entry.pop("events", None)
-        else:
-            entry["status"] = "used"
-            entry["events"] = count
-    return entry
-
+# ----------------------------------------------------------------------------- the manifest
 
 def mark_duplicates(entries: list[dict]) -> None:
     """Skip files whose content repeats an earlier used file, so no piece is in both splits."""

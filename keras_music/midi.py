@@ -45,8 +45,9 @@ def read(data: bytes) -> RawMidi:
     """Pair note-on/off per track, channel and pitch from the file's own events (exact ticks).
 
     A note-on with velocity 0 is a note-off; a re-attack of a sounding pitch ends the
-    older note there (and that note's own note-off, when it comes, is consumed); percussion (channel 10) and notes switched off at the tick they
-    start are counted and left out.
+    older note there (and that note's own note-off, when it comes, is consumed);
+    percussion (channel 10) and notes switched off at the tick they start are counted
+    and left out.
     """
     midi_file = _midi_file(data)
     found = _Found()
