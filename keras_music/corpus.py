@@ -107,6 +107,15 @@ def resolve_sources(sources) -> tuple[list[SourceFile], list[SourceFile]]:
     return candidates, skipped
 
 
+def resolve_files(sources) -> list[SourceFile]:
+    """Every source file in manifest order: files already known to be skipped first, then the rest.
+
+    Deterministic for the same sources, so separate processes can split the list by position.
+    """
+    candidates, skipped = resolve_sources(sources)
+    return skipped + candidates
+
+
 def _corpus_files(name: str) -> list[SourceFile] | None:
     from music21 import corpus
 
@@ -279,162 +288,7 @@ def record_sonorities(record: dict, max_duration) -> list:
                                       int(record.get("grid", events.GRID)))
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """Exit this worker as soon as the process that started it is gone (e.g. killed with SIGKILL)."""
-
-    def watch():
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(1)
-            time.sleep(0.25)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _worker(tasks, results, settings, parent_pid=None):
-    # Runs in a child process: parse until told to stop (None). Ctrl-C reaches the whole
-    # process group; the parent decides what happens, so the worker ignores it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if parent_pid is not None:
-        _watch_parent(parent_pid)
-    while True:
-        task = tasks.get()
-        if task is None:
-            return
-        index, name, data = task
-        results.put(("start", index, os.getpid()))
-        results.put(("done", index, parse_bytes(name, data, settings)))
-
-
-@contextlib.contextmanager
-def _sigint_ignored():
-    # A child inherits an ignored SIGINT through fork and exec, so a Ctrl-C during its
-    # start-up cannot print a KeyboardInterrupt traceback from it.
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _parse_parallel(jobs, settings: ParseSettings, workers: int, progress, on_result=None) -> dict[int, dict]:
-    """Parse (index, name, data) jobs in worker processes; a hung file is killed after the timeout.
-
-    Jobs are handed out a few at a time, and `on_result(index, record)` runs as each
-    file finishes (the caller caches it there), so an interrupt loses only the files
-    being parsed. On any exception (KeyboardInterrupt included) every worker is killed
-    at once. Workers also exit by themselves when this process dies.
-    """
-    context = multiprocessing.get_context("spawn")
-    tasks, results = context.Queue(), context.Queue()
-    processes: dict[int, multiprocessing.Process] = {}
-    parent = os.getpid()
-    submitted = 0
-    out: dict[int, dict] = {}
-
-    def start():
-        process = context.Process(target=_worker, args=(tasks, results, settings, parent), daemon=True)
-        with _sigint_ignored():
-            process.start()
-        processes[process.pid] = process
-
-    def finish(index: int, record: dict) -> None:
-        out[index] = record
-        if on_result is not None:
-            on_result(index, record)
-        progress(1)
-
-    def feed():
-        nonlocal submitted
-        while submitted < len(jobs) and submitted - len(out) < QUEUED_PER_WORKER * max(1, len(processes)):
-            tasks.put(jobs[submitted])
-            submitted += 1
-
-    for _ in range(min(workers, len(jobs))):
-        start()
-    running: dict[int, tuple[int, float]] = {}  # pid -> (index, start time)
-    idle_deaths = 0
-    completed = False
-    try:
-        feed()
-        while len(out) < len(jobs):
-            try:
-                kind, index, payload = results.get(timeout=0.25)
-                if kind == "start":
-                    running[payload] = (index, time.monotonic())
-                elif index not in out:
-                    for pid, (i, _) in list(running.items()):
-                        if i == index:
-                            del running[pid]
-                    finish(index, payload)
-                    feed()
-                continue
-            except queue.Empty:
-                pass
-            now = time.monotonic()
-            for pid, (index, started) in list(running.items()):
-                if now - started > settings.timeout and index not in out:
-                    processes[pid].kill()
-                    processes[pid].join()
-                    del processes[pid], running[pid]
-                    finish(index, {"status": "skipped",
-                                   "reason": f"timed out: parsing took longer than {settings.timeout:g} s"})
-                    start()
-                    feed()
-            for pid, process in list(processes.items()):
-                if process.is_alive():
-                    continue
-                del processes[pid]
-                if pid in running:
-                    index, _ = running.pop(pid)
-                    if index not in out:
-                        finish(index, {"status": "skipped",
-                                       "reason": f"parse crashed the worker (exit code {process.exitcode})"})
-                else:
-                    idle_deaths += 1
-                if idle_deaths <= 2 * workers:
-                    start()
-                feed()
-            if not processes:
-                # Workers that die before taking any file (e.g. the parent cannot be
-                # re-imported by `spawn`): parse the rest here instead of losing it.
-                for index, name, data in jobs:
-                    if index not in out:
-                        finish(index, parse_bytes(name, data, settings))
-        completed = True
-    finally:
-        if completed:
-            for _ in processes:
-                tasks.put(None)
-            for process in processes.values():
-                process.join(timeout=5)
-        for process in processes.values():
-            if process.is_alive():
-                process.kill()
-        for process in processes.values():
-            process.join(timeout=2)
-        # Undelivered jobs must not keep this process alive at exit waiting to flush them.
-        for channel in (tasks, results):
-            channel.cancel_join_thread()
-            channel.close()
-    return out
-
-
-def default_cache_dir() -> str:
-    return os.environ.get("KERAS_MUSIC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "keras_music")
-
-
-def _is_int(value, low=None, high=None) -> bool:
-    return (isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
-            and (high is None or value <= high))
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
+# ----------------------------------------------------------------------------- records read back: checks, cache
 
 def check_record(record) -> str | None:
     """What is wrong with a parse record read back (from the cache or a shard's part), or None.
@@ -482,6 +336,15 @@ def check_record(record) -> str | None:
     return None
 
 
+def _is_int(value, low=None, high=None) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
+            and (high is None or value <= high))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _record_digest(record: dict) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
@@ -527,14 +390,11 @@ class ParseCache:
             pass
 
 
-def resolve_files(sources) -> list[SourceFile]:
-    """Every source file in manifest order: files already known to be skipped first, then the rest.
+def default_cache_dir() -> str:
+    return os.environ.get("KERAS_MUSIC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "keras_music")
 
-    Deterministic for the same sources, so separate processes can split the list by position.
-    """
-    candidates, skipped = resolve_sources(sources)
-    return skipped + candidates
 
+# ----------------------------------------------------------------------------- parsing every file
 
 def parse_sources(sources, settings: ParseSettings, workers: int = 0, cache_dir: str | None = "",
                   show_progress: bool = True) -> list[dict]:
@@ -626,6 +486,184 @@ def _finish(entry: dict, settings: ParseSettings) -> dict:
             entry["events"] = count
     return entry
 
+
+# ----------------------------------------------------------------------------- worker processes
+
+def _parse_parallel(jobs, settings: ParseSettings, workers: int, progress, on_result=None) -> dict[int, dict]:
+    """Parse (index, name, data) jobs in worker processes; a hung file is killed after the timeout.
+
+    Jobs are handed out a few at a time, and `on_result(index, record)` runs as each
+    file finishes (the caller caches it there), so an interrupt loses only the files
+    being parsed. On any exception (KeyboardInterrupt included) every worker is killed
+    at once. Workers also exit by themselves when this process dies.
+    """
+    pool = _ParsePool(jobs, settings, workers, progress, on_result)
+    completed = False
+    try:
+        pool.run()
+        completed = True
+    finally:
+        pool.close(completed)
+    return pool.out
+
+
+class _ParsePool:
+    """The worker processes of one _parse_parallel call, the jobs they hold and the records they sent back."""
+
+    def __init__(self, jobs, settings: ParseSettings, workers: int, progress, on_result):
+        self.jobs, self.settings, self.workers = jobs, settings, workers
+        self.progress, self.on_result = progress, on_result
+        self.context = multiprocessing.get_context("spawn")
+        self.tasks, self.results = self.context.Queue(), self.context.Queue()
+        self.processes: dict[int, multiprocessing.Process] = {}
+        self.running: dict[int, tuple[int, float]] = {}  # pid -> (index, start time)
+        self.out: dict[int, dict] = {}
+        self.submitted = 0
+        self.idle_deaths = 0
+        self.parent = os.getpid()
+        for _ in range(min(workers, len(jobs))):
+            self.start()
+
+    def run(self) -> None:
+        """Hand out jobs and collect records until every job has one."""
+        self.feed()
+        while len(self.out) < len(self.jobs):
+            if self.receive():
+                continue
+            self.stop_overdue()
+            self.replace_dead()
+            if not self.processes:
+                # Workers that die before taking any file (e.g. the parent cannot be
+                # re-imported by `spawn`): parse the rest here instead of losing it.
+                for index, name, data in self.jobs:
+                    if index not in self.out:
+                        self.finish(index, parse_bytes(name, data, self.settings))
+
+    def start(self) -> None:
+        process = self.context.Process(target=_worker, args=(self.tasks, self.results, self.settings, self.parent),
+                                       daemon=True)
+        with _sigint_ignored():
+            process.start()
+        self.processes[process.pid] = process
+
+    def feed(self) -> None:
+        while (self.submitted < len(self.jobs)
+               and self.submitted - len(self.out) < QUEUED_PER_WORKER * max(1, len(self.processes))):
+            self.tasks.put(self.jobs[self.submitted])
+            self.submitted += 1
+
+    def finish(self, index: int, record: dict) -> None:
+        self.out[index] = record
+        if self.on_result is not None:
+            self.on_result(index, record)
+        self.progress(1)
+
+    def receive(self) -> bool:
+        """Take one message from the workers (a file started, or its record); False if none came in time."""
+        try:
+            kind, index, payload = self.results.get(timeout=0.25)
+        except queue.Empty:
+            return False
+        if kind == "start":
+            self.running[payload] = (index, time.monotonic())
+        elif index not in self.out:
+            for pid, (i, _) in list(self.running.items()):
+                if i == index:
+                    del self.running[pid]
+            self.finish(index, payload)
+            self.feed()
+        return True
+
+    def stop_overdue(self) -> None:
+        """Kill the workers whose file has run past the timeout; the file is skipped, the worker replaced."""
+        now = time.monotonic()
+        for pid, (index, started) in list(self.running.items()):
+            if now - started > self.settings.timeout and index not in self.out:
+                self.processes[pid].kill()
+                self.processes[pid].join()
+                del self.processes[pid], self.running[pid]
+                self.finish(index, {"status": "skipped",
+                                    "reason": f"timed out: parsing took longer than {self.settings.timeout:g} s"})
+                self.start()
+                self.feed()
+
+    def replace_dead(self) -> None:
+        """A worker that died costs the file it held; it is replaced (unless workers keep dying idle)."""
+        for pid, process in list(self.processes.items()):
+            if process.is_alive():
+                continue
+            del self.processes[pid]
+            if pid in self.running:
+                index, _ = self.running.pop(pid)
+                if index not in self.out:
+                    self.finish(index, {"status": "skipped",
+                                        "reason": f"parse crashed the worker (exit code {process.exitcode})"})
+            else:
+                self.idle_deaths += 1
+            if self.idle_deaths <= 2 * self.workers:
+                self.start()
+            self.feed()
+
+    def close(self, completed: bool) -> None:
+        """Workers stop when told after a complete run, and are killed otherwise."""
+        if completed:
+            for _ in self.processes:
+                self.tasks.put(None)
+            for process in self.processes.values():
+                process.join(timeout=5)
+        for process in self.processes.values():
+            if process.is_alive():
+                process.kill()
+        for process in self.processes.values():
+            process.join(timeout=2)
+        # Undelivered jobs must not keep this process alive at exit waiting to flush them.
+        for channel in (self.tasks, self.results):
+            channel.cancel_join_thread()
+            channel.close()
+
+
+def _worker(tasks, results, settings, parent_pid=None):
+    # Runs in a child process: parse until told to stop (None). Ctrl-C reaches the whole
+    # process group; the parent decides what happens, so the worker ignores it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is not None:
+        _watch_parent(parent_pid)
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        index, name, data = task
+        results.put(("start", index, os.getpid()))
+        results.put(("done", index, parse_bytes(name, data, settings)))
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit this worker as soon as the process that started it is gone (e.g. killed with SIGKILL)."""
+
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(0.25)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    # A child inherits an ignored SIGINT through fork and exec, so a Ctrl-C during its
+    # start-up cannot print a KeyboardInterrupt traceback from it.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# ----------------------------------------------------------------------------- the manifest
 
 def mark_duplicates(entries: list[dict]) -> None:
     """Skip files whose content repeats an earlier used file, so no piece is in both splits."""

@@ -132,11 +132,14 @@ def score_timing(score) -> dict:
 def key_shift(score) -> tuple[int, str]:
     """Semitones that move the piece's estimated key to C major / A minor (in -6..5)."""
     key = score.analyze("key")
-    target = 0 if key.mode == "major" else 9
-    shift = (target - key.tonic.pitchClass) % 12
-    if shift > 5:
-        shift -= 12
-    return shift, f"{key.tonic.name} {key.mode}"
+    return shift_to_c(key.tonic.pitchClass, key.mode), f"{key.tonic.name} {key.mode}"
+
+
+def shift_to_c(tonic: int, mode: str) -> int:
+    """Semitones (in -6..5) that move a key with this tonic pitch class to C major, or A minor if minor."""
+    target = 0 if mode == "major" else 9
+    shift = (target - tonic) % 12
+    return shift - 12 if shift > 5 else shift
 
 
 # ----------------------------------------------------------------------------- notes <-> sonorities
@@ -284,24 +287,34 @@ def tokens_to_sonorities(tokens, representation: str = "note", classic_step=Frac
     in `report`.
     """
     report = report or DecodeReport()
-    out: list[Sonority] = []
     if representation == "classic":
-        step = Fraction(classic_step).limit_denominator(GRID)
-        for token in tokens:
-            if token in SPECIAL_TOKENS:
-                continue
-            try:
-                if "." in token or token.isdigit():
-                    pitches = tuple(sorted({60 + int(pc) for pc in token.split(".")}))
-                else:
-                    pitches = (parse_pitch_name(token),)
-            except ValueError:
-                report.add("unparseable token")
-                continue
-            out.append(Sonority(pitches, tuple(False for _ in pitches), step))
-        return out
+        return _classic_sonorities(tokens, Fraction(classic_step).limit_denominator(GRID), report)
     if representation != "note":
         raise ValueError(f"unknown representation {representation!r} (expected note or classic)")
+    return _note_sonorities(tokens, report)
+
+
+def _classic_sonorities(tokens, step: Fraction, report: DecodeReport) -> list[Sonority]:
+    """One attack of `step` quarter notes per note name or pitch-class chord."""
+    out: list[Sonority] = []
+    for token in tokens:
+        if token in SPECIAL_TOKENS:
+            continue
+        try:
+            if "." in token or token.isdigit():
+                pitches = tuple(sorted({60 + int(pc) for pc in token.split(".")}))
+            else:
+                pitches = (parse_pitch_name(token),)
+        except ValueError:
+            report.add("unparseable token")
+            continue
+        out.append(Sonority(pitches, tuple(False for _ in pitches), step))
+    return out
+
+
+def _note_sonorities(tokens, report: DecodeReport) -> list[Sonority]:
+    """Pitches, holds and a rest gather until a duration token closes them into a sonority."""
+    out: list[Sonority] = []
     pending: dict[int, bool] = {}
     rest = False
     previous: set[int] = set()
@@ -319,15 +332,8 @@ def tokens_to_sonorities(tokens, representation: str = "note", classic_step=Frac
                 held = False
             pending[pitch] = pending.get(pitch, True) and held
         elif kind == "dur":
-            duration = _DURATIONS.get(value)
+            duration = _duration(value, report)
             if duration is None:
-                try:
-                    duration = _DURATIONS[value] = Fraction(value)
-                except (ValueError, ZeroDivisionError):
-                    report.add("unparseable token")
-                    continue
-            if duration <= 0:
-                report.add("non-positive duration")
                 continue
             if rest and pending:
                 report.add("rest together with pitches")
@@ -343,6 +349,21 @@ def tokens_to_sonorities(tokens, representation: str = "note", classic_step=Frac
 
 
 _DURATIONS: dict[str, Fraction] = {}  # "dur:" values already parsed (a few dozen distinct ones)
+
+
+def _duration(value: str, report: DecodeReport) -> Fraction | None:
+    """A `dur:` token's positive length in quarter notes, or None (a repair counted in `report`)."""
+    duration = _DURATIONS.get(value)
+    if duration is None:
+        try:
+            duration = _DURATIONS[value] = Fraction(value)
+        except (ValueError, ZeroDivisionError):
+            report.add("unparseable token")
+            return None
+    if duration <= 0:
+        report.add("non-positive duration")
+        return None
+    return duration
 
 
 def transpose_token(token: str, shift: int, representation: str = "note") -> str | None:

@@ -8,6 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from keras_music import events
 from keras_music.errors import KerasMusicError
 
 PERCUSSION_CHANNEL = 10  # General MIDI's drum channel (1-based): unpitched, left out
@@ -44,9 +45,21 @@ def read(data: bytes) -> RawMidi:
     """Pair note-on/off per track, channel and pitch from the file's own events (exact ticks).
 
     A note-on with velocity 0 is a note-off; a re-attack of a sounding pitch ends the
-    older note there (and that note's own note-off, when it comes, is consumed); percussion (channel 10) and notes switched off at the tick they
-    start are counted and left out.
+    older note there (and that note's own note-off, when it comes, is consumed);
+    percussion (channel 10) and notes switched off at the tick they start are counted
+    and left out.
     """
+    midi_file = _midi_file(data)
+    found = _Found()
+    for track_index, track in enumerate(midi_file.tracks):
+        _read_track(track, track_index, found)
+    found.notes.sort()
+    return RawMidi(int(midi_file.ticksPerQuarterNote), found.notes, found.parts, sorted(found.tempos.items()),
+                   sorted((t, n, d) for t, (n, d) in found.signatures.items()), found.dropped, found.unterminated)
+
+
+def _midi_file(data: bytes):
+    """music21's reading of the bytes, with ticks per quarter note; MidiError when it has none."""
     from music21 import midi as m21midi
 
     if not data.startswith(b"MThd"):
@@ -56,81 +69,110 @@ def read(data: bytes) -> RawMidi:
         midi_file.readstr(data)
     except Exception as error:  # music21 raises MidiException, IndexError, struct errors on bad bytes
         raise MidiError(f"unreadable MIDI: {type(error).__name__}: {str(error)[:200]}") from None
-    tpq = getattr(midi_file, "ticksPerQuarterNote", None)
-    if getattr(midi_file, "ticksPerSecond", None) or not tpq:
+    if getattr(midi_file, "ticksPerSecond", None) or not getattr(midi_file, "ticksPerQuarterNote", None):
         raise MidiError("SMPTE (frames per second) time division is not supported; expected ticks per quarter note")
-    voice = m21midi.ChannelVoiceMessages
-    meta = m21midi.MetaEvents
-    notes: list[tuple[int, int, int, int, int]] = []
-    parts: dict[tuple[int, int, int], int] = {}
-    part_list: list[dict] = []
-    tempos: dict[int, int] = {}
-    signatures: dict[int, tuple[int, int]] = {}
-    dropped: dict[str, int] = {}
-    unterminated = 0
-    for track_index, track in enumerate(midi_file.tracks):
-        tick = 0
-        track_name = ""
-        programs: dict[int, int] = {}
-        sounding: dict[tuple[int, int], tuple[int, int, int]] = {}  # (channel, pitch) -> (onset, velocity, part)
+    return midi_file
+
+
+@dataclasses.dataclass
+class _Found:
+    """What the tracks read so far hold, gathered across tracks."""
+
+    notes: list = dataclasses.field(default_factory=list)
+    parts: list = dataclasses.field(default_factory=list)
+    part_numbers: dict = dataclasses.field(default_factory=dict)  # (track, channel, program) -> index in parts
+    tempos: dict = dataclasses.field(default_factory=dict)  # tick -> microseconds per quarter
+    signatures: dict = dataclasses.field(default_factory=dict)  # tick -> (numerator, denominator)
+    dropped: dict = dataclasses.field(default_factory=dict)
+    unterminated: int = 0
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def part(self, track: int, channel: int, program: int, name: str) -> int:
+        key = (track, channel, program)
+        if key not in self.part_numbers:
+            self.part_numbers[key] = len(self.parts)
+            self.parts.append({"track": track, "channel": channel, "program": program, "name": name})
+        return self.part_numbers[key]
+
+
+def _read_track(track, track_index: int, found: _Found) -> None:
+    """One track's tempo map, metre, name, programs and notes, added to `found`."""
+    from music21 import midi as m21midi
+
+    voice, meta = m21midi.ChannelVoiceMessages, m21midi.MetaEvents
+    notes = _TrackNotes(track_index, found)
+    tick = 0
+    for event in track.events:
+        if event.type == "DeltaTime":
+            tick += int(event.time or 0)
+            continue
+        kind = event.type
+        if kind == meta.SET_TEMPO and isinstance(event.data, bytes) and len(event.data) >= 3:
+            value = int.from_bytes(event.data[:3], "big")
+            if value > 0:
+                found.tempos[tick] = value
+        elif kind == meta.TIME_SIGNATURE and isinstance(event.data, bytes) and len(event.data) >= 2:
+            numerator, power = event.data[0], event.data[1]
+            if numerator > 0 and power <= 6:
+                found.signatures[tick] = (int(numerator), 2 ** int(power))
+        elif kind == meta.SEQUENCE_TRACK_NAME and isinstance(event.data, bytes) and not notes.name:
+            notes.name = event.data.decode("latin-1", "replace").strip()
+        elif kind == voice.PROGRAM_CHANGE and event.channel:
+            notes.programs[event.channel] = int(event.data or 0) & 0x7F
+        elif kind in (voice.NOTE_ON, voice.NOTE_OFF) and event.channel and event.pitch is not None:
+            key = (int(event.channel), int(event.pitch))
+            if kind == voice.NOTE_ON and (event.velocity or 0) > 0:
+                notes.on(key, tick, int(event.velocity))
+            else:
+                notes.off(key, tick)
+    notes.end(tick)
+
+
+class _TrackNotes:
+    """Pairs one track's note-ons and note-offs per (channel, pitch)."""
+
+    def __init__(self, track_index: int, found: _Found):
+        self.track_index = track_index
+        self.found = found
+        self.name = ""
+        self.programs: dict[int, int] = {}
+        self.sounding: dict[tuple[int, int], tuple[int, int, int]] = {}  # (channel, pitch) -> (onset, velocity, part)
         # Note-offs still owed by notes a re-attack already ended: note-ons and note-offs
         # pair first-in first-out, so such an off is theirs, not the sounding note's.
-        owed: dict[tuple[int, int], int] = {}
+        self.owed: dict[tuple[int, int], int] = {}
 
-        def close(key, end):
-            onset, velocity, part = sounding.pop(key)
-            if end > onset:
-                notes.append((onset, end, key[1], velocity, part))
-            else:  # switched off where it started: no duration in the file itself
-                dropped["too short (zero length in the file)"] = dropped.get("too short (zero length in the file)", 0) + 1
+    def on(self, key: tuple[int, int], tick: int, velocity: int) -> None:
+        if key in self.sounding:
+            self._close(key, tick)
+            self.owed[key] = self.owed.get(key, 0) + 1
+        if key[0] == PERCUSSION_CHANNEL:
+            self.found.drop("percussion")
+        elif not 0 <= key[1] <= 127:
+            self.found.drop("out of range")
+        else:
+            part = self.found.part(self.track_index, key[0], self.programs.get(key[0], 0), self.name)
+            self.sounding[key] = (tick, velocity, part)
 
-        for event in track.events:
-            if event.type == "DeltaTime":
-                tick += int(event.time or 0)
-                continue
-            kind = event.type
-            if kind == meta.SET_TEMPO and isinstance(event.data, bytes) and len(event.data) >= 3:
-                value = int.from_bytes(event.data[:3], "big")
-                if value > 0:
-                    tempos[tick] = value
-            elif kind == meta.TIME_SIGNATURE and isinstance(event.data, bytes) and len(event.data) >= 2:
-                numerator, power = event.data[0], event.data[1]
-                if numerator > 0 and power <= 6:
-                    signatures[tick] = (int(numerator), 2 ** int(power))
-            elif kind == meta.SEQUENCE_TRACK_NAME and isinstance(event.data, bytes) and not track_name:
-                track_name = event.data.decode("latin-1", "replace").strip()
-            elif kind == voice.PROGRAM_CHANGE and event.channel:
-                programs[event.channel] = int(event.data or 0) & 0x7F
-            elif kind in (voice.NOTE_ON, voice.NOTE_OFF) and event.channel and event.pitch is not None:
-                key = (int(event.channel), int(event.pitch))
-                is_on = kind == voice.NOTE_ON and (event.velocity or 0) > 0
-                if not is_on:
-                    if owed.get(key):
-                        owed[key] -= 1
-                    elif key in sounding:
-                        close(key, tick)
-                    continue
-                if key in sounding:
-                    close(key, tick)
-                    owed[key] = owed.get(key, 0) + 1
-                if key[0] == PERCUSSION_CHANNEL:
-                    dropped["percussion"] = dropped.get("percussion", 0) + 1
-                    continue
-                if not 0 <= key[1] <= 127:
-                    dropped["out of range"] = dropped.get("out of range", 0) + 1
-                    continue
-                part_key = (track_index, key[0], programs.get(key[0], 0))
-                if part_key not in parts:
-                    parts[part_key] = len(part_list)
-                    part_list.append({"track": track_index, "channel": key[0], "program": part_key[2],
-                                      "name": track_name})
-                sounding[key] = (tick, int(event.velocity), parts[part_key])
-        for key in list(sounding):
-            unterminated += 1
-            close(key, tick)
-    notes.sort()
-    return RawMidi(int(tpq), notes, part_list, sorted(tempos.items()),
-                   sorted((t, n, d) for t, (n, d) in signatures.items()), dropped, unterminated)
+    def off(self, key: tuple[int, int], tick: int) -> None:
+        if self.owed.get(key):
+            self.owed[key] -= 1
+        elif key in self.sounding:
+            self._close(key, tick)
+
+    def end(self, tick: int) -> None:
+        """Notes never switched off end where their track ends."""
+        for key in list(self.sounding):
+            self.found.unterminated += 1
+            self._close(key, tick)
+
+    def _close(self, key: tuple[int, int], end: int) -> None:
+        onset, velocity, part = self.sounding.pop(key)
+        if end > onset:
+            self.found.notes.append((onset, end, key[1], velocity, part))
+        else:  # switched off where it started: no duration in the file itself
+            self.found.drop("too short (zero length in the file)")
 
 
 def tempo_bpm(microseconds_per_quarter: int) -> float:
@@ -219,11 +261,7 @@ def estimate_key(notes, grid: int) -> tuple[int, str]:
             if score > best[0]:
                 best = (score, tonic, mode)
     _, tonic, mode = best
-    target = 0 if mode == "major" else 9
-    shift = (target - tonic) % 12
-    if shift > 5:
-        shift -= 12
-    return shift, f"{_KEY_NAMES[tonic]} {mode}"
+    return events.shift_to_c(tonic, mode), f"{_KEY_NAMES[tonic]} {mode}"
 
 
 # ----------------------------------------------------------------------------- writing

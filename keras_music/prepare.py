@@ -13,7 +13,6 @@ from keras_music import config as config_lib, corpus, events, run as run_lib, st
 from keras_music.errors import KerasMusicError
 from keras_music.vocabulary import build as build_vocabulary
 
-PREPARED_FORMAT = run_lib.PREPARED_FORMAT
 PART_FORMAT = "keras_music.prepare_part"
 PARTS = "parts"
 PART_ENTRIES = "parsed.json"
@@ -80,7 +79,7 @@ def typical_timing(used: list[dict]) -> dict:
 
 
 def is_prepared(directory: str) -> bool:
-    return storage.exists(storage.join(directory, "prepared.json"))
+    return storage.exists(run_lib.path(directory, run_lib.PREPARED))
 
 
 def read_prepared(directory: str) -> dict:
@@ -106,6 +105,106 @@ def prepare(config: config_lib.Config, out_dir: str, show_progress: bool = True,
     return build(config, entries, out_dir, started, log, expected_vocabulary)
 
 
+def build(config: config_lib.Config, entries: list[dict], out_dir: str, started: float | None = None,
+          log=print, expected_vocabulary: str | None = None) -> dict:
+    """From parsed manifest entries (in resolved order) to a complete prepared directory.
+
+    Everything is computed and checked before the first file is written.
+    """
+    started = time.time() if started is None else started
+    data = config.data
+    corpus.mark_duplicates(entries)
+    corpus.split_by_piece(entries, data.val_fraction, config.train.seed)
+    used = [e for e in entries if e.get("status") == "used"]
+    manifest = corpus.manifest_json(entries, {"sources": list(data.sources)})
+    # A run that has started training keeps its files unless the data comes out usable.
+    _check_usable(used, manifest, data.sources, out_dir, write_manifest=expected_vocabulary is None)
+    ordered = sorted(used, key=lambda e: e["sha256"])
+    tokens = {e["file"]: tokens_for(e, data) for e in ordered}
+    splits = {split: [e for e in ordered if e["split"] == split] for split in ("train", "validation")}
+    vocabulary = build_vocabulary((tokens[e["file"]] for e in splits["train"]), data.representation, data.min_count,
+                                  data.transpose, data.classic_step)
+    if expected_vocabulary is not None and vocabulary.fingerprint() != expected_vocabulary:
+        raise PrepareError(f"preparing the data of {out_dir} again gives another vocabulary than the one its model "
+                           f"was trained with (the sources changed since): nothing was changed; train on these "
+                           f"sources in a new --run-dir")
+    unknown_validation: list[str] = []
+    encoded = {"train": [(e["file"], vocabulary.encode(tokens[e["file"]])) for e in splits["train"]],
+               "validation": [(e["file"], vocabulary.encode(tokens[e["file"]], unknown_validation))
+                              for e in splits["validation"]]}
+    shards = _write_data(out_dir, manifest, vocabulary, encoded)
+    lengths = {split: [len(ids) for _, ids in pieces] for split, pieces in encoded.items()}
+    event_counts = {split: sum(events.count_events(tokens[e["file"]], data.representation) for e in pieces)
+                    for split, pieces in splits.items()}
+    info = {
+        "format": run_lib.PREPARED_FORMAT,
+        "version": 1,
+        "settings": prepare_settings(config),
+        "vocabulary_size": len(vocabulary),
+        "vocabulary_fingerprint": vocabulary.fingerprint(),
+        "pieces": {split: len(v) for split, v in lengths.items()},
+        "tokens": {split: sum(v) for split, v in lengths.items()},
+        "events": event_counts,
+        "lengths": lengths,
+        "shards": shards,
+        "validation_unknown_tokens": len(unknown_validation),
+        "validation_unknown_rate": len(unknown_validation) / max(1, sum(lengths["validation"])),
+        "validation_events": event_counts["validation"],
+        "files": manifest["summary"],
+        "timing": typical_timing(used),
+        "seconds": round(time.time() - started, 2),
+    }
+    # Written last: it vouches for the rest.
+    storage.write_json(run_lib.path(out_dir, run_lib.PREPARED), info)
+    log(f"prepared {len(used)} pieces ({info['files']['skipped']} of {info['files']['files']} files skipped), "
+        f"vocabulary {len(vocabulary)} tokens, held-out unknown rate {info['validation_unknown_rate']:.2%}")
+    return info
+
+
+def _write_manifest(out_dir: str, manifest: dict) -> None:
+    storage.makedirs(out_dir)
+    storage.write_json(run_lib.path(out_dir, run_lib.MANIFEST), manifest)
+
+
+def _check_usable(used: list[dict], manifest: dict, sources, out_dir: str, write_manifest: bool) -> None:
+    """PrepareError unless the used pieces split into train and validation; the manifest (if written) says why."""
+    summary = manifest["summary"]
+    if used and summary["train_pieces"] > 0 and summary["validation_pieces"] > 0:
+        return
+    if write_manifest:
+        _write_manifest(out_dir, manifest)
+    see = run_lib.path(out_dir, run_lib.MANIFEST)
+    if not used:
+        reasons = ", ".join(f"{n} {r}" for r, n in summary["skip_reasons"].items()) or "no files"
+        raise PrepareError(f"no usable pieces in {', '.join(sources)}: {summary['files']} files, "
+                           f"all skipped ({reasons}); see {see}")
+    raise PrepareError(f"need at least 2 usable pieces to split train/validation by piece, "
+                       f"got {len(used)}; see {see}")
+
+
+def _write_data(out_dir: str, manifest: dict, vocabulary, encoded: dict[str, list]) -> dict[str, list[dict]]:
+    """The manifest, vocab.json and each split's TFRecord shards; returns what each shard holds."""
+    from keras_music import dataset
+
+    storage.makedirs(out_dir)
+    marker = run_lib.path(out_dir, run_lib.PREPARED)
+    # A stale marker would vouch for files this call is about to replace.
+    if storage.exists(marker):
+        storage.remove(marker)
+    _write_manifest(out_dir, manifest)
+    vocabulary.save(run_lib.path(out_dir, run_lib.VOCAB))
+    data_dir = run_lib.path(out_dir, run_lib.DATA)
+    shards = {}
+    for split, pieces in encoded.items():
+        written = dataset.write_shards(data_dir, split, pieces)
+        shards[split] = _shard_records(data_dir, written, [ids for _, ids in pieces])
+        # Shards of an earlier, larger preparation would otherwise be read as part of this one.
+        for name in storage.listdir(data_dir):
+            if name.startswith(split + "-") and name.endswith(".tfrecord") and name not in set(written):
+                storage.remove(storage.join(data_dir, name))
+    return shards
+
+
 def _shard_records(data_dir: str, names: list[str], pieces: list[list[int]]) -> list[dict]:
     """What each shard holds, as prepared.json records it: pieces, tokens, bytes and sha256."""
     from keras_music import dataset
@@ -119,100 +218,6 @@ def _shard_records(data_dir: str, names: list[str], pieces: list[list[int]]) -> 
         records.append({"file": name, "pieces": len(held), "tokens": sum(len(ids) for ids in held),
                         "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()})
     return records
-
-
-def build(config: config_lib.Config, entries: list[dict], out_dir: str, started: float | None = None,
-          log=print, expected_vocabulary: str | None = None) -> dict:
-    """From parsed manifest entries (in resolved order) to a complete prepared directory.
-
-    Everything is computed and checked before the first file is written.
-    """
-    from keras_music import dataset
-
-    started = time.time() if started is None else started
-    data = config.data
-    marker = storage.join(out_dir, "prepared.json")
-    corpus.mark_duplicates(entries)
-    corpus.split_by_piece(entries, data.val_fraction, config.train.seed)
-    used = [e for e in entries if e.get("status") == "used"]
-    manifest = corpus.manifest_json(entries, {"sources": list(data.sources)})
-    summary = manifest["summary"]
-
-    def write_manifest():
-        if expected_vocabulary is None or used_ok:
-            storage.makedirs(out_dir)
-            storage.write_json(storage.join(out_dir, "corpus_manifest.json"), manifest)
-
-    # A run that has started training keeps its files unless the data comes out usable.
-    used_ok = bool(used) and summary["train_pieces"] > 0 and summary["validation_pieces"] > 0
-
-    if not used:
-        write_manifest()
-        reasons = ", ".join(f"{n} {r}" for r, n in summary["skip_reasons"].items()) or "no files"
-        raise PrepareError(f"no usable pieces in {', '.join(data.sources)}: {summary['files']} files, "
-                           f"all skipped ({reasons}); see {storage.join(out_dir, 'corpus_manifest.json')}")
-    if summary["train_pieces"] == 0 or summary["validation_pieces"] == 0:
-        write_manifest()
-        raise PrepareError(f"need at least 2 usable pieces to split train/validation by piece, "
-                           f"got {len(used)}; see {storage.join(out_dir, 'corpus_manifest.json')}")
-    ordered = sorted(used, key=lambda e: e["sha256"])
-    tokens = {e["file"]: tokens_for(e, data) for e in ordered}
-    train = [e for e in ordered if e["split"] == "train"]
-    validation = [e for e in ordered if e["split"] == "validation"]
-    vocabulary = build_vocabulary((tokens[e["file"]] for e in train), data.representation, data.min_count,
-                                  data.transpose, data.classic_step)
-    if expected_vocabulary is not None and vocabulary.fingerprint() != expected_vocabulary:
-        raise PrepareError(f"preparing the data of {out_dir} again gives another vocabulary than the one its model "
-                           f"was trained with (the sources changed since): nothing was changed; train on these "
-                           f"sources in a new --run-dir")
-    lengths, encoded_splits = {}, {}
-    unknown_validation: list[str] = []
-    for split, pieces in (("train", train), ("validation", validation)):
-        unknown = unknown_validation if split == "validation" else None
-        encoded_splits[split] = [(entry["file"], vocabulary.encode(tokens[entry["file"]], unknown))
-                                 for entry in pieces]
-        lengths[split] = [len(ids) for _, ids in encoded_splits[split]]
-    # Written from here on; prepared.json, last, vouches for the rest.
-    storage.makedirs(out_dir)
-    # A stale marker would vouch for files this call is about to replace.
-    if storage.exists(marker):
-        storage.remove(marker)
-    write_manifest()
-    vocabulary.save(storage.join(out_dir, "vocab.json"))
-    data_dir = storage.join(out_dir, "data")
-    shards = {}
-    for split in ("train", "validation"):
-        written = dataset.write_shards(data_dir, split, encoded_splits[split])
-        shards[split] = _shard_records(data_dir, written, [ids for _, ids in encoded_splits[split]])
-        # Shards of an earlier, larger preparation would otherwise be read as part of this one.
-        for name in storage.listdir(data_dir):
-            if name.startswith(split + "-") and name.endswith(".tfrecord") and name not in set(written):
-                storage.remove(storage.join(data_dir, name))
-    validation_tokens = sum(lengths["validation"])
-    validation_events = sum(events.count_events(tokens[e["file"]], data.representation) for e in validation)
-    info = {
-        "format": PREPARED_FORMAT,
-        "version": 1,
-        "settings": prepare_settings(config),
-        "vocabulary_size": len(vocabulary),
-        "vocabulary_fingerprint": vocabulary.fingerprint(),
-        "pieces": {split: len(v) for split, v in lengths.items()},
-        "tokens": {split: sum(v) for split, v in lengths.items()},
-        "events": {split: sum(events.count_events(tokens[e["file"]], data.representation) for e in pieces)
-                   for split, pieces in (("train", train), ("validation", validation))},
-        "lengths": lengths,
-        "shards": shards,
-        "validation_unknown_tokens": len(unknown_validation),
-        "validation_unknown_rate": len(unknown_validation) / max(1, validation_tokens),
-        "validation_events": validation_events,
-        "files": summary,
-        "timing": typical_timing(used),
-        "seconds": round(time.time() - started, 2),
-    }
-    storage.write_json(marker, info)
-    log(f"prepared {len(used)} pieces ({summary['skipped']} of {summary['files']} files skipped), "
-        f"vocabulary {len(vocabulary)} tokens, held-out unknown rate {info['validation_unknown_rate']:.2%}")
-    return info
 
 
 # ----------------------------------------------------------------------------- sharded preparation
@@ -270,15 +275,6 @@ def prepare_shard(config: config_lib.Config, out_dir: str, shard_index: int, num
     return part
 
 
-def _shard_counts(parts_dir: str) -> dict[int, set[int]]:
-    counts: dict[int, set[int]] = {}
-    for name in storage.listdir(parts_dir):
-        match = _SHARD_NAME.match(name)
-        if match:
-            counts.setdefault(int(match.group(2)), set()).add(int(match.group(1)))
-    return counts
-
-
 def merge(config: config_lib.Config, out_dir: str, num_shards: int | None = None, check_sources: bool = False,
           log=print) -> dict:
     """Check that all shards of out_dir/parts are complete and alike, then build the prepared directory.
@@ -287,20 +283,40 @@ def merge(config: config_lib.Config, out_dir: str, num_shards: int | None = None
     come from the parts; with check_sources, config.data.sources must match them.
     """
     started = time.time()
+    num_shards = _sharding(out_dir, num_shards)
+    parts = _finished_parts(out_dir, num_shards)
+    config = _shards_config(config, parts[0]["settings"], check_sources)
+    entries = _part_entries(out_dir, parts)
+    info = build(config, entries, out_dir, started, log)
+    run_lib.write_config(out_dir, config)
+    return info
+
+
+def _sharding(out_dir: str, num_shards: int | None) -> int:
+    """The shard count to merge: the one asked for, else the only one found in out_dir/parts."""
     parts_dir = storage.join(out_dir, PARTS)
     rerun = ("run python -m keras_music.prepare --data SRC --out {out} --num-shards N --shard-index I for "
              "every I in 0..N-1 first").format(out=out_dir)
     if not storage.isdir(parts_dir):
         raise PrepareError(f"nothing to merge: {parts_dir} does not exist; {rerun}")
-    counts = _shard_counts(parts_dir)
-    if num_shards is None:
-        if not counts:
-            raise PrepareError(f"nothing to merge: {parts_dir} has no shard-I-of-N directories; {rerun}")
-        if len(counts) > 1:
-            found = ", ".join(f"{n} shards" for n in sorted(counts))
-            raise PrepareError(f"{parts_dir} holds parts of different shardings ({found}); pass --num-shards "
-                               "to pick one, or remove the stale parts")
-        num_shards = next(iter(counts))
+    counts: dict[int, set[int]] = {}
+    for name in storage.listdir(parts_dir):
+        match = _SHARD_NAME.match(name)
+        if match:
+            counts.setdefault(int(match.group(2)), set()).add(int(match.group(1)))
+    if num_shards is not None:
+        return num_shards
+    if not counts:
+        raise PrepareError(f"nothing to merge: {parts_dir} has no shard-I-of-N directories; {rerun}")
+    if len(counts) > 1:
+        found = ", ".join(f"{n} shards" for n in sorted(counts))
+        raise PrepareError(f"{parts_dir} holds parts of different shardings ({found}); pass --num-shards "
+                           "to pick one, or remove the stale parts")
+    return next(iter(counts))
+
+
+def _finished_parts(out_dir: str, num_shards: int) -> list[dict]:
+    """Every shard's manifest_part.json, checked to be finished, in place and made alike."""
     present = [i for i in range(num_shards)
                if storage.exists(storage.join(shard_dir(out_dir, i, num_shards), PART_MANIFEST))]
     missing = [i for i in range(num_shards) if i not in present]
@@ -332,17 +348,28 @@ def merge(config: config_lib.Config, out_dir: str, num_shards: int | None = None
             raise PrepareError(f"shards saw different source files ({first['total_files']} in shard 0, "
                                f"{part['total_files']} in shard {i}): the sources changed between shard runs; "
                                "rerun every shard")
-    sources = first["settings"]["sources"]
+    return parts
+
+
+def _shards_config(config: config_lib.Config, settings: dict, check_sources: bool) -> config_lib.Config:
+    """The config on the shards' sources, checked to ask for the settings the shards were parsed with."""
+    sources = settings["sources"]
     if check_sources and list(config.data.sources) != list(sources):
         raise PrepareError(f"--data {list(config.data.sources)} differs from the shards' sources {sources}; "
                            "merge without --data or with the same sources")
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, sources=tuple(sources)))
     wanted = prepare_settings(config)
-    for key, value in first["settings"].items():
+    for key, value in settings.items():
         if wanted.get(key) != value:
             name = "train.seed" if key == "seed" else f"data.{key}"
             raise PrepareError(f"the merge settings differ from the shards': {name} is {wanted.get(key)!r} here "
                                f"but {value!r} in the shards; pass --merge the same --config/--set as the shards")
+    return config
+
+
+def _part_entries(out_dir: str, parts: list[dict]) -> list[dict]:
+    """The parsed entries of all shards, checked against their parts, back in resolved order."""
+    num_shards, total = len(parts), parts[0]["total_files"]
     by_index: dict[int, dict] = {}
     for i, part in enumerate(parts):
         where = storage.join(shard_dir(out_dir, i, num_shards), PART_ENTRIES)
@@ -354,12 +381,9 @@ def merge(config: config_lib.Config, out_dir: str, num_shards: int | None = None
             if index % num_shards != i or index in by_index:
                 raise PrepareError(f"{where} holds file position {index}, which does not belong to shard {i}")
             by_index[index] = entry
-    if sorted(by_index) != list(range(first["total_files"])):
-        raise PrepareError(f"the shards hold {len(by_index)} of {first['total_files']} files; rerun every shard")
-    entries = [by_index[i] for i in range(first["total_files"])]
-    info = build(config, entries, out_dir, started, log)
-    run_lib.write_config(out_dir, config)
-    return info
+    if sorted(by_index) != list(range(total)):
+        raise PrepareError(f"the shards hold {len(by_index)} of {total} files; rerun every shard")
+    return [by_index[i] for i in range(total)]
 
 
 # ----------------------------------------------------------------------------- command line

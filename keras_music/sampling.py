@@ -159,15 +159,20 @@ def sample_next(probabilities, rng, temperature=1.0, top_k=0, top_p=1.0, banned=
     """
     validate_sampling(temperature, top_k, top_p)
     probs = _as_probabilities(probabilities)
-    batch, vocabulary_size = probs.shape
     mask = _forbidden_mask(banned, allowed, probs)
     if mask is not None:
         probs = np.where(mask, 0.0, probs)
     fallback = _argmax_allowed(probs, mask)
     if temperature == 0:
         return fallback
+    uniforms = rng.random(len(probs))
+    weights, alive = _tempered(probs, temperature)
+    weights = _truncated(weights, probs, top_k, top_p)
+    return np.where(alive, _inverse_cdf(weights, uniforms), fallback).astype(np.int64)
 
-    uniforms = rng.random(batch)
+
+def _tempered(probs, temperature):
+    """(p^(1/temperature) per row with its top token at 1, whether the row has any mass)."""
     with np.errstate(divide="ignore"):
         log_probs = np.log(probs)
     row_max = log_probs.max(axis=1)
@@ -177,34 +182,41 @@ def sample_next(probabilities, rng, temperature=1.0, top_k=0, top_p=1.0, banned=
     # would overflow to -inf for every token; dead rows (all zero) shift by 0
     # so they stay -inf instead of turning into nan.
     shifted = log_probs - np.where(alive, row_max, 0.0)[:, None]
-    weights = np.exp(shifted / temperature)
+    return np.exp(shifted / temperature), alive
 
-    use_top_k = 0 < top_k < vocabulary_size
+
+def _truncated(weights, probs, top_k, top_p):
+    """The weights with all but the top_k ids and the top_p nucleus zeroed, ranked by the original probs."""
+    use_top_k = 0 < top_k < probs.shape[1]
     use_top_p = top_p < 1
-    if use_top_k or use_top_p:
-        order = np.argsort(-probs, axis=1, kind="stable")
-        ranked = np.take_along_axis(weights, order, axis=1)
-        if use_top_k:
-            ranked[:, top_k:] = 0.0
-        if use_top_p:
-            cumulative = np.cumsum(ranked, axis=1)
-            total = cumulative[:, -1:]
-            mass_before = cumulative - ranked
-            outside = mass_before >= (top_p - _TOP_P_TOLERANCE) * total
-            outside[:, 0] = False
-            ranked[outside] = 0.0
-        weights = np.empty_like(weights)
-        np.put_along_axis(weights, order, ranked, axis=1)
+    if not (use_top_k or use_top_p):
+        return weights
+    order = np.argsort(-probs, axis=1, kind="stable")
+    ranked = np.take_along_axis(weights, order, axis=1)
+    if use_top_k:
+        ranked[:, top_k:] = 0.0
+    if use_top_p:
+        cumulative = np.cumsum(ranked, axis=1)
+        total = cumulative[:, -1:]
+        mass_before = cumulative - ranked
+        outside = mass_before >= (top_p - _TOP_P_TOLERANCE) * total
+        outside[:, 0] = False
+        ranked[outside] = 0.0
+    kept = np.empty_like(weights)
+    np.put_along_axis(kept, order, ranked, axis=1)
+    return kept
 
+
+def _inverse_cdf(weights, uniforms):
+    """One id per row, drawn from the row's weights with its uniform in [0, 1)."""
     cumulative = np.cumsum(weights, axis=1)
     targets = uniforms * cumulative[:, -1]
     # Counting cumulative sums <= target finds the first id whose sum exceeds
     # it; a zero-weight id never raises the sum, so it can never be that id.
     ids = np.count_nonzero(cumulative <= targets[:, None], axis=1)
     # u * total can round up to total itself; clamp to the last id with weight.
-    last_positive = vocabulary_size - 1 - np.argmax(weights[:, ::-1] > 0, axis=1)
-    ids = np.minimum(ids, last_positive)
-    return np.where(alive, ids, fallback).astype(np.int64)
+    last_positive = weights.shape[1] - 1 - np.argmax(weights[:, ::-1] > 0, axis=1)
+    return np.minimum(ids, last_positive)
 
 
 # ----------------------------------------------------------------------------- grammar

@@ -44,10 +44,6 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    @property
-    def size(self) -> int:
-        return len(self.tokens)
-
     def encode(self, tokens, unknown: list | None = None) -> list[int]:
         """Ids for tokens; tokens not in the vocabulary become <unk> and are appended to `unknown`."""
         ids = []

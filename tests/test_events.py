@@ -124,3 +124,13 @@ def test_token_representations():
     assert events.token_representations("0.4.7") == {"classic"}
     assert events.token_representations("<piece>") == {"note", "classic"}
     assert events.token_representations("banana") == set()
+
+
+def test_shift_to_c_moves_the_tonic_to_c_major_or_a_minor_the_shorter_way():
+    assert [events.shift_to_c(tonic, "major") for tonic in range(12)] == [0, -1, -2, -3, -4, -5, -6, 5, 4, 3, 2, 1]
+    assert [events.shift_to_c(tonic, "minor") for tonic in range(12)] == [-3, -4, -5, -6, 5, 4, 3, 2, 1, 0, -1, -2]
+
+
+def test_key_shift_of_a_score():
+    d_major = converter.parse("tinyNotation: 4/4 d4 e4 f#4 g4 a4 b4 c#'4 d'4 a4 f#4 d2")
+    assert events.key_shift(d_major) == (-2, "D major")

@@ -7,7 +7,7 @@ from fractions import Fraction as F
 import mido
 import pytest
 
-from keras_music import config, corpus, midi, prepare, roundtrip
+from keras_music import config, corpus, midi, roundtrip
 
 TPQ = 480
 
@@ -218,18 +218,6 @@ def test_key_estimation_from_the_pitch_class_profile():
     a_minor = [57, 60, 64, 57, 59, 60, 62, 64, 65, 64, 62, 60, 59, 57, 56, 57]
     notes = [(i * grid, (i + 1) * grid, p) for i, p in enumerate(a_minor)]
     assert midi.estimate_key(notes, grid) == (0, "A minor")
-
-
-def test_typical_timing_is_the_median_tempo_and_the_most_common_metre():
-    def entry(bpm, signature, program=0):
-        return {"notes": [[0, 96, 60, 0]], "grid": 24, "tempos": [[0.0, bpm]], "time_signature": signature,
-                "parts": [{"program": program}]}
-
-    used = [entry(80, [3, 4]), entry(100, [3, 4], 40), entry(140, [4, 4], 40)]
-    assert prepare.typical_timing(used) == {"tempo": 100.0, "time_signature": [3, 4], "program": 40}
-    # A tempo map counts each tempo by how long it lasts within the notes' span.
-    weighted = {"notes": [[0, 10 * 24, 60, 0]], "grid": 24, "tempos": [[0.0, 60.0], [1.0, 90.0], [9.0, 200.0]]}
-    assert prepare.piece_tempo(weighted) == 90.0
 
 
 def test_roundtrip_command_prints_a_table_and_reports_skips(ground_truth, tmp_path, capsys):

@@ -107,7 +107,7 @@ def test_skipped_files_keep_their_place_when_sharded(tmp_path, midi_folder):
     reasons = {os.path.basename(f["file"]): f.get("reason", "") for f in
                storage.read_json(os.path.join(sharded, "corpus_manifest.json"))["files"]}
     assert reasons["notes.txt"].startswith("unsupported file type")
-    assert reasons["corrupt.mid"]
+    assert reasons["corrupt.mid"].startswith("parse error: unreadable MIDI: MidiException: ")
 
 
 def test_merge_with_a_missing_shard_names_it(shards, tmp_path, capsys):
@@ -175,6 +175,100 @@ def test_re_preparing_removes_stale_tfrecord_shards(unsharded, tmp_path):
         handle.write(b"left over from a bigger corpus")
     prepare.prepare(tiny_config(sources=SIX_CHORALES), out, show_progress=False, log=lambda *a: None)
     assert not os.path.exists(stale)
+    assert_same_prepared(unsharded, out)
+
+
+def test_typical_timing_is_the_median_tempo_and_the_most_common_metre():
+    def entry(bpm, signature, program=0):
+        return {"notes": [[0, 96, 60, 0]], "grid": 24, "tempos": [[0.0, bpm]], "time_signature": signature,
+                "parts": [{"program": program}]}
+
+    used = [entry(80, [3, 4]), entry(100, [3, 4], 40), entry(140, [4, 4], 40)]
+    assert prepare.typical_timing(used) == {"tempo": 100.0, "time_signature": [3, 4], "program": 40}
+    # A tempo map counts each tempo by how long it lasts within the notes' span.
+    weighted = {"notes": [[0, 10 * 24, 60, 0]], "grid": 24, "tempos": [[0.0, 60.0], [1.0, 90.0], [9.0, 200.0]]}
+    assert prepare.piece_tempo(weighted) == 90.0
+
+
+def edit_part(out, index, **changes):
+    part_file = os.path.join(out, "parts", f"shard-{index}-of-3", "manifest_part.json")
+    storage.write_json(part_file, dict(storage.read_json(part_file), **changes))
+
+
+def edit_entries(out, index, change):
+    """Change shard `index`'s parsed.json with change(parsed) and make its part vouch for the result."""
+    import hashlib
+    import json
+
+    entries_file = os.path.join(out, "parts", f"shard-{index}-of-3", "parsed.json")
+    parsed = json.loads(open(entries_file, "rb").read())
+    change(parsed)
+    payload = json.dumps(parsed).encode()
+    with open(entries_file, "wb") as handle:
+        handle.write(payload)
+    edit_part(out, index, entries_sha256=hashlib.sha256(payload).hexdigest())
+
+
+def drop_last_entry(parsed):
+    del parsed["indexes"][-1], parsed["entries"][-1]
+
+
+def claim_position_one(parsed):
+    parsed["indexes"][0] = 1
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda out: edit_part(out, 1, format="other"), "shard-1-of-3/manifest_part.json is not a keras_music shard "
+                                                    "manifest"),
+    (lambda out: edit_part(out, 1, shard_index=0), "shard-1-of-3/manifest_part.json describes shard 0 of 3, "
+                                                   "expected shard 1 of 3"),
+    (lambda out: edit_part(out, 2, parse_version=1), "shard-2-of-3 was parsed by another keras_music version "
+                                                     "(parse version 1, this one is"),
+    (lambda out: edit_part(out, 2, total_files=7), "shards saw different source files (6 in shard 0, 7 in shard 2)"),
+    (lambda out: edit_entries(out, 2, claim_position_one), "shard-2-of-3/parsed.json holds file position 1, which "
+                                                           "does not belong to shard 2"),
+    (lambda out: edit_entries(out, 0, drop_last_entry), "the shards hold 5 of 6 files; rerun every shard"),
+])
+def test_merge_refuses_parts_that_do_not_fit_together(shards, tmp_path, damage, message):
+    out = copy_of(shards, tmp_path)
+    damage(out)
+    with pytest.raises(prepare.PrepareError) as error:
+        prepare.merge(tiny_config(sources=SIX_CHORALES), out)
+    assert message in str(error.value)
+    assert not os.path.exists(os.path.join(out, "prepared.json"))
+
+
+def test_too_few_usable_pieces_are_an_error_and_the_manifest_says_why(tmp_path):
+    out = str(tmp_path / "one")
+    with pytest.raises(prepare.PrepareError) as error:
+        prepare.prepare(tiny_config(sources=("bach/bwv66.6",)), out, show_progress=False, log=lambda *a: None)
+    manifest = os.path.join(out, "corpus_manifest.json")
+    assert str(error.value) == ("need at least 2 usable pieces to split train/validation by piece, got 1; "
+                                f"see {manifest}")
+    assert storage.read_json(manifest)["summary"]["used"] == 1
+    assert sorted(os.listdir(out)) == ["corpus_manifest.json"]
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    (folder / "empty.mid").write_bytes(b"")
+    (folder / "notes.txt").write_text("not music")
+    with pytest.raises(prepare.PrepareError) as error:
+        prepare.prepare(tiny_config(sources=(str(folder),)), str(tmp_path / "none"), show_progress=False)
+    assert str(error.value).startswith(f"no usable pieces in {folder}: 2 files, all skipped (1 unsupported file type "
+                                       "(expected one of .mid")
+    assert str(error.value).endswith(f"1 empty file); see {tmp_path / 'none' / 'corpus_manifest.json'}")
+
+
+def test_a_trained_run_keeps_its_files_unless_the_same_vocabulary_comes_out(unsharded, tmp_path):
+    config = tiny_config(sources=SIX_CHORALES)
+    expected = storage.read_json(os.path.join(unsharded, "prepared.json"))["vocabulary_fingerprint"]
+    out = str(tmp_path / "run")
+    with pytest.raises(prepare.PrepareError, match="gives another vocabulary than the one its model was trained with"):
+        prepare.prepare(config, out, show_progress=False, log=lambda *a: None, expected_vocabulary="0" * 64)
+    # Nor does an unusable corpus write its manifest over the run's.
+    with pytest.raises(prepare.PrepareError, match="need at least 2 usable pieces"):
+        prepare.prepare(tiny_config(sources=("bach/bwv66.6",)), out, show_progress=False, expected_vocabulary=expected)
+    assert not os.path.exists(out)
+    prepare.prepare(config, out, show_progress=False, log=lambda *a: None, expected_vocabulary=expected)
     assert_same_prepared(unsharded, out)
 
 

@@ -215,8 +215,10 @@ def test_validation_errors_name_the_bad_value(kwargs, message):
 
 
 def test_validation_accepts_edges():
-    validate_sampling(0, 0, 1.0)
-    validate_sampling(2.5, np.int64(3), 1e-9)
+    assert validate_sampling(0, 0, 1.0) is None and validate_sampling(2.5, np.int64(3), 1e-9) is None
+    # Greedy with nothing cut off, and a nucleus so small that only the top token is left.
+    np.testing.assert_array_equal(sample_next([P, P[::-1]], make_rng(0), 0, 0, 1.0), [0, 3])
+    np.testing.assert_array_equal(sample_next([P, P[::-1]], make_rng(0), 2.5, np.int64(3), 1e-9), [0, 3])
 
 
 @pytest.mark.parametrize(
@@ -257,6 +259,7 @@ def test_grammar_table_kinds_and_pitches():
     assert table["kinds"] == ["banned", "banned", "end", "pitch", "pitch", "pitch", "hold", "hold", "rest",
                               "dur", "dur", "banned", "banned"]
     assert table["pitches"] == [-1, -1, -1, 60, 64, 67, 60, 64, -1, -1, -1, -1, -1]
+    assert set(table["kinds"]) == set(events.GRAMMAR_KINDS) - {"event"}
     classic = events.grammar_table(["<pad>", "<unk>", "<piece>", "C4", "0.4.7"], "classic")
     assert classic == {"rules": "any", "kinds": ["banned", "banned", "end", "event", "event"],
                        "pitches": [-1] * 5}

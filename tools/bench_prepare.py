@@ -56,8 +56,10 @@ def pipeline_memory(run_dir: str, factor: int, seq_length: int, batch: int) -> d
 
 
 def midi_files(directory: str) -> list[str]:
+    from keras_music import corpus
+
     return sorted(os.path.join(root, name) for root, _, names in os.walk(directory) for name in names
-                  if name.lower().endswith((".mid", ".midi")))
+                  if name.lower().endswith(corpus.MIDI_EXTENSIONS))
 
 
 def read_with_pretty_midi(files: list[str]) -> float:
@@ -106,6 +108,39 @@ def real_midi(directory: str) -> dict:
     return result
 
 
+def parse_speeds(source: str) -> dict:
+    """Files per second parsing `source` serially, in parallel, and again from the parallel run's cache."""
+    with tempfile.TemporaryDirectory() as cache:
+        serial, files = parse_throughput([source], 1, None)
+        parallel, _ = parse_throughput([source], os.cpu_count() or 1, cache)
+        cached, _ = parse_throughput([source], os.cpu_count() or 1, cache)
+    print(f"parse {files} files: serial {serial:.1f} files/s, parallel ({os.cpu_count()} workers) "
+          f"{parallel:.1f} files/s, cached {cached:.1f} files/s ({cached / parallel:.0f}x parallel)")
+    return {"files": files, "serial_files_per_second": serial, "parallel_files_per_second": parallel,
+            "cached_files_per_second": cached, "cached_speedup_vs_parallel": cached / parallel,
+            "cached_speedup_vs_serial": cached / serial}
+
+
+def memory(run_dir: str | None, source: str, repeat: int) -> dict:
+    """Peak memory of the training pipeline over the corpus and over ten copies of it."""
+    from keras_music import config as config_lib, prepare
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if run_dir is None:
+            run_dir = tmp
+            prepare.prepare(config_lib.load([], [f"data.sources=[{source}]"]), run_dir, show_progress=False,
+                            log=lambda *a: None)
+        for factor in (1, 10):
+            runs = [pipeline_memory(run_dir, factor, 128, 32) for _ in range(repeat)]
+            results[f"{factor}x"] = runs
+            peaks = ", ".join(f"{r['peak_mib']:.0f}" for r in runs)
+            growth = ", ".join(f"{r['peak_mib'] - r['baseline_mib']:.0f}" for r in runs)
+            print(f"dataset pipeline {factor:>2}x corpus ({runs[0]['tokens']:,} tokens, {runs[0]['batches']} batches): "
+                  f"peak RSS {peaks} MiB; growth during the epoch {growth} MiB")
+    return results
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", default="bach", help="source to parse (default: the embedded Bach chorales)")
@@ -118,39 +153,12 @@ def main(argv=None) -> int:
                         help="also time cold and cached prepare of this MIDI folder against pretty_midi reading it")
     parser.add_argument("--skip-memory", action="store_true", help="skip the Bach parse and memory measurements")
     args = parser.parse_args(argv)
-    from keras_music import config as config_lib, prepare
-
     results = {"cpu_count": os.cpu_count()}
     if args.midi:
         results["real_midi"] = real_midi(args.midi)
-    if args.skip_memory:
-        if args.json:
-            with open(args.json, "w") as handle:
-                json.dump(results, handle, indent=2)
-        return 0
-    with tempfile.TemporaryDirectory() as cache:
-        serial, files = parse_throughput([args.data], 1, None)
-        parallel, _ = parse_throughput([args.data], os.cpu_count() or 1, cache)
-        cached, _ = parse_throughput([args.data], os.cpu_count() or 1, cache)
-    results["parse"] = {"files": files, "serial_files_per_second": serial, "parallel_files_per_second": parallel,
-                        "cached_files_per_second": cached, "cached_speedup_vs_parallel": cached / parallel,
-                        "cached_speedup_vs_serial": cached / serial}
-    print(f"parse {files} files: serial {serial:.1f} files/s, parallel ({os.cpu_count()} workers) "
-          f"{parallel:.1f} files/s, cached {cached:.1f} files/s ({cached / parallel:.0f}x parallel)")
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = args.run_dir
-        if run_dir is None:
-            run_dir = tmp
-            prepare.prepare(config_lib.load([], [f"data.sources=[{args.data}]"]), run_dir, show_progress=False,
-                            log=lambda *a: None)
-        results["memory"] = {}
-        for factor in (1, 10):
-            runs = [pipeline_memory(run_dir, factor, 128, 32) for _ in range(args.repeat)]
-            results["memory"][f"{factor}x"] = runs
-            peaks = ", ".join(f"{r['peak_mib']:.0f}" for r in runs)
-            growth = ", ".join(f"{r['peak_mib'] - r['baseline_mib']:.0f}" for r in runs)
-            print(f"dataset pipeline {factor:>2}x corpus ({runs[0]['tokens']:,} tokens, {runs[0]['batches']} batches): "
-                  f"peak RSS {peaks} MiB; growth during the epoch {growth} MiB")
+    if not args.skip_memory:
+        results["parse"] = parse_speeds(args.data)
+        results["memory"] = memory(args.run_dir, args.data, args.repeat)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)
