@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 
 def number(value, digits: int = 3, grouped: bool = False) -> str:
@@ -64,3 +65,10 @@ def table_cell(value, digits: int = 2) -> str:
 def nan_if_none(value) -> float:
     """A plotted value: None (a missing value in JSON) becomes NaN, which matplotlib leaves out."""
     return math.nan if value is None else float(value)
+
+
+def shown(value) -> str:
+    """A bad argument as an error message shows it: numbers plainly, anything else by repr."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return str(value)
+    return repr(value)

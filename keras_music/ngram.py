@@ -5,18 +5,13 @@ import numbers
 
 import numpy as np
 
+from keras_music import formatting as fmt
+
 # Fallback discount for a level whose count-of-counts cannot support an estimate.
 DEFAULT_DISCOUNT = 0.75
 # Estimated discounts never go below this: a zero discount would leave no mass
 # for lower orders, and unseen tokens would get probability zero.
 MIN_DISCOUNT = 0.1
-
-
-def _shown(value):
-    """Formats a bad argument for an error message: numbers plainly, others by repr."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return str(value)
-    return repr(value)
 
 
 def _estimate_discounts(count_of_counts):
@@ -166,14 +161,14 @@ class NGramModel:
 
     def __init__(self, order: int, vocabulary_size: int, discount=None):
         if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order < 1:
-            raise ValueError(f"order must be an integer >= 1, got {_shown(order)}")
+            raise ValueError(f"order must be an integer >= 1, got {fmt.shown(order)}")
         if (
             isinstance(vocabulary_size, bool)
             or not isinstance(vocabulary_size, numbers.Integral)
             or vocabulary_size < 1
         ):
             raise ValueError(
-                f"vocabulary_size must be an integer >= 1, got {_shown(vocabulary_size)}"
+                f"vocabulary_size must be an integer >= 1, got {fmt.shown(vocabulary_size)}"
             )
         if discount is not None and (
             isinstance(discount, bool)
@@ -181,7 +176,7 @@ class NGramModel:
             or not 0 < discount <= 1
         ):
             raise ValueError(
-                f"discount must be None (estimated) or in (0, 1], got {_shown(discount)}"
+                f"discount must be None (estimated) or in (0, 1], got {fmt.shown(discount)}"
             )
         self.order = int(order)
         self.vocabulary_size = int(vocabulary_size)

@@ -5,6 +5,8 @@ import numbers
 
 import numpy as np
 
+from keras_music import formatting as fmt
+
 # Where the default run's generated pieces sit closest to held-out ones on the report's
 # metrics (README, "What the default run reaches"); config.train.sample_temperature agrees.
 DEFAULT_TEMPERATURE = 0.9
@@ -13,13 +15,6 @@ DEFAULT_TEMPERATURE = 0.9
 # nucleus whose exact sum equals top_p is not widened by float rounding
 # (0.5 + 0.3 is 0.7999999999999999 in float64).
 _TOP_P_TOLERANCE = 1e-9
-
-
-def _shown(value):
-    """Formats a bad argument for an error message: numbers plainly, others by repr."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return str(value)
-    return repr(value)
 
 
 def make_rng(seed=None):
@@ -42,17 +37,17 @@ def validate_sampling(temperature, top_k, top_p):
         or temperature < 0
     ):
         raise ValueError(
-            f"temperature must be >= 0 (0 means greedy), got {_shown(temperature)}"
+            f"temperature must be >= 0 (0 means greedy), got {fmt.shown(temperature)}"
         )
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0 means off), got {_shown(top_k)}")
+        raise ValueError(f"top_k must be an integer >= 0 (0 means off), got {fmt.shown(top_k)}")
     if (
         isinstance(top_p, bool)
         or not isinstance(top_p, numbers.Real)
         or not math.isfinite(top_p)
         or not 0 < top_p <= 1
     ):
-        raise ValueError(f"top_p must be in (0, 1] (1 means off), got {_shown(top_p)}")
+        raise ValueError(f"top_p must be in (0, 1] (1 means off), got {fmt.shown(top_p)}")
 
 
 def _as_probabilities(probabilities):

@@ -193,12 +193,15 @@ class Studio:
         if extension not in corpus.SCORE_EXTENSIONS:
             raise StudioError(f"{filename!r} is not a score file (expected one of {', '.join(corpus.SCORE_EXTENSIONS)})",
                               415)
-        # The same guarded parse as corpus files: any failure comes back as a reason, never an exception.
-        parsed = corpus.parse_bytes(filename, data, corpus.ParseSettings(normalize_key=False, min_events=1))
-        if parsed["status"] != "parsed":
-            raise StudioError(f"{filename} is not usable music: {parsed['reason']}", 422)
         primer_id = uuid.uuid4().hex
-        storage.write_bytes(os.path.join(self.out_dir, "primers", primer_id + extension), data)
+        path = os.path.join(self.out_dir, "primers", primer_id + extension)
+        storage.write_bytes(path, data)
+        # Read as a corpus file is (bounded, parsed in a worker under the parse timeout, cached): a
+        # hostile upload costs a reason, never the server. Generation parses it again with the run's settings.
+        parsed = corpus.parse_path(path, corpus.ParseSettings(normalize_key=False))
+        if parsed.get("status") != "used":
+            os.remove(path)
+            raise StudioError(f"{filename} is not usable music: {parsed.get('reason', 'cannot be read')}", 422)
         return {"id": primer_id, "name": filename, "notes": len(parsed["notes"])}
 
     def primer_path(self, primer_id: str) -> str:
