@@ -52,6 +52,7 @@ def _export(run_dir, quantize, parity_windows, parity_steps, show_progress, log,
     config = run_lib.load_config(run_dir)
     vocabulary = run_lib.load_vocabulary(run_dir)
     model = run_lib.load_model(run_dir, vocabulary)
+    sizes = model_lib.describe(model)
     data = export_parity.parity_data(run_dir, config.data.seq_length, vocabulary, parity_windows, parity_steps,
                                      banned_ids(vocabulary))
     if separate_conversion is None:
@@ -74,7 +75,7 @@ def _export(run_dir, quantize, parity_windows, parity_steps, show_progress, log,
                                               show_progress=show_progress)
         artifacts = _artifacts(parity, saved_model_dir, loaded, tflite_paths)
         web_summary = _write_web(run_dir, out, vocab_file, tflite_paths, runtime) if web else None
-        report = _report(model_lib.describe(model), vocabulary, vocab_file, data, parity, artifacts, web_summary)
+        report = _report(sizes, vocabulary, vocab_file, data, parity, artifacts, web_summary)
         # Generators that load these files check them against the checksums first.
         report["sha256"] = file_digests(out)
         storage.write_json(os.path.join(out, REPORT), report)

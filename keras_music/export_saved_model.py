@@ -33,6 +33,9 @@ def write_saved_model(model, vocabulary, vocab_file: str, directory: str) -> Non
     def serve(tokens_in):
         return {"probabilities": model(tokens_in, training=False)}
 
+    def initial_state(batch_size):
+        return {"state": tf.zeros(tf.stack([batch_size, num_rows, hidden_size]), dtype=tf.float32)}
+
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serve,
@@ -45,14 +48,14 @@ def write_saved_model(model, vocabulary, vocab_file: str, directory: str) -> Non
         tf.TensorSpec([], tf.int32, name="num_steps"),
         tf.TensorSpec([], tf.float32, name="temperature"),
         tf.TensorSpec([], tf.int32, name="seed")])
-    archive.add_endpoint("initial_state", _initial_state_function(num_rows, hidden_size),
+    archive.add_endpoint("initial_state", initial_state,
                          input_signature=[tf.TensorSpec([], tf.int32, name="batch_size")])
     _attach_vocabulary(archive, vocab_file)
     archive.write_out(directory, verbose=False)
 
 
 def write_step_saved_model(model, directory: str) -> None:
-    """A SavedModel with only the batch-1 `step` signature: what the TFLite converter reads.
+    """A SavedModel whose `step` signature takes batch 1: what the TFLite converter reads.
 
     Static shapes keep every op a TFLite builtin.
     """
@@ -78,16 +81,6 @@ def _step_function(step_model):
         return {"probabilities": out["probabilities"], "next_state": out["next_state"]}
 
     return step
-
-
-def _initial_state_function(num_rows: int, hidden_size: int):
-    """`initial_state(batch_size)`: the zero state a generation starts from."""
-    import tensorflow as tf
-
-    def initial_state(batch_size):
-        return {"state": tf.zeros(tf.stack([batch_size, num_rows, hidden_size]), dtype=tf.float32)}
-
-    return initial_state
 
 
 def _generate_function(step_model, vocabulary):
