@@ -109,7 +109,7 @@ def _relative_files(directory: str) -> list[str]:
 
 
 class TFLiteBackend:
-    """A .tflite file's `step` signature (RUN/export/`file` unless `path`) through the LiteRT interpreter (no TensorFlow)."""
+    """A .tflite file's `step` signature (RUN/export/`file` unless `path`), run by LiteRT (no TensorFlow)."""
 
     name = "tflite"
 

@@ -1,4 +1,4 @@
-"""The exported SavedModels: the run's (serving_default, step, generate, initial_state) and the batch-1 step one TFLite reads."""
+"""The exported SavedModels: the run's four signatures, and the batch-1 `step` one the TFLite converter reads."""
 
 from __future__ import annotations
 

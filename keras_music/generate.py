@@ -397,7 +397,8 @@ class Generator:
         if tempo is not None and not tempo > 0:
             raise GenerateError(f"tempo must be a positive number of beats per minute, got {tempo!r}")
         program = instrument_program(instrument) if instrument is not None else None
-        writer = piece_files.Writer(self.run_dir, tempo, instrument, program, prefix, audio, soundfont, self.log)
+        writer = piece_files.Writer(self.run_dir, self.log, tempo=tempo, instrument=instrument, program=program,
+                                    prefix=prefix, audio=audio, soundfont=soundfont)
         return writer.write(list(pieces), out_dir, replace)
 
 

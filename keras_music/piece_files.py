@@ -105,18 +105,19 @@ class Writer:
     """
 
     run_dir: str
+    log: Callable[[str], None]  # told when numbering continues after pieces already in the folder
     tempo: float | None = None
     instrument: str | None = None
     program: int | None = None
     prefix: str = "sample"
     audio: str = audio_lib.DEFAULT_FORMAT
     soundfont: str | None = None
-    log: Callable[[str], None] = print
 
     def write(self, pieces: list[Piece], out_dir: str, replace: bool = False) -> list[str]:
         """Every piece's files into `out_dir`, numbered after the pieces already there; returns the paths.
 
-        With `replace`, `out_dir` is replaced as a whole instead (numbering from 1).
+        Each piece is made in a hidden staging folder and moved in whole, its JSON record
+        last. With `replace`, `out_dir` is replaced as a whole instead (numbering from 1).
         """
         if replace:
             with storage.atomic_directory(out_dir) as staging:

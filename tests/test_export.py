@@ -1,4 +1,4 @@
-"""Tests for keras_music.export: the command's files, report and table, its failures, and the consumers outside keras_music."""
+"""Tests for keras_music.export: the command's files, report, table and failures, and the consumers outside it."""
 
 import contextlib
 import importlib.util
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from keras_music import events, export, formatting as fmt, export_parity, export_saved_model, model as model_lib, run as run_lib, sampling
+from keras_music import (events, export, export_parity, export_saved_model, formatting as fmt, model as model_lib,
+                         run as run_lib, sampling)
 from keras_music.vocabulary import Vocabulary
 
 pytestmark = pytest.mark.slow

@@ -278,11 +278,10 @@ def test_pad_and_unk_are_never_sampled(run_dir, generator):
 
 
 def test_a_backend_for_another_vocabulary_is_refused(run_dir, generator):
-    wrong = UniformBackend(len(generator.vocabulary) + 1)
-    with pytest.raises(generate.GenerateError, match=f"the uniform model has {len(generator.vocabulary) + 1} tokens but "
-                                                     f".*vocab.json has {len(generator.vocabulary)}: re-export the run "
-                                                     "with python -m keras_music.export --run-dir"):
-        generate.Generator(run_dir, backend=wrong)
+    size = len(generator.vocabulary)
+    with pytest.raises(generate.GenerateError, match=f"the uniform model has {size + 1} tokens but .*vocab.json has "
+                                                     f"{size}: re-export the run with python -m keras_music.export"):
+        generate.Generator(run_dir, backend=UniformBackend(size + 1))
 
 
 def test_bad_write_settings_raise_errors_naming_the_value(generator, tmp_path):

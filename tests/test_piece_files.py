@@ -116,7 +116,7 @@ def test_bad_timing_in_a_manifest_never_reaches_the_files(generator, tmp_path):
                                    "parts": [{"program": 400}], "notes": [[0, 24, 60, 0]]})
     piece = generator.generate(num_samples=1, length=4, seed=3, primer_tokens=[])[0]
     piece = dataclasses.replace(piece, timing=dict(timing, tempos=[[0.0, 90.0]]))
-    writer = piece_files.Writer(generator.run_dir, audio="none", log=lambda message: None)
+    writer = piece_files.Writer(generator.run_dir, log=lambda message: None, audio="none")
     paths = writer.write([piece], str(tmp_path / "out"))
     assert sorted(os.path.basename(p) for p in paths) == [f"sample-01{e}" for e in (".json", ".mid", ".musicxml",
                                                                                     ".png")]
