@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
 import numpy as np
 
-from keras_music import audio as audio_lib, events, formatting as fmt, run as run_lib, sampling, storage
+from keras_music import audio as audio_lib, events, formatting as fmt, piece_files, run as run_lib, sampling, storage
+from keras_music.backends import BACKENDS, export_command, make_backend
 from keras_music.errors import KerasMusicError
-from keras_music.vocabulary import Vocabulary
+from keras_music.pieces import Piece, default_timing, record_timing, within_primer
 
-BACKENDS = ("keras", "savedmodel", "tflite")
 # The default primer is the opening of a held-out piece: this many tokens, cut back
 # to the last complete sonority.
 DEFAULT_PRIMER_TOKENS = (8, 32)
@@ -38,252 +35,7 @@ DEFAULT_PRIMER_EVENTS = 16
 
 
 class GenerateError(KerasMusicError, ValueError):
-    """Generation cannot run as asked (primer, export artifacts, settings); the message says why."""
-
-
-def _export_command(run_dir: str) -> str:
-    import shlex
-
-    return f"python -m keras_music.export --run-dir {shlex.quote(str(run_dir))}"
-
-
-def _export_missing(path: str, run_dir: str) -> GenerateError:
-    return GenerateError(f"{path} is missing: export the run first with {_export_command(run_dir)}")
-
-
-# ----------------------------------------------------------------------------- backends
-
-class KerasBackend:
-    """The trained Keras model driven one token at a time through model.StepModel."""
-
-    name = "keras"
-
-    def __init__(self, run_dir: str, vocabulary: Vocabulary | None = None, model=None):
-        from keras_music import model as model_lib
-
-        self.model = model if model is not None else run_lib.load_model(run_dir, vocabulary)
-        self.step_model = model_lib.StepModel(self.model)
-        self.vocabulary_size = self.step_model.vocabulary_size
-        self.state_shape = tuple(self.step_model.state_shape)
-
-    def initial_state(self, batch: int) -> np.ndarray:
-        return self.step_model.initial_state(batch)
-
-    def step(self, token_ids, state):
-        return self.step_model.step(np.asarray(token_ids, np.int32), np.asarray(state, np.float32))
-
-
-class SavedModelBackend:
-    """RUN/export/saved_model's `step` signature, loaded with plain TensorFlow."""
-
-    name = "savedmodel"
-
-    def __init__(self, run_dir: str, path: str | None = None):
-        import tensorflow as tf
-
-        self.path = path or run_lib.path(run_dir, run_lib.EXPORT, run_lib.SAVED_MODEL)
-        if not storage.exists(storage.join(self.path, "saved_model.pb")):
-            raise _export_missing(self.path, run_dir)
-        if path is None:
-            names = [f"{run_lib.SAVED_MODEL}/{name}" for name in _relative_files(self.path)]
-            run_lib.check_export_files(run_dir, names)
-        try:
-            self.loaded = tf.saved_model.load(self.path)
-        except Exception as error:  # tf.errors.* for a damaged SavedModel
-            text = (getattr(error, "message", None) or str(error)).strip().splitlines()
-            raise GenerateError(f"{self.path} cannot be loaded ({type(error).__name__}: {text[0] if text else ''}): "
-                                f"re-export with {_export_command(run_dir)}") from None
-        if "step" not in self.loaded.signatures:
-            raise GenerateError(f"{self.path} has no `step` signature (found {sorted(self.loaded.signatures)}): "
-                                f"re-export with {_export_command(run_dir)}")
-        self._step = self.loaded.signatures["step"]
-        state_spec = self._step.structured_input_signature[1]["state"]
-        self.state_shape = tuple(int(d) for d in state_spec.shape[1:])
-        self.vocabulary_size = int(self._step.structured_outputs["probabilities"].shape[-1])
-        self._tf = tf
-
-    def initial_state(self, batch: int) -> np.ndarray:
-        return np.zeros((batch,) + self.state_shape, np.float32)
-
-    def step(self, token_ids, state):
-        tf = self._tf
-        out = self._step(token=tf.constant(np.asarray(token_ids, np.int32)),
-                         state=tf.constant(np.asarray(state, np.float32)))
-        return out["probabilities"].numpy(), out["next_state"].numpy()
-
-
-class TFLiteBackend:
-    """A RUN/export/*.tflite file's `step` signature through the LiteRT interpreter (no TensorFlow)."""
-
-    name = "tflite"
-
-    def __init__(self, run_dir: str, file: str = run_lib.TFLITE_FILES["none"], path: str | None = None):
-        self.path = path or run_lib.path(run_dir, run_lib.EXPORT, file)
-        if not storage.exists(self.path):
-            raise _export_missing(self.path, run_dir)
-        if path is None:
-            run_lib.check_export_files(run_dir, [file])
-        from ai_edge_litert.interpreter import Interpreter
-
-        try:
-            self.interpreter = Interpreter(model_content=storage.read_bytes(self.path))
-        except ValueError as error:  # not a TFLite flatbuffer
-            raise GenerateError(f"{self.path} cannot be loaded ({error}): re-export with "
-                                f"{_export_command(run_dir)}") from None
-        signatures = self.interpreter.get_signature_list()
-        if "step" not in signatures:
-            raise GenerateError(f"{self.path} has no `step` signature (found {sorted(signatures)}): "
-                                f"re-export with {_export_command(run_dir)}")
-        self.runner = self.interpreter.get_signature_runner("step")
-        inputs = self.runner.get_input_details()
-        outputs = self.runner.get_output_details()
-        self.state_shape = tuple(int(d) for d in inputs["state"]["shape"][1:])
-        self.vocabulary_size = int(outputs["probabilities"]["shape"][-1])
-
-    def initial_state(self, batch: int) -> np.ndarray:
-        return np.zeros((batch,) + self.state_shape, np.float32)
-
-    def step(self, token_ids, state):
-        token_ids = np.asarray(token_ids, np.int32)
-        state = np.asarray(state, np.float32)
-        probabilities = np.empty((len(token_ids), self.vocabulary_size), np.float32)
-        next_state = np.empty_like(state)
-        # The exported TFLite signature has its batch fixed to 1 (what a phone app
-        # runs), so a batch is stepped one row at a time here.
-        for row in range(len(token_ids)):
-            out = self.runner(token=token_ids[row:row + 1], state=state[row:row + 1])
-            probabilities[row] = out["probabilities"][0]
-            next_state[row] = out["next_state"][0]
-        return probabilities, next_state
-
-
-def _relative_files(directory: str) -> list[str]:
-    """Every file below a local or remote directory, as '/'-joined paths relative to it."""
-    out = []
-    for file in storage.walk_files(directory):
-        relative = file[len(str(directory).rstrip("/")) + 1:]
-        out.append(relative.replace(os.sep, "/"))
-    return sorted(out)
-
-
-def _check_exported_vocabulary(run_dir: str, vocabulary: Vocabulary | None) -> None:
-    exported = run_lib.path(run_dir, run_lib.EXPORT, run_lib.EXPORT_VOCAB)
-    if vocabulary is None or not storage.exists(exported):
-        return
-    if Vocabulary.load(exported).tokens != vocabulary.tokens:
-        raise GenerateError(f"{exported} differs from {run_lib.path(run_dir, run_lib.VOCAB)}: the export is stale; "
-                            f"re-export with {_export_command(run_dir)}")
-
-
-def make_backend(run_dir: str, backend: str, vocabulary: Vocabulary | None = None):
-    if backend == "keras":
-        return KerasBackend(run_dir, vocabulary)
-    if backend in ("savedmodel", "tflite"):
-        _check_exported_vocabulary(run_dir, vocabulary)
-    if backend == "savedmodel":
-        return SavedModelBackend(run_dir)
-    if backend == "tflite":
-        return TFLiteBackend(run_dir)
-    raise GenerateError(f"unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
-
-
-# ----------------------------------------------------------------------------- pieces
-
-@dataclasses.dataclass
-class Piece:
-    tokens: list[str]  # generated tokens only (no primer, no boundary)
-    primer_tokens: list[str]
-    ids: list[int]  # ids of `tokens`
-    sonorities: list  # decoded primer + generated sonorities
-    notes: np.ndarray  # (n, 3) onset/duration/pitch of primer + generated
-    primer_events: int  # how many of `sonorities` belong to the primer
-    stop_reason: str  # "length" | "boundary" | "token_limit" (no sonority ever closed)
-    repairs: dict
-    seed: int = 0
-    index: int = 0  # row in the batch that produced it
-    settings: dict = dataclasses.field(default_factory=dict)
-    primer_source: str = ""
-    unknown_primer_tokens: list = dataclasses.field(default_factory=list)
-    # Where the piece sits in time: its first note's position ("start", quarter notes, so a
-    # primer's pickup keeps its place in the bar), tempo map, time signatures and program,
-    # inherited from the primer or, without one, the corpus's typical values.
-    timing: dict = dataclasses.field(default_factory=lambda: default_timing())
-
-    @property
-    def time_signature(self) -> tuple[int, int]:
-        """The metre in force where the piece starts."""
-        start = self.timing["start"]
-        current = [s for s in self.timing["time_signatures"] if s[0] <= start] or self.timing["time_signatures"][:1]
-        return tuple(current[-1][1:3])
-
-    @property
-    def events(self) -> int:
-        """Generated sonorities (the primer's excluded)."""
-        return len(self.sonorities) - self.primer_events
-
-    @property
-    def primer_duration(self) -> float:
-        """Quarter notes the primer occupies at the start of the piece."""
-        return float(sum(s.duration for s in self.sonorities[:self.primer_events]))
-
-
-def default_timing(tempo: float = 120.0, time_signature=(4, 4), program: int = 0) -> dict:
-    return {"start": 0.0, "tempos": [[0.0, float(tempo)]],
-            "time_signatures": [[0.0, int(time_signature[0]), int(time_signature[1])]], "program": int(program)}
-
-
-def _finite_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-
-
-def record_timing(record: dict) -> dict:
-    """A parsed file's (or manifest entry's) timing: start, tempo map, metre and its main program.
-
-    Entries that no parser writes (a damaged or edited manifest) are left out, so a piece
-    always gets a tempo and metre MIDI and MusicXML can hold.
-    """
-    counts: dict[int, int] = {}
-    for note in record.get("notes") or ():
-        part = note[3] if len(note) > 3 else 0
-        counts[part] = counts.get(part, 0) + 1
-    parts = [p for p in (record.get("parts") or []) if isinstance(p, dict)] or [{"program": 0}]
-    main = max(counts, key=counts.get) if counts else 0
-    program = parts[main].get("program", 0) if isinstance(main, int) and 0 <= main < len(parts) else \
-        parts[0].get("program", 0)
-    if isinstance(program, bool) or not isinstance(program, int) or not 0 <= program <= 127:
-        program = 0
-    fallback = default_timing()
-    tempos = [[float(t[0]), float(t[1])] for t in record.get("tempos") or ()
-              if isinstance(t, (list, tuple)) and len(t) == 2 and _finite_number(t[0]) and t[0] >= 0 and _finite_number(t[1])
-              and t[1] > 0]
-    signatures = [[float(t[0]), t[1], t[2]] for t in record.get("time_signatures") or ()
-                  if isinstance(t, (list, tuple)) and len(t) == 3 and _finite_number(t[0]) and t[0] >= 0
-                  and events.valid_time_signature(t[1], t[2])]
-    start = record.get("start") or 0.0
-    return {"start": float(start) if _finite_number(start) and start >= 0 else 0.0,
-            "tempos": tempos or fallback["tempos"],
-            "time_signatures": signatures or fallback["time_signatures"],
-            "program": int(program)}
-
-
-def _within_primer(timing: dict, primer_duration: float) -> dict:
-    """The primer's tempo map and metre up to its end; the continuation keeps what is in force there."""
-    end = timing["start"] + primer_duration
-    out = dict(timing)
-    for key in ("tempos", "time_signatures"):
-        entries = sorted(timing[key], key=lambda e: e[0])
-        out[key] = [e for e in entries if e[0] < end or e[0] <= timing["start"]] or entries[:1]
-    return out
-
-
-def with_overrides(timing: dict, tempo: float | None = None, program: int | None = None) -> dict:
-    """`--tempo` replaces the whole tempo map with one tempo; `--instrument` replaces the program."""
-    out = dict(timing)
-    if tempo is not None:
-        out["tempos"] = [[0.0, float(tempo)]]
-    if program is not None:
-        out["program"] = int(program)
-    return out
+    """Generation cannot run as asked (primer, settings, a model that does not fit the run); the message says why."""
 
 
 def instrument_program(name: str) -> int:
@@ -298,17 +50,6 @@ def instrument_program(name: str) -> int:
     return int(program) if program is not None else 0
 
 
-def piece_midi(piece: Piece, title: str = "") -> bytes:
-    """The piece as a MIDI file: its notes at their place on the timeline, its tempo map, metre and program."""
-    from keras_music import midi
-
-    start = float(piece.timing.get("start", 0.0))
-    notes = [(start + onset, start + onset + duration, int(pitch), 80, 0)
-             for onset, duration, pitch in np.asarray(piece.notes, float).reshape(-1, 3)]
-    parts = [{"program": int(piece.timing.get("program", 0)), "channel": 1, "name": title}]
-    return midi.write(notes, piece.timing["tempos"], piece.timing["time_signatures"], parts, title=title)
-
-
 def opening_events(tokens: list[str], count: int, representation: str = "note") -> list[str]:
     """The tokens of the first `count` (>= 1) events: all of them when there are fewer."""
     ends = events.event_ends(tokens, representation)
@@ -319,11 +60,14 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _is_integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _row_lengths(length, num_samples: int) -> np.ndarray:
     """`length` as one event count per row: an integer for every row, or a sequence of them."""
     values = list(length) if isinstance(length, (list, tuple, np.ndarray)) else [length] * num_samples
-    if len(values) != num_samples or any(
-            isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= MAX_LENGTH for v in values):
+    if len(values) != num_samples or any(not _is_integer(v) or not 1 <= v <= MAX_LENGTH for v in values):
         raise GenerateError(f"length must be an integer in 1..{MAX_LENGTH} (events to generate) or one such "
                             f"integer per piece ({num_samples}), got {length!r}")
     return np.asarray(values, np.int64)
@@ -333,6 +77,56 @@ def _rng_for_primers(seed: int):
     # A stream separate from the sampler's, so choosing a primer never shifts the
     # sampled tokens of an otherwise identical run.
     return sampling.make_rng([int(seed), 1])
+
+
+def _checked_settings(num_samples, length, seed, temperature, top_k, top_p, primer_events, min_length):
+    """Every setting checked before anything is read: (events per row, min_length per row)."""
+    if not _is_integer(num_samples) or not 1 <= num_samples <= MAX_NUM_SAMPLES:
+        raise GenerateError(f"num_samples must be an integer in 1..{MAX_NUM_SAMPLES}, got {num_samples!r}")
+    lengths = _row_lengths(length, num_samples)
+    if not _is_integer(seed) or seed < 0:
+        raise GenerateError(f"seed must be an integer >= 0, got {seed!r}")
+    try:
+        sampling.validate_sampling(temperature, top_k, top_p)
+    except ValueError as error:
+        raise GenerateError(str(error)) from None
+    if not _is_integer(primer_events) or primer_events < 1:
+        raise GenerateError(f"primer_events must be an integer >= 1, got {primer_events!r}")
+    if not _is_integer(min_length) or min_length < 0:
+        raise GenerateError(f"min_length must be an integer >= 0 (events), got {min_length!r}")
+    return lengths, np.minimum(int(min_length), lengths)
+
+
+class _Rows:
+    """What each row of the batch has sampled so far, how many events that is, and why it stopped."""
+
+    def __init__(self, lengths: np.ndarray, min_lengths: np.ndarray):
+        self.lengths, self.min_lengths = lengths, min_lengths
+        self.ids: list[list[int]] = [[] for _ in lengths]
+        self.events = np.zeros(len(lengths), np.int64)
+        self.finished = np.zeros(len(lengths), bool)
+        self.stop = ["token_limit"] * len(lengths)
+
+    def early(self) -> np.ndarray:
+        """Rows still short of their min_length."""
+        return self.events < self.min_lengths
+
+    def take(self, ids, boundary: int, is_event: np.ndarray) -> None:
+        """Append each unfinished row's id; the boundary or the row's last event finishes it."""
+        for row in np.flatnonzero(~self.finished):
+            token_id = int(ids[row])
+            if token_id == boundary:
+                self.finished[row], self.stop[row] = True, "boundary"
+                continue
+            self.ids[row].append(token_id)
+            if is_event[token_id]:
+                self.events[row] += 1
+                if self.events[row] >= self.lengths[row]:
+                    self.finished[row], self.stop[row] = True, "length"
+
+    def progress(self) -> int:
+        """Events every row has reached (a finished row counts as complete)."""
+        return int(np.where(self.finished, self.lengths.max(), self.events).min())
 
 
 class Generator:
@@ -354,8 +148,9 @@ class Generator:
         size = getattr(self.backend, "vocabulary_size", len(self.vocabulary))
         if size != len(self.vocabulary):
             raise GenerateError(f"the {self.backend_name} model has {size} tokens but {run_lib.path(run_dir, run_lib.VOCAB)} "
-                                f"has {len(self.vocabulary)}: re-export the run with {_export_command(run_dir)}")
+                                f"has {len(self.vocabulary)}: re-export the run with {export_command(run_dir)}")
         self.banned = np.array([self.vocabulary.pad_id, self.vocabulary.unk_id], np.int64)
+        self.banned_early = np.append(self.banned, self.vocabulary.boundary_id)
         self.is_event = np.array([events.ends_event(t, self.representation) for t in self.vocabulary.tokens], bool)
         self.grammar = sampling.Grammar(events.grammar_table(self.vocabulary.tokens, self.representation))
         self._held_out = None
@@ -512,87 +307,59 @@ class Generator:
         tokens the representation's grammar allows (`sampling.Grammar`), so decoding
         has nothing to repair.
         """
-        if (isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer))
-                or not 1 <= num_samples <= MAX_NUM_SAMPLES):
-            raise GenerateError(f"num_samples must be an integer in 1..{MAX_NUM_SAMPLES}, got {num_samples!r}")
-        lengths = _row_lengths(length, num_samples)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise GenerateError(f"seed must be an integer >= 0, got {seed!r}")
-        try:
-            sampling.validate_sampling(temperature, top_k, top_p)
-        except ValueError as error:
-            raise GenerateError(str(error)) from None
-        if isinstance(primer_events, bool) or not isinstance(primer_events, (int, np.integer)) or primer_events < 1:
-            raise GenerateError(f"primer_events must be an integer >= 1, got {primer_events!r}")
+        lengths, min_lengths = _checked_settings(num_samples, length, seed, temperature, top_k, top_p,
+                                                 primer_events, min_length)
         primers = self._primers(num_samples, _rng_for_primers(seed), primer, primer_tokens, strict, primer_events)
-        boundary = self.vocabulary.boundary_id
-        sequences = [[boundary] + self.vocabulary.encode(primer[0]) for primer in primers]
+        sequences = [[self.vocabulary.boundary_id] + self.vocabulary.encode(primer[0]) for primer in primers]
         probabilities, state = self.prime(sequences)
-
-        rng = sampling.make_rng(seed)
-        generated: list[list[int]] = [[] for _ in range(num_samples)]
-        event_counts = np.zeros(num_samples, np.int64)
-        finished = np.zeros(num_samples, bool)
-        stop = ["token_limit"] * num_samples
-        if isinstance(min_length, bool) or not isinstance(min_length, (int, np.integer)) or min_length < 0:
-            raise GenerateError(f"min_length must be an integer >= 0 (events), got {min_length!r}")
-        min_lengths = np.minimum(int(min_length), lengths)
-        longest = int(lengths.max())
-        banned_early = np.append(self.banned, boundary)
-        max_tokens = longest * MAX_TOKENS_PER_EVENT
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=longest, desc="generating", unit="event", disable=not show_progress, file=sys.stderr)
-        shown = 0
-        grammar = self.grammar_state(sequences)
-        try:
-            for step in range(max_tokens):
-                if step == max_tokens - 1:
-                    # A token started now could never be closed: rows between
-                    # sonorities stop here and the others may only close theirs.
-                    finished |= grammar.phase == 0
-                    if finished.all():
-                        break
-                allowed = self.grammar.allowed(grammar, closing=np.full(num_samples, step == max_tokens - 1))
-                early = event_counts < min_lengths
-                if early.any():
-                    # Rows still short of min_length may not end yet: the boundary is banned for them.
-                    ids = np.empty(num_samples, np.int64)
-                    ids[early] = sampling.sample_next(probabilities[early], rng, temperature, top_k, top_p,
-                                                      banned_early, allowed[early])
-                    if (~early).any():
-                        ids[~early] = sampling.sample_next(probabilities[~early], rng, temperature, top_k, top_p,
-                                                           self.banned, allowed[~early])
-                else:
-                    ids = sampling.sample_next(probabilities, rng, temperature, top_k, top_p, self.banned, allowed)
-                self.grammar.advance(grammar, ids, ~finished)
-                for row in np.flatnonzero(~finished):
-                    token_id = int(ids[row])
-                    if token_id == boundary:
-                        finished[row], stop[row] = True, "boundary"
-                        continue
-                    generated[row].append(token_id)
-                    if self.is_event[token_id]:
-                        event_counts[row] += 1
-                        if event_counts[row] >= lengths[row]:
-                            finished[row], stop[row] = True, "length"
-                progress = int(np.where(finished, longest, event_counts).min())
-                if progress > shown:
-                    bar.update(progress - shown)
-                    shown = progress
-                if finished.all():
-                    break
-                # Finished rows keep stepping with the rest of the batch; their output is ignored.
-                probabilities, state = self.backend.step(ids.astype(np.int32), state)
-        finally:
-            bar.close()
-
+        rows = _Rows(lengths, min_lengths)
+        self._sample(rows, probabilities, state, self.grammar_state(sequences), sampling.make_rng(seed),
+                     (temperature, top_k, top_p), show_progress)
         settings = {"backend": self.backend_name, "num_samples": num_samples,
                     "temperature": float(temperature), "top_k": int(top_k), "top_p": float(top_p),
                     "representation": self.representation}
-        return [self._piece(row, primers[row], generated[row], stop[row], seed,
+        return [self._piece(row, primers[row], rows.ids[row], rows.stop[row], seed,
                             {**settings, "length": int(lengths[row]), "min_length": int(min_lengths[row])})
                 for row in range(num_samples)]
+
+    def _sample(self, rows: _Rows, probabilities, state, grammar, rng, how, show_progress: bool) -> None:
+        """Sample every row until it has its events or samples the boundary (`how`: temperature, top_k, top_p)."""
+        from tqdm.auto import tqdm
+
+        longest = int(rows.lengths.max())
+        max_tokens = longest * MAX_TOKENS_PER_EVENT
+        with tqdm(total=longest, desc="generating", unit="event", disable=not show_progress, file=sys.stderr) as bar:
+            shown = 0
+            for step in range(max_tokens):
+                last = step == max_tokens - 1
+                if last:
+                    # A token started now could never be closed: rows between
+                    # sonorities stop here and the others may only close theirs.
+                    rows.finished |= grammar.phase == 0
+                    if rows.finished.all():
+                        break
+                allowed = self.grammar.allowed(grammar, closing=np.full(len(rows.lengths), last))
+                ids = self._choose(probabilities, allowed, rows.early(), rng, how)
+                self.grammar.advance(grammar, ids, ~rows.finished)
+                rows.take(ids, self.vocabulary.boundary_id, self.is_event)
+                progress = rows.progress()
+                if progress > shown:
+                    bar.update(progress - shown)
+                    shown = progress
+                if rows.finished.all():
+                    break
+                # Finished rows keep stepping with the rest of the batch; their output is ignored.
+                probabilities, state = self.backend.step(ids.astype(np.int32), state)
+
+    def _choose(self, probabilities, allowed, early, rng, how) -> np.ndarray:
+        """The next id of every row; rows still short of min_length may not end yet (the boundary is banned)."""
+        if not early.any():
+            return sampling.sample_next(probabilities, rng, *how, self.banned, allowed)
+        ids = np.empty(len(early), np.int64)
+        ids[early] = sampling.sample_next(probabilities[early], rng, *how, self.banned_early, allowed[early])
+        if (~early).any():
+            ids[~early] = sampling.sample_next(probabilities[~early], rng, *how, self.banned, allowed[~early])
+        return ids
 
     def _piece(self, row, primer, ids, stop_reason, seed, settings) -> Piece:
         primer_tokens, source, unknown, timing = primer
@@ -607,7 +374,7 @@ class Generator:
                      primer_events=min(primer_events, len(sonorities)), stop_reason=stop_reason,
                      repairs=dict(report.repairs), seed=int(seed), index=row, settings=dict(settings),
                      primer_source=source, unknown_primer_tokens=list(unknown),
-                     timing=_within_primer(timing, float(sum(x.duration for x in primer_sonorities))))
+                     timing=within_primer(timing, float(sum(x.duration for x in primer_sonorities))))
 
     # ------------------------------------------------------------------ output
 
@@ -630,148 +397,9 @@ class Generator:
         if tempo is not None and not tempo > 0:
             raise GenerateError(f"tempo must be a positive number of beats per minute, got {tempo!r}")
         program = instrument_program(instrument) if instrument is not None else None
-        pieces = list(pieces)
-        if replace:
-            with storage.atomic_directory(out_dir) as staging:
-                paths = self._write_pieces(pieces, staging, 1, tempo, instrument, program, prefix, audio, soundfont)
-            return [storage.join(out_dir, os.path.basename(p)) for p in paths]
-        with run_lib.lock(out_dir, "python -m keras_music.generate"):
-            _remove_staging(out_dir, prefix)
-            first = next_number(out_dir, prefix)
-            if first > 1:
-                self.log(f"{out_dir} already holds pieces up to {prefix}-{first - 1:02d}: the new ones are "
-                         f"numbered from {prefix}-{first:02d}")
-            return self._write_pieces(pieces, out_dir, first, tempo, instrument, program, prefix, audio, soundfont)
-
-    def _write_pieces(self, pieces, out_dir, first, tempo, instrument, program, prefix, audio, soundfont):
-        width = max(2, len(str(first + len(pieces) - 1)))
-        paths = []
-        with ThreadPoolExecutor(max_workers=1) as renderer:
-            for offset, piece in enumerate(pieces):
-                number = first + offset
-                staging = _staging_dir(out_dir, prefix, number)
-                try:
-                    written = self._write_piece(piece, number, width, staging, tempo, instrument, program, prefix,
-                                                audio, soundfont, renderer)
-                    # The record goes last: a piece whose JSON exists is complete.
-                    written.sort(key=lambda p: p.endswith(".json"))
-                    for path in written:
-                        final = storage.join(out_dir, os.path.basename(path))
-                        if storage.is_remote(final):
-                            storage.write_bytes(final, storage.read_bytes(path))
-                        else:
-                            os.replace(path, final)
-                        paths.append(final)
-                finally:
-                    import shutil
-
-                    shutil.rmtree(staging, ignore_errors=True)
-        return paths
-
-    def _write_piece(self, piece, number, width, directory, tempo, instrument, program, prefix, audio, soundfont,
-                     renderer) -> list[str]:
-        """One piece's files into `directory`; its audio renders on `renderer` while the MusicXML and piano roll
-        are written."""
-        piece = dataclasses.replace(piece, timing=with_overrides(piece.timing, tempo, program))
-        stem = os.path.join(directory, f"{prefix}-{number:0{width}d}")
-        title = f"{prefix} {number} (keras_music)"
-        first_tempo = piece.timing["tempos"][0][1]
-        score = events.sonorities_to_stream(piece.sonorities, tempo=first_tempo, instrument=instrument or "Piano",
-                                            time_signature=tuple(piece.time_signature), title=title)
-        midi, musicxml, png, record = (stem + ".mid", stem + ".musicxml", stem + ".png", stem + ".json")
-        storage.write_bytes(midi, piece_midi(piece, title))
-        # Rendered from the written MIDI file, so the audio is exactly what the MIDI plays; the
-        # renderer releases the GIL, so it runs beside the MusicXML and the piano roll.
-        rendering = (renderer.submit(audio_lib.render_file, midi, stem + audio_lib.EXTENSIONS[audio], audio,
-                                     soundfont) if audio != audio_lib.NONE else None)
-        try:
-            with storage.atomic_local_path(musicxml, suffix=".musicxml") as tmp:
-                score.write("musicxml", fp=tmp)
-            plot_piano_roll(piece, png, title)
-        finally:
-            sound = rendering.result() if rendering is not None else None  # never leave it writing into `directory`
-        files = {"midi": os.path.basename(midi), "musicxml": os.path.basename(musicxml), "png": os.path.basename(png)}
-        if sound:
-            files["audio"] = os.path.basename(sound)
-        storage.write_json(record, {
-            "format": "keras_music.generated_piece", "version": 1,
-            "run_dir": str(self.run_dir), "seed": piece.seed, "index": piece.index,
-            "settings": dict(piece.settings, tempo=None if tempo is None else float(tempo), instrument=instrument),
-            "timing": piece.timing,
-            "stop_reason": piece.stop_reason, "events": piece.events, "primer_events": piece.primer_events,
-            "primer_source": piece.primer_source, "unknown_primer_tokens": piece.unknown_primer_tokens,
-            "repairs": piece.repairs, "primer_tokens": piece.primer_tokens, "tokens": piece.tokens,
-            "ids": piece.ids, "files": files,
-        })
-        return [p for p in (midi, musicxml, png, sound, record) if p]
-
-
-_STAGING = ".{prefix}-{number}.tmp-"
-
-
-def _staging_dir(out_dir: str, prefix: str, number: int) -> str:
-    """A hidden local directory in which one piece's files are made before they are moved into `out_dir`."""
-    import tempfile
-
-    parent = None if storage.is_remote(out_dir) else out_dir
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=_STAGING.format(prefix=prefix, number=number), dir=parent)
-
-
-def _remove_staging(out_dir: str, prefix: str) -> None:
-    """Staging directories left by a write that was killed outright (the out-dir lock proves nobody uses them)."""
-    import re
-    import shutil
-
-    if storage.is_remote(out_dir) or not os.path.isdir(out_dir):
-        return
-    pattern = re.compile(r"^\." + re.escape(prefix) + r"-\d+\.tmp-")
-    for name in os.listdir(out_dir):
-        if pattern.match(name) and os.path.isdir(os.path.join(out_dir, name)):
-            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
-
-
-def next_number(out_dir: str, prefix: str = "sample") -> int:
-    """The number after every `prefix-N.*` file already in `out_dir` (1 for a new or empty directory)."""
-    import re
-
-    if not storage.isdir(out_dir):
-        return 1
-    pattern = re.compile(r"^" + re.escape(prefix) + r"-(\d+)\.")
-    numbers = [int(m.group(1)) for m in map(pattern.match, storage.listdir(out_dir)) if m]
-    return max(numbers, default=0) + 1
-
-
-def plot_piano_roll(piece: Piece, path: str, title: str = "") -> None:
-    """Pitch against time in quarter notes; the primer region and notes are drawn apart from generated ones."""
-    from matplotlib.patches import Rectangle
-
-    from keras_music import plots
-
-    notes = np.asarray(piece.notes, float).reshape(-1, 3)
-    primer_end = piece.primer_duration
-    total = float(sum(s.duration for s in piece.sonorities)) or 1.0
-    figure, axis = plots.pyplot().subplots(figsize=(min(24.0, 6 + total / 8), 4.5))
-    if primer_end > 0:
-        axis.axvspan(0, primer_end, color="0.88", zorder=0, label="primer")
-    for is_primer, color, label in ((True, "0.45", "primer notes"), (False, "tab:blue", "generated notes")):
-        chosen = notes[(notes[:, 0] < primer_end) == is_primer] if len(notes) else notes
-        for onset, duration, pitch in chosen:
-            axis.add_patch(Rectangle((onset, pitch - 0.4), duration, 0.8, color=color, linewidth=0, zorder=2))
-        if len(chosen):
-            axis.plot([], [], color=color, linewidth=6, label=label)
-    low, high = (notes[:, 2].min(), notes[:, 2].max()) if len(notes) else (60, 72)
-    axis.set_xlim(0, total)
-    axis.set_ylim(low - 2, high + 2)
-    axis.set_xlabel("time (quarter notes)")
-    axis.set_ylabel("MIDI pitch")
-    axis.set_title(title or "piano roll")
-    axis.grid(alpha=0.25, zorder=1)
-    if axis.get_legend_handles_labels()[0]:
-        axis.legend(loc="upper right", fontsize="small")
-    figure.tight_layout()
-    plots.save(figure, path, dpi=90)
+        writer = piece_files.Writer(self.run_dir, self.log, tempo=tempo, instrument=instrument, program=program,
+                                    prefix=prefix, audio=audio, soundfont=soundfont)
+        return writer.write(list(pieces), out_dir, replace)
 
 
 def summary_line(name: str, piece: Piece) -> str:
@@ -792,7 +420,7 @@ def write_training_samples(run_dir: str, config) -> list[str]:
     pieces = generator.generate(num_samples=train.num_samples, length=train.sample_length,
                                 temperature=train.sample_temperature, seed=train.seed)
     # The run's own samples are one set: written as a whole, replacing an earlier set.
-    paths = generator.write(pieces, run_lib.path(run_dir, "samples"), replace=True)
+    paths = generator.write(pieces, run_lib.path(run_dir, run_lib.SAMPLES), replace=True)
     return [p for p in paths if p.endswith(".mid")]
 
 
@@ -858,19 +486,15 @@ def main(argv=None):
 
     parser, args = parse_args(argv)
     with cli.user_errors(parser):
-        try:
-            generator = Generator(args.run_dir, args.backend)
-            pieces = generator.generate(num_samples=args.num_samples, length=args.length, min_length=args.min_length,
-                                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                        seed=args.seed, primer=args.primer, primer_tokens=args.primer_tokens,
-                                        strict=args.strict, show_progress=not args.quiet,
-                                        primer_events=args.primer_events)
-            out_dir = args.out or run_lib.timestamped_dir(run_lib.path(args.run_dir, run_lib.GENERATED))
-            paths = generator.write(pieces, out_dir, tempo=args.tempo, instrument=args.instrument,
-                                    audio=args.audio, soundfont=args.soundfont)
-        except (GenerateError, audio_lib.AudioError) as error:
-            print(f"{parser.prog}: error: {error}", file=sys.stderr)
-            cli.finish(cli.DATA_EXIT)
+        generator = Generator(args.run_dir, args.backend)
+        pieces = generator.generate(num_samples=args.num_samples, length=args.length, min_length=args.min_length,
+                                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                    seed=args.seed, primer=args.primer, primer_tokens=args.primer_tokens,
+                                    strict=args.strict, show_progress=not args.quiet,
+                                    primer_events=args.primer_events)
+        out_dir = args.out or run_lib.timestamped_dir(run_lib.path(args.run_dir, run_lib.GENERATED))
+        paths = generator.write(pieces, out_dir, tempo=args.tempo, instrument=args.instrument,
+                                audio=args.audio, soundfont=args.soundfont)
         for path in paths:
             print(path)
         if args.primer:

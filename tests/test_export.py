@@ -1,10 +1,11 @@
-"""Export: SavedModel and TFLite parity with Keras, builtin-only ops, and the consumers outside keras_music."""
+"""Tests for keras_music.export: the command's files, report, table and failures, and the consumers outside it."""
 
 import contextlib
 import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from keras_music import events, export, model as model_lib, run as run_lib, sampling
+from keras_music import (events, export, export_parity, export_saved_model, formatting as fmt, model as model_lib,
+                         run as run_lib, sampling)
 from keras_music.vocabulary import Vocabulary
 
 pytestmark = pytest.mark.slow
@@ -54,58 +56,6 @@ def exported(run_dir):
     with open(os.path.join(directory, export.REPORT)) as handle:
         report = json.load(handle)
     return directory, report, output.getvalue()
-
-
-@pytest.fixture(scope="module")
-def keras_reference(run_dir):
-    vocabulary = run_lib.load_vocabulary(run_dir)
-    model = run_lib.load_model(run_dir, vocabulary)
-    config = run_lib.load_config(run_dir)
-    windows, _ = export.held_out_windows(run_dir, config.data.seq_length, vocabulary.boundary_id, PARITY_WINDOWS)
-    return model, model_lib.StepModel(model), vocabulary, windows
-
-
-@pytest.fixture(scope="module")
-def loaded(exported):
-    import tensorflow as tf
-
-    return tf.saved_model.load(os.path.join(exported[0], run_lib.SAVED_MODEL))
-
-
-def keras_greedy(step_model, primer, steps, banned=(0, 1)):
-    """Greedy ids and the probabilities each was chosen from, with the Keras step model."""
-    state = step_model.initial_state(1)
-    for token in primer:
-        probabilities, state = step_model.step(np.array([token]), state)
-    ids, seen = [], []
-    for _ in range(steps):
-        chosen = int(sampling.greedy(probabilities, banned)[0])
-        ids.append(chosen)
-        seen.append(probabilities[0])
-        probabilities, state = step_model.step(np.array([chosen]), state)
-    return np.array(ids), np.stack(seen)
-
-
-def tflite_runner(path):
-    from ai_edge_litert.interpreter import Interpreter
-
-    return Interpreter(model_path=path).get_signature_runner("step")
-
-
-def tflite_greedy(runner, primer, steps, state_shape, banned=(0, 1)):
-    state = np.zeros((1, *state_shape), np.float32)
-    for token in primer:
-        out = runner(token=np.array([token], np.int32), state=state)
-        state = out["next_state"]
-    ids, seen = [], []
-    for _ in range(steps):
-        probabilities = out["probabilities"]
-        chosen = int(sampling.greedy(probabilities, banned)[0])
-        ids.append(chosen)
-        seen.append(probabilities[0])
-        out = runner(token=np.array([chosen], np.int32), state=state)
-        state = out["next_state"]
-    return np.array(ids), np.stack(seen)
 
 
 def blocked_env(tmp_path, *names):
@@ -157,6 +107,62 @@ def test_export_writes_the_contract_files(exported, run_dir):
     assert "all checks passed" in table
 
 
+def test_the_report_and_the_table_keep_their_format(exported):
+    directory, report, table = exported
+    assert list(report) == ["format", "version", "created", "versions", "model", "files", "parity_data", "keras",
+                            "artifacts", "dynamic_size_ratio", "float16_size_ratio", "thresholds", "checks", "passed",
+                            "vocabulary_fingerprint", "sha256"]
+    assert report["format"] == "keras_music.export_report" and report["version"] == 1
+    assert list(report["versions"]) == ["tensorflow", "keras", "ai_edge_litert", "numpy", "keras_music", "python"]
+    assert list(report["model"]) == ["vocabulary_size", "embedding_size", "hidden_size", "num_layers", "state_shape",
+                                     "parameters", "representation"]
+    assert report["parity_data"] == {
+        "split": "validation", "windows": PARITY_WINDOWS, "window_length": 32, "greedy_runs": 3,
+        "greedy_steps": GREEDY_STEPS, "greedy_primer_lengths": [1, 16, 16], "banned_ids": [0, 1],
+        "reference": "Keras StepModel on model.keras (the sequence model for serving_default)"}
+    assert list(report["keras"]) == ["step_vs_sequence_model", "steps_per_second"]
+    figures = ["windows", "greedy", "overall", "greedy_identical", "greedy_runs_identical", "steps_per_second"]
+    assert list(report["artifacts"]) == ["saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic"]
+    assert list(report["artifacts"]["saved_model"]) == figures + [
+        "serving_default", "generate_greedy_identical", "generate_steps_per_second", "path", "bytes", "signatures"]
+    assert report["artifacts"]["saved_model"]["signatures"] == ["generate", "initial_state", "serving_default", "step"]
+    for name, file, weights in (("tflite_float32", "model.tflite", "float32"),
+                                ("tflite_float16", "model_float16.tflite", "float16"),
+                                ("tflite_dynamic", "model_dynamic.tflite", "dynamic-range int8 weights")):
+        artifact = report["artifacts"][name]
+        assert list(artifact) == figures + ["path", "bytes", "quantization", "operators", "builtin_only"]
+        assert (artifact["path"], artifact["quantization"], artifact["builtin_only"]) == (file, weights, True)
+        assert artifact["bytes"] == os.path.getsize(os.path.join(directory, file)) == report["files"][file]
+    assert list(report["files"]) == ["vocab.json", "saved_model", "model.tflite", "model_float16.tflite",
+                                     "model_dynamic.tflite"]
+    assert report["float16_size_ratio"] == report["files"]["model_float16.tflite"] / report["files"]["model.tflite"]
+    assert report["thresholds"] == {
+        "saved_model_max_abs": 1e-5, "tflite_float32_max_abs": 1e-4, "float16_top1_agreement": 0.99,
+        "dynamic_top1_agreement": 0.95, "dynamic_size_ratio": 0.30, "size_ratio_min_float32_bytes": 1 << 20}
+    assert [(c["artifact"], c["metric"]) for c in report["checks"]] == [
+        ("saved_model", "max_abs_probability_difference"), ("saved_model", "greedy_identical"),
+        ("saved_model", "generate_greedy_identical"), ("tflite_float32", "max_abs_probability_difference"),
+        ("tflite_float32", "greedy_identical"), ("tflite_float16", "top1_agreement"),
+        ("tflite_dynamic", "top1_agreement"), ("tflite_dynamic", "size_ratio_to_float32")]
+    printed_table, written = table.rsplit("\n\nwritten: ", 1)
+    assert written == f"{directory}\n"
+    lines = printed_table.splitlines()
+    assert re.split(r"\s{2,}", lines[0]) == ["artifact", "size", "max|dp| win", "max|dp| greedy", "mean|dp|", "top-1",
+                                             "greedy same", "steps/s"]
+    assert set(lines[1]) == {"-", " "}
+    assert [line.split()[0] for line in lines[2:6]] == ["saved_model", "tflite_float32", "tflite_float16",
+                                                        "tflite_dynamic"]
+    assert lines[6].startswith("keras step model: ") and "; step vs sequence model max|dp| " in lines[6]
+    assert lines[7].startswith("serving_default vs Keras sequence model: max|dp| ")
+    assert lines[7].endswith("; generate (temperature 0) equals Keras greedy: yes")
+    assert lines[8].startswith("dynamic-range size / float32 size: ")
+    assert lines[10] == "checks:" and lines[-1] == "all checks passed"
+    assert lines[11] == "  PASS  saved_model: max_abs_probability_difference = {} (needs <= 1.0e-05)".format(
+        fmt.table_cell(report["checks"][0]["value"], 4))
+    assert lines[-2].startswith("  n/a   tflite_dynamic: size_ratio_to_float32 = ")
+    assert printed_table == export.format_table(report)
+
+
 def test_an_export_killed_earlier_leaves_nothing_behind(exported, run_dir):
     # The run_dir fixture planted two unfinished folders of a killed export; this export removed them.
     assert not [name for name in os.listdir(run_dir) if name.startswith(".export")]
@@ -183,127 +189,6 @@ def test_report_figures_meet_thresholds(exported):
     assert artifacts["tflite_dynamic"]["overall"]["top1_agreement"] >= 0.95
     assert report["dynamic_size_ratio"] == artifacts["tflite_dynamic"]["bytes"] / lite["bytes"]
     assert all(check["passed"] for check in report["checks"])
-
-
-# ----------------------------------------------------------------------------- independent parity
-
-def test_saved_model_matches_keras_on_held_out_windows(loaded, keras_reference):
-    import tensorflow as tf
-
-    model, step_model, _, windows = keras_reference
-    served = loaded.signatures["serving_default"](tokens=tf.constant(windows))["probabilities"].numpy()
-    expected = model(windows, training=False).numpy()
-    assert served.shape == expected.shape
-    assert np.abs(served - expected).max() <= 1e-5
-
-    step = loaded.signatures["step"]
-    state = loaded.signatures["initial_state"](batch_size=tf.constant(len(windows)))["state"]
-    keras_state = step_model.initial_state(len(windows))
-    assert tuple(state.shape) == keras_state.shape
-    for t in range(windows.shape[1]):
-        out = step(token=tf.constant(windows[:, t]), state=state)
-        keras_probabilities, keras_state = step_model.step(windows[:, t], keras_state)
-        state = out["next_state"]
-        assert np.abs(out["probabilities"].numpy() - keras_probabilities).max() <= 1e-5
-        assert np.abs(state.numpy() - keras_state).max() <= 1e-5
-
-
-def test_tflite_float32_matches_keras_over_200_greedy_steps(exported, keras_reference):
-    _, step_model, vocabulary, windows = keras_reference
-    runner = tflite_runner(os.path.join(exported[0], "model.tflite"))
-    for primer in ([vocabulary.boundary_id], windows[0][:16]):
-        keras_ids, keras_probabilities = keras_greedy(step_model, primer, GREEDY_STEPS)
-        lite_ids, lite_probabilities = tflite_greedy(runner, primer, GREEDY_STEPS, step_model.state_shape)
-        np.testing.assert_array_equal(lite_ids, keras_ids)
-        assert np.abs(lite_probabilities - keras_probabilities).max() <= 1e-4
-
-
-def test_quantized_models_agree_on_top1(exported, keras_reference):
-    _, step_model, vocabulary, windows = keras_reference
-    keras_ids, keras_probabilities = keras_greedy(step_model, [vocabulary.boundary_id], GREEDY_STEPS)
-    path = np.concatenate([[vocabulary.boundary_id], keras_ids[:-1]]).astype(np.int32)
-    for name, minimum in (("model_float16.tflite", 0.99), ("model_dynamic.tflite", 0.95)):
-        runner = tflite_runner(os.path.join(exported[0], name))
-        state = np.zeros((1, *step_model.state_shape), np.float32)
-        agree = []
-        for token, reference in zip(path, keras_probabilities):
-            out = runner(token=np.array([token], np.int32), state=state)
-            state = out["next_state"]
-            agree.append(sampling.greedy(out["probabilities"], (0, 1))[0] == sampling.greedy(reference[None],
-                                                                                              (0, 1))[0])
-        assert np.mean(agree) >= minimum, name
-
-
-# ----------------------------------------------------------------------------- TFLite structure
-
-def test_tflite_files_use_builtin_ops_and_the_step_signature(exported, keras_reference):
-    from ai_edge_litert.interpreter import Interpreter
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    _, step_model, vocabulary, _ = keras_reference
-    rows, hidden = step_model.state_shape
-    for name in ("model.tflite", "model_float16.tflite", "model_dynamic.tflite"):
-        path = os.path.join(exported[0], name)
-        with open(path, "rb") as handle:
-            flatbuffer = schema.ModelT.InitFromPackedBuf(bytearray(handle.read()), 0)
-        codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in flatbuffer.operatorCodes]
-        assert schema.BuiltinOperator.CUSTOM not in codes, name
-        assert not [c.customCode for c in flatbuffer.operatorCodes if c.customCode], name
-        with open(path, "rb") as handle:
-            operators = export.tflite_operators(handle.read())
-        assert "FULLY_CONNECTED" in operators and not any("Flex" in op or "CUSTOM" in op for op in operators)
-
-        interpreter = Interpreter(model_path=path)
-        assert interpreter.get_signature_list() == {
-            "step": {"inputs": ["state", "token"], "outputs": ["next_state", "probabilities"]}}
-        runner = interpreter.get_signature_runner("step")
-        inputs, outputs = runner.get_input_details(), runner.get_output_details()
-        assert list(inputs["token"]["shape"]) == [1] and inputs["token"]["dtype"] == np.int32
-        assert list(inputs["state"]["shape"]) == [1, rows, hidden] and inputs["state"]["dtype"] == np.float32
-        assert list(outputs["probabilities"]["shape"]) == [1, len(vocabulary)]
-        assert outputs["probabilities"]["dtype"] == np.float32
-        assert list(outputs["next_state"]["shape"]) == [1, rows, hidden]
-
-
-def test_check_builtin_only_rejects_custom_ops(monkeypatch):
-    monkeypatch.setattr(export, "tflite_operators", lambda data: ["ADD", "CUSTOM:FlexTensorListReserve"])
-    with pytest.raises(export.ExportError, match="FlexTensorListReserve"):
-        export.check_builtin_only(b"", "model.tflite")
-
-
-# ----------------------------------------------------------------------------- generate signature
-
-def test_generate_signature(loaded, keras_reference):
-    import tensorflow as tf
-
-    _, step_model, vocabulary, windows = keras_reference
-    generate = loaded.signatures["generate"]
-
-    def call(primer, steps, temperature, seed):
-        out = generate(primer=tf.constant(np.asarray(primer, np.int32)), num_steps=tf.constant(steps),
-                       temperature=tf.constant(temperature, tf.float32), seed=tf.constant(seed))
-        return out["ids"].numpy(), [t.decode() for t in out["tokens"].numpy()]
-
-    first, tokens = call([2], 60, 1.0, 7)
-    again, _ = call([2], 60, 1.0, 7)
-    other, _ = call([2], 60, 1.0, 8)
-    np.testing.assert_array_equal(first, again)
-    assert not np.array_equal(first, other)
-    assert tokens == vocabulary.decode(first) and first.dtype == np.int32 and len(first) == 60
-    hot, _ = call([2], 400, 5.0, 1)
-    assert not set(hot.tolist()) & {0, 1}, "generate sampled <pad>/<unk>"
-
-    for primer in ([vocabulary.boundary_id], windows[1][:10]):
-        greedy_ids, _ = call(primer, GREEDY_STEPS, 0.0, 123)
-        keras_ids, _ = keras_greedy(step_model, primer, GREEDY_STEPS)
-        np.testing.assert_array_equal(greedy_ids, keras_ids)
-    empty_primer, _ = call([], 20, 0.0, 0)
-    np.testing.assert_array_equal(empty_primer, keras_greedy(step_model, [2], 20)[0])
-    assert call([2], 0, 1.0, 0)[0].shape == (0,)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="num_steps"):
-        call([2], -1, 1.0, 0)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="primer"):
-        call([len(vocabulary)], 3, 1.0, 0)
 
 
 # ----------------------------------------------------------------------------- consumers outside keras_music
@@ -334,17 +219,18 @@ def test_reference_generator_runs_without_tensorflow(exported, tmp_path, run_dir
 
     midi = mido.MidiFile(str(out))
     assert midi.ticks_per_beat == 480
-    tick, starts, notes = 0, {}, []
+    tick, starts, notes, tempos = 0, {}, [], []
     for message in midi.tracks[0]:
         tick += message.time
         if message.type == "set_tempo":
-            assert round(mido.tempo2bpm(message.tempo)) == 100
+            tempos.append((tick, round(mido.tempo2bpm(message.tempo))))
         elif message.type == "note_on" and message.velocity > 0:
             assert message.note not in starts, "overlapping notes of one pitch"
             starts[message.note] = tick
         elif message.type in ("note_off", "note_on"):
             onset = starts.pop(message.note)
             notes.append((onset / 480, (tick - onset) / 480, message.note))
+    assert tempos == [(0, 100)]
     assert not starts and len(notes) == len(expected) > 0
     assert sorted(notes) == sorted(tuple(row) for row in expected.tolist())
 
@@ -450,7 +336,7 @@ def test_dynamic_range_file_is_small_at_realistic_size(run_dir, tmp_path):
     # The child-process conversion path (used when this process sees a GPU) runs here too.
     report = export.export(str(big), quantize=("none", "dynamic"), parity_windows=1, parity_steps=10,
                            log=lambda *a: None, separate_conversion=True)
-    assert report["artifacts"]["tflite_float32"]["bytes"] >= export.SIZE_RATIO_MIN_BYTES
+    assert report["artifacts"]["tflite_float32"]["bytes"] >= export_parity.SIZE_RATIO_MIN_BYTES
     assert report["dynamic_size_ratio"] <= 0.30
     size_check = [c for c in report["checks"] if c["metric"] == "size_ratio_to_float32"][0]
     assert size_check["applies"] and size_check["passed"]
@@ -459,26 +345,26 @@ def test_dynamic_range_file_is_small_at_realistic_size(run_dir, tmp_path):
     assert not os.path.exists(big / "export" / "model_float16.tflite")
 
 
-@pytest.mark.parametrize("argv", [
-    ["--run-dir", "/nonexistent/run"],
-    ["--quantize", "int4"],
-    ["--parity-windows", "0"],
-    ["--parity-steps", "-1"],
+@pytest.mark.parametrize("argv, expected", [
+    (["--run-dir", "/nonexistent/run"], "argument --run-dir: run directory /nonexistent/run does not exist"),
+    (["--quantize", "int4"], "argument --quantize: --quantize takes a comma list of none, float16, dynamic, got 'int4'"),
+    (["--parity-windows", "0"], "argument --parity-windows: expected a positive integer, got 0"),
+    (["--parity-steps", "-1"], "argument --parity-steps: expected an integer >= 0, got -1"),
 ])
-def test_cli_rejects_bad_arguments(argv, run_dir, capsys, monkeypatch):
+def test_cli_rejects_bad_arguments(argv, expected, run_dir, capsys, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")  # main() sets it; keep it from leaking into later tests
     if argv[0] != "--run-dir":
         argv = ["--run-dir", run_dir] + argv
     with pytest.raises(SystemExit) as exit_info:
         export.main(argv)
     assert exit_info.value.code == 2
-    assert "error:" in capsys.readouterr().err
+    assert f"python -m keras_music.export: error: {expected}" in capsys.readouterr().err
 
 
 def test_failed_checks_are_listed_and_fail_the_table(exported):
     report = json.loads(json.dumps(exported[1]))
     report["artifacts"]["tflite_dynamic"]["overall"]["top1_agreement"] = 0.5
-    report["checks"] = export.evaluate_checks(report)
+    report["checks"] = export_parity.evaluate_checks(report)
     report["passed"] = all(c["passed"] for c in report["checks"])
     assert not report["passed"]
     failed = [c for c in report["checks"] if not c["passed"]]
@@ -492,7 +378,7 @@ def test_cli_exits_1_with_the_failing_figures(exported, run_dir, monkeypatch, ca
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
     report = json.loads(json.dumps(exported[1]))
     report["artifacts"]["tflite_float32"]["overall"]["max_abs"] = 0.25
-    report["checks"] = export.evaluate_checks(report)
+    report["checks"] = export_parity.evaluate_checks(report)
     report["passed"] = False
     monkeypatch.setattr(export, "export", lambda *args, **kwargs: report)
     with pytest.raises(SystemExit) as exit_info:
@@ -510,7 +396,7 @@ def test_failed_export_keeps_the_previous_one(exported, run_dir, monkeypatch):
     def broken(*args, **kwargs):
         raise export.ExportError("conversion exploded")
 
-    monkeypatch.setattr(export, "write_saved_model", broken)
+    monkeypatch.setattr(export_saved_model, "write_saved_model", broken)
     with pytest.raises(export.ExportError, match="exploded"):
         export.export(run_dir, parity_windows=1, parity_steps=1, log=lambda *a: None)
     assert sorted(os.listdir(directory)) == before

@@ -1,7 +1,8 @@
-"""Tests for keras_music.generate: exact stateful stepping, sampling, primers, stops, files and the CLI."""
+"""Tests for keras_music.generate: exact priming, sampling, stops, primers, the timing pieces get, and the CLI."""
 
 import json
 import os
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -12,12 +13,10 @@ from keras_music import events, generate, sampling
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from keras_music import train
-
-    directory = str(tmp_path_factory.mktemp("generate-run"))
-    train.train(tiny_config(), directory, show_progress=False, log=lambda *a: None)
-    return directory
+def run_dir(tiny_run):
+    # The session's tiny run, trained with the same tiny_config(); the tests here only read it
+    # (the one that writes RUN/samples/ works on a copy).
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -41,19 +40,6 @@ def simple_primer(generator):
 
 
 # ----------------------------------------------------------------------------- exact states
-
-def test_step_model_matches_sequence_model_at_every_position(generator):
-    model = generator.backend.model
-    rng = np.random.default_rng(0)
-    vocabulary_size = len(generator.vocabulary)
-    for length in (1, 5, 23):
-        ids = rng.integers(0, vocabulary_size, size=(3, length)).astype(np.int32)
-        expected = model(ids, training=False).numpy()
-        state = generator.backend.initial_state(3)
-        for t in range(length):
-            probabilities, state = generator.backend.step(ids[:, t], state)
-            assert np.max(np.abs(probabilities - expected[:, t])) < 1e-5, (length, t)
-
 
 def test_priming_rows_of_different_lengths_keeps_each_state_exact(generator):
     model = generator.backend.model
@@ -158,12 +144,14 @@ def test_bad_settings_raise_errors_naming_the_value(generator):
 # ----------------------------------------------------------------------------- stopping
 
 def test_stops_after_length_events(generator):
+    # min_length (8 by default) is clamped to the length: the boundary cannot end a piece
+    # before its 7th event, and the 7th ends it, so every piece stops by length.
     for seed in range(3):
         for piece in generator.generate(num_samples=2, length=7, seed=seed, primer_tokens=[]):
-            if piece.stop_reason == "length":
-                assert events.count_events(piece.tokens) == 7
-                assert piece.tokens[-1].startswith("dur:")
-                assert piece.events == 7 and piece.primer_events == 0
+            assert piece.stop_reason == "length"
+            assert events.count_events(piece.tokens) == 7
+            assert piece.tokens[-1].startswith("dur:")
+            assert piece.events == 7 and piece.primer_events == 0
 
 
 class FakeBackend:
@@ -289,6 +277,23 @@ def test_pad_and_unk_are_never_sampled(run_dir, generator):
         assert piece.stop_reason == "length"
 
 
+def test_a_backend_for_another_vocabulary_is_refused(run_dir, generator):
+    size = len(generator.vocabulary)
+    with pytest.raises(generate.GenerateError, match=f"the uniform model has {size + 1} tokens but .*vocab.json has "
+                                                     f"{size}: re-export the run with python -m keras_music.export"):
+        generate.Generator(run_dir, backend=UniformBackend(size + 1))
+
+
+def test_bad_write_settings_raise_errors_naming_the_value(generator, tmp_path):
+    piece = generator.generate(num_samples=1, length=2, seed=0, primer_tokens=[])
+    with pytest.raises(generate.GenerateError, match="tempo must be a positive number of beats per minute, got 0"):
+        generator.write(piece, str(tmp_path / "out"), tempo=0)
+    with pytest.raises(generate.GenerateError, match="unknown instrument 'Kazoophone'"):
+        generator.write(piece, str(tmp_path / "out"), instrument="Kazoophone")
+    assert not (tmp_path / "out").exists()
+    assert generate.instrument_program("Violin") == 40 and generate.instrument_program("Piano") == 0
+
+
 # ----------------------------------------------------------------------------- primers
 
 def write_primer_midi(path, pitches=(62, 66, 69, 74, 73, 71, 69, 66, 64, 62)):
@@ -388,64 +393,7 @@ def test_unreadable_primer_files_raise_errors_naming_the_file(generator, tmp_pat
         generator.generate(primer=str(tmp_path / "missing.mid"))
 
 
-# ----------------------------------------------------------------------------- files
-
-def canonical(piece):
-    notes = [(a, a + d, p) for a, d, p in piece.notes]
-    return events.sonorities_to_tokens(events.notes_to_sonorities(notes))
-
-
-def crafted_piece(generator):
-    """Chords whose members end at different times and partly tied pitches, from the run's vocabulary."""
-    pitches = [int(t.split(":")[1]) for t in vocabulary_tokens(generator, "pitch:")]
-    durations = vocabulary_tokens(generator, "dur:")
-    low, mid, high = pitches[2], pitches[len(pitches) // 2], pitches[-3]
-    tokens = [f"pitch:{low}", f"pitch:{mid}", f"pitch:{high}", durations[1],
-              f"hold:{mid}", durations[0], f"pitch:{low}", f"hold:{mid}", f"pitch:{high}", durations[-1],
-              "rest", durations[0], f"pitch:{mid}", durations[1]]
-    sonorities = events.tokens_to_sonorities(tokens)
-    return generate.Piece(tokens=tokens, primer_tokens=[], ids=generator.vocabulary.encode(tokens),
-                          sonorities=sonorities, notes=events.sonorities_to_notes(sonorities), primer_events=0,
-                          stop_reason="length", repairs={})
-
-
-def test_written_midi_and_musicxml_reparse_into_the_same_events(generator, tmp_path):
-    from fractions import Fraction
-
-    from music21 import converter
-
-    from test_midi import read_back
-
-    pieces = generator.generate(num_samples=2, length=25, temperature=1.2, seed=8)
-    pieces.append(crafted_piece(generator))
-    paths = generator.write(pieces, str(tmp_path), tempo=120, instrument="Violin", prefix="take")
-    assert len(paths) == 5 * len(pieces)  # MIDI, MusicXML, PNG, Ogg audio, JSON
-    for number, piece in enumerate(pieces, start=1):
-        stem = tmp_path / f"take-{number:02d}"
-        expected = canonical(piece)
-        assert expected
-        # MIDI is judged with mido, an independent reader: every note where the piece has it.
-        notes, tempos, _ = read_back(str(stem) + ".mid")
-        start = Fraction(piece.timing["start"])
-        written = [(a - start, b - a, p) for a, b, p, _ in notes]
-        assert written == sorted((Fraction(a).limit_denominator(96), Fraction(d).limit_denominator(96), int(p))
-                                 for a, d, p in piece.notes)
-        assert {program for *_, program in notes} == {40}  # music21's Violin is GM program 41 (40 from 0)
-        assert tempos == [(0, 500_000)]
-        parsed = converter.parse(str(stem) + ".musicxml")
-        assert events.stream_to_tokens(parsed, shift=0) == expected
-        with open(str(stem) + ".png", "rb") as handle:
-            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
-        record = json.loads((tmp_path / f"take-{number:02d}.json").read_text())
-        assert record["tokens"] == piece.tokens and record["primer_tokens"] == piece.primer_tokens
-        assert record["stop_reason"] == piece.stop_reason and record["repairs"] == piece.repairs
-        assert record["settings"]["tempo"] == 120 and record["settings"]["instrument"] == "Violin"
-        assert record["timing"]["tempos"] == [[0.0, 120.0]] and record["timing"]["program"] == 40
-        assert record["files"]["audio"] == f"take-{number:02d}.ogg"
-        with open(str(stem) + ".ogg", "rb") as handle:
-            assert handle.read(4) == b"OggS"
-    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
-
+# ----------------------------------------------------------------------------- timing in the files
 
 def test_a_midi_primer_hands_its_tempo_map_metre_program_and_pickup_to_the_piece(generator, tmp_path):
     import mido
@@ -489,45 +437,51 @@ def test_unprimed_pieces_take_the_corpus_median_tempo_and_most_common_metre(run_
     assert {program for *_, program in notes} == {19}
 
 
-def test_write_training_samples(run_dir):
-    import dataclasses
+def assert_files_hold_the_record(stem):
+    """The MIDI (read with mido) and the MusicXML (read with music21) hold the notes, tempo map, metre and program
+    that the piece's JSON record says; returns the record."""
+    from music21 import converter, meter, tempo
 
+    from test_midi import read_back
+
+    with open(stem + ".json") as handle:
+        record = json.load(handle)
+    timing = record["timing"]
+    notes = events.sonorities_to_notes(events.tokens_to_sonorities(record["primer_tokens"] + record["tokens"]))
+    assert len(notes) and record["events"] > 0
+    written, tempos, signatures = read_back(stem + ".mid")
+    start = Fraction(timing["start"])
+    assert [(a - start, b - a, p) for a, b, p, _ in written] == sorted(
+        (Fraction(a).limit_denominator(96), Fraction(d).limit_denominator(96), int(p)) for a, d, p in notes)
+    assert tempos == [(Fraction(q), round(60_000_000 / bpm)) for q, bpm in timing["tempos"]]
+    assert signatures == [(Fraction(q), numerator, denominator) for q, numerator, denominator in
+                          timing["time_signatures"]]
+    assert {program for *_, program in written} == {timing["program"]}
+    parsed = converter.parse(stem + ".musicxml")
+    canonical = events.sonorities_to_tokens(events.notes_to_sonorities([(a, a + d, p) for a, d, p in notes]))
+    assert events.stream_to_tokens(parsed, shift=0) == canonical
+    metre = parsed.recurse().getElementsByClass(meter.TimeSignature)[0]
+    assert [metre.numerator, metre.denominator] == timing["time_signatures"][0][1:]
+    assert parsed.recurse().getElementsByClass(tempo.MetronomeMark)[0].number == timing["tempos"][0][1]
+    return record
+
+
+def test_write_training_samples(run_dir, tmp_path):
+    import dataclasses
+    import shutil
+
+    copy = str(tmp_path / "run")  # the samples go into the run directory: a copy keeps tiny_run read-only
+    shutil.copytree(run_dir, copy)
     config = tiny_config()
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, num_samples=2, sample_length=6))
-    paths = generate.write_training_samples(run_dir, config)
-    assert len(paths) == 2
-    assert all(p.endswith(".mid") and os.path.dirname(p) == os.path.join(run_dir, "samples") for p in paths)
-    assert all(os.path.getsize(p) > 0 for p in paths)
-
-
-# ----------------------------------------------------------------------------- backends
-
-def test_export_backends_need_the_export(tmp_path):
-    for backend in (generate.SavedModelBackend, generate.TFLiteBackend):
-        with pytest.raises(generate.GenerateError, match="python -m keras_music.export --run-dir"):
-            backend(str(tmp_path))
-
-
-@pytest.fixture(scope="module")
-def exported(run_dir):
-    try:
-        from keras_music import export
-    except ImportError as error:
-        pytest.skip(f"keras_music.export is not available: {error}")
-    export.export(run_dir, quantize=("none",), parity_windows=1, parity_steps=0, log=lambda *a: None)
-    return run_dir
-
-
-def test_every_backend_gives_the_same_pieces(exported, generator):
-    primer = simple_primer(generator)
-    results = {}
-    for backend in generate.BACKENDS:
-        chosen = generator if backend == "keras" else generate.Generator(exported, backend, log=lambda m: None)
-        greedy = chosen.generate(num_samples=2, length=12, temperature=0, primer_tokens=primer)
-        sampled = chosen.generate(num_samples=2, length=12, temperature=1.0, seed=9)
-        results[backend] = ([p.tokens for p in greedy], [p.tokens for p in sampled])
-    assert results["savedmodel"] == results["keras"]
-    assert results["tflite"] == results["keras"]
+    paths = generate.write_training_samples(copy, config)
+    assert paths == [os.path.join(copy, "samples", f"sample-0{n}.mid") for n in (1, 2)]
+    for number, path in enumerate(paths):
+        record = assert_files_hold_the_record(path[:-len(".mid")])
+        assert record["seed"] == config.train.seed and record["index"] == number
+        assert record["settings"]["temperature"] == config.train.sample_temperature
+        # min_length is clamped to the 6 events asked for, so every sample has exactly 6.
+        assert record["stop_reason"] == "length" and record["events"] == 6
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -559,7 +513,16 @@ def test_cli_writes_files_and_summaries(run_dir, tmp_path, capsys):
         for extension in (".mid", ".musicxml", ".png", ".ogg", ".json"):
             path = out / f"sample-{number:02d}{extension}"
             assert path.exists() and str(path) in printed
-        assert f"sample {number}:" in printed
+        record = assert_files_hold_the_record(str(out / f"sample-{number:02d}"))
+        assert record["seed"] == 3 and record["index"] == number - 1 and record["events"] == 8
+        assert record["settings"]["top_k"] == 10 and record["settings"]["temperature"] == 0.9
+        assert (f"sample {number}: 8 events generated after a {record['primer_events']}-event primer, "
+                f"{len(record['tokens'])} tokens, stopped by length") in printed
+        with open(out / f"sample-{number:02d}.ogg", "rb") as handle:
+            assert handle.read(4) == b"OggS"
+        with open(out / f"sample-{number:02d}.png", "rb") as handle:
+            assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote 2 pieces to {out}" in printed
 
 
 def test_cli_primer_events_takes_the_opening_and_records_it(run_dir, tmp_path, capsys):
@@ -576,6 +539,20 @@ def test_cli_primer_events_takes_the_opening_and_records_it(run_dir, tmp_path, c
     assert record["repairs"] == {}
 
 
+def test_cli_export_backends_need_the_export(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = str(tmp_path / "run")
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("export"))
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main(["--run-dir", copy, "--backend", "tflite", "--quiet", "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert error.startswith("python -m keras_music.generate: error: ")
+    assert "model.tflite is missing: export the run first with python -m keras_music.export --run-dir" in error
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_strict_names_the_unknown_tokens_and_the_file(run_dir, tmp_path, capsys):
     path = write_primer_midi(tmp_path / "high.mid", pitches=(120, 122, 124, 126))
     with pytest.raises(SystemExit) as exit_info:
@@ -586,48 +563,7 @@ def test_cli_strict_names_the_unknown_tokens_and_the_file(run_dir, tmp_path, cap
     assert not (tmp_path / "o").exists()
 
 
-# ----------------------------------------------------------------------------- issue 16
-
-def piece_files(directory):
-    return sorted(os.listdir(directory))
-
-
-def test_an_interrupted_write_leaves_whole_pieces_and_numbers_never_mix(generator, tmp_path, monkeypatch):
-    out = str(tmp_path / "out")
-    first = generator.generate(num_samples=2, length=4, seed=1, primer_tokens=[])
-    generator.write(first, out, audio="none")
-    before = {name: open(os.path.join(out, name), "rb").read() for name in piece_files(out)}
-    assert sorted(before) == [f"sample-0{n}{e}" for n in (1, 2) for e in (".json", ".mid", ".musicxml", ".png")]
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    second = generator.generate(num_samples=2, length=4, seed=2, primer_tokens=[])
-    monkeypatch.setattr(generate, "plot_piano_roll", interrupted)  # Ctrl-C in the middle of a piece
-    with pytest.raises(KeyboardInterrupt):
-        generator.write(second, out, audio="none")
-    # The earlier pieces are untouched, no half piece and no temporary file is left.
-    assert {name: open(os.path.join(out, name), "rb").read() for name in piece_files(out)} == before
-    monkeypatch.undo()
-    # A write killed outright leaves its hidden staging folder; the next write removes it.
-    os.makedirs(os.path.join(out, ".sample-3.tmp-killed"))
-    paths = generator.write(second, out, audio="none")
-    assert [os.path.basename(p) for p in paths if p.endswith(".json")] == ["sample-03.json", "sample-04.json"]
-    assert piece_files(out) == sorted(list(before) + [f"sample-0{n}{e}" for n in (3, 4)
-                                                      for e in (".json", ".mid", ".musicxml", ".png")])
-    for name, data in before.items():
-        assert open(os.path.join(out, name), "rb").read() == data
-    assert json.loads(open(os.path.join(out, "sample-03.json")).read())["seed"] == 2
-
-
-def test_the_run_samples_are_replaced_as_one_set(generator, tmp_path):
-    out = str(tmp_path / "samples")
-    for seed in (1, 2):
-        generator.write(generator.generate(num_samples=2, length=4, seed=seed, primer_tokens=[]), out, audio="none",
-                        replace=True)
-    assert piece_files(out) == [f"sample-0{n}{e}" for n in (1, 2) for e in (".json", ".mid", ".musicxml", ".png")]
-    assert json.loads(open(os.path.join(out, "sample-01.json")).read())["seed"] == 2
-
+# ----------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("argv, expected", [
     (["--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
@@ -665,38 +601,3 @@ def test_a_primer_that_parses_too_long_is_stopped(run_dir, tmp_path):
     slow = os.path.join(slow_midi_folder(str(tmp_path / "slow"), count=1, notes=60000), "slow00.mid")
     with pytest.raises(generate.GenerateError, match="timed out: parsing took longer than 0.5 s"):
         generator.generate(num_samples=1, length=4, primer=slow)
-
-
-def test_bad_timing_in_a_manifest_never_reaches_the_files(generator, tmp_path):
-    timing = generate.record_timing({"start": float("nan"), "tempos": [[0.0, -5.0], [1.0, 90.0]],
-                                     "time_signatures": [[0.0, 4, 3], [0.0, 0, 4], ["x", 3, 4]],
-                                     "parts": [{"program": 400}], "notes": [[0, 24, 60, 0]]})
-    assert timing == {"start": 0.0, "tempos": [[1.0, 90.0]], "time_signatures": [[0.0, 4, 4]], "program": 0}
-    piece = generator.generate(num_samples=1, length=4, seed=3, primer_tokens=[])[0]
-    piece = dataclasses_replace(piece, timing=dict(timing, tempos=[[0.0, 90.0]]))
-    paths = generator.write([piece], str(tmp_path / "out"), audio="none")
-    assert any(p.endswith(".musicxml") for p in paths)
-
-
-def dataclasses_replace(piece, **changes):
-    import dataclasses
-
-    return dataclasses.replace(piece, **changes)
-
-
-def test_tampered_export_files_are_refused(exported, tmp_path):
-    import shutil
-
-    copy = str(tmp_path / "run")
-    shutil.copytree(exported, copy)
-    path = os.path.join(copy, "export", "model.tflite")
-    payload = bytearray(open(path, "rb").read())
-    payload[len(payload) // 2] ^= 0x01
-    open(path, "wb").write(bytes(payload))
-    from keras_music import run as run_lib
-
-    with pytest.raises(run_lib.RunError, match="model.tflite was changed or damaged since it was exported"):
-        generate.Generator(copy, backend="tflite")
-    os.remove(os.path.join(copy, "export", "export_report.json"))
-    with pytest.raises(run_lib.RunError, match="export_report.json is missing"):
-        generate.Generator(copy, backend="savedmodel")

@@ -116,14 +116,11 @@ def stateful(backend):
     return step
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from keras_music import generate, model as model_lib, run as run_lib
+def collect_methods(args, model, vocabulary_size: int) -> list[tuple]:
+    """(key, label, step, steps, extra) for every method to time; the export's files when the run has them."""
+    from keras_music import backends, export, run as run_lib
 
-    model, source, tokens_per_event, ratio_origin = load_subject(args.run_dir)
-    vocabulary_size = model_lib.describe(model)["vocabulary_size"]
-    methods = []  # (key, label, step, steps, extra)
+    methods = []
 
     def add(key, label, step, steps, extra=None):
         methods.append((key, label, step, steps, extra or {}))
@@ -134,27 +131,31 @@ def main(argv=None):
         windowed(model, args.window, vocabulary_size, "call"), args.window_steps)
     add("a3_window_compiled", f"(a'') window of {args.window} via tf.function(model)",
         windowed(model, args.window, vocabulary_size, "compiled"), args.window_steps)
-    keras_backend = generate.KerasBackend(None, model=model)
+    keras_backend = backends.KerasBackend(None, model=model)
     add("b_keras_step", "(b) Keras StepModel.step, states carried", stateful(keras_backend), args.steps)
     export_dir = os.path.join(args.run_dir, run_lib.EXPORT) if args.run_dir else None
     if export_dir and os.path.isdir(export_dir):
         try:
-            backend = generate.SavedModelBackend(args.run_dir)
+            backend = backends.SavedModelBackend(args.run_dir)
             add("c_savedmodel_step", "(c) SavedModel `step` signature", stateful(backend), args.steps,
-                {"bytes": _tree_size(backend.path)})
-        except generate.GenerateError as error:
+                {"bytes": export.directory_size(backend.path)})
+        except backends.BackendError as error:
             print(f"skipping the SavedModel: {error}", file=sys.stderr)
         for name in run_lib.TFLITE_FILES.values():
             path = os.path.join(export_dir, name)
             if not os.path.exists(path):
                 print(f"skipping {name}: not in {export_dir}", file=sys.stderr)
                 continue
-            add(f"d_tflite_{name}", f"(d) TFLite {name}", stateful(generate.TFLiteBackend(args.run_dir, name)),
+            add(f"d_tflite_{name}", f"(d) TFLite {name}", stateful(backends.TFLiteBackend(args.run_dir, name)),
                 args.steps, {"bytes": os.path.getsize(path)})
     elif args.run_dir:
         print(f"no {export_dir}: run python -m keras_music.export --run-dir {args.run_dir} to measure the "
               "SavedModel and TFLite files too", file=sys.stderr)
+    return methods
 
+
+def measure(methods: list[tuple], args, tokens_per_event: float) -> list[dict]:
+    """One row of figures per method, each from its fastest round; speed-ups relative to the first method."""
     # Methods take turns in short rounds and each keeps its fastest round, so load from
     # other processes on a shared machine biases no method more than another.
     tokens = {key: run_steps(step, 2, args.warmup)[0] for key, _, step, _, _ in methods}
@@ -171,10 +172,13 @@ def main(argv=None):
         rows.append(dict(key=key, method=label, steps=max(1, steps // args.rounds) * args.rounds,
                          ms_per_token=1000 * best, ms_per_token_median=1000 * float(np.median(seconds_per_step[key])),
                          tokens_per_second=1 / best, events_per_second=1 / best / tokens_per_event, **extra))
-
     baseline = rows[0]["tokens_per_second"]
     for row in rows:
         row["speedup_vs_a"] = row["tokens_per_second"] / baseline
+    return rows
+
+
+def print_results(rows: list[dict], source: str, tokens_per_event: float, ratio_origin: str, rounds: int) -> None:
     print(f"\nmodel: {source}")
     print(f"batch 1; tokens per event {tokens_per_event:.2f} ({ratio_origin}); an event is one sonority "
           f"(pitches + its duration token), i.e. one 'note' step of the tutorial's encoding")
@@ -187,25 +191,32 @@ def main(argv=None):
               f"{row['events_per_second']:>10.1f} {row['speedup_vs_a']:>9.1f} {size:>10}")
     step_row = next(r for r in rows if r["key"] == "b_keras_step")
     compiled_row = next(r for r in rows if r["key"] == "a3_window_compiled")
-    target = step_row["speedup_vs_a"] >= 100
     print(f"\nstep model vs windowed predict: {step_row['speedup_vs_a']:.0f}x "
-          f"({'meets' if target else 'misses'} the 100x target); vs the compiled window: "
+          f"({'meets' if step_row['speedup_vs_a'] >= 100 else 'misses'} the 100x target); vs the compiled window: "
           f"{step_row['tokens_per_second'] / compiled_row['tokens_per_second']:.0f}x")
-    print(f"best of {args.rounds} interleaved rounds per method (wall clock)")
+    print(f"best of {rounds} interleaved rounds per method (wall clock)")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from keras_music import model as model_lib
+
+    model, source, tokens_per_event, ratio_origin = load_subject(args.run_dir)
+    methods = collect_methods(args, model, model_lib.describe(model)["vocabulary_size"])
+    rows = measure(methods, args, tokens_per_event)
+    print_results(rows, source, tokens_per_event, ratio_origin, args.rounds)
     if args.json:
         from keras_music import storage
 
+        step_row = next(r for r in rows if r["key"] == "b_keras_step")
         storage.write_json(args.json, {"model": source, "batch": 1, "window": args.window,
                                        "rounds": args.rounds, "tokens_per_event": tokens_per_event,
                                        "tokens_per_event_source": ratio_origin,
                                        "results": rows, "step_model_speedup": step_row["speedup_vs_a"],
-                                       "meets_100x": target})
+                                       "meets_100x": step_row["speedup_vs_a"] >= 100})
         print(f"wrote {args.json}")
     return 0
-
-
-def _tree_size(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
 if __name__ == "__main__":
