@@ -10,7 +10,7 @@ import time
 
 from keras_music import (export_parity, export_saved_model, export_tflite, formatting as fmt, run as run_lib,
                          storage, web_export)
-from keras_music.export_saved_model import SIGNATURES, ExportError, banned_ids
+from keras_music.export_saved_model import SIGNATURES, ExportError
 from keras_music.export_tflite import ARTIFACT_NAMES, QUANTIZATIONS
 
 REPORT = run_lib.EXPORT_REPORT
@@ -54,7 +54,7 @@ def _export(run_dir, quantize, parity_windows, parity_steps, show_progress, log,
     model = run_lib.load_model(run_dir, vocabulary)
     sizes = model_lib.describe(model)
     data = export_parity.parity_data(run_dir, config.data.seq_length, vocabulary, parity_windows, parity_steps,
-                                     banned_ids(vocabulary))
+                                     list(vocabulary.banned_ids))
     if separate_conversion is None:
         separate_conversion = export_tflite.needs_separate_process()
     # Fetched before the long conversion, so a missing npm fails in seconds.

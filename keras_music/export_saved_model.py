@@ -11,11 +11,6 @@ class ExportError(KerasMusicError, RuntimeError):
     """A conversion failed, needed non-builtin ops, or an artifact does not load."""
 
 
-def banned_ids(vocabulary) -> list[int]:
-    """Ids generation never emits: padding and unknown (the boundary may end a piece)."""
-    return [vocabulary.pad_id, vocabulary.unk_id]
-
-
 def write_saved_model(model, vocabulary, vocab_file: str, directory: str) -> None:
     """The run's SavedModel: serving_default, step, generate, initial_state, and vocab.json as an asset.
 
@@ -94,7 +89,7 @@ def _generate_function(step_model, vocabulary):
     num_rows, hidden_size = step_model.state_shape
     vocabulary_size = len(vocabulary)
     tokens = tf.constant(vocabulary.tokens, dtype=tf.string)
-    banned = tf.constant([i in banned_ids(vocabulary) for i in range(vocabulary_size)], dtype=tf.bool)
+    banned = tf.constant([i in vocabulary.banned_ids for i in range(vocabulary_size)], dtype=tf.bool)
     boundary = tf.constant([vocabulary.boundary_id], dtype=tf.int32)
 
     def generate(primer, num_steps, temperature, seed):

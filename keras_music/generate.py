@@ -149,7 +149,7 @@ class Generator:
         if size != len(self.vocabulary):
             raise GenerateError(f"the {self.backend_name} model has {size} tokens but {run_lib.path(run_dir, run_lib.VOCAB)} "
                                 f"has {len(self.vocabulary)}: re-export the run with {export_command(run_dir)}")
-        self.banned = np.array([self.vocabulary.pad_id, self.vocabulary.unk_id], np.int64)
+        self.banned = np.array(self.vocabulary.banned_ids, np.int64)
         self.banned_early = np.append(self.banned, self.vocabulary.boundary_id)
         self.is_event = np.array([events.ends_event(t, self.representation) for t in self.vocabulary.tokens], bool)
         self.grammar = sampling.Grammar(events.grammar_table(self.vocabulary.tokens, self.representation))

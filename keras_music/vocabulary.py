@@ -40,6 +40,8 @@ class Vocabulary:
         self.index = {token: i for i, token in enumerate(tokens)}
 
     pad_id, unk_id, boundary_id = 0, 1, 2
+    # Ids generation never emits: padding and unknown (the boundary may end a piece).
+    banned_ids = (pad_id, unk_id)
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -75,7 +75,6 @@ def test_the_saved_model_has_the_contract_signatures_and_the_vocabulary(written,
     for copy in (os.path.join(folder, "assets", "vocab.json"), loaded.vocabulary_file.asset_path.numpy().decode()):
         with open(copy, "rb") as handle:
             assert handle.read() == expected
-    assert export_saved_model.banned_ids(vocabulary) == [vocabulary.pad_id, vocabulary.unk_id]
 
 
 def test_saved_model_matches_keras_on_held_out_windows(written, keras_reference):

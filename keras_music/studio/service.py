@@ -299,7 +299,7 @@ class Studio:
         return self._write_stimulus(side, generator, sonorities, float(quarters) * 60 / self.ab_tempo)
 
     def _write_stimulus(self, side: Side, generator, sonorities, seconds: float) -> str:
-        from keras_music.generate import Piece
+        from keras_music.pieces import Piece
 
         piece = Piece(tokens=[], primer_tokens=[], ids=[], sonorities=sonorities,
                       notes=events.sonorities_to_notes(sonorities), primer_events=0, stop_reason="length",
