@@ -91,7 +91,7 @@ def _write_listening_samples(run: StudyRun, recorder: RecordingGenerator, count:
     if count < 1:
         return written
     for key, pieces in recorder.pieces.items():
-        out_dir = run_lib.path(run.run_dir, "generated", f"experiment-T{key}")
+        out_dir = run_lib.path(run.run_dir, run_lib.GENERATED, f"experiment-T{key}")
         try:
             paths = recorder.generator.write(pieces[:count], out_dir)
         except Exception as error:  # listening copies are a convenience; the measurements are already taken

@@ -333,15 +333,16 @@ def _direction(direction: int) -> str:
     return "higher" if direction > 0 else "lower"
 
 
+def _group_mean(summary: dict, held_out: bool) -> str:
+    """`mean (n)`; for held-out NLL the model's perplexity first."""
+    text = f"{fmt.number(summary['mean'], grouped=True)} ({summary['n']})"
+    return f"ppl {fmt.number(summary.get('perplexity'), grouped=True)}; NLL {text}" if held_out else text
+
+
 def _difference_row(claim_id: int, m: dict) -> str:
-    label = m["measure"]
-    a, b = m["original"], m["modified"]
-    if label == "held_out_perplexity":
-        label = "held-out perplexity (paired per-piece NLL nats/token)"
-        a_text = f"ppl {fmt.number(a.get('perplexity'), grouped=True)}; NLL {fmt.number(a['mean'], grouped=True)} ({a['n']})"
-        b_text = f"ppl {fmt.number(b.get('perplexity'), grouped=True)}; NLL {fmt.number(b['mean'], grouped=True)} ({b['n']})"
-    else:
-        a_text, b_text = f"{fmt.number(a['mean'], grouped=True)} ({a['n']})", f"{fmt.number(b['mean'], grouped=True)} ({b['n']})"
+    held_out = m["measure"] == "held_out_perplexity"
+    label = "held-out perplexity (paired per-piece NLL nats/token)" if held_out else m["measure"]
+    a_text, b_text = _group_mean(m["original"], held_out), _group_mean(m["modified"], held_out)
     return (f"| {claim_id} | {label} | {_direction(m['direction'])} | {a_text} | {b_text} "
             f"| {fmt.signed(m['difference'])} | {fmt.number(_spread(m), grouped=True)} | {m['verdict']} |")
 
@@ -438,7 +439,8 @@ def plot_distributions(music: dict, out_path: str) -> None:
                 ax.hist(generated[k], bins=bins, density=True, histtype="step", linewidth=1.5, label=f"T = {k}")
         ax.set_title(name, fontsize=10)
         ax.tick_params(labelsize=8)
-    plots.finish_metric_grid(figure, axes, len(names), "metric distributions: generated (per temperature) vs held-out real", out_path)
+    plots.finish_metric_grid(figure, axes, len(names),
+                             "metric distributions: generated (per temperature) vs held-out real", out_path)
 
 
 def plot_metrics_vs_temperature(music: dict, out_path: str) -> None:
@@ -461,7 +463,8 @@ def plot_metrics_vs_temperature(music: dict, out_path: str) -> None:
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("temperature", fontsize=8)
         ax.tick_params(labelsize=8)
-    plots.finish_metric_grid(figure, axes, len(names), "metrics against sampling temperature (mean ± std; dashed: held-out real mean)", out_path)
+    plots.finish_metric_grid(figure, axes, len(names),
+                             "metrics against sampling temperature (mean ± std; dashed: held-out real mean)", out_path)
 
 
 def plot_learning_curves(result: dict, out_path: str) -> None:
@@ -475,8 +478,10 @@ def plot_learning_curves(result: dict, out_path: str) -> None:
         tokens = [h["tokens_seen"] for h in history]
         minutes = [fmt.nan_if_none(h["seconds"]) / 60 for h in history]
         for axis, x in ((by_tokens, tokens), (by_time, minutes)):
-            axis.plot(x, [fmt.nan_if_none(h["val_loss"]) for h in history], marker="o", color=color, label=f"{name} validation")
-            axis.plot(x, [fmt.nan_if_none(h["loss"]) for h in history], linestyle=":", color=color, label=f"{name} training")
+            axis.plot(x, [fmt.nan_if_none(h["val_loss"]) for h in history], marker="o", color=color,
+                      label=f"{name} validation")
+            axis.plot(x, [fmt.nan_if_none(h["loss"]) for h in history], linestyle=":", color=color,
+                      label=f"{name} training")
     by_tokens.set_xlabel("training tokens seen")
     by_time.set_xlabel("training time (minutes)")
     for axis in (by_tokens, by_time):
@@ -507,4 +512,5 @@ def plot_metrics_by_temperature(result: dict, out_path: str) -> None:
         ax.set_title(metric, fontsize=10)
         ax.set_xlabel("temperature", fontsize=8)
         ax.tick_params(labelsize=8)
-    plots.finish_metric_grid(figure, axes, len(names), "music metrics against temperature (mean ± standard error; dashed: held-out real mean)", out_path, right=0.9)
+    plots.finish_metric_grid(figure, axes, len(names), "music metrics against temperature (mean ± standard error; "
+                             "dashed: held-out real mean)", out_path, right=0.9)

@@ -64,52 +64,58 @@ def _summary(mean, se, n=4):
     return {"mean": mean, "std": None if se is None else se * 2, "se": se, "n": n}
 
 
+def study_run(index, name, hidden, scale, budget_minutes, samples):
+    """One config's summary in a study result."""
+    return {
+        "config_file": f"configs/{name}.yaml",
+        "run_dir": name,
+        "evaluation": f"{name}/evaluation/evaluation.md",
+        "applied_settings": [f"model.hidden_size={hidden // 2}"] if scale else [],
+        "settings": {"seq_length": 16 * (index + 1), "hidden_size": hidden // 2 if scale else hidden,
+                     "configured_hidden_size": hidden, "embedding_size": 8, "num_layers": 3, "dropout": 0.0,
+                     "batch_size": 4, "learning_rate": 0.005 / (index * 9 + 1), "lr_schedule": "cosine",
+                     "epochs": 3, "time_budget_minutes": budget_minutes or 0, "early_stopping_patience": index,
+                     "seed": 0},
+        "training": {"parameters": 3026 + 1000 * index, "epochs": 3, "stopped": "completed",
+                     "tokens_per_epoch": 600, "tokens_seen": 1800, "train_seconds": 12.0 + index,
+                     "wall_seconds": 30.0, "tokens_per_second": 150.4 - index, "best_epoch": 3,
+                     "partial_epochs_counted_whole": index == 1},
+        "history": [{"epoch": e, "tokens_seen": 600 * e, "seconds": 4.0 * e, "loss": 4.0 - 0.5 * e - index,
+                     "val_loss": None if e == 2 else 4.2 - 0.4 * e} for e in (1, 2, 3)],
+        "quality": {"nll_nats": 3.9 - index, "nll_bits": 5.6, "perplexity": 49.4 - 10 * index, "accuracy": 0.125,
+                    "event_nll_nats": 18.7, "event_perplexity": 1.32e8, "tokens": 325, "events": 68,
+                    "pieces": 1, "event_accuracy": None if index else 0.0625, "events_scored": 68},
+        "ngram": {"best_order": 4, "perplexity": 27.4, "event_perplexity": 7465000.0,
+                  "perplexity_ratio": 1.8 - index, "event_perplexity_ratio": 17.7,
+                  "perplexity_by_order": {"1": 47.8, "4": 27.4}},
+        "music": {key: {"pitch_entropy": _summary(3.0 + float(key) + index, 0.1),
+                        "key_correlation": _summary(0.7, None, 1)} for key in ("0.5", "1")},
+        "stop_reasons": {"0.5": {"length": 2}, "1": {"length": 2}},
+        "samples": ({"0.5": [f"{name}/generated/experiment-T0.5/sample_00.mid"], "1": []} if samples
+                    else {}),
+    }
+
+
+STUDY_CLAIMS = [
+    {"id": 3, "claim": "more coherent melody", "operationalisation": "higher key_correlation, lower perplexity",
+     "verdict": "cannot tell", "measures": [
+         {"measure": "key_correlation", "direction": 1, "original": _summary(0.7, 0.01, 8),
+          "modified": _summary(0.72, 0.01, 8), "difference": 0.02, "se": 0.0141, "verdict": "cannot tell"},
+         {"measure": "held_out_perplexity", "direction": -1, "pairs": 1,
+          "original": dict(_summary(3.9, None, 1), perplexity=49.4),
+          "modified": dict(_summary(2.9, None, 1), perplexity=39.4),
+          "difference": -1.0, "se": None, "verdict": "cannot tell"}]},
+    {"id": 5, "claim": "temperature trades stability for variety", "operationalisation": "slopes",
+     "verdict": "supports", "measures": [
+         {"measure": "pitch_entropy", "config": name, "direction": 1, "slope": 1.0 + index, "se": 0.25,
+          "n": 8, "verdict": "supports"} for index, name in enumerate(("original", "modified"))]},
+]
+
+
 def study_result(scale=0.5, budget_minutes=None, budget_tokens=1000, samples=True, listening=False, seconds=754.0):
     """A small run_study-shaped result (as read back from report.json)."""
-    runs = {}
-    for index, (name, hidden) in enumerate((("original", 16), ("modified", 24))):
-        runs[name] = {
-            "config_file": f"configs/{name}.yaml",
-            "run_dir": name,
-            "evaluation": f"{name}/evaluation/evaluation.md",
-            "applied_settings": [f"model.hidden_size={hidden // 2}"] if scale else [],
-            "settings": {"seq_length": 16 * (index + 1), "hidden_size": hidden // 2 if scale else hidden,
-                         "configured_hidden_size": hidden, "embedding_size": 8, "num_layers": 3, "dropout": 0.0,
-                         "batch_size": 4, "learning_rate": 0.005 / (index * 9 + 1), "lr_schedule": "cosine",
-                         "epochs": 3, "time_budget_minutes": budget_minutes or 0, "early_stopping_patience": index,
-                         "seed": 0},
-            "training": {"parameters": 3026 + 1000 * index, "epochs": 3, "stopped": "completed",
-                         "tokens_per_epoch": 600, "tokens_seen": 1800, "train_seconds": 12.0 + index,
-                         "wall_seconds": 30.0, "tokens_per_second": 150.4 - index, "best_epoch": 3,
-                         "partial_epochs_counted_whole": index == 1},
-            "history": [{"epoch": e, "tokens_seen": 600 * e, "seconds": 4.0 * e, "loss": 4.0 - 0.5 * e - index,
-                         "val_loss": None if e == 2 else 4.2 - 0.4 * e} for e in (1, 2, 3)],
-            "quality": {"nll_nats": 3.9 - index, "nll_bits": 5.6, "perplexity": 49.4 - 10 * index, "accuracy": 0.125,
-                        "event_nll_nats": 18.7, "event_perplexity": 1.32e8, "tokens": 325, "events": 68,
-                        "pieces": 1, "event_accuracy": None if index else 0.0625, "events_scored": 68},
-            "ngram": {"best_order": 4, "perplexity": 27.4, "event_perplexity": 7465000.0,
-                      "perplexity_ratio": 1.8 - index, "event_perplexity_ratio": 17.7,
-                      "perplexity_by_order": {"1": 47.8, "4": 27.4}},
-            "music": {key: {"pitch_entropy": _summary(3.0 + float(key) + index, 0.1),
-                            "key_correlation": _summary(0.7, None, 1)} for key in ("0.5", "1")},
-            "stop_reasons": {"0.5": {"length": 2}, "1": {"length": 2}},
-            "samples": ({"0.5": [f"{name}/generated/experiment-T0.5/sample_00.mid"], "1": []} if samples
-                        else {}),
-        }
-    claims = [
-        {"id": 3, "claim": "more coherent melody", "operationalisation": "higher key_correlation, lower perplexity",
-         "verdict": "cannot tell", "measures": [
-             {"measure": "key_correlation", "direction": 1, "original": _summary(0.7, 0.01, 8),
-              "modified": _summary(0.72, 0.01, 8), "difference": 0.02, "se": 0.0141, "verdict": "cannot tell"},
-             {"measure": "held_out_perplexity", "direction": -1, "pairs": 1,
-              "original": dict(_summary(3.9, None, 1), perplexity=49.4),
-              "modified": dict(_summary(2.9, None, 1), perplexity=39.4),
-              "difference": -1.0, "se": None, "verdict": "cannot tell"}]},
-        {"id": 5, "claim": "temperature trades stability for variety", "operationalisation": "slopes",
-         "verdict": "supports", "measures": [
-             {"measure": "pitch_entropy", "config": name, "direction": 1, "slope": 1.0 + index, "se": 0.25,
-              "n": 8, "verdict": "supports"} for index, name in enumerate(("original", "modified"))]},
-    ]
+    runs = {name: study_run(index, name, hidden, scale, budget_minutes, samples)
+            for index, (name, hidden) in enumerate((("original", 16), ("modified", 24)))}
     return {
         "format": "keras_music.experiment", "version": 1, "created": "2024-01-01T00:00:00",
         "settings": {"configs": ["configs/original.yaml", "configs/modified.yaml"], "sources": ["bach/bwv66.6"],
@@ -128,7 +134,7 @@ def study_result(scale=0.5, budget_minutes=None, budget_tokens=1000, samples=Tru
         "descriptions": dict(DESCRIPTIONS),
         "real": {"pitch_entropy": _summary(4.25, None, 1), "key_correlation": _summary(0.74, None, 1)},
         "rule": "A difference counts at 2 standard errors.",
-        "claims": claims,
+        "claims": copy.deepcopy(STUDY_CLAIMS),
         "figures": ["learning_curves.png", "metrics_by_temperature.png"],
         "seconds": seconds,
         "listening": ([{"name": "original-vs-modified", "question": "which is more musical?", "votes": 7,
