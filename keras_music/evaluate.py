@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
-from keras_music import cli, evaluate_likelihood as likelihood, evaluate_music as music_lib, formatting as fmt, report
-from keras_music import run as run_lib, storage
+from keras_music import cli, evaluate_likelihood as likelihood, evaluate_music as music_lib, evaluate_report
+from keras_music import formatting as fmt, run as run_lib, storage
 from keras_music.evaluate_held_out import DEFAULT_TIME_SIGNATURE, load_split
 from keras_music.evaluate_likelihood import DEFAULT_ORDERS, MAX_ORDER
 from keras_music.evaluate_music import DEFAULT_LENGTH, DEFAULT_NUM_SAMPLES, DEFAULT_TEMPERATURES
@@ -69,17 +69,17 @@ def _evaluate_run(run_dir, num_samples, length, temperatures, seed, orders, out_
     result["figures"] = _write_figures(music, out_dir)
     result = storage.json_ready(result)
     storage.write_json(storage.join(out_dir, EVALUATION_JSON), result)
-    storage.write_text(storage.join(out_dir, EVALUATION_MD), report.render_evaluation(result))
+    storage.write_text(storage.join(out_dir, EVALUATION_MD), evaluate_report.render_evaluation(result))
     return result
 
 
 def _write_figures(music: dict, out_dir: str) -> list[str]:
     """The metric distributions, and the metrics against temperature when there are several temperatures."""
     storage.makedirs(out_dir)
-    report.plot_distributions(music, storage.join(out_dir, DISTRIBUTIONS_PNG))
+    evaluate_report.plot_distributions(music, storage.join(out_dir, DISTRIBUTIONS_PNG))
     if len(music["temperatures"]) < 2:
         return [DISTRIBUTIONS_PNG]
-    report.plot_metrics_vs_temperature(music, storage.join(out_dir, TEMPERATURE_PNG))
+    evaluate_report.plot_metrics_vs_temperature(music, storage.join(out_dir, TEMPERATURE_PNG))
     return [DISTRIBUTIONS_PNG, TEMPERATURE_PNG]
 
 

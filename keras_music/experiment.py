@@ -10,12 +10,13 @@ import shlex
 import sys
 import time
 
-from keras_music import cli, config as config_lib, evaluate, evaluate_likelihood as likelihood, report
+from keras_music import cli, config as config_lib, evaluate, evaluate_likelihood as likelihood, experiment_report
 from keras_music import run as run_lib, storage
 from keras_music.evaluate_music import temperature_key
 from keras_music.experiment_claims import RULE, judge_claims, mean_se
 from keras_music.experiment_configs import (MIN_SCALED_HIDDEN, ExperimentError, StudyRun, apply_token_budget,
                                            resolve_runs, tokens_per_epoch)
+from keras_music.experiment_report import LEARNING_CURVES_PNG, METRICS_PNG
 
 DEFAULT_TEMPERATURES = (0.5, 0.8, 1.0, 1.2)
 DEFAULT_NUM_SAMPLES = 20
@@ -141,13 +142,13 @@ def run_study(config_files, out_dir: str, sources=(), overrides=(), scale: float
         "budget_minutes": budget_minutes, "budget_tokens": budget_tokens, "temperatures": list(temperatures),
         "num_samples": num_samples, "length": length, "seed": seed or 0,
         "ngram_orders": list(likelihood.DEFAULT_ORDERS), "command": command})
-    report.plot_learning_curves(result, storage.join(out_dir, report.LEARNING_CURVES_PNG))
-    report.plot_metrics_by_temperature(result, storage.join(out_dir, report.METRICS_PNG))
+    experiment_report.plot_learning_curves(result, storage.join(out_dir, LEARNING_CURVES_PNG))
+    experiment_report.plot_metrics_by_temperature(result, storage.join(out_dir, METRICS_PNG))
     result["seconds"] = round(time.time() - started, 1)
     result["listening"] = listening_results(out_dir, [run.run_dir for run in runs[:2]])
     result = storage.json_ready(result)
     storage.write_json(storage.join(out_dir, REPORT_JSON), result)
-    storage.write_text(storage.join(out_dir, REPORT_MD), report.render_study(result))
+    storage.write_text(storage.join(out_dir, REPORT_MD), experiment_report.render_study(result))
     return result
 
 
@@ -275,7 +276,7 @@ def assemble(runs, trained, evaluations, accuracy, samples, out_dir, settings) -
                  for name in real_music["metric_names"]},
         "rule": RULE,
         "claims": judge_claims(evaluations[names[0]], evaluations[names[1]], names[:2]),
-        "figures": [report.LEARNING_CURVES_PNG, report.METRICS_PNG],
+        "figures": [LEARNING_CURVES_PNG, METRICS_PNG],
     }
 
 

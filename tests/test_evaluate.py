@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from keras_music import cli, evaluate, formatting as fmt, metrics, report as report_lib, run as run_lib, storage
+from keras_music import cli, evaluate, evaluate_report, formatting as fmt, metrics, run as run_lib, storage
 
 pytestmark = pytest.mark.slow
 
@@ -56,8 +56,8 @@ def test_writes_every_file_and_section(evaluation):
     assert result["ngram"]["note"] == ("n-grams are fit on the same 3 training pieces as the LSTM "
                                        "(no transposition augmentation)")
     assert written["figures"] == ["metric_distributions.png", "metrics_vs_temperature.png"]
-    # The markdown is the report module's rendering of exactly the JSON written beside it.
-    assert report == report_lib.render_evaluation(written)
+    # The markdown is evaluate_report's rendering of exactly the JSON written beside it.
+    assert report == evaluate_report.render_evaluation(written)
 
 
 def test_perplexity_and_bits_follow_from_nll(evaluation):

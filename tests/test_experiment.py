@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from keras_music import experiment, experiment_claims, model as model_lib, report as report_lib, run as run_lib
+from keras_music import experiment, experiment_claims, experiment_report, model as model_lib, run as run_lib
 
 from conftest import FOUR_CHORALES
 from test_experiment_configs import write_config
@@ -62,7 +62,7 @@ def test_report_has_every_section(study):
                     "## Music metrics by temperature", "## The lab report's claims",
                     "### Measures behind the verdicts"):
         assert heading in report, heading
-    for figure in (report_lib.LEARNING_CURVES_PNG, report_lib.METRICS_PNG):
+    for figure in (experiment_report.LEARNING_CURVES_PNG, experiment_report.METRICS_PNG):
         assert f"]({figure})" in report
         with open(os.path.join(out, figure), "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
