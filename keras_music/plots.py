@@ -18,10 +18,12 @@ def pyplot():
 
 
 def save(figure, path: str, dpi: int = 90) -> None:
-    """Write the figure as a PNG atomically and free it."""
-    with storage.atomic_local_path(path, suffix=".png") as tmp:
-        figure.savefig(tmp, dpi=dpi)
-    pyplot().close(figure)
+    """Write the figure as a PNG atomically and free it (also when writing fails)."""
+    try:
+        with storage.atomic_local_path(path, suffix=".png") as tmp:
+            figure.savefig(tmp, dpi=dpi)
+    finally:
+        pyplot().close(figure)
 
 
 def metric_grid(count: int, columns: int = 4):

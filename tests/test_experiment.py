@@ -1,29 +1,17 @@
-"""Tests for keras_music.experiment: the two-config study end to end on tiny configs, its statistics and its CLI."""
+"""Tests for keras_music.experiment: the two-config study end to end on tiny configs, and its CLI."""
 
 import json
-import math
 import os
 import re
 
 import pytest
-import yaml
 
-from keras_music import experiment, run as run_lib
+from keras_music import experiment, experiment_claims, experiment_report, model as model_lib, run as run_lib
 
-from conftest import FOUR_CHORALES, TINY
+from conftest import FOUR_CHORALES
+from test_experiment_configs import write_config
 
 pytestmark = pytest.mark.slow
-
-
-def write_config(directory, name, hidden_size, seq_length):
-    with open(TINY) as handle:
-        data = yaml.safe_load(handle)
-    data["model"]["hidden_size"] = hidden_size
-    data["data"]["seq_length"] = seq_length
-    path = os.path.join(directory, name + ".yaml")
-    with open(path, "w") as handle:
-        yaml.safe_dump(data, handle)
-    return path
 
 
 def run_main(argv):
@@ -74,7 +62,7 @@ def test_report_has_every_section(study):
                     "## Music metrics by temperature", "## The lab report's claims",
                     "### Measures behind the verdicts"):
         assert heading in report, heading
-    for figure in (experiment.LEARNING_CURVES_PNG, experiment.METRICS_PNG):
+    for figure in (experiment_report.LEARNING_CURVES_PNG, experiment_report.METRICS_PNG):
         assert f"]({figure})" in report
         with open(os.path.join(out, figure), "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -102,10 +90,10 @@ def test_metrics_table_has_every_temperature_and_the_real_pieces(study):
 def test_claims_table_has_one_verdict_per_claim(study):
     _, result, report = study
     rows = table_after(report, "| # | claim (modified vs original) |")
-    assert [int(row[0]) for row in rows] == [claim["id"] for claim in experiment.CLAIMS]
+    assert [int(row[0]) for row in rows] == [claim["id"] for claim in experiment_claims.CLAIMS]
     for row, claim in zip(rows, result["claims"]):
-        assert row[-1] in experiment.VERDICTS
-        assert row[-1] == claim["verdict"] == experiment.combine(m["verdict"] for m in claim["measures"])
+        assert row[-1] in experiment_claims.VERDICTS
+        assert row[-1] == claim["verdict"] == experiment_claims.combine(m["verdict"] for m in claim["measures"])
     assert "Rule:" in report and "2 × its standard error" in report
 
 
@@ -129,8 +117,10 @@ def test_report_json_agrees_with_the_run_directories(study):
         assert 0 <= run["quality"]["event_accuracy"] <= 1 and run["quality"]["events_scored"] > 0
         for key in ("0.5", "0.8", "1", "1.2"):
             assert run["music"][key]["pitch_entropy"]["n"] <= 2
-        # Every study model is an ordinary run: the model loads with its vocabulary.
-        assert run_lib.load_model(run_dir) is not None
+        # Every study model is an ordinary run: the model loads with its vocabulary, at its trained size.
+        model = run_lib.load_model(run_dir)
+        assert model.outputs[0].shape[-1] == result["data"]["vocabulary_size"]
+        assert [layer.units for layer in model_lib.lstm_layers(model)] == [run["settings"]["hidden_size"]] * 3
         assert any(path.endswith(".mid") for paths in run["samples"].values() for path in paths)
 
 
@@ -143,99 +133,6 @@ def test_scale_halves_hidden_sizes_as_the_report_states(study):
         assert run_lib.load_config(os.path.join(out, run["run_dir"])).model.hidden_size == trained
     assert "| hidden_size (configured → trained) | 16 → **8** | 24 → **12** |" in report
     assert "`--scale 0.5`" in report and "These are not the lab report's models" in report
-
-
-# ----------------------------------------------------------------------------- configs and budgets
-
-
-def test_wall_clock_budget_settings_and_set_wins(configs, tmp_path):
-    runs = experiment.resolve_runs(configs, str(tmp_path), budget_minutes=2.5, scale=0.125)
-    for run in runs:
-        train = run.config.train
-        assert (train.time_budget_minutes, train.epochs, train.lr_schedule, train.early_stopping_patience) == \
-            (2.5, experiment.BUDGET_EPOCHS, "constant", 0)
-        assert run.config.model.hidden_size == experiment.MIN_SCALED_HIDDEN  # 16 * 0.125 = 2 -> floor 8
-    runs = experiment.resolve_runs(configs, str(tmp_path), overrides=["train.lr_schedule=cosine",
-                                                                      "model.hidden_size=100"],
-                                   budget_minutes=1.0, scale=0.5)
-    assert all(r.config.train.lr_schedule == "cosine" and r.config.model.hidden_size == 50 for r in runs)
-    assert [r.name for r in runs] == ["small", "large"]
-    with pytest.raises(experiment.ExperimentError):
-        experiment.resolve_runs(configs, str(tmp_path), budget_minutes=1.0, budget_tokens=10)
-
-
-def test_full_size_configs_resolve_unchanged(tmp_path):
-    repo = os.path.dirname(TINY)
-    files = [os.path.join(repo, "original.yaml"), os.path.join(repo, "modified.yaml")]
-    original, modified = experiment.resolve_runs(files, str(tmp_path))
-    assert (original.config.data.seq_length, original.config.model.hidden_size, original.config.train.batch_size,
-            original.config.train.learning_rate) == (100, 1024, 8, 5e-3)
-    assert (modified.config.data.seq_length, modified.config.model.hidden_size, modified.config.train.batch_size,
-            modified.config.train.learning_rate) == (200, 2048, 64, 5e-4)
-    assert original.applied == modified.applied == []
-
-
-def test_scaled_hidden():
-    assert experiment.scaled_hidden(1024, 0.125) == 128
-    assert experiment.scaled_hidden(2048, 0.125) == 256
-    assert experiment.scaled_hidden(24, 0.5) == 12
-    assert experiment.scaled_hidden(16, 0.01) == experiment.MIN_SCALED_HIDDEN
-
-
-# ----------------------------------------------------------------------------- statistics
-
-
-def test_verdicts_follow_the_two_standard_error_rule():
-    assert experiment.compare_groups([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], +1)["verdict"] == "supports"
-    assert experiment.compare_groups([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], -1)["verdict"] == "contradicts"
-    assert experiment.compare_groups([1.0, 2.0, 3.0], [1.5, 2.5, 3.5], +1)["verdict"] == "cannot tell"
-    assert experiment.compare_groups([1.0], [5.0, 6.0], +1)["verdict"] == "cannot tell"  # n < 2
-    assert experiment.compare_groups([1.0, None, float("nan")], [5.0, 6.0], +1)["verdict"] == "cannot tell"
-    result = experiment.compare_groups([1.0, 3.0], [4.0, 6.0], +1)
-    assert result["difference"] == pytest.approx(3.0)
-    assert result["se"] == pytest.approx(math.sqrt(2 / 2 + 2 / 2))  # s² = 2 in each group, n = 2
-    paired = experiment.compare_paired({"a": 3.0, "b": 4.0, "c": 5.0}, {"a": 2.0, "b": 3.1, "c": 3.9}, -1)
-    assert paired["pairs"] == 3 and paired["verdict"] == "supports"
-
-
-def test_slope_and_combination():
-    rising = experiment.slope([0.5, 0.5, 1.0, 1.0, 1.5, 1.5], [1.0, 1.1, 2.0, 2.1, 3.0, 3.1], +1)
-    assert rising["slope"] == pytest.approx(2.0) and rising["verdict"] == "supports"
-    assert experiment.slope([1.0, 1.0, 1.0], [1.0, 2.0, 3.0], +1)["verdict"] == "cannot tell"  # one temperature
-    assert experiment.combine(["supports"]) == "supports"
-    assert experiment.combine(["supports", "cannot tell", "cannot tell"]) == "cannot tell"
-    assert experiment.combine(["supports", "supports", "cannot tell"]) == "supports"
-    assert experiment.combine(["supports", "supports", "contradicts"]) == "cannot tell"
-    assert experiment.combine(["contradicts", "cannot tell", "contradicts", "cannot tell"]) == "contradicts"
-    assert experiment.combine([]) == "cannot tell"
-
-
-def fake_evaluation(shift, per_piece_nll, temperatures=(0.5, 1.0)):
-    """An evaluate_run-shaped result whose every metric is `shift` higher than a fixed base, per piece."""
-    generated = {}
-    for t in temperatures:
-        pieces = [{"metrics": {"note_transition_logprob": -2.0 + shift + 0.01 * i,
-                               "groove_consistency": 0.8 + shift + 0.01 * i,
-                               "scale_consistency": 0.9 - 0.1 * t + shift + 0.01 * i,
-                               "key_correlation": 0.7 + shift + 0.01 * i,
-                               "distinct_event_ratio": 0.5 + shift + 0.01 * i,
-                               "pitch_entropy": 3.0 + t + shift + 0.01 * i,
-                               "longest_repetition": 4.0 + shift + 0.01 * i}} for i in range(5)]
-        generated[f"{t:g}"] = {"pieces": pieces}
-    return {"music_metrics": {"temperatures": list(temperatures), "generated": generated},
-            "model_quality": {"perplexity": math.exp(sum(per_piece_nll) / len(per_piece_nll)),
-                              "per_piece": [{"name": f"p{i}", "nll_nats": v} for i, v in enumerate(per_piece_nll)]}}
-
-
-def test_judge_claims_on_controlled_numbers():
-    original = fake_evaluation(0.0, [3.0, 3.2, 2.9, 3.1])
-    modified = fake_evaluation(0.5, [2.5, 2.71, 2.38, 2.6])
-    verdicts = {c["id"]: c["verdict"] for c in experiment.judge_claims(original, modified)}
-    # Modified is higher everywhere: transitions, rhythm and coherence support; novelty is
-    # higher (distinct ratio and entropy up) with longer repetitions: mixed, so cannot tell.
-    assert verdicts == {1: "supports", 2: "supports", 3: "supports", 4: "cannot tell", 5: "supports"}
-    verdicts = {c["id"]: c["verdict"] for c in experiment.judge_claims(modified, original)}
-    assert verdicts[1] == verdicts[2] == verdicts[3] == "contradicts"
 
 
 # ----------------------------------------------------------------------------- command line

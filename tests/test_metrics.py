@@ -359,12 +359,11 @@ def test_piece_metrics_keys_and_values():
 
 def test_empty_piece_gives_defined_values():
     result = metrics.piece_metrics(EMPTY, events=[], matrix=np.full((12, 12), 1 / 12))
-    expected_zero = {"n_pitches_used", "pitch_range", "longest_repetition"}
-    for key, value in result.items():
-        if key in expected_zero:
-            assert value == 0.0, key
-        else:
-            assert math.isnan(value), key
+    counts = {"n_pitches_used", "pitch_range", "longest_repetition"}
+    assert set(result) == set(metrics.METRIC_DESCRIPTIONS)
+    assert {key: result[key] for key in counts} == dict.fromkeys(counts, 0.0)
+    undefined = [key for key in result if key not in counts]
+    assert len(undefined) == 9 and all(math.isnan(result[key]) for key in undefined), undefined
     # A plain empty list is an empty piece too.
     assert math.isnan(metrics.pitch_entropy([]))
 

@@ -1,0 +1,219 @@
+"""How well a run's LSTM predicts its held-out pieces, beside Kneser-Ney n-grams fit on its training pieces."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from keras_music import events, run as run_lib
+from keras_music.evaluate_held_out import HeldOutPiece, load_split, progress
+
+# Held-out perplexity on the Bach chorales keeps improving up to order 8 and is
+# flat by 12, so the baseline is compared at its best order, not a truncated one.
+DEFAULT_ORDERS = tuple(range(1, 13))
+MAX_ORDER = 20
+
+# One forward pass holds batch x time x vocabulary float32 probabilities; this caps
+# it (about 128 MB) so long held-out pieces with a large vocabulary still fit.
+MAX_OUTPUT_CELLS = 1 << 25
+MAX_BATCH_PIECES = 32
+# Floor for a probability before its log: a float32 softmax can underflow to 0 for a
+# token the model rules out completely, and one -inf would hide every other number.
+PROBABILITY_FLOOR = float(np.finfo(np.float32).tiny)
+
+
+# ----------------------------------------------------------------------------- LSTM likelihood
+
+
+def _batches_by_length(pieces, vocabulary_size: int) -> list[list[int]]:
+    """Indices of the non-empty pieces, shortest first, grouped so a batch's output stays under the caps."""
+    order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]))
+    batches, current = [], []
+    for i in order:
+        if not len(pieces[i]):
+            continue
+        width = len(pieces[i])
+        if current and ((len(current) + 1) * width * vocabulary_size > MAX_OUTPUT_CELLS
+                        or len(current) >= MAX_BATCH_PIECES):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def token_log_probs(model, pieces, boundary_id: int, pad_id: int = 0, show_progress: bool = False):
+    """Natural-log probability and top-1 hit of every token of every piece under the sequence model.
+
+    Each piece is fed as [boundary] + piece[:-1] and every piece token is scored, so
+    the first token is predicted from the start of a piece, as in training. Pieces
+    are batched by length and padded on the right: an LSTM reads left to right, so
+    padding after a piece cannot change the outputs at the piece's own positions,
+    and the padded positions are never scored.
+
+    Returns:
+      (log_probs, hits): lists with one float64 / bool array per piece, in input order.
+    """
+    import tensorflow as tf
+
+    pieces = [np.asarray(p, dtype=np.int32) for p in pieces]
+    vocabulary_size = int(model.outputs[0].shape[-1])
+    forward = tf.function(lambda tokens: model(tokens, training=False),
+                          input_signature=[tf.TensorSpec([None, None], tf.int32)])
+    log_probs = [np.zeros(0) for _ in pieces]
+    hits = [np.zeros(0, dtype=bool) for _ in pieces]
+    bar = progress(total=sum(len(p) for p in pieces), show=show_progress, desc="scoring held-out", unit="token")
+    for batch in _batches_by_length(pieces, vocabulary_size):
+        width = max(len(pieces[i]) for i in batch)
+        tokens = np.full((len(batch), width), pad_id, dtype=np.int32)
+        for row, i in enumerate(batch):
+            tokens[row, 0] = boundary_id
+            tokens[row, 1:len(pieces[i])] = pieces[i][:-1]
+        probabilities = forward(tokens).numpy()
+        for row, i in enumerate(batch):
+            targets = pieces[i]
+            steps = np.arange(len(targets))
+            chosen = probabilities[row, steps, targets].astype(np.float64)
+            log_probs[i] = np.log(np.maximum(chosen, PROBABILITY_FLOOR))
+            hits[i] = probabilities[row, steps].argmax(axis=-1) == targets
+            bar.update(len(targets))
+    bar.close()
+    return log_probs, hits
+
+
+def _safe_exp(value: float) -> float:
+    if not math.isfinite(value):
+        return value
+    return math.exp(value) if value < 700 else math.inf
+
+
+def likelihood_summary(total_nll: float, tokens: int, events_count: int) -> dict:
+    """NLL (nats and bits) and perplexity per token and per event from a total NLL in nats."""
+    nll = total_nll / tokens if tokens else math.nan
+    event_nll = total_nll / events_count if events_count else math.nan
+    return {
+        "nll_nats": nll,
+        "nll_bits": nll / math.log(2),
+        "perplexity": _safe_exp(nll),
+        "event_nll_nats": event_nll,
+        "event_nll_bits": event_nll / math.log(2),
+        "event_perplexity": _safe_exp(event_nll),
+        "tokens": tokens,
+        "events": events_count,
+    }
+
+
+def model_quality(run_dir: str, pieces: list[HeldOutPiece] | None = None, model=None, vocabulary=None,
+                  show_progress: bool = False) -> dict:
+    """Per-token and per-event NLL, perplexity and top-1 accuracy of the run's model on its held-out pieces."""
+    vocabulary = vocabulary or run_lib.load_vocabulary(run_dir)
+    pieces = pieces if pieces is not None else load_split(run_dir, "validation", vocabulary)
+    model = model or run_lib.load_model(run_dir, vocabulary)
+    log_probs, hits = token_log_probs(model, [p.ids for p in pieces], vocabulary.boundary_id,
+                                      vocabulary.pad_id, show_progress)
+    tokens = sum(len(p.ids) for p in pieces)
+    if tokens == 0:
+        raise run_lib.RunError(f"{run_dir}: the held-out split has no tokens to score")
+    total_nll = -float(sum(lp.sum() for lp in log_probs))
+    result = likelihood_summary(total_nll, tokens, sum(p.events for p in pieces))
+    result["accuracy"] = float(sum(int(h.sum()) for h in hits)) / tokens
+    result["pieces"] = len(pieces)
+    result["unknown_tokens"] = int(sum(int(np.sum(p.ids == vocabulary.unk_id)) for p in pieces))
+    result["floored_probabilities"] = int(sum(int(np.sum(lp <= math.log(PROBABILITY_FLOOR))) for lp in log_probs))
+    result["per_piece"] = [
+        {"name": p.name, "tokens": len(p.ids), "events": p.events,
+         "nll_nats": -float(lp.mean()) if len(lp) else math.nan,
+         "accuracy": float(h.mean()) if len(h) else math.nan}
+        for p, lp, h in zip(pieces, log_probs, hits)
+    ]
+    return result
+
+
+def event_accuracy(run_dir: str) -> dict:
+    """Fraction of held-out events (sonorities) whose every token the model predicts top-1 from the true past."""
+    vocabulary = run_lib.load_vocabulary(run_dir)
+    pieces = load_split(run_dir, "validation", vocabulary)
+    model = run_lib.load_model(run_dir, vocabulary)
+    _, hits = token_log_probs(model, [p.ids for p in pieces], vocabulary.boundary_id, vocabulary.pad_id)
+    ends_event = np.array([events.ends_event(t, vocabulary.representation) for t in vocabulary.tokens])
+    correct = total = 0
+    for piece, hit in zip(pieces, hits):
+        ends = np.flatnonzero(ends_event[piece.ids])
+        start = 0
+        for end in ends:
+            total += 1
+            correct += int(hit[start:end + 1].all())
+            start = end + 1
+    return {"event_accuracy": correct / total if total else math.nan, "events_scored": total}
+
+
+# ----------------------------------------------------------------------------- n-gram baseline
+
+
+def check_orders(orders) -> tuple[int, ...]:
+    """Sorted distinct n-gram orders, each an integer in 1..MAX_ORDER (ValueError otherwise)."""
+    orders = tuple(orders)
+    if not orders or any(isinstance(o, bool) or int(o) != o or not 1 <= o <= MAX_ORDER for o in orders):
+        raise ValueError(f"orders must be integers in 1..{MAX_ORDER}, got {orders!r}")
+    return tuple(sorted({int(o) for o in orders}))
+
+
+def ngram_baseline(run_dir: str, orders=DEFAULT_ORDERS, pieces: list[HeldOutPiece] | None = None,
+                   train_pieces: list[HeldOutPiece] | None = None, vocabulary=None,
+                   show_progress: bool = False) -> dict:
+    """Kneser-Ney n-grams of each order fit on the training split and scored on the held-out pieces.
+
+    Returns `orders` (keyed by the order as a string: ngram.NGramModel.evaluate's
+    numbers plus per-event NLL/perplexity) and `best_order`.
+    """
+    from keras_music import ngram
+
+    orders = check_orders(orders)
+    vocabulary = vocabulary or run_lib.load_vocabulary(run_dir)
+    pieces = pieces if pieces is not None else load_split(run_dir, "validation", vocabulary)
+    train_pieces = train_pieces if train_pieces is not None else load_split(run_dir, "train", vocabulary)
+    held_out = [p.ids for p in pieces]
+    training = [p.ids for p in train_pieces]
+    events_count = sum(p.events for p in pieces)
+    results = {}
+    models = ngram.fit_orders(training, len(vocabulary), orders)
+    for order in progress(orders, show=show_progress, desc="n-gram baselines", unit="order"):
+        scores = models[order].evaluate(held_out)
+        summary = likelihood_summary(scores["nll_nats"] * scores["tokens"], scores["tokens"], events_count)
+        # The per-token numbers are ngram's own, untouched.
+        summary.update(scores)
+        results[str(order)] = summary
+    best = ngram.best_order({int(k): v for k, v in results.items()})
+    return {
+        "orders": results,
+        "best_order": best,
+        # The whole curve at a glance: where it stops improving shows whether
+        # the orders reached far enough for `best_order` to be the real best.
+        "perplexity_by_order": {order: scores["perplexity"] for order, scores in results.items()},
+        "training_pieces": len(training),
+        "training_tokens": int(sum(len(t) for t in training)),
+    }
+
+
+def ngram_note(training_pieces: int, transpose: int) -> str:
+    """What the n-grams were fit on, against what the LSTM saw."""
+    if transpose:
+        return (f"n-grams are fit on the {training_pieces} untransposed training pieces; the LSTM also saw "
+                f"them transposed by up to +/-{transpose} semitones (data.transpose={transpose})")
+    return (f"n-grams are fit on the same {training_pieces} training pieces as the LSTM "
+            "(no transposition augmentation)")
+
+
+def compare_with_ngrams(lstm: dict, baseline: dict) -> dict:
+    """LSTM perplexity over each n-gram's (per token and per event); below 1 the LSTM predicts better."""
+    best = baseline["orders"][str(baseline["best_order"])]
+    return {
+        "best_order": baseline["best_order"],
+        "perplexity_ratio": lstm["perplexity"] / best["perplexity"],
+        "event_perplexity_ratio": lstm["event_perplexity"] / best["event_perplexity"],
+        "per_order": {k: {"perplexity_ratio": lstm["perplexity"] / v["perplexity"],
+                          "event_perplexity_ratio": lstm["event_perplexity"] / v["event_perplexity"]}
+                      for k, v in baseline["orders"].items()},
+    }
