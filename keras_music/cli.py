@@ -101,6 +101,13 @@ def user_errors(parser: argparse.ArgumentParser):
         finish(DATA_EXIT)
 
 
+def progress(iterable=None, show: bool = False, **kwargs):
+    """A tqdm progress bar on stderr (results go to stdout), silent unless `show`."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=not show, file=sys.stderr, **kwargs)
+
+
 def finish(status: int = 0):
     """Exit; after remote filesystem use, skip interpreter teardown.
 

@@ -15,9 +15,6 @@ from keras_music.evaluate_music import DEFAULT_LENGTH, DEFAULT_NUM_SAMPLES, DEFA
 
 MAX_NUM_SAMPLES = 1000
 
-EVALUATION_DIR = "evaluation"
-EVALUATION_JSON = "evaluation.json"
-EVALUATION_MD = "evaluation.md"
 DISTRIBUTIONS_PNG = "metric_distributions.png"
 TEMPERATURE_PNG = "metrics_vs_temperature.png"
 
@@ -35,7 +32,7 @@ def evaluate_run(run_dir: str, num_samples: int = DEFAULT_NUM_SAMPLES, length: i
     """
     _check_settings(num_samples, length, temperatures, seed)
     orders = likelihood.check_orders(orders)
-    out_dir = out_dir or run_lib.path(run_dir, EVALUATION_DIR)
+    out_dir = out_dir or run_lib.path(run_dir, run_lib.EVALUATION)
     # One evaluation writes a directory at a time; the run itself is only read.
     with run_lib.lock(out_dir, "python -m keras_music.evaluate"):
         return _evaluate_run(run_dir, num_samples, length, temperatures, seed, orders, out_dir, show_progress,
@@ -68,8 +65,8 @@ def _evaluate_run(run_dir, num_samples, length, temperatures, seed, orders, out_
     }
     result["figures"] = _write_figures(music, out_dir)
     result = storage.json_ready(result)
-    storage.write_json(storage.join(out_dir, EVALUATION_JSON), result)
-    storage.write_text(storage.join(out_dir, EVALUATION_MD), evaluate_report.render_evaluation(result))
+    storage.write_json(storage.join(out_dir, run_lib.EVALUATION_JSON), result)
+    storage.write_text(storage.join(out_dir, run_lib.EVALUATION_MD), evaluate_report.render_evaluation(result))
     return result
 
 
@@ -157,7 +154,7 @@ def main(argv=None) -> int:
 
     with cli.user_errors(parser):
         temperatures = tuple(dict.fromkeys(args.temperature)) if args.temperature else DEFAULT_TEMPERATURES
-        out_dir = args.out or run_lib.path(args.run_dir, EVALUATION_DIR)
+        out_dir = args.out or run_lib.path(args.run_dir, run_lib.EVALUATION)
         result = evaluate_run(args.run_dir, args.num_samples, args.length, temperatures, args.seed, args.orders,
                               out_dir, show_progress=not args.quiet)
         lstm = result["model_quality"]
@@ -166,7 +163,7 @@ def main(argv=None) -> int:
               f"{fmt.number(lstm['perplexity'])}/token ({fmt.number(lstm['nll_bits'])} bits), {fmt.number(lstm['event_perplexity'])}"
               f"/event, accuracy {fmt.number(lstm['accuracy'])}")
         print(f"LSTM / best n-gram ({ratios['best_order']}-gram) perplexity: {fmt.number(ratios['perplexity_ratio'])}")
-        print(f"report: {storage.join(out_dir, EVALUATION_MD)}")
+        print(f"report: {storage.join(out_dir, run_lib.EVALUATION_MD)}")
     cli.finish(0)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import numpy as np
 
@@ -21,13 +20,6 @@ class HeldOutPiece:
     ids: np.ndarray
     events: int
     time_signature: tuple[int, int]
-
-
-def progress(iterable=None, show: bool = False, **kwargs):
-    """A tqdm bar on stderr, silent unless `show`."""
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, disable=not show, file=sys.stderr, **kwargs)
 
 
 def _count_events(ids, vocabulary, entry) -> int:

@@ -7,7 +7,8 @@ import math
 import numpy as np
 
 from keras_music import events, run as run_lib
-from keras_music.evaluate_held_out import HeldOutPiece, load_split, progress
+from keras_music.cli import progress
+from keras_music.evaluate_held_out import HeldOutPiece, load_split
 
 # Held-out perplexity on the Bach chorales keeps improving up to order 8 and is
 # flat by 12, so the baseline is compared at its best order, not a truncated one.

@@ -7,7 +7,8 @@ import math
 import numpy as np
 
 from keras_music import cli, events, metrics, run as run_lib
-from keras_music.evaluate_held_out import DEFAULT_TIME_SIGNATURE, HeldOutPiece, load_split, progress
+from keras_music.cli import progress
+from keras_music.evaluate_held_out import DEFAULT_TIME_SIGNATURE, HeldOutPiece, load_split
 
 METRIC_NAMES = tuple(metrics.METRIC_DESCRIPTIONS)
 DEFAULT_NUM_SAMPLES = 20

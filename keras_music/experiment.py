@@ -112,7 +112,7 @@ def _evaluate_all(runs, num_samples, length, temperatures, seed, write_samples, 
         recorder = RecordingGenerator(Generator(run.run_dir))
         evaluations[run.name] = evaluate.evaluate_run(
             run.run_dir, num_samples, length, temperatures, seed or 0, likelihood.DEFAULT_ORDERS,
-            run_lib.path(run.run_dir, evaluate.EVALUATION_DIR), show_progress=show_progress, generator=recorder)
+            run_lib.path(run.run_dir, run_lib.EVALUATION), show_progress=show_progress, generator=recorder)
         accuracy[run.name] = likelihood.event_accuracy(run.run_dir)
         samples[run.name] = _write_listening_samples(run, recorder, write_samples, log)
     return evaluations, accuracy, samples
@@ -236,7 +236,7 @@ def _run_summary(run: StudyRun, trained: dict, evaluation: dict, accuracy: dict,
     return {
         "config_file": run.config_file,
         "run_dir": _relative(run.run_dir, out_dir),
-        "evaluation": _relative(run_lib.path(run.run_dir, evaluate.EVALUATION_DIR, evaluate.EVALUATION_MD), out_dir),
+        "evaluation": _relative(run_lib.path(run.run_dir, run_lib.EVALUATION, run_lib.EVALUATION_MD), out_dir),
         "applied_settings": list(run.applied),
         "settings": _settings(run),
         "training": _training(trained),
@@ -283,24 +283,10 @@ def assemble(runs, trained, evaluations, accuracy, samples, out_dir, settings) -
 # ----------------------------------------------------------------------------- command line
 
 
-def scale_factor(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a factor in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"--scale must be in (0, 1] (e.g. 0.125 for 1/8 of hidden_size), got {text}")
-    return value
-
-
-def budget_minutes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text!r}") from None
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"--budget must be a positive number of minutes, got {text}")
-    return value
+scale_factor = cli.number_type("scale_factor", float, lambda value: 0 < value <= 1, "a factor in (0, 1]",
+                               "--scale must be in (0, 1] (e.g. 0.125 for 1/8 of hidden_size), got {text}")
+budget_minutes = cli.number_type("budget_minutes", float, lambda value: 0 < value < math.inf,
+                                 "a positive number of minutes", "--budget must be a positive number of minutes, got {text}")
 
 
 def parse_args(argv=None):

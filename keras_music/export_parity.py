@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 
 import numpy as np
 
-from keras_music import backends, run as run_lib
+from keras_music import backends, cli, run as run_lib
 from keras_music.export_tflite import ARTIFACT_NAMES
 
 # Tolerances every export is held to (export_report.json records the measured figures).
@@ -159,12 +158,6 @@ def _steps_per_second(seconds: list, parity_steps: int):
     return 1.0 / float(np.mean(seconds)) if parity_steps else None
 
 
-def _progress(total: int, show: bool, description: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not show, file=sys.stderr, desc=description, unit="step", leave=False)
-
-
 # ----------------------------------------------------------------------------- the comparison
 
 class _Reference:
@@ -257,7 +250,8 @@ def measure_parity(run_dir: str, model, saved_model: str, loaded, tflite_paths: 
     # Per artifact: the windows, and per greedy run the teacher-forced pass (primer +
     # steps - 1 tokens) and the free run.
     per_artifact = data.windows.shape[1] + sum(2 * (len(p) + data.greedy_steps) - 1 for p in data.primers)
-    with _progress(len(artifacts) * per_artifact, show_progress, "parity") as progress:
+    with cli.progress(total=len(artifacts) * per_artifact, show=show_progress, desc="parity", unit="step",
+                      leave=False) as progress:
         for name, backend in artifacts.items():
             results[name] = _artifact_figures(backend, data, reference, progress)
     saved = results["saved_model"]

@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from keras_music import audio as audio_lib, events, formatting as fmt, piece_files, run as run_lib, sampling, storage
+from keras_music import audio as audio_lib, cli, events, formatting as fmt, piece_files, run as run_lib, sampling, storage
 from keras_music.backends import BACKENDS, export_command, make_backend
 from keras_music.errors import KerasMusicError
 from keras_music.pieces import Piece, default_timing, record_timing, within_primer
@@ -324,11 +324,9 @@ class Generator:
 
     def _sample(self, rows: _Rows, probabilities, state, grammar, rng, how, show_progress: bool) -> None:
         """Sample every row until it has its events or samples the boundary (`how`: temperature, top_k, top_p)."""
-        from tqdm.auto import tqdm
-
         longest = int(rows.lengths.max())
         max_tokens = longest * MAX_TOKENS_PER_EVENT
-        with tqdm(total=longest, desc="generating", unit="event", disable=not show_progress, file=sys.stderr) as bar:
+        with cli.progress(total=longest, show=show_progress, desc="generating", unit="event") as bar:
             shown = 0
             for step in range(max_tokens):
                 last = step == max_tokens - 1

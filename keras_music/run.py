@@ -26,8 +26,12 @@ DATA = "data"
 BACKUP = "backup"
 BACKUP_STATE = "state.json"
 BEST_CHECKPOINT = ("checkpoints", "best.keras")
+TRAINING_CURVES = "training_curves.png"
 GENERATED = "generated"
 SAMPLES = "samples"
+EVALUATION = "evaluation"
+EVALUATION_JSON = "evaluation.json"
+EVALUATION_MD = "evaluation.md"
 EXPORT = "export"
 EXPORT_REPORT = "export_report.json"
 # Inside export/: the SavedModel for TensorFlow code, one .tflite per quantization, the vocabulary.

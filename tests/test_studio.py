@@ -289,3 +289,18 @@ def test_page_generates_plays_downloads_and_records_a_blind_round(server, browse
                              f".find(r => r.cells[0].textContent === {json.dumps(name)});"
                              f"return row && Number(row.cells[1].textContent) === {expected};", timeout=10)
     browser.save_screenshot(os.path.join(browser.downloads, "studio.png"))
+
+
+def test_runs_show_the_evaluation_that_evaluate_wrote(tiny_run, tmp_path):
+    import shutil
+
+    from keras_music import run as run_lib, storage
+
+    copy = str(tmp_path / "run")
+    shutil.copytree(tiny_run, copy)
+    assert make_studio(copy, tmp_path).describe_runs()[0]["evaluation"] == {}
+    # Where `python -m keras_music.evaluate` writes it: RUN/evaluation/evaluation.json.
+    storage.write_json(run_lib.path(copy, run_lib.EVALUATION, run_lib.EVALUATION_JSON),
+                       {"model_quality": {"perplexity_per_token": 3.25, "tokens": 1200}, "settings": {"seed": 0}})
+    shown = make_studio(copy, tmp_path).describe_runs()[0]["evaluation"]
+    assert shown == {"model_quality.perplexity_per_token": 3.25, "model_quality.tokens": 1200, "settings.seed": 0}

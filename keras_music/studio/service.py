@@ -102,19 +102,19 @@ class Studio:
         for label, run_dir in self.runs.items():
             generator = self.generators[label]
             metrics = _read_json(run_lib.path(run_dir, run_lib.METRICS))
-            evaluation = _read_json(run_lib.path(run_dir, "evaluation.json"))
+            evaluation = _read_json(run_lib.path(run_dir, run_lib.EVALUATION, run_lib.EVALUATION_JSON))
             out.append({
                 "name": label, "run_dir": run_dir, "representation": generator.representation,
                 "vocabulary_size": len(generator.vocabulary), "held_out": len(generator.held_out_pieces()),
                 "metrics": _scalars(metrics), "evaluation": _scalars(evaluation),
-                "curves_url": (f"/runs/{label}/training_curves.png"
-                               if os.path.isfile(run_lib.path(run_dir, "training_curves.png")) else None),
+                "curves_url": (f"/runs/{label}/{run_lib.TRAINING_CURVES}"
+                               if os.path.isfile(run_lib.path(run_dir, run_lib.TRAINING_CURVES)) else None),
                 "web_url": f"/web/{label}/" if web_export.site_directory(run_dir, required=False) else None,
             })
         return out
 
     def run_file(self, label: str, name: str) -> str:
-        if name not in ("training_curves.png",):
+        if name != run_lib.TRAINING_CURVES:
             raise StudioError(f"no such run file {name!r}", 404)
         path = run_lib.path(self.runs[self.run_label(label)], name)
         if not os.path.isfile(path):
