@@ -1,4 +1,4 @@
-"""Tests for tf.distribute training: two MultiWorkerMirroredStrategy workers on 127.0.0.1 vs one process."""
+"""Tests for keras_music.distributed: TF_CONFIG, and two MultiWorkerMirroredStrategy workers vs one process."""
 
 import json
 import os
@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from keras_music import distributed, run as run_lib
 from conftest import FOUR_CHORALES, TINY
 
 
@@ -112,3 +113,35 @@ def test_mirrored_strategy_trains_like_the_default_on_one_device(tmp_path, tiny_
     reference = json.load(open(os.path.join(tiny_run, "metrics.json")))
     assert metrics["strategy"] == "mirrored" and metrics["replicas"] >= 1
     assert metrics["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-4)
+
+
+# ----------------------------------------------------------------------------- TF_CONFIG
+
+@pytest.mark.parametrize("task, expected", [
+    ({"type": "worker", "index": "abc"}, "task.index must be an integer, got 'abc'"),
+    ({"type": "worker", "index": 5}, "task.index 5 is outside 0..1"),
+    ({"type": "ps", "index": 0}, "task.type 'ps' is not in the cluster"),
+])
+def test_bad_tf_config_is_a_clear_error(task, expected):
+    environment = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": task})}
+    with pytest.raises(run_lib.RunError, match=expected):
+        distributed.Cluster(environment)
+
+
+def test_the_first_worker_is_chief_unless_the_cluster_names_one():
+    def cluster(members, task):
+        return distributed.Cluster({"TF_CONFIG": json.dumps({"cluster": members, "task": task})})
+
+    workers = {"worker": ["a:1", "b:2"]}
+    first, second = cluster(workers, {"type": "worker", "index": 0}), cluster(workers, {"type": "worker", "index": 1})
+    assert (first.is_chief, second.is_chief, first.num_workers) == (True, False, 2)
+    named = {"chief": ["c:0"], "worker": ["a:1", "b:2"]}
+    assert cluster(named, {"type": "chief"}).is_chief and not cluster(named, {"type": "worker", "index": 0}).is_chief
+    assert cluster(named, {"type": "chief"}).num_workers == 3
+    with pytest.raises(run_lib.RunError, match="needs TF_CONFIG with \"cluster\" and \"task\""):
+        distributed.Cluster({})
+
+
+def test_unknown_strategy_is_refused():
+    with pytest.raises(run_lib.RunError, match="unknown train.strategy 'gpu-farm'"):
+        distributed.distribution_strategy("gpu-farm")

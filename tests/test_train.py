@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from keras_music import run as run_lib, train
+from keras_music import callbacks, run as run_lib, train
 from conftest import FOUR_CHORALES, REPO, TINY, tiny_config
 
 RUN_FILES = ("config.yaml", "vocab.json", "corpus_manifest.json", "model.keras", "metrics.json",
@@ -105,25 +105,6 @@ def test_killed_run_resumes_and_ends_with_the_uninterrupted_weights(tmp_path):
     actual = run_lib.load_model(str(interrupted)).get_weights()
     for a, b in zip(expected, actual):
         np.testing.assert_array_equal(a, b)
-
-
-def test_progress_line_says_where_training_is():
-    line = train.progress_line(3, 60, 120, 400, 5432.1, 1.23456, 95.4, 12 * 60 + 30)
-    assert line == ("epoch 3/60 step 120/400 | 5,432 tokens/s | loss 1.2346 | epoch ends in 1:35 | "
-                    "budget left 12:30")
-    assert train.progress_line(1, 2, 1, 2, 10.0, None, 3725, None).endswith(
-        "loss n/a | epoch ends in 1:02:05 | no time budget")
-
-
-def test_budget_cosine_warms_up_then_anneals_to_the_floor():
-    settings = tiny_config("train.learning_rate=0.01", "train.min_learning_rate_ratio=0.05").train
-    assert train.budget_cosine(settings, 0.0) == pytest.approx(0.001)
-    assert train.budget_cosine(settings, 0.02) == pytest.approx(0.01)
-    assert train.budget_cosine(settings, 0.51) == pytest.approx(0.0005 + 0.0095 * 0.5)
-    assert train.budget_cosine(settings, 1.0) == pytest.approx(0.0005)
-    assert train.budget_cosine(settings, 3.0) == pytest.approx(0.0005)
-    rates = [train.budget_cosine(settings, f / 100) for f in range(2, 101)]
-    assert all(a >= b for a, b in zip(rates, rates[1:]))
 
 
 def test_time_budget_stops_an_annealed_run_and_the_steps_are_shown(tmp_path, capsys):
@@ -262,13 +243,13 @@ def test_a_diverging_loss_stops_training_and_keeps_the_best_earlier_epoch(tmp_pa
                 head = self.model.get_layer("head")
                 head.bias.assign(np.full(head.bias.shape, np.nan, "float32"))
 
-    original = train.make_callbacks
+    original = callbacks.make_callbacks
 
     def with_divergence(*args, **kwargs):
-        progress, callbacks = original(*args, **kwargs)
-        return progress, [Diverge()] + callbacks
+        progress, every = original(*args, **kwargs)
+        return progress, [Diverge()] + every
 
-    monkeypatch.setattr(train, "make_callbacks", with_divergence)
+    monkeypatch.setattr(callbacks, "make_callbacks", with_divergence)
     run_dir = str(tmp_path / "run")
     with pytest.raises(train.TrainingDiverged) as error:
         train.train(tiny_config("train.epochs=3"), run_dir, show_progress=False, log=lambda *a: None)
@@ -282,7 +263,7 @@ def test_a_diverging_loss_stops_training_and_keeps_the_best_earlier_epoch(tmp_pa
     state = strict_json(os.path.join(run_dir, "backup", "state.json"))
     assert state["model"] == "model-0001.keras"  # the poisoned weights were never backed up
     # Rerunning the same command does not train on: it reports the same stop.
-    monkeypatch.setattr(train, "make_callbacks", original)
+    monkeypatch.setattr(callbacks, "make_callbacks", original)
     with pytest.raises(train.TrainingDiverged):
         train.train(tiny_config("train.epochs=3"), run_dir, show_progress=False, log=lambda *a: None)
 
@@ -295,17 +276,6 @@ def test_a_loss_that_diverges_at_once_keeps_no_model(tmp_path):
     assert "no model was kept" in result.stderr and "lower train.learning_rate" in result.stderr
     assert not (run_dir / "model.keras").exists() and not (run_dir / "metrics.json").exists()
     strict_json(run_dir / "backup" / "state.json")
-
-
-@pytest.mark.parametrize("task, expected", [
-    ({"type": "worker", "index": "abc"}, "task.index must be an integer, got 'abc'"),
-    ({"type": "worker", "index": 5}, "task.index 5 is outside 0..1"),
-    ({"type": "ps", "index": 0}, "task.type 'ps' is not in the cluster"),
-])
-def test_bad_tf_config_is_a_clear_error(task, expected):
-    environment = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": task})}
-    with pytest.raises(run_lib.RunError, match=expected):
-        train.Cluster(environment)
 
 
 def test_printed_next_commands_quote_paths_with_spaces(tiny_run, tmp_path, capsys):
