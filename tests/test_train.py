@@ -489,10 +489,10 @@ def test_min_count_turns_rare_tokens_into_unk_in_the_vocabulary_and_the_data(pre
     assert info["validation_unknown_rate"] > full_info["validation_unknown_rate"]
 
 
-def test_the_classic_representation_trains_samples_generates_and_evaluates(tmp_path, capsys):
+def test_the_classic_representation_trains_samples_generates_evaluates_and_exports(tmp_path, capsys):
     from music21 import converter
 
-    from keras_music import evaluate, events, generate
+    from keras_music import evaluate, events, export, generate
 
     run_dir = tmp_path / "classic"
     with pytest.raises(SystemExit) as exit_info:
@@ -517,6 +517,20 @@ def test_the_classic_representation_trains_samples_generates_and_evaluates(tmp_p
     # Every classic token is one event.
     assert quality["events"] == quality["tokens"] > 0
     assert 1 < quality["perplexity"] < len(vocabulary)
+    # Exported, it generates classic tokens on the phone's path (TFLite, no TensorFlow).
+    report = export.export(str(run_dir), quantize=("none",), parity_windows=2, parity_steps=20, log=lambda *a: None)
+    assert report["passed"]
+    exported = run_lib.path(str(run_dir), run_lib.EXPORT)
+    assert json.load(open(os.path.join(exported, run_lib.EXPORT_VOCAB)))["representation"] == "classic"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "export", "reference_generator.py"),
+         "--model", os.path.join(exported, run_lib.TFLITE_FILES["none"]),
+         "--vocab", os.path.join(exported, run_lib.EXPORT_VOCAB), "--out", str(tmp_path / "phone.mid"),
+         "--length", "20", "--seed", "3"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "phone.mid").read_bytes()[:4] == b"MThd"
+    tokens = next(line for line in result.stdout.splitlines() if line.startswith("tokens: "))[8:].split()
+    assert tokens[0] == "<piece>" and all(events.token_representations(t) == {"classic"} for t in tokens[1:])
 
 
 def test_without_run_dir_each_run_gets_a_timestamped_directory_and_runs_latest(tmp_path, monkeypatch, capsys):
