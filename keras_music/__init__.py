@@ -27,8 +27,8 @@ def _installed(name: str) -> str | None:
         return None
 
 
-def _check_versions() -> None:
-    tf_version = _installed("tensorflow") or _installed("tensorflow-cpu")
+def check_tensorflow_version(tf_version: str | None) -> None:
+    """Raise EnvironmentMismatch unless `tf_version` (None: TensorFlow is not installed) can load tensorflow-io."""
     if tf_version is not None and not tf_version.startswith(SUPPORTED_TENSORFLOW):
         raise EnvironmentMismatch(
             f"keras_music needs TensorFlow {' or '.join(SUPPORTED_TENSORFLOW)} (found {tf_version}): "
@@ -36,7 +36,7 @@ def _check_versions() -> None:
             "Reinstall with: pip install 'tensorflow==2.17.*' 'tensorflow-io==0.37.1'")
 
 
-_check_versions()
+check_tensorflow_version(_installed("tensorflow") or _installed("tensorflow-cpu"))
 
 _io_checked = False
 
@@ -46,10 +46,12 @@ def check_tensorflow_io() -> None:
     global _io_checked
     if _io_checked:
         return
+    import importlib
+
     import tensorflow as tf
 
     try:
-        import tensorflow_io  # noqa: F401  (registers s3://, az://, hdfs:// filesystems)
+        importlib.import_module("tensorflow_io")  # registers the s3://, az://, hdfs:// filesystems
         from tensorflow_io.python.ops import core_ops
 
         core_ops._load()

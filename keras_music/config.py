@@ -107,6 +107,12 @@ def to_dict(config) -> dict:
     return out
 
 
+def _require_finite(key: str, value) -> None:
+    # YAML reads .inf and .nan as numbers, and code can build them; no setting means anything with them.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+
+
 def _coerce(key: str, value, annotation):
     """Convert `value` to the field type, or raise ConfigError naming the key."""
     expected = annotation
@@ -132,9 +138,7 @@ def _coerce(key: str, value, annotation):
     if expected is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            # YAML reads .inf and .nan as numbers; no setting means anything with them.
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        _require_finite(key, value)
         return float(value)
     if expected is str:
         if not isinstance(value, str):
@@ -172,9 +176,7 @@ def validate(config: Config) -> Config:
     for section in dataclasses.fields(config):
         values = getattr(config, section.name)
         for f in dataclasses.fields(values):
-            value = getattr(values, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{section.name}.{f.name}: expected a finite number, got {value!r}")
+            _require_finite(f"{section.name}.{f.name}", getattr(values, f.name))
     require(len(d.sources) > 0, "data.sources", d.sources, "at least one source")
     require(d.representation in REPRESENTATIONS, "data.representation", d.representation,
             "one of " + ", ".join(REPRESENTATIONS))
