@@ -164,7 +164,7 @@ class Backups:
         """
         storage.makedirs(self.directory)
         if save_weights:
-            name = f"model-{next_epoch:04d}.keras"
+            name = run_lib.backup_model_name(next_epoch)
             with storage.atomic_local_path(storage.join(self.directory, name)) as tmp:
                 model_lib.save_model(model, tmp, self.metadata)
             self.model_name = name
@@ -173,7 +173,7 @@ class Backups:
                  "vocabulary_fingerprint": (self.metadata or {}).get("vocabulary_fingerprint")}
         storage.write_json(storage.join(self.directory, run_lib.BACKUP_STATE), state)
         for old in storage.listdir(self.directory):
-            if old.startswith("model-") and old != self.model_name:
+            if old.startswith(run_lib.BACKUP_MODEL_PREFIX) and old != self.model_name:
                 storage.remove(storage.join(self.directory, old))
 
 
@@ -279,6 +279,6 @@ def make_callbacks(config, run_dir: str, steps_per_epoch: int, initial_state: di
     progress = RunProgress(config, run_dir, steps_per_epoch, initial_state, log, show_progress, metadata)
     callbacks = [progress, keras.callbacks.TerminateOnNaN()]
     if not storage.is_remote(run_dir):
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=run_lib.path(run_dir, "logs"), update_freq="epoch",
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=run_lib.path(run_dir, run_lib.LOGS), update_freq="epoch",
                                                      write_graph=False, profile_batch=0))
     return progress, callbacks

@@ -93,6 +93,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+def with_sources(config: Config, sources) -> Config:
+    """The config reading its corpus from `sources` (e.g. --data) instead."""
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, sources=tuple(sources)))
+
+
 def to_dict(config) -> dict:
     """Nested plain dict (tuples as lists) suitable for YAML/JSON."""
     out = {}

@@ -18,9 +18,6 @@ MAX_NUM_SAMPLES = 1000
 DISTRIBUTIONS_PNG = "metric_distributions.png"
 TEMPERATURE_PNG = "metrics_vs_temperature.png"
 
-# tests/test_train.py reaches the scorer through this module; its home is evaluate_likelihood.
-model_quality = likelihood.model_quality
-
 
 def evaluate_run(run_dir: str, num_samples: int = DEFAULT_NUM_SAMPLES, length: int = DEFAULT_LENGTH,
                  temperatures=DEFAULT_TEMPERATURES, seed: int = 0, orders=DEFAULT_ORDERS, out_dir: str | None = None,

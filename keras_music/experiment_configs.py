@@ -70,8 +70,7 @@ def resolve_runs(config_files, out_dir: str, sources=(), overrides=(), scale: fl
         applied += [f"{key}={value}" for key, value in budget_keys if key not in user_keys]
         config = config_lib.load([file], overrides + applied)
         if sources:
-            config = config_lib.validate(dataclasses.replace(
-                config, data=dataclasses.replace(config.data, sources=tuple(sources))))
+            config = config_lib.validate(config_lib.with_sources(config, sources))
         runs.append(StudyRun(name, str(file), config, storage.join(out_dir, name), base.model.hidden_size, applied))
     return runs
 

@@ -19,7 +19,6 @@ DEFAULT_PRIMER_TOKENS = (8, 32)
 # A model that keeps emitting pitches without ever closing a sonority must still end:
 # each row stops after this many tokens per requested event.
 MAX_TOKENS_PER_EVENT = 32
-PRIMER_EXTENSIONS = (".mid", ".midi", ".musicxml", ".mxl", ".xml", ".abc", ".krn")
 # Pieces are sampled together as one batch and each is written as five files: a bound
 # keeps a mistyped count from filling the memory and the disk.
 MAX_NUM_SAMPLES = 1000
@@ -165,14 +164,14 @@ class Generator:
         if not storage.exists(path):
             raise FileNotFoundError(2, "no such file", path)
         data = self.config.data
-        if not path.lower().endswith(PRIMER_EXTENSIONS):
-            raise GenerateError(f"primer {path}: unsupported file type (expected one of {', '.join(PRIMER_EXTENSIONS)})")
+        if not path.lower().endswith(corpus.SCORE_EXTENSIONS):
+            raise GenerateError(f"primer {path}: unsupported file type (expected one of {', '.join(corpus.SCORE_EXTENSIONS)})")
         # Read and parsed like a corpus file: regular files only, bounded in size, and
         # parsed in a worker process that is stopped after data.parse_timeout seconds.
         record = corpus.parse_path(path, prepare.parse_settings(data), cache_dir=data.cache_dir)
         if record.get("status") != "used":
             raise GenerateError(f"primer {path}: {record.get('reason', 'cannot be read')}; expected a score file "
-                                f"such as {', '.join(PRIMER_EXTENSIONS)} with pitched notes")
+                                f"such as {', '.join(corpus.SCORE_EXTENSIONS)} with pitched notes")
         tokens = prepare.tokens_for(record, data)
         if not tokens:
             raise GenerateError(f"primer {path} has no notes to start from")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import re
@@ -357,7 +356,7 @@ def _shards_config(config: config_lib.Config, settings: dict, check_sources: boo
     if check_sources and list(config.data.sources) != list(sources):
         raise PrepareError(f"--data {list(config.data.sources)} differs from the shards' sources {sources}; "
                            "merge without --data or with the same sources")
-    config = dataclasses.replace(config, data=dataclasses.replace(config.data, sources=tuple(sources)))
+    config = config_lib.with_sources(config, sources)
     wanted = prepare_settings(config)
     for key, value in settings.items():
         if wanted.get(key) != value:
@@ -434,7 +433,7 @@ def main(argv=None) -> int:
     with cli.user_errors(parser):
         config = config_lib.load(args.config, args.overrides)
         if args.data:
-            config = dataclasses.replace(config, data=dataclasses.replace(config.data, sources=tuple(args.data)))
+            config = config_lib.with_sources(config, args.data)
         if args.shard_index is not None:
             with run_lib.lock(shard_dir(args.out, args.shard_index, args.num_shards), "python -m keras_music.prepare"):
                 prepare_shard(config, args.out, args.shard_index, args.num_shards, show_progress=not args.quiet)

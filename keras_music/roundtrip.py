@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     parser, args = parse_args(argv)
     with cli.user_errors(parser):
         config = config_lib.load(args.config, args.overrides)
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, sources=tuple(args.sources)))
+        config = config_lib.with_sources(config, args.sources)
         record = roundtrip(config, args.out, musicxml=args.musicxml, show_progress=not args.quiet)
         if not args.quiet:
             print(table(record))

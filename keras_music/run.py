@@ -25,6 +25,8 @@ PREPARED_FORMAT = "keras_music.prepared"
 DATA = "data"
 BACKUP = "backup"
 BACKUP_STATE = "state.json"
+BACKUP_MODEL_PREFIX = "model-"  # backup/model-<next epoch>.keras
+LOGS = "logs"  # TensorBoard
 BEST_CHECKPOINT = ("checkpoints", "best.keras")
 TRAINING_CURVES = "training_curves.png"
 GENERATED = "generated"
@@ -59,6 +61,11 @@ def _shell(word) -> str:
     import shlex
 
     return shlex.quote(str(word))
+
+
+def backup_model_name(next_epoch: int) -> str:
+    """The backup model written before `next_epoch` starts."""
+    return f"{BACKUP_MODEL_PREFIX}{next_epoch:04d}.keras"
 
 
 def timestamped_dir(root: str, prefix: str = "") -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -39,7 +38,7 @@ def parse_args(argv=None):
 def resolve_config(args) -> config_lib.Config:
     config = config_lib.load(args.config, args.overrides)
     if args.data:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, sources=tuple(args.data)))
+        config = config_lib.with_sources(config, args.data)
     return config_lib.validate(config)
 
 
@@ -459,7 +458,7 @@ def save_results(run_dir: str, model, metrics: dict, metadata: dict, sizes: dict
     storage.write_json(run_lib.path(run_dir, run_lib.METRICS), metrics)
     if metrics["history"]:
         name = os.path.basename(str(run_dir).rstrip("/"))
-        plot_curves(metrics["history"], run_lib.path(run_dir, "training_curves.png"),
+        plot_curves(metrics["history"], run_lib.path(run_dir, run_lib.TRAINING_CURVES),
                     f"{name}: {sizes['num_layers']} x LSTM({sizes['hidden_size']})")
 
 

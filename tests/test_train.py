@@ -255,13 +255,13 @@ def test_damaged_prepared_data_is_one_error_naming_the_file_and_the_fix(prepared
 def test_a_run_with_a_missing_validation_shard_never_reports_a_perfect_score(tiny_run, tmp_path):
     import shutil
 
-    from keras_music import evaluate
+    from keras_music import evaluate_likelihood
 
     copy = str(tmp_path / "run")
     shutil.copytree(tiny_run, copy)
     os.remove(os.path.join(copy, "data", "validation-00000-of-00001.tfrecord"))
     with pytest.raises(run_lib.RunError, match="validation-00000-of-00001.tfrecord is missing"):
-        evaluate.model_quality(copy)
+        evaluate_likelihood.model_quality(copy)
     # The same train command prepares the data again (same sources, same vocabulary) and leaves the model as it was.
     model_before = open(os.path.join(copy, "model.keras"), "rb").read()
     messages = []
@@ -269,7 +269,7 @@ def test_a_run_with_a_missing_validation_shard_never_reports_a_perfect_score(tin
     assert any("preparing it again" in m for m in messages)
     assert metrics["val_perplexity"] > 1.5
     assert open(os.path.join(copy, "model.keras"), "rb").read() == model_before
-    assert evaluate.model_quality(copy)["perplexity"] > 1.5
+    assert evaluate_likelihood.model_quality(copy)["perplexity"] > 1.5
 
 
 def test_infinite_learning_rate_is_refused_naming_the_key(tmp_path):
@@ -492,7 +492,7 @@ def test_min_count_turns_rare_tokens_into_unk_in_the_vocabulary_and_the_data(pre
 def test_the_classic_representation_trains_samples_generates_evaluates_and_exports(tmp_path, capsys):
     from music21 import converter
 
-    from keras_music import evaluate, events, export, generate
+    from keras_music import evaluate_likelihood, events, export, generate
 
     run_dir = tmp_path / "classic"
     with pytest.raises(SystemExit) as exit_info:
@@ -513,7 +513,7 @@ def test_the_classic_representation_trains_samples_generates_evaluates_and_expor
         assert 0 < len(piece.tokens) <= 12
         assert all(events.token_representations(token) == {"classic"} for token in piece.tokens)
         assert len(piece.notes) > 0
-    quality = evaluate.model_quality(str(run_dir))
+    quality = evaluate_likelihood.model_quality(str(run_dir))
     # Every classic token is one event.
     assert quality["events"] == quality["tokens"] > 0
     assert 1 < quality["perplexity"] < len(vocabulary)

@@ -160,8 +160,9 @@ def main(argv=None) -> int:
         results["parse"] = parse_speeds(args.data)
         results["memory"] = memory(args.run_dir, args.data, args.repeat)
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
+        from keras_music import storage
+
+        storage.write_json(args.json, results)
     return 0
 
 
