@@ -63,3 +63,11 @@ def tiny_run(tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("tiny-run"))
     train.train(tiny_config(), run_dir, show_progress=False, log=lambda *a: None)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def ground_truth(tmp_path_factory):
+    """A MIDI file with every hard case, and the notes, tempo map and metre a faithful round trip gives back."""
+    from midi_truth import write_ground_truth
+
+    return write_ground_truth(tmp_path_factory.mktemp("truth"))
