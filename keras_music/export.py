@@ -125,7 +125,7 @@ def _artifacts(parity: dict, saved_model_dir: str, loaded, tflite_paths: dict) -
 def _write_web(run_dir: str, out: str, vocab_file: str, tflite_paths: dict, runtime) -> dict:
     """RUN/export/web/, the static site that generates with the .tflite files in a browser; returns its summary."""
     return web_export.write_site(
-        os.path.join(out, web_export.WEB_DIR), vocab_file,
+        os.path.join(out, run_lib.WEB), vocab_file,
         [(path, WEB_DESCRIPTIONS[quantization]) for quantization, path in tflite_paths.items()], runtime,
         run_name=os.path.basename(run_dir.rstrip("/")), timing=run_lib.load_prepared(run_dir).get("timing"))
 

@@ -14,7 +14,6 @@ import time
 from keras_music import run as run_lib, storage
 from keras_music.errors import KerasMusicError
 
-WEB_DIR = run_lib.WEB  # the site's folder inside RUN/export/ (export.py still names it so)
 SITE_FILE = "web.json"
 SITE_FORMAT = "keras_music.web"
 SITE_VERSION = 1
@@ -49,7 +48,7 @@ RUNTIME_MANIFEST = "runtime.json"
 NPM_TIMEOUT_SECONDS = 600
 
 # Preferred default model, best first: the smallest file that keeps the greedy tokens.
-DEFAULT_MODEL_ORDER = ("model_dynamic.tflite", "model_float16.tflite", "model.tflite")
+DEFAULT_MODEL_ORDER = tuple(run_lib.TFLITE_FILES[q] for q in ("dynamic", "float16", "none"))
 
 
 class WebExportError(KerasMusicError, RuntimeError):
@@ -217,7 +216,7 @@ def write_site(directory: str, vocab_file: str, models, runtime_dir: str, run_na
     os.makedirs(os.path.join(directory, MODELS_DIR), exist_ok=True)
     for name in SOURCE_FILES:
         shutil.copyfile(os.path.join(sources, name), os.path.join(directory, name))
-    shutil.copyfile(vocab_file, os.path.join(directory, "vocab.json"))
+    shutil.copyfile(vocab_file, os.path.join(directory, run_lib.EXPORT_VOCAB))
     entries = []
     for path, quantization in models:
         name = os.path.basename(path)
@@ -237,7 +236,7 @@ def write_site(directory: str, vocab_file: str, models, runtime_dir: str, run_na
         "version": SITE_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run": run_name,
-        "vocab": "vocab.json",
+        "vocab": run_lib.EXPORT_VOCAB,
         "models": entries,
         "default_model": default,
         "timing": {"tempo": float(timing.get("tempo", 120.0)),
