@@ -71,3 +71,19 @@ def ground_truth(tmp_path_factory):
     from midi_truth import write_ground_truth
 
     return write_ground_truth(tmp_path_factory.mktemp("truth"))
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """Every figure saved through keras_music.plots, kept for inspection after it is written."""
+    from keras_music import plots
+
+    figures = []
+    save = plots.save
+
+    def keep(figure, path, dpi=90):
+        figures.append(figure)
+        save(figure, path, dpi)
+
+    monkeypatch.setattr(plots, "save", keep)
+    return figures

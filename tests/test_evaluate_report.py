@@ -2,9 +2,7 @@
 
 import math
 
-import pytest
-
-from keras_music import evaluate_report, plots
+from keras_music import evaluate_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -164,20 +162,6 @@ def test_length_phrase():
 # ----------------------------------------------------------------------------- figures
 
 
-@pytest.fixture
-def saved(monkeypatch):
-    """Every figure the report saves, kept for inspection after it is written."""
-    figures = []
-    save = plots.save
-
-    def keep(figure, path, dpi=90):
-        figures.append(figure)
-        save(figure, path, dpi)
-
-    monkeypatch.setattr(plots, "save", keep)
-    return figures
-
-
 def visible(figure):
     return [axis for axis in figure.axes if axis.axison]
 
@@ -201,34 +185,34 @@ def read_head(path):
         return handle.read(8)
 
 
-def test_distribution_figure_has_a_histogram_panel_per_metric(tmp_path, saved):
+def test_distribution_figure_has_a_histogram_panel_per_metric(tmp_path, saved_figures):
     path = str(tmp_path / "distributions.png")
     evaluate_report.plot_distributions(evaluation_result()["music_metrics"], path)
     assert read_head(path) == PNG_SIGNATURE
-    (figure,) = saved
+    (figure,) = saved_figures
     assert [axis.get_title() for axis in visible(figure)] == list(METRICS)
     assert legend_labels(figure) == ["held-out real", "T = 0.5", "T = 1"]
 
 
-def test_distribution_figure_marks_a_metric_without_values(tmp_path, saved):
+def test_distribution_figure_marks_a_metric_without_values(tmp_path, saved_figures):
     music = evaluation_result()["music_metrics"]
     for rows in [music["real"]["pieces"]] + [music["generated"][k]["pieces"] for k in music["generated"]]:
         for row in rows:
             row["metrics"]["key_correlation"] = math.nan
     evaluate_report.plot_distributions(music, str(tmp_path / "distributions.png"))
-    (figure,) = saved
+    (figure,) = saved_figures
     assert [axis.get_title() for axis in visible(figure)] == ["pitch_entropy"]
     assert figure.axes[1].get_title() == "key_correlation (undefined)"
 
 
-def test_temperature_figure_plots_means_against_temperature(tmp_path, saved):
+def test_temperature_figure_plots_means_against_temperature(tmp_path, saved_figures):
     music = evaluation_result()["music_metrics"]
     music["real"]["summary"]["key_correlation"] = {"mean": None, "std": None, "n": 0, "n_undefined": 2}
     music["generated"]["1"]["summary"]["pitch_entropy"]["mean"] = math.nan
     path = str(tmp_path / "temperature.png")
     evaluate_report.plot_metrics_vs_temperature(music, path)
     assert read_head(path) == PNG_SIGNATURE
-    (figure,) = saved
+    (figure,) = saved_figures
     panels = visible(figure)
     assert [axis.get_title() for axis in panels] == list(METRICS)
     assert {axis.get_xlabel() for axis in panels} == {"temperature"}

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from keras_music import experiment_report, plots
+from keras_music import experiment_report
 
 from test_evaluate_report import DESCRIPTIONS, METRICS, PNG_SIGNATURE, dashed, legend_labels, means, read_head, visible
 
@@ -263,27 +263,13 @@ def test_study_markdown_without_scale_or_budget():
 # ----------------------------------------------------------------------------- figures
 
 
-@pytest.fixture
-def saved(monkeypatch):
-    """Every figure the report saves, kept for inspection after it is written."""
-    figures = []
-    save = plots.save
-
-    def keep(figure, path, dpi=90):
-        figures.append(figure)
-        save(figure, path, dpi)
-
-    monkeypatch.setattr(plots, "save", keep)
-    return figures
-
-
-def test_learning_curves_have_a_panel_for_tokens_and_one_for_time(tmp_path, saved):
+def test_learning_curves_have_a_panel_for_tokens_and_one_for_time(tmp_path, saved_figures):
     result = study_result()
     result["runs"]["modified"]["history"] = []
     path = str(tmp_path / experiment_report.LEARNING_CURVES_PNG)
     experiment_report.plot_learning_curves(result, path)
     assert read_head(path) == PNG_SIGNATURE
-    (figure,) = saved
+    (figure,) = saved_figures
     by_tokens, by_time = figure.axes
     assert (by_tokens.get_xlabel(), by_time.get_xlabel()) == ("training tokens seen", "training time (minutes)")
     assert figure.get_suptitle() == "learning curves: original (hidden 8) vs modified (hidden 12)"
@@ -294,13 +280,13 @@ def test_learning_curves_have_a_panel_for_tokens_and_one_for_time(tmp_path, save
     assert list(by_time.lines[0].get_xdata()) == pytest.approx([4 / 60, 8 / 60, 12 / 60])
 
 
-def test_metrics_by_temperature_has_a_line_per_config(tmp_path, saved):
+def test_metrics_by_temperature_has_a_line_per_config(tmp_path, saved_figures):
     result = study_result()
     result["real"]["key_correlation"]["mean"] = None
     path = str(tmp_path / experiment_report.METRICS_PNG)
     experiment_report.plot_metrics_by_temperature(result, path)
     assert read_head(path) == PNG_SIGNATURE
-    (figure,) = saved
+    (figure,) = saved_figures
     panels = visible(figure)
     assert [axis.get_title() for axis in panels] == list(METRICS)
     assert sorted(legend_labels(figure)) == ["held-out real", "modified", "original"]
