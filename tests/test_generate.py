@@ -398,7 +398,7 @@ def test_unreadable_primer_files_raise_errors_naming_the_file(generator, tmp_pat
 def test_a_midi_primer_hands_its_tempo_map_metre_program_and_pickup_to_the_piece(generator, tmp_path):
     import mido
 
-    from test_midi import TPQ, build, note, read_back
+    from midi_truth import TPQ, build, note, read_back
 
     conductor = [(0, mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(72))),
                  (0, mido.MetaMessage("time_signature", numerator=3, denominator=4)),
@@ -421,7 +421,7 @@ def test_a_midi_primer_hands_its_tempo_map_metre_program_and_pickup_to_the_piece
 def test_unprimed_pieces_take_the_corpus_median_tempo_and_most_common_metre(run_dir, tmp_path):
     import shutil
 
-    from test_midi import read_back
+    from midi_truth import read_back
 
     copy = str(tmp_path / "run")
     shutil.copytree(run_dir, copy)
@@ -442,7 +442,7 @@ def assert_files_hold_the_record(stem):
     that the piece's JSON record says; returns the record."""
     from music21 import converter, meter, tempo
 
-    from test_midi import read_back
+    from midi_truth import read_back
 
     with open(stem + ".json") as handle:
         record = json.load(handle)

@@ -56,7 +56,7 @@ def musicxml_metre_and_tempo(path):
 
 
 def test_a_piece_midi_holds_its_notes_tempo_map_metre_and_program(generator, tmp_path):
-    from test_midi import read_back
+    from midi_truth import read_back
 
     piece = crafted_piece(generator)
     piece = dataclasses.replace(piece, timing={"start": 1.0, "tempos": [[0.0, 72.0], [2.0, 96.0]],
@@ -75,7 +75,7 @@ def test_a_piece_midi_holds_its_notes_tempo_map_metre_and_program(generator, tmp
 def test_written_midi_and_musicxml_reparse_into_the_same_events(generator, tmp_path):
     from music21 import converter
 
-    from test_midi import read_back
+    from midi_truth import read_back
 
     written_pieces = generator.generate(num_samples=2, length=25, temperature=1.2, seed=8)
     written_pieces.append(crafted_piece(generator))
@@ -109,7 +109,7 @@ def test_written_midi_and_musicxml_reparse_into_the_same_events(generator, tmp_p
 
 
 def test_bad_timing_in_a_manifest_never_reaches_the_files(generator, tmp_path):
-    from test_midi import read_back
+    from midi_truth import read_back
 
     timing = pieces.record_timing({"start": float("nan"), "tempos": [[0.0, -5.0], [1.0, 90.0]],
                                    "time_signatures": [[0.0, 4, 3], [0.0, 0, 4], ["x", 3, 4]],
