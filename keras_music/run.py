@@ -622,6 +622,24 @@ def read_split(run_dir: str, split: str, vocabulary: Vocabulary, info: dict | No
     return pieces
 
 
+def read_metrics(run_dir: str) -> dict | None:
+    """metrics.json of a run that finished training, or None (missing, unreadable, or not a training record)."""
+    try:
+        metrics = storage.read_json(path(run_dir, METRICS), 64 << 20)
+    except (OSError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) and "val_loss" in metrics else None
+
+
+def read_evaluation(run_dir: str) -> dict | None:
+    """evaluation/evaluation.json as `evaluate` wrote it, or None (not evaluated yet, or unreadable)."""
+    try:
+        evaluation = storage.read_json(path(run_dir, EVALUATION, EVALUATION_JSON), 256 << 20)
+    except (OSError, ValueError):
+        return None
+    return evaluation if isinstance(evaluation, dict) else None
+
+
 def manifest_entries(run_dir: str, strict: bool = True) -> dict[str, dict]:
     """corpus_manifest.json's entries by file name ({} when the run has none).
 

@@ -206,15 +206,12 @@ def finished_run(run_dir: str, state: dict | None, config, vocabulary, log) -> d
     if not state or not (state.get("stopped") or state.get("stopped_reason")
                          or state.get("next_epoch", 0) >= config.train.epochs):
         return None
-    file = run_lib.path(run_dir, run_lib.METRICS)
-    if not storage.exists(file) or not storage.exists(run_lib.path(run_dir, run_lib.MODEL)):
+    done = run_lib.read_metrics(run_dir)
+    if done is None or not storage.exists(run_lib.path(run_dir, run_lib.MODEL)):
         return None
     try:
-        done = storage.read_json(file, 64 << 20)
         run_lib.load_model(run_dir, vocabulary)
     except (OSError, ValueError):  # RunError is a ValueError: a damaged model is written again
-        return None
-    if not isinstance(done, dict) or "val_loss" not in done:
         return None
     log(f"{run_dir} has finished training ({done.get('epochs')} epochs, {done.get('stopped_detail')}); nothing to do")
     if done.get("stopped") == "nan_loss":

@@ -101,8 +101,8 @@ class Studio:
         out = []
         for label, run_dir in self.runs.items():
             generator = self.generators[label]
-            metrics = _read_json(run_lib.path(run_dir, run_lib.METRICS))
-            evaluation = _read_json(run_lib.path(run_dir, run_lib.EVALUATION, run_lib.EVALUATION_JSON))
+            metrics = run_lib.read_metrics(run_dir)
+            evaluation = run_lib.read_evaluation(run_dir)
             out.append({
                 "name": label, "run_dir": run_dir, "representation": generator.representation,
                 "vocabulary_size": len(generator.vocabulary), "held_out": len(generator.held_out_pieces()),
@@ -349,13 +349,6 @@ def trim(sonorities, quarters: Fraction) -> list:
         out.append(dataclasses.replace(sonority, duration=duration))
         total += duration
     return out
-
-
-def _read_json(path: str):
-    try:
-        return storage.read_json(path)
-    except (OSError, ValueError):
-        return None
 
 
 def _scalars(record) -> dict:
