@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 
 import numpy as np
 
@@ -18,17 +17,13 @@ class BackendError(KerasMusicError, ValueError):
     """An exported artifact is missing, damaged or stale; the message says how to export again."""
 
 
-def export_command(run_dir: str) -> str:
-    return f"python -m keras_music.export --run-dir {shlex.quote(str(run_dir))}"
-
-
 def _export_missing(path: str, run_dir: str) -> BackendError:
-    return BackendError(f"{path} is missing: export the run first with {export_command(run_dir)}")
+    return BackendError(f"{path} is missing: export the run first with {run_lib.export_command(run_dir)}")
 
 
 def _no_step_signature(path: str, found, run_dir: str) -> BackendError:
     return BackendError(f"{path} has no `step` signature (found {sorted(found)}): "
-                        f"re-export with {export_command(run_dir)}")
+                        f"re-export with {run_lib.export_command(run_dir)}")
 
 
 class KerasBackend:
@@ -96,7 +91,7 @@ def _load_saved_model(run_dir: str, path: str, checked: bool):
     except Exception as error:  # tf.errors.* for a damaged SavedModel
         text = (getattr(error, "message", None) or str(error)).strip().splitlines()
         raise BackendError(f"{path} cannot be loaded ({type(error).__name__}: {text[0] if text else ''}): "
-                           f"re-export with {export_command(run_dir)}") from None
+                           f"re-export with {run_lib.export_command(run_dir)}") from None
 
 
 def _relative_files(directory: str) -> list[str]:
@@ -125,7 +120,7 @@ class TFLiteBackend:
             self.interpreter = Interpreter(model_content=storage.read_bytes(self.path))
         except ValueError as error:  # not a TFLite flatbuffer
             raise BackendError(f"{self.path} cannot be loaded ({error}): re-export with "
-                               f"{export_command(run_dir)}") from None
+                               f"{run_lib.export_command(run_dir)}") from None
         signatures = self.interpreter.get_signature_list()
         if "step" not in signatures:
             raise _no_step_signature(self.path, signatures, run_dir)
@@ -161,7 +156,7 @@ def _check_exported_vocabulary(run_dir: str, vocabulary: Vocabulary | None) -> N
         return
     if Vocabulary.load(exported).tokens != vocabulary.tokens:
         raise BackendError(f"{exported} differs from {run_lib.path(run_dir, run_lib.VOCAB)}: the export is stale; "
-                           f"re-export with {export_command(run_dir)}")
+                           f"re-export with {run_lib.export_command(run_dir)}")
 
 
 def make_backend(run_dir: str, backend: str, vocabulary: Vocabulary | None = None):

@@ -9,7 +9,7 @@ from fractions import Fraction
 import numpy as np
 
 from keras_music import audio as audio_lib, cli, events, formatting as fmt, piece_files, run as run_lib, sampling, storage
-from keras_music.backends import BACKENDS, export_command, make_backend
+from keras_music.backends import BACKENDS, make_backend
 from keras_music.errors import KerasMusicError
 from keras_music.pieces import Piece, default_timing, record_timing, within_primer
 
@@ -147,7 +147,7 @@ class Generator:
         size = getattr(self.backend, "vocabulary_size", len(self.vocabulary))
         if size != len(self.vocabulary):
             raise GenerateError(f"the {self.backend_name} model has {size} tokens but {run_lib.path(run_dir, run_lib.VOCAB)} "
-                                f"has {len(self.vocabulary)}: re-export the run with {export_command(run_dir)}")
+                                f"has {len(self.vocabulary)}: re-export the run with {run_lib.export_command(run_dir)}")
         self.banned = np.array(self.vocabulary.banned_ids, np.int64)
         self.banned_early = np.append(self.banned, self.vocabulary.boundary_id)
         self.is_event = np.array([events.ends_event(t, self.representation) for t in self.vocabulary.tokens], bool)

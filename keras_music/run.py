@@ -11,7 +11,7 @@ import os
 import socket
 import sys
 
-from keras_music import config as config_lib, storage
+from keras_music import cli, config as config_lib, storage
 from keras_music.errors import KerasMusicError
 from keras_music.vocabulary import Vocabulary, VocabularyError
 
@@ -57,10 +57,9 @@ def path(run_dir: str, *parts: str) -> str:
     return storage.join(run_dir, *parts)
 
 
-def _shell(word) -> str:
-    import shlex
-
-    return shlex.quote(str(word))
+def export_command(run_dir: str) -> str:
+    """The command that (re-)exports a run, to print in a message."""
+    return cli.command_line("python -m keras_music.export", "--run-dir", run_dir)
 
 
 def backup_model_name(next_epoch: int) -> str:
@@ -472,10 +471,10 @@ def _is_count(value) -> bool:
 def _prepared_fix(directory: str, info: dict | None = None) -> str:
     if info and info.get("data_dir"):
         source = os.path.dirname(str(info["data_dir"]).rstrip("/"))
-        return (f"prepare {source} again (python -m keras_music.prepare --out {_shell(source)} ...), then rerun the "
+        return (f"prepare {source} again (python -m keras_music.prepare --out {cli.quote(source)} ...), then rerun the "
                 "train command")
     return (f"prepare the data again: for a run directory rerun its train command, for a prepared directory "
-            f"python -m keras_music.prepare --out {_shell(directory)} ...")
+            f"python -m keras_music.prepare --out {cli.quote(directory)} ...")
 
 
 def check_prepared(info, file: str, directory: str = "") -> dict:
@@ -709,7 +708,7 @@ def check_export_files(run_dir: str, names) -> dict:
     Reports written with checksums are compared by sha256, older ones by size.
     """
     directory = path(run_dir, EXPORT)
-    fix = f"re-export: python -m keras_music.export --run-dir {_shell(run_dir)}"
+    fix = f"re-export: {export_command(run_dir)}"
     report_file = storage.join(directory, EXPORT_REPORT)
     try:
         report = storage.read_json(report_file, 64 << 20)
