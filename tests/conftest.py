@@ -48,6 +48,14 @@ def midi_folder(tmp_path_factory):
     return directory
 
 
+def usage_error(parse, argv, capsys) -> str:
+    """The one `prog: error: ...` line a command prints when `parse(argv)` refuses its arguments (exit 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.rstrip().splitlines()[-1]
+
+
 def tiny_config(*overrides, sources=FOUR_CHORALES):
     from keras_music import config
 

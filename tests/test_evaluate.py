@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from conftest import usage_error
+
 from keras_music import cli, evaluate, evaluate_report, formatting as fmt, metrics, run as run_lib, storage
 
 pytestmark = pytest.mark.slow
@@ -116,10 +118,8 @@ def test_evaluate_run_rejects_bad_settings_before_writing(tiny_run, tmp_path, se
     (["--orders", "abc"], "argument --orders: expected n-gram orders like 1-5 or 1,2,3, got 'abc'"),
 ])
 def test_cli_bad_values_exit_2(tiny_run, arguments, message, capsys):
-    with pytest.raises(SystemExit) as raised:
-        evaluate.main(["--run-dir", tiny_run, *arguments])
-    assert raised.value.code == 2
-    assert capsys.readouterr().err.rstrip().endswith(f"python -m keras_music.evaluate: error: {message}")
+    line = usage_error(evaluate.main, ["--run-dir", tiny_run, *arguments], capsys)
+    assert line == f"python -m keras_music.evaluate: error: {message}"
 
 
 def test_cli_missing_run_dir_exits_2(tmp_path, capsys):

@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import tiny_config, usage_error
 
 from keras_music import events, generate, sampling
 
@@ -571,10 +571,8 @@ def test_cli_strict_names_the_unknown_tokens_and_the_file(run_dir, tmp_path, cap
     (["--length", "0"], "argument --length: expected an integer in 1..100000, got 0"),
 ])
 def test_bad_numbers_are_usage_errors(run_dir, argv, expected, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        generate.parse_args(["--run-dir", run_dir, *argv])
-    assert exit_info.value.code == 2
-    assert expected in capsys.readouterr().err
+    line = usage_error(generate.parse_args, ["--run-dir", run_dir, *argv], capsys)
+    assert line == f"python -m keras_music.generate: error: {expected}"
 
 
 def test_a_primer_that_is_a_fifo_is_refused_at_once(run_dir, tmp_path):

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from conftest import write_chorales_as_midi
+from conftest import usage_error, write_chorales_as_midi
 from keras_music import audio
 from keras_music.studio import app as studio_app, routes, service
 from page_harness import BackgroundServer, headless_chromium
@@ -190,10 +190,8 @@ def test_wrong_methods_are_not_found_and_failures_are_one_logged_line(server, mo
     (["--ab-pool", "0"], "argument --ab-pool: expected a positive integer, got 0"),
 ])
 def test_command_line_refusals_are_usage_errors(tiny_run, capsys, extra, words):
-    with pytest.raises(SystemExit) as exit_info:
-        studio_app.parse_args(["--run-dir", tiny_run, *extra])
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == f"python -m keras_music.studio: error: {words}"
+    line = usage_error(studio_app.parse_args, ["--run-dir", tiny_run, *extra], capsys)
+    assert line == f"python -m keras_music.studio: error: {words}"
 
 
 def test_without_runs_latest_or_a_web_export_the_command_says_what_is_missing(tmp_path, capsys, monkeypatch):
