@@ -19,8 +19,8 @@ SITE_FORMAT = "keras_music.web"
 SITE_VERSION = 1
 MODELS_DIR = "models"
 
-# The page's own sources, kept in the repository beside the other consumers of the export.
-SOURCES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "export", "web")
+# The page's own sources ship inside the package (package data), so a wheel can export a site too.
+SOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web_page")
 SOURCE_FILES = ("index.html", "style.css", "app.js", "sampler.js", "music.js", "player.js")
 
 # LiteRT.js, fetched with npm at export time and never kept in the repository. Pinned to the
@@ -58,8 +58,8 @@ class WebExportError(KerasMusicError, RuntimeError):
 def sources_dir() -> str:
     missing = [name for name in SOURCE_FILES if not os.path.isfile(os.path.join(SOURCES, name))]
     if missing:
-        raise WebExportError(f"the web page's sources are missing ({', '.join(missing)} in {SOURCES}); the web "
-                             "export needs keras_music installed from a clone of its repository (pip install -e .)")
+        raise WebExportError(f"the web page's sources are missing ({', '.join(missing)} in {SOURCES}); reinstall "
+                             "keras_music (its package data holds them)")
     return SOURCES
 
 

@@ -175,7 +175,7 @@ def run_node(tmp_path, cases):
     node = shutil.which("node")
     assert node, "node is needed by the web export (it comes with npm) and by this test"
     for name in ("sampler", "music"):
-        shutil.copyfile(os.path.join(SCRIPTS, "web", f"{name}.js"), tmp_path / f"{name}.mjs")
+        shutil.copyfile(os.path.join(web_export.SOURCES, f"{name}.js"), tmp_path / f"{name}.mjs")
     (tmp_path / "harness.mjs").write_text(NODE_HARNESS)
     result = subprocess.run([node, str(tmp_path / "harness.mjs")], input=json.dumps(cases), capture_output=True,
                             text=True, timeout=120)
@@ -276,7 +276,7 @@ def test_page_sources_import_only_each_other_and_litert():
 
     imports = {}
     for name in (name for name in web_export.SOURCE_FILES if name.endswith(".js")):
-        with open(os.path.join(SCRIPTS, "web", name)) as handle:
+        with open(os.path.join(web_export.SOURCES, name)) as handle:
             imports[name] = re.findall(r"^import .* from '([^']+)';$", handle.read(), re.M)
     assert imports["app.js"] == ["./litert/core/index.js", "./sampler.js", "./music.js", "./player.js"]
     for name, imported in imports.items():
@@ -290,7 +290,7 @@ def test_page_sources_import_only_each_other_and_litert():
 def test_web_export_writes_a_static_site_with_the_models_and_runtime(web_run, site):
     directory = export.export_dir(web_run)
     for name in web_export.SOURCE_FILES:
-        with open(os.path.join(site, name), "rb") as copied, open(os.path.join(SCRIPTS, "web", name), "rb") as source:
+        with open(os.path.join(site, name), "rb") as copied, open(os.path.join(web_export.SOURCES, name), "rb") as source:
             assert copied.read() == source.read(), name
     with open(os.path.join(site, "vocab.json"), "rb") as copied, open(os.path.join(directory, "vocab.json"), "rb") as own:
         assert copied.read() == own.read()
