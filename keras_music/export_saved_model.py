@@ -202,6 +202,22 @@ class _GraphGrammar:
         return phase, top, current, previous
 
 
+def widened(values):
+    """float32 -> float64 exactly, subnormal float32 values included.
+
+    TensorFlow's CPU kernels run with denormals-are-zero, so a plain cast turns a
+    float32 below 2^-126 into 0; its mantissa times 2^-149 is the same number as a
+    normal float64, computed exactly.
+    """
+    import tensorflow as tf
+
+    bits = tf.bitcast(values, tf.int32)
+    subnormal = tf.equal(tf.bitwise.bitwise_and(bits, 0x7F800000), 0)
+    mantissa = tf.cast(tf.bitwise.bitwise_and(bits, 0x007FFFFF), tf.float64) * tf.constant(2.0 ** -149, tf.float64)
+    signed = tf.where(bits < 0, -mantissa, mantissa)
+    return tf.where(subnormal, signed, tf.cast(values, tf.float64))
+
+
 def sample_one(probabilities, allowed, temperature, top_k, top_p, rng_state):
     """One token by export/README.md "Portable sampler / One token", in float64: (id int32, next rng state).
 
@@ -214,7 +230,7 @@ def sample_one(probabilities, allowed, temperature, top_k, top_p, rng_state):
     size = tf.size(probabilities)
     ids = tf.range(size)
     forbidden = tf.logical_not(allowed) | (ids < 2)
-    p = tf.where(forbidden, tf.constant(0.0, tf.float64), tf.cast(probabilities, tf.float64))
+    p = tf.where(forbidden, tf.constant(0.0, tf.float64), widened(probabilities))
     masked = tf.where(forbidden, tf.constant(-1.0, tf.float64), p)
     # Ties go to the lowest id explicitly (tf.argmax does not promise which one wins).
     best = tf.reduce_min(tf.where(tf.equal(masked, tf.reduce_max(masked)), ids, size))
@@ -225,6 +241,8 @@ def sample_one(probabilities, allowed, temperature, top_k, top_p, rng_state):
         log_p = tf.math.log(p)
         top = tf.reduce_max(log_p)
         alive = tf.math.is_finite(top)
+        # A weight below 2^-1022 is 0 here (TensorFlow flushes float64 denormals) where numpy keeps
+        # it; that can move a token only when u * total lands within 2^-1022 of a boundary.
         weights = tf.exp((log_p - tf.where(alive, top, tf.constant(0.0, tf.float64))) / temperature)
         # Rank by p descending, equal p by id ascending (top_k behind a descending sort keeps ties in id order).
         order = tf.argsort(p, direction="DESCENDING", stable=True)

@@ -197,6 +197,40 @@ def test_splitmix64_in_the_graph_gives_the_published_values():
     assert uniforms.numpy().tolist() == [(b >> 11) / 2 ** 53 for b in expected]
 
 
+def test_one_token_in_the_graph_equals_sampling_sample_next():
+    """sample_one (the graph) against sampling.sample_next fed the reference SplitMix64, row by row.
+
+    Rows have zeros, exact ties and subnormal float32 values; the draw order must agree
+    too, so one stream of uniforms serves every row of a setting.
+    """
+    import tensorflow as tf
+
+    one_token = tf.function(lambda p, allowed, t, k, top_p, state: export_saved_model.sample_one(
+        p, allowed, t, k, top_p, state))
+    generator = np.random.default_rng(3)
+    rows = generator.dirichlet(np.full(40, 0.3), size=60).astype(np.float32)
+    rows[::3, 5:9] = rows[::3, 5:6]  # ties
+    rows[::4, 10:20] = 0.0
+    rows[1::5, 20:23] = np.float32(1e-40)  # subnormal in float32
+    allowed = generator.random(rows.shape) < 0.6
+    allowed[:, 7] = True
+    rows[1, 20] = 0.0
+    allowed[1, :] = False
+    allowed[1, 20:22] = True  # 0 and a subnormal float32: only an exact widening picks 21
+    reference = reference_generator()
+    for temperature, top_k, top_p in ((0.0, 0, 1.0), (0.9, 0, 0.95), (1.5, 20, 1.0), (0.5, 3, 0.5), (2.0, 1, 1.0),
+                                      (0.05, 0, 1.0)):
+        seed = 11
+        python, state = reference.SplitMix64(seed), export_saved_model.seed_state(tf.constant(seed, tf.int64))
+        for row, mask in zip(rows, allowed):
+            expected = sampling.sample_next(row[None], python, temperature, top_k, top_p, banned=[0, 1],
+                                            allowed=mask[None])[0]
+            chosen, state = one_token(tf.constant(row), tf.constant(mask), tf.constant(temperature, tf.float64),
+                                      tf.constant(top_k), tf.constant(top_p, tf.float64), state)
+            assert int(chosen) == expected, (temperature, top_k, top_p)
+        assert int(state.numpy()) == python.state  # one draw per sampled token, none when greedy
+
+
 SETTINGS = {"greedy": dict(temperature=0.0),
             "T 0.9, top_p 0.95": dict(temperature=0.9, top_p=0.95),
             "T 1.5, top_k 20": dict(temperature=1.5, top_k=20)}
