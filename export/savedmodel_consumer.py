@@ -1,10 +1,11 @@
 """Use a keras_music SavedModel from plain TensorFlow: load it, call `generate`, print the tokens.
 
 Only TensorFlow, numpy and the standard library are imported; keras_music is not
-needed. Example:
+needed. `generate` runs the portable sampler and grammar in the graph, so a seed gives
+the tokens keras_music, the reference generator and the web page give. Example:
 
     python export/savedmodel_consumer.py --saved-model RUN/export/saved_model \
-        --num-steps 64 --temperature 0.9 --seed 1 --show-step
+        --length 64 --temperature 0.9 --top-p 0.95 --seed 1 --show-step
 """
 
 from __future__ import annotations
@@ -42,6 +43,22 @@ def _temperature(text: str) -> float:
     return value
 
 
+def _top_p(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"--top-p must be in (0, 1] (1 means off), got {text}")
+    return value
+
+
+def _as_int64(seed: int) -> int:
+    """The seed modulo 2^64 as the signed int64 the signature takes (the same 64 bits)."""
+    seed %= 1 << 64
+    return seed - (1 << 64) if seed >= 1 << 63 else seed
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="savedmodel_consumer.py",
@@ -49,9 +66,16 @@ def parse_args(argv=None):
                     "`generate` signature.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--saved-model", required=True, help="RUN/export/saved_model directory")
-    parser.add_argument("--num-steps", type=_count("--num-steps", 0), default=64, help="tokens to generate")
-    parser.add_argument("--temperature", type=_temperature, default=1.0, help="sampling temperature; 0 is greedy")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the in-graph sampler (same seed, same tokens)")
+    parser.add_argument("--length", type=_count("--length", 1), default=200,
+                        help="events (sonorities) to generate at most; the piece may end sooner with <piece>")
+    parser.add_argument("--min-length", type=_count("--min-length", 0), default=8,
+                        help="events before <piece> may end the piece")
+    parser.add_argument("--temperature", type=_temperature, default=0.9, help="sampling temperature; 0 is greedy")
+    parser.add_argument("--top-k", type=_count("--top-k", 0), default=0,
+                        help="keep the k most probable tokens; 0 is off")
+    parser.add_argument("--top-p", type=_top_p, default=1.0, help="nucleus mass in (0, 1]; 1 is off")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the portable sampler, any integer (taken mod 2^64; same seed, same tokens)")
     parser.add_argument("--primer", default="<piece>",
                         help="space-separated tokens to start from (default: the piece boundary)")
     parser.add_argument("--show-step", action="store_true",
@@ -97,11 +121,12 @@ def main(argv=None) -> int:
         print("most probable next tokens:",
               ", ".join(f"{vocabulary['tokens'][i]} {probabilities[i]:.3f}" for i in best))
 
-    out = loaded.signatures["generate"](primer=tf.constant(primer_ids), num_steps=tf.constant(args.num_steps),
-                                        temperature=tf.constant(args.temperature, tf.float32),
-                                        seed=tf.constant(args.seed))
+    out = loaded.signatures["generate"](
+        primer=tf.constant(primer_ids), length=tf.constant(args.length), min_length=tf.constant(args.min_length),
+        temperature=tf.constant(args.temperature, tf.float64), top_k=tf.constant(args.top_k),
+        top_p=tf.constant(args.top_p, tf.float64), seed=tf.constant(_as_int64(args.seed), tf.int64))
     tokens = [t.decode("utf-8") for t in out["tokens"].numpy()]
-    print(f"generated {len(tokens)} tokens (a <piece> token marks where one piece ends and the next begins):")
+    print(f"generated {len(tokens)} tokens (primer excluded); stopped by {out['stop_reason'].numpy().decode()}")
     print("tokens: " + " ".join(tokens))
     return 0
 

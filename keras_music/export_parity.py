@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from keras_music import backends, cli, run as run_lib
+from keras_music import backends, cli, events, run as run_lib
 from keras_music.export_tflite import ARTIFACT_NAMES
 
 # Tolerances every export is held to (export_report.json records the measured figures).
@@ -22,6 +22,9 @@ SIZE_RATIO_MIN_BYTES = 1 << 20
 
 # Tokens of a held-out window that open a greedy run.
 PRIMER_LENGTH = 16
+# The `generate` signature counts events, not tokens: its greedy runs are greedy_steps / 4
+# events long (a sonority is a few tokens), so they cost about as much as the other runs.
+TOKENS_PER_EVENT = 4
 
 
 def thresholds() -> dict:
@@ -68,6 +71,12 @@ class ParityData:
     primers: list  # the boundary alone, then the openings of the first two windows
     greedy_steps: int
     banned: list  # ids greedy choice skips (as generation does)
+    grammar: dict | None = None  # the vocabulary's grammar table, for the portable greedy runs of `generate`
+
+    @property
+    def generate_length(self) -> int:
+        """Events of each greedy `generate` run (min_length too, so <piece> cannot end it early); 0: none."""
+        return max(1, self.greedy_steps // TOKENS_PER_EVENT) if self.greedy_steps else 0
 
     def describe(self) -> dict:
         """The report's `parity_data` block."""
@@ -79,6 +88,7 @@ class ParityData:
             "greedy_steps": self.greedy_steps,
             "greedy_primer_lengths": [int(len(p)) for p in self.primers],
             "banned_ids": self.banned,
+            "generate_length_events": self.generate_length,
             "reference": "Keras StepModel on model.keras (the sequence model for serving_default)",
         }
 
@@ -88,7 +98,8 @@ def parity_data(run_dir: str, seq_length: int, vocabulary, windows: int, greedy_
     held_out, split = held_out_windows(run_dir, seq_length, vocabulary.boundary_id, windows, vocabulary)
     primers = [np.array([vocabulary.boundary_id], np.int32)]
     primers += [window[:PRIMER_LENGTH] for window in held_out[:2]]
-    return ParityData(split, held_out, primers, greedy_steps, banned)
+    grammar = events.grammar_table(vocabulary.tokens, vocabulary.representation)
+    return ParityData(split, held_out, primers, greedy_steps, banned, grammar)
 
 
 # ----------------------------------------------------------------------------- one backend's runs
@@ -124,6 +135,43 @@ def _greedy_run(backend, primer, num_steps: int, banned):
         probabilities, state = backend.step(np.array([chosen], np.int32), state)
     elapsed = time.perf_counter() - started
     return np.array(ids, np.int32), np.stack(seen), elapsed / max(1, num_steps)
+
+
+def portable_greedy(backend, primer, grammar_table: dict, length: int, min_length: int):
+    """The portable piece loop at temperature 0 (export/README.md) with a backend's step: (ids, stop reason).
+
+    The grammar masks every choice, `<piece>` is banned below `min_length` events and ends
+    the piece otherwise, and the piece stops at `length` events or 32 * length tokens:
+    what the `generate` signature must reproduce token for token.
+    """
+    from keras_music import sampling
+
+    grammar = sampling.Grammar(grammar_table)
+    where = grammar.start(1)
+    is_event = np.isin(grammar_table["kinds"], ("dur", "event"))
+    state = backend.initial_state(1)
+    for token in primer:
+        probabilities, state = backend.step(np.array([token], np.int32), state)
+        grammar.advance(where, [token])
+    min_length = min(min_length, length)
+    max_tokens, count, ids = 32 * length, 0, []
+    for step in range(max_tokens):
+        last = step == max_tokens - 1
+        if last and (grammar.rules == "any" or where.phase[0] == 0):
+            return ids, "token_limit"
+        allowed = grammar.allowed(where, closing=np.array([last]))
+        if count < min_length:
+            allowed[:, 2] = False
+        chosen = int(sampling.greedy(probabilities, [0, 1], allowed)[0])
+        if chosen == 2:
+            return ids, "boundary"
+        ids.append(chosen)
+        grammar.advance(where, [chosen])
+        count += int(is_event[chosen])
+        if count >= length:
+            return ids, "length"
+        probabilities, state = backend.step(np.array([chosen], np.int32), state)
+    return ids, "token_limit"
 
 
 # ----------------------------------------------------------------------------- differences
@@ -175,6 +223,10 @@ class _Reference:
             ids, probabilities, per_step = _greedy_run(keras, primer, data.greedy_steps, data.banned)
             self.runs.append((primer, ids, probabilities))
             seconds.append(per_step)
+        # The portable loop's greedy pieces (grammar, events), what `generate` must equal.
+        self.pieces = [(primer, *portable_greedy(keras, primer, data.grammar, data.generate_length,
+                                                 data.generate_length))
+                       for primer in data.primers] if data.generate_length and data.grammar else []
         self.figures = {
             "step_vs_sequence_model": _differences(self.windows, self.sequence_model, data.banned),
             "steps_per_second": _steps_per_second(seconds, data.greedy_steps),
@@ -215,23 +267,27 @@ def _artifact_figures(backend, data: ParityData, reference: _Reference, progress
 
 
 def _saved_model_signatures(loaded, data: ParityData, reference: _Reference) -> dict:
-    """serving_default against the Keras sequence model; the in-graph generate loop against the Keras greedy path."""
+    """serving_default against the Keras sequence model; the in-graph generate loop against the portable greedy
+    loop run with the Keras step model (same ids and stop reason)."""
     import tensorflow as tf
 
     served = loaded.signatures["serving_default"](tokens=tf.constant(data.windows))["probabilities"].numpy()
     generate = loaded.signatures["generate"]
     identical, seconds = [], []
-    for primer, reference_ids, _ in reference.runs:
-        arguments = dict(primer=tf.constant(np.asarray(primer, np.int32)), num_steps=tf.constant(data.greedy_steps),
-                         temperature=tf.constant(0.0), seed=tf.constant(0))
+    length = tf.constant(data.generate_length)
+    for primer, reference_ids, reason in reference.pieces:
+        arguments = dict(primer=tf.constant(np.asarray(primer, np.int32)), length=length, min_length=length,
+                         temperature=tf.constant(0.0, tf.float64), top_k=tf.constant(0),
+                         top_p=tf.constant(1.0, tf.float64), seed=tf.constant(0, tf.int64))
         generate(**arguments)  # the first call pays one-off graph set-up
         started = time.perf_counter()
         out = generate(**arguments)
-        seconds.append((time.perf_counter() - started) / max(1, data.greedy_steps))
-        identical.append(bool(np.array_equal(out["ids"].numpy(), reference_ids)))
+        seconds.append((time.perf_counter() - started) / max(1, len(out["ids"])))
+        identical.append(bool(np.array_equal(out["ids"].numpy(), reference_ids))
+                         and out["stop_reason"].numpy().decode() == reason)
     return {"serving_default": _differences(served, reference.sequence_model, data.banned),
             "generate_greedy_identical": all(identical),
-            "generate_steps_per_second": _steps_per_second(seconds, data.greedy_steps)}
+            "generate_steps_per_second": _steps_per_second(seconds, len(seconds))}
 
 
 def measure_parity(run_dir: str, model, saved_model: str, loaded, tflite_paths: dict, data: ParityData,

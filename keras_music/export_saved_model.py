@@ -38,15 +38,25 @@ def write_saved_model(model, vocabulary, vocab_file: str, directory: str) -> Non
     archive.add_endpoint("step", _step_function(step_model), input_signature=[
         tf.TensorSpec([None], tf.int32, name="token"),
         tf.TensorSpec([None, num_rows, hidden_size], tf.float32, name="state")])
-    archive.add_endpoint("generate", _generate_function(step_model, vocabulary), input_signature=[
-        tf.TensorSpec([None], tf.int32, name="primer"),
-        tf.TensorSpec([], tf.int32, name="num_steps"),
-        tf.TensorSpec([], tf.float32, name="temperature"),
-        tf.TensorSpec([], tf.int32, name="seed")])
+    archive.add_endpoint("generate", _generate_function(step_model, vocabulary),
+                         input_signature=generate_signature())
     archive.add_endpoint("initial_state", initial_state,
                          input_signature=[tf.TensorSpec([], tf.int32, name="batch_size")])
     _attach_vocabulary(archive, vocab_file)
     archive.write_out(directory, verbose=False)
+
+
+def generate_signature() -> list:
+    """The `generate` signature's inputs, by keyword name (export/README.md, "SavedModel signatures")."""
+    import tensorflow as tf
+
+    return [tf.TensorSpec([None], tf.int32, name="primer"),
+            tf.TensorSpec([], tf.int32, name="length"),
+            tf.TensorSpec([], tf.int32, name="min_length"),
+            tf.TensorSpec([], tf.float64, name="temperature"),
+            tf.TensorSpec([], tf.int32, name="top_k"),
+            tf.TensorSpec([], tf.float64, name="top_p"),
+            tf.TensorSpec([], tf.int64, name="seed")]
 
 
 def write_step_saved_model(model, directory: str) -> None:
@@ -78,71 +88,271 @@ def _step_function(step_model):
     return step
 
 
-def _generate_function(step_model, vocabulary):
-    """`generate(primer, num_steps, temperature, seed)`: the whole sampling loop in the graph, batch 1.
+# SplitMix64 (export/README.md, "Portable sampler"): the same numbers as Python and the page.
+_GOLDEN_GAMMA = 0x9E3779B97F4A7C15
+_MIX_1 = 0xBF58476D1CE4E5B9
+_MIX_2 = 0x94D049BB133111EB
+# Cumulative masses within this distance below top_p count as reaching it (as keras_music.sampling).
+_TOP_P_TOLERANCE = 1e-9
+# The longest piece, in events, whose token limit (32 tokens an event) fits an int32.
+MAX_LENGTH = (2 ** 31 - 1) // 32
+TOKENS_PER_EVENT_LIMIT = 32
+STOP_REASONS = ("length", "boundary", "token_limit")
+_PHASE_BETWEEN, _PHASE_CHORD, _PHASE_REST = 0, 1, 2
 
-    The primer (the boundary alone when empty) is fed first; each further id is drawn
-    from the last probabilities (`_choose`) and fed back.
+
+def splitmix64_next(state):
+    """One SplitMix64 step in uint64 graph ops (wrapping add and multiply): (next state, 64-bit output)."""
+    import tensorflow as tf
+
+    def shifted(z, bits):
+        return tf.bitwise.right_shift(z, tf.constant(bits, tf.uint64))
+
+    state = state + tf.constant(_GOLDEN_GAMMA, tf.uint64)
+    z = tf.bitwise.bitwise_xor(state, shifted(state, 30)) * tf.constant(_MIX_1, tf.uint64)
+    z = tf.bitwise.bitwise_xor(z, shifted(z, 27)) * tf.constant(_MIX_2, tf.uint64)
+    return state, tf.bitwise.bitwise_xor(z, shifted(z, 31))
+
+
+def uniform_of(bits):
+    """(bits >> 11) / 2^53: the top 53 bits as a float64 in [0, 1), exact (both steps are exact)."""
+    import tensorflow as tf
+
+    top = tf.bitwise.right_shift(bits, tf.constant(11, tf.uint64))
+    return tf.cast(top, tf.float64) / tf.constant(2.0 ** 53, tf.float64)
+
+
+def seed_state(seed):
+    """An int64 seed as the uint64 state `seed mod 2^64` (a negative seed is its two's complement)."""
+    import tensorflow as tf
+
+    return tf.bitcast(tf.cast(seed, tf.int64), tf.uint64)
+
+
+class _GraphGrammar:
+    """The sampling grammar (export/README.md, "Sampling grammar") as graph ops over one piece.
+
+    The state is (phase, top, current, previous): int32, int32, bool [128], bool [128].
+    It mirrors keras_music.sampling.Grammar for one row.
+    """
+
+    def __init__(self, table: dict):
+        import numpy as np
+        import tensorflow as tf
+
+        kinds = np.asarray(table["kinds"])
+        pitches = np.asarray(table["pitches"], np.int64)
+        self.rules = table["rules"]
+        self.size = len(kinds)
+        self.is_pitch = tf.constant(kinds == "pitch")
+        self.is_hold = tf.constant(kinds == "hold")
+        self.is_rest = tf.constant(kinds == "rest")
+        self.is_dur = tf.constant(kinds == "dur")
+        self.is_end = tf.constant(kinds == "end")
+        self.not_banned = tf.constant(kinds != "banned")
+        self.is_event = tf.constant(np.isin(kinds, ("dur", "event")))
+        voiced = (kinds == "pitch") | (kinds == "hold")
+        self.pitch = tf.constant(np.where(voiced, pitches, -1).astype(np.int32))
+        self.pitch_index = tf.constant(np.clip(np.where(voiced, pitches, 0), 0, 127).astype(np.int32))
+
+    def start(self):
+        import tensorflow as tf
+
+        return (tf.constant(_PHASE_BETWEEN), tf.constant(-1), tf.zeros([128], tf.bool), tf.zeros([128], tf.bool))
+
+    def between(self, grammar):
+        import tensorflow as tf
+
+        if self.rules == "any":
+            return tf.constant(True)
+        return tf.equal(grammar[0], _PHASE_BETWEEN)
+
+    def allowed(self, grammar, closing):
+        """Bool [V]: what may come next; `closing` lets an open sonority only close (a duration)."""
+        import tensorflow as tf
+
+        if self.rules == "any":
+            return self.not_banned
+        phase, top, _, previous = grammar
+        voiced = self.is_pitch | (self.is_hold & tf.gather(previous, self.pitch_index))
+        between = voiced | self.is_rest | self.is_end
+        chord = (voiced & (self.pitch > top)) | self.is_dur
+        allowed = tf.where(tf.equal(phase, _PHASE_BETWEEN), between,
+                           tf.where(tf.equal(phase, _PHASE_CHORD), chord, self.is_dur))
+        allowed = tf.where(closing & tf.not_equal(phase, _PHASE_BETWEEN), self.is_dur, allowed)
+        return tf.where(tf.reduce_any(allowed), allowed, self.not_banned)
+
+    def advance(self, grammar, token):
+        """The state after `token`; lenient like the decoder (a rest inside a chord leaves it open)."""
+        import tensorflow as tf
+
+        if self.rules == "any":
+            return grammar
+        phase, top, current, previous = grammar
+        voiced = self.is_pitch[token] | self.is_hold[token]
+        pitch = self.pitch[token]
+        here = tf.equal(tf.range(128), self.pitch_index[token])
+        rest = self.is_rest[token] & tf.equal(phase, _PHASE_BETWEEN)
+        closed = self.is_dur[token]
+        phase = tf.where(voiced, _PHASE_CHORD, tf.where(rest, _PHASE_REST, tf.where(closed, _PHASE_BETWEEN, phase)))
+        top = tf.where(voiced, tf.maximum(top, pitch), tf.where(closed, -1, top))
+        current = tf.where(voiced, current | here, current)
+        previous = tf.where(closed, current, previous)
+        current = tf.where(closed, tf.zeros_like(current), current)
+        return phase, top, current, previous
+
+
+def widened(values):
+    """float32 -> float64 exactly, subnormal float32 values included.
+
+    TensorFlow's CPU kernels run with denormals-are-zero, so a plain cast turns a
+    float32 below 2^-126 into 0; its mantissa times 2^-149 is the same number as a
+    normal float64, computed exactly.
     """
     import tensorflow as tf
+
+    bits = tf.bitcast(values, tf.int32)
+    subnormal = tf.equal(tf.bitwise.bitwise_and(bits, 0x7F800000), 0)
+    mantissa = tf.cast(tf.bitwise.bitwise_and(bits, 0x007FFFFF), tf.float64) * tf.constant(2.0 ** -149, tf.float64)
+    signed = tf.where(bits < 0, -mantissa, mantissa)
+    return tf.where(subnormal, signed, tf.cast(values, tf.float64))
+
+
+def sample_one(probabilities, allowed, temperature, top_k, top_p, rng_state):
+    """One token by export/README.md "Portable sampler / One token", in float64: (id int32, next rng state).
+
+    `probabilities` float32 [V] (widened exactly), `allowed` bool [V]; ids 0 and 1 are
+    never returned. Temperature 0 returns the greedy answer without drawing; any
+    other temperature draws exactly one uniform, even when the answer is then fixed.
+    """
+    import tensorflow as tf
+
+    size = tf.size(probabilities)
+    ids = tf.range(size)
+    forbidden = tf.logical_not(allowed) | (ids < 2)
+    p = tf.where(forbidden, tf.constant(0.0, tf.float64), widened(probabilities))
+    masked = tf.where(forbidden, tf.constant(-1.0, tf.float64), p)
+    # Ties go to the lowest id explicitly (tf.argmax does not promise which one wins).
+    best = tf.reduce_min(tf.where(tf.equal(masked, tf.reduce_max(masked)), ids, size))
+
+    def draw():
+        next_state, bits = splitmix64_next(rng_state)
+        u = uniform_of(bits)
+        log_p = tf.math.log(p)
+        top = tf.reduce_max(log_p)
+        alive = tf.math.is_finite(top)
+        # A weight below 2^-1022 is 0 here (TensorFlow flushes float64 denormals) where numpy keeps
+        # it; that can move a token only when u * total lands within 2^-1022 of a boundary.
+        weights = tf.exp((log_p - tf.where(alive, top, tf.constant(0.0, tf.float64))) / temperature)
+        # Rank by p descending, equal p by id ascending (top_k behind a descending sort keeps ties in id order).
+        order = tf.argsort(p, direction="DESCENDING", stable=True)
+        ranked = tf.gather(weights, order)
+        ranks = tf.range(size)
+        use_top_k = (top_k > 0) & (top_k < size)
+        ranked = tf.where(use_top_k & (ranks >= top_k), tf.constant(0.0, tf.float64), ranked)
+        cumulative = tf.math.cumsum(ranked)
+        before = cumulative - ranked
+        outside = (before >= (top_p - _TOP_P_TOLERANCE) * cumulative[-1]) & (ranks >= 1)
+        ranked = tf.where((top_p < 1.0) & outside, tf.constant(0.0, tf.float64), ranked)
+        kept = tf.gather(ranked, tf.math.invert_permutation(order))
+        running = tf.math.cumsum(kept)
+        target = u * running[-1]
+        chosen = tf.reduce_sum(tf.cast(running <= target, tf.int32))
+        # u * total can round up to the total itself: at most the last id with weight.
+        last_positive = tf.reduce_max(tf.where(kept > 0.0, ids, -1))
+        return tf.where(alive, tf.minimum(chosen, last_positive), best), next_state
+
+    return tf.cond(temperature > 0.0, draw, lambda: (best, rng_state))
+
+
+def _generate_function(step_model, vocabulary):
+    """`generate(primer, length, min_length, temperature, top_k, top_p, seed)`: one piece, the portable loop.
+
+    Exactly the piece loop every path follows (export/README.md, "SavedModel
+    signatures"): the grammar and the model read the primer, then tokens are drawn
+    with `sample_one` and SplitMix64(seed) until `length` events, a `<piece>` token
+    or `32 * length` tokens.
+    """
+    import tensorflow as tf
+
+    from keras_music import events
 
     num_rows, hidden_size = step_model.state_shape
     vocabulary_size = len(vocabulary)
     tokens = tf.constant(vocabulary.tokens, dtype=tf.string)
-    banned = tf.constant([i in vocabulary.banned_ids for i in range(vocabulary_size)], dtype=tf.bool)
-    boundary = tf.constant([vocabulary.boundary_id], dtype=tf.int32)
+    boundary_id = vocabulary.boundary_id
+    grammar = _GraphGrammar(events.grammar_table(vocabulary.tokens, vocabulary.representation))
+    reasons = tf.constant(STOP_REASONS)
+    by_length, by_boundary, by_token_limit = range(len(STOP_REASONS))
 
-    def generate(primer, num_steps, temperature, seed):
-        checks = [tf.debugging.assert_non_negative(num_steps, message="generate: num_steps must be >= 0"),
-                  tf.debugging.assert_less(primer, vocabulary_size,
-                                           message=f"generate: primer ids must be < {vocabulary_size}"),
-                  tf.debugging.assert_non_negative(primer, message="generate: primer ids must be >= 0")]
+    def generate(primer, length, min_length, temperature, top_k, top_p, seed):
+        checks = [
+            tf.debugging.assert_greater_equal(length, 1, message="generate: length (events) must be >= 1"),
+            tf.debugging.assert_less_equal(length, MAX_LENGTH, message=f"generate: length must be <= {MAX_LENGTH}"),
+            tf.debugging.assert_non_negative(min_length, message="generate: min_length (events) must be >= 0"),
+            tf.debugging.assert_non_negative(temperature, message="generate: temperature must be >= 0 (0 is greedy)"),
+            tf.debugging.assert_less(temperature, tf.constant(float("inf"), tf.float64),
+                                     message="generate: temperature must be finite"),
+            tf.debugging.assert_non_negative(top_k, message="generate: top_k must be >= 0 (0 is off)"),
+            tf.debugging.assert_greater(top_p, tf.constant(0.0, tf.float64),
+                                        message="generate: top_p must be in (0, 1]"),
+            tf.debugging.assert_less_equal(top_p, tf.constant(1.0, tf.float64),
+                                           message="generate: top_p must be in (0, 1]"),
+            tf.debugging.assert_less(primer, vocabulary_size,
+                                     message=f"generate: primer ids must be < {vocabulary_size}"),
+            tf.debugging.assert_non_negative(primer, message="generate: primer ids must be >= 0")]
         with tf.control_dependencies(checks):
-            primer = tf.cond(tf.size(primer) > 0, lambda: tf.identity(primer), lambda: boundary)
-            num_steps = tf.identity(num_steps)
+            primer = tf.cond(tf.size(primer) > 0, lambda: tf.identity(primer),
+                             lambda: tf.constant([boundary_id], tf.int32))
+            length = tf.identity(length)
+        min_length = tf.minimum(min_length, length)
+        max_tokens = length * TOKENS_PER_EVENT_LIMIT
         state = tf.zeros([1, num_rows, hidden_size], tf.float32)
-        probabilities = tf.zeros([1, vocabulary_size], tf.float32)
+        probabilities = tf.zeros([vocabulary_size], tf.float32)
 
-        def prime(i, state, probabilities):
-            out = step_model(tf.reshape(primer[i], [1]), state)
-            return i + 1, out["next_state"], out["probabilities"]
+        def prime(i, state, probabilities, where):
+            token = primer[i]
+            out = step_model(tf.reshape(token, [1]), state)
+            return i + 1, out["next_state"], out["probabilities"][0], grammar.advance(where, token)
 
-        _, state, probabilities = tf.while_loop(lambda i, *_: i < tf.size(primer), prime,
-                                                (tf.constant(0), state, probabilities))
-        ids = tf.TensorArray(tf.int32, size=num_steps, element_shape=tf.TensorShape([]))
+        _, state, probabilities, where = tf.while_loop(
+            lambda i, *_: i < tf.size(primer), prime, (tf.constant(0), state, probabilities, grammar.start()))
 
-        def extend(i, state, probabilities, ids):
-            chosen = _choose(probabilities, temperature, seed, i, banned)
-            out = step_model(chosen, state)
-            return i + 1, out["next_state"], out["probabilities"], ids.write(i, chosen[0])
+        def keep_going(step, done, *_):
+            return tf.logical_not(done) & (step < max_tokens)
 
-        _, _, _, ids = tf.while_loop(lambda i, *_: i < num_steps, extend,
-                                     (tf.constant(0), state, probabilities, ids))
-        ids = ids.stack()
-        return {"ids": ids, "tokens": tf.gather(tokens, ids)}
+        def extend(step, done, reason, state, probabilities, where, events_so_far, rng_state, ids):
+            last = tf.equal(step, max_tokens - 1)
+            allowed = grammar.allowed(where, last)
+            allowed = allowed & ((tf.range(vocabulary_size) != boundary_id) | (events_so_far >= min_length))
+            token, rng_state = sample_one(probabilities, allowed, temperature, top_k, top_p, rng_state)
+            full = last & grammar.between(where)  # nothing drawn: the piece stops between sonorities
+            ended = tf.logical_not(full) & tf.equal(token, boundary_id)
+            emitted = tf.logical_not(full | ended)
+            ids = ids.write(step, token)  # the stopping step's slot is cut off below
+            events_so_far += tf.cast(emitted & grammar.is_event[token], tf.int32)
+            reached = emitted & (events_so_far >= length)
+            done = full | ended | reached
+            reason = tf.where(reached, by_length, tf.where(ended, by_boundary, by_token_limit))
+            where = grammar.advance(where, token)
+
+            def forward():
+                out = step_model(tf.reshape(token, [1]), state)
+                return out["next_state"], out["probabilities"][0]
+
+            state, probabilities = tf.cond(done, lambda: (state, probabilities), forward)
+            return (step + 1, done, reason, state, probabilities, where, events_so_far, rng_state, ids)
+
+        initial = (tf.constant(0), tf.constant(False), tf.constant(by_token_limit), state, probabilities, where,
+                   tf.constant(0), seed_state(seed), tf.TensorArray(tf.int32, size=0, dynamic_size=True,
+                                                                    element_shape=tf.TensorShape([])))
+        step, done, reason, *_, ids = tf.while_loop(keep_going, extend, initial)
+        # The step that stopped the piece (between sonorities, or a <piece> token) emitted nothing.
+        count = tf.where(done & tf.not_equal(reason, by_length), step - 1, step)
+        ids = ids.stack()[:count]
+        return {"ids": ids, "tokens": tf.gather(tokens, ids), "stop_reason": reasons[reason]}
 
     return generate
-
-
-def _choose(probabilities, temperature, seed, index, banned):
-    """The next id: greedy at temperature 0, else drawn with the stateless seed (seed, index); never a banned id."""
-    import tensorflow as tf
-
-    greedy = tf.argmax(tf.where(banned[None, :], -1.0, probabilities), axis=-1, output_type=tf.int32)
-
-    def sample():
-        with tf.name_scope("sample"):
-            log_probabilities = tf.math.log(tf.where(banned[None, :], 0.0, probabilities))
-            top = tf.reduce_max(log_probabilities, axis=-1, keepdims=True)
-            # Shifting by the row maximum keeps the best token at log 1 = 0, so small
-            # temperatures sharpen instead of overflowing every logit to -inf.
-            top = tf.where(tf.math.is_finite(top), top, tf.zeros_like(top))
-            logits = (log_probabilities - top) / temperature
-            drawn = tf.random.stateless_categorical(logits, 1, seed=tf.stack([seed, index]),
-                                                    dtype=tf.int32)[:, 0]
-            return tf.where(tf.math.is_finite(top[:, 0]), drawn, greedy)
-
-    return tf.cond(temperature > 0.0, sample, lambda: greedy)
 
 
 def _attach_vocabulary(archive, vocab_file: str) -> None:

@@ -119,6 +119,7 @@ def test_the_report_and_the_table_keep_their_format(exported):
     assert report["parity_data"] == {
         "split": "validation", "windows": PARITY_WINDOWS, "window_length": 32, "greedy_runs": 3,
         "greedy_steps": GREEDY_STEPS, "greedy_primer_lengths": [1, 16, 16], "banned_ids": [0, 1],
+        "generate_length_events": GREEDY_STEPS // 4,
         "reference": "Keras StepModel on model.keras (the sequence model for serving_default)"}
     assert list(report["keras"]) == ["step_vs_sequence_model", "steps_per_second"]
     figures = ["windows", "greedy", "overall", "greedy_identical", "greedy_runs_identical", "steps_per_second"]
@@ -288,16 +289,26 @@ def test_savedmodel_consumer_runs_without_keras_music(exported, tmp_path):
     env = blocked_env(tmp_path, "keras_music")
     result = subprocess.run(
         [sys.executable, os.path.join(SCRIPTS, "savedmodel_consumer.py"),
-         "--saved-model", os.path.join(exported[0], "saved_model"), "--num-steps", "24", "--temperature", "0.8",
-         "--seed", "5", "--primer", "<piece>", "--show-step"],
+         "--saved-model", os.path.join(exported[0], "saved_model"), "--length", "12", "--min-length", "12",
+         "--temperature", "0.8", "--top-p", "0.95", "--top-k", "20", "--seed", str(2 ** 64 - 3), "--primer", "<piece>",
+         "--show-step"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     tokens = next(line for line in lines if line.startswith("tokens: "))[8:].split()
-    assert len(tokens) == 24
+    assert "stopped by length" in result.stdout
+    assert events.count_events(tokens) == 12 and tokens[-1].startswith("dur:")
     with open(os.path.join(exported[0], "vocab.json")) as handle:
-        vocabulary = set(json.load(handle)["tokens"]) - {"<pad>", "<unk>"}
-    assert set(tokens) <= vocabulary
+        vocabulary = json.load(handle)["tokens"]
+    assert set(tokens) <= set(vocabulary) - {"<pad>", "<unk>", "<piece>"}
+    # The seed 2^64 - 3 is the signature's int64 -3: the same 64 bits, the same tokens.
+    import tensorflow as tf
+
+    out = tf.saved_model.load(os.path.join(exported[0], "saved_model")).signatures["generate"](
+        primer=tf.constant([2], tf.int32), length=tf.constant(12), min_length=tf.constant(12),
+        temperature=tf.constant(0.8, tf.float64), top_k=tf.constant(20), top_p=tf.constant(0.95, tf.float64),
+        seed=tf.constant(-3, tf.int64))
+    assert [vocabulary[i] for i in out["ids"].numpy()] == tokens
     assert any(line.startswith("step inputs:") and "'token'" in line for line in lines)
 
 

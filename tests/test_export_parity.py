@@ -33,7 +33,7 @@ def test_parity_data_describes_what_is_compared(tiny_run, vocabulary):
                                                   data.windows[1][:16].tolist()]
     assert data.describe() == {
         "split": "validation", "windows": 4, "window_length": 32, "greedy_runs": 3, "greedy_steps": 50,
-        "greedy_primer_lengths": [1, 16, 16], "banned_ids": [0, 1],
+        "greedy_primer_lengths": [1, 16, 16], "banned_ids": [0, 1], "generate_length_events": 12,
         "reference": "Keras StepModel on model.keras (the sequence model for serving_default)"}
 
 
