@@ -117,7 +117,9 @@ def generation_lengths(length, real_rows, num_samples: int) -> dict:
         return {"length": length}
     if not real_rows:
         raise ValueError("length 'matched' needs at least one held-out piece")
-    lengths = [max(1, int(real_rows[i % len(real_rows)]["events"])) for i in range(num_samples)]
+    # Capped at the longest piece generate makes (a held-out piece longer than that is rare).
+    lengths = [min(defaults.MAX_LENGTH, max(1, int(real_rows[i % len(real_rows)]["events"])))
+               for i in range(num_samples)]
     return {"length": lengths, "min_length": max(lengths)}
 
 
