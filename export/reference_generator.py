@@ -9,7 +9,7 @@ standard MIDI file with its own small writer. It imports neither TensorFlow, Ker
 keras_music, so it runs where only the LiteRT runtime exists.
 
     python export/reference_generator.py --model RUN/export/model.tflite \
-        --vocab RUN/export/vocab.json --out piece.mid --length 400 --temperature 0.9 --seed 1
+        --vocab RUN/export/vocab.json --out piece.mid --length 200 --temperature 0.9 --seed 1
 """
 
 from __future__ import annotations
@@ -31,6 +31,16 @@ VOCAB_VERSION = 1
 SIGNATURE = "step"
 TICKS_PER_QUARTER = 480  # divisible by 12, so the model's 1/12-quarter grid lands on whole ticks
 VELOCITY = 80
+
+# keras_music's defaults (keras_music/defaults.py), repeated here because this file
+# imports nothing of keras_music; the tests check that the two agree.
+DEFAULT_TEMPERATURE = 0.9
+DEFAULT_TOP_K = 0
+DEFAULT_TOP_P = 1.0
+DEFAULT_LENGTH = 200  # events
+DEFAULT_MIN_LENGTH = 8  # events
+MAX_TOKENS_PER_EVENT = 32
+DEFAULT_TEMPO = 120.0  # bpm
 
 
 class GeneratorError(Exception):
@@ -119,7 +129,8 @@ class Grammar:
         size = len(vocabulary["tokens"])
         table = vocabulary.get("grammar")
         if table is None:
-            table = {"rules": "any", "kinds": ["banned", "banned"] + ["event"] * (size - 2), "pitches": [-1] * size}
+            table = {"rules": "any", "kinds": ["banned", "banned", "end"] + ["event"] * (size - 3),
+                     "pitches": [-1] * size}
         kinds, pitches = table.get("kinds"), table.get("pitches")
         if table.get("rules") not in ("note", "any") or not isinstance(kinds, list) or not isinstance(pitches, list) \
                 or len(kinds) != size or len(pitches) != size:
@@ -130,6 +141,7 @@ class Grammar:
         self.is_pitch, self.is_hold = kind == "pitch", kind == "hold"
         self.is_rest, self.is_dur, self.is_end = kind == "rest", kind == "dur", kind == "end"
         self.not_banned = kind != "banned"
+        self.ends_event = (kind == "dur") | (kind == "event")
         self.phase, self.top, self.current, self.previous = "between", -1, set(), set()
 
     def allowed(self, closing: bool = False) -> np.ndarray:
@@ -244,17 +256,23 @@ def sample(probabilities, rng, temperature: float, top_k: int, banned, allowed=N
     return min(chosen, int(np.flatnonzero(weights > 0)[-1]))
 
 
-def generate(model: StepModel, vocabulary: dict, primer_ids, length: int, temperature: float, top_k: int,
-             seed: int, stop_at_boundary: bool = True, top_p: float = 1.0):
-    """Primer ids followed by up to `length` sampled ids; returns (ids, stopped_at_boundary).
+def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAULT_LENGTH,
+             temperature: float = DEFAULT_TEMPERATURE, top_k: int = DEFAULT_TOP_K, seed: int = 0,
+             stop_at_boundary: bool = True, top_p: float = DEFAULT_TOP_P, min_length: int = DEFAULT_MIN_LENGTH):
+    """Primer ids followed by the sampled ids of up to `length` events; returns (ids, stopped_at_boundary).
 
-    Every id is drawn among those the grammar allows, with SplitMix64(seed); the last
-    one may only close an open sonority, and a piece between sonorities at the last
-    step stops there, so the output never ends inside a sonority.
+    export/README.md's "One piece": every id is drawn among those the grammar allows, with
+    SplitMix64(seed); <piece> may not end the piece before `min_length` events (clamped to
+    `length`); the piece stops after `length` events, or at a sampled <piece> unless
+    `stop_at_boundary` is false, or after `length` * 32 tokens, whose last one may only close
+    an open sonority (a piece between sonorities at that step stops there), so the output
+    never ends inside a sonority.
     """
     rng = SplitMix64(seed)
     boundary = 2
     banned = (0, 1)
+    min_length = min(min_length, length)
+    max_tokens = length * MAX_TOKENS_PER_EVENT
     grammar = Grammar(vocabulary)
     state = model.initial_state()
     probabilities = None
@@ -262,15 +280,22 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int, temper
         probabilities, state = model.step(token, state)
         grammar.advance(token)
     generated = []
-    for step in range(length):
-        last = step == length - 1
-        if last and grammar.rules == "note" and grammar.phase == "between":
+    events = 0
+    for step in range(max_tokens):
+        last = step == max_tokens - 1
+        if last and grammar.phase == "between":  # rules "any" never leave it
             break
-        token = sample(probabilities, rng, temperature, top_k, banned, grammar.allowed(closing=last), top_p)
+        allowed = grammar.allowed(closing=last)
+        if events < min_length:
+            allowed[boundary] = False
+        token = sample(probabilities, rng, temperature, top_k, banned, allowed, top_p)
         if token == boundary and stop_at_boundary:
             return list(primer_ids) + generated, True
         generated.append(token)
         grammar.advance(token)
+        events += bool(grammar.ends_event[token])
+        if events >= length:
+            break
         probabilities, state = model.step(token, state)
     return list(primer_ids) + generated, False
 
@@ -461,23 +486,26 @@ def parse_args(argv=None):
     parser.add_argument("--model", required=True, help="model.tflite (or a quantized variant) from RUN/export/")
     parser.add_argument("--vocab", required=True, help="vocab.json from RUN/export/")
     parser.add_argument("--out", required=True, help="MIDI file to write")
-    parser.add_argument("--length", type=_count("--length", 1), default=400,
-                        help="most tokens to sample after the primer (stops earlier at the <piece> token)")
-    parser.add_argument("--temperature", type=_non_negative_float("--temperature"), default=1.0,
+    parser.add_argument("--length", type=_count("--length", 1), default=DEFAULT_LENGTH,
+                        help="events (sonorities; tokens of the classic representation) to sample after the "
+                             "primer (stops earlier at the <piece> token)")
+    parser.add_argument("--min-length", type=_count("--min-length", 0), default=DEFAULT_MIN_LENGTH,
+                        help="events the piece must have before a sampled <piece> token may end it")
+    parser.add_argument("--temperature", type=_non_negative_float("--temperature"), default=DEFAULT_TEMPERATURE,
                         help="sampling temperature; 0 is greedy")
-    parser.add_argument("--top-k", type=_count("--top-k", 0), default=0,
+    parser.add_argument("--top-k", type=_count("--top-k", 0), default=DEFAULT_TOP_K,
                         help="sample only among the k most probable tokens (0 = all)")
-    parser.add_argument("--top-p", type=_probability, default=1.0,
+    parser.add_argument("--top-p", type=_probability, default=DEFAULT_TOP_P,
                         help="sample only among the most probable tokens whose mass reaches p (1 = all)")
     parser.add_argument("--seed", type=int, default=None,
                         help="SplitMix64 seed, an integer taken modulo 2^64 (same seed, same piece, here and in "
                              "the web page); default: a random one, printed")
-    parser.add_argument("--tempo", type=_non_negative_float("--tempo", 4.0), default=90.0,
+    parser.add_argument("--tempo", type=_non_negative_float("--tempo", 4.0), default=DEFAULT_TEMPO,
                         help="tempo of the MIDI file in quarter notes per minute")
     parser.add_argument("--primer", default="<piece>",
                         help="space-separated tokens the piece starts from (default: the piece boundary)")
     parser.add_argument("--keep-going", action="store_true",
-                        help="do not stop at a sampled <piece> token; sample all --length tokens")
+                        help="do not stop at a sampled <piece> token; sample all --length events")
     parser.add_argument("--tokens-out", default=None, metavar="FILE",
                         help="also write the sampled token ids (primer excluded) to FILE as a JSON list")
     return parser, parser.parse_args(argv)
@@ -497,7 +525,8 @@ def main(argv=None) -> int:
         model = StepModel(args.model, len(tokens))
         seed = secrets.randbits(64) if args.seed is None else args.seed
         ids, stopped = generate(model, vocabulary, [index[t] for t in primer], args.length, args.temperature,
-                                args.top_k, seed, stop_at_boundary=not args.keep_going, top_p=args.top_p)
+                                args.top_k, seed, stop_at_boundary=not args.keep_going, top_p=args.top_p,
+                                min_length=args.min_length)
         piece = [tokens[i] for i in ids]
         sonorities = tokens_to_sonorities(piece, vocabulary["representation"],
                                           Fraction(str(vocabulary.get("classic_step", 0.5))))
@@ -513,7 +542,7 @@ def main(argv=None) -> int:
         return 1
     quarters = float(sum(s[2] for s in sonorities))
     print(f"wrote {args.out}: {len(ids) - len(primer)} tokens after the primer, {len(notes)} notes, "
-          f"{quarters:g} quarter notes ({'stopped at <piece>' if stopped else 'reached --length'})")
+          f"{quarters:g} quarter notes ({'stopped at <piece>' if stopped else 'reached --length or the token limit'})")
     print(f"seed: {seed}")
     print("tokens: " + " ".join(piece))
     return 0

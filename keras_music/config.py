@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from keras_music import defaults
 from keras_music.errors import UsageError
 
 REPRESENTATIONS = ("note", "classic")
@@ -61,7 +62,7 @@ class ModelConfig:
     embedding_size: int = 96
     hidden_size: int = 256
     num_layers: int = 3
-    dropout: float = 0.2
+    dropout: float = defaults.DROPOUT
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,8 @@ class TrainConfig:
     strategy: str = "default"
     # Pieces written into the run directory when training ends.
     num_samples: int = 3
-    sample_length: int = 400
-    # sampling.DEFAULT_TEMPERATURE: where generated pieces sit closest to held-out ones.
-    sample_temperature: float = 0.9
+    sample_length: int = defaults.LENGTH  # events
+    sample_temperature: float = defaults.TEMPERATURE
     deterministic: bool = False
 
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from keras_music import cli, events, metrics, run as run_lib
+from keras_music import cli, defaults, events, metrics, run as run_lib
 from keras_music.cli import progress
 from keras_music.evaluate_held_out import DEFAULT_TIME_SIGNATURE, HeldOutPiece, load_split
 
@@ -16,8 +16,7 @@ DEFAULT_NUM_SAMPLES = 20
 # pitch range and most other metrics grow with a piece's length, so sets of unlike lengths
 # differ for that reason alone.
 DEFAULT_LENGTH = cli.MATCHED
-# The recommended temperature (sampling.DEFAULT_TEMPERATURE) with a safer and two wilder ones.
-DEFAULT_TEMPERATURES = (0.5, 0.9, 1.0, 1.5)
+DEFAULT_TEMPERATURES = defaults.TEMPERATURES
 
 
 def temperature_key(temperature: float) -> str:
@@ -118,7 +117,9 @@ def generation_lengths(length, real_rows, num_samples: int) -> dict:
         return {"length": length}
     if not real_rows:
         raise ValueError("length 'matched' needs at least one held-out piece")
-    lengths = [max(1, int(real_rows[i % len(real_rows)]["events"])) for i in range(num_samples)]
+    # Capped at the longest piece generate makes (a held-out piece longer than that is rare).
+    lengths = [min(defaults.MAX_LENGTH, max(1, int(real_rows[i % len(real_rows)]["events"])))
+               for i in range(num_samples)]
     return {"length": lengths, "min_length": max(lengths)}
 
 

@@ -10,7 +10,7 @@ import shlex
 import sys
 import time
 
-from keras_music import cli, config as config_lib, evaluate, evaluate_likelihood as likelihood, experiment_report
+from keras_music import cli, config as config_lib, defaults, evaluate, evaluate_likelihood as likelihood, experiment_report
 from keras_music import run as run_lib, storage
 from keras_music.evaluate_music import temperature_key
 from keras_music.experiment_claims import RULE, judge_claims, mean_se
@@ -18,7 +18,7 @@ from keras_music.experiment_configs import (MIN_SCALED_HIDDEN, ExperimentError, 
                                            resolve_runs, tokens_per_epoch)
 from keras_music.experiment_report import LEARNING_CURVES_PNG, METRICS_PNG
 
-DEFAULT_TEMPERATURES = (0.5, 0.8, 1.0, 1.2)
+DEFAULT_TEMPERATURES = defaults.TEMPERATURES
 DEFAULT_NUM_SAMPLES = 20
 DEFAULT_LENGTH = cli.MATCHED
 DEFAULT_WRITE_SAMPLES = 2

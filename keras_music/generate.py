@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from keras_music import audio as audio_lib, cli, events, formatting as fmt, piece_files, run as run_lib, sampling, storage
+from keras_music import audio as audio_lib, cli, defaults, events, formatting as fmt, piece_files, run as run_lib, sampling, storage
 from keras_music.backends import BACKENDS, make_backend
 from keras_music.errors import KerasMusicError
 from keras_music.pieces import Piece, default_timing, record_timing, within_primer
@@ -18,16 +18,16 @@ from keras_music.pieces import Piece, default_timing, record_timing, within_prim
 DEFAULT_PRIMER_TOKENS = (8, 32)
 # A model that keeps emitting pitches without ever closing a sonority must still end:
 # each row stops after this many tokens per requested event.
-MAX_TOKENS_PER_EVENT = 32
+MAX_TOKENS_PER_EVENT = defaults.MAX_TOKENS_PER_EVENT
 # Pieces are sampled together as one batch and each is written as five files: a bound
 # keeps a mistyped count from filling the memory and the disk.
 MAX_NUM_SAMPLES = 1000
-MAX_LENGTH = 100_000
+MAX_LENGTH = defaults.MAX_LENGTH
 
 
 # Events a piece must have before a sampled <piece> boundary may end it.
-DEFAULT_MIN_LENGTH = 8
-DEFAULT_TEMPERATURE = sampling.DEFAULT_TEMPERATURE
+DEFAULT_MIN_LENGTH = defaults.MIN_LENGTH
+DEFAULT_TEMPERATURE = defaults.TEMPERATURE
 # A primer file is the opening to continue, not a whole piece to re-read: this
 # many events (a few bars of a chorale) by default.
 DEFAULT_PRIMER_EVENTS = 16
@@ -75,10 +75,10 @@ def _row_lengths(length, num_samples: int) -> np.ndarray:
 def _rng_for_primers(seed: int):
     # A stream separate from the sampler's, so choosing a primer never shifts the
     # sampled tokens of an otherwise identical run.
-    return sampling.make_rng([int(seed), 1])
+    return sampling.make_rng([int(seed), 1], "numpy")
 
 
-def _checked_settings(num_samples, length, seed, temperature, top_k, top_p, primer_events, min_length):
+def _checked_settings(num_samples, length, seed, temperature, top_k, top_p, primer_events, min_length, rng):
     """Every setting checked before anything is read: (events per row, min_length per row)."""
     if not _is_integer(num_samples) or not 1 <= num_samples <= MAX_NUM_SAMPLES:
         raise GenerateError(f"num_samples must be an integer in 1..{MAX_NUM_SAMPLES}, got {num_samples!r}")
@@ -93,6 +93,8 @@ def _checked_settings(num_samples, length, seed, temperature, top_k, top_p, prim
         raise GenerateError(f"primer_events must be an integer >= 1, got {primer_events!r}")
     if not _is_integer(min_length) or min_length < 0:
         raise GenerateError(f"min_length must be an integer >= 0 (events), got {min_length!r}")
+    if rng not in sampling.RNG_KINDS:
+        raise GenerateError(f"rng must be one of {', '.join(sampling.RNG_KINDS)}, got {rng!r}")
     return lengths, np.minimum(int(min_length), lengths)
 
 
@@ -149,7 +151,6 @@ class Generator:
             raise GenerateError(f"the {self.backend_name} model has {size} tokens but {run_lib.path(run_dir, run_lib.VOCAB)} "
                                 f"has {len(self.vocabulary)}: re-export the run with {run_lib.export_command(run_dir)}")
         self.banned = np.array(self.vocabulary.banned_ids, np.int64)
-        self.banned_early = np.append(self.banned, self.vocabulary.boundary_id)
         self.is_event = np.array([events.ends_event(t, self.representation) for t in self.vocabulary.tokens], bool)
         self.grammar = sampling.Grammar(events.grammar_table(self.vocabulary.tokens, self.representation))
         self._held_out = None
@@ -194,7 +195,7 @@ class Generator:
     def corpus_timing(self) -> dict:
         """The corpus's median tempo, most common metre and program (prepared.json), for unprimed pieces."""
         typical = run_lib.load_prepared(self.run_dir).get("timing") or {}
-        return default_timing(typical.get("tempo", 120.0), typical.get("time_signature", (4, 4)),
+        return default_timing(typical.get("tempo", defaults.TEMPO), typical.get("time_signature", (4, 4)),
                               typical.get("program", 0))
 
     def random_opening(self, rng) -> tuple[list[str], str, dict]:
@@ -290,9 +291,10 @@ class Generator:
             self.grammar.advance(state, ids, t < lengths)
         return state
 
-    def generate(self, num_samples=1, length=200, temperature=1.0, top_k=0, top_p=1.0, seed=0,
-                 primer=None, primer_tokens=None, strict=False, show_progress=False,
-                 min_length=DEFAULT_MIN_LENGTH, primer_events=DEFAULT_PRIMER_EVENTS) -> list[Piece]:
+    def generate(self, num_samples=1, length=defaults.LENGTH, temperature=defaults.TEMPERATURE, top_k=defaults.TOP_K,
+                 top_p=defaults.TOP_P, seed=defaults.SEED, primer=None, primer_tokens=None, strict=False,
+                 show_progress=False, min_length=defaults.MIN_LENGTH, primer_events=DEFAULT_PRIMER_EVENTS,
+                 rng=sampling.DEFAULT_RNG) -> list[Piece]:
         """Sample `num_samples` pieces in one batched pass.
 
         Each row starts with `<piece>` and its primer: the first `primer_events` events
@@ -305,18 +307,24 @@ class Generator:
         one-chord "piece" is never what a user asked for. Every step samples only the
         tokens the representation's grammar allows (`sampling.Grammar`), so decoding
         has nothing to repair.
+
+        The loop is export/README.md's "One piece". With `rng` "splitmix64" (the default)
+        row i draws from SplitMix64(seed + i), one uniform per sampled token when the
+        temperature is above 0: piece i of a batch is the piece of seed + i generated alone
+        (with the same primer), and the exported models and the web page given that seed
+        draw the same tokens. `rng` "numpy" draws from one `np.random.Generator` instead.
         """
         lengths, min_lengths = _checked_settings(num_samples, length, seed, temperature, top_k, top_p,
-                                                 primer_events, min_length)
+                                                 primer_events, min_length, rng)
         primers = self._primers(num_samples, _rng_for_primers(seed), primer, primer_tokens, strict, primer_events)
         sequences = [[self.vocabulary.boundary_id] + self.vocabulary.encode(primer[0]) for primer in primers]
         probabilities, state = self.prime(sequences)
         rows = _Rows(lengths, min_lengths)
-        self._sample(rows, probabilities, state, self.grammar_state(sequences), sampling.make_rng(seed),
+        self._sample(rows, probabilities, state, self.grammar_state(sequences), sampling.make_rng(seed, rng),
                      (temperature, top_k, top_p), show_progress)
         settings = {"backend": self.backend_name, "num_samples": num_samples,
                     "temperature": float(temperature), "top_k": int(top_k), "top_p": float(top_p),
-                    "representation": self.representation}
+                    "representation": self.representation, "rng": rng}
         return [self._piece(row, primers[row], rows.ids[row], rows.stop[row], seed,
                             {**settings, "length": int(lengths[row]), "min_length": int(min_lengths[row])})
                 for row in range(num_samples)]
@@ -324,21 +332,25 @@ class Generator:
     def _sample(self, rows: _Rows, probabilities, state, grammar, rng, how, show_progress: bool) -> None:
         """Sample every row until it has its events or samples the boundary (`how`: temperature, top_k, top_p)."""
         longest = int(rows.lengths.max())
-        max_tokens = longest * MAX_TOKENS_PER_EVENT
+        # Each row's own token limit (export/README.md, "One piece"), so a row of a batch
+        # stops exactly where it would stop alone.
+        max_tokens = rows.lengths * MAX_TOKENS_PER_EVENT
         with cli.progress(total=longest, show=show_progress, desc="generating", unit="event") as bar:
             shown = 0
-            for step in range(max_tokens):
+            for step in range(int(max_tokens.max())):
                 last = step == max_tokens - 1
-                if last:
-                    # A token started now could never be closed: rows between
-                    # sonorities stop here and the others may only close theirs.
-                    rows.finished |= grammar.phase == 0
-                    if rows.finished.all():
-                        break
-                allowed = self.grammar.allowed(grammar, closing=np.full(len(rows.lengths), last))
-                ids = self._choose(probabilities, allowed, rows.early(), rng, how)
+                # A token started at a row's last step could never be closed: rows between
+                # sonorities stop there and the others may only close theirs.
+                rows.finished |= last & (grammar.phase == 0)
+                if rows.finished.all():
+                    break
+                allowed = self.grammar.allowed(grammar, closing=last)
+                # A row short of its min_length may not end yet: the boundary is not allowed.
+                allowed[rows.early(), self.vocabulary.boundary_id] = False
+                ids = sampling.sample_next(probabilities, rng, *how, self.banned, allowed)
                 self.grammar.advance(grammar, ids, ~rows.finished)
                 rows.take(ids, self.vocabulary.boundary_id, self.is_event)
+                rows.finished |= last
                 progress = rows.progress()
                 if progress > shown:
                     bar.update(progress - shown)
@@ -347,16 +359,6 @@ class Generator:
                     break
                 # Finished rows keep stepping with the rest of the batch; their output is ignored.
                 probabilities, state = self.backend.step(ids.astype(np.int32), state)
-
-    def _choose(self, probabilities, allowed, early, rng, how) -> np.ndarray:
-        """The next id of every row; rows still short of min_length may not end yet (the boundary is banned)."""
-        if not early.any():
-            return sampling.sample_next(probabilities, rng, *how, self.banned, allowed)
-        ids = np.empty(len(early), np.int64)
-        ids[early] = sampling.sample_next(probabilities[early], rng, *how, self.banned_early, allowed[early])
-        if (~early).any():
-            ids[~early] = sampling.sample_next(probabilities[~early], rng, *how, self.banned, allowed[~early])
-        return ids
 
     def _piece(self, row, primer, ids, stop_reason, seed, settings) -> Piece:
         primer_tokens, source, unknown, timing = primer
@@ -433,7 +435,7 @@ def parse_args(argv=None):
                         help="trained run directory (e.g. runs/latest)")
     parser.add_argument("--num-samples", type=cli.bounded_int(1, MAX_NUM_SAMPLES), default=1, metavar="N",
                         help=f"pieces to generate (sampled together as one batch; at most {MAX_NUM_SAMPLES})")
-    parser.add_argument("--length", type=cli.bounded_int(1, MAX_LENGTH), default=200, metavar="N",
+    parser.add_argument("--length", type=cli.bounded_int(1, MAX_LENGTH), default=defaults.LENGTH, metavar="N",
                         help="events (sonorities; tokens for the classic representation) to generate per piece; "
                              "a piece also ends early when it samples the <piece> boundary")
     parser.add_argument("--min-length", type=cli.non_negative_int, default=DEFAULT_MIN_LENGTH, metavar="N",
@@ -441,9 +443,9 @@ def parse_args(argv=None):
     parser.add_argument("--temperature", type=cli.temperature, default=DEFAULT_TEMPERATURE, metavar="T",
                         help="sampling temperature; below 1 is safer, above 1 wilder, 0 is greedy (the "
                              "default is where the default run's pieces sit closest to real ones)")
-    parser.add_argument("--top-k", type=cli.non_negative_int, default=0, metavar="K",
+    parser.add_argument("--top-k", type=cli.non_negative_int, default=defaults.TOP_K, metavar="K",
                         help="sample only among the K most probable tokens (0 = off)")
-    parser.add_argument("--top-p", type=cli.top_p, default=1.0, metavar="P",
+    parser.add_argument("--top-p", type=cli.top_p, default=defaults.TOP_P, metavar="P",
                         help="sample only from the smallest set of tokens holding mass P (1 = off)")
     primer = parser.add_mutually_exclusive_group()
     primer.add_argument("--primer", metavar="FILE",
@@ -456,8 +458,12 @@ def parse_args(argv=None):
                         help="events (sonorities) taken from the opening of --primer FILE")
     parser.add_argument("--strict", action="store_true",
                         help="fail when the primer has tokens the vocabulary lacks (default: warn, use <unk>)")
-    parser.add_argument("--seed", type=cli.non_negative_int, default=0, metavar="S",
-                        help="random seed, an integer >= 0 (same seed, same pieces)")
+    parser.add_argument("--seed", type=cli.non_negative_int, default=defaults.SEED, metavar="S",
+                        help="random seed, an integer >= 0 (same seed, same pieces; piece i of a batch is the "
+                             "piece of seed + i)")
+    parser.add_argument("--rng", choices=sampling.RNG_KINDS, default=sampling.DEFAULT_RNG,
+                        help="random numbers: splitmix64, the portable generator the exported models and the web "
+                             "page share (a seed gives the same tokens everywhere), or numpy's")
     parser.add_argument("--out", metavar="DIR", default=None, help="output directory (default: RUN/generated/<timestamp>)")
     parser.add_argument("--tempo", type=float, default=None, metavar="BPM",
                         help="one tempo for the whole piece (default: the primer's tempo map, or the corpus's "
@@ -488,7 +494,7 @@ def main(argv=None):
                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                     seed=args.seed, primer=args.primer, primer_tokens=args.primer_tokens,
                                     strict=args.strict, show_progress=not args.quiet,
-                                    primer_events=args.primer_events)
+                                    primer_events=args.primer_events, rng=args.rng)
         out_dir = args.out or run_lib.timestamped_dir(run_lib.path(args.run_dir, run_lib.GENERATED))
         paths = generator.write(pieces, out_dir, tempo=args.tempo, instrument=args.instrument,
                                 audio=args.audio, soundfont=args.soundfont)

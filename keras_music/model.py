@@ -5,9 +5,11 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from keras_music import defaults
+
 
 def build_model(vocabulary_size: int, embedding_size: int = 96, hidden_size: int = 256, num_layers: int = 3,
-                dropout: float = 0.1, seq_length: int | None = None) -> keras.Model:
+                dropout: float = defaults.DROPOUT, seq_length: int | None = None) -> keras.Model:
     """Many-to-many LSTM language model: ids [batch, time] -> probabilities [batch, time, vocab].
 
     Layers are named (`embedding`, `lstm_0`.., `head`) so the step model and exporters

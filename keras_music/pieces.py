@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from keras_music import events
+from keras_music import defaults, events
 
 
 @dataclasses.dataclass
@@ -47,7 +47,7 @@ class Piece:
         return float(sum(s.duration for s in self.sonorities[:self.primer_events]))
 
 
-def default_timing(tempo: float = 120.0, time_signature=(4, 4), program: int = 0) -> dict:
+def default_timing(tempo: float = defaults.TEMPO, time_signature=(4, 4), program: int = 0) -> dict:
     return {"start": 0.0, "tempos": [[0.0, float(tempo)]],
             "time_signatures": [[0.0, int(time_signature[0]), int(time_signature[1])]], "program": int(program)}
 

@@ -1,15 +1,14 @@
-"""Pure numpy next-token sampling: greedy, temperature, top-k, top-p, banned ids and a token grammar."""
+"""Pure numpy next-token sampling: SplitMix64 streams, greedy, temperature, top-k, top-p, banned ids and a token grammar."""
 
 import math
 import numbers
+import secrets
 
 import numpy as np
 
-from keras_music import formatting as fmt
+from keras_music import defaults, formatting as fmt
 
-# Where the default run's generated pieces sit closest to held-out ones on the report's
-# metrics (README, "What the default run reaches"); config.train.sample_temperature agrees.
-DEFAULT_TEMPERATURE = 0.9
+DEFAULT_TEMPERATURE = defaults.TEMPERATURE
 
 # Cumulative masses within this distance below top_p count as reaching it, so a
 # nucleus whose exact sum equals top_p is not widened by float rounding
@@ -17,9 +16,93 @@ DEFAULT_TEMPERATURE = 0.9
 _TOP_P_TOLERANCE = 1e-9
 
 
-def make_rng(seed=None):
-    """Returns a `np.random.Generator` seeded with `seed` (None draws fresh OS entropy)."""
-    return np.random.default_rng(seed)
+# ----------------------------------------------------------------------------- random numbers
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_TWO_POW_53 = float(1 << 53)
+
+# The portable generator (export/README.md, "Portable sampler") and numpy's own.
+RNG_KINDS = ("splitmix64", "numpy")
+DEFAULT_RNG = "splitmix64"
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an integer (taken modulo 2^64), got {fmt.shown(seed)}")
+    return int(seed) & _MASK64
+
+
+class SplitMix64:
+    """One SplitMix64 stream (export/README.md, "Random numbers: SplitMix64"), exact 64-bit integers.
+
+    `random()` is the top 53 bits of the next output over 2^53: a float64 in [0, 1) that every
+    language computes exactly; `random(n)` is the next n of them, in order.
+    """
+
+    def __init__(self, seed: int):
+        self.state = _check_seed(seed)
+
+    def next_u64(self) -> int:
+        self.state = (self.state + _GOLDEN) & _MASK64
+        z = self.state
+        z = ((z ^ (z >> 30)) * _MIX1) & _MASK64
+        z = ((z ^ (z >> 27)) * _MIX2) & _MASK64
+        return z ^ (z >> 31)
+
+    def random(self, size=None):
+        if size is None:
+            return (self.next_u64() >> 11) / _TWO_POW_53
+        return np.array([self.random() for _ in range(int(size))], np.float64)
+
+
+class RowStreams:
+    """One SplitMix64 stream per batch row: row i draws from SplitMix64((seed + i) mod 2^64).
+
+    `random(n)` returns one uniform for each of rows 0..n-1 (the next of each row's own
+    stream), so the rows of a batch draw exactly what each would draw alone with its own
+    seed, whatever the batch size. `random()` is row 0's next uniform.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = _check_seed(seed)
+        self._states = np.zeros(0, np.uint64)
+
+    def _grow(self, rows: int) -> None:
+        if rows > len(self._states):
+            seeds = [(self.seed + i) & _MASK64 for i in range(len(self._states), rows)]
+            self._states = np.concatenate([self._states, np.array(seeds, np.uint64)])
+
+    def next_u64(self, rows: int) -> np.ndarray:
+        """The next 64-bit output of rows 0..rows-1 (uint64 [rows]); numpy's uint64 wraps modulo 2^64."""
+        self._grow(rows)
+        with np.errstate(over="ignore"):
+            states = self._states[:rows] + np.uint64(_GOLDEN)
+            self._states[:rows] = states
+            z = (states ^ (states >> np.uint64(30))) * np.uint64(_MIX1)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX2)
+        return z ^ (z >> np.uint64(31))
+
+    def random(self, size=None):
+        rows = 1 if size is None else int(size)
+        uniforms = (self.next_u64(rows) >> np.uint64(11)).astype(np.float64) / _TWO_POW_53
+        return float(uniforms[0]) if size is None else uniforms
+
+
+def make_rng(seed=None, kind=DEFAULT_RNG):
+    """The random source `sample_next` draws from.
+
+    kind "splitmix64" (the default): `RowStreams(seed)`, the portable per-row SplitMix64
+    streams, so a seed means the same tokens here, in the exported models and in the web
+    page; None draws a fresh 64-bit seed. kind "numpy": `np.random.default_rng(seed)`
+    (any seed numpy takes; None draws fresh OS entropy).
+    """
+    if kind == "numpy":
+        return np.random.default_rng(seed)
+    if kind != "splitmix64":
+        raise ValueError(f"rng must be one of {', '.join(RNG_KINDS)}, got {fmt.shown(kind)}")
+    return RowStreams(secrets.randbits(64) if seed is None else seed)
 
 
 def validate_sampling(temperature, top_k, top_p):
@@ -131,9 +214,10 @@ def sample_next(probabilities, rng, temperature=1.0, top_k=0, top_p=1.0, banned=
     grammar), which renormalises over what remains; rescale p -> p^(1/temperature) in log
     space; keep the `top_k` most probable ids; keep the smallest set of most
     probable ids whose mass reaches `top_p` (never fewer than one); renormalise
-    and draw by inverse CDF from a single `rng.random(batch)` call, so the same
-    seed gives the same ids and a row's draw depends only on its own
-    probabilities and its position in the batch. Ranking uses the original
+    and draw by inverse CDF from a single `rng.random(batch)` call (one uniform
+    per row), so the same seed gives the same ids and a row's draw depends only
+    on its own probabilities and its position in the batch; with `RowStreams`
+    each row draws from its own stream. Ranking uses the original
     probabilities (ties -> lowest id), so `top_k=1` equals `greedy`.
     Temperature 0 is greedy and draws nothing from `rng`. A row whose whole
     mass is banned falls back to its most probable non-banned id.
@@ -141,7 +225,8 @@ def sample_next(probabilities, rng, temperature=1.0, top_k=0, top_p=1.0, banned=
     Args:
       probabilities: float array [batch, vocab] (softmax rows; zeros allowed,
         rows need not sum exactly to 1).
-      rng: `np.random.Generator`, see `make_rng`.
+      rng: `RowStreams`, `SplitMix64` or `np.random.Generator`: anything whose
+        `random(n)` returns n uniforms in [0, 1); see `make_rng`.
       temperature: >= 0; below 1 sharpens, above 1 flattens, 0 is greedy.
       top_k: number of most probable ids to keep; 0 keeps all.
       top_p: nucleus mass in (0, 1]; 1 keeps all.

@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import time
 
-from keras_music import run as run_lib, storage
+from keras_music import defaults, run as run_lib, storage
 from keras_music.errors import KerasMusicError
 
 SITE_FILE = "web.json"
@@ -239,9 +239,11 @@ def write_site(directory: str, vocab_file: str, models, runtime_dir: str, run_na
         "vocab": run_lib.EXPORT_VOCAB,
         "models": entries,
         "default_model": default,
-        "timing": {"tempo": float(timing.get("tempo", 120.0)),
+        "timing": {"tempo": float(timing.get("tempo", defaults.TEMPO)),
                    "time_signature": [int(n) for n in timing.get("time_signature", (4, 4))],
                    "program": int(timing.get("program", 0))},
+        # The page's settings start from keras_music's defaults (the tempo from "timing").
+        "defaults": defaults.as_dict(),
         "runtime": {"package": "@litertjs/core", "version": RUNTIME_VERSION, "wasm": f"{RUNTIME_DIR}/wasm/",
                     "builds": {build: f"{RUNTIME_DIR}/wasm/{stem}.wasm" for build, stem in RUNTIME_BUILDS.items()}},
     }

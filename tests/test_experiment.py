@@ -78,7 +78,7 @@ def test_report_has_every_section(study):
 def test_metrics_table_has_every_temperature_and_the_real_pieces(study):
     _, result, report = study
     header = next(line for line in report.splitlines() if line.startswith("| metric | config |"))
-    for temperature in ("0.5", "0.8", "1", "1.2"):
+    for temperature in ("0.5", "0.9", "1", "1.5"):
         assert f"T = {temperature} |" in header
     assert header.rstrip().endswith("| held-out real |")
     rows = table_after(report, "| metric | config |")
@@ -115,7 +115,7 @@ def test_report_json_agrees_with_the_run_directories(study):
         assert run["quality"]["perplexity"] == pytest.approx(evaluation["model_quality"]["perplexity"])
         assert run["ngram"]["perplexity_ratio"] == pytest.approx(evaluation["lstm_vs_ngram"]["perplexity_ratio"])
         assert 0 <= run["quality"]["event_accuracy"] <= 1 and run["quality"]["events_scored"] > 0
-        for key in ("0.5", "0.8", "1", "1.2"):
+        for key in ("0.5", "0.9", "1", "1.5"):
             assert run["music"][key]["pitch_entropy"]["n"] <= 2
         # Every study model is an ordinary run: the model loads with its vocabulary, at its trained size.
         model = run_lib.load_model(run_dir)

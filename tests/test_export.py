@@ -200,16 +200,16 @@ def test_reference_generator_runs_without_tensorflow(exported, tmp_path, run_dir
     result = subprocess.run(
         [sys.executable, os.path.join(SCRIPTS, "reference_generator.py"),
          "--model", os.path.join(exported[0], "model.tflite"), "--vocab", os.path.join(exported[0], "vocab.json"),
-         "--out", str(out), "--length", "120", "--temperature", "1.0", "--top-k", "20", "--seed", "3",
+         "--out", str(out), "--length", "60", "--temperature", "1.0", "--top-k", "20", "--seed", "3",
          "--tempo", "100", "--keep-going"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     data = out.read_bytes()
     assert data[:4] == b"MThd" and data[14:18] == b"MTrk"
     tokens = next(line for line in result.stdout.splitlines() if line.startswith("tokens: "))[8:].split()
-    # 120 sampled tokens, or 119 when the last step fell between sonorities
-    # (the grammar lets a last token only close a sonority, never open one).
-    assert tokens[0] == "<piece>" and len(tokens) in (120, 121)
+    # --length counts events: the piece ends with its 60th duration.
+    assert tokens[0] == "<piece>" and tokens[-1].startswith("dur:")
+    assert sum(token.startswith("dur:") for token in tokens) == 60
     report = events.DecodeReport()
     events.tokens_to_sonorities(tokens, "note", report=report)
     assert report.repairs == {}
@@ -275,14 +275,49 @@ def test_reference_generator_decoding_and_sampling_match_keras_music():
     allowed = np.random.default_rng(2).random((20, 30)) < 0.5
     allowed[:, 5] = True
     for row, mask in zip(probabilities, allowed):
-        rng_ours, rng_theirs = np.random.default_rng(4), sampling.make_rng(4)
+        rng_ours, rng_theirs = reference.SplitMix64(4), sampling.make_rng(4)
         expected = sampling.sample_next(row[None], rng_theirs, 0.8, 0, banned=[0, 1], allowed=mask[None])[0]
         assert reference.sample(row, rng_ours, 0.8, 0, (0, 1), mask) == expected
     for temperature, top_k in ((0.0, 0), (1.0, 0), (0.7, 5), (1.5, 1)):
-        rng_ours, rng_theirs = np.random.default_rng(4), sampling.make_rng(4)
+        rng_ours, rng_theirs = reference.SplitMix64(4), sampling.make_rng(4)
         for row in probabilities:
             expected = sampling.sample_next(row[None], rng_theirs, temperature, top_k, banned=[0, 1])[0]
             assert reference.sample(row, rng_ours, temperature, top_k, (0, 1)) == expected
+
+
+def test_generator_and_the_reference_generator_give_the_same_token_ids(exported, run_dir):
+    """export/README.md's "One piece": keras_music's Generator (Keras) and the TFLite reference agree id for id."""
+    from keras_music import generate
+
+    path = os.path.join(SCRIPTS, "reference_generator.py")
+    spec = importlib.util.spec_from_file_location("reference_generator_one_piece", path)
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    vocabulary = reference.load_vocabulary(os.path.join(exported[0], "vocab.json"))
+    tflite = reference.StepModel(os.path.join(exported[0], "model.tflite"), len(vocabulary["tokens"]))
+    generator = generate.Generator(run_dir, log=lambda message: None)
+    assert generator.vocabulary.tokens == vocabulary["tokens"]
+    pitches = [t for t in vocabulary["tokens"] if t.startswith("pitch:")]
+    durations = [t for t in vocabulary["tokens"] if t.startswith("dur:")]
+    primer = [pitches[len(pitches) // 2], durations[0], pitches[len(pitches) // 3], pitches[-1], durations[-1]]
+    primer_ids = [2] + [vocabulary["tokens"].index(t) for t in primer]
+    compared = 0
+    for temperature, top_k, top_p in ((0.0, 0, 1.0), (0.9, 0, 0.95), (1.5, 20, 1.0)):
+        for seed in (0, 1, 2, 2 ** 40 + 3):
+            ours = generator.generate(num_samples=1, length=24, min_length=4, temperature=temperature, top_k=top_k,
+                                      top_p=top_p, seed=seed, primer_tokens=primer)[0]
+            theirs, stopped = reference.generate(tflite, vocabulary, primer_ids, 24, temperature, top_k, seed,
+                                                 top_p=top_p, min_length=4)
+            assert ours.ids == theirs[len(primer_ids):], (temperature, top_k, top_p, seed)
+            assert stopped == (ours.stop_reason == "boundary")
+            compared += len(ours.ids)
+    # A batch gives the same pieces: row i is the reference's piece of seed + i.
+    batch = generator.generate(num_samples=3, length=24, min_length=4, temperature=0.9, top_p=0.95, seed=5,
+                               primer_tokens=primer)
+    for i, piece in enumerate(batch):
+        theirs, _ = reference.generate(tflite, vocabulary, primer_ids, 24, 0.9, 0, 5 + i, top_p=0.95, min_length=4)
+        assert piece.ids == theirs[len(primer_ids):], i
+    assert compared > 100
 
 
 def test_savedmodel_consumer_runs_without_keras_music(exported, tmp_path):

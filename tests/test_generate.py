@@ -68,6 +68,51 @@ def test_same_seed_same_pieces_and_different_seed_differs(generator):
     assert [p.tokens for p in first] != [p.tokens for p in other]
 
 
+def test_piece_i_of_a_batch_is_the_piece_of_seed_plus_i_alone(generator):
+    primer = simple_primer(generator)
+    for settings in ({"temperature": 0.9, "top_p": 0.95}, {"temperature": 1.5, "top_k": 20}, {}):
+        batch = generator.generate(num_samples=3, length=10, seed=7, primer_tokens=primer, min_length=4, **settings)
+        for i, piece in enumerate(batch):
+            alone = generator.generate(num_samples=1, length=10, seed=7 + i, primer_tokens=primer, min_length=4,
+                                       **settings)[0]
+            assert (piece.ids, piece.stop_reason) == (alone.ids, alone.stop_reason), (settings, i)
+    assert len({tuple(p.ids) for p in batch}) > 1
+
+
+def test_each_row_draws_one_uniform_per_sampled_token(generator, monkeypatch):
+    draws = []
+    make_rng = sampling.make_rng
+
+    class Counting:
+        def __init__(self, rng):
+            self.rng = rng
+
+        def random(self, size=None):
+            draws.append(size)
+            return self.rng.random(size)
+
+    monkeypatch.setattr(sampling, "make_rng", lambda seed, kind: Counting(make_rng(seed, kind)))
+    piece = generator.generate(num_samples=1, length=12, seed=5, primer_tokens=simple_primer(generator))[0]
+    assert draws == [1] * (len(piece.ids) + (piece.stop_reason == "boundary"))
+    draws.clear()
+    generator.generate(num_samples=1, length=12, seed=5, temperature=0, primer_tokens=simple_primer(generator))
+    assert draws == []
+
+
+def test_rng_numpy_is_a_choice_not_the_default(generator):
+    primer = simple_primer(generator)
+    default = generator.generate(num_samples=2, length=12, seed=3, primer_tokens=primer)
+    portable = generator.generate(num_samples=2, length=12, seed=3, primer_tokens=primer, rng="splitmix64")
+    numpy_ones = generator.generate(num_samples=2, length=12, seed=3, primer_tokens=primer, rng="numpy")
+    again = generator.generate(num_samples=2, length=12, seed=3, primer_tokens=primer, rng="numpy")
+    assert [p.ids for p in default] == [p.ids for p in portable]
+    assert [p.ids for p in numpy_ones] == [p.ids for p in again]
+    assert [p.ids for p in numpy_ones] != [p.ids for p in default]
+    assert default[0].settings["rng"] == "splitmix64" and numpy_ones[0].settings["rng"] == "numpy"
+    with pytest.raises(generate.GenerateError, match=r"^rng must be one of splitmix64, numpy, got 'mt'$"):
+        generator.generate(rng="mt")
+
+
 def test_temperature_zero_and_top_k_one_equal_a_manual_greedy_loop(generator):
     primer = simple_primer(generator)
     greedy = generator.generate(num_samples=1, length=15, temperature=0, primer_tokens=primer, seed=1)[0]
@@ -568,7 +613,7 @@ def test_cli_strict_names_the_unknown_tokens_and_the_file(run_dir, tmp_path, cap
 @pytest.mark.parametrize("argv, expected", [
     (["--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
     (["--num-samples", "1001"], "argument --num-samples: expected an integer in 1..1000, got 1001"),
-    (["--length", "0"], "argument --length: expected an integer in 1..100000, got 0"),
+    (["--length", "0"], "argument --length: expected an integer in 1..10000, got 0"),
 ])
 def test_bad_numbers_are_usage_errors(run_dir, argv, expected, capsys):
     line = usage_error(generate.parse_args, ["--run-dir", run_dir, *argv], capsys)

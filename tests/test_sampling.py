@@ -131,12 +131,61 @@ def test_same_seed_gives_same_draws():
 
 def test_one_uniform_per_row_inverse_cdf():
     rng = make_rng(7)
-    uniforms = make_rng(7).random(5)
+    uniforms = [sampling.SplitMix64(7 + row).random() for row in range(5)]
     ids = sample_next(np.tile(P, (5, 1)), rng)
     expected = np.searchsorted(np.cumsum(P), uniforms, side="right")
     np.testing.assert_array_equal(ids, expected)
-    # The generator moved on by exactly one batch of uniforms.
-    np.testing.assert_array_equal(rng.random(3), make_rng(7).random(8)[5:])
+    # Each row's stream moved on by exactly one uniform.
+    seconds = []
+    for row in range(3):
+        stream = sampling.SplitMix64(7 + row)
+        stream.random()
+        seconds.append(stream.random())
+    np.testing.assert_array_equal(rng.random(3), seconds)
+
+
+def test_numpy_rng_draws_one_batch_of_uniforms():
+    rng = make_rng(7, "numpy")
+    uniforms = np.random.default_rng(7).random(5)
+    ids = sample_next(np.tile(P, (5, 1)), rng)
+    np.testing.assert_array_equal(ids, np.searchsorted(np.cumsum(P), uniforms, side="right"))
+    np.testing.assert_array_equal(rng.random(3), np.random.default_rng(7).random(8)[5:])
+
+
+def test_splitmix64_gives_the_published_values():
+    # export/README.md, "Random numbers: SplitMix64" (Rosetta Code's values).
+    rng = sampling.SplitMix64(1234567)
+    assert [rng.next_u64() for _ in range(5)] == [6457827717110365317, 3203168211198807973, 9817491932198370423,
+                                                  4593380528125082431, 16408922859458223821]
+    rng = sampling.SplitMix64(987654321)
+    counts = np.bincount([int(5 * rng.random()) for _ in range(100_000)], minlength=5)
+    assert counts.tolist() == [20027, 19892, 20073, 19978, 20030]
+    assert sampling.SplitMix64(0).next_u64() == 0xE220A8397B1DCDAF
+    assert sampling.SplitMix64(-1).next_u64() == sampling.SplitMix64(2 ** 64 - 1).next_u64()
+    rng, alone = sampling.SplitMix64(5), sampling.SplitMix64(5)
+    np.testing.assert_array_equal(rng.random(3), [alone.random() for _ in range(3)])
+
+
+def test_row_streams_are_splitmix64_of_seed_plus_row_modulo_2_64():
+    streams = sampling.RowStreams(2 ** 64 - 2)
+    first, second = streams.random(4), streams.random(2)
+    for row in range(4):
+        alone = sampling.SplitMix64((2 ** 64 - 2 + row) % 2 ** 64)
+        assert first[row] == alone.random()
+        if row < 2:
+            assert second[row] == alone.random()
+    np.testing.assert_array_equal(sampling.RowStreams(1234567).next_u64(1), [6457827717110365317])
+    assert sampling.RowStreams(3).random() == sampling.SplitMix64(3).random()
+    # A row draws the same numbers in any batch: rows 1.. of seed 7 are rows 0.. of seed 8.
+    np.testing.assert_array_equal(sampling.RowStreams(7).random(6)[1:], sampling.RowStreams(8).random(5))
+
+
+def test_a_row_samples_what_it_samples_alone_with_its_own_seed():
+    rows = np.random.default_rng(0).dirichlet(np.ones(12), size=6)
+    together = sample_next(rows, make_rng(40), temperature=1.2, top_k=8, top_p=0.95)
+    alone = [sample_next(row[None], make_rng(40 + i), temperature=1.2, top_k=8, top_p=0.95)[0]
+             for i, row in enumerate(rows)]
+    np.testing.assert_array_equal(together, alone)
 
 
 def test_row_result_depends_only_on_its_row_and_position():
@@ -185,9 +234,16 @@ def test_fully_banned_mass_falls_back_to_best_allowed():
     np.testing.assert_array_equal(greedy(rows, banned=[0, 1]), [2, 2, 3])
 
 
-def test_make_rng_is_a_seeded_generator():
-    assert isinstance(make_rng(0), np.random.Generator)
-    assert make_rng(5).random() == np.random.default_rng(5).random()
+def test_make_rng_is_splitmix64_by_default_or_numpys():
+    assert isinstance(make_rng(0), sampling.RowStreams)
+    assert make_rng(5).random() == sampling.SplitMix64(5).random()
+    assert isinstance(make_rng(0, "numpy"), np.random.Generator)
+    assert make_rng(5, "numpy").random() == np.random.default_rng(5).random()
+    assert isinstance(make_rng(None), sampling.RowStreams)
+    with pytest.raises(ValueError, match=r"^rng must be one of splitmix64, numpy, got 'mt'$"):
+        make_rng(0, "mt")
+    with pytest.raises(ValueError, match=r"^seed must be an integer \(taken modulo 2\^64\), got 1.5$"):
+        make_rng(1.5)
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 SCRIPTS = os.path.join(REPO, "export")
 MODELS = ("model.tflite", "model_float16.tflite", "model_dynamic.tflite")
-STEPS = 200
+STEPS = 60  # events
 
 
 reference = reference_generator()
@@ -105,16 +105,22 @@ def reference_models(site, vocabulary):
             for name in MODELS}
 
 
-def page_tokens(driver, seed, length=STEPS, temperature=1.0, top_k=0, top_p=1.0, keep_going=True):
+def page_tokens(driver, seed, length=STEPS, temperature=1.0, top_k=0, top_p=1.0, keep_going=True, min_length=8):
     settings = {"seed": seed, "length": length, "temperature": temperature, "topK": top_k, "topP": top_p,
-                "keepGoing": keep_going}
+                "keepGoing": keep_going, "minLength": min_length}
     return call(driver, f"kerasMusic.generate({json.dumps(settings)})")
 
 
-def reference_tokens(model, vocabulary, seed, length=STEPS, temperature=1.0, top_k=0, top_p=1.0, keep_going=True):
+def reference_tokens(model, vocabulary, seed, length=STEPS, temperature=1.0, top_k=0, top_p=1.0, keep_going=True,
+                     min_length=8):
     ids, _ = reference.generate(model, vocabulary, [2], length, temperature, top_k, seed,
-                                stop_at_boundary=not keep_going, top_p=top_p)
+                                stop_at_boundary=not keep_going, top_p=top_p, min_length=min_length)
     return ids[1:]
+
+
+def event_count(vocabulary, ids):
+    kinds = vocabulary["grammar"]["kinds"]
+    return sum(kinds[i] in ("dur", "event") for i in ids)
 
 
 # ----------------------------------------------------------------------------- the portable random numbers
@@ -137,7 +143,7 @@ def test_splitmix64_gives_the_published_reference_values():
 
 
 NODE_HARNESS = r"""
-import {SplitMix64, Grammar, sample} from './sampler.mjs';
+import {SplitMix64, Grammar, sample, generate} from './sampler.mjs';
 import {decode, midiBytes} from './music.mjs';
 const chunks = [];
 for await (const chunk of process.stdin) chunks.push(chunk);
@@ -160,6 +166,16 @@ if (cases.grammar) {
     grammar.advance(token);
     return allowed;
   });
+}
+// A fake step model: the probabilities of row (token * 7 + steps taken) of a fixed table.
+out.pieces = [];
+for (const {vocabulary, table, primerIds, settings} of cases.pieces || []) {
+  const model = {
+    initialState: () => 0,
+    step: async (token, state) => ({probabilities: table[(token * 7 + state) % table.length], state: state + 1}),
+  };
+  const result = await generate(model, vocabulary, {primerIds, ...settings});
+  out.pieces.push({sampled: result.sampled, events: result.events, stopped: result.stopped});
 }
 out.decoded = (cases.decode || []).map(({tokens, vocabulary}) => {
   const notes = decode(tokens, vocabulary);
@@ -214,6 +230,54 @@ def test_javascript_splitmix64_and_sampler_match_python(tmp_path):
         assert got["words"] == [str(rng.next_u64()) for _ in range(count)], seed
         assert got["floats"] == [rng.random() for _ in range(count)], seed
     assert answers["samples"] == expected_samples
+
+
+class TableModel:
+    """The harness's fake step model in Python: reference_generator.StepModel's interface."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def initial_state(self):
+        return 0
+
+    def step(self, token, state):
+        return np.asarray(self.table[(token * 7 + state) % len(self.table)], np.float64), state + 1
+
+
+def test_javascript_piece_loop_matches_the_reference_generator(tmp_path):
+    # export/README.md "One piece": events counted by kind, min_length, keep_going, the token limit.
+    note = json.loads(json.dumps(Vocabulary(["<pad>", "<unk>", "<piece>", "pitch:60", "pitch:62", "pitch:64",
+                                             "hold:60", "hold:62", "rest", "dur:1", "dur:1/2"]).to_json()))
+    classic = json.loads(json.dumps(Vocabulary(["<pad>", "<unk>", "<piece>", "C4", "E4", "G4", "0.4.7"],
+                                               representation="classic").to_json()))
+    generator = np.random.default_rng(5)
+    cases, expected = {"pieces": []}, []
+    for vocabulary in (note, classic):
+        size = len(vocabulary["tokens"])
+        table = generator.dirichlet(np.full(size, 0.5), size=23)
+        table[::3, 2] += 0.5  # <piece> is often likely: min_length has work to do
+        table = (table / table.sum(axis=1, keepdims=True)).astype(np.float32).astype(np.float64)
+        model = TableModel(table.tolist())
+        for seed, length, min_length, temperature, top_k, top_p, keep_going in (
+                (1, 12, 8, 0.9, 0, 1.0, False), (2, 12, 0, 1.5, 3, 1.0, False), (3, 20, 30, 1.0, 0, 0.9, True),
+                (4, 1, 8, 0.0, 0, 1.0, False), (5, 6, 8, 0.9, 0, 0.95, True), (6, 40, 4, 2.0, 0, 1.0, False)):
+            primer = [2, 3] if vocabulary is note else [2]
+            ids, stopped = reference.generate(model, vocabulary, primer, length, temperature, top_k, seed,
+                                              stop_at_boundary=not keep_going, top_p=top_p, min_length=min_length)
+            sampled = ids[len(primer):]
+            expected.append({"sampled": sampled, "events": event_count(vocabulary, sampled), "stopped": stopped})
+            assert stopped or event_count(vocabulary, sampled) == length or len(sampled) >= length * 32 - 1
+            cases["pieces"].append({"vocabulary": vocabulary, "table": table.tolist(), "primerIds": primer,
+                                    "settings": {"seed": seed, "length": length, "minLength": min_length,
+                                                 "temperature": temperature, "topK": top_k, "topP": top_p,
+                                                 "keepGoing": keep_going}})
+    # min_length holds: no piece stopped at <piece> before its 8 events (or its whole length).
+    assert expected[0]["stopped"] is False or expected[0]["events"] >= 8
+
+    answers = run_node(tmp_path, cases)
+
+    assert answers["pieces"] == expected
 
 
 def test_javascript_grammar_matches_python(tmp_path):
@@ -353,7 +417,7 @@ def test_greedy_tokens_equal_the_reference_generator_for_every_model_file(page, 
             for seed, temperature, top_k in ((1, 1.0, 1), (2, 0.0, 0), (3, 0.5, 1)):
                 expected = reference_tokens(reference_models[name], vocabulary, seed, temperature=temperature,
                                             top_k=top_k)
-                assert len(expected) >= STEPS - 1
+                assert event_count(vocabulary, expected) == STEPS
                 assert page_tokens(page, seed, temperature=temperature, top_k=top_k) == expected, (name, seed)
     finally:
         call(page, "kerasMusic.loadModel('model_dynamic.tflite')")
@@ -371,7 +435,7 @@ def test_sampled_tokens_equal_the_reference_generator_for_at_least_9_of_10_seeds
     assert sum(mixed) >= 4, mixed
     # A seed beyond 2^53, as a string, is the same 64-bit seed on both sides.
     big = "18446744073709551557"
-    assert page_tokens(page, big, length=60) == reference_tokens(model, vocabulary, int(big), length=60)
+    assert page_tokens(page, big, length=20) == reference_tokens(model, vocabulary, int(big), length=20)
 
 
 def test_reference_cli_tokens_out_equals_the_page(page, site, tmp_path):
@@ -379,13 +443,13 @@ def test_reference_cli_tokens_out_equals_the_page(page, site, tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(SCRIPTS, "reference_generator.py"),
          "--model", os.path.join(site, "models", "model_dynamic.tflite"), "--vocab", os.path.join(site, "vocab.json"),
-         "--out", str(tmp_path / "piece.mid"), "--length", "150", "--temperature", "1.1", "--top-k", "30",
+         "--out", str(tmp_path / "piece.mid"), "--length", "50", "--temperature", "1.1", "--top-k", "30",
          "--top-p", "0.95", "--seed", "77", "--tokens-out", str(out)],
         cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     expected = json.loads(out.read_text())
     assert expected and "seed: 77" in result.stdout
-    assert page_tokens(page, 77, length=150, temperature=1.1, top_k=30, top_p=0.95, keep_going=False) == expected
+    assert page_tokens(page, 77, length=50, temperature=1.1, top_k=30, top_p=0.95, keep_going=False) == expected
 
 
 def midi_track(path):
@@ -411,7 +475,14 @@ def test_page_plays_draws_and_offers_midi_that_matches_python_decoding(page, voc
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    for field, value in (("length", "160"), ("temperature", "1"), ("top-k", "0"), ("top-p", "1"), ("seed", "7"),
+    # The form starts from the export's defaults and the corpus's tempo.
+    site = call(page, "fetch('web.json').then((r) => r.json())")
+    initial = page.execute_script(
+        "return ['length', 'min-length', 'temperature', 'top-k', 'top-p', 'tempo']"
+        ".map((id) => Number(document.getElementById(id).value))")
+    assert initial == [200, 8, 0.9, 0, 1, pytest.approx(site["timing"]["tempo"])]
+    assert site["defaults"]["temperature"] == 0.9
+    for field, value in (("length", "50"), ("temperature", "1"), ("top-k", "0"), ("top-p", "1"), ("seed", "7"),
                          ("tempo", "100")):
         element = page.find_element(By.ID, field)
         element.clear()
@@ -422,7 +493,9 @@ def test_page_plays_draws_and_offers_midi_that_matches_python_decoding(page, voc
     assert page.execute_script("return document.body.dataset.status") == "done", \
         page.find_element(By.ID, "status").text
     piece = page.execute_script("return kerasMusic.last")
-    assert piece["seed"] == "7" and piece["settings"]["length"] == 160 and piece["tempo"] == 100
+    assert piece["seed"] == "7" and piece["settings"]["length"] == 50 and piece["tempo"] == 100
+    assert piece["settings"]["minLength"] == 8 and piece["settings"]["temperature"] == 1
+    assert piece["events"] == event_count(vocabulary, piece["sampled"]) and (piece["stopped"] or piece["events"] == 50)
     tokens = piece["tokens"]
     assert tokens[0] == "<piece>" and [vocabulary["tokens"].index(t) for t in tokens[1:]] == piece["sampled"]
     expected = events.sonorities_to_notes(events.tokens_to_sonorities(tokens, "note"))
@@ -484,7 +557,8 @@ def test_page_draws_the_published_splitmix64_values(page):
 
 
 def test_page_refuses_bad_settings_with_the_setting_named(page):
-    for settings, words in (({"length": 0}, "length"), ({"temperature": -1}, "temperature"),
+    for settings, words in (({"length": 0}, "length"), ({"length": 10001}, "length must be an integer in 1..10000"),
+                            ({"minLength": -1}, "minLength"), ({"temperature": -1}, "temperature"),
                             ({"topP": 0}, "topP"), ({"topK": 1.5}, "topK"), ({"seed": 1.5}, "seed"),
                             ({"primer": "pitch:999"}, "primer")):
         with pytest.raises(PageError, match=words):

@@ -27,7 +27,7 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3, metavar="N",
                         help="timed generations per model and build, and cold page loads for the first note")
     parser.add_argument("--seeds", type=int, default=10, metavar="N",
-                        help="seeds whose sampled tokens (temperature 1, 200 steps) are compared with the reference")
+                        help="seeds whose sampled tokens (temperature 1, 200 events) are compared with the reference")
     parser.add_argument("--chromium", default=page_harness.CHROMIUM, help="Chromium binary")
     parser.add_argument("--chromedriver", default=page_harness.CHROMEDRIVER, help="chromedriver binary")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")

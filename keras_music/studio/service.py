@@ -12,10 +12,10 @@ import time
 import uuid
 from fractions import Fraction
 
-from keras_music import audio as audio_lib, events, listening, run as run_lib, sampling, storage, web_export
+from keras_music import audio as audio_lib, defaults, events, listening, run as run_lib, storage, web_export
 from keras_music.errors import KerasMusicError
 
-MAX_LENGTH = 1000  # events per generated piece
+MAX_LENGTH = defaults.MAX_LENGTH  # events per generated piece
 QUEUE = 2  # requests that may wait for the one running generation before "busy" answers
 ID = re.compile(r"^[0-9a-f]{32}$")
 FILE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
@@ -126,10 +126,10 @@ class Studio:
     def generate(self, body: dict) -> dict:
         label = self.run_label(body.get("run"))
         generator = self.generators[label]
-        temperature = _number(body, "temperature", sampling.DEFAULT_TEMPERATURE, 0.0, 5.0)
-        top_k = int(_number(body, "top_k", 0, 0, len(generator.vocabulary), integer=True))
-        top_p = _number(body, "top_p", 1.0, 1e-6, 1.0)
-        length = int(_number(body, "length", 64, 1, self.max_length, integer=True))
+        temperature = _number(body, "temperature", defaults.TEMPERATURE, 0.0, 5.0)
+        top_k = int(_number(body, "top_k", defaults.TOP_K, 0, len(generator.vocabulary), integer=True))
+        top_p = _number(body, "top_p", defaults.TOP_P, 1e-6, 1.0)
+        length = int(_number(body, "length", defaults.LENGTH, 1, self.max_length, integer=True))
         seed = int(_number(body, "seed", random.randrange(2 ** 31), 0, 2 ** 31 - 1, integer=True))
         primer = body.get("primer", "held_out")
         kwargs = {}

@@ -2,7 +2,7 @@
 // offers the piece as MIDI. window.kerasMusic is the same machinery for scripts and tests.
 
 import {loadLiteRt, loadAndCompile, Tensor} from './litert/core/index.js';
-import {BOUNDARY, SplitMix64, generate as sampleTokens, randomSeed, toSeed, validateSettings} from './sampler.js';
+import {BOUNDARY, DEFAULTS, SplitMix64, generate as sampleTokens, randomSeed, toSeed, validateSettings} from './sampler.js';
 import {decode, midiBytes} from './music.js';
 import {Synth, drawPianoRoll} from './player.js';
 
@@ -127,10 +127,22 @@ function primerIds(primer) {
   return tokens.map((token) => page.tokenIds.get(token));
 }
 
-/** Samples a piece; resolves to the sampled token ids (primer excluded). */
-async function generate({seed, length = 400, temperature = 1, topK = 0, topP = 1, keepGoing = false,
-  primer = null} = {}) {
-  const settings = {length, temperature, topK, topP, keepGoing};
+/** The export's defaults (web.json "defaults", written from keras_music/defaults.py), else the sampler's. */
+function defaults() {
+  const shipped = (page.site && page.site.defaults) || {};
+  const pick = (name, fallback) => (typeof shipped[name] === 'number' ? shipped[name] : fallback);
+  return {temperature: pick('temperature', DEFAULTS.temperature), topK: pick('top_k', DEFAULTS.topK),
+          topP: pick('top_p', DEFAULTS.topP), length: pick('length', DEFAULTS.length),
+          minLength: pick('min_length', DEFAULTS.minLength), tempo: pick('tempo', DEFAULTS.tempo)};
+}
+
+/** Samples a piece; resolves to the sampled token ids (primer excluded). Unset settings take the defaults. */
+async function generate({seed, length, minLength, temperature, topK, topP, keepGoing = false, primer = null,
+  maxTokens = null} = {}) {
+  const fallback = defaults();
+  const settings = {length: length ?? fallback.length, minLength: minLength ?? fallback.minLength,
+                    temperature: temperature ?? fallback.temperature, topK: topK ?? fallback.topK,
+                    topP: topP ?? fallback.topP, keepGoing};
   validateSettings(settings);
   const usedSeed = seed === undefined || seed === null || seed === '' ? randomSeed() : seed;
   toSeed(usedSeed);  // a bad seed fails here, before any work
@@ -138,10 +150,10 @@ async function generate({seed, length = 400, temperature = 1, topK = 0, topP = 1
   return exclusive(async () => {
     const started = performance.now();
     const result = await sampleTokens(page.model, page.vocabulary, {primerIds: primerIdList, ...settings,
-      seed: usedSeed, now: () => performance.now()});
+      maxTokens, seed: usedSeed, now: () => performance.now()});
     const tokens = result.ids.map((id) => page.vocabulary.tokens[id]);
     page.last = {seed: String(usedSeed), settings, model: page.model.name, build: page.build,
-                 primer: primerIdList, sampled: result.sampled, tokens, stopped: result.stopped,
+                 primer: primerIdList, sampled: result.sampled, tokens, events: result.events, stopped: result.stopped,
                  notes: decode(tokens, page.vocabulary), stepMs: result.stepMs,
                  generateMs: performance.now() - started};
     return result.sampled;
@@ -153,7 +165,7 @@ function plainNotes(notes) {
 }
 
 function timing() {
-  const fallback = {tempo: 120, time_signature: [4, 4], program: 0};
+  const fallback = {tempo: defaults().tempo, time_signature: [4, 4], program: 0};
   return {...fallback, ...(page.site.timing || {})};
 }
 
@@ -167,7 +179,8 @@ function readForm() {
   const seedText = $('seed').value.trim();
   return {
     seed: seedText === '' ? undefined : seedText,
-    length: number('length'), temperature: number('temperature'), topK: number('top-k'), topP: number('top-p'),
+    length: number('length'), minLength: number('min-length'), temperature: number('temperature'),
+    topK: number('top-k'), topP: number('top-p'),
     keepGoing: $('keep-going').checked,
   };
 }
@@ -198,7 +211,7 @@ async function compose(options = readForm()) {
     marks.firstNote = played.firstNoteAt;
     animate(piece);
     const perStep = piece.stepMs.length ? piece.generateMs / piece.stepMs.length : 0;
-    setStatus('done', `${piece.sampled.length} tokens, ${piece.notes.length} notes ` +
+    setStatus('done', `${piece.events} events (${piece.sampled.length} tokens), ${piece.notes.length} notes ` +
               `(${piece.stopped ? 'ended at <piece>' : 'reached the length'}); generated in ` +
               `${piece.generateMs.toFixed(0)} ms (${perStep.toFixed(2)} ms a step), ${played.seconds.toFixed(1)} s of music`);
     return piece;
@@ -219,9 +232,9 @@ function animate(piece) {
   requestAnimationFrame(frame);
 }
 
-/** Per-step times (ms) over `steps` sampled tokens, the primer's steps included. */
+/** Per-step times (ms) over `steps` sampled tokens (whatever their events), the primer's steps included. */
 async function benchmark({steps = 400, seed = 0} = {}) {
-  await generate({seed, length: steps, temperature: 1, keepGoing: true});
+  await generate({seed, length: DEFAULTS.maxLength, maxTokens: steps, temperature: 1, keepGoing: true});
   const stepMs = page.last.stepMs;
   return {stepMs, model: page.model.name, build: page.build, crossOriginIsolated: self.crossOriginIsolated};
 }
@@ -246,6 +259,12 @@ async function start() {
   describeModels();
   const timingDefaults = timing();
   $('tempo').value = timingDefaults.tempo;
+  const settingDefaults = defaults();
+  for (const [id, value] of [['length', settingDefaults.length], ['min-length', settingDefaults.minLength],
+    ['temperature', settingDefaults.temperature], ['top-k', settingDefaults.topK], ['top-p', settingDefaults.topP]]) {
+    $(id).value = value;
+  }
+  $('length').max = (page.site.defaults && page.site.defaults.max_length) || DEFAULTS.maxLength;
   const notes = [];
   page.build = params.get('build') === 'threaded' ? 'threaded' : 'default';
   if (page.build === 'threaded' && !self.crossOriginIsolated) {
@@ -292,7 +311,7 @@ $('model').addEventListener('change', (event) => {
 
 window.kerasMusic = {
   ready,
-  generate: (options) => ready.then(() => generate(options)),
+  generate: (options) => ready.then(() => generate({...options, maxTokens: null})),
   compose: (options) => ready.then(() => compose(options)),
   benchmark: (options) => ready.then(() => benchmark(options)),
   loadModel: (name) => ready.then(() => loadModel(name)),

@@ -10,6 +10,11 @@ export const TOP_P_TOLERANCE = 1e-9;
 export const BOUNDARY = 2;
 export const BANNED = [0, 1];
 
+// keras_music's defaults (keras_music/defaults.py); the export also ships them in web.json
+// "defaults", which the page prefers. The tests check that the two agree.
+export const DEFAULTS = Object.freeze({temperature: 0.9, topK: 0, topP: 1, length: 200, minLength: 8,
+  maxLength: 10000, maxTokensPerEvent: 32, tempo: 120});
+
 /** A seed as an unsigned 64-bit BigInt: integers (Number, BigInt or decimal string) modulo 2^64. */
 export function toSeed(seed) {
   if (typeof seed === 'bigint') return BigInt.asUintN(64, seed);
@@ -59,7 +64,7 @@ export class Grammar {
     const size = vocabulary.tokens.length;
     let table = vocabulary.grammar;
     if (!table) {
-      table = {rules: 'any', kinds: ['banned', 'banned', ...Array(size - 2).fill('event')],
+      table = {rules: 'any', kinds: ['banned', 'banned', 'end', ...Array(size - 3).fill('event')],
                pitches: Array(size).fill(-1)};
     }
     if (!['note', 'any'].includes(table.rules) || table.kinds.length !== size || table.pitches.length !== size) {
@@ -184,14 +189,19 @@ export function sample(probabilities, rng, temperature, topK, topP, banned = BAN
 }
 
 /**
- * Primer ids followed by up to `length` sampled ids, as reference_generator.generate.
+ * Primer ids followed by the sampled ids of up to `length` events, as reference_generator.generate
+ * (export/README.md, "One piece"): <piece> may not end the piece before `minLength` events, and
+ * the piece stops after `length` * 32 tokens at the latest (`maxTokens`, for benchmarks, overrides that).
  * `model` has initialState() and async step(token, state) -> {probabilities, state}.
- * Returns {ids (primer included), sampled (primer excluded), stopped, stepMs}.
+ * Returns {ids (primer included), sampled (primer excluded), events, stopped, stepMs}.
  */
-export async function generate(model, vocabulary, {primerIds = [BOUNDARY], length = 400, temperature = 1,
-  topK = 0, topP = 1, seed = 0, keepGoing = false, now = null} = {}) {
+export async function generate(model, vocabulary, {primerIds = [BOUNDARY], length = DEFAULTS.length,
+  minLength = DEFAULTS.minLength, temperature = DEFAULTS.temperature, topK = DEFAULTS.topK, topP = DEFAULTS.topP,
+  seed = 0, keepGoing = false, maxTokens = null, now = null} = {}) {
   const rng = new SplitMix64(seed);
   const grammar = new Grammar(vocabulary);
+  const tokenLimit = maxTokens ?? length * DEFAULTS.maxTokensPerEvent;
+  const least = Math.min(minLength, length);
   const stepMs = [];
   const timed = async (token, state) => {
     const started = now ? now() : 0;
@@ -207,25 +217,35 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
   }
   const sampled = [];
   let stopped = false;
-  for (let step = 0; step < length; step++) {
-    const last = step === length - 1;
-    if (last && grammar.rules === 'note' && grammar.phase === 'between') break;
-    const token = sample(probabilities, rng, temperature, topK, topP, BANNED, grammar.allowed(last));
+  let events = 0;
+  for (let step = 0; step < tokenLimit; step++) {
+    const last = step === tokenLimit - 1;
+    if (last && grammar.phase === 'between') break;  // rules "any" never leave it
+    const allowed = grammar.allowed(last);
+    if (events < least) allowed[BOUNDARY] = false;
+    const token = sample(probabilities, rng, temperature, topK, topP, BANNED, allowed);
     if (token === BOUNDARY && !keepGoing) {
       stopped = true;
       break;
     }
     sampled.push(token);
     grammar.advance(token);
+    if (grammar.kinds[token] === 'dur' || grammar.kinds[token] === 'event') events++;
+    if (events >= length) break;
     ({probabilities, state} = await timed(token, state));
   }
   if (model.release) model.release(state);
-  return {ids: [...primerIds, ...sampled], sampled, stopped, stepMs};
+  return {ids: [...primerIds, ...sampled], sampled, events, stopped, stepMs};
 }
 
 /** Checks sampling settings; throws an Error naming the first bad one. */
-export function validateSettings({length, temperature, topK, topP}) {
-  if (!Number.isInteger(length) || length < 1) throw new Error(`length must be an integer >= 1, got ${length}`);
+export function validateSettings({length, minLength, temperature, topK, topP}) {
+  if (!Number.isInteger(length) || length < 1 || length > DEFAULTS.maxLength) {
+    throw new Error(`length must be an integer in 1..${DEFAULTS.maxLength} (events), got ${length}`);
+  }
+  if (!Number.isInteger(minLength) || minLength < 0) {
+    throw new Error(`minLength must be an integer >= 0 (events), got ${minLength}`);
+  }
   if (!Number.isFinite(temperature) || temperature < 0) {
     throw new Error(`temperature must be a number >= 0 (0 is greedy), got ${temperature}`);
   }
