@@ -130,6 +130,7 @@ class Studio:
         top_k = int(_number(body, "top_k", defaults.TOP_K, 0, len(generator.vocabulary), integer=True))
         top_p = _number(body, "top_p", defaults.TOP_P, 1e-6, 1.0)
         length = int(_number(body, "length", defaults.LENGTH, 1, self.max_length, integer=True))
+        min_length = int(_number(body, "min_length", defaults.MIN_LENGTH, 0, self.max_length, integer=True))
         seed = int(_number(body, "seed", random.randrange(2 ** 31), 0, 2 ** 31 - 1, integer=True))
         primer = body.get("primer", "held_out")
         kwargs = {}
@@ -149,8 +150,8 @@ class Studio:
 
             started = time.perf_counter()
             try:
-                pieces = generator.generate(length=length, temperature=temperature, top_k=top_k, top_p=top_p,
-                                            seed=seed, **kwargs)
+                pieces = generator.generate(length=length, min_length=min_length, temperature=temperature,
+                                            top_k=top_k, top_p=top_p, seed=seed, **kwargs)
             except GenerateError as error:
                 raise StudioError(str(error)) from None
             sampled = time.perf_counter()
