@@ -326,8 +326,14 @@ class Generator:
                     "temperature": float(temperature), "top_k": int(top_k), "top_p": float(top_p),
                     "representation": self.representation, "rng": rng}
         return [self._piece(row, primers[row], rows.ids[row], rows.stop[row], seed,
-                            {**settings, "length": int(lengths[row]), "min_length": int(min_lengths[row])})
+                            {**settings, "length": int(lengths[row]), "min_length": int(min_lengths[row]),
+                             **self._piece_seed(rng, seed, row)})
                 for row in range(num_samples)]
+
+    @staticmethod
+    def _piece_seed(rng: str, seed: int, row: int) -> dict:
+        """The seed that gives this row's piece alone, in every path (only the portable sampler has one)."""
+        return {"piece_seed": (int(seed) + row) % 2 ** 64} if rng == "splitmix64" else {}
 
     def _sample(self, rows: _Rows, probabilities, state, grammar, rng, how, show_progress: bool) -> None:
         """Sample every row until it has its events or samples the boundary (`how`: temperature, top_k, top_p)."""

@@ -559,8 +559,7 @@ def print_summary(run_dir: str, metrics: dict, samples: list[str]) -> None:
     if samples:
         print(f"samples: {', '.join(samples)}")
     print("next:")
-    print("  " + cli.command_line("python -m keras_music.generate", "--run-dir", run_dir, "--num-samples", "4",
-                                  "--temperature", "0.9"))
+    print("  " + cli.command_line("python -m keras_music.generate", "--run-dir", run_dir, "--num-samples", "4"))
     print("  " + cli.command_line("python -m keras_music.evaluate", "--run-dir", run_dir))
     print("  " + cli.command_line("python -m keras_music.export", "--run-dir", run_dir))
 

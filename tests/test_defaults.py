@@ -95,6 +95,17 @@ def test_the_reference_generator_repeats_the_defaults():
                                     defaults.TOP_P)
 
 
+def test_the_savedmodel_consumer_repeats_the_defaults():
+    """export/savedmodel_consumer.py cannot import keras_music either: its options carry the same values."""
+    path = os.path.join(REPO, "export", "savedmodel_consumer.py")
+    spec = importlib.util.spec_from_file_location("savedmodel_consumer_for_defaults", path)
+    consumer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(consumer)
+    _, args = consumer.parse_args(["--saved-model", "saved_model"])
+    assert (args.length, args.min_length, args.temperature, args.top_k, args.top_p, args.seed) == (
+        defaults.LENGTH, defaults.MIN_LENGTH, defaults.TEMPERATURE, defaults.TOP_K, defaults.TOP_P, defaults.SEED)
+
+
 def fake_runtime(directory) -> str:
     """A runtime folder web_export accepts (the files' contents do not matter to web.json)."""
     files = {}

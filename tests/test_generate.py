@@ -109,6 +109,11 @@ def test_rng_numpy_is_a_choice_not_the_default(generator):
     assert [p.ids for p in numpy_ones] == [p.ids for p in again]
     assert [p.ids for p in numpy_ones] != [p.ids for p in default]
     assert default[0].settings["rng"] == "splitmix64" and numpy_ones[0].settings["rng"] == "numpy"
+    # A portable piece records the seed that gives it alone; a numpy one has none.
+    assert [p.settings["piece_seed"] for p in default] == [3, 4]
+    alone = generator.generate(num_samples=1, length=12, seed=default[1].settings["piece_seed"], primer_tokens=primer)
+    assert alone[0].ids == default[1].ids
+    assert "piece_seed" not in numpy_ones[0].settings
     with pytest.raises(generate.GenerateError, match=r"^rng must be one of splitmix64, numpy, got 'mt'$"):
         generator.generate(rng="mt")
 
