@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import dataclasses
 import decimal
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -293,16 +295,26 @@ def read_yaml(path: str) -> dict:
 
 
 def load(config_files=(), overrides=(), base: Config | None = None) -> Config:
-    """Resolve defaults < each YAML file in order < each key=value override."""
+    """Resolve defaults (or `base`) < each YAML file in order < each override; `keras_music.load_config`.
+
+    `config_files` is a list of YAML paths (one path alone is taken as a list of one).
+    `overrides` are `key=value` strings as `--set` takes them, or a mapping from keys to
+    values, e.g. `{"train.epochs": 1, "data.sources": ["bach/bwv66.6"]}`; either way the
+    values pass the rules that YAML values pass.
+    """
     config = base or Config()
+    if isinstance(config_files, (str, os.PathLike)):
+        config_files = [config_files]
     for path in config_files:
         try:
-            config = _merge(config, read_yaml(path))
+            config = _merge(config, read_yaml(os.fspath(path)))
         except ConfigError as error:
             raise ConfigError(f"{path}: {error}") from None
-    for text in overrides:
-        key, value = parse_override(text)
-        config = _merge(config, nest(key, value))
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    pairs = overrides.items() if isinstance(overrides, collections.abc.Mapping) else map(parse_override, overrides)
+    for key, value in pairs:
+        config = _merge(config, nest(str(key), list(value) if isinstance(value, tuple) else value))
     return validate(config)
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import keras
-from keras import layers, ops
+from keras_music import require_tensorflow
+
+require_tensorflow()  # before Keras loads TensorFlow: a wrong version is one line with the fix
+
+import keras  # noqa: E402
+from keras import layers, ops  # noqa: E402
 
 
 def build_model(vocabulary_size: int, embedding_size: int = 96, hidden_size: int = 256, num_layers: int = 3,
