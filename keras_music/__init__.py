@@ -5,7 +5,39 @@ from __future__ import annotations
 import os
 from importlib import metadata
 
+from keras_music.errors import KerasMusicError
+
 __version__ = "0.1.0"
+
+# The public API, imported on first use (PEP 562) so that `import keras_music` and the
+# numpy-only modules never load TensorFlow: name -> (module, attribute; None: the module).
+_PUBLIC = {
+    "Config": ("keras_music.config", "Config"),
+    "load_config": ("keras_music.config", "load"),
+    "train": ("keras_music.train", None),  # the module, callable as its train(config, run_dir)
+    "Generator": ("keras_music.generate", "Generator"),
+    "evaluate_run": ("keras_music.evaluate", "evaluate_run"),
+    "export_run": ("keras_music.export", "export"),
+}
+__all__ = ["Config", "load_config", "train", "Generator", "evaluate_run", "export_run", "EnvironmentMismatch",
+           "KerasMusicError", "__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'keras_music' has no attribute {name!r}")
+    import importlib
+
+    module_name, attribute = _PUBLIC[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    if attribute is not None:
+        globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))
 
 # tensorflow-io 0.37.1's compiled ops link against TensorFlow 2.16/2.17 only.
 SUPPORTED_TENSORFLOW = ("2.16", "2.17")
@@ -16,8 +48,8 @@ TENSORFLOW_IO_VERSION = "0.37.1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-class EnvironmentMismatch(ImportError):
-    """The installed TensorFlow / tensorflow-io pair cannot work together."""
+class EnvironmentMismatch(KerasMusicError, ImportError):
+    """The installed TensorFlow / tensorflow-io pair cannot work together (every command prints it as one line)."""
 
 
 def _installed(name: str) -> str | None:
@@ -36,7 +68,20 @@ def check_tensorflow_version(tf_version: str | None) -> None:
             "Reinstall with: pip install 'tensorflow==2.17.*' 'tensorflow-io==0.37.1'")
 
 
-check_tensorflow_version(_installed("tensorflow") or _installed("tensorflow-cpu"))
+_tensorflow_checked = False
+
+
+def require_tensorflow() -> None:
+    """Check the installed TensorFlow; every module that imports TensorFlow calls this first.
+
+    `import keras_music` and its numpy-only modules (config, metrics, sampling) work
+    without it; a wrong TensorFlow is reported with the fix where it would fail.
+    """
+    global _tensorflow_checked
+    if not _tensorflow_checked:
+        check_tensorflow_version(_installed("tensorflow") or _installed("tensorflow-cpu"))
+        _tensorflow_checked = True
+
 
 _io_checked = False
 
@@ -48,6 +93,7 @@ def check_tensorflow_io() -> None:
         return
     import importlib
 
+    require_tensorflow()
     import tensorflow as tf
 
     try:

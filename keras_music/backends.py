@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from keras_music import run as run_lib, storage
+from keras_music import require_tensorflow, run as run_lib, storage
 from keras_music.errors import KerasMusicError
 from keras_music.vocabulary import Vocabulary
 
@@ -56,6 +56,7 @@ class SavedModelBackend:
     name = "savedmodel"
 
     def __init__(self, run_dir: str, path: str | None = None, loaded=None):
+        require_tensorflow()
         import tensorflow as tf
 
         self.path = path or run_lib.path(run_dir, run_lib.EXPORT, run_lib.SAVED_MODEL)
@@ -80,6 +81,7 @@ class SavedModelBackend:
 
 def _load_saved_model(run_dir: str, path: str, checked: bool):
     """tf.saved_model.load, after checking the files against the export report when `checked`."""
+    require_tensorflow()
     import tensorflow as tf
 
     if not storage.exists(storage.join(path, "saved_model.pb")):

@@ -6,10 +6,11 @@ import math
 import sys
 import time
 
-import keras
 import numpy as np
 
 from keras_music import config as config_lib, model as model_lib, run as run_lib, storage
+
+import keras  # noqa: E402  (after keras_music.model, which checks the TensorFlow version first)
 
 
 # ----------------------------------------------------------------------------- learning rate

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import dataclasses
+import decimal
 import math
+import os
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -112,10 +116,53 @@ def to_dict(config) -> dict:
     return out
 
 
-def _require_finite(key: str, value) -> None:
-    # YAML reads .inf and .nan as numbers, and code can build them; no setting means anything with them.
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+# A number as people write it: 3, +3, 1_000, 0.0005, .5, 5e-4, 5E-4, 1E3. YAML 1.1 (PyYAML)
+# reads the exponent forms without a dot (5e-4, 1E3) as strings, so they are parsed here.
+_DIGITS = r"\d(?:_?\d)*"
+_NUMBER = re.compile(rf"[+-]?(?:{_DIGITS}(?:\.(?:{_DIGITS})?)?|\.{_DIGITS})(?:[eE][+-]?{_DIGITS})?")
+
+
+def number(key: str, value, integer: bool = False):
+    """`value` (from YAML, --set or code) as a finite float, or an int when `integer`; else ConfigError naming `key`.
+
+    The one rule for numeric settings: booleans, infinities, NaN and text that is not a
+    plain decimal number are refused; an integer setting takes any integral value (1E3
+    is 1000) and refuses a fraction (1.5).
+    """
+    noun = "integer" if integer else "number"
+    expected = "an integer" if integer else "a number"
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        if _NUMBER.fullmatch(text) is None:
+            if text.lower().lstrip("+-.") in ("inf", "infinity", "nan"):
+                expected = f"a finite {noun}"
+            raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+        exact = decimal.Decimal(text.replace("_", ""))
+        if not math.isfinite(float(exact)):  # 1e999: beyond a float
+            raise ConfigError(f"{key}: expected a finite {noun}, got {value!r}")
+        if not integer:
+            return float(exact)
+        if exact != exact.to_integral_value():
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(exact)
+    if isinstance(value, int):
+        if integer:
+            return value
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond any float
+            value = math.inf
+    if isinstance(value, float):
+        # YAML reads .inf and .nan as numbers, and code can build them; no setting means anything with them.
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite {noun}, got {value!r}")
+        if not integer:
+            return value
+        if value.is_integer():
+            return int(value)
+    raise ConfigError(f"{key}: expected {expected}, got {value!r}")
 
 
 def _coerce(key: str, value, annotation):
@@ -134,17 +181,8 @@ def _coerce(key: str, value, annotation):
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if expected is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if expected is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        _require_finite(key, value)
-        return float(value)
+    if expected in (int, float):
+        return number(key, value, integer=expected is int)
     if expected is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -172,16 +210,16 @@ def _merge(config, updates: dict, prefix: str = ""):
 
 def validate(config: Config) -> Config:
     """Check value ranges in one place; every error names the key and what was expected."""
+    # Settings built in code pass the same rules as those read from YAML or --set.
+    config = dataclasses.replace(config, **{
+        section.name: _merge(getattr(config, section.name), to_dict(getattr(config, section.name)), section.name + ".")
+        for section in dataclasses.fields(config)})
     d, m, t = config.data, config.model, config.train
 
     def require(ok, key, value, expected):
         if not ok:
             raise ConfigError(f"{key}: expected {expected}, got {value!r}")
 
-    for section in dataclasses.fields(config):
-        values = getattr(config, section.name)
-        for f in dataclasses.fields(values):
-            _require_finite(f"{section.name}.{f.name}", getattr(values, f.name))
     require(len(d.sources) > 0, "data.sources", d.sources, "at least one source")
     require(d.representation in REPRESENTATIONS, "data.representation", d.representation,
             "one of " + ", ".join(REPRESENTATIONS))
@@ -257,16 +295,26 @@ def read_yaml(path: str) -> dict:
 
 
 def load(config_files=(), overrides=(), base: Config | None = None) -> Config:
-    """Resolve defaults < each YAML file in order < each key=value override."""
+    """Resolve defaults (or `base`) < each YAML file in order < each override; `keras_music.load_config`.
+
+    `config_files` is a list of YAML paths (one path alone is taken as a list of one).
+    `overrides` are `key=value` strings as `--set` takes them, or a mapping from keys to
+    values, e.g. `{"train.epochs": 1, "data.sources": ["bach/bwv66.6"]}`; either way the
+    values pass the rules that YAML values pass.
+    """
     config = base or Config()
+    if isinstance(config_files, (str, os.PathLike)):
+        config_files = [config_files]
     for path in config_files:
         try:
-            config = _merge(config, read_yaml(path))
+            config = _merge(config, read_yaml(os.fspath(path)))
         except ConfigError as error:
             raise ConfigError(f"{path}: {error}") from None
-    for text in overrides:
-        key, value = parse_override(text)
-        config = _merge(config, nest(key, value))
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    pairs = overrides.items() if isinstance(overrides, collections.abc.Mapping) else map(parse_override, overrides)
+    for key, value in pairs:
+        config = _merge(config, nest(str(key), list(value) if isinstance(value, tuple) else value))
     return validate(config)
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import tensorflow as tf
 
-from keras_music import storage
+from keras_music import require_tensorflow, storage
+
+require_tensorflow()  # before TensorFlow loads: a wrong version is one line with the fix
+
+import tensorflow as tf  # noqa: E402
 
 PIECES_PER_SHARD = 256
 

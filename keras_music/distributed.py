@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from keras_music import run as run_lib
+from keras_music import require_tensorflow, run as run_lib
 
 
 class Cluster:
@@ -47,6 +47,7 @@ class Cluster:
 
 def distribution_strategy(name: str):
     """tf.distribute strategy for `train.strategy`; create it before any other TensorFlow work."""
+    require_tensorflow()
     import tensorflow as tf
 
     if name == "default":

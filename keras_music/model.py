@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import keras
-from keras import layers, ops
+from keras_music import require_tensorflow
+
+require_tensorflow()  # before Keras loads TensorFlow: a wrong version is one line with the fix
+
+import keras  # noqa: E402
+from keras import layers, ops  # noqa: E402
 
 from keras_music import defaults
 

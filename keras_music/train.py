@@ -7,7 +7,9 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
+import types
 
 from keras_music import config as config_lib, distributed, run as run_lib, storage
 
@@ -121,8 +123,11 @@ def prepare_run(config: config_lib.Config, run_dir: str, show_progress: bool, lo
     return prepare.prepare(config, run_dir, show_progress=show_progress, log=log, expected_vocabulary=expected)
 
 
-def train(config: config_lib.Config, run_dir: str, show_progress: bool = True, log=print) -> dict:
+def train(config: config_lib.Config, run_dir: str, *, show_progress: bool = True, log=print) -> dict:
     """Prepare (or reuse) data, fit (or resume), and write the run directory. Returns metrics.json.
+
+    This is `keras_music.train(config, run_dir)`. Unlike the command it writes no
+    samples and leaves `runs/latest` alone; `keras_music.Generator(run_dir)` generates.
 
     The run directory is locked for the whole call (one writer at a time), and a run
     that has started training is only ever continued with its own settings: the
@@ -589,6 +594,16 @@ def main(argv=None) -> int:
         print_summary(run_dir, metrics, samples)
     cli.finish(0)
 
+
+
+class _CallableModule(types.ModuleType):
+    # `from keras_music import train` gives this module (a submodule always wins over a
+    # package attribute of its name), so calling it must be the public train().
+    def __call__(self, config: config_lib.Config, run_dir: str, *, show_progress: bool = True, log=print) -> dict:
+        return train(config, run_dir, show_progress=show_progress, log=log)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     main()

@@ -20,13 +20,12 @@ def test_every_error_type_of_the_package_derives_from_the_base():
         for name, value in vars(module).items():
             if inspect.isclass(value) and issubclass(value, Exception) and value.__module__ == module.__name__:
                 found[f"{module.__name__}.{name}"] = value
-    # Lower-level signals that are not user messages: OSError kinds the CLI reports as OS errors, the
-    # import-time environment check, and the training loop's internal stop.
-    not_user_errors = {"keras_music.storage.NotARegularFile", "keras_music.storage.FileTooLarge",
-                       "keras_music.EnvironmentMismatch"}
+    # Lower-level signals that are not user messages: OSError kinds the CLI reports as OS errors.
+    not_user_errors = {"keras_music.storage.NotARegularFile", "keras_music.storage.FileTooLarge"}
     stray = {name for name, kind in found.items()
              if not issubclass(kind, errors.KerasMusicError) and name not in not_user_errors}
     assert not stray, f"error types outside the KerasMusicError family: {sorted(stray)}"
+    assert issubclass(keras_music.EnvironmentMismatch, errors.KerasMusicError)  # the package's own, not walked
     # The stages' own errors are there (the walk found them), and usage errors are the config's.
     assert {"keras_music.run.RunError", "keras_music.generate.GenerateError", "keras_music.corpus.CorpusError",
             "keras_music.export_saved_model.ExportError", "keras_music.config.ConfigError"} <= set(found)
