@@ -53,7 +53,12 @@ def test_the_from_python_code_runs_as_written(tmp_path):
     assert all((tmp_path / f).is_file() for f in written)
     assert float(line("LSTM / best n-gram perplexity: ").split(": ")[1]) > 0
     assert line("export parity passed:") == "export parity passed: True"
-    assert len(lines[-1].split()) == 16  # the SavedModel's generate signature: 16 tokens
+    # The SavedModel's generate signature: a piece of 8..32 events that ends as its stop reason says
+    # (the README's own assert checked its ids against Generator's piece of the same seed).
+    *tokens, reason = lines[-1].split()
+    durations = sum(token.startswith("dur:") for token in tokens)
+    assert reason in ("b'length'", "b'boundary'") and 8 <= durations <= 32, lines[-1]
+    assert (durations == 32) == (reason == "b'length'") and tokens[-1].startswith("dur:")
     run = tmp_path / "runs" / "tiny"
     for name in ("model.keras", "config.yaml", "evaluation/evaluation.json", "export/saved_model/saved_model.pb",
                  "export/model_dynamic.tflite", "export/export_report.json"):
