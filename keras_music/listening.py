@@ -236,7 +236,7 @@ def results_csv(results: list[dict]) -> str:
                      "ci95_low", "ci95_high", "p_value"])
     for r in results:
         low, high = r["ci95"] or (None, None)
-        writer.writerow([r["name"], r["kind"], r["first"], r["second"], "" if r["listeners"] is None else r["listeners"], r["votes"],
+        writer.writerow([r["name"], r["kind"], r["first"], r["second"], "" if r.get("listeners") is None else r["listeners"], r["votes"],
                          r["chose_first"], r["preference"], low, high, r["p_value"]])
     return out.getvalue()
 
@@ -246,6 +246,6 @@ def report_lines(results: list[dict]) -> list[str]:
     lines = ["| comparison | question | listeners | votes | preference | 95% CI (Wilson) | p (two-sided binomial) |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['name']} | {r['question']} | {'-' if r['listeners'] is None else r['listeners']} | {r['votes']} | {r['preference']:.3f} | "
+        lines.append(f"| {r['name']} | {r['question']} | {'-' if r.get('listeners') is None else r['listeners']} | {r['votes']} | {r['preference']:.3f} | "
                      f"{r['ci95'][0]:.3f}-{r['ci95'][1]:.3f} | {r['p_value']:.3g} |")
     return lines
