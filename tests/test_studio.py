@@ -374,6 +374,19 @@ def test_fifty_listeners_voting_five_times_get_answers_at_once_and_every_vote_co
         restarted.stop()
 
 
+def test_once_listeners_pause_the_pool_is_topped_up_with_fresh_excerpts(server):
+    for _ in range(3):
+        pair = call(server, "/api/ab/next", {})[1]
+        assert call(server, "/api/ab/vote", {"pair_id": pair["pair_id"], "choice": "a"})[0] == 200
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        sides = server.studio.pool_status()["sides"]
+        if all(info["fresh"] >= 1 for info in sides.values()):
+            break
+        time.sleep(0.2)
+    assert all(info["fresh"] >= 1 and 1 < info["rendered"] <= service.POOL_GROWTH for info in sides.values()), sides
+
+
 def test_a_comparison_whose_excerpts_are_not_rendered_yet_is_busy_until_its_pool_fills(server):
     body = {"comparison": "tiny@0.5 vs tiny@1.2"}
     status, answer = call(server, "/api/ab/next", body)

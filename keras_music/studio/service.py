@@ -23,6 +23,8 @@ PRIMER_TOKENS = 32
 AB_TEMPO = 90.0  # bpm of every A/B excerpt unless --tempo is given
 # While listeners vote, a side is topped up with fresh excerpts until it holds this many times --ab-pool.
 POOL_GROWTH = 4
+# ... but only once no listener has asked for anything for this long: a render never competes with a burst.
+POOL_QUIET_SECONDS = 1.0
 
 
 class StudioError(KerasMusicError, ValueError):
@@ -82,6 +84,7 @@ class Studio:
         self._uses = self.store.stimulus_uses()
         self._pool = self.store.all_stimuli()
         self._pool_failures = 0
+        self._last_request = 0.0  # monotonic time of the last A/B request; top-ups wait for a quiet moment
         self._register_defaults()
         self._wake, self._closed = threading.Event(), threading.Event()
         self._filler = threading.Thread(target=self._fill, name="ab-pool", daemon=True)
@@ -290,6 +293,7 @@ class Studio:
 
     def next_pair(self, body: dict, listener: str = "") -> dict:
         """A pair drawn from the rendered pool at once; 503 with a retry hint while a side's pool is still empty."""
+        self._last_request = time.monotonic()
         name, first, second = self.comparison(body)
         with self._pool_lock:
             for side in (first, second):
@@ -344,15 +348,21 @@ class Studio:
             short = [side for side, ids in sides if len(ids) < self.ab_pool]
             if short:
                 return min(short, key=lambda side: len(self._pool[side.name]))
+            if time.monotonic() - self._last_request < POOL_QUIET_SECONDS:
+                return None
             low = [side for side, ids in sides if len(ids) < self.ab_pool * POOL_GROWTH
                    and sum(1 for s in ids if not self._uses.get(s)) < self.ab_pool]
             return low[0] if low else None
 
     def _fill(self):
+        try:  # Linux: lower this thread's CPU priority only, so requests come first
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except (AttributeError, OSError):
+            pass
         while not self._closed.is_set():
             side = self._wanted()
             if side is None:
-                self._wake.wait(1.0)
+                self._wake.wait(POOL_QUIET_SECONDS / 2)
                 self._wake.clear()
                 continue
             try:
@@ -413,6 +423,7 @@ class Studio:
         return self.store.add_stimulus(side.name, os.path.relpath(sound, self.out_dir), seconds)
 
     def pair_audio(self, pair: str, side: str) -> str:
+        self._last_request = time.monotonic()
         if not ID.match(pair):
             raise StudioError("not found", 404)
         try:
@@ -425,6 +436,7 @@ class Studio:
         return path
 
     def vote(self, body: dict, listener: str = "") -> dict:
+        self._last_request = time.monotonic()
         pair, choice, reason = body.get("pair_id"), body.get("choice"), body.get("reason", "")
         if not isinstance(pair, str) or not ID.match(pair):
             raise StudioError(f"unknown pair {pair!r}", 404)
