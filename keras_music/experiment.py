@@ -152,6 +152,25 @@ def run_study(config_files, out_dir: str, sources=(), overrides=(), scale: float
     return result
 
 
+def rerender_report(out_dir: str) -> dict:
+    """OUT/report.md and report.json again from the study's report.json, with the blind A/B votes gathered
+    since; nothing is trained, sampled or evaluated."""
+    path = storage.join(out_dir, REPORT_JSON)
+    try:
+        result = storage.read_json(path)
+    except (OSError, ValueError) as error:
+        raise ExperimentError(f"{path} cannot be read ({type(error).__name__}): --report-only re-renders the report "
+                              "of a study that finished; run the study first with --configs ... --out "
+                              f"{out_dir}") from None
+    if not isinstance(result, dict) or result.get("format") != "keras_music.experiment":
+        raise ExperimentError(f"{path} is not a study's report (format keras_music.experiment)")
+    run_dirs = [storage.join(out_dir, result["runs"][name]["run_dir"]) for name in result["compared"]]
+    result["listening"] = listening_results(out_dir, run_dirs)
+    storage.write_json(path, result)
+    storage.write_text(storage.join(out_dir, REPORT_MD), experiment_report.render_study(result))
+    return result
+
+
 def listening_results(out_dir: str, run_dirs) -> list[dict]:
     """Blind A/B results between the two compared runs, from the studio's votes in OUT/listening.sqlite."""
     from keras_music import listening
@@ -298,7 +317,7 @@ def parse_args(argv=None):
                     "temperature, evaluate everything, and write OUT/report.md, OUT/report.json and plots with a "
                     "verdict on each of the report's claims.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", required=True, metavar="FILE.yaml",
+    parser.add_argument("--configs", nargs="+", default=None, metavar="FILE.yaml",
                         help="config files, the report's original setting first and its modified setting second "
                              "(e.g. configs/original.yaml configs/modified.yaml); more are trained and tabulated too")
     parser.add_argument("--data", action="append", default=[], metavar="SRC",
@@ -335,7 +354,16 @@ def parse_args(argv=None):
                              "--out to resume")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bars or training log lines (stage lines still go to stderr)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="re-render OUT/report.md (and report.json) of a finished study with the blind "
+                             "listening votes gathered since in OUT/listening.sqlite; trains nothing (needs --out)")
     args = parser.parse_args(argv)
+    if args.report_only:
+        if args.out is None:
+            parser.error("argument --report-only: needs --out DIR, the study's output directory")
+        return parser, args
+    if args.configs is None:
+        parser.error("the following arguments are required: --configs")
     if len(args.configs) < 2:
         parser.error(f"argument --configs: the study compares at least two configs, got {len(args.configs)}")
     return parser, args
@@ -345,6 +373,17 @@ def main(argv=None):
 
     parser, args = parse_args(argv)
     command = "python -m keras_music.experiment " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    if args.report_only:
+        with cli.user_errors(parser):
+            try:
+                result = rerender_report(args.out)
+            except ExperimentError as error:
+                parser.error(str(error))
+            votes = sum(r["votes"] for r in result["listening"])
+            print(f"listening: {votes} vote{'s' if votes != 1 else ''} in {len(result['listening'])} comparison"
+                  f"{'s' if len(result['listening']) != 1 else ''}")
+            print(f"report: {storage.join(args.out, REPORT_MD)}")
+        cli.finish(0)
     with cli.user_errors(parser):
         out_dir = args.out or run_lib.timestamped_dir("runs", "experiment-")
         try:

@@ -239,8 +239,8 @@ def _listening_section(result: dict) -> list[str]:
                       "binomial test against 0.5):", ""] + listening.report_lines(result["listening"])
     else:
         lines += ["", "No blind listening votes yet: serve both runs with `python -m keras_music.studio --run-dir "
-                      "OUT/<original> --run-dir OUT/<modified>`, vote, and rerun this command with the same --out "
-                      "to add them here."]
+                      "OUT/<original> --run-dir OUT/<modified>`, vote, then `python -m keras_music.experiment "
+                      "--report-only --out OUT` adds them here without retraining."]
     return lines + ["", "Every run directory is an ordinary keras_music run: generate more with "
                         "`python -m keras_music.generate --run-dir OUT/<config>`, export with "
                         "`python -m keras_music.export --run-dir OUT/<config>`."]

@@ -8,6 +8,7 @@ import io
 import math
 import os
 import sqlite3
+import threading
 import time
 import uuid
 
@@ -27,7 +28,8 @@ CREATE TABLE IF NOT EXISTS stimuli (
 CREATE TABLE IF NOT EXISTS pairs (
     id TEXT PRIMARY KEY, comparison TEXT NOT NULL REFERENCES comparisons(name),
     a_stimulus TEXT NOT NULL REFERENCES stimuli(id), b_stimulus TEXT NOT NULL REFERENCES stimuli(id),
-    first_is TEXT NOT NULL CHECK (first_is IN ('a', 'b')), created REAL NOT NULL);
+    first_is TEXT NOT NULL CHECK (first_is IN ('a', 'b')), created REAL NOT NULL,
+    listener TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS votes (
     pair_id TEXT PRIMARY KEY REFERENCES pairs(id), choice TEXT NOT NULL CHECK (choice IN ('a', 'b')),
     chose_first INTEGER NOT NULL, reason TEXT NOT NULL DEFAULT '', created REAL NOT NULL);
@@ -65,12 +67,13 @@ def binomial_p_value(successes: int, trials: int, p: float = 0.5) -> float:
     return min(1.0, sum(q for q in probabilities if q <= observed * (1 + 1e-7)))
 
 
-def summarize(name: str, kind: str, first: str, second: str, votes: int, chose_first: int) -> dict:
+def summarize(name: str, kind: str, first: str, second: str, votes: int, chose_first: int,
+              listeners: int | None = None) -> dict:
     question = ("which is the human? (preference = share who picked the real piece)" if kind == "real"
                 else f"which do you prefer? (preference = share who picked {first})")
     return {
         "name": name, "kind": kind, "first": first, "second": second, "question": question,
-        "votes": votes, "chose_first": chose_first,
+        "listeners": listeners, "votes": votes, "chose_first": chose_first,
         "preference": chose_first / votes if votes else None,
         "ci95": list(wilson_interval(chose_first, votes)) if votes else None,
         "p_value": binomial_p_value(chose_first, votes) if votes else None,
@@ -84,11 +87,17 @@ class Store:
 
     def __init__(self, path: str):
         self.path = str(path)
+        # Writers of this process take turns here rather than in SQLite's busy handler, whose sleeps
+        # (up to 100 ms each) would be the tail latency of many listeners voting at once.
+        self._writing = threading.Lock()
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
         with self._connect() as connection:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.executescript(SCHEMA)
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(pairs)")}
+            if "listener" not in columns:  # a vote file from before listener ids: its pairs have none
+                connection.execute("ALTER TABLE pairs ADD COLUMN listener TEXT NOT NULL DEFAULT ''")
 
     @contextlib.contextmanager
     def _connect(self):
@@ -97,6 +106,10 @@ class Store:
         connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             connection.execute("PRAGMA busy_timeout=30000")
+            # WAL with synchronous=NORMAL: a commit survives the process (crash, restart) without an fsync
+            # each; only an OS crash or power loss may drop the last few. One fsync per vote made every
+            # listener wait behind every other one's disk flush.
+            connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA foreign_keys=ON")
             yield connection
         finally:
@@ -104,7 +117,7 @@ class Store:
 
     @contextlib.contextmanager
     def _transaction(self):
-        with self._connect() as connection:
+        with self._writing, self._connect() as connection:
             connection.execute("BEGIN IMMEDIATE")
             try:
                 yield connection
@@ -130,11 +143,28 @@ class Store:
                                       (side,)).fetchall()
         return [{"id": r[0], "file": r[1], "seconds": r[2]} for r in rows]
 
-    def add_pair(self, comparison: str, first_stimulus: str, second_stimulus: str, first_is: str) -> str:
+    def all_stimuli(self) -> dict[str, list[str]]:
+        """Every side's stimulus ids, oldest first."""
+        out: dict[str, list[str]] = {}
+        with self._connect() as connection:
+            for side, stimulus in connection.execute("SELECT side, id FROM stimuli ORDER BY created"):
+                out.setdefault(side, []).append(stimulus)
+        return out
+
+    def stimulus_uses(self) -> dict[str, int]:
+        """How many pairs each stimulus has been dealt in."""
+        with self._connect() as connection:
+            rows = connection.execute("SELECT s, COUNT(*) FROM (SELECT a_stimulus AS s FROM pairs UNION ALL "
+                                      "SELECT b_stimulus FROM pairs) GROUP BY s").fetchall()
+        return dict(rows)
+
+    def add_pair(self, comparison: str, first_stimulus: str, second_stimulus: str, first_is: str,
+                 listener: str = "") -> str:
         pair = uuid.uuid4().hex
         a, b = (first_stimulus, second_stimulus) if first_is == "a" else (second_stimulus, first_stimulus)
         with self._transaction() as connection:
-            connection.execute("INSERT INTO pairs VALUES (?, ?, ?, ?, ?, ?)", (pair, comparison, a, b, first_is, time.time()))
+            connection.execute("INSERT INTO pairs (id, comparison, a_stimulus, b_stimulus, first_is, created, listener) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?)", (pair, comparison, a, b, first_is, time.time(), listener))
         return pair
 
     def pair_file(self, pair: str, side: str) -> str:
@@ -148,13 +178,17 @@ class Store:
             raise ListeningError(f"unknown pair {pair!r}", 404)
         return row[0]
 
-    def vote(self, pair: str, choice: str, reason: str = "") -> dict:
+    def vote(self, pair: str, choice: str, reason: str = "", listener: str | None = None) -> dict:
+        """Store the one vote on a pair; `listener`, when given, must be the listener the pair was dealt to."""
         if choice not in ("a", "b"):
             raise ListeningError(f"choice must be 'a' or 'b', got {choice!r}")
         with self._transaction() as connection:
-            row = connection.execute("SELECT comparison, first_is FROM pairs WHERE id = ?", (pair,)).fetchone()
+            row = connection.execute("SELECT comparison, first_is, listener FROM pairs WHERE id = ?",
+                                     (pair,)).fetchone()
             if row is None:
                 raise ListeningError(f"unknown pair {pair!r}", 404)
+            if listener and row[2] and listener != row[2]:
+                raise ListeningError(f"pair {pair} was dealt to another listener", 403)
             try:
                 connection.execute("INSERT INTO votes VALUES (?, ?, ?, ?, ?)",
                                    (pair, choice, int(choice == row[1]), reason, time.time()))
@@ -163,20 +197,32 @@ class Store:
         return {"pair_id": pair, "comparison": row[0], "choice": choice}
 
     def results(self) -> list[dict]:
+        """Per comparison: votes, listeners who voted, and the statistics of summarize()."""
         with self._connect() as connection:
             rows = connection.execute(
-                "SELECT c.name, c.kind, c.first, c.second, COUNT(v.pair_id), COALESCE(SUM(v.chose_first), 0) "
+                "SELECT c.name, c.kind, c.first, c.second, COUNT(v.pair_id), COALESCE(SUM(v.chose_first), 0), "
+                "COUNT(DISTINCT CASE WHEN v.pair_id IS NOT NULL THEN p.listener END) "
                 "FROM comparisons c LEFT JOIN pairs p ON p.comparison = c.name "
                 "LEFT JOIN votes v ON v.pair_id = p.id GROUP BY c.name ORDER BY c.name").fetchall()
         return [summarize(*row) for row in rows]
 
+    def results_by_listener(self) -> list[dict]:
+        """One row per comparison and listener who voted on it ('' = pairs dealt without a listener id)."""
+        with self._connect() as connection:
+            rows = connection.execute(
+                "SELECT c.name, c.kind, c.first, c.second, p.listener, COUNT(*), SUM(v.chose_first) "
+                "FROM votes v JOIN pairs p ON p.id = v.pair_id JOIN comparisons c ON c.name = p.comparison "
+                "GROUP BY c.name, p.listener ORDER BY c.name, p.listener").fetchall()
+        return [dict(summarize(name, kind, first, second, votes, chose), listener=listener)
+                for name, kind, first, second, listener, votes, chose in rows]
+
     def votes(self) -> list[dict]:
         with self._connect() as connection:
             rows = connection.execute(
-                "SELECT v.pair_id, p.comparison, v.choice, v.chose_first, v.reason, v.created FROM votes v "
+                "SELECT v.pair_id, p.comparison, v.choice, v.chose_first, v.reason, v.created, p.listener FROM votes v "
                 "JOIN pairs p ON p.id = v.pair_id ORDER BY v.created").fetchall()
         return [{"pair_id": r[0], "comparison": r[1], "choice": r[2], "chose_first": bool(r[3]), "reason": r[4],
-                 "time": r[5]} for r in rows]
+                 "time": r[5], "listener": r[6]} for r in rows]
 
     def results_for_runs(self, run_dirs) -> list[dict]:
         """Results of comparisons between these run directories (either order), with votes."""
@@ -190,20 +236,20 @@ class Store:
 def results_csv(results: list[dict]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["name", "kind", "first", "second", "votes", "chose_first", "preference", "ci95_low",
-                     "ci95_high", "p_value"])
+    writer.writerow(["name", "kind", "first", "second", "listeners", "votes", "chose_first", "preference",
+                     "ci95_low", "ci95_high", "p_value"])
     for r in results:
         low, high = r["ci95"] or (None, None)
-        writer.writerow([r["name"], r["kind"], r["first"], r["second"], r["votes"], r["chose_first"],
-                         r["preference"], low, high, r["p_value"]])
+        writer.writerow([r["name"], r["kind"], r["first"], r["second"], "" if r.get("listeners") is None else r["listeners"], r["votes"],
+                         r["chose_first"], r["preference"], low, high, r["p_value"]])
     return out.getvalue()
 
 
 def report_lines(results: list[dict]) -> list[str]:
     """Markdown lines for a report: one row per comparison."""
-    lines = ["| comparison | question | votes | preference | 95% CI (Wilson) | p (two-sided binomial) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| comparison | question | listeners | votes | preference | 95% CI (Wilson) | p (two-sided binomial) |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['name']} | {r['question']} | {r['votes']} | {r['preference']:.3f} | "
+        lines.append(f"| {r['name']} | {r['question']} | {'-' if r.get('listeners') is None else r['listeners']} | {r['votes']} | {r['preference']:.3f} | "
                      f"{r['ci95'][0]:.3f}-{r['ci95'][1]:.3f} | {r['p_value']:.3g} |")
     return lines

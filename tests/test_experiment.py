@@ -167,3 +167,44 @@ def test_help_names_the_recommended_command(capsys):
     assert run_main(["--help"]) == 0
     text = capsys.readouterr().out
     assert re.sub(r"\s+", " ", experiment.RECOMMENDED_COMMAND) in re.sub(r"\s+", " ", text)
+
+
+def test_report_only_adds_the_votes_gathered_since_without_retraining(study, tmp_path, capsys):
+    import shutil
+
+    from keras_music import listening
+
+    out, result, report = study
+    copy = str(tmp_path / "out")
+    shutil.copytree(out, copy)
+    models = {name: os.path.getmtime(run_lib.path(copy, result["runs"][name]["run_dir"], run_lib.MODEL))
+              for name in result["names"]}
+    # Nothing new: the report reads exactly as the study wrote it.
+    assert run_main(["--report-only", "--out", copy]) == 0
+    with open(os.path.join(copy, experiment.REPORT_MD)) as handle:
+        assert handle.read() == report
+    first, second = result["compared"]
+    dirs = [os.path.join(copy, result["runs"][name]["run_dir"]) for name in (first, second)]
+    store = listening.Store(os.path.join(copy, listening.DB_NAME))
+    name = f"{first}@1 vs {second}@1"
+    store.add_comparison(name, "prefer", f"{first}@1", f"{second}@1", *dirs)
+    a, b = store.add_stimulus(f"{first}@1", "a.ogg", 8.0), store.add_stimulus(f"{second}@1", "b.ogg", 8.0)
+    for number in range(5):
+        store.vote(store.add_pair(name, a, b, "a", f"listener{number % 3}"), "a" if number < 4 else "b")
+    capsys.readouterr()
+    assert run_main(["--report-only", "--out", copy]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "listening: 5 votes in 1 comparison"
+    with open(os.path.join(copy, experiment.REPORT_MD)) as handle:
+        updated = handle.read()
+    assert f"| {name} | which do you prefer? (preference = share who picked {first}@1) | 3 | 5 | 0.800 |" in updated
+    with open(os.path.join(copy, experiment.REPORT_JSON)) as handle:
+        assert json.load(handle)["listening"][0]["votes"] == 5
+    assert {name: os.path.getmtime(run_lib.path(copy, result["runs"][name]["run_dir"], run_lib.MODEL))
+            for name in result["names"]} == models
+
+
+def test_report_only_needs_a_finished_study(tmp_path, capsys):
+    assert run_main(["--report-only"]) == 2
+    assert "argument --report-only: needs --out DIR" in capsys.readouterr().err
+    assert run_main(["--report-only", "--out", str(tmp_path)]) == 2
+    assert "--report-only re-renders the report of a study that finished" in capsys.readouterr().err

@@ -207,7 +207,7 @@ Rule: A difference counts at 2 standard errors.
 - original, T = 0.5: [sample_00.mid](original/generated/experiment-T0.5/sample_00.mid)
 - modified, T = 0.5: [sample_00.mid](modified/generated/experiment-T0.5/sample_00.mid)
 
-No blind listening votes yet: serve both runs with `python -m keras_music.studio --run-dir OUT/<original> --run-dir OUT/<modified>`, vote, and rerun this command with the same --out to add them here.
+No blind listening votes yet: serve both runs with `python -m keras_music.studio --run-dir OUT/<original> --run-dir OUT/<modified>`, vote, then `python -m keras_music.experiment --report-only --out OUT` adds them here without retraining.
 
 Every run directory is an ordinary keras_music run: generate more with `python -m keras_music.generate --run-dir OUT/<config>`, export with `python -m keras_music.export --run-dir OUT/<config>`.
 
@@ -245,7 +245,7 @@ def test_study_markdown_for_a_wall_clock_budget_with_votes_and_no_samples():
     assert "`--set` for every config: `model.dropout=0.1`." in lines
     assert not any(line.startswith("`--scale") or line.startswith("`--budget-tokens") for line in lines)
     assert "No sample pieces were written (--write-samples 0)." in lines
-    assert "| original-vs-modified | which is more musical? | 7 | 0.714 | 0.350-0.920 | 0.45 |" in lines
+    assert "| original-vs-modified | which is more musical? | - | 7 | 0.714 | 0.350-0.920 | 0.45 |" in lines
     assert not any(line.startswith("No blind listening votes yet") for line in lines)
     assert not any(line.startswith("The whole study took") for line in lines)
 

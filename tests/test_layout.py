@@ -12,7 +12,7 @@ FLOW = """errors formatting defaults storage cli config plots events midi corpus
 sampling backends pieces audio piece_files generate callbacks distributed train ngram metrics evaluate_held_out
 evaluate_likelihood evaluate_music evaluate_report evaluate listening experiment_configs experiment_claims
 experiment_report experiment export_saved_model export_tflite export_parity web_export export
-studio.service studio.routes studio.app""".split()
+studio.summary studio.service studio.routes studio.app""".split()
 
 
 def module_name(path: pathlib.Path) -> str:

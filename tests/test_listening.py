@@ -34,7 +34,7 @@ def test_no_trials_is_the_whole_interval_and_p_one():
 def test_summaries_state_the_question_and_leave_statistics_out_without_votes():
     empty = listening.summarize("x vs y", "prefer", "x", "y", 0, 0)
     assert empty == {"name": "x vs y", "kind": "prefer", "first": "x", "second": "y",
-                     "question": "which do you prefer? (preference = share who picked x)", "votes": 0,
+                     "question": "which do you prefer? (preference = share who picked x)", "listeners": None, "votes": 0,
                      "chose_first": 0, "preference": None, "ci95": None, "p_value": None}
     real = listening.summarize("held-out:r vs r@1", "real", "held-out:r", "r@1", 4, 3)
     assert real["question"] == "which is the human? (preference = share who picked the real piece)"
@@ -108,7 +108,7 @@ def test_experiment_report_includes_the_votes_between_its_two_runs(tmp_path):
     (result,) = experiment.listening_results(str(tmp_path), [str(modified), str(original)])
     assert result["name"] == "original@1 vs modified@1" and result["votes"] == 8 and result["preference"] == 0.75
     row = listening.report_lines([result])[2]
-    assert "| original@1 vs modified@1 |" in row and "| 8 | 0.750 |" in row
+    assert "| original@1 vs modified@1 |" in row and "| 1 | 8 | 0.750 |" in row
     assert experiment.listening_results(str(tmp_path / "none"), [str(original), str(modified)]) == []
 
 
@@ -120,10 +120,44 @@ def test_csv_and_markdown_rows_carry_every_figure():
     assert voted["ci95"] == pytest.approx([0.30064, 0.95441], abs=1e-5)
     low, high = voted["ci95"]
     assert listening.results_csv([voted, empty]).splitlines() == [
-        "name,kind,first,second,votes,chose_first,preference,ci95_low,ci95_high,p_value",
-        f"x vs y,prefer,x,y,4,3,0.75,{low!r},{high!r},0.625",
-        "x vs z,prefer,x,z,0,0,,,,"]
+        "name,kind,first,second,listeners,votes,chose_first,preference,ci95_low,ci95_high,p_value",
+        f"x vs y,prefer,x,y,,4,3,0.75,{low!r},{high!r},0.625",
+        "x vs z,prefer,x,z,,0,0,,,,"]
     assert listening.report_lines([voted]) == [
-        "| comparison | question | votes | preference | 95% CI (Wilson) | p (two-sided binomial) |",
-        "|---|---|---|---|---|---|",
-        "| x vs y | which do you prefer? (preference = share who picked x) | 4 | 0.750 | 0.301-0.954 | 0.625 |"]
+        "| comparison | question | listeners | votes | preference | 95% CI (Wilson) | p (two-sided binomial) |",
+        "|---|---|---|---|---|---|---|",
+        "| x vs y | which do you prefer? (preference = share who picked x) | - | 4 | 0.750 | 0.301-0.954 | 0.625 |"]
+
+
+# ----------------------------------------------------------------------------- listeners
+
+def test_votes_count_per_listener_and_a_pair_takes_its_own_listeners_vote_only(tmp_path):
+    store, x, y = comparison_store(tmp_path)
+    pairs = {listener: [store.add_pair("x vs y", x, y, "a", listener) for _ in range(3)] for listener in ("l1", "l2")}
+    with pytest.raises(listening.ListeningError) as refused:
+        store.vote(pairs["l1"][0], "a", listener="l2")
+    assert refused.value.status == 403 and "another listener" in str(refused.value)
+    for listener, dealt in pairs.items():
+        for number, pair in enumerate(dealt):
+            store.vote(pair, "a" if listener == "l1" or number == 0 else "b", listener=listener)
+    (result,) = store.results()
+    assert (result["votes"], result["listeners"], result["chose_first"]) == (6, 2, 4)
+    by_listener = {r["listener"]: (r["votes"], r["chose_first"]) for r in store.results_by_listener()}
+    assert by_listener == {"l1": (3, 3), "l2": (3, 1)}
+    assert {v["listener"] for v in store.votes()} == {"l1", "l2"}
+
+
+def test_a_vote_file_from_before_listener_ids_opens_and_keeps_its_votes(tmp_path):
+    path = str(tmp_path / "old.sqlite")
+    old_schema = listening.SCHEMA.replace(",\n    listener TEXT NOT NULL DEFAULT ''", "")
+    assert "listener" not in old_schema
+    with sqlite3.connect(path) as connection:
+        connection.executescript(old_schema)
+        connection.execute("INSERT INTO comparisons VALUES ('x vs y', 'prefer', 'x', 'y', '/a', '/b')")
+        connection.execute("INSERT INTO stimuli VALUES ('s1', 'x', 'x.ogg', 1.0, 0)")
+        connection.execute("INSERT INTO pairs VALUES ('p1', 'x vs y', 's1', 's1', 'a', 0)")
+        connection.execute("INSERT INTO votes VALUES ('p1', 'a', 1, '', 0)")
+    store = listening.Store(path)
+    (result,) = store.results()
+    assert (result["votes"], result["listeners"]) == (1, 1)
+    assert store.votes()[0]["listener"] == ""

@@ -1,5 +1,6 @@
-"""The studio: HTTP API (concurrency, restarts, statistics, refusals) and the page in headless Chromium."""
+"""The studio: HTTP API (concurrency, restarts, statistics, refusals, many listeners) and its pages in headless Chromium."""
 
+import asyncio
 import concurrent.futures
 import json
 import os
@@ -18,11 +19,12 @@ from page_harness import BackgroundServer, headless_chromium
 
 
 class Server(BackgroundServer):
-    """The studio's app served in a thread of the test process."""
+    """The studio's app served in a thread of the test process, once its A/B pool is rendered."""
 
-    def __init__(self, studio):
+    def __init__(self, studio, admin_token=None):
         self.studio = studio
-        super().__init__(routes.create_app(studio))
+        studio.wait_for_pool(300)
+        super().__init__(routes.create_app(studio, admin_token))
 
 
 def make_studio(run_dir, root, **kwargs):
@@ -36,8 +38,19 @@ def root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_run, root):
-    server = Server(make_studio(tiny_run, root))
+def evaluated_run(tiny_run, tmp_path_factory):
+    """A copy of the tiny run with the evaluation `python -m keras_music.evaluate` writes."""
+    from keras_music import evaluate, run as run_lib
+
+    copy = str(tmp_path_factory.mktemp("evaluated") / "tiny")
+    shutil.copytree(tiny_run, copy)
+    evaluate.evaluate_run(copy, 3, 24, (0.5, 0.9, 1.2), 0, (1, 2, 3), run_lib.path(copy, run_lib.EVALUATION))
+    return copy
+
+
+@pytest.fixture(scope="module")
+def server(evaluated_run, root):
+    server = Server(make_studio(evaluated_run, root), admin_token="owner-token")
     yield server
     server.stop()
 
@@ -73,6 +86,27 @@ def test_generate_answers_the_documented_shape_and_serves_every_file(server):
     assert status == 200 and b"score-partwise" in musicxml
     status, runs = call(server, "/api/runs")
     assert status == 200 and runs["runs"][0]["held_out"] >= 1 and "val_loss" in runs["runs"][0]["metrics"]
+
+
+def test_runs_are_described_in_words_and_labelled_records_without_machine_paths(server, evaluated_run):
+    from keras_music import run as run_lib
+
+    (run,) = call(server, "/api/runs")[1]["runs"]
+    evaluation, metrics = run_lib.read_evaluation(evaluated_run), run_lib.read_metrics(evaluated_run)
+    ratio = evaluation["lstm_vs_ngram"]
+    assert (f"Held-out perplexity {evaluation['model_quality']['perplexity']:.2f} per token, "
+            f"{ratio['perplexity_ratio']:.2f}x the best n-gram ({ratio['best_order']}-gram)") in run["summary"]["lines"][1]
+    assert run["summary"]["lines"][2].startswith(f"Trained {metrics['epochs']} epochs, ")
+    overlap = run["summary"]["overlap"]
+    assert overlap["temperature"] == 0.9 and len(overlap["metrics"]) == len(evaluation["music_metrics"]["metric_names"])
+    assert all(0 <= m["area"] <= 1 for m in overlap["metrics"])
+    training, evaluated = run["details"]
+    perplexity = evaluation["model_quality"]["perplexity"]
+    assert ["held-out perplexity", f"{perplexity:,.{3 - len(str(int(perplexity)))}f} per token"] in evaluated["rows"]
+    assert ["best n-gram order", str(evaluation["ngram"]["best_order"])] in evaluated["rows"]
+    assert dict(training["rows"])["validation loss"] == f"{metrics['val_loss']:.3g} nats per token"
+    text = json.dumps(run)
+    assert "run_dir" not in text and evaluated_run not in text and os.path.dirname(evaluated_run) not in text
 
 
 def test_bad_requests_unknown_ids_traversal_and_oversized_bodies_are_4xx(server, tmp_path):
@@ -129,7 +163,7 @@ def test_a_second_generation_waits_or_gets_a_busy_answer(server, monkeypatch):
     assert call(server, "/api/generate", {"length": 4})[0] == 200
 
 
-def test_fifty_concurrent_votes_are_all_stored_and_survive_a_restart(server, tiny_run, root):
+def test_fifty_concurrent_votes_are_all_stored_and_survive_a_restart(server, evaluated_run, root):
     pairs = [call(server, "/api/ab/next", {})[1] for _ in range(50)]
     assert all(set(p) >= {"pair_id", "a", "b"} and p["a"]["audio_url"] != p["b"]["audio_url"] for p in pairs)
     name = pairs[0]["comparison"]
@@ -152,7 +186,7 @@ def test_fifty_concurrent_votes_are_all_stored_and_survive_a_restart(server, tin
     status_b, second = call(server, pairs[1]["b"]["audio_url"])
     assert status == status_b == 200 and abs(audio.duration(first) - audio.duration(second)) < 0.05
 
-    restarted = Server(make_studio(tiny_run, root))
+    restarted = Server(make_studio(evaluated_run, root))
     try:
         again = next(r for r in call(restarted, "/api/ab/results")[1]["comparisons"] if r["name"] == name)
         assert again == result
@@ -296,9 +330,221 @@ def test_runs_show_the_evaluation_that_evaluate_wrote(tiny_run, tmp_path):
 
     copy = str(tmp_path / "run")
     shutil.copytree(tiny_run, copy)
-    assert make_studio(copy, tmp_path).describe_runs()[0]["evaluation"] == {}
+    studio = make_studio(copy, tmp_path)
+    studio.close()
+    assert studio.describe_runs()[0]["evaluation"] == {}
     # Where `python -m keras_music.evaluate` writes it: RUN/evaluation/evaluation.json.
     storage.write_json(run_lib.path(copy, run_lib.EVALUATION, run_lib.EVALUATION_JSON),
                        {"model_quality": {"perplexity_per_token": 3.25, "tokens": 1200}, "settings": {"seed": 0}})
-    shown = make_studio(copy, tmp_path).describe_runs()[0]["evaluation"]
+    studio = make_studio(copy, tmp_path)
+    studio.close()
+    shown = studio.describe_runs()[0]["evaluation"]
     assert shown == {"model_quality.perplexity_per_token": 3.25, "model_quality.tokens": 1200, "settings.seed": 0}
+
+
+# ----------------------------------------------------------------------------- many listeners
+
+def test_fifty_listeners_voting_five_times_get_answers_at_once_and_every_vote_counts_once(server, evaluated_run, root):
+    import bench_studio
+
+    store = server.studio.store
+    before = {v["pair_id"] for v in store.votes()}
+    outcome = bench_studio.load(server.url, listeners=50, rounds=5)
+    print("\n".join(bench_studio.describe(outcome)))
+    assert {kind: statuses for kind, statuses in outcome["statuses"].items()} == {
+        "pair": {200: 250}, "audio": {200: 500}, "vote": {200: 250}}
+    every = [seconds for values in outcome["latencies"].values() for seconds in values]
+    assert bench_studio.percentile(every, 0.95) < 1.0
+    stored = [v for v in store.votes() if v["pair_id"] not in before]
+    assert sorted((v["pair_id"], v["choice"]) for v in stored) == sorted((p, c) for p, _, c in outcome["votes"])
+    assert len({v["listener"] for v in stored}) == 50 and all(len(v["listener"]) == 32 for v in stored)
+    for pair_id, _, choice in outcome["votes"][:5]:
+        status, answer = call(server, "/api/ab/vote", {"pair_id": pair_id, "choice": "ab"[choice == "a"]})
+        assert status == 409 and "already has a vote" in answer["error"]
+    assert len(store.votes()) == len(before) + 250
+    name = outcome["votes"][0][1]
+    result = next(r for r in call(server, "/api/ab/results")[1]["comparisons"] if r["name"] == name)
+    assert result["listeners"] >= 50
+    per_listener = call(server, "/api/ab/results?by=listener")[1]["listeners"]
+    assert sum(r["votes"] for r in per_listener if r["name"] == name) == result["votes"]
+    restarted = Server(make_studio(evaluated_run, root))
+    try:
+        assert call(restarted, "/api/ab/results")[1] == call(server, "/api/ab/results")[1]
+    finally:
+        restarted.stop()
+
+
+def test_once_listeners_pause_the_pool_is_topped_up_with_fresh_excerpts(server):
+    for _ in range(3):
+        pair = call(server, "/api/ab/next", {})[1]
+        assert call(server, "/api/ab/vote", {"pair_id": pair["pair_id"], "choice": "a"})[0] == 200
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        sides = server.studio.pool_status()["sides"]
+        if all(info["fresh"] >= 1 for info in sides.values()):
+            break
+        time.sleep(0.2)
+    assert all(info["fresh"] >= 1 and 1 < info["rendered"] <= service.POOL_GROWTH for info in sides.values()), sides
+
+
+def test_a_comparison_whose_excerpts_are_not_rendered_yet_is_busy_until_its_pool_fills(server):
+    body = {"comparison": "tiny@0.5 vs tiny@1.2"}
+    status, answer = call(server, "/api/ab/next", body)
+    assert status == 503 and "still being rendered" in answer["error"]
+    server.studio.wait_for_pool(120)
+    status, pair = call(server, "/api/ab/next", body)
+    assert status == 200 and pair["comparison"] == "tiny@0.5 vs tiny@1.2"
+
+
+def test_a_listener_cannot_vote_on_a_pair_dealt_to_another(server):
+    import http.cookiejar
+
+    jars = [urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())) for _ in "ab"]
+
+    def post(opener, path, body):
+        request = urllib.request.Request(server.url + path, data=json.dumps(body).encode(), method="POST")
+        try:
+            with opener.open(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    status, pair = post(jars[0], "/api/ab/next", {})
+    assert status == 200
+    status, answer = post(jars[1], "/api/ab/next", {})  # the second listener gets an id of their own
+    assert status == 200
+    status, answer = post(jars[1], "/api/ab/vote", {"pair_id": pair["pair_id"], "choice": "a"})
+    assert status == 403 and "another listener" in answer["error"]
+    assert post(jars[0], "/api/ab/vote", {"pair_id": pair["pair_id"], "choice": "a"})[0] == 200
+    assert post(jars[0], "/api/ab/vote", {"pair_id": pair["pair_id"], "choice": "b"})[0] == 409
+
+
+# ----------------------------------------------------------------------------- sharing beyond this machine
+
+def asgi_call(app, method, path, body=b"", headers=(), client=("203.0.113.7", 40000)):
+    """(status, headers, body) of one request handed straight to the app, as if from `client`."""
+    path, _, query = path.partition("?")
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers]
+             + [(b"content-length", str(len(body)).encode())], "client": client, "server": ("127.0.0.1", 8000)}
+    sent, messages = [], [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        await asyncio.Event().wait()  # the client stays connected
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return (start["status"], {k.decode(): v.decode() for k, v in start["headers"]},
+            b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+
+
+def test_from_another_machine_generate_uploads_and_results_need_the_admin_token(server):
+    app = routes.create_app(server.studio, admin_token="owner-token")
+    generate = json.dumps({"length": 4}).encode()
+    refused = [("POST", "/api/generate", generate), ("POST", "/api/primers?filename=x.mid", b"MThd"),
+               ("GET", "/api/ab/results?format=csv", b""), ("GET", "/api/ab/results?format=json", b""),
+               ("GET", "/api/ab/results", b""), ("GET", "/api/ab/results?by=listener", b"")]
+    for method, path, body in refused:
+        for headers in ((), ((routes.ADMIN_HEADER, "wrong"),), (("Cookie", f"{routes.ADMIN_COOKIE}=nope"),)):
+            status, _, answer = asgi_call(app, method, path, body, headers)
+            assert status == 403 and b"admin token" in answer, (path, headers)
+    # The owner's token, as a header, a cookie or the page link's ?token=, opens them.
+    assert asgi_call(app, "POST", "/api/generate", generate, ((routes.ADMIN_HEADER, "owner-token"),))[0] == 200
+    assert asgi_call(app, "GET", "/api/ab/results?format=csv", b"",
+                     (("Cookie", f"{routes.ADMIN_COOKIE}=owner-token"),))[0] == 200
+    status, headers, _ = asgi_call(app, "GET", "/?token=owner-token")
+    assert status == 200 and f"{routes.ADMIN_COOKIE}=owner-token" in headers["set-cookie"]
+    # Listeners need nothing: the studio's page sends them to /listen, which deals pairs and takes votes.
+    status, headers, _ = asgi_call(app, "GET", "/")
+    assert status == 303 and headers["location"] == "/listen"
+    assert asgi_call(app, "GET", "/listen")[0] == 200
+    status, headers, answer = asgi_call(app, "POST", "/api/ab/next", b"{}")
+    assert status == 200 and headers["set-cookie"].startswith(routes.LISTENER_COOKIE + "=")
+    vote = json.dumps({"pair_id": json.loads(answer)["pair_id"], "choice": "b"}).encode()
+    assert asgi_call(app, "POST", "/api/ab/vote", vote, (("Cookie", headers["set-cookie"].split(";")[0]),))[0] == 200
+    # Without a token configured (the default, bound to 127.0.0.1) nothing is open to other machines.
+    assert asgi_call(routes.create_app(server.studio), "POST", "/api/generate", generate)[0] == 403
+    # From this machine no token is needed.
+    assert asgi_call(app, "GET", "/api/ab/results", client=("127.0.0.1", 5000))[0] == 200
+
+
+def test_listening_beyond_this_machine_prints_the_listeners_link_and_the_token():
+    assert studio_app.is_loopback("127.0.0.1") and studio_app.is_loopback("::1")
+    assert not studio_app.is_loopback("0.0.0.0") and not studio_app.is_loopback("192.168.1.20")
+    assert studio_app.share_lines("192.168.1.20", 8000, "T0K") == [
+        "studio: give listeners this link: http://192.168.1.20:8000/listen",
+        "studio: admin token (generate, uploads, results from other machines): T0K",
+        "studio: your page from another machine: http://192.168.1.20:8000/?token=T0K"]
+    lines = studio_app.share_lines("0.0.0.0", 8000, "T0K")
+    assert lines[0].endswith(":8000/listen") and "0.0.0.0" not in lines[0]
+
+
+# ----------------------------------------------------------------------------- the pages at a glance
+
+def console_errors(driver) -> list:
+    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def test_first_screen_at_1280x800_is_generate_and_the_summary_says_the_perplexity_in_words(server, browser,
+                                                                                          evaluated_run):
+    from keras_music import run as run_lib
+
+    browser.get_log("browser")
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
+    try:
+        browser.get(server.url + "/")
+        wait_for(browser, "return document.querySelectorAll('#run-summary p').length > 1")
+        top, bottom, height = browser.execute_script(
+            "const r = document.getElementById('generate-button').getBoundingClientRect();"
+            "return [r.top, r.bottom, innerHeight];")
+        assert height == 800 and 0 < top and bottom <= 800
+        for element in ("run-select", "temperature", "primer"):
+            assert browser.execute_script(f"return document.getElementById('{element}').getBoundingClientRect().bottom") <= 800
+        evaluation = run_lib.read_evaluation(evaluated_run)
+        ratio = evaluation["lstm_vs_ngram"]
+        summary = browser.execute_script("return document.getElementById('run-summary').innerText")
+        assert (f"perplexity {evaluation['model_quality']['perplexity']:.2f} per token, "
+                f"{ratio['perplexity_ratio']:.2f}x the best n-gram ({ratio['best_order']}-gram)") in summary
+        # The records are folded away, labelled, and name no path of this machine.
+        assert browser.execute_script("return document.getElementById('details').open") is False
+        records = browser.execute_script("return document.getElementById('run-info').textContent")
+        assert "held-out perplexity" in records and "model_quality" not in records
+        assert os.path.dirname(evaluated_run) not in browser.page_source
+        browser.save_screenshot(os.path.join(browser.downloads, "first-screen.png"))
+        favicon = call(server, "/favicon.ico")
+        assert favicon[0] == 200 and favicon[1].startswith(b"<svg")
+        assert console_errors(browser) == []
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_listen_page_shows_only_the_test_plays_both_sides_and_records_a_vote(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get_log("browser")
+    browser.get(server.url + "/listen")
+    assert browser.find_elements(By.ID, "generate-button") == [] and browser.find_elements(By.ID, "results") == []
+    browser.find_element(By.ID, "ab-next").click()
+    wait_for(browser, "return !document.getElementById('ab-pair').hidden && "
+                      "document.getElementById('ab-a').readyState >= 1 && document.getElementById('ab-b').readyState >= 1")
+    for side in ("ab-a", "ab-b"):
+        browser.execute_script(f"document.getElementById('{side}').play()")
+        wait_for(browser, f"return document.getElementById('{side}').currentTime > 0.2", timeout=20)
+    pair_a = browser.execute_script("return document.getElementById('ab-a').src")
+    listener = browser.get_cookie(routes.LISTENER_COOKIE)["value"]
+    before = sum(1 for v in server.studio.store.votes() if v["listener"] == listener)
+    browser.find_element(By.ID, "vote-b").click()
+    wait_for(browser, "return document.getElementById('ab-count').textContent.startsWith('1 answer recorded')")
+    voted = [v for v in server.studio.store.votes() if v["listener"] == listener]
+    assert len(voted) == before + 1 and voted[-1]["choice"] == "b" and voted[-1]["pair_id"] in pair_a
+    # The next pair is dealt at once.
+    wait_for(browser, "return !document.getElementById('ab-pair').hidden && "
+                      f"document.getElementById('ab-a').src !== {json.dumps(pair_a)}")
+    assert console_errors(browser) == []

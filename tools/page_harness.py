@@ -54,6 +54,8 @@ def headless_chromium(downloads: str | None = None, window_size: str | None = No
         arguments.append(f"--window-size={window_size}")
     for argument in arguments:
         options.add_argument(argument)
+    # The page's console, for tests that a page logs no errors (driver.get_log("browser")).
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     if downloads:
         options.add_experimental_option("prefs", {"download.default_directory": downloads,
                                                   "download.prompt_for_download": False})

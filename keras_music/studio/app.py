@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import secrets
 import sys
 
 from keras_music import cli, listening, run as run_lib, storage, web_export
@@ -25,7 +27,9 @@ def parse_args(argv=None):
                         help="serve only this web export (RUN/export/web, or a run directory that has one) at /, "
                              "with the COOP/COEP headers LiteRT.js's threaded build needs; loads no runs")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind; the default is reachable from this machine only")
+                        help="address to bind; the default is reachable from this machine only; with another (e.g. "
+                             "0.0.0.0) the studio prints the link for listeners (/listen) and an admin token that "
+                             "generating, uploads and the results need from other machines")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (0 = any free port)")
     parser.add_argument("--db", default=None, metavar="FILE",
                         help=f"SQLite file of the listening votes (default: {listening.DB_NAME} beside the first run)")
@@ -38,7 +42,8 @@ def parse_args(argv=None):
                              f"the corpus's timing, and A/B excerpts all play at {AB_TEMPO:g} bpm)")
     parser.add_argument("--ab-seconds", type=float, default=20.0, metavar="S", help="length of every A/B excerpt")
     parser.add_argument("--ab-pool", type=cli.positive_int, default=8, metavar="N",
-                        help="excerpts rendered per A/B side; later pairs are drawn at random from them")
+                        help="excerpts rendered per A/B side in the background from start-up, and topped up with "
+                             "fresh ones while listeners vote; a pair is dealt from them at once")
     parser.add_argument("--max-length", type=cli.positive_int, default=MAX_LENGTH, metavar="EVENTS",
                         help="the longest piece a request may ask for")
     args = parser.parse_args(argv)
@@ -78,12 +83,44 @@ def main(argv=None):
                         args.db or os.path.join(beside, listening.DB_NAME), soundfont=args.soundfont,
                         tempo=args.tempo, ab_seconds=args.ab_seconds, ab_pool=args.ab_pool,
                         max_length=args.max_length)
-        serve(parser, args.host, args.port, create_app(studio),
-              f"runs: {', '.join(studio.runs)}; votes: {studio.store.path}")
+        token = None if is_loopback(args.host) else secrets.token_urlsafe(18)
+        serve(parser, args.host, args.port, create_app(studio, admin_token=token),
+              f"runs: {', '.join(studio.runs)}; votes: {studio.store.path}", token)
     cli.finish(0)
 
 
-def serve(parser, host: str, port: int, app, what: str) -> None:
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def reachable_address(host: str) -> str:
+    """The address other machines reach a server bound to `host` at (for 0.0.0.0: this machine's outward one)."""
+    import socket
+
+    if host not in ("0.0.0.0", "::", ""):
+        return host
+    try:
+        # Connecting a UDP socket sends nothing; it only asks the kernel which interface would be used.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))
+            return probe.getsockname()[0]
+    except OSError:
+        return socket.gethostname()
+
+
+def share_lines(host: str, port: int, token: str) -> list[str]:
+    """What the studio prints when it listens beyond this machine: the listeners' link and the owner's."""
+    address = reachable_address(host)
+    base = f"http://{address if ':' not in address else f'[{address}]'}:{port}"
+    return [f"studio: give listeners this link: {base}/listen",
+            f"studio: admin token (generate, uploads, results from other machines): {token}",
+            f"studio: your page from another machine: {base}/?token={token}"]
+
+
+def serve(parser, host: str, port: int, app, what: str, token: str | None = None) -> None:
     import socket
 
     import uvicorn
@@ -98,5 +135,7 @@ def serve(parser, host: str, port: int, app, what: str) -> None:
         cli.finish(cli.DATA_EXIT)
     bound, port = sock.getsockname()[:2]
     print(f"studio: http://{bound if ':' not in bound else f'[{bound}]'}:{port}/ ({what})", flush=True)
+    if token:
+        print("\n".join(share_lines(host, port, token)), flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     server.run(sockets=[sock])

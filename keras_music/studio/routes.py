@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import ipaddress
 import json
 import os
+import re
+import secrets
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -20,18 +24,73 @@ MAX_UPLOAD_BYTES = 2 * 1024 * 1024  # scores are small; a 2 MB MIDI is already a
 MAX_JSON_BYTES = 64 * 1024
 # Cross-origin isolation: what LiteRT.js's threaded build needs (SharedArrayBuffer); harmless for the default one.
 ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
+LISTENER_COOKIE = "km_listener"
+ADMIN_COOKIE = "km_admin"
+ADMIN_HEADER = "X-Admin-Token"
+LISTENER = re.compile(r"^[0-9a-f]{32}$")
+YEAR = 365 * 24 * 3600
 
 
-def create_app(studio):
-    """The studio's app: its routes, its static files, and each run's web export at /web/RUN/."""
+def create_app(studio, admin_token: str | None = None):
+    """The studio's app: its routes, its static files, and each run's web export at /web/RUN/.
+
+    Requests from this machine may do anything; from elsewhere, generating, uploading and reading the
+    results need `admin_token` (header, cookie, or ?token= on the page's link), and without one are refused."""
     routes = [*ROUTES, Mount("/static", StaticFiles(directory=STATIC))]
     for label, run_dir in studio.runs.items():
         site = web_export.site_directory(run_dir, required=False)
         if site:
             routes.append(Mount(f"/web/{label}", web_site(site)))
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, Exception: failed})
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await run_in_threadpool(studio.close)  # the pool's renderer stops with the server
+
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, Exception: failed},
+                    lifespan=lifespan)
     app.state.studio = studio  # how every handler reaches the runs, generators and votes
+    app.state.admin_token = admin_token
     return app
+
+
+# ----------------------------------------------------------------------------- who is asking
+
+def is_local(request) -> bool:
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_admin(request) -> bool:
+    """From this machine, or carrying the admin token."""
+    if is_local(request):
+        return True
+    token = request.app.state.admin_token
+    offered = (request.headers.get(ADMIN_HEADER) or request.cookies.get(ADMIN_COOKIE)
+               or request.query_params.get("token") or "")
+    return bool(token) and secrets.compare_digest(offered.encode(), token.encode())
+
+
+def require_admin(request) -> None:
+    if not is_admin(request):
+        raise StudioError("only the studio's owner may do this: it needs the admin token the studio printed at "
+                          "start (listeners: open /listen)", 403)
+
+
+def listener_of(request, assign: bool = False) -> tuple[str, bool]:
+    """(the listener id from the cookie, whether it is new); a new one when `assign` and there is none."""
+    listener = request.cookies.get(LISTENER_COOKIE, "")
+    if LISTENER.match(listener):
+        return listener, False
+    return (secrets.token_hex(16), True) if assign else ("", False)
+
+
+def with_listener(response, listener: str, new: bool):
+    if new:
+        response.set_cookie(LISTENER_COOKIE, listener, max_age=YEAR, httponly=True, samesite="lax")
+    return response
 
 
 # ----------------------------------------------------------------------------- requests and answers
@@ -90,11 +149,13 @@ def refusing(work):
 
 # ----------------------------------------------------------------------------- endpoints
 
-def json_action(action: str):
+def json_action(action: str, admin: bool = False):
     """An endpoint that hands the request's JSON body to the studio's method `action` (in a worker thread) and
-    answers with what it returns."""
+    answers with what it returns; `admin`: only for the studio's owner."""
 
     async def endpoint(request):
+        if admin:
+            require_admin(request)
         body = await json_body(request)
         return JSONResponse(await run_in_threadpool(getattr(request.app.state.studio, action), body))
 
@@ -104,7 +165,44 @@ def json_action(action: str):
 
 @refusing
 async def index(request):
-    return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
+    if not is_admin(request):
+        return RedirectResponse("/listen", status_code=303)
+    response = FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
+    token = request.query_params.get("token")
+    if token and not is_local(request):  # the owner's link: remember the token for the page's requests
+        response.set_cookie(ADMIN_COOKIE, token, httponly=True, samesite="strict")
+    return response
+
+
+@refusing
+async def listen(request):
+    return FileResponse(os.path.join(STATIC, "listen.html"), media_type="text/html")
+
+
+async def favicon(request):
+    return FileResponse(os.path.join(STATIC, "favicon.svg"), media_type="image/svg+xml",
+                        headers={"Cache-Control": "max-age=86400"})
+
+
+@refusing
+async def ab_next(request):
+    listener, new = listener_of(request, assign=True)
+    body = await json_body(request)
+    pair = await run_in_threadpool(request.app.state.studio.next_pair, body, listener)
+    return with_listener(JSONResponse(pair), listener, new)
+
+
+@refusing
+async def ab_vote(request):
+    # Only a listener id the client already carries is checked: scripts without cookies vote as the pair's listener.
+    listener, _ = listener_of(request)
+    body = await json_body(request)
+    return JSONResponse(await run_in_threadpool(request.app.state.studio.vote, body, listener))
+
+
+@refusing
+async def ab_pool(request):
+    return JSONResponse(request.app.state.studio.pool_status())
 
 
 @refusing
@@ -119,6 +217,7 @@ async def run_file(request):
 
 @refusing
 async def primers(request):
+    require_admin(request)
     filename = os.path.basename(request.query_params.get("filename", ""))
     if not filename:
         raise StudioError("name the upload: POST /api/primers?filename=NAME.mid with the file as the body")
@@ -148,7 +247,11 @@ async def ab_audio(request):
 
 @refusing
 async def ab_results(request):
-    results = await run_in_threadpool(request.app.state.studio.store.results)
+    require_admin(request)
+    store = request.app.state.studio.store
+    if request.query_params.get("by") == "listener":
+        return JSONResponse({"listeners": await run_in_threadpool(store.results_by_listener)})
+    results = await run_in_threadpool(store.results)
     if request.query_params.get("format") == "csv":
         return Response(listening.results_csv(results), media_type="text/csv",
                         headers={"Content-Disposition": 'attachment; filename="listening-results.csv"'})
@@ -170,15 +273,18 @@ async def failed(request, exc):
 
 ROUTES = (
     Route("/", index),
+    Route("/listen", listen),
+    Route("/favicon.ico", favicon),
     Route("/api/runs", runs),
     Route("/runs/{run}/{name}", run_file),
-    Route("/api/generate", json_action("generate"), methods=["POST"]),
+    Route("/api/generate", json_action("generate", admin=True), methods=["POST"]),
     Route("/api/primers", primers, methods=["POST"]),
     Route("/files/{area}/{item}/{name}", files),
     Route("/api/ab/comparisons", comparisons),
-    Route("/api/ab/next", json_action("next_pair"), methods=["POST"]),
+    Route("/api/ab/pool", ab_pool),
+    Route("/api/ab/next", ab_next, methods=["POST"]),
     Route("/api/ab/audio/{pair}/{side}", ab_audio),
-    Route("/api/ab/vote", json_action("vote"), methods=["POST"]),
+    Route("/api/ab/vote", ab_vote, methods=["POST"]),
     Route("/api/ab/results", ab_results),
 )
 

@@ -21,6 +21,10 @@ ID = re.compile(r"^[0-9a-f]{32}$")
 FILE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 PRIMER_TOKENS = 32
 AB_TEMPO = 90.0  # bpm of every A/B excerpt unless --tempo is given
+# While listeners vote, a side is topped up with fresh excerpts until it holds this many times --ab-pool.
+POOL_GROWTH = 4
+# ... but only once no listener has asked for anything for this long: a render never competes with a burst.
+POOL_QUIET_SECONDS = 1.0
 
 
 class StudioError(KerasMusicError, ValueError):
@@ -72,6 +76,19 @@ class Studio:
             # The first step traces the model; do it now rather than in the first request.
             generator.generate(length=2, primer_tokens=[])
             generator.held_out_pieces()
+        # The A/B pool: excerpts rendered ahead, per side, so that dealing a pair never waits on a model.
+        self._kinds: dict[str, str] = {}
+        self._pool_lock = threading.Lock()
+        self._sides: dict[str, Side] = {}
+        self._heard: dict[str, set] = {}
+        self._uses = self.store.stimulus_uses()
+        self._pool = self.store.all_stimuli()
+        self._pool_failures = 0
+        self._last_request = 0.0  # monotonic time of the last A/B request; top-ups wait for a quiet moment
+        self._register_defaults()
+        self._wake, self._closed = threading.Event(), threading.Event()
+        self._filler = threading.Thread(target=self._fill, name="ab-pool", daemon=True)
+        self._filler.start()
 
     # ------------------------------------------------------------------ one generation at a time
 
@@ -98,15 +115,21 @@ class Studio:
         return label
 
     def describe_runs(self) -> list[dict]:
+        from keras_music.studio import summary
+
         out = []
         for label, run_dir in self.runs.items():
             generator = self.generators[label]
             metrics = run_lib.read_metrics(run_dir)
             evaluation = run_lib.read_evaluation(run_dir)
+            held_out = len(generator.held_out_pieces())
             out.append({
-                "name": label, "run_dir": run_dir, "representation": generator.representation,
-                "vocabulary_size": len(generator.vocabulary), "held_out": len(generator.held_out_pieces()),
+                "name": label, "representation": generator.representation,
+                "vocabulary_size": len(generator.vocabulary), "held_out": held_out,
                 "metrics": _scalars(metrics), "evaluation": _scalars(evaluation),
+                "summary": summary.summarize_run(label, generator.representation, len(generator.vocabulary),
+                                                 held_out, metrics, evaluation, sampling.DEFAULT_TEMPERATURE),
+                "details": [summary.records(metrics, "Training"), summary.records(evaluation, "Evaluation")],
                 "curves_url": (f"/runs/{label}/{run_lib.TRAINING_CURVES}"
                                if os.path.isfile(run_lib.path(run_dir, run_lib.TRAINING_CURVES)) else None),
                 "web_url": f"/web/{label}/" if web_export.site_directory(run_dir, required=False) else None,
@@ -255,29 +278,112 @@ class Studio:
         if first.name == second.name or second.temperature is None:
             raise StudioError(f"comparison {name!r} needs two different sides, at most one of them real")
         name = f"{first.name} vs {second.name}"
-        kind = "real" if first.temperature is None else "prefer"
-        self.store.add_comparison(name, kind, first.name, second.name, os.path.realpath(self.runs[first.run]),
-                                  os.path.realpath(self.runs[second.run]))
+        if name not in self._kinds:  # registered once per process: a pair costs one write, its own
+            kind = "real" if first.temperature is None else "prefer"
+            self.store.add_comparison(name, kind, first.name, second.name, os.path.realpath(self.runs[first.run]),
+                                      os.path.realpath(self.runs[second.run]))
+            self._kinds[name] = kind
         return name, first, second
 
-    def next_pair(self, body: dict) -> dict:
+    def _register_defaults(self):
+        for name in self.default_comparisons():
+            _, first, second = self.comparison({"comparison": name})
+            for side in (first, second):
+                self._sides[side.name] = side
+                self._pool.setdefault(side.name, [])
+
+    def next_pair(self, body: dict, listener: str = "") -> dict:
+        """A pair drawn from the rendered pool at once; 503 with a retry hint while a side's pool is still empty."""
+        self._last_request = time.monotonic()
         name, first, second = self.comparison(body)
-        first_id, second_id = self.exclusive(lambda: (self.stimulus(first), self.stimulus(second)))
+        with self._pool_lock:
+            for side in (first, second):
+                if side.name not in self._sides:
+                    self._sides[side.name] = side
+                    self._pool.setdefault(side.name, [])
+            missing = [side.name for side in (first, second) if not self._pool[side.name]]
+            if not missing:
+                first_id, second_id = (self._draw(side.name, listener) for side in (first, second))
+        if missing:
+            self._wake.set()
+            raise StudioError(f"busy: the excerpts of {' and '.join(missing)} are still being rendered; "
+                              "try again in a few seconds", 503)
         first_is = random.choice("ab")
-        pair = self.store.add_pair(name, first_id, second_id, first_is)
-        kind = self.store_kind(name)
+        pair = self.store.add_pair(name, first_id, second_id, first_is, listener)
+        self._wake.set()  # top the pool up behind this listener
         return {"pair_id": pair, "comparison": name,
-                "question": "Which one is the human?" if kind == "real" else "Which do you prefer?",
+                "question": "Which one is the human?" if self._kinds[name] == "real" else "Which do you prefer?",
                 "a": {"audio_url": f"/api/ab/audio/{pair}/a"}, "b": {"audio_url": f"/api/ab/audio/{pair}/b"}}
 
-    def store_kind(self, name: str) -> str:
-        return next((r["kind"] for r in self.store.results() if r["name"] == name), "prefer")
+    def _draw(self, side: str, listener: str) -> str:
+        """The least-dealt excerpt of a side that this listener has not heard yet (any, once they heard all)."""
+        heard = self._heard.setdefault(listener, set()) if listener else set()
+        candidates = [s for s in self._pool[side] if s not in heard] or self._pool[side]
+        fewest = min(self._uses.get(s, 0) for s in candidates)
+        chosen = random.choice([s for s in candidates if self._uses.get(s, 0) == fewest])
+        self._uses[chosen] = self._uses.get(chosen, 0) + 1
+        heard.add(chosen)
+        return chosen
 
-    def stimulus(self, side: Side) -> str:
-        """A rendered piece for this side: a new one while the pool is short, else one drawn from the pool."""
-        pool = self.store.stimuli(side.name)
-        if len(pool) >= self.ab_pool:
-            return random.choice(pool)["id"]
+    # ------------------------------------------------------------------ the A/B pool, filled in the background
+
+    def pool_status(self) -> dict:
+        with self._pool_lock:
+            sides = {name: {"rendered": len(ids), "fresh": sum(1 for s in ids if not self._uses.get(s)),
+                            "target": self.ab_pool} for name, ids in self._pool.items() if name in self._sides}
+        return {"filled": all(v["rendered"] >= self.ab_pool for v in sides.values()), "sides": sides,
+                "failures": self._pool_failures}
+
+    def wait_for_pool(self, timeout: float = 600.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while not self.pool_status()["filled"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the A/B pool did not fill in {timeout:g} s: {self.pool_status()}")
+            time.sleep(0.05)
+        return self.pool_status()
+
+    def _wanted(self) -> Side | None:
+        """The side to render next: one short of --ab-pool first, then one whose fresh excerpts ran low."""
+        with self._pool_lock:
+            sides = [(self._sides[name], ids) for name, ids in self._pool.items() if name in self._sides]
+            short = [side for side, ids in sides if len(ids) < self.ab_pool]
+            if short:
+                return min(short, key=lambda side: len(self._pool[side.name]))
+            if time.monotonic() - self._last_request < POOL_QUIET_SECONDS:
+                return None
+            low = [side for side, ids in sides if len(ids) < self.ab_pool * POOL_GROWTH
+                   and sum(1 for s in ids if not self._uses.get(s)) < self.ab_pool]
+            return low[0] if low else None
+
+    def _fill(self):
+        try:  # Linux: lower this thread's CPU priority only, so requests come first
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except (AttributeError, OSError):
+            pass
+        while not self._closed.is_set():
+            side = self._wanted()
+            if side is None:
+                self._wake.wait(POOL_QUIET_SECONDS / 2)
+                self._wake.clear()
+                continue
+            try:
+                stimulus = self.render_stimulus(side)
+            except Exception as failure:  # logged and retried later; listeners get 503s meanwhile, not a crash
+                self._pool_failures += 1
+                self.log(f"studio: rendering an excerpt of {side.name} failed: {type(failure).__name__}: {failure}")
+                self._closed.wait(min(30.0, 2.0 ** self._pool_failures))
+                continue
+            with self._pool_lock:
+                self._pool.setdefault(side.name, []).append(stimulus)
+
+    def close(self):
+        """Stop the pool's background renderer (the server stopping)."""
+        self._closed.set()
+        self._wake.set()
+        self._filler.join(30)
+
+    def render_stimulus(self, side: Side) -> str:
+        """Render one excerpt of this side into the output area and the store; returns its id."""
         generator = self.generators[side.run]
         # Every stimulus lasts the same whole number of quarter notes, so pairs match in length.
         quarters = Fraction(max(1, round(self.ab_seconds * self.ab_tempo / 60)))
@@ -293,8 +399,9 @@ class Studio:
         else:
             # A sixteenth per event at least, so the piece always reaches the target before trimming.
             length = min(self.max_length, int(quarters * 4))
-            piece = generator.generate(length=length, min_length=length, temperature=side.temperature,
-                                       seed=random.randrange(2 ** 31), primer_tokens=[])[0]
+            with self._lock:  # the model is shared with /api/generate, one sampler at a time
+                piece = generator.generate(length=length, min_length=length, temperature=side.temperature,
+                                           seed=random.randrange(2 ** 31), primer_tokens=[])[0]
             sonorities = piece.sonorities
         sonorities = trim(sonorities, quarters)
         return self._write_stimulus(side, generator, sonorities, float(quarters) * 60 / self.ab_tempo)
@@ -317,6 +424,7 @@ class Studio:
         return self.store.add_stimulus(side.name, os.path.relpath(sound, self.out_dir), seconds)
 
     def pair_audio(self, pair: str, side: str) -> str:
+        self._last_request = time.monotonic()
         if not ID.match(pair):
             raise StudioError("not found", 404)
         try:
@@ -328,14 +436,15 @@ class Studio:
             raise StudioError("not found", 404)
         return path
 
-    def vote(self, body: dict) -> dict:
+    def vote(self, body: dict, listener: str = "") -> dict:
+        self._last_request = time.monotonic()
         pair, choice, reason = body.get("pair_id"), body.get("choice"), body.get("reason", "")
         if not isinstance(pair, str) or not ID.match(pair):
             raise StudioError(f"unknown pair {pair!r}", 404)
         if not isinstance(reason, str) or len(reason) > 2000:
             raise StudioError("reason must be text of at most 2000 characters")
         try:
-            return self.store.vote(pair, choice, reason.strip())
+            return self.store.vote(pair, choice, reason.strip(), listener)
         except listening.ListeningError as error:
             raise StudioError(str(error), error.status) from None
 
@@ -360,7 +469,8 @@ def _scalars(record) -> dict:
     for key, value in record.items():
         items = value.items() if isinstance(value, dict) else [(None, value)]
         for sub, item in items:
-            if isinstance(item, bool) or not isinstance(item, (int, float, str)) or isinstance(item, str) and len(item) > 40:
+            if isinstance(item, bool) or not isinstance(item, (int, float, str)) or isinstance(item, str) and (
+                    len(item) > 40 or "/" in item or "\\" in item):  # machine paths stay on the machine
                 continue
             out[key if sub is None else f"{key}.{sub}"] = item
     return dict(list(out.items())[:40])

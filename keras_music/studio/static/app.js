@@ -1,35 +1,31 @@
-// The studio page: every action goes through the JSON API the README documents.
+// The studio page: every action goes through the JSON API the README documents (helpers in common.js).
 "use strict";
-const $ = (id) => document.getElementById(id);
 let runs = [];
 let piece = null;
 
-async function api(path, options = {}) {
-  const response = await fetch(path, options);
-  const body = await response.json().catch(() => ({ error: response.statusText }));
-  if (!response.ok) throw new Error(body.error || response.statusText);
-  return body;
-}
-const post = (path, body) => api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+const escape = (text) => String(text).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
 
-function say(element, text, isError = false) {
-  element.textContent = text;
-  element.className = isError ? "error" : "";
-}
-
-function table(values) {
-  const rows = Object.entries(values || {}).map(([k, v]) =>
-    `<tr><td>${k}</td><td>${typeof v === "number" && !Number.isInteger(v) ? v.toFixed(4) : v}</td></tr>`);
-  return rows.length ? `<table>${rows.join("")}</table>` : "";
+function rows(group) {
+  const body = group.rows.map(([label, value]) => `<tr><th scope="row">${escape(label)}</th><td>${escape(value)}</td></tr>`);
+  return body.length ? `<h3>${escape(group.title)}</h3><table class="records">${body.join("")}</table>` : "";
 }
 
 function showRun() {
   const run = runs.find((r) => r.name === $("run-select").value);
   if (!run) return;
-  $("run-info").innerHTML = `<p>${run.representation} representation, ${run.vocabulary_size} tokens, ${run.held_out} held-out pieces</p>` +
-    (Object.keys(run.metrics).length ? "<h3>Training</h3>" + table(run.metrics) : "") +
-    (Object.keys(run.evaluation).length ? "<h3>Evaluation</h3>" + table(run.evaluation) : "<p>No evaluation yet.</p>") +
-    (run.web_url ? `<p><a id="web-link" href="${run.web_url}">Open the in-browser version</a>: the same model generating on your device with LiteRT.js.</p>` : "");
+  const summary = run.summary;
+  $("run-summary").innerHTML = summary.lines.map((line) => `<p>${escape(line)}</p>`).join("");
+  $("numbers").innerHTML = summary.numbers.map((n) =>
+    `<div><span class="value">${escape(n.value)}</span><span class="label">${escape(n.label)}</span></div>`).join("");
+  const overlap = summary.overlap;
+  $("overlap").innerHTML = overlap ? `<h3>Generated vs held-out at temperature ${overlap.temperature}` +
+    ` <span class="note">(overlapping area of each measure's distributions; 1 = alike)</span></h3><table class="bars">` +
+    overlap.metrics.map((m) => `<tr title="${escape(m.description)}"><th scope="row">${escape(m.label)}</th>` +
+      `<td><span class="bar" style="width:${(100 * m.area).toFixed(0)}%"></span></td><td>${m.area.toFixed(2)}</td></tr>`).join("") +
+    "</table>" : "";
+  $("run-info").innerHTML = `<p>${escape(run.representation)} representation, ${run.vocabulary_size} tokens, ${run.held_out} held-out pieces</p>` +
+    run.details.map(rows).join("") || "<p>No records yet.</p>";
+  $("web").innerHTML = run.web_url ? `<a id="web-link" href="${run.web_url}">Open the in-browser version</a>: the same model generating on your device with LiteRT.js.` : "";
   $("curves").hidden = !run.curves_url;
   if (run.curves_url) $("curves").src = run.curves_url;
   const options = [["held_out", "opening of a random held-out piece"], ["none", "none"]];
@@ -74,7 +70,7 @@ async function generate(event) {
     piece = await post("/api/generate", {
       run: $("run-select").value, temperature: number("temperature"), top_k: number("top-k"),
       top_p: number("top-p"), length: number("length"), seed: number("seed"), primer: $("primer").value,
-    });
+    }, { retries: 5, onWait: (why, seconds) => say($("status"), `another piece is being generated; trying again in ${seconds.toFixed(0)} s ...`) });
     $("player").src = piece.urls.audio;
     $("player").dataset.seconds = piece.seconds;
     $("roll-png").src = piece.urls.png;
@@ -122,38 +118,8 @@ function follow() {
   if (!$("player").paused) requestAnimationFrame(follow);
 }
 
-let pair = null;
-async function nextPair() {
-  say($("ab-status"), "preparing a pair ...");
-  $("ab-next").disabled = true;
-  try {
-    pair = await post("/api/ab/next", { comparison: $("comparison").value || undefined });
-    $("ab-a").src = pair.a.audio_url;
-    $("ab-b").src = pair.b.audio_url;
-    $("ab-question").textContent = pair.question;
-    $("ab-reason").value = "";
-    $("ab-pair").hidden = false;
-    for (const id of ["vote-a", "vote-b"]) $(id).disabled = false;
-    say($("ab-status"), "listen to both, then answer");
-  } catch (error) {
-    say($("ab-status"), error.message, true);
-  } finally {
-    $("ab-next").disabled = false;
-  }
-}
-
 async function vote(choice) {
-  if (!pair) return;
-  for (const id of ["vote-a", "vote-b"]) $(id).disabled = true;
-  try {
-    await post("/api/ab/vote", { pair_id: pair.pair_id, choice, reason: $("ab-reason").value });
-    say($("ab-status"), `vote ${choice.toUpperCase()} recorded`);
-    pair = null;
-    $("ab-pair").hidden = true;
-    await loadResults();
-  } catch (error) {
-    say($("ab-status"), error.message, true);
-  }
+  if (await blind.vote(choice)) await loadResults();
 }
 
 const fixed = (value, digits = 3) => (value === null || value === undefined ? "-" : value.toFixed(digits));
@@ -161,7 +127,7 @@ const fixed = (value, digits = 3) => (value === null || value === undefined ? "-
 async function loadResults() {
   const { comparisons } = await api("/api/ab/results");
   $("results-table").tBodies[0].innerHTML = comparisons.map((c) =>
-    `<tr><td>${c.name}</td><td class="votes">${c.votes}</td><td>${fixed(c.preference)}</td>` +
+    `<tr><td>${escape(c.name)}</td><td class="votes">${c.votes}</td><td>${c.listeners}</td><td>${fixed(c.preference)}</td>` +
     `<td>${c.ci95 ? fixed(c.ci95[0]) + " - " + fixed(c.ci95[1]) : "-"}</td><td>${c.p_value === null ? "-" : c.p_value.toPrecision(3)}</td></tr>`).join("");
 }
 
@@ -170,7 +136,7 @@ $("upload").addEventListener("change", upload);
 $("generate-form").addEventListener("submit", generate);
 $("player").addEventListener("play", follow);
 $("player").addEventListener("seeked", () => drawRoll($("player").currentTime));
-$("ab-next").addEventListener("click", nextPair);
+$("ab-next").addEventListener("click", () => blind.next($("comparison").value));
 $("vote-a").addEventListener("click", () => vote("a"));
 $("vote-b").addEventListener("click", () => vote("b"));
 $("refresh-results").addEventListener("click", loadResults);
