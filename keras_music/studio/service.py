@@ -128,7 +128,7 @@ class Studio:
                 "vocabulary_size": len(generator.vocabulary), "held_out": held_out,
                 "metrics": _scalars(metrics), "evaluation": _scalars(evaluation),
                 "summary": summary.summarize_run(label, generator.representation, len(generator.vocabulary),
-                                                 held_out, metrics, evaluation, sampling.DEFAULT_TEMPERATURE),
+                                                 held_out, metrics, evaluation, defaults.TEMPERATURE),
                 "details": [summary.records(metrics, "Training"), summary.records(evaluation, "Evaluation")],
                 "curves_url": (f"/runs/{label}/{run_lib.TRAINING_CURVES}"
                                if os.path.isfile(run_lib.path(run_dir, run_lib.TRAINING_CURVES)) else None),
