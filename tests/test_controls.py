@@ -1,0 +1,200 @@
+"""Tests for keras_music.controls: bars, density and polyphony measured exactly, and where the control tokens land."""
+
+import json
+import os
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from keras_music import controls, events, prepare, sampling, vocabulary as vocabulary_lib
+from conftest import tiny_config
+
+F = Fraction
+# 4/4 for two bars, then 3/4 from quarter 8. Bar 1: a C major chord, then three single attacks, the last two
+# overlapping; bar 2: a note held over the bar line, a low C held through bar 3 into bar 4, a chord over it;
+# bar 3 (3/4): no sonority starts in it; bar 4: only a rest starts; bar 5: one note.
+NOTES = [(0, 1, 60), (0, 1, 64), (0, 1, 67), (1, 2, 72), (2, 4, 62), (3, 5, 65), (5, 13, 48), (6, 7, 60),
+         (6, 7, 64), (15, 16, 70)]
+METRE = [[0.0, 4, 4], [8.0, 3, 4]]
+
+
+def sonorities(notes=NOTES):
+    return events.notes_to_sonorities([(F(a), F(b), p) for a, b, p in notes])
+
+
+def record(notes=NOTES, metre=METRE, key="E- major", shift=-3, grid=24):
+    return {"notes": [[int(a * grid), int(b * grid), p, 0] for a, b, p in notes], "grid": grid,
+            "time_signatures": metre, "key": key, "shift": shift}
+
+
+def test_bars_follow_the_metre_map():
+    layout = controls.bars(METRE, 16)
+    assert [(b.start, b.length, b.time_signature) for b in layout] == [
+        (0, 4, (4, 4)), (4, 4, (4, 4)), (8, 3, (3, 4)), (11, 3, (3, 4)), (14, 3, (3, 4))]
+    # No metre map: 4/4. A change inside a bar cuts it short and starts a new bar there.
+    assert [(b.start, b.length) for b in controls.bars([], 9)] == [(0, 4), (4, 4), (8, 4)]
+    assert [(b.start, b.length, b.time_signature) for b in controls.bars([[0, 4, 4], [6, 6, 8]], 12)] == [
+        (0, 4, (4, 4)), (4, 2, (4, 4)), (6, 3, (6, 8)), (9, 3, (6, 8))]
+    # A map that starts later is 4/4 before its first change; 2/2 and 3/8 bars in quarter notes.
+    assert [(b.start, b.length) for b in controls.bars([[2, 2, 2]], 7)] == [(0, 2), (2, 4), (6, 4)]
+    assert [b.length for b in controls.bars([[0, 3, 8]], 3)] == [F(3, 2), F(3, 2)]
+
+
+def test_onsets_and_mean_polyphony_per_bar_are_exact():
+    bars = controls.measure(sonorities(), METRE)
+    assert [(b.start, b.onsets, b.polyphony) for b in bars] == [
+        (0, 4, F(7, 4)),   # onsets at 0 (3 sounding), 1 (1), 2 (1), 3 (2: the 62 still sounds)
+        (4, 2, F(2)),      # 5: the low C alone (the 65 ended there); 6: the chord over the held C (3)
+        (8, 0, F(0)),      # the low C is held through: no onset
+        (11, 0, F(0)),     # it ends at 13, then a rest
+        (14, 1, F(1))]
+    assert [(b.density_bin, b.polyphony_bin) for b in bars] == [(1, 1), (0, 1), (0, 0), (0, 0), (0, 0)]
+
+
+def test_held_continuations_split_by_max_duration_are_no_onsets():
+    # One whole note tied over four bars, split into held continuations of at most 2 quarters.
+    split = events.notes_to_sonorities([(F(0), F(16), 60)], max_duration=F(2))
+    assert len(split) == 8
+    assert [b.onsets for b in controls.measure(split, [])] == [1, 0, 0, 0]
+
+
+def test_dense_bars_reach_the_top_bins_and_the_bins_are_the_documented_edges():
+    # Sixteen sixteenth-note onsets of a five-note chord, then a bar of eight eighths in two voices.
+    chord = [(F(i, 4), F(i + 1, 4), p) for i in range(16) for p in (48, 55, 60, 64, 67)]
+    eighths = [(4 + F(i, 2), 4 + F(i + 1, 2), p) for i in range(8) for p in (60, 72)]
+    bars = controls.measure(events.notes_to_sonorities(chord + eighths), [])
+    assert [(b.onsets, b.polyphony, b.density_bin, b.polyphony_bin) for b in bars] == [
+        (16, 5, 6, 4), (8, 2, 3, 1)]
+    assert [controls.density_bin(n) for n in range(18)] == [0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 4, 5, 5, 5, 5, 6, 6]
+    assert [controls.polyphony_bin(F(v)) for v in ("0", "1.49", "1.5", "2.49", "2.5", "3.5", "4.49", "4.5", "9")] \
+        == [0, 0, 1, 1, 2, 3, 3, 4, 4]
+
+
+def test_control_tokens_land_before_the_first_sonority_of_each_bar():
+    tokens = controls.tokens_with_controls(sonorities(), METRE, key="key:major")
+    assert " ".join(tokens) == (
+        "key:major density:1 poly:1 pitch:60 pitch:64 pitch:67 dur:1 pitch:72 dur:1 pitch:62 dur:1 "
+        "hold:62 pitch:65 dur:1 "
+        "density:0 poly:1 hold:65 dur:1 pitch:48 dur:1 hold:48 pitch:60 pitch:64 dur:1 hold:48 dur:6 "
+        "density:0 poly:0 rest dur:2 "
+        "density:0 poly:0 pitch:70 dur:1")
+    assert controls.strip_controls(tokens) == events.sonorities_to_tokens(sonorities())
+
+
+def test_a_piece_that_starts_late_gets_the_controls_of_its_first_bar():
+    late = [(a + 5, b + 5, p) for a, b, p in [(0, 1, 60), (1, 2, 62), (2, 4, 64)]]
+    tokens = prepare.tokens_for(record(late, []), tiny_config().data, controls=True)
+    # Onsets at 5, 6, 7 in bar 2 (one note each); the 64 sounds on into bar 3, where no sonority starts.
+    assert tokens == ["key:major", "density:1", "poly:0", "pitch:60", "dur:1", "pitch:62", "dur:1", "pitch:64",
+                      "dur:2"]
+
+
+def test_records_give_the_key_token_of_the_corpus_estimate():
+    data = tiny_config().data
+    assert prepare.tokens_for(record(), data, controls=True)[:3] == ["key:major", "density:1", "poly:1"]
+    assert prepare.tokens_for(record(key="C# minor", shift=-4), data, controls=True)[0] == "key:minor"
+    # Without normalisation the notes are not moved (shift 0) and the token names the estimated key.
+    raw = tiny_config("data.normalize_key=false", "data.controls=true").data
+    assert prepare.tokens_for(record(key="E- major", shift=0), raw, controls=True)[0] == "key:E-:major"
+    assert prepare.tokens_for(record(key="a# minor", shift=0), raw, controls=True)[0] == "key:B-:minor"
+    # No estimate (key analysis failed): no key token, the bars still get theirs.
+    assert prepare.tokens_for(record(key="unknown"), data, controls=True)[:2] == ["density:1", "poly:1"]
+    assert prepare.tokens_for(record(), data) == events.sonorities_to_tokens(sonorities())
+
+
+def test_key_parsing_and_tokens():
+    assert controls.parse_key("E- major") == (3, "major")
+    assert controls.parse_key("f# minor") == (6, "minor")
+    assert controls.parse_key("B-- major") == (9, "major")
+    assert [controls.parse_key(k) for k in ("", "unknown", "H major", "C dorian", "C#- major")] == [None] * 5
+    assert controls.key_token("G major", 5, normalize_key=True) == "key:major"
+    assert controls.key_token("G major", 0, normalize_key=False) == "key:G:major"
+    assert len(controls.all_tokens(True)) == 2 + 7 + 5
+    assert len(controls.all_tokens(False)) == 24 + 7 + 5
+    assert all(controls.valid_control(t) for t in controls.all_tokens(False) + controls.all_tokens(True))
+    for bad in ("key:H:major", "key:dorian", "density:7", "density:01", "poly:5", "poly:-1", "density:"):
+        assert not controls.valid_control(bad), bad
+
+
+def test_key_tokens_with_a_tonic_move_with_transposition():
+    assert events.transpose_token("key:B-:minor", 3) == "key:C#:minor"
+    assert events.transpose_token("key:C:major", -1) == "key:B:major"
+    assert events.transpose_token("key:major", 5) == "key:major"
+    assert events.transpose_token("density:3", 5) == "density:3"
+
+
+def test_requested_levels_by_name_or_bin():
+    assert controls.requested_bin("density", "high") == 5
+    assert controls.requested_bin("poly", " Low ") == 1
+    assert controls.requested_bin("density", 6) == 6
+    with pytest.raises(controls.ControlError, match=r"density level 'loud' does not exist \(expected low, medium, "
+                                                    r"high or a bin 0\.\.6\)"):
+        controls.requested_bin("density", "loud")
+    with pytest.raises(controls.ControlError, match="poly level 5"):
+        controls.requested_bin("poly", 5)
+    with pytest.raises(controls.ControlError, match="unknown control 'tempo'"):
+        controls.requested_bin("tempo", "low")
+
+
+def test_controls_are_no_events_and_decoding_skips_them_without_repairs():
+    tokens = controls.tokens_with_controls(sonorities(), METRE, key="key:major")
+    plain = events.sonorities_to_tokens(sonorities())
+    assert events.count_events(tokens) == events.count_events(plain) == len(sonorities())
+    assert [tokens[i - 1] for i in events.event_ends(tokens)] == [t for t in plain if t.startswith("dur:")]
+    report = events.DecodeReport()
+    assert events.tokens_to_sonorities(tokens, report=report) == sonorities()
+    assert report.repairs == {}
+    assert not events.ends_event("density:2", "classic")
+    classic_report = events.DecodeReport()
+    assert len(events.tokens_to_sonorities(["key:major", "C4", "poly:1"], "classic", report=classic_report)) == 1
+    assert classic_report.repairs == {}
+
+
+def test_grammar_kind_control_is_never_allowed_and_does_not_move_the_state():
+    tokens = ["<pad>", "<unk>", "<piece>", "pitch:60", "hold:60", "rest", "dur:1", "key:major", "density:3", "poly:2"]
+    table = events.grammar_table(tokens, "note")
+    assert table["kinds"][-3:] == ["control"] * 3
+    grammar = sampling.Grammar(table)
+    state = grammar.start(1)
+    ids = {t: i for i, t in enumerate(tokens)}
+    for token in ["<piece>", "key:major", "density:3", "pitch:60", "poly:2", "dur:1", "density:3"]:
+        allowed = grammar.allowed(state)[0]
+        assert not allowed[ids["key:major"]] and not allowed[ids["density:3"]] and not allowed[ids["poly:2"]]
+        grammar.advance(state, [ids[token]])
+    # The controls read along the way left the sonority walk as if they were not there.
+    assert [tokens[i] for i in np.flatnonzero(grammar.allowed(state)[0])] == ["<piece>", "pitch:60", "hold:60", "rest"]
+    # Rules "any" and the fallback of a state with nothing allowed never offer a control either.
+    only_controls = sampling.Grammar({"rules": "note", "kinds": ["banned", "banned", "end", "control"],
+                                      "pitches": [-1] * 4})
+    assert only_controls.allowed(only_controls.start(1))[0].tolist() == [False, False, True, False]
+    any_rules = sampling.Grammar({"rules": "any", "kinds": ["banned", "banned", "end", "event", "control"],
+                                  "pitches": [-1] * 5})
+    assert any_rules.allowed(any_rules.start(1))[0].tolist() == [False, False, True, True, False]
+
+
+def test_vocabulary_keeps_every_control_and_checks_them():
+    built = vocabulary_lib.build([["key:minor", "density:2", "poly:3", "pitch:60", "dur:1"]], min_count=2,
+                                 always=controls.all_tokens(True))
+    # Ordinary tokens seen fewer than min_count times go; every control stays, seen or not, after the others.
+    assert built.tokens == ["<pad>", "<unk>", "<piece>"] + controls.all_tokens(True)
+    assert vocabulary_lib.build([["density:2", "pitch:60", "dur:1"]], always=["density:2"]).tokens[3:] == [
+        "pitch:60", "dur:1", "density:2"]
+    data = built.to_json()
+    assert data["grammar"]["kinds"][3:] == ["control"] * len(controls.all_tokens(True))
+    assert vocabulary_lib.Vocabulary.from_json(data).tokens == built.tokens
+    data["tokens"][3] = "key:lydian"
+    with pytest.raises(vocabulary_lib.VocabularyError, match="'key:lydian'"):
+        vocabulary_lib.Vocabulary.from_json(data)
+
+
+def test_config_refuses_controls_for_classic_and_bad_dropout():
+    from keras_music import config
+
+    with pytest.raises(config.ConfigError, match=r"^data\.controls: expected false with data\.representation="
+                                                 r"classic .*, got True$"):
+        tiny_config("data.representation=classic", "data.controls=true")
+    with pytest.raises(config.ConfigError, match=r"^data\.control_dropout: expected a probability in \[0, 1\], "
+                                                 r"got 1\.5$"):
+        tiny_config("data.control_dropout=1.5")
+    assert config.Config().data.controls is False and config.Config().data.control_dropout == 0.5
