@@ -198,3 +198,115 @@ def test_config_refuses_controls_for_classic_and_bad_dropout():
                                                  r"got 1\.5$"):
         tiny_config("data.control_dropout=1.5")
     assert config.Config().data.controls is False and config.Config().data.control_dropout == 0.5
+
+
+# ----------------------------------------------------------------------------- the training stream
+
+CONTROL_IDS = (10, 11, 12)  # ids 3..9 stand for ordinary tokens
+
+
+def stream_pieces(count=12, length=300, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(f"piece{i}", [int(t) for t in rng.integers(3, 13, size=length)]) for i in range(count)]
+
+
+def test_the_dropper_drops_only_controls_at_about_the_rate_and_exactly_for_a_seed():
+    import tensorflow as tf
+
+    from keras_music import dataset
+
+    is_control = np.isin(np.arange(13), CONTROL_IDS)
+    ids = np.array(stream_pieces(1, 20000)[0][1], np.int32)
+    drop = dataset._control_dropper(is_control, 0.5)
+    kept = drop(tf.constant(ids), tf.constant(1234, tf.int64)).numpy()
+    controls_in = int(is_control[ids].sum())
+    controls_kept = int(is_control[kept].sum())
+    # Every other token is kept, in order; about half of the controls go.
+    np.testing.assert_array_equal(kept[~is_control[kept]], ids[~is_control[ids]])
+    assert abs(controls_kept / controls_in - 0.5) < 0.02
+    np.testing.assert_array_equal(drop(tf.constant(ids), tf.constant(1234, tf.int64)).numpy(), kept)
+    assert not np.array_equal(drop(tf.constant(ids), tf.constant(1235, tf.int64)).numpy(), kept)
+    # Rates 0 and 1 keep and drop every control.
+    assert len(dataset._control_dropper(is_control, 0.0)(tf.constant(ids), tf.constant(1, tf.int64))) == len(ids)
+    none = dataset._control_dropper(is_control, 1.0)(tf.constant(ids), tf.constant(1, tf.int64)).numpy()
+    np.testing.assert_array_equal(none, ids[~is_control[ids]])
+
+
+def test_training_stream_drops_controls_seeded_and_anew_every_epoch(tmp_path):
+    from keras_music import dataset
+
+    pieces = stream_pieces()
+    dataset.write_shards(str(tmp_path), "train", pieces)
+    files = dataset.shard_files(str(tmp_path), "train")
+    is_control = np.isin(np.arange(13), CONTROL_IDS)
+    lengths = [len(ids) for _, ids in pieces]
+    shortest = [len(ids) - int(is_control[ids].sum()) for _, ids in pieces]
+    steps = dataset.count_windows(shortest, 50, 50) // 2
+
+    def epochs(rate, seed=0):
+        data = dataset.training_dataset(files, 50, 2, steps, seed, 0, 2, control_dropout=(is_control, rate))
+        x = np.stack([batch.numpy() for batch, _ in data])
+        return x[:steps], x[steps:]
+
+    first, second = epochs(0.5)
+    again_first, again_second = epochs(0.5)
+    np.testing.assert_array_equal(first, again_first)
+    np.testing.assert_array_equal(second, again_second)
+    assert not np.array_equal(first, second)
+    # About half the controls are left in the windows (each epoch sees nearly all of the stream).
+    total_controls = sum(int(is_control[ids].sum()) for _, ids in pieces)
+    share = is_control[first].sum() / (total_controls * first.size / (sum(lengths) - total_controls / 2))
+    assert 0.4 < share < 0.6
+    assert is_control[first].sum() == 429  # exact for this seed
+    # Dropping every control leaves exactly the ordinary tokens; rate 0 is the stream without dropout.
+    assert not is_control[epochs(1.0)[0]].any()
+    plain = dataset.training_dataset(files, 50, 2, steps, 0, 0, 1)
+    np.testing.assert_array_equal(epochs(0.0)[0], np.stack([batch.numpy() for batch, _ in plain]))
+
+
+# ----------------------------------------------------------------------------- a run with controls
+
+def test_a_tiny_run_with_controls_trains_and_ships_them_in_its_vocabulary(tmp_path):
+    from keras_music import dataset, storage, train
+
+    run_dir = str(tmp_path / "run")
+    metrics = train.train(tiny_config("data.controls=true"), run_dir, show_progress=False, log=lambda *a: None)
+    assert np.isfinite(metrics["val_loss"])
+    with open(os.path.join(run_dir, "vocab.json")) as handle:
+        vocab = json.load(handle)
+    kinds = dict(zip(vocab["tokens"], vocab["grammar"]["kinds"]))
+    assert {t for t, k in kinds.items() if k == "control"} == set(controls.all_tokens(True))
+    assert vocab["tokens"][-len(controls.all_tokens(True)):] == controls.all_tokens(True)
+    info = storage.read_json(os.path.join(run_dir, "prepared.json"))
+    assert info["settings"]["controls"] is True
+    tokens = vocab["tokens"]
+    train_pieces = dataset.read_pieces(dataset.shard_files(os.path.join(run_dir, "data"), "train"))
+    counts = [sum(events.is_control(tokens[i]) for i in ids) for ids in train_pieces]
+    assert info["control_tokens"]["train"] == counts and all(counts)
+    assert all(tokens[ids[0]] in ("key:major", "key:minor") for ids in train_pieces)
+    # The held-out pieces carry no control: the validation loss is the unconditioned one.
+    validation = dataset.read_pieces(dataset.shard_files(os.path.join(run_dir, "data"), "validation"))
+    assert validation and not any(events.is_control(tokens[i]) for ids in validation for i in ids)
+
+    # The same data without controls: every ordinary token keeps its id, so the held-out shards are the
+    # same bytes, and the training pieces are the controlled ones with their controls taken out.
+    plain_dir = str(tmp_path / "plain")
+    prepare.prepare(tiny_config(), plain_dir, show_progress=False, log=lambda *a: None)
+    plain_vocab = storage.read_json(os.path.join(plain_dir, "vocab.json"))
+    assert plain_vocab["tokens"] == tokens[:len(plain_vocab["tokens"])]
+    assert "control" not in plain_vocab["grammar"]["kinds"]
+    plain_info = storage.read_json(os.path.join(plain_dir, "prepared.json"))
+    assert "controls" not in plain_info["settings"] and "control_tokens" not in plain_info
+    for name in os.listdir(os.path.join(plain_dir, "data")):
+        if name.startswith("validation-"):
+            with open(os.path.join(plain_dir, "data", name), "rb") as a, \
+                    open(os.path.join(run_dir, "data", name), "rb") as b:
+                assert a.read() == b.read()
+    plain_train = dataset.read_pieces(dataset.shard_files(os.path.join(plain_dir, "data"), "train"))
+    assert [list(ids) for ids in plain_train] == [[i for i in ids if not events.is_control(tokens[i])]
+                                                  for ids in train_pieces]
+    # Epochs are cut from the pieces without their controls, so every epoch fills its batches.
+    config = tiny_config("data.controls=true")
+    assert train.shortest_train_lengths(config, info) == [len(ids) for ids in plain_train]
+    assert train.shortest_train_lengths(tiny_config("data.controls=true", "data.control_dropout=0"), info) == \
+        info["lengths"]["train"]
