@@ -7,7 +7,6 @@ import hashlib
 import json
 import re
 import time
-
 from fractions import Fraction
 
 from keras_music import config as config_lib, controls as controls_lib, corpus, events, run as run_lib, storage

@@ -310,3 +310,41 @@ def test_a_tiny_run_with_controls_trains_and_ships_them_in_its_vocabulary(tmp_pa
     assert train.shortest_train_lengths(config, info) == [len(ids) for ids in plain_train]
     assert train.shortest_train_lengths(tiny_config("data.controls=true", "data.control_dropout=0"), info) == \
         info["lengths"]["train"]
+
+
+def test_the_corpus_estimates_the_key_without_moving_the_notes_when_keys_are_not_normalised():
+    from keras_music import corpus, midi
+
+    # A D major scale and cadence, in 3/4 from quarter 6.
+    scale = [62, 64, 66, 67, 69, 71, 73, 74, 69, 66, 62, 67, 69, 62]
+    notes = [(i, i + 1, p) for i, p in enumerate(scale)] + [(14, 16, 62), (14, 16, 66), (14, 16, 69)]
+    data = midi.write(notes, time_signatures=((0.0, 4, 4), (6.0, 3, 4)))
+    plain = corpus.ParseSettings(normalize_key=False)
+    keyed = corpus.ParseSettings(normalize_key=False, estimate_key=True)
+    assert corpus.parse_bytes("d.mid", data, plain)["key"] == ""
+    record = corpus.parse_bytes("d.mid", data, keyed)
+    assert (record["key"], record["shift"]) == ("D major", 0)
+    assert [n[2] for n in record["notes"]][:3] == [62, 64, 66]
+    # The cache keeps records apart only where they differ; every other key is what it was.
+    assert keyed.cache_key() != plain.cache_key()
+    assert corpus.ParseSettings(estimate_key=True).cache_key() == corpus.ParseSettings().cache_key()
+    tokens = prepare.tokens_for(record, tiny_config("data.normalize_key=false", "data.controls=true").data, True)
+    assert tokens[:3] == ["key:D:major", "density:1", "poly:0"]
+    # Bars [0, 4), [4, 6) (cut short by the 3/4 at quarter 6), [6, 9), [9, 12), [12, 15): 4, 2, 3, 3 and 3
+    # onsets, one note each but the final chord of three (mean 5/3); nothing starts in [15, 18).
+    assert [t for t in tokens if t.startswith(("density", "poly"))] == [
+        "density:1", "poly:0", "density:0", "poly:0", "density:1", "poly:0", "density:1", "poly:0",
+        "density:1", "poly:1"]
+
+
+def test_prepared_json_control_counts_are_checked():
+    from keras_music import run
+
+    info = {"format": run.PREPARED_FORMAT, "pieces": {"train": 2, "validation": 1},
+            "tokens": {"train": 30, "validation": 5}, "lengths": {"train": [10, 20], "validation": [5]},
+            "control_tokens": {"train": [2, 3]}}
+    assert run.check_prepared(info, "prepared.json") is info
+    for bad in ({"train": [2]}, {"train": [11, 3]}, {"train": [2, -1]}, [2, 3]):
+        with pytest.raises(run.RunError, match=r"^prepared\.json: \"control_tokens\"\.train must list one count per "
+                                               r"training piece, each at most its length; "):
+            run.check_prepared(dict(info, control_tokens=bad), "prepared.json")
