@@ -348,3 +348,14 @@ def test_prepared_json_control_counts_are_checked():
         with pytest.raises(run.RunError, match=r"^prepared\.json: \"control_tokens\"\.train must list one count per "
                                                r"training piece, each at most its length; "):
             run.check_prepared(dict(info, control_tokens=bad), "prepared.json")
+
+
+def test_training_on_prepared_data_with_other_controls_is_refused(tmp_path):
+    from keras_music import run, train
+
+    prepared = str(tmp_path / "prepared")
+    prepare.prepare(tiny_config(), prepared, show_progress=False, log=lambda *a: None)
+    config = tiny_config("data.controls=true", sources=(prepared,))
+    with pytest.raises(run.RunError, match=r"was prepared with data\.controls=False but this run has True; pass "
+                                           r"--set data\.controls=false or prepare again$"):
+        train.prepare_run(config, str(tmp_path / "run"), show_progress=False, log=lambda *a: None)
