@@ -233,8 +233,12 @@ def test_the_dropper_drops_only_controls_at_about_the_rate_and_exactly_for_a_see
 
 
 def test_training_stream_drops_controls_seeded_and_anew_every_epoch(tmp_path):
+    import tensorflow as tf
+
     from keras_music import dataset
 
+    # tf.data's op seeds combine with the global seed, which training sets from train.seed.
+    tf.random.set_seed(0)
     pieces = stream_pieces()
     dataset.write_shards(str(tmp_path), "train", pieces)
     files = dataset.shard_files(str(tmp_path), "train")
@@ -257,7 +261,7 @@ def test_training_stream_drops_controls_seeded_and_anew_every_epoch(tmp_path):
     total_controls = sum(int(is_control[ids].sum()) for _, ids in pieces)
     share = is_control[first].sum() / (total_controls * first.size / (sum(lengths) - total_controls / 2))
     assert 0.4 < share < 0.6
-    assert is_control[first].sum() == 429  # exact for this seed
+    assert is_control[first].sum() == 468  # exact for this seed
     # Dropping every control leaves exactly the ordinary tokens; rate 0 is the stream without dropout.
     assert not is_control[epochs(1.0)[0]].any()
     plain = dataset.training_dataset(files, 50, 2, steps, 0, 0, 1)
