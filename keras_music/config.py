@@ -59,6 +59,12 @@ class DataConfig:
     workers: int = 0
     # Seconds one file may take to parse before it is skipped.
     parse_timeout: float = 120.0
+    # Control tokens measured from the music (keras_music.controls): a key token after the
+    # piece boundary, and per bar its note density and polyphony bins ("note" representation).
+    controls: bool = False
+    # Share of control tokens dropped at random from the training stream (seeded, anew every
+    # epoch), so one model generates with or without them; validation holds none.
+    control_dropout: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -235,6 +241,9 @@ def validate(config: Config) -> Config:
     require(d.shuffle_buffer >= 1, "data.shuffle_buffer", d.shuffle_buffer, "an integer >= 1")
     require(d.workers >= 0, "data.workers", d.workers, "an integer >= 0 (0 = all cores)")
     require(d.parse_timeout > 0, "data.parse_timeout", d.parse_timeout, "a positive number of seconds")
+    require(not d.controls or d.representation == "note", "data.controls", d.controls,
+            "false with data.representation=classic (its tokens have no bars or durations to steer)")
+    require(0.0 <= d.control_dropout <= 1.0, "data.control_dropout", d.control_dropout, "a probability in [0, 1]")
     require(m.embedding_size >= 1, "model.embedding_size", m.embedding_size, "an integer >= 1")
     require(m.hidden_size >= 1, "model.hidden_size", m.hidden_size, "an integer >= 1")
     require(m.num_layers >= 1, "model.num_layers", m.num_layers, "an integer >= 1")

@@ -51,11 +51,17 @@ class ParseSettings:
     max_duration: float = 8.0
     timeout: float = 120.0
     grid: int = events.GRID  # divisions of a quarter note that onsets and ends snap to
+    # Estimate the key even when the notes are not transposed (the key control needs it).
+    estimate_key: bool = False
 
     def cache_key(self) -> str:
         # min_events is applied after the cache, so it is not part of the key.
-        text = json.dumps({"v": PARSE_VERSION, "normalize_key": self.normalize_key, "grid": self.grid,
-                           "max_duration": self.max_duration}, sort_keys=True)
+        key = {"v": PARSE_VERSION, "normalize_key": self.normalize_key, "grid": self.grid,
+               "max_duration": self.max_duration}
+        if self.estimate_key and not self.normalize_key:
+            # Only then do the records differ; every other key stays what it was before this setting.
+            key["estimate_key"] = True
+        text = json.dumps(key, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -169,6 +175,8 @@ def _parse_midi(data: bytes, settings: ParseSettings) -> dict:
     shift, key_name = 0, ""
     if settings.normalize_key:
         shift, key_name = midi.estimate_key(notes, grid)
+    elif settings.estimate_key:
+        key_name = midi.estimate_key(notes, grid)[1]
     kept = [[a, b, p + shift, part] for a, b, p, part in notes if 0 <= p + shift <= 127]
     if len(kept) < len(notes):
         account["notes_dropped"]["out of range after transposition"] = len(notes) - len(kept)
@@ -253,11 +261,13 @@ def _parse_score(name: str, data: bytes, settings: ParseSettings) -> dict:
         if not notes:
             return {"status": "skipped", "reason": "no notes (no pitched notes with a duration)"}
         shift, key_name = 0, ""
-        if settings.normalize_key:
+        if settings.normalize_key or settings.estimate_key:
             try:
                 shift, key_name = events.key_shift(score)
             except Exception:  # key analysis can fail on degenerate scores; keep the piece as is
                 shift, key_name = 0, "unknown"
+            if not settings.normalize_key:
+                shift = 0
         notes = [(a, b, p + shift) for a, b, p in notes if 0 <= p + shift <= 127]
         if not notes:
             return {"status": "skipped", "reason": "no notes (all out of range after transposition)"}

@@ -108,20 +108,42 @@ def _transposer(table: np.ndarray, valid: np.ndarray):
     return transpose
 
 
+def _control_dropper(is_control: np.ndarray, rate: float):
+    is_control = tf.constant(np.asarray(is_control, bool))
+    rate = tf.constant(float(rate), tf.float64)
+
+    def drop(ids, draw):
+        # One uniform per token from the piece's own draw: the same ids each time for one (seed, epoch).
+        uniforms = tf.random.stateless_uniform(tf.shape(ids), seed=tf.stack([draw, tf.constant(0, tf.int64)]),
+                                               dtype=tf.float64)
+        keep = tf.logical_not(tf.gather(is_control, ids)) | (uniforms >= rate)
+        return tf.boolean_mask(ids, keep)
+
+    return drop
+
+
 def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: int, seed: int,
                      first_epoch: int = 0, epochs: int = 1, stride: int | None = None,
                      shuffle_buffer: int = 2048, transposition=None, boundary_id: int = 2,
-                     worker_slice: tuple[int, int] | None = None, piece_count: int | None = None) -> tf.data.Dataset:
+                     worker_slice: tuple[int, int] | None = None, piece_count: int | None = None,
+                     control_dropout=None) -> tf.data.Dataset:
     """Exactly `steps_per_epoch` batches per epoch, for epochs first_epoch..epochs-1.
 
-    Each epoch's shuffles and transpositions are seeded by (seed, epoch), so a resumed
-    run sees the same batches as an uninterrupted one. With `worker_slice=(i, n)` the
+    Each epoch's shuffles, transpositions and control dropout are seeded by (seed, epoch), so a resumed
+    run sees the same batches as an uninterrupted one. `control_dropout=(is_control, rate)`
+    (a bool per vocabulary id, a probability) drops each control token of a piece with that
+    probability, after any transposition; other tokens are never dropped. The epoch then
+    holds fewer windows, so `steps_per_epoch` must count the pieces without their controls
+    (prepared.json's "control_tokens"). With `worker_slice=(i, n)` the
     worker keeps rows i*b/n..(i+1)*b/n of every global batch: together the n workers
     see exactly the batches a single process would. `piece_count` (known from
     prepared.json) saves a pass over the shards to count the pieces.
     """
     stride = stride or seq_length
     transpose = _transposer(*transposition) if transposition is not None else None
+    drop = None
+    if control_dropout is not None and control_dropout[1] > 0 and np.any(control_dropout[0]):
+        drop = _control_dropper(*control_dropout)
     if piece_count is None:
         piece_count = sum(1 for _ in tf.data.TFRecordDataset(files)) if files else 0
 
@@ -132,6 +154,9 @@ def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: i
         if transpose is not None:
             draws = tf.data.Dataset.random(seed=epoch_seed + 7)
             pieces = tf.data.Dataset.zip((pieces, draws)).map(transpose)
+        if drop is not None:
+            drop_draws = tf.data.Dataset.random(seed=epoch_seed + 17)
+            pieces = tf.data.Dataset.zip((pieces, drop_draws)).map(drop)
         windows = _windows(pieces, seq_length, stride, boundary_id)
         windows = windows.shuffle(shuffle_buffer, seed=epoch_seed + 13, reshuffle_each_iteration=False)
         batches = windows.batch(batch_size, drop_remainder=True).take(steps_per_epoch)

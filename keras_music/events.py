@@ -15,6 +15,9 @@ PAD, UNK, BOUNDARY = "<pad>", "<unk>", "<piece>"
 SPECIAL_TOKENS = (PAD, UNK, BOUNDARY)
 REST = "rest"
 PITCH_NAMES = ("C", "C#", "D", "E-", "E", "F", "F#", "G", "G#", "A", "B-", "B")
+# Prefixes of the control tokens (keras_music.controls): they steer the music but are no event,
+# so event counts skip them and decoding ignores them.
+CONTROL_KINDS = ("key", "density", "poly")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,11 @@ def valid_time_signature(numerator, denominator) -> bool:
     return (isinstance(numerator, int) and not isinstance(numerator, bool) and 1 <= numerator <= 255
             and isinstance(denominator, int) and not isinstance(denominator, bool)
             and denominator in (1, 2, 4, 8, 16, 32, 64, 128))
+
+
+def is_control(token: str) -> bool:
+    """Whether a token is a control token (`key:...`, `density:B`, `poly:B`)."""
+    return token.partition(":")[0] in CONTROL_KINDS
 
 
 def quantize(value, grid: int = GRID) -> Fraction:
@@ -282,7 +290,7 @@ def tokens_to_sonorities(tokens, representation: str = "note", classic_step=Frac
                          report: DecodeReport | None = None) -> list[Sonority]:
     """Inverse of sonorities_to_tokens; tolerant of ill-formed generated sequences.
 
-    Special tokens are skipped; a `hold:` whose pitch was not sounding becomes an
+    Special and control tokens are skipped; a `hold:` whose pitch was not sounding becomes an
     attack; pitches without a following duration are dropped. Each repair is counted
     in `report`.
     """
@@ -298,7 +306,7 @@ def _classic_sonorities(tokens, step: Fraction, report: DecodeReport) -> list[So
     """One attack of `step` quarter notes per note name or pitch-class chord."""
     out: list[Sonority] = []
     for token in tokens:
-        if token in SPECIAL_TOKENS:
+        if token in SPECIAL_TOKENS or is_control(token):
             continue
         try:
             if "." in token or token.isdigit():
@@ -322,6 +330,8 @@ def _note_sonorities(tokens, report: DecodeReport) -> list[Sonority]:
         if token in SPECIAL_TOKENS:
             continue
         kind, _, value = token.partition(":")
+        if kind in CONTROL_KINDS:
+            continue
         if token == REST:
             rest = True
         elif kind in ("pitch", "hold") and value.lstrip("-").isdigit():
@@ -375,6 +385,10 @@ def transpose_token(token: str, shift: int, representation: str = "note") -> str
         if kind in ("pitch", "hold"):
             pitch = int(value) + shift
             return f"{kind}:{pitch}" if 0 <= pitch <= 127 else None
+        tonic, _, mode = value.partition(":")
+        if kind == "key" and tonic in PITCH_NAMES:
+            # A key with its tonic moves with the music; a mode alone (normalised keys) does not.
+            return f"key:{PITCH_NAMES[(PITCH_NAMES.index(tonic) + shift) % 12]}:{mode}"
         return token
     if "." in token or token.isdigit():
         return ".".join(str(pc) for pc in sorted({(int(pc) + shift) % 12 for pc in token.split(".")}))
@@ -390,7 +404,7 @@ def token_representations(token: str) -> set[str]:
     if token in SPECIAL_TOKENS:
         return {"note", "classic"}
     kind, _, value = token.partition(":")
-    if token == REST or (kind in ("pitch", "hold") and value.isdigit()) or kind == "dur":
+    if token == REST or (kind in ("pitch", "hold") and value.isdigit()) or kind == "dur" or kind in CONTROL_KINDS:
         return {"note"}
     if all(part.isdigit() and int(part) < 12 for part in token.split(".")):
         return {"classic"}
@@ -402,7 +416,7 @@ def token_representations(token: str) -> set[str]:
 
 
 # Token kinds of the sampling grammar, as shipped in vocab.json's "grammar".
-GRAMMAR_KINDS = ("banned", "end", "pitch", "hold", "rest", "dur", "event")
+GRAMMAR_KINDS = ("banned", "end", "pitch", "hold", "rest", "dur", "event", "control")
 
 
 def grammar_table(tokens, representation: str = "note") -> dict:
@@ -413,7 +427,9 @@ def grammar_table(tokens, representation: str = "note") -> dict:
     token only between sonorities) or "any" (classic: every token but pad/unk).
     `kinds[i]` is one of GRAMMAR_KINDS; `pitches[i]` is the MIDI pitch of a pitch or
     hold token and -1 otherwise. Tokens the decoder would repair or skip (pad, unk,
-    unparseable, non-positive durations) are "banned".
+    unparseable, non-positive durations) are "banned". Control tokens (`key:`, `density:`,
+    `poly:`) are "control": the model reads them, and no sampler emits them yet (they are
+    never allowed, and they do not move the grammar's state).
     """
     if representation not in ("note", "classic"):
         raise ValueError(f"unknown representation {representation!r} (expected note or classic)")
@@ -424,6 +440,8 @@ def grammar_table(tokens, representation: str = "note") -> dict:
             kind = "end"
         elif token in SPECIAL_TOKENS:
             kind = "banned"
+        elif is_control(token):
+            kind = "control"
         elif representation == "classic":
             kind = "event"
         elif token == REST:
@@ -446,7 +464,7 @@ def ends_event(token: str, representation: str = "note") -> bool:
     """Whether a token closes a musical event (sonority): its duration token, or any non-special token for classic."""
     if representation == "note":
         return token.startswith("dur:")
-    return token not in SPECIAL_TOKENS
+    return token not in SPECIAL_TOKENS and not is_control(token)
 
 
 def event_ends(tokens, representation: str = "note") -> list[int]:

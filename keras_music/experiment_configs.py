@@ -78,7 +78,8 @@ def resolve_runs(config_files, out_dir: str, sources=(), overrides=(), scale: fl
 def tokens_per_epoch(config: config_lib.Config, prepared: dict) -> int:
     from keras_music import train
 
-    return train.epoch_steps(config, prepared["lengths"]["train"]) * config.train.batch_size * config.data.seq_length
+    return (train.epoch_steps(config, train.shortest_train_lengths(config, prepared)) * config.train.batch_size
+            * config.data.seq_length)
 
 
 def apply_token_budget(run: StudyRun, budget_tokens: int, per_epoch: int) -> None:

@@ -7,8 +7,9 @@ import hashlib
 import json
 import re
 import time
+from fractions import Fraction
 
-from keras_music import config as config_lib, corpus, events, run as run_lib, storage
+from keras_music import config as config_lib, controls as controls_lib, corpus, events, run as run_lib, storage
 from keras_music.errors import KerasMusicError
 from keras_music.vocabulary import build as build_vocabulary
 
@@ -31,16 +32,27 @@ def prepare_settings(config: config_lib.Config) -> dict:
     data = config_lib.to_dict(config.data)
     settings = {key: data[key] for key in PREPARE_KEYS}
     settings["seed"] = config.train.seed
+    if config.data.controls:
+        # Only when on, so data prepared before controls existed keeps matching its settings.
+        settings["controls"] = True
     return settings
 
 
 def parse_settings(data: config_lib.DataConfig) -> corpus.ParseSettings:
     return corpus.ParseSettings(normalize_key=data.normalize_key, min_events=data.min_events,
-                                max_duration=data.max_duration, timeout=data.parse_timeout, grid=data.grid)
+                                max_duration=data.max_duration, timeout=data.parse_timeout, grid=data.grid,
+                                estimate_key=data.controls)
 
 
-def tokens_for(entry: dict, data: config_lib.DataConfig) -> list[str]:
-    return events.sonorities_to_tokens(corpus.record_sonorities(entry, data.max_duration), data.representation)
+def tokens_for(entry: dict, data: config_lib.DataConfig, controls: bool = False) -> list[str]:
+    """A piece's tokens; with `controls`, its key token first and each bar's density and polyphony in place."""
+    sonorities = corpus.record_sonorities(entry, data.max_duration)
+    if not controls:
+        return events.sonorities_to_tokens(sonorities, data.representation)
+    grid = int(entry.get("grid", events.GRID))
+    start = Fraction(min(n[0] for n in entry["notes"]), grid)
+    key = controls_lib.key_token(entry.get("key"), int(entry.get("shift", 0)), data.normalize_key)
+    return controls_lib.tokens_with_controls(sonorities, entry.get("time_signatures"), start, key, grid)
 
 
 def piece_tempo(entry: dict) -> float:
@@ -119,10 +131,13 @@ def build(config: config_lib.Config, entries: list[dict], out_dir: str, started:
     # A run that has started training keeps its files unless the data comes out usable.
     _check_usable(used, manifest, data.sources, out_dir, write_manifest=expected_vocabulary is None)
     ordered = sorted(used, key=lambda e: e["sha256"])
-    tokens = {e["file"]: tokens_for(e, data) for e in ordered}
+    # Only the training pieces carry controls: the held-out ones are scored without them, so their loss is
+    # the unconditioned one, comparable with runs without controls.
+    tokens = {e["file"]: tokens_for(e, data, data.controls and e["split"] == "train") for e in ordered}
     splits = {split: [e for e in ordered if e["split"] == split] for split in ("train", "validation")}
     vocabulary = build_vocabulary((tokens[e["file"]] for e in splits["train"]), data.representation, data.min_count,
-                                  data.transpose, data.classic_step)
+                                  data.transpose, data.classic_step,
+                                  controls_lib.all_tokens(data.normalize_key) if data.controls else ())
     if expected_vocabulary is not None and vocabulary.fingerprint() != expected_vocabulary:
         raise PrepareError(f"preparing the data of {out_dir} again gives another vocabulary than the one its model "
                            f"was trained with (the sources changed since): nothing was changed; train on these "
@@ -153,6 +168,10 @@ def build(config: config_lib.Config, entries: list[dict], out_dir: str, started:
         "timing": typical_timing(used),
         "seconds": round(time.time() - started, 2),
     }
+    if data.controls:
+        # Per training piece: how many of its tokens are controls, which training may drop.
+        info["control_tokens"] = {"train": [sum(1 for t in tokens[e["file"]] if events.is_control(t))
+                                            for e in splits["train"]]}
     # Written last: it vouches for the rest.
     storage.write_json(run_lib.path(out_dir, run_lib.PREPARED), info)
     log(f"prepared {len(used)} pieces ({info['files']['skipped']} of {info['files']['files']} files skipped), "

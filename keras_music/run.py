@@ -508,6 +508,12 @@ def check_prepared(info, file: str, directory: str = "") -> dict:
             if sum(s["pieces"] for s in shards) != pieces or sum(s["tokens"] for s in shards) != tokens:
                 raise bad(f"the {split} shards hold {sum(s['pieces'] for s in shards)} pieces and "
                           f"{sum(s['tokens'] for s in shards)} tokens, but the counts say {pieces} and {tokens}")
+    controls = info.get("control_tokens")
+    if controls is not None:
+        counts, lengths = controls.get("train") if isinstance(controls, dict) else None, info["lengths"]["train"]
+        if not (isinstance(counts, list) and len(counts) == len(lengths)
+                and all(_is_count(c) and c <= n for c, n in zip(counts, lengths))):
+            raise bad("\"control_tokens\".train must list one count per training piece, each at most its length")
     size = info.get("vocabulary_size")
     if size is not None and (not _is_count(size) or size < 4):
         raise bad(f"\"vocabulary_size\" must be an integer >= 4, got {size!r}")

@@ -347,7 +347,7 @@ class Grammar:
         self.is_hold = kind == "hold"
         self.is_rest = kind == "rest"
         self.is_dur = kind == "dur"
-        self.not_banned = kind != "banned"
+        self.not_banned = (kind != "banned") & (kind != "control")  # controls are read, never sampled
         self.pitch = np.where(self.is_pitch | self.is_hold, pitches, -1)
         self._pitch_index = np.clip(self.pitch, 0, 127)
 

@@ -11,7 +11,7 @@ import sys
 import time
 import types
 
-from keras_music import config as config_lib, distributed, run as run_lib, storage
+from keras_music import config as config_lib, distributed, events, run as run_lib, storage
 
 COMMAND = "python -m keras_music.train"
 
@@ -94,6 +94,11 @@ def prepare_run(config: config_lib.Config, run_dir: str, show_progress: bool, lo
                 raise run_lib.RunError(f"{source} was prepared with data.{key}={prepared[key]!r} but this run has "
                                        f"{getattr(config.data, key)!r}; pass --set data.{key}={prepared[key]} "
                                        "or prepare again")
+        if prepared.get("controls", False) != config.data.controls:
+            had = bool(prepared.get("controls", False))
+            raise run_lib.RunError(f"{source} was prepared with data.controls={had} but this run has "
+                                   f"{config.data.controls}; pass --set data.controls={str(had).lower()} "
+                                   "or prepare again")
         vocabulary = run_lib.load_vocabulary(source)
         run_lib.check_data(source, info, vocabulary)
         if expected is not None and vocabulary.fingerprint() != expected:
@@ -239,10 +244,10 @@ def checked_steps(config: config_lib.Config, info: dict, replicas: int) -> int:
     from keras_music import dataset
 
     data, train_cfg = config.data, config.train
-    steps_per_epoch = epoch_steps(config, info["lengths"]["train"])
+    steps_per_epoch = epoch_steps(config, shortest_train_lengths(config, info))
     if steps_per_epoch < 1:
         stride = data.window_stride or data.seq_length
-        windows = dataset.count_windows(info["lengths"]["train"], data.seq_length, stride)
+        windows = dataset.count_windows(shortest_train_lengths(config, info), data.seq_length, stride)
         raise run_lib.RunError(f"the training split has {info['tokens']['train']} tokens, {windows} windows of "
                                f"data.seq_length+1={data.seq_length + 1}: fewer than one batch of "
                                f"train.batch_size={train_cfg.batch_size}; lower them or add data")
@@ -269,6 +274,9 @@ def input_pipelines(config: config_lib.Config, work_dir: str, info: dict, vocabu
     train_files = run_lib.shard_paths(work_dir, "train", info)
     validation_files = run_lib.shard_paths(work_dir, "validation", info)
     transposition = vocabulary.transposition_table(data.transpose) if data.transpose else None
+    control_dropout = None
+    if data.controls:
+        control_dropout = ([events.is_control(t) for t in vocabulary.tokens], data.control_dropout)
 
     def make_train_data(context=None):
         worker = (context.input_pipeline_id, context.num_input_pipelines) if context is not None else None
@@ -276,7 +284,7 @@ def input_pipelines(config: config_lib.Config, work_dir: str, info: dict, vocabu
                                         train_cfg.seed, first_epoch, train_cfg.epochs,
                                         data.window_stride or data.seq_length, data.shuffle_buffer, transposition,
                                         vocabulary.boundary_id, worker_slice=worker,
-                                        piece_count=len(info["lengths"]["train"]))
+                                        piece_count=len(info["lengths"]["train"]), control_dropout=control_dropout)
 
     validation_data = dataset.evaluation_dataset(validation_files, data.seq_length, train_cfg.batch_size,
                                                  vocabulary.boundary_id)
@@ -541,6 +549,19 @@ def evaluate_windows(model, data) -> dict:
         raise run_lib.RunError("the validation data holds no window to evaluate on: the validation shards are "
                                "missing or empty; prepare the data again (rerun the same train command)")
     return {"loss": total_loss / count, "accuracy": total_hits / count, "tokens": count}
+
+
+def shortest_train_lengths(config: config_lib.Config, info: dict) -> list[int]:
+    """The training pieces' lengths once every control the training stream may drop is gone.
+
+    Epochs are cut from these, so an epoch whose dropout happened to keep few controls
+    still fills every one of its batches.
+    """
+    lengths = info["lengths"]["train"]
+    controls = (info.get("control_tokens") or {}).get("train")
+    if config.data.controls and config.data.control_dropout > 0 and controls:
+        return [n - c for n, c in zip(lengths, controls)]
+    return lengths
 
 
 def epoch_steps(config: config_lib.Config, train_lengths) -> int:

@@ -8,7 +8,7 @@ import json
 import math
 import re
 
-from keras_music import events, storage
+from keras_music import controls, events, storage
 from keras_music.errors import KerasMusicError
 
 FORMAT = "keras_music.vocabulary"
@@ -168,6 +168,8 @@ def valid_token(token: str, representation: str, position: int | None = None) ->
     if representation == "note":
         if token == events.REST:
             return True
+        if events.is_control(token):
+            return controls.valid_control(token)
         kind, _, value = token.partition(":")
         if kind in ("pitch", "hold"):
             return bool(_NUMBER.match(value)) and int(value) <= 127
@@ -197,13 +199,22 @@ def token_sort_key(token: str):
         from fractions import Fraction
 
         return (3, Fraction(value), "")
-    return (4, 0, token)
+    if events.is_control(token):
+        return (4, *controls.control_sort_key(token))
+    return (5, 0, token)
 
 
 def build(token_sequences, representation: str = "note", min_count: int = 1, transpose: int = 0,
-          classic_step: float = 0.5) -> Vocabulary:
-    """Count tokens over the training pieces (and their augmentation shifts) and keep frequent ones."""
+          classic_step: float = 0.5, always=()) -> Vocabulary:
+    """Count tokens over the training pieces (and their augmentation shifts) and keep frequent ones.
+
+    Tokens in `always` (the control tokens) are kept however rarely they occur, so that a
+    control is never read as <unk> and every one can be asked for.
+    """
     counts: collections.Counter = collections.Counter()
+    always = set(always)
+    for token in always:
+        counts[token] += 0
     for tokens in token_sequences:
         counts.update(tokens)
         for shift in range(-transpose, transpose + 1):
@@ -214,6 +225,7 @@ def build(token_sequences, representation: str = "note", min_count: int = 1, tra
                     # counts that decide the min-count cutoff.
                     for m in set(moved) - set(counts):
                         counts[m] += 0
-    kept = [t for t, c in counts.items() if t not in events.SPECIAL_TOKENS and (c >= min_count or c == 0)]
+    kept = [t for t, c in counts.items()
+            if t not in events.SPECIAL_TOKENS and (c >= min_count or c == 0 or t in always)]
     kept.sort(key=token_sort_key)
     return Vocabulary(list(events.SPECIAL_TOKENS) + kept, representation, dict(counts), classic_step)
