@@ -6,6 +6,7 @@ import inspect
 import json
 import os
 import re
+import urllib.request
 
 import pytest
 
@@ -158,3 +159,22 @@ def test_the_pages_fallback_values_are_the_defaults():
     # No literal default left in the page's code: app.js takes them from web.json or sampler.js.
     app = read("app.js")
     assert not re.search(r"tempo: 120|temperature = 1\b|length = 400", app)
+
+
+def test_the_studio_serves_the_defaults_and_its_form_has_none_of_its_own(tiny_run, tmp_path):
+    """GET /api/defaults is defaults.py; the studio's form carries no literal value (its browser test reads them)."""
+    from page_harness import BackgroundServer
+    from keras_music.studio import routes
+
+    studio = studio_service.Studio([tiny_run], str(tmp_path / "out"), str(tmp_path / "votes.sqlite"), ab_seconds=8,
+                            ab_pool=1, log=lambda message: None)
+    server = BackgroundServer(routes.create_app(studio))
+    try:
+        with urllib.request.urlopen(server.url + "/api/defaults", timeout=60) as response:
+            assert json.loads(response.read()) == defaults.as_dict()
+    finally:
+        server.stop()
+    with open(os.path.join(os.path.dirname(routes.__file__), "static", "index.html")) as handle:
+        html = handle.read()
+    for name in ("temperature", "length", "top-k", "top-p"):
+        assert "value=" not in re.search(rf'<input id="{name}"[^>]*>', html).group(0), name

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from conftest import usage_error, write_chorales_as_midi
-from keras_music import audio
+from keras_music import audio, defaults
 from keras_music.studio import app as studio_app, routes, service
 from page_harness import BackgroundServer, headless_chromium
 
@@ -281,6 +281,11 @@ def test_page_generates_plays_downloads_and_records_a_blind_round(server, browse
 
     browser.get(server.url + "/")
     wait_for(browser, "return document.getElementById('run-select').options.length > 0")
+    # The form starts from keras_music/defaults.py, as every command and the web page do.
+    shown = {name: float(browser.find_element(By.ID, name).get_attribute("value"))
+             for name in ("temperature", "length", "top-k", "top-p")}
+    assert shown == {"temperature": defaults.TEMPERATURE, "length": defaults.LENGTH, "top-k": defaults.TOP_K,
+                     "top-p": defaults.TOP_P}
     length = browser.find_element(By.ID, "length")
     length.clear()
     length.send_keys("24")

@@ -16,7 +16,7 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from keras_music import audio as audio_lib, listening, web_export
+from keras_music import audio as audio_lib, defaults, listening, web_export
 from keras_music.studio.service import StudioError
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -205,6 +205,10 @@ async def ab_pool(request):
     return JSONResponse(request.app.state.studio.pool_status())
 
 
+async def generation_defaults(request):
+    return JSONResponse(defaults.as_dict())
+
+
 @refusing
 async def runs(request):
     return JSONResponse({"runs": await run_in_threadpool(request.app.state.studio.describe_runs)})
@@ -275,6 +279,7 @@ ROUTES = (
     Route("/", index),
     Route("/listen", listen),
     Route("/favicon.ico", favicon),
+    Route("/api/defaults", generation_defaults),
     Route("/api/runs", runs),
     Route("/runs/{run}/{name}", run_file),
     Route("/api/generate", json_action("generate", admin=True), methods=["POST"]),

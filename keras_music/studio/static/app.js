@@ -35,7 +35,18 @@ function showRun() {
   for (const [value, text] of options.concat(uploaded)) $("primer").add(new Option(text, value));
 }
 
+async function loadDefaults() {
+  // The form starts from keras_music/defaults.py, the values every command and the web page use.
+  const shown = await api("/api/defaults");
+  $("temperature").value = shown.temperature;
+  $("length").value = shown.length;
+  $("length").max = shown.max_length;
+  $("top-k").value = shown.top_k;
+  $("top-p").value = shown.top_p;
+}
+
 async function loadRuns() {
+  await loadDefaults();
   runs = (await api("/api/runs")).runs;
   for (const run of runs) $("run-select").add(new Option(run.name, run.name));
   showRun();
