@@ -138,40 +138,18 @@ def _greedy_run(backend, primer, num_steps: int, banned):
 
 
 def portable_greedy(backend, primer, grammar_table: dict, length: int, min_length: int):
-    """The portable piece loop at temperature 0 (export/README.md) with a backend's step: (ids, stop reason).
-
-    The grammar masks every choice, `<piece>` is banned below `min_length` events and ends
-    the piece otherwise, and the piece stops at `length` events or 32 * length tokens:
-    what the `generate` signature must reproduce token for token.
-    """
+    """The portable piece loop at temperature 0 (export/README.md) with a backend's step: (ids, stop reason),
+    what the `generate` signature must reproduce token for token."""
     from keras_music import sampling
 
-    grammar = sampling.Grammar(grammar_table)
-    where = grammar.start(1)
-    is_event = np.isin(grammar_table["kinds"], ("dur", "event"))
-    state = backend.initial_state(1)
-    for token in primer:
-        probabilities, state = backend.step(np.array([token], np.int32), state)
-        grammar.advance(where, [token])
-    min_length = min(min_length, length)
-    max_tokens, count, ids = 32 * length, 0, []
-    for step in range(max_tokens):
-        last = step == max_tokens - 1
-        if last and (grammar.rules == "any" or where.phase[0] == 0):
-            return ids, "token_limit"
-        allowed = grammar.allowed(where, closing=np.array([last]))
-        if count < min_length:
-            allowed[:, 2] = False
-        chosen = int(sampling.greedy(probabilities, [0, 1], allowed)[0])
-        if chosen == 2:
-            return ids, "boundary"
-        ids.append(chosen)
-        grammar.advance(where, [chosen])
-        count += int(is_event[chosen])
-        if count >= length:
-            return ids, "length"
-        probabilities, state = backend.step(np.array([chosen], np.int32), state)
-    return ids, "token_limit"
+    state = [backend.initial_state(1)]
+
+    def step(token: int):
+        probabilities, state[0] = backend.step(np.array([token], np.int32), state[0])
+        return probabilities
+
+    return sampling.one_piece(step, primer, grammar_table, length, min_length,
+                              lambda probabilities, allowed: sampling.greedy(probabilities, [0, 1], allowed)[0])
 
 
 # ----------------------------------------------------------------------------- differences

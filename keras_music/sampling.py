@@ -406,3 +406,44 @@ class Grammar:
             state.current[closed] = False
             state.top[closed] = -1
             state.phase[closed] = _PHASE_START
+
+
+# ----------------------------------------------------------------------------- one piece
+
+def one_piece(step, primer, grammar_table: dict, length: int, min_length: int, choose):
+    """export/README.md's "One piece" for one row: (sampled ids, stop reason "length", "boundary" or "token_limit").
+
+    `step(token)` feeds one id to the model and returns its probabilities [1, vocab];
+    `choose(probabilities, allowed)` picks the next id (e.g. `greedy`, or `sample_next`
+    with a SplitMix64 stream). The grammar masks every choice, `<piece>` (id 2) is
+    forbidden below `min_length` events and ends the piece otherwise, and the piece
+    stops at `length` events or after `length` * MAX_TOKENS_PER_EVENT tokens, the last of
+    which may only close an open sonority. Generator runs the same rules batched; the
+    export's parity check and tests use this single-row form.
+    """
+    grammar = Grammar(grammar_table)
+    where = grammar.start(1)
+    is_event = np.isin(np.asarray(grammar_table["kinds"]), ("dur", "event"))
+    probabilities = None
+    for token in list(primer) or [2]:
+        probabilities = step(int(token))
+        grammar.advance(where, [int(token)])
+    min_length = min(min_length, length)
+    max_tokens, count, ids = defaults.MAX_TOKENS_PER_EVENT * length, 0, []
+    for index in range(max_tokens):
+        last = index == max_tokens - 1
+        if last and (grammar.rules == "any" or where.phase[0] == _PHASE_START):
+            return ids, "token_limit"
+        allowed = grammar.allowed(where, closing=np.array([last]))
+        if count < min_length:
+            allowed[:, 2] = False
+        chosen = int(choose(probabilities, allowed))
+        if chosen == 2:
+            return ids, "boundary"
+        ids.append(chosen)
+        grammar.advance(where, [chosen])
+        count += int(is_event[chosen])
+        if count >= length:
+            return ids, "length"
+        probabilities = step(chosen)
+    return ids, "token_limit"

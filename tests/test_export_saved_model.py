@@ -1,27 +1,17 @@
 """Tests for keras_music.export_saved_model: the SavedModel's signatures match Keras, and the batch-1 step model."""
 
-import importlib.util
 import os
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from conftest import REPO
 from keras_music import events, export_parity, export_saved_model, model as model_lib, run as run_lib, sampling
 from keras_music.vocabulary import Vocabulary
+from page_harness import reference_generator
 
 GREEDY_STEPS = 200
 WINDOWS = 4
-
-
-def reference_generator():
-    """export/reference_generator.py as a module (it lives outside the package and imports no keras_music)."""
-    spec = importlib.util.spec_from_file_location("reference_generator",
-                                                  os.path.join(REPO, "export", "reference_generator.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -129,38 +119,20 @@ def call_generate(generate, primer=(2,), length=24, min_length=8, temperature=0.
 
 def host_piece(step_model, vocabulary, primer=(2,), length=24, min_length=8, temperature=0.9, top_k=0, top_p=1.0,
                seed=0):
-    """The notes' portable piece loop on the host: Keras steps, sampling.sample_next, sampling.Grammar and
-    the reference generator's SplitMix64. Returns (ids, stop reason)."""
+    """The notes' portable piece loop on the host: Keras steps, sampling.one_piece with sampling.sample_next
+    drawing from the reference generator's SplitMix64. Returns (ids, stop reason)."""
     table = events.grammar_table(vocabulary.tokens, vocabulary.representation)
-    kinds = table["kinds"]
     rng = reference_generator().SplitMix64(seed)
-    grammar = sampling.Grammar(table)
-    where = grammar.start(1)
-    primer = list(primer) or [2]
-    state = step_model.initial_state(1)
-    for token in primer:
-        probabilities, state = step_model.step(np.array([token]), state)
-        grammar.advance(where, [token])
-    min_length = min(min_length, length)
-    max_tokens, count, ids = 32 * length, 0, []
-    for step in range(max_tokens):
-        last = step == max_tokens - 1
-        if last and (grammar.rules == "any" or where.phase[0] == 0):
-            return ids, "token_limit"
-        allowed = grammar.allowed(where, closing=np.array([last]))
-        if count < min_length:
-            allowed[:, 2] = False
-        chosen = int(sampling.sample_next(probabilities, rng, temperature, top_k, top_p, banned=[0, 1],
-                                          allowed=allowed)[0])
-        if chosen == 2:
-            return ids, "boundary"
-        ids.append(chosen)
-        grammar.advance(where, [chosen])
-        count += kinds[chosen] in ("dur", "event")
-        if count >= length:
-            return ids, "length"
-        probabilities, state = step_model.step(np.array([chosen]), state)
-    return ids, "token_limit"
+    state = [step_model.initial_state(1)]
+
+    def step(token):
+        probabilities, state[0] = step_model.step(np.array([token]), state[0])
+        return probabilities
+
+    def choose(probabilities, allowed):
+        return sampling.sample_next(probabilities, rng, temperature, top_k, top_p, banned=[0, 1], allowed=allowed)[0]
+
+    return sampling.one_piece(step, primer, table, length, min_length, choose)
 
 
 def event_count(vocabulary, ids):
