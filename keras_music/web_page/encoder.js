@@ -185,11 +185,18 @@ export function fitPitch(pitch, shape) {
 /**
  * Sonorities the vocabulary can say: a duration it lacks is split greedily into its durations, longest
  * first (the continuations held, as max_duration splitting does; a remainder shorter than its shortest
- * duration is dropped); a hold it lacks becomes an attack.
+ * duration is dropped); a hold it lacks becomes an attack; without `rest`, a silence holds the notes before it.
  */
 export function fitSonorities(sonorities, shape, grid = GRID) {
   const out = [];
-  for (const {pitches, held, ticks: length} of sonorities) {
+  for (let {pitches, held, ticks: length} of sonorities) {
+    if (!pitches.length && !shape.rest) {
+      // A silence a vocabulary without `rest` cannot say: the sounding notes are held through it (legato).
+      const before = out[out.length - 1];
+      if (!before || !before.pitches.length) continue;
+      pitches = before.pitches;
+      held = pitches.map(() => true);
+    }
     const parts = [];
     if (shape.tokens.has(`dur:${formatDuration(length, grid)}`)) {
       parts.push(length);

@@ -343,11 +343,12 @@ export class Live {
       this.late++;
     }
     const at = this.beatTime(beat);
+    const clock = this.sound.clockPair();  // one conversion for the whole answer: MIDI keeps its rhythm exactly
     for (const [onset, duration, pitch] of notes) {
       const start = at + onset * this.spq;
       if (this.settings.synth) this.sound.schedule(pitch, start, duration * this.spq);
       else this.sound.log.push({pitch, at: start, end: start + duration * this.spq, source: 'answer', silent: true});
-      this.sendNote(pitch, start, start + duration * this.spq);
+      this.sendNote(pitch, start, start + duration * this.spq, clock);
       this.answerNotes.push([(start - this.origin) / this.spq, duration, pitch]);
     }
     this.markers.push([beat, `answer ${pending.turn + 1}`]);
@@ -360,6 +361,7 @@ export class Live {
                   confirmAt: pending.confirmAt, requestedAt: pending.requestedAt, resultAt: pending.resultAt,
                   scheduledAt: now, firstNoteAt: notes.length ? at + notes[0][0] * this.spq : null,
                   generateMs: result.generateMs, queuedMs: result.queuedMs, stepMs: result.stepMs,
+                  clock: {contextTime: clock.contextTime, performanceTime: clock.performanceTime},
                   where: this.workerInfo.where};
     this.turns.push(turn);
     this.answerEnd = at + quarters * this.spq;
@@ -422,11 +424,11 @@ export class Live {
     if (this.midi.output) this.midi.output.send([0xc0, this.timing().program & 0x7f]);
   }
 
-  sendNote(pitch, start, end) {
+  sendNote(pitch, start, end, clock) {
     const output = this.midi.output;
     if (!output) return;
-    output.send([0x90, pitch, VELOCITY], this.sound.toPerformance(start));
-    output.send([0x80, pitch, 0], this.sound.toPerformance(end));
+    output.send([0x90, pitch, VELOCITY], this.sound.toPerformance(start, clock));
+    output.send([0x80, pitch, 0], this.sound.toPerformance(end, clock));
     this.midi.sent += 2;
   }
 

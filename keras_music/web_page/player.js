@@ -204,9 +204,9 @@ export class LiveSound {
     return {contextTime: context.currentTime, performanceTime: performance.now()};
   }
 
-  /** performance.now() time (ms) of a context time (s), and back. */
-  toPerformance(at) {
-    const {contextTime, performanceTime} = this.clockPair();
+  /** performance.now() time (ms) of a context time (s) (with `pair`, a clockPair() taken earlier), and back. */
+  toPerformance(at, pair = null) {
+    const {contextTime, performanceTime} = pair || this.clockPair();
     return performanceTime + (at - contextTime) * 1000;
   }
 
