@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import subprocess
+import time
 from fractions import Fraction
 
 import pytest
@@ -315,6 +316,35 @@ def test_a_dropped_midi_file_primes_the_answer(live_page, vocabulary):  # noqa: 
     python = events.sonorities_to_tokens(events.notes_to_sonorities([(Fraction(a), Fraction(b), p)
                                                                      for a, b, p in notes]))
     assert turn["primer"] == ["<piece>", *python] and not turn["late"]
+
+
+@pytest.mark.slow
+def test_a_phrase_of_a_bar_count_is_answered_on_the_bar_line_and_a_late_answer_says_so(live_page):
+    from selenium.webdriver.common.by import By
+
+    from page_harness import LIVE_TURNS
+
+    def play(lookahead):
+        call(live_page, "kerasMusic.live.start({tempo: 120, mode: 'bars', phraseBars: 1, lookaheadBeats: "
+                        f"{lookahead}, answerBars: 1, seed: 5}})")
+        time.sleep(0.4)  # past beat 0: the phrase starts inside the first bar
+        call(live_page, f"{LIVE_TURNS}({json.dumps(random_phrases(1, seed=lookahead))})")
+        call(live_page, "new Promise((resolve) => { const t = setInterval(() => { if (window.liveRun.done) "
+                        "{ clearInterval(t); resolve(); } }, 20); })")
+        (turn,) = call(live_page, "kerasMusic.live.turns")
+        return turn, call(live_page, "kerasMusic.live.session")
+
+    # Predicted a beat ahead: on the bar line that ends the phrase's bar.
+    turn, session = play(1)
+    assert 0 <= min(note[0] for note in turn["phraseNotes"]) < 96  # ticks from the bar line before the phrase
+    assert not turn["late"] and session["late"] == 0 and turn["beat"] == turn["answerBeat"] == 4
+    assert turn["beat"] % 4 == 0 and turn["beat"] * 0.5 + session["origin"] == pytest.approx(turn["answerAt"])
+    assert turn["answerAt"] - turn["requestedAt"] == pytest.approx(0.5, abs=0.05)
+    # Asked for only at the bar line itself, the answer cannot make it: it moves to the next beat, and says so.
+    turn, session = play(0)
+    assert turn["late"] and session["late"] == 1 and turn["beat"] == turn["answerBeat"] + 1 and turn["lateMs"] > 0
+    assert "would have been late" in live_page.find_element(By.ID, "live-status").text
+    call(live_page, "kerasMusic.live.stop()")
 
 
 def live_ready_in(driver, url):

@@ -204,7 +204,7 @@ export class Live {
     if (this.state === 'listening') {
       // The phrase is timed from the bar line at or before its first note.
       const bar = this.timing().quartersPerBar;
-      const originBeat = Math.floor(Math.max(0, (at - this.origin) / this.spq + 1e-9) / bar) * bar;
+      const originBeat = Math.floor(((at - this.origin) / this.spq + 1e-9) / bar) * bar;
       this.phrase = {notes: [], originBeat, first: at};
       this.markers.push([(at - this.origin) / this.spq, `phrase ${this.turns.length + 1}`]);
       this.state = 'phrase';
@@ -321,7 +321,11 @@ export class Live {
     if (this.state === 'answering' && now >= this.answerEnd) {
       this.state = 'listening';
       this.phrase = null;
-      this.setStatus('listening', `listening: play a phrase (${this.turns.length} answered, ${this.late} late)`);
+      const last = this.turns[this.turns.length - 1];
+      this.setStatus(last && last.late ? 'late' : 'listening',
+        `listening: play a phrase (${this.turns.length} answered, ${this.late} late)` + (last && last.late
+          ? `; answer ${last.turn + 1} would have been late by ${last.lateMs.toFixed(0)} ms and started on the next beat`
+          : ''));
     }
   }
 
