@@ -401,6 +401,15 @@ async function startLive(info) {
   page.live = live;
   buildKeyboard(live);
   live.onMidiChange = showMidi;
+  // The roll shows the last phrase (as encoded) and its answer, from the phrase's bar line.
+  live.onAnswer = (turn, originBeat) => {
+    const grid = live.encoding().grid;
+    const offset = turn.beat - originBeat;
+    const notes = [...turn.phraseNotes.map(([on, off, pitch]) => ({onset: on / grid, duration: (off - on) / grid, pitch})),
+                   ...turn.notes.map(([onset, duration, pitch]) => ({onset: onset + offset, duration, pitch}))];
+    drawPianoRoll($('roll'), notes.filter((note) => note.onset >= 0), timing().time_signature[0] * 4 /
+                  timing().time_signature[1]);
+  };
   $('live-start').addEventListener('click', () => {
     live.start(liveSettings()).catch((error) => setLiveStatus('error', `error: ${error.message}`));
   });
@@ -461,8 +470,14 @@ window.kerasMusic = {
     noteOn: (pitch, velocity) => page.live.noteOn(pitch, velocity),
     noteOff: (pitch) => page.live.noteOff(pitch),
     file: (bytes) => liveReady.then(() => page.live.file(new Uint8Array(bytes))),
-    selectInput: (id) => page.live.selectInput(id),
-    selectOutput: (id) => page.live.selectOutput(id),
+    selectInput: (id) => {
+      showMidi(page.live.selectInput(id));
+      return page.live.describeMidi();
+    },
+    selectOutput: (id) => {
+      showMidi(page.live.selectOutput(id));
+      return page.live.describeMidi();
+    },
     sessionMidi: () => Array.from(page.live.sessionMidi()),
     get state() {
       return page.live ? page.live.state : 'loading';

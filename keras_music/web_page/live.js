@@ -285,7 +285,7 @@ export class Live {
     const seed = BigInt.asUintN(64, this.seed + BigInt(turn));
     const length = this.answerEvents();
     const id = ++this.requests;
-    this.pending = {id, turn, seed: String(seed), answerBeat, answerAt, confirmAt, phraseEnd, primer: primer.tokens,
+    this.pending = {id, turn, seed: String(seed), answerBeat, originBeat: this.phrase.originBeat, answerAt, confirmAt, phraseEnd, primer: primer.tokens,
                     primerIds, dropped: primer.dropped, requestedAt: this.sound.now(), confirmed: false, result: null,
                     length, notes};
     const {temperature, topK, topP, controls} = this.settings;
@@ -368,6 +368,7 @@ export class Live {
                   clock: {contextTime: clock.contextTime, performanceTime: clock.performanceTime},
                   where: this.workerInfo.where};
     this.turns.push(turn);
+    if (this.onAnswer) this.onAnswer(turn, pending.originBeat);
     this.answerEnd = at + quarters * this.spq;
     this.state = 'answering';
     const spare = (pending.answerAt - pending.resultAt) * 1000;
