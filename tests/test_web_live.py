@@ -387,6 +387,11 @@ def test_without_midi_the_page_says_so_and_the_on_screen_keyboard_plays(isolated
 def test_a_page_from_file_or_without_isolation_falls_back_and_says_so(plain, site):  # noqa: F811
     from selenium.webdriver.common.by import By
 
+    # web.json tells the page's encoder how the run encoded notes.
+    with open(os.path.join(site, web_export.SITE_FILE)) as handle:
+        assert json.load(handle)["encoding"] == {"grid": 24, "max_duration": 8.0, "normalize_key": True,
+                                                 "transpose": 0}
+
     driver = headless_chromium(None, "1200,1600")
     driver.set_script_timeout(120)
     try:

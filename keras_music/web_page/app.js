@@ -429,7 +429,8 @@ async function startLive(info) {
     event.preventDefault();
     const file = event.dataTransfer && event.dataTransfer.files[0];
     if (!file) return;
-    file.arrayBuffer().then((bytes) => live.file(bytes)).then(
+    (live.running ? Promise.resolve() : live.start(liveSettings())).then(() => file.arrayBuffer())
+      .then((bytes) => live.file(bytes)).then(
       (primed) => setLiveStatus('waiting', `${file.name}: ${primed.notes} notes (${primed.bars} bars) prime the answer`),
       (error) => setLiveStatus('error', `${file.name}: ${error.message}`));
   });
@@ -469,7 +470,8 @@ window.kerasMusic = {
     stop: () => page.live && page.live.stop(),
     noteOn: (pitch, velocity) => page.live.noteOn(pitch, velocity),
     noteOff: (pitch) => page.live.noteOff(pitch),
-    file: (bytes) => liveReady.then(() => page.live.file(new Uint8Array(bytes))),
+    file: (bytes) => liveReady.then(() => (page.live.running ? null : page.live.start(liveSettings())))
+      .then(() => page.live.file(new Uint8Array(bytes))),
     selectInput: (id) => {
       showMidi(page.live.selectInput(id));
       return page.live.describeMidi();
