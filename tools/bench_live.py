@@ -62,6 +62,8 @@ def measure(result: dict) -> dict:
     ready_before = [(turn["answerAt"] - turn["resultAt"]) * 1000 for turn in turns]
     on_beat = sum(abs((t["answerAt"] - session["origin"]) / spq - t["beat"]) < 1e-9 and not t["late"] for t in turns)
     start = min(turn["requestedAt"] for turn in turns)
+    start_ms = min(turn["clock"]["performanceTime"] + (turn["requestedAt"] - turn["clock"]["contextTime"]) * 1000
+                   for turn in turns)
     long_tasks = session["longTasks"]
     return {
         "turns": len(turns), "late": session["late"], "on_their_beat": on_beat,
@@ -77,6 +79,8 @@ def measure(result: dict) -> dict:
         "long_tasks_supported": session["longTasksSupported"],
         "long_tasks": len(long_tasks), "long_tasks_over_50ms": sum(t["duration"] > 50 for t in long_tasks),
         "longest_task_ms": max((t["duration"] for t in long_tasks), default=0.0),
+        "long_task_list": [{"ms": round(t["duration"]), "state": t["state"],
+                            "at_s": round(t["start"] / 1000 - start_ms / 1000, 2)} for t in long_tasks],
         "session_seconds": max(turn["answerAt"] for turn in turns) - start,
     }
 
@@ -143,7 +147,8 @@ def report(f: dict) -> None:
     print(f"answers on their beat: {f['on_their_beat']} of {f['turns']}; late: {f['late']}")
     if f["long_tasks_supported"]:
         print(f"main-thread long tasks during the session: {f['long_tasks']} (over 50 ms: "
-              f"{f['long_tasks_over_50ms']}; longest {f['longest_task_ms']:.0f} ms)")
+              f"{f['long_tasks_over_50ms']}; longest {f['longest_task_ms']:.0f} ms)"
+              + "".join(f"; {t['ms']} ms at {t['at_s']} s, while {t['state']}" for t in f["long_task_list"]))
     else:
         print("main-thread long tasks: this browser has no Long Tasks API")
 
