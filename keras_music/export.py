@@ -127,7 +127,18 @@ def _write_web(run_dir: str, out: str, vocab_file: str, tflite_paths: dict, runt
     return web_export.write_site(
         os.path.join(out, run_lib.WEB), vocab_file,
         [(path, WEB_DESCRIPTIONS[quantization]) for quantization, path in tflite_paths.items()], runtime,
-        run_name=os.path.basename(run_dir.rstrip("/")), timing=run_lib.load_prepared(run_dir).get("timing"))
+        run_name=os.path.basename(run_dir.rstrip("/")), timing=run_lib.load_prepared(run_dir).get("timing"),
+        encoding=_encoding(run_dir))
+
+
+def _encoding(run_dir: str) -> dict | None:
+    """The run's note encoding settings (grid, max_duration, key normalisation), for the page's live encoder."""
+    try:
+        data = run_lib.load_config(run_dir).data
+    except run_lib.RunError:
+        return None
+    return {"grid": data.grid, "max_duration": data.max_duration, "normalize_key": data.normalize_key,
+            "transpose": data.transpose}
 
 
 def _report(sizes: dict, vocabulary, vocab_file: str, data, parity: dict, artifacts: dict, web_summary) -> dict:

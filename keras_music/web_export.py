@@ -21,7 +21,8 @@ MODELS_DIR = "models"
 
 # The page's own sources ship inside the package (package data), so a wheel can export a site too.
 SOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web_page")
-SOURCE_FILES = ("index.html", "style.css", "app.js", "sampler.js", "music.js", "player.js")
+SOURCE_FILES = ("index.html", "style.css", "app.js", "sampler.js", "music.js", "player.js", "encoder.js", "live.js",
+                "worker.js")
 
 # LiteRT.js, fetched with npm at export time and never kept in the repository. Pinned to the
 # version the tests ran with; the integrity hashes are the registry's own (npm view NAME@V dist.integrity),
@@ -203,12 +204,14 @@ def download_files(site: dict, build: str = "default") -> list[str]:
 
 
 def write_site(directory: str, vocab_file: str, models, runtime_dir: str, run_name: str = "",
-               timing: dict | None = None) -> dict:
+               timing: dict | None = None, encoding: dict | None = None) -> dict:
     """Write the static site into `directory` (an empty or new directory); returns its summary.
 
     models: (path of a .tflite file, what its weights are) pairs, from the export.
     timing: the corpus's tempo, time signature and program (prepared.json "timing"),
     which the page uses for playback and the MIDI file.
+    encoding: the run's data settings the page's encoder follows for live play (grid, max_duration,
+    normalize_key, transpose); keras_music's defaults when not given.
     """
     sources = sources_dir()
     if not _runtime_ready(runtime_dir):
@@ -242,6 +245,8 @@ def write_site(directory: str, vocab_file: str, models, runtime_dir: str, run_na
         "timing": {"tempo": float(timing.get("tempo", defaults.TEMPO)),
                    "time_signature": [int(n) for n in timing.get("time_signature", (4, 4))],
                    "program": int(timing.get("program", 0))},
+        # How the run encoded notes (config "data"): live play encodes what is played the same way.
+        "encoding": _encoding(encoding),
         # The page's settings start from keras_music's defaults (the tempo from "timing").
         "defaults": defaults.as_dict(),
         "runtime": {"package": "@litertjs/core", "version": RUNTIME_VERSION, "wasm": f"{RUNTIME_DIR}/wasm/",
@@ -249,6 +254,17 @@ def write_site(directory: str, vocab_file: str, models, runtime_dir: str, run_na
     }
     storage.write_json(os.path.join(directory, SITE_FILE), site)
     return describe(directory)
+
+
+def _encoding(encoding: dict | None) -> dict:
+    from keras_music import config as config_lib, events
+
+    data = config_lib.DataConfig()
+    encoding = dict(encoding or {})
+    return {"grid": int(encoding.get("grid", events.GRID)),
+            "max_duration": float(encoding.get("max_duration", data.max_duration)),
+            "normalize_key": bool(encoding.get("normalize_key", data.normalize_key)),
+            "transpose": int(encoding.get("transpose", data.transpose))}
 
 
 def describe(directory: str) -> dict:

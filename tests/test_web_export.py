@@ -351,7 +351,10 @@ def test_page_sources_import_only_each_other_and_litert():
     for name in (name for name in web_export.SOURCE_FILES if name.endswith(".js")):
         with open(os.path.join(web_export.SOURCES, name)) as handle:
             imports[name] = re.findall(r"^import .* from '([^']+)';$", handle.read(), re.M)
-    assert imports["app.js"] == ["./litert/core/index.js", "./sampler.js", "./music.js", "./player.js"]
+    assert imports["app.js"] == ["./litert/core/index.js", "./sampler.js", "./music.js", "./player.js", "./live.js"]
+    assert imports["live.js"] == ["./encoder.js", "./music.js", "./player.js", "./sampler.js"]
+    # The worker is a classic script (LiteRT.js's loader needs importScripts): no static imports.
+    assert imports["worker.js"] == [] and imports["encoder.js"] == []
     for name, imported in imports.items():
         assert all(target.startswith("./") for target in imported), (name, imported)
         assert all(target[2:] in web_export.SOURCE_FILES or target.startswith("./litert/")

@@ -1,10 +1,12 @@
 // The page: loads LiteRT.js and a .tflite step model, generates on this device, plays, draws and
-// offers the piece as MIDI. window.kerasMusic is the same machinery for scripts and tests.
+// offers the piece as MIDI; live play (live.js, worker.js) answers what a player plays. window.kerasMusic is the
+// same machinery for scripts and tests.
 
 import {loadLiteRt, loadAndCompile, Tensor} from './litert/core/index.js';
 import {BOUNDARY, DEFAULTS, SplitMix64, generate as sampleTokens, randomSeed, toSeed, validateSettings} from './sampler.js';
 import {decode, midiBytes} from './music.js';
 import {Synth, drawPianoRoll} from './player.js';
+import {Live} from './live.js';
 
 const WASM_DIRECTORY = './litert/wasm/';
 const $ = (id) => document.getElementById(id);
@@ -309,6 +311,145 @@ $('model').addEventListener('change', (event) => {
     (error) => setStatus('error', `error: ${error.message}`));
 });
 
+// ----------------------------------------------------------------------------- live play
+
+const KEYS = 'awsedftgyhujkolp;';  // computer keys from C4 up, chromatic (piano layout)
+const KEYBOARD_LOW = 60;
+const KEYBOARD_HIGH = 83;
+
+function liveSettings() {
+  const form = readForm();
+  const number = (id) => Number($(id).value);
+  return {tempo: Number($('tempo').value) || timing().tempo, seed: form.seed, temperature: form.temperature,
+          topK: form.topK, topP: form.topP, mode: $('phrase-mode').value, silenceBeats: number('silence-beats'),
+          phraseBars: number('phrase-bars'), answerBars: number('answer-bars'), click: $('click').checked,
+          synth: $('synth-on').checked, echo: true,
+          // Steering controls: kept in the worker message, empty until the vocabulary has control tokens.
+          controls: {key: $('control-key').value || null, density: $('control-density').value || null}};
+}
+
+/** Generation on the page's own thread, for a browser where the worker cannot start (the worker's reply shape). */
+async function generateHere(message) {
+  const {id, primerIds, seed, length, minLength, temperature, topK, topP} = message;
+  return exclusive(async () => {
+    const started = performance.now();
+    const result = await sampleTokens(page.model, page.vocabulary, {primerIds, seed, length, minLength, temperature,
+      topK, topP, keepGoing: false, now: () => performance.now()});
+    return {type: 'answer', id, sampled: result.sampled, events: result.events, stopped: result.stopped,
+            stepMs: result.stepMs, generateMs: performance.now() - started, queuedMs: 0};
+  });
+}
+
+function setLiveStatus(state, text) {
+  $('live').dataset.state = state;
+  $('live-status').textContent = text;
+}
+
+function showMidi(described) {
+  $('midi-status').textContent = described.message || '';
+  $('live').dataset.midi = described.status;
+  for (const [id, ports, none] of [['midi-input', described.inputs, '(none)'],
+    ['midi-output', described.outputs, '(none: the built-in synth only)']]) {
+    const select = $(id);
+    const chosen = id === 'midi-input' ? described.input : described.output;
+    select.replaceChildren(new Option(none, ''), ...ports.map((port) => new Option(port.name, port.id)));
+    select.value = chosen || '';
+  }
+}
+
+function buildKeyboard(live) {
+  const keyboard = $('keyboard');
+  const down = new Set();
+  const press = (pitch, on) => {
+    if (on === down.has(pitch)) return;
+    if (on) down.add(pitch); else down.delete(pitch);
+    keyboard.querySelector(`[data-pitch="${pitch}"]`)?.classList.toggle('down', on);
+    if (on) live.noteOn(pitch); else live.noteOff(pitch);
+  };
+  for (let pitch = KEYBOARD_LOW; pitch <= KEYBOARD_HIGH; pitch++) {
+    const key = document.createElement('button');
+    key.type = 'button';
+    key.dataset.pitch = pitch;
+    key.className = [1, 3, 6, 8, 10].includes(pitch % 12) ? 'black' : 'white';
+    key.title = `MIDI ${pitch}` + (KEYS[pitch - KEYBOARD_LOW] ? ` (key ${KEYS[pitch - KEYBOARD_LOW]})` : '');
+    key.addEventListener('pointerdown', (event) => {
+      key.setPointerCapture(event.pointerId);
+      press(pitch, true);
+    });
+    for (const type of ['pointerup', 'pointercancel']) key.addEventListener(type, () => press(pitch, false));
+    keyboard.append(key);
+  }
+  const fromKey = (event) => {
+    if (event.target.closest && event.target.closest('input, select, textarea')) return null;
+    const index = KEYS.indexOf(event.key.toLowerCase());
+    return index < 0 || event.ctrlKey || event.metaKey || event.altKey ? null : KEYBOARD_LOW + index;
+  };
+  document.addEventListener('keydown', (event) => {
+    const pitch = fromKey(event);
+    if (pitch !== null && !event.repeat) press(pitch, true);
+  });
+  document.addEventListener('keyup', (event) => {
+    const pitch = fromKey(event);
+    if (pitch !== null) press(pitch, false);
+  });
+}
+
+async function startLive(info) {
+  const entry = page.site.models.find((model) => model.name === info.model);
+  const live = new Live({site: page.site, vocabulary: page.vocabulary, synth: page.synth, modelFile: entry.file,
+                         mainThread: generateHere, onStatus: setLiveStatus});
+  page.live = live;
+  buildKeyboard(live);
+  live.onMidiChange = showMidi;
+  // The roll shows the last phrase (as encoded) and its answer, from the phrase's bar line.
+  live.onAnswer = (turn, originBeat) => {
+    const grid = live.encoding().grid;
+    const offset = turn.beat - originBeat;
+    const notes = [...turn.phraseNotes.map(([on, off, pitch]) => ({onset: on / grid, duration: (off - on) / grid, pitch})),
+                   ...turn.notes.map(([onset, duration, pitch]) => ({onset: onset + offset, duration, pitch}))];
+    drawPianoRoll($('roll'), notes.filter((note) => note.onset >= 0), timing().time_signature[0] * 4 /
+                  timing().time_signature[1]);
+  };
+  $('live-start').addEventListener('click', () => {
+    live.start(liveSettings()).catch((error) => setLiveStatus('error', `error: ${error.message}`));
+  });
+  $('live-stop').addEventListener('click', () => live.stop());
+  $('midi-input').addEventListener('change', (event) => showMidi(live.selectInput(event.target.value)));
+  $('midi-output').addEventListener('change', (event) => showMidi(live.selectOutput(event.target.value)));
+  $('download-session').addEventListener('click', () => {
+    const url = URL.createObjectURL(new Blob([live.sessionMidi()], {type: 'audio/midi'}));
+    const link = document.createElement('a');
+    link.href = url;
+    link.download = 'keras_music-session.mid';
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  });
+  document.addEventListener('dragover', (event) => event.preventDefault());
+  document.addEventListener('drop', (event) => {
+    event.preventDefault();
+    const file = event.dataTransfer && event.dataTransfer.files[0];
+    if (!file) return;
+    (live.running ? Promise.resolve() : live.start(liveSettings())).then(() => file.arrayBuffer())
+      .then((bytes) => live.file(bytes)).then(
+      (primed) => setLiveStatus('waiting', `${file.name}: ${primed.notes} notes (${primed.bars} bars) prime the answer`),
+      (error) => setLiveStatus('error', `${file.name}: ${error.message}`));
+  });
+  const midi = await live.requestMidi();
+  if (midi.inputs.length) live.selectInput(midi.inputs[0].id);
+  showMidi(live.describeMidi());
+  const where = await live.ready;
+  const notes = [];
+  if (where.where !== 'worker') notes.push(`the worker did not start (${where.reason}): generation shares this page's ` +
+                                          'thread, so the timing may suffer');
+  else notes.push(`generating in a Worker (LiteRT.js ${page.site.runtime.version}, single-threaded default build)`);
+  if (!self.crossOriginIsolated) notes.push('not cross-origin isolated: that is fine here (the worker needs no threads)');
+  setLiveStatus('ready', `ready: press Start listening, then play (${notes.join('; ')})`);
+  return {...where, notes, midi: live.describeMidi()};
+}
+
+const liveReady = ready.then(startLive);
+liveReady.catch((error) => setLiveStatus('error', `live play is unavailable: ${error.message}`));
+
 window.kerasMusic = {
   ready,
   generate: (options) => ready.then(() => generate({...options, maxTokens: null})),
@@ -323,4 +464,36 @@ window.kerasMusic = {
     return page.last && {...page.last, notes: plainNotes(page.last.notes)};
   },
   marks,
+  live: {
+    ready: liveReady,
+    start: (settings) => liveReady.then(() => page.live.start({...liveSettings(), ...settings})),
+    stop: () => page.live && page.live.stop(),
+    noteOn: (pitch, velocity) => page.live.noteOn(pitch, velocity),
+    noteOff: (pitch) => page.live.noteOff(pitch),
+    file: (bytes) => liveReady.then(() => (page.live.running ? null : page.live.start(liveSettings())))
+      .then(() => page.live.file(new Uint8Array(bytes))),
+    selectInput: (id) => {
+      showMidi(page.live.selectInput(id));
+      return page.live.describeMidi();
+    },
+    selectOutput: (id) => {
+      showMidi(page.live.selectOutput(id));
+      return page.live.describeMidi();
+    },
+    sessionMidi: () => Array.from(page.live.sessionMidi()),
+    get state() {
+      return page.live ? page.live.state : 'loading';
+    },
+    get turns() {
+      return page.live ? page.live.turns.map((turn) => ({...turn})) : [];
+    },
+    get session() {
+      const live = page.live;
+      return live && {origin: live.origin, secondsPerQuarter: live.spq, seed: String(live.seed), late: live.late,
+                      settings: {...live.settings}, synth: live.sound.log.slice(), longTasks: live.longTasks.slice(),
+                      longTasksSupported: live.longTasksSupported, worker: live.workerInfo,
+                      answerEvents: live.answerEvents(), answerQuarters: live.answerQuarters(), step: live.step(),
+                      midi: live.describeMidi()};
+    },
+  },
 };

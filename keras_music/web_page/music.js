@@ -195,3 +195,127 @@ export function midiBytes(notes, tempoBpm = 90, program = 0, timeSignature = [4,
                   TICKS_PER_QUARTER & 0xff];
   return new Uint8Array([...header, 0x4d, 0x54, 0x72, 0x6b, ...u32(track.length), ...track]);
 }
+
+/**
+ * A live session as a format-1 MIDI file: a conductor track (tempo, time signature, a marker at each phrase
+ * and answer: "phrase 3", "answer 3"), then one track per part ({name, channel, program, notes:
+ * [[onset, duration] in quarter notes, pitch, velocity]}), 480 ticks per quarter.
+ */
+export function sessionMidiBytes({tempo = 120, timeSignature = [4, 4], markers = [], tracks = []}) {
+  const micro = roundHalfEven(60000000 / tempo);
+  const tick = (quarters) => Math.max(0, roundHalfEven(quarters * TICKS_PER_QUARTER));
+  const text = (value) => Array.from(new TextEncoder().encode(value));
+  const chunk = (events) => {
+    events.sort((a, b) => (a[0] - b[0]) || (a[1] - b[1]));
+    const bytes = [];
+    let now = 0;
+    for (const [at, , data] of events) {
+      bytes.push(...variableLength(at - now), ...data);
+      now = at;
+    }
+    bytes.push(0, 0xff, 0x2f, 0x00);
+    return [0x4d, 0x54, 0x72, 0x6b, ...u32(bytes.length), ...bytes];
+  };
+  const [numerator, denominator] = timeSignature;
+  const conductor = [[0, 0, [0xff, 0x51, 0x03, (micro >> 16) & 0xff, (micro >> 8) & 0xff, micro & 0xff]],
+                     [0, 0, [0xff, 0x58, 0x04, numerator, Math.trunc(Math.log2(denominator)), 24, 8]]];
+  for (const [quarters, label] of markers) {
+    const bytes = text(label);
+    conductor.push([tick(quarters), 1, [0xff, 0x06, ...variableLength(bytes.length), ...bytes]]);
+  }
+  const chunks = [chunk(conductor)];
+  for (const {name, channel = 0, program = 0, notes} of tracks) {
+    const name_ = text(name);
+    const events = [[0, 0, [0xff, 0x03, ...variableLength(name_.length), ...name_]],
+                    [0, 1, [0xc0 | channel, program & 0x7f]]];
+    for (const [onset, duration, pitch, velocity = VELOCITY] of notes) {
+      const start = tick(onset);
+      const end = tick(onset + duration);
+      if (end <= start || pitch < 0 || pitch > 127) continue;
+      events.push([start, 3, [0x90 | channel, pitch, Math.max(1, Math.min(127, velocity))]]);
+      events.push([end, 2, [0x80 | channel, pitch, 0]]);
+    }
+    chunks.push(chunk(events));
+  }
+  const header = [0x4d, 0x54, 0x68, 0x64, ...u32(6), 0, 1, 0, chunks.length, (TICKS_PER_QUARTER >> 8) & 0xff,
+                  TICKS_PER_QUARTER & 0xff];
+  return new Uint8Array([...header, ...chunks.flat()]);
+}
+
+/**
+ * The notes of a standard MIDI file (format 0 or 1): [[onset, end, pitch]] in quarter notes (the file's own
+ * ticks per quarter; its tempo does not matter, the page plays at its own), sorted; drums (channel 10) left out.
+ */
+export function readMidi(bytes) {
+  const data = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+  let position = 0;
+  const word = (n) => {
+    let value = 0;
+    for (let i = 0; i < n; i++) value = value * 256 + data[position++];
+    return value;
+  };
+  const text = (n) => String.fromCharCode(...data.subarray(position, position + n));
+  if (text(4) !== 'MThd') throw new Error('not a MIDI file (no MThd header)');
+  position += 4;
+  const headerLength = word(4);
+  const start = position;
+  word(2);
+  const trackCount = word(2);
+  const division = word(2);
+  if (division & 0x8000) throw new Error('MIDI files timed in SMPTE frames are not supported');
+  position = start + headerLength;
+  const notes = [];
+  for (let track = 0; track < trackCount && position + 8 <= data.length; track++) {
+    const kind = text(4);
+    position += 4;
+    const length = word(4);
+    const end = Math.min(data.length, position + length);
+    if (kind !== 'MTrk') {
+      position = end;
+      continue;
+    }
+    let ticks = 0;
+    let status = 0;
+    const open = new Map();
+    const variable = () => {
+      let value = 0;
+      for (let i = 0; i < 4 && position < end; i++) {
+        const byte = data[position++];
+        value = value * 128 + (byte & 0x7f);
+        if (!(byte & 0x80)) break;
+      }
+      return value;
+    };
+    while (position < end) {
+      ticks += variable();
+      let byte = data[position];
+      if (byte & 0x80) {
+        position++;
+        if (byte < 0xf0) status = byte;
+      } else {
+        byte = status;
+      }
+      if (byte === 0xff || byte === 0xf0 || byte === 0xf7) {
+        if (byte === 0xff) position++;  // the meta event's type
+        const skip = variable();  // read first: `position += variable()` would add to the old position
+        position += skip;
+        continue;
+      }
+      const type = byte & 0xf0;
+      const channel = byte & 0x0f;
+      const first = data[position++];
+      const second = type === 0xc0 || type === 0xd0 ? 0 : data[position++];
+      if (channel === 9) continue;
+      const key = `${channel}:${first}`;
+      if (type === 0x90 && second > 0) {
+        if (!open.has(key)) open.set(key, []);
+        open.get(key).push(ticks);
+      } else if (type === 0x80 || type === 0x90) {
+        const starts = open.get(key);
+        if (starts && starts.length) notes.push([starts.shift() / division, ticks / division, first]);
+      }
+    }
+    position = end;
+  }
+  return notes.sort((a, b) => (a[0] - b[0]) || (a[2] - b[2]));
+}

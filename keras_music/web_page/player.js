@@ -159,3 +159,127 @@ export function drawPianoRoll(canvas, notes, beatsPerBar = 4, position = null) {
   }
   return {drawn: notes.length, low, high, quarters: end};
 }
+
+/**
+ * Live sound on the Web Audio clock: notes scheduled at context times (answers), notes held until released
+ * (what the player plays), metronome clicks. Shares the Synth's AudioContext. Every scheduled note is logged
+ * ({pitch, at, end, source}) so a test can compare it with what went out over MIDI.
+ */
+export class LiveSound {
+  constructor(synth) {
+    this.synth = synth;
+    this.output = null;
+    this.log = [];
+    this.held = new Map();
+    this.enabled = true;
+  }
+
+  get context() {
+    return this.synth.ensureContext();
+  }
+
+  ensureOutput() {
+    const context = this.context;
+    if (!this.output) {
+      this.output = context.createGain();
+      this.output.gain.value = 0.35;
+      this.output.connect(context.createDynamicsCompressor()).connect(context.destination);
+    }
+    return this.output;
+  }
+
+  async resume() {
+    if (this.context.state === 'suspended') await Promise.race([this.context.resume(), sleep(300)]);
+  }
+
+  now() {
+    return this.context.currentTime;
+  }
+
+  /** {contextTime, performanceTime} of one instant: the clock pair MIDI timestamps are converted with. */
+  clockPair() {
+    const context = this.context;
+    const stamp = context.getOutputTimestamp ? context.getOutputTimestamp() : null;
+    if (stamp && stamp.performanceTime > 0 && stamp.contextTime > 0) return stamp;
+    return {contextTime: context.currentTime, performanceTime: performance.now()};
+  }
+
+  /** performance.now() time (ms) of a context time (s) (with `pair`, a clockPair() taken earlier), and back. */
+  toPerformance(at, pair = null) {
+    const {contextTime, performanceTime} = pair || this.clockPair();
+    return performanceTime + (at - contextTime) * 1000;
+  }
+
+  fromPerformance(ms) {
+    const {contextTime, performanceTime} = this.clockPair();
+    return contextTime + (ms - performanceTime) / 1000;
+  }
+
+  /** A note of `length` seconds at context time `at`. */
+  schedule(pitch, at, length, source = 'answer') {
+    this.log.push({pitch, at, end: at + length, source});
+    if (!this.enabled) return;
+    const context = this.context;
+    const envelope = context.createGain();
+    envelope.gain.setValueAtTime(0, at);
+    envelope.gain.linearRampToValueAtTime(0.5, at + 0.008);
+    envelope.gain.exponentialRampToValueAtTime(0.25, at + Math.min(length, 0.3) + 0.01);
+    envelope.gain.setValueAtTime(0.25, at + length);
+    envelope.gain.linearRampToValueAtTime(0, at + length + RELEASE_SECONDS);
+    envelope.connect(this.ensureOutput());
+    const oscillator = context.createOscillator();
+    oscillator.type = 'triangle';
+    oscillator.frequency.value = frequency(pitch);
+    oscillator.connect(envelope);
+    oscillator.start(at);
+    oscillator.stop(at + length + RELEASE_SECONDS + 0.02);
+  }
+
+  /** The player's note: sounds from now until noteOff. */
+  noteOn(pitch) {
+    if (!this.enabled) return;
+    this.noteOff(pitch);
+    const context = this.context;
+    const at = context.currentTime;
+    const envelope = context.createGain();
+    envelope.gain.setValueAtTime(0, at);
+    envelope.gain.linearRampToValueAtTime(0.45, at + 0.008);
+    envelope.gain.exponentialRampToValueAtTime(0.25, at + 0.3);
+    envelope.connect(this.ensureOutput());
+    const oscillator = context.createOscillator();
+    oscillator.type = 'sawtooth';
+    oscillator.frequency.value = frequency(pitch);
+    const filter = context.createBiquadFilter();
+    filter.frequency.value = 1800;
+    oscillator.connect(filter).connect(envelope);
+    oscillator.start(at);
+    this.held.set(pitch, {oscillator, envelope});
+  }
+
+  noteOff(pitch) {
+    const voice = this.held.get(pitch);
+    if (!voice) return;
+    this.held.delete(pitch);
+    const at = this.context.currentTime;
+    voice.envelope.gain.cancelScheduledValues(at);
+    voice.envelope.gain.setValueAtTime(voice.envelope.gain.value, at);
+    voice.envelope.gain.linearRampToValueAtTime(0, at + RELEASE_SECONDS);
+    voice.oscillator.stop(at + RELEASE_SECONDS + 0.02);
+  }
+
+  /** A metronome click at context time `at` (`accent` on the bar's first beat). */
+  click(at, accent, volume = 1) {
+    if (volume <= 0) return;
+    const context = this.context;
+    const envelope = context.createGain();
+    envelope.gain.setValueAtTime(0, at);
+    envelope.gain.linearRampToValueAtTime(0.4 * volume, at + 0.002);
+    envelope.gain.exponentialRampToValueAtTime(0.001, at + 0.05);
+    envelope.connect(this.ensureOutput());
+    const oscillator = context.createOscillator();
+    oscillator.frequency.value = accent ? 1760 : 1320;
+    oscillator.connect(envelope);
+    oscillator.start(at);
+    oscillator.stop(at + 0.06);
+  }
+}

@@ -192,12 +192,14 @@ export function sample(probabilities, rng, temperature, topK, topP, banned = BAN
  * Primer ids followed by the sampled ids of up to `length` events, as reference_generator.generate
  * (export/README.md, "One piece"): <piece> may not end the piece before `minLength` events, and
  * the piece stops after `length` * 32 tokens at the latest (`maxTokens`, for benchmarks, overrides that).
+ * `until(id)`, if given, is asked after each sampled id whether the caller has what it needs: true ends the
+ * loop there, so the ids are a prefix of the ones the full loop gives (live answers stop at their bars).
  * `model` has initialState() and async step(token, state) -> {probabilities, state}.
  * Returns {ids (primer included), sampled (primer excluded), events, stopped, stepMs}.
  */
 export async function generate(model, vocabulary, {primerIds = [BOUNDARY], length = DEFAULTS.length,
   minLength = DEFAULTS.minLength, temperature = DEFAULTS.temperature, topK = DEFAULTS.topK, topP = DEFAULTS.topP,
-  seed = 0, keepGoing = false, maxTokens = null, now = null} = {}) {
+  seed = 0, keepGoing = false, maxTokens = null, now = null, until = null} = {}) {
   const rng = new SplitMix64(seed);
   const grammar = new Grammar(vocabulary);
   const tokenLimit = maxTokens ?? length * DEFAULTS.maxTokensPerEvent;
@@ -232,6 +234,7 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
     grammar.advance(token);
     if (grammar.kinds[token] === 'dur' || grammar.kinds[token] === 'event') events++;
     if (events >= length) break;
+    if (until && until(token)) break;
     ({probabilities, state} = await timed(token, state));
   }
   if (model.release) model.release(state);
