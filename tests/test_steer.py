@@ -23,13 +23,13 @@ def reference():
 
 @pytest.fixture(scope="module")
 def controls_run(tmp_path_factory):
-    """A tiny run trained with control tokens, exported (TFLite and SavedModel)."""
+    """A tiny run trained with control tokens, exported (TFLite, SavedModel and the page)."""
     from keras_music import train
     from test_web_export import run_export
 
     run_dir = str(tmp_path_factory.mktemp("steer") / "run")
     train.train(tiny_config("data.controls=true"), run_dir, show_progress=False, log=lambda *a: None)
-    status, out, err = run_export(run_dir)
+    status, out, err = run_export(run_dir, "--web")
     assert status == 0, out + err
     return run_dir
 
@@ -302,3 +302,42 @@ def test_impossible_requests_are_one_line_errors(controls_run, tiny_run, capsys)
         generate.main(["--run-dir", controls_run, "--density", "loud", "--quiet", "--audio", "none"])
     err = capsys.readouterr().err.strip().splitlines()
     assert "density level 'loud' does not exist" in err[-1]
+
+
+@pytest.mark.slow
+def test_the_page_in_chromium_gives_the_reference_generators_ids_with_controls(controls_run, reference, tmp_path):
+    from keras_music import export
+    from keras_music.studio import routes
+    from page_harness import BackgroundServer, call, headless_chromium, open_page
+
+    directory = export.export_dir(controls_run)
+    vocabulary = reference.load_vocabulary(os.path.join(directory, "vocab.json"))
+    model = reference.StepModel(os.path.join(directory, "model.tflite"), len(vocabulary["tokens"]))
+    server = BackgroundServer(routes.create_web_app(run_lib.path(controls_run, run_lib.EXPORT, run_lib.WEB)))
+    driver = headless_chromium(str(tmp_path), "1200,900")
+    driver.set_script_timeout(180)
+    try:
+        open_page(driver, server.url + "/?model=model.tflite")
+        assert driver.execute_script("return document.getElementById('controls').hidden") is False
+        keys = driver.execute_script("return [...document.getElementById('key').options].map((o) => o.value)")
+        assert "D minor" in keys and "Eb major" in keys
+        metre = tuple(json.loads(open(os.path.join(directory, "web", "web.json")).read())["timing"]["time_signature"])
+        for seed in (1, 2, 3):
+            settings = {"seed": seed, "length": 24, "minLength": 4, "temperature": 1.0, "key": "D minor",
+                        "density": "1-2:high,3-:low", "polyphony": "medium"}
+            page = call(driver, f"kerasMusic.generate({json.dumps(settings)})")
+            primer = [2, vocabulary["tokens"].index("key:minor")]
+            ids, _ = reference.generate(model, vocabulary, primer, 24, 1.0, 0, seed, min_length=4,
+                                        density="1-2:high,3-:low", polyphony="medium", time_signature=metre)
+            assert page == ids[len(primer):], seed
+        last = call(driver, "Promise.resolve(kerasMusic.last)")
+        assert last["controls"]["transpose"] == 5
+        plain = reference.sonorities_to_notes(reference.tokens_to_sonorities(last["tokens"]))
+        assert [n[2] + 5 for n in plain] == [n[2] for n in last["notes"]]
+        message = driver.execute_async_script(
+            "const done = arguments[0]; kerasMusic.generate({density: 'loud'}).then(() => done('no error'), "
+            "(error) => done(error.message));")
+        assert message.startswith("density level \"loud\" does not exist"), message
+    finally:
+        driver.quit()
+        server.stop()
