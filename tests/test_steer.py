@@ -341,3 +341,32 @@ def test_the_page_in_chromium_gives_the_reference_generators_ids_with_controls(c
     finally:
         driver.quit()
         server.stop()
+
+
+def test_the_studio_generates_with_controls_and_refuses_impossible_ones(controls_run, tmp_path):
+    from test_studio import Server, call, make_studio
+
+    server = Server(make_studio(controls_run, tmp_path))
+    try:
+        status, runs = call(server, "/api/runs")
+        assert status == 200
+        described = runs["runs"][0]["controls"]
+        assert "D minor" in described["keys"] and described["levels"] == ["low", "medium", "high"]
+        body = {"seed": 4, "length": 20, "primer": "none", "key": "D minor", "density": "high",
+                "polyphony": "1-2:low,3-:medium"}
+        status, piece = call(server, "/api/generate", body)
+        assert status == 200, piece
+        assert piece["controls"]["key_token"] == "key:minor" and piece["controls"]["transpose"] == 5
+        status, record = call(server, piece["urls"]["json"])
+        assert record["settings"]["controls"]["density"] == "5"
+        assert record["primer_tokens"] == ["key:minor"]
+        ours = generate.Generator(controls_run, log=lambda message: None).generate(
+            seed=4, length=20, primer_tokens=[], key="D minor", density="high", polyphony="1-2:low,3-:medium")[0]
+        assert record["ids"] == ours.ids
+        for bad, words in (({"key": "H minor"}, "key 'H minor' does not exist"),
+                           ({"density": "loud"}, "density level 'loud' does not exist"),
+                           ({"polyphony": ["low"]}, "polyphony must be a string")):
+            status, answer = call(server, "/api/generate", {"length": 8, **bad})
+            assert status == 400 and words in answer["error"] and "\n" not in answer["error"], answer
+    finally:
+        server.stop()
