@@ -370,3 +370,60 @@ def test_the_studio_generates_with_controls_and_refuses_impossible_ones(controls
             assert status == 400 and words in answer["error"] and "\n" not in answer["error"], answer
     finally:
         server.stop()
+
+
+def hand_density_bins(piece, metre=(4, 4)):
+    """(requested, realised) density bins counted from the piece's notes, independently of controls.measure."""
+    bar = F(4 * metre[0], metre[1])
+    sonorities = piece.sonorities[piece.primer_events:]
+    end = sum((s.duration for s in sonorities), F(0))
+    onsets, time = set(), F(0)
+    for sonority in sonorities:
+        if any(not held for held in sonority.held):
+            onsets.add(time)
+        time += sonority.duration
+    out = []
+    for number, *tokens in piece.settings["controls"]["bars_fed"]:
+        start = (number - 1) * bar
+        wanted = [int(t.split(":")[1]) for t in tokens if t.startswith("density:")]
+        if wanted and start + bar <= end:
+            count = sum(start <= t < start + bar for t in onsets)
+            realised = sum(count >= edge for edge in (3, 5, 7, 9, 12, 16))
+            out.append((wanted[0], realised))
+    return out
+
+
+def test_evaluate_reports_requested_vs_realised_controls_from_the_pieces(controls_run, tiny_run, tmp_path):
+    from keras_music import evaluate, evaluate_controls
+
+    out = str(tmp_path / "evaluation")
+    result = evaluate.evaluate_run(controls_run, 2, 16, (0.9,), 3, (1, 2), out, controls_samples=2)
+    report = result["controls"]
+    assert result["settings"]["controls_samples"] == 2
+    # The density confusion is rebuilt by hand from the same pieces (same seed, same settings).
+    generator = generate.Generator(controls_run, log=lambda message: None)
+    pairs = []
+    for value in range(controls.DENSITY_BINS):
+        for piece in generator.generate(num_samples=2, length=evaluate_controls.DEFAULT_LENGTH, seed=3,
+                                        temperature=0.9, primer_tokens=[], density=str(value)):
+            pairs += hand_density_bins(piece)
+    confusion = np.zeros((controls.DENSITY_BINS, controls.DENSITY_BINS), int)
+    for wanted, got in pairs:
+        confusion[wanted, got] += 1
+    assert report["density"]["confusion"] == confusion.tolist()
+    assert report["density"]["bars"] == len(pairs) > 0
+    assert report["density"]["in_bin"] == pytest.approx(np.trace(confusion) / len(pairs))
+    assert sorted(report["key"]["per_key"]) == ["A minor", "C major"]
+    assert all(row["pieces"] == 2 for row in report["key"]["per_key"].values())
+    markdown = open(os.path.join(out, "evaluation.md")).read()
+    assert "## Controls: requested vs realised" in markdown and "controls_confusion.png" in markdown
+    assert os.path.isfile(os.path.join(out, "controls_confusion.png"))
+    # Spearman by hand: ties get their mean rank.
+    assert evaluate_controls.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert evaluate_controls.spearman([1, 1, 2, 2], [1, 2, 3, 4]) == pytest.approx(np.corrcoef([1.5, 1.5, 3.5, 3.5],
+                                                                                                [1, 2, 3, 4])[0, 1] * 1)
+    assert evaluate_controls.spearman([1, 1], [2, 3]) is None
+    # A run without control tokens: no report, no new keys in what evaluate writes.
+    plain = evaluate.evaluate_run(tiny_run, 1, 8, (0.9,), 0, (1,), str(tmp_path / "plain"), controls_samples=2)
+    assert "controls" not in plain and "controls_samples" not in plain["settings"]
+    assert "Controls" not in open(str(tmp_path / "plain" / "evaluation.md")).read()
