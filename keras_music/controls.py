@@ -511,6 +511,19 @@ class Request:
                 "time_signature": list(time_signature), "bars_fed": fed}
 
 
+def describe_record(record: dict) -> str:
+    """One line about a piece's `settings.controls`: what was asked and how many bars got it."""
+    parts = []
+    if record.get("key_token"):
+        moved = f", transposed by {record['transpose']:+d} semitones" if record.get("transpose") else ""
+        parts.append(f"key {record['key']} ({record['key_token']}{moved})")
+    for name in ("density", "polyphony"):
+        if record.get(name):
+            parts.append(f"{name} {record[name]}")
+    bars_ = len(record.get("bars_fed") or [])
+    return "; ".join(parts) + (f"; {bars_} bar{'s' if bars_ != 1 else ''} fed" if bars_ else "")
+
+
 def make_request(tokens, normalize_key: bool, where: str, key=None, density=None, polyphony=None) -> Request:
     """The checked request for a run whose vocabulary is `tokens`; one-line errors for what cannot be."""
     request = Request(density=parse_schedule(DENSITY, density), polyphony=parse_schedule(POLYPHONY, polyphony))

@@ -572,6 +572,9 @@ def main(argv=None):
             print(f"primer: {pieces[0].primer_source} (--primer-events {args.primer_events})")
         for number, piece in enumerate(pieces, start=1):
             print(summary_line(f"sample {number}", piece))
+            steered = piece.settings.get("controls")
+            if steered:
+                print(f"  controls: {controls.describe_record(steered)}")
         print(f"wrote {len(pieces)} piece{'s' if len(pieces) != 1 else ''} to {out_dir}")
     cli.finish(0)
 

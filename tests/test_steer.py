@@ -427,3 +427,15 @@ def test_evaluate_reports_requested_vs_realised_controls_from_the_pieces(control
     plain = evaluate.evaluate_run(tiny_run, 1, 8, (0.9,), 0, (1,), str(tmp_path / "plain"), controls_samples=2)
     assert "controls" not in plain and "controls_samples" not in plain["settings"]
     assert "Controls" not in open(str(tmp_path / "plain" / "evaluation.md")).read()
+
+
+def test_the_command_line_steers_and_records_the_controls(controls_run, tmp_path, capsys):
+    out = str(tmp_path / "pieces")
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main(["--run-dir", controls_run, "--key", "D minor", "--density", "1-2:low,3-:high", "--polyphony",
+                       "medium", "--length", "24", "--primer-tokens", "", "--quiet", "--audio", "none", "--out", out])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "controls: key D minor (key:minor, transposed by +5 semitones); density 1-2:1,3-:5; polyphony 2;" in printed
+    record = json.loads(open(os.path.join(out, "sample-01.json")).read())
+    assert record["settings"]["controls"]["bars_fed"][0] == [1, "density:1", "poly:2"]

@@ -2,8 +2,7 @@
 // offers the piece as MIDI. window.kerasMusic is the same machinery for scripts and tests.
 
 import {loadLiteRt, loadAndCompile, Tensor} from './litert/core/index.js';
-import {BOUNDARY, DEFAULTS, PITCH_NAMES, SplitMix64, generate as sampleTokens, keyRequest, parseSchedule, randomSeed, toSeed,
-  validateSettings} from './sampler.js';
+import {BOUNDARY, DEFAULTS, PITCH_NAMES, SplitMix64, generate as sampleTokens, keyRequest, parseSchedule, randomSeed, toSeed, validateSettings} from './sampler.js';
 import {decode, midiBytes} from './music.js';
 import {Synth, drawPianoRoll} from './player.js';
 
