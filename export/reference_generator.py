@@ -47,6 +47,125 @@ class GeneratorError(Exception):
     """The model or vocabulary file is unusable, or they do not belong together."""
 
 
+# ----------------------------------------------------------------------------- controls
+
+# Named levels of the bar controls (keras_music/controls.py; the tests check that the two agree).
+LEVELS = {"density": {"low": 1, "medium": 3, "high": 5}, "poly": {"low": 1, "medium": 2, "high": 4}}
+BINS = {"density": 7, "poly": 5}
+PITCH_NAMES = ("C", "C#", "D", "E-", "E", "F", "F#", "G", "G#", "A", "B-", "B")
+
+
+def parse_schedule(kind: str, spec):
+    """(default bin or None, [(first, last or None, bin or None)]) of a schedule (export/README.md, "Control tokens").
+
+    `spec`: None, a level (low, medium, high, off, a bin) for every bar, or comma-separated items LEVEL
+    (the default) and BARS:LEVEL, BARS one of N, N-M, N- (bars counted from 1): "1-4:low,5-8:high".
+    """
+    def level(text):
+        text = str(text).strip().lower()
+        if text == "off":
+            return None
+        if text in LEVELS[kind]:
+            return LEVELS[kind][text]
+        if text.isdigit() and int(text) < BINS[kind]:
+            return int(text)
+        raise GeneratorError(f"{kind} level {text!r} does not exist (expected low, medium, high, off or a bin "
+                             f"0..{BINS[kind] - 1})")
+
+    spec = None if spec is None else "".join(str(spec).split())  # spaces mean nothing
+    default, has_default, ranges = None, False, []
+    for item in ([] if not spec else spec.split(",")):
+        bars, colon, value = item.rpartition(":")
+        if not colon:
+            if has_default:
+                raise GeneratorError(f"{kind} schedule {spec!r} gives two levels for every bar")
+            default, has_default = level(value), True
+            continue
+        first, dash, last = bars.strip().partition("-")
+        if not first.isdigit() or int(first) < 1 or (dash and last and (not last.isdigit() or int(last) < int(first))):
+            raise GeneratorError(f"{kind} bars {bars.strip()!r} are not a bar range (expected N, N-M or N-, "
+                                 "bars counted from 1)")
+        end = (None if not last else int(last) - 1) if dash else int(first) - 1
+        if any((b is None or int(first) - 1 <= b) and (end is None or a <= end) for a, b, _ in ranges):
+            raise GeneratorError(f"{kind} schedule {spec!r}: bars {bars.strip()} overlap another range")
+        ranges.append((int(first) - 1, end, level(value)))
+    return default, ranges
+
+
+def schedule_at(schedule, bar: int):
+    default, ranges = schedule
+    for first, last, bin_ in ranges:
+        if first <= bar and (last is None or bar <= last):
+            return bin_
+    return default
+
+
+def key_request(name: str, tokens) -> tuple[str, int]:
+    """(key token, semitones to move the output by) for "D minor" and the like, or a key token itself.
+
+    A vocabulary with key:major / key:minor (keys normalised to C major / A minor) gets the mode's
+    token and the output is transposed to the tonic (-6..5 semitones); otherwise key:TONIC:MODE.
+    """
+    text = name.strip()
+    if text in tokens:
+        return text, 0
+    parts = text.split()
+    modes = ("major", "minor")
+    tonic = None
+    if len(parts) == 2 and parts[1].lower() in modes and parts[0]:
+        letter, accidental = parts[0][0].upper(), parts[0][1:].replace("b", "-")
+        if letter in "CDEFGAB" and accidental in ("", "#", "-"):
+            tonic = ({"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}[letter]
+                     + {"": 0, "#": 1, "-": -1}[accidental]) % 12
+    mode = parts[-1].lower() if parts else ""
+    if mode not in modes or (tonic is None and len(parts) != 1):
+        raise GeneratorError(f"key {text!r} does not exist (expected a tonic C..B with an optional # or b and major "
+                             "or minor, e.g. \"D minor\")")
+    if "key:major" in tokens or "key:minor" in tokens:
+        shift = 0 if tonic is None else (tonic - (0 if mode == "major" else 9)) % 12
+        token, transpose = f"key:{mode}", shift - 12 if shift >= 6 else shift
+    elif tonic is None:
+        raise GeneratorError(f"key {text!r} names no tonic, but this vocabulary's key tokens do")
+    else:
+        token, transpose = f"key:{PITCH_NAMES[tonic]}:{mode}", 0
+    if token not in tokens:
+        keys = [t for t in tokens if t.startswith("key:")]
+        raise GeneratorError(f"key token {token} is not in the vocabulary (it has {', '.join(keys) or 'no key tokens'}; "
+                             "train with data.controls=true)")
+    return token, transpose
+
+
+def with_key(primer_ids, key_id: int, tokens):
+    """The primer with `key_id` right after <piece> (replacing a key token already there)."""
+    rest = list(primer_ids[1:])
+    if rest and tokens[rest[0]].startswith("key:"):
+        rest = rest[1:]
+    return [primer_ids[0], key_id] + rest
+
+
+class BarClock:
+    """Quarter notes the `dur` tokens have reached, and the first bar that has not had its turn."""
+
+    def __init__(self, time_signature=(4, 4)):
+        self.bar_length = Fraction(4 * int(time_signature[0]), int(time_signature[1]))
+        self.time, self.next_bar, self.between = Fraction(0), 0, True
+
+    def advance(self, kind: str, token: str) -> None:
+        if kind in ("pitch", "hold", "rest") and self.between:
+            self.between = False
+            self.next_bar = max(self.next_bar, int(self.time // self.bar_length) + 1)
+        elif kind == "dur":
+            self.time += Fraction(token.partition(":")[2])
+            self.between = True
+
+    def due(self):
+        bar = int(self.time // self.bar_length)
+        if not self.between or bar < self.next_bar:
+            return None
+        self.next_bar = bar + 1
+        return bar
+
+
 # ----------------------------------------------------------------------------- vocabulary
 
 def load_vocabulary(path: str) -> dict:
@@ -259,7 +378,8 @@ def sample(probabilities, rng, temperature: float, top_k: int, banned, allowed=N
 
 def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAULT_LENGTH,
              temperature: float = DEFAULT_TEMPERATURE, top_k: int = DEFAULT_TOP_K, seed: int = 0,
-             stop_at_boundary: bool = True, top_p: float = DEFAULT_TOP_P, min_length: int = DEFAULT_MIN_LENGTH):
+             stop_at_boundary: bool = True, top_p: float = DEFAULT_TOP_P, min_length: int = DEFAULT_MIN_LENGTH,
+             density=None, polyphony=None, time_signature=(4, 4)):
     """Primer ids followed by the sampled ids of up to `length` events; returns (ids, stopped_at_boundary).
 
     export/README.md's "One piece": every id is drawn among those the grammar allows, with
@@ -268,8 +388,20 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
     `stop_at_boundary` is false, or after `length` * 32 tokens, whose last one may only close
     an open sonority (a piece between sonorities at that step stops there), so the output
     never ends inside a sonority.
+
+    `density` and `polyphony` are schedules (`parse_schedule`): at a step between sonorities, the
+    first in a bar (bars of `time_signature` from the primer's start) that no primer sonority
+    started in, the bar's `density:D` then `poly:P` are fed to the model without a draw.
     """
     rng = SplitMix64(seed)
+    tokens = vocabulary["tokens"]
+    schedules = [(kind, parse_schedule(kind, spec)) for kind, spec in (("density", density), ("poly", polyphony))]
+    steered = any(default is not None or any(b is not None for _, _, b in ranges)
+                  for _, (default, ranges) in schedules)
+    if steered and not any(t.startswith(("density:", "poly:")) for t in tokens):
+        raise GeneratorError("the vocabulary has no control tokens, so --density and --polyphony cannot steer it "
+                             "(train the run with data.controls=true)")
+    clock = BarClock(time_signature)
     boundary = 2
     banned = (0, 1)
     min_length = min(min_length, length)
@@ -277,15 +409,23 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
     grammar = Grammar(vocabulary)
     state = model.initial_state()
     probabilities = None
+    kinds = (vocabulary.get("grammar") or {}).get("kinds") or ["event"] * len(tokens)
     for token in primer_ids:
         probabilities, state = model.step(token, state)
         grammar.advance(token)
+        clock.advance(kinds[token], tokens[token])
     generated = []
     events = 0
     for step in range(max_tokens):
         last = step == max_tokens - 1
         if last and grammar.phase == "between":  # rules "any" never leave it
             break
+        bar = clock.due() if steered else None
+        if bar is not None:  # the bar's controls, fed without a draw
+            for kind, schedule in schedules:
+                bin_ = schedule_at(schedule, bar)
+                if bin_ is not None:
+                    probabilities, state = model.step(tokens.index(f"{kind}:{bin_}"), state)
         allowed = grammar.allowed(closing=last)
         if events < min_length:
             allowed[boundary] = False
@@ -294,6 +434,7 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
             return list(primer_ids) + generated, True
         generated.append(token)
         grammar.advance(token)
+        clock.advance(kinds[token], tokens[token])
         events += bool(grammar.ends_event[token])
         if events >= length:
             break
@@ -478,6 +619,13 @@ def _probability(text: str) -> float:
     return value
 
 
+def _time_signature(text: str):
+    numerator, slash, denominator = text.partition("/")
+    if not slash or not numerator.isdigit() or not denominator.isdigit() or int(numerator) < 1 or int(denominator) < 1:
+        raise argparse.ArgumentTypeError(f"expected a time signature N/D such as 3/4, got {text!r}")
+    return int(numerator), int(denominator)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="reference_generator.py",
@@ -507,6 +655,16 @@ def parse_args(argv=None):
                         help="space-separated tokens the piece starts from (default: the piece boundary)")
     parser.add_argument("--keep-going", action="store_true",
                         help="do not stop at a sampled <piece> token; sample all --length events")
+    parser.add_argument("--key", default=None,
+                        help='key of the piece, e.g. "D minor" (runs trained with data.controls; with keys '
+                             "normalised the MIDI file is transposed to the tonic)")
+    parser.add_argument("--density", default=None,
+                        help='onsets per bar: low, medium, high, off or a bin 0-6, or per bar range, bars from 1: '
+                             '"1-4:low,5-8:high"')
+    parser.add_argument("--polyphony", default=None,
+                        help="notes sounding at each onset: low, medium, high, off or a bin 0-4, or per bar range")
+    parser.add_argument("--time-signature", type=_time_signature, default=(4, 4), metavar="N/D",
+                        help="the metre the bar controls count bars in (web.json's timing.time_signature)")
     parser.add_argument("--tokens-out", default=None, metavar="FILE",
                         help="also write the sampled token ids (primer excluded) to FILE as a JSON list")
     return parser, parser.parse_args(argv)
@@ -523,16 +681,24 @@ def main(argv=None) -> int:
         if unknown or not primer:
             parser.error(f"--primer tokens {unknown or primer} are not in {args.vocab} "
                          "(use tokens it lists, e.g. \"<piece> pitch:60 dur:1\")")
+        primer_ids = [index[t] for t in primer]
+        transpose = 0
+        if args.key:
+            key, transpose = key_request(args.key, tokens)
+            primer_ids = with_key(primer_ids, index[key], tokens)
+        parse_schedule("density", args.density), parse_schedule("poly", args.polyphony)  # bad ones fail before loading
         model = StepModel(args.model, len(tokens))
         seed = secrets.randbits(64) if args.seed is None else args.seed
-        ids, stopped = generate(model, vocabulary, [index[t] for t in primer], args.length, args.temperature,
+        ids, stopped = generate(model, vocabulary, primer_ids, args.length, args.temperature,
                                 args.top_k, seed, stop_at_boundary=not args.keep_going, top_p=args.top_p,
-                                min_length=args.min_length)
+                                min_length=args.min_length, density=args.density, polyphony=args.polyphony,
+                                time_signature=args.time_signature)
+        primer = [tokens[i] for i in primer_ids]
         piece = [tokens[i] for i in ids]
         sonorities = tokens_to_sonorities(piece, vocabulary["representation"],
                                           Fraction(str(vocabulary.get("classic_step", 0.5))))
-        notes = sonorities_to_notes(sonorities)
-        write_file(args.out, midi_bytes(notes, args.tempo))
+        notes = [(onset, duration, pitch + transpose) for onset, duration, pitch in sonorities_to_notes(sonorities)]
+        write_file(args.out, midi_bytes(notes, args.tempo, time_signature=args.time_signature))
         if args.tokens_out:
             write_file(args.tokens_out, json.dumps([int(i) for i in ids[len(primer):]]).encode())
     except GeneratorError as error:
@@ -544,7 +710,7 @@ def main(argv=None) -> int:
     quarters = float(sum(s[2] for s in sonorities))
     print(f"wrote {args.out}: {len(ids) - len(primer)} tokens after the primer, {len(notes)} notes, "
           f"{quarters:g} quarter notes ({'stopped at <piece>' if stopped else 'reached --length or the token limit'})")
-    print(f"seed: {seed}")
+    print(f"seed: {seed}" + (f"; transposed by {transpose} semitones to {args.key}" if transpose else ""))
     print("tokens: " + " ".join(piece))
     return 0
 

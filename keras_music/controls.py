@@ -48,6 +48,8 @@ import bisect
 import dataclasses
 from fractions import Fraction
 
+import numpy as np
+
 from keras_music import events
 from keras_music.errors import UsageError
 
@@ -246,3 +248,324 @@ def requested_bin(kind: str, level) -> int:
     if not isinstance(level, bool) and text.isdigit() and int(text) < bins:
         return int(text)
     raise ControlError(f"{kind} level {level!r} does not exist (expected low, medium, high or a bin 0..{bins - 1})")
+
+
+# ----------------------------------------------------------------------------- generating with controls
+#
+# The portable rule (export/README.md, "One piece"; the reference generator and the page repeat it):
+# a bar clock counts the quarter notes of every `dur` token from the piece's start (primer included);
+# at a step where the grammar is between sonorities, if the current time lies in a bar b that has not
+# had its turn yet and the schedule asks for controls in bar b, `density:D` then `poly:P` are fed
+# through the model without a random draw, and bar b is done. A bar in which a primer sonority starts
+# is done already. This is where `tokens_with_controls` puts them: before the first sonority (a rest
+# or a held chord included) that starts in the bar.
+
+OFF = "off"
+MAX_SCHEDULE_BAR = 100_000
+KEY_NAME_HELP = 'a tonic C..B with an optional # or b and major or minor, e.g. "D minor", "Eb major"'
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """What one bar control asks for per bar: a default bin for every bar and bins for bar ranges.
+
+    `ranges` holds (first, last, bin) with 0-based bars, `last` None for "to the end"; a bin of
+    None ("off") asks for no token in those bars. A range wins over the default.
+    """
+
+    kind: str
+    default: int | None = None
+    ranges: tuple = ()
+
+    def at(self, bar: int) -> int | None:
+        for first, last, bin_ in self.ranges:
+            if first <= bar and (last is None or bar <= last):
+                return bin_
+        return self.default
+
+    @property
+    def requested(self) -> bool:
+        return self.default is not None or any(bin_ is not None for _, _, bin_ in self.ranges)
+
+    def first_bars(self) -> list[int]:
+        """The first bar of each range (0-based), for checking that the piece can reach them."""
+        return [first for first, _, _ in self.ranges]
+
+    def describe(self) -> str:
+        """The schedule in the command-line syntax, bars 1-based ("" when nothing is asked)."""
+        def level(bin_):
+            return OFF if bin_ is None else str(bin_)
+
+        parts = [] if self.default is None else [level(self.default)]
+        for first, last, bin_ in self.ranges:
+            bars_ = f"{first + 1}" if last == first else f"{first + 1}-{'' if last is None else last + 1}"
+            parts.append(f"{bars_}:{level(bin_)}")
+        return ",".join(parts)
+
+
+def _level_bin(kind: str, level) -> int | None:
+    if isinstance(level, str) and level.strip().lower() == OFF:
+        return None
+    try:
+        return requested_bin(kind, level)
+    except ControlError:
+        bins = DENSITY_BINS if kind == DENSITY else POLYPHONY_BINS
+        raise ControlError(f"{kind} level {level!r} does not exist (expected low, medium, high, off or a bin "
+                           f"0..{bins - 1})") from None
+
+
+def _bar_range(kind: str, text: str, spec) -> tuple[int, int | None]:
+    first, dash, last = text.partition("-")
+    ok = first.strip().isdigit() and (not dash or not last.strip() or last.strip().isdigit())
+    low = int(first) if ok else 0
+    high = (None if dash and not last.strip() else int(last) if dash else low) if ok else 0
+    if not ok or low < 1 or (high is not None and high < low) or max(low, high or 0) > MAX_SCHEDULE_BAR:
+        raise ControlError(f"{kind} bars {text.strip()!r} in {spec!r} are not a bar range (expected N, N-M or N- "
+                           f"with bars counted from 1, e.g. \"1-4:low,5-8:high\")")
+    return low - 1, None if high is None else high - 1
+
+
+def parse_schedule(kind: str, spec) -> Schedule:
+    """A bar control's schedule from what a user asks for.
+
+    `spec` is None (nothing), a level (low, medium, high, off or a bin number) for every bar, or
+    comma-separated items `LEVEL` (the default) and `BARS:LEVEL`, BARS being `N`, `N-M` or `N-`
+    (from bar N on), bars counted from 1: "high", "1-4:low,5-8:high", "medium,9-:high".
+    """
+    if isinstance(spec, Schedule):
+        return spec
+    if kind not in LEVELS:
+        raise ControlError(f"unknown control {kind!r} (expected {DENSITY} or {POLYPHONY})")
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return Schedule(kind)
+    if isinstance(spec, bool) or not isinstance(spec, (str, int)):
+        raise ControlError(f"{kind} must be a level (low, medium, high, off or a bin) or a schedule such as "
+                           f"\"1-4:low,5-8:high\", got {spec!r}")
+    spec = "".join(str(spec).split())  # spaces mean nothing: "1 - 4 : low" is "1-4:low"
+    default, has_default, ranges = None, False, []
+    for item in spec.split(","):
+        bars_, colon, level = item.rpartition(":")
+        if not colon:
+            if has_default:
+                raise ControlError(f"{kind} schedule {spec!r} gives two levels for every bar (expected one, then "
+                                   "BARS:LEVEL items)")
+            default, has_default = _level_bin(kind, item), True
+            continue
+        first, last = _bar_range(kind, bars_, spec)
+        for other_first, other_last, _ in ranges:
+            if (other_last is None or first <= other_last) and (last is None or other_first <= last):
+                raise ControlError(f"{kind} schedule {spec!r}: bars {bars_.strip()} overlap another range "
+                                   "(expected each bar in one range at most)")
+        ranges.append((first, last, _level_bin(kind, level)))
+    return Schedule(kind, default, tuple(sorted(ranges, key=lambda r: r[0])))
+
+
+def parse_requested_key(name) -> tuple[int | None, str]:
+    """(tonic pitch class or None, mode) of a key a user asks for: "D minor", "Eb major", "f# minor", "minor"."""
+    text = str(name or "").strip()
+    parts = text.split()
+    if len(parts) == 1 and parts[0].lower() in MODES:
+        return None, parts[0].lower()
+    if len(parts) == 2 and parts[1].lower() in MODES and parts[0]:
+        letter, accidentals = parts[0][0].upper(), parts[0][1:].replace("b", "-").replace("♭", "-").replace("♯", "#")
+        if letter in "CDEFGAB" and len(accidentals) <= 1 and not accidentals.strip("#-"):
+            tonic = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}[letter]
+            return (tonic + accidentals.count("#") - accidentals.count("-")) % 12, parts[1].lower()
+    raise ControlError(f"key {text!r} does not exist (expected {KEY_NAME_HELP})")
+
+
+def requested_key(name, normalize_key: bool = True) -> tuple[str, int]:
+    """(the key token to feed, semitones to transpose the output by) for a key a user asks for.
+
+    With normalised keys the token names the mode and the tonic is reached by moving the output
+    from C major / A minor by -6..5 semitones; otherwise the token names the key and nothing moves.
+    """
+    tonic, mode = parse_requested_key(name)
+    if normalize_key:
+        if tonic is None:
+            return f"{KEY}:{mode}", 0
+        shift = (tonic - (0 if mode == "major" else 9)) % 12
+        return f"{KEY}:{mode}", shift - 12 if shift >= 6 else shift
+    if tonic is None:
+        raise ControlError(f"key {str(name).strip()!r} names no tonic, but this run's key tokens do (expected "
+                           f"{KEY_NAME_HELP})")
+    return f"{KEY}:{events.PITCH_NAMES[tonic]}:{mode}", 0
+
+
+def bar_length(time_signature) -> Fraction:
+    numerator, denominator = (int(v) for v in time_signature)
+    if numerator < 1 or denominator < 1:
+        raise ControlError(f"time signature {numerator}/{denominator} does not exist (expected N/D with N, D >= 1)")
+    return Fraction(4 * numerator, denominator)
+
+
+class BarClock:
+    """One piece's bar clock: the time its `dur` tokens have reached and the first bar still to get its turn."""
+
+    def __init__(self, time_signature=(4, 4)):
+        self.bar_length = bar_length(time_signature)
+        self.time = Fraction(0)
+        self.next_bar = 0
+        self.between = True  # the grammar is between sonorities
+
+    @property
+    def bar(self) -> int:
+        return int(self.time // self.bar_length)
+
+    def advance(self, kind: str, token: str) -> None:
+        """Moves past one token of grammar kind `kind` (a primer's or a sampled one)."""
+        if kind in ("pitch", "hold", "rest") and self.between:
+            self.between = False  # a sonority starts in this bar: the bar has had its turn
+            self.next_bar = max(self.next_bar, self.bar + 1)
+        elif kind == "dur":
+            self.time += Fraction(token.partition(":")[2])
+            self.between = True
+
+    def due(self) -> int | None:
+        """The bar whose turn it is now (marked done), or None: call once per step, before sampling."""
+        if not self.between or self.bar < self.next_bar:
+            return None
+        self.next_bar = self.bar + 1
+        return self.bar
+
+
+class Steering:
+    """Feeds the requested bar controls of a batch of pieces through a step function (the rule above)."""
+
+    def __init__(self, tokens, kinds, density: Schedule, polyphony: Schedule, time_signatures):
+        self.tokens, self.kinds = list(tokens), list(kinds)
+        self.index = {token: i for i, token in enumerate(self.tokens)}
+        self.density, self.polyphony = density, polyphony
+        self.clocks = [BarClock(ts) for ts in time_signatures]
+        self.fed: list[list] = [[] for _ in self.clocks]
+
+    def start(self, sequences) -> None:
+        """Advance each row's clock over its own primer ids."""
+        for clock, ids in zip(self.clocks, sequences):
+            for token_id in ids:
+                clock.advance(self.kinds[token_id], self.tokens[token_id])
+
+    def advance(self, ids, active) -> None:
+        for row in np.flatnonzero(active):
+            self.clocks[row].advance(self.kinds[int(ids[row])], self.tokens[int(ids[row])])
+
+    def due(self, row: int) -> list[int]:
+        """The control ids to feed row `row` now (density first), its bar marked done."""
+        bar = self.clocks[row].due()
+        if bar is None:
+            return []
+        wanted = [token(b) for token, b in ((density_token, self.density.at(bar)),
+                                            (polyphony_token, self.polyphony.at(bar))) if b is not None]
+        if wanted:
+            self.fed[row].append([bar + 1] + wanted)
+        return [self.index[t] for t in wanted]
+
+    def feed(self, step, probabilities, state, active):
+        """Feeds every active row's due controls through `step(ids, state)`; rows with none keep theirs."""
+        pending = [self.due(row) if active[row] else [] for row in range(len(self.clocks))]
+        while any(pending):
+            ids = np.array([p[0] if p else 0 for p in pending], np.int32)
+            moving = np.array([bool(p) for p in pending])
+            stepped, next_state = step(ids, state)
+            state = np.where(moving[:, None, None], next_state, state)
+            probabilities = np.where(moving[:, None], stepped, probabilities)
+            pending = [p[1:] for p in pending]
+        return probabilities, state
+
+    def latest_bar(self, lengths, max_duration: Fraction) -> list[int]:
+        """Per row, the last bar (0-based) `lengths` more events could reach at most (each as long as the longest `dur`)."""
+        return [int((clock.time + int(n) * max_duration) // clock.bar_length) for clock, n in zip(self.clocks, lengths)]
+
+
+def has_controls(tokens) -> bool:
+    return any(events.is_control(t) and valid_control(t) for t in tokens)
+
+
+def time_signature_of(timing: dict | None) -> tuple[int, int]:
+    """The metre in force where a piece starts (its timing's first time signature at or before its start)."""
+    timing = timing or {}
+    start = float(timing.get("start", 0.0) or 0.0)
+    signatures = timing.get("time_signatures") or [[0.0, 4, 4]]
+    current = [s for s in signatures if float(s[0]) <= start] or signatures[:1]
+    return int(current[-1][1]), int(current[-1][2])
+
+
+@dataclasses.dataclass
+class Request:
+    """What a user asked of a piece: a key (its token and the output's transposition) and two bar schedules."""
+
+    key: str | None = None
+    key_token: str | None = None
+    transpose: int = 0
+    density: Schedule = dataclasses.field(default_factory=lambda: Schedule(DENSITY))
+    polyphony: Schedule = dataclasses.field(default_factory=lambda: Schedule(POLYPHONY))
+
+    @property
+    def any(self) -> bool:
+        return self.key_token is not None or self.density.requested or self.polyphony.requested
+
+    def record(self, time_signature, fed) -> dict:
+        """The JSON record of a piece's requested controls and the bars that got them (1-based)."""
+        return {"key": self.key, "key_token": self.key_token, "transpose": self.transpose,
+                "density": self.density.describe() or None, "polyphony": self.polyphony.describe() or None,
+                "time_signature": list(time_signature), "bars_fed": fed}
+
+
+def describe_record(record: dict) -> str:
+    """One line about a piece's `settings.controls`: what was asked and how many bars got it."""
+    parts = []
+    if record.get("key_token"):
+        moved = f", transposed by {record['transpose']:+d} semitones" if record.get("transpose") else ""
+        parts.append(f"key {record['key']} ({record['key_token']}{moved})")
+    for name in ("density", "polyphony"):
+        if record.get(name):
+            parts.append(f"{name} {record[name]}")
+    bars_ = len(record.get("bars_fed") or [])
+    return "; ".join(parts) + (f"; {bars_} bar{'s' if bars_ != 1 else ''} fed" if bars_ else "")
+
+
+def make_request(tokens, normalize_key: bool, where: str, key=None, density=None, polyphony=None) -> Request:
+    """The checked request for a run whose vocabulary is `tokens`; one-line errors for what cannot be."""
+    request = Request(density=parse_schedule(DENSITY, density), polyphony=parse_schedule(POLYPHONY, polyphony))
+    if key is not None and str(key).strip():
+        request.key_token, request.transpose = requested_key(key, normalize_key)
+        request.key = str(key).strip()
+    if not request.any:
+        return request
+    vocabulary = set(tokens)
+    if not has_controls(tokens):
+        raise ControlError(f"{where} has no control tokens in its vocabulary, so it cannot be steered by key, "
+                           "density or polyphony: train a run with data.controls=true")
+    if request.key_token is not None and request.key_token not in vocabulary:
+        keys = sorted(t for t in vocabulary if t.startswith(KEY + ":"))
+        raise ControlError(f"key token {request.key_token} (for {request.key!r}) is not in the vocabulary of "
+                           f"{where} (it has {', '.join(keys) or 'no key tokens'})")
+    return request
+
+
+def with_key(tokens: list[str], key_token: str | None) -> list[str]:
+    """A primer (without `<piece>`) with `key_token` first, replacing a key token already there."""
+    if key_token is None:
+        return list(tokens)
+    rest = list(tokens[1:]) if tokens and tokens[0].startswith(KEY + ":") else list(tokens)
+    return [key_token] + rest
+
+
+def check_reach(request: Request, latest_bars) -> None:
+    """Refuses bar ranges no piece can reach: `latest_bars` is each row's last reachable bar (0-based)."""
+    latest = max(latest_bars)
+    for schedule in (request.density, request.polyphony):
+        for first in schedule.first_bars():
+            if first > latest:
+                raise ControlError(f"{schedule.kind} bar {first + 1} is outside the piece: at its length it can "
+                                   f"reach bar {latest + 1} at most (expected bars 1..{latest + 1}, or a longer length)")
+
+
+def transposed(sonorities, shift: int):
+    """The sonorities moved by `shift` semitones, an octave the other way where that leaves the MIDI range."""
+    if not shift:
+        return list(sonorities)
+    pitches = [p for s in sonorities for p in s.pitches]
+    if pitches and (min(pitches) + shift < 0 or max(pitches) + shift > 127):
+        shift += -12 if shift > 0 else 12
+    return [dataclasses.replace(s, pitches=tuple(p + shift for p in s.pitches)) for s in sonorities]

@@ -7,7 +7,8 @@ import math
 
 import numpy as np
 
-from keras_music import cli, evaluate_likelihood as likelihood, evaluate_music as music_lib, evaluate_report
+from keras_music import cli, controls, evaluate_controls, evaluate_likelihood as likelihood, evaluate_music as music_lib
+from keras_music import evaluate_report
 from keras_music import formatting as fmt, run as run_lib, storage
 from keras_music.evaluate_held_out import DEFAULT_TIME_SIGNATURE, load_split
 from keras_music.evaluate_likelihood import DEFAULT_ORDERS, MAX_ORDER
@@ -17,26 +18,33 @@ MAX_NUM_SAMPLES = 1000
 
 DISTRIBUTIONS_PNG = "metric_distributions.png"
 TEMPERATURE_PNG = "metrics_vs_temperature.png"
+CONTROLS_PNG = "controls_confusion.png"
 
 
 def evaluate_run(run_dir: str, num_samples: int = DEFAULT_NUM_SAMPLES, length: int = DEFAULT_LENGTH,
                  temperatures=DEFAULT_TEMPERATURES, seed: int = 0, orders=DEFAULT_ORDERS, out_dir: str | None = None,
-                 show_progress: bool = False, generator=None) -> dict:
+                 show_progress: bool = False, generator=None,
+                 controls_samples: int = evaluate_controls.DEFAULT_SAMPLES) -> dict:
     """Evaluate a run and write evaluation.json, evaluation.md and plots into out_dir (default RUN/evaluation).
 
     `generator` replaces keras_music.generate.Generator(run_dir) (any object with
-    the same `generate` method), for callers that already hold one.
+    the same `generate` method), for callers that already hold one. A run trained with control
+    tokens also gets the control report (`evaluate_controls`), `controls_samples` pieces per
+    requested value (0: none).
     """
     _check_settings(num_samples, length, temperatures, seed)
+    if isinstance(controls_samples, bool) or not isinstance(controls_samples, (int, np.integer)) or controls_samples < 0:
+        raise ValueError(f"controls_samples must be an integer >= 0 (0: no control report), got {controls_samples!r}")
     orders = likelihood.check_orders(orders)
     out_dir = out_dir or run_lib.path(run_dir, run_lib.EVALUATION)
     # One evaluation writes a directory at a time; the run itself is only read.
     with run_lib.lock(out_dir, "python -m keras_music.evaluate"):
         return _evaluate_run(run_dir, num_samples, length, temperatures, seed, orders, out_dir, show_progress,
-                             generator)
+                             generator, controls_samples)
 
 
-def _evaluate_run(run_dir, num_samples, length, temperatures, seed, orders, out_dir, show_progress, generator):
+def _evaluate_run(run_dir, num_samples, length, temperatures, seed, orders, out_dir, show_progress, generator,
+                  controls_samples=0):
     temperatures = tuple(float(t) for t in temperatures)
     transpose = int(run_lib.load_config(run_dir).data.transpose)
     vocabulary = run_lib.load_vocabulary(run_dir)
@@ -45,6 +53,11 @@ def _evaluate_run(run_dir, num_samples, length, temperatures, seed, orders, out_
     lstm = likelihood.model_quality(run_dir, held_out, vocabulary=vocabulary, show_progress=show_progress)
     baseline = likelihood.ngram_baseline(run_dir, orders, held_out, training, vocabulary, show_progress)
     baseline["note"] = likelihood.ngram_note(len(training), transpose)
+    steerable = controls.has_controls(vocabulary.tokens) and controls_samples > 0
+    if steerable and generator is None:
+        from keras_music.generate import Generator
+
+        generator = Generator(run_dir)
     music = music_lib.music_metrics(run_dir, num_samples, length, temperatures, seed, held_out, training,
                                     vocabulary, generator, show_progress)
     result = {
@@ -60,7 +73,13 @@ def _evaluate_run(run_dir, num_samples, length, temperatures, seed, orders, out_
         "lstm_vs_ngram": likelihood.compare_with_ngrams(lstm, baseline),
         "music_metrics": music,
     }
+    if steerable:
+        result["settings"]["controls_samples"] = controls_samples
+        result["controls"] = evaluate_controls.control_report(generator, controls_samples, seed=seed)
     result["figures"] = _write_figures(music, out_dir)
+    if steerable:
+        evaluate_controls.plot_confusions(result["controls"], storage.join(out_dir, CONTROLS_PNG))
+        result["figures"].append(CONTROLS_PNG)
     result = storage.json_ready(result)
     storage.write_json(storage.join(out_dir, run_lib.EVALUATION_JSON), result)
     storage.write_text(storage.join(out_dir, run_lib.EVALUATION_MD), evaluate_report.render_evaluation(result))
@@ -141,6 +160,10 @@ def parse_args(argv=None):
     parser.add_argument("--orders", type=orders_argument, default=DEFAULT_ORDERS, metavar="ORDERS",
                         help=f"n-gram baseline orders, e.g. 1-8 or 2,3 (default: 1-{DEFAULT_ORDERS[-1]}; "
                              f"at most {MAX_ORDER})")
+    parser.add_argument("--controls-samples", type=cli.non_negative_int, default=evaluate_controls.DEFAULT_SAMPLES,
+                        metavar="N", help="runs trained with data.controls: pieces per requested control value in the "
+                                          f"control report, {evaluate_controls.DEFAULT_LENGTH} events each (0: no "
+                                          f"report; default: {evaluate_controls.DEFAULT_SAMPLES})")
     parser.add_argument("--out", default=None, metavar="DIR", help="output directory (default: RUN/evaluation)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser, parser.parse_args(argv)
@@ -153,7 +176,7 @@ def main(argv=None) -> int:
         temperatures = tuple(dict.fromkeys(args.temperature)) if args.temperature else DEFAULT_TEMPERATURES
         out_dir = args.out or run_lib.path(args.run_dir, run_lib.EVALUATION)
         result = evaluate_run(args.run_dir, args.num_samples, args.length, temperatures, args.seed, args.orders,
-                              out_dir, show_progress=not args.quiet)
+                              out_dir, show_progress=not args.quiet, controls_samples=args.controls_samples)
         lstm = result["model_quality"]
         ratios = result["lstm_vs_ngram"]
         print(f"held-out: {lstm['tokens']} tokens, {lstm['events']} events; LSTM perplexity "

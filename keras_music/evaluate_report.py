@@ -144,6 +144,10 @@ def render_evaluation(result: dict) -> str:
     lines += _music_metrics_section(music, keys)
     lines += _overlap_section(music, keys, result["held_out"]["pieces"])
     lines += _generation_section(music, keys)
+    if "controls" in result:
+        from keras_music.evaluate_controls import render_section
+
+        lines += render_section(result["controls"])
     lines += _how_to_read_section(music)
     lines += ["", "## Figures", ""] + [f"![{figure}]({figure})" for figure in result.get("figures", [])]
     return "\n".join(lines) + "\n"

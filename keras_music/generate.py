@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from keras_music import audio as audio_lib, cli, defaults, events, formatting as fmt, piece_files, run as run_lib, sampling, storage
+from keras_music import audio as audio_lib, cli, controls, defaults, events, formatting as fmt, piece_files, run as run_lib, sampling, storage
 from keras_music.backends import BACKENDS, make_backend
 from keras_music.errors import KerasMusicError
 from keras_music.pieces import Piece, default_timing, record_timing, within_primer
@@ -294,7 +294,7 @@ class Generator:
     def generate(self, num_samples=1, length=defaults.LENGTH, temperature=defaults.TEMPERATURE, top_k=defaults.TOP_K,
                  top_p=defaults.TOP_P, seed=defaults.SEED, primer=None, primer_tokens=None, strict=False,
                  show_progress=False, min_length=defaults.MIN_LENGTH, primer_events=DEFAULT_PRIMER_EVENTS,
-                 rng=sampling.DEFAULT_RNG) -> list[Piece]:
+                 rng=sampling.DEFAULT_RNG, key=None, density=None, polyphony=None) -> list[Piece]:
         """Sample `num_samples` pieces in one batched pass.
 
         Each row starts with `<piece>` and its primer: the first `primer_events` events
@@ -313,29 +313,76 @@ class Generator:
         temperature is above 0: piece i of a batch is the piece of seed + i generated alone
         (with the same primer), and the exported models and the web page given that seed
         draw the same tokens. `rng` "numpy" draws from one `np.random.Generator` instead.
+
+        Controls (runs trained with `data.controls`): `key` ("D minor") goes into the primer
+        right after `<piece>`; `density` and `polyphony` are a level (low, medium, high, off, a
+        bin) or a bar schedule ("1-4:low,5-8:high"), fed by the rule of `controls.Steering`.
         """
         lengths, min_lengths = _checked_settings(num_samples, length, seed, temperature, top_k, top_p,
                                                  primer_events, min_length, rng)
+        request = self.control_request(key, density, polyphony)
         primers = self._primers(num_samples, _rng_for_primers(seed), primer, primer_tokens, strict, primer_events)
+        if request.key_token is not None:
+            primers = [(controls.with_key(p[0], request.key_token),) + tuple(p[1:]) for p in primers]
         sequences = [[self.vocabulary.boundary_id] + self.vocabulary.encode(primer[0]) for primer in primers]
+        steering = self._steering(request, primers, sequences, lengths)
         probabilities, state = self.prime(sequences)
         rows = _Rows(lengths, min_lengths)
         self._sample(rows, probabilities, state, self.grammar_state(sequences), sampling.make_rng(seed, rng),
-                     (temperature, top_k, top_p), show_progress)
+                     (temperature, top_k, top_p), show_progress, steering)
         settings = {"backend": self.backend_name, "num_samples": num_samples,
                     "temperature": float(temperature), "top_k": int(top_k), "top_p": float(top_p),
                     "representation": self.representation, "rng": rng}
-        return [self._piece(row, primers[row], rows.ids[row], rows.stop[row], seed,
-                            {**settings, "length": int(lengths[row]), "min_length": int(min_lengths[row]),
-                             **self._piece_seed(rng, seed, row)})
-                for row in range(num_samples)]
+        pieces = [self._piece(row, primers[row], rows.ids[row], rows.stop[row], seed,
+                              {**settings, "length": int(lengths[row]), "min_length": int(min_lengths[row]),
+                               **self._piece_seed(rng, seed, row)})
+                  for row in range(num_samples)]
+        return [self._steered(piece, request, steering) for piece in pieces]
+
+    # ------------------------------------------------------------------ controls
+
+    def control_request(self, key=None, density=None, polyphony=None) -> controls.Request:
+        """The checked controls a user asked for (one-line errors: no control tokens, a key the vocabulary lacks)."""
+        try:
+            return controls.make_request(self.vocabulary.tokens, bool(self.config.data.normalize_key), self.run_dir,
+                                         key, density, polyphony)
+        except controls.ControlError as error:
+            raise GenerateError(str(error)) from None
+
+    def _steering(self, request, primers, sequences, lengths):
+        """The bar controls' feeder of the batch (None without bar controls), its clocks past each primer."""
+        if not (request.density.requested or request.polyphony.requested):
+            return None
+        table = events.grammar_table(self.vocabulary.tokens, self.representation)
+        steering = controls.Steering(self.vocabulary.tokens, table["kinds"], request.density, request.polyphony,
+                                     [controls.time_signature_of(p[3]) for p in primers])
+        steering.start(sequences)
+        durations = [Fraction(t.partition(":")[2]) for t, k in zip(self.vocabulary.tokens, table["kinds"]) if k == "dur"]
+        try:
+            controls.check_reach(request, steering.latest_bar(lengths, max(durations, default=Fraction(0))))
+        except controls.ControlError as error:
+            raise GenerateError(str(error)) from None
+        return steering
+
+    @staticmethod
+    def _steered(piece: Piece, request, steering) -> Piece:
+        """The piece with its requested controls recorded and, for a key reached by transposition, moved there."""
+        if not request.any:
+            return piece
+        fed = steering.fed[piece.index] if steering is not None else []
+        piece.settings["controls"] = request.record(controls.time_signature_of(piece.timing), fed)
+        if request.transpose:
+            piece.sonorities = controls.transposed(piece.sonorities, request.transpose)
+            piece.notes = events.sonorities_to_notes(piece.sonorities)
+        return piece
 
     @staticmethod
     def _piece_seed(rng: str, seed: int, row: int) -> dict:
         """The seed that gives this row's piece alone, in every path (only the portable sampler has one)."""
         return {"piece_seed": (int(seed) + row) % 2 ** 64} if rng == "splitmix64" else {}
 
-    def _sample(self, rows: _Rows, probabilities, state, grammar, rng, how, show_progress: bool) -> None:
+    def _sample(self, rows: _Rows, probabilities, state, grammar, rng, how, show_progress: bool,
+                steering=None) -> None:
         """Sample every row until it has its events or samples the boundary (`how`: temperature, top_k, top_p)."""
         longest = int(rows.lengths.max())
         # Each row's own token limit (export/README.md, "One piece"), so a row of a batch
@@ -350,10 +397,14 @@ class Generator:
                 rows.finished |= last & (grammar.phase == 0)
                 if rows.finished.all():
                     break
+                if steering is not None:  # bar controls due now are fed without a draw
+                    probabilities, state = steering.feed(self.backend.step, probabilities, state, ~rows.finished)
                 allowed = self.grammar.allowed(grammar, closing=last)
                 # A row short of its min_length may not end yet: the boundary is not allowed.
                 allowed[rows.early(), self.vocabulary.boundary_id] = False
                 ids = sampling.sample_next(probabilities, rng, *how, self.banned, allowed)
+                if steering is not None:
+                    steering.advance(ids, ~rows.finished)
                 self.grammar.advance(grammar, ids, ~rows.finished)
                 rows.take(ids, self.vocabulary.boundary_id, self.is_event)
                 rows.finished |= last
@@ -470,6 +521,16 @@ def parse_args(argv=None):
     parser.add_argument("--rng", choices=sampling.RNG_KINDS, default=sampling.DEFAULT_RNG,
                         help="random numbers: splitmix64, the portable generator the exported models and the web "
                              "page share (a seed gives the same tokens everywhere), or numpy's")
+    steer = parser.add_argument_group("controls (runs trained with data.controls=true)")
+    steer.add_argument("--key", metavar="KEY", default=None,
+                       help='the key of every piece, e.g. "D minor", "Eb major" (or just "major"/"minor"); with '
+                            "data.normalize_key the model writes in C major / A minor and the output is transposed")
+    steer.add_argument("--density", metavar="LEVELS", default=None,
+                       help='onsets per bar: low, medium, high, off or a bin 0-6 for every bar, or per bar range, '
+                            'bars counted from 1: "1-4:low,5-8:high", "medium,9-:high"')
+    steer.add_argument("--polyphony", metavar="LEVELS", default=None,
+                       help="notes sounding at each onset: low, medium, high, off or a bin 0-4, or per bar range "
+                            "as for --density")
     parser.add_argument("--out", metavar="DIR", default=None, help="output directory (default: RUN/generated/<timestamp>)")
     parser.add_argument("--tempo", type=float, default=None, metavar="BPM",
                         help="one tempo for the whole piece (default: the primer's tempo map, or the corpus's "
@@ -500,7 +561,8 @@ def main(argv=None):
                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                     seed=args.seed, primer=args.primer, primer_tokens=args.primer_tokens,
                                     strict=args.strict, show_progress=not args.quiet,
-                                    primer_events=args.primer_events, rng=args.rng)
+                                    primer_events=args.primer_events, rng=args.rng, key=args.key,
+                                    density=args.density, polyphony=args.polyphony)
         out_dir = args.out or run_lib.timestamped_dir(run_lib.path(args.run_dir, run_lib.GENERATED))
         paths = generator.write(pieces, out_dir, tempo=args.tempo, instrument=args.instrument,
                                 audio=args.audio, soundfont=args.soundfont)
@@ -510,6 +572,9 @@ def main(argv=None):
             print(f"primer: {pieces[0].primer_source} (--primer-events {args.primer_events})")
         for number, piece in enumerate(pieces, start=1):
             print(summary_line(f"sample {number}", piece))
+            steered = piece.settings.get("controls")
+            if steered:
+                print(f"  controls: {controls.describe_record(steered)}")
         print(f"wrote {len(pieces)} piece{'s' if len(pieces) != 1 else ''} to {out_dir}")
     cli.finish(0)
 

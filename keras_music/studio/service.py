@@ -27,6 +27,38 @@ POOL_GROWTH = 4
 POOL_QUIET_SECONDS = 1.0
 
 
+def _controls_of(generator) -> dict | None:
+    """What the studio's form may ask a run for: None for a run without control tokens."""
+    from keras_music import controls
+
+    tokens = generator.vocabulary.tokens
+    if not controls.has_controls(tokens):
+        return None
+    normalize = bool(generator.config.data.normalize_key)
+    keys = []
+    for mode in controls.MODES:
+        for name in events.PITCH_NAMES:
+            label = f"{name.replace('-', 'b')} {mode}"
+            if controls.requested_key(label, normalize)[0] in tokens:
+                keys.append(label)
+    return {"keys": keys, "levels": ["low", "medium", "high"], "density_bins": controls.DENSITY_BINS,
+            "polyphony_bins": controls.POLYPHONY_BINS, "normalize_key": normalize}
+
+
+def _requested_controls(body: dict) -> dict:
+    """The key, density and polyphony of a /api/generate body (strings, or a bin number), unset when absent."""
+    out = {}
+    for name in ("key", "density", "polyphony"):
+        value = body.get(name)
+        if value is None or value == "":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            example = '"D minor"' if name == "key" else '"high" or "1-4:low,5-8:high"'
+            raise StudioError(f"{name} must be a string such as {example}, got {value!r}")
+        out[name] = value
+    return out
+
+
 class StudioError(KerasMusicError, ValueError):
     """A request the studio refuses; `status` is the HTTP status (4xx)."""
 
@@ -126,6 +158,7 @@ class Studio:
             out.append({
                 "name": label, "representation": generator.representation,
                 "vocabulary_size": len(generator.vocabulary), "held_out": held_out,
+                "controls": _controls_of(generator),
                 "metrics": _scalars(metrics), "evaluation": _scalars(evaluation),
                 "summary": summary.summarize_run(label, generator.representation, len(generator.vocabulary),
                                                  held_out, metrics, evaluation, defaults.TEMPERATURE),
@@ -156,7 +189,11 @@ class Studio:
         min_length = int(_number(body, "min_length", defaults.MIN_LENGTH, 0, self.max_length, integer=True))
         seed = int(_number(body, "seed", random.randrange(2 ** 31), 0, 2 ** 31 - 1, integer=True))
         primer = body.get("primer", "held_out")
-        kwargs = {}
+        kwargs = _requested_controls(body)
+        try:
+            generator.control_request(**kwargs)  # a bad control fails now, not after waiting for the model
+        except KerasMusicError as error:
+            raise StudioError(str(error)) from None
         if primer == "none":
             kwargs["primer_tokens"] = []
         elif isinstance(primer, str) and primer.startswith("held_out:"):
@@ -193,6 +230,7 @@ class Studio:
             "primer_quarters": piece.primer_duration,
             "notes": [[float(a), float(b), int(p)] for a, b, p in piece.notes],
             "timing": {"sample_seconds": round(sample_seconds, 3), "write_seconds": round(write_seconds, 3)},
+            "controls": piece.settings.get("controls"),
             "urls": {"midi": base + names[".mid"], "musicxml": base + names[".musicxml"],
                      "audio": base + names[".ogg"], "png": base + names[".png"], "json": base + names[".json"]},
         }

@@ -3,7 +3,7 @@
 // same machinery for scripts and tests.
 
 import {loadLiteRt, loadAndCompile, Tensor} from './litert/core/index.js';
-import {BOUNDARY, DEFAULTS, SplitMix64, generate as sampleTokens, randomSeed, toSeed, validateSettings} from './sampler.js';
+import {BOUNDARY, DEFAULTS, PITCH_NAMES, SplitMix64, generate as sampleTokens, keyRequest, parseSchedule, randomSeed, toSeed, validateSettings} from './sampler.js';
 import {decode, midiBytes} from './music.js';
 import {Synth, drawPianoRoll} from './player.js';
 import {Live} from './live.js';
@@ -138,9 +138,36 @@ function defaults() {
           minLength: pick('min_length', DEFAULTS.minLength), tempo: pick('tempo', DEFAULTS.tempo)};
 }
 
+/** Whether the model reads control tokens (a run trained with data.controls). */
+function hasControls() {
+  return page.vocabulary.tokens.some((token) => /^(key|density|poly):/.test(token));
+}
+
+/**
+ * The controls of a request (export/README.md, "One piece"): the key token put right after <piece> (replacing one
+ * there) and the semitones the output moves by, the bar schedules checked. Throws naming a bad value.
+ */
+function steering(primerIdList, {key, density, polyphony}) {
+  const asked = [key, density, polyphony].some((value) => value !== undefined && value !== null && value !== '');
+  if (asked && !hasControls()) {
+    throw new Error('this model has no control tokens (key, density, polyphony): train the run with data.controls=true');
+  }
+  parseSchedule('density', density);
+  parseSchedule('poly', polyphony);
+  if (key === undefined || key === null || key === '') return {primerIds: primerIdList, transpose: 0};
+  const {token, transpose} = keyRequest(key, page.vocabulary.tokens);
+  const rest = primerIdList.slice(1);
+  if (rest.length && page.vocabulary.tokens[rest[0]].startsWith('key:')) rest.shift();
+  return {primerIds: [primerIdList[0], page.tokenIds.get(token), ...rest], transpose};
+}
+
+function transposed(notes, semitones) {
+  return semitones ? notes.map((note) => ({...note, pitch: note.pitch + semitones})) : notes;
+}
+
 /** Samples a piece; resolves to the sampled token ids (primer excluded). Unset settings take the defaults. */
 async function generate({seed, length, minLength, temperature, topK, topP, keepGoing = false, primer = null,
-  maxTokens = null} = {}) {
+  maxTokens = null, key = null, density = null, polyphony = null} = {}) {
   const fallback = defaults();
   const settings = {length: length ?? fallback.length, minLength: minLength ?? fallback.minLength,
                     temperature: temperature ?? fallback.temperature, topK: topK ?? fallback.topK,
@@ -148,15 +175,18 @@ async function generate({seed, length, minLength, temperature, topK, topP, keepG
   validateSettings(settings);
   const usedSeed = seed === undefined || seed === null || seed === '' ? randomSeed() : seed;
   toSeed(usedSeed);  // a bad seed fails here, before any work
-  const primerIdList = primerIds(primer);
+  const steered = steering(primerIds(primer), {key, density, polyphony});
+  const primerIdList = steered.primerIds;
+  const controls = {key, density, polyphony, transpose: steered.transpose, timeSignature: timing().time_signature};
   return exclusive(async () => {
     const started = performance.now();
     const result = await sampleTokens(page.model, page.vocabulary, {primerIds: primerIdList, ...settings,
-      maxTokens, seed: usedSeed, now: () => performance.now()});
+      maxTokens, seed: usedSeed, now: () => performance.now(), density, polyphony,
+      timeSignature: timing().time_signature});
     const tokens = result.ids.map((id) => page.vocabulary.tokens[id]);
-    page.last = {seed: String(usedSeed), settings, model: page.model.name, build: page.build,
+    page.last = {seed: String(usedSeed), settings, controls, model: page.model.name, build: page.build,
                  primer: primerIdList, sampled: result.sampled, tokens, events: result.events, stopped: result.stopped,
-                 notes: decode(tokens, page.vocabulary), stepMs: result.stepMs,
+                 notes: transposed(decode(tokens, page.vocabulary), steered.transpose), stepMs: result.stepMs,
                  generateMs: performance.now() - started};
     return result.sampled;
   });
@@ -184,6 +214,7 @@ function readForm() {
     length: number('length'), minLength: number('min-length'), temperature: number('temperature'),
     topK: number('top-k'), topP: number('top-p'),
     keepGoing: $('keep-going').checked,
+    key: $('key').value || null, density: $('density').value || null, polyphony: $('polyphony').value || null,
   };
 }
 
@@ -251,6 +282,25 @@ function describeModels() {
   }));
 }
 
+/** The key, density and polyphony selects, shown only for a model that reads control tokens. */
+function describeControls() {
+  $('controls').hidden = !hasControls();
+  if (!hasControls()) return;
+  const keys = [['', 'any']];
+  for (const mode of ['major', 'minor']) {
+    for (const name of PITCH_NAMES) {
+      const label = `${name.replace('-', 'b')} ${mode}`;
+      try {
+        keyRequest(label, page.vocabulary.tokens);
+        keys.push([label, label]);
+      } catch (error) {
+        // a key this vocabulary cannot ask for
+      }
+    }
+  }
+  $('key').replaceChildren(...keys.map(([value, text]) => new Option(text, value)));
+}
+
 async function start() {
   mark('start');
   setStatus('loading', 'loading the model and the LiteRT.js runtime ...');
@@ -267,6 +317,7 @@ async function start() {
     $(id).value = value;
   }
   $('length').max = (page.site.defaults && page.site.defaults.max_length) || DEFAULTS.maxLength;
+  describeControls();
   const notes = [];
   page.build = params.get('build') === 'threaded' ? 'threaded' : 'default';
   if (page.build === 'threaded' && !self.crossOriginIsolated) {

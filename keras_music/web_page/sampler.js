@@ -15,6 +15,133 @@ export const BANNED = [0, 1];
 export const DEFAULTS = Object.freeze({temperature: 0.9, topK: 0, topP: 1, length: 200, minLength: 8,
   maxLength: 10000, maxTokensPerEvent: 32, tempo: 120});
 
+// Named levels of the bar controls (keras_music/controls.py; the tests check that they agree).
+export const LEVELS = Object.freeze({density: {low: 1, medium: 3, high: 5}, poly: {low: 1, medium: 2, high: 4}});
+export const BINS = Object.freeze({density: 7, poly: 5});
+export const PITCH_NAMES = ['C', 'C#', 'D', 'E-', 'E', 'F', 'F#', 'G', 'G#', 'A', 'B-', 'B'];
+
+/**
+ * A bar control's schedule {defaultBin, ranges: [[first, last|null, bin|null]]} (bars 0-based) from a level
+ * (low, medium, high, off, a bin) for every bar or comma-separated LEVEL and BARS:LEVEL items, BARS one of
+ * N, N-M, N- counted from 1 ("1-4:low,5-8:high"): export/README.md, "Control tokens".
+ */
+export function parseSchedule(kind, spec) {
+  const level = (text) => {
+    const value = String(text).trim().toLowerCase();
+    if (value === 'off') return null;
+    if (value in LEVELS[kind]) return LEVELS[kind][value];
+    if (/^\d+$/.test(value) && Number(value) < BINS[kind]) return Number(value);
+    throw new Error(`${kind} level ${JSON.stringify(String(text).trim())} does not exist (expected low, medium, ` +
+                    `high, off or a bin 0..${BINS[kind] - 1})`);
+  };
+  const schedule = {defaultBin: null, ranges: []};
+  if (spec === undefined || spec === null) return schedule;
+  spec = String(spec).replace(/\s+/g, '');  // spaces mean nothing: "1 - 4 : low" is "1-4:low"
+  if (spec === '') return schedule;
+  let hasDefault = false;
+  for (const item of spec.split(',')) {
+    const colon = item.lastIndexOf(':');
+    if (colon < 0) {
+      if (hasDefault) throw new Error(`${kind} schedule ${JSON.stringify(String(spec))} gives two levels for every bar`);
+      schedule.defaultBin = level(item);
+      hasDefault = true;
+      continue;
+    }
+    const bars = item.slice(0, colon).trim();
+    const match = /^(\d+)(-(\d*))?$/.exec(bars);
+    const first = match ? Number(match[1]) : 0;
+    const last = !match ? null : match[2] === undefined ? first : match[3] === '' ? null : Number(match[3]);
+    if (!match || first < 1 || (last !== null && last < first)) {
+      throw new Error(`${kind} bars ${JSON.stringify(bars)} are not a bar range (expected N, N-M or N-, bars counted from 1)`);
+    }
+    const range = [first - 1, last === null ? null : last - 1, level(item.slice(colon + 1))];
+    if (schedule.ranges.some(([a, b]) => (b === null || range[0] <= b) && (range[1] === null || a <= range[1]))) {
+      throw new Error(`${kind} schedule ${JSON.stringify(String(spec))}: bars ${bars} overlap another range`);
+    }
+    schedule.ranges.push(range);
+  }
+  return schedule;
+}
+
+export function scheduleAt(schedule, bar) {
+  for (const [first, last, bin] of schedule.ranges) {
+    if (first <= bar && (last === null || bar <= last)) return bin;
+  }
+  return schedule.defaultBin;
+}
+
+const gcd = (a, b) => (b ? gcd(b, a % b) : a);
+
+/** The bar clock of the rule in export/README.md ("One piece"): exact fractions of quarter notes. */
+export class BarClock {
+  constructor(timeSignature = [4, 4]) {
+    this.barNumerator = 4 * timeSignature[0];  // bar length = barNumerator / barDenominator quarters
+    this.barDenominator = timeSignature[1];
+    this.time = [0, 1];
+    this.nextBar = 0;
+    this.between = true;
+  }
+
+  bar() {
+    const top = this.time[0] * this.barDenominator;
+    const bottom = this.time[1] * this.barNumerator;
+    return (top - (top % bottom)) / bottom;
+  }
+
+  advance(kind, token) {
+    if ((kind === 'pitch' || kind === 'hold' || kind === 'rest') && this.between) {
+      this.between = false;
+      this.nextBar = Math.max(this.nextBar, this.bar() + 1);
+    } else if (kind === 'dur') {
+      const [top, bottom = '1'] = token.slice(token.indexOf(':') + 1).split('/');
+      const numerator = this.time[0] * Number(bottom) + Number(top) * this.time[1];
+      const denominator = this.time[1] * Number(bottom);
+      const divisor = gcd(numerator, denominator);
+      this.time = [numerator / divisor, denominator / divisor];
+      this.between = true;
+    }
+  }
+
+  due() {
+    const bar = this.bar();
+    if (!this.between || bar < this.nextBar) return null;
+    this.nextBar = bar + 1;
+    return bar;
+  }
+}
+
+/**
+ * {token, transpose} for a key name ("D minor", "Eb major", "minor") or a key token: with key:major / key:minor
+ * in the vocabulary (keys normalised) the mode's token and the semitones (-6..5) that move the output to the tonic.
+ */
+export function keyRequest(name, tokens) {
+  const text = String(name).trim();
+  if (tokens.includes(text) && text.startsWith('key:')) return {token: text, transpose: 0};
+  const match = /^(?:([A-Ga-g])([#b-]?)\s+)?(major|minor)$/i.exec(text);
+  if (!match) {
+    throw new Error(`key ${JSON.stringify(text)} does not exist (expected a tonic C..B with an optional # or b and ` +
+                    'major or minor, e.g. "D minor")');
+  }
+  const mode = match[3].toLowerCase();
+  const tonic = match[1] === undefined ? null :
+    ({C: 0, D: 2, E: 4, F: 5, G: 7, A: 9, B: 11}[match[1].toUpperCase()] + ({'#': 1, b: -1, '-': -1}[match[2]] || 0) + 12) % 12;
+  let token;
+  let transpose = 0;
+  if (tokens.includes('key:major') || tokens.includes('key:minor')) {
+    const shift = tonic === null ? 0 : (tonic - (mode === 'major' ? 0 : 9) + 12) % 12;
+    token = `key:${mode}`;
+    transpose = shift >= 6 ? shift - 12 : shift;
+  } else if (tonic === null) {
+    throw new Error(`key ${JSON.stringify(text)} names no tonic, but this vocabulary's key tokens do`);
+  } else {
+    token = `key:${PITCH_NAMES[tonic]}:${mode}`;
+  }
+  if (!tokens.includes(token)) {
+    throw new Error(`key token ${token} is not in vocab.json (this model was trained without controls)`);
+  }
+  return {token, transpose};
+}
+
 /** A seed as an unsigned 64-bit BigInt: integers (Number, BigInt or decimal string) modulo 2^64. */
 export function toSeed(seed) {
   if (typeof seed === 'bigint') return BigInt.asUintN(64, seed);
@@ -199,9 +326,16 @@ export function sample(probabilities, rng, temperature, topK, topP, banned = BAN
  */
 export async function generate(model, vocabulary, {primerIds = [BOUNDARY], length = DEFAULTS.length,
   minLength = DEFAULTS.minLength, temperature = DEFAULTS.temperature, topK = DEFAULTS.topK, topP = DEFAULTS.topP,
-  seed = 0, keepGoing = false, maxTokens = null, now = null, until = null} = {}) {
+  seed = 0, keepGoing = false, maxTokens = null, now = null, until = null, density = null, polyphony = null,
+  timeSignature = [4, 4]} = {}) {
   const rng = new SplitMix64(seed);
   const grammar = new Grammar(vocabulary);
+  const schedules = [['density', parseSchedule('density', density)], ['poly', parseSchedule('poly', polyphony)]];
+  const steered = schedules.some(([, s]) => s.defaultBin !== null || s.ranges.some((r) => r[2] !== null));
+  if (steered && !vocabulary.tokens.some((t) => t.startsWith('density:') || t.startsWith('poly:'))) {
+    throw new Error('this model has no control tokens, so density and polyphony cannot steer it');
+  }
+  const clock = new BarClock(timeSignature);
   const tokenLimit = maxTokens ?? length * DEFAULTS.maxTokensPerEvent;
   const least = Math.min(minLength, length);
   const stepMs = [];
@@ -216,6 +350,7 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
   for (const token of primerIds) {
     ({probabilities, state} = await timed(token, state));
     grammar.advance(token);
+    clock.advance(grammar.kinds[token], vocabulary.tokens[token]);
   }
   const sampled = [];
   let stopped = false;
@@ -223,6 +358,13 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
   for (let step = 0; step < tokenLimit; step++) {
     const last = step === tokenLimit - 1;
     if (last && grammar.phase === 'between') break;  // rules "any" never leave it
+    const bar = steered ? clock.due() : null;
+    if (bar !== null) {  // the bar's controls, fed without a draw
+      for (const [kind, schedule] of schedules) {
+        const bin = scheduleAt(schedule, bar);
+        if (bin !== null) ({probabilities, state} = await timed(vocabulary.tokens.indexOf(`${kind}:${bin}`), state));
+      }
+    }
     const allowed = grammar.allowed(last);
     if (events < least) allowed[BOUNDARY] = false;
     const token = sample(probabilities, rng, temperature, topK, topP, BANNED, allowed);
@@ -232,6 +374,7 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
     }
     sampled.push(token);
     grammar.advance(token);
+    clock.advance(grammar.kinds[token], vocabulary.tokens[token]);
     if (grammar.kinds[token] === 'dur' || grammar.kinds[token] === 'event') events++;
     if (events >= length) break;
     if (until && until(token)) break;

@@ -28,6 +28,11 @@ function showRun() {
   $("web").innerHTML = run.web_url ? `<a id="web-link" href="${run.web_url}">Open the in-browser version</a>: the same model generating on your device with LiteRT.js.` : "";
   $("curves").hidden = !run.curves_url;
   if (run.curves_url) $("curves").src = run.curves_url;
+  $("controls").hidden = !run.controls;
+  $("key").innerHTML = "";
+  for (const [value, text] of [["", "any"]].concat((run.controls ? run.controls.keys : []).map((k) => [k, k]))) {
+    $("key").add(new Option(text, value));
+  }
   const options = [["held_out", "opening of a random held-out piece"], ["none", "none"]];
   for (let i = 0; i < run.held_out; i++) options.push([`held_out:${i}`, `held-out piece ${i + 1}`]);
   const uploaded = [...$("primer").options].filter((o) => o.value.startsWith("upload:")).map((o) => [o.value, o.text]);
@@ -77,10 +82,12 @@ async function generate(event) {
   button.disabled = true;
   say($("status"), "generating ...");
   const started = performance.now();
+  const run = runs.find((r) => r.name === $("run-select").value);
   try {
     piece = await post("/api/generate", {
       run: $("run-select").value, temperature: number("temperature"), top_k: number("top-k"),
       top_p: number("top-p"), length: number("length"), seed: number("seed"), primer: $("primer").value,
+      ...(run && run.controls ? { key: $("key").value, density: $("density").value.trim(), polyphony: $("polyphony").value.trim() } : {}),
     }, { retries: 5, onWait: (why, seconds) => say($("status"), `another piece is being generated; trying again in ${seconds.toFixed(0)} s ...`) });
     $("player").src = piece.urls.audio;
     $("player").dataset.seconds = piece.seconds;

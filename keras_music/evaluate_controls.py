@@ -1,0 +1,198 @@
+"""The control report: for each control and requested value, what the generated bars and pieces realised.
+
+Pieces are generated from `<piece>` alone, one batch per requested value: every density bin
+(polyphony left free), every polyphony bin (density left free) and every key the run can ask
+for (with normalised keys C major and A minor: the model writes in them and any other tonic is
+the same piece transposed). A requested bin is fed in every bar (`controls.Steering`); the bars
+measured are those that got it and end inside the piece (the last, cut-off bar is left out), with
+`controls.measure`, the measurement preparation made the training tokens with. A piece's key is
+estimated from its notes with `midi.estimate_key`, the estimator the corpus stage uses.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+
+from keras_music import controls, defaults, events, midi
+
+DEFAULT_SAMPLES = 8  # pieces per requested value
+DEFAULT_LENGTH = 64  # events per piece
+
+
+def spearman(x, y) -> float | None:
+    """Spearman's rank correlation (ties get their mean rank); None when either side is constant or empty."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(np.corrcoef(_ranks(x), _ranks(y))[0, 1])
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values), np.float64)
+    sorted_values = values[order]
+    start = 0
+    for end in range(1, len(values) + 1):
+        if end == len(values) or sorted_values[end] != sorted_values[start]:
+            ranks[order[start:end]] = (start + end - 1) / 2
+            start = end
+    return ranks
+
+
+def bar_outcomes(piece, kind: str) -> list[tuple[int, int]]:
+    """(requested bin, realised bin) of each bar of `piece` that was fed `kind` and ends inside the piece."""
+    record = piece.settings["controls"]
+    time_signature = tuple(record["time_signature"])
+    sonorities = piece.sonorities[piece.primer_events:]
+    layout = controls.measure(sonorities, [[0, *time_signature]])
+    end = sum((s.duration for s in sonorities), Fraction(0))
+    out = []
+    for bar_number, *tokens in record["bars_fed"]:
+        wanted = [int(t.partition(":")[2]) for t in tokens if t.partition(":")[0] == kind]
+        index = bar_number - 1
+        if not wanted or index >= len(layout) or layout[index].end > end:
+            continue
+        bar = layout[index]
+        out.append((wanted[0], bar.density_bin if kind == controls.DENSITY else bar.polyphony_bin))
+    return out
+
+
+def bin_summary(pairs, bins: int) -> dict:
+    """Share in the requested bin, within one bin, the confusion table (rows requested, columns realised), Spearman."""
+    confusion = np.zeros((bins, bins), np.int64)
+    for wanted, got in pairs:
+        confusion[wanted, got] += 1
+    wanted = np.array([p[0] for p in pairs])
+    got = np.array([p[1] for p in pairs])
+    n = len(pairs)
+    per_value = {}
+    for value in sorted(set(wanted.tolist())):
+        mine = got[wanted == value]
+        per_value[str(value)] = {"bars": int(len(mine)), "in_bin": float(np.mean(mine == value)),
+                                 "within_one": float(np.mean(np.abs(mine - value) <= 1)),
+                                 "mean_realised": float(np.mean(mine))}
+    return {"bars": n, "in_bin": float(np.mean(wanted == got)) if n else None,
+            "within_one": float(np.mean(np.abs(wanted - got) <= 1)) if n else None,
+            "spearman": spearman(wanted, got), "confusion": confusion.tolist(), "per_value": per_value}
+
+
+def estimated_key(piece) -> tuple[int, str] | None:
+    """(tonic pitch class, mode) the corpus stage's estimator hears in the piece's notes, or None."""
+    notes = [(float(onset), float(onset + duration), int(pitch)) for onset, duration, pitch in piece.notes]
+    return controls.parse_key(midi.estimate_key(notes, 1)[1])
+
+
+def requested_keys(generator) -> list[str]:
+    """The keys the report asks for: C major and A minor with normalised keys, else every key token's key."""
+    if generator.config.data.normalize_key:
+        return ["C major", "A minor"]
+    names = []
+    for token in generator.vocabulary.tokens:
+        kind, _, value = token.partition(":")
+        tonic, _, mode = value.partition(":")
+        if kind == controls.KEY and mode:
+            names.append(f"{tonic} {mode}")
+    return names
+
+
+def control_report(generator, num_samples: int = DEFAULT_SAMPLES, length: int = DEFAULT_LENGTH, seed: int = 0,
+                   temperature: float = defaults.TEMPERATURE) -> dict:
+    """Generate per requested value and measure what was realised (see the module's docstring)."""
+    common = {"num_samples": num_samples, "length": length, "seed": seed, "temperature": temperature,
+              "primer_tokens": []}
+    report = {"settings": {"samples_per_value": num_samples, "length": length, "seed": seed,
+                           "temperature": float(temperature)}}
+    for kind, bins, argument in ((controls.DENSITY, controls.DENSITY_BINS, "density"),
+                                 (controls.POLYPHONY, controls.POLYPHONY_BINS, "polyphony")):
+        pairs = []
+        for value in range(bins):
+            for piece in generator.generate(**common, **{argument: str(value)}):
+                pairs += bar_outcomes(piece, kind)
+        report[argument] = bin_summary(pairs, bins)
+    keys = {}
+    for name in requested_keys(generator):
+        wanted = controls.parse_requested_key(name)
+        found = [estimated_key(piece) for piece in generator.generate(**common, key=name)]
+        keys[name] = {"pieces": len(found), "share": float(np.mean([f == wanted for f in found])),
+                      "mode_share": float(np.mean([f is not None and f[1] == wanted[1] for f in found])),
+                      "estimated": _counts(f"{events.PITCH_NAMES[f[0]]} {f[1]}" if f else "unknown" for f in found)}
+    report["key"] = {"per_key": keys,
+                     "share": float(np.mean([k["share"] for k in keys.values()])) if keys else None}
+    return report
+
+
+def _counts(names) -> dict:
+    out: dict[str, int] = {}
+    for name in names:
+        out[name] = out.get(name, 0) + 1
+    return dict(sorted(out.items(), key=lambda item: -item[1]))
+
+
+# ----------------------------------------------------------------------------- evaluation.md
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def render_section(report: dict) -> list[str]:
+    settings = report["settings"]
+    lines = [
+        "",
+        "## Controls: requested vs realised",
+        "",
+        f"{settings['samples_per_value']} pieces of up to {settings['length']} events per requested value, from "
+        f"`<piece>` alone, temperature {settings['temperature']:g}, seed {settings['seed']}. Each bin is asked for "
+        "in every bar; a bar counts when it got the control and ends inside the piece, and is measured as "
+        "preparation measures the training bars (onsets per bar, mean notes sounding at an onset).",
+        "",
+        "| control | bars | in the requested bin | within one bin | Spearman (requested, realised) |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ("density", "polyphony"):
+        summary = report[name]
+        rho = "n/a" if summary["spearman"] is None else f"{summary['spearman']:.3f}"
+        lines.append(f"| {name} | {summary['bars']} | {_percent(summary['in_bin'])} | "
+                     f"{_percent(summary['within_one'])} | {rho} |")
+    for name in ("density", "polyphony"):
+        confusion = report[name]["confusion"]
+        bins = len(confusion)
+        lines += ["", f"Confusion of {name} (rows: requested bin, columns: realised bin, bars):", "",
+                  "| requested | " + " | ".join(str(b) for b in range(bins)) + " | in bin |",
+                  "|---|" + "---|" * (bins + 1)]
+        for wanted, row in enumerate(confusion):
+            share = report[name]["per_value"].get(str(wanted), {}).get("in_bin")
+            lines.append(f"| {wanted} | " + " | ".join(str(n) for n in row) + f" | {_percent(share)} |")
+    key = report["key"]
+    lines += ["", f"Key: {_percent(key['share'])} of the pieces are in the requested key by the corpus stage's "
+                  "estimator (with normalised keys the model is asked for C major or A minor; another tonic is "
+                  "the same piece transposed).", "",
+              "| requested key | pieces | estimated as requested | same mode | estimates |", "|---|---|---|---|---|"]
+    for name, row in key["per_key"].items():
+        estimates = ", ".join(f"{k}: {n}" for k, n in row["estimated"].items())
+        lines.append(f"| {name} | {row['pieces']} | {_percent(row['share'])} | {_percent(row['mode_share'])} | "
+                     f"{estimates} |")
+    return lines
+
+
+def plot_confusions(report: dict, out_path: str) -> None:
+    """The two confusion tables as heat maps, each row normalised to the share of its bars."""
+    from keras_music import plots
+
+    figure, axes = plots.pyplot().subplots(1, 2, figsize=(9, 4))
+    for ax, name in zip(axes, ("density", "polyphony")):
+        confusion = np.asarray(report[name]["confusion"], np.float64)
+        totals = confusion.sum(axis=1, keepdims=True)
+        shares = np.divide(confusion, totals, out=np.zeros_like(confusion), where=totals > 0)
+        ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xlabel("realised bin")
+        ax.set_ylabel("requested bin")
+        rho = report[name]["spearman"]
+        ax.set_title(f"{name} (Spearman {'n/a' if rho is None else f'{rho:.2f}'})", fontsize=10)
+        ax.set_xticks(range(len(shares)))
+        ax.set_yticks(range(len(shares)))
+    figure.suptitle("controls: share of bars per realised bin, by requested bin")
+    figure.tight_layout()
+    plots.save(figure, out_path)

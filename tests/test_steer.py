@@ -1,0 +1,441 @@
+"""Generating with controls: schedules and keys, the bar rule, and one set of ids in Python, TFLite and the page's loop."""
+
+import json
+import os
+import shutil
+import subprocess
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from keras_music import controls, events, generate, run as run_lib, web_export
+from conftest import tiny_config
+from test_export_saved_model import reference_generator
+
+F = Fraction
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return reference_generator()
+
+
+@pytest.fixture(scope="module")
+def controls_run(tmp_path_factory):
+    """A tiny run trained with control tokens, exported (TFLite, SavedModel and the page)."""
+    from keras_music import train
+    from test_web_export import run_export
+
+    run_dir = str(tmp_path_factory.mktemp("steer") / "run")
+    train.train(tiny_config("data.controls=true"), run_dir, show_progress=False, log=lambda *a: None)
+    status, out, err = run_export(run_dir, "--web")
+    assert status == 0, out + err
+    return run_dir
+
+
+NODE = r"""
+import {parseSchedule, scheduleAt, keyRequest, generate} from './sampler.mjs';
+const chunks = [];
+for await (const chunk of process.stdin) chunks.push(chunk);
+const cases = JSON.parse(Buffer.concat(chunks).toString());
+const answer = (work) => { try { return work(); } catch (error) { return {error: error.message}; } };
+const out = {};
+out.schedules = cases.schedules.map(([kind, spec]) => answer(() => {
+  const schedule = parseSchedule(kind, spec);
+  return Array.from({length: 12}, (_, bar) => scheduleAt(schedule, bar));
+}));
+out.keys = cases.keys.map(([name, tokens]) => answer(() => keyRequest(name, tokens)));
+out.pieces = [];
+for (const {vocabulary, table, primerIds, settings} of cases.pieces || []) {
+  const model = {
+    initialState: () => 0,
+    step: async (token, state) => ({probabilities: table[(token * 7 + state) % table.length], state: state + 1}),
+  };
+  const result = await generate(model, vocabulary, {primerIds, ...settings});
+  out.pieces.push(result.sampled);
+}
+process.stdout.write(JSON.stringify(out));
+"""
+
+
+def run_node(tmp_path, cases):
+    node = shutil.which("node")
+    assert node, "node is needed by this test"
+    shutil.copyfile(os.path.join(web_export.SOURCES, "sampler.js"), tmp_path / "sampler.mjs")
+    (tmp_path / "harness.mjs").write_text(NODE)
+    result = subprocess.run([node, str(tmp_path / "harness.mjs")], input=json.dumps(cases), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+SCHEDULES = [("density", "high"), ("poly", "low"), ("density", "1-4:low,5-8:high"), ("density", "medium,9-:6"),
+             ("poly", "2,3:off"), ("density", "off"), ("poly", " 2 - 3 : 4 "), ("density", None), ("density", ""),
+             # errors
+             ("density", "loud"), ("poly", "5"), ("density", "0:low"), ("density", "4-2:low"),
+             ("density", "1-4:low,3-6:high"), ("density", "low,high"), ("poly", "x-3:low")]
+KEYS = ["D minor", "Eb major", "f# minor", "B- major", "minor", "major", "H minor", "C dorian", "C## major"]
+
+
+def python_schedule(kind, spec):
+    schedule = controls.parse_schedule(kind, spec)
+    return [schedule.at(bar) for bar in range(12)]
+
+
+def test_schedules_and_keys_read_alike_in_python_the_reference_generator_and_the_page(tmp_path, reference):
+    normalised = controls.all_tokens(True)
+    raw = controls.all_tokens(False)
+    cases = {"schedules": [list(case) for case in SCHEDULES],
+             "keys": [[name, tokens] for name in KEYS for tokens in (normalised, raw)]}
+    answers = run_node(tmp_path, cases)
+    for (kind, spec), page in zip(SCHEDULES, answers["schedules"]):
+        try:
+            ours = python_schedule(kind, spec)
+        except controls.ControlError as error:
+            assert "error" in page, (kind, spec, page)
+            assert "\n" not in str(error) and (repr(spec.strip()) in str(error) or spec.split(",")[-1].split(":")[0].strip() in str(error))
+            with pytest.raises(reference.GeneratorError):
+                reference.parse_schedule(kind, spec)
+            continue
+        assert page == ours, (kind, spec)
+        assert [reference.schedule_at(reference.parse_schedule(kind, spec), bar) for bar in range(12)] == ours
+    assert python_schedule("density", "1-4:low,5-8:high") == [1] * 4 + [5] * 4 + [None] * 4
+    assert python_schedule("density", "medium,9-:6") == [3] * 8 + [6] * 4
+    assert python_schedule("poly", "2,3:off") == [2, 2, None] + [2] * 9
+    assert controls.parse_schedule("density", "medium,9-:6").describe() == "3,9-:6"
+
+    pairs = iter(answers["keys"])
+    for name in KEYS:
+        for normalize, tokens in ((True, normalised), (False, raw)):
+            page = next(pairs)
+            try:
+                token, transpose = controls.requested_key(name, normalize)
+            except controls.ControlError:
+                assert "error" in page, (name, normalize, page)
+                with pytest.raises(reference.GeneratorError):
+                    reference.key_request(name, tokens)
+                continue
+            assert page == {"token": token, "transpose": transpose}, (name, normalize)
+            assert reference.key_request(name, tokens) == (token, transpose)
+    assert controls.requested_key("D minor") == ("key:minor", 5)
+    assert controls.requested_key("F# major") == ("key:major", -6)
+    assert controls.requested_key("Eb major", normalize_key=False) == ("key:E-:major", 0)
+    assert reference.LEVELS == controls.LEVELS
+    assert reference.BINS == {"density": controls.DENSITY_BINS, "poly": controls.POLYPHONY_BINS}
+
+
+def test_the_bar_clock_gives_each_bar_its_turn_once_before_its_first_sonority():
+    clock = controls.BarClock((3, 4))
+    kinds = {"pitch:60": "pitch", "hold:60": "hold", "rest": "rest", "dur:2": "dur", "dur:3/2": "dur", "key:major": "control"}
+    turns = []
+    for token in "key:major pitch:60 dur:2 hold:60 dur:2 rest dur:3/2 pitch:60 dur:2 pitch:60 dur:3/2".split():
+        if clock.between:
+            turns.append(clock.due())
+        clock.advance(kinds[token], token)
+    # Bar 0 at time 0 (asked again before the first pitch: the key token is no sonority; and at 2), bar 1
+    # at time 4, time 5.5 in bar 1 again (done), bar 2 at 7.5.
+    assert turns == [0, None, None, 1, None, 2]
+    # A primer's sonorities use up their bars: the next turn is the next bar's.
+    primed = controls.BarClock((4, 4))
+    for token, kind in (("pitch:60", "pitch"), ("dur:2", "dur")):
+        primed.advance(kind, token)
+    assert primed.due() is None and primed.next_bar == 1
+
+
+class BatchTable:
+    """A fake batched backend: row r's probabilities are row (token * 7 + steps) of a fixed table."""
+
+    name = "table"
+
+    def __init__(self, table):
+        self.table = np.asarray(table, np.float32)
+        self.vocabulary_size = self.table.shape[1]
+
+    def initial_state(self, batch):
+        return np.zeros((batch, 1, 1), np.float32)
+
+    def step(self, ids, state):
+        steps = state[:, 0, 0].astype(np.int64)
+        rows = (np.asarray(ids, np.int64) * 7 + steps) % len(self.table)
+        return self.table[rows], state + 1
+
+
+class SingleTable:
+    def __init__(self, table):
+        self.table = np.asarray(table, np.float32)
+
+    def initial_state(self):
+        return 0
+
+    def step(self, token, state):
+        return self.table[(token * 7 + state) % len(self.table)], state + 1
+
+
+def test_python_the_reference_generator_and_the_page_feed_the_same_controls(controls_run, tmp_path, reference):
+    """The portable rule on one fake model: Generator (batched), reference_generator and sampler.js agree."""
+    vocabulary = json.loads(open(run_lib.path(controls_run, run_lib.VOCAB)).read())
+    tokens = vocabulary["tokens"]
+    table = np.random.default_rng(3).dirichlet(np.full(len(tokens), 0.3), size=29).astype(np.float32)
+    generator = generate.Generator(controls_run, backend=BatchTable(table), log=lambda message: None)
+    pitches = [t for t in tokens if t.startswith("pitch:")]
+    primer = [pitches[3], "dur:1", pitches[5], "dur:1/2"]
+    cases, seeds = [], (11, 12, 13, 14)
+    for density, polyphony, metre in (("high", "low", (4, 4)), ("1-2:low,4-:6", None, (3, 4)),
+                                      (None, "medium,3:off", (6, 8))):
+        generator.corpus_timing = lambda metre=metre: {"start": 0.0, "tempos": [[0.0, 100.0]],
+                                                       "time_signatures": [[0.0, *metre]], "program": 0}
+        pieces = generator.generate(num_samples=len(seeds), seed=seeds[0], length=30, min_length=4, temperature=1.2,
+                                    primer_tokens=primer, key="G minor", density=density, polyphony=polyphony)
+        primer_ids = [2, tokens.index("key:minor")] + [tokens.index(t) for t in primer]
+        for seed, piece in zip(seeds, pieces):
+            assert piece.settings["controls"]["transpose"] == -2
+            assert piece.settings["controls"]["time_signature"] == list(metre)
+            ids, _ = reference.generate(SingleTable(table), vocabulary, primer_ids, 30, 1.2, 0, seed, min_length=4,
+                                        density=density, polyphony=polyphony, time_signature=metre)
+            assert ids[len(primer_ids):] == piece.ids, (density, polyphony, seed)
+            cases.append({"vocabulary": vocabulary, "table": table.astype(np.float64).tolist(), "primerIds": primer_ids,
+                          "settings": {"seed": seed, "length": 30, "minLength": 4, "temperature": 1.2,
+                                       "density": density, "polyphony": polyphony, "timeSignature": list(metre)}})
+            assert piece.settings["controls"]["bars_fed"], piece.settings
+        # Without controls the same fake model gives other pieces: the fed tokens changed the course.
+        plain = generator.generate(num_samples=1, seed=seeds[0], length=30, min_length=4, temperature=1.2,
+                                   primer_tokens=["key:minor"] + primer)
+        assert plain[0].ids != pieces[0].ids
+    answers = run_node(tmp_path, {"schedules": [], "keys": [], "pieces": cases})
+    expected = [case for case in cases]
+    assert len(answers["pieces"]) == len(expected)
+    for got, case in zip(answers["pieces"], cases):
+        ids, _ = reference.generate(SingleTable(table), vocabulary, case["primerIds"], 30, 1.2, 0,
+                                    case["settings"]["seed"], min_length=4, density=case["settings"]["density"],
+                                    polyphony=case["settings"]["polyphony"],
+                                    time_signature=tuple(case["settings"]["timeSignature"]))
+        assert got == ids[len(case["primerIds"]):]
+
+
+def bars_with_a_sonority(sonorities, metre):
+    starts, time = [], F(0)
+    length = controls.bar_length(metre)
+    for sonority in sonorities:
+        starts.append(int(time // length) + 1)
+        time += sonority.duration
+    return sorted(set(starts))
+
+
+@pytest.mark.parametrize("request_", [{"key": "E minor"}, {"density": "high"}, {"polyphony": "low"},
+                                      {"key": "major", "density": "1-2:low,3-:high", "polyphony": "medium"}])
+def test_each_control_on_the_tiny_run_gives_tokens_that_obey_the_grammar(controls_run, request_):
+    generator = generate.Generator(controls_run, log=lambda message: None)
+    vocabulary = generator.vocabulary
+    control_ids = {i for i, t in enumerate(vocabulary.tokens) if events.is_control(t)}
+    pieces = generator.generate(num_samples=3, seed=21, length=40, primer_tokens=[], **request_)
+    for piece in pieces:
+        assert not control_ids & set(piece.ids)
+        report = events.DecodeReport()
+        events.tokens_to_sonorities(piece.tokens, report=report)
+        assert report.repairs == {}
+        record = piece.settings["controls"]
+        if "key" in request_:
+            assert piece.primer_tokens[0] == controls.requested_key(request_["key"])[0]
+        fed = record["bars_fed"]
+        if "density" in request_ or "polyphony" in request_:
+            # Where training puts them: a turn for each bar a sonority starts in (and, for a piece that
+            # ended at <piece>, the bar it ended in).
+            generated = events.tokens_to_sonorities(piece.tokens)
+            expected = bars_with_a_sonority(generated, (4, 4))
+            got = [entry[0] for entry in fed]
+            assert got[:len(expected)] == expected
+            assert len(got) - len(expected) <= (piece.stop_reason == "boundary")
+            schedule_d = controls.parse_schedule("density", request_.get("density"))
+            schedule_p = controls.parse_schedule("poly", request_.get("polyphony"))
+            for entry in fed:
+                wanted = [t for t in (schedule_d.at(entry[0] - 1), schedule_p.at(entry[0] - 1)) if t is not None]
+                assert entry[1:] == [f"{kind}:{b}" for kind, b in zip(
+                    [k for k, s in (("density", schedule_d), ("poly", schedule_p)) if s.at(entry[0] - 1) is not None],
+                    wanted)]
+        else:
+            assert fed == []
+    if request_.get("key") == "E minor":  # A minor moved up 7 semitones would be E: -5 is the nearer way
+        piece = pieces[0]
+        assert piece.settings["controls"]["transpose"] == -5
+        plain = events.tokens_to_sonorities(piece.tokens)
+        assert [p - 5 for s in plain for p in s.pitches] == [p for s in piece.sonorities for p in s.pitches]
+
+
+def test_keras_and_tflite_give_the_same_ids_with_controls(controls_run, reference):
+    from keras_music import export
+
+    generator = generate.Generator(controls_run, log=lambda message: None)
+    directory = export.export_dir(controls_run)
+    vocabulary = reference.load_vocabulary(os.path.join(directory, "vocab.json"))
+    model = reference.StepModel(os.path.join(directory, "model.tflite"), len(vocabulary["tokens"]))
+    seeds = (5, 6, 7)
+    for temperature in (0.0, 1.0):
+        pieces = generator.generate(num_samples=len(seeds), seed=seeds[0], length=24, min_length=4,
+                                    temperature=temperature, primer_tokens=[], key="minor", density="1-3:high,4-:low",
+                                    polyphony="medium")
+        primer_ids = [2, vocabulary["tokens"].index("key:minor")]
+        for seed, piece in zip(seeds, pieces):
+            ids, _ = reference.generate(model, vocabulary, primer_ids, 24, temperature, 0, seed, min_length=4,
+                                        density="1-3:high,4-:low", polyphony="medium")
+            assert ids[len(primer_ids):] == piece.ids, (temperature, seed)
+
+
+def test_impossible_requests_are_one_line_errors(controls_run, tiny_run, capsys):
+    generator = generate.Generator(controls_run, log=lambda message: None)
+    cases = [({"key": "H minor"}, "key 'H minor' does not exist"),
+             ({"density": "loud"}, "density level 'loud' does not exist (expected low, medium, high, off or a bin 0..6)"),
+             ({"density": "400-410:low"}, "density bar 400 is outside the piece"),
+             ({"polyphony": "1-4:low,3:high"}, "overlap another range")]
+    for request_, message in cases:
+        with pytest.raises(generate.GenerateError) as caught:
+            generator.generate(length=16, primer_tokens=[], **request_)
+        assert message in str(caught.value) and "\n" not in str(caught.value)
+    plain = generate.Generator(tiny_run, log=lambda message: None)
+    with pytest.raises(generate.GenerateError, match="has no control tokens .* train a run with data.controls=true"):
+        plain.generate(length=16, primer_tokens=[], density="low")
+    # Without normalised keys the run would need key:D:minor; this run has only the modes.
+    raw = controls.make_request
+    with pytest.raises(controls.ControlError, match=r"key token key:D:minor \(for 'D minor'\) is not in the vocabulary"):
+        raw(generator.vocabulary.tokens, False, "RUN", key="D minor")
+    with pytest.raises(SystemExit):
+        generate.main(["--run-dir", controls_run, "--density", "loud", "--quiet", "--audio", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "density level 'loud' does not exist" in err[-1]
+
+
+@pytest.mark.slow
+def test_the_page_in_chromium_gives_the_reference_generators_ids_with_controls(controls_run, reference, tmp_path):
+    from keras_music import export
+    from keras_music.studio import routes
+    from page_harness import BackgroundServer, call, headless_chromium, open_page
+
+    directory = export.export_dir(controls_run)
+    vocabulary = reference.load_vocabulary(os.path.join(directory, "vocab.json"))
+    model = reference.StepModel(os.path.join(directory, "model.tflite"), len(vocabulary["tokens"]))
+    server = BackgroundServer(routes.create_web_app(run_lib.path(controls_run, run_lib.EXPORT, run_lib.WEB)))
+    driver = headless_chromium(str(tmp_path), "1200,900")
+    driver.set_script_timeout(180)
+    try:
+        open_page(driver, server.url + "/?model=model.tflite")
+        assert driver.execute_script("return document.getElementById('controls').hidden") is False
+        keys = driver.execute_script("return [...document.getElementById('key').options].map((o) => o.value)")
+        assert "D minor" in keys and "Eb major" in keys
+        metre = tuple(json.loads(open(os.path.join(directory, "web", "web.json")).read())["timing"]["time_signature"])
+        for seed in (1, 2, 3):
+            settings = {"seed": seed, "length": 24, "minLength": 4, "temperature": 1.0, "key": "D minor",
+                        "density": "1-2:high,3-:low", "polyphony": "medium"}
+            page = call(driver, f"kerasMusic.generate({json.dumps(settings)})")
+            primer = [2, vocabulary["tokens"].index("key:minor")]
+            ids, _ = reference.generate(model, vocabulary, primer, 24, 1.0, 0, seed, min_length=4,
+                                        density="1-2:high,3-:low", polyphony="medium", time_signature=metre)
+            assert page == ids[len(primer):], seed
+        last = call(driver, "Promise.resolve(kerasMusic.last)")
+        assert last["controls"]["transpose"] == 5
+        plain = reference.sonorities_to_notes(reference.tokens_to_sonorities(last["tokens"]))
+        assert [n[2] + 5 for n in plain] == [n[2] for n in last["notes"]]
+        message = driver.execute_async_script(
+            "const done = arguments[0]; kerasMusic.generate({density: 'loud'}).then(() => done('no error'), "
+            "(error) => done(error.message));")
+        assert message.startswith("density level \"loud\" does not exist"), message
+    finally:
+        driver.quit()
+        server.stop()
+
+
+def test_the_studio_generates_with_controls_and_refuses_impossible_ones(controls_run, tmp_path):
+    from test_studio import Server, call, make_studio
+
+    server = Server(make_studio(controls_run, tmp_path))
+    try:
+        status, runs = call(server, "/api/runs")
+        assert status == 200
+        described = runs["runs"][0]["controls"]
+        assert "D minor" in described["keys"] and described["levels"] == ["low", "medium", "high"]
+        body = {"seed": 4, "length": 20, "primer": "none", "key": "D minor", "density": "high",
+                "polyphony": "1-2:low,3-:medium"}
+        status, piece = call(server, "/api/generate", body)
+        assert status == 200, piece
+        assert piece["controls"]["key_token"] == "key:minor" and piece["controls"]["transpose"] == 5
+        status, record = call(server, piece["urls"]["json"])
+        assert record["settings"]["controls"]["density"] == "5"
+        assert record["primer_tokens"] == ["key:minor"]
+        ours = generate.Generator(controls_run, log=lambda message: None).generate(
+            seed=4, length=20, primer_tokens=[], key="D minor", density="high", polyphony="1-2:low,3-:medium")[0]
+        assert record["ids"] == ours.ids
+        for bad, words in (({"key": "H minor"}, "key 'H minor' does not exist"),
+                           ({"density": "loud"}, "density level 'loud' does not exist"),
+                           ({"polyphony": ["low"]}, "polyphony must be a string")):
+            status, answer = call(server, "/api/generate", {"length": 8, **bad})
+            assert status == 400 and words in answer["error"] and "\n" not in answer["error"], answer
+    finally:
+        server.stop()
+
+
+def hand_density_bins(piece, metre=(4, 4)):
+    """(requested, realised) density bins counted from the piece's notes, independently of controls.measure."""
+    bar = F(4 * metre[0], metre[1])
+    sonorities = piece.sonorities[piece.primer_events:]
+    end = sum((s.duration for s in sonorities), F(0))
+    onsets, time = set(), F(0)
+    for sonority in sonorities:
+        if any(not held for held in sonority.held):
+            onsets.add(time)
+        time += sonority.duration
+    out = []
+    for number, *tokens in piece.settings["controls"]["bars_fed"]:
+        start = (number - 1) * bar
+        wanted = [int(t.split(":")[1]) for t in tokens if t.startswith("density:")]
+        if wanted and start + bar <= end:
+            count = sum(start <= t < start + bar for t in onsets)
+            realised = sum(count >= edge for edge in (3, 5, 7, 9, 12, 16))
+            out.append((wanted[0], realised))
+    return out
+
+
+def test_evaluate_reports_requested_vs_realised_controls_from_the_pieces(controls_run, tiny_run, tmp_path):
+    from keras_music import evaluate, evaluate_controls
+
+    out = str(tmp_path / "evaluation")
+    result = evaluate.evaluate_run(controls_run, 2, 16, (0.9,), 3, (1, 2), out, controls_samples=2)
+    report = result["controls"]
+    assert result["settings"]["controls_samples"] == 2
+    # The density confusion is rebuilt by hand from the same pieces (same seed, same settings).
+    generator = generate.Generator(controls_run, log=lambda message: None)
+    pairs = []
+    for value in range(controls.DENSITY_BINS):
+        for piece in generator.generate(num_samples=2, length=evaluate_controls.DEFAULT_LENGTH, seed=3,
+                                        temperature=0.9, primer_tokens=[], density=str(value)):
+            pairs += hand_density_bins(piece)
+    confusion = np.zeros((controls.DENSITY_BINS, controls.DENSITY_BINS), int)
+    for wanted, got in pairs:
+        confusion[wanted, got] += 1
+    assert report["density"]["confusion"] == confusion.tolist()
+    assert report["density"]["bars"] == len(pairs) > 0
+    assert report["density"]["in_bin"] == pytest.approx(np.trace(confusion) / len(pairs))
+    assert sorted(report["key"]["per_key"]) == ["A minor", "C major"]
+    assert all(row["pieces"] == 2 for row in report["key"]["per_key"].values())
+    markdown = open(os.path.join(out, "evaluation.md")).read()
+    assert "## Controls: requested vs realised" in markdown and "controls_confusion.png" in markdown
+    assert os.path.isfile(os.path.join(out, "controls_confusion.png"))
+    # Spearman by hand: ties get their mean rank.
+    assert evaluate_controls.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert evaluate_controls.spearman([1, 1, 2, 2], [1, 2, 3, 4]) == pytest.approx(np.corrcoef([1.5, 1.5, 3.5, 3.5],
+                                                                                                [1, 2, 3, 4])[0, 1] * 1)
+    assert evaluate_controls.spearman([1, 1], [2, 3]) is None
+    # A run without control tokens: no report, no new keys in what evaluate writes.
+    plain = evaluate.evaluate_run(tiny_run, 1, 8, (0.9,), 0, (1,), str(tmp_path / "plain"), controls_samples=2)
+    assert "controls" not in plain and "controls_samples" not in plain["settings"]
+    assert "Controls" not in open(str(tmp_path / "plain" / "evaluation.md")).read()
+
+
+def test_the_command_line_steers_and_records_the_controls(controls_run, tmp_path, capsys):
+    out = str(tmp_path / "pieces")
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main(["--run-dir", controls_run, "--key", "D minor", "--density", "1-2:low,3-:high", "--polyphony",
+                       "medium", "--length", "24", "--primer-tokens", "", "--quiet", "--audio", "none", "--out", out])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "controls: key D minor (key:minor, transposed by +5 semitones); density 1-2:1,3-:5; polyphony 2;" in printed
+    record = json.loads(open(os.path.join(out, "sample-01.json")).read())
+    assert record["settings"]["controls"]["bars_fed"][0] == [1, "density:1", "poly:2"]
