@@ -70,8 +70,10 @@ class Vocabulary:
     def transposition_table(self, max_shift: int):
         """[vocab, 2*max_shift+1] ids of each token moved by shift-max_shift semitones.
 
-        Tokens whose shifted form is missing map to themselves; the tf.data pipeline
-        only uses shifts that keep every token of a piece inside the vocabulary.
+        Tokens whose shifted form is missing, or whose shifted pitch leaves the piano's
+        keys (events.PIANO_LOW..PIANO_HIGH), map to themselves and are marked invalid;
+        the tf.data pipeline only uses shifts that keep every token of a piece valid.
+        Shift 0 is valid for every token, so each piece keeps at least that one.
         """
         import numpy as np
 
@@ -79,7 +81,8 @@ class Vocabulary:
         valid = np.ones_like(table, dtype=bool)
         for i, token in enumerate(self.tokens):
             for column, shift in enumerate(range(-max_shift, max_shift + 1)):
-                moved = events.transpose_token(token, shift, self.representation)
+                moved = events.transpose_token(token, shift, self.representation, events.PIANO_LOW,
+                                               events.PIANO_HIGH)
                 j = self.index.get(moved) if moved is not None else None
                 table[i, column] = i if j is None else j
                 valid[i, column] = j is not None
@@ -202,13 +205,18 @@ def token_sort_key(token: str):
 
 def build(token_sequences, representation: str = "note", min_count: int = 1, transpose: int = 0,
           classic_step: float = 0.5) -> Vocabulary:
-    """Count tokens over the training pieces (and their augmentation shifts) and keep frequent ones."""
+    """Count tokens over the training pieces (and their augmentation shifts) and keep frequent ones.
+
+    A shift adds tokens only when it keeps the whole piece on the piano's keys, as the
+    training pipeline draws it (transposition_table).
+    """
     counts: collections.Counter = collections.Counter()
     for tokens in token_sequences:
         counts.update(tokens)
         for shift in range(-transpose, transpose + 1):
             if shift:
-                moved = [events.transpose_token(t, shift, representation) for t in tokens]
+                moved = [events.transpose_token(t, shift, representation, events.PIANO_LOW, events.PIANO_HIGH)
+                         for t in tokens]
                 if all(m is not None for m in moved):
                     # Shifted copies only make tokens exist; they do not change the
                     # counts that decide the min-count cutoff.
