@@ -88,6 +88,12 @@ class TrainConfig:
     sample_length: int = defaults.LENGTH  # events
     sample_temperature: float = defaults.TEMPERATURE
     deterministic: bool = False
+    # Fine-tuning: a finished run directory whose weights and vocabulary this run starts
+    # from (the new corpus's unseen tokens are appended); "" = train from scratch.
+    init_from: str = ""
+    # Fine-tuning: train even when held-out pieces of this run are among the init_from
+    # run's training pieces (its held-out scores are then not held out).
+    allow_held_out_overlap: bool = False
 
 
 @dataclass(frozen=True)

@@ -225,3 +225,17 @@ def build(token_sequences, representation: str = "note", min_count: int = 1, tra
     kept = [t for t, c in counts.items() if t not in events.SPECIAL_TOKENS and (c >= min_count or c == 0)]
     kept.sort(key=token_sort_key)
     return Vocabulary(list(events.SPECIAL_TOKENS) + kept, representation, dict(counts), classic_step)
+
+
+def extend(base: Vocabulary, vocabulary: Vocabulary) -> Vocabulary:
+    """`base`'s tokens at their ids, then the tokens of `vocabulary` that `base` lacks, sorted as build sorts.
+
+    Fine-tuning keeps every id of the model it starts from; counts are `vocabulary`'s
+    (the new corpus's), 0 for tokens only the base has.
+    """
+    if (base.representation, float(base.classic_step)) != (vocabulary.representation, float(vocabulary.classic_step)):
+        raise VocabularyError(f"cannot extend a {base.representation} vocabulary (classic_step {base.classic_step}) "
+                              f"with a {vocabulary.representation} one (classic_step {vocabulary.classic_step})")
+    added = sorted((t for t in vocabulary.tokens if t not in base.index), key=token_sort_key)
+    counts = {t: vocabulary.counts.get(t, 0) for t in base.tokens + added}
+    return Vocabulary(base.tokens + added, base.representation, counts, base.classic_step)
