@@ -35,7 +35,8 @@ class DataConfig:
     representation: str = "note"
     seq_length: int = 128
     # Augmentation: each training piece is shifted by a random interval in
-    # [-transpose, +transpose] semitones every epoch (0 = off).
+    # [-transpose, +transpose] semitones every epoch, drawn only among the shifts that
+    # keep every pitch of the piece on the piano's keys, 21..108 (0 = off).
     transpose: int = 0
     # Transpose every piece to C major / A minor before tokenizing.
     normalize_key: bool = True
