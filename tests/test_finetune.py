@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import FOUR_CHORALES, tiny_config
+from conftest import FOUR_CHORALES, TINY, tiny_config
 from keras_music import finetune, run as run_lib, train
-from keras_music.errors import KerasMusicError
 
 # Chorales the tiny base never saw, written two octaves up: their high pitches are tokens the base lacks.
 NEW_CHORALES = ("bach/bwv1.6", "bach/bwv2.6", "bach/bwv3.6", "bach/bwv5.7", "bach/bwv6.6")
@@ -22,7 +21,8 @@ def write_high_chorales(directory, names=NEW_CHORALES, semitones=24):
 
     os.makedirs(directory, exist_ok=True)
     for name in names:
-        corpus.parse(name).transpose(semitones).write("midi", fp=os.path.join(directory, name.replace("/", "_") + ".mid"))
+        path = os.path.join(directory, name.replace("/", "_") + ".mid")
+        corpus.parse(name).transpose(semitones).write("midi", fp=path)
     return str(directory)
 
 
@@ -116,7 +116,7 @@ def test_other_token_settings_or_sizes_are_one_line_naming_both_values(tiny_run,
                                                                          setting, had, has):
     value = has.strip("'").lower() if has in ("True", "False") else has.strip("'")
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["--config", "configs/tiny.yaml", "--init-from", tiny_run, "--data", new_folder, "--set",
+        train.main(["--config", TINY, "--init-from", tiny_run, "--data", new_folder, "--set",
                     f"{setting}={value}", "--run-dir", str(tmp_path / "run"), "--quiet"])
     assert exit_info.value.code == 1
     lines = capsys.readouterr().err.strip().splitlines()
@@ -126,12 +126,16 @@ def test_other_token_settings_or_sizes_are_one_line_naming_both_values(tiny_run,
 
 
 def test_the_base_settings_are_the_defaults_of_a_fine_tune(tiny_run, new_folder):
-    args = train.parse_args(["--init-from", tiny_run, "--data", new_folder])[1]
-    config = train.resolve_config(args)
-    base = run_lib.load_config(tiny_run)
-    assert config.model == base.model.__class__(**{**config.model.__dict__, "dropout": config.model.dropout})
-    assert (config.model.hidden_size, config.model.embedding_size) == (base.model.hidden_size,
-                                                                       base.model.embedding_size)
+    from keras_music import config as config_lib
+
+    config = train.resolve_config(train.parse_args(["--init-from", tiny_run, "--data", new_folder])[1])
+    base, defaults = run_lib.load_config(tiny_run), config_lib.Config()
+    # The base's sizes (tiny: 8 and 16, not the defaults' 96 and 256) and token settings...
+    assert (config.model.embedding_size, config.model.hidden_size, config.model.num_layers) == (8, 16, 3)
+    for key in finetune.DATA_KEYS:
+        assert getattr(config.data, key) == getattr(base.data, key)
+    # ...but the usual defaults for what training does with them (the tiny base has dropout 0, window 32).
+    assert (config.model.dropout, config.data.seq_length) == (defaults.model.dropout, defaults.data.seq_length)
     assert config.train.init_from == tiny_run and config.data.sources == (new_folder,)
 
 
