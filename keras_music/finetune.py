@@ -187,9 +187,15 @@ def check_held_out(base: Base, run_dir: str, vocabulary: Vocabulary, info: dict,
     return found
 
 
-def record(base: Base, vocabulary: Vocabulary, overlap: list) -> dict:
-    """What metrics.json keeps of where a fine-tune started."""
+def record(base: Base, vocabulary: Vocabulary, overlap: list, start: dict | None = None) -> dict:
+    """What metrics.json keeps of where a fine-tune started (`start`: the initial model's held-out scores)."""
+    import math
+
     added = added_tokens(base.vocabulary, vocabulary)
-    return {"run": base.run_dir, "vocabulary_fingerprint": base.vocabulary.fingerprint(),
-            "vocabulary_size": len(base.vocabulary), "tokens_added": len(added), "added": added,
-            "held_out_overlap": [list(pair) for pair in overlap]}
+    out = {"run": base.run_dir, "vocabulary_fingerprint": base.vocabulary.fingerprint(),
+           "vocabulary_size": len(base.vocabulary), "tokens_added": len(added), "added": added,
+           "held_out_overlap": [list(pair) for pair in overlap]}
+    if start is not None:
+        out.update(val_loss_at_start=float(start["loss"]), val_perplexity_at_start=float(math.exp(start["loss"])),
+                   val_accuracy_at_start=float(start["accuracy"]))
+    return out

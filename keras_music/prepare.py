@@ -132,8 +132,8 @@ def build(config: config_lib.Config, entries: list[dict], out_dir: str, started:
         vocabulary = extend_vocabulary(base_vocabulary, vocabulary)
     if expected_vocabulary is not None and vocabulary.fingerprint() != expected_vocabulary:
         raise PrepareError(f"preparing the data of {out_dir} again gives another vocabulary than the one its model "
-                           f"was trained with (the sources changed since): nothing was changed; train on these "
-                           f"sources in a new --run-dir")
+                           f"was trained with (the sources{' or the init_from run' if base_vocabulary else ''} "
+                           f"changed since): nothing was changed; train on these sources in a new --run-dir")
     unknown_validation: list[str] = []
     encoded = {"train": [(e["file"], vocabulary.encode(tokens[e["file"]])) for e in splits["train"]],
                "validation": [(e["file"], vocabulary.encode(tokens[e["file"]], unknown_validation))

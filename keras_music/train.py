@@ -231,7 +231,11 @@ def _train(config, run_dir, cluster, chief, show_progress, log) -> dict:
                         info, int(strategy.num_replicas_in_sync), steps_per_epoch,
                         time.time() - started + (state or {}).get("elapsed", 0.0))
     if base:
-        metrics["init_from"] = finetune.record(base, vocabulary, overlap)
+        # The same held-out windows scored by the model the fine-tune started from: whether
+        # fine-tuning helped is then one comparison in metrics.json.
+        start = evaluate_windows(finetune.initial_model(base, vocabulary, config.model.dropout), validation_data) \
+            if chief else None
+        metrics["init_from"] = finetune.record(base, vocabulary, overlap, start)
 
     if not chief:
         storage.rmtree(work_dir)
