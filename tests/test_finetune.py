@@ -192,6 +192,28 @@ def test_a_rerun_with_another_base_is_refused_and_a_rerun_with_the_same_changes_
     assert before == {name: os.stat(os.path.join(run_dir, name)).st_mtime_ns for name in before}
 
 
+def test_a_base_trained_again_since_is_refused_and_the_fine_tune_left_as_it_is(tiny_run, new_folder, tmp_path):
+    from keras_music import prepare
+
+    base = str(tmp_path / "base")
+    shutil.copytree(tiny_run, base, ignore=shutil.ignore_patterns("export"))
+    run_dir = str(tmp_path / "run")
+    config = fine_tune_config(base, "train.epochs=1", sources=(new_folder,))
+    train.train(config, run_dir, **QUIET)
+    kept = open(run_lib.path(run_dir, run_lib.MODEL), "rb").read()
+    # The base directory now holds another finished model, trained on other chorales: another vocabulary.
+    other = str(tmp_path / "other")
+    train.train(tiny_config("train.epochs=1", sources=(*FOUR_CHORALES[:2], *NEW_CHORALES[3:])), other, **QUIET)
+    assert run_lib.load_vocabulary(other).tokens[:len(run_lib.load_vocabulary(tiny_run))] != \
+        run_lib.load_vocabulary(tiny_run).tokens
+    for name in (run_lib.VOCAB, run_lib.MODEL):
+        shutil.copyfile(run_lib.path(other, name), run_lib.path(base, name))
+    with pytest.raises(prepare.PrepareError, match=r"another vocabulary .* \(the sources or the init_from run "
+                                                   r"changed since\): nothing was changed"):
+        train.train(config, run_dir, **QUIET)
+    assert open(run_lib.path(run_dir, run_lib.MODEL), "rb").read() == kept
+
+
 def test_an_interrupted_fine_tune_resumes_from_its_own_backup(tiny_run, new_folder, tmp_path, monkeypatch):
     from keras_music import callbacks
 
