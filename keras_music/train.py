@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import sys
-import dataclasses
 import time
 import types
 
