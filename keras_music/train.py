@@ -215,6 +215,11 @@ def _train(config, run_dir, cluster, chief, show_progress, log) -> dict:
     metadata = {"vocabulary_fingerprint": vocabulary.fingerprint(), "vocabulary_size": len(vocabulary)}
     progress, callbacks = callbacks_lib.make_callbacks(config, work_dir, steps_per_epoch, state, log,
                                                        show_progress=show_progress and chief, metadata=metadata)
+    if base and state is None:
+        # The model it starts from competes with every epoch for the kept model: a fine-tune
+        # never ends worse on its held-out pieces than the base it started from.
+        progress.best = evaluate_windows(model, validation_data)["loss"]
+        progress.backups.save_best(model)
     sizes = model_lib.describe(model)
     log(f"model: {sizes['num_layers']} x LSTM({sizes['hidden_size']}), {sizes['parameters']:,} parameters, "
         f"vocabulary {sizes['vocabulary_size']}; {steps_per_epoch} steps/epoch of {train_cfg.batch_size} x "
@@ -229,7 +234,7 @@ def _train(config, run_dir, cluster, chief, show_progress, log) -> dict:
     restore_best(model, work_dir, run_dir, stopped, reason, train_cfg.learning_rate)
     metrics = summarize(config, progress.history, stopped, reason, evaluate_windows(model, validation_data), sizes,
                         info, int(strategy.num_replicas_in_sync), steps_per_epoch,
-                        time.time() - started + (state or {}).get("elapsed", 0.0))
+                        time.time() - started + (state or {}).get("elapsed", 0.0), progress.best)
     if base:
         # The same held-out windows scored by the model the fine-tune started from: whether
         # fine-tuning helped is then one comparison in metrics.json.
@@ -454,10 +459,15 @@ def fit_custom(strategy, model, make_train_data, validation_data, progress, firs
 
 def restore_best(model, work_dir: str, run_dir: str, stopped: str, reason: str | None, learning_rate: float) -> None:
     """Give the model the best epoch's weights (checkpoints/best.keras); a run that diverged before it has none."""
+    import warnings
+
     best_path = run_lib.path(work_dir, *run_lib.BEST_CHECKPOINT)
     if storage.exists(best_path):
-        best = _load_saved(best_path, f"remove it and {run_lib.path(run_dir, run_lib.BACKUP)} to train again, or "
-                                      "use a new --run-dir")
+        with warnings.catch_warnings():
+            # A fine-tune's starting model is saved before its optimizer has state; only the weights are used.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer", category=UserWarning)
+            best = _load_saved(best_path, f"remove it and {run_lib.path(run_dir, run_lib.BACKUP)} to train again, "
+                                          "or use a new --run-dir")
         model.set_weights(best.get_weights())
     elif stopped == "nan_loss":
         raise TrainingDiverged(f"training stopped: {reason} before any epoch had a finite validation loss, so no "
@@ -466,8 +476,13 @@ def restore_best(model, work_dir: str, run_dir: str, stopped: str, reason: str |
 
 
 def summarize(config: config_lib.Config, history: list[dict], stopped: str, reason: str | None, evaluation: dict,
-              sizes: dict, info: dict, replicas: int, steps_per_epoch: int, wall_seconds: float) -> dict:
-    """metrics.json: why training ended, the kept model's held-out scores, speed, sizes and the epoch history."""
+              sizes: dict, info: dict, replicas: int, steps_per_epoch: int, wall_seconds: float,
+              best: float = math.inf) -> dict:
+    """metrics.json: why training ended, the kept model's held-out scores, speed, sizes and the epoch history.
+
+    `best` is the lowest validation loss the run kept a model for; below every epoch's
+    it was the starting model's (a fine-tune whose epochs never beat its base): best_epoch 0.
+    """
     import numpy as np
 
     tokens_per_step = config.train.batch_size * config.data.seq_length
@@ -484,7 +499,7 @@ def summarize(config: config_lib.Config, history: list[dict], stopped: str, reas
         "val_loss": float(evaluation["loss"]),
         "val_perplexity": float(np.exp(evaluation["loss"])),
         "val_accuracy": float(evaluation["accuracy"]),
-        "best_epoch": int(np.argmin(finite) + 1) if history else None,
+        "best_epoch": (0 if min(finite) > best else int(np.argmin(finite) + 1)) if history else None,
         "tokens_seen": tokens_seen,
         "tokens_per_second": tokens_seen / train_seconds if train_seconds else None,
         "train_seconds": round(train_seconds, 1),

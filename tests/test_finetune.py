@@ -214,6 +214,25 @@ def test_a_base_trained_again_since_is_refused_and_the_fine_tune_left_as_it_is(t
     assert open(run_lib.path(run_dir, run_lib.MODEL), "rb").read() == kept
 
 
+def test_when_no_epoch_beats_the_start_the_fine_tune_keeps_the_model_it_started_from(tiny_run, new_folder, tmp_path,
+                                                                                      monkeypatch):
+    from keras_music import callbacks
+
+    real = callbacks.RunProgress.on_epoch_end
+
+    def worse(self, epoch, logs=None):  # every epoch scores worse on the held-out windows than the start
+        real(self, epoch, dict(logs or {}, val_loss=50.0 + epoch))
+
+    monkeypatch.setattr(callbacks.RunProgress, "on_epoch_end", worse)
+    run_dir = str(tmp_path / "run")
+    metrics = train.train(fine_tune_config(tiny_run, "train.epochs=2", sources=(new_folder,)), run_dir, **QUIET)
+    assert metrics["best_epoch"] == 0 and metrics["epochs"] == 2
+    assert metrics["val_loss"] == pytest.approx(metrics["init_from"]["val_loss_at_start"], rel=1e-6)
+    start = finetune.initial_model(finetune.load_base(tiny_run), run_lib.load_vocabulary(run_dir), dropout=0.0)
+    for a, b in zip(start.get_weights(), run_lib.load_model(run_dir).get_weights()):
+        assert np.array_equal(a, b)
+
+
 def test_an_interrupted_fine_tune_resumes_from_its_own_backup(tiny_run, new_folder, tmp_path, monkeypatch):
     from keras_music import callbacks
 
