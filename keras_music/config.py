@@ -35,7 +35,8 @@ class DataConfig:
     representation: str = "note"
     seq_length: int = 128
     # Augmentation: each training piece is shifted by a random interval in
-    # [-transpose, +transpose] semitones every epoch (0 = off).
+    # [-transpose, +transpose] semitones every epoch, drawn only among the shifts that
+    # keep every pitch of the piece on the piano's keys, 21..108 (0 = off).
     transpose: int = 0
     # Transpose every piece to C major / A minor before tokenizing.
     normalize_key: bool = True
@@ -94,6 +95,12 @@ class TrainConfig:
     sample_length: int = defaults.LENGTH  # events
     sample_temperature: float = defaults.TEMPERATURE
     deterministic: bool = False
+    # Fine-tuning: a finished run directory whose weights and vocabulary this run starts
+    # from (the new corpus's unseen tokens are appended); "" = train from scratch.
+    init_from: str = ""
+    # Fine-tuning: train even when held-out pieces of this run are among the init_from
+    # run's training pieces (its held-out scores are then not held out).
+    allow_held_out_overlap: bool = False
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ GRID = 24
 PAD, UNK, BOUNDARY = "<pad>", "<unk>", "<piece>"
 SPECIAL_TOKENS = (PAD, UNK, BOUNDARY)
 REST = "rest"
+# The 88 keys of a piano, A0..C8: transposition (data.transpose) never moves a piece outside them.
+PIANO_LOW, PIANO_HIGH = 21, 108
 PITCH_NAMES = ("C", "C#", "D", "E-", "E", "F", "F#", "G", "G#", "A", "B-", "B")
 # Prefixes of the control tokens (keras_music.controls): they steer the music but are no event,
 # so event counts skip them and decoding ignores them.
@@ -376,15 +378,19 @@ def _duration(value: str, report: DecodeReport) -> Fraction | None:
     return duration
 
 
-def transpose_token(token: str, shift: int, representation: str = "note") -> str | None:
-    """The token moved by `shift` semitones, or None if it leaves the MIDI range."""
+def transpose_token(token: str, shift: int, representation: str = "note", low: int = 0,
+                    high: int = 127) -> str | None:
+    """The token moved by `shift` semitones, or None if its pitch leaves low..high (default: the MIDI range).
+
+    Shift 0 returns every token as it is, even one outside low..high.
+    """
     if token in SPECIAL_TOKENS or shift == 0:
         return token
     if representation == "note":
         kind, _, value = token.partition(":")
         if kind in ("pitch", "hold"):
             pitch = int(value) + shift
-            return f"{kind}:{pitch}" if 0 <= pitch <= 127 else None
+            return f"{kind}:{pitch}" if low <= pitch <= high else None
         tonic, _, mode = value.partition(":")
         if kind == "key" and tonic in PITCH_NAMES:
             # A key with its tonic moves with the music; a mode alone (normalised keys) does not.
@@ -396,7 +402,7 @@ def transpose_token(token: str, shift: int, representation: str = "note") -> str
         pitch = parse_pitch_name(token) + shift
     except ValueError:
         return token
-    return pitch_name(pitch) if 0 <= pitch <= 127 else None
+    return pitch_name(pitch) if low <= pitch <= high else None
 
 
 def token_representations(token: str) -> set[str]:

@@ -11,7 +11,7 @@ from fractions import Fraction
 
 from keras_music import config as config_lib, controls as controls_lib, corpus, events, run as run_lib, storage
 from keras_music.errors import KerasMusicError
-from keras_music.vocabulary import build as build_vocabulary
+from keras_music.vocabulary import Vocabulary, build as build_vocabulary, extend as extend_vocabulary
 
 PART_FORMAT = "keras_music.prepare_part"
 PARTS = "parts"
@@ -28,13 +28,16 @@ class PrepareError(KerasMusicError, ValueError):
     """The sources or parts cannot become a prepared directory; the message says why and what to do."""
 
 
-def prepare_settings(config: config_lib.Config) -> dict:
+def prepare_settings(config: config_lib.Config, base_vocabulary: Vocabulary | None = None) -> dict:
+    """What prepared data depends on; with a base vocabulary (fine-tuning), its fingerprint too."""
     data = config_lib.to_dict(config.data)
     settings = {key: data[key] for key in PREPARE_KEYS}
     settings["seed"] = config.train.seed
     if config.data.controls:
         # Only when on, so data prepared before controls existed keeps matching its settings.
         settings["controls"] = True
+    if base_vocabulary is not None:
+        settings["base_vocabulary"] = base_vocabulary.fingerprint()
     return settings
 
 
@@ -102,22 +105,24 @@ def read_prepared(directory: str) -> dict:
 
 
 def prepare(config: config_lib.Config, out_dir: str, show_progress: bool = True, log=print,
-            expected_vocabulary: str | None = None) -> dict:
+            expected_vocabulary: str | None = None, base_vocabulary: Vocabulary | None = None) -> dict:
     """Write vocab.json, corpus_manifest.json, data/*.tfrecord and prepared.json into out_dir.
 
     prepared.json is written last: its presence means the rest is complete. With
     `expected_vocabulary` (a fingerprint), nothing is written unless the vocabulary
     built comes out the same (a run that has started training keeps its vocabulary).
+    With `base_vocabulary` (fine-tuning), the vocabulary is the base's tokens at their
+    ids followed by the training pieces' tokens the base lacks.
     """
     started = time.time()
     data = config.data
     entries = corpus.parse_sources(data.sources, parse_settings(data), workers=data.workers,
                                    cache_dir=data.cache_dir, show_progress=show_progress)
-    return build(config, entries, out_dir, started, log, expected_vocabulary)
+    return build(config, entries, out_dir, started, log, expected_vocabulary, base_vocabulary)
 
 
 def build(config: config_lib.Config, entries: list[dict], out_dir: str, started: float | None = None,
-          log=print, expected_vocabulary: str | None = None) -> dict:
+          log=print, expected_vocabulary: str | None = None, base_vocabulary: Vocabulary | None = None) -> dict:
     """From parsed manifest entries (in resolved order) to a complete prepared directory.
 
     Everything is computed and checked before the first file is written.
@@ -138,10 +143,12 @@ def build(config: config_lib.Config, entries: list[dict], out_dir: str, started:
     vocabulary = build_vocabulary((tokens[e["file"]] for e in splits["train"]), data.representation, data.min_count,
                                   data.transpose, data.classic_step,
                                   controls_lib.all_tokens(data.normalize_key) if data.controls else ())
+    if base_vocabulary is not None:
+        vocabulary = extend_vocabulary(base_vocabulary, vocabulary)
     if expected_vocabulary is not None and vocabulary.fingerprint() != expected_vocabulary:
         raise PrepareError(f"preparing the data of {out_dir} again gives another vocabulary than the one its model "
-                           f"was trained with (the sources changed since): nothing was changed; train on these "
-                           f"sources in a new --run-dir")
+                           f"was trained with (the sources{' or the init_from run' if base_vocabulary else ''} "
+                           f"changed since): nothing was changed; train on these sources in a new --run-dir")
     unknown_validation: list[str] = []
     encoded = {"train": [(e["file"], vocabulary.encode(tokens[e["file"]])) for e in splits["train"]],
                "validation": [(e["file"], vocabulary.encode(tokens[e["file"]], unknown_validation))
@@ -153,7 +160,7 @@ def build(config: config_lib.Config, entries: list[dict], out_dir: str, started:
     info = {
         "format": run_lib.PREPARED_FORMAT,
         "version": 1,
-        "settings": prepare_settings(config),
+        "settings": prepare_settings(config, base_vocabulary),
         "vocabulary_size": len(vocabulary),
         "vocabulary_fingerprint": vocabulary.fingerprint(),
         "pieces": {split: len(v) for split, v in lengths.items()},

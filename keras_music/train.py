@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -11,7 +12,7 @@ import sys
 import time
 import types
 
-from keras_music import config as config_lib, distributed, events, run as run_lib, storage
+from keras_music import config as config_lib, distributed, events, finetune, run as run_lib, storage
 
 COMMAND = "python -m keras_music.train"
 
@@ -31,6 +32,10 @@ def parse_args(argv=None):
     parser.add_argument("--data", action="append", default=[], metavar="SRC",
                         help="training data: directory, glob, file, music21 corpus name, s3:// gs:// hdfs:// URI, "
                              "or a directory written by keras_music.prepare (repeatable; replaces data.sources)")
+    parser.add_argument("--init-from", default=None, metavar="BASE_RUN",
+                        help="fine-tune: start from this finished run's weights and vocabulary (tokens of --data "
+                             "that it lacks are added); sets train.init_from, and the base's model sizes and "
+                             "token settings become the defaults")
     parser.add_argument("--run-dir", default=None, metavar="DIR",
                         help="run directory (default: runs/<timestamp>, with runs/latest pointing at it)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -38,10 +43,24 @@ def parse_args(argv=None):
 
 
 def resolve_config(args) -> config_lib.Config:
-    config = config_lib.load(args.config, args.overrides)
+    """defaults < --config files < --set, then --init-from and --data.
+
+    A fine-tune (train.init_from) resolves from the base run's model sizes and token
+    settings instead of the defaults, so the same files and --set apply on top of them.
+    """
+    config = _with_init_from(config_lib.load(args.config, args.overrides), args.init_from)
+    if config.train.init_from:
+        start = finetune.start_from(finetune.base_config(config.train.init_from))
+        config = _with_init_from(config_lib.load(args.config, args.overrides, base=start), config.train.init_from)
     if args.data:
         config = config_lib.with_sources(config, args.data)
     return config_lib.validate(config)
+
+
+def _with_init_from(config: config_lib.Config, init_from: str | None) -> config_lib.Config:
+    if not init_from:
+        return config
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, init_from=init_from))
 
 
 def _copy_if_changed(source: str, target: str) -> None:
@@ -73,12 +92,14 @@ def trained_vocabulary(run_dir: str) -> str | None:
                                "record of the vocabulary they were trained with; train in a new --run-dir") from None
 
 
-def prepare_run(config: config_lib.Config, run_dir: str, show_progress: bool, log=print) -> dict:
+def prepare_run(config: config_lib.Config, run_dir: str, show_progress: bool, log=print,
+                base_vocabulary=None) -> dict:
     """Prepare data into the run directory, or reuse it (resume, or a prepared --data directory).
 
     Reused data is checked first (prepared.json, shard checksums, vocabulary); damaged
     data is prepared again. A run that has started training keeps its vocabulary:
-    data that would change it is refused before anything is written.
+    data that would change it is refused before anything is written. A fine-tune
+    (`base_vocabulary`, the base run's) prepares its sources with the base's tokens first.
     """
     from keras_music import prepare
 
@@ -86,6 +107,10 @@ def prepare_run(config: config_lib.Config, run_dir: str, show_progress: bool, lo
     expected = trained_vocabulary(run_dir)
     if len(sources) == 1 and storage.isdir(sources[0]) and prepare.is_prepared(sources[0]):
         source = sources[0]
+        if base_vocabulary is not None:
+            raise run_lib.RunError(f"--data {source} is a prepared directory, whose ids belong to its own vocabulary; "
+                                   "a fine-tune (train.init_from) needs the music itself: pass the folder of "
+                                   "files it was prepared from")
         run_lib.check_unlocked(source)
         info = run_lib.load_prepared(source, required=True)
         prepared = info.get("settings", {})
@@ -120,12 +145,13 @@ def prepare_run(config: config_lib.Config, run_dir: str, show_progress: bool, lo
     if prepare.is_prepared(run_dir):
         try:
             info = prepare.read_prepared(run_dir)
-            if info.get("settings") == prepare.prepare_settings(config):
+            if info.get("settings") == prepare.prepare_settings(config, base_vocabulary):
                 run_lib.check_data(run_dir, info, run_lib.load_vocabulary(run_dir))
                 return info
         except (prepare.PrepareError, run_lib.RunError) as error:
             log(f"the prepared data in {run_dir} cannot be used ({str(error).split('; ')[0]}): preparing it again")
-    return prepare.prepare(config, run_dir, show_progress=show_progress, log=log, expected_vocabulary=expected)
+    return prepare.prepare(config, run_dir, show_progress=show_progress, log=log, expected_vocabulary=expected,
+                           base_vocabulary=base_vocabulary)
 
 
 def train(config: config_lib.Config, run_dir: str, *, show_progress: bool = True, log=print) -> dict:
@@ -160,11 +186,20 @@ def _train(config, run_dir, cluster, chief, show_progress, log) -> dict:
     work_dir = run_dir if chief else tempfile.mkdtemp(prefix="keras_music-worker-")
     if not chief:
         log = lambda *args, **kwargs: None  # noqa: E731  (workers stay quiet; the chief reports)
+    base = None
+    if train_cfg.init_from:
+        # Checked before anything is written: a base that is unfinished, damaged or made
+        # with other token settings or model sizes is refused in one line.
+        base = finetune.load_base(train_cfg.init_from)
+        finetune.check_compatible(base, config)
     storage.makedirs(work_dir)
     started = time.time()
 
-    info = prepare_run(config, work_dir, show_progress and chief, log)
+    info = prepare_run(config, work_dir, show_progress and chief, log,
+                       base_vocabulary=base.vocabulary if base else None)
     vocabulary = run_lib.load_vocabulary(work_dir)
+    overlap = (finetune.check_held_out(base, work_dir, vocabulary, info, train_cfg.allow_held_out_overlap, log)
+               if base else [])
     run_lib.write_config(work_dir, config)
     state = read_backup(run_dir, config)
     done = finished_run(run_dir, state, config, vocabulary, log) if chief else None
@@ -179,10 +214,17 @@ def _train(config, run_dir, cluster, chief, show_progress, log) -> dict:
                                                        first_epoch)
 
     with strategy.scope():
-        model = build_or_resume(config, run_dir, state, len(vocabulary), steps_per_epoch)
+        model = build_or_resume(config, run_dir, state, len(vocabulary), steps_per_epoch,
+                                start=(lambda: finetune.initial_model(base, vocabulary, config.model.dropout))
+                                if base else None)
     metadata = {"vocabulary_fingerprint": vocabulary.fingerprint(), "vocabulary_size": len(vocabulary)}
     progress, callbacks = callbacks_lib.make_callbacks(config, work_dir, steps_per_epoch, state, log,
                                                        show_progress=show_progress and chief, metadata=metadata)
+    if base and state is None:
+        # The model it starts from competes with every epoch for the kept model: a fine-tune
+        # never ends worse on its held-out pieces than the base it started from.
+        progress.best = evaluate_windows(model, validation_data)["loss"]
+        progress.backups.save_best(model)
     sizes = model_lib.describe(model)
     log(f"model: {sizes['num_layers']} x LSTM({sizes['hidden_size']}), {sizes['parameters']:,} parameters, "
         f"vocabulary {sizes['vocabulary_size']}; {steps_per_epoch} steps/epoch of {train_cfg.batch_size} x "
@@ -197,7 +239,13 @@ def _train(config, run_dir, cluster, chief, show_progress, log) -> dict:
     restore_best(model, work_dir, run_dir, stopped, reason, train_cfg.learning_rate)
     metrics = summarize(config, progress.history, stopped, reason, evaluate_windows(model, validation_data), sizes,
                         info, int(strategy.num_replicas_in_sync), steps_per_epoch,
-                        time.time() - started + (state or {}).get("elapsed", 0.0))
+                        time.time() - started + (state or {}).get("elapsed", 0.0), progress.best)
+    if base:
+        # The same held-out windows scored by the model the fine-tune started from: whether
+        # fine-tuning helped is then one comparison in metrics.json.
+        start = evaluate_windows(finetune.initial_model(base, vocabulary, config.model.dropout), validation_data) \
+            if chief else None
+        metrics["init_from"] = finetune.record(base, vocabulary, overlap, start)
 
     if not chief:
         storage.rmtree(work_dir)
@@ -292,8 +340,12 @@ def input_pipelines(config: config_lib.Config, work_dir: str, info: dict, vocabu
 
 
 def build_or_resume(config: config_lib.Config, run_dir: str, state: dict | None, vocabulary_size: int,
-                    steps_per_epoch: int):
-    """The backed-up model to resume from, or a new compiled one. Call it inside the strategy's scope."""
+                    steps_per_epoch: int, start=None):
+    """The backed-up model to resume from, or a new compiled one. Call it inside the strategy's scope.
+
+    `start()` gives the new model's first weights (a fine-tune's, from its base); without
+    it they are initialised at random. A resumed run always continues from its own backup.
+    """
     import keras
 
     from keras_music import callbacks as callbacks_lib, model as model_lib
@@ -303,8 +355,8 @@ def build_or_resume(config: config_lib.Config, run_dir: str, state: dict | None,
         return _load_saved(run_lib.path(run_dir, run_lib.BACKUP, state["model"]),
                            f"remove {run_lib.path(run_dir, run_lib.BACKUP)} to train again from the first epoch, "
                            "or use a new --run-dir")
-    model = model_lib.build_model(vocabulary_size, model_cfg.embedding_size, model_cfg.hidden_size,
-                                  model_cfg.num_layers, model_cfg.dropout)
+    model = start() if start is not None else model_lib.build_model(
+        vocabulary_size, model_cfg.embedding_size, model_cfg.hidden_size, model_cfg.num_layers, model_cfg.dropout)
     # The custom loop clips after summing replicas' gradients, so its optimizer must not clip again.
     clip = {} if train_cfg.strategy == "multi_worker" else {"clipnorm": train_cfg.clipnorm}
     learning_rate = callbacks_lib.learning_rate_schedule(train_cfg, steps_per_epoch * train_cfg.epochs)
@@ -415,10 +467,15 @@ def fit_custom(strategy, model, make_train_data, validation_data, progress, firs
 
 def restore_best(model, work_dir: str, run_dir: str, stopped: str, reason: str | None, learning_rate: float) -> None:
     """Give the model the best epoch's weights (checkpoints/best.keras); a run that diverged before it has none."""
+    import warnings
+
     best_path = run_lib.path(work_dir, *run_lib.BEST_CHECKPOINT)
     if storage.exists(best_path):
-        best = _load_saved(best_path, f"remove it and {run_lib.path(run_dir, run_lib.BACKUP)} to train again, or "
-                                      "use a new --run-dir")
+        with warnings.catch_warnings():
+            # A fine-tune's starting model is saved before its optimizer has state; only the weights are used.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer", category=UserWarning)
+            best = _load_saved(best_path, f"remove it and {run_lib.path(run_dir, run_lib.BACKUP)} to train again, "
+                                          "or use a new --run-dir")
         model.set_weights(best.get_weights())
     elif stopped == "nan_loss":
         raise TrainingDiverged(f"training stopped: {reason} before any epoch had a finite validation loss, so no "
@@ -427,8 +484,13 @@ def restore_best(model, work_dir: str, run_dir: str, stopped: str, reason: str |
 
 
 def summarize(config: config_lib.Config, history: list[dict], stopped: str, reason: str | None, evaluation: dict,
-              sizes: dict, info: dict, replicas: int, steps_per_epoch: int, wall_seconds: float) -> dict:
-    """metrics.json: why training ended, the kept model's held-out scores, speed, sizes and the epoch history."""
+              sizes: dict, info: dict, replicas: int, steps_per_epoch: int, wall_seconds: float,
+              best: float = math.inf) -> dict:
+    """metrics.json: why training ended, the kept model's held-out scores, speed, sizes and the epoch history.
+
+    `best` is the lowest validation loss the run kept a model for; below every epoch's
+    it was the starting model's (a fine-tune whose epochs never beat its base): best_epoch 0.
+    """
     import numpy as np
 
     tokens_per_step = config.train.batch_size * config.data.seq_length
@@ -445,7 +507,7 @@ def summarize(config: config_lib.Config, history: list[dict], stopped: str, reas
         "val_loss": float(evaluation["loss"]),
         "val_perplexity": float(np.exp(evaluation["loss"])),
         "val_accuracy": float(evaluation["accuracy"]),
-        "best_epoch": int(np.argmin(finite) + 1) if history else None,
+        "best_epoch": (0 if min(finite) > best else int(np.argmin(finite) + 1)) if history else None,
         "tokens_seen": tokens_seen,
         "tokens_per_second": tokens_seen / train_seconds if train_seconds else None,
         "train_seconds": round(train_seconds, 1),
@@ -495,10 +557,19 @@ def read_backup(run_dir: str, config) -> dict | None:
     state = run_lib.read_backup_state(run_dir)
     if state is None:
         return None
-    if state.get("config") != config_lib.to_dict(config):
+    recorded = state.get("config")
+    if recorded != config_lib.to_dict(config) and not _same_settings(recorded, config):
         raise run_lib.RunError(f"{run_dir} holds an interrupted run with different settings; use a new --run-dir "
                                "or the same config to resume")
     return state
+
+
+def _same_settings(recorded, config) -> bool:
+    """Whether a backup's recorded settings resolve to `config` (keys added since take their defaults)."""
+    try:
+        return isinstance(recorded, dict) and config_lib.from_dict(recorded) == config
+    except config_lib.ConfigError:
+        return False
 
 
 def _load_saved(file: str, fix: str):

@@ -70,8 +70,10 @@ class Vocabulary:
     def transposition_table(self, max_shift: int):
         """[vocab, 2*max_shift+1] ids of each token moved by shift-max_shift semitones.
 
-        Tokens whose shifted form is missing map to themselves; the tf.data pipeline
-        only uses shifts that keep every token of a piece inside the vocabulary.
+        Tokens whose shifted form is missing, or whose shifted pitch leaves the piano's
+        keys (events.PIANO_LOW..PIANO_HIGH), map to themselves and are marked invalid;
+        the tf.data pipeline only uses shifts that keep every token of a piece valid.
+        Shift 0 is valid for every token, so each piece keeps at least that one.
         """
         import numpy as np
 
@@ -79,7 +81,8 @@ class Vocabulary:
         valid = np.ones_like(table, dtype=bool)
         for i, token in enumerate(self.tokens):
             for column, shift in enumerate(range(-max_shift, max_shift + 1)):
-                moved = events.transpose_token(token, shift, self.representation)
+                moved = events.transpose_token(token, shift, self.representation, events.PIANO_LOW,
+                                               events.PIANO_HIGH)
                 j = self.index.get(moved) if moved is not None else None
                 table[i, column] = i if j is None else j
                 valid[i, column] = j is not None
@@ -209,7 +212,9 @@ def build(token_sequences, representation: str = "note", min_count: int = 1, tra
     """Count tokens over the training pieces (and their augmentation shifts) and keep frequent ones.
 
     Tokens in `always` (the control tokens) are kept however rarely they occur, so that a
-    control is never read as <unk> and every one can be asked for.
+    control is never read as <unk> and every one can be asked for. A shift adds tokens only
+    when it keeps the whole piece on the piano's keys, as the training pipeline draws it
+    (transposition_table).
     """
     counts: collections.Counter = collections.Counter()
     always = set(always)
@@ -219,7 +224,8 @@ def build(token_sequences, representation: str = "note", min_count: int = 1, tra
         counts.update(tokens)
         for shift in range(-transpose, transpose + 1):
             if shift:
-                moved = [events.transpose_token(t, shift, representation) for t in tokens]
+                moved = [events.transpose_token(t, shift, representation, events.PIANO_LOW, events.PIANO_HIGH)
+                         for t in tokens]
                 if all(m is not None for m in moved):
                     # Shifted copies only make tokens exist; they do not change the
                     # counts that decide the min-count cutoff.
@@ -229,3 +235,17 @@ def build(token_sequences, representation: str = "note", min_count: int = 1, tra
             if t not in events.SPECIAL_TOKENS and (c >= min_count or c == 0 or t in always)]
     kept.sort(key=token_sort_key)
     return Vocabulary(list(events.SPECIAL_TOKENS) + kept, representation, dict(counts), classic_step)
+
+
+def extend(base: Vocabulary, vocabulary: Vocabulary) -> Vocabulary:
+    """`base`'s tokens at their ids, then the tokens of `vocabulary` that `base` lacks, sorted as build sorts.
+
+    Fine-tuning keeps every id of the model it starts from; counts are `vocabulary`'s
+    (the new corpus's), 0 for tokens only the base has.
+    """
+    if (base.representation, float(base.classic_step)) != (vocabulary.representation, float(vocabulary.classic_step)):
+        raise VocabularyError(f"cannot extend a {base.representation} vocabulary (classic_step {base.classic_step}) "
+                              f"with a {vocabulary.representation} one (classic_step {vocabulary.classic_step})")
+    added = sorted((t for t in vocabulary.tokens if t not in base.index), key=token_sort_key)
+    counts = {t: vocabulary.counts.get(t, 0) for t in base.tokens + added}
+    return Vocabulary(base.tokens + added, base.representation, counts, base.classic_step)

@@ -10,7 +10,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "keras_music"
 # The README's order: each module imports only modules listed before it.
 FLOW = """errors formatting defaults storage cli config plots events controls midi corpus vocabulary dataset model run
 prepare roundtrip
-sampling backends pieces audio piece_files generate callbacks distributed train ngram metrics evaluate_held_out
+sampling backends pieces audio piece_files generate callbacks distributed finetune train ngram metrics evaluate_held_out
 evaluate_likelihood evaluate_music evaluate_controls evaluate_report evaluate listening experiment_configs experiment_claims
 experiment_report experiment export_saved_model export_tflite export_parity web_export export
 studio.summary studio.service studio.routes studio.app""".split()

@@ -188,7 +188,7 @@ def test_help_lists_every_option():
     result = subprocess.run([sys.executable, "-m", "keras_music.train", "--help"], capture_output=True, text=True,
                             timeout=60, cwd=REPO)
     assert result.returncode == 0
-    for option in ("--config", "--set", "--data", "--run-dir", "--quiet"):
+    for option in ("--config", "--set", "--data", "--init-from", "--run-dir", "--quiet"):
         assert option in result.stdout
 
 

@@ -37,9 +37,12 @@ def test_transposed_copies_add_tokens_without_counting_them():
     vocabulary = vocabulary_lib.build([["pitch:60", "dur:1"]], transpose=1)
     assert vocabulary.tokens == SPECIALS + ["pitch:59", "pitch:60", "pitch:61", "dur:1"]
     assert vocabulary.counts == {"pitch:60": 1, "dur:1": 1, "pitch:59": 0, "pitch:61": 0}
-    # A shift that would move a pitch out of 0..127 adds nothing for the whole piece.
-    edge = vocabulary_lib.build([["pitch:127", "pitch:100", "dur:1"]], transpose=1)
-    assert edge.tokens == SPECIALS + ["pitch:99", "pitch:100", "pitch:126", "pitch:127", "dur:1"]
+    # A shift that would move a pitch off the piano's keys (21..108) adds nothing for the whole piece.
+    edge = vocabulary_lib.build([["pitch:108", "pitch:100", "dur:1"]], transpose=1)
+    assert edge.tokens == SPECIALS + ["pitch:99", "pitch:100", "pitch:107", "pitch:108", "dur:1"]
+    # A piece already off the keys keeps its own tokens and gains no shifted copy (before: 0..127 was the limit).
+    outside = vocabulary_lib.build([["pitch:127", "pitch:100", "dur:1"]], transpose=1)
+    assert outside.tokens == SPECIALS + ["pitch:100", "pitch:127", "dur:1"]
 
 
 def test_classic_tokens_sort_after_note_kinds_by_name():
@@ -100,6 +103,44 @@ def test_transposition_table_maps_each_token_to_its_shifted_id():
     assert valid[hold_60].tolist() == [False, False, True, False, False]
     assert table[dur_1].tolist() == [dur_1] * 5 and valid[dur_1].all()
     assert table[:3].tolist() == [[0] * 5, [1] * 5, [2] * 5] and valid[:3].all()
+
+
+def test_transposition_keeps_every_shifted_piece_on_the_piano_keys():
+    # pitch:20 and pitch:109 lie off the 88 keys (21..108) yet are in the vocabulary, as a corpus may have them.
+    tokens = ["pitch:20", "pitch:21", "pitch:22", "pitch:107", "pitch:108", "pitch:109", "hold:108", "dur:1"]
+    vocabulary = Vocabulary(SPECIALS + tokens)
+    ids = {token: vocabulary.index[token] for token in tokens}
+    table, valid = vocabulary.transposition_table(1)
+    # Columns are shifts -1, 0, +1. A shift is valid only onto 21..108; shift 0 always is, even off the keys.
+    assert valid[ids["pitch:21"]].tolist() == [False, True, True]  # 20 is below A0
+    assert table[ids["pitch:21"]].tolist() == [ids["pitch:21"], ids["pitch:21"], ids["pitch:22"]]
+    assert valid[ids["pitch:108"]].tolist() == [True, True, False]  # 109 is in the vocabulary, but above C8
+    assert table[ids["pitch:108"]].tolist() == [ids["pitch:107"], ids["pitch:108"], ids["pitch:108"]]
+    assert valid[ids["hold:108"]].tolist() == [False, True, False]  # hold:107 is not in the vocabulary
+    assert valid[ids["pitch:20"]].tolist() == [False, True, True]  # moved up it lands on A0
+    assert valid[ids["pitch:109"]].tolist() == [True, True, False]
+    assert valid[ids["dur:1"]].all() and valid[:3].all()
+
+
+def test_transposition_draws_only_shifts_that_keep_the_piece_on_the_keys():
+    import tensorflow as tf
+
+    from keras_music import dataset
+
+    vocabulary = vocabulary_lib.build([["pitch:104", "dur:1", "pitch:107", "dur:1"]], transpose=3)
+    # Shifts +2 and +3 would reach 109 and 110: building adds no token for them.
+    assert [t for t in vocabulary.tokens if t.startswith("pitch:")] == [f"pitch:{p}" for p in range(101, 109)]
+    transpose = dataset._transposer(*vocabulary.transposition_table(3))
+    piece = tf.constant(vocabulary.encode(["pitch:104", "dur:1", "pitch:107", "dur:1"]), tf.int32)
+    moved = {tuple(vocabulary.decode(transpose(piece, tf.constant(draw, tf.int64)).numpy())) for draw in range(40)}
+    assert moved == {(f"pitch:{104 + s}", "dur:1", f"pitch:{107 + s}", "dur:1") for s in (-3, -2, -1, 0, 1)}
+    # A piece that reaches 108 is never moved up, even when the vocabulary holds higher pitches.
+    wide = Vocabulary(SPECIALS + [f"pitch:{p}" for p in range(100, 113)] + ["dur:1"])
+    transpose = dataset._transposer(*wide.transposition_table(3))
+    top = tf.constant(wide.encode(["pitch:105", "dur:1", "pitch:108", "dur:1"]), tf.int32)
+    highest = {max(int(t[6:]) for t in wide.decode(transpose(top, tf.constant(d, tf.int64)).numpy())
+                   if t.startswith("pitch:")) for d in range(40)}
+    assert highest == {105, 106, 107, 108}
 
 
 # ----------------------------------------------------------------------------- fingerprint
