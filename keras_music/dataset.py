@@ -15,17 +15,21 @@ import tensorflow as tf  # noqa: E402
 PIECES_PER_SHARD = 256
 
 
-def _example(ids, name: str) -> bytes:
+def _example(ids, name: str, fim=None) -> bytes:
     feature = {
         "ids": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(i) for i in ids])),
         # File names that are not UTF-8 arrive with surrogate escapes; they go back to their bytes.
         "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode("utf-8", "surrogateescape")])),
     }
+    if fim is not None:
+        # A training piece's fill-in-the-middle examples (keras_music.infill), concatenated, and their lengths.
+        feature["fim_ids"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(i) for x in fim for i in x]))
+        feature["fim_lengths"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[len(x) for x in fim]))
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 def write_shards(directory: str, split: str, pieces, pieces_per_shard: int = PIECES_PER_SHARD) -> list[str]:
-    """Write (name, ids) pieces as `split-XXXXX-of-YYYYY.tfrecord` files; returns the file names.
+    """Write (name, ids) or (name, ids, FIM examples) pieces as `split-XXXXX-of-YYYYY.tfrecord` files; returns the file names.
 
     Each shard is written under a temporary name and renamed, so a killed run never
     leaves a truncated shard that looks complete.
@@ -39,8 +43,8 @@ def write_shards(directory: str, split: str, pieces, pieces_per_shard: int = PIE
         final = storage.join(directory, name)
         temporary = storage.join(directory, f".{name}.tmp")
         with tf.io.TFRecordWriter(temporary) as writer:
-            for piece_name, ids in pieces[shard * pieces_per_shard:(shard + 1) * pieces_per_shard]:
-                writer.write(_example(ids, piece_name))
+            for piece_name, ids, *fim in pieces[shard * pieces_per_shard:(shard + 1) * pieces_per_shard]:
+                writer.write(_example(ids, piece_name, *fim))
         tf.io.gfile.rename(temporary, final, overwrite=True)
         names.append(name)
     return names
@@ -61,6 +65,31 @@ def _parse_named(record):
 
 def _parse(record):
     return _parse_named(record)[1]
+
+
+def _parse_fim(record):
+    parsed = tf.io.parse_single_example(record, {
+        "ids": tf.io.VarLenFeature(tf.int64),
+        "fim_ids": tf.io.VarLenFeature(tf.int64),
+        "fim_lengths": tf.io.VarLenFeature(tf.int64),
+    })
+    return tuple(tf.cast(tf.sparse.to_dense(parsed[key]), tf.int32) for key in ("ids", "fim_ids", "fim_lengths"))
+
+
+def _fim_picker(rate: float):
+    rate = tf.constant(float(rate), tf.float64)
+
+    def pick(parsed, draw):
+        # Seeded by the piece's own draw: the same choice each time for one (seed, epoch).
+        ids, fim_ids, fim_lengths = parsed
+        count = tf.size(fim_lengths)
+        uniform = tf.random.stateless_uniform([], seed=tf.stack([draw, tf.constant(1, tf.int64)]), dtype=tf.float64)
+        which = tf.cast(tf.math.floormod(draw, tf.cast(tf.maximum(count, 1), tf.int64)), tf.int32)
+        starts = tf.concat([[0], tf.cumsum(fim_lengths)], axis=0)
+        example = fim_ids[starts[which]:starts[which] + tf.reduce_sum(fim_lengths[which:which + 1])]
+        return tf.cond((uniform < rate) & (count > 0), lambda: example, lambda: ids)
+
+    return pick
 
 
 def read_named_pieces(files) -> list[tuple[str, np.ndarray]]:
@@ -126,7 +155,7 @@ def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: i
                      first_epoch: int = 0, epochs: int = 1, stride: int | None = None,
                      shuffle_buffer: int = 2048, transposition=None, boundary_id: int = 2,
                      worker_slice: tuple[int, int] | None = None, piece_count: int | None = None,
-                     control_dropout=None) -> tf.data.Dataset:
+                     control_dropout=None, infill_rate: float = 0.0) -> tf.data.Dataset:
     """Exactly `steps_per_epoch` batches per epoch, for epochs first_epoch..epochs-1.
 
     Each epoch's shuffles, transpositions and control dropout are seeded by (seed, epoch), so a resumed
@@ -149,8 +178,11 @@ def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: i
 
     def one_epoch(epoch: int):
         epoch_seed = seed * 100003 + epoch
-        pieces = tf.data.TFRecordDataset(files).map(_parse)
+        pieces = tf.data.TFRecordDataset(files).map(_parse_fim if infill_rate > 0 else _parse)
         pieces = pieces.shuffle(max(1, piece_count), seed=epoch_seed, reshuffle_each_iteration=False)
+        if infill_rate > 0:
+            fim_draws = tf.data.Dataset.random(seed=epoch_seed + 23)
+            pieces = tf.data.Dataset.zip((pieces, fim_draws)).map(_fim_picker(infill_rate))
         if transpose is not None:
             draws = tf.data.Dataset.random(seed=epoch_seed + 7)
             pieces = tf.data.Dataset.zip((pieces, draws)).map(transpose)
