@@ -26,7 +26,16 @@ def piece_midi(piece: Piece, title: str = "") -> bytes:
     notes = [(start + onset, start + onset + duration, int(pitch), 80, 0)
              for onset, duration, pitch in np.asarray(piece.notes, float).reshape(-1, 3)]
     parts = [{"program": int(piece.timing.get("program", 0)), "channel": 1, "name": title}]
-    return midi.write(notes, piece.timing["tempos"], piece.timing["time_signatures"], parts, title=title)
+    return midi.write(notes, piece.timing["tempos"], piece.timing["time_signatures"], parts, title=title,
+                      markers=infill_markers(piece))
+
+
+def infill_markers(piece: Piece) -> list[tuple[float, str]]:
+    """Marker meta events around the bars an infilled piece filled: `infill A-B start` and `infill A-B end`."""
+    if not piece.infill:
+        return []
+    bars = "-".join(str(b) for b in piece.infill["bars"])
+    return [(piece.infill["onset"], f"infill {bars} start"), (piece.infill["offset"], f"infill {bars} end")]
 
 
 def plot_piano_roll(piece: Piece, path: str, title: str = "") -> None:
@@ -184,5 +193,6 @@ class Writer:
             "primer_source": piece.primer_source, "unknown_primer_tokens": piece.unknown_primer_tokens,
             "repairs": piece.repairs, "primer_tokens": piece.primer_tokens, "tokens": piece.tokens,
             "ids": piece.ids, "files": files,
+            **({"infill": piece.infill} if piece.infill else {}),
         })
         return [p for p in (midi, musicxml, png, sound, record) if p]
