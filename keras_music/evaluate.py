@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from keras_music import cli, evaluate_likelihood as likelihood, evaluate_music as music_lib, evaluate_report
-from keras_music import formatting as fmt, run as run_lib, storage
+from keras_music import events, formatting as fmt, run as run_lib, storage
 from keras_music.evaluate_held_out import DEFAULT_TIME_SIGNATURE, load_split
 from keras_music.evaluate_likelihood import DEFAULT_ORDERS, MAX_ORDER
 from keras_music.evaluate_music import DEFAULT_LENGTH, DEFAULT_NUM_SAMPLES, DEFAULT_TEMPERATURES
@@ -60,6 +60,9 @@ def _evaluate_run(run_dir, num_samples, length, temperatures, seed, orders, out_
         "lstm_vs_ngram": likelihood.compare_with_ngrams(lstm, baseline),
         "music_metrics": music,
     }
+    if events.FIM_MIDDLE in vocabulary.index:  # a run trained with infilling (data.infill_rate > 0)
+        result["infill"] = likelihood.infill_quality(run_dir, held_out, vocabulary,
+                                                     generator if hasattr(generator, "fill") else None, seed)
     result["figures"] = _write_figures(music, out_dir)
     result = storage.json_ready(result)
     storage.write_json(storage.join(out_dir, run_lib.EVALUATION_JSON), result)
