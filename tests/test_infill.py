@@ -270,3 +270,21 @@ def test_evaluate_reports_the_middle_nll_with_and_without_the_suffix(infill_run,
     assert "## Infilling" in report and "prefix only" in report
     saved = json.load(open(os.path.join(out, "evaluation.json")))
     assert saved["infill"]["fills"] == quality["fills"]
+
+
+def test_no_exported_sampler_samples_a_sentinel():
+    import importlib.util
+
+    from keras_music.export_saved_model import _GraphGrammar
+    from keras_music.vocabulary import Vocabulary
+
+    shipped = Vocabulary(["<pad>", "<unk>", "<piece>", "pitch:60", "rest", "dur:1", *FIM]).to_json()
+    assert shipped["grammar"]["kinds"][-4:] == ["fim"] * 4
+    spec = importlib.util.spec_from_file_location(
+        "reference_generator", os.path.join(os.path.dirname(__file__), "..", "export", "reference_generator.py"))
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    for rules in ("note", "any"):
+        table = dict(shipped["grammar"], rules=rules)
+        assert not _GraphGrammar(table).not_banned.numpy()[-4:].any()
+        assert not reference.Grammar(dict(shipped, grammar=table)).allowed()[-4:].any()
