@@ -288,3 +288,28 @@ def test_no_exported_sampler_samples_a_sentinel():
         table = dict(shipped["grammar"], rules=rules)
         assert not _GraphGrammar(table).not_banned.numpy()[-4:].any()
         assert not reference.Grammar(dict(shipped, grammar=table)).allowed()[-4:].any()
+
+
+def test_the_studio_fills_bars_of_an_uploaded_file_and_of_a_piece_it_made(infill_run, tmp_path):
+    from keras_music.studio import service
+
+    studio = service.Studio([infill_run], str(tmp_path / "out"), str(tmp_path / "votes.sqlite"), ab_seconds=8,
+                            ab_pool=1, log=lambda message: None)
+    try:
+        source = write_file(tmp_path / "six-bars.mid")
+        upload = studio.add_primer("six-bars.mid", open(source, "rb").read())
+        first = studio.infill({"piece": f"upload:{upload['id']}", "bars": "3-4", "seed": 1})
+        assert first["infill"]["bars"] == [3, 4] and first["infill"]["exact"] is True
+        midi = os.path.join(studio.out_dir, "pieces", first["id"], "piece-01.mid")
+        assert markers(midi) == [(F(8), "infill 3-4 start"), (F(16), "infill 3-4 end")]
+        again = studio.infill({"piece": f"piece:{first['id']}", "bars": "1-2", "seed": 2})
+        assert again["infill"]["exact"] is True and (again["infill"]["onset"], again["infill"]["offset"]) == (0, 8)
+        written, _, _ = read_back(os.path.join(studio.out_dir, "pieces", again["id"], "piece-01.mid"))
+        before, _, _ = read_back(midi)
+        assert clipped(written, F(8), F(24)) == clipped(before, F(8), F(24))
+        with pytest.raises(service.StudioError, match="bars 7-8 are outside"):
+            studio.infill({"piece": f"upload:{upload['id']}", "bars": "7-8"})
+        with pytest.raises(service.StudioError, match="piece must be 'upload:ID'"):
+            studio.infill({"piece": "held_out", "bars": "1-2"})
+    finally:
+        studio.close()
