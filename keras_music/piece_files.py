@@ -48,10 +48,18 @@ def plot_piano_roll(piece: Piece, path: str, title: str = "") -> None:
     primer_end = piece.primer_duration
     total = float(sum(s.duration for s in piece.sonorities)) or 1.0
     figure, axis = plots.pyplot().subplots(figsize=(min(24.0, 6 + total / 8), 4.5))
-    if primer_end > 0:
+    given = notes[:, 0] < primer_end if len(notes) else np.zeros(0, bool)
+    if piece.infill:  # the filled bars are the generated part; the file's bars around them are given
+        start = float(piece.timing.get("start", 0.0))
+        low, high = piece.infill["onset"] - start, piece.infill["offset"] - start
+        axis.axvspan(low, high, color="lightyellow", zorder=0, label=f"filled bars {piece.infill['bars'][0]}-"
+                                                                     f"{piece.infill['bars'][1]}")
+        given = ~((notes[:, 0] >= low) & (notes[:, 0] < high)) if len(notes) else given
+    elif primer_end > 0:
         axis.axvspan(0, primer_end, color="0.88", zorder=0, label="primer")
-    for is_primer, color, label in ((True, "0.45", "primer notes"), (False, "tab:blue", "generated notes")):
-        chosen = notes[(notes[:, 0] < primer_end) == is_primer] if len(notes) else notes
+    for is_primer, color, label in ((True, "0.45", "primer notes" if not piece.infill else "the file's notes"),
+                                    (False, "tab:blue", "generated notes")):
+        chosen = notes[given == is_primer] if len(notes) else notes
         for onset, duration, pitch in chosen:
             axis.add_patch(Rectangle((onset, pitch - 0.4), duration, 0.8, color=color, linewidth=0, zorder=2))
         if len(chosen):
