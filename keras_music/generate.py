@@ -392,7 +392,7 @@ class Generator:
     # ------------------------------------------------------------------ infilling (keras_music.infill)
 
     def infill(self, path: str, bars, num_samples=1, temperature=defaults.TEMPERATURE, top_k=defaults.TOP_K,
-               top_p=defaults.TOP_P, seed=defaults.SEED, rng=sampling.DEFAULT_RNG, show_progress=False) -> list[Piece]:
+               top_p=defaults.TOP_P, seed=defaults.SEED, rng=sampling.DEFAULT_RNG) -> list[Piece]:
         """Fill bars `bars` ("A-B" or (A, B), 1-based) of the score file `path`: one whole piece per row.
 
         The bars before and after the gap are the file's own (read as training data is, on the
@@ -400,7 +400,9 @@ class Generator:
         model reads `<piece> <fim_suffix> AFTER <fim_prefix> BEFORE <fim_middle>` and samples the
         middle under `infill.GapMask`, so it fills exactly the gap's duration before `<fim_end>`.
         Row i draws from SplitMix64(seed + i) like `generate`. Each piece's `infill` record says
-        where the gap lies (quarter notes on the file's timeline) and what filled it.
+        where the gap lies (quarter notes on the file's timeline) and what filled it. A row that
+        runs out of tokens before closing its gap (`exact` false, stop reason "token_limit") has
+        the rest of the gap as a rest, so the bars after it keep their place.
         """
         _checked_settings(num_samples, 1, seed, temperature, top_k, top_p, 1, 0, rng)
         first, last = bars if isinstance(bars, (tuple, list)) else infill_lib.parse_bars(bars)
@@ -435,6 +437,8 @@ class Generator:
             middle = events.tokens_to_sonorities(prefix + tokens, "note", report=report)[len(parts.prefix):]
             joined = infill_lib.transposed(infill_lib.join(parts.prefix, middle, parts.suffix), -shift)
             filled = sum((s.duration for s in middle), Fraction(0))
+            if filled < gap.duration:
+                middle.append(events.Sonority((), (), gap.duration - filled))
             record_infill = {"source": str(path), "bars": [first, last], "onset": float(gap.onset),
                              "offset": float(gap.offset), "duration": float(gap.duration),
                              "filled_duration": float(filled), "exact": bool(exact[row]) and filled == gap.duration,
@@ -462,8 +466,12 @@ class Generator:
             if not mask.fillable(ticks):
                 raise GenerateError(f"{what} lasts {fmt.number(ticks / self.config.data.grid)} quarter notes, which the "
                                     f"durations in the vocabulary of {self.run_dir} cannot add up to exactly")
-        probabilities, state = self.prime([list(c) for c in contexts])
-        grammar = self.grammar_state([list(c) for c in contexts])
+        contexts = [list(c) for c in contexts]
+        probabilities, state = self.prime(contexts)
+        # The middle continues the prefix: the grammar starts at <fim_prefix>, not after the suffix.
+        prefix_id = self.vocabulary.index[events.FIM_PREFIX]
+        grammar = self.grammar_state([c[len(c) - c[::-1].index(prefix_id):] if prefix_id in c else c
+                                      for c in contexts])
         draw = sampling.make_rng(seed, rng)
         remaining = gap_ticks.copy()
         finished = np.zeros(len(gap_ticks), bool)

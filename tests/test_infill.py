@@ -214,12 +214,45 @@ def test_infill_gives_exact_fills_for_several_seeds_and_gaps_in_python(infill_ru
 
     source = write_file(tmp_path / "six-bars.mid")
     generator = Generator(infill_run)
-    for bars, seed in (("1-1", 0), ("2-5", 1), ("6-6", 2), ("4", 3)):
-        for piece in generator.infill(source, bars, num_samples=2, seed=seed):
+    # Bars 1-1: no prefix, so the middle may not hold what the suffix (read just before) ends with.
+    for bars, seed in (("1-1", 0), ("1-2", 7), ("2-5", 1), ("6-6", 2), ("4", 3)):
+        for piece in generator.infill(source, bars, num_samples=3, seed=seed, temperature=1.5):
             gap = F(piece.infill["offset"]) - F(piece.infill["onset"])
             assert sum(F(t[4:]) for t in piece.tokens if t.startswith("dur:")) == gap
             assert piece.stop_reason == "filled" and piece.repairs == {}
             assert piece.infill["transposed"] != 0  # read in C, written back in the file's key
+
+
+class Uniform:
+    """A backend that finds every token equally likely: the grammar and the gap mask alone decide."""
+
+    name = "uniform"
+
+    def __init__(self, size):
+        self.vocabulary_size = size
+
+    def initial_state(self, batch):
+        return np.zeros((batch, 1, 1), np.float32)
+
+    def step(self, ids, state):
+        return np.full((len(ids), self.vocabulary_size), 1.0 / self.vocabulary_size, np.float32), state
+
+
+def test_a_middle_without_prefix_holds_nothing_over_from_the_suffix(infill_run, tmp_path):
+    from keras_music import run as run_lib
+    from keras_music.generate import Generator
+
+    source = write_file(tmp_path / "six-bars.mid")
+    generator = Generator(infill_run, backend=Uniform(len(run_lib.load_vocabulary(infill_run))))
+    pieces = generator.infill(source, "1-1", num_samples=40, seed=0, temperature=1.0)
+    def first_sonority(piece):
+        return piece.tokens[:next(i for i, t in enumerate(piece.tokens) if t.startswith("dur:"))]
+
+    assert all(p.repairs == {} and p.infill["exact"] for p in pieces)
+    assert not any(t.startswith("hold:") for p in pieces for t in first_sonority(p))
+    # A gap after a prefix may hold what the prefix's last sonority sounds.
+    after_prefix = generator.infill(source, "3-4", num_samples=40, seed=0)
+    assert any(t.startswith("hold:") for p in after_prefix for t in first_sonority(p))
 
 
 def test_infill_errors_are_one_line(infill_run, tiny_run, tmp_path, capsys):
