@@ -163,6 +163,11 @@ def main(argv=None) -> int:
               f"{fmt.number(lstm['perplexity'])}/token ({fmt.number(lstm['nll_bits'])} bits), {fmt.number(lstm['event_perplexity'])}"
               f"/event, accuracy {fmt.number(lstm['accuracy'])}")
         print(f"LSTM / best n-gram ({ratios['best_order']}-gram) perplexity: {fmt.number(ratios['perplexity_ratio'])}")
+        infill = result.get("infill") or {}
+        if infill.get("gaps"):
+            print(f"infilling: middle NLL {fmt.number(infill['nll_fim'])} with the suffix, "
+                  f"{fmt.number(infill['nll_prefix_only'])} prefix only; {infill['exact_fills']} of {infill['fills']} "
+                  "fills exact")
         print(f"report: {storage.join(out_dir, run_lib.EVALUATION_MD)}")
     cli.finish(0)
 
