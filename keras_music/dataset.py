@@ -76,20 +76,20 @@ def _parse_fim(record):
     return tuple(tf.cast(tf.sparse.to_dense(parsed[key]), tf.int32) for key in ("ids", "fim_ids", "fim_lengths"))
 
 
-def _fim_picker(rate: float):
+def _fim_chooser(rate: float):
     rate = tf.constant(float(rate), tf.float64)
 
-    def pick(parsed, draw):
-        # Seeded by the piece's own draw: the same choice each time for one (seed, epoch).
-        ids, fim_ids, fim_lengths = parsed
+    def choose(parsed, draw):
+        """(one of the piece's FIM examples, whether this epoch uses it), from the piece's own draw."""
+        _, fim_ids, fim_lengths = parsed
         count = tf.size(fim_lengths)
         uniform = tf.random.stateless_uniform([], seed=tf.stack([draw, tf.constant(1, tf.int64)]), dtype=tf.float64)
         which = tf.cast(tf.math.floormod(draw, tf.cast(tf.maximum(count, 1), tf.int64)), tf.int32)
         starts = tf.concat([[0], tf.cumsum(fim_lengths)], axis=0)
         example = fim_ids[starts[which]:starts[which] + tf.reduce_sum(fim_lengths[which:which + 1])]
-        return tf.cond((uniform < rate) & (count > 0), lambda: example, lambda: ids)
+        return example, (uniform < rate) & (count > 0)
 
-    return pick
+    return choose
 
 
 def read_named_pieces(files) -> list[tuple[str, np.ndarray]]:
@@ -163,7 +163,12 @@ def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: i
     (a bool per vocabulary id, a probability) drops each control token of a piece with that
     probability, after any transposition; other tokens are never dropped. The epoch then
     holds fewer windows, so `steps_per_epoch` must count the pieces without their controls
-    (prepared.json's "control_tokens"). With `worker_slice=(i, n)` the
+    (prepared.json's "control_tokens"). With `infill_rate` > 0, each piece also gives, with that
+    probability, one of its prepared fill-in-the-middle examples (keras_music.infill; chosen anew
+    every epoch) as a window of its own: `<piece>` and the example are exactly seq_length + 1 tokens,
+    so the middle is always learnt with its suffix and prefix in view. These windows (transposed at
+    random as the pieces are, controls never dropped from them) are mixed among the ordinary ones, which stay as
+    they are; an epoch stays `steps_per_epoch` batches. With `worker_slice=(i, n)` the
     worker keeps rows i*b/n..(i+1)*b/n of every global batch: together the n workers
     see exactly the batches a single process would. `piece_count` (known from
     prepared.json) saves a pass over the shards to count the pieces.
@@ -176,13 +181,22 @@ def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: i
     if piece_count is None:
         piece_count = sum(1 for _ in tf.data.TFRecordDataset(files)) if files else 0
 
+    def _fim_windows(pieces, epoch_seed):
+        draws = tf.data.Dataset.random(seed=epoch_seed + 23)
+        chosen = tf.data.Dataset.zip((pieces, draws)).map(_fim_chooser(infill_rate))
+        # Only examples exactly one window long (prepared for this seq_length) are used.
+        examples = chosen.filter(lambda example, use: use & (tf.size(example) == seq_length)).map(lambda e, use: e)
+        if transpose is not None:
+            examples = tf.data.Dataset.zip((examples, tf.data.Dataset.random(seed=epoch_seed + 31))).map(transpose)
+        return examples.map(lambda e: tf.concat([[boundary_id], e], axis=0)).map(lambda w: (w[:-1], w[1:]))
+
     def one_epoch(epoch: int):
         epoch_seed = seed * 100003 + epoch
         pieces = tf.data.TFRecordDataset(files).map(_parse_fim if infill_rate > 0 else _parse)
         pieces = pieces.shuffle(max(1, piece_count), seed=epoch_seed, reshuffle_each_iteration=False)
         if infill_rate > 0:
-            fim_draws = tf.data.Dataset.random(seed=epoch_seed + 23)
-            pieces = tf.data.Dataset.zip((pieces, fim_draws)).map(_fim_picker(infill_rate))
+            fim_windows = _fim_windows(pieces, epoch_seed)
+            pieces = pieces.map(lambda ids, fim_ids, fim_lengths: ids)
         if transpose is not None:
             draws = tf.data.Dataset.random(seed=epoch_seed + 7)
             pieces = tf.data.Dataset.zip((pieces, draws)).map(transpose)
@@ -190,6 +204,12 @@ def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: i
             drop_draws = tf.data.Dataset.random(seed=epoch_seed + 17)
             pieces = tf.data.Dataset.zip((pieces, drop_draws)).map(drop)
         windows = _windows(pieces, seq_length, stride, boundary_id)
+        if infill_rate > 0:
+            # About rate x pieces FIM windows among the ordinary ones, interleaved by a seeded draw.
+            windows = tf.data.Dataset.sample_from_datasets(
+                [windows, fim_windows], weights=[float(steps_per_epoch * batch_size), infill_rate * piece_count],
+                seed=epoch_seed + 29, stop_on_empty_dataset=False)
+            windows = windows.map(lambda x, y: (tf.ensure_shape(x, [seq_length]), tf.ensure_shape(y, [seq_length])))
         windows = windows.shuffle(shuffle_buffer, seed=epoch_seed + 13, reshuffle_each_iteration=False)
         batches = windows.batch(batch_size, drop_remainder=True).take(steps_per_epoch)
         if worker_slice is not None:

@@ -234,7 +234,8 @@ def infill_gaps(run_dir: str, pieces: list[HeldOutPiece], vocabulary, seed: int 
 
     from keras_music import infill
 
-    grid = int(run_lib.load_config(run_dir).data.grid)
+    data = run_lib.load_config(run_dir).data
+    grid, window = int(data.grid), int(data.seq_length)
     entries = run_lib.manifest_entries(run_dir, strict=False)
     rng = random.Random(seed)
     out = []
@@ -246,20 +247,22 @@ def infill_gaps(run_dir: str, pieces: list[HeldOutPiece], vocabulary, seed: int 
         start = events.quantize(entry.get("start") or 0, grid)
         signatures = entry.get("time_signatures")
         for gap in infill.training_gaps(sonorities, start, signatures, rng, 1, grid):
-            suffix, prefix, middle = infill.context_tokens(infill.cut(sonorities, start, gap), start, grid=grid)
+            parts = infill.cut(sonorities, start, gap)
+            suffix, prefix, middle = infill.context_tokens(parts, start, grid=grid)
             if middle:
                 out.append({"piece": piece.name, "gap": gap, "suffix": suffix, "prefix": prefix, "middle": middle,
+                            "context": infill.generation_context(parts, suffix, prefix, window),
                             "ticks": int(gap.duration * grid), "duration": Fraction(gap.duration)})
     return out
 
 
 def infill_quality(run_dir: str, pieces: list[HeldOutPiece], vocabulary, generator=None, seed: int = 0,
                    temperature: float = 0.9, model=None, max_gaps: int = MAX_INFILL_GAPS) -> dict:
-    """For held-out gaps: NLL per token of the true middle after suffix + prefix (FIM order) and after the prefix
-    alone (the same bars continued left to right), and the share of sampled fills with the gap's exact duration."""
+    """For held-out gaps: NLL per token of the true middle after suffix + prefix (FIM order, the context
+    `generate --infill` feeds: the suffix's opening and the prefix's end in one window) and after the whole
+    prefix alone (the same bars continued left to right), and the share of sampled fills with the gap's exact
+    duration."""
     from fractions import Fraction
-
-    from keras_music import infill
 
     gaps = infill_gaps(run_dir, pieces, vocabulary, seed, max_gaps)
     if not gaps:
@@ -267,14 +270,14 @@ def infill_quality(run_dir: str, pieces: list[HeldOutPiece], vocabulary, generat
     model = model or run_lib.load_model(run_dir, vocabulary)
     sequences = []
     for gap in gaps:
-        sequences.append(vocabulary.encode(infill.fim_sequence(gap["suffix"], gap["prefix"], gap["middle"])))
+        sequences.append(vocabulary.encode(gap["context"] + gap["middle"]))
         sequences.append(vocabulary.encode(gap["prefix"] + gap["middle"]))
     log_probs, _ = token_log_probs(model, sequences, vocabulary.boundary_id)
     details, totals = [], {"fim": 0.0, "prefix": 0.0}
     for index, gap in enumerate(gaps):
         n = len(gap["middle"])
-        fim_at = len(gap["suffix"]) + len(gap["prefix"]) + 2  # <fim_suffix>, <fim_prefix>, <fim_middle> less the boundary
-        fim = -float(np.sum(log_probs[2 * index][fim_at + 1:fim_at + 1 + n]))
+        at = len(gap["context"])  # the middle's first token, after <fim_middle>
+        fim = -float(np.sum(log_probs[2 * index][at:at + n]))
         prefix = -float(np.sum(log_probs[2 * index + 1][len(gap["prefix"]):len(gap["prefix"]) + n]))
         totals["fim"] += fim
         totals["prefix"] += prefix
@@ -285,8 +288,7 @@ def infill_quality(run_dir: str, pieces: list[HeldOutPiece], vocabulary, generat
         from keras_music.generate import Generator
 
         generator = Generator(run_dir)
-    contexts = [[vocabulary.boundary_id] + vocabulary.encode(infill.fim_sequence(g["suffix"], g["prefix"]))
-                for g in gaps]
+    contexts = [[vocabulary.boundary_id] + vocabulary.encode(g["context"]) for g in gaps]
     fills, _ = generator.fill(contexts, [g["ticks"] for g in gaps], temperature=temperature, seed=seed)
     exact = 0
     for detail, gap, fill in zip(details, gaps, fills):

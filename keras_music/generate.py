@@ -419,7 +419,7 @@ class Generator:
                                       f"infill file {path}", grid)
         parts = infill_lib.cut(sonorities, start, gap)
         suffix, prefix, _ = infill_lib.context_tokens(parts, start, grid=grid)
-        context = [events.BOUNDARY] + infill_lib.fim_sequence(suffix, prefix)
+        context = [events.BOUNDARY] + infill_lib.generation_context(parts, suffix, prefix, self.config.data.seq_length)
         unknown: list[str] = []
         ids = self.vocabulary.encode(context, unknown)
         if unknown:

@@ -8,8 +8,12 @@ sonorities of their own and joined again give the piece. The model reads them in
     <piece> <fim_suffix> SUFFIX <fim_prefix> PREFIX <fim_middle> MIDDLE <fim_end>
 
 (the suffix first, so the prefix sits right before the middle it leads into: an LSTM carries
-what it read last best). Training turns a share of the pieces (`data.infill_rate`) into such
-examples; generation feeds everything up to `<fim_middle>` and samples the middle under
+what it read last best). Each training example is exactly one training window
+(`data.seq_length` tokens after `<piece>`): the opening of the suffix, the end of the prefix and the
+whole middle (`window_context`), so the model always learns the middle with the suffix in view,
+never across a window boundary that would hide it. Training adds such windows for a share of the
+pieces (`data.infill_rate`) every epoch; generation feeds the same cut up to `<fim_middle>`
+(`generation_context`) and samples the middle under
 `GapMask`: a duration only if it fits in what is left of the gap and the rest can still be
 filled with the vocabulary's durations, and `<fim_end>` exactly when the gap is full.
 
@@ -152,16 +156,50 @@ def fim_sequence(suffix, prefix, middle=None) -> list[str]:
     return head if middle is None else head + [*middle, FIM_END]
 
 
-def training_examples(sonorities, start, time_signatures, seed: int, key: str | None = None,
+def window_context(suffix, prefix, middle_tokens: int, window: int) -> tuple[list[str], list[str]]:
+    """The opening of the suffix and the end of the prefix that one window of `window` tokens holds around a
+    middle of `middle_tokens` tokens (and the four sentinels).
+
+    The suffix gets up to a quarter of the window (the bars right after the gap), the prefix the rest
+    (the bars right before it, cut anywhere, as a training window is); a short prefix leaves more to the
+    suffix.
+    """
+    budget = max(0, window - len(events.FIM_TOKENS) - middle_tokens)
+    suffix_part = min(len(suffix), window // 4, budget)
+    prefix_part = min(len(prefix), budget - suffix_part)
+    suffix_part = min(len(suffix), budget - prefix_part)
+    return list(suffix[:suffix_part]), list(prefix[len(prefix) - prefix_part:])
+
+
+def training_examples(sonorities, start, time_signatures, seed: int, window: int, key: str | None = None,
                       with_controls: bool = False, grid: int = events.GRID) -> list[list[str]]:
-    """A training piece's FIM examples (token lists without the leading `<piece>`), `VARIANTS` cut choices."""
+    """Up to `VARIANTS` FIM examples of a training piece, each exactly `window` tokens (one training window after
+    its `<piece>`): `<fim_suffix>` the suffix's opening `<fim_prefix>` the prefix's end `<fim_middle>` the whole
+    middle `<fim_end>` (`window_context`). Gaps whose middle takes more than half the window, and pieces too
+    short to fill a window, give none.
+    """
     rng = random.Random(seed)
-    out = []
-    for gap in training_gaps(sonorities, start, time_signatures, rng, VARIANTS, grid):
+    out: list[list[str]] = []
+    for gap in training_gaps(sonorities, start, time_signatures, rng, 4 * VARIANTS, grid):
         suffix, prefix, middle = context_tokens(cut(sonorities, start, gap), start, time_signatures, key,
                                                 with_controls, grid)
-        out.append(fim_sequence(suffix, prefix, middle))
+        if len(middle) > window // 2:
+            continue
+        suffix, prefix = window_context(suffix, prefix, len(middle), window)
+        tokens = fim_sequence(suffix, prefix, middle)
+        if len(tokens) == window:
+            out.append(tokens)
+        if len(out) == VARIANTS:
+            break
     return out
+
+
+def generation_context(parts: Parts, suffix, prefix, window: int) -> list[str]:
+    """`<fim_suffix> ... <fim_middle>` for filling `parts.gap`, cut as training windows are (`window_context`),
+    the middle's length estimated from the tokens per quarter note of the bars around it."""
+    around = sum((s.duration for s in parts.prefix + parts.suffix), Fraction(0))
+    estimate = round((len(prefix) + len(suffix)) * parts.gap.duration / around) + 1 if around else window // 2
+    return fim_sequence(*window_context(suffix, prefix, min(estimate, window // 2), window))
 
 
 def join(prefix, middle, suffix) -> list:

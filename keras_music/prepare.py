@@ -36,8 +36,10 @@ def prepare_settings(config: config_lib.Config) -> dict:
         # Only when on, so data prepared before controls existed keeps matching its settings.
         settings["controls"] = True
     if config.data.infill_rate > 0:
-        # Likewise: the sentinels and the prepared FIM examples exist only with infilling on.
+        # Likewise: the sentinels and the prepared FIM examples exist only with infilling on; each
+        # example is one training window long.
         settings["infill"] = True
+        settings["infill_window"] = config.data.seq_length
     return settings
 
 
@@ -66,7 +68,7 @@ def fim_examples_for(entry: dict, data: config_lib.DataConfig, controls: bool, s
     key = controls_lib.key_token(entry.get("key"), int(entry.get("shift", 0)), data.normalize_key) if controls else None
     digest = hashlib.sha256(f"{seed}:{entry.get('sha256', entry.get('file'))}".encode("utf-8", "surrogateescape"))
     return infill.training_examples(sonorities, start, entry.get("time_signatures"), int(digest.hexdigest()[:15], 16),
-                                    key, controls, grid)
+                                    data.seq_length, key, controls, grid)
 
 
 def piece_tempo(entry: dict) -> float:

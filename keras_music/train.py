@@ -99,6 +99,10 @@ def prepare_run(config: config_lib.Config, run_dir: str, show_progress: bool, lo
             raise run_lib.RunError(f"{source} was prepared with data.controls={had} but this run has "
                                    f"{config.data.controls}; pass --set data.controls={str(had).lower()} "
                                    "or prepare again")
+        if prepared.get("infill") and prepared.get("infill_window") != config.data.seq_length:
+            raise run_lib.RunError(f"{source} was prepared with infilling examples of data.seq_length="
+                                   f"{prepared.get('infill_window')} but this run has {config.data.seq_length}; pass "
+                                   f"--set data.seq_length={prepared.get('infill_window')} or prepare again")
         if prepared.get("infill", False) != (config.data.infill_rate > 0):
             had = bool(prepared.get("infill", False))
             raise run_lib.RunError(f"{source} was prepared {'with' if had else 'without'} infilling but this run has "

@@ -50,21 +50,25 @@ def test_gap_from_bars_and_its_errors_name_the_bars_and_the_range():
             infill.parse_bars(bad)
 
 
-def test_training_examples_are_suffix_prefix_middle_between_sentinels_and_hold_the_whole_piece():
-    notes = [(F(q, 2), F(q + 1, 2), 60 + q % 7) for q in range(48)]  # 6 bars of eighths
+def test_training_examples_are_one_window_of_suffix_prefix_middle_between_sentinels():
+    notes = [(F(q, 2), F(q + 1, 2), 60 + q % 7) for q in range(48)]  # 6 bars of eighths, 16 tokens a bar
     sonorities = events.notes_to_sonorities(notes)
-    examples = infill.training_examples(sonorities, 0, [[0.0, 4, 4]], seed=3)
+    whole = " ".join(events.sonorities_to_tokens(sonorities))
+    examples = infill.training_examples(sonorities, 0, [[0.0, 4, 4]], seed=3, window=64)
     assert len(examples) == infill.VARIANTS
     for tokens in examples:
+        assert len(tokens) == 64
         assert tokens[0] == events.FIM_SUFFIX and tokens[-1] == events.FIM_END
         assert tokens.count(events.FIM_PREFIX) == tokens.count(events.FIM_MIDDLE) == 1
         s, p, m = tokens.index(events.FIM_SUFFIX), tokens.index(events.FIM_PREFIX), tokens.index(events.FIM_MIDDLE)
         suffix, prefix, middle = tokens[s + 1:p], tokens[p + 1:m], tokens[m + 1:-1]
         assert suffix and prefix and middle
         gap_quarters = sum(F(t[4:]) for t in middle if t.startswith("dur:"))
-        assert gap_quarters in (4, 8, 12, 16)  # 1-4 whole bars
-        assert prefix + middle + suffix == events.sonorities_to_tokens(sonorities)
-    assert infill.training_examples(sonorities[:8], 0, [[0.0, 4, 4]], seed=3) == []  # one bar: no gap fits
+        assert gap_quarters in (4, 8)  # 1-4 whole bars, at most half the window
+        assert len(suffix) <= 16  # a quarter of the window: the bars right after the gap
+        assert " ".join(prefix + middle + suffix) in whole  # the end of the prefix, the gap, the suffix's opening
+    assert infill.training_examples(sonorities[:8], 0, [[0.0, 4, 4]], seed=3, window=64) == []  # one bar only
+    assert infill.training_examples(sonorities[:24], 0, [[0.0, 4, 4]], seed=3, window=128) == []  # too short
 
 
 def test_gap_mask_allows_only_durations_that_can_still_fill_the_gap_and_then_only_fim_end():
@@ -121,7 +125,8 @@ def infill_run(tmp_path_factory):
     from keras_music import train
 
     run_dir = str(tmp_path_factory.mktemp("infill-run"))
-    train.train(tiny_config("data.infill_rate=0.5", "train.epochs=3"), run_dir, show_progress=False,
+    train.train(tiny_config("data.infill_rate=0.5", "train.epochs=3", "data.seq_length=96"), run_dir,
+                show_progress=False,
                 log=lambda *a: None)
     return run_dir
 
@@ -133,26 +138,28 @@ def test_prepared_data_holds_sentinels_and_fim_examples_that_the_stream_mixes_in
     assert vocabulary.tokens[-4:] == FIM
     info = run_lib.load_prepared(infill_run)
     assert info["settings"]["infill"] is True
-    assert all(n == infill.VARIANTS for n in info["infill_examples"]["train"])
+    assert info["settings"]["infill_window"] == 96
+    examples = info["infill_examples"]["train"]
+    assert all(0 < n <= infill.VARIANTS for n in examples)
     files = run_lib.shard_paths(infill_run, "train", info)
     fim_ids = [vocabulary.index[t] for t in FIM]
 
     def sentinels(rate, seed):
-        stream = dataset.training_dataset(files, 16, 2, 1000, seed, infill_rate=rate,
+        stream = dataset.training_dataset(files, 96, 2, 1000, seed, infill_rate=rate,
                                           piece_count=len(info["lengths"]["train"]))
         return int(sum(np.isin(x.numpy(), fim_ids).sum() for x, _ in stream))
 
     assert sentinels(0.0, 0) == 0
     everything = sentinels(1.0, 0)
-    assert everything >= 4 * (len(info["lengths"]["train"]) - 1)  # the last window may cut the end off
+    # At rate 1 every piece gives one whole FIM window; its inputs hold three sentinels (<fim_end> is the last target).
+    assert everything == 3 * len(examples)
     assert sentinels(1.0, 0) == everything  # seeded: the same stream again
-    # Every example holds its whole piece (plus sentinels and cut notes), so an epoch never runs short of windows.
+    # Every example is exactly one window: `<piece>` and seq_length tokens.
     import tensorflow as tf
 
     for record in tf.data.TFRecordDataset(files):
         ids, fim_ids, lengths = (t.numpy() for t in dataset._parse_fim(record))
-        assert len(lengths) == infill.VARIANTS and sum(lengths) == len(fim_ids)
-        assert all(n >= len(ids) + 4 for n in lengths)
+        assert sum(lengths) == len(fim_ids) and set(lengths) == {96}
         first = vocabulary.decode(fim_ids[:lengths[0]])
         assert [t for t in first if t in FIM] == FIM
 
@@ -299,11 +306,11 @@ def test_evaluate_reports_the_middle_nll_with_and_without_the_suffix(infill_run,
     vocabulary = run_lib.load_vocabulary(infill_run)
     held_out = load_split(infill_run, "validation", vocabulary)
     gap = evaluate_likelihood.infill_gaps(infill_run, held_out, vocabulary, seed=0)[0]
-    sequence = [vocabulary.boundary_id] + vocabulary.encode(
-        infill.fim_sequence(gap["suffix"], gap["prefix"], gap["middle"]))
+    assert gap["context"][0] == events.FIM_SUFFIX and gap["context"][-1] == events.FIM_MIDDLE
+    sequence = [vocabulary.boundary_id] + vocabulary.encode(gap["context"] + gap["middle"])
     model = run_lib.load_model(infill_run, vocabulary)
     probabilities = model(np.array([sequence[:-1]], np.int32), training=False).numpy()[0]
-    first = len(gap["suffix"]) + len(gap["prefix"]) + 4  # <piece> and three sentinels before the middle
+    first = len(gap["context"]) + 1  # after <piece> and the context up to <fim_middle>
     nll = -np.mean([np.log(probabilities[i - 1, sequence[i]]) for i in range(first, first + len(gap["middle"]))])
     detail = quality["details"][0]
     assert detail["middle_tokens"] == len(gap["middle"])
