@@ -362,3 +362,20 @@ def test_the_studio_fills_bars_of_an_uploaded_file_and_of_a_piece_it_made(infill
             studio.infill({"piece": "held_out", "bars": "1-2"})
     finally:
         studio.close()
+
+
+def test_training_on_prepared_data_without_infilling_or_with_other_windows_is_refused(tmp_path):
+    from keras_music import prepare, run, train
+
+    plain, windows = str(tmp_path / "plain"), str(tmp_path / "windows")
+    prepare.prepare(tiny_config(), plain, show_progress=False, log=lambda *a: None)
+    with pytest.raises(run.RunError, match=r"was prepared without infilling but this run has data\.infill_rate=0\.5; "
+                                           r"pass --set data\.infill_rate=0 or prepare again$"):
+        train.prepare_run(tiny_config("data.infill_rate=0.5", sources=(plain,)), str(tmp_path / "a"),
+                          show_progress=False, log=lambda *a: None)
+    prepare.prepare(tiny_config("data.infill_rate=0.5", "data.seq_length=64"), windows, show_progress=False,
+                    log=lambda *a: None)
+    with pytest.raises(run.RunError, match=r"with infilling examples of data\.seq_length=64 but this run has 32; "
+                                           r"pass --set data\.seq_length=64 or prepare again$"):
+        train.prepare_run(tiny_config("data.infill_rate=0.5", sources=(windows,)), str(tmp_path / "b"),
+                          show_progress=False, log=lambda *a: None)
