@@ -187,7 +187,7 @@ def training_examples(sonorities, start, time_signatures, seed: int, window: int
             continue
         suffix, prefix = window_context(suffix, prefix, len(middle), window)
         tokens = fim_sequence(suffix, prefix, middle)
-        if len(tokens) == window:
+        if len(tokens) == window and tokens not in out:  # a gap drawn twice is one example
             out.append(tokens)
         if len(out) == VARIANTS:
             break
