@@ -51,11 +51,11 @@ def test_gap_from_bars_and_its_errors_name_the_bars_and_the_range():
 
 
 def test_training_examples_are_one_window_of_suffix_prefix_middle_between_sentinels():
-    notes = [(F(q, 2), F(q + 1, 2), 60 + q % 7) for q in range(48)]  # 6 bars of eighths, 16 tokens a bar
+    notes = [(F(q, 2), F(q + 1, 2), 60 + q % 7) for q in range(96)]  # 12 bars of eighths, 16 tokens a bar
     sonorities = events.notes_to_sonorities(notes)
     whole = " ".join(events.sonorities_to_tokens(sonorities))
     examples = infill.training_examples(sonorities, 0, [[0.0, 4, 4]], seed=3, window=64)
-    assert len(examples) == infill.VARIANTS
+    assert len(examples) == infill.VARIANTS and len({tuple(x) for x in examples}) == infill.VARIANTS
     for tokens in examples:
         assert len(tokens) == 64
         assert tokens[0] == events.FIM_SUFFIX and tokens[-1] == events.FIM_END
