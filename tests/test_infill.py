@@ -379,3 +379,22 @@ def test_training_on_prepared_data_without_infilling_or_with_other_windows_is_re
                                            r"pass --set data\.seq_length=64 or prepare again$"):
         train.prepare_run(tiny_config("data.infill_rate=0.5", sources=(windows,)), str(tmp_path / "b"),
                           show_progress=False, log=lambda *a: None)
+
+
+def test_every_backend_fills_the_same_bars(infill_run, tmp_path):
+    import shutil
+
+    from keras_music import backends, export
+    from keras_music.generate import Generator
+
+    copy = str(tmp_path / "run")
+    shutil.copytree(infill_run, copy, ignore=shutil.ignore_patterns("export"))
+    export.export(copy, quantize=("none",), parity_windows=1, parity_steps=0, log=lambda *a: None)
+    source = write_file(tmp_path / "six-bars.mid")
+    fills = {}
+    for backend in backends.BACKENDS:
+        pieces = Generator(copy, backend, log=lambda m: None).infill(source, "3-4", num_samples=2, seed=4,
+                                                                    temperature=0)
+        assert all(p.infill["exact"] for p in pieces)
+        fills[backend] = [p.tokens for p in pieces]
+    assert fills["savedmodel"] == fills["keras"] and fills["tflite"] == fills["keras"]
