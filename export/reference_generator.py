@@ -240,7 +240,7 @@ class Grammar:
     rules "note": between sonorities a pitch, a hold of a pitch of the previous
     sonority, rest or <piece>; after a pitch/hold a higher pitch/hold or a
     duration; after a rest a duration; a duration closes the sonority.
-    rules "any": every token not of kind "banned" or "control". A vocabulary without a
+    rules "any": every token not of kind "banned", "control" or "fim". A vocabulary without a
     grammar (older exports) bans only <pad> and <unk>.
     """
 
@@ -259,8 +259,8 @@ class Grammar:
         self.pitch = np.asarray(pitches, np.int64)
         self.is_pitch, self.is_hold = kind == "pitch", kind == "hold"
         self.is_rest, self.is_dur, self.is_end = kind == "rest", kind == "dur", kind == "end"
-        # Control tokens (steering) are fed, never sampled.
-        self.not_banned = (kind != "banned") & (kind != "control")
+        # Control tokens (steering) and fill-in-the-middle sentinels are fed, never sampled.
+        self.not_banned = (kind != "banned") & (kind != "control") & (kind != "fim")
         self.ends_event = (kind == "dur") | (kind == "event")
         self.phase, self.top, self.current, self.previous = "between", -1, set(), set()
 

@@ -66,6 +66,10 @@ class DataConfig:
     # Share of control tokens dropped at random from the training stream (seeded, anew every
     # epoch), so one model generates with or without them; validation holds none.
     control_dropout: float = 0.5
+    # Share of training pieces turned, anew every epoch, into a fill-in-the-middle example
+    # (keras_music.infill: suffix, prefix, then the middle bars between sentinel tokens), so the
+    # model can fill bars between a given before and after; 0 = off ("note" representation).
+    infill_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -251,6 +255,9 @@ def validate(config: Config) -> Config:
     require(not d.controls or d.representation == "note", "data.controls", d.controls,
             "false with data.representation=classic (its tokens have no bars or durations to steer)")
     require(0.0 <= d.control_dropout <= 1.0, "data.control_dropout", d.control_dropout, "a probability in [0, 1]")
+    require(0.0 <= d.infill_rate <= 1.0, "data.infill_rate", d.infill_rate, "a share of training pieces in [0, 1]")
+    require(not d.infill_rate or d.representation == "note", "data.infill_rate", d.infill_rate,
+            "0 with data.representation=classic (its tokens have no durations to fill a gap with)")
     require(m.embedding_size >= 1, "model.embedding_size", m.embedding_size, "an integer >= 1")
     require(m.hidden_size >= 1, "model.hidden_size", m.hidden_size, "an integer >= 1")
     require(m.num_layers >= 1, "model.num_layers", m.num_layers, "an integer >= 1")

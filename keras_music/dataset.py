@@ -15,17 +15,21 @@ import tensorflow as tf  # noqa: E402
 PIECES_PER_SHARD = 256
 
 
-def _example(ids, name: str) -> bytes:
+def _example(ids, name: str, fim=None) -> bytes:
     feature = {
         "ids": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(i) for i in ids])),
         # File names that are not UTF-8 arrive with surrogate escapes; they go back to their bytes.
         "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode("utf-8", "surrogateescape")])),
     }
+    if fim is not None:
+        # A training piece's fill-in-the-middle examples (keras_music.infill), concatenated, and their lengths.
+        feature["fim_ids"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(i) for x in fim for i in x]))
+        feature["fim_lengths"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[len(x) for x in fim]))
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 def write_shards(directory: str, split: str, pieces, pieces_per_shard: int = PIECES_PER_SHARD) -> list[str]:
-    """Write (name, ids) pieces as `split-XXXXX-of-YYYYY.tfrecord` files; returns the file names.
+    """Write (name, ids) or (name, ids, FIM examples) pieces as `split-XXXXX-of-YYYYY.tfrecord` files; returns the file names.
 
     Each shard is written under a temporary name and renamed, so a killed run never
     leaves a truncated shard that looks complete.
@@ -39,8 +43,8 @@ def write_shards(directory: str, split: str, pieces, pieces_per_shard: int = PIE
         final = storage.join(directory, name)
         temporary = storage.join(directory, f".{name}.tmp")
         with tf.io.TFRecordWriter(temporary) as writer:
-            for piece_name, ids in pieces[shard * pieces_per_shard:(shard + 1) * pieces_per_shard]:
-                writer.write(_example(ids, piece_name))
+            for piece_name, ids, *fim in pieces[shard * pieces_per_shard:(shard + 1) * pieces_per_shard]:
+                writer.write(_example(ids, piece_name, *fim))
         tf.io.gfile.rename(temporary, final, overwrite=True)
         names.append(name)
     return names
@@ -61,6 +65,31 @@ def _parse_named(record):
 
 def _parse(record):
     return _parse_named(record)[1]
+
+
+def _parse_fim(record):
+    parsed = tf.io.parse_single_example(record, {
+        "ids": tf.io.VarLenFeature(tf.int64),
+        "fim_ids": tf.io.VarLenFeature(tf.int64),
+        "fim_lengths": tf.io.VarLenFeature(tf.int64),
+    })
+    return tuple(tf.cast(tf.sparse.to_dense(parsed[key]), tf.int32) for key in ("ids", "fim_ids", "fim_lengths"))
+
+
+def _fim_chooser(rate: float):
+    rate = tf.constant(float(rate), tf.float64)
+
+    def choose(parsed, draw):
+        """(one of the piece's FIM examples, whether this epoch uses it), from the piece's own draw."""
+        _, fim_ids, fim_lengths = parsed
+        count = tf.size(fim_lengths)
+        uniform = tf.random.stateless_uniform([], seed=tf.stack([draw, tf.constant(1, tf.int64)]), dtype=tf.float64)
+        which = tf.cast(tf.math.floormod(draw, tf.cast(tf.maximum(count, 1), tf.int64)), tf.int32)
+        starts = tf.concat([[0], tf.cumsum(fim_lengths)], axis=0)
+        example = fim_ids[starts[which]:starts[which] + tf.reduce_sum(fim_lengths[which:which + 1])]
+        return example, (uniform < rate) & (count > 0)
+
+    return choose
 
 
 def read_named_pieces(files) -> list[tuple[str, np.ndarray]]:
@@ -126,7 +155,7 @@ def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: i
                      first_epoch: int = 0, epochs: int = 1, stride: int | None = None,
                      shuffle_buffer: int = 2048, transposition=None, boundary_id: int = 2,
                      worker_slice: tuple[int, int] | None = None, piece_count: int | None = None,
-                     control_dropout=None) -> tf.data.Dataset:
+                     control_dropout=None, infill_rate: float = 0.0) -> tf.data.Dataset:
     """Exactly `steps_per_epoch` batches per epoch, for epochs first_epoch..epochs-1.
 
     Each epoch's shuffles, transpositions and control dropout are seeded by (seed, epoch), so a resumed
@@ -134,7 +163,12 @@ def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: i
     (a bool per vocabulary id, a probability) drops each control token of a piece with that
     probability, after any transposition; other tokens are never dropped. The epoch then
     holds fewer windows, so `steps_per_epoch` must count the pieces without their controls
-    (prepared.json's "control_tokens"). With `worker_slice=(i, n)` the
+    (prepared.json's "control_tokens"). With `infill_rate` > 0, each piece also gives, with that
+    probability, one of its prepared fill-in-the-middle examples (keras_music.infill; chosen anew
+    every epoch) as a window of its own: `<piece>` and the example are exactly seq_length + 1 tokens,
+    so the middle is always learnt with its suffix and prefix in view. These windows (transposed at
+    random as the pieces are, controls never dropped from them) are mixed among the ordinary ones, which stay as
+    they are; an epoch stays `steps_per_epoch` batches. With `worker_slice=(i, n)` the
     worker keeps rows i*b/n..(i+1)*b/n of every global batch: together the n workers
     see exactly the batches a single process would. `piece_count` (known from
     prepared.json) saves a pass over the shards to count the pieces.
@@ -147,10 +181,22 @@ def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: i
     if piece_count is None:
         piece_count = sum(1 for _ in tf.data.TFRecordDataset(files)) if files else 0
 
+    def _fim_windows(pieces, epoch_seed):
+        draws = tf.data.Dataset.random(seed=epoch_seed + 23)
+        chosen = tf.data.Dataset.zip((pieces, draws)).map(_fim_chooser(infill_rate))
+        # Only examples exactly one window long (prepared for this seq_length) are used.
+        examples = chosen.filter(lambda example, use: use & (tf.size(example) == seq_length)).map(lambda e, use: e)
+        if transpose is not None:
+            examples = tf.data.Dataset.zip((examples, tf.data.Dataset.random(seed=epoch_seed + 31))).map(transpose)
+        return examples.map(lambda e: tf.concat([[boundary_id], e], axis=0)).map(lambda w: (w[:-1], w[1:]))
+
     def one_epoch(epoch: int):
         epoch_seed = seed * 100003 + epoch
-        pieces = tf.data.TFRecordDataset(files).map(_parse)
+        pieces = tf.data.TFRecordDataset(files).map(_parse_fim if infill_rate > 0 else _parse)
         pieces = pieces.shuffle(max(1, piece_count), seed=epoch_seed, reshuffle_each_iteration=False)
+        if infill_rate > 0:
+            fim_windows = _fim_windows(pieces, epoch_seed)
+            pieces = pieces.map(lambda ids, fim_ids, fim_lengths: ids)
         if transpose is not None:
             draws = tf.data.Dataset.random(seed=epoch_seed + 7)
             pieces = tf.data.Dataset.zip((pieces, draws)).map(transpose)
@@ -158,6 +204,12 @@ def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: i
             drop_draws = tf.data.Dataset.random(seed=epoch_seed + 17)
             pieces = tf.data.Dataset.zip((pieces, drop_draws)).map(drop)
         windows = _windows(pieces, seq_length, stride, boundary_id)
+        if infill_rate > 0:
+            # About rate x pieces FIM windows among the ordinary ones, interleaved by a seeded draw.
+            windows = tf.data.Dataset.sample_from_datasets(
+                [windows, fim_windows], weights=[float(steps_per_epoch * batch_size), infill_rate * piece_count],
+                seed=epoch_seed + 29, stop_on_empty_dataset=False)
+            windows = windows.map(lambda x, y: (tf.ensure_shape(x, [seq_length]), tf.ensure_shape(y, [seq_length])))
         windows = windows.shuffle(shuffle_buffer, seed=epoch_seed + 13, reshuffle_each_iteration=False)
         batches = windows.batch(batch_size, drop_remainder=True).take(steps_per_epoch)
         if worker_slice is not None:

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from keras_music import cli, controls, evaluate_controls, evaluate_likelihood as likelihood, evaluate_music as music_lib
-from keras_music import evaluate_report
+from keras_music import evaluate_report, events
 from keras_music import formatting as fmt, run as run_lib, storage
 from keras_music.evaluate_held_out import DEFAULT_TIME_SIGNATURE, load_split
 from keras_music.evaluate_likelihood import DEFAULT_ORDERS, MAX_ORDER
@@ -76,6 +76,9 @@ def _evaluate_run(run_dir, num_samples, length, temperatures, seed, orders, out_
     if steerable:
         result["settings"]["controls_samples"] = controls_samples
         result["controls"] = evaluate_controls.control_report(generator, controls_samples, seed=seed)
+    if events.FIM_MIDDLE in vocabulary.index:  # a run trained with infilling (data.infill_rate > 0)
+        result["infill"] = likelihood.infill_quality(run_dir, held_out, vocabulary,
+                                                     generator if hasattr(generator, "fill") else None, seed)
     result["figures"] = _write_figures(music, out_dir)
     if steerable:
         evaluate_controls.plot_confusions(result["controls"], storage.join(out_dir, CONTROLS_PNG))
@@ -183,6 +186,11 @@ def main(argv=None) -> int:
               f"{fmt.number(lstm['perplexity'])}/token ({fmt.number(lstm['nll_bits'])} bits), {fmt.number(lstm['event_perplexity'])}"
               f"/event, accuracy {fmt.number(lstm['accuracy'])}")
         print(f"LSTM / best n-gram ({ratios['best_order']}-gram) perplexity: {fmt.number(ratios['perplexity_ratio'])}")
+        infill = result.get("infill") or {}
+        if infill.get("gaps"):
+            print(f"infilling: middle NLL {fmt.number(infill['nll_fim'])} with the suffix, "
+                  f"{fmt.number(infill['nll_prefix_only'])} prefix only; {infill['exact_fills']} of {infill['fills']} "
+                  "fills exact")
         print(f"report: {storage.join(out_dir, run_lib.EVALUATION_MD)}")
     cli.finish(0)
 

@@ -218,3 +218,88 @@ def compare_with_ngrams(lstm: dict, baseline: dict) -> dict:
                           "event_perplexity_ratio": lstm["event_perplexity"] / v["event_perplexity"]}
                       for k, v in baseline["orders"].items()},
     }
+
+
+# ----------------------------------------------------------------------------- infilling (runs trained with it)
+
+# Held-out pieces the infilling check cuts a gap in (one gap of 1-4 bars each, seeded).
+MAX_INFILL_GAPS = 16
+
+
+def infill_gaps(run_dir: str, pieces: list[HeldOutPiece], vocabulary, seed: int = 0,
+                max_gaps: int = MAX_INFILL_GAPS) -> list[dict]:
+    """One gap per held-out piece (up to `max_gaps`): the piece's name, the gap and its suffix/prefix/middle tokens."""
+    import random
+    from fractions import Fraction
+
+    from keras_music import infill
+
+    data = run_lib.load_config(run_dir).data
+    grid, window = int(data.grid), int(data.seq_length)
+    entries = run_lib.manifest_entries(run_dir, strict=False)
+    rng = random.Random(seed)
+    out = []
+    for piece in pieces:
+        if len(out) >= max_gaps:
+            break
+        entry = entries.get(piece.name) or {}
+        sonorities = events.tokens_to_sonorities(vocabulary.decode(piece.ids), "note")
+        start = events.quantize(entry.get("start") or 0, grid)
+        signatures = entry.get("time_signatures")
+        for gap in infill.training_gaps(sonorities, start, signatures, rng, 1, grid):
+            parts = infill.cut(sonorities, start, gap)
+            suffix, prefix, middle = infill.context_tokens(parts, start, grid=grid)
+            if middle:
+                out.append({"piece": piece.name, "gap": gap, "suffix": suffix, "prefix": prefix, "middle": middle,
+                            "context": infill.generation_context(parts, suffix, prefix, window),
+                            "ticks": int(gap.duration * grid), "duration": Fraction(gap.duration)})
+    return out
+
+
+def infill_quality(run_dir: str, pieces: list[HeldOutPiece], vocabulary, generator=None, seed: int = 0,
+                   temperature: float = 0.9, model=None, max_gaps: int = MAX_INFILL_GAPS) -> dict:
+    """For held-out gaps: NLL per token of the true middle after suffix + prefix (FIM order, the context
+    `generate --infill` feeds: the suffix's opening and the prefix's end in one window) and after the whole
+    prefix alone (the same bars continued left to right), and the share of sampled fills with the gap's exact
+    duration."""
+    from fractions import Fraction
+
+    gaps = infill_gaps(run_dir, pieces, vocabulary, seed, max_gaps)
+    if not gaps:
+        return {"gaps": 0, "note": "no held-out piece has bars enough for a gap with music before and after it"}
+    model = model or run_lib.load_model(run_dir, vocabulary)
+    sequences = []
+    for gap in gaps:
+        sequences.append(vocabulary.encode(gap["context"] + gap["middle"]))
+        sequences.append(vocabulary.encode(gap["prefix"] + gap["middle"]))
+    log_probs, _ = token_log_probs(model, sequences, vocabulary.boundary_id)
+    details, totals = [], {"fim": 0.0, "prefix": 0.0}
+    for index, gap in enumerate(gaps):
+        n = len(gap["middle"])
+        at = len(gap["context"])  # the middle's first token, after <fim_middle>
+        fim = -float(np.sum(log_probs[2 * index][at:at + n]))
+        prefix = -float(np.sum(log_probs[2 * index + 1][len(gap["prefix"]):len(gap["prefix"]) + n]))
+        totals["fim"] += fim
+        totals["prefix"] += prefix
+        details.append({"piece": gap["piece"], "bars": [gap["gap"].first, gap["gap"].last],
+                        "onset": float(gap["gap"].onset), "offset": float(gap["gap"].offset),
+                        "middle_tokens": n, "nll_fim": fim / n, "nll_prefix_only": prefix / n})
+    if generator is None:
+        from keras_music.generate import Generator
+
+        generator = Generator(run_dir)
+    contexts = [[vocabulary.boundary_id] + vocabulary.encode(g["context"]) for g in gaps]
+    fills, _ = generator.fill(contexts, [g["ticks"] for g in gaps], temperature=temperature, seed=seed)
+    exact = 0
+    for detail, gap, fill in zip(details, gaps, fills):
+        filled = sum((Fraction(t.partition(":")[2]) for t in vocabulary.decode(fill) if t.startswith("dur:")),
+                     Fraction(0))
+        detail["fill_tokens"] = len(fill)
+        detail["fill_exact"] = filled == gap["duration"]
+        exact += detail["fill_exact"]
+    tokens = sum(d["middle_tokens"] for d in details)
+    nll_fim, nll_prefix = totals["fim"] / tokens, totals["prefix"] / tokens
+    return {"gaps": len(gaps), "middle_tokens": tokens, "nll_fim": nll_fim, "nll_prefix_only": nll_prefix,
+            "nll_reduction": 1 - nll_fim / nll_prefix if nll_prefix > 0 else 0.0,
+            "fills": len(fills), "exact_fills": int(exact), "exact_share": exact / len(fills),
+            "temperature": float(temperature), "seed": int(seed), "details": details}

@@ -149,8 +149,31 @@ def render_evaluation(result: dict) -> str:
 
         lines += render_section(result["controls"])
     lines += _how_to_read_section(music)
+    lines += _infill_section(result.get("infill"))
     lines += ["", "## Figures", ""] + [f"![{figure}]({figure})" for figure in result.get("figures", [])]
     return "\n".join(lines) + "\n"
+
+
+def _infill_section(infill: dict | None) -> list[str]:
+    """Infilling (runs trained with data.infill_rate > 0): the middle's NLL with and without the suffix, exact fills."""
+    if not infill:
+        return []
+    lines = ["", "## Infilling", ""]
+    if not infill.get("gaps"):
+        return lines + [infill.get("note", "no gaps")]
+    return lines + [
+        f"{fmt.plural(infill['gaps'], 'held-out gap')} of 1-4 bars (one per piece, seed {infill['seed']}), "
+        f"{infill['middle_tokens']} middle tokens. NLL per token of the true middle:",
+        "",
+        "| context | NLL (nats/token) |",
+        "|---|---|",
+        f"| suffix + prefix (fill-in-the-middle order) | {fmt.number(infill['nll_fim'])} |",
+        f"| prefix only (left-to-right continuation of the same bars) | {fmt.number(infill['nll_prefix_only'])} |",
+        "",
+        f"The suffix lowers the middle's NLL by {fmt.number(100 * infill['nll_reduction'])}%. Sampled fills "
+        f"(temperature {fmt.number(infill['temperature'])}) with the gap's exact duration: {infill['exact_fills']} "
+        f"of {infill['fills']} ({fmt.number(100 * infill['exact_share'])}%).",
+    ]
 
 
 # ----------------------------------------------------------------------------- figures

@@ -20,6 +20,10 @@ PITCH_NAMES = ("C", "C#", "D", "E-", "E", "F", "F#", "G", "G#", "A", "B-", "B")
 # Prefixes of the control tokens (keras_music.controls): they steer the music but are no event,
 # so event counts skip them and decoding ignores them.
 CONTROL_KINDS = ("key", "density", "poly")
+# Sentinels of fill-in-the-middle examples (keras_music.infill): `<piece> <fim_suffix> SUFFIX <fim_prefix>
+# PREFIX <fim_middle> MIDDLE <fim_end>`. Like controls they are no event and decoding skips them.
+FIM_SUFFIX, FIM_PREFIX, FIM_MIDDLE, FIM_END = "<fim_suffix>", "<fim_prefix>", "<fim_middle>", "<fim_end>"
+FIM_TOKENS = (FIM_SUFFIX, FIM_PREFIX, FIM_MIDDLE, FIM_END)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +55,11 @@ def valid_time_signature(numerator, denominator) -> bool:
 def is_control(token: str) -> bool:
     """Whether a token is a control token (`key:...`, `density:B`, `poly:B`)."""
     return token.partition(":")[0] in CONTROL_KINDS
+
+
+def is_fim(token: str) -> bool:
+    """Whether a token is one of the fill-in-the-middle sentinels."""
+    return token in FIM_TOKENS
 
 
 def quantize(value, grid: int = GRID) -> Fraction:
@@ -308,7 +317,7 @@ def _classic_sonorities(tokens, step: Fraction, report: DecodeReport) -> list[So
     """One attack of `step` quarter notes per note name or pitch-class chord."""
     out: list[Sonority] = []
     for token in tokens:
-        if token in SPECIAL_TOKENS or is_control(token):
+        if token in SPECIAL_TOKENS or is_control(token) or token in FIM_TOKENS:
             continue
         try:
             if "." in token or token.isdigit():
@@ -329,7 +338,7 @@ def _note_sonorities(tokens, report: DecodeReport) -> list[Sonority]:
     rest = False
     previous: set[int] = set()
     for token in tokens:
-        if token in SPECIAL_TOKENS:
+        if token in SPECIAL_TOKENS or token in FIM_TOKENS:
             continue
         kind, _, value = token.partition(":")
         if kind in CONTROL_KINDS:
@@ -409,6 +418,8 @@ def token_representations(token: str) -> set[str]:
     """Which representations' grammar a token belongs to (empty if none; specials fit both)."""
     if token in SPECIAL_TOKENS:
         return {"note", "classic"}
+    if token in FIM_TOKENS:
+        return {"note"}
     kind, _, value = token.partition(":")
     if token == REST or (kind in ("pitch", "hold") and value.isdigit()) or kind == "dur" or kind in CONTROL_KINDS:
         return {"note"}
@@ -422,7 +433,7 @@ def token_representations(token: str) -> set[str]:
 
 
 # Token kinds of the sampling grammar, as shipped in vocab.json's "grammar".
-GRAMMAR_KINDS = ("banned", "end", "pitch", "hold", "rest", "dur", "event", "control")
+GRAMMAR_KINDS = ("banned", "end", "pitch", "hold", "rest", "dur", "event", "control", "fim")
 
 
 def grammar_table(tokens, representation: str = "note") -> dict:
@@ -435,7 +446,9 @@ def grammar_table(tokens, representation: str = "note") -> dict:
     hold token and -1 otherwise. Tokens the decoder would repair or skip (pad, unk,
     unparseable, non-positive durations) are "banned". Control tokens (`key:`, `density:`,
     `poly:`) are "control": the model reads them, and no sampler emits them yet (they are
-    never allowed, and they do not move the grammar's state).
+    never allowed, and they do not move the grammar's state). The fill-in-the-middle sentinels
+    are "fim": never sampled by the grammar either (only keras_music.infill lets `<fim_end>` close
+    a filled gap), and they do not move its state.
     """
     if representation not in ("note", "classic"):
         raise ValueError(f"unknown representation {representation!r} (expected note or classic)")
@@ -448,6 +461,8 @@ def grammar_table(tokens, representation: str = "note") -> dict:
             kind = "banned"
         elif is_control(token):
             kind = "control"
+        elif token in FIM_TOKENS:
+            kind = "fim"
         elif representation == "classic":
             kind = "event"
         elif token == REST:
@@ -470,7 +485,7 @@ def ends_event(token: str, representation: str = "note") -> bool:
     """Whether a token closes a musical event (sonority): its duration token, or any non-special token for classic."""
     if representation == "note":
         return token.startswith("dur:")
-    return token not in SPECIAL_TOKENS and not is_control(token)
+    return token not in SPECIAL_TOKENS and not is_control(token) and token not in FIM_TOKENS
 
 
 def event_ends(tokens, representation: str = "note") -> list[int]:

@@ -149,8 +149,8 @@ class _GraphGrammar:
         self.is_rest = tf.constant(kinds == "rest")
         self.is_dur = tf.constant(kinds == "dur")
         self.is_end = tf.constant(kinds == "end")
-        # Control tokens (steering) are fed by the host, never sampled.
-        self.not_banned = tf.constant((kinds != "banned") & (kinds != "control"))
+        # Control tokens (steering) and fill-in-the-middle sentinels are fed by the host, never sampled.
+        self.not_banned = tf.constant((kinds != "banned") & (kinds != "control") & (kinds != "fim"))
         self.is_event = tf.constant(np.isin(kinds, ("dur", "event")))
         voiced = (kinds == "pitch") | (kinds == "hold")
         self.pitch = tf.constant(np.where(voiced, pitches, -1).astype(np.int32))

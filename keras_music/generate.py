@@ -8,7 +8,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from keras_music import audio as audio_lib, cli, controls, defaults, events, formatting as fmt, piece_files, run as run_lib, sampling, storage
+from keras_music import audio as audio_lib, cli, controls, defaults, events, formatting as fmt, infill as infill_lib
+from keras_music import piece_files, run as run_lib, sampling, storage
 from keras_music.backends import BACKENDS, make_backend
 from keras_music.errors import KerasMusicError
 from keras_music.pieces import Piece, default_timing, record_timing, within_primer
@@ -160,23 +161,30 @@ class Generator:
 
     def _read_primer(self, path: str) -> tuple[list[str], dict]:
         """A score file tokenized exactly as training data was (same parser, grid, key frame, max duration)."""
+        from keras_music import prepare
+
+        record = self._read_record(path, "primer")
+        tokens = prepare.tokens_for(record, self.config.data)
+        if not tokens:
+            raise GenerateError(f"primer {path} has no notes to start from")
+        return tokens, record_timing(record)
+
+    def _read_record(self, path: str, role: str) -> dict:
+        """A score file parsed as training data was (same parser, grid, key frame): its parse record."""
         from keras_music import corpus, prepare
 
         if not storage.exists(path):
             raise FileNotFoundError(2, "no such file", path)
         data = self.config.data
         if not path.lower().endswith(corpus.SCORE_EXTENSIONS):
-            raise GenerateError(f"primer {path}: unsupported file type (expected one of {', '.join(corpus.SCORE_EXTENSIONS)})")
+            raise GenerateError(f"{role} {path}: unsupported file type (expected one of {', '.join(corpus.SCORE_EXTENSIONS)})")
         # Read and parsed like a corpus file: regular files only, bounded in size, and
         # parsed in a worker process that is stopped after data.parse_timeout seconds.
         record = corpus.parse_path(path, prepare.parse_settings(data), cache_dir=data.cache_dir)
         if record.get("status") != "used":
-            raise GenerateError(f"primer {path}: {record.get('reason', 'cannot be read')}; expected a score file "
+            raise GenerateError(f"{role} {path}: {record.get('reason', 'cannot be read')}; expected a score file "
                                 f"such as {', '.join(corpus.SCORE_EXTENSIONS)} with pitched notes")
-        tokens = prepare.tokens_for(record, data)
-        if not tokens:
-            raise GenerateError(f"primer {path} has no notes to start from")
-        return tokens, record_timing(record)
+        return record
 
     def held_out_pieces(self) -> list[list[str]]:
         """Token lists of the run's validation pieces (read once)."""
@@ -432,6 +440,110 @@ class Generator:
                      primer_source=source, unknown_primer_tokens=list(unknown),
                      timing=within_primer(timing, float(sum(x.duration for x in primer_sonorities))))
 
+    # ------------------------------------------------------------------ infilling (keras_music.infill)
+
+    def infill(self, path: str, bars, num_samples=1, temperature=defaults.TEMPERATURE, top_k=defaults.TOP_K,
+               top_p=defaults.TOP_P, seed=defaults.SEED, rng=sampling.DEFAULT_RNG) -> list[Piece]:
+        """Fill bars `bars` ("A-B" or (A, B), 1-based) of the score file `path`: one whole piece per row.
+
+        The bars before and after the gap are the file's own (read as training data is, on the
+        grid, in the key frame the run was trained in and written back in the file's key); the
+        model reads `<piece> <fim_suffix> AFTER <fim_prefix> BEFORE <fim_middle>` and samples the
+        middle under `infill.GapMask`, so it fills exactly the gap's duration before `<fim_end>`.
+        Row i draws from SplitMix64(seed + i) like `generate`. Each piece's `infill` record says
+        where the gap lies (quarter notes on the file's timeline) and what filled it. A row that
+        runs out of tokens before closing its gap (`exact` false, stop reason "token_limit") has
+        the rest of the gap as a rest, so the bars after it keep their place.
+        """
+        _checked_settings(num_samples, 1, seed, temperature, top_k, top_p, 1, 0, rng)
+        first, last = bars if isinstance(bars, (tuple, list)) else infill_lib.parse_bars(bars)
+        if events.FIM_MIDDLE not in self.vocabulary.index:
+            raise GenerateError(f"{self.run_dir} was trained without infilling (data.infill_rate 0), so it cannot fill "
+                                "bars: train a run with --set data.infill_rate=0.25")
+        from keras_music import corpus
+
+        record = self._read_record(path, "infill file")
+        grid = int(record.get("grid", events.GRID))
+        sonorities = corpus.record_sonorities(record, self.config.data.max_duration)
+        start = Fraction(min(n[0] for n in record["notes"]), grid)
+        gap = infill_lib.gap_for_bars(sonorities, start, record.get("time_signatures"), first, last,
+                                      f"infill file {path}", grid)
+        parts = infill_lib.cut(sonorities, start, gap)
+        suffix, prefix, _ = infill_lib.context_tokens(parts, start, grid=grid)
+        context = [events.BOUNDARY] + infill_lib.generation_context(parts, suffix, prefix, self.config.data.seq_length)
+        unknown: list[str] = []
+        ids = self.vocabulary.encode(context, unknown)
+        if unknown:
+            self.log(f"infill file {path}: {len(set(unknown))} token(s) not in the vocabulary of {self.run_dir}: "
+                     f"{', '.join(list(dict.fromkeys(unknown))[:20])} (fed to the model as <unk>)")
+        fills, exact = self.fill([ids] * num_samples, [gap.ticks(grid)] * num_samples, temperature, top_k, top_p,
+                                 seed, rng, what=f"bars {first}-{last} of {path}")
+        settings = {"backend": self.backend_name, "num_samples": num_samples, "temperature": float(temperature),
+                    "top_k": int(top_k), "top_p": float(top_p), "representation": self.representation, "rng": rng}
+        shift = int(record.get("shift", 0))
+        pieces = []
+        for row, fill in enumerate(fills):
+            tokens = self.vocabulary.decode(fill)
+            report = events.DecodeReport()
+            middle = events.tokens_to_sonorities(prefix + tokens, "note", report=report)[len(parts.prefix):]
+            joined = infill_lib.transposed(infill_lib.join(parts.prefix, middle, parts.suffix), -shift)
+            filled = sum((s.duration for s in middle), Fraction(0))
+            if filled < gap.duration:
+                middle.append(events.Sonority((), (), gap.duration - filled))
+            record_infill = {"source": str(path), "bars": [first, last], "onset": float(gap.onset),
+                             "offset": float(gap.offset), "duration": float(gap.duration),
+                             "filled_duration": float(filled), "exact": bool(exact[row]) and filled == gap.duration,
+                             "tokens": tokens, "transposed": -shift}
+            pieces.append(Piece(tokens=tokens, primer_tokens=context[1:], ids=[int(i) for i in fill],
+                                sonorities=joined, notes=events.sonorities_to_notes(joined),
+                                primer_events=len(parts.prefix), stop_reason="filled" if exact[row] else "token_limit",
+                                repairs=dict(report.repairs), seed=int(seed), index=row,
+                                settings={**settings, **self._piece_seed(rng, seed, row)},
+                                primer_source=f"{path} (bars {first}-{last} filled)", unknown_primer_tokens=unknown,
+                                timing=record_timing(record), infill=record_infill))
+        return pieces
+
+    def fill(self, contexts, gap_ticks, temperature=defaults.TEMPERATURE, top_k=defaults.TOP_K, top_p=defaults.TOP_P,
+             seed=defaults.SEED, rng=sampling.DEFAULT_RNG, what="the gap"):
+        """Sample a middle after each row's context ids (`<piece> ... <fim_middle>`) filling `gap_ticks[row]` grid ticks.
+
+        Returns (the middle's ids per row, without `<fim_end>`; whether each row closed its gap
+        with `<fim_end>`). The grammar and `infill.GapMask` allow only what fills the gap exactly,
+        so a row fails only by running out of tokens (a model that never closes its chords).
+        """
+        mask = infill_lib.GapMask(self.vocabulary.tokens, self.config.data.grid)
+        gap_ticks = np.asarray(gap_ticks, np.int64)
+        for ticks in set(gap_ticks.tolist()):
+            if not mask.fillable(ticks):
+                raise GenerateError(f"{what} lasts {fmt.number(ticks / self.config.data.grid)} quarter notes, which the "
+                                    f"durations in the vocabulary of {self.run_dir} cannot add up to exactly")
+        contexts = [list(c) for c in contexts]
+        probabilities, state = self.prime(contexts)
+        # The middle continues the prefix: the grammar starts at <fim_prefix>, not after the suffix.
+        prefix_id = self.vocabulary.index[events.FIM_PREFIX]
+        grammar = self.grammar_state([c[len(c) - c[::-1].index(prefix_id):] if prefix_id in c else c
+                                      for c in contexts])
+        draw = sampling.make_rng(seed, rng)
+        remaining = gap_ticks.copy()
+        finished = np.zeros(len(gap_ticks), bool)
+        out: list[list[int]] = [[] for _ in gap_ticks]
+        max_tokens = int(gap_ticks.max() // mask.durations[0] + 1) * MAX_TOKENS_PER_EVENT
+        for _ in range(max_tokens):
+            allowed = mask.allowed(self.grammar.allowed(grammar), grammar.phase == 0, remaining)
+            ids = sampling.sample_next(probabilities, draw, temperature, top_k, top_p, self.banned, allowed)
+            active = ~finished
+            self.grammar.advance(grammar, ids, active)
+            for row in np.flatnonzero(active):
+                if ids[row] == mask.end_id:
+                    finished[row] = True
+                else:
+                    out[row].append(int(ids[row]))
+                    remaining[row] -= mask.ticks[ids[row]]
+            if finished.all():
+                break
+            probabilities, state = self.backend.step(ids.astype(np.int32), state)
+        return out, finished & (remaining == 0)
+
     # ------------------------------------------------------------------ output
 
     def write(self, pieces, out_dir, tempo=None, instrument=None, prefix="sample",
@@ -480,6 +592,22 @@ def write_training_samples(run_dir: str, config) -> list[str]:
     return [p for p in paths if p.endswith(".mid")]
 
 
+def bars_argument(text: str) -> tuple[int, int]:
+    """`--bars A-B` as (A, B)."""
+    try:
+        return infill_lib.parse_bars(text)
+    except infill_lib.InfillError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def infill_line(name: str, piece: Piece) -> str:
+    record = piece.infill
+    return (f"{name}: bars {record['bars'][0]}-{record['bars'][1]} filled with {fmt.plural(len(piece.tokens), 'token')}, "
+            f"{fmt.number(record['filled_duration'])} of {fmt.number(record['duration'])} quarter notes "
+            f"({'exact' if record['exact'] else 'not exact'}), quarters {fmt.number(record['onset'])}-"
+            f"{fmt.number(record['offset'])}")
+
+
 def parse_args(argv=None):
     from keras_music import cli
 
@@ -513,6 +641,12 @@ def parse_args(argv=None):
                              '("" = no primer)')
     parser.add_argument("--primer-events", type=cli.positive_int, default=DEFAULT_PRIMER_EVENTS, metavar="N",
                         help="events (sonorities) taken from the opening of --primer FILE")
+    parser.add_argument("--infill", metavar="FILE", default=None,
+                        help="fill bars --bars of this MIDI/MusicXML file instead of continuing a primer: the piece "
+                             "written is the file's bars before, the filled bars, and its bars after (a run trained "
+                             "with data.infill_rate > 0)")
+    parser.add_argument("--bars", type=bars_argument, default=None, metavar="A-B",
+                        help="the bars of --infill FILE to fill, 1-based and inclusive, e.g. 5-6")
     parser.add_argument("--strict", action="store_true",
                         help="fail when the primer has tokens the vocabulary lacks (default: warn, use <unk>)")
     parser.add_argument("--seed", type=cli.non_negative_int, default=defaults.SEED, metavar="S",
@@ -546,6 +680,10 @@ def parse_args(argv=None):
                         help="keras: the trained model; savedmodel / tflite: the artifacts in RUN/export")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if (args.infill is None) != (args.bars is None):
+        parser.error("--infill FILE and --bars A-B go together: give both to fill bars of a file")
+    if args.infill is not None and (args.primer is not None or args.primer_tokens is not None):
+        parser.error("--infill fills bars of its own file: drop --primer / --primer-tokens")
     if args.tempo is not None and (not args.tempo > 0 or args.tempo == float("inf")):
         parser.error(f"argument --tempo: expected a positive number of beats per minute, got {args.tempo}")
     return parser, args
@@ -557,6 +695,9 @@ def main(argv=None):
     parser, args = parse_args(argv)
     with cli.user_errors(parser):
         generator = Generator(args.run_dir, args.backend)
+        if args.infill is not None:
+            _infill_main(generator, args)
+            cli.finish(0)
         pieces = generator.generate(num_samples=args.num_samples, length=args.length, min_length=args.min_length,
                                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                     seed=args.seed, primer=args.primer, primer_tokens=args.primer_tokens,
@@ -577,6 +718,20 @@ def main(argv=None):
                 print(f"  controls: {controls.describe_record(steered)}")
         print(f"wrote {len(pieces)} piece{'s' if len(pieces) != 1 else ''} to {out_dir}")
     cli.finish(0)
+
+
+def _infill_main(generator: Generator, args) -> None:
+    """`--infill FILE --bars A-B`: the whole piece with the bars filled, per sample."""
+    pieces = generator.infill(args.infill, args.bars, num_samples=args.num_samples, temperature=args.temperature,
+                              top_k=args.top_k, top_p=args.top_p, seed=args.seed, rng=args.rng)
+    out_dir = args.out or run_lib.timestamped_dir(run_lib.path(args.run_dir, run_lib.GENERATED))
+    paths = generator.write(pieces, out_dir, tempo=args.tempo, instrument=args.instrument,
+                            audio=args.audio, soundfont=args.soundfont)
+    for path in paths:
+        print(path)
+    for number, piece in enumerate(pieces, start=1):
+        print(infill_line(f"sample {number}", piece))
+    print(f"wrote {len(pieces)} piece{'s' if len(pieces) != 1 else ''} to {out_dir}")
 
 
 if __name__ == "__main__":

@@ -287,12 +287,13 @@ def _track(events: list[tuple[int, int, bytes]]) -> bytes:
 
 
 def write(notes, tempos=((0.0, 120.0),), time_signatures=((0.0, 4, 4),), parts=None,
-          ticks_per_quarter: int = WRITE_TICKS_PER_QUARTER, title: str = "") -> bytes:
+          ticks_per_quarter: int = WRITE_TICKS_PER_QUARTER, title: str = "", markers=()) -> bytes:
     """A format-1 MIDI file: track 0 holds the tempo map and metre, one track per part.
 
     `notes` are (onset, end, pitch[, velocity[, part]]) in quarter notes; `tempos` are
     (quarter, bpm); `time_signatures` (quarter, numerator, denominator); `parts` are
-    {"program", "channel", "name"} (default: one piano part).
+    {"program", "channel", "name"} (default: one piano part); `markers` are (quarter, text) marker
+    meta events on track 0.
     """
     parts = list(parts or [{"program": 0, "channel": 1, "name": ""}])
 
@@ -309,6 +310,9 @@ def write(notes, tempos=((0.0, 120.0),), time_signatures=((0.0, 4, 4),), parts=N
     for at, bpm in tempos:
         value = max(1, min(0xFFFFFF, int(round(60_000_000.0 / float(bpm)))))
         conductor.append((tick(at), 2, b"\xff\x51\x03" + value.to_bytes(3, "big")))
+    for at, text in markers:
+        data = str(text).encode("latin-1", "replace")[:127]
+        conductor.append((tick(at), 2, b"\xff\x06" + _vlq(len(data)) + data))
     tracks = [_track(conductor)]
     per_part: list[list[tuple[int, int, bytes]]] = [[] for _ in parts]
     for number, part in enumerate(parts):

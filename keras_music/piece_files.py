@@ -26,7 +26,16 @@ def piece_midi(piece: Piece, title: str = "") -> bytes:
     notes = [(start + onset, start + onset + duration, int(pitch), 80, 0)
              for onset, duration, pitch in np.asarray(piece.notes, float).reshape(-1, 3)]
     parts = [{"program": int(piece.timing.get("program", 0)), "channel": 1, "name": title}]
-    return midi.write(notes, piece.timing["tempos"], piece.timing["time_signatures"], parts, title=title)
+    return midi.write(notes, piece.timing["tempos"], piece.timing["time_signatures"], parts, title=title,
+                      markers=infill_markers(piece))
+
+
+def infill_markers(piece: Piece) -> list[tuple[float, str]]:
+    """Marker meta events around the bars an infilled piece filled: `infill A-B start` and `infill A-B end`."""
+    if not piece.infill:
+        return []
+    bars = "-".join(str(b) for b in piece.infill["bars"])
+    return [(piece.infill["onset"], f"infill {bars} start"), (piece.infill["offset"], f"infill {bars} end")]
 
 
 def plot_piano_roll(piece: Piece, path: str, title: str = "") -> None:
@@ -39,10 +48,18 @@ def plot_piano_roll(piece: Piece, path: str, title: str = "") -> None:
     primer_end = piece.primer_duration
     total = float(sum(s.duration for s in piece.sonorities)) or 1.0
     figure, axis = plots.pyplot().subplots(figsize=(min(24.0, 6 + total / 8), 4.5))
-    if primer_end > 0:
+    given = notes[:, 0] < primer_end if len(notes) else np.zeros(0, bool)
+    if piece.infill:  # the filled bars are the generated part; the file's bars around them are given
+        start = float(piece.timing.get("start", 0.0))
+        low, high = piece.infill["onset"] - start, piece.infill["offset"] - start
+        axis.axvspan(low, high, color="lightyellow", zorder=0, label=f"filled bars {piece.infill['bars'][0]}-"
+                                                                     f"{piece.infill['bars'][1]}")
+        given = ~((notes[:, 0] >= low) & (notes[:, 0] < high)) if len(notes) else given
+    elif primer_end > 0:
         axis.axvspan(0, primer_end, color="0.88", zorder=0, label="primer")
-    for is_primer, color, label in ((True, "0.45", "primer notes"), (False, "tab:blue", "generated notes")):
-        chosen = notes[(notes[:, 0] < primer_end) == is_primer] if len(notes) else notes
+    for is_primer, color, label in ((True, "0.45", "primer notes" if not piece.infill else "the file's notes"),
+                                    (False, "tab:blue", "generated notes")):
+        chosen = notes[given == is_primer] if len(notes) else notes
         for onset, duration, pitch in chosen:
             axis.add_patch(Rectangle((onset, pitch - 0.4), duration, 0.8, color=color, linewidth=0, zorder=2))
         if len(chosen):
@@ -184,5 +201,6 @@ class Writer:
             "primer_source": piece.primer_source, "unknown_primer_tokens": piece.unknown_primer_tokens,
             "repairs": piece.repairs, "primer_tokens": piece.primer_tokens, "tokens": piece.tokens,
             "ids": piece.ids, "files": files,
+            **({"infill": piece.infill} if piece.infill else {}),
         })
         return [p for p in (midi, musicxml, png, sound, record) if p]

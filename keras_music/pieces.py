@@ -28,6 +28,9 @@ class Piece:
     # primer's pickup keeps its place in the bar), tempo map, time signatures and program,
     # inherited from the primer or, without one, the corpus's typical values.
     timing: dict = dataclasses.field(default_factory=lambda: default_timing())
+    # Set for a piece whose bars were filled in (keras_music.infill): the source file, the bars, the gap's
+    # onset and offset in quarter notes on the timeline, its duration and the filled one, the filled tokens.
+    infill: dict | None = None
 
     @property
     def time_signature(self) -> tuple[int, int]:

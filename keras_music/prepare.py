@@ -9,7 +9,7 @@ import re
 import time
 from fractions import Fraction
 
-from keras_music import config as config_lib, controls as controls_lib, corpus, events, run as run_lib, storage
+from keras_music import config as config_lib, controls as controls_lib, corpus, events, infill, run as run_lib, storage
 from keras_music.errors import KerasMusicError
 from keras_music.vocabulary import Vocabulary, build as build_vocabulary, extend as extend_vocabulary
 
@@ -38,6 +38,11 @@ def prepare_settings(config: config_lib.Config, base_vocabulary: Vocabulary | No
         settings["controls"] = True
     if base_vocabulary is not None:
         settings["base_vocabulary"] = base_vocabulary.fingerprint()
+    if config.data.infill_rate > 0:
+        # Likewise: the sentinels and the prepared FIM examples exist only with infilling on; each
+        # example is one training window long.
+        settings["infill"] = True
+        settings["infill_window"] = config.data.seq_length
     return settings
 
 
@@ -56,6 +61,17 @@ def tokens_for(entry: dict, data: config_lib.DataConfig, controls: bool = False)
     start = Fraction(min(n[0] for n in entry["notes"]), grid)
     key = controls_lib.key_token(entry.get("key"), int(entry.get("shift", 0)), data.normalize_key)
     return controls_lib.tokens_with_controls(sonorities, entry.get("time_signatures"), start, key, grid)
+
+
+def fim_examples_for(entry: dict, data: config_lib.DataConfig, controls: bool, seed: int) -> list[list[str]]:
+    """A training piece's fill-in-the-middle examples (keras_music.infill), cut choices seeded by piece and seed."""
+    sonorities = corpus.record_sonorities(entry, data.max_duration)
+    grid = int(entry.get("grid", events.GRID))
+    start = Fraction(min(n[0] for n in entry["notes"]), grid)
+    key = controls_lib.key_token(entry.get("key"), int(entry.get("shift", 0)), data.normalize_key) if controls else None
+    digest = hashlib.sha256(f"{seed}:{entry.get('sha256', entry.get('file'))}".encode("utf-8", "surrogateescape"))
+    return infill.training_examples(sonorities, start, entry.get("time_signatures"), int(digest.hexdigest()[:15], 16),
+                                    data.seq_length, key, controls, grid)
 
 
 def piece_tempo(entry: dict) -> float:
@@ -140,9 +156,16 @@ def build(config: config_lib.Config, entries: list[dict], out_dir: str, started:
     # the unconditioned one, comparable with runs without controls.
     tokens = {e["file"]: tokens_for(e, data, data.controls and e["split"] == "train") for e in ordered}
     splits = {split: [e for e in ordered if e["split"] == split] for split in ("train", "validation")}
+    always = controls_lib.all_tokens(data.normalize_key) if data.controls else []
+    fim = {}
+    if data.infill_rate > 0:
+        # Training pieces only; the few tokens only cutting makes (durations split at a bar line) are kept too.
+        fim = {e["file"]: fim_examples_for(e, data, data.controls, config.train.seed) for e in splits["train"]}
+        seen = {t for e in splits["train"] for t in tokens[e["file"]]}
+        always = [*always, *events.FIM_TOKENS,
+                  *sorted({t for examples in fim.values() for x in examples for t in x} - seen - set(events.FIM_TOKENS))]
     vocabulary = build_vocabulary((tokens[e["file"]] for e in splits["train"]), data.representation, data.min_count,
-                                  data.transpose, data.classic_step,
-                                  controls_lib.all_tokens(data.normalize_key) if data.controls else ())
+                                  data.transpose, data.classic_step, always)
     if base_vocabulary is not None:
         vocabulary = extend_vocabulary(base_vocabulary, vocabulary)
     if expected_vocabulary is not None and vocabulary.fingerprint() != expected_vocabulary:
@@ -150,11 +173,13 @@ def build(config: config_lib.Config, entries: list[dict], out_dir: str, started:
                            f"was trained with (the sources{' or the init_from run' if base_vocabulary else ''} "
                            f"changed since): nothing was changed; train on these sources in a new --run-dir")
     unknown_validation: list[str] = []
-    encoded = {"train": [(e["file"], vocabulary.encode(tokens[e["file"]])) for e in splits["train"]],
+    encoded = {"train": [(e["file"], vocabulary.encode(tokens[e["file"]]),
+                          *([[vocabulary.encode(x) for x in fim[e["file"]]]] if fim else []))
+                         for e in splits["train"]],
                "validation": [(e["file"], vocabulary.encode(tokens[e["file"]], unknown_validation))
                               for e in splits["validation"]]}
     shards = _write_data(out_dir, manifest, vocabulary, encoded)
-    lengths = {split: [len(ids) for _, ids in pieces] for split, pieces in encoded.items()}
+    lengths = {split: [len(piece[1]) for piece in pieces] for split, pieces in encoded.items()}
     event_counts = {split: sum(events.count_events(tokens[e["file"]], data.representation) for e in pieces)
                     for split, pieces in splits.items()}
     info = {
@@ -179,6 +204,9 @@ def build(config: config_lib.Config, entries: list[dict], out_dir: str, started:
         # Per training piece: how many of its tokens are controls, which training may drop.
         info["control_tokens"] = {"train": [sum(1 for t in tokens[e["file"]] if events.is_control(t))
                                             for e in splits["train"]]}
+    if fim:
+        # Per training piece: how many fill-in-the-middle examples an epoch may pick from (0: too few bars).
+        info["infill_examples"] = {"train": [len(fim[e["file"]]) for e in splits["train"]]}
     # Written last: it vouches for the rest.
     storage.write_json(run_lib.path(out_dir, run_lib.PREPARED), info)
     log(f"prepared {len(used)} pieces ({info['files']['skipped']} of {info['files']['files']} files skipped), "
@@ -222,7 +250,7 @@ def _write_data(out_dir: str, manifest: dict, vocabulary, encoded: dict[str, lis
     shards = {}
     for split, pieces in encoded.items():
         written = dataset.write_shards(data_dir, split, pieces)
-        shards[split] = _shard_records(data_dir, written, [ids for _, ids in pieces])
+        shards[split] = _shard_records(data_dir, written, [piece[1] for piece in pieces])
         # Shards of an earlier, larger preparation would otherwise be read as part of this one.
         for name in storage.listdir(data_dir):
             if name.startswith(split + "-") and name.endswith(".tfrecord") and name not in set(written):

@@ -348,6 +348,7 @@ class Grammar:
         self.is_rest = kind == "rest"
         self.is_dur = kind == "dur"
         self.not_banned = (kind != "banned") & (kind != "control")  # controls are read, never sampled
+        self.not_banned &= kind != "fim"  # fill-in-the-middle sentinels too (keras_music.infill closes a gap)
         self.pitch = np.where(self.is_pitch | self.is_hold, pitches, -1)
         self._pitch_index = np.clip(self.pitch, 0, 127)
 

@@ -124,6 +124,15 @@ def prepare_run(config: config_lib.Config, run_dir: str, show_progress: bool, lo
             raise run_lib.RunError(f"{source} was prepared with data.controls={had} but this run has "
                                    f"{config.data.controls}; pass --set data.controls={str(had).lower()} "
                                    "or prepare again")
+        if prepared.get("infill") and prepared.get("infill_window") != config.data.seq_length:
+            raise run_lib.RunError(f"{source} was prepared with infilling examples of data.seq_length="
+                                   f"{prepared.get('infill_window')} but this run has {config.data.seq_length}; pass "
+                                   f"--set data.seq_length={prepared.get('infill_window')} or prepare again")
+        if prepared.get("infill", False) != (config.data.infill_rate > 0):
+            had = bool(prepared.get("infill", False))
+            raise run_lib.RunError(f"{source} was prepared {'with' if had else 'without'} infilling but this run has "
+                                   f"data.infill_rate={config.data.infill_rate}; pass --set data.infill_rate="
+                                   f"{'0.25' if had else '0'} or prepare again")
         vocabulary = run_lib.load_vocabulary(source)
         run_lib.check_data(source, info, vocabulary)
         if expected is not None and vocabulary.fingerprint() != expected:
@@ -332,7 +341,8 @@ def input_pipelines(config: config_lib.Config, work_dir: str, info: dict, vocabu
                                         train_cfg.seed, first_epoch, train_cfg.epochs,
                                         data.window_stride or data.seq_length, data.shuffle_buffer, transposition,
                                         vocabulary.boundary_id, worker_slice=worker,
-                                        piece_count=len(info["lengths"]["train"]), control_dropout=control_dropout)
+                                        piece_count=len(info["lengths"]["train"]), control_dropout=control_dropout,
+                                        infill_rate=data.infill_rate)
 
     validation_data = dataset.evaluation_dataset(validation_files, data.seq_length, train_cfg.batch_size,
                                                  vocabulary.boundary_id)

@@ -173,6 +173,8 @@ def valid_token(token: str, representation: str, position: int | None = None) ->
             return True
         if events.is_control(token):
             return controls.valid_control(token)
+        if token in events.FIM_TOKENS:
+            return True
         kind, _, value = token.partition(":")
         if kind in ("pitch", "hold"):
             return bool(_NUMBER.match(value)) and int(value) <= 127
@@ -204,6 +206,8 @@ def token_sort_key(token: str):
         return (3, Fraction(value), "")
     if events.is_control(token):
         return (4, *controls.control_sort_key(token))
+    if token in events.FIM_TOKENS:
+        return (6, events.FIM_TOKENS.index(token), "")
     return (5, 0, token)
 
 
@@ -211,10 +215,10 @@ def build(token_sequences, representation: str = "note", min_count: int = 1, tra
           classic_step: float = 0.5, always=()) -> Vocabulary:
     """Count tokens over the training pieces (and their augmentation shifts) and keep frequent ones.
 
-    Tokens in `always` (the control tokens) are kept however rarely they occur, so that a
-    control is never read as <unk> and every one can be asked for. A shift adds tokens only
-    when it keeps the whole piece on the piano's keys, as the training pipeline draws it
-    (transposition_table).
+    Tokens in `always` (the control tokens, the fill-in-the-middle sentinels) are kept however
+    rarely they occur, so that a control is never read as <unk> and every one can be asked for.
+    A shift adds tokens only when it keeps the whole piece on the piano's keys, as the training
+    pipeline draws it (transposition_table).
     """
     counts: collections.Counter = collections.Counter()
     always = set(always)

@@ -315,7 +315,7 @@ def test_grammar_table_kinds_and_pitches():
     assert table["kinds"] == ["banned", "banned", "end", "pitch", "pitch", "pitch", "hold", "hold", "rest",
                               "dur", "dur", "banned", "banned"]
     assert table["pitches"] == [-1, -1, -1, 60, 64, 67, 60, 64, -1, -1, -1, -1, -1]
-    assert set(table["kinds"]) == set(events.GRAMMAR_KINDS) - {"event", "control"}  # control: test_controls
+    assert set(table["kinds"]) == set(events.GRAMMAR_KINDS) - {"event", "control", "fim"}  # test_controls, test_infill
     classic = events.grammar_table(["<pad>", "<unk>", "<piece>", "C4", "0.4.7"], "classic")
     assert classic == {"rules": "any", "kinds": ["banned", "banned", "end", "event", "event"],
                        "pitches": [-1] * 5}

@@ -282,10 +282,12 @@ def test_javascript_piece_loop_matches_the_reference_generator(tmp_path):
 
 def test_javascript_grammar_matches_python(tmp_path):
     tokens = ["<pad>", "<unk>", "<piece>", "pitch:60", "pitch:62", "pitch:64", "hold:60", "hold:62", "hold:64",
-              "rest", "dur:1", "dur:1/2", "dur:1/3", "key:major", "key:minor", "density:3", "poly:2"]
+              "rest", "dur:1", "dur:1/2", "dur:1/3", "key:major", "key:minor", "density:3", "poly:2",
+              "<fim_suffix>", "<fim_prefix>", "<fim_middle>", "<fim_end>"]
     shipped = json.loads(json.dumps(Vocabulary(tokens).to_json()))
-    controls = [i for i, kind in enumerate(shipped["grammar"]["kinds"]) if kind == "control"]
-    assert [shipped["tokens"][i] for i in controls] == ["key:major", "key:minor", "density:3", "poly:2"]
+    controls = [i for i, kind in enumerate(shipped["grammar"]["kinds"]) if kind in ("control", "fim")]
+    assert [shipped["tokens"][i] for i in controls] == ["key:major", "key:minor", "density:3", "poly:2",
+                                                        "<fim_suffix>", "<fim_prefix>", "<fim_middle>", "<fim_end>"]
     grammar, walk, expected_grammar = reference.Grammar(shipped), [], []
     ours = sampling.Grammar(shipped["grammar"])
     where = ours.start(1)
@@ -294,8 +296,8 @@ def test_javascript_grammar_matches_python(tmp_path):
         closing = step % 13 == 12
         allowed = grammar.allowed(closing=closing)
         assert allowed.tolist() == ours.allowed(where, closing=np.array([closing]))[0].tolist(), step
-        assert not allowed[controls].any()  # control tokens are fed, never sampled
-        # Between sonorities, now and then a control token is fed as a primer would carry it.
+        assert not allowed[controls].any()  # control tokens and FIM sentinels are fed, never sampled
+        # Between sonorities, now and then a control token or sentinel is fed as a primer would carry it.
         fed = grammar.phase == "between" and step % 7 == 0
         token = int(controls[step % len(controls)] if fed else choices.choice(np.flatnonzero(allowed)))
         walk.append([token, closing])

@@ -283,6 +283,7 @@ ROUTES = (
     Route("/api/runs", runs),
     Route("/runs/{run}/{name}", run_file),
     Route("/api/generate", json_action("generate", admin=True), methods=["POST"]),
+    Route("/api/infill", json_action("infill", admin=True), methods=["POST"]),
     Route("/api/primers", primers, methods=["POST"]),
     Route("/files/{area}/{item}/{name}", files),
     Route("/api/ab/comparisons", comparisons),

@@ -235,6 +235,48 @@ class Studio:
                      "audio": base + names[".ogg"], "png": base + names[".png"], "json": base + names[".json"]},
         }
 
+    # ------------------------------------------------------------------ infilling (keras_music.infill)
+
+    def infill(self, body: dict) -> dict:
+        """Fill bars `bars` ("A-B") of `piece` ("upload:ID", an uploaded file, or "piece:ID", a piece made here)."""
+        label = self.run_label(body.get("run"))
+        generator = self.generators[label]
+        temperature = _number(body, "temperature", defaults.TEMPERATURE, 0.0, 5.0)
+        top_k = int(_number(body, "top_k", defaults.TOP_K, 0, len(generator.vocabulary), integer=True))
+        top_p = _number(body, "top_p", defaults.TOP_P, 1e-6, 1.0)
+        seed = int(_number(body, "seed", random.randrange(2 ** 31), 0, 2 ** 31 - 1, integer=True))
+        source, bars = body.get("piece"), body.get("bars")
+        if isinstance(source, str) and source.startswith("upload:"):
+            path = self.primer_path(source.partition(":")[2])
+        elif isinstance(source, str) and source.startswith("piece:"):
+            path = self.output_file("pieces", source.partition(":")[2], "piece-01.mid")
+        else:
+            raise StudioError(f"piece must be 'upload:ID' (an uploaded file) or 'piece:ID' (a piece made here), "
+                              f"got {source!r}")
+        if not isinstance(bars, (str, int)) or isinstance(bars, bool):
+            raise StudioError(f"bars must be a bar range such as \"5-6\", got {bars!r}")
+        piece_id = uuid.uuid4().hex
+        directory = os.path.join(self.out_dir, "pieces", piece_id)
+
+        def work():
+            try:
+                pieces = generator.infill(path, str(bars), temperature=temperature, top_k=top_k, top_p=top_p,
+                                          seed=seed)
+            except KerasMusicError as error:
+                raise StudioError(str(error)) from None
+            paths = generator.write(pieces, directory, tempo=self.tempo, prefix="piece", soundfont=self.soundfont)
+            return pieces[0], paths
+
+        piece, paths = self.exclusive(work)
+        names = {os.path.splitext(p)[1]: os.path.basename(p) for p in paths}
+        base = f"/files/pieces/{piece_id}/"
+        return {"id": piece_id, "run": label, "seed": seed, "infill": piece.infill,
+                "tempo": self.tempo or piece.timing["tempos"][0][1],
+                "quarters": float(sum(s.duration for s in piece.sonorities)),
+                "notes": [[float(a), float(b), int(p)] for a, b, p in piece.notes],
+                "urls": {"midi": base + names[".mid"], "musicxml": base + names[".musicxml"],
+                         "audio": base + names[".ogg"], "png": base + names[".png"], "json": base + names[".json"]}}
+
     @staticmethod
     def held_out_opening(generator, index: str) -> list[str]:
         pieces = generator.held_out_pieces()

@@ -214,7 +214,7 @@ export class Grammar {
     for (let i = 0; i < this.size; i++) {
       const kind = kinds[i];
       if (this.rules === 'any') {
-        allowed[i] = kind !== 'banned' && kind !== 'control';  // controls are fed, never sampled
+        allowed[i] = kind !== 'banned' && kind !== 'control' && kind !== 'fim';  // controls, FIM sentinels: fed, never sampled
       } else if (this.phase === 'rest' || (closing && this.phase === 'chord')) {
         allowed[i] = kind === 'dur';
       } else {
@@ -226,7 +226,7 @@ export class Grammar {
         }
       }
     }
-    if (!allowed.includes(true)) return kinds.map((kind) => kind !== 'banned' && kind !== 'control');
+    if (!allowed.includes(true)) return kinds.map((kind) => kind !== 'banned' && kind !== 'control' && kind !== 'fim');
     return allowed;
   }
 
