@@ -207,7 +207,8 @@ def keyboard_browser(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def live_page(keyboard_browser, isolated):  # noqa: F811
-    open_page(keyboard_browser, isolated.url + "/")
+    # The float32 model file, the one every path agrees on to the token (tests/test_same_seed.py).
+    open_page(keyboard_browser, isolated.url + "/?model=model.tflite")
     ready = call(keyboard_browser, "kerasMusic.live.ready")
     assert ready["where"] == "worker", ready
     assert ready["midi"]["status"] == "granted" and ready["midi"]["input"] == "fake-in"
@@ -257,7 +258,7 @@ def test_fifty_turns_of_call_and_response_at_120_bpm_are_on_the_beat_with_the_re
             assert played["end"] - played["at"] == pytest.approx(length * spq, abs=1e-9)
 
     # The answers' tokens are the reference generator's for the same primer, seed and settings, cut at 1 bar.
-    model = reference_models["model_dynamic.tflite"]
+    model = reference_models["model.tflite"]
     same = 0
     for turn in turns:
         assert turn["seed"] == str(1000 + turn["turn"]) and turn["primer"][0] == "<piece>"
@@ -268,7 +269,7 @@ def test_fifty_turns_of_call_and_response_at_120_bpm_are_on_the_beat_with_the_re
         expected = cut_answer(ids[len(turn["primerIds"]):], vocabulary, 4)
         same += expected == turn["ids"]
         assert turn["tokens"] == [vocabulary["tokens"][i] for i in turn["ids"]]
-    assert same >= TURNS - 1, same  # a near-tie between LiteRT.js and Python's LiteRT may part one piece
+    assert same == TURNS, same
 
     # What went out over MIDI is what the synth played: the same notes at the same times, converted from the
     # audio clock to MIDI timestamps (performance.now()) with the clock pair the page read for each answer.
