@@ -2,16 +2,15 @@
 
 import json
 import os
-import shutil
-import subprocess
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from keras_music import controls, events, generate, run as run_lib, web_export
+from keras_music import controls, events, generate, run as run_lib
 from conftest import tiny_config
-from test_export_saved_model import reference_generator
+from page_harness import reference_generator
+from test_web_export import run_node as web_run_node
 
 F = Fraction
 
@@ -60,14 +59,7 @@ process.stdout.write(JSON.stringify(out));
 
 
 def run_node(tmp_path, cases):
-    node = shutil.which("node")
-    assert node, "node is needed by this test"
-    shutil.copyfile(os.path.join(web_export.SOURCES, "sampler.js"), tmp_path / "sampler.mjs")
-    (tmp_path / "harness.mjs").write_text(NODE)
-    result = subprocess.run([node, str(tmp_path / "harness.mjs")], input=json.dumps(cases), capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return web_run_node(tmp_path, cases, NODE)
 
 
 SCHEDULES = [("density", "high"), ("poly", "low"), ("density", "1-4:low,5-8:high"), ("density", "medium,9-:6"),

@@ -186,13 +186,13 @@ process.stdout.write(JSON.stringify(out));
 """
 
 
-def run_node(tmp_path, cases):
-    """Runs the page's sampler.js and music.js in Node on `cases`; returns their answers."""
+def run_node(tmp_path, cases, harness=NODE_HARNESS):
+    """Runs the page's sampler.js and music.js in Node on `cases` with `harness`; returns their answers."""
     node = shutil.which("node")
     assert node, "node is needed by the web export (it comes with npm) and by this test"
     for name in ("sampler", "music"):
         shutil.copyfile(os.path.join(web_export.SOURCES, f"{name}.js"), tmp_path / f"{name}.mjs")
-    (tmp_path / "harness.mjs").write_text(NODE_HARNESS)
+    (tmp_path / "harness.mjs").write_text(harness)
     result = subprocess.run([node, str(tmp_path / "harness.mjs")], input=json.dumps(cases), capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr

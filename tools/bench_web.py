@@ -66,15 +66,13 @@ def python_step_ms(reference, path: str, vocabulary_size: int, steps: int) -> fl
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, REPO)
-    from keras_music import run as run_lib, storage, web_export
+    from keras_music import storage
     from keras_music.studio import routes
 
-    site = run_lib.path(args.run_dir, run_lib.EXPORT, run_lib.WEB)
-    if not os.path.isfile(os.path.join(site, web_export.SITE_FILE)):
-        print(f"{site} holds no web export: run python -m keras_music.export --run-dir {args.run_dir} --web",
-              file=sys.stderr)
+    found = page_harness.exported_site(args.run_dir)
+    if found is None:
         return 1
-    described = storage.read_json(os.path.join(site, web_export.SITE_FILE))
+    site, described = found
     reference = page_harness.reference_generator()
     vocabulary = reference.load_vocabulary(os.path.join(site, "vocab.json"))
     isolated = page_harness.BackgroundServer(routes.create_web_app(site, isolate=True))

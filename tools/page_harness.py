@@ -210,3 +210,18 @@ def live_session(driver, phrases, settings: dict, timeout: float | None = None) 
     if "error" in result:
         raise PageError(f"live play failed: {result['error']}")
     return result
+
+
+def exported_site(run_dir: str):
+    """(RUN/export/web, its web.json) for the benchmarks, or None after saying how to build it."""
+    import sys
+
+    sys.path.insert(0, REPO)
+    from keras_music import run as run_lib, storage, web_export
+
+    site = run_lib.path(run_dir, run_lib.EXPORT, run_lib.WEB)
+    if not os.path.isfile(os.path.join(site, web_export.SITE_FILE)):
+        print(f"{site} holds no web export: run python -m keras_music.export --run-dir {run_dir} --web",
+              file=sys.stderr)
+        return None
+    return site, storage.read_json(os.path.join(site, web_export.SITE_FILE))
