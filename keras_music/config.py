@@ -62,14 +62,18 @@ class DataConfig:
     parse_timeout: float = 120.0
     # Control tokens measured from the music (keras_music.controls): a key token after the
     # piece boundary, and per bar its note density and polyphony bins ("note" representation).
-    controls: bool = False
-    # Share of control tokens dropped at random from the training stream (seeded, anew every
-    # epoch), so one model generates with or without them; validation holds none.
+    controls: bool = True
+    # Share of training pieces whose controls are all left out (seeded, anew every epoch): they
+    # train the unconditioned model, so one model generates with or without controls (Performance
+    # RNN's "off"); validation holds none.
     control_dropout: float = 0.5
+    # In the other pieces, share of control tokens left out one by one, so a person can steer some
+    # bars and leave others free.
+    control_token_dropout: float = 0.25
     # Share of training pieces turned, anew every epoch, into a fill-in-the-middle example
     # (keras_music.infill: suffix, prefix, then the middle bars between sentinel tokens), so the
     # model can fill bars between a given before and after; 0 = off ("note" representation).
-    infill_rate: float = 0.0
+    infill_rate: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -255,6 +259,8 @@ def validate(config: Config) -> Config:
     require(not d.controls or d.representation == "note", "data.controls", d.controls,
             "false with data.representation=classic (its tokens have no bars or durations to steer)")
     require(0.0 <= d.control_dropout <= 1.0, "data.control_dropout", d.control_dropout, "a probability in [0, 1]")
+    require(0.0 <= d.control_token_dropout <= 1.0, "data.control_token_dropout", d.control_token_dropout,
+            "a probability in [0, 1]")
     require(0.0 <= d.infill_rate <= 1.0, "data.infill_rate", d.infill_rate, "a share of training pieces in [0, 1]")
     require(not d.infill_rate or d.representation == "note", "data.infill_rate", d.infill_rate,
             "0 with data.representation=classic (its tokens have no durations to fill a gap with)")

@@ -137,15 +137,22 @@ def _transposer(table: np.ndarray, valid: np.ndarray):
     return transpose
 
 
-def _control_dropper(is_control: np.ndarray, rate: float):
+def _control_dropper(is_control: np.ndarray, rate: float, token_rate: float = 0.0):
+    """Drops every control of a piece with probability `rate` (the piece trains unconditioned, Performance
+    RNN's "off"), else each of its controls with probability `token_rate` (some bars steered, some free)."""
     is_control = tf.constant(np.asarray(is_control, bool))
     rate = tf.constant(float(rate), tf.float64)
+    token_rate = tf.constant(float(token_rate), tf.float64)
 
     def drop(ids, draw):
-        # One uniform per token from the piece's own draw: the same ids each time for one (seed, epoch).
+        # One uniform per token and one for the piece, from the piece's own draw: the same ids each time for
+        # one (seed, epoch).
         uniforms = tf.random.stateless_uniform(tf.shape(ids), seed=tf.stack([draw, tf.constant(0, tf.int64)]),
                                                dtype=tf.float64)
-        keep = tf.logical_not(tf.gather(is_control, ids)) | (uniforms >= rate)
+        off = tf.random.stateless_uniform([], seed=tf.stack([draw, tf.constant(1, tf.int64)]),
+                                          dtype=tf.float64) < rate
+        keep_control = tf.logical_not(off) & (uniforms >= token_rate)
+        keep = tf.logical_not(tf.gather(is_control, ids)) | keep_control
         return tf.boolean_mask(ids, keep)
 
     return drop
@@ -159,9 +166,10 @@ def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: i
     """Exactly `steps_per_epoch` batches per epoch, for epochs first_epoch..epochs-1.
 
     Each epoch's shuffles, transpositions and control dropout are seeded by (seed, epoch), so a resumed
-    run sees the same batches as an uninterrupted one. `control_dropout=(is_control, rate)`
-    (a bool per vocabulary id, a probability) drops each control token of a piece with that
-    probability, after any transposition; other tokens are never dropped. The epoch then
+    run sees the same batches as an uninterrupted one. `control_dropout=(is_control, rate, token_rate)`
+    (a bool per vocabulary id, two probabilities) drops all control tokens of a piece with probability
+    `rate`, else each of them with probability `token_rate`, after any transposition; other tokens are
+    never dropped. The epoch then
     holds fewer windows, so `steps_per_epoch` must count the pieces without their controls
     (prepared.json's "control_tokens"). With `infill_rate` > 0, each piece also gives, with that
     probability, one of its prepared fill-in-the-middle examples (keras_music.infill; chosen anew
@@ -176,7 +184,7 @@ def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: i
     stride = stride or seq_length
     transpose = _transposer(*transposition) if transposition is not None else None
     drop = None
-    if control_dropout is not None and control_dropout[1] > 0 and np.any(control_dropout[0]):
+    if control_dropout is not None and any(control_dropout[1:]) and np.any(control_dropout[0]):
         drop = _control_dropper(*control_dropout)
     if piece_count is None:
         piece_count = sum(1 for _ in tf.data.TFRecordDataset(files)) if files else 0

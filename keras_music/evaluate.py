@@ -188,8 +188,10 @@ def main(argv=None) -> int:
         print(f"LSTM / best n-gram ({ratios['best_order']}-gram) perplexity: {fmt.number(ratios['perplexity_ratio'])}")
         infill = result.get("infill") or {}
         if infill.get("gaps"):
-            print(f"infilling: middle NLL {fmt.number(infill['nll_fim'])} with the suffix, "
-                  f"{fmt.number(infill['nll_prefix_only'])} prefix only; {infill['exact_fills']} of {infill['fills']} "
+            print(f"infilling: middle NLL {fmt.number(infill['nll_fim_masked'])} with the suffix and the gap mask, "
+                  f"{fmt.number(infill['nll_prefix_only_masked'])} prefix only "
+                  f"({fmt.number(100 * infill['nll_reduction_masked'])}% lower; model alone "
+                  f"{fmt.number(100 * infill['nll_reduction'])}%); {infill['exact_fills']} of {infill['fills']} "
                   "fills exact")
         print(f"report: {storage.join(out_dir, run_lib.EVALUATION_MD)}")
     cli.finish(0)

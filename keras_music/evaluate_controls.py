@@ -19,6 +19,9 @@ from keras_music import controls, defaults, events, midi
 
 DEFAULT_SAMPLES = 8  # pieces per requested value
 DEFAULT_LENGTH = 64  # events per piece
+# A bin asked for in under this share of the training bars is reported but left out of the headline
+# numbers: a model cannot learn to write what its corpus (almost) never has (chorales have no one-voice bars).
+MIN_TRAINING_SHARE = 0.01
 
 
 def spearman(x, y) -> float | None:
@@ -59,23 +62,55 @@ def bar_outcomes(piece, kind: str) -> list[tuple[int, int]]:
     return out
 
 
-def bin_summary(pairs, bins: int) -> dict:
-    """Share in the requested bin, within one bin, the confusion table (rows requested, columns realised), Spearman."""
+def bin_summary(pairs, bins: int, training_shares=None) -> dict:
+    """Share in the requested bin, within one bin, the confusion table (rows requested, columns realised), Spearman.
+
+    With `training_shares` (share of the training bars per bin), the headline numbers count only the bins
+    the corpus has (at least MIN_TRAINING_SHARE of its bars); `all_bins` keeps them over every bin asked for.
+    """
     confusion = np.zeros((bins, bins), np.int64)
     for wanted, got in pairs:
         confusion[wanted, got] += 1
-    wanted = np.array([p[0] for p in pairs])
-    got = np.array([p[1] for p in pairs])
-    n = len(pairs)
+    wanted = np.array([p[0] for p in pairs], np.int64)
+    got = np.array([p[1] for p in pairs], np.int64)
     per_value = {}
     for value in sorted(set(wanted.tolist())):
         mine = got[wanted == value]
         per_value[str(value)] = {"bars": int(len(mine)), "in_bin": float(np.mean(mine == value)),
                                  "within_one": float(np.mean(np.abs(mine - value) <= 1)),
                                  "mean_realised": float(np.mean(mine))}
-    return {"bars": n, "in_bin": float(np.mean(wanted == got)) if n else None,
-            "within_one": float(np.mean(np.abs(wanted - got) <= 1)) if n else None,
-            "spearman": spearman(wanted, got), "confusion": confusion.tolist(), "per_value": per_value}
+        if training_shares is not None:
+            per_value[str(value)]["training_share"] = float(training_shares[value])
+
+    def headline(keep) -> dict:
+        w, g = wanted[keep], got[keep]
+        n = int(len(w))
+        return {"bars": n, "in_bin": float(np.mean(w == g)) if n else None,
+                "within_one": float(np.mean(np.abs(w - g) <= 1)) if n else None, "spearman": spearman(w, g)}
+
+    out = headline(np.ones(len(wanted), bool))
+    if training_shares is not None:
+        supported = [b for b in range(bins) if training_shares[b] >= MIN_TRAINING_SHARE]
+        out = {**headline(np.isin(wanted, supported)), "bins": supported, "all_bins": out}
+    return {**out, "confusion": confusion.tolist(), "per_value": per_value}
+
+
+def training_shares(run_dir: str, vocabulary, kind: str, bins: int) -> np.ndarray | None:
+    """Share of the training bars in each bin of `kind`, from the control tokens of the run's training pieces
+    (None for a run whose data is gone)."""
+    from keras_music import run as run_lib
+
+    try:
+        pieces = run_lib.read_split(run_dir, "train", vocabulary)
+    except Exception:  # a run copied without its data: no support to weigh the bins by
+        return None
+    counts = np.zeros(bins, np.int64)
+    for _, ids in pieces:
+        for token in vocabulary.decode(ids):
+            name, _, value = token.partition(":")
+            if name == kind and value.isdigit() and int(value) < bins:
+                counts[int(value)] += 1
+    return counts / counts.sum() if counts.sum() else None
 
 
 def estimated_key(piece) -> tuple[int, str] | None:
@@ -110,7 +145,8 @@ def control_report(generator, num_samples: int = DEFAULT_SAMPLES, length: int = 
         for value in range(bins):
             for piece in generator.generate(**common, **{argument: str(value)}):
                 pairs += bar_outcomes(piece, kind)
-        report[argument] = bin_summary(pairs, bins)
+        shares = training_shares(generator.run_dir, generator.vocabulary, kind, bins)
+        report[argument] = bin_summary(pairs, bins, shares)
     keys = {}
     for name in requested_keys(generator):
         wanted = controls.parse_requested_key(name)
@@ -148,23 +184,31 @@ def render_section(report: dict) -> list[str]:
         "in every bar; a bar counts when it got the control and ends inside the piece, and is measured as "
         "preparation measures the training bars (onsets per bar, mean notes sounding at an onset).",
         "",
-        "| control | bars | in the requested bin | within one bin | Spearman (requested, realised) |",
-        "|---|---|---|---|---|",
+        f"Headline rows count the bins the training bars have (at least {100 * MIN_TRAINING_SHARE:g}% of them); "
+        "the rows \"every bin\" count every bin asked for, bins the corpus (almost) never has included.",
+        "",
+        "| control | bins | bars | in the requested bin | within one bin | Spearman (requested, realised) |",
+        "|---|---|---|---|---|---|",
     ]
     for name in ("density", "polyphony"):
-        summary = report[name]
-        rho = "n/a" if summary["spearman"] is None else f"{summary['spearman']:.3f}"
-        lines.append(f"| {name} | {summary['bars']} | {_percent(summary['in_bin'])} | "
-                     f"{_percent(summary['within_one'])} | {rho} |")
+        rows = [(", ".join(str(b) for b in report[name]["bins"]) if "bins" in report[name] else "all",
+                 report[name])]
+        if "all_bins" in report[name]:
+            rows.append(("every bin", report[name]["all_bins"]))
+        for bins, summary in rows:
+            rho = "n/a" if summary["spearman"] is None else f"{summary['spearman']:.3f}"
+            lines.append(f"| {name} | {bins} | {summary['bars']} | {_percent(summary['in_bin'])} | "
+                         f"{_percent(summary['within_one'])} | {rho} |")
     for name in ("density", "polyphony"):
         confusion = report[name]["confusion"]
         bins = len(confusion)
         lines += ["", f"Confusion of {name} (rows: requested bin, columns: realised bin, bars):", "",
-                  "| requested | " + " | ".join(str(b) for b in range(bins)) + " | in bin |",
-                  "|---|" + "---|" * (bins + 1)]
+                  "| requested | " + " | ".join(str(b) for b in range(bins)) + " | in bin | training bars |",
+                  "|---|" + "---|" * (bins + 2)]
         for wanted, row in enumerate(confusion):
-            share = report[name]["per_value"].get(str(wanted), {}).get("in_bin")
-            lines.append(f"| {wanted} | " + " | ".join(str(n) for n in row) + f" | {_percent(share)} |")
+            value = report[name]["per_value"].get(str(wanted), {})
+            lines.append(f"| {wanted} | " + " | ".join(str(n) for n in row) + f" | {_percent(value.get('in_bin'))} | "
+                         f"{_percent(value.get('training_share'))} |")
     key = report["key"]
     lines += ["", f"Key: {_percent(key['share'])} of the pieces are in the requested key by the corpus stage's "
                   "estimator (with normalised keys the model is asked for C major or A minor; another tonic is "

@@ -45,8 +45,13 @@ def _batches_by_length(pieces, vocabulary_size: int) -> list[list[int]]:
     return batches
 
 
-def token_log_probs(model, pieces, boundary_id: int, pad_id: int = 0, show_progress: bool = False):
+def token_log_probs(model, pieces, boundary_id: int, pad_id: int = 0, show_progress: bool = False,
+                    excluded=None):
     """Natural-log probability and top-1 hit of every token of every piece under the sequence model.
+
+    `excluded` (bool per vocabulary id, optional) names tokens a generator never samples (controls,
+    infilling sentinels: `never_sampled`); each step's distribution is then renormalised over the
+    others, as a generator that masks them samples it.
 
     Each piece is fed as [boundary] + piece[:-1] and every piece token is scored, so
     the first token is predicted from the start of a piece, as in training. Pieces
@@ -76,12 +81,23 @@ def token_log_probs(model, pieces, boundary_id: int, pad_id: int = 0, show_progr
         for row, i in enumerate(batch):
             targets = pieces[i]
             steps = np.arange(len(targets))
-            chosen = probabilities[row, steps, targets].astype(np.float64)
+            rows = probabilities[row, steps].astype(np.float64)
+            if excluded is not None:
+                rows[:, excluded] = 0.0
+                rows /= np.maximum(rows.sum(axis=-1, keepdims=True), PROBABILITY_FLOOR)
+            chosen = rows[steps, targets]
             log_probs[i] = np.log(np.maximum(chosen, PROBABILITY_FLOOR))
-            hits[i] = probabilities[row, steps].argmax(axis=-1) == targets
+            hits[i] = rows.argmax(axis=-1) == targets
             bar.update(len(targets))
     bar.close()
     return log_probs, hits
+
+
+def never_sampled(vocabulary) -> np.ndarray | None:
+    """Bool per id: the control tokens and infilling sentinels, which a generator feeds but never samples
+    (None for a vocabulary without them, whose scores need no renormalising)."""
+    mask = np.array([events.is_control(t) or t in events.FIM_TOKENS for t in vocabulary.tokens], bool)
+    return mask if mask.any() else None
 
 
 def _safe_exp(value: float) -> float:
@@ -108,18 +124,32 @@ def likelihood_summary(total_nll: float, tokens: int, events_count: int) -> dict
 
 def model_quality(run_dir: str, pieces: list[HeldOutPiece] | None = None, model=None, vocabulary=None,
                   show_progress: bool = False) -> dict:
-    """Per-token and per-event NLL, perplexity and top-1 accuracy of the run's model on its held-out pieces."""
+    """Per-token and per-event NLL, perplexity and top-1 accuracy of the run's model on its held-out pieces.
+
+    Held-out pieces carry no control tokens: a run trained with controls or infilling is scored as
+    unconditioned generation samples, its distribution renormalised over the tokens it may sample
+    (`never_sampled`); `raw_perplexity` keeps the plain softmax's per-token number beside it.
+    """
     vocabulary = vocabulary or run_lib.load_vocabulary(run_dir)
     pieces = pieces if pieces is not None else load_split(run_dir, "validation", vocabulary)
     model = model or run_lib.load_model(run_dir, vocabulary)
+    excluded = never_sampled(vocabulary)
     log_probs, hits = token_log_probs(model, [p.ids for p in pieces], vocabulary.boundary_id,
-                                      vocabulary.pad_id, show_progress)
+                                      vocabulary.pad_id, show_progress, excluded)
+    raw_nll = None
+    if excluded is not None:
+        raw, _ = token_log_probs(model, [p.ids for p in pieces], vocabulary.boundary_id, vocabulary.pad_id)
+        raw_nll = -float(sum(lp.sum() for lp in raw))
     tokens = sum(len(p.ids) for p in pieces)
     if tokens == 0:
         raise run_lib.RunError(f"{run_dir}: the held-out split has no tokens to score")
     total_nll = -float(sum(lp.sum() for lp in log_probs))
     result = likelihood_summary(total_nll, tokens, sum(p.events for p in pieces))
     result["accuracy"] = float(sum(int(h.sum()) for h in hits)) / tokens
+    if raw_nll is not None:
+        result["renormalized"] = "over the tokens a generator samples (controls and sentinels left out)"
+        result["raw_nll_nats"] = raw_nll / tokens
+        result["raw_perplexity"] = _safe_exp(raw_nll / tokens)
     result["pieces"] = len(pieces)
     result["unknown_tokens"] = int(sum(int(np.sum(p.ids == vocabulary.unk_id)) for p in pieces))
     result["floored_probabilities"] = int(sum(int(np.sum(lp <= math.log(PROBABILITY_FLOOR))) for lp in log_probs))
@@ -177,6 +207,10 @@ def ngram_baseline(run_dir: str, orders=DEFAULT_ORDERS, pieces: list[HeldOutPiec
     train_pieces = train_pieces if train_pieces is not None else load_split(run_dir, "train", vocabulary)
     held_out = [p.ids for p in pieces]
     training = [p.ids for p in train_pieces]
+    excluded = never_sampled(vocabulary)
+    if excluded is not None:
+        # The held-out pieces carry no controls: the n-grams learn the music without them, as it is scored.
+        training = [ids[~excluded[ids]] for ids in training]
     events_count = sum(p.events for p in pieces)
     results = {}
     models = ngram.fit_orders(training, len(vocabulary), orders)
@@ -223,7 +257,7 @@ def compare_with_ngrams(lstm: dict, baseline: dict) -> dict:
 # ----------------------------------------------------------------------------- infilling (runs trained with it)
 
 # Held-out pieces the infilling check cuts a gap in (one gap of 1-4 bars each, seeded).
-MAX_INFILL_GAPS = 16
+MAX_INFILL_GAPS = 64
 
 
 def infill_gaps(run_dir: str, pieces: list[HeldOutPiece], vocabulary, seed: int = 0,
@@ -256,6 +290,56 @@ def infill_gaps(run_dir: str, pieces: list[HeldOutPiece], vocabulary, seed: int 
     return out
 
 
+def _distributions(model, sequences, boundary_id: int) -> list[np.ndarray]:
+    """Float64 [len, vocab] next-token distributions of each sequence fed after `boundary_id` (one at a time)."""
+    out = []
+    for ids in sequences:
+        tokens = np.asarray([[boundary_id, *ids[:-1]]], np.int32)
+        out.append(np.asarray(model(tokens, training=False))[0].astype(np.float64))
+    return out
+
+
+def _masked_nll(probabilities: np.ndarray, targets, allowed: np.ndarray) -> float:
+    """-log of the target's probability once the distribution is renormalised over `allowed`."""
+    kept = np.where(allowed, probabilities, 0.0)
+    return -float(np.log(max(kept[targets] / max(kept.sum(), PROBABILITY_FLOOR), PROBABILITY_FLOOR)))
+
+
+def masked_middle_nll(model, gaps: list[dict], vocabulary, grid: int) -> list[tuple[float, float]]:
+    """Per gap, the middle's total NLL under the distributions the two generators sample from: after the FIM
+    context with the grammar and `infill.GapMask` (what `generate --infill` draws: the gap's length known),
+    and after the prefix with the grammar alone (what a left-to-right continuation draws)."""
+    from keras_music import infill, sampling
+
+    grammar = sampling.Grammar(events.grammar_table(vocabulary.tokens, vocabulary.representation))
+    mask = infill.GapMask(vocabulary.tokens, grid)
+    out = []
+    for gap in gaps:
+        middle = vocabulary.encode(gap["middle"])
+        context, prefix = vocabulary.encode(gap["context"]), vocabulary.encode(gap["prefix"])
+        fim_probabilities, prefix_probabilities = _distributions(model, [context + middle, prefix + middle],
+                                                                 vocabulary.boundary_id)
+        totals = []
+        for lead, probabilities, gapped in ((context, fim_probabilities, True),
+                                            (prefix, prefix_probabilities, False)):
+            # The middle continues the prefix: the grammar reads from <fim_prefix> on, as `Generator.fill` does.
+            start = len(lead) - lead[::-1].index(mask.prefix_id) if gapped and mask.prefix_id in lead else 0
+            state = grammar.start(1)
+            for token in lead[start:]:
+                grammar.advance(state, np.array([token]))
+            remaining, total = np.array([gap["ticks"]]), 0.0
+            for offset, token in enumerate(middle):
+                allowed = grammar.allowed(state)
+                if gapped:
+                    allowed = mask.allowed(allowed, state.phase == 0, remaining)
+                total += _masked_nll(probabilities[len(lead) + offset], token, allowed[0])
+                grammar.advance(state, np.array([token]))
+                remaining = remaining - mask.ticks[token]
+            totals.append(total)
+        out.append((totals[0], totals[1]))
+    return out
+
+
 def infill_quality(run_dir: str, pieces: list[HeldOutPiece], vocabulary, generator=None, seed: int = 0,
                    temperature: float = 0.9, model=None, max_gaps: int = MAX_INFILL_GAPS) -> dict:
     """For held-out gaps: NLL per token of the true middle after suffix + prefix (FIM order, the context
@@ -273,7 +357,8 @@ def infill_quality(run_dir: str, pieces: list[HeldOutPiece], vocabulary, generat
         sequences.append(vocabulary.encode(gap["context"] + gap["middle"]))
         sequences.append(vocabulary.encode(gap["prefix"] + gap["middle"]))
     log_probs, _ = token_log_probs(model, sequences, vocabulary.boundary_id)
-    details, totals = [], {"fim": 0.0, "prefix": 0.0}
+    masked = masked_middle_nll(model, gaps, vocabulary, run_lib.load_config(run_dir).data.grid)
+    details, totals = [], {"fim": 0.0, "prefix": 0.0, "fim_masked": 0.0, "prefix_masked": 0.0}
     for index, gap in enumerate(gaps):
         n = len(gap["middle"])
         at = len(gap["context"])  # the middle's first token, after <fim_middle>
@@ -281,9 +366,12 @@ def infill_quality(run_dir: str, pieces: list[HeldOutPiece], vocabulary, generat
         prefix = -float(np.sum(log_probs[2 * index + 1][len(gap["prefix"]):len(gap["prefix"]) + n]))
         totals["fim"] += fim
         totals["prefix"] += prefix
+        totals["fim_masked"] += masked[index][0]
+        totals["prefix_masked"] += masked[index][1]
         details.append({"piece": gap["piece"], "bars": [gap["gap"].first, gap["gap"].last],
                         "onset": float(gap["gap"].onset), "offset": float(gap["gap"].offset),
-                        "middle_tokens": n, "nll_fim": fim / n, "nll_prefix_only": prefix / n})
+                        "middle_tokens": n, "nll_fim": fim / n, "nll_prefix_only": prefix / n,
+                        "nll_fim_masked": masked[index][0] / n, "nll_prefix_only_masked": masked[index][1] / n})
     if generator is None:
         from keras_music.generate import Generator
 
@@ -298,8 +386,10 @@ def infill_quality(run_dir: str, pieces: list[HeldOutPiece], vocabulary, generat
         detail["fill_exact"] = filled == gap["duration"]
         exact += detail["fill_exact"]
     tokens = sum(d["middle_tokens"] for d in details)
-    nll_fim, nll_prefix = totals["fim"] / tokens, totals["prefix"] / tokens
-    return {"gaps": len(gaps), "middle_tokens": tokens, "nll_fim": nll_fim, "nll_prefix_only": nll_prefix,
-            "nll_reduction": 1 - nll_fim / nll_prefix if nll_prefix > 0 else 0.0,
+    nll = {name: total / tokens for name, total in totals.items()}
+    return {"gaps": len(gaps), "middle_tokens": tokens, "nll_fim": nll["fim"], "nll_prefix_only": nll["prefix"],
+            "nll_reduction": 1 - nll["fim"] / nll["prefix"] if nll["prefix"] > 0 else 0.0,
+            "nll_fim_masked": nll["fim_masked"], "nll_prefix_only_masked": nll["prefix_masked"],
+            "nll_reduction_masked": 1 - nll["fim_masked"] / nll["prefix_masked"] if nll["prefix_masked"] > 0 else 0.0,
             "fills": len(fills), "exact_fills": int(exact), "exact_share": exact / len(fills),
             "temperature": float(temperature), "seed": int(seed), "details": details}

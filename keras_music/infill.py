@@ -251,6 +251,7 @@ class GapMask:
         if FIM_END not in tokens:
             raise InfillError("the vocabulary has no <fim_end>: the run was trained without infilling")
         self.end_id = tokens.index(FIM_END)
+        self.prefix_id = tokens.index(FIM_PREFIX) if FIM_PREFIX in tokens else -1
         self.boundary_id = tokens.index(events.BOUNDARY)
         self.ticks = np.zeros(len(tokens), np.int64)
         self.is_duration = np.array([t.startswith("dur:") for t in tokens], bool)

@@ -333,7 +333,8 @@ def input_pipelines(config: config_lib.Config, work_dir: str, info: dict, vocabu
     transposition = vocabulary.transposition_table(data.transpose) if data.transpose else None
     control_dropout = None
     if data.controls:
-        control_dropout = ([events.is_control(t) for t in vocabulary.tokens], data.control_dropout)
+        control_dropout = ([events.is_control(t) for t in vocabulary.tokens], data.control_dropout,
+                           data.control_token_dropout)
 
     def make_train_data(context=None):
         worker = (context.input_pipeline_id, context.num_input_pipelines) if context is not None else None
@@ -640,7 +641,8 @@ def shortest_train_lengths(config: config_lib.Config, info: dict) -> list[int]:
     """
     lengths = info["lengths"]["train"]
     controls = (info.get("control_tokens") or {}).get("train")
-    if config.data.controls and config.data.control_dropout > 0 and controls:
+    if config.data.controls and (config.data.control_dropout > 0 or config.data.control_token_dropout > 0) \
+            and controls:
         return [n - c for n, c in zip(lengths, controls)]
     return lengths
 

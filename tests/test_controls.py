@@ -197,7 +197,13 @@ def test_config_refuses_controls_for_classic_and_bad_dropout():
     with pytest.raises(config.ConfigError, match=r"^data\.control_dropout: expected a probability in \[0, 1\], "
                                                  r"got 1\.5$"):
         tiny_config("data.control_dropout=1.5")
-    assert config.Config().data.controls is False and config.Config().data.control_dropout == 0.5
+    with pytest.raises(config.ConfigError, match=r"^data\.control_token_dropout: expected a probability in \[0, 1\], "
+                                                 r"got -0\.1$"):
+        tiny_config("data.control_token_dropout=-0.1")
+    # The default run is steerable and can infill; the tiny test config leaves both to the tests that ask.
+    assert config.Config().data.controls is True and config.Config().data.control_dropout == 0.5
+    assert config.Config().data.control_token_dropout == 0.25 and config.Config().data.infill_rate == 0.5
+    assert tiny_config().data.controls is False and tiny_config().data.infill_rate == 0
 
 
 # ----------------------------------------------------------------------------- the training stream
@@ -217,7 +223,7 @@ def test_the_dropper_drops_only_controls_at_about_the_rate_and_exactly_for_a_see
 
     is_control = np.isin(np.arange(13), CONTROL_IDS)
     ids = np.array(stream_pieces(1, 20000)[0][1], np.int32)
-    drop = dataset._control_dropper(is_control, 0.5)
+    drop = dataset._control_dropper(is_control, 0.0, 0.5)
     kept = drop(tf.constant(ids), tf.constant(1234, tf.int64)).numpy()
     controls_in = int(is_control[ids].sum())
     controls_kept = int(is_control[kept].sum())
@@ -227,9 +233,32 @@ def test_the_dropper_drops_only_controls_at_about_the_rate_and_exactly_for_a_see
     np.testing.assert_array_equal(drop(tf.constant(ids), tf.constant(1234, tf.int64)).numpy(), kept)
     assert not np.array_equal(drop(tf.constant(ids), tf.constant(1235, tf.int64)).numpy(), kept)
     # Rates 0 and 1 keep and drop every control.
-    assert len(dataset._control_dropper(is_control, 0.0)(tf.constant(ids), tf.constant(1, tf.int64))) == len(ids)
-    none = dataset._control_dropper(is_control, 1.0)(tf.constant(ids), tf.constant(1, tf.int64)).numpy()
-    np.testing.assert_array_equal(none, ids[~is_control[ids]])
+    assert len(dataset._control_dropper(is_control, 0.0, 0.0)(tf.constant(ids), tf.constant(1, tf.int64))) == len(ids)
+    for rates in ((1.0, 0.0), (0.0, 1.0)):
+        none = dataset._control_dropper(is_control, *rates)(tf.constant(ids), tf.constant(1, tf.int64)).numpy()
+        np.testing.assert_array_equal(none, ids[~is_control[ids]])
+
+
+def test_a_piece_trains_unconditioned_at_the_piece_rate_and_else_loses_controls_one_by_one():
+    import tensorflow as tf
+
+    from keras_music import dataset
+
+    is_control = np.isin(np.arange(13), CONTROL_IDS)
+    ids = np.array(stream_pieces(1, 400)[0][1], np.int32)
+    controls_in = int(is_control[ids].sum())
+    drop = dataset._control_dropper(is_control, 0.5, 0.25)
+    left = [int(is_control[drop(tf.constant(ids), tf.constant(draw, tf.int64)).numpy()].sum()) for draw in range(400)]
+    off = [n == 0 for n in left]
+    # About half the draws leave the piece without any control (Performance RNN's "off")...
+    assert 0.42 < np.mean(off) < 0.58
+    # ...and the others keep about three quarters of its controls, never all of them dropped by chance here.
+    kept = np.array([n for n in left if n]) / controls_in
+    assert len(kept) == 400 - sum(off) and 0.72 < kept.mean() < 0.78
+    # Ordinary tokens are never touched, and one draw gives one result.
+    out = drop(tf.constant(ids), tf.constant(7, tf.int64)).numpy()
+    np.testing.assert_array_equal(out[~is_control[out]], ids[~is_control[ids]])
+    np.testing.assert_array_equal(out, drop(tf.constant(ids), tf.constant(7, tf.int64)).numpy())
 
 
 def test_training_stream_drops_controls_seeded_and_anew_every_epoch(tmp_path):
@@ -248,7 +277,7 @@ def test_training_stream_drops_controls_seeded_and_anew_every_epoch(tmp_path):
     steps = dataset.count_windows(shortest, 50, 50) // 2
 
     def epochs(rate, seed=0):
-        data = dataset.training_dataset(files, 50, 2, steps, seed, 0, 2, control_dropout=(is_control, rate))
+        data = dataset.training_dataset(files, 50, 2, steps, seed, 0, 2, control_dropout=(is_control, 0.0, rate))
         x = np.stack([batch.numpy() for batch, _ in data])
         return x[:steps], x[steps:]
 
@@ -312,8 +341,8 @@ def test_a_tiny_run_with_controls_trains_and_ships_them_in_its_vocabulary(tmp_pa
     # Epochs are cut from the pieces without their controls, so every epoch fills its batches.
     config = tiny_config("data.controls=true")
     assert train.shortest_train_lengths(config, info) == [len(ids) for ids in plain_train]
-    assert train.shortest_train_lengths(tiny_config("data.controls=true", "data.control_dropout=0"), info) == \
-        info["lengths"]["train"]
+    assert train.shortest_train_lengths(tiny_config("data.controls=true", "data.control_dropout=0",
+                                                    "data.control_token_dropout=0"), info) == info["lengths"]["train"]
 
 
 def test_the_corpus_estimates_the_key_without_moving_the_notes_when_keys_are_not_normalised():

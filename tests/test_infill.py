@@ -302,6 +302,12 @@ def test_evaluate_reports_the_middle_nll_with_and_without_the_suffix(infill_run,
     quality = result["infill"]
     assert quality["gaps"] >= 1 and quality["exact_share"] == 1.0
     assert quality["nll_reduction"] == pytest.approx(1 - quality["nll_fim"] / quality["nll_prefix_only"])
+    # The true middle obeys the grammar and fills the gap, so renormalising over what the generators allow
+    # only raises its tokens' probabilities: as sampled, each NLL is at most the model's own.
+    assert 0 < quality["nll_fim_masked"] <= quality["nll_fim"] + 1e-12
+    assert 0 < quality["nll_prefix_only_masked"] <= quality["nll_prefix_only"] + 1e-12
+    assert quality["nll_reduction_masked"] == pytest.approx(
+        1 - quality["nll_fim_masked"] / quality["nll_prefix_only_masked"])
     # One gap's FIM NLL recomputed from the model's own softmax, stepping through the sequence.
     vocabulary = run_lib.load_vocabulary(infill_run)
     held_out = load_split(infill_run, "validation", vocabulary)
@@ -315,6 +321,13 @@ def test_evaluate_reports_the_middle_nll_with_and_without_the_suffix(infill_run,
     detail = quality["details"][0]
     assert detail["middle_tokens"] == len(gap["middle"])
     assert detail["nll_fim"] == pytest.approx(nll, rel=1e-4)
+    # The middle's last token is a duration that closes the gap: with the gap mask it is the only duration left
+    # that fits, and the NLL as sampled charges it nothing more than the grammar's choice among the tokens allowed.
+    mask = infill.GapMask(vocabulary.tokens)
+    last = sequence[-1]
+    assert vocabulary.tokens[last].startswith("dur:")
+    spent = sum(int(mask.ticks[t]) for t in sequence[first:-1])
+    assert spent + mask.ticks[last] == gap["ticks"]
     report = open(os.path.join(out, "evaluation.md")).read()
     assert "## Infilling" in report and "prefix only" in report
     saved = json.load(open(os.path.join(out, "evaluation.json")))

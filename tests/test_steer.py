@@ -403,8 +403,22 @@ def test_evaluate_reports_requested_vs_realised_controls_from_the_pieces(control
     for wanted, got in pairs:
         confusion[wanted, got] += 1
     assert report["density"]["confusion"] == confusion.tolist()
-    assert report["density"]["bars"] == len(pairs) > 0
-    assert report["density"]["in_bin"] == pytest.approx(np.trace(confusion) / len(pairs))
+    assert report["density"]["all_bins"]["bars"] == len(pairs) > 0
+    # Every bin asked for, and the headline over the bins the training bars have (shares counted by hand).
+    assert report["density"]["all_bins"]["in_bin"] == pytest.approx(np.trace(confusion) / len(pairs))
+    vocabulary = generator.vocabulary
+    counts = np.zeros(controls.DENSITY_BINS)
+    for _, ids in run_lib.read_split(controls_run, "train", vocabulary):
+        for token in vocabulary.decode(ids):
+            if token.startswith("density:"):
+                counts[int(token.split(":")[1])] += 1
+    supported = [b for b in range(controls.DENSITY_BINS)
+                 if counts[b] / counts.sum() >= evaluate_controls.MIN_TRAINING_SHARE]
+    assert report["density"]["bins"] == supported and 0 < len(supported) < controls.DENSITY_BINS
+    kept = confusion[supported]
+    assert report["density"]["bars"] == kept.sum()
+    assert report["density"]["in_bin"] == pytest.approx(sum(kept[i, b] for i, b in enumerate(supported)) / kept.sum())
+    assert report["density"]["per_value"]["0"]["training_share"] == pytest.approx(counts[0] / counts.sum())
     assert sorted(report["key"]["per_key"]) == ["A minor", "C major"]
     assert all(row["pieces"] == 2 for row in report["key"]["per_key"].values())
     markdown = open(os.path.join(out, "evaluation.md")).read()
