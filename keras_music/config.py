@@ -30,6 +30,9 @@ class ConfigError(UsageError, ValueError):
 class DataConfig:
     # Sources: directories (recursive), globs, files, URIs, or music21 corpus names.
     sources: tuple[str, ...] = ("bach",)
+    # Sources whose pieces are the held-out split, exactly (`--held-out`); the pieces of `sources`
+    # all train. Empty: the held-out split is `val_fraction` of the pieces, chosen by content hash.
+    held_out: tuple[str, ...] = ()
     # "note": one token per pitch plus one duration token per sonority; "classic":
     # the tutorial's one pitch/chord token per fixed step.
     representation: str = "note"
@@ -74,6 +77,10 @@ class DataConfig:
     # (keras_music.infill: suffix, prefix, then the middle bars between sentinel tokens), so the
     # model can fill bars between a given before and after; 0 = off ("note" representation).
     infill_rate: float = 0.5
+    # Every token a piano MIDI file can bring is in the vocabulary, seen or not: pitch and hold
+    # 21..108, rest, and every duration on the grid up to max_duration ("note" representation).
+    # For a base run that fine-tunes start from (train --init-from).
+    full_vocabulary: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,11 @@ class Config:
 def with_sources(config: Config, sources) -> Config:
     """The config reading its corpus from `sources` (e.g. --data) instead."""
     return dataclasses.replace(config, data=dataclasses.replace(config.data, sources=tuple(sources)))
+
+
+def with_held_out(config: Config, sources) -> Config:
+    """The config holding out exactly the pieces of `sources` (e.g. --held-out)."""
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, held_out=tuple(sources)))
 
 
 def to_dict(config) -> dict:
@@ -262,6 +274,8 @@ def validate(config: Config) -> Config:
     require(0.0 <= d.control_token_dropout <= 1.0, "data.control_token_dropout", d.control_token_dropout,
             "a probability in [0, 1]")
     require(0.0 <= d.infill_rate <= 1.0, "data.infill_rate", d.infill_rate, "a share of training pieces in [0, 1]")
+    require(not d.full_vocabulary or d.representation == "note", "data.full_vocabulary", d.full_vocabulary,
+            "false with data.representation=classic (its tokens are not pitches and durations)")
     require(not d.infill_rate or d.representation == "note", "data.infill_rate", d.infill_rate,
             "0 with data.representation=classic (its tokens have no durations to fill a gap with)")
     require(m.embedding_size >= 1, "model.embedding_size", m.embedding_size, "an integer >= 1")

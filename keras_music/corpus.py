@@ -689,9 +689,16 @@ def mark_duplicates(entries: list[dict]) -> None:
             first[digest] = entry["file"]
 
 
-def split_by_piece(entries: list[dict], val_fraction: float, seed: int) -> None:
-    """Assign `split` (train/validation) by piece, from content hashes, not order or paths."""
+def split_by_piece(entries: list[dict], val_fraction: float, seed: int, held_out=None) -> None:
+    """Assign `split` (train/validation) by piece, from content hashes, not order or paths.
+
+    With `held_out` (file names), exactly those files' pieces are the validation split.
+    """
     used = [e for e in entries if e.get("status") == "used"]
+    if held_out:
+        for entry in used:
+            entry["split"] = "validation" if entry["file"] in held_out else "train"
+        return
     ranked = sorted(used, key=lambda e: hashlib.sha256(f"{seed}:{e['sha256']}".encode()).hexdigest())
     count = max(1, round(len(used) * val_fraction)) if len(used) > 1 else 0
     for position, entry in enumerate(ranked):

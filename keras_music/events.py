@@ -66,6 +66,14 @@ def quantize(value, grid: int = GRID) -> Fraction:
     return Fraction(round(float(value) * grid), grid)
 
 
+def piano_tokens(grid: int = GRID, max_duration: float = 8.0) -> list[str]:
+    """Every "note" token a piano piece on this grid can have: pitch and hold of the 88 keys, rest, and each
+    duration of k/grid quarters up to `max_duration`."""
+    durations = [format_duration(Fraction(k, grid)) for k in range(1, int(Fraction(max_duration) * grid) + 1)]
+    return ([f"pitch:{p}" for p in range(PIANO_LOW, PIANO_HIGH + 1)] + [f"hold:{p}" for p in range(PIANO_LOW, PIANO_HIGH + 1)]
+            + [REST] + [f"dur:{d}" for d in durations])
+
+
 def format_duration(duration: Fraction) -> str:
     duration = Fraction(duration)
     return str(duration.numerator) if duration.denominator == 1 else f"{duration.numerator}/{duration.denominator}"

@@ -22,6 +22,7 @@ __all__ = [
     "pitch_entropy",
     "pitch_range",
     "polyphony",
+    "restatement_rate",
     "scale_consistency",
     "transition_matrix",
 ]
@@ -64,7 +65,12 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "distinct_event_ratio": "distinct events / total events (low = repetitive vocabulary)",
     "longest_repetition": "length in events of the longest passage that occurs twice "
     "without overlap (loop detector)",
+    "restatement_rate": "share of the piece's 8-event passages that restate an earlier passage "
+    "of it exactly (self-similarity: 0 = nothing comes back)",
 }
+
+# Passage length of restatement_rate, in events (two bars of quarter-note chords).
+RESTATEMENT_EVENTS = 8
 
 
 # ----------------------------------------------------------------------------
@@ -506,6 +512,27 @@ def longest_repetition(events: Sequence[Hashable]) -> int:
 # ----------------------------------------------------------------------------
 
 
+def restatement_rate(events: Sequence[Hashable], length: int = RESTATEMENT_EVENTS) -> float:
+    """Share of the ``length``-event passages (every start) that equal a passage starting earlier.
+
+    A self-similarity measure beside ``longest_repetition``: a piece that states a theme and
+    restates it (or loops) scores high, one that never comes back to its material scores 0.
+    Overlapping earlier passages count (a held chord repeated ``length + 1`` times restates one
+    passage). Returns nan when the piece has fewer than ``length`` events.
+    """
+    ids = _event_ids(events)
+    count = len(ids) - length + 1
+    if length < 1 or count < 1:
+        return math.nan
+    seen: set = set()
+    restated = 0
+    for start in range(count):
+        passage = ids[start:start + length].tobytes()
+        restated += passage in seen
+        seen.add(passage)
+    return restated / count
+
+
 def piece_metrics(notes, events=None, time_signature=(4, 4), matrix=None) -> dict[str, float]:
     """All scalar metrics of one piece, as floats, keyed as in ``METRIC_DESCRIPTIONS``.
 
@@ -513,8 +540,8 @@ def piece_metrics(notes, events=None, time_signature=(4, 4), matrix=None) -> dic
     (resolution 12), scale_consistency, key_correlation (the correlation
     only), n_pitches_used, pitch_range, polyphony (resolution 12),
     empty_beat_rate. ``note_transition_logprob`` is added when ``matrix`` is
-    given; ``distinct_event_ratio`` and ``longest_repetition`` when
-    ``events`` is given. Each value follows its function's formula and
+    given; ``distinct_event_ratio``, ``longest_repetition`` and
+    ``restatement_rate`` when ``events`` is given. Each value follows its function's formula and
     empty-piece rule.
     """
     notes = _as_notes(notes)
@@ -535,6 +562,7 @@ def piece_metrics(notes, events=None, time_signature=(4, 4), matrix=None) -> dic
         events = list(events)
         result["distinct_event_ratio"] = distinct_event_ratio(events)
         result["longest_repetition"] = float(longest_repetition(events))
+        result["restatement_rate"] = restatement_rate(events)
     return {key: float(value) for key, value in result.items()}
 
 

@@ -36,6 +36,10 @@ def prepare_settings(config: config_lib.Config, base_vocabulary: Vocabulary | No
     if config.data.controls:
         # Only when on, so data prepared before controls existed keeps matching its settings.
         settings["controls"] = True
+    if config.data.held_out:
+        settings["held_out"] = list(config.data.held_out)
+    if config.data.full_vocabulary:
+        settings["full_vocabulary"] = True
     if base_vocabulary is not None:
         settings["base_vocabulary"] = base_vocabulary.fingerprint()
     if config.data.infill_rate > 0:
@@ -44,6 +48,11 @@ def prepare_settings(config: config_lib.Config, base_vocabulary: Vocabulary | No
         settings["infill"] = True
         settings["infill_window"] = config.data.seq_length
     return settings
+
+
+def held_out_files(data: config_lib.DataConfig) -> set[str]:
+    """The names of the files `data.held_out` resolves to (empty without held-out sources)."""
+    return {f.name for f in corpus.resolve_files(data.held_out)} if data.held_out else set()
 
 
 def parse_settings(data: config_lib.DataConfig) -> corpus.ParseSettings:
@@ -132,7 +141,7 @@ def prepare(config: config_lib.Config, out_dir: str, show_progress: bool = True,
     """
     started = time.time()
     data = config.data
-    entries = corpus.parse_sources(data.sources, parse_settings(data), workers=data.workers,
+    entries = corpus.parse_sources([*data.sources, *data.held_out], parse_settings(data), workers=data.workers,
                                    cache_dir=data.cache_dir, show_progress=show_progress)
     return build(config, entries, out_dir, started, log, expected_vocabulary, base_vocabulary)
 
@@ -146,9 +155,17 @@ def build(config: config_lib.Config, entries: list[dict], out_dir: str, started:
     started = time.time() if started is None else started
     data = config.data
     corpus.mark_duplicates(entries)
-    corpus.split_by_piece(entries, data.val_fraction, config.train.seed)
+    held_out = held_out_files(data)
+    corpus.split_by_piece(entries, data.val_fraction, config.train.seed, held_out)
     used = [e for e in entries if e.get("status") == "used"]
-    manifest = corpus.manifest_json(entries, {"sources": list(data.sources)})
+    if held_out and not any(e.get("split") == "validation" for e in used):
+        raise PrepareError(f"data.held_out {list(data.held_out)} has no usable piece (of {len(held_out)} files): "
+                           "expected held-out sources with music in them")
+    if held_out and not any(e.get("split") == "train" for e in used):
+        raise PrepareError(f"every usable piece is held out (data.held_out {list(data.held_out)}): expected "
+                           f"training pieces in data.sources {list(data.sources)} too")
+    manifest = corpus.manifest_json(entries, {"sources": list(data.sources),
+                                              **({"held_out": list(data.held_out)} if data.held_out else {})})
     # A run that has started training keeps its files unless the data comes out usable.
     _check_usable(used, manifest, data.sources, out_dir, write_manifest=expected_vocabulary is None)
     ordered = sorted(used, key=lambda e: e["sha256"])
@@ -157,6 +174,8 @@ def build(config: config_lib.Config, entries: list[dict], out_dir: str, started:
     tokens = {e["file"]: tokens_for(e, data, data.controls and e["split"] == "train") for e in ordered}
     splits = {split: [e for e in ordered if e["split"] == split] for split in ("train", "validation")}
     always = controls_lib.all_tokens(data.normalize_key) if data.controls else []
+    if data.full_vocabulary:
+        always = [*events.piano_tokens(data.grid, data.max_duration), *always]
     fim = {}
     if data.infill_rate > 0:
         # Training pieces only; the few tokens only cutting makes (durations split at a bar line) are kept too.
@@ -294,6 +313,9 @@ def prepare_shard(config: config_lib.Config, out_dir: str, shard_index: int, num
         raise PrepareError(f"shard index {shard_index} is outside 0..{num_shards - 1} for {num_shards} shards")
     started = time.time()
     data = config.data
+    if data.held_out:
+        raise PrepareError(f"data.held_out {list(data.held_out)} is not supported with --num-shards: prepare "
+                           "without shards, or leave the held-out split to data.val_fraction")
     files = corpus.resolve_files(data.sources)
     indexes = list(range(shard_index, len(files), num_shards))
     directory = shard_dir(out_dir, shard_index, num_shards)
@@ -451,6 +473,10 @@ def parse_args(argv=None):
                     "hdfs://, az:// URIs. For big corpora, run N shard jobs (--num-shards N --shard-index I, "
                     "each parsing every N-th file, on one machine or many) and then one --merge; the result "
                     "equals a single unsharded call.")
+    parser.add_argument("--held-out", action="append", default=[], metavar="SRC",
+                        help="hold out exactly the pieces of SRC (repeatable; sets data.held_out): they are scored, "
+                             "never trained on, and every piece of --data trains (default: data.val_fraction of "
+                             "the pieces, chosen by content hash)")
     parser.add_argument("--data", action="append", default=[], metavar="SRC",
                         help="source: directory, glob, file, s3:// gs:// hdfs:// URI, or music21 corpus name "
                              "(repeatable; default from the config: bach). With --merge: optional, checked "
@@ -488,6 +514,8 @@ def main(argv=None) -> int:
         config = config_lib.load(args.config, args.overrides)
         if args.data:
             config = config_lib.with_sources(config, args.data)
+        if args.held_out:
+            config = config_lib.with_held_out(config, args.held_out)
         if args.shard_index is not None:
             with run_lib.lock(shard_dir(args.out, args.shard_index, args.num_shards), "python -m keras_music.prepare"):
                 prepare_shard(config, args.out, args.shard_index, args.num_shards, show_progress=not args.quiet)

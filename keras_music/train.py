@@ -29,6 +29,10 @@ def parse_args(argv=None):
                     "with --run-dir to resume an interrupted run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     config_lib.add_arguments(parser)
+    parser.add_argument("--held-out", action="append", default=[], metavar="SRC",
+                        help="hold out exactly the pieces of SRC (repeatable; sets data.held_out): they are scored, "
+                             "never trained on, and every piece of --data trains (default: data.val_fraction of "
+                             "the pieces, chosen by content hash)")
     parser.add_argument("--data", action="append", default=[], metavar="SRC",
                         help="training data: directory, glob, file, music21 corpus name, s3:// gs:// hdfs:// URI, "
                              "or a directory written by keras_music.prepare (repeatable; replaces data.sources)")
@@ -54,6 +58,8 @@ def resolve_config(args) -> config_lib.Config:
         config = _with_init_from(config_lib.load(args.config, args.overrides, base=start), config.train.init_from)
     if args.data:
         config = config_lib.with_sources(config, args.data)
+    if args.held_out:
+        config = config_lib.with_held_out(config, args.held_out)
     return config_lib.validate(config)
 
 

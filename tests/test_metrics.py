@@ -350,7 +350,8 @@ def test_piece_metrics_keys_and_values():
     full = metrics.piece_metrics(
         ARPEGGIO, events=[1, 2, 3, 1, 2, 3, 4], matrix=np.full((12, 12), 1 / 12)
     )
-    assert set(full) == BASE_KEYS | {"note_transition_logprob", "distinct_event_ratio", "longest_repetition"}
+    assert set(full) == BASE_KEYS | {"note_transition_logprob", "distinct_event_ratio", "longest_repetition",
+                                     "restatement_rate"}
     assert full["longest_repetition"] == 3.0
     assert full["distinct_event_ratio"] == pytest.approx(4 / 7)
     assert set(full) <= set(metrics.METRIC_DESCRIPTIONS)
@@ -363,7 +364,7 @@ def test_empty_piece_gives_defined_values():
     assert set(result) == set(metrics.METRIC_DESCRIPTIONS)
     assert {key: result[key] for key in counts} == dict.fromkeys(counts, 0.0)
     undefined = [key for key in result if key not in counts]
-    assert len(undefined) == 9 and all(math.isnan(result[key]) for key in undefined), undefined
+    assert len(undefined) == 10 and all(math.isnan(result[key]) for key in undefined), undefined
     # A plain empty list is an empty piece too.
     assert math.isnan(metrics.pitch_entropy([]))
 
@@ -572,3 +573,27 @@ def test_random_sparse_pieces_agree_with_muspy():
         ]
         for ours, theirs in pairs:
             assert ours == pytest.approx(theirs, abs=1e-9, nan_ok=True), (piece.tolist(), ours, theirs)
+
+
+@pytest.mark.parametrize("events, length, expected", [
+    (list("abcdefgh"), 8, 0.0),  # one passage, nothing before it
+    (list("abcabcabc"), 3, 4 / 7),  # every passage after the first three comes back
+    (list("abcdabcd"), 4, 1 / 5),  # the theme restated once: 1 of its 5 passages
+    (list("aaaa"), 2, 2 / 3),  # overlapping earlier passages count
+    (list("abc"), 4, None),  # shorter than a passage
+])
+def test_restatement_rate_literals(events, length, expected):
+    value = metrics.restatement_rate(events, length)
+    assert math.isnan(value) if expected is None else value == pytest.approx(expected)
+
+
+def test_restatement_rate_matches_brute_force_and_is_in_the_piece_metrics():
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        events = [int(x) for x in rng.integers(0, 3, size=int(rng.integers(8, 40)))]
+        passages = [tuple(events[i:i + 8]) for i in range(len(events) - 7)]
+        naive = sum(p in passages[:i] for i, p in enumerate(passages)) / len(passages)
+        assert metrics.restatement_rate(events) == pytest.approx(naive)
+    notes = np.array([[i, 1.0, 60 + i % 4] for i in range(16)], float)
+    values = metrics.piece_metrics(notes, events=[60 + i % 4 for i in range(16)])
+    assert values["restatement_rate"] == pytest.approx(5 / 9)

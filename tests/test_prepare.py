@@ -295,3 +295,50 @@ def test_help_describes_sharding():
     for flag in ("--data", "--out", "--num-shards", "--shard-index", "--merge", "--config", "--set"):
         assert flag in result.stdout
     assert "s3://" in result.stdout
+
+
+def test_held_out_sources_are_exactly_the_validation_split(tmp_path, capsys):
+    from music21 import corpus as m21
+
+    # Two chorales written as MIDI files in a folder of their own are the held-out split; the four named ones train.
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name in SIX_CHORALES[4:]:
+        m21.parse(name).write("midi", fp=str(folder / (name.replace("/", "_") + ".mid")))
+    out = tmp_path / "prepared"
+    assert run_main(cli_args(out, "--held-out", str(folder), sources=SIX_CHORALES[:4])) == 0
+    names, _ = split_contents(str(out), "validation")
+    assert sorted(os.path.basename(n) for n in names) == sorted(os.listdir(folder))
+    train_names, _ = split_contents(str(out), "train")
+    assert sorted(n.split("/")[1] for n in train_names) == sorted(n.split("/")[1] for n in SIX_CHORALES[:4])
+    manifest = storage.read_json(os.path.join(str(out), "corpus_manifest.json"))
+    assert manifest["held_out"] == [str(folder)]
+    assert storage.read_json(os.path.join(str(out), "prepared.json"))["settings"]["held_out"] == [str(folder)]
+    # Held-out sources without music, and sharding with them, are one line each.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not music")
+    assert run_main(cli_args(tmp_path / "p2", "--held-out", str(empty), sources=SIX_CHORALES[:4])) == 1
+    assert "data.held_out" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert run_main(cli_args(tmp_path / "p3", "--held-out", str(folder), "--num-shards", "2", "--shard-index", "0",
+                             sources=SIX_CHORALES[:4])) == 1
+    assert "not supported with --num-shards" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_full_vocabulary_holds_every_piano_token_seen_or_not(tmp_path):
+    from fractions import Fraction
+
+    out = str(tmp_path / "full")
+    prepare.prepare(tiny_config("data.full_vocabulary=true", sources=SIX_CHORALES[:2]), out, show_progress=False,
+                    log=lambda *a: None)
+    tokens = storage.read_json(os.path.join(out, "vocab.json"))["tokens"]
+    for pitch in (21, 60, 108):
+        assert f"pitch:{pitch}" in tokens and f"hold:{pitch}" in tokens
+    durations = {Fraction(t[4:]) for t in tokens if t.startswith("dur:")}
+    # Every 1/24 of a quarter from 1/24 to data.max_duration (8 quarters): 192 durations.
+    assert {Fraction(k, 24) for k in range(1, 193)} <= durations
+    assert "rest" in tokens
+    plain = str(tmp_path / "plain")
+    prepare.prepare(tiny_config(sources=SIX_CHORALES[:2]), plain, show_progress=False, log=lambda *a: None)
+    assert set(storage.read_json(os.path.join(plain, "vocab.json"))["tokens"]) < set(tokens)
+    assert len(tokens) - len(set(storage.read_json(os.path.join(plain, "vocab.json"))["tokens"])) > 250
