@@ -159,6 +159,7 @@ class Studio:
                 "name": label, "representation": generator.representation,
                 "vocabulary_size": len(generator.vocabulary), "held_out": held_out,
                 "controls": _controls_of(generator),
+                "infill": events.FIM_MIDDLE in generator.vocabulary.index,
                 "metrics": _scalars(metrics), "evaluation": _scalars(evaluation),
                 "summary": summary.summarize_run(label, generator.representation, len(generator.vocabulary),
                                                  held_out, metrics, evaluation, defaults.TEMPERATURE),
@@ -219,18 +220,33 @@ class Studio:
             return pieces[0], paths, sampled - started, time.perf_counter() - sampled
 
         piece, paths, sample_seconds, write_seconds = self.exclusive(work)
+        answer = self._answer(piece_id, label, seed, piece, paths, generator)
+        answer["timing"] = {"sample_seconds": round(sample_seconds, 3), "write_seconds": round(write_seconds, 3)}
+        return answer
+
+    def _answer(self, piece_id: str, label: str, seed: int, piece, paths, generator) -> dict:
+        """What /api/generate and /api/infill answer about a piece written to `paths`: its numbers, notes and files.
+
+        `bars` is how many bars /api/infill counts in the piece's MIDI file (laid out from the start of
+        its timeline up to its last note's end); `start` is where its notes begin on that timeline."""
+        from keras_music import controls
+
         names = {os.path.splitext(p)[1]: os.path.basename(p) for p in paths}
         base = f"/files/pieces/{piece_id}/"
-        with open(os.path.join(directory, names[".ogg"]), "rb") as handle:
+        with open(os.path.join(os.path.dirname(paths[0]), names[".ogg"]), "rb") as handle:
             seconds = audio_lib.duration(handle.read())
+        grid = int(generator.config.data.grid)
+        start = float(piece.timing.get("start", 0.0))
+        ends = [start + float(a) + float(b) for a, b, _ in piece.notes]
+        last = Fraction(round(max(ends) * grid), grid) if ends else Fraction(0)
         return {
             "id": piece_id, "run": label, "seed": seed, "events": piece.events, "primer_events": piece.primer_events,
             "stop_reason": piece.stop_reason, "tempo": self.tempo or piece.timing["tempos"][0][1], "seconds": seconds,
             "quarters": float(sum(s.duration for s in piece.sonorities)),
-            "primer_quarters": piece.primer_duration,
+            "primer_quarters": piece.primer_duration, "start": start,
+            "bars": len(controls.bars(piece.timing.get("time_signatures"), last, grid)) if ends else 0,
             "notes": [[float(a), float(b), int(p)] for a, b, p in piece.notes],
-            "timing": {"sample_seconds": round(sample_seconds, 3), "write_seconds": round(write_seconds, 3)},
-            "controls": piece.settings.get("controls"),
+            "controls": piece.settings.get("controls"), "infill": piece.infill,
             "urls": {"midi": base + names[".mid"], "musicxml": base + names[".musicxml"],
                      "audio": base + names[".ogg"], "png": base + names[".png"], "json": base + names[".json"]},
         }
@@ -238,44 +254,66 @@ class Studio:
     # ------------------------------------------------------------------ infilling (keras_music.infill)
 
     def infill(self, body: dict) -> dict:
-        """Fill bars `bars` ("A-B") of `piece` ("upload:ID", an uploaded file, or "piece:ID", a piece made here)."""
+        """Fill bars `bars` ("A-B") of `piece` ("upload:ID", an uploaded file, or "piece:ID", a piece made here).
+
+        The answer is /api/generate's, with the piece's `infill` record (its `source` the request's
+        "upload:ID" or "piece:ID"); errors name the piece and the run, never a path of this machine."""
+        from keras_music import infill as infill_lib
+
         label = self.run_label(body.get("run"))
         generator = self.generators[label]
+        if events.FIM_MIDDLE not in generator.vocabulary.index:
+            raise StudioError(f"run {label} was trained without infilling (its vocabulary has no "
+                              f"{events.FIM_MIDDLE}), so it cannot fill bars: serve a run trained with "
+                              "data.infill_rate > 0")
         temperature = _number(body, "temperature", defaults.TEMPERATURE, 0.0, 5.0)
         top_k = int(_number(body, "top_k", defaults.TOP_K, 0, len(generator.vocabulary), integer=True))
         top_p = _number(body, "top_p", defaults.TOP_P, 1e-6, 1.0)
         seed = int(_number(body, "seed", random.randrange(2 ** 31), 0, 2 ** 31 - 1, integer=True))
         source, bars = body.get("piece"), body.get("bars")
         if isinstance(source, str) and source.startswith("upload:"):
-            path = self.primer_path(source.partition(":")[2])
+            item = source.partition(":")[2]
+            path, name = self.primer_path(item), f"uploaded file {item}"
         elif isinstance(source, str) and source.startswith("piece:"):
-            path = self.output_file("pieces", source.partition(":")[2], "piece-01.mid")
+            item = source.partition(":")[2]
+            path, name = self.piece_path(item), f"piece {item}"
         else:
             raise StudioError(f"piece must be 'upload:ID' (an uploaded file) or 'piece:ID' (a piece made here), "
                               f"got {source!r}")
         if not isinstance(bars, (str, int)) or isinstance(bars, bool):
             raise StudioError(f"bars must be a bar range such as \"5-6\", got {bars!r}")
+        try:
+            first, last = infill_lib.parse_bars(bars)
+        except infill_lib.InfillError as error:
+            raise StudioError(str(error)) from None
         piece_id = uuid.uuid4().hex
         directory = os.path.join(self.out_dir, "pieces", piece_id)
+        # What the messages and records say instead of this machine's paths.
+        public = ((f"infill file {path}", name), (path, name), (generator.run_dir, f"run {label}"))
 
         def work():
             try:
-                pieces = generator.infill(path, str(bars), temperature=temperature, top_k=top_k, top_p=top_p,
+                pieces = generator.infill(path, (first, last), temperature=temperature, top_k=top_k, top_p=top_p,
                                           seed=seed)
             except KerasMusicError as error:
-                raise StudioError(str(error)) from None
-            paths = generator.write(pieces, directory, tempo=self.tempo, prefix="piece", soundfont=self.soundfont)
-            return pieces[0], paths
+                raise StudioError(_replaced(str(error), public)) from None
+            piece = dataclasses.replace(pieces[0], primer_source=f"{source} (bars {first}-{last} filled)",
+                                        infill={**pieces[0].infill, "source": source})
+            return piece, generator.write([piece], directory, tempo=self.tempo, prefix="piece",
+                                          soundfont=self.soundfont)
 
         piece, paths = self.exclusive(work)
-        names = {os.path.splitext(p)[1]: os.path.basename(p) for p in paths}
-        base = f"/files/pieces/{piece_id}/"
-        return {"id": piece_id, "run": label, "seed": seed, "infill": piece.infill,
-                "tempo": self.tempo or piece.timing["tempos"][0][1],
-                "quarters": float(sum(s.duration for s in piece.sonorities)),
-                "notes": [[float(a), float(b), int(p)] for a, b, p in piece.notes],
-                "urls": {"midi": base + names[".mid"], "musicxml": base + names[".musicxml"],
-                         "audio": base + names[".ogg"], "png": base + names[".png"], "json": base + names[".json"]}}
+        answer = self._answer(piece_id, label, seed, piece, paths, generator)
+        answer["events"] = events.count_events(piece.tokens)  # the filled bars' (the rest is the source's)
+        return answer
+
+    def piece_path(self, piece_id: str) -> str:
+        """The MIDI file of a piece made here (by /api/generate or /api/infill)."""
+        path = os.path.join(self.out_dir, "pieces", piece_id, "piece-01.mid") if ID.match(piece_id) else ""
+        if not path or not os.path.isfile(path):
+            raise StudioError(f"unknown piece {piece_id!r}: make one with POST /api/generate (or upload a file with "
+                              "POST /api/primers and give 'upload:ID')", 404)
+        return path
 
     @staticmethod
     def held_out_opening(generator, index: str) -> list[str]:
@@ -539,6 +577,13 @@ def trim(sonorities, quarters: Fraction) -> list:
         out.append(dataclasses.replace(sonority, duration=duration))
         total += duration
     return out
+
+
+def _replaced(text: str, pairs) -> str:
+    """`text` with each (old, new) pair replaced, in order, on one line."""
+    for old, new in pairs:
+        text = text.replace(str(old), new)
+    return " ".join(text.split())
 
 
 def _scalars(record) -> dict:

@@ -28,10 +28,19 @@ function showRun() {
   $("web").innerHTML = run.web_url ? `<a id="web-link" href="${run.web_url}">Open the in-browser version</a>: the same model generating on your device with LiteRT.js.` : "";
   $("curves").hidden = !run.curves_url;
   if (run.curves_url) $("curves").src = run.curves_url;
-  $("controls").hidden = !run.controls;
+  // The controls offer what the run's vocabulary has (GET /api/runs): its keys, levels and bins.
+  const controls = run.controls;
+  $("controls").hidden = !controls;
   $("key").innerHTML = "";
-  for (const [value, text] of [["", "any"]].concat((run.controls ? run.controls.keys : []).map((k) => [k, k]))) {
+  for (const [value, text] of [["", "any"]].concat((controls ? controls.keys : []).map((k) => [k, k]))) {
     $("key").add(new Option(text, value));
+  }
+  $("levels").innerHTML = "";
+  for (const level of controls ? controls.levels : []) $("levels").append(new Option(level));
+  if (controls) {
+    const levels = controls.levels.join(", ");
+    $("density").title = `onsets per bar: ${levels}, off or a bin 0-${controls.density_bins - 1}, or per bar range: 1-4:low,5-8:high`;
+    $("polyphony").title = `notes sounding at each onset: ${levels}, off or a bin 0-${controls.polyphony_bins - 1}, or per bar range: 1-4:low,5-8:high`;
   }
   const options = [["held_out", "opening of a random held-out piece"], ["none", "none"]];
   for (let i = 0; i < run.held_out; i++) options.push([`held_out:${i}`, `held-out piece ${i + 1}`]);
@@ -76,6 +85,8 @@ async function upload() {
 
 const number = (id) => ($(id).value === "" ? undefined : Number($(id).value));
 
+const sampling = () => ({ temperature: number("temperature"), top_k: number("top-k"), top_p: number("top-p"), seed: number("seed") });
+
 async function generate(event) {
   event.preventDefault();
   const button = $("generate-button");
@@ -85,25 +96,66 @@ async function generate(event) {
   const run = runs.find((r) => r.name === $("run-select").value);
   try {
     piece = await post("/api/generate", {
-      run: $("run-select").value, temperature: number("temperature"), top_k: number("top-k"),
-      top_p: number("top-p"), length: number("length"), seed: number("seed"), primer: $("primer").value,
+      run: $("run-select").value, ...sampling(), length: number("length"), primer: $("primer").value,
       ...(run && run.controls ? { key: $("key").value, density: $("density").value.trim(), polyphony: $("polyphony").value.trim() } : {}),
     }, { retries: 5, onWait: (why, seconds) => say($("status"), `another piece is being generated; trying again in ${seconds.toFixed(0)} s ...`) });
-    $("player").src = piece.urls.audio;
-    $("player").dataset.seconds = piece.seconds;
-    $("roll-png").src = piece.urls.png;
-    $("dl-midi").href = piece.urls.midi;
-    $("dl-musicxml").href = piece.urls.musicxml;
-    $("dl-audio").href = piece.urls.audio;
-    $("piece").hidden = false;
-    $("player").addEventListener("canplay", () => {
-      const seconds = ((performance.now() - started) / 1000).toFixed(2);
-      $("player").dataset.readyAfter = seconds;
-      say($("status"), `${piece.events} events, ${piece.seconds.toFixed(1)} s of audio (seed ${piece.seed}); playable ${seconds} s after Generate`);
-    }, { once: true });
-    drawRoll(0);
+    say($("infill-status"), "");
+    showPiece(started, (seconds) => say($("status"), `${piece.events} events, ${piece.seconds.toFixed(1)} s of audio ` +
+      `(seed ${piece.seed}); playable ${seconds} s after Generate`));
   } catch (error) {
     say($("status"), error.message, true);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// The piece in the player; `ready(seconds)` says so once its audio can play, `seconds` after `started`. A piece
+// of a run trained with infilling (its vocabulary has <fim_middle>) gets the "Fill bars a-b" form, which fills
+// bars of this piece with POST /api/infill; a filled piece says which bars were filled.
+function showPiece(started, ready) {
+  $("player").src = piece.urls.audio;
+  $("player").dataset.seconds = piece.seconds;
+  $("roll-png").src = piece.urls.png;
+  $("dl-midi").href = piece.urls.midi;
+  $("dl-musicxml").href = piece.urls.musicxml;
+  $("dl-audio").href = piece.urls.audio;
+  $("piece").hidden = false;
+  const filled = piece.infill;
+  $("piece-filled").hidden = !filled;
+  $("piece-filled").textContent = filled ? `bars ${filled.bars[0]}-${filled.bars[1]} filled` +
+    (filled.exact ? "" : ` (${filled.filled_duration} of ${filled.duration} quarter notes; the rest is silent)`) : "";
+  const run = runs.find((r) => r.name === piece.run);
+  $("infill-form").hidden = !(run && run.infill);
+  const bars = piece.bars;
+  for (const id of ["infill-first", "infill-last"]) {
+    if (!(Number($(id).value) >= 1 && Number($(id).value) <= bars)) $(id).value = Math.min(2, Math.max(1, bars));
+  }
+  $("infill-of").textContent = `of ${bars} bar${bars === 1 ? "" : "s"}`;
+  $("player").addEventListener("canplay", () => {
+    const seconds = ((performance.now() - started) / 1000).toFixed(2);
+    $("player").dataset.readyAfter = seconds;
+    ready(seconds);
+  }, { once: true });
+  drawRoll(0);
+}
+
+async function fillBars(event) {
+  event.preventDefault();
+  if (!piece) return;
+  const button = $("infill-button");
+  button.disabled = true;
+  const bars = `${$("infill-first").value.trim()}-${$("infill-last").value.trim()}`;
+  say($("infill-status"), `filling bars ${bars} ...`);
+  const started = performance.now();
+  try {
+    const source = piece;
+    piece = await post("/api/infill", { run: source.run, piece: `piece:${source.id}`, bars, ...sampling() }, {
+      retries: 5, onWait: (why, seconds) => say($("infill-status"), `another piece is being generated; trying again in ${seconds.toFixed(0)} s ...`),
+    });
+    showPiece(started, (seconds) => say($("infill-status"), `bars ${piece.infill.bars.join("-")} filled with ` +
+      `${piece.events} events (seed ${piece.seed}); playable ${seconds} s after Fill`));
+  } catch (error) {
+    say($("infill-status"), error.message, true);
   } finally {
     button.disabled = false;
   }
@@ -119,12 +171,15 @@ function drawRoll(seconds) {
   const x = (quarters) => (quarters / Math.max(piece.quarters, 1)) * width;
   const y = (pitch) => height - ((pitch - low) / (high - low)) * height;
   context.clearRect(0, 0, width, height);
-  context.fillStyle = "#e3e6ee";
-  context.fillRect(0, 0, x(piece.primer_quarters), height);
+  // Given notes grey, generated ones blue: a primer's opening, or for a filled piece all but the filled bars.
+  const gap = piece.infill ? [piece.infill.onset - piece.start, piece.infill.offset - piece.start] : null;
+  const given = (onset) => (gap ? onset < gap[0] || onset >= gap[1] : onset < piece.primer_quarters);
+  context.fillStyle = gap ? "#fdf6d8" : "#e3e6ee";
+  context.fillRect(gap ? x(gap[0]) : 0, 0, gap ? x(gap[1]) - x(gap[0]) : x(piece.primer_quarters), height);
   const now = (seconds * piece.tempo) / 60;
   for (const [onset, duration, pitch] of piece.notes) {
     const sounding = onset <= now && now < onset + duration;
-    context.fillStyle = sounding ? "#e4572e" : onset < piece.primer_quarters ? "#777" : "#2b6cb0";
+    context.fillStyle = sounding ? "#e4572e" : given(onset) ? "#777" : "#2b6cb0";
     context.fillRect(x(onset), y(pitch) - 2, Math.max(1, x(duration) - 1), 4);
   }
   context.fillStyle = "#e4572e";
@@ -152,6 +207,7 @@ async function loadResults() {
 $("run-select").addEventListener("change", showRun);
 $("upload").addEventListener("change", upload);
 $("generate-form").addEventListener("submit", generate);
+$("infill-form").addEventListener("submit", fillBars);
 $("player").addEventListener("play", follow);
 $("player").addEventListener("seeked", () => drawRoll($("player").currentTime));
 $("ab-next").addEventListener("click", () => blind.next($("comparison").value));
