@@ -3,7 +3,8 @@
 // same machinery for scripts and tests.
 
 import {loadLiteRt, loadAndCompile, Tensor} from './litert/core/index.js';
-import {BOUNDARY, DEFAULTS, PITCH_NAMES, SplitMix64, generate as sampleTokens, keyRequest, parseSchedule, randomSeed, toSeed, validateSettings} from './sampler.js';
+import {BOUNDARY, DEFAULTS, PITCH_NAMES, SplitMix64, generate as sampleTokens, hasControls as readsControls, keyRequest,
+  randomSeed, steer, toSeed, validateSettings} from './sampler.js';
 import {decode, midiBytes} from './music.js';
 import {Synth, drawPianoRoll} from './player.js';
 import {Live} from './live.js';
@@ -140,25 +141,16 @@ function defaults() {
 
 /** Whether the model reads control tokens (a run trained with data.controls). */
 function hasControls() {
-  return page.vocabulary.tokens.some((token) => /^(key|density|poly):/.test(token));
+  return readsControls(page.vocabulary.tokens);
 }
 
 /**
  * The controls of a request (export/README.md, "One piece"): the key token put right after <piece> (replacing one
- * there) and the semitones the output moves by, the bar schedules checked. Throws naming a bad value.
+ * there) and the semitones the output moves by, the bar schedules checked (sampler.js's steer). Throws naming a
+ * bad value.
  */
 function steering(primerIdList, {key, density, polyphony}) {
-  const asked = [key, density, polyphony].some((value) => value !== undefined && value !== null && value !== '');
-  if (asked && !hasControls()) {
-    throw new Error('this model has no control tokens (key, density, polyphony): train the run with data.controls=true');
-  }
-  parseSchedule('density', density);
-  parseSchedule('poly', polyphony);
-  if (key === undefined || key === null || key === '') return {primerIds: primerIdList, transpose: 0};
-  const {token, transpose} = keyRequest(key, page.vocabulary.tokens);
-  const rest = primerIdList.slice(1);
-  if (rest.length && page.vocabulary.tokens[rest[0]].startsWith('key:')) rest.shift();
-  return {primerIds: [primerIdList[0], page.tokenIds.get(token), ...rest], transpose};
+  return steer(primerIdList, page.vocabulary.tokens, {key, density, polyphony});
 }
 
 function transposed(notes, semitones) {
