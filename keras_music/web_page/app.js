@@ -3,8 +3,7 @@
 // same machinery for scripts and tests.
 
 import {loadLiteRt, loadAndCompile, Tensor} from './litert/core/index.js';
-import {BINS, BOUNDARY, DEFAULTS, LEVELS, PITCH_NAMES, SplitMix64, generate as sampleTokens, hasControls as readsControls, keyRequest,
-  randomSeed, steer, toSeed, validateSettings} from './sampler.js';
+import {BINS, BOUNDARY, DEFAULTS, LEVELS, PITCH_NAMES, SplitMix64, generate as sampleTokens, hasControls as readsControls, keyRequest, randomSeed, steer, toSeed, validateSettings} from './sampler.js';
 import {decode, midiBytes} from './music.js';
 import {Synth, drawPianoRoll} from './player.js';
 import {Live} from './live.js';
