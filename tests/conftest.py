@@ -74,6 +74,20 @@ def tiny_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def controls_run(tmp_path_factory):
+    """A tiny run trained with control tokens (data.controls), exported (TFLite, SavedModel and the page); shared
+    by read-only tests."""
+    from keras_music import train
+    from test_web_export import run_export
+
+    run_dir = str(tmp_path_factory.mktemp("steer") / "run")
+    train.train(tiny_config("data.controls=true"), run_dir, show_progress=False, log=lambda *a: None)
+    status, out, err = run_export(run_dir, "--web")
+    assert status == 0, out + err
+    return run_dir
+
+
+@pytest.fixture(scope="session")
 def ground_truth(tmp_path_factory):
     """A MIDI file with every hard case, and the notes, tempo map and metre a faithful round trip gives back."""
     from midi_truth import write_ground_truth

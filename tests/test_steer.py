@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from keras_music import controls, events, generate, run as run_lib
-from conftest import tiny_config
 from page_harness import reference_generator
 from test_web_export import run_node as web_run_node
 
@@ -18,19 +17,6 @@ F = Fraction
 @pytest.fixture(scope="module")
 def reference():
     return reference_generator()
-
-
-@pytest.fixture(scope="module")
-def controls_run(tmp_path_factory):
-    """A tiny run trained with control tokens, exported (TFLite, SavedModel and the page)."""
-    from keras_music import train
-    from test_web_export import run_export
-
-    run_dir = str(tmp_path_factory.mktemp("steer") / "run")
-    train.train(tiny_config("data.controls=true"), run_dir, show_progress=False, log=lambda *a: None)
-    status, out, err = run_export(run_dir, "--web")
-    assert status == 0, out + err
-    return run_dir
 
 
 NODE = r"""

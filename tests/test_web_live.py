@@ -13,8 +13,8 @@ import pytest
 
 from keras_music import events, web_export
 from keras_music.vocabulary import Vocabulary
-from page_harness import (BackgroundServer, call, headless_chromium, install_fake_midi, live_session, open_page,
-                          random_phrases, reference_generator)
+from page_harness import (BackgroundServer, PageError, call, headless_chromium, install_fake_midi, live_session,
+                          open_page, random_phrases, reference_generator)
 # The web export's fixtures: one tiny run exported with --web, served with and without isolation headers.
 from test_web_export import isolated, plain, reference_models, site, vocabulary, web_run  # noqa: F401
 
@@ -317,6 +317,102 @@ def test_a_dropped_midi_file_primes_the_answer(live_page, vocabulary):  # noqa: 
     python = events.sonorities_to_tokens(events.notes_to_sonorities([(Fraction(a), Fraction(b), p)
                                                                      for a, b, p in notes]))
     assert turn["primer"] == ["<piece>", *python] and not turn["late"]
+
+
+@pytest.mark.slow
+def test_without_control_tokens_the_key_and_density_selects_are_disabled_and_say_why(live_page):
+    selects = live_page.execute_script(
+        "return ['control-key', 'control-density'].map((id) => { const s = document.getElementById(id); "
+        "return [s.disabled, s.title, s.options.length]; })")
+    for disabled, title, options in selects:
+        assert disabled and options == 1 and "trained without control tokens" in title, (disabled, title, options)
+    with pytest.raises(PageError, match="this model has no control tokens"):
+        call(live_page, "kerasMusic.live.start({controls: {key: 'D minor', density: null}})")
+    assert call(live_page, "kerasMusic.live.state") == "stopped"
+
+
+def sonority_starts(tokens):
+    """(index of its first token, start in quarters) of each sonority in `tokens`; the tokens' total duration."""
+    starts, onset, between = [], Fraction(0), True
+    for index, token in enumerate(tokens):
+        kind = token.split(":")[0]
+        if kind in ("pitch", "hold", "rest") and between:
+            starts.append((index, onset))
+            between = False
+        elif kind == "dur":
+            onset += Fraction(token[4:])
+            between = True
+    return starts, onset
+
+
+@pytest.mark.slow
+def test_key_and_density_steer_each_answer_as_the_reference_generator_does(controls_run):
+    """A run trained with control tokens: the live Key and Density selects offer the ordinary form's choices, and
+    with E minor and high density every answer has key:minor in its primer, density:5 at each bar (counted from
+    the primer's start) it starts a sonority in, notes moved by -5 semitones, and the reference generator's ids."""
+    from keras_music import run as run_lib
+    from keras_music.studio import routes
+
+    folder = run_lib.path(controls_run, run_lib.EXPORT, run_lib.WEB)
+    vocab = reference.load_vocabulary(os.path.join(folder, "vocab.json"))
+    model = reference.StepModel(os.path.join(folder, "models", "model.tflite"), len(vocab["tokens"]))
+    with open(os.path.join(folder, web_export.SITE_FILE)) as handle:
+        metre = tuple(json.load(handle)["timing"]["time_signature"])
+    bar = Fraction(4 * metre[0], metre[1])
+    server = BackgroundServer(routes.create_web_app(folder))
+    driver = headless_chromium(None, "1200,1600")
+    driver.set_script_timeout(180)
+    try:
+        install_fake_midi(driver, "keyboard")
+        open_page(driver, server.url + "/?model=model.tflite")
+        assert call(driver, "kerasMusic.live.ready")["where"] == "worker"
+        (_, keys), (_, densities), *live = driver.execute_script(
+            "return ['key', 'density', 'control-key', 'control-density'].map((id) => { const s = "
+            "document.getElementById(id); return [s.disabled, [...s.options].map((o) => o.value)]; })")
+        assert live == [[False, keys], [False, densities]]
+        assert keys[0] == "" and "E minor" in keys and "D major" in keys
+        assert densities == ["", "low", "medium", "high", *[str(b) for b in range(7)]]
+        # Chosen in the page: live.start takes the selects' values.
+        driver.execute_script("document.getElementById('control-key').value = 'E minor';"
+                              "document.getElementById('control-density').value = 'high';")
+        settings = {"tempo": 120, "mode": "silence", "silenceBeats": 1, "answerBars": 2, "seed": 40,
+                    "temperature": 0.9, "topK": 0, "topP": 0.95, "click": False, "synth": True}
+        result = live_session(driver, random_phrases(3, seed=2), settings)
+    finally:
+        driver.quit()
+        server.stop()
+    turns, session = result["turns"], result["session"]
+    assert session["settings"]["controls"] == {"key": "E minor", "density": "high"}
+    quarters = session["answerQuarters"]
+    assert quarters == 2 * bar
+    fed_bars = 0
+    for turn in turns:
+        controls = turn["controls"]
+        assert {k: controls[k] for k in ("key", "density", "keyToken", "transpose")} == {
+            "key": "E minor", "density": "high", "keyToken": "key:minor", "transpose": -5}
+        # The key token right after <piece> in the primer the model was fed, and nowhere else.
+        assert turn["primer"][:2] == ["<piece>", "key:minor"]
+        assert [t for t in turn["primer"] if t.startswith("key:")] == ["key:minor"]
+        assert [vocab["tokens"][i] for i in turn["primerIds"]] == turn["primer"]
+        ids, _ = reference.generate(model, vocab, turn["primerIds"], turn["length"], 0.9, 0, int(turn["seed"]),
+                                    stop_at_boundary=True, top_p=0.95, min_length=turn["length"], density="high",
+                                    time_signature=metre)
+        assert turn["ids"] == cut_answer(ids[len(turn["primerIds"]):], vocab, quarters), turn["turn"]
+        # density:5 before the first sonority the answer starts in each bar no earlier sonority started in.
+        primer_starts, primer_length = sonority_starts(turn["primer"])
+        done = max(int(onset // bar) for _, onset in primer_starts)
+        expected = []
+        for index, onset in sonority_starts(turn["tokens"])[0]:
+            number = int((primer_length + onset) // bar)
+            if number > done:
+                expected.append({"bar": number + 1, "at": index, "tokens": ["density:5"]})
+                done = number
+        assert controls["fed"] == expected, turn["turn"]
+        fed_bars += len(expected)
+        # The notes are the tokens' notes moved to E minor.
+        unmoved = reference.sonorities_to_notes(reference.tokens_to_sonorities(turn["tokens"]))
+        assert sorted(n[2] - 5 for n in unmoved) == sorted(n[2] for n in turn["notes"])
+    assert fed_bars >= len(turns)
 
 
 @pytest.mark.slow

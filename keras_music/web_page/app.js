@@ -3,7 +3,7 @@
 // same machinery for scripts and tests.
 
 import {loadLiteRt, loadAndCompile, Tensor} from './litert/core/index.js';
-import {BOUNDARY, DEFAULTS, PITCH_NAMES, SplitMix64, generate as sampleTokens, keyRequest, parseSchedule, randomSeed, toSeed, validateSettings} from './sampler.js';
+import {BINS, BOUNDARY, DEFAULTS, LEVELS, PITCH_NAMES, SplitMix64, generate as sampleTokens, hasControls as readsControls, keyRequest, randomSeed, steer, toSeed, validateSettings} from './sampler.js';
 import {decode, midiBytes} from './music.js';
 import {Synth, drawPianoRoll} from './player.js';
 import {Live} from './live.js';
@@ -140,25 +140,16 @@ function defaults() {
 
 /** Whether the model reads control tokens (a run trained with data.controls). */
 function hasControls() {
-  return page.vocabulary.tokens.some((token) => /^(key|density|poly):/.test(token));
+  return readsControls(page.vocabulary.tokens);
 }
 
 /**
  * The controls of a request (export/README.md, "One piece"): the key token put right after <piece> (replacing one
- * there) and the semitones the output moves by, the bar schedules checked. Throws naming a bad value.
+ * there) and the semitones the output moves by, the bar schedules checked (sampler.js's steer). Throws naming a
+ * bad value.
  */
 function steering(primerIdList, {key, density, polyphony}) {
-  const asked = [key, density, polyphony].some((value) => value !== undefined && value !== null && value !== '');
-  if (asked && !hasControls()) {
-    throw new Error('this model has no control tokens (key, density, polyphony): train the run with data.controls=true');
-  }
-  parseSchedule('density', density);
-  parseSchedule('poly', polyphony);
-  if (key === undefined || key === null || key === '') return {primerIds: primerIdList, transpose: 0};
-  const {token, transpose} = keyRequest(key, page.vocabulary.tokens);
-  const rest = primerIdList.slice(1);
-  if (rest.length && page.vocabulary.tokens[rest[0]].startsWith('key:')) rest.shift();
-  return {primerIds: [primerIdList[0], page.tokenIds.get(token), ...rest], transpose};
+  return steer(primerIdList, page.vocabulary.tokens, {key, density, polyphony});
 }
 
 function transposed(notes, semitones) {
@@ -282,10 +273,24 @@ function describeModels() {
   }));
 }
 
-/** The key, density and polyphony selects, shown only for a model that reads control tokens. */
-function describeControls() {
-  $('controls').hidden = !hasControls();
-  if (!hasControls()) return;
+// The onsets a bar has in each density bin (export/README.md, "Control tokens"), for the selects' labels.
+const DENSITY_ONSETS = ['0-2', '3-4', '5-6', '7-8', '9-11', '12-15', '16 or more'];
+const POLY_NOTES = ['below 1.5', '1.5-2.5', '2.5-3.5', '3.5-4.5', '4.5 or more'];
+
+/** [value, label] choices of a bar control: any, the named levels, then every bin the vocabulary has a token for. */
+function levelChoices(kind) {
+  const named = Object.entries(LEVELS[kind]).map(([name, bin]) => [name, `${name} (${bin})`]);
+  const bins = [];
+  for (let bin = 0; bin < BINS[kind]; bin++) {
+    if (!page.tokenIds.has(`${kind}:${bin}`)) continue;
+    bins.push([String(bin), kind === 'density' ? `${bin}: ${DENSITY_ONSETS[bin]} onsets a bar`
+      : `${bin}: ${POLY_NOTES[bin]} notes an onset`]);
+  }
+  return [['', 'any'], ...named, ...bins];
+}
+
+/** [value, label] choices of the key: any, then every key this vocabulary can ask for. */
+function keyChoices() {
   const keys = [['', 'any']];
   for (const mode of ['major', 'minor']) {
     for (const name of PITCH_NAMES) {
@@ -298,7 +303,32 @@ function describeControls() {
       }
     }
   }
-  $('key').replaceChildren(...keys.map(([value, text]) => new Option(text, value)));
+  return keys;
+}
+
+const fill = (select, choices) => select.replaceChildren(...choices.map(([value, text]) => new Option(text, value)));
+
+/**
+ * The key, density and polyphony selects, shown only for a model that reads control tokens; live play's Key and
+ * Density selects offer the same choices then, and otherwise stay disabled, saying why.
+ */
+function describeControls() {
+  const steerable = hasControls();
+  $('controls').hidden = !steerable;
+  for (const [id, what] of [['control-key', 'the key of every answer (any: the model\'s choice)'],
+    ['control-density', 'onsets per bar, asked for at each bar of every answer (any: the model\'s choice)']]) {
+    const select = $(id);
+    select.disabled = !steerable;
+    select.title = steerable ? what : 'this model was trained without control tokens (key, density): a run trained ' +
+      'with data.controls=true can be steered';
+    select.closest('label').title = select.title;
+  }
+  if (!steerable) return;
+  fill($('key'), keyChoices());
+  fill($('density'), levelChoices('density'));
+  fill($('polyphony'), levelChoices('poly'));
+  fill($('control-key'), keyChoices());
+  fill($('control-density'), levelChoices('density'));
 }
 
 async function start() {
@@ -375,19 +405,19 @@ function liveSettings() {
           topK: form.topK, topP: form.topP, mode: $('phrase-mode').value, silenceBeats: number('silence-beats'),
           phraseBars: number('phrase-bars'), answerBars: number('answer-bars'), click: $('click').checked,
           synth: $('synth-on').checked, echo: true,
-          // Steering controls: kept in the worker message, empty until the vocabulary has control tokens.
+          // Steering (a model trained with control tokens; the selects are disabled, so empty, otherwise).
           controls: {key: $('control-key').value || null, density: $('control-density').value || null}};
 }
 
 /** Generation on the page's own thread, for a browser where the worker cannot start (the worker's reply shape). */
 async function generateHere(message) {
-  const {id, primerIds, seed, length, minLength, temperature, topK, topP} = message;
+  const {id, primerIds, seed, length, minLength, temperature, topK, topP, density, timeSignature} = message;
   return exclusive(async () => {
     const started = performance.now();
     const result = await sampleTokens(page.model, page.vocabulary, {primerIds, seed, length, minLength, temperature,
-      topK, topP, keepGoing: false, now: () => performance.now()});
+      topK, topP, keepGoing: false, now: () => performance.now(), density, timeSignature});
     return {type: 'answer', id, sampled: result.sampled, events: result.events, stopped: result.stopped,
-            stepMs: result.stepMs, generateMs: performance.now() - started, queuedMs: 0};
+            fed: result.fed, stepMs: result.stepMs, generateMs: performance.now() - started, queuedMs: 0};
   });
 }
 

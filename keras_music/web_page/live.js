@@ -6,7 +6,7 @@
 import {cutAnswer, phrasePrimer, quantise, vocabularyShape, GRID} from './encoder.js';
 import {decode, readMidi, sessionMidiBytes} from './music.js';
 import {LiveSound} from './player.js';
-import {randomSeed, toSeed} from './sampler.js';
+import {BOUNDARY, randomSeed, steer, toSeed} from './sampler.js';
 
 const TICK_MS = 20;           // how often the scheduler looks at the audio clock (it schedules ahead of it)
 const CLICK_AHEAD = 0.25;     // s of metronome clicks scheduled ahead
@@ -120,15 +120,20 @@ export class Live {
 
   // ------------------------------------------------------------------------- the session
 
-  /** Starts the metronome and listening with `settings` (LIVE_DEFAULTS plus temperature, topK, topP, seed, tempo). */
+  /**
+   * Starts the metronome and listening with `settings` (LIVE_DEFAULTS plus temperature, topK, topP, seed, tempo and
+   * controls {key, density}: a key name, a density schedule, null for the model's choice).
+   */
   async start(settings = {}) {
     this.stop();
     await this.ready;
-    this.settings = {...LIVE_DEFAULTS, temperature: 0.9, topK: 0, topP: 1, tempo: this.timing().tempo,
-                     controls: {key: null, density: null}, ...settings};
+    this.settings = {...LIVE_DEFAULTS, temperature: 0.9, topK: 0, topP: 1, tempo: this.timing().tempo, ...settings};
+    const {key = null, density = null} = this.settings.controls || {};
+    this.settings.controls = {key: key || null, density: density || null};
     const {tempo, seed} = this.settings;
     if (!(tempo >= 20 && tempo <= 400)) throw new Error(`tempo must be in 20..400 bpm, got ${tempo}`);
     if (!(this.settings.answerBars >= 1)) throw new Error(`answerBars must be >= 1, got ${this.settings.answerBars}`);
+    steer([BOUNDARY], this.vocabulary.tokens, this.settings.controls);  // a control the model cannot take fails here
     this.seed = seed === undefined || seed === null || seed === '' ? BigInt(randomSeed()) : toSeed(seed);
     await this.sound.resume();
     this.spq = 60 / tempo;
@@ -280,17 +285,23 @@ export class Live {
       return [on, off, note.pitch];
     });
     const primer = phrasePrimer(notes, endTick, this.vocabulary, {grid, maxDuration});
-    const primerIds = primer.tokens.filter((token) => this.tokenIds.has(token)).map((t) => this.tokenIds.get(t));
+    const {temperature, topK, topP, controls} = this.settings;
+    // Steering as the page's Generate does it (sampler.js): the key token after <piece>, the output transposed,
+    // the density schedule fed at the bars (counted from the primer's start) the answer starts a sonority in.
+    const steered = steer(primer.tokens.filter((token) => this.tokenIds.has(token)).map((t) => this.tokenIds.get(t)),
+                          this.vocabulary.tokens, controls);
+    const primerIds = steered.primerIds;
     const turn = this.turns.length;
     const seed = BigInt.asUintN(64, this.seed + BigInt(turn));
     const length = this.answerEvents();
     const id = ++this.requests;
-    this.pending = {id, turn, seed: String(seed), answerBeat, originBeat: this.phrase.originBeat, answerAt, confirmAt, phraseEnd, primer: primer.tokens,
+    this.pending = {id, turn, seed: String(seed), answerBeat, originBeat: this.phrase.originBeat, answerAt, confirmAt, phraseEnd,
+                    primer: steered.keyToken ? primerIds.map((i) => this.vocabulary.tokens[i]) : primer.tokens,
                     primerIds, dropped: primer.dropped, requestedAt: this.sound.now(), confirmed: false, result: null,
-                    length, notes};
-    const {temperature, topK, topP, controls} = this.settings;
+                    length, notes, controls: {...controls, keyToken: steered.keyToken, transpose: steered.transpose}};
     this.post({type: 'generate', id, primerIds, seed: String(seed), length, minLength: length, temperature, topK, topP,
-               untilQuarters: this.answerQuarters(), controls});
+               untilQuarters: this.answerQuarters(), density: controls.density,
+               timeSignature: this.timing().timeSignature});
   }
 
   tick() {
@@ -336,8 +347,9 @@ export class Live {
     const quarters = this.answerQuarters();
     const cut = cutAnswer(pending.result.sampled, this.vocabulary, quarters);
     const tokens = cut.ids.map((id) => this.vocabulary.tokens[id]);
+    const {transpose} = pending.controls;
     const notes = decode(tokens, this.vocabulary)
-      .map((note) => [Number(note.onset), Number(note.onset) + Number(note.duration), note.pitch])
+      .map((note) => [Number(note.onset), Number(note.onset) + Number(note.duration), note.pitch + transpose])
       .filter(([onset]) => onset < quarters)
       .map(([onset, end, pitch]) => [onset, Math.min(end, quarters) - onset, pitch]);
     let beat = pending.answerBeat;
@@ -357,7 +369,10 @@ export class Live {
     }
     this.markers.push([beat, `answer ${pending.turn + 1}`]);
     const result = pending.result;
+    // The bar controls fed before the answer's kept ids (a generator that ran past the cut fed more).
+    const fed = (result.fed || []).filter((entry) => entry.at < cut.ids.length);
     const turn = {turn: pending.turn, seed: pending.seed, primer: pending.primer, primerIds: pending.primerIds,
+                  controls: {...pending.controls, fed},
                   dropped: pending.dropped, phraseNotes: pending.notes, length: pending.length,
                   sampled: result.sampled, ids: cut.ids, tokens, complete: cut.complete, notes,
                   answerBeat: pending.answerBeat, beat, answerAt: at, plannedAt: pending.answerAt, late,

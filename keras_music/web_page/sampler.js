@@ -142,6 +142,30 @@ export function keyRequest(name, tokens) {
   return {token, transpose};
 }
 
+/** Whether a vocabulary's tokens include control tokens (a run trained with data.controls). */
+export function hasControls(tokens) {
+  return tokens.some((token) => /^(key|density|poly):/.test(token));
+}
+
+/**
+ * The controls of a request (export/README.md, "Control tokens"): the primer ids with the key token right after
+ * <piece> (replacing one there), the key token and the semitones the output moves by; the bar schedules checked.
+ * Unset controls (null, undefined, '') leave the primer as it is. Throws naming a bad value.
+ */
+export function steer(primerIds, tokens, {key = null, density = null, polyphony = null} = {}) {
+  const given = (value) => value !== undefined && value !== null && value !== '';
+  if ([key, density, polyphony].some(given) && !hasControls(tokens)) {
+    throw new Error('this model has no control tokens (key, density, polyphony): train the run with data.controls=true');
+  }
+  parseSchedule('density', density);
+  parseSchedule('poly', polyphony);
+  if (!given(key)) return {primerIds: [...primerIds], keyToken: null, transpose: 0};
+  const {token, transpose} = keyRequest(key, tokens);
+  const rest = primerIds.slice(1);
+  if (rest.length && tokens[rest[0]].startsWith('key:')) rest.shift();
+  return {primerIds: [primerIds[0], tokens.indexOf(token), ...rest], keyToken: token, transpose};
+}
+
 /** A seed as an unsigned 64-bit BigInt: integers (Number, BigInt or decimal string) modulo 2^64. */
 export function toSeed(seed) {
   if (typeof seed === 'bigint') return BigInt.asUintN(64, seed);
@@ -321,8 +345,10 @@ export function sample(probabilities, rng, temperature, topK, topP, banned = BAN
  * the piece stops after `length` * 32 tokens at the latest (`maxTokens`, for benchmarks, overrides that).
  * `until(id)`, if given, is asked after each sampled id whether the caller has what it needs: true ends the
  * loop there, so the ids are a prefix of the ones the full loop gives (live answers stop at their bars).
+ * `density` and `polyphony` are bar schedules (parseSchedule), bars of `timeSignature` counted from the primer's start.
  * `model` has initialState() and async step(token, state) -> {probabilities, state}.
- * Returns {ids (primer included), sampled (primer excluded), events, stopped, stepMs}.
+ * Returns {ids (primer included), sampled (primer excluded), events, stopped, stepMs, fed}: `fed` lists the bar
+ * controls fed, {bar (counted from 1), at (the index in `sampled` they came before), tokens}.
  */
 export async function generate(model, vocabulary, {primerIds = [BOUNDARY], length = DEFAULTS.length,
   minLength = DEFAULTS.minLength, temperature = DEFAULTS.temperature, topK = DEFAULTS.topK, topP = DEFAULTS.topP,
@@ -353,6 +379,7 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
     clock.advance(grammar.kinds[token], vocabulary.tokens[token]);
   }
   const sampled = [];
+  const fed = [];
   let stopped = false;
   let events = 0;
   for (let step = 0; step < tokenLimit; step++) {
@@ -360,10 +387,15 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
     if (last && grammar.phase === 'between') break;  // rules "any" never leave it
     const bar = steered ? clock.due() : null;
     if (bar !== null) {  // the bar's controls, fed without a draw
+      const tokens = [];
       for (const [kind, schedule] of schedules) {
         const bin = scheduleAt(schedule, bar);
-        if (bin !== null) ({probabilities, state} = await timed(vocabulary.tokens.indexOf(`${kind}:${bin}`), state));
+        if (bin !== null) {
+          tokens.push(`${kind}:${bin}`);
+          ({probabilities, state} = await timed(vocabulary.tokens.indexOf(`${kind}:${bin}`), state));
+        }
       }
+      if (tokens.length) fed.push({bar: bar + 1, at: sampled.length, tokens});
     }
     const allowed = grammar.allowed(last);
     if (events < least) allowed[BOUNDARY] = false;
@@ -381,7 +413,7 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
     ({probabilities, state} = await timed(token, state));
   }
   if (model.release) model.release(state);
-  return {ids: [...primerIds, ...sampled], sampled, events, stopped, stepMs};
+  return {ids: [...primerIds, ...sampled], sampled, events, stopped, stepMs, fed};
 }
 
 /** Checks sampling settings; throws an Error naming the first bad one. */

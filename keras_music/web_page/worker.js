@@ -5,9 +5,10 @@
 //
 // Messages in:  {type: 'load', base, model, vocabulary}
 //               {type: 'generate', id, primerIds, seed, length, minLength, temperature, topK, topP,
-//                untilQuarters, controls: {key: null, density: null}}
+//                untilQuarters, density, timeSignature}   (primerIds hold the key token asked for, if any;
+//                density: a bar schedule or null; bars of timeSignature counted from the primer's start)
 // Messages out: {type: 'loaded', loadMs, warmupMs, stateShape, build}
-//               {type: 'answer', id, sampled, events, stopped, stepMs, generateMs, queuedMs}
+//               {type: 'answer', id, sampled, events, stopped, fed, stepMs, generateMs, queuedMs}
 //               {type: 'error', id, message}
 /* eslint-env worker */
 'use strict';
@@ -104,19 +105,16 @@ function lengthReached(vocabulary, quarters) {
 }
 
 async function generate(message, posted) {
-  const {id, primerIds, seed, length, minLength, temperature, topK, topP, untilQuarters, controls} = message;
-  if (controls && Object.values(controls).some((value) => value !== null && value !== undefined)) {
-    // Key and density controls are tokens the model reads before the primer once the vocabulary has them
-    // (grammar kind "control"); this export's has none.
-    throw new Error('this model has no control tokens: key and density are not available');
-  }
+  const {id, primerIds, seed, length, minLength, temperature, topK, topP, untilQuarters, density = null,
+    timeSignature = [4, 4]} = message;
   const started = performance.now();
   const settings = {length, minLength, temperature, topK, topP, keepGoing: false};
   state.sampler.validateSettings(settings);
+  // The density schedule is fed at the bar lines by the sampler's bar clock (it refuses a model without controls).
   const result = await state.sampler.generate(state.model, state.vocabulary, {
-    primerIds, ...settings, seed, now: () => performance.now(),
+    primerIds, ...settings, seed, now: () => performance.now(), density, timeSignature,
     until: untilQuarters ? lengthReached(state.vocabulary, untilQuarters) : null});
-  return {type: 'answer', id, sampled: result.sampled, events: result.events, stopped: result.stopped,
+  return {type: 'answer', id, sampled: result.sampled, events: result.events, stopped: result.stopped, fed: result.fed,
           stepMs: result.stepMs, generateMs: performance.now() - started, queuedMs: started - posted};
 }
 
