@@ -65,7 +65,7 @@ class DataConfig:
     parse_timeout: float = 120.0
     # Control tokens measured from the music (keras_music.controls): a key token after the
     # piece boundary, and per bar its note density and polyphony bins ("note" representation).
-    controls: bool = True
+    controls: bool = False
     # Share of training pieces whose controls are all left out (seeded, anew every epoch): they
     # train the unconditioned model, so one model generates with or without controls (Performance
     # RNN's "off"); validation holds none.
@@ -76,7 +76,7 @@ class DataConfig:
     # Share of training pieces turned, anew every epoch, into a fill-in-the-middle example
     # (keras_music.infill: suffix, prefix, then the middle bars between sentinel tokens), so the
     # model can fill bars between a given before and after; 0 = off ("note" representation).
-    infill_rate: float = 0.5
+    infill_rate: float = 0.0
     # Every token a piano MIDI file can bring is in the vocabulary, seen or not: pitch and hold
     # 21..108, rest, and every duration on the grid up to max_duration ("note" representation).
     # For a base run that fine-tunes start from (train --init-from).

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from keras_music import controls, events, prepare, sampling, vocabulary as vocabulary_lib
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 
 F = Fraction
 # 4/4 for two bars, then 3/4 from quarter 8. Bar 1: a C major chord, then three single attacks, the last two
@@ -200,9 +200,11 @@ def test_config_refuses_controls_for_classic_and_bad_dropout():
     with pytest.raises(config.ConfigError, match=r"^data\.control_token_dropout: expected a probability in \[0, 1\], "
                                                  r"got -0\.1$"):
         tiny_config("data.control_token_dropout=-0.1")
-    # The default run is steerable and can infill; the tiny test config leaves both to the tests that ask.
-    assert config.Config().data.controls is True and config.Config().data.control_dropout == 0.5
-    assert config.Config().data.control_token_dropout == 0.25 and config.Config().data.infill_rate == 0.5
+    # Off by default (configs/steer.yaml turns both on); the dropout rates are the steer preset's.
+    assert config.Config().data.controls is False and config.Config().data.control_dropout == 0.5
+    assert config.Config().data.control_token_dropout == 0.25 and config.Config().data.infill_rate == 0
+    steer = config.load([os.path.join(REPO, "configs", "steer.yaml")], [])
+    assert steer.data.controls is True and steer.data.infill_rate == 0.5
     assert tiny_config().data.controls is False and tiny_config().data.infill_rate == 0
 
 
