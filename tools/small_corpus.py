@@ -53,6 +53,9 @@ def parse_args(argv=None):
     parser.add_argument("--temperature", type=float, default=0.9, help="sampling temperature of the metrics")
     parser.add_argument("--set", action="append", default=[], metavar="K=V",
                         help="extra setting for every run (e.g. data.seq_length=256)")
+    parser.add_argument("--long-window", type=int, default=0, metavar="TOKENS",
+                        help="also fine-tune the largest folder with data.seq_length=TOKENS at the same budget (a row "
+                             "on whether longer training windows make the model restate its material; 0: no)")
     parser.add_argument("--only", choices=("base", "scratch", "finetune"), action="append", default=None,
                         help="train only these kinds of run (default: all); the table uses whatever is in OUT")
     args = parser.parse_args(argv)
@@ -215,6 +218,14 @@ def main(argv=None) -> None:
                       init_from=base_dir if kind == "finetune" else None)
             if finished(run_dir):
                 order.append((f"{kind}-{size}", run_dir))
+    if args.long_window and finished(base_dir):
+        size = max(args.sizes)
+        run_dir = os.path.join(runs, f"finetune-{size}-window{args.long_window}")
+        if "finetune" in wanted:
+            train(run_dir, [folders[f"pool-{size}"]], held, args.budget,
+                  [*args.set, f"data.seq_length={args.long_window}"], log, init_from=base_dir)
+        if finished(run_dir):
+            order.append((f"finetune-{size}, {args.long_window}-token windows", run_dir))
     rows = [row(name, run_dir, evaluate(run_dir, args.num_samples, args.temperature, log), args.temperature)
             for name, run_dir in order]
     with open(os.path.join(out, "table.json"), "w") as handle:
