@@ -70,7 +70,7 @@ def call(server, path, body=None, data=None, method=None):
 
 # ----------------------------------------------------------------------------- API
 
-def test_generate_answers_the_documented_shape_and_serves_every_file(server):
+def test_generate_answers_the_documented_shape_and_serves_every_file(server, evaluated_run, root):
     status, piece = call(server, "/api/generate", {"length": 16, "seed": 5, "temperature": 0.9, "top_k": 20})
     assert status == 200, piece
     assert set(piece["urls"]) >= {"midi", "musicxml", "audio", "png"}
@@ -84,6 +84,11 @@ def test_generate_answers_the_documented_shape_and_serves_every_file(server):
     assert status == 200 and png[:4] == b"\x89PNG"
     status, musicxml = call(server, piece["urls"]["musicxml"])
     assert status == 200 and b"score-partwise" in musicxml
+    # The JSON record as served names the run by its label: no path of the serving machine in it.
+    status, record = call(server, piece["urls"]["json"])
+    assert status == 200 and record["seed"] == 5 and record["run_dir"] == piece["run"]
+    served = json.dumps(record)
+    assert os.path.dirname(evaluated_run) not in served and str(root) not in served
     status, runs = call(server, "/api/runs")
     assert status == 200 and runs["runs"][0]["held_out"] >= 1 and "val_loss" in runs["runs"][0]["metrics"]
 

@@ -232,6 +232,7 @@ class Studio:
         from keras_music import controls
 
         names = {os.path.splitext(p)[1]: os.path.basename(p) for p in paths}
+        self._hide_paths(os.path.join(os.path.dirname(paths[0]), names[".json"]), label, generator)
         base = f"/files/pieces/{piece_id}/"
         with open(os.path.join(os.path.dirname(paths[0]), names[".ogg"]), "rb") as handle:
             seconds = audio_lib.duration(handle.read())
@@ -306,6 +307,15 @@ class Studio:
         answer = self._answer(piece_id, label, seed, piece, paths, generator)
         answer["events"] = events.count_events(piece.tokens)  # the filled bars' (the rest is the source's)
         return answer
+
+    def _hide_paths(self, record_path: str, label: str, generator) -> None:
+        """The piece's JSON record as served: the run by its label, and no path of this machine in it."""
+        record = storage.read_json(record_path)
+        public = ((generator.run_dir, f"run {label}"), (self.out_dir, "studio"))
+        record["run_dir"] = label
+        if isinstance(record.get("primer_source"), str):
+            record["primer_source"] = _replaced(record["primer_source"], public)
+        storage.write_json(record_path, record)
 
     def piece_path(self, piece_id: str) -> str:
         """The MIDI file of a piece made here (by /api/generate or /api/infill)."""
