@@ -173,8 +173,8 @@ def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: i
     holds fewer windows, so `steps_per_epoch` must count the pieces without their controls
     (prepared.json's "control_tokens"). With `infill_rate` > 0, each piece also gives, with that
     probability, one of its prepared fill-in-the-middle examples (keras_music.infill; chosen anew
-    every epoch) as a window of its own: `<piece>` and the example are exactly seq_length + 1 tokens,
-    so the middle is always learnt with its suffix and prefix in view. These windows (transposed at
+    every epoch) as a window of its own: the example is exactly seq_length + 1 tokens from `<fim_suffix>`
+    on, so the middle is always learnt with its suffix and prefix in view. These windows (transposed at
     random as the pieces are, controls never dropped from them) are mixed among the ordinary ones, which stay as
     they are; an epoch stays `steps_per_epoch` batches. With `worker_slice=(i, n)` the
     worker keeps rows i*b/n..(i+1)*b/n of every global batch: together the n workers
@@ -192,11 +192,13 @@ def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: i
     def _fim_windows(pieces, epoch_seed):
         draws = tf.data.Dataset.random(seed=epoch_seed + 23)
         chosen = tf.data.Dataset.zip((pieces, draws)).map(_fim_chooser(infill_rate))
-        # Only examples exactly one window long (prepared for this seq_length) are used.
-        examples = chosen.filter(lambda example, use: use & (tf.size(example) == seq_length)).map(lambda e, use: e)
+        # Only examples exactly one window long (prepared for this seq_length) are used; each is a whole window
+        # from the start state, <fim_suffix> first (keras_music.infill says why never <piece>).
+        examples = chosen.filter(lambda example, use: use & (tf.size(example) == seq_length + 1)).map(
+            lambda e, use: e)
         if transpose is not None:
             examples = tf.data.Dataset.zip((examples, tf.data.Dataset.random(seed=epoch_seed + 31))).map(transpose)
-        return examples.map(lambda e: tf.concat([[boundary_id], e], axis=0)).map(lambda w: (w[:-1], w[1:]))
+        return examples.map(lambda w: (w[:-1], w[1:]))
 
     def one_epoch(epoch: int):
         epoch_seed = seed * 100003 + epoch

@@ -285,30 +285,34 @@ def infill_gaps(run_dir: str, pieces: list[HeldOutPiece], vocabulary, seed: int 
             suffix, prefix, middle = infill.context_tokens(parts, start, grid=grid)
             if middle:
                 out.append({"piece": piece.name, "gap": gap, "suffix": suffix, "prefix": prefix, "middle": middle,
-                            "context": infill.generation_context(parts, suffix, prefix, window),
+                            "context": infill.generation_context(parts, suffix, prefix, infill.example_length(window)),
                             "ticks": int(gap.duration * grid), "duration": Fraction(gap.duration)})
     return out
 
 
-def _distributions(model, sequences, boundary_id: int) -> list[np.ndarray]:
-    """Float64 [len, vocab] next-token distributions of each sequence fed after `boundary_id` (one at a time)."""
+def _distributions(model, sequences) -> list[np.ndarray]:
+    """Float64 [len - 1, vocab]: row j is the next-token distribution after the sequence's first j + 1 tokens,
+    fed from the model's start state (one sequence at a time)."""
     out = []
     for ids in sequences:
-        tokens = np.asarray([[boundary_id, *ids[:-1]]], np.int32)
+        tokens = np.asarray([ids[:-1]], np.int32)
         out.append(np.asarray(model(tokens, training=False))[0].astype(np.float64))
     return out
 
 
-def _masked_nll(probabilities: np.ndarray, targets, allowed: np.ndarray) -> float:
-    """-log of the target's probability once the distribution is renormalised over `allowed`."""
-    kept = np.where(allowed, probabilities, 0.0)
-    return -float(np.log(max(kept[targets] / max(kept.sum(), PROBABILITY_FLOOR), PROBABILITY_FLOOR)))
+def _nll(probabilities: np.ndarray, target: int, allowed: np.ndarray | None = None) -> float:
+    """-log of the target's probability, the distribution first renormalised over `allowed` if given."""
+    if allowed is not None:
+        probabilities = np.where(allowed, probabilities, 0.0)
+        probabilities = probabilities / max(probabilities.sum(), PROBABILITY_FLOOR)
+    return -float(np.log(max(probabilities[target], PROBABILITY_FLOOR)))
 
 
-def masked_middle_nll(model, gaps: list[dict], vocabulary, grid: int) -> list[tuple[float, float]]:
-    """Per gap, the middle's total NLL under the distributions the two generators sample from: after the FIM
-    context with the grammar and `infill.GapMask` (what `generate --infill` draws: the gap's length known),
-    and after the prefix with the grammar alone (what a left-to-right continuation draws)."""
+def middle_nll(model, gaps: list[dict], vocabulary, grid: int) -> list[dict]:
+    """Per gap, the middle's total NLL after the FIM context (fed from the start state, `<fim_suffix>` first,
+    as `generate --infill` feeds it) and after `<piece>` and the whole prefix (a left-to-right continuation):
+    from the softmax alone (`fim`, `prefix`) and as each generator samples (`fim_masked`: the grammar and
+    `infill.GapMask`, which knows how much of the gap is left; `prefix_masked`: the grammar alone)."""
     from keras_music import infill, sampling
 
     grammar = sampling.Grammar(events.grammar_table(vocabulary.tokens, vocabulary.representation))
@@ -316,27 +320,28 @@ def masked_middle_nll(model, gaps: list[dict], vocabulary, grid: int) -> list[tu
     out = []
     for gap in gaps:
         middle = vocabulary.encode(gap["middle"])
-        context, prefix = vocabulary.encode(gap["context"]), vocabulary.encode(gap["prefix"])
-        fim_probabilities, prefix_probabilities = _distributions(model, [context + middle, prefix + middle],
-                                                                 vocabulary.boundary_id)
-        totals = []
-        for lead, probabilities, gapped in ((context, fim_probabilities, True),
-                                            (prefix, prefix_probabilities, False)):
+        context = vocabulary.encode(gap["context"])
+        lead = [vocabulary.boundary_id] + vocabulary.encode(gap["prefix"])
+        totals = {}
+        for name, head, gapped in (("fim", context, True), ("prefix", lead, False)):
+            probabilities = _distributions(model, [head + middle])[0]
             # The middle continues the prefix: the grammar reads from <fim_prefix> on, as `Generator.fill` does.
-            start = len(lead) - lead[::-1].index(mask.prefix_id) if gapped and mask.prefix_id in lead else 0
+            start = len(head) - head[::-1].index(mask.prefix_id) if gapped and mask.prefix_id in head else 0
             state = grammar.start(1)
-            for token in lead[start:]:
+            for token in head[start:]:
                 grammar.advance(state, np.array([token]))
-            remaining, total = np.array([gap["ticks"]]), 0.0
+            remaining, raw, masked = np.array([gap["ticks"]]), 0.0, 0.0
             for offset, token in enumerate(middle):
                 allowed = grammar.allowed(state)
                 if gapped:
                     allowed = mask.allowed(allowed, state.phase == 0, remaining)
-                total += _masked_nll(probabilities[len(lead) + offset], token, allowed[0])
+                row = probabilities[len(head) - 1 + offset]
+                raw += _nll(row, token)
+                masked += _nll(row, token, allowed[0])
                 grammar.advance(state, np.array([token]))
                 remaining = remaining - mask.ticks[token]
-            totals.append(total)
-        out.append((totals[0], totals[1]))
+            totals[name], totals[f"{name}_masked"] = raw, masked
+        out.append(totals)
     return out
 
 
@@ -352,31 +357,22 @@ def infill_quality(run_dir: str, pieces: list[HeldOutPiece], vocabulary, generat
     if not gaps:
         return {"gaps": 0, "note": "no held-out piece has bars enough for a gap with music before and after it"}
     model = model or run_lib.load_model(run_dir, vocabulary)
-    sequences = []
-    for gap in gaps:
-        sequences.append(vocabulary.encode(gap["context"] + gap["middle"]))
-        sequences.append(vocabulary.encode(gap["prefix"] + gap["middle"]))
-    log_probs, _ = token_log_probs(model, sequences, vocabulary.boundary_id)
-    masked = masked_middle_nll(model, gaps, vocabulary, run_lib.load_config(run_dir).data.grid)
+    scores = middle_nll(model, gaps, vocabulary, run_lib.load_config(run_dir).data.grid)
     details, totals = [], {"fim": 0.0, "prefix": 0.0, "fim_masked": 0.0, "prefix_masked": 0.0}
-    for index, gap in enumerate(gaps):
+    for gap, score in zip(gaps, scores):
         n = len(gap["middle"])
-        at = len(gap["context"])  # the middle's first token, after <fim_middle>
-        fim = -float(np.sum(log_probs[2 * index][at:at + n]))
-        prefix = -float(np.sum(log_probs[2 * index + 1][len(gap["prefix"]):len(gap["prefix"]) + n]))
-        totals["fim"] += fim
-        totals["prefix"] += prefix
-        totals["fim_masked"] += masked[index][0]
-        totals["prefix_masked"] += masked[index][1]
+        for name in totals:
+            totals[name] += score[name]
         details.append({"piece": gap["piece"], "bars": [gap["gap"].first, gap["gap"].last],
                         "onset": float(gap["gap"].onset), "offset": float(gap["gap"].offset),
-                        "middle_tokens": n, "nll_fim": fim / n, "nll_prefix_only": prefix / n,
-                        "nll_fim_masked": masked[index][0] / n, "nll_prefix_only_masked": masked[index][1] / n})
+                        "middle_tokens": n, "nll_fim": score["fim"] / n, "nll_prefix_only": score["prefix"] / n,
+                        "nll_fim_masked": score["fim_masked"] / n,
+                        "nll_prefix_only_masked": score["prefix_masked"] / n})
     if generator is None:
         from keras_music.generate import Generator
 
         generator = Generator(run_dir)
-    contexts = [[vocabulary.boundary_id] + vocabulary.encode(g["context"]) for g in gaps]
+    contexts = [vocabulary.encode(g["context"]) for g in gaps]
     fills, _ = generator.fill(contexts, [g["ticks"] for g in gaps], temperature=temperature, seed=seed)
     exact = 0
     for detail, gap, fill in zip(details, gaps, fills):

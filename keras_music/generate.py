@@ -448,7 +448,7 @@ class Generator:
 
         The bars before and after the gap are the file's own (read as training data is, on the
         grid, in the key frame the run was trained in and written back in the file's key); the
-        model reads `<piece> <fim_suffix> AFTER <fim_prefix> BEFORE <fim_middle>` and samples the
+        model reads `<fim_suffix> AFTER <fim_prefix> BEFORE <fim_middle>` from its start state and samples the
         middle under `infill.GapMask`, so it fills exactly the gap's duration before `<fim_end>`.
         Row i draws from SplitMix64(seed + i) like `generate`. Each piece's `infill` record says
         where the gap lies (quarter notes on the file's timeline) and what filled it. A row that
@@ -470,7 +470,9 @@ class Generator:
                                       f"infill file {path}", grid)
         parts = infill_lib.cut(sonorities, start, gap)
         suffix, prefix, _ = infill_lib.context_tokens(parts, start, grid=grid)
-        context = [events.BOUNDARY] + infill_lib.generation_context(parts, suffix, prefix, self.config.data.seq_length)
+        # From the start state, <fim_suffix> first, as the training examples (no <piece>: keras_music.infill).
+        context = infill_lib.generation_context(parts, suffix, prefix,
+                                                infill_lib.example_length(self.config.data.seq_length))
         unknown: list[str] = []
         ids = self.vocabulary.encode(context, unknown)
         if unknown:
@@ -494,7 +496,7 @@ class Generator:
                              "offset": float(gap.offset), "duration": float(gap.duration),
                              "filled_duration": float(filled), "exact": bool(exact[row]) and filled == gap.duration,
                              "tokens": tokens, "transposed": -shift}
-            pieces.append(Piece(tokens=tokens, primer_tokens=context[1:], ids=[int(i) for i in fill],
+            pieces.append(Piece(tokens=tokens, primer_tokens=context, ids=[int(i) for i in fill],
                                 sonorities=joined, notes=events.sonorities_to_notes(joined),
                                 primer_events=len(parts.prefix), stop_reason="filled" if exact[row] else "token_limit",
                                 repairs=dict(report.repairs), seed=int(seed), index=row,
@@ -505,7 +507,7 @@ class Generator:
 
     def fill(self, contexts, gap_ticks, temperature=defaults.TEMPERATURE, top_k=defaults.TOP_K, top_p=defaults.TOP_P,
              seed=defaults.SEED, rng=sampling.DEFAULT_RNG, what="the gap"):
-        """Sample a middle after each row's context ids (`<piece> ... <fim_middle>`) filling `gap_ticks[row]` grid ticks.
+        """Sample a middle after each row's context ids (`<fim_suffix> ... <fim_middle>`) filling `gap_ticks[row]` grid ticks.
 
         Returns (the middle's ids per row, without `<fim_end>`; whether each row closed its gap
         with `<fim_end>`). The grammar and `infill.GapMask` allow only what fills the gap exactly,

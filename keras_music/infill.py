@@ -5,13 +5,17 @@ and a suffix (the bars after it). A note sounding across a cut is split there in
 continuations, as `events.notes_to_sonorities` splits long spans, so the three parts are
 sonorities of their own and joined again give the piece. The model reads them in the order
 
-    <piece> <fim_suffix> SUFFIX <fim_prefix> PREFIX <fim_middle> MIDDLE <fim_end>
+    <fim_suffix> SUFFIX <fim_prefix> PREFIX <fim_middle> MIDDLE <fim_end>
 
 (the suffix first, so the prefix sits right before the middle it leads into: an LSTM carries
 what it read last best). Each training example is exactly one training window
-(`data.seq_length` tokens after `<piece>`): the opening of the suffix, the end of the prefix and the
-whole middle (`window_context`), so the model always learns the middle with the suffix in view,
-never across a window boundary that would hide it. Training adds such windows for a share of the
+(`data.seq_length` + 1 tokens, inputs and shifted targets: `example_length`): the opening of the
+suffix, the end of the prefix and the whole middle (`window_context`), so the model always learns the
+middle with the suffix in view, never across a window boundary that would hide it. An example begins
+with `<fim_suffix>` at the model's start state, never with `<piece>`: ordinary windows are cut
+anywhere in the stream of pieces and seldom begin with `<piece>`, so a `<piece>` before every FIM
+window would teach the model that a piece begun from the start state (as every generator begins one)
+is a fill-in-the-middle example. Training adds such windows for a share of the
 pieces (`data.infill_rate`) every epoch; generation feeds the same cut up to `<fim_middle>`
 (`generation_context`) and samples the middle under
 `GapMask`: a duration only if it fits in what is left of the gap and the rest can still be
@@ -150,6 +154,12 @@ def context_tokens(parts: Parts, start, time_signatures=None, key: str | None = 
     return suffix, prefix, middle
 
 
+def example_length(seq_length: int) -> int:
+    """Tokens of one FIM training example (and of the context `generate --infill` cuts): a whole training
+    window, `seq_length` inputs and the last target."""
+    return int(seq_length) + 1
+
+
 def fim_sequence(suffix, prefix, middle=None) -> list[str]:
     """`<fim_suffix> SUFFIX <fim_prefix> PREFIX <fim_middle>` and, given the middle, `MIDDLE <fim_end>`."""
     head = [FIM_SUFFIX, *suffix, FIM_PREFIX, *prefix, FIM_MIDDLE]
@@ -173,9 +183,9 @@ def window_context(suffix, prefix, middle_tokens: int, window: int) -> tuple[lis
 
 def training_examples(sonorities, start, time_signatures, seed: int, window: int, key: str | None = None,
                       with_controls: bool = False, grid: int = events.GRID) -> list[list[str]]:
-    """Up to `VARIANTS` FIM examples of a training piece, each exactly `window` tokens (one training window after
-    its `<piece>`): `<fim_suffix>` the suffix's opening `<fim_prefix>` the prefix's end `<fim_middle>` the whole
-    middle `<fim_end>` (`window_context`). Gaps whose middle takes more than half the window, and pieces too
+    """Up to `VARIANTS` FIM examples of a training piece, each exactly `window` tokens (`example_length`: one
+    training window, no `<piece>`): `<fim_suffix>` the suffix's opening `<fim_prefix>` the prefix's end
+    `<fim_middle>` the whole middle `<fim_end>` (`window_context`). Gaps whose middle takes more than half the window, and pieces too
     short to fill a window, give none.
     """
     rng = random.Random(seed)

@@ -47,6 +47,9 @@ def prepare_settings(config: config_lib.Config, base_vocabulary: Vocabulary | No
         # example is one training window long.
         settings["infill"] = True
         settings["infill_window"] = config.data.seq_length
+        # Examples begin with <fim_suffix>, not <piece> (keras_music.infill): data prepared the older way is
+        # prepared again.
+        settings["infill_format"] = 2
     return settings
 
 
@@ -80,7 +83,7 @@ def fim_examples_for(entry: dict, data: config_lib.DataConfig, controls: bool, s
     key = controls_lib.key_token(entry.get("key"), int(entry.get("shift", 0)), data.normalize_key) if controls else None
     digest = hashlib.sha256(f"{seed}:{entry.get('sha256', entry.get('file'))}".encode("utf-8", "surrogateescape"))
     return infill.training_examples(sonorities, start, entry.get("time_signatures"), int(digest.hexdigest()[:15], 16),
-                                    data.seq_length, key, controls, grid)
+                                    infill.example_length(data.seq_length), key, controls, grid)
 
 
 def piece_tempo(entry: dict) -> float:

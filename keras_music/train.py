@@ -134,6 +134,9 @@ def prepare_run(config: config_lib.Config, run_dir: str, show_progress: bool, lo
             raise run_lib.RunError(f"{source} was prepared with infilling examples of data.seq_length="
                                    f"{prepared.get('infill_window')} but this run has {config.data.seq_length}; pass "
                                    f"--set data.seq_length={prepared.get('infill_window')} or prepare again")
+        if prepared.get("infill") and prepared.get("infill_format") != 2:
+            raise run_lib.RunError(f"{source} was prepared with fill-in-the-middle examples that begin with <piece>, "
+                                   "which teaches a model that every piece it begins is one: prepare it again")
         if prepared.get("infill", False) != (config.data.infill_rate > 0):
             had = bool(prepared.get("infill", False))
             raise run_lib.RunError(f"{source} was prepared {'with' if had else 'without'} infilling but this run has "

@@ -147,19 +147,24 @@ def test_prepared_data_holds_sentinels_and_fim_examples_that_the_stream_mixes_in
     def sentinels(rate, seed):
         stream = dataset.training_dataset(files, 96, 2, 1000, seed, infill_rate=rate,
                                           piece_count=len(info["lengths"]["train"]))
-        return int(sum(np.isin(x.numpy(), fim_ids).sum() for x, _ in stream))
+        rows = np.concatenate([x.numpy() for x, _ in stream])
+        # A FIM window is a whole window from the start state, <fim_suffix> first: never `<piece> <fim_suffix>`,
+        # which would teach the model that a piece begun from the start state is a FIM example.
+        starts = int(np.sum(rows[:, 0] == fim_ids[0]))
+        assert not np.any((rows[:, :-1] == vocabulary.boundary_id) & (rows[:, 1:] == fim_ids[0]))
+        return int(np.isin(rows, fim_ids).sum()), starts
 
-    assert sentinels(0.0, 0) == 0
-    everything = sentinels(1.0, 0)
+    assert sentinels(0.0, 0) == (0, 0)
+    everything, starts = sentinels(1.0, 0)
     # At rate 1 every piece gives one whole FIM window; its inputs hold three sentinels (<fim_end> is the last target).
-    assert everything == 3 * len(examples)
-    assert sentinels(1.0, 0) == everything  # seeded: the same stream again
-    # Every example is exactly one window: `<piece>` and seq_length tokens.
+    assert everything == 3 * len(examples) and starts == len(examples)
+    assert sentinels(1.0, 0) == (everything, starts)  # seeded: the same stream again
+    # Every example is exactly one window: seq_length inputs and the last target, <fim_suffix> first.
     import tensorflow as tf
 
     for record in tf.data.TFRecordDataset(files):
         ids, fim_ids, lengths = (t.numpy() for t in dataset._parse_fim(record))
-        assert sum(lengths) == len(fim_ids) and set(lengths) == {96}
+        assert sum(lengths) == len(fim_ids) and set(lengths) == {97}
         first = vocabulary.decode(fim_ids[:lengths[0]])
         assert [t for t in first if t in FIM] == FIM
 
@@ -313,10 +318,11 @@ def test_evaluate_reports_the_middle_nll_with_and_without_the_suffix(infill_run,
     held_out = load_split(infill_run, "validation", vocabulary)
     gap = evaluate_likelihood.infill_gaps(infill_run, held_out, vocabulary, seed=0)[0]
     assert gap["context"][0] == events.FIM_SUFFIX and gap["context"][-1] == events.FIM_MIDDLE
-    sequence = [vocabulary.boundary_id] + vocabulary.encode(gap["context"] + gap["middle"])
+    # Fed from the start state, <fim_suffix> first (no <piece>), as generate --infill feeds it.
+    sequence = vocabulary.encode(gap["context"] + gap["middle"])
     model = run_lib.load_model(infill_run, vocabulary)
     probabilities = model(np.array([sequence[:-1]], np.int32), training=False).numpy()[0]
-    first = len(gap["context"]) + 1  # after <piece> and the context up to <fim_middle>
+    first = len(gap["context"])  # after the context up to <fim_middle>
     nll = -np.mean([np.log(probabilities[i - 1, sequence[i]]) for i in range(first, first + len(gap["middle"]))])
     detail = quality["details"][0]
     assert detail["middle_tokens"] == len(gap["middle"])
