@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from keras_music import storage
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOUR = ("pitch_entropy", "groove_consistency", "scale_consistency", "note_transition_logprob")
 RESTATING = ("longest_repetition", "restatement_rate")
@@ -228,11 +230,9 @@ def main(argv=None) -> None:
             order.append((f"finetune-{size}, {args.long_window}-token windows", run_dir))
     rows = [row(name, run_dir, evaluate(run_dir, args.num_samples, args.temperature, log), args.temperature)
             for name, run_dir in order]
-    with open(os.path.join(out, "table.json"), "w") as handle:
-        json.dump({"settings": vars(args), "rows": rows}, handle, indent=2)
+    storage.write_json(os.path.join(out, "table.json"), {"settings": vars(args), "rows": rows})
     table = render(rows, args)
-    with open(os.path.join(out, "table.md"), "w") as handle:
-        handle.write(table)
+    storage.write_text(os.path.join(out, "table.md"), table)
     print(table)
 
 
