@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -429,31 +430,189 @@ class BarClock:
         return self.bar
 
 
-class Steering:
-    """Feeds the requested bar controls of a batch of pieces through a step function (the rule above)."""
+# ----------------------------------------------------------------------------- bar limits
+#
+# The model reads the controls and leans towards them; bar limits (on by default wherever bar controls
+# are fed) make the bars they were fed for land in the requested bins, by masking what would leave the
+# bin or make it unreachable (export/README.md, "Bar limits"; the reference generator and the page
+# repeat it). In a bar b fed density bin D (onsets lo..hi, `onset_range`):
+# - no new onset once the bar has hi: a `pitch` token may not start or join a sonority that has none yet;
+# - a duration closing a sonority that started in b is allowed only if the bar can still reach lo onsets:
+#   ending before the bar's end E at time T, lo - onsets <= ceil((E - T) / m), m the shortest `dur` of the
+#   vocabulary; reaching or passing E, onsets >= lo. A rest or a hold, which adds no onset, may start a
+#   sonority only if some duration could then close it so; `<piece>` may not end the piece below lo;
+# - a duration that carries any sonority into a later bar c whose schedule asks for density asks the same
+#   of c: lo_c <= ceil((E_c - T) / m).
+# In a bar fed polyphony bin P (pitches per onset nmin..nmax, `pitch_range`), a sonority that started in
+# it and has an attacked pitch closes only with nmin..nmax pitches (pitch and hold tokens): no pitch or
+# hold past nmax, no duration below nmin, and no pitch (nor, once attacked, hold) above which the
+# vocabulary has too few pitches left to reach nmin. Where the limits and the grammar leave nothing,
+# the grammar alone decides (the bar then misses its bin).
 
-    def __init__(self, tokens, kinds, density: Schedule, polyphony: Schedule, time_signatures):
+
+def onset_range(bin_: int) -> tuple[int, int | None]:
+    """The onsets per bar density bin `bin_` holds: (least, most), most None for the last bin."""
+    low = 0 if bin_ == 0 else DENSITY_EDGES[bin_ - 1]
+    return low, DENSITY_EDGES[bin_] - 1 if bin_ < len(DENSITY_EDGES) else None
+
+
+def pitch_range(bin_: int) -> tuple[int, int | None]:
+    """Pitches per onset that keep a bar's mean polyphony in bin `bin_`: exactly bin + 1, the last bin 5 or more."""
+    return (bin_ + 1, bin_ + 1) if bin_ < POLYPHONY_BINS - 1 else (POLYPHONY_BINS, None)
+
+
+class BarLimits:
+    """One row's bar limits (the rule above): what it allows next, moved by every token like the grammar."""
+
+    def __init__(self, tokens, kinds, density: Schedule, polyphony: Schedule, time_signature=(4, 4)):
+        kind = np.asarray(list(kinds))
+        self.is_pitch, self.is_hold, self.is_rest = kind == "pitch", kind == "hold", kind == "rest"
+        self.is_end, self.is_dur = kind == "end", kind == "dur"
+        pitches = [int(t.partition(":")[2]) if k in ("pitch", "hold") else -1 for t, k in zip(tokens, kind)]
+        attackable = sorted({p for p, k in zip(pitches, kind) if k == "pitch"})
+        # room[i]: how many pitch tokens lie above token i's pitch (what a sonority can still add after it)
+        self.room = np.array([len(attackable) - bisect.bisect_right(attackable, p) for p in pitches], np.int64)
+        self.durations = [(i, Fraction(t.partition(":")[2])) for i, (t, k) in enumerate(zip(tokens, kind))
+                          if k == "dur"]
+        self.shortest = min((d for _, d in self.durations), default=None)
+        self.density, self.polyphony = density, polyphony
+        self.bar_length = bar_length(time_signature)
+        self.time, self.bar, self.onsets = Fraction(0), None, 0
+        self.onset_limits: tuple | None = None
+        self.pitch_limits: tuple | None = None
+        self.phase, self.count, self.attacked = "between", 0, False
+
+    def enter(self, bar: int) -> None:
+        """Bar `bar` has its turn (its controls, if any, are fed now): its limits hold from here."""
+        self.bar, self.onsets = bar, 0
+        density, polyphony = self.density.at(bar), self.polyphony.at(bar)
+        self.onset_limits = None if density is None else onset_range(density)
+        self.pitch_limits = None if polyphony is None else pitch_range(polyphony)
+
+    def advance(self, kind: str, token: str) -> None:
+        if kind in ("pitch", "hold"):
+            self.phase, self.count = "chord", self.count + 1
+            self.attacked |= kind == "pitch"
+        elif kind == "rest" and self.phase == "between":
+            self.phase = "rest"
+        elif kind == "dur":
+            if self.attacked and self._bar_of(self.time) == self.bar:
+                self.onsets += 1
+            self.time += Fraction(token.partition(":")[2])
+            self.phase, self.count, self.attacked = "between", 0, False
+
+    def _bar_of(self, time) -> int:
+        return int(time // self.bar_length)
+
+    def _fit(self, room) -> int:
+        """How many sonorities can still start in `room` quarter notes (each at least the shortest duration)."""
+        return 0 if room <= 0 else math.ceil(room / self.shortest)
+
+    def closing(self, onsets: int) -> np.ndarray:
+        """Bool [V]: the durations that may close the open sonority, which leaves its bar with `onsets` onsets."""
+        ok = np.zeros(len(self.is_dur), bool)
+        here = self._bar_of(self.time)
+        own = self.onset_limits if here == self.bar else None
+        end = (here + 1) * self.bar_length
+        for index, duration in self.durations:
+            at = self.time + duration
+            good = True
+            if own is not None:
+                good = onsets >= own[0] if at >= end else own[0] - onsets <= self._fit(end - at)
+            if good and at >= end:
+                later = self._bar_of(at)
+                wanted = self.density.at(later)
+                if wanted is not None:
+                    good = onset_range(wanted)[0] <= self._fit((later + 1) * self.bar_length - at)
+            ok[index] = good
+        return ok
+
+    def mask(self) -> np.ndarray:
+        """Bool [V]: what the limits allow next (everything they say nothing about included)."""
+        allow = np.ones(len(self.is_dur), bool)
+        if self.shortest is None:
+            return allow
+        inside = self._bar_of(self.time) == self.bar
+        onsets = self.onset_limits if inside else None
+        pitches = self.pitch_limits if inside else None
+        if self.phase == "between":
+            if onsets is not None:
+                if onsets[1] is not None and self.onsets >= onsets[1]:
+                    allow[self.is_pitch] = False
+                if not self.closing(self.onsets).any():
+                    allow[self.is_rest | self.is_hold] = False
+                if self.onsets < onsets[0]:
+                    allow[self.is_end] = False
+            if pitches is not None:
+                allow[self.is_pitch & (1 + self.room < pitches[0])] = False
+            return allow
+        if self.phase == "chord":
+            if onsets is not None and onsets[1] is not None and not self.attacked and self.onsets >= onsets[1]:
+                allow[self.is_pitch] = False
+            if pitches is not None:
+                least, most = pitches
+                if most is not None and self.count >= most:
+                    allow[self.is_pitch | self.is_hold] = False
+                short = self.count + 1 + self.room < least
+                allow[self.is_pitch & short] = False
+                if self.attacked:
+                    allow[self.is_hold & short] = False
+                    if self.count < least:
+                        allow[self.is_dur] = False
+        allow[self.is_dur] &= self.closing(self.onsets + int(self.attacked))[self.is_dur]
+        return allow
+
+
+class Steering:
+    """Feeds the requested bar controls of a batch of pieces through a step function (the rule above).
+
+    With `limits` (the default) each row also has its `BarLimits`, which `limit` applies to what the
+    grammar allows.
+    """
+
+    def __init__(self, tokens, kinds, density: Schedule, polyphony: Schedule, time_signatures, limits: bool = True):
         self.tokens, self.kinds = list(tokens), list(kinds)
         self.index = {token: i for i, token in enumerate(self.tokens)}
         self.density, self.polyphony = density, polyphony
         self.clocks = [BarClock(ts) for ts in time_signatures]
+        self.limits = [BarLimits(self.tokens, self.kinds, density, polyphony, ts) for ts in time_signatures] \
+            if limits else None
         self.fed: list[list] = [[] for _ in self.clocks]
+
+    def _advance(self, row: int, token_id: int) -> None:
+        kind, token = self.kinds[token_id], self.tokens[token_id]
+        if self.limits is not None:
+            self.limits[row].advance(kind, token)
+        self.clocks[row].advance(kind, token)
 
     def start(self, sequences) -> None:
         """Advance each row's clock over its own primer ids."""
-        for clock, ids in zip(self.clocks, sequences):
+        for row, ids in enumerate(sequences):
             for token_id in ids:
-                clock.advance(self.kinds[token_id], self.tokens[token_id])
+                self._advance(row, int(token_id))
 
     def advance(self, ids, active) -> None:
         for row in np.flatnonzero(active):
-            self.clocks[row].advance(self.kinds[int(ids[row])], self.tokens[int(ids[row])])
+            self._advance(int(row), int(ids[row]))
+
+    def limit(self, allowed: np.ndarray, active) -> np.ndarray:
+        """`allowed` (bool [batch, V], from the grammar) narrowed by each active row's bar limits, where
+        that leaves the row something."""
+        if self.limits is None:
+            return allowed
+        for row in np.flatnonzero(active):
+            narrowed = allowed[row] & self.limits[row].mask()
+            if narrowed.any():
+                allowed[row] = narrowed
+        return allowed
 
     def due(self, row: int) -> list[int]:
         """The control ids to feed row `row` now (density first), its bar marked done."""
         bar = self.clocks[row].due()
         if bar is None:
             return []
+        if self.limits is not None:
+            self.limits[row].enter(bar)
         wanted = [token(b) for token, b in ((density_token, self.density.at(bar)),
                                             (polyphony_token, self.polyphony.at(bar))) if b is not None]
         if wanted:

@@ -302,7 +302,8 @@ class Generator:
     def generate(self, num_samples=1, length=defaults.LENGTH, temperature=defaults.TEMPERATURE, top_k=defaults.TOP_K,
                  top_p=defaults.TOP_P, seed=defaults.SEED, primer=None, primer_tokens=None, strict=False,
                  show_progress=False, min_length=defaults.MIN_LENGTH, primer_events=DEFAULT_PRIMER_EVENTS,
-                 rng=sampling.DEFAULT_RNG, key=None, density=None, polyphony=None) -> list[Piece]:
+                 rng=sampling.DEFAULT_RNG, key=None, density=None, polyphony=None,
+                 bar_limits=True) -> list[Piece]:
         """Sample `num_samples` pieces in one batched pass.
 
         Each row starts with `<piece>` and its primer: the first `primer_events` events
@@ -324,7 +325,9 @@ class Generator:
 
         Controls (runs trained with `data.controls`): `key` ("D minor") goes into the primer
         right after `<piece>`; `density` and `polyphony` are a level (low, medium, high, off, a
-        bin) or a bar schedule ("1-4:low,5-8:high"), fed by the rule of `controls.Steering`.
+        bin) or a bar schedule ("1-4:low,5-8:high"), fed by the rule of `controls.Steering`. With
+        `bar_limits` (the default) the sampler also keeps each bar they were fed for in its bins
+        (`controls.BarLimits`); without, the model alone decides how far it follows them.
         """
         lengths, min_lengths = _checked_settings(num_samples, length, seed, temperature, top_k, top_p,
                                                  primer_events, min_length, rng)
@@ -333,7 +336,7 @@ class Generator:
         if request.key_token is not None:
             primers = [(controls.with_key(p[0], request.key_token),) + tuple(p[1:]) for p in primers]
         sequences = [[self.vocabulary.boundary_id] + self.vocabulary.encode(primer[0]) for primer in primers]
-        steering = self._steering(request, primers, sequences, lengths)
+        steering = self._steering(request, primers, sequences, lengths, bar_limits)
         probabilities, state = self.prime(sequences)
         rows = _Rows(lengths, min_lengths)
         self._sample(rows, probabilities, state, self.grammar_state(sequences), sampling.make_rng(seed, rng),
@@ -357,13 +360,13 @@ class Generator:
         except controls.ControlError as error:
             raise GenerateError(str(error)) from None
 
-    def _steering(self, request, primers, sequences, lengths):
+    def _steering(self, request, primers, sequences, lengths, bar_limits=True):
         """The bar controls' feeder of the batch (None without bar controls), its clocks past each primer."""
         if not (request.density.requested or request.polyphony.requested):
             return None
         table = events.grammar_table(self.vocabulary.tokens, self.representation)
         steering = controls.Steering(self.vocabulary.tokens, table["kinds"], request.density, request.polyphony,
-                                     [controls.time_signature_of(p[3]) for p in primers])
+                                     [controls.time_signature_of(p[3]) for p in primers], limits=bar_limits)
         steering.start(sequences)
         durations = [Fraction(t.partition(":")[2]) for t, k in zip(self.vocabulary.tokens, table["kinds"]) if k == "dur"]
         try:
@@ -410,6 +413,8 @@ class Generator:
                 allowed = self.grammar.allowed(grammar, closing=last)
                 # A row short of its min_length may not end yet: the boundary is not allowed.
                 allowed[rows.early(), self.vocabulary.boundary_id] = False
+                if steering is not None:  # the bar limits narrow it where that leaves something
+                    allowed = steering.limit(allowed, ~rows.finished)
                 ids = sampling.sample_next(probabilities, rng, *how, self.banned, allowed)
                 if steering is not None:
                     steering.advance(ids, ~rows.finished)
@@ -667,6 +672,9 @@ def parse_args(argv=None):
     steer.add_argument("--polyphony", metavar="LEVELS", default=None,
                        help="notes sounding at each onset: low, medium, high, off or a bin 0-4, or per bar range "
                             "as for --density")
+    steer.add_argument("--no-bar-limits", dest="bar_limits", action="store_false",
+                       help="feed the density and polyphony tokens only, leaving it to the model how far it "
+                            "follows them (default: the sampler keeps each bar in the requested bins)")
     parser.add_argument("--out", metavar="DIR", default=None, help="output directory (default: RUN/generated/<timestamp>)")
     parser.add_argument("--tempo", type=float, default=None, metavar="BPM",
                         help="one tempo for the whole piece (default: the primer's tempo map, or the corpus's "
@@ -705,7 +713,7 @@ def main(argv=None):
                                     seed=args.seed, primer=args.primer, primer_tokens=args.primer_tokens,
                                     strict=args.strict, show_progress=not args.quiet,
                                     primer_events=args.primer_events, rng=args.rng, key=args.key,
-                                    density=args.density, polyphony=args.polyphony)
+                                    density=args.density, polyphony=args.polyphony, bar_limits=args.bar_limits)
         out_dir = args.out or run_lib.timestamped_dir(run_lib.path(args.run_dir, run_lib.GENERATED))
         paths = generator.write(pieces, out_dir, tempo=args.tempo, instrument=args.instrument,
                                 audio=args.audio, soundfont=args.soundfont)
