@@ -3,7 +3,10 @@
 Pieces are generated from `<piece>` alone, one batch per requested value: every density bin
 (polyphony left free), every polyphony bin (density left free) and every key the run can ask
 for (with normalised keys C major and A minor: the model writes in them and any other tonic is
-the same piece transposed). A requested bin is fed in every bar (`controls.Steering`); the bars
+the same piece transposed). A requested bin is fed in every bar (`controls.Steering`), twice:
+as users get it, with the sampler's bar limits (`controls.BarLimits`), and with the model alone
+(`bar_limits=False`, `model_alone` in the report), which says how far the model follows the
+tokens by itself. The bars
 measured are those that got it and end inside the piece (the last, cut-off bar is left out), with
 `controls.measure`, the measurement preparation made the training tokens with. A piece's key is
 estimated from its notes with `midi.estimate_key`, the estimator the corpus stage uses.
@@ -139,14 +142,16 @@ def control_report(generator, num_samples: int = DEFAULT_SAMPLES, length: int = 
               "primer_tokens": []}
     report = {"settings": {"samples_per_value": num_samples, "length": length, "seed": seed,
                            "temperature": float(temperature)}}
+    report["model_alone"] = {}
     for kind, bins, argument in ((controls.DENSITY, controls.DENSITY_BINS, "density"),
                                  (controls.POLYPHONY, controls.POLYPHONY_BINS, "polyphony")):
-        pairs = []
-        for value in range(bins):
-            for piece in generator.generate(**common, **{argument: str(value)}):
-                pairs += bar_outcomes(piece, kind)
         shares = training_shares(generator.run_dir, generator.vocabulary, kind, bins)
-        report[argument] = bin_summary(pairs, bins, shares)
+        for limits, into in ((True, report), (False, report["model_alone"])):
+            pairs = []
+            for value in range(bins):
+                for piece in generator.generate(**common, **{argument: str(value)}, bar_limits=limits):
+                    pairs += bar_outcomes(piece, kind)
+            into[argument] = bin_summary(pairs, bins, shares)
     keys = {}
     for name in requested_keys(generator):
         wanted = controls.parse_requested_key(name)
@@ -185,28 +190,35 @@ def render_section(report: dict) -> list[str]:
         "preparation measures the training bars (onsets per bar, mean notes sounding at an onset).",
         "",
         f"Headline rows count the bins the training bars have (at least {100 * MIN_TRAINING_SHARE:g}% of them); "
-        "the rows \"every bin\" count every bin asked for, bins the corpus (almost) never has included.",
+        "the rows \"every bin\" count every bin asked for, bins the corpus (almost) never has included. "
+        "Rows \"model alone\" sample without the bar limits (`generate --no-bar-limits`): only the fed tokens "
+        "steer, which says how far the model follows them by itself; the other rows are what users get.",
         "",
         "| control | bins | bars | in the requested bin | within one bin | Spearman (requested, realised) |",
         "|---|---|---|---|---|---|",
     ]
+    alone = report.get("model_alone") or {}
     for name in ("density", "polyphony"):
-        rows = [(", ".join(str(b) for b in report[name]["bins"]) if "bins" in report[name] else "all",
-                 report[name])]
-        if "all_bins" in report[name]:
-            rows.append(("every bin", report[name]["all_bins"]))
-        for bins, summary in rows:
-            rho = "n/a" if summary["spearman"] is None else f"{summary['spearman']:.3f}"
-            lines.append(f"| {name} | {bins} | {summary['bars']} | {_percent(summary['in_bin'])} | "
-                         f"{_percent(summary['within_one'])} | {rho} |")
-    for name in ("density", "polyphony"):
-        confusion = report[name]["confusion"]
+        for label, source in ((name, report), (f"{name}, model alone", alone)):
+            if name not in source:
+                continue
+            rows = [(", ".join(str(b) for b in source[name]["bins"]) if "bins" in source[name] else "all",
+                     source[name])]
+            if "all_bins" in source[name]:
+                rows.append(("every bin", source[name]["all_bins"]))
+            for bins, summary in rows:
+                rho = "n/a" if summary["spearman"] is None else f"{summary['spearman']:.3f}"
+                lines.append(f"| {label} | {bins} | {summary['bars']} | {_percent(summary['in_bin'])} | "
+                             f"{_percent(summary['within_one'])} | {rho} |")
+    for name, source, how in [(n, report, "") for n in ("density", "polyphony")] + \
+            [(n, alone, ", model alone") for n in ("density", "polyphony") if n in alone]:
+        confusion = source[name]["confusion"]
         bins = len(confusion)
-        lines += ["", f"Confusion of {name} (rows: requested bin, columns: realised bin, bars):", "",
+        lines += ["", f"Confusion of {name}{how} (rows: requested bin, columns: realised bin, bars):", "",
                   "| requested | " + " | ".join(str(b) for b in range(bins)) + " | in bin | training bars |",
                   "|---|" + "---|" * (bins + 2)]
         for wanted, row in enumerate(confusion):
-            value = report[name]["per_value"].get(str(wanted), {})
+            value = source[name]["per_value"].get(str(wanted), {})
             lines.append(f"| {wanted} | " + " | ".join(str(n) for n in row) + f" | {_percent(value.get('in_bin'))} | "
                          f"{_percent(value.get('training_share'))} |")
     key = report["key"]
@@ -222,19 +234,24 @@ def render_section(report: dict) -> list[str]:
 
 
 def plot_confusions(report: dict, out_path: str) -> None:
-    """The two confusion tables as heat maps, each row normalised to the share of its bars."""
+    """The confusion tables as heat maps, each row normalised to the share of its bars: with the bar limits
+    (top) and, when the report has them, of the model alone (bottom)."""
     from keras_music import plots
 
-    figure, axes = plots.pyplot().subplots(1, 2, figsize=(9, 4))
-    for ax, name in zip(axes, ("density", "polyphony")):
-        confusion = np.asarray(report[name]["confusion"], np.float64)
+    panels = [(name, report, "") for name in ("density", "polyphony")]
+    alone = report.get("model_alone") or {}
+    panels += [(name, alone, ", model alone") for name in ("density", "polyphony") if name in alone]
+    rows = len(panels) // 2
+    figure, axes = plots.pyplot().subplots(rows, 2, figsize=(9, 4 * rows), squeeze=False)
+    for ax, (name, source, how) in zip(axes.ravel(), panels):
+        confusion = np.asarray(source[name]["confusion"], np.float64)
         totals = confusion.sum(axis=1, keepdims=True)
         shares = np.divide(confusion, totals, out=np.zeros_like(confusion), where=totals > 0)
         ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
         ax.set_xlabel("realised bin")
         ax.set_ylabel("requested bin")
-        rho = report[name]["spearman"]
-        ax.set_title(f"{name} (Spearman {'n/a' if rho is None else f'{rho:.2f}'})", fontsize=10)
+        rho = source[name]["spearman"]
+        ax.set_title(f"{name}{how} (Spearman {'n/a' if rho is None else f'{rho:.2f}'})", fontsize=10)
         ax.set_xticks(range(len(shares)))
         ax.set_yticks(range(len(shares)))
     figure.suptitle("controls: share of bars per realised bin, by requested bin")

@@ -382,6 +382,8 @@ class Generator:
             return piece
         fed = steering.fed[piece.index] if steering is not None else []
         piece.settings["controls"] = request.record(controls.time_signature_of(piece.timing), fed)
+        if steering is not None:
+            piece.settings["controls"]["bar_limits"] = steering.limits is not None
         if request.transpose:
             piece.sonorities = controls.transposed(piece.sonorities, request.transpose)
             piece.notes = events.sonorities_to_notes(piece.sonorities)
