@@ -153,3 +153,23 @@ def test_help_names_the_flag(argv, capsys):
     with pytest.raises(SystemExit):
         generate.parse_args(argv)
     assert "--no-bar-limits" in capsys.readouterr().out
+
+
+def test_the_studio_passes_bar_limits_and_refuses_a_non_boolean(controls_run, tmp_path):
+    from test_studio import Server, call, make_studio
+
+    server = Server(make_studio(controls_run, tmp_path))
+    try:
+        generator = generate.Generator(controls_run, log=lambda message: None)
+        for limits in (True, False):
+            body = {"seed": 9, "length": 24, "primer": "none", "density": "5", "bar_limits": limits}
+            status, piece = call(server, "/api/generate", body)
+            assert status == 200, piece
+            assert piece["controls"]["bar_limits"] is limits
+            status, record = call(server, piece["urls"]["json"])
+            ours = generator.generate(seed=9, length=24, primer_tokens=[], density="5", bar_limits=limits)[0]
+            assert record["ids"] == ours.ids
+        status, answer = call(server, "/api/generate", {"length": 8, "density": "high", "bar_limits": "no"})
+        assert status == 400 and "bar_limits must be true or false" in answer["error"], answer
+    finally:
+        server.stop()

@@ -46,7 +46,8 @@ def _controls_of(generator) -> dict | None:
 
 
 def _requested_controls(body: dict) -> dict:
-    """The key, density and polyphony of a /api/generate body (strings, or a bin number), unset when absent."""
+    """The key, density and polyphony of a /api/generate body (strings, or a bin number), unset when absent, and
+    `bar_limits` (default true: the sampler keeps steered bars in their bins)."""
     out = {}
     for name in ("key", "density", "polyphony"):
         value = body.get(name)
@@ -56,6 +57,11 @@ def _requested_controls(body: dict) -> dict:
             example = '"D minor"' if name == "key" else '"high" or "1-4:low,5-8:high"'
             raise StudioError(f"{name} must be a string such as {example}, got {value!r}")
         out[name] = value
+    limits = body.get("bar_limits")
+    if limits is not None:
+        if not isinstance(limits, bool):
+            raise StudioError(f"bar_limits must be true or false, got {limits!r}")
+        out["bar_limits"] = limits
     return out
 
 
@@ -192,7 +198,8 @@ class Studio:
         primer = body.get("primer", "held_out")
         kwargs = _requested_controls(body)
         try:
-            generator.control_request(**kwargs)  # a bad control fails now, not after waiting for the model
+            # A bad control fails now, not after waiting for the model.
+            generator.control_request(**{k: v for k, v in kwargs.items() if k != "bar_limits"})
         except KerasMusicError as error:
             raise StudioError(str(error)) from None
         if primer == "none":
