@@ -52,6 +52,8 @@ class GeneratorError(Exception):
 # Named levels of the bar controls (keras_music/controls.py; the tests check that the two agree).
 LEVELS = {"density": {"low": 1, "medium": 3, "high": 5}, "poly": {"low": 1, "medium": 2, "high": 4}}
 BINS = {"density": 7, "poly": 5}
+# Density bin b holds the bars with DENSITY_EDGES[b - 1] <= onsets < DENSITY_EDGES[b] (controls.DENSITY_EDGES).
+DENSITY_EDGES = (3, 5, 7, 9, 12, 16)
 PITCH_NAMES = ("C", "C#", "D", "E-", "E", "F", "F#", "G", "G#", "A", "B-", "B")
 
 
@@ -164,6 +166,122 @@ class BarClock:
             return None
         self.next_bar = bar + 1
         return bar
+
+
+# Bar limits (export/README.md, "Bar limits"; keras_music/controls.py's BarLimits): in a bar fed density:D the
+# sampler masks what would leave the bar's onsets outside D's range or make it unreachable, in a bar fed poly:P
+# what would give an onset another pitch count than P's; where nothing would be left, the grammar alone decides.
+
+def onset_range(bin_: int):
+    """(least, most) onsets per bar of density bin `bin_`, most None for the last bin."""
+    low = 0 if bin_ == 0 else DENSITY_EDGES[bin_ - 1]
+    return low, DENSITY_EDGES[bin_] - 1 if bin_ < len(DENSITY_EDGES) else None
+
+
+def pitch_range(bin_: int):
+    """(least, most) pitches per onset of polyphony bin `bin_`: bin + 1 each, the last bin 5 or more (most None)."""
+    return (bin_ + 1, bin_ + 1) if bin_ < BINS["poly"] - 1 else (BINS["poly"], None)
+
+
+class BarLimits:
+    """One piece's bar limits: their own time, phase and open sonority, moved by every token like the grammar."""
+
+    def __init__(self, tokens, kinds, density, polyphony, time_signature=(4, 4)):
+        kind = np.asarray(list(kinds))
+        self.is_pitch, self.is_hold, self.is_rest = kind == "pitch", kind == "hold", kind == "rest"
+        self.is_end, self.is_dur = kind == "end", kind == "dur"
+        pitches = [int(t.partition(":")[2]) if k in ("pitch", "hold") else -1 for t, k in zip(tokens, kind)]
+        attackable = sorted({p for p, k in zip(pitches, kind) if k == "pitch"})
+        # room[i]: how many distinct pitches of pitch tokens lie above token i's pitch
+        self.room = np.array([sum(1 for a in attackable if a > p) for p in pitches], np.int64)
+        self.durations = [(i, Fraction(t.partition(":")[2])) for i, (t, k) in enumerate(zip(tokens, kind))
+                          if k == "dur"]
+        self.shortest = min((d for _, d in self.durations), default=None)
+        self.density, self.polyphony = density, polyphony  # schedules (parse_schedule)
+        self.bar_length = Fraction(4 * int(time_signature[0]), int(time_signature[1]))
+        self.time, self.bar, self.onsets = Fraction(0), None, 0
+        self.onset_limits = self.pitch_limits = None
+        self.phase, self.count, self.attacked = "between", 0, False
+
+    def enter(self, bar: int) -> None:
+        """Bar `bar` has its turn (whether or not it is fed anything): its limits hold from here."""
+        self.bar, self.onsets = bar, 0
+        density, polyphony = schedule_at(self.density, bar), schedule_at(self.polyphony, bar)
+        self.onset_limits = None if density is None else onset_range(density)
+        self.pitch_limits = None if polyphony is None else pitch_range(polyphony)
+
+    def advance(self, kind: str, token: str) -> None:
+        if kind in ("pitch", "hold"):
+            self.phase, self.count = "chord", self.count + 1
+            self.attacked |= kind == "pitch"
+        elif kind == "rest" and self.phase == "between":
+            self.phase = "rest"
+        elif kind == "dur":
+            if self.attacked and self._bar_of(self.time) == self.bar:
+                self.onsets += 1
+            self.time += Fraction(token.partition(":")[2])
+            self.phase, self.count, self.attacked = "between", 0, False
+
+    def _bar_of(self, time) -> int:
+        return int(time // self.bar_length)
+
+    def _fit(self, room) -> int:
+        """How many sonorities can still start in `room` quarter notes (each at least the shortest duration)."""
+        return 0 if room <= 0 else math.ceil(room / self.shortest)
+
+    def closing(self, onsets: int) -> np.ndarray:
+        """Bool [V]: the durations that may close the open sonority, which leaves its bar with `onsets` onsets."""
+        ok = np.zeros(len(self.is_dur), bool)
+        here = self._bar_of(self.time)
+        own = self.onset_limits if here == self.bar else None
+        end = (here + 1) * self.bar_length
+        for index, duration in self.durations:
+            at = self.time + duration
+            good = True
+            if own is not None:
+                good = onsets >= own[0] if at >= end else own[0] - onsets <= self._fit(end - at)
+            if good and at >= end:
+                later = self._bar_of(at)
+                wanted = schedule_at(self.density, later)
+                if wanted is not None:
+                    good = onset_range(wanted)[0] <= self._fit((later + 1) * self.bar_length - at)
+            ok[index] = good
+        return ok
+
+    def mask(self) -> np.ndarray:
+        """Bool [V]: what the limits allow next (everything they say nothing about included)."""
+        allow = np.ones(len(self.is_dur), bool)
+        if self.shortest is None:
+            return allow
+        inside = self._bar_of(self.time) == self.bar
+        onsets = self.onset_limits if inside else None
+        pitches = self.pitch_limits if inside else None
+        if self.phase == "between":
+            if onsets is not None:
+                if onsets[1] is not None and self.onsets >= onsets[1]:
+                    allow[self.is_pitch] = False
+                if not self.closing(self.onsets).any():
+                    allow[self.is_rest | self.is_hold] = False
+                if self.onsets < onsets[0]:
+                    allow[self.is_end] = False
+            if pitches is not None:
+                allow[self.is_pitch & (1 + self.room < pitches[0])] = False
+            return allow
+        if self.phase == "chord":
+            if onsets is not None and onsets[1] is not None and not self.attacked and self.onsets >= onsets[1]:
+                allow[self.is_pitch] = False
+            if pitches is not None:
+                least, most = pitches
+                if most is not None and self.count >= most:
+                    allow[self.is_pitch | self.is_hold] = False
+                short = self.count + 1 + self.room < least
+                allow[self.is_pitch & short] = False
+                if self.attacked:
+                    allow[self.is_hold & short] = False
+                    if self.count < least:
+                        allow[self.is_dur] = False
+        allow[self.is_dur] &= self.closing(self.onsets + int(self.attacked))[self.is_dur]
+        return allow
 
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -379,7 +497,7 @@ def sample(probabilities, rng, temperature: float, top_k: int, banned, allowed=N
 def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAULT_LENGTH,
              temperature: float = DEFAULT_TEMPERATURE, top_k: int = DEFAULT_TOP_K, seed: int = 0,
              stop_at_boundary: bool = True, top_p: float = DEFAULT_TOP_P, min_length: int = DEFAULT_MIN_LENGTH,
-             density=None, polyphony=None, time_signature=(4, 4)):
+             density=None, polyphony=None, time_signature=(4, 4), bar_limits=True):
     """Primer ids followed by the sampled ids of up to `length` events; returns (ids, stopped_at_boundary).
 
     export/README.md's "One piece": every id is drawn among those the grammar allows, with
@@ -391,7 +509,8 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
 
     `density` and `polyphony` are schedules (`parse_schedule`): at a step between sonorities, the
     first in a bar (bars of `time_signature` from the primer's start) that no primer sonority
-    started in, the bar's `density:D` then `poly:P` are fed to the model without a draw.
+    started in, the bar's `density:D` then `poly:P` are fed to the model without a draw. With `bar_limits`
+    (the default) the bar limits (`BarLimits`) also keep each bar they were fed for in the requested bins.
     """
     rng = SplitMix64(seed)
     tokens = vocabulary["tokens"]
@@ -410,10 +529,18 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
     state = model.initial_state()
     probabilities = None
     kinds = (vocabulary.get("grammar") or {}).get("kinds") or ["event"] * len(tokens)
+    limits = BarLimits(tokens, kinds, schedules[0][1], schedules[1][1], time_signature) \
+        if steered and bar_limits else None
+
+    def advance(token):  # the limits move before the clock, over every primer and sampled id
+        if limits is not None:
+            limits.advance(kinds[token], tokens[token])
+        clock.advance(kinds[token], tokens[token])
+
     for token in primer_ids:
         probabilities, state = model.step(token, state)
         grammar.advance(token)
-        clock.advance(kinds[token], tokens[token])
+        advance(token)
     generated = []
     events = 0
     for step in range(max_tokens):
@@ -422,6 +549,8 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
             break
         bar = clock.due() if steered else None
         if bar is not None:  # the bar's controls, fed without a draw
+            if limits is not None:
+                limits.enter(bar)
             for kind, schedule in schedules:
                 bin_ = schedule_at(schedule, bar)
                 if bin_ is not None:
@@ -429,12 +558,16 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
         allowed = grammar.allowed(closing=last)
         if events < min_length:
             allowed[boundary] = False
+        if limits is not None:  # the bar limits narrow it where that leaves something
+            narrowed = allowed & limits.mask()
+            if narrowed.any():
+                allowed = narrowed
         token = sample(probabilities, rng, temperature, top_k, banned, allowed, top_p)
         if token == boundary and stop_at_boundary:
             return list(primer_ids) + generated, True
         generated.append(token)
         grammar.advance(token)
-        clock.advance(kinds[token], tokens[token])
+        advance(token)
         events += bool(grammar.ends_event[token])
         if events >= length:
             break
@@ -663,6 +796,10 @@ def parse_args(argv=None):
                              '"1-4:low,5-8:high"')
     parser.add_argument("--polyphony", default=None,
                         help="notes sounding at each onset: low, medium, high, off or a bin 0-4, or per bar range")
+    parser.add_argument("--no-bar-limits", dest="bar_limits", action="store_false",
+                        help="feed the density and polyphony tokens only, leaving it to the model how far it "
+                             "follows them (without this flag, generate's bar_limits=%(default)s: the bar limits "
+                             "keep each fed bar in the requested bins, export/README.md \"Bar limits\")")
     parser.add_argument("--time-signature", type=_time_signature, default=(4, 4), metavar="N/D",
                         help="the metre the bar controls count bars in (web.json's timing.time_signature)")
     parser.add_argument("--tokens-out", default=None, metavar="FILE",
@@ -692,7 +829,7 @@ def main(argv=None) -> int:
         ids, stopped = generate(model, vocabulary, primer_ids, args.length, args.temperature,
                                 args.top_k, seed, stop_at_boundary=not args.keep_going, top_p=args.top_p,
                                 min_length=args.min_length, density=args.density, polyphony=args.polyphony,
-                                time_signature=args.time_signature)
+                                time_signature=args.time_signature, bar_limits=args.bar_limits)
         primer = [tokens[i] for i in primer_ids]
         piece = [tokens[i] for i in ids]
         sonorities = tokens_to_sonorities(piece, vocabulary["representation"],

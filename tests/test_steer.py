@@ -20,7 +20,7 @@ def reference():
 
 
 NODE = r"""
-import {parseSchedule, scheduleAt, keyRequest, generate} from './sampler.mjs';
+import {parseSchedule, scheduleAt, keyRequest, generate, onsetRange, pitchRange} from './sampler.mjs';
 const chunks = [];
 for await (const chunk of process.stdin) chunks.push(chunk);
 const cases = JSON.parse(Buffer.concat(chunks).toString());
@@ -31,6 +31,7 @@ out.schedules = cases.schedules.map(([kind, spec]) => answer(() => {
   return Array.from({length: 12}, (_, bar) => scheduleAt(schedule, bar));
 }));
 out.keys = cases.keys.map(([name, tokens]) => answer(() => keyRequest(name, tokens)));
+out.ranges = {density: [0, 1, 2, 3, 4, 5, 6].map(onsetRange), poly: [0, 1, 2, 3, 4].map(pitchRange)};
 out.pieces = [];
 for (const {vocabulary, table, primerIds, settings} of cases.pieces || []) {
   const model = {
@@ -189,6 +190,83 @@ def test_python_the_reference_generator_and_the_page_feed_the_same_controls(cont
                                     polyphony=case["settings"]["polyphony"],
                                     time_signature=tuple(case["settings"]["timeSignature"]))
         assert got == ids[len(case["primerIds"]):]
+
+
+def fed_bar_outcomes(piece, kind):
+    """(requested, realised) bins of each bar of `piece` fed `kind` that ends inside the piece.
+
+    The bar clock counts from the primer's start, so the whole piece (primer included) is measured from time 0,
+    and only the bars after the primer's last one count (a primer sonority's bar gets no turn)."""
+    record = piece.settings["controls"]
+    metre = tuple(record["time_signature"])
+    layout = controls.measure(piece.sonorities, [[0, *metre]])
+    durations = [s.duration for s in piece.sonorities]
+    end = sum(durations, F(0))
+    primer_last_bar = int(sum(durations[:piece.primer_events - 1], F(0)) // controls.bar_length(metre))
+    out = []
+    for number, *tokens in record["bars_fed"]:
+        wanted = [int(t.partition(":")[2]) for t in tokens if t.partition(":")[0] == kind]
+        index = number - 1
+        if not wanted or index <= primer_last_bar or index >= len(layout) or layout[index].end > end:
+            continue
+        bar = layout[index]
+        out.append((wanted[0], bar.density_bin if kind == controls.DENSITY else bar.polyphony_bin))
+    return out
+
+
+def test_the_bar_limits_agree_in_python_the_reference_generator_and_the_page_and_keep_the_bins(
+        controls_run, tmp_path, reference):
+    """The bar limits on one fake model: with and without them Generator, reference_generator and sampler.js give
+    the same ids; with them every fed, complete bar lands in its bins, without them the fake model misses some."""
+    vocabulary = json.loads(open(run_lib.path(controls_run, run_lib.VOCAB)).read())
+    tokens = vocabulary["tokens"]
+    table = np.random.default_rng(5).dirichlet(np.full(len(tokens), 0.3), size=31).astype(np.float32)
+    generator = generate.Generator(controls_run, backend=BatchTable(table), log=lambda message: None)
+    pitches = [t for t in tokens if t.startswith("pitch:")]
+    primer = [pitches[2], "dur:1", pitches[4], "dur:1/2"]
+    primer_ids = [2, tokens.index("key:minor")] + [tokens.index(t) for t in primer]
+    seeds = tuple(range(21, 27))
+    cases, outcomes = [], {True: [], False: []}
+    for density, polyphony, metre in (("high", None, (4, 4)), ("1-2:low,3-:medium", "1", (3, 4)),
+                                      ("2", "2-:2", (6, 8)), (None, "medium,4:off", (4, 4))):
+        generator.corpus_timing = lambda metre=metre: {"start": 0.0, "tempos": [[0.0, 100.0]],
+                                                       "time_signatures": [[0.0, *metre]], "program": 0}
+        for limited in (True, False):
+            pieces = generator.generate(num_samples=len(seeds), seed=seeds[0], length=40, min_length=4,
+                                        temperature=1.2, primer_tokens=primer, key="G minor", density=density,
+                                        polyphony=polyphony, bar_limits=limited)
+            for seed, piece in zip(seeds, pieces):
+                assert piece.settings["controls"]["bar_limits"] is limited
+                assert piece.primer_events == 2 and piece.repairs == {}, piece.repairs
+                ids, _ = reference.generate(SingleTable(table), vocabulary, primer_ids, 40, 1.2, 0, seed,
+                                            min_length=4, density=density, polyphony=polyphony, time_signature=metre,
+                                            bar_limits=limited)
+                assert ids[len(primer_ids):] == piece.ids, (density, polyphony, limited, seed)
+                settings = {"seed": seed, "length": 40, "minLength": 4, "temperature": 1.2, "density": density,
+                            "polyphony": polyphony, "timeSignature": list(metre)}
+                if not limited:
+                    settings["barLimits"] = False  # left out when on: the page's default is on
+                cases.append({"vocabulary": vocabulary, "table": table.astype(np.float64).tolist(),
+                              "primerIds": primer_ids, "settings": settings, "expected": piece.ids})
+                for kind, asked in ((controls.DENSITY, density), (controls.POLYPHONY, polyphony)):
+                    if asked is not None:
+                        pairs = fed_bar_outcomes(piece, kind)
+                        outcomes[limited] += pairs
+                        if limited:
+                            assert all(wanted == got for wanted, got in pairs), (kind, asked, metre, seed, pairs)
+    assert len(outcomes[True]) >= 40 and len(outcomes[False]) >= 40, outcomes
+    assert any(wanted != got for wanted, got in outcomes[False])  # without the limits the fake model misses bars
+    answers = run_node(tmp_path, {"schedules": [], "keys": [], "pieces": cases})
+    assert len(answers["pieces"]) == len(cases)
+    for got, case in zip(answers["pieces"], cases):
+        assert got == case["expected"], case["settings"]
+    # The ranges the limits keep, alike in the three.
+    density = [list(controls.onset_range(b)) for b in range(controls.DENSITY_BINS)]
+    poly = [list(controls.pitch_range(b)) for b in range(controls.POLYPHONY_BINS)]
+    assert answers["ranges"] == {"density": density, "poly": poly}
+    assert reference.DENSITY_EDGES == controls.DENSITY_EDGES
+    assert [list(reference.onset_range(b)) for b in range(controls.DENSITY_BINS)] == density
+    assert [list(reference.pitch_range(b)) for b in range(controls.POLYPHONY_BINS)] == poly
 
 
 def bars_with_a_sonority(sonorities, metre):

@@ -110,6 +110,176 @@ export class BarClock {
   }
 }
 
+// Exact fractions [numerator, denominator] of integers, reduced, the denominator positive (as BarClock's time).
+const fraction = (numerator, denominator = 1) => {
+  const divisor = Math.abs(gcd(numerator, denominator)) || 1;
+  return [numerator / divisor, denominator / divisor];
+};
+const plus = (a, b) => fraction(a[0] * b[1] + b[0] * a[1], a[1] * b[1]);
+const minus = (a, b) => fraction(a[0] * b[1] - b[0] * a[1], a[1] * b[1]);
+const atLeast = (a, b) => a[0] * b[1] >= b[0] * a[1];  // a >= b
+const durationOf = (token) => {
+  const [top, bottom = '1'] = token.slice(token.indexOf(':') + 1).split('/');
+  return fraction(Number(top), Number(bottom));
+};
+// floor(a / b) and ceil(a / b) of fractions with a >= 0, b > 0, in integers.
+const floorOf = (a, b) => {
+  const top = a[0] * b[1];
+  const bottom = a[1] * b[0];
+  return (top - (top % bottom)) / bottom;
+};
+const ceilOf = (a, b) => {
+  const top = a[0] * b[1];
+  const bottom = a[1] * b[0];
+  return (top - (top % bottom)) / bottom + (top % bottom ? 1 : 0);
+};
+
+// Density bin b holds the bars with DENSITY_EDGES[b - 1] <= onsets < DENSITY_EDGES[b] (keras_music/controls.py).
+export const DENSITY_EDGES = Object.freeze([3, 5, 7, 9, 12, 16]);
+
+/** [least, most] onsets per bar of density bin `bin`, most null for the last bin. */
+export function onsetRange(bin) {
+  const low = bin === 0 ? 0 : DENSITY_EDGES[bin - 1];
+  return [low, bin < DENSITY_EDGES.length ? DENSITY_EDGES[bin] - 1 : null];
+}
+
+/** [least, most] pitches per onset of polyphony bin `bin`: bin + 1 each, the last bin 5 or more (most null). */
+export function pitchRange(bin) {
+  return bin < BINS.poly - 1 ? [bin + 1, bin + 1] : [BINS.poly, null];
+}
+
+/**
+ * One piece's bar limits (export/README.md, "Bar limits"; keras_music/controls.py's BarLimits): in a bar fed
+ * density:D they mask what would leave the bar's onsets outside D's range or make it unreachable, in a bar fed
+ * poly:P what would give an onset another pitch count than P's. They keep their own time, phase and open
+ * sonority, moved by every token like the grammar; all time arithmetic is exact.
+ */
+export class BarLimits {
+  constructor(tokens, kinds, density, polyphony, timeSignature = [4, 4]) {
+    this.size = tokens.length;
+    this.kinds = kinds;
+    const pitches = tokens.map((token, i) => (kinds[i] === 'pitch' || kinds[i] === 'hold' ?
+      Number(token.slice(token.indexOf(':') + 1)) : -1));
+    const attackable = [...new Set(pitches.filter((_, i) => kinds[i] === 'pitch'))];
+    // room[i]: how many distinct pitches of pitch tokens lie above token i's pitch
+    this.room = pitches.map((pitch) => attackable.filter((other) => other > pitch).length);
+    this.durations = [];
+    tokens.forEach((token, i) => { if (kinds[i] === 'dur') this.durations.push([i, durationOf(token)]); });
+    this.shortest = null;
+    for (const [, duration] of this.durations) {
+      if (this.shortest === null || !atLeast(duration, this.shortest)) this.shortest = duration;
+    }
+    this.density = density;  // schedules (parseSchedule)
+    this.polyphony = polyphony;
+    this.barLength = fraction(4 * timeSignature[0], timeSignature[1]);
+    this.time = [0, 1];
+    this.bar = null;
+    this.onsets = 0;
+    this.onsetLimits = null;
+    this.pitchLimits = null;
+    this.phase = 'between';
+    this.count = 0;
+    this.attacked = false;
+  }
+
+  /** Bar `bar` has its turn (whether or not it is fed anything): its limits hold from here. */
+  enter(bar) {
+    this.bar = bar;
+    this.onsets = 0;
+    const density = scheduleAt(this.density, bar);
+    const polyphony = scheduleAt(this.polyphony, bar);
+    this.onsetLimits = density === null ? null : onsetRange(density);
+    this.pitchLimits = polyphony === null ? null : pitchRange(polyphony);
+  }
+
+  advance(kind, token) {
+    if (kind === 'pitch' || kind === 'hold') {
+      this.phase = 'chord';
+      this.count += 1;
+      if (kind === 'pitch') this.attacked = true;
+    } else if (kind === 'rest' && this.phase === 'between') {
+      this.phase = 'rest';
+    } else if (kind === 'dur') {
+      if (this.attacked && this.barOf(this.time) === this.bar) this.onsets += 1;
+      this.time = plus(this.time, durationOf(token));
+      this.phase = 'between';
+      this.count = 0;
+      this.attacked = false;
+    }
+  }
+
+  barOf(time) {
+    return floorOf(time, this.barLength);
+  }
+
+  /** How many sonorities can still start in `room` quarter notes (each at least the shortest duration). */
+  fit(room) {
+    return room[0] <= 0 ? 0 : ceilOf(room, this.shortest);
+  }
+
+  /** Booleans [V]: the durations that may close the open sonority, which leaves its bar with `onsets` onsets. */
+  closing(onsets) {
+    const ok = new Array(this.size).fill(false);
+    const here = this.barOf(this.time);
+    const own = here === this.bar ? this.onsetLimits : null;
+    const end = fraction(this.barLength[0] * (here + 1), this.barLength[1]);
+    for (const [index, duration] of this.durations) {
+      const at = plus(this.time, duration);
+      const reaches = atLeast(at, end);
+      let good = true;
+      if (own !== null) good = reaches ? onsets >= own[0] : own[0] - onsets <= this.fit(minus(end, at));
+      if (good && reaches) {
+        const later = this.barOf(at);
+        const wanted = scheduleAt(this.density, later);
+        if (wanted !== null) {
+          const laterEnd = fraction(this.barLength[0] * (later + 1), this.barLength[1]);
+          good = onsetRange(wanted)[0] <= this.fit(minus(laterEnd, at));
+        }
+      }
+      ok[index] = good;
+    }
+    return ok;
+  }
+
+  /** Booleans [V]: what the limits allow next (everything they say nothing about included). */
+  mask() {
+    const {kinds, size} = this;
+    const allow = new Array(size).fill(true);
+    if (this.shortest === null) return allow;
+    const inside = this.barOf(this.time) === this.bar;
+    const onsets = inside ? this.onsetLimits : null;
+    const pitches = inside ? this.pitchLimits : null;
+    const ban = (test) => { for (let i = 0; i < size; i++) if (test(kinds[i], i)) allow[i] = false; };
+    if (this.phase === 'between') {
+      if (onsets !== null) {
+        if (onsets[1] !== null && this.onsets >= onsets[1]) ban((kind) => kind === 'pitch');
+        if (!this.closing(this.onsets).includes(true)) ban((kind) => kind === 'rest' || kind === 'hold');
+        if (this.onsets < onsets[0]) ban((kind) => kind === 'end');
+      }
+      if (pitches !== null) ban((kind, i) => kind === 'pitch' && 1 + this.room[i] < pitches[0]);
+      return allow;
+    }
+    if (this.phase === 'chord') {
+      if (onsets !== null && onsets[1] !== null && !this.attacked && this.onsets >= onsets[1]) {
+        ban((kind) => kind === 'pitch');
+      }
+      if (pitches !== null) {
+        const [least, most] = pitches;
+        if (most !== null && this.count >= most) ban((kind) => kind === 'pitch' || kind === 'hold');
+        const short = (i) => this.count + 1 + this.room[i] < least;
+        ban((kind, i) => kind === 'pitch' && short(i));
+        if (this.attacked) {
+          ban((kind, i) => kind === 'hold' && short(i));
+          if (this.count < least) ban((kind) => kind === 'dur');
+        }
+      }
+    }
+    const closes = this.closing(this.onsets + (this.attacked ? 1 : 0));
+    for (let i = 0; i < size; i++) if (kinds[i] === 'dur' && !closes[i]) allow[i] = false;
+    return allow;
+  }
+}
+
 /**
  * {token, transpose} for a key name ("D minor", "Eb major", "minor") or a key token: with key:major / key:minor
  * in the vocabulary (keys normalised) the mode's token and the semitones (-6..5) that move the output to the tonic.
@@ -345,7 +515,8 @@ export function sample(probabilities, rng, temperature, topK, topP, banned = BAN
  * the piece stops after `length` * 32 tokens at the latest (`maxTokens`, for benchmarks, overrides that).
  * `until(id)`, if given, is asked after each sampled id whether the caller has what it needs: true ends the
  * loop there, so the ids are a prefix of the ones the full loop gives (live answers stop at their bars).
- * `density` and `polyphony` are bar schedules (parseSchedule), bars of `timeSignature` counted from the primer's start.
+ * `density` and `polyphony` are bar schedules (parseSchedule), bars of `timeSignature` counted from the primer's start;
+ * with `barLimits` (the default) the bar limits (BarLimits) also keep each bar they were fed for in the requested bins.
  * `model` has initialState() and async step(token, state) -> {probabilities, state}.
  * Returns {ids (primer included), sampled (primer excluded), events, stopped, stepMs, fed}: `fed` lists the bar
  * controls fed, {bar (counted from 1), at (the index in `sampled` they came before), tokens}.
@@ -353,7 +524,7 @@ export function sample(probabilities, rng, temperature, topK, topP, banned = BAN
 export async function generate(model, vocabulary, {primerIds = [BOUNDARY], length = DEFAULTS.length,
   minLength = DEFAULTS.minLength, temperature = DEFAULTS.temperature, topK = DEFAULTS.topK, topP = DEFAULTS.topP,
   seed = 0, keepGoing = false, maxTokens = null, now = null, until = null, density = null, polyphony = null,
-  timeSignature = [4, 4]} = {}) {
+  timeSignature = [4, 4], barLimits = true} = {}) {
   const rng = new SplitMix64(seed);
   const grammar = new Grammar(vocabulary);
   const schedules = [['density', parseSchedule('density', density)], ['poly', parseSchedule('poly', polyphony)]];
@@ -362,6 +533,12 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
     throw new Error('this model has no control tokens, so density and polyphony cannot steer it');
   }
   const clock = new BarClock(timeSignature);
+  const limits = steered && barLimits ?
+    new BarLimits(vocabulary.tokens, grammar.kinds, schedules[0][1], schedules[1][1], timeSignature) : null;
+  const advance = (token) => {  // the limits move before the clock, over every primer and sampled id
+    if (limits) limits.advance(grammar.kinds[token], vocabulary.tokens[token]);
+    clock.advance(grammar.kinds[token], vocabulary.tokens[token]);
+  };
   const tokenLimit = maxTokens ?? length * DEFAULTS.maxTokensPerEvent;
   const least = Math.min(minLength, length);
   const stepMs = [];
@@ -376,7 +553,7 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
   for (const token of primerIds) {
     ({probabilities, state} = await timed(token, state));
     grammar.advance(token);
-    clock.advance(grammar.kinds[token], vocabulary.tokens[token]);
+    advance(token);
   }
   const sampled = [];
   const fed = [];
@@ -387,6 +564,7 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
     if (last && grammar.phase === 'between') break;  // rules "any" never leave it
     const bar = steered ? clock.due() : null;
     if (bar !== null) {  // the bar's controls, fed without a draw
+      if (limits) limits.enter(bar);
       const tokens = [];
       for (const [kind, schedule] of schedules) {
         const bin = scheduleAt(schedule, bar);
@@ -397,8 +575,13 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
       }
       if (tokens.length) fed.push({bar: bar + 1, at: sampled.length, tokens});
     }
-    const allowed = grammar.allowed(last);
+    let allowed = grammar.allowed(last);
     if (events < least) allowed[BOUNDARY] = false;
+    if (limits) {  // the bar limits narrow it where that leaves something
+      const mask = limits.mask();
+      const narrowed = allowed.map((ok, i) => ok && mask[i]);
+      if (narrowed.includes(true)) allowed = narrowed;
+    }
     const token = sample(probabilities, rng, temperature, topK, topP, BANNED, allowed);
     if (token === BOUNDARY && !keepGoing) {
       stopped = true;
@@ -406,7 +589,7 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
     }
     sampled.push(token);
     grammar.advance(token);
-    clock.advance(grammar.kinds[token], vocabulary.tokens[token]);
+    advance(token);
     if (grammar.kinds[token] === 'dur' || grammar.kinds[token] === 'event') events++;
     if (events >= length) break;
     if (until && until(token)) break;
