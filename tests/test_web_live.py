@@ -394,6 +394,11 @@ def test_key_and_density_steer_each_answer_as_the_reference_generator_does(contr
         assert turn["primer"][:2] == ["<piece>", "key:minor"]
         assert [t for t in turn["primer"] if t.startswith("key:")] == ["key:minor"]
         assert [vocab["tokens"][i] for i in turn["primerIds"]] == turn["primer"]
+        # The phrase reached the model in its own frame: moved by +5 (E minor -> A minor), as the answer moves back.
+        # (Pitch classes: a pitch the vocabulary lacks is moved by octaves into its range.)
+        read = {int(t.partition(":")[2]) % 12 for t in turn["primer"] if t.startswith(("pitch:", "hold:"))}
+        if turn["dropped"] == 0:
+            assert read == {(pitch + 5) % 12 for _, _, pitch in turn["phraseNotes"]}, turn["turn"]
         ids, _ = reference.generate(model, vocab, turn["primerIds"], turn["length"], 0.9, 0, int(turn["seed"]),
                                     stop_at_boundary=True, top_p=0.95, min_length=turn["length"], density="high",
                                     time_signature=metre)

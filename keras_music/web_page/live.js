@@ -284,8 +284,13 @@ export class Live {
       const off = note.off === null ? endTick : Math.max(ticks(note.off), on + step);
       return [on, off, note.pitch];
     });
-    const primer = phrasePrimer(notes, endTick, this.vocabulary, {grid, maxDuration});
     const {temperature, topK, topP, controls} = this.settings;
+    // With a key the model writes in C major / A minor (keys normalised) and its answer is moved by `transpose`
+    // into the key: the phrase is moved the other way before it is encoded, so the model reads the player in its
+    // own frame (a phrase in E minor reaches it in A minor) and answer and phrase end up in one key.
+    const shift = steer([BOUNDARY], this.vocabulary.tokens, controls).transpose;
+    const primer = phrasePrimer(notes.map(([on, off, pitch]) => [on, off, pitch - shift]), endTick, this.vocabulary,
+                                {grid, maxDuration});
     // Steering as the page's Generate does it (sampler.js): the key token after <piece>, the output transposed,
     // the density schedule fed at the bars (counted from the primer's start) the answer starts a sonority in.
     const steered = steer(primer.tokens.filter((token) => this.tokenIds.has(token)).map((t) => this.tokenIds.get(t)),
