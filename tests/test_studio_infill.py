@@ -1,5 +1,6 @@
 """The studio fills bars of a piece it made: POST /api/infill over HTTP judged with mido, and the page's form."""
 
+import json
 from fractions import Fraction as F
 
 import pytest
@@ -111,12 +112,13 @@ def test_the_fill_form_shows_for_a_piece_of_an_infilling_run_only(server, tmp_pa
     driver = headless_chromium(str(tmp_path), "1200,1800")
 
     def generate(run):
+        before = driver.execute_script("return typeof piece !== 'undefined' && piece ? piece.id : null")
         Select(driver.find_element(By.ID, "run-select")).select_by_value(run)
         length = driver.find_element(By.ID, "length")
         length.clear()
         length.send_keys("32")
         driver.find_element(By.ID, "generate-button").click()
-        wait_for(driver, f"return piece && piece.run === {run!r} && "
+        wait_for(driver, f"return piece && piece.id !== {json.dumps(before)} && piece.run === {run!r} && "
                          "document.getElementById('status').textContent.includes('playable')")
 
     def fill(first, last):
@@ -140,6 +142,15 @@ def test_the_fill_form_shows_for_a_piece_of_an_infilling_run_only(server, tmp_pa
         assert shown("infill-form") and shown("controls") and not shown("piece-filled")
         levels = driver.execute_script("return [...document.getElementById('levels').options].map((o) => o.value)")
         assert levels == ["low", "medium", "high"]
+        # "Hold bars to them" (checked by default) is the request's bar_limits.
+        assert driver.find_element(By.ID, "bar-limits").is_selected()
+        driver.find_element(By.ID, "density").send_keys("high")
+        driver.find_element(By.ID, "bar-limits").click()
+        generate(steered)
+        assert driver.execute_script("return [piece.controls.density, piece.controls.bar_limits]") == ["5", False]
+        driver.find_element(By.ID, "bar-limits").click()
+        generate(steered)
+        assert driver.execute_script("return [piece.controls.density, piece.controls.bar_limits]") == ["5", True]
         bars = driver.execute_script("return piece.bars")
         message = fill(bars + 1, bars + 1)
         assert message.startswith(f"bars {bars + 1}-{bars + 1} are outside piece ") and "\n" not in message

@@ -97,7 +97,8 @@ async function generate(event) {
   try {
     piece = await post("/api/generate", {
       run: $("run-select").value, ...sampling(), length: number("length"), primer: $("primer").value,
-      ...(run && run.controls ? { key: $("key").value, density: $("density").value.trim(), polyphony: $("polyphony").value.trim() } : {}),
+      ...(run && run.controls ? { key: $("key").value, density: $("density").value.trim(), polyphony: $("polyphony").value.trim(),
+        bar_limits: $("bar-limits").checked } : {}),
     }, { retries: 5, onWait: (why, seconds) => say($("status"), `another piece is being generated; trying again in ${seconds.toFixed(0)} s ...`) });
     say($("infill-status"), "");
     showPiece(started, (seconds) => say($("status"), `${piece.events} events, ${piece.seconds.toFixed(1)} s of audio ` +
