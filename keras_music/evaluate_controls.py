@@ -48,17 +48,22 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 
 
 def bar_outcomes(piece, kind: str) -> list[tuple[int, int]]:
-    """(requested bin, realised bin) of each bar of `piece` that was fed `kind` and ends inside the piece."""
+    """(requested bin, realised bin) of each bar of `piece` that was fed `kind` and ends inside the piece.
+
+    The bar clock counts from the primer's start, so the whole piece (primer included) is measured from
+    time 0; a bar in which a primer sonority starts has had its turn and does not count."""
     record = piece.settings["controls"]
     time_signature = tuple(record["time_signature"])
-    sonorities = piece.sonorities[piece.primer_events:]
-    layout = controls.measure(sonorities, [[0, *time_signature]])
-    end = sum((s.duration for s in sonorities), Fraction(0))
+    layout = controls.measure(piece.sonorities, [[0, *time_signature]])
+    durations = [s.duration for s in piece.sonorities]
+    end = sum(durations, Fraction(0))
+    primer_last_bar = -1 if piece.primer_events == 0 else int(
+        sum(durations[:piece.primer_events - 1], Fraction(0)) // controls.bar_length(time_signature))
     out = []
     for bar_number, *tokens in record["bars_fed"]:
         wanted = [int(t.partition(":")[2]) for t in tokens if t.partition(":")[0] == kind]
         index = bar_number - 1
-        if not wanted or index >= len(layout) or layout[index].end > end:
+        if not wanted or index <= primer_last_bar or index >= len(layout) or layout[index].end > end:
             continue
         bar = layout[index]
         out.append((wanted[0], bar.density_bin if kind == controls.DENSITY else bar.polyphony_bin))

@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from keras_music import controls, events, generate, run as run_lib
+from keras_music import controls, evaluate_controls, events, generate, run as run_lib
 from page_harness import reference_generator
 from test_web_export import run_node as web_run_node
 
@@ -192,28 +192,6 @@ def test_python_the_reference_generator_and_the_page_feed_the_same_controls(cont
         assert got == ids[len(case["primerIds"]):]
 
 
-def fed_bar_outcomes(piece, kind):
-    """(requested, realised) bins of each bar of `piece` fed `kind` that ends inside the piece.
-
-    The bar clock counts from the primer's start, so the whole piece (primer included) is measured from time 0,
-    and only the bars after the primer's last one count (a primer sonority's bar gets no turn)."""
-    record = piece.settings["controls"]
-    metre = tuple(record["time_signature"])
-    layout = controls.measure(piece.sonorities, [[0, *metre]])
-    durations = [s.duration for s in piece.sonorities]
-    end = sum(durations, F(0))
-    primer_last_bar = int(sum(durations[:piece.primer_events - 1], F(0)) // controls.bar_length(metre))
-    out = []
-    for number, *tokens in record["bars_fed"]:
-        wanted = [int(t.partition(":")[2]) for t in tokens if t.partition(":")[0] == kind]
-        index = number - 1
-        if not wanted or index <= primer_last_bar or index >= len(layout) or layout[index].end > end:
-            continue
-        bar = layout[index]
-        out.append((wanted[0], bar.density_bin if kind == controls.DENSITY else bar.polyphony_bin))
-    return out
-
-
 def test_the_bar_limits_agree_in_python_the_reference_generator_and_the_page_and_keep_the_bins(
         controls_run, tmp_path, reference):
     """The bar limits on one fake model: with and without them Generator, reference_generator and sampler.js give
@@ -250,7 +228,7 @@ def test_the_bar_limits_agree_in_python_the_reference_generator_and_the_page_and
                               "primerIds": primer_ids, "settings": settings, "expected": piece.ids})
                 for kind, asked in ((controls.DENSITY, density), (controls.POLYPHONY, polyphony)):
                     if asked is not None:
-                        pairs = fed_bar_outcomes(piece, kind)
+                        pairs = evaluate_controls.bar_outcomes(piece, kind)
                         outcomes[limited] += pairs
                         if limited:
                             assert all(wanted == got for wanted, got in pairs), (kind, asked, metre, seed, pairs)
