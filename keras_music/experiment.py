@@ -375,10 +375,7 @@ def main(argv=None):
     command = "python -m keras_music.experiment " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     if args.report_only:
         with cli.user_errors(parser):
-            try:
-                result = rerender_report(args.out)
-            except ExperimentError as error:
-                parser.error(str(error))
+            result = rerender_report(args.out)
             votes = sum(r["votes"] for r in result["listening"])
             print(f"listening: {votes} vote{'s' if votes != 1 else ''} in {len(result['listening'])} comparison"
                   f"{'s' if len(result['listening']) != 1 else ''}")
@@ -386,13 +383,10 @@ def main(argv=None):
         cli.finish(0)
     with cli.user_errors(parser):
         out_dir = args.out or run_lib.timestamped_dir("runs", "experiment-")
-        try:
-            result = run_study(args.configs, out_dir, args.data, args.overrides, args.scale, args.budget,
-                               args.budget_tokens, args.temperatures or DEFAULT_TEMPERATURES, args.num_samples,
-                               args.length, args.seed, args.write_samples, show_progress=not args.quiet,
-                               command=command)
-        except ExperimentError as error:
-            parser.error(str(error))
+        result = run_study(args.configs, out_dir, args.data, args.overrides, args.scale, args.budget,
+                           args.budget_tokens, args.temperatures or DEFAULT_TEMPERATURES, args.num_samples,
+                           args.length, args.seed, args.write_samples, show_progress=not args.quiet,
+                           command=command)
         for claim in result["claims"]:
             print(f"claim {claim['id']} ({claim['claim']}): {claim['verdict']}")
         print(f"report: {storage.join(out_dir, REPORT_MD)}")
