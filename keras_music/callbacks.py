@@ -172,7 +172,7 @@ class Backups:
         state = {"next_epoch": next_epoch, "model": self.model_name, **progress,
                  "config": config_lib.to_dict(self.config),
                  "vocabulary_fingerprint": (self.metadata or {}).get("vocabulary_fingerprint")}
-        storage.write_json(storage.join(self.directory, run_lib.BACKUP_STATE), state)
+        storage.write_json(storage.join(self.directory, run_lib.BACKUP_RECORD), state)
         for old in storage.listdir(self.directory):
             if old.startswith(run_lib.BACKUP_MODEL_PREFIX) and old != self.model_name:
                 storage.remove(storage.join(self.directory, old))

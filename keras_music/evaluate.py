@@ -58,7 +58,7 @@ def _evaluate_run(run_dir, num_samples, length, temperatures, seed, orders, out_
         from keras_music.generate import Generator
 
         generator = Generator(run_dir)
-    music = music_lib.music_metrics(run_dir, num_samples, length, temperatures, seed, held_out, training,
+    music = music_lib.music_report(run_dir, num_samples, length, temperatures, seed, held_out, training,
                                     vocabulary, generator, show_progress)
     result = {
         "run_dir": str(run_dir),

@@ -6,11 +6,11 @@ import math
 
 import numpy as np
 
-from keras_music import cli, defaults, events, metrics, run as run_lib
+from keras_music import cli, defaults, events, music_metrics, run as run_lib
 from keras_music.cli import progress
 from keras_music.evaluate_held_out import DEFAULT_TIME_SIGNATURE, HeldOutPiece, load_split
 
-METRIC_NAMES = tuple(metrics.METRIC_DESCRIPTIONS)
+METRIC_NAMES = tuple(music_metrics.METRIC_DESCRIPTIONS)
 DEFAULT_NUM_SAMPLES = 20
 # Generated pieces as long as the held-out pieces they are compared with: pitch entropy,
 # pitch range and most other metrics grow with a piece's length, so sets of unlike lengths
@@ -57,14 +57,14 @@ def generated_part(piece) -> tuple[np.ndarray, list]:
 
 
 def transition_matrix_for(pieces: list[HeldOutPiece], vocabulary) -> np.ndarray:
-    return metrics.transition_matrix([piece_notes(decode_sonorities(p.ids, vocabulary)) for p in pieces])
+    return music_metrics.transition_matrix([piece_notes(decode_sonorities(p.ids, vocabulary)) for p in pieces])
 
 
 def real_piece_metrics(pieces: list[HeldOutPiece], vocabulary, matrix, show_progress: bool = False) -> list[dict]:
     out = []
     for piece in progress(pieces, show=show_progress, desc="metrics of held-out pieces", unit="piece"):
         sonorities = decode_sonorities(piece.ids, vocabulary)
-        values = metrics.piece_metrics(piece_notes(sonorities), events.event_keys(sonorities),
+        values = music_metrics.piece_metrics(piece_notes(sonorities), events.event_keys(sonorities),
                                        piece.time_signature, matrix)
         out.append({"name": piece.name, "events": len(sonorities), "time_signature": list(piece.time_signature),
                     "metrics": values})
@@ -75,7 +75,7 @@ def generated_piece_metrics(pieces, matrix) -> list[dict]:
     out = []
     for piece in pieces:
         notes, sonorities = generated_part(piece)
-        values = metrics.piece_metrics(notes, events.event_keys(sonorities), DEFAULT_TIME_SIGNATURE, matrix)
+        values = music_metrics.piece_metrics(notes, events.event_keys(sonorities), DEFAULT_TIME_SIGNATURE, matrix)
         repairs = getattr(piece, "repairs", None) or {}
         out.append({"events": len(sonorities), "notes": int(len(notes)),
                     "stop_reason": getattr(piece, "stop_reason", None),
@@ -127,7 +127,7 @@ def _summaries(rows) -> dict:
     return {name: summarize_values(metric_values(rows, name)) for name in METRIC_NAMES}
 
 
-def music_metrics(run_dir: str, num_samples: int = DEFAULT_NUM_SAMPLES, length=DEFAULT_LENGTH,
+def music_report(run_dir: str, num_samples: int = DEFAULT_NUM_SAMPLES, length=DEFAULT_LENGTH,
                   temperatures=DEFAULT_TEMPERATURES, seed: int = 0, pieces=None, train_pieces=None,
                   vocabulary=None, generator=None, show_progress: bool = False) -> dict:
     """Metrics of generated pieces per temperature and of held-out real pieces, and their comparison."""
@@ -151,12 +151,12 @@ def music_metrics(run_dir: str, num_samples: int = DEFAULT_NUM_SAMPLES, length=D
                                      **generation_lengths(length, real, num_samples))
         rows = generated_piece_metrics(samples, matrix)
         generated[key] = {"pieces": rows, "summary": _summaries(rows), "stop_reasons": stop_reasons(rows)}
-        comparisons[key] = {name: metrics.compare_distributions(metric_values(rows, name), metric_values(real, name))
+        comparisons[key] = {name: music_metrics.compare_distributions(metric_values(rows, name), metric_values(real, name))
                             for name in METRIC_NAMES}
     return {
         "temperatures": [float(t) for t in temperatures],
         "metric_names": list(METRIC_NAMES),
-        "descriptions": dict(metrics.METRIC_DESCRIPTIONS),
+        "descriptions": dict(music_metrics.METRIC_DESCRIPTIONS),
         "transition_matrix": matrix.tolist(),
         "real": {"pieces": real, "summary": _summaries(real)},
         "generated": generated,

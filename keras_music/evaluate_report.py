@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from keras_music import cli, formatting as fmt, metrics, plots
+from keras_music import cli, formatting as fmt, music_metrics, plots
 from keras_music.evaluate_music import metric_values, temperature_key
 
 
@@ -190,8 +190,8 @@ def plot_distributions(music: dict, out_path: str) -> None:
     keys = [temperature_key(t) for t in music["temperatures"]]
     figure, axes = plots.metric_grid(len(names))
     for ax, name in zip(axes.flat, names):
-        real = metrics.finite_values(metric_values(music["real"]["pieces"], name))
-        generated = {k: metrics.finite_values(metric_values(music["generated"][k]["pieces"], name)) for k in keys}
+        real = music_metrics.finite_values(metric_values(music["real"]["pieces"], name))
+        generated = {k: music_metrics.finite_values(metric_values(music["generated"][k]["pieces"], name)) for k in keys}
         pooled = np.concatenate([real, *generated.values()])
         if len(pooled) == 0:
             ax.set_title(f"{name} (undefined)")

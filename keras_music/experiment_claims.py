@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from keras_music import metrics
+from keras_music import music_metrics
 from keras_music.evaluate_music import temperature_key
 
 # A difference counts only when it is at least this many standard errors.
@@ -54,7 +54,7 @@ RULE = (
 
 def mean_se(values) -> dict:
     """Mean, sample standard deviation (n − 1), standard error of the mean, count of finite values."""
-    x = metrics.finite_values(values)
+    x = music_metrics.finite_values(values)
     n = len(x)
     std = float(x.std(ddof=1)) if n >= 2 else math.nan
     return {"mean": float(x.mean()) if n else math.nan, "std": std,
@@ -81,7 +81,7 @@ def compare_groups(original, modified, direction: int) -> dict:
 def compare_paired(original: dict, modified: dict, direction: int) -> dict:
     """Like compare_groups for values keyed by the same items (held-out pieces): mean of per-item differences."""
     shared = [k for k in original if k in modified and original[k] is not None and modified[k] is not None]
-    differences = metrics.finite_values([modified[k] - original[k] for k in shared])
+    differences = music_metrics.finite_values([modified[k] - original[k] for k in shared])
     summary = mean_se(differences)
     return {"original": mean_se([original[k] for k in shared]), "modified": mean_se([modified[k] for k in shared]),
             "difference": summary["mean"], "se": summary["se"], "pairs": summary["n"],

@@ -10,6 +10,7 @@ import math
 import os
 import socket
 import sys
+from typing import TypedDict
 
 from keras_music import cli, config as config_lib, storage
 from keras_music.errors import KerasMusicError
@@ -19,12 +20,12 @@ CONFIG = "config.yaml"
 VOCAB = "vocab.json"
 MANIFEST = "corpus_manifest.json"
 MODEL = "model.keras"
-METRICS = "metrics.json"
+TRAINING_RECORD = "metrics.json"  # the training record (not the music metrics of music_metrics.py)
 PREPARED = "prepared.json"
 PREPARED_FORMAT = "keras_music.prepared"
 DATA = "data"
 BACKUP = "backup"
-BACKUP_STATE = "state.json"
+BACKUP_RECORD = "state.json"
 BACKUP_MODEL_PREFIX = "model-"  # backup/model-<next epoch>.keras
 LOGS = "logs"  # TensorBoard
 BEST_CHECKPOINT = ("checkpoints", "best.keras")
@@ -43,6 +44,89 @@ EXPORT_VOCAB = "vocab.json"
 WEB = "web"
 # Held by the one process that writes a directory (see `lock`).
 LOCK = ".keras_music.lock"
+
+
+class TrainingRecord(TypedDict, total=False):
+    """metrics.json: what training did and how the kept model scores (written by `train`, read by later stages).
+
+    Fields: `epochs` (epochs run), `stopped` (why: completed, early_stopping, budget, nan_loss) and
+    `stopped_detail`, `train_loss`/`val_loss` (nats per token), `val_perplexity`, `val_accuracy`,
+    `best_epoch` (0-based, of the kept model), `tokens_seen`, `tokens_per_second`, `train_seconds`,
+    `wall_seconds`, `parameters`, `vocabulary_size`, `validation_unknown_rate`, `strategy`,
+    `replicas`, `history` (one record per epoch) and, for a fine-tune, `init_from`.
+    """
+
+    epochs: int
+    stopped: str
+    stopped_detail: str
+    train_loss: float
+    val_loss: float
+    val_perplexity: float
+    val_accuracy: float
+    best_epoch: int
+    tokens_seen: int
+    tokens_per_second: float
+    train_seconds: float
+    wall_seconds: float
+    parameters: int
+    vocabulary_size: int
+    validation_unknown_rate: float
+    strategy: str
+    replicas: int
+    history: list
+    init_from: dict
+
+
+class BackupRecord(TypedDict, total=False):
+    """backup/state.json: where an interrupted training resumes (the backup, not an LSTM or grammar state).
+
+    Fields: `next_epoch`, `model` (the backup model's file name in backup/), `history`, `best` (best
+    validation loss so far), `wait` (epochs without improvement), `elapsed` (seconds trained),
+    `stopped`/`stopped_reason` (set once training has ended), `steps_done`, `config` (the resolved
+    config it was trained with) and `vocabulary_fingerprint`.
+    """
+
+    next_epoch: int
+    model: str
+    history: list
+    best: float
+    wait: int
+    elapsed: float
+    stopped: str | None
+    stopped_reason: str | None
+    steps_done: int
+    config: dict
+    vocabulary_fingerprint: str
+
+
+class Prepared(TypedDict, total=False):
+    """prepared.json: what the corpus stage wrote into data/ (checked by `check_prepared`).
+
+    Fields: `format`/`version`, `settings` (the config keys that decide the tokens), `vocabulary_size`,
+    `vocabulary_fingerprint`, per split `pieces`, `tokens`, `events`, `lengths` and `shards`, the
+    validation split's `validation_unknown_tokens`/`_rate`/`validation_events`, `files` (source files
+    per split), `timing` (the corpus's median tempo, metre and program), `seconds`, and for a run with
+    controls or infilling `control_tokens` and `infill_examples`.
+    """
+
+    format: str
+    version: int
+    settings: dict
+    vocabulary_size: int
+    vocabulary_fingerprint: str
+    pieces: dict
+    tokens: dict
+    events: dict
+    lengths: dict
+    shards: dict
+    validation_unknown_tokens: int
+    validation_unknown_rate: float
+    validation_events: int
+    files: dict
+    timing: dict
+    seconds: float
+    control_tokens: dict
+    infill_examples: dict
 
 
 class RunError(KerasMusicError, ValueError):
@@ -288,7 +372,7 @@ def check_unlocked(directory: str) -> None:
 def training_started(run_dir: str) -> bool:
     """Whether the run holds training results (a backup, a checkpoint, a model or metrics)."""
     return any(storage.exists(path(run_dir, *parts)) for parts in
-               ((BACKUP, BACKUP_STATE), BEST_CHECKPOINT, (MODEL,), (METRICS,)))
+               ((BACKUP, BACKUP_RECORD), BEST_CHECKPOINT, (MODEL,), (TRAINING_RECORD,)))
 
 
 def _flat(data: dict, prefix: str = "") -> dict:
@@ -319,7 +403,7 @@ def check_settings(run_dir: str, config: config_lib.Config) -> None:
     if storage.exists(file):
         recorded = load_config(run_dir)
     else:
-        state = read_backup_state(run_dir)
+        state = read_backup_record(run_dir)
         if state and isinstance(state.get("config"), dict):
             try:
                 recorded = config_lib.from_dict(state["config"])
@@ -346,9 +430,9 @@ def write_config(run_dir: str, config: config_lib.Config) -> None:
     storage.write_text(file, text)
 
 
-def read_backup_state(run_dir: str) -> dict | None:
+def read_backup_record(run_dir: str) -> BackupRecord | None:
     """backup/state.json, or None when it is missing or unreadable (a new backup is then written)."""
-    file = path(run_dir, BACKUP, BACKUP_STATE)
+    file = path(run_dir, BACKUP, BACKUP_RECORD)
     if not storage.exists(file):
         return None
     try:
@@ -477,7 +561,7 @@ def _prepared_fix(directory: str, info: dict | None = None) -> str:
             f"python -m keras_music.prepare --out {cli.quote(directory)} ...")
 
 
-def check_prepared(info, file: str, directory: str = "") -> dict:
+def check_prepared(info, file: str, directory: str = "") -> Prepared:
     """prepared.json's own consistency: format, counts that are non-negative integers and agree."""
     fix = _prepared_fix(directory, info if isinstance(info, dict) else None)
 
@@ -534,7 +618,7 @@ def check_prepared(info, file: str, directory: str = "") -> dict:
     return info
 
 
-def load_prepared(run_dir: str, required: bool = False) -> dict:
+def load_prepared(run_dir: str, required: bool = False) -> Prepared:
     """prepared.json of the run, checked ({} when the run has none, e.g. one trained before it existed)."""
     file = path(run_dir, PREPARED)
     if not storage.exists(file):
@@ -627,10 +711,10 @@ def read_split(run_dir: str, split: str, vocabulary: Vocabulary, info: dict | No
     return pieces
 
 
-def read_metrics(run_dir: str) -> dict | None:
+def read_training_record(run_dir: str) -> TrainingRecord | None:
     """metrics.json of a run that finished training, or None (missing, unreadable, or not a training record)."""
     try:
-        metrics = storage.read_json(path(run_dir, METRICS), 64 << 20)
+        metrics = storage.read_json(path(run_dir, TRAINING_RECORD), 64 << 20)
     except (OSError, ValueError):
         return None
     return metrics if isinstance(metrics, dict) and "val_loss" in metrics else None

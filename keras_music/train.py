@@ -82,7 +82,7 @@ def trained_vocabulary(run_dir: str) -> str | None:
 
     if not run_lib.training_started(run_dir):
         return None
-    state = run_lib.read_backup_state(run_dir) or {}
+    state = run_lib.read_backup_record(run_dir) or {}
     if isinstance(state.get("vocabulary_fingerprint"), str):
         return state["vocabulary_fingerprint"]
     for parts in ((run_lib.MODEL,), run_lib.BEST_CHECKPOINT):
@@ -282,7 +282,7 @@ def finished_run(run_dir: str, state: dict | None, config, vocabulary, log) -> d
     if not state or not (state.get("stopped") or state.get("stopped_reason")
                          or state.get("next_epoch", 0) >= config.train.epochs):
         return None
-    done = run_lib.read_metrics(run_dir)
+    done = run_lib.read_training_record(run_dir)
     if done is None or not storage.exists(run_lib.path(run_dir, run_lib.MODEL)):
         return None
     try:
@@ -547,7 +547,7 @@ def save_results(run_dir: str, model, metrics: dict, metadata: dict, sizes: dict
 
     with storage.atomic_local_path(run_lib.path(run_dir, run_lib.MODEL)) as tmp:
         model_lib.save_model(model, tmp, metadata)
-    storage.write_json(run_lib.path(run_dir, run_lib.METRICS), metrics)
+    storage.write_json(run_lib.path(run_dir, run_lib.TRAINING_RECORD), metrics)
     if metrics["history"]:
         name = os.path.basename(str(run_dir).rstrip("/"))
         plot_curves(metrics["history"], run_lib.path(run_dir, run_lib.TRAINING_CURVES),
@@ -574,7 +574,7 @@ def plot_curves(history: list[dict], out_path: str, title: str = "") -> None:
 
 
 def read_backup(run_dir: str, config) -> dict | None:
-    state = run_lib.read_backup_state(run_dir)
+    state = run_lib.read_backup_record(run_dir)
     if state is None:
         return None
     recorded = state.get("config")

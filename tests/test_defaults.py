@@ -47,7 +47,7 @@ def test_library_signatures_use_the_defaults():
     assert generated["rng"] == "splitmix64"
     assert (generate.MAX_LENGTH, generate.MAX_TOKENS_PER_EVENT) == (defaults.MAX_LENGTH, defaults.MAX_TOKENS_PER_EVENT)
     assert parameter_defaults(evaluate.evaluate_run)["temperatures"] == defaults.TEMPERATURES
-    assert parameter_defaults(evaluate_music.music_metrics)["temperatures"] == defaults.TEMPERATURES
+    assert parameter_defaults(evaluate_music.music_report)["temperatures"] == defaults.TEMPERATURES
     assert parameter_defaults(experiment.run_study)["temperatures"] == defaults.TEMPERATURES
     assert parameter_defaults(model.build_model)["dropout"] == defaults.DROPOUT
     assert parameter_defaults(pieces.default_timing)["tempo"] == defaults.TEMPO

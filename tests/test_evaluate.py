@@ -9,7 +9,7 @@ import pytest
 
 from conftest import usage_error
 
-from keras_music import cli, evaluate, evaluate_report, formatting as fmt, metrics, run as run_lib, storage
+from keras_music import cli, evaluate, evaluate_report, formatting as fmt, music_metrics, run as run_lib, storage
 
 pytestmark = pytest.mark.slow
 
@@ -43,15 +43,15 @@ def test_writes_every_file_and_section(evaluation):
         assert key in written, key
     music = written["music_metrics"]
     assert sorted(music["generated"]) == ["0.5", "1.5"]
-    assert set(music["comparison"]["0.5"]) == set(metrics.METRIC_DESCRIPTIONS)
+    assert set(music["comparison"]["0.5"]) == set(music_metrics.METRIC_DESCRIPTIONS)
     assert len(music["generated"]["1.5"]["pieces"]) == 4
-    assert set(music["real"]["summary"]) == set(metrics.METRIC_DESCRIPTIONS)
+    assert set(music["real"]["summary"]) == set(music_metrics.METRIC_DESCRIPTIONS)
     report = storage.read_text(os.path.join(out_dir, "evaluation.md"))
     for heading in ("## Model quality", "## Music metrics", "## Generated vs real", "## How to read this"):
         assert heading in report
     for row in ("| LSTM |", "| 1-gram", "| 2-gram", "| 3-gram", "T = 0.5", "T = 1.5", "held-out real"):
         assert row in report
-    for description in metrics.METRIC_DESCRIPTIONS.values():
+    for description in music_metrics.METRIC_DESCRIPTIONS.values():
         assert description in report
     # The tiny config trains without transposition, and the report says so.
     assert result["settings"]["data_transpose"] == 0

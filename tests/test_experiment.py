@@ -104,7 +104,7 @@ def test_report_json_agrees_with_the_run_directories(study):
     assert result["settings"]["budget_tokens"] == 1000 and result["scaled"] and result["budgeted"]
     for name, run in result["runs"].items():
         run_dir = os.path.join(out, run["run_dir"])
-        with open(run_lib.path(run_dir, run_lib.METRICS)) as handle:
+        with open(run_lib.path(run_dir, run_lib.TRAINING_RECORD)) as handle:
             metrics_json = json.load(handle)
         with open(os.path.join(out, run["evaluation"]).replace(".md", ".json")) as handle:
             evaluation = json.load(handle)

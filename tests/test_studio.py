@@ -97,7 +97,7 @@ def test_runs_are_described_in_words_and_labelled_records_without_machine_paths(
     from keras_music import run as run_lib
 
     (run,) = call(server, "/api/runs")[1]["runs"]
-    evaluation, metrics = run_lib.read_evaluation(evaluated_run), run_lib.read_metrics(evaluated_run)
+    evaluation, metrics = run_lib.read_evaluation(evaluated_run), run_lib.read_training_record(evaluated_run)
     ratio = evaluation["lstm_vs_ngram"]
     assert (f"Held-out perplexity {evaluation['model_quality']['perplexity']:.2f} per token, "
             f"{ratio['perplexity_ratio']:.2f}x the best n-gram ({ratio['best_order']}-gram)") in run["summary"]["lines"][1]

@@ -158,7 +158,7 @@ class Studio:
         out = []
         for label, run_dir in self.runs.items():
             generator = self.generators[label]
-            metrics = run_lib.read_metrics(run_dir)
+            metrics = run_lib.read_training_record(run_dir)
             evaluation = run_lib.read_evaluation(run_dir)
             held_out = len(generator.held_out_pieces())
             out.append({
