@@ -18,9 +18,13 @@ _PUBLIC = {
     "Generator": ("keras_music.generate", "Generator"),
     "evaluate_run": ("keras_music.evaluate", "evaluate_run"),
     "export_run": ("keras_music.export", "export"),
+    # The settings objects those calls take.
+    "SamplingSettings": ("keras_music.sampling", "SamplingSettings"),
+    "ControlSettings": ("keras_music.controls", "ControlSettings"),
+    "EvaluationSettings": ("keras_music.evaluate_music", "EvaluationSettings"),
 }
-__all__ = ["Config", "load_config", "train", "Generator", "evaluate_run", "export_run", "EnvironmentMismatch",
-           "KerasMusicError", "__version__"]
+__all__ = ["Config", "load_config", "train", "Generator", "evaluate_run", "export_run", "SamplingSettings",
+           "ControlSettings", "EvaluationSettings", "EnvironmentMismatch", "KerasMusicError", "__version__"]
 
 
 def __getattr__(name: str):

@@ -649,6 +649,23 @@ def time_signature_of(timing: dict | None) -> tuple[int, int]:
     return int(current[-1][1]), int(current[-1][2])
 
 
+@dataclasses.dataclass(frozen=True)
+class ControlSettings:
+    """What a user asks of the controls (runs trained with `data.controls`), before it is checked against a run.
+
+    Attributes:
+      key: a key name ("D minor", "Eb major", "major"), or None for no key token.
+      density, polyphony: a level (low, medium, high, off, a bin) or a bar schedule
+        ("1-4:low,5-8:high"), or None.
+      bar_limits: keep each bar they were fed for in its bins (`BarLimits`); False leaves it to the model.
+    """
+
+    key: str | None = None
+    density: object = None
+    polyphony: object = None
+    bar_limits: bool = True
+
+
 @dataclasses.dataclass
 class Request:
     """What a user asked of a piece: a key (its token and the output's transposition) and two bar schedules."""
@@ -683,12 +700,14 @@ def describe_record(record: dict) -> str:
     return "; ".join(parts) + (f"; {bars_} bar{'s' if bars_ != 1 else ''} fed" if bars_ else "")
 
 
-def make_request(tokens, normalize_key: bool, where: str, key=None, density=None, polyphony=None) -> Request:
-    """The checked request for a run whose vocabulary is `tokens`; one-line errors for what cannot be."""
-    request = Request(density=parse_schedule(DENSITY, density), polyphony=parse_schedule(POLYPHONY, polyphony))
-    if key is not None and str(key).strip():
-        request.key_token, request.transpose = requested_key(key, normalize_key)
-        request.key = str(key).strip()
+def make_request(tokens, normalize_key: bool, *, where: str, asked: ControlSettings | None = None) -> Request:
+    """The checked request for a run (named `where`) whose vocabulary is `tokens`; one-line errors for what cannot be."""
+    asked = ControlSettings() if asked is None else asked
+    request = Request(density=parse_schedule(DENSITY, asked.density),
+                      polyphony=parse_schedule(POLYPHONY, asked.polyphony))
+    if asked.key is not None and str(asked.key).strip():
+        request.key_token, request.transpose = requested_key(asked.key, normalize_key)
+        request.key = str(asked.key).strip()
     if not request.any:
         return request
     vocabulary = set(tokens)

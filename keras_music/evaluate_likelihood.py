@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from keras_music import events, run as run_lib
+from keras_music.sampling import SamplingSettings
 from keras_music.cli import progress
 from keras_music.evaluate_held_out import HeldOutPiece, load_split
 
@@ -373,7 +374,7 @@ def infill_quality(run_dir: str, pieces: list[HeldOutPiece], vocabulary, generat
 
         generator = Generator(run_dir)
     contexts = [vocabulary.encode(g["context"]) for g in gaps]
-    fills, _ = generator.fill(contexts, [g["ticks"] for g in gaps], temperature=temperature, seed=seed)
+    fills, _ = generator.fill(contexts, [g["ticks"] for g in gaps], seed=seed, sampling=SamplingSettings(temperature=temperature))
     exact = 0
     for detail, gap, fill in zip(details, gaps, fills):
         filled = sum((Fraction(t.partition(":")[2]) for t in vocabulary.decode(fill) if t.startswith("dur:")),

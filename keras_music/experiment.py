@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import math
 import os
@@ -12,11 +13,12 @@ import time
 
 from keras_music import cli, config as config_lib, defaults, evaluate, evaluate_likelihood as likelihood, experiment_report
 from keras_music import run as run_lib, storage
-from keras_music.evaluate_music import temperature_key
+from keras_music.evaluate_music import EvaluationSettings, temperature_key
 from keras_music.experiment_claims import RULE, judge_claims, mean_se
 from keras_music.experiment_configs import (MIN_SCALED_HIDDEN, ExperimentError, StudyRun, apply_token_budget,
                                            resolve_runs, tokens_per_epoch)
 from keras_music.experiment_report import LEARNING_CURVES_PNG, METRICS_PNG
+from keras_music.sampling import SamplingSettings
 
 DEFAULT_TEMPERATURES = defaults.TEMPERATURES
 DEFAULT_NUM_SAMPLES = 20
@@ -54,9 +56,10 @@ class RecordingGenerator:
         self.generator = generator
         self.pieces: dict[str, list] = {}
 
-    def generate(self, *args, **kwargs):
-        pieces = self.generator.generate(*args, **kwargs)
-        self.pieces[temperature_key(kwargs.get("temperature", 1.0))] = pieces
+    def generate(self, num_samples=1, sampling: SamplingSettings | None = None, **kwargs):
+        sampling = SamplingSettings() if sampling is None else sampling
+        pieces = self.generator.generate(num_samples, sampling, **kwargs)
+        self.pieces[temperature_key(sampling.temperature)] = pieces
         return pieces
 
 
@@ -102,46 +105,73 @@ def _write_listening_samples(run: StudyRun, recorder: RecordingGenerator, count:
     return written
 
 
-def _evaluate_all(runs, num_samples, length, temperatures, seed, write_samples, show_progress, log):
+def _evaluate_all(runs, study: StudySettings, *, show_progress: bool, log):
     """Each run's evaluation, event accuracy and listening samples, keyed by run name."""
     from keras_music.generate import Generator
 
     evaluations, samples, accuracy = {}, {}, {}
+    settings = EvaluationSettings(num_samples=study.num_samples, length=study.length, temperatures=study.temperatures,
+                                  seed=study.seed or 0, orders=likelihood.DEFAULT_ORDERS)
     for run in runs:
-        log(f"[{run.name}] sampling {num_samples} pieces at each of {len(temperatures)} temperatures and evaluating")
+        log(f"[{run.name}] sampling {study.num_samples} pieces at each of {len(study.temperatures)} temperatures "
+            "and evaluating")
         recorder = RecordingGenerator(Generator(run.run_dir))
         evaluations[run.name] = evaluate.evaluate_run(
-            run.run_dir, num_samples, length, temperatures, seed or 0, likelihood.DEFAULT_ORDERS,
-            run_lib.path(run.run_dir, run_lib.EVALUATION), show_progress=show_progress, generator=recorder)
+            run.run_dir, settings, out_dir=run_lib.path(run.run_dir, run_lib.EVALUATION),
+            show_progress=show_progress, generator=recorder)
         accuracy[run.name] = likelihood.event_accuracy(run.run_dir)
-        samples[run.name] = _write_listening_samples(run, recorder, write_samples, log)
+        samples[run.name] = _write_listening_samples(run, recorder, study.write_samples, log)
     return evaluations, accuracy, samples
 
 
-def run_study(config_files, out_dir: str, sources=(), overrides=(), scale: float | None = None,
-              budget_minutes: float | None = None, budget_tokens: int | None = None,
-              temperatures=DEFAULT_TEMPERATURES, num_samples: int = DEFAULT_NUM_SAMPLES,
-              length: int = DEFAULT_LENGTH, seed: int = 0, write_samples: int = DEFAULT_WRITE_SAMPLES,
-              show_progress: bool = True, log=None, command: str = "") -> dict:
+@dataclasses.dataclass(frozen=True)
+class StudySettings:
+    """What the study trains and measures: the configs (the report's original setting first), the data and
+    overrides every config shares, the scale and budget, and the sampling it evaluates with.
+
+    `seed` None leaves each config's train.seed; temperatures are kept once each, in order.
+    """
+
+    configs: tuple[str, ...]
+    sources: tuple[str, ...] = ()
+    overrides: tuple[str, ...] = ()
+    scale: float | None = None
+    budget_minutes: float | None = None
+    budget_tokens: int | None = None
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    num_samples: int = DEFAULT_NUM_SAMPLES
+    length: int | str = DEFAULT_LENGTH
+    seed: int | None = 0
+    write_samples: int = DEFAULT_WRITE_SAMPLES
+
+    def __post_init__(self):
+        if len(self.configs) < 2:
+            raise ExperimentError(f"the study compares at least two configs, got {len(self.configs)}")
+        for name in ("configs", "sources", "overrides"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "temperatures", tuple(float(t) for t in dict.fromkeys(self.temperatures)))
+
+
+def run_study(settings: StudySettings, out_dir: str, *, show_progress: bool = True, log=None,
+              command: str = "") -> dict:
     """Train every config into OUT/<name>, evaluate each, and write report.md, report.json and plots into OUT."""
     log = log or (lambda *a: print(*a, file=sys.stderr))
-    if len(config_files) < 2:
-        raise ExperimentError(f"the study compares at least two configs, got {len(config_files)}")
-    temperatures = tuple(float(t) for t in dict.fromkeys(temperatures))
     started = time.time()
-    if seed is not None:
-        overrides = [*overrides, f"train.seed={int(seed)}"]
-    runs = resolve_runs(config_files, out_dir, sources, overrides, scale, budget_minutes, budget_tokens)
+    overrides = list(settings.overrides)
+    if settings.seed is not None:
+        overrides.append(f"train.seed={int(settings.seed)}")
+    runs = resolve_runs(settings.configs, out_dir, sources=settings.sources, overrides=overrides,
+                        scale=settings.scale, budget_minutes=settings.budget_minutes,
+                        budget_tokens=settings.budget_tokens)
     storage.makedirs(out_dir)
-    trained = _train_all(runs, budget_tokens, overrides, show_progress, log)
-    evaluations, accuracy, samples = _evaluate_all(runs, num_samples, length, temperatures, seed, write_samples,
-                                                   show_progress, log)
+    trained = _train_all(runs, settings.budget_tokens, overrides, show_progress, log)
+    evaluations, accuracy, samples = _evaluate_all(runs, settings, show_progress=show_progress, log=log)
     result = assemble(runs, trained, evaluations, accuracy, samples, out_dir, {
         "configs": [r.config_file for r in runs], "sources": list(runs[0].config.data.sources),
-        "overrides": [o for o in overrides if not o.startswith("train.seed=")], "scale": scale,
-        "budget_minutes": budget_minutes, "budget_tokens": budget_tokens, "temperatures": list(temperatures),
-        "num_samples": num_samples, "length": length, "seed": seed or 0,
-        "ngram_orders": list(likelihood.DEFAULT_ORDERS), "command": command})
+        "overrides": [o for o in overrides if not o.startswith("train.seed=")], "scale": settings.scale,
+        "budget_minutes": settings.budget_minutes, "budget_tokens": settings.budget_tokens,
+        "temperatures": list(settings.temperatures), "num_samples": settings.num_samples, "length": settings.length,
+        "seed": settings.seed or 0, "ngram_orders": list(likelihood.DEFAULT_ORDERS), "command": command})
     experiment_report.plot_learning_curves(result, storage.join(out_dir, LEARNING_CURVES_PNG))
     experiment_report.plot_metrics_by_temperature(result, storage.join(out_dir, METRICS_PNG))
     result["seconds"] = round(time.time() - started, 1)
@@ -383,10 +413,12 @@ def main(argv=None):
         cli.finish(0)
     with cli.user_errors(parser):
         out_dir = args.out or run_lib.timestamped_dir("runs", "experiment-")
-        result = run_study(args.configs, out_dir, args.data, args.overrides, args.scale, args.budget,
-                           args.budget_tokens, args.temperatures or DEFAULT_TEMPERATURES, args.num_samples,
-                           args.length, args.seed, args.write_samples, show_progress=not args.quiet,
-                           command=command)
+        settings = StudySettings(configs=args.configs, sources=args.data, overrides=args.overrides,
+                                 scale=args.scale, budget_minutes=args.budget, budget_tokens=args.budget_tokens,
+                                 temperatures=args.temperatures or DEFAULT_TEMPERATURES,
+                                 num_samples=args.num_samples, length=args.length, seed=args.seed,
+                                 write_samples=args.write_samples)
+        result = run_study(settings, out_dir, show_progress=not args.quiet, command=command)
         for claim in result["claims"]:
             print(f"claim {claim['id']} ({claim['claim']}): {claim['verdict']}")
         print(f"report: {storage.join(out_dir, REPORT_MD)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import numpy as np
 
@@ -48,6 +49,15 @@ class Piece:
     def primer_duration(self) -> float:
         """Quarter notes the primer occupies at the start of the piece."""
         return float(sum(s.duration for s in self.sonorities[:self.primer_events]))
+
+
+class Primer(typing.NamedTuple):
+    """What a generated piece opens with: its tokens, where they came from, the tokens the vocabulary lacks, its timing."""
+
+    tokens: list[str]
+    source: str
+    unknown: list[str]
+    timing: dict
 
 
 def default_timing(tempo: float = defaults.TEMPO, time_signature=(4, 4), program: int = 0) -> dict:

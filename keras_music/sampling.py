@@ -1,5 +1,6 @@
 """Pure numpy next-token sampling: SplitMix64 streams, greedy, temperature, top-k, top-p, banned ids and a token grammar."""
 
+import dataclasses
 import math
 import numbers
 import secrets
@@ -7,6 +8,7 @@ import secrets
 import numpy as np
 
 from keras_music import defaults, formatting as fmt
+from keras_music.errors import KerasMusicError
 
 DEFAULT_TEMPERATURE = defaults.TEMPERATURE
 
@@ -131,6 +133,62 @@ def validate_sampling(temperature, top_k, top_p):
         or not 0 < top_p <= 1
     ):
         raise ValueError(f"top_p must be in (0, 1] (1 means off), got {fmt.shown(top_p)}")
+
+
+class SamplingError(KerasMusicError, ValueError):
+    """A sampling setting is out of range; the message names it and what it accepts."""
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """How tokens are drawn and how long a piece runs; checked once, when made.
+
+    Attributes:
+      temperature: finite real >= 0; 0 means greedy.
+      top_k: integer >= 0; 0 means off.
+      top_p: real in (0, 1]; 1 means off.
+      length: events per piece (1..`defaults.MAX_LENGTH`), or a tuple of one such count per piece.
+      min_length: events a piece must have before a sampled `<piece>` may end it (>= 0).
+      rng: "splitmix64" (the portable sampler, export/README.md) or "numpy".
+    """
+
+    temperature: float = defaults.TEMPERATURE
+    top_k: int = defaults.TOP_K
+    top_p: float = defaults.TOP_P
+    length: int | tuple[int, ...] = defaults.LENGTH
+    min_length: int = defaults.MIN_LENGTH
+    rng: str = DEFAULT_RNG
+
+    def __post_init__(self):
+        try:
+            validate_sampling(self.temperature, self.top_k, self.top_p)
+        except ValueError as error:
+            raise SamplingError(str(error)) from None
+        length = self.length
+        if isinstance(length, (list, tuple, np.ndarray)):
+            length = tuple(int(v) if _is_count(v) else v for v in length)
+            object.__setattr__(self, "length", length)
+        values = length if isinstance(length, tuple) else (length,)
+        if not values or any(not _is_count(v) or not 1 <= v <= defaults.MAX_LENGTH for v in values):
+            raise SamplingError(f"length must be an integer in 1..{defaults.MAX_LENGTH} (events to generate) or "
+                                f"one such integer per piece, got {fmt.shown(self.length)}")
+        if not _is_count(self.min_length) or self.min_length < 0:
+            raise SamplingError(f"min_length must be an integer >= 0 (events), got {fmt.shown(self.min_length)}")
+        if self.rng not in RNG_KINDS:
+            raise SamplingError(f"rng must be one of {', '.join(RNG_KINDS)}, got {fmt.shown(self.rng)}")
+
+    def replace(self, **changes) -> "SamplingSettings":
+        """A copy with `changes` (checked like a new one)."""
+        return dataclasses.replace(self, **changes)
+
+    def record(self) -> dict:
+        """The draw settings as a piece's JSON record gives them."""
+        return {"temperature": float(self.temperature), "top_k": int(self.top_k), "top_p": float(self.top_p),
+                "rng": self.rng}
 
 
 def _as_probabilities(probabilities):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from keras_music import backends, export, generate, run as run_lib
+from keras_music.sampling import SamplingSettings
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +80,8 @@ def test_every_backend_gives_the_same_pieces(exported):
     results = {}
     for backend in backends.BACKENDS:
         chosen = generate.Generator(exported, backend, log=lambda m: None)
-        greedy = chosen.generate(num_samples=2, length=12, temperature=0, primer_tokens=simple_primer(chosen))
-        sampled = chosen.generate(num_samples=2, length=12, temperature=1.0, seed=9)
+        greedy = chosen.generate(num_samples=2, primer_tokens=simple_primer(chosen), sampling=SamplingSettings(length=12, temperature=0))
+        sampled = chosen.generate(num_samples=2, seed=9, sampling=SamplingSettings(length=12, temperature=1.0))
         results[backend] = ([p.tokens for p in greedy], [p.tokens for p in sampled])
     assert all(tokens for tokens in results["keras"][0] + results["keras"][1])
     assert results["savedmodel"] == results["keras"]

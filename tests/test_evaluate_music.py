@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from keras_music import dataset, evaluate_music as music_lib, events, music_metrics, ngram, run as run_lib, sampling
+from keras_music.evaluate_music import EvaluationSettings
 from keras_music.generate import Generator
 
 pytestmark = pytest.mark.slow
@@ -33,12 +34,13 @@ class NGramGenerator:
         self.model = ngram.NGramModel(2, len(self.vocabulary)).fit(training)
         self.calls = []
 
-    def generate(self, num_samples=1, length=200, temperature=1.0, top_k=0, top_p=1.0, seed=0, **_):
+    def generate(self, num_samples=1, sampling_settings=None, *, seed=0, **_):
+        length, temperature = sampling_settings.length, sampling_settings.temperature
         self.calls.append({"num_samples": num_samples, "length": length, "temperature": temperature, "seed": seed})
         rng = sampling.make_rng(seed)
         banned = [self.vocabulary.pad_id, self.vocabulary.unk_id, self.vocabulary.boundary_id]
         pieces = []
-        lengths = list(length) if isinstance(length, list) else [length] * num_samples
+        lengths = list(length) if isinstance(length, tuple) else [length] * num_samples
         for row in range(num_samples):
             ids = []
             while sum(self.vocabulary.tokens[i].startswith("dur:") for i in ids) < lengths[row]:
@@ -53,11 +55,11 @@ def test_matched_length_gives_each_generated_piece_a_held_out_piece_length(tiny_
     assert music_lib.generation_lengths("matched", real, 5) == {"length": [7, 3, 7, 3, 7], "min_length": 7}
     assert music_lib.generation_lengths(12, real, 5) == {"length": 12}
     generator = NGramGenerator(tiny_run)
-    music = music_lib.music_report(tiny_run, num_samples=3, length="matched", temperatures=(1.0,), seed=0,
-                                    generator=generator)
+    music = music_lib.music_report(tiny_run, EvaluationSettings(num_samples=3, length="matched", temperatures=(1.0,),
+                                                                     seed=0), generator=generator)
     held_out = [row["events"] for row in music["real"]["pieces"]]
-    assert generator.calls[0]["length"] == [held_out[i % len(held_out)] for i in range(3)]
-    assert [row["events"] for row in music["generated"]["1"]["pieces"]] == generator.calls[0]["length"]
+    assert generator.calls[0]["length"] == tuple(held_out[i % len(held_out)] for i in range(3))
+    assert [row["events"] for row in music["generated"]["1"]["pieces"]] == list(generator.calls[0]["length"])
 
 
 def test_generated_metrics_use_only_generated_notes(tiny_run):
@@ -74,11 +76,11 @@ def test_generated_metrics_use_only_generated_notes(tiny_run):
     assert music_metrics.pitch_entropy(piece.notes) == pytest.approx(math.log2(6))
 
     class PrimedGenerator:
-        def generate(self, num_samples=1, **_):
+        def generate(self, num_samples=1, sampling_settings=None, **_):
             return [piece] * num_samples
 
-    music = music_lib.music_report(tiny_run, num_samples=2, length=6, temperatures=(1.0,), seed=0,
-                                    generator=PrimedGenerator())
+    music = music_lib.music_report(tiny_run, EvaluationSettings(num_samples=2, length=6, temperatures=(1.0,),
+                                                                     seed=0), generator=PrimedGenerator())
     rows = music["generated"]["1"]["pieces"]
     assert rows[0]["metrics"]["pitch_entropy"] == pytest.approx(math.log2(5))
     assert rows[0]["events"] == 6
@@ -103,8 +105,8 @@ def test_pitch_entropy_rises_with_temperature_controlled(tiny_run):
     # A bigram model of the training pieces sampled with seeded numpy: at T = 0.3
     # it keeps to its few most likely continuations, at T = 3.0 it wanders over
     # the whole pitch vocabulary.
-    music = music_lib.music_report(tiny_run, num_samples=6, length=30, temperatures=(0.3, 3.0), seed=11,
-                                    generator=NGramGenerator(tiny_run))
+    music = music_lib.music_report(tiny_run, EvaluationSettings(num_samples=6, length=30, temperatures=(0.3, 3.0),
+                                                                     seed=11), generator=NGramGenerator(tiny_run))
     low = music["generated"]["0.3"]["summary"]["pitch_entropy"]
     high = music["generated"]["3"]["summary"]["pitch_entropy"]
     assert low["n"] == high["n"] == 6
@@ -114,8 +116,8 @@ def test_pitch_entropy_rises_with_temperature_controlled(tiny_run):
 
 
 def test_pitch_entropy_rises_with_temperature_real_generator(tiny_run):
-    music = music_lib.music_report(tiny_run, num_samples=8, length=40, temperatures=(0.3, 3.0), seed=5,
-                                    generator=Generator(tiny_run))
+    music = music_lib.music_report(tiny_run, EvaluationSettings(num_samples=8, length=40, temperatures=(0.3, 3.0),
+                                                                     seed=5), generator=Generator(tiny_run))
     # Seeded, so deterministic; seeds 0, 5 and 11 all give gaps above 2 bits.
     low = music["generated"]["0.3"]["summary"]["pitch_entropy"]
     high = music["generated"]["3"]["summary"]["pitch_entropy"]
@@ -127,8 +129,8 @@ def test_pitch_entropy_rises_with_temperature_real_generator(tiny_run):
 
 def test_music_metrics_measures_every_metric_per_temperature(tiny_run):
     generator = NGramGenerator(tiny_run)
-    music = music_lib.music_report(tiny_run, num_samples=3, length=8, temperatures=(0.5, 1.0), seed=2,
-                                    generator=generator)
+    music = music_lib.music_report(tiny_run, EvaluationSettings(num_samples=3, length=8, temperatures=(0.5, 1.0),
+                                                                     seed=2), generator=generator)
     assert [call["temperature"] for call in generator.calls] == [0.5, 1.0]
     assert all(call["seed"] == 2 and call["length"] == 8 for call in generator.calls)
     assert music["temperatures"] == [0.5, 1.0]

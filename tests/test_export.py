@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO
 from keras_music import (events, export, export_parity, export_saved_model, formatting as fmt, model as model_lib,
                          run as run_lib, sampling)
+from keras_music.sampling import SamplingSettings
 from keras_music.vocabulary import Vocabulary
 
 pytestmark = pytest.mark.slow
@@ -304,16 +305,14 @@ def test_generator_and_the_reference_generator_give_the_same_token_ids(exported,
     compared = 0
     for temperature, top_k, top_p in ((0.0, 0, 1.0), (0.9, 0, 0.95), (1.5, 20, 1.0)):
         for seed in (0, 1, 2, 2 ** 40 + 3):
-            ours = generator.generate(num_samples=1, length=24, min_length=4, temperature=temperature, top_k=top_k,
-                                      top_p=top_p, seed=seed, primer_tokens=primer)[0]
+            ours = generator.generate(num_samples=1, seed=seed, primer_tokens=primer, sampling=SamplingSettings(length=24, min_length=4, temperature=temperature, top_k=top_k, top_p=top_p))[0]
             theirs, stopped = reference.generate(tflite, vocabulary, primer_ids, 24, temperature, top_k, seed,
                                                  top_p=top_p, min_length=4)
             assert ours.ids == theirs[len(primer_ids):], (temperature, top_k, top_p, seed)
             assert stopped == (ours.stop_reason == "boundary")
             compared += len(ours.ids)
     # A batch gives the same pieces: row i is the reference's piece of seed + i.
-    batch = generator.generate(num_samples=3, length=24, min_length=4, temperature=0.9, top_p=0.95, seed=5,
-                               primer_tokens=primer)
+    batch = generator.generate(num_samples=3, seed=5, primer_tokens=primer, sampling=SamplingSettings(length=24, min_length=4, temperature=0.9, top_p=0.95))
     for i, piece in enumerate(batch):
         theirs, _ = reference.generate(tflite, vocabulary, primer_ids, 24, 0.9, 0, 5 + i, top_p=0.95, min_length=4)
         assert piece.ids == theirs[len(primer_ids):], i

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import tiny_config, usage_error
 from keras_music import config as config_lib, events, infill, sampling
+from keras_music.evaluate_music import EvaluationSettings
+from keras_music.sampling import SamplingSettings
 from keras_music.events import Sonority
 from midi_truth import build, note, read_back
 
@@ -237,7 +239,7 @@ def test_infill_gives_exact_fills_for_several_seeds_and_gaps_in_python(infill_ru
     generator = Generator(infill_run)
     # Bars 1-1: no prefix, so the middle may not hold what the suffix (read just before) ends with.
     for bars, seed in (("1-1", 0), ("1-2", 7), ("2-5", 1), ("6-6", 2), ("4", 3)):
-        for piece in generator.infill(source, bars, num_samples=3, seed=seed, temperature=1.5):
+        for piece in generator.infill(source, bars, num_samples=3, seed=seed, sampling=SamplingSettings(temperature=1.5)):
             gap = F(piece.infill["offset"]) - F(piece.infill["onset"])
             assert sum(F(t[4:]) for t in piece.tokens if t.startswith("dur:")) == gap
             assert piece.stop_reason == "filled" and piece.repairs == {}
@@ -265,7 +267,7 @@ def test_a_middle_without_prefix_holds_nothing_over_from_the_suffix(infill_run, 
 
     source = write_file(tmp_path / "six-bars.mid")
     generator = Generator(infill_run, backend=Uniform(len(run_lib.load_vocabulary(infill_run))))
-    pieces = generator.infill(source, "1-1", num_samples=40, seed=0, temperature=1.0)
+    pieces = generator.infill(source, "1-1", num_samples=40, seed=0, sampling=SamplingSettings(temperature=1.0))
     def first_sonority(piece):
         return piece.tokens[:next(i for i, t in enumerate(piece.tokens) if t.startswith("dur:"))]
 
@@ -302,8 +304,8 @@ def test_evaluate_reports_the_middle_nll_with_and_without_the_suffix(infill_run,
     from keras_music.evaluate_held_out import load_split
 
     out = str(tmp_path / "evaluation")
-    result = evaluate.evaluate_run(infill_run, num_samples=1, length=8, temperatures=(0.9,), orders=(1, 2),
-                                   out_dir=out)
+    result = evaluate.evaluate_run(infill_run, EvaluationSettings(num_samples=1, length=8, temperatures=(0.9,),
+                                                                  orders=(1, 2)), out_dir=out)
     quality = result["infill"]
     assert quality["gaps"] >= 1 and quality["exact_share"] == 1.0
     assert quality["nll_reduction"] == pytest.approx(1 - quality["nll_fim"] / quality["nll_prefix_only"])
@@ -361,8 +363,8 @@ def test_no_exported_sampler_samples_a_sentinel():
 def test_the_studio_fills_bars_of_an_uploaded_file_and_of_a_piece_it_made(infill_run, tmp_path):
     from keras_music.studio import service
 
-    studio = service.Studio([infill_run], str(tmp_path / "out"), str(tmp_path / "votes.sqlite"), ab_seconds=8,
-                            ab_pool=1, log=lambda message: None)
+    studio = service.Studio([infill_run], str(tmp_path / "out"), db=str(tmp_path / "votes.sqlite"),
+                            settings=service.StudioSettings(ab_seconds=8, ab_pool=1), log=lambda message: None)
     try:
         source = write_file(tmp_path / "six-bars.mid")
         upload = studio.add_primer("six-bars.mid", open(source, "rb").read())
@@ -412,8 +414,7 @@ def test_every_backend_fills_the_same_bars(infill_run, tmp_path):
     source = write_file(tmp_path / "six-bars.mid")
     fills = {}
     for backend in backends.BACKENDS:
-        pieces = Generator(copy, backend, log=lambda m: None).infill(source, "3-4", num_samples=2, seed=4,
-                                                                    temperature=0)
+        pieces = Generator(copy, backend, log=lambda m: None).infill(source, "3-4", num_samples=2, seed=4, sampling=SamplingSettings(temperature=0))
         assert all(p.infill["exact"] for p in pieces)
         fills[backend] = [p.tokens for p in pieces]
     assert fills["savedmodel"] == fills["keras"] and fills["tflite"] == fills["keras"]

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import usage_error, write_chorales_as_midi
 from keras_music import audio, defaults
+from keras_music.evaluate_music import EvaluationSettings
 from keras_music.studio import app as studio_app, routes, service
 from page_harness import BackgroundServer, headless_chromium
 
@@ -28,8 +29,8 @@ class Server(BackgroundServer):
 
 
 def make_studio(run_dir, root, **kwargs):
-    return service.Studio([run_dir], str(root / "out"), str(root / "votes.sqlite"), ab_seconds=8, ab_pool=1,
-                             log=lambda message: None, **kwargs)
+    return service.Studio([run_dir], str(root / "out"), db=str(root / "votes.sqlite"),
+                            settings=service.StudioSettings(ab_seconds=8, ab_pool=1), log=lambda message: None, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,8 @@ def evaluated_run(tiny_run, tmp_path_factory):
 
     copy = str(tmp_path_factory.mktemp("evaluated") / "tiny")
     shutil.copytree(tiny_run, copy)
-    evaluate.evaluate_run(copy, 3, 24, (0.5, 0.9, 1.2), 0, (1, 2, 3), run_lib.path(copy, run_lib.EVALUATION))
+    evaluate.evaluate_run(copy, EvaluationSettings(3, 24, (0.5, 0.9, 1.2), 0, (1, 2, 3)),
+                          out_dir=run_lib.path(copy, run_lib.EVALUATION))
     return copy
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from keras_music import callbacks, config as config_lib, dataset, run as run_lib, train
+from keras_music.sampling import SamplingSettings
 from conftest import FOUR_CHORALES, REPO, TINY, tiny_config
 
 RUN_FILES = ("config.yaml", "vocab.json", "corpus_manifest.json", "model.keras", "metrics.json",
@@ -507,8 +508,7 @@ def test_the_classic_representation_trains_samples_generates_evaluates_and_expor
     samples = out.split("samples: ")[1].splitlines()[0].split(", ")
     assert len(samples) == 1 and samples[0].endswith(".mid")
     assert len(converter.parse(samples[0]).flatten().notes) > 0
-    pieces = generate.Generator(str(run_dir), log=lambda message: None).generate(
-        num_samples=2, length=12, seed=3, primer_tokens=[])
+    pieces = generate.Generator(str(run_dir), log=lambda message: None).generate(num_samples=2, seed=3, primer_tokens=[], sampling=SamplingSettings(length=12))
     for piece in pieces:
         assert 0 < len(piece.tokens) <= 12
         assert all(events.token_representations(token) == {"classic"} for token in piece.tokens)

@@ -617,8 +617,8 @@ def test_a_web_export_is_found_in_its_folder_or_its_run_directory(web_run, site,
 
 
 def test_studio_links_a_runs_web_export(web_run, tmp_path):
-    studio = service.Studio([web_run], str(tmp_path / "out"), str(tmp_path / "votes.sqlite"), ab_pool=1,
-                            log=lambda message: None)
+    studio = service.Studio([web_run], str(tmp_path / "out"), db=str(tmp_path / "votes.sqlite"),
+                            settings=service.StudioSettings(ab_pool=1), log=lambda message: None)
     (run,) = studio.describe_runs()
     assert run["web_url"] == f"/web/{run['name']}/"
     server = BackgroundServer(routes.create_app(studio))

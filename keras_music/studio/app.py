@@ -10,7 +10,7 @@ import sys
 
 from keras_music import cli, listening, run as run_lib, storage, web_export
 from keras_music.studio.routes import create_app, create_web_app
-from keras_music.studio.service import AB_TEMPO, MAX_LENGTH, Studio
+from keras_music.studio.service import AB_TEMPO, MAX_LENGTH, Studio, StudioSettings
 
 
 def parse_args(argv=None):
@@ -79,10 +79,10 @@ def main(argv=None):
                 parser.error(f"argument --run-dir: the studio serves local run directories, got {run_dir}")
             run_lib.load_config(run_dir)
         print("loading runs ...", file=sys.stderr)
+        settings = StudioSettings(soundfont=args.soundfont, tempo=args.tempo, ab_seconds=args.ab_seconds,
+                                  ab_pool=args.ab_pool, max_length=args.max_length)
         studio = Studio(args.run_dir, args.out or os.path.join(beside, "studio"),
-                        args.db or os.path.join(beside, listening.DB_NAME), soundfont=args.soundfont,
-                        tempo=args.tempo, ab_seconds=args.ab_seconds, ab_pool=args.ab_pool,
-                        max_length=args.max_length)
+                        db=args.db or os.path.join(beside, listening.DB_NAME), settings=settings)
         token = None if is_loopback(args.host) else secrets.token_urlsafe(18)
         serve(parser, args.host, args.port, create_app(studio, admin_token=token),
               f"runs: {', '.join(studio.runs)}; votes: {studio.store.path}", token)

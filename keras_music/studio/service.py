@@ -13,7 +13,9 @@ import uuid
 from fractions import Fraction
 
 from keras_music import audio as audio_lib, defaults, events, listening, run as run_lib, storage, web_export
+from keras_music.controls import ControlSettings
 from keras_music.errors import KerasMusicError
+from keras_music.sampling import SamplingSettings
 
 MAX_LENGTH = defaults.MAX_LENGTH  # events per generated piece
 QUEUE = 2  # requests that may wait for the one running generation before "busy" answers
@@ -45,7 +47,7 @@ def _controls_of(generator) -> dict | None:
             "polyphony_bins": controls.POLYPHONY_BINS, "normalize_key": normalize}
 
 
-def _requested_controls(body: dict) -> dict:
+def _requested_controls(body: dict) -> ControlSettings:
     """The key, density and polyphony of a /api/generate body (strings, or a bin number), unset when absent, and
     `bar_limits` (default true: the sampler keeps steered bars in their bins)."""
     out = {}
@@ -62,7 +64,30 @@ def _requested_controls(body: dict) -> dict:
         if not isinstance(limits, bool):
             raise StudioError(f"bar_limits must be true or false, got {limits!r}")
         out["bar_limits"] = limits
-    return out
+    return ControlSettings(**out)
+
+
+def _sampling_of(body: dict, vocabulary_size: int, max_length: int | None = None) -> SamplingSettings:
+    """The temperature, top-k and top-p of a request body (and, given `max_length`, its length and min_length)."""
+    settings = {"temperature": _number(body, "temperature", defaults.TEMPERATURE, 0.0, 5.0),
+                "top_k": int(_number(body, "top_k", defaults.TOP_K, 0, vocabulary_size, integer=True)),
+                "top_p": _number(body, "top_p", defaults.TOP_P, 1e-6, 1.0)}
+    if max_length is not None:
+        settings["length"] = int(_number(body, "length", defaults.LENGTH, 1, max_length, integer=True))
+        settings["min_length"] = int(_number(body, "min_length", defaults.MIN_LENGTH, 0, max_length, integer=True))
+    return SamplingSettings(**settings)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudioSettings:
+    """How the studio serves: the SoundFont and tempo it writes with, the A/B excerpts' length in seconds
+    and pool size per side, and the longest piece a request may ask for (events)."""
+
+    soundfont: str | None = None
+    tempo: float | None = None
+    ab_seconds: float = 20.0
+    ab_pool: int = 8
+    max_length: int = MAX_LENGTH
 
 
 class StudioError(KerasMusicError, ValueError):
@@ -86,8 +111,7 @@ class Side:
 class Studio:
     """Runs, generators, the output area and the listening store behind the HTTP API."""
 
-    def __init__(self, run_dirs, out_dir: str, db: str, soundfont: str | None = None, tempo: float | None = None,
-                 ab_seconds: float = 20.0, ab_pool: int = 8, max_length: int = MAX_LENGTH, log=None):
+    def __init__(self, run_dirs, out_dir: str, *, db: str, settings: StudioSettings | None = None, log=None):
         from keras_music.generate import Generator
 
         self.log = log or (lambda message: print(message, file=sys.stderr))
@@ -100,19 +124,21 @@ class Studio:
         self.out_dir = os.path.abspath(out_dir)
         os.makedirs(self.out_dir, exist_ok=True)
         self.store = listening.Store(db)
-        self.soundfont = soundfont
-        audio_lib.soundfont_bytes(soundfont)  # a bad --soundfont fails at start, not on the first request
-        self.tempo, self.ab_seconds, self.ab_pool, self.max_length = tempo, ab_seconds, ab_pool, max_length
+        settings = StudioSettings() if settings is None else settings
+        self.soundfont = settings.soundfont
+        audio_lib.soundfont_bytes(self.soundfont)  # a bad --soundfont fails at start, not on the first request
+        self.tempo, self.ab_seconds = settings.tempo, settings.ab_seconds
+        self.ab_pool, self.max_length = settings.ab_pool, settings.max_length
         # Generated pieces keep their own timing unless --tempo says otherwise; A/B excerpts all
         # share one tempo so that neither side can be told apart by it.
-        self.ab_tempo = tempo or AB_TEMPO
+        self.ab_tempo = self.tempo or AB_TEMPO
         self.generators = {label: Generator(run_dir, log=self.log) for label, run_dir in self.runs.items()}
         self._lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending = 0
         for generator in self.generators.values():
             # The first step traces the model; do it now rather than in the first request.
-            generator.generate(length=2, primer_tokens=[])
+            generator.generate(primer_tokens=[], sampling=SamplingSettings(length=2))
             generator.held_out_pieces()
         # The A/B pool: excerpts rendered ahead, per side, so that dealing a pair never waits on a model.
         self._kinds: dict[str, str] = {}
@@ -189,19 +215,16 @@ class Studio:
     def generate(self, body: dict) -> dict:
         label = self.run_label(body.get("run"))
         generator = self.generators[label]
-        temperature = _number(body, "temperature", defaults.TEMPERATURE, 0.0, 5.0)
-        top_k = int(_number(body, "top_k", defaults.TOP_K, 0, len(generator.vocabulary), integer=True))
-        top_p = _number(body, "top_p", defaults.TOP_P, 1e-6, 1.0)
-        length = int(_number(body, "length", defaults.LENGTH, 1, self.max_length, integer=True))
-        min_length = int(_number(body, "min_length", defaults.MIN_LENGTH, 0, self.max_length, integer=True))
+        sampling = _sampling_of(body, len(generator.vocabulary), self.max_length)
         seed = int(_number(body, "seed", random.randrange(2 ** 31), 0, 2 ** 31 - 1, integer=True))
         primer = body.get("primer", "held_out")
-        kwargs = _requested_controls(body)
+        asked = _requested_controls(body)
         try:
             # A bad control fails now, not after waiting for the model.
-            generator.control_request(**{k: v for k, v in kwargs.items() if k != "bar_limits"})
+            generator.control_request(asked)
         except KerasMusicError as error:
             raise StudioError(str(error)) from None
+        kwargs = {}
         if primer == "none":
             kwargs["primer_tokens"] = []
         elif isinstance(primer, str) and primer.startswith("held_out:"):
@@ -218,8 +241,7 @@ class Studio:
 
             started = time.perf_counter()
             try:
-                pieces = generator.generate(length=length, min_length=min_length, temperature=temperature,
-                                            top_k=top_k, top_p=top_p, seed=seed, **kwargs)
+                pieces = generator.generate(1, sampling, seed=seed, controls=asked, **kwargs)
             except GenerateError as error:
                 raise StudioError(str(error)) from None
             sampled = time.perf_counter()
@@ -274,9 +296,7 @@ class Studio:
             raise StudioError(f"run {label} was trained without infilling (its vocabulary has no "
                               f"{events.FIM_MIDDLE}), so it cannot fill bars: serve a run trained with "
                               "data.infill_rate > 0")
-        temperature = _number(body, "temperature", defaults.TEMPERATURE, 0.0, 5.0)
-        top_k = int(_number(body, "top_k", defaults.TOP_K, 0, len(generator.vocabulary), integer=True))
-        top_p = _number(body, "top_p", defaults.TOP_P, 1e-6, 1.0)
+        sampling = _sampling_of(body, len(generator.vocabulary))
         seed = int(_number(body, "seed", random.randrange(2 ** 31), 0, 2 ** 31 - 1, integer=True))
         source, bars = body.get("piece"), body.get("bars")
         if isinstance(source, str) and source.startswith("upload:"):
@@ -301,8 +321,7 @@ class Studio:
 
         def work():
             try:
-                pieces = generator.infill(path, (first, last), temperature=temperature, top_k=top_k, top_p=top_p,
-                                          seed=seed)
+                pieces = generator.infill(path, (first, last), sampling=sampling, seed=seed)
             except KerasMusicError as error:
                 raise StudioError(_replaced(str(error), public)) from None
             piece = dataclasses.replace(pieces[0], primer_source=f"{source} (bars {first}-{last} filled)",
@@ -535,8 +554,8 @@ class Studio:
             # A sixteenth per event at least, so the piece always reaches the target before trimming.
             length = min(self.max_length, int(quarters * 4))
             with self._lock:  # the model is shared with /api/generate, one sampler at a time
-                piece = generator.generate(length=length, min_length=length, temperature=side.temperature,
-                                           seed=random.randrange(2 ** 31), primer_tokens=[])[0]
+                sampling = SamplingSettings(temperature=side.temperature, length=length, min_length=length)
+                piece = generator.generate(1, sampling, seed=random.randrange(2 ** 31), primer_tokens=[])[0]
             sonorities = piece.sonorities
         sonorities = trim(sonorities, quarters)
         return self._write_stimulus(side, generator, sonorities, float(quarters) * 60 / self.ab_tempo)
