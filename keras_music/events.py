@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from fractions import Fraction
 
 import numpy as np
@@ -135,7 +136,18 @@ def score_notes(score, grid: int = GRID) -> list[tuple[Fraction, Fraction, int]]
     return sorted((n[0], n[1], n[2]) for n in notes)
 
 
-def score_timing(score) -> dict:
+class Timing(typing.TypedDict, total=False):
+    """Where a piece sits in time, JSON-ready: `tempos` [[quarter, bpm], ...], `time_signatures`
+    [[quarter, numerator, denominator], ...], and for a piece `start` (its first note, quarter notes)
+    and `program` (General MIDI, 0-127)."""
+
+    tempos: list
+    time_signatures: list
+    start: float
+    program: int
+
+
+def score_timing(score) -> Timing:
     """Tempo marks and time signatures of a music21 score as [[quarter, bpm]] and [[quarter, n, d]]."""
     flat = score.flatten()
     signatures: dict[float, list] = {}

@@ -231,7 +231,7 @@ def quarters(tick: int, ticks_per_quarter: int) -> float:
     return tick / ticks_per_quarter
 
 
-def timing(raw: RawMidi) -> dict:
+def timing(raw: RawMidi) -> events.Timing:
     """Tempo map and metre in quarter notes (exact tick ratios as floats), as the run keeps them."""
     tpq = raw.ticks_per_quarter
     tempos = [[quarters(t, tpq), tempo_bpm(us)] for t, us in raw.tempos]

@@ -124,7 +124,7 @@ def is_prepared(directory: str) -> bool:
     return storage.exists(run_lib.path(directory, run_lib.PREPARED))
 
 
-def read_prepared(directory: str) -> dict:
+def read_prepared(directory: str) -> run_lib.Prepared:
     """prepared.json of a prepared (or run) directory, checked for consistency (run.check_prepared)."""
     try:
         return run_lib.load_prepared(directory, required=True)
@@ -133,7 +133,7 @@ def read_prepared(directory: str) -> dict:
 
 
 def prepare(config: config_lib.Config, out_dir: str, show_progress: bool = True, log=print,
-            expected_vocabulary: str | None = None, base_vocabulary: Vocabulary | None = None) -> dict:
+            expected_vocabulary: str | None = None, base_vocabulary: Vocabulary | None = None) -> run_lib.Prepared:
     """Write vocab.json, corpus_manifest.json, data/*.tfrecord and prepared.json into out_dir.
 
     prepared.json is written last: its presence means the rest is complete. With
@@ -150,7 +150,7 @@ def prepare(config: config_lib.Config, out_dir: str, show_progress: bool = True,
 
 
 def build(config: config_lib.Config, entries: list[dict], out_dir: str, started: float | None = None,
-          log=print, expected_vocabulary: str | None = None, base_vocabulary: Vocabulary | None = None) -> dict:
+          log=print, expected_vocabulary: str | None = None, base_vocabulary: Vocabulary | None = None) -> run_lib.Prepared:
     """From parsed manifest entries (in resolved order) to a complete prepared directory.
 
     Everything is computed and checked before the first file is written.
@@ -354,7 +354,7 @@ def prepare_shard(config: config_lib.Config, out_dir: str, shard_index: int, num
 
 
 def merge(config: config_lib.Config, out_dir: str, num_shards: int | None = None, check_sources: bool = False,
-          log=print) -> dict:
+          log=print) -> run_lib.Prepared:
     """Check that all shards of out_dir/parts are complete and alike, then build the prepared directory.
 
     The result equals an unsharded `prepare` of the same sources and settings. Sources
