@@ -146,7 +146,7 @@ class Generator:
             self.backend_name = backend
             self.backend = make_backend(run_dir, backend, self.vocabulary)
         else:
-            # Any object with initial_state(batch) and step(ids, state) (tests use fakes).
+            # Any object with initial_state(batch) and step(ids, lstm_state) (tests use fakes).
             self.backend_name = getattr(backend, "name", type(backend).__name__)
             self.backend = backend
         size = getattr(self.backend, "vocabulary_size", len(self.vocabulary))
@@ -270,10 +270,10 @@ class Generator:
     # ------------------------------------------------------------------ the loop
 
     def prime(self, sequences: list[list[int]]):
-        """Feed each row's ids through the backend; returns (probabilities after each row's last id, state).
+        """Feed each row's ids through the backend; returns (probabilities after each row's last id, LSTM state).
 
         Rows of different lengths are stepped together; a row whose sequence has ended
-        keeps its state unchanged, so every row's state is exactly that of its own prefix.
+        keeps its LSTM state unchanged, so every row's state is exactly that of its own prefix.
         """
         batch = len(sequences)
         lengths = np.array([len(s) for s in sequences])
@@ -282,25 +282,25 @@ class Generator:
         padded = np.zeros((batch, lengths.max()), np.int32)
         for row, sequence in enumerate(sequences):
             padded[row, :len(sequence)] = sequence
-        state = self.backend.initial_state(batch)
+        lstm_state = self.backend.initial_state(batch)
         last = None
         for t in range(int(lengths.max())):
-            probabilities, next_state = self.backend.step(padded[:, t], state)
+            probabilities, next_state = self.backend.step(padded[:, t], lstm_state)
             if last is None:
                 last = np.zeros_like(probabilities)
             active = t < lengths
-            state = np.where(active[:, None, None], next_state, state)
+            lstm_state = np.where(active[:, None, None], next_state, lstm_state)
             last[active] = probabilities[active]
-        return last, state
+        return last, lstm_state
 
     def grammar_state(self, sequences: list[list[int]]) -> sampling_lib.GrammarState:
         """The grammar's state of each row after its own ids (boundary and primer)."""
-        state = self.grammar.start(len(sequences))
+        grammar_state = self.grammar.start(len(sequences))
         lengths = np.array([len(s) for s in sequences])
         for t in range(int(lengths.max(initial=0))):
             ids = np.array([s[t] if t < len(s) else 0 for s in sequences], np.int64)
-            self.grammar.advance(state, ids, t < lengths)
-        return state
+            self.grammar.advance(grammar_state, ids, t < lengths)
+        return grammar_state
 
     def generate(self, num_samples=1, sampling: SamplingSettings | None = None, *, seed=defaults.SEED,
                  primer=None, primer_tokens=None, primer_events=DEFAULT_PRIMER_EVENTS, strict=False,
@@ -405,7 +405,7 @@ class Generator:
 
     def _sample(self, rows: _Rows, draw: _Draw, *, show_progress: bool = False, steering=None) -> None:
         """Sample every row until it has its events or samples the boundary."""
-        probabilities, lstm_state, grammar = draw.probabilities, draw.lstm_state, draw.grammar_state
+        probabilities, lstm_state, grammar_state = draw.probabilities, draw.lstm_state, draw.grammar_state
         longest = int(rows.lengths.max())
         # Each row's own token limit (export/README.md, "One piece"), so a row of a batch
         # stops exactly where it would stop alone.
@@ -416,13 +416,13 @@ class Generator:
                 last = step == max_tokens - 1
                 # A token started at a row's last step could never be closed: rows between
                 # sonorities stop there and the others may only close theirs.
-                rows.finished |= last & (grammar.phase == 0)
+                rows.finished |= last & (grammar_state.phase == 0)
                 if rows.finished.all():
                     break
                 if steering is not None:  # bar controls due now are fed without a draw
                     probabilities, lstm_state = steering.feed(self.backend.step, probabilities, lstm_state,
                                                               ~rows.finished)
-                allowed = self.grammar.allowed(grammar, closing=last)
+                allowed = self.grammar.allowed(grammar_state, closing=last)
                 # A row short of its min_length may not end yet: the boundary is not allowed.
                 allowed[rows.early(), self.vocabulary.boundary_id] = False
                 if steering is not None:  # the bar limits narrow it where that leaves something
@@ -432,7 +432,7 @@ class Generator:
                                                banned=self.banned, allowed=allowed)
                 if steering is not None:
                     steering.advance(ids, ~rows.finished)
-                self.grammar.advance(grammar, ids, ~rows.finished)
+                self.grammar.advance(grammar_state, ids, ~rows.finished)
                 rows.take(ids, self.vocabulary.boundary_id, self.is_event)
                 rows.finished |= last
                 progress = rows.progress()
@@ -546,7 +546,7 @@ class Generator:
         probabilities, lstm_state = self.prime(contexts)
         # The middle continues the prefix: the grammar starts at <fim_prefix>, not after the suffix.
         prefix_id = self.vocabulary.index[events.FIM_PREFIX]
-        grammar = self.grammar_state([c[len(c) - c[::-1].index(prefix_id):] if prefix_id in c else c
+        grammar_state = self.grammar_state([c[len(c) - c[::-1].index(prefix_id):] if prefix_id in c else c
                                       for c in contexts])
         draw = sampling_lib.make_rng(seed, sampling.rng)
         remaining = gap_ticks.copy()
@@ -554,11 +554,11 @@ class Generator:
         out: list[list[int]] = [[] for _ in gap_ticks]
         max_tokens = int(gap_ticks.max() // mask.durations[0] + 1) * MAX_TOKENS_PER_EVENT
         for _ in range(max_tokens):
-            allowed = mask.allowed(self.grammar.allowed(grammar), grammar.phase == 0, remaining)
+            allowed = mask.allowed(self.grammar.allowed(grammar_state), grammar_state.phase == 0, remaining)
             ids = sampling_lib.sample_next(probabilities, draw, temperature=sampling.temperature, top_k=sampling.top_k,
                                            top_p=sampling.top_p, banned=self.banned, allowed=allowed)
             active = ~finished
-            self.grammar.advance(grammar, ids, active)
+            self.grammar.advance(grammar_state, ids, active)
             for row in np.flatnonzero(active):
                 if ids[row] == mask.end_id:
                     finished[row] = True
