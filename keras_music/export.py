@@ -91,7 +91,7 @@ def _write_models(model, vocabulary, vocab_file, out, scratch, quantize, separat
     step_dir = os.path.join(scratch, "step_saved_model")
     export_saved_model.write_step_saved_model(model, step_dir)
     started = time.perf_counter()
-    export_tflite.convert(step_dir, out, quantize, separate_conversion)
+    export_tflite.convert(step_dir, out, quantizations=quantize, separate_process=separate_conversion)
     log(f"TFLite ({', '.join(quantize)}) converted in {time.perf_counter() - started:.1f} s")
     return saved_model_dir
 

@@ -111,7 +111,7 @@ def test_parity_holds_for_the_model_exported_and_tells_another_model_apart(tiny_
     saved_model = str(tmp_path / "saved_model")
     export_saved_model.write_saved_model(untrained, vocabulary, vocab_file, saved_model)
     export_saved_model.write_step_saved_model(untrained, str(tmp_path / "step"))
-    export_tflite.convert_all(str(tmp_path / "step"), str(tmp_path), ["none"])
+    export_tflite.convert_all(str(tmp_path / "step"), str(tmp_path), quantizations=["none"])
     loaded = tf.saved_model.load(saved_model)
     paths = {"none": str(tmp_path / "model.tflite")}
     data = export_parity.parity_data(tiny_run, 32, vocabulary, 2, 12, list(vocabulary.banned_ids))
