@@ -126,9 +126,9 @@ def _write_web(run_dir: str, out: str, vocab_file: str, tflite_paths: dict, runt
     """RUN/export/web/, the static site that generates with the .tflite files in a browser; returns its summary."""
     return web_export.write_site(
         os.path.join(out, run_lib.WEB), vocab_file,
-        [(path, WEB_DESCRIPTIONS[quantization]) for quantization, path in tflite_paths.items()], runtime,
-        run_name=os.path.basename(run_dir.rstrip("/")), timing=run_lib.load_prepared(run_dir).get("timing"),
-        encoding=_encoding(run_dir))
+        models=[(path, WEB_DESCRIPTIONS[quantization]) for quantization, path in tflite_paths.items()],
+        runtime_dir=runtime, run_name=os.path.basename(run_dir.rstrip("/")),
+        timing=run_lib.load_prepared(run_dir).get("timing"), encoding=_encoding(run_dir))
 
 
 def _encoding(run_dir: str) -> dict | None:
