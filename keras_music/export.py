@@ -86,7 +86,7 @@ def _write_models(model, vocabulary, vocab_file, out, scratch, quantize, separat
     """The SavedModel into out/saved_model and the .tflite files into out; returns the SavedModel's folder."""
     saved_model_dir = os.path.join(out, run_lib.SAVED_MODEL)
     started = time.perf_counter()
-    export_saved_model.write_saved_model(model, vocabulary, vocab_file, saved_model_dir)
+    export_saved_model.write_saved_model(model, vocabulary, vocab_file=vocab_file, directory=saved_model_dir)
     log(f"SavedModel written in {time.perf_counter() - started:.1f} s")
     step_dir = os.path.join(scratch, "step_saved_model")
     export_saved_model.write_step_saved_model(model, step_dir)

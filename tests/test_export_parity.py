@@ -109,7 +109,7 @@ def test_parity_holds_for_the_model_exported_and_tells_another_model_apart(tiny_
     with open(run_lib.path(tiny_run, run_lib.VOCAB), "rb") as source, open(vocab_file, "wb") as copy:
         copy.write(source.read())
     saved_model = str(tmp_path / "saved_model")
-    export_saved_model.write_saved_model(untrained, vocabulary, vocab_file, saved_model)
+    export_saved_model.write_saved_model(untrained, vocabulary, vocab_file=vocab_file, directory=saved_model)
     export_saved_model.write_step_saved_model(untrained, str(tmp_path / "step"))
     export_tflite.convert_all(str(tmp_path / "step"), str(tmp_path), quantizations=["none"])
     loaded = tf.saved_model.load(saved_model)
