@@ -15,7 +15,8 @@ def exported(tiny_run, tmp_path_factory):
     """A private copy of the tiny run with its float32 export (tiny_run itself is shared read-only)."""
     directory = str(tmp_path_factory.mktemp("backends") / "run")
     shutil.copytree(tiny_run, directory, ignore=shutil.ignore_patterns("export"))
-    export.export(directory, quantize=("none",), parity_windows=1, parity_steps=0, log=lambda *a: None)
+    export.export(directory, export.ExportSettings(quantize=("none",), parity_windows=1, parity_steps=0),
+                  log=lambda *a: None)
     return directory
 
 

@@ -19,7 +19,8 @@ def keras_reference(tiny_run):
     vocabulary = run_lib.load_vocabulary(tiny_run)
     model = run_lib.load_model(tiny_run, vocabulary)
     config = run_lib.load_config(tiny_run)
-    windows, _ = export_parity.held_out_windows(tiny_run, config.data.seq_length, vocabulary.boundary_id, WINDOWS)
+    windows, _ = export_parity.held_out_windows(tiny_run, config.data.seq_length,
+                                               boundary_id=vocabulary.boundary_id, count=WINDOWS)
     return model, model_lib.StepModel(model), vocabulary, windows
 
 
