@@ -144,7 +144,7 @@ class Generator:
         self.log = log
         if isinstance(backend, str):
             self.backend_name = backend
-            self.backend = make_backend(run_dir, backend, self.vocabulary)
+            self.backend = make_backend(run_dir, backend, vocabulary=self.vocabulary)
         else:
             # Any object with initial_state(batch) and step(ids, lstm_state) (tests use fakes).
             self.backend_name = getattr(backend, "name", type(backend).__name__)

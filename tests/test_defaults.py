@@ -127,8 +127,8 @@ def test_the_web_export_ships_the_defaults_and_the_corpus_tempo(tiny_run, tmp_pa
     model_file = tmp_path / "model.tflite"
     model_file.write_bytes(b"not read by the site writer")
     out = tmp_path / "export"
-    export._write_web(tiny_run, str(out), run_lib.path(tiny_run, run_lib.VOCAB), {"none": str(model_file)},
-                      fake_runtime(tmp_path / "runtime"))
+    export._write_web(tiny_run, str(out), vocab_file=run_lib.path(tiny_run, run_lib.VOCAB),
+                      tflite_paths={"none": str(model_file)}, runtime=fake_runtime(tmp_path / "runtime"))
     with open(out / run_lib.WEB / web_export.SITE_FILE) as handle:
         site = json.load(handle)
     assert site["defaults"] == {"temperature": defaults.TEMPERATURE, "top_k": defaults.TOP_K, "top_p": defaults.TOP_P,

@@ -379,8 +379,9 @@ def test_dynamic_range_file_is_small_at_realistic_size(run_dir, tmp_path):
     model = model_lib.build_model(len(vocabulary), embedding_size=96, hidden_size=256, num_layers=3, dropout=0.1)
     model.save(str(big / "model.keras"))
     # The child-process conversion path (used when this process sees a GPU) runs here too.
-    report = export.export(str(big), quantize=("none", "dynamic"), parity_windows=1, parity_steps=10,
-                           log=lambda *a: None, separate_conversion=True)
+    settings = export.ExportSettings(quantize=("none", "dynamic"), parity_windows=1, parity_steps=10,
+                                     separate_conversion=True)
+    report = export.export(str(big), settings, log=lambda *a: None)
     assert report["artifacts"]["tflite_float32"]["bytes"] >= export_parity.SIZE_RATIO_MIN_BYTES
     assert report["dynamic_size_ratio"] <= 0.30
     size_check = [c for c in report["checks"] if c["metric"] == "size_ratio_to_float32"][0]
@@ -443,6 +444,6 @@ def test_failed_export_keeps_the_previous_one(exported, run_dir, monkeypatch):
 
     monkeypatch.setattr(export_saved_model, "write_saved_model", broken)
     with pytest.raises(export.ExportError, match="exploded"):
-        export.export(run_dir, parity_windows=1, parity_steps=1, log=lambda *a: None)
+        export.export(run_dir, export.ExportSettings(parity_windows=1, parity_steps=1), log=lambda *a: None)
     assert sorted(os.listdir(directory)) == before
     assert not [n for n in os.listdir(run_dir) if n.startswith(".export")]

@@ -105,7 +105,7 @@ def test_a_fine_tuned_run_exports_with_parity(fine_tuned, tmp_path):
 
     run_dir = str(tmp_path / "run")
     shutil.copytree(fine_tuned[0], run_dir)
-    report = export.export(run_dir, parity_windows=2, parity_steps=50, log=lambda *a: None)
+    report = export.export(run_dir, export.ExportSettings(parity_windows=2, parity_steps=50), log=lambda *a: None)
     assert report["passed"], report
 
 

@@ -410,7 +410,8 @@ def test_every_backend_fills_the_same_bars(infill_run, tmp_path):
 
     copy = str(tmp_path / "run")
     shutil.copytree(infill_run, copy, ignore=shutil.ignore_patterns("export"))
-    export.export(copy, quantize=("none",), parity_windows=1, parity_steps=0, log=lambda *a: None)
+    export.export(copy, export.ExportSettings(quantize=("none",), parity_windows=1, parity_steps=0),
+                  log=lambda *a: None)
     source = write_file(tmp_path / "six-bars.mid")
     fills = {}
     for backend in backends.BACKENDS:

@@ -518,7 +518,8 @@ def test_the_classic_representation_trains_samples_generates_evaluates_and_expor
     assert quality["events"] == quality["tokens"] > 0
     assert 1 < quality["perplexity"] < len(vocabulary)
     # Exported, it generates classic tokens on the phone's path (TFLite, no TensorFlow).
-    report = export.export(str(run_dir), quantize=("none",), parity_windows=2, parity_steps=20, log=lambda *a: None)
+    report = export.export(str(run_dir), export.ExportSettings(quantize=("none",), parity_windows=2, parity_steps=20),
+                           log=lambda *a: None)
     assert report["passed"]
     exported = run_lib.path(str(run_dir), run_lib.EXPORT)
     assert json.load(open(os.path.join(exported, run_lib.EXPORT_VOCAB)))["representation"] == "classic"
