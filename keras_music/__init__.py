@@ -22,9 +22,10 @@ _PUBLIC = {
     "SamplingSettings": ("keras_music.sampling", "SamplingSettings"),
     "ControlSettings": ("keras_music.controls", "ControlSettings"),
     "EvaluationSettings": ("keras_music.evaluate_music", "EvaluationSettings"),
+    "ExportSettings": ("keras_music.export", "ExportSettings"),
 }
 __all__ = ["Config", "load_config", "train", "Generator", "evaluate_run", "export_run", "SamplingSettings",
-           "ControlSettings", "EvaluationSettings", "EnvironmentMismatch", "KerasMusicError", "__version__"]
+           "ControlSettings", "EvaluationSettings", "ExportSettings", "EnvironmentMismatch", "KerasMusicError", "__version__"]
 
 
 def __getattr__(name: str):
