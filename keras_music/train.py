@@ -313,11 +313,11 @@ def checked_steps(config: config_lib.Config, info: dict, replicas: int) -> int:
     steps_per_epoch = epoch_steps(config, shortest_train_lengths(config, info))
     if steps_per_epoch < 1:
         stride = data.window_stride or data.seq_length
-        windows = dataset.count_windows(shortest_train_lengths(config, info), data.seq_length, stride)
+        windows = dataset.count_windows(shortest_train_lengths(config, info), data.seq_length, stride=stride)
         raise run_lib.RunError(f"the training split has {info['tokens']['train']} tokens, {windows} windows of "
                                f"data.seq_length+1={data.seq_length + 1}: fewer than one batch of "
                                f"train.batch_size={train_cfg.batch_size}; lower them or add data")
-    if dataset.count_windows(info["lengths"]["validation"], data.seq_length, data.seq_length) < 1:
+    if dataset.count_windows(info["lengths"]["validation"], data.seq_length, stride=data.seq_length) < 1:
         raise run_lib.RunError(f"the validation split has {info['tokens']['validation']} tokens: not one window of "
                                f"data.seq_length+1={data.seq_length + 1}, so the validation loss would mean "
                                "nothing; lower data.seq_length or raise data.val_fraction")
@@ -339,23 +339,19 @@ def input_pipelines(config: config_lib.Config, work_dir: str, info: dict, vocabu
     data, train_cfg = config.data, config.train
     train_files = run_lib.shard_paths(work_dir, "train", info)
     validation_files = run_lib.shard_paths(work_dir, "validation", info)
-    transposition = vocabulary.transposition_table(data.transpose) if data.transpose else None
-    control_dropout = None
-    if data.controls:
-        control_dropout = ([events.is_control(t) for t in vocabulary.tokens], data.control_dropout,
-                           data.control_token_dropout)
+    tokens = dataset.TokenTables(
+        boundary_id=vocabulary.boundary_id,
+        transposition=vocabulary.transposition_table(data.transpose) if data.transpose else None,
+        is_control=[events.is_control(t) for t in vocabulary.tokens] if data.controls else None)
+    span = dataset.EpochSpan(steps_per_epoch, first_epoch=first_epoch)
 
     def make_train_data(context=None):
         worker = (context.input_pipeline_id, context.num_input_pipelines) if context is not None else None
-        return dataset.training_dataset(train_files, data.seq_length, train_cfg.batch_size, steps_per_epoch,
-                                        train_cfg.seed, first_epoch, train_cfg.epochs,
-                                        data.window_stride or data.seq_length, data.shuffle_buffer, transposition,
-                                        vocabulary.boundary_id, worker_slice=worker,
-                                        piece_count=len(info["lengths"]["train"]), control_dropout=control_dropout,
-                                        infill_rate=data.infill_rate)
+        return dataset.training_dataset(train_files, data, train=train_cfg, span=span, tokens=tokens,
+                                        worker_slice=worker, piece_count=len(info["lengths"]["train"]))
 
-    validation_data = dataset.evaluation_dataset(validation_files, data.seq_length, train_cfg.batch_size,
-                                                 vocabulary.boundary_id)
+    validation_data = dataset.evaluation_dataset(validation_files, data.seq_length, batch_size=train_cfg.batch_size,
+                                                 boundary_id=vocabulary.boundary_id)
     return make_train_data, validation_data
 
 
@@ -661,7 +657,7 @@ def epoch_steps(config: config_lib.Config, train_lengths) -> int:
     from keras_music import dataset
 
     stride = config.data.window_stride or config.data.seq_length
-    return dataset.count_windows(train_lengths, config.data.seq_length, stride) // config.train.batch_size
+    return dataset.count_windows(train_lengths, config.data.seq_length, stride=stride) // config.train.batch_size
 
 
 def print_summary(run_dir: str, metrics: dict, samples: list[str]) -> None:

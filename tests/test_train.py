@@ -40,8 +40,8 @@ def test_tiny_run_writes_the_whole_run_directory(tiny_run):
     assert metrics["val_perplexity"] == pytest.approx(np.exp(metrics["val_loss"]))
     # The held-out scores are those of the saved model over every position of the validation windows.
     model = run_lib.load_model(tiny_run)
-    windows = dataset.evaluation_dataset(run_lib.shard_paths(tiny_run, "validation", prepared), 32, 4,
-                                         vocabulary.boundary_id)
+    windows = dataset.evaluation_dataset(run_lib.shard_paths(tiny_run, "validation", prepared), 32, batch_size=4,
+                                         boundary_id=vocabulary.boundary_id)
     nll, hits, count = 0.0, 0, 0
     for x, y in windows.as_numpy_iterator():
         probabilities = model(x, training=False).numpy()
