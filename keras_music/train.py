@@ -236,8 +236,9 @@ def _train(config, run_dir, cluster, chief, show_progress, log) -> dict:
                                 start=(lambda: finetune.initial_model(base, vocabulary, config.model.dropout))
                                 if base else None)
     metadata = {"vocabulary_fingerprint": vocabulary.fingerprint(), "vocabulary_size": len(vocabulary)}
-    progress, callbacks = callbacks_lib.make_callbacks(config, work_dir, steps_per_epoch, state, log,
-                                                       show_progress=show_progress and chief, metadata=metadata)
+    progress, callbacks = callbacks_lib.make_callbacks(config, work_dir, steps_per_epoch=steps_per_epoch, backup=state,
+                                                       log=log, show_progress=show_progress and chief,
+                                                       metadata=metadata)
     if base and state is None:
         # The model it starts from competes with every epoch for the kept model: a fine-tune
         # never ends worse on its held-out pieces than the base it started from.
