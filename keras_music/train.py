@@ -216,7 +216,8 @@ def _train(config, run_dir, cluster, chief, show_progress, log) -> dict:
     info = prepare_run(config, work_dir, show_progress and chief, log,
                        base_vocabulary=base.vocabulary if base else None)
     vocabulary = run_lib.load_vocabulary(work_dir)
-    overlap = (finetune.check_held_out(base, work_dir, vocabulary, info, train_cfg.allow_held_out_overlap, log)
+    overlap = (finetune.check_held_out(base, work_dir, vocabulary=vocabulary, info=info,
+                                       allow=train_cfg.allow_held_out_overlap, log=log)
                if base else [])
     run_lib.write_config(work_dir, config)
     state = read_backup(run_dir, config)
@@ -233,7 +234,7 @@ def _train(config, run_dir, cluster, chief, show_progress, log) -> dict:
 
     with strategy.scope():
         model = build_or_resume(config, run_dir, state, len(vocabulary), steps_per_epoch,
-                                start=(lambda: finetune.initial_model(base, vocabulary, config.model.dropout))
+                                start=(lambda: finetune.initial_model(base, vocabulary, dropout=config.model.dropout))
                                 if base else None)
     metadata = {"vocabulary_fingerprint": vocabulary.fingerprint(), "vocabulary_size": len(vocabulary)}
     progress, callbacks = callbacks_lib.make_callbacks(config, work_dir, steps_per_epoch=steps_per_epoch, backup=state,
@@ -262,9 +263,9 @@ def _train(config, run_dir, cluster, chief, show_progress, log) -> dict:
     if base:
         # The same held-out windows scored by the model the fine-tune started from: whether
         # fine-tuning helped is then one comparison in metrics.json.
-        start = evaluate_windows(finetune.initial_model(base, vocabulary, config.model.dropout), validation_data) \
-            if chief else None
-        metrics["init_from"] = finetune.record(base, vocabulary, overlap, start)
+        start = evaluate_windows(finetune.initial_model(base, vocabulary, dropout=config.model.dropout),
+                                 validation_data) if chief else None
+        metrics["init_from"] = finetune.record(base, vocabulary, overlap=overlap, start=start)
 
     if not chief:
         storage.rmtree(work_dir)
