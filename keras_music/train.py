@@ -98,8 +98,8 @@ def trained_vocabulary(run_dir: str) -> str | None:
                                "record of the vocabulary they were trained with; train in a new --run-dir") from None
 
 
-def prepare_run(config: config_lib.Config, run_dir: str, show_progress: bool, log=print,
-                base_vocabulary=None) -> dict:
+def prepare_run(config: config_lib.Config, run_dir: str, *, show_progress: bool, log=print,
+                base_vocabulary=None) -> run_lib.Prepared:
     """Prepare data into the run directory, or reuse it (resume, or a prepared --data directory).
 
     Reused data is checked first (prepared.json, shard checksums, vocabulary); damaged
@@ -117,49 +117,7 @@ def prepare_run(config: config_lib.Config, run_dir: str, show_progress: bool, lo
             raise run_lib.RunError(f"--data {source} is a prepared directory, whose ids belong to its own vocabulary; "
                                    "a fine-tune (train.init_from) needs the music itself: pass the folder of "
                                    "files it was prepared from")
-        run_lib.check_unlocked(source)
-        info = run_lib.load_prepared(source, required=True)
-        prepared = info.get("settings", {})
-        for key in ("representation", "transpose", "max_duration", "classic_step", "normalize_key"):
-            if key in prepared and prepared[key] != getattr(config.data, key):
-                raise run_lib.RunError(f"{source} was prepared with data.{key}={prepared[key]!r} but this run has "
-                                       f"{getattr(config.data, key)!r}; pass --set data.{key}={prepared[key]} "
-                                       "or prepare again")
-        if prepared.get("controls", False) != config.data.controls:
-            had = bool(prepared.get("controls", False))
-            raise run_lib.RunError(f"{source} was prepared with data.controls={had} but this run has "
-                                   f"{config.data.controls}; pass --set data.controls={str(had).lower()} "
-                                   "or prepare again")
-        if prepared.get("infill") and prepared.get("infill_window") != config.data.seq_length:
-            raise run_lib.RunError(f"{source} was prepared with infilling examples of data.seq_length="
-                                   f"{prepared.get('infill_window')} but this run has {config.data.seq_length}; pass "
-                                   f"--set data.seq_length={prepared.get('infill_window')} or prepare again")
-        if prepared.get("infill") and prepared.get("infill_format") != 2:
-            raise run_lib.RunError(f"{source} was prepared with fill-in-the-middle examples that begin with <piece>, "
-                                   "which teaches a model that every piece it begins is one: prepare it again")
-        if prepared.get("infill", False) != (config.data.infill_rate > 0):
-            had = bool(prepared.get("infill", False))
-            raise run_lib.RunError(f"{source} was prepared {'with' if had else 'without'} infilling but this run has "
-                                   f"data.infill_rate={config.data.infill_rate}; pass --set data.infill_rate="
-                                   f"{'0.25' if had else '0'} or prepare again")
-        vocabulary = run_lib.load_vocabulary(source)
-        run_lib.check_data(source, info, vocabulary)
-        if expected is not None and vocabulary.fingerprint() != expected:
-            raise run_lib.RunError(f"{source} now holds another vocabulary than the one {run_dir} was trained with "
-                                   "(it was prepared again since); nothing was changed: train on it in a new "
-                                   "--run-dir")
-        for name in (run_lib.VOCAB, run_lib.MANIFEST):
-            _copy_if_changed(storage.join(source, name), run_lib.path(run_dir, name))
-        location = source if storage.is_remote(source) else os.path.abspath(source)
-        info = dict(info, data_dir=storage.join(location, "data"))
-        try:
-            current = run_lib.load_prepared(run_dir)
-        except run_lib.RunError:
-            current = None
-        if current != info:
-            storage.write_json(run_lib.path(run_dir, run_lib.PREPARED), info)
-        log(f"using prepared data in {source} ({info['pieces']['train']} training pieces)")
-        return info
+        return _use_prepared(source, config, run_dir=run_dir, expected=expected, log=log)
     if prepare.is_prepared(run_dir):
         try:
             info = prepare.read_prepared(run_dir)
@@ -170,6 +128,61 @@ def prepare_run(config: config_lib.Config, run_dir: str, show_progress: bool, lo
             log(f"the prepared data in {run_dir} cannot be used ({str(error).split('; ')[0]}): preparing it again")
     return prepare.prepare(config, run_dir, show_progress=show_progress, log=log, expected_vocabulary=expected,
                            base_vocabulary=base_vocabulary)
+
+
+def _use_prepared(source: str, config: config_lib.Config, *, run_dir: str, expected: str | None,
+                  log) -> run_lib.Prepared:
+    """A prepared --data directory's data, checked against this run, with its vocabulary and manifest copied in.
+
+    `expected` is the fingerprint of the vocabulary the run was trained with (None: not started).
+    """
+    run_lib.check_unlocked(source)
+    info = run_lib.load_prepared(source, required=True)
+    _check_prepared_settings(source, config, settings=info.get("settings", {}))
+    vocabulary = run_lib.load_vocabulary(source)
+    run_lib.check_data(source, info, vocabulary)
+    if expected is not None and vocabulary.fingerprint() != expected:
+        raise run_lib.RunError(f"{source} now holds another vocabulary than the one {run_dir} was trained with "
+                               "(it was prepared again since); nothing was changed: train on it in a new "
+                               "--run-dir")
+    for name in (run_lib.VOCAB, run_lib.MANIFEST):
+        _copy_if_changed(storage.join(source, name), run_lib.path(run_dir, name))
+    location = source if storage.is_remote(source) else os.path.abspath(source)
+    info = dict(info, data_dir=storage.join(location, "data"))
+    try:
+        current = run_lib.load_prepared(run_dir)
+    except run_lib.RunError:
+        current = None
+    if current != info:
+        storage.write_json(run_lib.path(run_dir, run_lib.PREPARED), info)
+    log(f"using prepared data in {source} ({info['pieces']['train']} training pieces)")
+    return info
+
+
+def _check_prepared_settings(source: str, config: config_lib.Config, *, settings: dict) -> None:
+    """Refuse a prepared directory whose `settings` (prepared.json's) differ from this run's data settings."""
+    for key in ("representation", "transpose", "max_duration", "classic_step", "normalize_key"):
+        if key in settings and settings[key] != getattr(config.data, key):
+            raise run_lib.RunError(f"{source} was prepared with data.{key}={settings[key]!r} but this run has "
+                                   f"{getattr(config.data, key)!r}; pass --set data.{key}={settings[key]} "
+                                   "or prepare again")
+    if settings.get("controls", False) != config.data.controls:
+        had = bool(settings.get("controls", False))
+        raise run_lib.RunError(f"{source} was prepared with data.controls={had} but this run has "
+                               f"{config.data.controls}; pass --set data.controls={str(had).lower()} "
+                               "or prepare again")
+    if settings.get("infill") and settings.get("infill_window") != config.data.seq_length:
+        raise run_lib.RunError(f"{source} was prepared with infilling examples of data.seq_length="
+                               f"{settings.get('infill_window')} but this run has {config.data.seq_length}; pass "
+                               f"--set data.seq_length={settings.get('infill_window')} or prepare again")
+    if settings.get("infill") and settings.get("infill_format") != 2:
+        raise run_lib.RunError(f"{source} was prepared with fill-in-the-middle examples that begin with <piece>, "
+                               "which teaches a model that every piece it begins is one: prepare it again")
+    if settings.get("infill", False) != (config.data.infill_rate > 0):
+        had = bool(settings.get("infill", False))
+        raise run_lib.RunError(f"{source} was prepared {'with' if had else 'without'} infilling but this run has "
+                               f"data.infill_rate={config.data.infill_rate}; pass --set data.infill_rate="
+                               f"{'0.25' if had else '0'} or prepare again")
 
 
 def train(config: config_lib.Config, run_dir: str, *, show_progress: bool = True, log=print) -> dict:
@@ -213,7 +226,7 @@ def _train(config, run_dir, cluster, chief, show_progress, log) -> dict:
     storage.makedirs(work_dir)
     started = time.time()
 
-    info = prepare_run(config, work_dir, show_progress and chief, log,
+    info = prepare_run(config, work_dir, show_progress=show_progress and chief, log=log,
                        base_vocabulary=base.vocabulary if base else None)
     vocabulary = run_lib.load_vocabulary(work_dir)
     overlap = (finetune.check_held_out(base, work_dir, vocabulary=vocabulary, info=info,

@@ -432,7 +432,7 @@ def test_transposition_shifts_training_pieces_and_leaves_validation_as_it_is(tmp
 
     config = tiny_config("data.transpose=2")
     run_dir = str(tmp_path / "run")
-    info = train.prepare_run(config, run_dir, False, log=lambda *a: None)
+    info = train.prepare_run(config, run_dir, show_progress=False, log=lambda *a: None)
     vocabulary = run_lib.load_vocabulary(run_dir)
     steps = train.epoch_steps(config, info["lengths"]["train"])
     make_train_data, validation_data = train.input_pipelines(config, run_dir, info, vocabulary, steps, 0)
@@ -470,7 +470,7 @@ def test_min_count_turns_rare_tokens_into_unk_in_the_vocabulary_and_the_data(pre
     import collections
 
     run_dir = str(tmp_path / "run")
-    info = train.prepare_run(tiny_config("data.min_count=3"), run_dir, False, log=lambda *a: None)
+    info = train.prepare_run(tiny_config("data.min_count=3"), run_dir, show_progress=False, log=lambda *a: None)
     reduced = run_lib.load_vocabulary(run_dir)
     full = run_lib.load_vocabulary(prepared)  # the same pieces with data.min_count=1
     full_info = run_lib.load_prepared(prepared)
