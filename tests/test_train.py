@@ -435,7 +435,8 @@ def test_transposition_shifts_training_pieces_and_leaves_validation_as_it_is(tmp
     info = train.prepare_run(config, run_dir, show_progress=False, log=lambda *a: None)
     vocabulary = run_lib.load_vocabulary(run_dir)
     steps = train.epoch_steps(config, info["lengths"]["train"])
-    make_train_data, validation_data = train.input_pipelines(config, run_dir, info, vocabulary, steps, 0)
+    inputs = train.input_pipelines(config, run_dir, info=info, vocabulary=vocabulary, steps_per_epoch=steps,
+                                   first_epoch=0)
 
     def shifted_pieces(split):
         pieces = [vocabulary.decode(ids) for ids in dataset.read_pieces(run_lib.shard_paths(run_dir, split, info))]
@@ -452,14 +453,14 @@ def test_transposition_shifts_training_pieces_and_leaves_validation_as_it_is(tmp
 
     training, held_out = shifted_pieces("train"), shifted_pieces("validation")
     seen = []
-    for segment in stream_segments(make_train_data().as_numpy_iterator(), vocabulary):
+    for segment in stream_segments(inputs.make_train_data().as_numpy_iterator(), vocabulary):
         shifts = shifts_of(segment, training)
         assert shifts, segment  # a whole piece moved by one shift, every pitch by the same amount
         if len(shifts) == 1:  # a slice with pitches tells its shift
             seen.append(shifts.pop())
     assert len(set(seen)) > 1 and set(seen) <= {-2, -1, 0, 1, 2}
     told = []
-    for segment in stream_segments(validation_data.as_numpy_iterator(), vocabulary):
+    for segment in stream_segments(inputs.validation_data.as_numpy_iterator(), vocabulary):
         shifts = shifts_of(segment, held_out)
         assert 0 in shifts, segment  # the held-out pieces as they are
         told += list(shifts) if len(shifts) == 1 else []
