@@ -69,7 +69,7 @@ def _train_run(run: StudyRun, budget_tokens: int | None, user_keys: set, show_pr
     from keras_music import train
 
     storage.makedirs(run.run_dir)
-    prepared = train.prepare_run(run.config, run.run_dir, show_progress, log)
+    prepared = train.prepare_run(run.config, run.run_dir, show_progress=show_progress, log=log)
     per_epoch = tokens_per_epoch(run.config, prepared)
     if budget_tokens is not None and "train.epochs" not in user_keys:
         apply_token_budget(run, budget_tokens, per_epoch)

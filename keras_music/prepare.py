@@ -271,7 +271,7 @@ def _write_data(out_dir: str, manifest: dict, vocabulary, encoded: dict[str, lis
     data_dir = run_lib.path(out_dir, run_lib.DATA)
     shards = {}
     for split, pieces in encoded.items():
-        written = dataset.write_shards(data_dir, split, pieces)
+        written = dataset.write_shards(data_dir, split, pieces=pieces)
         shards[split] = _shard_records(data_dir, written, [piece[1] for piece in pieces])
         # Shards of an earlier, larger preparation would otherwise be read as part of this one.
         for name in storage.listdir(data_dir):

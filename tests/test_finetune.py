@@ -256,9 +256,9 @@ def test_an_interrupted_fine_tune_resumes_from_its_own_backup(tiny_run, new_fold
     resumed_from = []
     build_or_resume = train.build_or_resume
 
-    def watch(config, run_dir, state, *args, **kwargs):
-        resumed_from.append((state or {}).get("model"))
-        return build_or_resume(config, run_dir, state, *args, **kwargs)
+    def watch(config, run_dir, *, backup, **kwargs):
+        resumed_from.append((backup or {}).get("model"))
+        return build_or_resume(config, run_dir, backup=backup, **kwargs)
 
     monkeypatch.setattr(train, "build_or_resume", watch)
     metrics = train.train(config, run_dir, **QUIET)

@@ -147,8 +147,9 @@ def test_prepared_data_holds_sentinels_and_fim_examples_that_the_stream_mixes_in
     fim_ids = [vocabulary.index[t] for t in FIM]
 
     def sentinels(rate, seed):
-        stream = dataset.training_dataset(files, 96, 2, 1000, seed, infill_rate=rate,
-                                          piece_count=len(info["lengths"]["train"]))
+        stream = dataset.training_dataset(files, config_lib.DataConfig(seq_length=96, infill_rate=rate),
+                                          train=config_lib.TrainConfig(batch_size=2, seed=seed, epochs=1),
+                                          span=dataset.EpochSpan(1000), piece_count=len(info["lengths"]["train"]))
         rows = np.concatenate([x.numpy() for x, _ in stream])
         # A FIM window is a whole window from the start state, <fim_suffix> first: never `<piece> <fim_suffix>`,
         # which would teach the model that a piece begun from the start state is a FIM example.
