@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from importlib import metadata
 
@@ -31,7 +32,6 @@ __all__ = ["Config", "load_config", "train", "Generator", "evaluate_run", "expor
 def __getattr__(name: str):
     if name not in _PUBLIC:
         raise AttributeError(f"module 'keras_music' has no attribute {name!r}")
-    import importlib
 
     module_name, attribute = _PUBLIC[name]
     module = importlib.import_module(module_name)
@@ -96,7 +96,6 @@ def check_tensorflow_io() -> None:
     global _io_checked
     if _io_checked:
         return
-    import importlib
 
     require_tensorflow()
     import tensorflow as tf

@@ -7,6 +7,10 @@ import importlib.util
 import io
 import os
 
+import midirenderer
+import mido
+import soundfile
+
 from keras_music import storage
 from keras_music.errors import KerasMusicError
 
@@ -70,8 +74,6 @@ def with_release_tail(midi_bytes: bytes, seconds: float = RELEASE_SECONDS, end_s
     `end_seconds` puts the end there instead of at the file's own end (writers pad differently,
     and excerpts compared with each other must last exactly as long).
     """
-    import mido
-
     try:
         midi = mido.MidiFile(file=io.BytesIO(bytes(midi_bytes)))
     except Exception as error:  # mido raises OSError, EOFError, ValueError, KeyError for damaged files
@@ -113,8 +115,6 @@ def with_release_tail(midi_bytes: bytes, seconds: float = RELEASE_SECONDS, end_s
 
 def render_wave(midi_bytes: bytes, soundfont: str | None = None, end_seconds: float | None = None) -> bytes:
     """16-bit 48 kHz stereo WAV of the MIDI plus RELEASE_SECONDS for its last notes to ring out."""
-    import midirenderer
-
     sf2 = soundfont_bytes(soundfont)
     midi_bytes = with_release_tail(midi_bytes, end_seconds=end_seconds)
     try:
@@ -132,7 +132,6 @@ def render(midi_bytes: bytes, fmt: str = DEFAULT_FORMAT, soundfont: str | None =
     wave = render_wave(midi_bytes, soundfont, end_seconds)
     if fmt == "wav":
         return wave
-    import soundfile
 
     # midirenderer's own Opus path is slower (about 1.4x here), twice the size at any bitrate
     # setting, and trims samples; libsndfile encodes the exact rendered samples.
@@ -154,7 +153,5 @@ def render_file(midi_path: str, out_path: str, fmt: str = DEFAULT_FORMAT, soundf
 
 def duration(data: bytes) -> float:
     """Seconds of audio in encoded bytes (any format libsndfile reads)."""
-    import soundfile
-
     info = soundfile.info(io.BytesIO(data))
     return info.frames / info.samplerate

@@ -9,8 +9,11 @@ import math
 import os
 import shlex
 import sys
+import traceback
 
-from keras_music import errors
+from tqdm.auto import tqdm
+
+from keras_music import errors, storage
 
 # Errors a user can fix (bad input, config, data): printed as one line, no traceback.
 USAGE_EXIT = 2
@@ -81,8 +84,6 @@ def user_errors(parser: argparse.ArgumentParser):
         print(f"{parser.prog}: interrupted; rerun the same command to continue", file=sys.stderr)
         finish(130)
     except Exception as error:
-        from keras_music import storage
-
         message = tf_io_error(error)
         if message is not None:
             print(f"{parser.prog}: error: {message}", file=sys.stderr)
@@ -95,16 +96,12 @@ def user_errors(parser: argparse.ArgumentParser):
         if tf is not None and isinstance(error, tf.errors.OpError):
             print(f"{parser.prog}: error: {error.message}", file=sys.stderr)  # e.g. NoSuchBucket, AccessDenied
         else:
-            import traceback
-
             traceback.print_exc()
         finish(DATA_EXIT)
 
 
 def progress(iterable=None, show: bool = False, **kwargs):
     """A tqdm progress bar on stderr (results go to stdout), silent unless `show`."""
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, disable=not show, file=sys.stderr, **kwargs)
 
 
@@ -116,8 +113,6 @@ def finish(status: int = 0):
     already written and closed when a command reaches here, so flushing and leaving
     with os._exit keeps the true exit status.
     """
-    from keras_music import storage
-
     if storage.touched_remote():
         sys.stdout.flush()
         sys.stderr.flush()
@@ -172,8 +167,6 @@ def piece_length(text: str):
 
 
 def existing_run_dir(text: str) -> str:
-    from keras_music import storage
-
     if not storage.isdir(text):
         raise argparse.ArgumentTypeError(f"run directory {text} does not exist (train one with "
                                          "python -m keras_music.train, or use runs/latest)")

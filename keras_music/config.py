@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from keras_music import defaults
+from keras_music import storage
 from keras_music.errors import UsageError
 
 REPRESENTATIONS = ("note", "classic")
@@ -320,8 +321,6 @@ def nest(key: str, value) -> dict:
 
 
 def read_yaml(path: str) -> dict:
-    from keras_music import storage
-
     try:
         text = storage.read_text(path)
     except FileNotFoundError:

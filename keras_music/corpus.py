@@ -12,11 +12,16 @@ import os
 import queue
 import signal
 import sys
+import tempfile
 import threading
 import time
+import warnings
 from fractions import Fraction
 
+from tqdm.auto import tqdm
+
 from keras_music import events, storage
+from keras_music import midi
 from keras_music.errors import KerasMusicError
 
 SCORE_EXTENSIONS = (".mid", ".midi", ".xml", ".mxl", ".musicxml", ".abc", ".krn")
@@ -156,8 +161,6 @@ def _error_reason(error: Exception) -> str:
 
 def _parse_midi(data: bytes, settings: ParseSettings) -> dict:
     """MIDI read from its events (exact ticks), quantised on the grid, checked against the raw notes."""
-    from keras_music import midi
-
     grid = settings.grid
     try:
         raw = midi.read(data)
@@ -207,8 +210,6 @@ def check_timeline(raw, notes, shift: int, grid: int, max_duration: float) -> di
     step of its own onset, and the piece must end where the file's last note ends.
     Returns the verdict and the number of events (sonorities) the tokens hold.
     """
-    from keras_music import midi
-
     tpq = raw.ticks_per_quarter
     sonorities = events.notes_to_sonorities([(Fraction(a, grid), Fraction(b, grid), p) for a, b, p, _ in notes],
                                             Fraction(max_duration), grid)
@@ -239,9 +240,6 @@ def check_timeline(raw, notes, shift: int, grid: int, max_duration: float) -> di
 
 def _parse_score(name: str, data: bytes, settings: ParseSettings) -> dict:
     """MusicXML / ABC / Humdrum through music21's score parser."""
-    import tempfile
-    import warnings
-
     extension = os.path.splitext(name)[1].lower()
     with tempfile.TemporaryDirectory(prefix="keras_music-parse-") as tmp:
         path = os.path.join(tmp, "score" + extension)
@@ -419,8 +417,6 @@ def parse_sources(sources, settings: ParseSettings, workers: int = 0, cache_dir:
 def parse_files(files: list[SourceFile], settings: ParseSettings, workers: int = 0, cache_dir: str | None = "",
                 show_progress: bool = True) -> list[dict]:
     """parse_sources for an already resolved list of files (e.g. one shard of it), in the given order."""
-    from tqdm.auto import tqdm
-
     cache = ParseCache(default_cache_dir() if cache_dir == "" else cache_dir, settings)
     entries: list[dict] = []
     jobs = []

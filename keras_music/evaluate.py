@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-
 from keras_music import cli, controls, evaluate_controls, evaluate_likelihood as likelihood, evaluate_music as music_lib
-from keras_music import evaluate_report, events
-from keras_music import formatting as fmt, run as run_lib, storage
+from keras_music import evaluate_report, events, formatting as fmt, run as run_lib, storage
 from keras_music.evaluate_held_out import DEFAULT_TIME_SIGNATURE, load_split
 from keras_music.evaluate_likelihood import DEFAULT_ORDERS, MAX_ORDER
 from keras_music.evaluate_music import DEFAULT_LENGTH, DEFAULT_NUM_SAMPLES, DEFAULT_TEMPERATURES, EvaluationSettings
+from keras_music.generate import Generator
 
 MAX_NUM_SAMPLES = 1000
 
@@ -56,8 +55,6 @@ def evaluate_run(run_dir: str, settings: EvaluationSettings | None = None, *, ou
         result = _likelihood(run_dir, splits, settings, show_progress=show_progress)
         steerable = controls.has_controls(splits.vocabulary.tokens) and settings.controls_samples > 0
         if steerable and generator is None:
-            from keras_music.generate import Generator
-
             generator = Generator(run_dir)
         music = music_lib.music_report(run_dir, settings, pieces=splits.held_out, train_pieces=splits.training,
                                        vocabulary=splits.vocabulary, generator=generator, show_progress=show_progress)

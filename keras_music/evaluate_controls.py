@@ -19,6 +19,7 @@ from fractions import Fraction
 import numpy as np
 
 from keras_music import controls, defaults, events, midi
+from keras_music import plots, run as run_lib
 from keras_music.controls import ControlSettings
 from keras_music.evaluate_music import DEFAULT_CONTROLS_SAMPLES
 from keras_music.sampling import SamplingSettings
@@ -109,8 +110,6 @@ def bin_summary(pairs, bins: int, training_shares=None) -> dict:
 def training_shares(run_dir: str, vocabulary, kind: str, bins: int) -> np.ndarray | None:
     """Share of the training bars in each bin of `kind`, from the control tokens of the run's training pieces
     (None for a run whose data is gone)."""
-    from keras_music import run as run_lib
-
     try:
         pieces = run_lib.read_split(run_dir, "train", vocabulary)
     except Exception:  # a run copied without its data: no support to weigh the bins by
@@ -246,8 +245,6 @@ def render_section(report: dict) -> list[str]:
 def plot_confusions(report: dict, out_path: str) -> None:
     """The confusion tables as heat maps, each row normalised to the share of its bars: with the bar limits
     (top) and, when the report has them, of the model alone (bottom)."""
-    from keras_music import plots
-
     panels = [(name, report, "") for name in ("density", "polyphony")]
     alone = report.get("model_alone") or {}
     panels += [(name, alone, ", model alone") for name in ("density", "polyphony") if name in alone]

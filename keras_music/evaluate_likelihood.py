@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+import random
+from fractions import Fraction
 
 import numpy as np
 
 from keras_music import events, run as run_lib
-from keras_music.sampling import SamplingSettings
+from keras_music import infill, ngram, sampling
 from keras_music.cli import progress
 from keras_music.evaluate_held_out import HeldOutPiece, load_split
+from keras_music.generate import Generator
+from keras_music.sampling import SamplingSettings
 
 # Held-out perplexity on the Bach chorales keeps improving up to order 8 and is
 # flat by 12, so the baseline is compared at its best order, not a truncated one.
@@ -200,8 +204,6 @@ def ngram_baseline(run_dir: str, orders=DEFAULT_ORDERS, pieces: list[HeldOutPiec
     Returns `orders` (keyed by the order as a string: ngram.NGramModel.evaluate's
     numbers plus per-event NLL/perplexity) and `best_order`.
     """
-    from keras_music import ngram
-
     orders = check_orders(orders)
     vocabulary = vocabulary or run_lib.load_vocabulary(run_dir)
     pieces = pieces if pieces is not None else load_split(run_dir, "validation", vocabulary)
@@ -264,11 +266,6 @@ MAX_INFILL_GAPS = 64
 def infill_gaps(run_dir: str, pieces: list[HeldOutPiece], vocabulary, seed: int = 0,
                 max_gaps: int = MAX_INFILL_GAPS) -> list[dict]:
     """One gap per held-out piece (up to `max_gaps`): the piece's name, the gap and its suffix/prefix/middle tokens."""
-    import random
-    from fractions import Fraction
-
-    from keras_music import infill
-
     data = run_lib.load_config(run_dir).data
     grid, window = int(data.grid), int(data.seq_length)
     entries = run_lib.manifest_entries(run_dir, strict=False)
@@ -314,8 +311,6 @@ def middle_nll(model, gaps: list[dict], vocabulary, grid: int) -> list[dict]:
     as `generate --infill` feeds it) and after `<piece>` and the whole prefix (a left-to-right continuation):
     from the softmax alone (`fim`, `prefix`) and as each generator samples (`fim_masked`: the grammar and
     `infill.GapMask`, which knows how much of the gap is left; `prefix_masked`: the grammar alone)."""
-    from keras_music import infill, sampling
-
     grammar = sampling.Grammar(events.grammar_table(vocabulary.tokens, vocabulary.representation))
     mask = infill.GapMask(vocabulary.tokens, grid)
     out = []
@@ -352,8 +347,6 @@ def infill_quality(run_dir: str, pieces: list[HeldOutPiece], vocabulary, generat
     `generate --infill` feeds: the suffix's opening and the prefix's end in one window) and after the whole
     prefix alone (the same bars continued left to right), and the share of sampled fills with the gap's exact
     duration."""
-    from fractions import Fraction
-
     gaps = infill_gaps(run_dir, pieces, vocabulary, seed, max_gaps)
     if not gaps:
         return {"gaps": 0, "note": "no held-out piece has bars enough for a gap with music before and after it"}
@@ -370,8 +363,6 @@ def infill_quality(run_dir: str, pieces: list[HeldOutPiece], vocabulary, generat
                         "nll_fim_masked": score["fim_masked"] / n,
                         "nll_prefix_only_masked": score["prefix_masked"] / n})
     if generator is None:
-        from keras_music.generate import Generator
-
         generator = Generator(run_dir)
     contexts = [vocabulary.encode(g["context"]) for g in gaps]
     fills, _ = generator.fill(contexts, [g["ticks"] for g in gaps], seed=seed, sampling=SamplingSettings(temperature=temperature))

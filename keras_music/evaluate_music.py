@@ -11,6 +11,7 @@ from keras_music import cli, defaults, events, music_metrics, run as run_lib
 from keras_music.cli import progress
 from keras_music.evaluate_held_out import DEFAULT_TIME_SIGNATURE, HeldOutPiece, load_split
 from keras_music.evaluate_likelihood import DEFAULT_ORDERS, check_orders
+from keras_music.generate import Generator
 from keras_music.sampling import SamplingSettings
 
 METRIC_NAMES = tuple(music_metrics.METRIC_DESCRIPTIONS)
@@ -194,8 +195,6 @@ def music_report(run_dir: str, settings: EvaluationSettings | None = None, *, pi
     matrix = transition_matrix_for(train_pieces, vocabulary)
     real = real_piece_metrics(pieces, vocabulary, matrix, show_progress)
     if generator is None:
-        from keras_music.generate import Generator
-
         generator = Generator(run_dir)
     generated, comparisons = {}, {}
     for temperature in progress(temperatures, show=show_progress and len(temperatures) > 1,

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from keras_music import cli, formatting as fmt, music_metrics, plots
+from keras_music.evaluate_controls import render_section
 from keras_music.evaluate_music import metric_values, temperature_key
 
 
@@ -145,8 +146,6 @@ def render_evaluation(result: dict) -> str:
     lines += _overlap_section(music, keys, result["held_out"]["pieces"])
     lines += _generation_section(music, keys)
     if "controls" in result:
-        from keras_music.evaluate_controls import render_section
-
         lines += render_section(result["controls"])
     lines += _how_to_read_section(music)
     lines += _infill_section(result.get("infill"))

@@ -19,6 +19,8 @@ from keras_music.experiment_configs import (MIN_SCALED_HIDDEN, ExperimentError, 
                                            resolve_runs, tokens_per_epoch)
 from keras_music.experiment_report import LEARNING_CURVES_PNG, METRICS_PNG
 from keras_music.sampling import SamplingSettings
+from keras_music import listening, train
+from keras_music.generate import Generator
 
 DEFAULT_TEMPERATURES = defaults.TEMPERATURES
 DEFAULT_NUM_SAMPLES = 20
@@ -66,8 +68,6 @@ class RecordingGenerator:
 def _train_run(run: StudyRun, budget_tokens: int | None, user_keys: set, show_progress: bool, log) -> dict:
     import keras
 
-    from keras_music import train
-
     storage.makedirs(run.run_dir)
     prepared = train.prepare_run(run.config, run.run_dir, show_progress=show_progress, log=log)
     per_epoch = tokens_per_epoch(run.config, prepared)
@@ -107,8 +107,6 @@ def _write_listening_samples(run: StudyRun, recorder: RecordingGenerator, count:
 
 def _evaluate_all(runs, study: StudySettings, *, show_progress: bool, log):
     """Each run's evaluation, event accuracy and listening samples, keyed by run name."""
-    from keras_music.generate import Generator
-
     evaluations, samples, accuracy = {}, {}, {}
     settings = EvaluationSettings(num_samples=study.num_samples, length=study.length, temperatures=study.temperatures,
                                   seed=study.seed or 0, orders=likelihood.DEFAULT_ORDERS)
@@ -203,8 +201,6 @@ def rerender_report(out_dir: str) -> dict:
 
 def listening_results(out_dir: str, run_dirs) -> list[dict]:
     """Blind A/B results between the two compared runs, from the studio's votes in OUT/listening.sqlite."""
-    from keras_music import listening
-
     path = storage.join(out_dir, listening.DB_NAME)
     if storage.is_remote(path) or not storage.exists(path):
         return []

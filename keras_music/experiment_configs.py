@@ -7,6 +7,7 @@ import math
 import os
 
 from keras_music import config as config_lib, storage
+from keras_music import train
 from keras_music.errors import KerasMusicError
 
 # Smallest hidden size --scale produces: below it an LSTM of three layers says little.
@@ -76,8 +77,6 @@ def resolve_runs(config_files, out_dir: str, sources=(), overrides=(), scale: fl
 
 
 def tokens_per_epoch(config: config_lib.Config, prepared: dict) -> int:
-    from keras_music import train
-
     return (train.epoch_steps(config, train.shortest_train_lengths(config, prepared)) * config.train.batch_size
             * config.data.seq_length)
 

@@ -6,6 +6,7 @@ import math
 import os
 
 from keras_music import formatting as fmt, plots
+from keras_music import listening
 from keras_music.evaluate_music import temperature_key
 from keras_music.evaluate_report import length_phrase
 from keras_music.experiment_claims import SPREAD_FACTOR
@@ -233,8 +234,6 @@ def _listening_section(result: dict) -> list[str]:
                for name in result["names"] for key, paths in result["runs"][name]["samples"].items() if paths]
     lines = ["", "## Listening", ""] + (samples or ["No sample pieces were written (--write-samples 0)."])
     if result.get("listening"):
-        from keras_music import listening
-
         lines += ["", "Blind A/B votes from `python -m keras_music.studio` (95% Wilson intervals; exact two-sided "
                       "binomial test against 0.5):", ""] + listening.report_lines(result["listening"])
     else:

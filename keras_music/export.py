@@ -9,12 +9,19 @@ import sys
 import tempfile
 import time
 from typing import TypedDict
+from importlib import metadata
+import hashlib
+import shutil
+
+import numpy as np
 
 from keras_music import (export_parity, export_saved_model, export_tflite, formatting as fmt, run as run_lib,
                          storage, web_export)
 from keras_music.export_saved_model import SIGNATURES, ExportError
 from keras_music.export_tflite import ARTIFACT_NAMES, QUANTIZATIONS
 from keras_music.vocabulary import Vocabulary
+from keras_music import cli
+import keras_music
 
 REPORT = run_lib.EXPORT_REPORT
 REPORT_FORMAT = "keras_music.export_report"
@@ -256,8 +263,6 @@ def _report(source: _Source, parity: export_parity.Parity, *, artifacts: dict[st
 
 def file_digests(directory: str) -> dict:
     """sha256 of every file below a local directory, by '/'-joined relative path (the report excluded)."""
-    import hashlib
-
     digests = {}
     for folder, _, files in os.walk(directory):
         for name in files:
@@ -272,8 +277,6 @@ def file_digests(directory: str) -> dict:
 
 def remove_stale_exports(run_dir: str) -> int:
     """Remove the hidden `.export.tmp-*` folders a killed export left beside export/ (callers hold the run's lock)."""
-    import shutil
-
     if storage.is_remote(run_dir) or not os.path.isdir(run_dir):
         return 0
     removed = 0
@@ -291,13 +294,8 @@ def directory_size(path: str) -> int:
 
 
 def _versions() -> dict:
-    from importlib import metadata
-
     import keras
-    import numpy as np
     import tensorflow as tf
-
-    import keras_music
 
     try:
         litert = metadata.version("ai-edge-litert")
@@ -370,8 +368,6 @@ def format_table(report: dict) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 def parse_args(argv=None):
-    from keras_music import cli
-
     parser = argparse.ArgumentParser(
         prog=COMMAND,
         description="Export a trained run into RUN/export/: a SavedModel (serving_default, step, generate, "
@@ -398,7 +394,6 @@ def main(argv=None) -> int:
     # Conversion must be CPU-only; hiding GPUs has to happen before TensorFlow loads.
     os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
     parser, args = parse_args(argv)
-    from keras_music import cli
 
     with cli.user_errors(parser):
         # One writer of the run at a time: export() holds the run's lock, so it never runs beside train or

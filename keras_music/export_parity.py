@@ -9,6 +9,7 @@ from typing import TypedDict
 import numpy as np
 
 from keras_music import backends, cli, events, run as run_lib
+from keras_music import sampling
 from keras_music.export_tflite import ARTIFACT_NAMES
 
 # Tolerances every export is held to (export_report.json records the measured figures).
@@ -213,8 +214,6 @@ def _teacher_forced(backend, windows, *, progress=None):
 
 def _greedy_run(backend, primer, *, num_steps: int, banned):
     """Free greedy generation: (ids [num_steps], probabilities [num_steps, vocab], seconds per step)."""
-    from keras_music import sampling
-
     if num_steps == 0:
         return np.zeros(0, np.int32), np.zeros((0, 0), np.float32), 0.0
     lstm_state = backend.initial_state(1)
@@ -235,8 +234,6 @@ def _greedy_run(backend, primer, *, num_steps: int, banned):
 def portable_greedy(backend, primer, *, grammar_table: dict, length: int, min_length: int):
     """The portable piece loop at temperature 0 (export/README.md) with a backend's step: (ids, stop reason),
     what the `generate` signature must reproduce token for token."""
-    from keras_music import sampling
-
     lstm_state = [backend.initial_state(1)]
 
     def step(token: int):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
+from keras_music import events
 from keras_music.errors import KerasMusicError
 
 SIGNATURES = ("serving_default", "step", "generate", "initial_state")
@@ -140,7 +143,6 @@ class _GraphGrammar:
     """
 
     def __init__(self, table: dict):
-        import numpy as np
         import tensorflow as tf
 
         kinds = np.asarray(table["kinds"])
@@ -348,8 +350,6 @@ def _generate_function(step_model, vocabulary):
     or `32 * length` tokens.
     """
     import tensorflow as tf
-
-    from keras_music import events
 
     vocabulary_size = len(vocabulary)
     tokens = tf.constant(vocabulary.tokens, dtype=tf.string)

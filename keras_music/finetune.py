@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from typing import TypedDict
+
+import numpy as np
 
 from keras_music import config as config_lib, events, run as run_lib, storage
 from keras_music.vocabulary import Vocabulary
@@ -126,8 +129,6 @@ def initial_model(base: Base, vocabulary: Vocabulary, *, dropout: float):
     move until the data says otherwise. A kind the base lacks takes the mean (and the
     lowest bias) of all the base's musical tokens.
     """
-    import numpy as np
-
     from keras_music import model as model_lib
 
     base_model = run_lib.load_model(base.run_dir, base.vocabulary)
@@ -160,8 +161,6 @@ def initial_model(base: Base, vocabulary: Vocabulary, *, dropout: float):
 # ----------------------------------------------------------------------------- held-out pieces
 
 def _ids_digest(ids) -> str:
-    import numpy as np
-
     return hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest()
 
 
@@ -212,8 +211,6 @@ def check_held_out(base: Base, run_dir: str, *, vocabulary: Vocabulary, info: ru
 
 def record(base: Base, vocabulary: Vocabulary, *, overlap: list, start: dict | None = None) -> StartRecord:
     """What metrics.json keeps of where a fine-tune started (`start`: the initial model's held-out scores)."""
-    import math
-
     added = added_tokens(base.vocabulary, vocabulary)
     out: StartRecord = {"run": base.run_dir, "vocabulary_fingerprint": base.vocabulary.fingerprint(),
                         "vocabulary_size": len(base.vocabulary), "tokens_added": len(added), "added": added,

@@ -10,6 +10,7 @@ from fractions import Fraction
 import numpy as np
 
 from keras_music import audio as audio_lib, cli, controls as controls_lib, defaults, events, formatting as fmt, infill as infill_lib
+from keras_music import corpus, prepare
 from keras_music import piece_files, run as run_lib, sampling as sampling_lib, storage
 from keras_music.backends import BACKENDS, make_backend
 from keras_music.errors import KerasMusicError
@@ -163,8 +164,6 @@ class Generator:
 
     def _read_primer(self, path: str) -> tuple[list[str], dict]:
         """A score file tokenized exactly as training data was (same parser, grid, key frame, max duration)."""
-        from keras_music import prepare
-
         record = self._read_record(path, "primer")
         tokens = prepare.tokens_for(record, self.config.data)
         if not tokens:
@@ -173,8 +172,6 @@ class Generator:
 
     def _read_record(self, path: str, role: str) -> dict:
         """A score file parsed as training data was (same parser, grid, key frame): its parse record."""
-        from keras_music import corpus, prepare
-
         if not storage.exists(path):
             raise FileNotFoundError(2, "no such file", path)
         data = self.config.data
@@ -482,7 +479,6 @@ class Generator:
         if events.FIM_MIDDLE not in self.vocabulary.index:
             raise GenerateError(f"{self.run_dir} was trained without infilling (data.infill_rate 0), so it cannot fill "
                                 "bars: train a run with --set data.infill_rate=0.25")
-        from keras_music import corpus
 
         record = self._read_record(path, "infill file")
         grid = int(record.get("grid", events.GRID))
@@ -641,8 +637,6 @@ def sampling_settings(args) -> SamplingSettings:
 
 
 def parse_args(argv=None):
-    from keras_music import cli
-
     parser = argparse.ArgumentParser(
         prog="python -m keras_music.generate",
         description="Generate pieces from a trained run, one note at a time with the LSTM states carried "
@@ -725,8 +719,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    from keras_music import cli
-
     parser, args = parse_args(argv)
     with cli.user_errors(parser):
         generator = Generator(args.run_dir, args.backend)

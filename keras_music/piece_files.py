@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from keras_music import audio as audio_lib, events, run as run_lib, storage
+from keras_music import midi, plots
 from keras_music.pieces import Piece, with_overrides
 
 _STAGING = ".{prefix}-{number}.tmp-"
@@ -20,8 +21,6 @@ _STAGING = ".{prefix}-{number}.tmp-"
 
 def piece_midi(piece: Piece, title: str = "") -> bytes:
     """The piece as a MIDI file: its notes at their place on the timeline, its tempo map, metre and program."""
-    from keras_music import midi
-
     start = float(piece.timing.get("start", 0.0))
     notes = [(start + onset, start + onset + duration, int(pitch), 80, 0)
              for onset, duration, pitch in np.asarray(piece.notes, float).reshape(-1, 3)]
@@ -41,8 +40,6 @@ def infill_markers(piece: Piece) -> list[tuple[float, str]]:
 def plot_piano_roll(piece: Piece, path: str, title: str = "") -> None:
     """Pitch against time in quarter notes; the primer region and notes are drawn apart from generated ones."""
     from matplotlib.patches import Rectangle
-
-    from keras_music import plots
 
     notes = np.asarray(piece.notes, float).reshape(-1, 3)
     primer_end = piece.primer_duration

@@ -6,9 +6,12 @@ import argparse
 import hashlib
 import json
 import re
+import statistics
 import time
+from collections import Counter
 from fractions import Fraction
 
+from keras_music import cli
 from keras_music import config as config_lib, controls as controls_lib, corpus, events, infill, run as run_lib, storage
 from keras_music.errors import KerasMusicError
 from keras_music.vocabulary import Vocabulary, build as build_vocabulary, extend as extend_vocabulary
@@ -109,9 +112,6 @@ def piece_tempo(entry: dict) -> float:
 
 def typical_timing(used: list[dict]) -> dict:
     """The corpus's median tempo, most common opening time signature and most common program."""
-    import statistics
-    from collections import Counter
-
     tempos = [piece_tempo(e) for e in used]
     signatures = Counter(tuple(e.get("time_signature") or (4, 4)) for e in used)
     programs = Counter(p.get("program", 0) for e in used for p in (e.get("parts") or [{"program": 0}])[:1])
@@ -467,8 +467,6 @@ def _part_entries(out_dir: str, parts: list[dict]) -> list[dict]:
 # ----------------------------------------------------------------------------- command line
 
 def parse_args(argv=None):
-    from keras_music import cli
-
     parser = argparse.ArgumentParser(
         prog="python -m keras_music.prepare",
         description="Parse sources into a prepared directory (vocab.json, corpus_manifest.json, TFRecord "
@@ -511,7 +509,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     parser, args = parse_args(argv)
-    from keras_music import cli
 
     with cli.user_errors(parser):
         config = config_lib.load(args.config, args.overrides)

@@ -8,6 +8,7 @@ import os
 import sys
 from fractions import Fraction
 
+from keras_music import cli
 from keras_music import config as config_lib, corpus, events, midi, storage
 from keras_music.prepare import parse_settings, tokens_for
 
@@ -140,8 +141,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    from keras_music import cli
-
     parser, args = parse_args(argv)
     with cli.user_errors(parser):
         config = config_lib.load(args.config, args.overrides)

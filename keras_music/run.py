@@ -8,11 +8,16 @@ import hashlib
 import json
 import math
 import os
+import re
 import socket
 import sys
+import tempfile
 from typing import TypedDict
 
+import numpy as np
+
 from keras_music import cli, config as config_lib, storage
+from keras_music import events
 from keras_music.errors import KerasMusicError
 from keras_music.vocabulary import Vocabulary, VocabularyError
 
@@ -474,8 +479,6 @@ def check_model(model, vocabulary: Vocabulary, model_path: str, run_dir: str, me
     file records it, the fingerprint of the vocabulary it was trained with (so a
     shuffled or edited vocab.json of the right size is refused too).
     """
-    import numpy as np
-
     from keras_music import model as model_lib
 
     fix = _model_fix(run_dir)
@@ -525,8 +528,6 @@ def load_model(run_dir: str, vocabulary: Vocabulary | None = None, file: str = M
     metadata = None
     try:
         if storage.is_remote(model_path):
-            import tempfile
-
             with tempfile.TemporaryDirectory() as tmp:
                 local = os.path.join(tmp, MODEL)
                 with open(local, "wb") as handle:
@@ -603,8 +604,6 @@ def check_prepared(info, file: str, directory: str = "") -> Prepared:
         raise bad(f"\"vocabulary_size\" must be an integer >= 4, got {size!r}")
     timing = info.get("timing")
     if timing is not None:
-        from keras_music import events
-
         if not isinstance(timing, dict):
             raise bad("\"timing\" must be a mapping")
         tempo, signature, program = timing.get("tempo", 120.0), timing.get("time_signature", [4, 4]), \
@@ -680,8 +679,6 @@ def shard_paths(run_dir: str, split: str, info: dict | None = None) -> list[str]
 
 def read_split(run_dir: str, split: str, vocabulary: Vocabulary, info: dict | None = None) -> list[tuple[str, object]]:
     """(name, ids) of every piece of a split, checked: readable records, ids inside the vocabulary, counts as recorded."""
-    import numpy as np
-
     from keras_music import dataset
 
     info = load_prepared(run_dir, required=True) if info is None else info
@@ -691,7 +688,6 @@ def read_split(run_dir: str, split: str, vocabulary: Vocabulary, info: dict | No
         try:
             pieces.extend(dataset.read_named_pieces([file]))
         except Exception as error:  # tf.errors.DataLossError and friends for truncated or bit-flipped records
-            import re
 
             text = (getattr(error, "message", None) or str(error)).strip().splitlines()
             # TensorFlow wraps the reason in the names of the graph nodes that met it.

@@ -9,10 +9,15 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 import types
+import warnings
 from typing import Any, Callable
 
+import numpy as np
+
+from keras_music import cli, generate, plots, prepare
 from keras_music import config as config_lib, distributed, events, finetune, run as run_lib, storage
 from keras_music.vocabulary import Vocabulary
 
@@ -109,8 +114,6 @@ def prepare_run(config: config_lib.Config, run_dir: str, *, show_progress: bool,
     data that would change it is refused before anything is written. A fine-tune
     (`base_vocabulary`, the base run's) prepares its sources with the base's tokens first.
     """
-    from keras_music import prepare
-
     sources = config.data.sources
     expected = trained_vocabulary(run_dir)
     if len(sources) == 1 and storage.isdir(sources[0]) and prepare.is_prepared(sources[0]):
@@ -295,8 +298,6 @@ def _quiet(*args, **kwargs) -> None:
 def _set_up(config: config_lib.Config, run_dir: str, *, cluster: distributed.Cluster | None, show_progress: bool,
             log) -> _Run:
     """The strategy (before any other TensorFlow work), the directory this process writes, and a fine-tune's base."""
-    import tempfile
-
     chief = cluster is None or cluster.is_chief
     strategy = distributed.distribution_strategy(config.train.strategy)
     work_dir = run_dir if chief else tempfile.mkdtemp(prefix="keras_music-worker-")
@@ -521,8 +522,6 @@ def earlier_stop(backup: run_lib.BackupRecord | None) -> Stop:
 
 def fit(model, inputs: Inputs, *, config: config_lib.Config, strategy, progress, callbacks) -> None:
     """Train epochs inputs.first_epoch+1..train.epochs: Keras `fit`, or the custom loop under multi_worker."""
-    import warnings
-
     train_cfg = config.train
     if train_cfg.strategy == "multi_worker":
         fit_custom(model, inputs, config=config, strategy=strategy, progress=progress)
@@ -611,8 +610,6 @@ def fit_custom(model, inputs: Inputs, *, config: config_lib.Config, strategy, pr
 
 def restore_best(model, stop: Stop, *, work_dir: str, run_dir: str, learning_rate: float) -> None:
     """Give the model the best epoch's weights (checkpoints/best.keras); a run that diverged before it has none."""
-    import warnings
-
     best_path = run_lib.path(work_dir, *run_lib.BEST_CHECKPOINT)
     if storage.exists(best_path):
         with warnings.catch_warnings():
@@ -634,8 +631,6 @@ def summarize(config: config_lib.Config, outcome: Outcome, *, evaluation: dict, 
     `outcome.best` is the lowest validation loss the run kept a model for; below every epoch's
     it was the starting model's (a fine-tune whose epochs never beat its base): best_epoch 0.
     """
-    import numpy as np
-
     history = outcome.history
     tokens_per_step = config.train.batch_size * config.data.seq_length
     train_seconds = sum(h.get("seconds", 0.0) for h in history)
@@ -679,8 +674,6 @@ def save_results(run_dir: str, model, *, metrics: run_lib.TrainingRecord, metada
 
 
 def plot_curves(history: list[dict], out_path: str, *, title: str = "") -> None:
-    from keras_music import plots
-
     epochs = [h["epoch"] for h in history]
     figure, axes = plots.pyplot().subplots(1, 2, figsize=(10, 4))
     panels = (("loss", "cross-entropy (nats/token)"), ("accuracy", "top-1 accuracy"))
@@ -720,7 +713,6 @@ def _same_settings(recorded, config) -> bool:
 def _load_saved(file: str, fix: str):
     """A checkpoint or backup written by this module, loaded in safe mode and checked for finite weights."""
     import keras
-    import numpy as np
 
     try:
         model = keras.saving.load_model(file, safe_mode=True)
@@ -791,8 +783,6 @@ def epoch_steps(config: config_lib.Config, train_lengths) -> int:
 
 def print_summary(run_dir: str, metrics: run_lib.TrainingRecord, *, samples: list[str]) -> None:
     """The end of `python -m keras_music.train`: the held-out scores, the samples and the next commands."""
-    from keras_music import cli
-
     print(json.dumps({k: metrics[k] for k in ("val_loss", "val_perplexity", "val_accuracy", "epochs",
                                                "wall_seconds")}, indent=None))
     print(f"\nrun directory: {run_dir}")
@@ -809,7 +799,6 @@ def print_summary(run_dir: str, metrics: run_lib.TrainingRecord, *, samples: lis
 
 def main(argv=None) -> int:
     parser, args = parse_args(argv)
-    from keras_music import cli
 
     with cli.user_errors(parser):
         config = resolve_config(args)
@@ -826,8 +815,6 @@ def main(argv=None) -> int:
             run_lib.point_latest(run_dir)
             samples = []
             if config.train.num_samples:
-                from keras_music import generate
-
                 samples = generate.write_training_samples(run_dir, config)
         print_summary(run_dir, metrics, samples=samples)
     cli.finish(0)

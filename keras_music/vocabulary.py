@@ -7,6 +7,9 @@ import hashlib
 import json
 import math
 import re
+from fractions import Fraction
+
+import numpy as np
 
 from keras_music import controls, events, storage
 from keras_music.errors import KerasMusicError
@@ -75,8 +78,6 @@ class Vocabulary:
         the tf.data pipeline only uses shifts that keep every token of a piece valid.
         Shift 0 is valid for every token, so each piece keeps at least that one.
         """
-        import numpy as np
-
         table = np.zeros((len(self.tokens), 2 * max_shift + 1), dtype=np.int32)
         valid = np.ones_like(table, dtype=bool)
         for i, token in enumerate(self.tokens):
@@ -179,8 +180,6 @@ def valid_token(token: str, representation: str, position: int | None = None) ->
         if kind in ("pitch", "hold"):
             return bool(_NUMBER.match(value)) and int(value) <= 127
         if kind == "dur" and _DURATION.match(value):
-            from fractions import Fraction
-
             return events.format_duration(Fraction(value)) == value
         return False
     if all(part.isdigit() and len(part) <= 2 for part in token.split(".")):
@@ -201,8 +200,6 @@ def token_sort_key(token: str):
     if token == events.REST:
         return (2, 0, "")
     if kind == "dur":
-        from fractions import Fraction
-
         return (3, Fraction(value), "")
     if events.is_control(token):
         return (4, *controls.control_sort_key(token))

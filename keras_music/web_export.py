@@ -12,6 +12,7 @@ import tempfile
 import time
 from typing import TypedDict
 
+from keras_music import config as config_lib, corpus, events
 from keras_music import defaults, run as run_lib, storage
 from keras_music.errors import KerasMusicError
 
@@ -120,8 +121,6 @@ def _runtime_ready(directory: str) -> bool:
 
 
 def default_runtime_cache() -> str:
-    from keras_music import corpus
-
     return os.path.join(corpus.default_cache_dir(), f"litertjs-{RUNTIME_VERSION}")
 
 
@@ -278,8 +277,6 @@ def write_site(directory: str, vocab_file: str, *, models, runtime_dir: str, run
 
 
 def _encoding(encoding: dict | None) -> dict:
-    from keras_music import config as config_lib, events
-
     data = config_lib.DataConfig()
     encoding = dict(encoding or {})
     return {"grid": int(encoding.get("grid", events.GRID)),

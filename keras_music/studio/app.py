@@ -6,7 +6,10 @@ import argparse
 import ipaddress
 import os
 import secrets
+import socket
 import sys
+
+import uvicorn
 
 from keras_music import cli, listening, run as run_lib, storage, web_export
 from keras_music.studio.routes import create_app, create_web_app
@@ -98,8 +101,6 @@ def is_loopback(host: str) -> bool:
 
 def reachable_address(host: str) -> str:
     """The address other machines reach a server bound to `host` at (for 0.0.0.0: this machine's outward one)."""
-    import socket
-
     if host not in ("0.0.0.0", "::", ""):
         return host
     try:
@@ -121,10 +122,6 @@ def share_lines(host: str, port: int, token: str) -> list[str]:
 
 
 def serve(parser, host: str, port: int, app, what: str, token: str | None = None) -> None:
-    import socket
-
-    import uvicorn
-
     # Bind the socket here so a port in use is a one-line error and --port 0 can print the real port.
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import ipaddress
 import json
+import mimetypes
 import os
 import re
 import secrets
@@ -299,8 +300,6 @@ ROUTES = (
 
 def web_site(directory: str, isolate: bool = True):
     """An ASGI app serving a web export's files, with the cross-origin isolation headers when `isolate`."""
-    import mimetypes
-
     mimetypes.add_type("application/wasm", ".wasm")
     mimetypes.add_type("text/javascript", ".js")
     mimetypes.add_type("application/octet-stream", ".tflite")

@@ -13,9 +13,14 @@ import uuid
 from fractions import Fraction
 
 from keras_music import audio as audio_lib, defaults, events, listening, run as run_lib, storage, web_export
+from keras_music import controls, corpus, infill as infill_lib
 from keras_music.controls import ControlSettings
 from keras_music.errors import KerasMusicError
+from keras_music.generate import GenerateError
+from keras_music.generate import Generator
+from keras_music.pieces import Piece
 from keras_music.sampling import SamplingSettings
+from keras_music.studio import summary
 
 MAX_LENGTH = defaults.MAX_LENGTH  # events per generated piece
 QUEUE = 2  # requests that may wait for the one running generation before "busy" answers
@@ -31,8 +36,6 @@ POOL_QUIET_SECONDS = 1.0
 
 def _controls_of(generator) -> dict | None:
     """What the studio's form may ask a run for: None for a run without control tokens."""
-    from keras_music import controls
-
     tokens = generator.vocabulary.tokens
     if not controls.has_controls(tokens):
         return None
@@ -112,8 +115,6 @@ class Studio:
     """Runs, generators, the output area and the listening store behind the HTTP API."""
 
     def __init__(self, run_dirs, out_dir: str, *, db: str, settings: StudioSettings | None = None, log=None):
-        from keras_music.generate import Generator
-
         self.log = log or (lambda message: print(message, file=sys.stderr))
         self.runs: dict[str, str] = {}
         for run_dir in run_dirs:
@@ -179,8 +180,6 @@ class Studio:
         return label
 
     def describe_runs(self) -> list[dict]:
-        from keras_music.studio import summary
-
         out = []
         for label, run_dir in self.runs.items():
             generator = self.generators[label]
@@ -237,8 +236,6 @@ class Studio:
         directory = os.path.join(self.out_dir, "pieces", piece_id)
 
         def work():
-            from keras_music.generate import GenerateError
-
             started = time.perf_counter()
             try:
                 pieces = generator.generate(1, sampling, seed=seed, controls=asked, **kwargs)
@@ -258,8 +255,6 @@ class Studio:
 
         `bars` is how many bars /api/infill counts in the piece's MIDI file (laid out from the start of
         its timeline up to its last note's end); `start` is where its notes begin on that timeline."""
-        from keras_music import controls
-
         names = {os.path.splitext(p)[1]: os.path.basename(p) for p in paths}
         self._hide_paths(os.path.join(os.path.dirname(paths[0]), names[".json"]), label, generator)
         base = f"/files/pieces/{piece_id}/"
@@ -288,8 +283,6 @@ class Studio:
 
         The answer is /api/generate's, with the piece's `infill` record (its `source` the request's
         "upload:ID" or "piece:ID"); errors name the piece and the run, never a path of this machine."""
-        from keras_music import infill as infill_lib
-
         label = self.run_label(body.get("run"))
         generator = self.generators[label]
         if events.FIM_MIDDLE not in generator.vocabulary.index:
@@ -365,8 +358,6 @@ class Studio:
     # ------------------------------------------------------------------ uploads
 
     def add_primer(self, filename: str, data: bytes) -> dict:
-        from keras_music import corpus
-
         extension = os.path.splitext(filename)[1].lower()
         if extension not in corpus.SCORE_EXTENSIONS:
             raise StudioError(f"{filename!r} is not a score file (expected one of {', '.join(corpus.SCORE_EXTENSIONS)})",
@@ -561,8 +552,6 @@ class Studio:
         return self._write_stimulus(side, generator, sonorities, float(quarters) * 60 / self.ab_tempo)
 
     def _write_stimulus(self, side: Side, generator, sonorities, seconds: float) -> str:
-        from keras_music.pieces import Piece
-
         piece = Piece(tokens=[], primer_tokens=[], ids=[], sonorities=sonorities,
                       notes=events.sonorities_to_notes(sonorities), primer_events=0, stop_reason="length",
                       repairs={}, settings={"side": side.name})
