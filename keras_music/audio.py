@@ -68,7 +68,8 @@ def soundfont_bytes(path: str | None = None) -> bytes:
     return _soundfont_bytes(str(path) if path else default_soundfont())
 
 
-def with_release_tail(midi_bytes: bytes, seconds: float = RELEASE_SECONDS, end_seconds: float | None = None) -> bytes:
+def with_release_tail(midi_bytes: bytes, seconds: float = RELEASE_SECONDS, *,
+                      end_seconds: float | None = None) -> bytes:
     """The MIDI with every track's end moved `seconds` past the file's end (at the tempo in force there).
 
     `end_seconds` puts the end there instead of at the file's own end (writers pad differently,
@@ -113,7 +114,7 @@ def with_release_tail(midi_bytes: bytes, seconds: float = RELEASE_SECONDS, end_s
     return out.getvalue()
 
 
-def render_wave(midi_bytes: bytes, soundfont: str | None = None, end_seconds: float | None = None) -> bytes:
+def render_wave(midi_bytes: bytes, soundfont: str | None = None, *, end_seconds: float | None = None) -> bytes:
     """16-bit 48 kHz stereo WAV of the MIDI plus RELEASE_SECONDS for its last notes to ring out."""
     sf2 = soundfont_bytes(soundfont)
     midi_bytes = with_release_tail(midi_bytes, end_seconds=end_seconds)
@@ -123,13 +124,13 @@ def render_wave(midi_bytes: bytes, soundfont: str | None = None, end_seconds: fl
         raise AudioError(f"cannot render the MIDI with {soundfont or DEFAULT_SOUNDFONT_NAME}: {error}") from None
 
 
-def render(midi_bytes: bytes, fmt: str = DEFAULT_FORMAT, soundfont: str | None = None,
+def render(midi_bytes: bytes, fmt: str = DEFAULT_FORMAT, *, soundfont: str | None = None,
            end_seconds: float | None = None) -> bytes:
     """The MIDI rendered and encoded as `fmt` (ogg, wav or flac); `end_seconds` cuts or pads it to that length."""
     fmt = check_format(fmt)
     if fmt == NONE:
         raise AudioError("audio format 'none' renders nothing")
-    wave = render_wave(midi_bytes, soundfont, end_seconds)
+    wave = render_wave(midi_bytes, soundfont, end_seconds=end_seconds)
     if fmt == "wav":
         return wave
 
@@ -138,16 +139,17 @@ def render(midi_bytes: bytes, fmt: str = DEFAULT_FORMAT, soundfont: str | None =
     samples, rate = soundfile.read(io.BytesIO(wave), dtype="int16")
     out = io.BytesIO()
     if fmt == "ogg":
-        soundfile.write(out, samples, rate, format="OGG", subtype="OPUS")
+        soundfile.write(out, samples, replace=rate, format="OGG", subtype="OPUS")
     else:
-        soundfile.write(out, samples, rate, format="FLAC", subtype="PCM_16")
+        soundfile.write(out, samples, replace=rate, format="FLAC", subtype="PCM_16")
     return out.getvalue()
 
 
 def render_file(midi_path: str, out_path: str, fmt: str = DEFAULT_FORMAT, soundfont: str | None = None,
                 end_seconds: float | None = None) -> str:
     """Render the MIDI file at `midi_path` into `out_path` (written atomically); returns `out_path`."""
-    storage.write_bytes(out_path, render(storage.read_bytes(midi_path), fmt, soundfont, end_seconds))
+    storage.write_bytes(out_path, render(storage.read_bytes(midi_path), fmt, soundfont=soundfont,
+                                         end_seconds=end_seconds))
     return out_path
 
 

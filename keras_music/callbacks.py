@@ -166,7 +166,7 @@ class Backups:
 
     def save_best(self, model) -> None:
         with storage.atomic_local_path(run_lib.path(self.run_dir, *run_lib.BEST_CHECKPOINT)) as tmp:
-            model_lib.save_model(model, tmp, self.metadata)
+            model_lib.save_model(model, tmp, metadata=self.metadata)
 
     def write(self, model, next_epoch: int, *, progress: dict, save_weights: bool = True) -> None:
         """Back up the model (unless its weights are not finite) and `progress`, the record to resume from.
@@ -178,7 +178,7 @@ class Backups:
         if save_weights:
             name = run_lib.backup_model_name(next_epoch)
             with storage.atomic_local_path(storage.join(self.directory, name)) as tmp:
-                model_lib.save_model(model, tmp, self.metadata)
+                model_lib.save_model(model, tmp, metadata=self.metadata)
             self.model_name = name
         backup: run_lib.BackupRecord = {"next_epoch": next_epoch, "model": self.model_name, **progress,
                                         "config": config_lib.to_dict(self.config),

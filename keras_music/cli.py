@@ -120,7 +120,7 @@ def finish(status: int = 0):
     sys.exit(status)
 
 
-def number_type(name: str, convert, accept, expected: str, out_of_range: str = "expected {expected}, got {value}"):
+def number_type(name: str, convert, *, accept, expected: str, out_of_range: str = "expected {expected}, got {value}"):
     """An argparse type called `name`: `convert` the text (int or float), then keep the value if `accept(value)`.
 
     Text that does not convert is refused as "expected EXPECTED, got 'TEXT'"; a value that
@@ -140,17 +140,18 @@ def number_type(name: str, convert, accept, expected: str, out_of_range: str = "
     return parse
 
 
-positive_int = number_type("positive_int", int, lambda value: value >= 1, "a positive integer")
-non_negative_int = number_type("non_negative_int", int, lambda value: value >= 0, "an integer >= 0")
-temperature = number_type("temperature", float, lambda value: 0 <= value < math.inf, "a number >= 0",
-                          "temperature must be >= 0 (0 means greedy), got {text}")
-top_p = number_type("top_p", float, lambda value: 0 < value <= 1, "a number in (0, 1]",
-                    "top-p must be in (0, 1], got {text}")
+positive_int = number_type("positive_int", int, accept=lambda value: value >= 1, expected="a positive integer")
+non_negative_int = number_type("non_negative_int", int, accept=lambda value: value >= 0, expected="an integer >= 0")
+temperature = number_type("temperature", float, accept=lambda value: 0 <= value < math.inf, expected="a number >= 0",
+                          out_of_range="temperature must be >= 0 (0 means greedy), got {text}")
+top_p = number_type("top_p", float, accept=lambda value: 0 < value <= 1, expected="a number in (0, 1]",
+                    out_of_range="top-p must be in (0, 1], got {text}")
 
 
-def bounded_int(low: int, high: int, what: str = "an integer"):
+def bounded_int(low: int, high: int, *, what: str = "an integer"):
     """An argparse type for integers in [low, high]."""
-    return number_type(f"integer in {low}..{high}", int, lambda value: low <= value <= high, f"{what} in {low}..{high}")
+    return number_type(f"integer in {low}..{high}", int, accept=lambda value: low <= value <= high,
+                       expected=f"{what} in {low}..{high}")
 
 
 MATCHED = "matched"

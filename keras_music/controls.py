@@ -200,7 +200,7 @@ def control_sort_key(token: str) -> tuple:
     return (order, int(value) if value.isdigit() else 0, value)
 
 
-def tokens_with_controls(sonorities, time_signatures, start=0, key: str | None = None,
+def tokens_with_controls(sonorities, time_signatures, *, start=0, key: str | None = None,
                          grid: int = events.GRID) -> list[str]:
     """The `note` tokens of the sonorities with the controls in place.
 
@@ -315,7 +315,7 @@ def _level_bin(kind: str, level) -> int | None:
                            f"0..{bins - 1})") from None
 
 
-def _bar_range(kind: str, text: str, spec) -> tuple[int, int | None]:
+def _bar_range(kind: str, text: str, *, spec) -> tuple[int, int | None]:
     first, dash, last = text.partition("-")
     ok = first.strip().isdigit() and (not dash or not last.strip() or last.strip().isdigit())
     low = int(first) if ok else 0
@@ -352,7 +352,7 @@ def parse_schedule(kind: str, spec) -> Schedule:
                                    "BARS:LEVEL items)")
             default, has_default = _level_bin(kind, item), True
             continue
-        first, last = _bar_range(kind, bars_, spec)
+        first, last = _bar_range(kind, bars_, spec=spec)
         for other_first, other_last, _ in ranges:
             if (other_last is None or first <= other_last) and (last is None or other_first <= last):
                 raise ControlError(f"{kind} schedule {spec!r}: bars {bars_.strip()} overlap another range "
@@ -464,7 +464,7 @@ def pitch_range(bin_: int) -> tuple[int, int | None]:
 class BarLimits:
     """One row's bar limits (the rule above): what it allows next, moved by every token like the grammar."""
 
-    def __init__(self, tokens, kinds, density: Schedule, polyphony: Schedule, time_signature=(4, 4)):
+    def __init__(self, tokens, kinds, *, density: Schedule, polyphony: Schedule, time_signature=(4, 4)):
         kind = np.asarray(list(kinds))
         self.is_pitch, self.is_hold, self.is_rest = kind == "pitch", kind == "hold", kind == "rest"
         self.is_end, self.is_dur = kind == "end", kind == "dur"
@@ -570,12 +570,13 @@ class Steering:
     grammar allows.
     """
 
-    def __init__(self, tokens, kinds, density: Schedule, polyphony: Schedule, time_signatures, limits: bool = True):
+    def __init__(self, tokens, kinds, *, density: Schedule, polyphony: Schedule, time_signatures, limits: bool = True):
         self.tokens, self.kinds = list(tokens), list(kinds)
         self.index = {token: i for i, token in enumerate(self.tokens)}
         self.density, self.polyphony = density, polyphony
         self.clocks = [BarClock(ts) for ts in time_signatures]
-        self.limits = [BarLimits(self.tokens, self.kinds, density, polyphony, ts) for ts in time_signatures] \
+        self.limits = [BarLimits(self.tokens, self.kinds, density=density, polyphony=polyphony,
+                                 time_signature=ts) for ts in time_signatures] \
             if limits else None
         self.fed: list[list] = [[] for _ in self.clocks]
 
@@ -619,7 +620,7 @@ class Steering:
             self.fed[row].append([bar + 1] + wanted)
         return [self.index[t] for t in wanted]
 
-    def feed(self, step, probabilities, state, active):
+    def feed(self, step, probabilities, *, state, active):
         """Feeds every active row's due controls through `step(ids, state)`; rows with none keep theirs."""
         pending = [self.due(row) if active[row] else [] for row in range(len(self.clocks))]
         while any(pending):

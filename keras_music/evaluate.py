@@ -34,7 +34,8 @@ class _Splits:
     @classmethod
     def read(cls, run_dir: str) -> "_Splits":
         vocabulary = run_lib.load_vocabulary(run_dir)
-        return cls(vocabulary, load_split(run_dir, "validation", vocabulary), load_split(run_dir, "train", vocabulary),
+        return cls(vocabulary, load_split(run_dir, "validation", vocabulary=vocabulary),
+                   load_split(run_dir, "train", vocabulary=vocabulary),
                    int(run_lib.load_config(run_dir).data.transpose))
 
 
@@ -52,7 +53,7 @@ def evaluate_run(run_dir: str, settings: EvaluationSettings | None = None, *, ou
     # One evaluation writes a directory at a time; the run itself is only read.
     with run_lib.lock(out_dir, COMMAND):
         splits = _Splits.read(run_dir)
-        result = _likelihood(run_dir, splits, settings, show_progress=show_progress)
+        result = _likelihood(run_dir, splits, settings=settings, show_progress=show_progress)
         steerable = controls.has_controls(splits.vocabulary.tokens) and settings.controls_samples > 0
         if steerable and generator is None:
             generator = Generator(run_dir)
@@ -64,7 +65,7 @@ def evaluate_run(run_dir: str, settings: EvaluationSettings | None = None, *, ou
             result["controls"] = evaluate_controls.control_report(generator, settings.controls_samples,
                                                                   seed=settings.seed)
         if events.FIM_MIDDLE in splits.vocabulary.index:  # a run trained with infilling (data.infill_rate > 0)
-            result["infill"] = likelihood.infill_quality(run_dir, splits.held_out, splits.vocabulary,
+            result["infill"] = likelihood.infill_quality(run_dir, splits.held_out, vocabulary=splits.vocabulary,
                                                          generator=generator if hasattr(generator, "fill") else None,
                                                          seed=settings.seed)
         result["figures"] = _write_figures(music, out_dir)
@@ -77,7 +78,7 @@ def evaluate_run(run_dir: str, settings: EvaluationSettings | None = None, *, ou
     return result
 
 
-def _likelihood(run_dir: str, splits: _Splits, settings: EvaluationSettings, *, show_progress: bool) -> dict:
+def _likelihood(run_dir: str, splits: _Splits, *, settings: EvaluationSettings, show_progress: bool) -> dict:
     """The result's settings and held-out likelihood: the LSTM, the n-grams and their comparison."""
     lstm = likelihood.model_quality(run_dir, splits.held_out, vocabulary=splits.vocabulary,
                                     show_progress=show_progress)

@@ -74,7 +74,7 @@ def bar_outcomes(piece, kind: str) -> list[tuple[int, int]]:
     return out
 
 
-def bin_summary(pairs, bins: int, training_shares=None) -> dict:
+def bin_summary(pairs, bins: int, *, training_shares=None) -> dict:
     """Share in the requested bin, within one bin, the confusion table (rows requested, columns realised), Spearman.
 
     With `training_shares` (share of the training bars per bin), the headline numbers count only the bins
@@ -111,7 +111,7 @@ def training_shares(run_dir: str, vocabulary, kind: str, bins: int) -> np.ndarra
     """Share of the training bars in each bin of `kind`, from the control tokens of the run's training pieces
     (None for a run whose data is gone)."""
     try:
-        pieces = run_lib.read_split(run_dir, "train", vocabulary)
+        pieces = run_lib.read_split(run_dir, "train", vocabulary=vocabulary)
     except Exception:  # a run copied without its data: no support to weigh the bins by
         return None
     counts = np.zeros(bins, np.int64)
@@ -159,7 +159,7 @@ def control_report(generator, num_samples: int = DEFAULT_SAMPLES, *, length: int
                 asked = ControlSettings(**{argument: str(value)}, bar_limits=limits)
                 for piece in generator.generate(num_samples, **common, controls=asked):
                     pairs += bar_outcomes(piece, kind)
-            into[argument] = bin_summary(pairs, bins, shares)
+            into[argument] = bin_summary(pairs, bins, training_shares=shares)
     keys = {}
     for name in requested_keys(generator):
         wanted = controls.parse_requested_key(name)

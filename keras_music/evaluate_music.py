@@ -82,7 +82,8 @@ def temperature_key(temperature: float) -> str:
 
 
 def decode_sonorities(ids, vocabulary):
-    return events.tokens_to_sonorities(vocabulary.decode(ids), vocabulary.representation, vocabulary.classic_step)
+    return events.tokens_to_sonorities(vocabulary.decode(ids), vocabulary.representation,
+                                       classic_step=vocabulary.classic_step)
 
 
 def piece_notes(sonorities) -> np.ndarray:
@@ -114,12 +115,12 @@ def transition_matrix_for(pieces: list[HeldOutPiece], vocabulary) -> np.ndarray:
     return music_metrics.transition_matrix([piece_notes(decode_sonorities(p.ids, vocabulary)) for p in pieces])
 
 
-def real_piece_metrics(pieces: list[HeldOutPiece], vocabulary, matrix, show_progress: bool = False) -> list[dict]:
+def real_piece_metrics(pieces: list[HeldOutPiece], vocabulary, *, matrix, show_progress: bool = False) -> list[dict]:
     out = []
     for piece in progress(pieces, show=show_progress, desc="metrics of held-out pieces", unit="piece"):
         sonorities = decode_sonorities(piece.ids, vocabulary)
         values = music_metrics.piece_metrics(piece_notes(sonorities), events.event_keys(sonorities),
-                                       piece.time_signature, matrix)
+                                       time_signature=piece.time_signature, matrix=matrix)
         out.append({"name": piece.name, "events": len(sonorities), "time_signature": list(piece.time_signature),
                     "metrics": values})
     return out
@@ -129,7 +130,8 @@ def generated_piece_metrics(pieces, matrix) -> list[dict]:
     out = []
     for piece in pieces:
         notes, sonorities = generated_part(piece)
-        values = music_metrics.piece_metrics(notes, events.event_keys(sonorities), DEFAULT_TIME_SIGNATURE, matrix)
+        values = music_metrics.piece_metrics(notes, events.event_keys(sonorities),
+                                             time_signature=DEFAULT_TIME_SIGNATURE, matrix=matrix)
         repairs = getattr(piece, "repairs", None) or {}
         out.append({"events": len(sonorities), "notes": int(len(notes)),
                     "stop_reason": getattr(piece, "stop_reason", None),
@@ -165,7 +167,7 @@ def stop_reasons(rows) -> dict:
     return reasons
 
 
-def generation_lengths(length, real_rows, num_samples: int) -> dict:
+def generation_lengths(length, real_rows, *, num_samples: int) -> dict:
     """Sampling length settings: `matched` gives piece i exactly the events of held-out piece i (cycling)."""
     if length != cli.MATCHED:
         return {"length": length}
@@ -190,10 +192,10 @@ def music_report(run_dir: str, settings: EvaluationSettings | None = None, *, pi
     settings = EvaluationSettings() if settings is None else settings
     temperatures = settings.temperatures
     vocabulary = vocabulary or run_lib.load_vocabulary(run_dir)
-    pieces = pieces if pieces is not None else load_split(run_dir, "validation", vocabulary)
-    train_pieces = train_pieces if train_pieces is not None else load_split(run_dir, "train", vocabulary)
+    pieces = pieces if pieces is not None else load_split(run_dir, "validation", vocabulary=vocabulary)
+    train_pieces = train_pieces if train_pieces is not None else load_split(run_dir, "train", vocabulary=vocabulary)
     matrix = transition_matrix_for(train_pieces, vocabulary)
-    real = real_piece_metrics(pieces, vocabulary, matrix, show_progress)
+    real = real_piece_metrics(pieces, vocabulary, matrix=matrix, show_progress=show_progress)
     if generator is None:
         generator = Generator(run_dir)
     generated, comparisons = {}, {}
@@ -203,7 +205,7 @@ def music_report(run_dir: str, settings: EvaluationSettings | None = None, *, pi
         # No primer: pieces come from the model's own openings, so the generated set does
         # not borrow material from the held-out pieces it is compared with.
         sampling = SamplingSettings(temperature=float(temperature),
-                                    **generation_lengths(settings.length, real, settings.num_samples))
+                                    **generation_lengths(settings.length, real, num_samples=settings.num_samples))
         samples = generator.generate(settings.num_samples, sampling, seed=settings.seed, primer_tokens=[],
                                      show_progress=show_progress)
         rows = generated_piece_metrics(samples, matrix)

@@ -65,20 +65,20 @@ class RecordingGenerator:
         return pieces
 
 
-def _train_run(run: StudyRun, budget_tokens: int | None, user_keys: set, show_progress: bool, log) -> dict:
+def _train_run(run: StudyRun, budget_tokens: int | None, *, user_keys: set, show_progress: bool, log) -> dict:
     import keras
 
     storage.makedirs(run.run_dir)
     prepared = train.prepare_run(run.config, run.run_dir, show_progress=show_progress, log=log)
     per_epoch = tokens_per_epoch(run.config, prepared)
     if budget_tokens is not None and "train.epochs" not in user_keys:
-        apply_token_budget(run, budget_tokens, per_epoch)
+        apply_token_budget(run, budget_tokens, per_epoch=per_epoch)
     keras.backend.clear_session()
     metrics_json = train.train(run.config, run.run_dir, show_progress=show_progress, log=log)
     return dict(metrics_json, tokens_per_epoch=per_epoch)
 
 
-def _train_all(runs, budget_tokens, overrides, show_progress: bool, log) -> dict:
+def _train_all(runs, budget_tokens, *, overrides, show_progress: bool, log) -> dict:
     user_keys = {config_lib.parse_override(text)[0] for text in overrides}
     trained = {}
     for run in runs:
@@ -86,11 +86,12 @@ def _train_all(runs, budget_tokens, overrides, show_progress: bool, log) -> dict
             f"({'; '.join(run.applied) or 'settings as in ' + run.config_file})")
         # --quiet keeps the experiment's own stage lines but drops train's per-epoch ones.
         train_log = (lambda *a, n=run.name: log(f"[{n}]", *a)) if show_progress else (lambda *a: None)
-        trained[run.name] = _train_run(run, budget_tokens, user_keys, show_progress, train_log)
+        trained[run.name] = _train_run(run, budget_tokens, user_keys=user_keys, show_progress=show_progress,
+                                       log=train_log)
     return trained
 
 
-def _write_listening_samples(run: StudyRun, recorder: RecordingGenerator, count: int, log) -> dict:
+def _write_listening_samples(run: StudyRun, recorder: RecordingGenerator, *, count: int, log) -> dict:
     written = {}
     if count < 1:
         return written
@@ -118,7 +119,7 @@ def _evaluate_all(runs, study: StudySettings, *, show_progress: bool, log):
             run.run_dir, settings, out_dir=run_lib.path(run.run_dir, run_lib.EVALUATION),
             show_progress=show_progress, generator=recorder)
         accuracy[run.name] = likelihood.event_accuracy(run.run_dir)
-        samples[run.name] = _write_listening_samples(run, recorder, study.write_samples, log)
+        samples[run.name] = _write_listening_samples(run, recorder, count=study.write_samples, log=log)
     return evaluations, accuracy, samples
 
 
@@ -162,9 +163,10 @@ def run_study(settings: StudySettings, out_dir: str, *, show_progress: bool = Tr
                         scale=settings.scale, budget_minutes=settings.budget_minutes,
                         budget_tokens=settings.budget_tokens)
     storage.makedirs(out_dir)
-    trained = _train_all(runs, settings.budget_tokens, overrides, show_progress, log)
+    trained = _train_all(runs, settings.budget_tokens, overrides=overrides, show_progress=show_progress, log=log)
     evaluations, accuracy, samples = _evaluate_all(runs, settings, show_progress=show_progress, log=log)
-    result = assemble(runs, trained, evaluations, accuracy, samples, out_dir, {
+    result = assemble(runs, trained, evaluations=evaluations, accuracy=accuracy, samples=samples, out_dir=out_dir,
+                      settings={
         "configs": [r.config_file for r in runs], "sources": list(runs[0].config.data.sources),
         "overrides": [o for o in overrides if not o.startswith("train.seed=")], "scale": settings.scale,
         "budget_minutes": settings.budget_minutes, "budget_tokens": settings.budget_tokens,
@@ -276,7 +278,8 @@ def _music_by_temperature(music: dict) -> dict:
         for name in music["metric_names"]} for temperature in music["temperatures"]}
 
 
-def _run_summary(run: StudyRun, trained: dict, evaluation: dict, accuracy: dict, samples: dict, out_dir: str) -> dict:
+def _run_summary(run: StudyRun, trained: dict, *, evaluation: dict, accuracy: dict, samples: dict,
+                 out_dir: str) -> dict:
     music = evaluation["music_metrics"]
     return {
         "config_file": run.config_file,
@@ -294,7 +297,7 @@ def _run_summary(run: StudyRun, trained: dict, evaluation: dict, accuracy: dict,
     }
 
 
-def assemble(runs, trained, evaluations, accuracy, samples, out_dir, settings) -> dict:
+def assemble(runs, trained, *, evaluations, accuracy, samples, out_dir, settings) -> dict:
     """The JSON-ready summary the report and plots are drawn from."""
     names = [r.name for r in runs]
     held_out = {r.name: run_lib.held_out_names(r.run_dir) for r in runs}
@@ -313,14 +316,15 @@ def assemble(runs, trained, evaluations, accuracy, samples, out_dir, settings) -
                  "held_out": held_out[names[0]]},
         "scaled": settings["scale"] is not None,
         "budgeted": settings["budget_minutes"] is not None or settings["budget_tokens"] is not None,
-        "runs": {run.name: _run_summary(run, trained[run.name], evaluations[run.name], accuracy[run.name],
-                                        samples.get(run.name, {}), out_dir) for run in runs},
+        "runs": {run.name: _run_summary(run, trained[run.name], evaluation=evaluations[run.name],
+                                        accuracy=accuracy[run.name],
+                                        samples=samples.get(run.name, {}), out_dir=out_dir) for run in runs},
         "metric_names": list(real_music["metric_names"]),
         "descriptions": dict(real_music["descriptions"]),
         "real": {name: mean_se(row["metrics"].get(name) for row in real_music["real"]["pieces"])
                  for name in real_music["metric_names"]},
         "rule": RULE,
-        "claims": judge_claims(evaluations[names[0]], evaluations[names[1]], names[:2]),
+        "claims": judge_claims(evaluations[names[0]], evaluations[names[1]], names=names[:2]),
         "figures": [LEARNING_CURVES_PNG, METRICS_PNG],
     }
 
@@ -328,10 +332,12 @@ def assemble(runs, trained, evaluations, accuracy, samples, out_dir, settings) -
 # ----------------------------------------------------------------------------- command line
 
 
-scale_factor = cli.number_type("scale_factor", float, lambda value: 0 < value <= 1, "a factor in (0, 1]",
-                               "--scale must be in (0, 1] (e.g. 0.125 for 1/8 of hidden_size), got {text}")
-budget_minutes = cli.number_type("budget_minutes", float, lambda value: 0 < value < math.inf,
-                                 "a positive number of minutes", "--budget must be a positive number of minutes, got {text}")
+scale_factor = cli.number_type("scale_factor", float, accept=lambda value: 0 < value <= 1,
+                               expected="a factor in (0, 1]",
+                               out_of_range="--scale must be in (0, 1] (e.g. 0.125 for 1/8 of hidden_size), got {text}")
+budget_minutes = cli.number_type("budget_minutes", float, accept=lambda value: 0 < value < math.inf,
+                                 expected="a positive number of minutes",
+                                 out_of_range="--budget must be a positive number of minutes, got {text}")
 
 
 def parse_args(argv=None):

@@ -17,7 +17,7 @@ LEARNING_CURVES_PNG = "learning_curves.png"
 METRICS_PNG = "metrics_by_temperature.png"
 
 
-def _config_table(header: str, result: dict, rows) -> list[str]:
+def _config_table(header: str, result: dict, *, rows) -> list[str]:
     """A markdown table with one column per config: `rows` are (label, cell of a run's summary)."""
     names = result["names"]
     lines = [header + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -92,7 +92,7 @@ def _budget_minutes_note(result: dict) -> str:
 def scaling_lines(result: dict) -> list[str]:
     """The "What was trained" table and a note on each setting the study chose for every config."""
     settings = result["settings"]
-    lines = _config_table("| setting | ", result, WHAT_WAS_TRAINED)
+    lines = _config_table("| setting | ", result, rows=WHAT_WAS_TRAINED)
     if settings["scale"] is not None:
         lines += ["", f"`--scale {settings['scale']:g}`: hidden_size = max({MIN_SCALED_HIDDEN}, "
                       f"round(configured × {settings['scale']:g})); nothing else was scaled."]
@@ -254,7 +254,7 @@ def render_study(result: dict) -> str:
               "Held-out numbers score every held-out piece from its start with the evaluated (best-validation) "
               "model; per event = per sonority (the piece's total NLL over its events). Accuracy per event: "
               "every token of the event is the model's top-1 choice given the true past.", ""]
-    lines += _config_table("| | ", result, PER_CONFIG_RESULTS)
+    lines += _config_table("| | ", result, rows=PER_CONFIG_RESULTS)
     lines += ["", "## Learning curves", "",
               "Validation loss against training tokens seen and against training time, both configs on one "
               "plot (from each run's metrics.json history).", "",
@@ -316,5 +316,6 @@ def plot_metrics_by_temperature(result: dict, out_path: str) -> None:
         ax.set_title(metric, fontsize=10)
         ax.set_xlabel("temperature", fontsize=8)
         ax.tick_params(labelsize=8)
-    plots.finish_metric_grid(figure, axes, len(names), "music metrics against temperature (mean ± standard error; "
-                             "dashed: held-out real mean)", out_path, right=0.9)
+    plots.finish_metric_grid(figure, axes, used=len(names),
+                             title="music metrics against temperature (mean ± standard error; "
+                             "dashed: held-out real mean)", path=out_path, right=0.9)

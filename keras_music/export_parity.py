@@ -144,7 +144,7 @@ def held_out_windows(run_dir: str, seq_length: int, *, boundary_id: int, count: 
     directory = run_lib.data_dir(run_dir)
     vocabulary = vocabulary or run_lib.load_vocabulary(run_dir)
     for split in ("validation", "train"):
-        pieces = [ids for _, ids in run_lib.named_pieces(run_dir, split, vocabulary)]
+        pieces = [ids for _, ids in run_lib.named_pieces(run_dir, split, vocabulary=vocabulary)]
         if not pieces:
             continue
         stream = np.concatenate([np.concatenate([[boundary_id], piece]) for piece in pieces]).astype(np.int32)

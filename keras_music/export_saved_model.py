@@ -327,7 +327,7 @@ def _generate_checks(vocabulary_size: int, *, primer, length, min_length, temper
         tf.debugging.assert_non_negative(primer, message="generate: primer ids must be >= 0")]
 
 
-def _read_primer(step_model, grammar: _GraphGrammar, primer) -> _Context:
+def _read_primer(step_model, grammar: _GraphGrammar, *, primer) -> _Context:
     """The step model and the grammar after reading `primer`, from zero LSTM state and the grammar's start."""
     import tensorflow as tf
 
@@ -367,7 +367,7 @@ def _generate_function(step_model, vocabulary):
         min_length = tf.minimum(min_length, length)
         max_tokens = length * TOKENS_PER_EVENT_LIMIT
 
-        context = _read_primer(step_model, grammar, primer)
+        context = _read_primer(step_model, grammar, primer=primer)
 
         def extend(piece, context):
             last = tf.equal(piece.step, max_tokens - 1)

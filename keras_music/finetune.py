@@ -177,13 +177,13 @@ def held_out_overlap(base: Base, run_dir: str, *, vocabulary: Vocabulary,
                     if entry.get("status") == "used" and entry.get("split") == "train" and entry.get("sha256")}
     by_ids = {}
     try:
-        for name, ids in run_lib.read_split(base.run_dir, "train", base.vocabulary):
+        for name, ids in run_lib.read_split(base.run_dir, "train", vocabulary=base.vocabulary):
             by_ids.setdefault(_ids_digest(ids), name)
     except run_lib.RunError:
         pass  # the base's own data is gone or damaged: the file hashes still decide
     entries = run_lib.manifest_entries(run_dir)
     found = []
-    for name, ids in run_lib.read_split(run_dir, "validation", vocabulary, info):
+    for name, ids in run_lib.read_split(run_dir, "validation", vocabulary=vocabulary, info=info):
         digest = (entries.get(name) or {}).get("sha256")
         repeat = by_file_hash.get(digest) if digest else None
         repeat = repeat or by_ids.get(_ids_digest(ids))

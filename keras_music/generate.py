@@ -53,7 +53,7 @@ def instrument_program(name: str) -> int:
     return int(program) if program is not None else 0
 
 
-def opening_events(tokens: list[str], count: int, representation: str = "note") -> list[str]:
+def opening_events(tokens: list[str], count: int, *, representation: str = "note") -> list[str]:
     """The tokens of the first `count` (>= 1) events: all of them when there are fewer."""
     ends = events.event_ends(tokens, representation)
     return list(tokens[:ends[count - 1]]) if count <= len(ends) else list(tokens)
@@ -73,7 +73,7 @@ def _rng_for_primers(seed: int):
     return sampling_lib.make_rng([int(seed), 1], "numpy")
 
 
-def _checked_rows(num_samples, settings: SamplingSettings, seed) -> tuple[np.ndarray, np.ndarray]:
+def _checked_rows(num_samples, settings: SamplingSettings, *, seed) -> tuple[np.ndarray, np.ndarray]:
     """The batch's settings checked before anything is read: (events per row, min_length per row)."""
     if not isinstance(settings, SamplingSettings):
         raise GenerateError(f"sampling must be a SamplingSettings, got {type(settings).__name__}")
@@ -104,7 +104,7 @@ class _Rows:
         """Rows still short of their min_length."""
         return self.events < self.min_lengths
 
-    def take(self, ids, boundary: int, is_event: np.ndarray) -> None:
+    def take(self, ids, boundary: int, *, is_event: np.ndarray) -> None:
         """Append each unfinished row's id; the boundary or the row's last event finishes it."""
         for row in np.flatnonzero(~self.finished):
             token_id = int(ids[row])
@@ -137,7 +137,7 @@ class _Draw:
 class Generator:
     """Loads a run (config, vocabulary, model or exported artifacts) and generates pieces from it."""
 
-    def __init__(self, run_dir: str, backend="keras", log=_warn):
+    def __init__(self, run_dir: str, backend="keras", *, log=_warn):
         self.run_dir = run_dir
         self.config = run_lib.load_config(run_dir)
         self.vocabulary = run_lib.load_vocabulary(run_dir)
@@ -191,7 +191,7 @@ class Generator:
             named = []
             try:
                 if storage.isdir(run_lib.data_dir(self.run_dir)):  # a run copied without its data has none
-                    named = run_lib.named_pieces(self.run_dir, "validation", self.vocabulary)
+                    named = run_lib.named_pieces(self.run_dir, "validation", vocabulary=self.vocabulary)
             except Exception as error:  # damaged or missing shards only cost the default primer
                 self.log(f"cannot read the held-out pieces of {self.run_dir}: {error}")
             entries = run_lib.manifest_entries(self.run_dir, strict=False)
@@ -235,7 +235,7 @@ class Generator:
         if primer is not None:
             (tokens, timing), source = self._read_primer(primer), str(primer)
             total = events.count_events(tokens, self.representation)
-            tokens = opening_events(tokens, primer_events, self.representation)
+            tokens = opening_events(tokens, primer_events, representation=self.representation)
             used = events.count_events(tokens, self.representation)
             source = f"{primer} (first {used} of {total} events)"
         else:
@@ -296,7 +296,7 @@ class Generator:
         lengths = np.array([len(s) for s in sequences])
         for t in range(int(lengths.max(initial=0))):
             ids = np.array([s[t] if t < len(s) else 0 for s in sequences], np.int64)
-            self.grammar.advance(grammar_state, ids, t < lengths)
+            self.grammar.advance(grammar_state, ids, active=t < lengths)
         return grammar_state
 
     def generate(self, num_samples=1, sampling: SamplingSettings | None = None, *, seed=defaults.SEED,
@@ -331,7 +331,7 @@ class Generator:
         """
         sampling = SamplingSettings() if sampling is None else sampling
         controls = controls_lib.ControlSettings() if controls is None else controls
-        lengths, min_lengths = _checked_rows(num_samples, sampling, seed)
+        lengths, min_lengths = _checked_rows(num_samples, sampling, seed=seed)
         if not _is_integer(primer_events) or primer_events < 1:
             raise GenerateError(f"primer_events must be an integer >= 1, got {primer_events!r}")
         request = self.control_request(controls)
@@ -351,9 +351,9 @@ class Generator:
                     "representation": self.representation}
         pieces = [self._piece(row, primers[row], rows=rows, seed=seed,
                               settings={**settings, "length": int(lengths[row]), "min_length": int(min_lengths[row]),
-                               **self._piece_seed(sampling.rng, seed, row)})
+                               **self._piece_seed(sampling.rng, seed, row=row)})
                   for row in range(num_samples)]
-        return [self._steered(piece, request, steering) for piece in pieces]
+        return [self._steered(piece, request, steering=steering) for piece in pieces]
 
     # ------------------------------------------------------------------ controls
 
@@ -371,8 +371,10 @@ class Generator:
         if not (request.density.requested or request.polyphony.requested):
             return None
         table = events.grammar_table(self.vocabulary.tokens, self.representation)
-        steering = controls_lib.Steering(self.vocabulary.tokens, table["kinds"], request.density, request.polyphony,
-                                     [controls_lib.time_signature_of(p.timing) for p in primers], limits=bar_limits)
+        steering = controls_lib.Steering(self.vocabulary.tokens, table["kinds"], density=request.density,
+                                         polyphony=request.polyphony,
+                                         time_signatures=[controls_lib.time_signature_of(p.timing) for p in primers],
+                                         limits=bar_limits)
         steering.start(sequences)
         durations = [Fraction(t.partition(":")[2]) for t, k in zip(self.vocabulary.tokens, table["kinds"]) if k == "dur"]
         try:
@@ -382,7 +384,7 @@ class Generator:
         return steering
 
     @staticmethod
-    def _steered(piece: Piece, request, steering) -> Piece:
+    def _steered(piece: Piece, request, *, steering) -> Piece:
         """The piece with its requested controls recorded and, for a key reached by transposition, moved there."""
         if not request.any:
             return piece
@@ -396,7 +398,7 @@ class Generator:
         return piece
 
     @staticmethod
-    def _piece_seed(rng: str, seed: int, row: int) -> dict:
+    def _piece_seed(rng: str, seed: int, *, row: int) -> dict:
         """The seed that gives this row's piece alone, in every path (only the portable sampler has one)."""
         return {"piece_seed": (int(seed) + row) % 2 ** 64} if rng == "splitmix64" else {}
 
@@ -417,8 +419,8 @@ class Generator:
                 if rows.finished.all():
                     break
                 if steering is not None:  # bar controls due now are fed without a draw
-                    probabilities, lstm_state = steering.feed(self.backend.step, probabilities, lstm_state,
-                                                              ~rows.finished)
+                    probabilities, lstm_state = steering.feed(self.backend.step, probabilities, state=lstm_state,
+                                                              active=~rows.finished)
                 allowed = self.grammar.allowed(grammar_state, closing=last)
                 # A row short of its min_length may not end yet: the boundary is not allowed.
                 allowed[rows.early(), self.vocabulary.boundary_id] = False
@@ -429,8 +431,8 @@ class Generator:
                                                banned=self.banned, allowed=allowed)
                 if steering is not None:
                     steering.advance(ids, ~rows.finished)
-                self.grammar.advance(grammar_state, ids, ~rows.finished)
-                rows.take(ids, self.vocabulary.boundary_id, self.is_event)
+                self.grammar.advance(grammar_state, ids, active=~rows.finished)
+                rows.take(ids, self.vocabulary.boundary_id, is_event=self.is_event)
                 rows.finished |= last
                 progress = rows.progress()
                 if progress > shown:
@@ -447,8 +449,9 @@ class Generator:
         tokens = self.vocabulary.decode(ids)
         report = events.DecodeReport()
         step = Fraction(self.config.data.classic_step).limit_denominator(self.config.data.grid)
-        sonorities = events.tokens_to_sonorities(list(primer_tokens) + tokens, self.representation, step, report)
-        primer_sonorities = events.tokens_to_sonorities(list(primer_tokens), self.representation, step)
+        sonorities = events.tokens_to_sonorities(list(primer_tokens) + tokens, self.representation, classic_step=step,
+                                                 report=report)
+        primer_sonorities = events.tokens_to_sonorities(list(primer_tokens), self.representation, classic_step=step)
         primer_events = len(primer_sonorities)
         return Piece(tokens=tokens, primer_tokens=list(primer_tokens), ids=[int(i) for i in ids],
                      sonorities=sonorities, notes=events.sonorities_to_notes(sonorities),
@@ -474,7 +477,7 @@ class Generator:
         the rest of the gap as a rest, so the bars after it keep their place.
         """
         sampling = SamplingSettings() if sampling is None else sampling
-        _checked_rows(num_samples, sampling.replace(length=1, min_length=0), seed)
+        _checked_rows(num_samples, sampling.replace(length=1, min_length=0), seed=seed)
         first, last = bars if isinstance(bars, (tuple, list)) else infill_lib.parse_bars(bars)
         if events.FIM_MIDDLE not in self.vocabulary.index:
             raise GenerateError(f"{self.run_dir} was trained without infilling (data.infill_rate 0), so it cannot fill "
@@ -484,13 +487,14 @@ class Generator:
         grid = int(record.get("grid", events.GRID))
         sonorities = corpus.record_sonorities(record, self.config.data.max_duration)
         start = Fraction(min(n[0] for n in record["notes"]), grid)
-        gap = infill_lib.gap_for_bars(sonorities, start, record.get("time_signatures"), first, last,
-                                      f"infill file {path}", grid)
+        gap = infill_lib.gap_for_bars(sonorities, start, time_signatures=record.get("time_signatures"), first=first,
+                                      last=last,
+                                      source=f"infill file {path}", grid=grid)
         parts = infill_lib.cut(sonorities, start, gap)
         suffix, prefix, _ = infill_lib.context_tokens(parts, start, grid=grid)
         # From the start state, <fim_suffix> first, as the training examples (no <piece>: keras_music.infill).
-        context = infill_lib.generation_context(parts, suffix, prefix,
-                                                infill_lib.example_length(self.config.data.seq_length))
+        context = infill_lib.generation_context(parts, suffix, prefix=prefix,
+                                                window=infill_lib.example_length(self.config.data.seq_length))
         unknown: list[str] = []
         ids = self.vocabulary.encode(context, unknown)
         if unknown:
@@ -506,7 +510,7 @@ class Generator:
             tokens = self.vocabulary.decode(fill)
             report = events.DecodeReport()
             middle = events.tokens_to_sonorities(prefix + tokens, "note", report=report)[len(parts.prefix):]
-            joined = infill_lib.transposed(infill_lib.join(parts.prefix, middle, parts.suffix), -shift)
+            joined = infill_lib.transposed(infill_lib.join(parts.prefix, middle, suffix=parts.suffix), -shift)
             filled = sum((s.duration for s in middle), Fraction(0))
             if filled < gap.duration:
                 middle.append(events.Sonority((), (), gap.duration - filled))
@@ -518,7 +522,7 @@ class Generator:
                                 sonorities=joined, notes=events.sonorities_to_notes(joined),
                                 primer_events=len(parts.prefix), stop_reason="filled" if exact[row] else "token_limit",
                                 repairs=dict(report.repairs), seed=int(seed), index=row,
-                                settings={**settings, **self._piece_seed(sampling.rng, seed, row)},
+                                settings={**settings, **self._piece_seed(sampling.rng, seed, row=row)},
                                 primer_source=f"{path} (bars {first}-{last} filled)", unknown_primer_tokens=unknown,
                                 timing=record_timing(record), infill=record_infill))
         return pieces
@@ -554,7 +558,7 @@ class Generator:
             ids = sampling_lib.sample_next(probabilities, draw, temperature=sampling.temperature, top_k=sampling.top_k,
                                            top_p=sampling.top_p, banned=self.banned, allowed=allowed)
             active = ~finished
-            self.grammar.advance(grammar_state, ids, active)
+            self.grammar.advance(grammar_state, ids, active=active)
             for row in np.flatnonzero(active):
                 if ids[row] == mask.end_id:
                     finished[row] = True

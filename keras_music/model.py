@@ -115,7 +115,7 @@ def load_model(path: str) -> keras.Model:
 METADATA = "keras_music.json"
 
 
-def save_model(model: keras.Model, path: str, metadata: dict | None = None) -> None:
+def save_model(model: keras.Model, path: str, *, metadata: dict | None = None) -> None:
     """model.save, plus `metadata` (e.g. the vocabulary fingerprint) stored inside the same file."""
     model.save(path)
     if metadata:

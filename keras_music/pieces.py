@@ -109,7 +109,7 @@ def within_primer(timing: events.Timing, primer_duration: float) -> events.Timin
     return out
 
 
-def with_overrides(timing: events.Timing, tempo: float | None = None, program: int | None = None) -> events.Timing:
+def with_overrides(timing: events.Timing, tempo: float | None = None, *, program: int | None = None) -> events.Timing:
     """`--tempo` replaces the whole tempo map with one tempo; `--instrument` replaces the program."""
     out = dict(timing)
     if tempo is not None:

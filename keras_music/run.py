@@ -193,7 +193,7 @@ def point_latest(run_dir: str) -> None:
 # ----------------------------------------------------------------------------- one writer at a time
 
 class _Held:
-    def __init__(self, file: str, descriptor: int | None, info: dict):
+    def __init__(self, file: str, descriptor: int | None, *, info: dict):
         self.file, self.descriptor, self.info, self.count = file, descriptor, info, 1
 
 
@@ -229,7 +229,7 @@ def _alive(pid) -> bool:
     return True
 
 
-def _locked(directory: str, file: str, owner: dict | None) -> RunLocked:
+def _locked(directory: str, file: str, *, owner: dict | None) -> RunLocked:
     return RunLocked(f"{directory} is in use by {_owner_text(owner)}: one process writes a directory at a "
                      f"time; wait for it to finish or stop it. If it is no longer running, remove {file}")
 
@@ -249,7 +249,7 @@ def _acquire_local(directory: str, file: str, command: str, log) -> _Held:
         except BlockingIOError:
             text = os.pread(descriptor, 4096, 0).decode("utf-8", "replace")
             os.close(descriptor)
-            raise _locked(directory, file, _read_owner(text)) from None
+            raise _locked(directory, file, owner=_read_owner(text)) from None
         except OSError:
             # A file system without flock (some network and FUSE mounts): the owner's pid
             # and host in the file decide, as on object stores.
@@ -270,14 +270,14 @@ def _acquire_local(directory: str, file: str, command: str, log) -> _Held:
             # flock does not reach every network file system: an owner on another host
             # cannot be checked from here, so its lock stands until it is removed.
             os.close(descriptor)
-            raise _locked(directory, file, previous)
+            raise _locked(directory, file, owner=previous)
         if previous:
             log(f"{directory}: taking over the lock left by {_owner_text(previous)}, which is no longer running")
         info = _lock_info(command)
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, (json.dumps(info) + "\n").encode("utf-8"), 0)
         os.fsync(descriptor)
-        return _Held(file, descriptor, info)
+        return _Held(file, descriptor, info=info)
     raise RunLocked(f"{directory}: could not take the lock {file} (it keeps being replaced); try again")
 
 
@@ -293,10 +293,10 @@ def _acquire_by_content(directory: str, file: str, command: str, log) -> _Held:
         if owner and owner.get("host") == here and not _alive(owner.get("pid")):
             log(f"{directory}: taking over the lock left by {_owner_text(owner)}, which is no longer running")
         elif owner or storage.is_remote(file):
-            raise _locked(directory, file, owner)
+            raise _locked(directory, file, owner=owner)
     info = _lock_info(command)
     storage.write_json(file, info)
-    return _Held(file, None, info)
+    return _Held(file, None, info=info)
 
 
 def _release(held: _Held) -> None:
@@ -369,7 +369,7 @@ def check_unlocked(directory: str) -> None:
     """Refuse to read a directory that another process is writing right now."""
     owner = lock_owner(directory)
     if owner is not None:
-        raise _locked(directory, storage.join(str(directory), LOCK), owner)
+        raise _locked(directory, storage.join(str(directory), LOCK), owner=owner)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -471,7 +471,7 @@ def _model_fix(run_dir: str) -> str:
             f"that were trained together in {run_dir}")
 
 
-def check_model(model, vocabulary: Vocabulary, model_path: str, run_dir: str, metadata: dict | None = None) -> dict:
+def check_model(model, vocabulary: Vocabulary, *, model_path: str, run_dir: str, metadata: dict | None = None) -> dict:
     """The loaded model is a keras_music LSTM that fits `vocabulary`; returns its sizes.
 
     Checks the embedding and the softmax head against the vocabulary size, the LSTM
@@ -517,7 +517,7 @@ def check_model(model, vocabulary: Vocabulary, model_path: str, run_dir: str, me
     return sizes
 
 
-def load_model(run_dir: str, vocabulary: Vocabulary | None = None, file: str = MODEL):
+def load_model(run_dir: str, vocabulary: Vocabulary | None = None, *, file: str = MODEL):
     """model.keras in safe mode, checked against the run's vocabulary (see check_model)."""
     from keras_music import model as model_lib
 
@@ -543,7 +543,7 @@ def load_model(run_dir: str, vocabulary: Vocabulary | None = None, file: str = M
         raise RunError(f"{model_path} cannot be loaded as a Keras model: {type(error).__name__}: "
                        f"{str(error).splitlines()[0] if str(error) else ''}; {_model_fix(run_dir)}") from None
     vocabulary = vocabulary or load_vocabulary(run_dir)
-    check_model(model, vocabulary, model_path, run_dir, metadata)
+    check_model(model, vocabulary, model_path=model_path, run_dir=run_dir, metadata=metadata)
     return model
 
 
@@ -562,7 +562,7 @@ def _prepared_fix(directory: str, info: dict | None = None) -> str:
             f"python -m keras_music.prepare --out {cli.quote(directory)} ...")
 
 
-def check_prepared(info, file: str, directory: str = "") -> Prepared:
+def check_prepared(info, file: str, *, directory: str = "") -> Prepared:
     """prepared.json's own consistency: format, counts that are non-negative integers and agree."""
     fix = _prepared_fix(directory, info if isinstance(info, dict) else None)
 
@@ -628,7 +628,7 @@ def load_prepared(run_dir: str, required: bool = False) -> Prepared:
         info = storage.read_json(file, 256 << 20)
     except (OSError, ValueError):
         raise RunError(f"{file} is not valid JSON; {_prepared_fix(run_dir)}") from None
-    return check_prepared(info, file, run_dir)
+    return check_prepared(info, file, directory=run_dir)
 
 
 def data_dir(run_dir: str) -> str:
@@ -640,7 +640,7 @@ def file_sha256(file: str, max_bytes: int | None = None) -> str:
     return hashlib.sha256(storage.read_bytes(file, max_bytes)).hexdigest()
 
 
-def shard_paths(run_dir: str, split: str, info: dict | None = None) -> list[str]:
+def shard_paths(run_dir: str, split: str, *, info: dict | None = None) -> list[str]:
     """The split's TFRecord shards, each checked against what prepare recorded (size and sha256).
 
     Prepared data written before shard records existed is listed by name; read_split
@@ -677,14 +677,15 @@ def shard_paths(run_dir: str, split: str, info: dict | None = None) -> list[str]
     return files
 
 
-def read_split(run_dir: str, split: str, vocabulary: Vocabulary, info: dict | None = None) -> list[tuple[str, object]]:
+def read_split(run_dir: str, split: str, *, vocabulary: Vocabulary,
+               info: dict | None = None) -> list[tuple[str, object]]:
     """(name, ids) of every piece of a split, checked: readable records, ids inside the vocabulary, counts as recorded."""
     from keras_music import dataset
 
     info = load_prepared(run_dir, required=True) if info is None else info
     fix = _prepared_fix(run_dir, info)
     pieces = []
-    for file in shard_paths(run_dir, split, info):
+    for file in shard_paths(run_dir, split, info=info):
         try:
             pieces.extend(dataset.read_named_pieces([file]))
         except Exception as error:  # tf.errors.DataLossError and friends for truncated or bit-flipped records
@@ -751,7 +752,8 @@ def held_out_names(run_dir: str) -> list[str]:
                   if entry.get("status") == "used" and entry.get("split") == "validation")
 
 
-def named_pieces(run_dir: str, split: str, vocabulary: Vocabulary, info: dict | None = None) -> list[tuple[str, object]]:
+def named_pieces(run_dir: str, split: str, *, vocabulary: Vocabulary,
+                 info: dict | None = None) -> list[tuple[str, object]]:
     """(file name, ids) of every piece of one split, in shard order ([] when the split is empty).
 
     Checked against prepared.json (read_split); a run from before prepared.json is read
@@ -759,7 +761,7 @@ def named_pieces(run_dir: str, split: str, vocabulary: Vocabulary, info: dict | 
     """
     info = load_prepared(run_dir) if info is None else info
     if info:
-        return read_split(run_dir, split, vocabulary, info)
+        return read_split(run_dir, split, vocabulary=vocabulary, info=info)
     from keras_music import dataset
 
     directory = path(run_dir, DATA)
@@ -768,7 +770,7 @@ def named_pieces(run_dir: str, split: str, vocabulary: Vocabulary, info: dict | 
     return dataset.read_named_pieces(dataset.shard_files(directory, split))
 
 
-def check_data(run_dir: str, info: dict, vocabulary: Vocabulary) -> None:
+def check_data(run_dir: str, info: dict, *, vocabulary: Vocabulary) -> None:
     """The prepared data fits its prepared.json and the vocabulary (before training or evaluating on it)."""
     fix = _prepared_fix(run_dir, info)
     size = info.get("vocabulary_size")
@@ -781,9 +783,9 @@ def check_data(run_dir: str, info: dict, vocabulary: Vocabulary) -> None:
                        f"their order differ from {path(run_dir, PREPARED)}); {fix}")
     for split in ("train", "validation"):
         if info.get("shards") and info.get("vocabulary_fingerprint"):
-            shard_paths(run_dir, split, info)  # checksums prove the records are what prepare wrote
+            shard_paths(run_dir, split, info=info)  # checksums prove the records are what prepare wrote
         else:
-            read_split(run_dir, split, vocabulary, info)
+            read_split(run_dir, split, vocabulary=vocabulary, info=info)
 
 
 # ----------------------------------------------------------------------------- exports

@@ -107,7 +107,7 @@ def make_rng(seed=None, kind=DEFAULT_RNG):
     return RowStreams(secrets.randbits(64) if seed is None else seed)
 
 
-def validate_sampling(temperature, top_k, top_p):
+def validate_sampling(temperature, top_k, *, top_p):
     """Checks sampling settings and raises ValueError naming the first bad one.
 
     Args:
@@ -165,7 +165,7 @@ class SamplingSettings:
 
     def __post_init__(self):
         try:
-            validate_sampling(self.temperature, self.top_k, self.top_p)
+            validate_sampling(self.temperature, self.top_k, top_p=self.top_p)
         except ValueError as error:
             raise SamplingError(str(error)) from None
         length = self.length
@@ -237,7 +237,7 @@ def _argmax_allowed(probs, mask):
     return np.argmax(probs, axis=1).astype(np.int64)
 
 
-def _forbidden_mask(banned, allowed, probs):
+def _forbidden_mask(banned, allowed, *, probs):
     """Boolean mask of ids never returned ([vocab] or [batch, vocab]), or None."""
     mask = _banned_mask(banned, probs.shape[1])
     if allowed is None:
@@ -262,10 +262,10 @@ def greedy(probabilities, banned=None, allowed=None):
       allowed: optional boolean [batch, vocab]; only True ids are returned.
     """
     probs = _as_probabilities(probabilities)
-    return _argmax_allowed(probs, _forbidden_mask(banned, allowed, probs))
+    return _argmax_allowed(probs, _forbidden_mask(banned, allowed, probs=probs))
 
 
-def sample_next(probabilities, rng, temperature=1.0, top_k=0, top_p=1.0, banned=None, allowed=None):
+def sample_next(probabilities, rng, *, temperature=1.0, top_k=0, top_p=1.0, banned=None, allowed=None):
     """Samples one next-token id per row, for the whole batch in one vectorised pass.
 
     The steps are: zero the banned ids and those `allowed` rules out (the
@@ -295,9 +295,9 @@ def sample_next(probabilities, rng, temperature=1.0, top_k=0, top_p=1.0, banned=
     Returns:
       int64 array [batch] of sampled ids.
     """
-    validate_sampling(temperature, top_k, top_p)
+    validate_sampling(temperature, top_k, top_p=top_p)
     probs = _as_probabilities(probabilities)
-    mask = _forbidden_mask(banned, allowed, probs)
+    mask = _forbidden_mask(banned, allowed, probs=probs)
     if mask is not None:
         probs = np.where(mask, 0.0, probs)
     fallback = _argmax_allowed(probs, mask)
@@ -305,7 +305,7 @@ def sample_next(probabilities, rng, temperature=1.0, top_k=0, top_p=1.0, banned=
         return fallback
     uniforms = rng.random(len(probs))
     weights, alive = _tempered(probs, temperature)
-    weights = _truncated(weights, probs, top_k, top_p)
+    weights = _truncated(weights, probs, top_k=top_k, top_p=top_p)
     return np.where(alive, _inverse_cdf(weights, uniforms), fallback).astype(np.int64)
 
 
@@ -323,7 +323,7 @@ def _tempered(probs, temperature):
     return np.exp(shifted / temperature), alive
 
 
-def _truncated(weights, probs, top_k, top_p):
+def _truncated(weights, probs, *, top_k, top_p):
     """The weights with all but the top_k ids and the top_p nucleus zeroed, ranked by the original probs."""
     use_top_k = 0 < top_k < probs.shape[1]
     use_top_p = top_p < 1
@@ -437,7 +437,7 @@ class Grammar:
         allowed[empty] = self.not_banned
         return allowed
 
-    def advance(self, state: GrammarState, ids, active=None) -> None:
+    def advance(self, state: GrammarState, ids, *, active=None) -> None:
         """Moves each row past its token `ids[row]` (in place); lenient, like the decoder.
 
         Only rows where `active` (bool [batch], default all) is True move.
@@ -469,7 +469,7 @@ class Grammar:
 
 # ----------------------------------------------------------------------------- one piece
 
-def one_piece(step, primer, grammar_table: dict, length: int, min_length: int, choose):
+def one_piece(step, primer, *, grammar_table: dict, length: int, min_length: int, choose):
     """export/README.md's "One piece" for one row: (sampled ids, stop reason "length", "boundary" or "token_limit").
 
     `step(token)` feeds one id to the model and returns its probabilities [1, vocab];

@@ -127,7 +127,7 @@ def prepare_run(config: config_lib.Config, run_dir: str, *, show_progress: bool,
         try:
             info = prepare.read_prepared(run_dir)
             if info.get("settings") == prepare.prepare_settings(config, base_vocabulary):
-                run_lib.check_data(run_dir, info, run_lib.load_vocabulary(run_dir))
+                run_lib.check_data(run_dir, info, vocabulary=run_lib.load_vocabulary(run_dir))
                 return info
         except (prepare.PrepareError, run_lib.RunError) as error:
             log(f"the prepared data in {run_dir} cannot be used ({str(error).split('; ')[0]}): preparing it again")
@@ -145,7 +145,7 @@ def _use_prepared(source: str, config: config_lib.Config, *, run_dir: str, expec
     info = run_lib.load_prepared(source, required=True)
     _check_prepared_settings(source, config, settings=info.get("settings", {}))
     vocabulary = run_lib.load_vocabulary(source)
-    run_lib.check_data(source, info, vocabulary)
+    run_lib.check_data(source, info, vocabulary=vocabulary)
     if expected is not None and vocabulary.fingerprint() != expected:
         raise run_lib.RunError(f"{source} now holds another vocabulary than the one {run_dir} was trained with "
                                "(it was prepared again since); nothing was changed: train on it in a new "
@@ -466,8 +466,8 @@ def input_pipelines(config: config_lib.Config, work_dir: str, *, info: run_lib.P
     from keras_music import dataset
 
     data, train_cfg = config.data, config.train
-    train_files = run_lib.shard_paths(work_dir, "train", info)
-    validation_files = run_lib.shard_paths(work_dir, "validation", info)
+    train_files = run_lib.shard_paths(work_dir, "train", info=info)
+    validation_files = run_lib.shard_paths(work_dir, "validation", info=info)
     tokens = dataset.TokenTables(
         boundary_id=vocabulary.boundary_id,
         transposition=vocabulary.transposition_table(data.transpose) if data.transpose else None,
@@ -665,7 +665,7 @@ def save_results(run_dir: str, model, *, metrics: run_lib.TrainingRecord, metada
     from keras_music import model as model_lib
 
     with storage.atomic_local_path(run_lib.path(run_dir, run_lib.MODEL)) as tmp:
-        model_lib.save_model(model, tmp, metadata)
+        model_lib.save_model(model, tmp, metadata=metadata)
     storage.write_json(run_lib.path(run_dir, run_lib.TRAINING_RECORD), metrics)
     if metrics["history"]:
         name = os.path.basename(str(run_dir).rstrip("/"))

@@ -29,7 +29,7 @@ class VocabularyError(KerasMusicError, ValueError):
 class Vocabulary:
     """Ids 0, 1, 2 are always <pad>, <unk>, <piece> (the piece boundary)."""
 
-    def __init__(self, tokens, representation: str = "note", counts=None, classic_step: float = 0.5):
+    def __init__(self, tokens, representation: str = "note", *, counts=None, classic_step: float = 0.5):
         tokens = list(tokens)
         if tuple(tokens[:len(events.SPECIAL_TOKENS)]) != events.SPECIAL_TOKENS:
             raise VocabularyError(f"the vocabulary must start with {list(events.SPECIAL_TOKENS)}, got {tokens[:3]}")
@@ -82,8 +82,8 @@ class Vocabulary:
         valid = np.ones_like(table, dtype=bool)
         for i, token in enumerate(self.tokens):
             for column, shift in enumerate(range(-max_shift, max_shift + 1)):
-                moved = events.transpose_token(token, shift, self.representation, events.PIANO_LOW,
-                                               events.PIANO_HIGH)
+                moved = events.transpose_token(token, shift, representation=self.representation, low=events.PIANO_LOW,
+                                               high=events.PIANO_HIGH)
                 j = self.index.get(moved) if moved is not None else None
                 table[i, column] = i if j is None else j
                 valid[i, column] = j is not None
@@ -133,7 +133,7 @@ class Vocabulary:
         if tuple(tokens[:len(events.SPECIAL_TOKENS)]) != events.SPECIAL_TOKENS:
             raise VocabularyError(f"{source}: the vocabulary must start with {list(events.SPECIAL_TOKENS)}, "
                                   f"got {tokens[:3]}")
-        bad = [t for i, t in enumerate(tokens) if not valid_token(t, representation, i)]
+        bad = [t for i, t in enumerate(tokens) if not valid_token(t, representation, position=i)]
         if bad:
             raise VocabularyError(f"{source}: {len(bad)} token(s) are not valid {representation} tokens: "
                                   f"{', '.join(repr(t) for t in bad[:5])}{' ...' if len(bad) > 5 else ''} "
@@ -165,7 +165,7 @@ class Vocabulary:
         return cls.from_json(data, path)
 
 
-def valid_token(token: str, representation: str, position: int | None = None) -> bool:
+def valid_token(token: str, representation: str, *, position: int | None = None) -> bool:
     """Whether `token` is one the representation can produce (special tokens only at ids 0-2)."""
     if token in events.SPECIAL_TOKENS:
         return position is None or events.SPECIAL_TOKENS.index(token) == position
@@ -208,7 +208,7 @@ def token_sort_key(token: str):
     return (5, 0, token)
 
 
-def build(token_sequences, representation: str = "note", min_count: int = 1, transpose: int = 0,
+def build(token_sequences, representation: str = "note", *, min_count: int = 1, transpose: int = 0,
           classic_step: float = 0.5, always=()) -> Vocabulary:
     """Count tokens over the training pieces (and their augmentation shifts) and keep frequent ones.
 
@@ -225,7 +225,8 @@ def build(token_sequences, representation: str = "note", min_count: int = 1, tra
         counts.update(tokens)
         for shift in range(-transpose, transpose + 1):
             if shift:
-                moved = [events.transpose_token(t, shift, representation, events.PIANO_LOW, events.PIANO_HIGH)
+                moved = [events.transpose_token(t, shift, representation=representation, low=events.PIANO_LOW,
+                                                high=events.PIANO_HIGH)
                          for t in tokens]
                 if all(m is not None for m in moved):
                     # Shifted copies only make tokens exist; they do not change the
@@ -235,7 +236,8 @@ def build(token_sequences, representation: str = "note", min_count: int = 1, tra
     kept = [t for t, c in counts.items()
             if t not in events.SPECIAL_TOKENS and (c >= min_count or c == 0 or t in always)]
     kept.sort(key=token_sort_key)
-    return Vocabulary(list(events.SPECIAL_TOKENS) + kept, representation, dict(counts), classic_step)
+    return Vocabulary(list(events.SPECIAL_TOKENS) + kept, representation, counts=dict(counts),
+                      classic_step=classic_step)
 
 
 def extend(base: Vocabulary, vocabulary: Vocabulary) -> Vocabulary:
@@ -249,4 +251,4 @@ def extend(base: Vocabulary, vocabulary: Vocabulary) -> Vocabulary:
                               f"with a {vocabulary.representation} one (classic_step {vocabulary.classic_step})")
     added = sorted((t for t in vocabulary.tokens if t not in base.index), key=token_sort_key)
     counts = {t: vocabulary.counts.get(t, 0) for t in base.tokens + added}
-    return Vocabulary(base.tokens + added, base.representation, counts, base.classic_step)
+    return Vocabulary(base.tokens + added, base.representation, counts=counts, classic_step=base.classic_step)

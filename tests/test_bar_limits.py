@@ -16,8 +16,8 @@ TOKENS = ["<pad>", "<unk>", "<piece>", "rest", "pitch:60", "pitch:62", "pitch:64
 
 def limits(density=None, polyphony=None, metre=(4, 4)):
     kinds = events.grammar_table(TOKENS)["kinds"]
-    return controls.BarLimits(TOKENS, kinds, controls.parse_schedule(controls.DENSITY, density),
-                              controls.parse_schedule(controls.POLYPHONY, polyphony), metre)
+    return controls.BarLimits(TOKENS, kinds, density=controls.parse_schedule(controls.DENSITY, density),
+                              polyphony=controls.parse_schedule(controls.POLYPHONY, polyphony), time_signature=metre)
 
 
 def feed(row, *tokens):

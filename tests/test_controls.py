@@ -363,14 +363,15 @@ def test_the_corpus_estimates_the_key_without_moving_the_notes_when_keys_are_not
     data = midi.write(notes, time_signatures=((0.0, 4, 4), (6.0, 3, 4)))
     plain = corpus.ParseSettings(normalize_key=False)
     keyed = corpus.ParseSettings(normalize_key=False, estimate_key=True)
-    assert corpus.parse_bytes("d.mid", data, plain)["key"] == ""
-    record = corpus.parse_bytes("d.mid", data, keyed)
+    assert corpus.parse_bytes("d.mid", data, settings=plain)["key"] == ""
+    record = corpus.parse_bytes("d.mid", data, settings=keyed)
     assert (record["key"], record["shift"]) == ("D major", 0)
     assert [n[2] for n in record["notes"]][:3] == [62, 64, 66]
     # The cache keeps records apart only where they differ; every other key is what it was.
     assert keyed.cache_key() != plain.cache_key()
     assert corpus.ParseSettings(estimate_key=True).cache_key() == corpus.ParseSettings().cache_key()
-    tokens = prepare.tokens_for(record, tiny_config("data.normalize_key=false", "data.controls=true").data, True)
+    tokens = prepare.tokens_for(record, tiny_config("data.normalize_key=false", "data.controls=true").data,
+                                controls=True)
     assert tokens[:3] == ["key:D:major", "density:1", "poly:0"]
     # Bars [0, 4), [4, 6) (cut short by the 3/4 at quarter 6), [6, 9), [9, 12), [12, 15): 4, 2, 3, 3 and 3
     # onsets, one note each but the final chord of three (mean 5/3); nothing starts in [15, 18).

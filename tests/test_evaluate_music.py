@@ -45,15 +45,16 @@ class NGramGenerator:
             ids = []
             while sum(self.vocabulary.tokens[i].startswith("dur:") for i in ids) < lengths[row]:
                 probabilities = self.model.probabilities(ids)[None, :]
-                ids.append(int(sampling.sample_next(probabilities, rng, temperature, 0, 1.0, banned)[0]))
+                ids.append(int(sampling.sample_next(probabilities, rng, temperature=temperature, top_k=0, top_p=1.0,
+                                                    banned=banned)[0]))
             pieces.append(fake_piece(self.vocabulary.decode(ids)))
         return pieces
 
 
 def test_matched_length_gives_each_generated_piece_a_held_out_piece_length(tiny_run):
     real = [{"events": 7}, {"events": 3}]
-    assert music_lib.generation_lengths("matched", real, 5) == {"length": [7, 3, 7, 3, 7], "min_length": 7}
-    assert music_lib.generation_lengths(12, real, 5) == {"length": 12}
+    assert music_lib.generation_lengths("matched", real, num_samples=5) == {"length": [7, 3, 7, 3, 7], "min_length": 7}
+    assert music_lib.generation_lengths(12, real, num_samples=5) == {"length": 12}
     generator = NGramGenerator(tiny_run)
     music = music_lib.music_report(tiny_run, EvaluationSettings(num_samples=3, length="matched", temperatures=(1.0,),
                                                                      seed=0), generator=generator)
@@ -84,8 +85,8 @@ def test_generated_metrics_use_only_generated_notes(tiny_run):
     rows = music["generated"]["1"]["pieces"]
     assert rows[0]["metrics"]["pitch_entropy"] == pytest.approx(math.log2(5))
     assert rows[0]["events"] == 6
-    expected = music_metrics.piece_metrics(notes, events.event_keys(sonorities), (4, 4),
-                                     np.array(music["transition_matrix"]))
+    expected = music_metrics.piece_metrics(notes, events.event_keys(sonorities), time_signature=(4, 4),
+                                     matrix=np.array(music["transition_matrix"]))
     for name, value in expected.items():
         assert rows[0]["metrics"][name] == pytest.approx(value, nan_ok=True), name
     # The generated part starts 1.5 quarters in; moved to 0 it has no empty beat
@@ -172,8 +173,9 @@ def test_temperature_key_writes_the_shortest_number():
 
 def test_generation_lengths_need_a_held_out_piece_to_match():
     with pytest.raises(ValueError, match="at least one held-out piece"):
-        music_lib.generation_lengths("matched", [], 3)
-    assert music_lib.generation_lengths("matched", [{"events": 0}], 2) == {"length": [1, 1], "min_length": 1}
+        music_lib.generation_lengths("matched", [], num_samples=3)
+    assert music_lib.generation_lengths("matched", [{"events": 0}], num_samples=2) == {"length": [1, 1],
+                                                                                      "min_length": 1}
 
 
 def test_generated_piece_metrics_count_repairs_and_keep_the_stop_reason():

@@ -187,10 +187,12 @@ def test_report_only_adds_the_votes_gathered_since_without_retraining(study, tmp
     dirs = [os.path.join(copy, result["runs"][name]["run_dir"]) for name in (first, second)]
     store = listening.Store(os.path.join(copy, listening.DB_NAME))
     name = f"{first}@1 vs {second}@1"
-    store.add_comparison(name, "prefer", f"{first}@1", f"{second}@1", *dirs)
-    a, b = store.add_stimulus(f"{first}@1", "a.ogg", 8.0), store.add_stimulus(f"{second}@1", "b.ogg", 8.0)
+    store.add_comparison(name, "prefer", first=f"{first}@1", second=f"{second}@1", first_dir=dirs[0], second_dir=dirs[1])
+    a = store.add_stimulus(f"{first}@1", "a.ogg", seconds=8.0)
+    b = store.add_stimulus(f"{second}@1", "b.ogg", seconds=8.0)
     for number in range(5):
-        store.vote(store.add_pair(name, a, b, "a", f"listener{number % 3}"), "a" if number < 4 else "b")
+        store.vote(store.add_pair(name, a, second_stimulus=b, first_is="a", listener=f"listener{number % 3}"),
+                   "a" if number < 4 else "b")
     capsys.readouterr()
     assert run_main(["--report-only", "--out", copy]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "listening: 5 votes in 1 comparison"

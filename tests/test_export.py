@@ -251,7 +251,7 @@ def test_reference_generator_decoding_and_sampling_match_keras_music():
     assert ours[0] == (0, 2, 60)
     classic = ["<piece>", "C4", "0.4.7", "F#3", "B-2"]
     ours = reference.sonorities_to_notes(reference.tokens_to_sonorities(classic, "classic", Fraction(1, 2)))
-    theirs = events.sonorities_to_notes(events.tokens_to_sonorities(classic, "classic", Fraction(1, 2)))
+    theirs = events.sonorities_to_notes(events.tokens_to_sonorities(classic, "classic", classic_step=Fraction(1, 2)))
     assert [(float(a), float(d), p) for a, d, p in ours] == [tuple(row) for row in theirs.tolist()]
 
     # The grammar as shipped in vocab.json allows, step by step, exactly what keras_music's does.
@@ -277,12 +277,14 @@ def test_reference_generator_decoding_and_sampling_match_keras_music():
     allowed[:, 5] = True
     for row, mask in zip(probabilities, allowed):
         rng_ours, rng_theirs = reference.SplitMix64(4), sampling.make_rng(4)
-        expected = sampling.sample_next(row[None], rng_theirs, 0.8, 0, banned=[0, 1], allowed=mask[None])[0]
+        expected = sampling.sample_next(row[None], rng_theirs, temperature=0.8, top_k=0, banned=[0, 1],
+                                        allowed=mask[None])[0]
         assert reference.sample(row, rng_ours, 0.8, 0, (0, 1), mask) == expected
     for temperature, top_k in ((0.0, 0), (1.0, 0), (0.7, 5), (1.5, 1)):
         rng_ours, rng_theirs = reference.SplitMix64(4), sampling.make_rng(4)
         for row in probabilities:
-            expected = sampling.sample_next(row[None], rng_theirs, temperature, top_k, banned=[0, 1])[0]
+            expected = sampling.sample_next(row[None], rng_theirs, temperature=temperature, top_k=top_k,
+                                            banned=[0, 1])[0]
             assert reference.sample(row, rng_ours, temperature, top_k, (0, 1)) == expected
 
 

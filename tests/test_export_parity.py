@@ -12,7 +12,7 @@ def vocabulary(tiny_run):
 
 
 def validation_stream(run_dir, vocabulary):
-    pieces = [ids for _, ids in run_lib.named_pieces(run_dir, "validation", vocabulary)]
+    pieces = [ids for _, ids in run_lib.named_pieces(run_dir, "validation", vocabulary=vocabulary)]
     return np.concatenate([np.concatenate([[vocabulary.boundary_id], piece]) for piece in pieces]).astype(np.int32)
 
 

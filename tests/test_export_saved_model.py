@@ -131,7 +131,8 @@ def host_piece(step_model, vocabulary, primer=(2,), length=24, min_length=8, tem
         return probabilities
 
     def choose(probabilities, allowed):
-        return sampling.sample_next(probabilities, rng, temperature, top_k, top_p, banned=[0, 1], allowed=allowed)[0]
+        return sampling.sample_next(probabilities, rng, temperature=temperature, top_k=top_k, top_p=top_p,
+                                    banned=[0, 1], allowed=allowed)[0]
 
     return sampling.one_piece(step, primer, grammar_table=table, length=length, min_length=min_length, choose=choose)
 
@@ -196,7 +197,8 @@ def test_one_token_in_the_graph_equals_sampling_sample_next():
         seed = 11
         python, state = reference.SplitMix64(seed), export_saved_model.seed_state(tf.constant(seed, tf.int64))
         for row, mask in zip(rows, allowed):
-            expected = sampling.sample_next(row[None], python, temperature, top_k, top_p, banned=[0, 1],
+            expected = sampling.sample_next(row[None], python, temperature=temperature, top_k=top_k, top_p=top_p,
+                                            banned=[0, 1],
                                             allowed=mask[None])[0]
             chosen, state = one_token(tf.constant(row), tf.constant(mask), tf.constant(temperature, tf.float64),
                                       tf.constant(top_k), tf.constant(top_p, tf.float64), state)
@@ -255,7 +257,8 @@ def test_generate_at_temperature_2_needs_no_decode_repair(written, keras_referen
     for seed in range(200):
         ids, tokens, reason = call_generate(generate, length=16, min_length=4, temperature=2.0, seed=seed)
         report = events.DecodeReport()
-        events.tokens_to_sonorities(["<piece>"] + tokens, vocabulary.representation, Fraction(1, 2), report)
+        events.tokens_to_sonorities(["<piece>"] + tokens, vocabulary.representation, classic_step=Fraction(1, 2),
+                                    report=report)
         for what, count in report.repairs.items():
             repairs[what] = repairs.get(what, 0) + count
         reasons.add(reason)

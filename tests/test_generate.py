@@ -370,7 +370,8 @@ def test_primer_from_a_midi_file_is_tokenized_in_the_training_key_frame(generato
     path = write_primer_midi(tmp_path / "primer.mid")
     score = converter.parse(path)
     shift, _ = events.key_shift(score)
-    expected = events.stream_to_tokens(score, "note", Fraction(generator.config.data.max_duration), shift)
+    expected = events.stream_to_tokens(score, "note", max_duration=Fraction(generator.config.data.max_duration),
+                                       shift=shift)
     assert shift != 0
     piece = generator.generate(num_samples=1, primer=path, seed=0, sampling=SamplingSettings(length=5))[0]
     assert piece.primer_tokens == expected
@@ -397,7 +398,7 @@ def test_opening_events_cuts_after_whole_sonorities():
     assert generate.opening_events(tokens, 1) == tokens[:3]
     assert generate.opening_events(tokens, 2) == tokens[:5]
     assert generate.opening_events(tokens, 9) == tokens
-    assert generate.opening_events(["C4", "D4", "0.4.7"], 2, "classic") == ["C4", "D4"]
+    assert generate.opening_events(["C4", "D4", "0.4.7"], 2, representation="classic") == ["C4", "D4"]
 
 
 def test_primer_from_tokens_opens_every_piece(generator):

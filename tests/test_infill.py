@@ -34,18 +34,18 @@ def test_cut_at_bar_lines_splits_a_sounding_note_into_held_continuations_and_joi
     # E (2-5) and the bass (0-8) sound across the bar line at 4: the middle starts with their holds.
     assert parts.middle[0] == Sonority((48, 64), (True, True), F(1))
     assert parts.suffix == [Sonority((72,), (False,), F(1))]
-    joined = infill.join(parts.prefix, parts.middle, parts.suffix)
+    joined = infill.join(parts.prefix, parts.middle, suffix=parts.suffix)
     assert events.sonorities_to_notes(joined).tolist() == events.sonorities_to_notes(sonorities).tolist()
 
 
 def test_gap_from_bars_and_its_errors_name_the_bars_and_the_range():
     sonorities = piece_sonorities()  # 9 quarters in 4/4: 3 bars
-    gap = infill.gap_for_bars(sonorities, 0, [[0.0, 4, 4]], 2, 3, "x.mid")
+    gap = infill.gap_for_bars(sonorities, 0, time_signatures=[[0.0, 4, 4]], first=2, last=3, source="x.mid")
     assert (gap.onset, gap.offset) == (4, 9)  # cut to the last note's end
     with pytest.raises(infill.InfillError, match=r"bars 3-4 are outside x.mid, which has 3 bars \(expected A-B"):
-        infill.gap_for_bars(sonorities, 0, [[0.0, 4, 4]], 3, 4, "x.mid")
+        infill.gap_for_bars(sonorities, 0, time_signatures=[[0.0, 4, 4]], first=3, last=4, source="x.mid")
     with pytest.raises(infill.InfillError, match="bars 1-1 of x.mid hold no music"):
-        infill.gap_for_bars(sonorities, 5, [[0.0, 4, 4]], 1, 1, "x.mid")
+        infill.gap_for_bars(sonorities, 5, time_signatures=[[0.0, 4, 4]], first=1, last=1, source="x.mid")
     assert infill.parse_bars("5-6") == (5, 6) and infill.parse_bars(" 3 ") == (3, 3)
     for bad in ("6-5", "0-2", "a-b", "", "2-"):
         with pytest.raises(infill.InfillError, match="expected A-B with 1 <= A <= B"):
@@ -56,7 +56,7 @@ def test_training_examples_are_one_window_of_suffix_prefix_middle_between_sentin
     notes = [(F(q, 2), F(q + 1, 2), 60 + q % 7) for q in range(96)]  # 12 bars of eighths, 16 tokens a bar
     sonorities = events.notes_to_sonorities(notes)
     whole = " ".join(events.sonorities_to_tokens(sonorities))
-    examples = infill.training_examples(sonorities, 0, [[0.0, 4, 4]], seed=3, window=64)
+    examples = infill.training_examples(sonorities, 0, time_signatures=[[0.0, 4, 4]], seed=3, window=64)
     assert len(examples) == infill.VARIANTS and len({tuple(x) for x in examples}) == infill.VARIANTS
     for tokens in examples:
         assert len(tokens) == 64
@@ -69,8 +69,10 @@ def test_training_examples_are_one_window_of_suffix_prefix_middle_between_sentin
         assert gap_quarters in (4, 8)  # 1-4 whole bars, at most half the window
         assert len(suffix) <= 16  # a quarter of the window: the bars right after the gap
         assert " ".join(prefix + middle + suffix) in whole  # the end of the prefix, the gap, the suffix's opening
-    assert infill.training_examples(sonorities[:8], 0, [[0.0, 4, 4]], seed=3, window=64) == []  # one bar only
-    assert infill.training_examples(sonorities[:24], 0, [[0.0, 4, 4]], seed=3, window=128) == []  # too short
+    assert infill.training_examples(sonorities[:8], 0, time_signatures=[[0.0, 4, 4]], seed=3,
+                                    window=64) == []  # one bar only
+    assert infill.training_examples(sonorities[:24], 0, time_signatures=[[0.0, 4, 4]], seed=3,
+                                    window=128) == []  # too short
 
 
 def test_gap_mask_allows_only_durations_that_can_still_fill_the_gap_and_then_only_fim_end():
@@ -143,7 +145,7 @@ def test_prepared_data_holds_sentinels_and_fim_examples_that_the_stream_mixes_in
     assert info["settings"]["infill_window"] == 96
     examples = info["infill_examples"]["train"]
     assert all(0 < n <= infill.VARIANTS for n in examples)
-    files = run_lib.shard_paths(infill_run, "train", info)
+    files = run_lib.shard_paths(infill_run, "train", info=info)
     fim_ids = [vocabulary.index[t] for t in FIM]
 
     def sentinels(rate, seed):
@@ -318,8 +320,8 @@ def test_evaluate_reports_the_middle_nll_with_and_without_the_suffix(infill_run,
         1 - quality["nll_fim_masked"] / quality["nll_prefix_only_masked"])
     # One gap's FIM NLL recomputed from the model's own softmax, stepping through the sequence.
     vocabulary = run_lib.load_vocabulary(infill_run)
-    held_out = load_split(infill_run, "validation", vocabulary)
-    gap = evaluate_likelihood.infill_gaps(infill_run, held_out, vocabulary, seed=0)[0]
+    held_out = load_split(infill_run, "validation", vocabulary=vocabulary)
+    gap = evaluate_likelihood.infill_gaps(infill_run, held_out, vocabulary=vocabulary, seed=0)[0]
     assert gap["context"][0] == events.FIM_SUFFIX and gap["context"][-1] == events.FIM_MIDDLE
     # Fed from the start state, <fim_suffix> first (no <piece>), as generate --infill feeds it.
     sequence = vocabulary.encode(gap["context"] + gap["middle"])

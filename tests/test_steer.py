@@ -447,7 +447,7 @@ def test_evaluate_reports_requested_vs_realised_controls_from_the_pieces(control
     assert report["density"]["all_bins"]["in_bin"] == pytest.approx(np.trace(confusion) / len(pairs))
     vocabulary = generator.vocabulary
     counts = np.zeros(controls.DENSITY_BINS)
-    for _, ids in run_lib.read_split(controls_run, "train", vocabulary):
+    for _, ids in run_lib.read_split(controls_run, "train", vocabulary=vocabulary):
         for token in vocabulary.decode(ids):
             if token.startswith("density:"):
                 counts[int(token.split(":")[1])] += 1

@@ -260,7 +260,7 @@ def test_a_port_in_use_is_one_line_and_exit_1(capsys):
     port = taken.getsockname()[1]
     try:
         with pytest.raises(SystemExit) as exit_info:
-            studio_app.serve(argparse.ArgumentParser(prog="studio"), "127.0.0.1", port, None, "nothing")
+            studio_app.serve(argparse.ArgumentParser(prog="studio"), None, host="127.0.0.1", port=port, what="nothing")
     finally:
         taken.close()
     assert exit_info.value.code == 1
@@ -489,11 +489,11 @@ def test_from_another_machine_generate_uploads_and_results_need_the_admin_token(
 def test_listening_beyond_this_machine_prints_the_listeners_link_and_the_token():
     assert studio_app.is_loopback("127.0.0.1") and studio_app.is_loopback("::1")
     assert not studio_app.is_loopback("0.0.0.0") and not studio_app.is_loopback("192.168.1.20")
-    assert studio_app.share_lines("192.168.1.20", 8000, "T0K") == [
+    assert studio_app.share_lines("192.168.1.20", 8000, token="T0K") == [
         "studio: give listeners this link: http://192.168.1.20:8000/listen",
         "studio: admin token (generate, uploads, results from other machines): T0K",
         "studio: your page from another machine: http://192.168.1.20:8000/?token=T0K"]
-    lines = studio_app.share_lines("0.0.0.0", 8000, "T0K")
+    lines = studio_app.share_lines("0.0.0.0", 8000, token="T0K")
     assert lines[0].endswith(":8000/listen") and "0.0.0.0" not in lines[0]
 
 

@@ -41,7 +41,7 @@ def test_tiny_run_writes_the_whole_run_directory(tiny_run):
     assert metrics["val_perplexity"] == pytest.approx(np.exp(metrics["val_loss"]))
     # The held-out scores are those of the saved model over every position of the validation windows.
     model = run_lib.load_model(tiny_run)
-    windows = dataset.evaluation_dataset(run_lib.shard_paths(tiny_run, "validation", prepared), 32, batch_size=4,
+    windows = dataset.evaluation_dataset(run_lib.shard_paths(tiny_run, "validation", info=prepared), 32, batch_size=4,
                                          boundary_id=vocabulary.boundary_id)
     nll, hits, count = 0.0, 0, 0
     for x, y in windows.as_numpy_iterator():
@@ -440,10 +440,10 @@ def test_transposition_shifts_training_pieces_and_leaves_validation_as_it_is(tmp
                                    first_epoch=0)
 
     def shifted_pieces(split):
-        pieces = [vocabulary.decode(ids) for ids in dataset.read_pieces(run_lib.shard_paths(run_dir, split, info))]
+        pieces = [vocabulary.decode(ids) for ids in dataset.read_pieces(run_lib.shard_paths(run_dir, split, info=info))]
         shifted = {}
         for shift in range(-2, 3):
-            moved = [[events.transpose_token(t, shift, "note") for t in piece] for piece in pieces]
+            moved = [[events.transpose_token(t, shift, representation="note") for t in piece] for piece in pieces]
             shifted[shift] = [" " + " ".join(piece) + " " for piece in moved if None not in piece]
         return shifted
 
@@ -478,8 +478,8 @@ def test_min_count_turns_rare_tokens_into_unk_in_the_vocabulary_and_the_data(pre
     full_info = run_lib.load_prepared(prepared)
 
     def pieces(directory, split, split_info, vocabulary):
-        return [vocabulary.decode(ids) for ids in dataset.read_pieces(run_lib.shard_paths(directory, split,
-                                                                                          split_info))]
+        paths = run_lib.shard_paths(directory, split, info=split_info)
+        return [vocabulary.decode(ids) for ids in dataset.read_pieces(paths)]
 
     counts = collections.Counter(t for piece in pieces(prepared, "train", full_info, full) for t in piece)
     rare = {token for token, count in counts.items() if count < 3}

@@ -72,8 +72,8 @@ def main(argv=None):
         print(f"python -m keras_music.studio: error: {error}", file=sys.stderr)
         cli.finish(cli.USAGE_EXIT)
     if args.web_export is not None:
-        serve(parser, args.host, args.port, create_web_app(args.web_export),
-              f"web export {os.path.realpath(web_export.site_directory(args.web_export))}")
+        serve(parser, create_web_app(args.web_export), host=args.host, port=args.port,
+              what=f"web export {os.path.realpath(web_export.site_directory(args.web_export))}")
         cli.finish(0)
     beside = os.path.dirname(os.path.realpath(args.run_dir[0]))
     with cli.user_errors(parser):
@@ -87,8 +87,8 @@ def main(argv=None):
         studio = Studio(args.run_dir, args.out or os.path.join(beside, "studio"),
                         db=args.db or os.path.join(beside, listening.DB_NAME), settings=settings)
         token = None if is_loopback(args.host) else secrets.token_urlsafe(18)
-        serve(parser, args.host, args.port, create_app(studio, admin_token=token),
-              f"runs: {', '.join(studio.runs)}; votes: {studio.store.path}", token)
+        serve(parser, create_app(studio, admin_token=token), host=args.host, port=args.port,
+              what=f"runs: {', '.join(studio.runs)}; votes: {studio.store.path}", token=token)
     cli.finish(0)
 
 
@@ -112,7 +112,7 @@ def reachable_address(host: str) -> str:
         return socket.gethostname()
 
 
-def share_lines(host: str, port: int, token: str) -> list[str]:
+def share_lines(host: str, port: int, *, token: str) -> list[str]:
     """What the studio prints when it listens beyond this machine: the listeners' link and the owner's."""
     address = reachable_address(host)
     base = f"http://{address if ':' not in address else f'[{address}]'}:{port}"
@@ -121,7 +121,7 @@ def share_lines(host: str, port: int, token: str) -> list[str]:
             f"studio: your page from another machine: {base}/?token={token}"]
 
 
-def serve(parser, host: str, port: int, app, what: str, token: str | None = None) -> None:
+def serve(parser, app, *, host: str, port: int, what: str, token: str | None = None) -> None:
     # Bind the socket here so a port in use is a one-line error and --port 0 can print the real port.
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -133,6 +133,6 @@ def serve(parser, host: str, port: int, app, what: str, token: str | None = None
     bound, port = sock.getsockname()[:2]
     print(f"studio: http://{bound if ':' not in bound else f'[{bound}]'}:{port}/ ({what})", flush=True)
     if token:
-        print("\n".join(share_lines(host, port, token)), flush=True)
+        print("\n".join(share_lines(host, port, token=token)), flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     server.run(sockets=[sock])

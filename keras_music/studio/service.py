@@ -70,14 +70,15 @@ def _requested_controls(body: dict) -> ControlSettings:
     return ControlSettings(**out)
 
 
-def _sampling_of(body: dict, vocabulary_size: int, max_length: int | None = None) -> SamplingSettings:
+def _sampling_of(body: dict, vocabulary_size: int, *, max_length: int | None = None) -> SamplingSettings:
     """The temperature, top-k and top-p of a request body (and, given `max_length`, its length and min_length)."""
-    settings = {"temperature": _number(body, "temperature", defaults.TEMPERATURE, 0.0, 5.0),
-                "top_k": int(_number(body, "top_k", defaults.TOP_K, 0, vocabulary_size, integer=True)),
-                "top_p": _number(body, "top_p", defaults.TOP_P, 1e-6, 1.0)}
+    settings = {"temperature": _number(body, "temperature", default=defaults.TEMPERATURE, low=0.0, high=5.0),
+                "top_k": int(_number(body, "top_k", default=defaults.TOP_K, low=0, high=vocabulary_size, integer=True)),
+                "top_p": _number(body, "top_p", default=defaults.TOP_P, low=1e-6, high=1.0)}
     if max_length is not None:
-        settings["length"] = int(_number(body, "length", defaults.LENGTH, 1, max_length, integer=True))
-        settings["min_length"] = int(_number(body, "min_length", defaults.MIN_LENGTH, 0, max_length, integer=True))
+        settings["length"] = int(_number(body, "length", default=defaults.LENGTH, low=1, high=max_length, integer=True))
+        settings["min_length"] = int(_number(body, "min_length", default=defaults.MIN_LENGTH, low=0, high=max_length,
+                                             integer=True))
     return SamplingSettings(**settings)
 
 
@@ -192,8 +193,10 @@ class Studio:
                 "controls": _controls_of(generator),
                 "infill": events.FIM_MIDDLE in generator.vocabulary.index,
                 "metrics": _scalars(metrics), "evaluation": _scalars(evaluation),
-                "summary": summary.summarize_run(label, generator.representation, len(generator.vocabulary),
-                                                 held_out, metrics, evaluation, defaults.TEMPERATURE),
+                "summary": summary.summarize_run(label, generator.representation,
+                                                 vocabulary_size=len(generator.vocabulary),
+                                                 held_out=held_out, metrics=metrics, evaluation=evaluation,
+                                                 recommended=defaults.TEMPERATURE),
                 "details": [summary.records(metrics, "Training"), summary.records(evaluation, "Evaluation")],
                 "curves_url": (f"/runs/{label}/{run_lib.TRAINING_CURVES}"
                                if os.path.isfile(run_lib.path(run_dir, run_lib.TRAINING_CURVES)) else None),
@@ -214,8 +217,8 @@ class Studio:
     def generate(self, body: dict) -> dict:
         label = self.run_label(body.get("run"))
         generator = self.generators[label]
-        sampling = _sampling_of(body, len(generator.vocabulary), self.max_length)
-        seed = int(_number(body, "seed", random.randrange(2 ** 31), 0, 2 ** 31 - 1, integer=True))
+        sampling = _sampling_of(body, len(generator.vocabulary), max_length=self.max_length)
+        seed = int(_number(body, "seed", default=random.randrange(2 ** 31), low=0, high=2 ** 31 - 1, integer=True))
         primer = body.get("primer", "held_out")
         asked = _requested_controls(body)
         try:
@@ -246,17 +249,17 @@ class Studio:
             return pieces[0], paths, sampled - started, time.perf_counter() - sampled
 
         piece, paths, sample_seconds, write_seconds = self.exclusive(work)
-        answer = self._answer(piece_id, label, seed, piece, paths, generator)
+        answer = self._answer(piece_id, label, seed=seed, piece=piece, paths=paths, generator=generator)
         answer["timing"] = {"sample_seconds": round(sample_seconds, 3), "write_seconds": round(write_seconds, 3)}
         return answer
 
-    def _answer(self, piece_id: str, label: str, seed: int, piece, paths, generator) -> dict:
+    def _answer(self, piece_id: str, label: str, *, seed: int, piece, paths, generator) -> dict:
         """What /api/generate and /api/infill answer about a piece written to `paths`: its numbers, notes and files.
 
         `bars` is how many bars /api/infill counts in the piece's MIDI file (laid out from the start of
         its timeline up to its last note's end); `start` is where its notes begin on that timeline."""
         names = {os.path.splitext(p)[1]: os.path.basename(p) for p in paths}
-        self._hide_paths(os.path.join(os.path.dirname(paths[0]), names[".json"]), label, generator)
+        self._hide_paths(os.path.join(os.path.dirname(paths[0]), names[".json"]), label, generator=generator)
         base = f"/files/pieces/{piece_id}/"
         with open(os.path.join(os.path.dirname(paths[0]), names[".ogg"]), "rb") as handle:
             seconds = audio_lib.duration(handle.read())
@@ -290,7 +293,7 @@ class Studio:
                               f"{events.FIM_MIDDLE}), so it cannot fill bars: serve a run trained with "
                               "data.infill_rate > 0")
         sampling = _sampling_of(body, len(generator.vocabulary))
-        seed = int(_number(body, "seed", random.randrange(2 ** 31), 0, 2 ** 31 - 1, integer=True))
+        seed = int(_number(body, "seed", default=random.randrange(2 ** 31), low=0, high=2 ** 31 - 1, integer=True))
         source, bars = body.get("piece"), body.get("bars")
         if isinstance(source, str) and source.startswith("upload:"):
             item = source.partition(":")[2]
@@ -323,11 +326,11 @@ class Studio:
                                           soundfont=self.soundfont)
 
         piece, paths = self.exclusive(work)
-        answer = self._answer(piece_id, label, seed, piece, paths, generator)
+        answer = self._answer(piece_id, label, seed=seed, piece=piece, paths=paths, generator=generator)
         answer["events"] = events.count_events(piece.tokens)  # the filled bars' (the rest is the source's)
         return answer
 
-    def _hide_paths(self, record_path: str, label: str, generator) -> None:
+    def _hide_paths(self, record_path: str, label: str, *, generator) -> None:
         """The piece's JSON record as served: the run by its label, and no path of this machine in it."""
         record = storage.read_json(record_path)
         public = ((generator.run_dir, f"run {label}"), (self.out_dir, "studio"))
@@ -383,7 +386,7 @@ class Studio:
 
     # ------------------------------------------------------------------ files
 
-    def output_file(self, area: str, item: str, name: str) -> str:
+    def output_file(self, area: str, item: str, *, name: str) -> str:
         if area != "pieces" or not ID.match(item) or not FILE_NAME.match(name):
             raise StudioError("not found", 404)
         path = os.path.realpath(os.path.join(self.out_dir, area, item, name))
@@ -425,8 +428,9 @@ class Studio:
         name = f"{first.name} vs {second.name}"
         if name not in self._kinds:  # registered once per process: a pair costs one write, its own
             kind = "real" if first.temperature is None else "prefer"
-            self.store.add_comparison(name, kind, first.name, second.name, os.path.realpath(self.runs[first.run]),
-                                      os.path.realpath(self.runs[second.run]))
+            self.store.add_comparison(name, kind, first=first.name, second=second.name,
+                                      first_dir=os.path.realpath(self.runs[first.run]),
+                                      second_dir=os.path.realpath(self.runs[second.run]))
             self._kinds[name] = kind
         return name, first, second
 
@@ -454,7 +458,7 @@ class Studio:
             raise StudioError(f"busy: the excerpts of {' and '.join(missing)} are still being rendered; "
                               "try again in a few seconds", 503)
         first_is = random.choice("ab")
-        pair = self.store.add_pair(name, first_id, second_id, first_is, listener)
+        pair = self.store.add_pair(name, first_id, second_stimulus=second_id, first_is=first_is, listener=listener)
         self._wake.set()  # top the pool up behind this listener
         return {"pair_id": pair, "comparison": name,
                 "question": "Which one is the human?" if self._kinds[name] == "real" else "Which do you prefer?",
@@ -534,7 +538,7 @@ class Studio:
         quarters = Fraction(max(1, round(self.ab_seconds * self.ab_tempo / 60)))
         step = Fraction(generator.config.data.classic_step).limit_denominator(generator.config.data.grid)
         if side.temperature is None:
-            candidates = [events.tokens_to_sonorities(p, generator.representation, step)
+            candidates = [events.tokens_to_sonorities(p, generator.representation, classic_step=step)
                           for p in generator.held_out_pieces()]
             candidates = [c for c in candidates if c]
             if not candidates:
@@ -549,9 +553,10 @@ class Studio:
                 piece = generator.generate(1, sampling, seed=random.randrange(2 ** 31), primer_tokens=[])[0]
             sonorities = piece.sonorities
         sonorities = trim(sonorities, quarters)
-        return self._write_stimulus(side, generator, sonorities, float(quarters) * 60 / self.ab_tempo)
+        return self._write_stimulus(side, generator, sonorities=sonorities,
+                                    seconds=float(quarters) * 60 / self.ab_tempo)
 
-    def _write_stimulus(self, side: Side, generator, sonorities, seconds: float) -> str:
+    def _write_stimulus(self, side: Side, generator, *, sonorities, seconds: float) -> str:
         piece = Piece(tokens=[], primer_tokens=[], ids=[], sonorities=sonorities,
                       notes=events.sonorities_to_notes(sonorities), primer_events=0, stop_reason="length",
                       repairs={}, settings={"side": side.name})
@@ -564,7 +569,7 @@ class Studio:
         sound = audio_lib.render_file(midi, os.path.splitext(midi)[0] + ".ogg", "ogg", self.soundfont, seconds)
         with open(sound, "rb") as handle:
             seconds = audio_lib.duration(handle.read())
-        return self.store.add_stimulus(side.name, os.path.relpath(sound, self.out_dir), seconds)
+        return self.store.add_stimulus(side.name, os.path.relpath(sound, self.out_dir), seconds=seconds)
 
     def pair_audio(self, pair: str, side: str) -> str:
         self._last_request = time.monotonic()
@@ -626,7 +631,7 @@ def _scalars(record) -> dict:
     return dict(list(out.items())[:40])
 
 
-def _number(body: dict, key: str, default, low, high, integer: bool = False):
+def _number(body: dict, key: str, *, default, low, high, integer: bool = False):
     value = body.get(key, default)
     if value is None:
         value = default
