@@ -139,9 +139,9 @@ def render(midi_bytes: bytes, fmt: str = DEFAULT_FORMAT, *, soundfont: str | Non
     samples, rate = soundfile.read(io.BytesIO(wave), dtype="int16")
     out = io.BytesIO()
     if fmt == "ogg":
-        soundfile.write(out, samples, replace=rate, format="OGG", subtype="OPUS")
+        soundfile.write(out, samples, rate, format="OGG", subtype="OPUS")
     else:
-        soundfile.write(out, samples, replace=rate, format="FLAC", subtype="PCM_16")
+        soundfile.write(out, samples, rate, format="FLAC", subtype="PCM_16")
     return out.getvalue()
 
 

@@ -143,7 +143,7 @@ class Vocabulary:
                                                    for c in counts) or len(counts) not in (0, len(tokens)):
             raise VocabularyError(f"{source}: \"counts\" must list one integer >= 0 per token")
         try:
-            vocabulary = cls(tokens, representation, dict(zip(tokens, counts)), float(step))
+            vocabulary = cls(tokens, representation, counts=dict(zip(tokens, counts)), classic_step=float(step))
         except VocabularyError as error:
             raise VocabularyError(f"{source}: {error}") from None
         return vocabulary

@@ -208,5 +208,5 @@ def test_report_only_adds_the_votes_gathered_since_without_retraining(study, tmp
 def test_report_only_needs_a_finished_study(tmp_path, capsys):
     assert run_main(["--report-only"]) == 2
     assert "argument --report-only: needs --out DIR" in capsys.readouterr().err
-    assert run_main(["--report-only", "--out", str(tmp_path)]) == 2
+    assert run_main(["--report-only", "--out", str(tmp_path)]) == 1  # a missing study is an error, not a usage one
     assert "--report-only re-renders the report of a study that finished" in capsys.readouterr().err

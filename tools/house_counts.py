@@ -10,8 +10,8 @@ import sys
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "keras_music"
 
 
-def module_name(path: pathlib.Path) -> str:
-    parts = path.relative_to(PACKAGE).with_suffix("").parts
+def module_name(path: pathlib.Path, package: pathlib.Path = PACKAGE) -> str:
+    parts = path.relative_to(package).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -33,7 +33,7 @@ def count(package: pathlib.Path = PACKAGE) -> dict[str, list[str]]:
     """Each habit's places, as 'module:line name' strings."""
     found = {"long_parameter_lists": [], "positional_calls": [], "dicts_between_modules": [],
              "function_imports": []}
-    trees = {module_name(p): ast.parse(p.read_text()) for p in sorted(package.rglob("*.py"))}
+    trees = {module_name(p, package): ast.parse(p.read_text()) for p in sorted(package.rglob("*.py"))}
     # Which public dict-returning functions are named from another module (as module.function or imported).
     dict_functions: dict[str, tuple[str, int]] = {}
     for module, tree in trees.items():
@@ -79,8 +79,13 @@ def count(package: pathlib.Path = PACKAGE) -> dict[str, list[str]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--list", action="store_true", help="list every place, not only the counts")
+    parser.add_argument("--package", type=pathlib.Path, default=PACKAGE,
+                        help="the package directory to count (default: this checkout's keras_music; e.g. an older "
+                             "commit's, unpacked with `git archive COMMIT keras_music | tar -x -C DIR`)")
     args = parser.parse_args(argv)
-    for habit, places in count().items():
+    if not (args.package / "__init__.py").is_file():
+        parser.error(f"--package {args.package}: not a package directory (expected an __init__.py in it)")
+    for habit, places in count(args.package.resolve()).items():
         print(f"{habit}: {len(places)}")
         if args.list:
             for place in places:
