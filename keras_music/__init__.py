@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from importlib import metadata
 
@@ -18,15 +19,19 @@ _PUBLIC = {
     "Generator": ("keras_music.generate", "Generator"),
     "evaluate_run": ("keras_music.evaluate", "evaluate_run"),
     "export_run": ("keras_music.export", "export"),
+    # The settings objects those calls take.
+    "SamplingSettings": ("keras_music.sampling", "SamplingSettings"),
+    "ControlSettings": ("keras_music.controls", "ControlSettings"),
+    "EvaluationSettings": ("keras_music.evaluate_music", "EvaluationSettings"),
+    "ExportSettings": ("keras_music.export", "ExportSettings"),
 }
-__all__ = ["Config", "load_config", "train", "Generator", "evaluate_run", "export_run", "EnvironmentMismatch",
-           "KerasMusicError", "__version__"]
+__all__ = ["Config", "load_config", "train", "Generator", "evaluate_run", "export_run", "SamplingSettings",
+           "ControlSettings", "EvaluationSettings", "ExportSettings", "EnvironmentMismatch", "KerasMusicError", "__version__"]
 
 
 def __getattr__(name: str):
     if name not in _PUBLIC:
         raise AttributeError(f"module 'keras_music' has no attribute {name!r}")
-    import importlib
 
     module_name, attribute = _PUBLIC[name]
     module = importlib.import_module(module_name)
@@ -91,7 +96,6 @@ def check_tensorflow_io() -> None:
     global _io_checked
     if _io_checked:
         return
-    import importlib
 
     require_tensorflow()
     import tensorflow as tf

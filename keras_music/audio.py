@@ -7,6 +7,10 @@ import importlib.util
 import io
 import os
 
+import midirenderer
+import mido
+import soundfile
+
 from keras_music import storage
 from keras_music.errors import KerasMusicError
 
@@ -64,14 +68,13 @@ def soundfont_bytes(path: str | None = None) -> bytes:
     return _soundfont_bytes(str(path) if path else default_soundfont())
 
 
-def with_release_tail(midi_bytes: bytes, seconds: float = RELEASE_SECONDS, end_seconds: float | None = None) -> bytes:
+def with_release_tail(midi_bytes: bytes, seconds: float = RELEASE_SECONDS, *,
+                      end_seconds: float | None = None) -> bytes:
     """The MIDI with every track's end moved `seconds` past the file's end (at the tempo in force there).
 
     `end_seconds` puts the end there instead of at the file's own end (writers pad differently,
     and excerpts compared with each other must last exactly as long).
     """
-    import mido
-
     try:
         midi = mido.MidiFile(file=io.BytesIO(bytes(midi_bytes)))
     except Exception as error:  # mido raises OSError, EOFError, ValueError, KeyError for damaged files
@@ -111,10 +114,8 @@ def with_release_tail(midi_bytes: bytes, seconds: float = RELEASE_SECONDS, end_s
     return out.getvalue()
 
 
-def render_wave(midi_bytes: bytes, soundfont: str | None = None, end_seconds: float | None = None) -> bytes:
+def render_wave(midi_bytes: bytes, soundfont: str | None = None, *, end_seconds: float | None = None) -> bytes:
     """16-bit 48 kHz stereo WAV of the MIDI plus RELEASE_SECONDS for its last notes to ring out."""
-    import midirenderer
-
     sf2 = soundfont_bytes(soundfont)
     midi_bytes = with_release_tail(midi_bytes, end_seconds=end_seconds)
     try:
@@ -123,16 +124,15 @@ def render_wave(midi_bytes: bytes, soundfont: str | None = None, end_seconds: fl
         raise AudioError(f"cannot render the MIDI with {soundfont or DEFAULT_SOUNDFONT_NAME}: {error}") from None
 
 
-def render(midi_bytes: bytes, fmt: str = DEFAULT_FORMAT, soundfont: str | None = None,
+def render(midi_bytes: bytes, fmt: str = DEFAULT_FORMAT, *, soundfont: str | None = None,
            end_seconds: float | None = None) -> bytes:
     """The MIDI rendered and encoded as `fmt` (ogg, wav or flac); `end_seconds` cuts or pads it to that length."""
     fmt = check_format(fmt)
     if fmt == NONE:
         raise AudioError("audio format 'none' renders nothing")
-    wave = render_wave(midi_bytes, soundfont, end_seconds)
+    wave = render_wave(midi_bytes, soundfont, end_seconds=end_seconds)
     if fmt == "wav":
         return wave
-    import soundfile
 
     # midirenderer's own Opus path is slower (about 1.4x here), twice the size at any bitrate
     # setting, and trims samples; libsndfile encodes the exact rendered samples.
@@ -148,13 +148,12 @@ def render(midi_bytes: bytes, fmt: str = DEFAULT_FORMAT, soundfont: str | None =
 def render_file(midi_path: str, out_path: str, fmt: str = DEFAULT_FORMAT, soundfont: str | None = None,
                 end_seconds: float | None = None) -> str:
     """Render the MIDI file at `midi_path` into `out_path` (written atomically); returns `out_path`."""
-    storage.write_bytes(out_path, render(storage.read_bytes(midi_path), fmt, soundfont, end_seconds))
+    storage.write_bytes(out_path, render(storage.read_bytes(midi_path), fmt, soundfont=soundfont,
+                                         end_seconds=end_seconds))
     return out_path
 
 
 def duration(data: bytes) -> float:
     """Seconds of audio in encoded bytes (any format libsndfile reads)."""
-    import soundfile
-
     info = soundfile.info(io.BytesIO(data))
     return info.frames / info.samplerate

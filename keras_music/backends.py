@@ -1,4 +1,4 @@
-"""The model one token at a time: step(token_ids, state) -> (probabilities, state) for Keras, SavedModel and TFLite."""
+"""One token at a time: step(token_ids, lstm_state) -> (probabilities, lstm_state) for Keras, SavedModel and TFLite."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _export_missing(path: str, run_dir: str) -> BackendError:
     return BackendError(f"{path} is missing: export the run first with {run_lib.export_command(run_dir)}")
 
 
-def _no_step_signature(path: str, found, run_dir: str) -> BackendError:
+def _no_step_signature(path: str, found, *, run_dir: str) -> BackendError:
     return BackendError(f"{path} has no `step` signature (found {sorted(found)}): "
                         f"re-export with {run_lib.export_command(run_dir)}")
 
@@ -31,7 +31,7 @@ class KerasBackend:
 
     name = "keras"
 
-    def __init__(self, run_dir: str | None, vocabulary: Vocabulary | None = None, model=None):
+    def __init__(self, run_dir: str | None, vocabulary: Vocabulary | None = None, *, model=None):
         from keras_music import model as model_lib
 
         self.model = model if model is not None else run_lib.load_model(run_dir, vocabulary)
@@ -42,8 +42,8 @@ class KerasBackend:
     def initial_state(self, batch: int) -> np.ndarray:
         return self.step_model.initial_state(batch)
 
-    def step(self, token_ids, state):
-        return self.step_model.step(np.asarray(token_ids, np.int32), np.asarray(state, np.float32))
+    def step(self, token_ids, lstm_state):
+        return self.step_model.step(np.asarray(token_ids, np.int32), np.asarray(lstm_state, np.float32))
 
 
 class SavedModelBackend:
@@ -55,14 +55,14 @@ class SavedModelBackend:
 
     name = "savedmodel"
 
-    def __init__(self, run_dir: str, path: str | None = None, loaded=None):
+    def __init__(self, run_dir: str, path: str | None = None, *, loaded=None):
         require_tensorflow()
         import tensorflow as tf
 
         self.path = path or run_lib.path(run_dir, run_lib.EXPORT, run_lib.SAVED_MODEL)
         self.loaded = loaded if loaded is not None else _load_saved_model(run_dir, self.path, checked=path is None)
         if "step" not in self.loaded.signatures:
-            raise _no_step_signature(self.path, self.loaded.signatures, run_dir)
+            raise _no_step_signature(self.path, self.loaded.signatures, run_dir=run_dir)
         self._step = self.loaded.signatures["step"]
         state_spec = self._step.structured_input_signature[1]["state"]
         self.state_shape = tuple(int(d) for d in state_spec.shape[1:])
@@ -72,14 +72,14 @@ class SavedModelBackend:
     def initial_state(self, batch: int) -> np.ndarray:
         return np.zeros((batch,) + self.state_shape, np.float32)
 
-    def step(self, token_ids, state):
+    def step(self, token_ids, lstm_state):
         tf = self._tf
         out = self._step(token=tf.constant(np.asarray(token_ids, np.int32)),
-                         state=tf.constant(np.asarray(state, np.float32)))
+                         state=tf.constant(np.asarray(lstm_state, np.float32)))
         return out["probabilities"].numpy(), out["next_state"].numpy()
 
 
-def _load_saved_model(run_dir: str, path: str, checked: bool):
+def _load_saved_model(run_dir: str, path: str, *, checked: bool):
     """tf.saved_model.load, after checking the files against the export report when `checked`."""
     require_tensorflow()
     import tensorflow as tf
@@ -110,7 +110,7 @@ class TFLiteBackend:
 
     name = "tflite"
 
-    def __init__(self, run_dir: str, file: str = run_lib.TFLITE_FILES["none"], path: str | None = None):
+    def __init__(self, run_dir: str, file: str = run_lib.TFLITE_FILES["none"], *, path: str | None = None):
         self.path = path or run_lib.path(run_dir, run_lib.EXPORT, file)
         if not storage.exists(self.path):
             raise _export_missing(self.path, run_dir)
@@ -125,7 +125,7 @@ class TFLiteBackend:
                                f"{run_lib.export_command(run_dir)}") from None
         signatures = self.interpreter.get_signature_list()
         if "step" not in signatures:
-            raise _no_step_signature(self.path, signatures, run_dir)
+            raise _no_step_signature(self.path, signatures, run_dir=run_dir)
         self.runner = self.interpreter.get_signature_runner("step")
         inputs = self.runner.get_input_details()
         outputs = self.runner.get_output_details()
@@ -135,18 +135,18 @@ class TFLiteBackend:
     def initial_state(self, batch: int) -> np.ndarray:
         return np.zeros((batch,) + self.state_shape, np.float32)
 
-    def step(self, token_ids, state):
+    def step(self, token_ids, lstm_state):
         token_ids = np.asarray(token_ids, np.int32)
-        state = np.asarray(state, np.float32)
+        lstm_state = np.asarray(lstm_state, np.float32)
         if len(token_ids) == 1:  # what the signature takes as is (and what a speed measurement times)
-            out = self.runner(token=token_ids, state=state)
+            out = self.runner(token=token_ids, state=lstm_state)
             return out["probabilities"], out["next_state"]
         probabilities = np.empty((len(token_ids), self.vocabulary_size), np.float32)
-        next_state = np.empty_like(state)
+        next_state = np.empty_like(lstm_state)
         # The exported TFLite signature has its batch fixed to 1 (what a phone app
         # runs), so a batch is stepped one row at a time here.
         for row in range(len(token_ids)):
-            out = self.runner(token=token_ids[row:row + 1], state=state[row:row + 1])
+            out = self.runner(token=token_ids[row:row + 1], state=lstm_state[row:row + 1])
             probabilities[row] = out["probabilities"][0]
             next_state[row] = out["next_state"][0]
         return probabilities, next_state
@@ -161,7 +161,7 @@ def _check_exported_vocabulary(run_dir: str, vocabulary: Vocabulary | None) -> N
                            f"re-export with {run_lib.export_command(run_dir)}")
 
 
-def make_backend(run_dir: str, backend: str, vocabulary: Vocabulary | None = None):
+def make_backend(run_dir: str, backend: str, *, vocabulary: Vocabulary | None = None):
     """The run's model as `backend` (one of BACKENDS); an export is checked against the run's vocabulary first."""
     if backend == "keras":
         return KerasBackend(run_dir, vocabulary)

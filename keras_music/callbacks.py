@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -83,24 +84,34 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def progress_line(epoch: int, epochs: int, step: int, steps: int, tokens_per_second: float, loss: float | None,
-                  epoch_eta: float, budget_left: float | None) -> str:
-    """One line saying where training is: step of epoch, speed, loss and what is left."""
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """Where training is: step `step` of `steps` in epoch `epoch` of `epochs`, both counted from 1."""
+
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+
+
+def progress_line(position: Position, *, tokens_per_second: float, loss: float | None, epoch_eta: float,
+                  budget_left: float | None) -> str:
+    """One line saying where training is: step of epoch, speed, loss and what is left (seconds)."""
     budget = f"budget left {_clock(budget_left)}" if budget_left is not None else "no time budget"
     loss_text = f"loss {loss:.4f}" if loss is not None else "loss n/a"
-    return (f"epoch {epoch}/{epochs} step {step}/{steps} | {tokens_per_second:,.0f} tokens/s | {loss_text} | "
-            f"epoch ends in {_clock(epoch_eta)} | {budget}")
+    return (f"epoch {position.epoch}/{position.epochs} step {position.step}/{position.steps} | "
+            f"{tokens_per_second:,.0f} tokens/s | {loss_text} | epoch ends in {_clock(epoch_eta)} | {budget}")
 
 
 class ProgressDisplay:
     """The progress line on stderr: redrawn a few times a second in a terminal, every tenth of an epoch in a log."""
 
-    def __init__(self, epochs: int, steps_per_epoch: int, tokens_per_step: int):
+    def __init__(self, epochs: int, steps_per_epoch: int, *, tokens_per_step: int):
         self.epochs, self.steps_per_epoch, self.tokens_per_step = epochs, steps_per_epoch, tokens_per_step
         self.interactive = sys.stderr.isatty()
         self.shown = 0.0
 
-    def show(self, epoch: int, steps: int, epoch_seconds: float, now: float, loss, budget_left: float | None):
+    def show(self, epoch: int, steps: int, *, epoch_seconds: float, now: float, loss, budget_left: float | None):
         last = steps == self.steps_per_epoch
         if self.interactive:
             due = last or now - self.shown >= 0.25
@@ -111,16 +122,16 @@ class ProgressDisplay:
         self.shown = now
         seconds = max(epoch_seconds, 1e-9)
         speed = steps * self.tokens_per_step / seconds
-        line = progress_line(epoch + 1, self.epochs, steps, self.steps_per_epoch, speed,
-                             None if loss is None else float(loss), (self.steps_per_epoch - steps) * seconds / steps,
-                             budget_left)
+        line = progress_line(Position(epoch + 1, self.epochs, steps, self.steps_per_epoch), tokens_per_second=speed,
+                             loss=None if loss is None else float(loss),
+                             epoch_eta=(self.steps_per_epoch - steps) * seconds / steps, budget_left=budget_left)
         sys.stderr.write(("\r" + line + "\033[K" + ("\n" if last else "")) if self.interactive else line + "\n")
         sys.stderr.flush()
 
 
 # ----------------------------------------------------------------------------- one epoch's record
 
-def epoch_record(logs: dict, epoch: int, steps: int, seconds: float, tokens_per_step: int,
+def epoch_record(logs: dict, epoch: int, *, steps: int, seconds: float, tokens_per_step: int,
                  learning_rate: float) -> dict:
     """Keras' epoch logs plus perplexities, steps, speed, the epoch number, its seconds and learning rate."""
     logs = dict(logs or {})
@@ -148,31 +159,31 @@ def epoch_line(record: dict) -> str:
 class Backups:
     """checkpoints/best.keras, and backup/: the newest model with finite weights plus state.json to resume from."""
 
-    def __init__(self, run_dir: str, config, metadata: dict | None = None, model_name: str | None = None):
+    def __init__(self, run_dir: str, config, *, metadata: dict | None = None, model_name: str | None = None):
         self.run_dir, self.config, self.metadata = run_dir, config, metadata
         self.directory = run_lib.path(run_dir, run_lib.BACKUP)
         self.model_name = model_name  # the newest backup with finite weights
 
     def save_best(self, model) -> None:
         with storage.atomic_local_path(run_lib.path(self.run_dir, *run_lib.BEST_CHECKPOINT)) as tmp:
-            model_lib.save_model(model, tmp, self.metadata)
+            model_lib.save_model(model, tmp, metadata=self.metadata)
 
-    def write(self, model, next_epoch: int, progress: dict, save_weights: bool = True) -> None:
+    def write(self, model, next_epoch: int, *, progress: dict, save_weights: bool = True) -> None:
         """Back up the model (unless its weights are not finite) and `progress`, the record to resume from.
 
-        The model file (weights + optimizer) goes first, the state file last: a kill
+        The model file (weights + optimizer) goes first, state.json last: a kill
         between them resumes from the previous complete backup.
         """
         storage.makedirs(self.directory)
         if save_weights:
             name = run_lib.backup_model_name(next_epoch)
             with storage.atomic_local_path(storage.join(self.directory, name)) as tmp:
-                model_lib.save_model(model, tmp, self.metadata)
+                model_lib.save_model(model, tmp, metadata=self.metadata)
             self.model_name = name
-        state = {"next_epoch": next_epoch, "model": self.model_name, **progress,
-                 "config": config_lib.to_dict(self.config),
-                 "vocabulary_fingerprint": (self.metadata or {}).get("vocabulary_fingerprint")}
-        storage.write_json(storage.join(self.directory, run_lib.BACKUP_STATE), state)
+        backup: run_lib.BackupRecord = {"next_epoch": next_epoch, "model": self.model_name, **progress,
+                                        "config": config_lib.to_dict(self.config),
+                                        "vocabulary_fingerprint": (self.metadata or {}).get("vocabulary_fingerprint")}
+        storage.write_json(storage.join(self.directory, run_lib.BACKUP_RECORD), backup)
         for old in storage.listdir(self.directory):
             if old.startswith(run_lib.BACKUP_MODEL_PREFIX) and old != self.model_name:
                 storage.remove(storage.join(self.directory, old))
@@ -180,7 +191,7 @@ class Backups:
 
 # ----------------------------------------------------------------------------- the run's callback
 
-def _set_seed_generators(model, seed: int, epoch: int) -> None:
+def _set_seed_generators(model, seed: int, *, epoch: int) -> None:
     # Dropout masks depend on each layer's seed-generator state; setting it from
     # (seed, epoch) makes every epoch reproducible whether or not the run resumed.
     for i, variable in enumerate(v for v in model.non_trainable_variables if "seed_generator" in v.path):
@@ -194,23 +205,23 @@ class RunProgress(keras.callbacks.Callback):
     `train.early_stopping_patience` epochs without a better validation loss.
     """
 
-    def __init__(self, config, run_dir: str, steps_per_epoch: int, initial_state: dict | None = None, log=print,
-                 show_progress: bool = False, metadata: dict | None = None):
+    def __init__(self, config, run_dir: str, *, steps_per_epoch: int, backup: run_lib.BackupRecord | None = None,
+                 log=print, show_progress: bool = False, metadata: dict | None = None):
         super().__init__()
-        state = initial_state or {}
+        backup = backup or {}
         self.train, self.steps_per_epoch, self.log = config.train, steps_per_epoch, log
         self.tokens_per_step = config.train.batch_size * config.data.seq_length
         # JSON keeps NaN as null; back in Python it is NaN again.
-        self.history = [{k: (math.nan if v is None else v) for k, v in h.items()} for h in state.get("history", [])]
-        self.best = state.get("best", math.inf)
-        self.wait = state.get("wait", 0)
-        self.steps_done = state.get("steps_done", 0)
+        self.history = [{k: (math.nan if v is None else v) for k, v in h.items()} for h in backup.get("history", [])]
+        self.best = backup.get("best", math.inf)
+        self.wait = backup.get("wait", 0)
+        self.steps_done = backup.get("steps_done", 0)
         self.stopped = None  # completed | early_stopping | time_budget | nan_loss
         self.stopped_reason = None
-        self.budget = TimeBudget(config.train.time_budget_minutes, state.get("elapsed", 0.0))
-        self.backups = Backups(run_dir, config, metadata, state.get("model"))
+        self.budget = TimeBudget(config.train.time_budget_minutes, backup.get("elapsed", 0.0))
+        self.backups = Backups(run_dir, config, metadata=metadata, model_name=backup.get("model"))
         self.display = ProgressDisplay(config.train.epochs, steps_per_epoch,
-                                       self.tokens_per_step) if show_progress else None
+                                       tokens_per_step=self.tokens_per_step) if show_progress else None
         self.epoch, self.steps, self.epoch_started = 0, 0, time.time()
 
     def run_fraction(self) -> float:
@@ -234,7 +245,7 @@ class RunProgress(keras.callbacks.Callback):
         self.budget.start()
 
     def on_epoch_begin(self, epoch, logs=None):
-        _set_seed_generators(self.model, self.train.seed, epoch)
+        _set_seed_generators(self.model, self.train.seed, epoch=epoch)
         self.epoch, self.steps, self.epoch_started = epoch, 0, time.time()
         self._set_learning_rate()
 
@@ -246,12 +257,13 @@ class RunProgress(keras.callbacks.Callback):
             self._stop("time_budget", self.budget.reason())
         self._set_learning_rate()
         if self.display is not None:
-            self.display.show(self.epoch, self.steps, now - self.epoch_started, now, (logs or {}).get("loss"),
-                              self.budget.left(now))
+            self.display.show(self.epoch, self.steps, epoch_seconds=now - self.epoch_started, now=now,
+                              loss=(logs or {}).get("loss"), budget_left=self.budget.left(now))
 
     def on_epoch_end(self, epoch, logs=None):
-        record = epoch_record(logs, epoch, self.steps, time.time() - self.epoch_started, self.tokens_per_step,
-                              current_learning_rate(self.model.optimizer))
+        record = epoch_record(logs, epoch, steps=self.steps, seconds=time.time() - self.epoch_started,
+                              tokens_per_step=self.tokens_per_step,
+                              learning_rate=current_learning_rate(self.model.optimizer))
         self.history.append(record)
         loss, val_loss = record.get("loss", 0.0), record.get("val_loss", math.inf)
         diverged = not math.isfinite(loss) or math.isnan(val_loss)
@@ -268,16 +280,20 @@ class RunProgress(keras.callbacks.Callback):
             if patience and self.wait >= patience:
                 self._stop("early_stopping", f"no validation improvement for {self.wait} epochs")
         self.log(epoch_line(record))
-        self.backups.write(self.model, epoch + 1, {
+        self.backups.write(self.model, epoch + 1, progress={
             "history": self.history, "best": self.best, "wait": self.wait, "elapsed": self.budget.used(),
             "stopped": self.stopped, "stopped_reason": self.stopped_reason, "steps_done": self.steps_done},
             save_weights=not diverged)
 
 
-def make_callbacks(config, run_dir: str, steps_per_epoch: int, initial_state: dict | None, log,
+def make_callbacks(config, run_dir: str, *, steps_per_epoch: int, backup: run_lib.BackupRecord | None, log,
                    show_progress: bool = False, metadata: dict | None = None):
-    """(the RunProgress, every callback for `fit`: it, TerminateOnNaN and TensorBoard logs for a local run)."""
-    progress = RunProgress(config, run_dir, steps_per_epoch, initial_state, log, show_progress, metadata)
+    """(the RunProgress, every callback for `fit`: it, TerminateOnNaN and TensorBoard logs for a local run).
+
+    `backup` is the backup record an interrupted run resumes from (None: a new run).
+    """
+    progress = RunProgress(config, run_dir, steps_per_epoch=steps_per_epoch, backup=backup, log=log,
+                           show_progress=show_progress, metadata=metadata)
     callbacks = [progress, keras.callbacks.TerminateOnNaN()]
     if not storage.is_remote(run_dir):
         callbacks.append(keras.callbacks.TensorBoard(log_dir=run_lib.path(run_dir, run_lib.LOGS), update_freq="epoch",

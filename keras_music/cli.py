@@ -9,8 +9,11 @@ import math
 import os
 import shlex
 import sys
+import traceback
 
-from keras_music import errors
+from tqdm.auto import tqdm
+
+from keras_music import errors, storage
 
 # Errors a user can fix (bad input, config, data): printed as one line, no traceback.
 USAGE_EXIT = 2
@@ -81,8 +84,6 @@ def user_errors(parser: argparse.ArgumentParser):
         print(f"{parser.prog}: interrupted; rerun the same command to continue", file=sys.stderr)
         finish(130)
     except Exception as error:
-        from keras_music import storage
-
         message = tf_io_error(error)
         if message is not None:
             print(f"{parser.prog}: error: {message}", file=sys.stderr)
@@ -95,16 +96,12 @@ def user_errors(parser: argparse.ArgumentParser):
         if tf is not None and isinstance(error, tf.errors.OpError):
             print(f"{parser.prog}: error: {error.message}", file=sys.stderr)  # e.g. NoSuchBucket, AccessDenied
         else:
-            import traceback
-
             traceback.print_exc()
         finish(DATA_EXIT)
 
 
 def progress(iterable=None, show: bool = False, **kwargs):
     """A tqdm progress bar on stderr (results go to stdout), silent unless `show`."""
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, disable=not show, file=sys.stderr, **kwargs)
 
 
@@ -116,8 +113,6 @@ def finish(status: int = 0):
     already written and closed when a command reaches here, so flushing and leaving
     with os._exit keeps the true exit status.
     """
-    from keras_music import storage
-
     if storage.touched_remote():
         sys.stdout.flush()
         sys.stderr.flush()
@@ -125,7 +120,7 @@ def finish(status: int = 0):
     sys.exit(status)
 
 
-def number_type(name: str, convert, accept, expected: str, out_of_range: str = "expected {expected}, got {value}"):
+def number_type(name: str, convert, *, accept, expected: str, out_of_range: str = "expected {expected}, got {value}"):
     """An argparse type called `name`: `convert` the text (int or float), then keep the value if `accept(value)`.
 
     Text that does not convert is refused as "expected EXPECTED, got 'TEXT'"; a value that
@@ -145,17 +140,18 @@ def number_type(name: str, convert, accept, expected: str, out_of_range: str = "
     return parse
 
 
-positive_int = number_type("positive_int", int, lambda value: value >= 1, "a positive integer")
-non_negative_int = number_type("non_negative_int", int, lambda value: value >= 0, "an integer >= 0")
-temperature = number_type("temperature", float, lambda value: 0 <= value < math.inf, "a number >= 0",
-                          "temperature must be >= 0 (0 means greedy), got {text}")
-top_p = number_type("top_p", float, lambda value: 0 < value <= 1, "a number in (0, 1]",
-                    "top-p must be in (0, 1], got {text}")
+positive_int = number_type("positive_int", int, accept=lambda value: value >= 1, expected="a positive integer")
+non_negative_int = number_type("non_negative_int", int, accept=lambda value: value >= 0, expected="an integer >= 0")
+temperature = number_type("temperature", float, accept=lambda value: 0 <= value < math.inf, expected="a number >= 0",
+                          out_of_range="temperature must be >= 0 (0 means greedy), got {text}")
+top_p = number_type("top_p", float, accept=lambda value: 0 < value <= 1, expected="a number in (0, 1]",
+                    out_of_range="top-p must be in (0, 1], got {text}")
 
 
-def bounded_int(low: int, high: int, what: str = "an integer"):
+def bounded_int(low: int, high: int, *, what: str = "an integer"):
     """An argparse type for integers in [low, high]."""
-    return number_type(f"integer in {low}..{high}", int, lambda value: low <= value <= high, f"{what} in {low}..{high}")
+    return number_type(f"integer in {low}..{high}", int, accept=lambda value: low <= value <= high,
+                       expected=f"{what} in {low}..{high}")
 
 
 MATCHED = "matched"
@@ -172,8 +168,6 @@ def piece_length(text: str):
 
 
 def existing_run_dir(text: str) -> str:
-    from keras_music import storage
-
     if not storage.isdir(text):
         raise argparse.ArgumentTypeError(f"run directory {text} does not exist (train one with "
                                          "python -m keras_music.train, or use runs/latest)")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from keras_music import defaults
+from keras_music import storage
 from keras_music.errors import UsageError
 
 REPRESENTATIONS = ("note", "classic")
@@ -198,7 +199,7 @@ def number(key: str, value, integer: bool = False):
     raise ConfigError(f"{key}: expected {expected}, got {value!r}")
 
 
-def _coerce(key: str, value, annotation):
+def _coerce(key: str, value, *, annotation):
     """Convert `value` to the field type, or raise ConfigError naming the key."""
     expected = annotation
     if isinstance(expected, str):
@@ -223,7 +224,7 @@ def _coerce(key: str, value, annotation):
     raise ConfigError(f"{key}: unsupported field type {expected!r}")
 
 
-def _merge(config, updates: dict, prefix: str = ""):
+def _merge(config, updates: dict, *, prefix: str = ""):
     if not isinstance(updates, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {updates!r}")
     fields = {f.name: f for f in dataclasses.fields(config)}
@@ -235,9 +236,9 @@ def _merge(config, updates: dict, prefix: str = ""):
             raise ConfigError(f"unknown config key {key!r} (known keys: {known})")
         current = getattr(config, name)
         if dataclasses.is_dataclass(current):
-            changes[name] = _merge(current, value, key + ".")
+            changes[name] = _merge(current, value, prefix=key + ".")
         else:
-            changes[name] = _coerce(key, value, fields[name].type)
+            changes[name] = _coerce(key, value, annotation=fields[name].type)
     return dataclasses.replace(config, **changes)
 
 
@@ -245,7 +246,8 @@ def validate(config: Config) -> Config:
     """Check value ranges in one place; every error names the key and what was expected."""
     # Settings built in code pass the same rules as those read from YAML or --set.
     config = dataclasses.replace(config, **{
-        section.name: _merge(getattr(config, section.name), to_dict(getattr(config, section.name)), section.name + ".")
+        section.name: _merge(getattr(config, section.name), to_dict(getattr(config, section.name)),
+                             prefix=section.name + ".")
         for section in dataclasses.fields(config)})
     d, m, t = config.data, config.model, config.train
 
@@ -320,8 +322,6 @@ def nest(key: str, value) -> dict:
 
 
 def read_yaml(path: str) -> dict:
-    from keras_music import storage
-
     try:
         text = storage.read_text(path)
     except FileNotFoundError:
@@ -337,7 +337,7 @@ def read_yaml(path: str) -> dict:
     return data
 
 
-def load(config_files=(), overrides=(), base: Config | None = None) -> Config:
+def load(config_files=(), overrides=(), *, base: Config | None = None) -> Config:
     """Resolve defaults (or `base`) < each YAML file in order < each override; `keras_music.load_config`.
 
     `config_files` is a list of YAML paths (one path alone is taken as a list of one).

@@ -200,7 +200,7 @@ def control_sort_key(token: str) -> tuple:
     return (order, int(value) if value.isdigit() else 0, value)
 
 
-def tokens_with_controls(sonorities, time_signatures, start=0, key: str | None = None,
+def tokens_with_controls(sonorities, time_signatures, *, start=0, key: str | None = None,
                          grid: int = events.GRID) -> list[str]:
     """The `note` tokens of the sonorities with the controls in place.
 
@@ -315,7 +315,7 @@ def _level_bin(kind: str, level) -> int | None:
                            f"0..{bins - 1})") from None
 
 
-def _bar_range(kind: str, text: str, spec) -> tuple[int, int | None]:
+def _bar_range(kind: str, text: str, *, spec) -> tuple[int, int | None]:
     first, dash, last = text.partition("-")
     ok = first.strip().isdigit() and (not dash or not last.strip() or last.strip().isdigit())
     low = int(first) if ok else 0
@@ -352,7 +352,7 @@ def parse_schedule(kind: str, spec) -> Schedule:
                                    "BARS:LEVEL items)")
             default, has_default = _level_bin(kind, item), True
             continue
-        first, last = _bar_range(kind, bars_, spec)
+        first, last = _bar_range(kind, bars_, spec=spec)
         for other_first, other_last, _ in ranges:
             if (other_last is None or first <= other_last) and (last is None or other_first <= last):
                 raise ControlError(f"{kind} schedule {spec!r}: bars {bars_.strip()} overlap another range "
@@ -464,7 +464,7 @@ def pitch_range(bin_: int) -> tuple[int, int | None]:
 class BarLimits:
     """One row's bar limits (the rule above): what it allows next, moved by every token like the grammar."""
 
-    def __init__(self, tokens, kinds, density: Schedule, polyphony: Schedule, time_signature=(4, 4)):
+    def __init__(self, tokens, kinds, *, density: Schedule, polyphony: Schedule, time_signature=(4, 4)):
         kind = np.asarray(list(kinds))
         self.is_pitch, self.is_hold, self.is_rest = kind == "pitch", kind == "hold", kind == "rest"
         self.is_end, self.is_dur = kind == "end", kind == "dur"
@@ -570,12 +570,13 @@ class Steering:
     grammar allows.
     """
 
-    def __init__(self, tokens, kinds, density: Schedule, polyphony: Schedule, time_signatures, limits: bool = True):
+    def __init__(self, tokens, kinds, *, density: Schedule, polyphony: Schedule, time_signatures, limits: bool = True):
         self.tokens, self.kinds = list(tokens), list(kinds)
         self.index = {token: i for i, token in enumerate(self.tokens)}
         self.density, self.polyphony = density, polyphony
         self.clocks = [BarClock(ts) for ts in time_signatures]
-        self.limits = [BarLimits(self.tokens, self.kinds, density, polyphony, ts) for ts in time_signatures] \
+        self.limits = [BarLimits(self.tokens, self.kinds, density=density, polyphony=polyphony,
+                                 time_signature=ts) for ts in time_signatures] \
             if limits else None
         self.fed: list[list] = [[] for _ in self.clocks]
 
@@ -619,7 +620,7 @@ class Steering:
             self.fed[row].append([bar + 1] + wanted)
         return [self.index[t] for t in wanted]
 
-    def feed(self, step, probabilities, state, active):
+    def feed(self, step, probabilities, *, state, active):
         """Feeds every active row's due controls through `step(ids, state)`; rows with none keep theirs."""
         pending = [self.due(row) if active[row] else [] for row in range(len(self.clocks))]
         while any(pending):
@@ -647,6 +648,23 @@ def time_signature_of(timing: dict | None) -> tuple[int, int]:
     signatures = timing.get("time_signatures") or [[0.0, 4, 4]]
     current = [s for s in signatures if float(s[0]) <= start] or signatures[:1]
     return int(current[-1][1]), int(current[-1][2])
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlSettings:
+    """What a user asks of the controls (runs trained with `data.controls`), before it is checked against a run.
+
+    Attributes:
+      key: a key name ("D minor", "Eb major", "major"), or None for no key token.
+      density, polyphony: a level (low, medium, high, off, a bin) or a bar schedule
+        ("1-4:low,5-8:high"), or None.
+      bar_limits: keep each bar they were fed for in its bins (`BarLimits`); False leaves it to the model.
+    """
+
+    key: str | None = None
+    density: object = None
+    polyphony: object = None
+    bar_limits: bool = True
 
 
 @dataclasses.dataclass
@@ -683,12 +701,14 @@ def describe_record(record: dict) -> str:
     return "; ".join(parts) + (f"; {bars_} bar{'s' if bars_ != 1 else ''} fed" if bars_ else "")
 
 
-def make_request(tokens, normalize_key: bool, where: str, key=None, density=None, polyphony=None) -> Request:
-    """The checked request for a run whose vocabulary is `tokens`; one-line errors for what cannot be."""
-    request = Request(density=parse_schedule(DENSITY, density), polyphony=parse_schedule(POLYPHONY, polyphony))
-    if key is not None and str(key).strip():
-        request.key_token, request.transpose = requested_key(key, normalize_key)
-        request.key = str(key).strip()
+def make_request(tokens, normalize_key: bool, *, where: str, asked: ControlSettings | None = None) -> Request:
+    """The checked request for a run (named `where`) whose vocabulary is `tokens`; one-line errors for what cannot be."""
+    asked = ControlSettings() if asked is None else asked
+    request = Request(density=parse_schedule(DENSITY, asked.density),
+                      polyphony=parse_schedule(POLYPHONY, asked.polyphony))
+    if asked.key is not None and str(asked.key).strip():
+        request.key_token, request.transpose = requested_key(asked.key, normalize_key)
+        request.key = str(asked.key).strip()
     if not request.any:
         return request
     vocabulary = set(tokens)

@@ -12,11 +12,16 @@ import os
 import queue
 import signal
 import sys
+import tempfile
 import threading
 import time
+import warnings
 from fractions import Fraction
 
+from tqdm.auto import tqdm
+
 from keras_music import events, storage
+from keras_music import midi
 from keras_music.errors import KerasMusicError
 
 SCORE_EXTENSIONS = (".mid", ".midi", ".xml", ".mxl", ".musicxml", ".abc", ".krn")
@@ -140,13 +145,13 @@ def _corpus_files(name: str) -> list[SourceFile] | None:
 
 # ----------------------------------------------------------------------------- parsing one file
 
-def parse_bytes(name: str, data: bytes, settings: ParseSettings) -> dict:
+def parse_bytes(name: str, data: bytes, *, settings: ParseSettings) -> dict:
     """Parse one file's bytes into notes; never raises: failures come back as a skip reason."""
     if not data:
         return {"status": "skipped", "reason": "empty file"}
     if os.path.splitext(name)[1].lower() in MIDI_EXTENSIONS:
         return _parse_midi(data, settings)
-    return _parse_score(name, data, settings)
+    return _parse_score(name, data, settings=settings)
 
 
 def _error_reason(error: Exception) -> str:
@@ -156,8 +161,6 @@ def _error_reason(error: Exception) -> str:
 
 def _parse_midi(data: bytes, settings: ParseSettings) -> dict:
     """MIDI read from its events (exact ticks), quantised on the grid, checked against the raw notes."""
-    from keras_music import midi
-
     grid = settings.grid
     try:
         raw = midi.read(data)
@@ -185,7 +188,7 @@ def _parse_midi(data: bytes, settings: ParseSettings) -> dict:
     timing = midi.timing(raw)
     account["tempo_changes"] = len(timing["tempos"])
     account["time_signature_changes"] = len(timing["time_signatures"])
-    check = check_timeline(raw, kept, shift, grid, settings.max_duration)
+    check = check_timeline(raw, kept, shift=shift, grid=grid, max_duration=settings.max_duration)
     record = {
         "status": "parsed", "format": "midi", "grid": grid, "notes": kept,
         "start": kept[0][0] / grid, **timing,
@@ -200,15 +203,13 @@ def _parse_midi(data: bytes, settings: ParseSettings) -> dict:
     return record
 
 
-def check_timeline(raw, notes, shift: int, grid: int, max_duration: float) -> dict:
+def check_timeline(raw, notes, *, shift: int, grid: int, max_duration: float) -> dict:
     """Tokenise the notes, decode them, and compare with the file's raw note events.
 
     Every raw note (left out ones aside) must come back on its pitch within half a grid
     step of its own onset, and the piece must end where the file's last note ends.
     Returns the verdict and the number of events (sonorities) the tokens hold.
     """
-    from keras_music import midi
-
     tpq = raw.ticks_per_quarter
     sonorities = events.notes_to_sonorities([(Fraction(a, grid), Fraction(b, grid), p) for a, b, p, _ in notes],
                                             Fraction(max_duration), grid)
@@ -223,7 +224,7 @@ def check_timeline(raw, notes, shift: int, grid: int, max_duration: float) -> di
         if not 0 <= pitch + shift <= 127:
             continue
         checked += 1
-        point = midi.to_grid(onset, tpq, grid)
+        point = midi.to_grid(onset, tpq, grid=grid)
         close = abs(2 * (onset * grid - point * tpq)) <= tpq  # within half a grid step, in integers
         if not close or point not in onsets.get(pitch + shift, ()):
             misplaced += 1
@@ -237,11 +238,8 @@ def check_timeline(raw, notes, shift: int, grid: int, max_duration: float) -> di
             "events": len(sonorities)}
 
 
-def _parse_score(name: str, data: bytes, settings: ParseSettings) -> dict:
+def _parse_score(name: str, data: bytes, *, settings: ParseSettings) -> dict:
     """MusicXML / ABC / Humdrum through music21's score parser."""
-    import tempfile
-    import warnings
-
     extension = os.path.splitext(name)[1].lower()
     with tempfile.TemporaryDirectory(prefix="keras_music-parse-") as tmp:
         path = os.path.join(tmp, "score" + extension)
@@ -312,7 +310,7 @@ def check_record(record) -> str | None:
     if record["status"] == "skipped":
         return None if isinstance(record.get("reason"), str) else "a skip without a reason"
     grid = record.get("grid", events.GRID)
-    if not _is_int(grid, 1, 960):
+    if not _is_int(grid, 1, high=960):
         return f"grid {grid!r}"
     notes = record.get("notes")
     if not isinstance(notes, list) or not notes:
@@ -338,15 +336,15 @@ def check_record(record) -> str | None:
     if events_count is not None and not _is_int(events_count, 0):
         return f"event count {events_count!r}"
     parts = record.get("parts", [])
-    if not isinstance(parts, list) or not all(isinstance(p, dict) and _is_int(p.get("program", 0), 0, 127)
+    if not isinstance(parts, list) or not all(isinstance(p, dict) and _is_int(p.get("program", 0), 0, high=127)
                                               for p in parts):
         return "parts"
-    if not _is_int(record.get("shift", 0), -127, 127):
+    if not _is_int(record.get("shift", 0), -127, high=127):
         return f"shift {record.get('shift')!r}"
     return None
 
 
-def _is_int(value, low=None, high=None) -> bool:
+def _is_int(value, low=None, *, high=None) -> bool:
     return (isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
             and (high is None or value <= high))
 
@@ -406,21 +404,20 @@ def default_cache_dir() -> str:
 
 # ----------------------------------------------------------------------------- parsing every file
 
-def parse_sources(sources, settings: ParseSettings, workers: int = 0, cache_dir: str | None = "",
+def parse_sources(sources, settings: ParseSettings, *, workers: int = 0, cache_dir: str | None = "",
                   show_progress: bool = True) -> list[dict]:
     """Parse every source file; returns one manifest entry per file (used or skipped), in order.
 
     Used entries carry `notes`, `time_signature`, `key`, `sha256`. A file that cannot be
     read or parsed is an entry with a reason, never an exception.
     """
-    return parse_files(resolve_files(sources), settings, workers, cache_dir, show_progress)
+    return parse_files(resolve_files(sources), settings, workers=workers, cache_dir=cache_dir,
+                       show_progress=show_progress)
 
 
-def parse_files(files: list[SourceFile], settings: ParseSettings, workers: int = 0, cache_dir: str | None = "",
+def parse_files(files: list[SourceFile], settings: ParseSettings, *, workers: int = 0, cache_dir: str | None = "",
                 show_progress: bool = True) -> list[dict]:
     """parse_sources for an already resolved list of files (e.g. one shard of it), in the given order."""
-    from tqdm.auto import tqdm
-
     cache = ParseCache(default_cache_dir() if cache_dir == "" else cache_dir, settings)
     entries: list[dict] = []
     jobs = []
@@ -463,7 +460,7 @@ def parse_files(files: list[SourceFile], settings: ParseSettings, workers: int =
     try:
         if jobs and workers == 1 and settings.timeout <= 0:
             for index, name, data in jobs:
-                keep(index, parse_bytes(name, data, settings))
+                keep(index, parse_bytes(name, data, settings=settings))
                 bar.update(1)
         elif jobs:
             _parse_parallel(jobs, settings, workers, bar.update, keep)
@@ -472,7 +469,7 @@ def parse_files(files: list[SourceFile], settings: ParseSettings, workers: int =
     return [_finish(entry, settings) for entry in entries]
 
 
-def parse_path(path: str, settings: ParseSettings, cache_dir: str | None = "") -> dict:
+def parse_path(path: str, settings: ParseSettings, *, cache_dir: str | None = "") -> dict:
     """One file read and parsed like a corpus file (bounded size, parse timeout in a worker), no minimum length.
 
     Returns the manifest entry: status "used" with notes, or "skipped" with the reason.
@@ -507,7 +504,7 @@ def _parse_parallel(jobs, settings: ParseSettings, workers: int, progress, on_re
     being parsed. On any exception (KeyboardInterrupt included) every worker is killed
     at once. Workers also exit by themselves when this process dies.
     """
-    pool = _ParsePool(jobs, settings, workers, progress, on_result)
+    pool = _ParsePool(jobs, settings, workers=workers, progress=progress, on_result=on_result)
     completed = False
     try:
         pool.run()
@@ -520,7 +517,7 @@ def _parse_parallel(jobs, settings: ParseSettings, workers: int, progress, on_re
 class _ParsePool:
     """The worker processes of one _parse_parallel call, the jobs they hold and the records they sent back."""
 
-    def __init__(self, jobs, settings: ParseSettings, workers: int, progress, on_result):
+    def __init__(self, jobs, settings: ParseSettings, *, workers: int, progress, on_result):
         self.jobs, self.settings, self.workers = jobs, settings, workers
         self.progress, self.on_result = progress, on_result
         self.context = multiprocessing.get_context("spawn")
@@ -547,7 +544,7 @@ class _ParsePool:
                 # re-imported by `spawn`): parse the rest here instead of losing it.
                 for index, name, data in self.jobs:
                     if index not in self.out:
-                        self.finish(index, parse_bytes(name, data, self.settings))
+                        self.finish(index, parse_bytes(name, data, settings=self.settings))
 
     def start(self) -> None:
         process = self.context.Process(target=_worker, args=(self.tasks, self.results, self.settings, self.parent),
@@ -644,7 +641,7 @@ def _worker(tasks, results, settings, parent_pid=None):
             return
         index, name, data = task
         results.put(("start", index, os.getpid()))
-        results.put(("done", index, parse_bytes(name, data, settings)))
+        results.put(("done", index, parse_bytes(name, data, settings=settings)))
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -689,7 +686,7 @@ def mark_duplicates(entries: list[dict]) -> None:
             first[digest] = entry["file"]
 
 
-def split_by_piece(entries: list[dict], val_fraction: float, seed: int, held_out=None) -> None:
+def split_by_piece(entries: list[dict], val_fraction: float, *, seed: int, held_out=None) -> None:
     """Assign `split` (train/validation) by piece, from content hashes, not order or paths.
 
     With `held_out` (file names), exactly those files' pieces are the validation split.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
-from keras_music import require_tensorflow, storage
+from keras_music import config as config_lib, require_tensorflow, storage
 
 require_tensorflow()  # before TensorFlow loads: a wrong version is one line with the fix
 
@@ -15,7 +17,7 @@ import tensorflow as tf  # noqa: E402
 PIECES_PER_SHARD = 256
 
 
-def _example(ids, name: str, fim=None) -> bytes:
+def _example(ids, name: str, *, fim=None) -> bytes:
     feature = {
         "ids": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(i) for i in ids])),
         # File names that are not UTF-8 arrive with surrogate escapes; they go back to their bytes.
@@ -28,7 +30,7 @@ def _example(ids, name: str, fim=None) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def write_shards(directory: str, split: str, pieces, pieces_per_shard: int = PIECES_PER_SHARD) -> list[str]:
+def write_shards(directory: str, split: str, *, pieces, pieces_per_shard: int = PIECES_PER_SHARD) -> list[str]:
     """Write (name, ids) or (name, ids, FIM examples) pieces as `split-XXXXX-of-YYYYY.tfrecord` files; returns the file names.
 
     Each shard is written under a temporary name and renamed, so a killed run never
@@ -44,7 +46,7 @@ def write_shards(directory: str, split: str, pieces, pieces_per_shard: int = PIE
         temporary = storage.join(directory, f".{name}.tmp")
         with tf.io.TFRecordWriter(temporary) as writer:
             for piece_name, ids, *fim in pieces[shard * pieces_per_shard:(shard + 1) * pieces_per_shard]:
-                writer.write(_example(ids, piece_name, *fim))
+                writer.write(_example(ids, piece_name, fim=fim[0] if fim else None))
         tf.io.gfile.rename(temporary, final, overwrite=True)
         names.append(name)
     return names
@@ -105,7 +107,7 @@ def read_pieces(files) -> list[np.ndarray]:
     return [ids for _, ids in read_named_pieces(files)]
 
 
-def count_windows(piece_lengths, seq_length: int, stride: int) -> int:
+def count_windows(piece_lengths, seq_length: int, *, stride: int) -> int:
     """Windows of seq_length + 1 that the stream of boundary-prefixed pieces yields."""
     total = sum(int(n) + 1 for n in piece_lengths)
     if total < seq_length + 1:
@@ -113,7 +115,7 @@ def count_windows(piece_lengths, seq_length: int, stride: int) -> int:
     return (total - (seq_length + 1)) // stride + 1
 
 
-def _windows(pieces: tf.data.Dataset, seq_length: int, stride: int, boundary_id: int) -> tf.data.Dataset:
+def _windows(pieces: tf.data.Dataset, seq_length: int, *, stride: int, boundary_id: int) -> tf.data.Dataset:
     # Pieces are joined into one stream, each after a boundary token, so the model
     # learns how pieces begin and that the boundary ends them.
     tokens = pieces.flat_map(lambda ids: tf.data.Dataset.from_tensor_slices(
@@ -137,7 +139,7 @@ def _transposer(table: np.ndarray, valid: np.ndarray):
     return transpose
 
 
-def _control_dropper(is_control: np.ndarray, rate: float, token_rate: float = 0.0):
+def _control_dropper(is_control: np.ndarray, rate: float, *, token_rate: float = 0.0):
     """Drops every control of a piece with probability `rate` (the piece trains unconditioned, Performance
     RNN's "off"), else each of its controls with probability `token_rate` (some bars steered, some free)."""
     is_control = tf.constant(np.asarray(is_control, bool))
@@ -158,54 +160,60 @@ def _control_dropper(is_control: np.ndarray, rate: float, token_rate: float = 0.
     return drop
 
 
-def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: int, seed: int,
-                     first_epoch: int = 0, epochs: int = 1, stride: int | None = None,
-                     shuffle_buffer: int = 2048, transposition=None, boundary_id: int = 2,
-                     worker_slice: tuple[int, int] | None = None, piece_count: int | None = None,
-                     control_dropout=None, infill_rate: float = 0.0) -> tf.data.Dataset:
-    """Exactly `steps_per_epoch` batches per epoch, for epochs first_epoch..epochs-1.
+@dataclasses.dataclass(frozen=True)
+class EpochSpan:
+    """The epochs a training stream holds: `first_epoch` up to train.epochs, each exactly `steps_per_epoch` batches."""
 
-    Each epoch's shuffles, transpositions and control dropout are seeded by (seed, epoch), so a resumed
-    run sees the same batches as an uninterrupted one. `control_dropout=(is_control, rate, token_rate)`
-    (a bool per vocabulary id, two probabilities) drops all control tokens of a piece with probability
-    `rate`, else each of them with probability `token_rate`, after any transposition; other tokens are
-    never dropped. The epoch then
-    holds fewer windows, so `steps_per_epoch` must count the pieces without their controls
-    (prepared.json's "control_tokens"). With `infill_rate` > 0, each piece also gives, with that
-    probability, one of its prepared fill-in-the-middle examples (keras_music.infill; chosen anew
-    every epoch) as a window of its own: the example is exactly seq_length + 1 tokens from `<fim_suffix>`
-    on, so the middle is always learnt with its suffix and prefix in view. These windows (transposed at
-    random as the pieces are, controls never dropped from them) are mixed among the ordinary ones, which stay as
-    they are; an epoch stays `steps_per_epoch` batches. With `worker_slice=(i, n)` the
-    worker keeps rows i*b/n..(i+1)*b/n of every global batch: together the n workers
-    see exactly the batches a single process would. `piece_count` (known from
-    prepared.json) saves a pass over the shards to count the pieces.
+    steps_per_epoch: int
+    first_epoch: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenTables:
+    """What a training stream knows of the vocabulary's ids."""
+
+    boundary_id: int = 2
+    # (table, valid) of Vocabulary.transposition_table; None: pieces are never transposed.
+    transposition: tuple[np.ndarray, np.ndarray] | None = None
+    # Whether each id is a control token; None: no control is ever dropped.
+    is_control: Sequence[bool] | None = None
+
+
+def training_dataset(files, data: config_lib.DataConfig, *, train: config_lib.TrainConfig, span: EpochSpan,
+                     tokens: TokenTables = TokenTables(), worker_slice: tuple[int, int] | None = None,
+                     piece_count: int | None = None) -> tf.data.Dataset:
+    """Exactly `span.steps_per_epoch` batches per epoch, for epochs span.first_epoch..train.epochs-1.
+
+    Windows of data.seq_length + 1 tokens are cut every data.window_stride (0: seq_length) tokens and
+    batched train.batch_size at a time. Each epoch's shuffles, transpositions and control dropout are
+    seeded by (train.seed, epoch), so a resumed run sees the same batches as an uninterrupted one. With
+    data.controls and `tokens.is_control`, all control tokens of a piece are dropped with probability
+    data.control_dropout, else each of them with probability data.control_token_dropout, after any
+    transposition; other tokens are never dropped. The epoch then holds fewer windows, so
+    `steps_per_epoch` must count the pieces without their controls (prepared.json's "control_tokens").
+    With data.infill_rate > 0, each piece also gives, with that probability, one of its prepared
+    fill-in-the-middle examples (keras_music.infill; chosen anew every epoch) as a window of its own:
+    the example is exactly seq_length + 1 tokens from `<fim_suffix>` on, so the middle is always learnt
+    with its suffix and prefix in view. These windows (transposed at random as the pieces are, controls
+    never dropped from them) are mixed among the ordinary ones, which stay as they are; an epoch stays
+    `steps_per_epoch` batches. With `worker_slice=(i, n)` the worker keeps rows i*b/n..(i+1)*b/n of every
+    global batch: together the n workers see exactly the batches a single process would. `piece_count`
+    (known from prepared.json) saves a pass over the shards to count the pieces.
     """
-    stride = stride or seq_length
-    transpose = _transposer(*transposition) if transposition is not None else None
-    drop = None
-    if control_dropout is not None and any(control_dropout[1:]) and np.any(control_dropout[0]):
-        drop = _control_dropper(*control_dropout)
+    seq_length, batch_size, infill_rate = data.seq_length, train.batch_size, data.infill_rate
+    stride = data.window_stride or seq_length
+    transpose = _transposer(*tokens.transposition) if tokens.transposition is not None else None
+    drop = _dropper(data, tokens)
     if piece_count is None:
         piece_count = sum(1 for _ in tf.data.TFRecordDataset(files)) if files else 0
 
-    def _fim_windows(pieces, epoch_seed):
-        draws = tf.data.Dataset.random(seed=epoch_seed + 23)
-        chosen = tf.data.Dataset.zip((pieces, draws)).map(_fim_chooser(infill_rate))
-        # Only examples exactly one window long (prepared for this seq_length) are used; each is a whole window
-        # from the start state, <fim_suffix> first (keras_music.infill says why never <piece>).
-        examples = chosen.filter(lambda example, use: use & (tf.size(example) == seq_length + 1)).map(
-            lambda e, use: e)
-        if transpose is not None:
-            examples = tf.data.Dataset.zip((examples, tf.data.Dataset.random(seed=epoch_seed + 31))).map(transpose)
-        return examples.map(lambda w: (w[:-1], w[1:]))
-
     def one_epoch(epoch: int):
-        epoch_seed = seed * 100003 + epoch
+        epoch_seed = train.seed * 100003 + epoch
         pieces = tf.data.TFRecordDataset(files).map(_parse_fim if infill_rate > 0 else _parse)
         pieces = pieces.shuffle(max(1, piece_count), seed=epoch_seed, reshuffle_each_iteration=False)
         if infill_rate > 0:
-            fim_windows = _fim_windows(pieces, epoch_seed)
+            fim_windows = _fim_windows(pieces, epoch_seed, rate=infill_rate, seq_length=seq_length,
+                                       transpose=transpose)
             pieces = pieces.map(lambda ids, fim_ids, fim_lengths: ids)
         if transpose is not None:
             draws = tf.data.Dataset.random(seed=epoch_seed + 7)
@@ -213,31 +221,54 @@ def training_dataset(files, seq_length: int, batch_size: int, steps_per_epoch: i
         if drop is not None:
             drop_draws = tf.data.Dataset.random(seed=epoch_seed + 17)
             pieces = tf.data.Dataset.zip((pieces, drop_draws)).map(drop)
-        windows = _windows(pieces, seq_length, stride, boundary_id)
+        windows = _windows(pieces, seq_length, stride=stride, boundary_id=tokens.boundary_id)
         if infill_rate > 0:
             # About rate x pieces FIM windows among the ordinary ones, interleaved by a seeded draw.
             windows = tf.data.Dataset.sample_from_datasets(
-                [windows, fim_windows], weights=[float(steps_per_epoch * batch_size), infill_rate * piece_count],
+                [windows, fim_windows], weights=[float(span.steps_per_epoch * batch_size), infill_rate * piece_count],
                 seed=epoch_seed + 29, stop_on_empty_dataset=False)
             windows = windows.map(lambda x, y: (tf.ensure_shape(x, [seq_length]), tf.ensure_shape(y, [seq_length])))
-        windows = windows.shuffle(shuffle_buffer, seed=epoch_seed + 13, reshuffle_each_iteration=False)
-        batches = windows.batch(batch_size, drop_remainder=True).take(steps_per_epoch)
-        if worker_slice is not None:
-            index, count = worker_slice
-            rows = batch_size // count
-            batches = batches.map(lambda x, y: (x[index * rows:(index + 1) * rows], y[index * rows:(index + 1) * rows]))
-        return batches
+        windows = windows.shuffle(data.shuffle_buffer, seed=epoch_seed + 13, reshuffle_each_iteration=False)
+        batches = windows.batch(batch_size, drop_remainder=True).take(span.steps_per_epoch)
+        return _worker_rows(batches, worker_slice, batch_size=batch_size) if worker_slice is not None else batches
 
     # Python-level seeds per epoch (tf.data shuffles take no tensor seeds); epochs are few.
-    dataset = one_epoch(first_epoch)
-    for epoch in range(first_epoch + 1, epochs):
+    dataset = one_epoch(span.first_epoch)
+    for epoch in range(span.first_epoch + 1, train.epochs):
         dataset = dataset.concatenate(one_epoch(epoch))
     options = tf.data.Options()
     options.deterministic = True
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def evaluation_dataset(files, seq_length: int, batch_size: int, boundary_id: int = 2) -> tf.data.Dataset:
+def _dropper(data: config_lib.DataConfig, tokens: TokenTables):
+    """The control dropout of a training stream, or None when it would drop nothing."""
+    if data.controls and tokens.is_control is not None and (data.control_dropout or data.control_token_dropout) \
+            and np.any(tokens.is_control):
+        return _control_dropper(tokens.is_control, data.control_dropout, token_rate=data.control_token_dropout)
+    return None
+
+
+def _fim_windows(pieces: tf.data.Dataset, epoch_seed: int, *, rate: float, seq_length: int, transpose):
+    draws = tf.data.Dataset.random(seed=epoch_seed + 23)
+    chosen = tf.data.Dataset.zip((pieces, draws)).map(_fim_chooser(rate))
+    # Only examples exactly one window long (prepared for this seq_length) are used; each is a whole window
+    # from the start state, <fim_suffix> first (keras_music.infill says why never <piece>).
+    examples = chosen.filter(lambda example, use: use & (tf.size(example) == seq_length + 1)).map(
+        lambda e, use: e)
+    if transpose is not None:
+        examples = tf.data.Dataset.zip((examples, tf.data.Dataset.random(seed=epoch_seed + 31))).map(transpose)
+    return examples.map(lambda w: (w[:-1], w[1:]))
+
+
+def _worker_rows(batches: tf.data.Dataset, worker_slice: tuple[int, int], *, batch_size: int) -> tf.data.Dataset:
+    index, count = worker_slice
+    rows = batch_size // count
+    return batches.map(lambda x, y: (x[index * rows:(index + 1) * rows], y[index * rows:(index + 1) * rows]))
+
+
+def evaluation_dataset(files, seq_length: int, *, batch_size: int, boundary_id: int = 2) -> tf.data.Dataset:
     """Non-overlapping windows of the held-out pieces in file order: no shuffle, no augmentation."""
     pieces = tf.data.TFRecordDataset(files).map(_parse)
-    return _windows(pieces, seq_length, seq_length, boundary_id).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    windows = _windows(pieces, seq_length, stride=seq_length, boundary_id=boundary_id)
+    return windows.batch(batch_size).prefetch(tf.data.AUTOTUNE)

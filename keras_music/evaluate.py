@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import math
-
-import numpy as np
+import dataclasses
 
 from keras_music import cli, controls, evaluate_controls, evaluate_likelihood as likelihood, evaluate_music as music_lib
-from keras_music import evaluate_report, events
-from keras_music import formatting as fmt, run as run_lib, storage
+from keras_music import evaluate_report, events, formatting as fmt, run as run_lib, storage
 from keras_music.evaluate_held_out import DEFAULT_TIME_SIGNATURE, load_split
 from keras_music.evaluate_likelihood import DEFAULT_ORDERS, MAX_ORDER
-from keras_music.evaluate_music import DEFAULT_LENGTH, DEFAULT_NUM_SAMPLES, DEFAULT_TEMPERATURES
+from keras_music.evaluate_music import DEFAULT_LENGTH, DEFAULT_NUM_SAMPLES, DEFAULT_TEMPERATURES, EvaluationSettings
+from keras_music.generate import Generator
 
 MAX_NUM_SAMPLES = 1000
 
@@ -21,72 +19,84 @@ TEMPERATURE_PNG = "metrics_vs_temperature.png"
 CONTROLS_PNG = "controls_confusion.png"
 
 
-def evaluate_run(run_dir: str, num_samples: int = DEFAULT_NUM_SAMPLES, length: int = DEFAULT_LENGTH,
-                 temperatures=DEFAULT_TEMPERATURES, seed: int = 0, orders=DEFAULT_ORDERS, out_dir: str | None = None,
-                 show_progress: bool = False, generator=None,
-                 controls_samples: int = evaluate_controls.DEFAULT_SAMPLES) -> dict:
+COMMAND = "python -m keras_music.evaluate"
+
+
+@dataclasses.dataclass
+class _Splits:
+    """A run's vocabulary and its held-out and training pieces, read once for every part of the evaluation."""
+
+    vocabulary: object
+    held_out: list
+    training: list
+    transpose: int
+
+    @classmethod
+    def read(cls, run_dir: str) -> "_Splits":
+        vocabulary = run_lib.load_vocabulary(run_dir)
+        return cls(vocabulary, load_split(run_dir, "validation", vocabulary=vocabulary),
+                   load_split(run_dir, "train", vocabulary=vocabulary),
+                   int(run_lib.load_config(run_dir).data.transpose))
+
+
+def evaluate_run(run_dir: str, settings: EvaluationSettings | None = None, *, out_dir: str | None = None,
+                 show_progress: bool = False, generator=None) -> dict:
     """Evaluate a run and write evaluation.json, evaluation.md and plots into out_dir (default RUN/evaluation).
 
-    `generator` replaces keras_music.generate.Generator(run_dir) (any object with
-    the same `generate` method), for callers that already hold one. A run trained with control
-    tokens also gets the control report (`evaluate_controls`), `controls_samples` pieces per
-    requested value (0: none).
+    `settings` (default `EvaluationSettings()`) says what is generated and scored. `generator`
+    replaces keras_music.generate.Generator(run_dir) (any object with the same `generate` method),
+    for callers that already hold one. A run trained with control tokens also gets the control
+    report (`evaluate_controls`), `settings.controls_samples` pieces per requested value (0: none).
     """
-    _check_settings(num_samples, length, temperatures, seed)
-    if isinstance(controls_samples, bool) or not isinstance(controls_samples, (int, np.integer)) or controls_samples < 0:
-        raise ValueError(f"controls_samples must be an integer >= 0 (0: no control report), got {controls_samples!r}")
-    orders = likelihood.check_orders(orders)
+    settings = EvaluationSettings() if settings is None else settings
     out_dir = out_dir or run_lib.path(run_dir, run_lib.EVALUATION)
     # One evaluation writes a directory at a time; the run itself is only read.
-    with run_lib.lock(out_dir, "python -m keras_music.evaluate"):
-        return _evaluate_run(run_dir, num_samples, length, temperatures, seed, orders, out_dir, show_progress,
-                             generator, controls_samples)
+    with run_lib.lock(out_dir, COMMAND):
+        splits = _Splits.read(run_dir)
+        result = _likelihood(run_dir, splits, settings=settings, show_progress=show_progress)
+        steerable = controls.has_controls(splits.vocabulary.tokens) and settings.controls_samples > 0
+        if steerable and generator is None:
+            generator = Generator(run_dir)
+        music = music_lib.music_report(run_dir, settings, pieces=splits.held_out, train_pieces=splits.training,
+                                       vocabulary=splits.vocabulary, generator=generator, show_progress=show_progress)
+        result["music_metrics"] = music
+        if steerable:
+            result["settings"]["controls_samples"] = settings.controls_samples
+            result["controls"] = evaluate_controls.control_report(generator, settings.controls_samples,
+                                                                  seed=settings.seed)
+        if events.FIM_MIDDLE in splits.vocabulary.index:  # a run trained with infilling (data.infill_rate > 0)
+            result["infill"] = likelihood.infill_quality(run_dir, splits.held_out, vocabulary=splits.vocabulary,
+                                                         generator=generator if hasattr(generator, "fill") else None,
+                                                         seed=settings.seed)
+        result["figures"] = _write_figures(music, out_dir)
+        if steerable:
+            evaluate_controls.plot_confusions(result["controls"], storage.join(out_dir, CONTROLS_PNG))
+            result["figures"].append(CONTROLS_PNG)
+        result = storage.json_ready(result)
+        storage.write_json(storage.join(out_dir, run_lib.EVALUATION_JSON), result)
+        storage.write_text(storage.join(out_dir, run_lib.EVALUATION_MD), evaluate_report.render_evaluation(result))
+    return result
 
 
-def _evaluate_run(run_dir, num_samples, length, temperatures, seed, orders, out_dir, show_progress, generator,
-                  controls_samples=0):
-    temperatures = tuple(float(t) for t in temperatures)
-    transpose = int(run_lib.load_config(run_dir).data.transpose)
-    vocabulary = run_lib.load_vocabulary(run_dir)
-    held_out = load_split(run_dir, "validation", vocabulary)
-    training = load_split(run_dir, "train", vocabulary)
-    lstm = likelihood.model_quality(run_dir, held_out, vocabulary=vocabulary, show_progress=show_progress)
-    baseline = likelihood.ngram_baseline(run_dir, orders, held_out, training, vocabulary, show_progress)
-    baseline["note"] = likelihood.ngram_note(len(training), transpose)
-    steerable = controls.has_controls(vocabulary.tokens) and controls_samples > 0
-    if steerable and generator is None:
-        from keras_music.generate import Generator
-
-        generator = Generator(run_dir)
-    music = music_lib.music_metrics(run_dir, num_samples, length, temperatures, seed, held_out, training,
-                                    vocabulary, generator, show_progress)
-    result = {
+def _likelihood(run_dir: str, splits: _Splits, *, settings: EvaluationSettings, show_progress: bool) -> dict:
+    """The result's settings and held-out likelihood: the LSTM, the n-grams and their comparison."""
+    lstm = likelihood.model_quality(run_dir, splits.held_out, vocabulary=splits.vocabulary,
+                                    show_progress=show_progress)
+    baseline = likelihood.ngram_baseline(run_dir, settings.orders, pieces=splits.held_out,
+                                         train_pieces=splits.training, vocabulary=splits.vocabulary,
+                                         show_progress=show_progress)
+    baseline["note"] = likelihood.ngram_note(len(splits.training), splits.transpose)
+    return {
         "run_dir": str(run_dir),
-        "settings": {"num_samples": num_samples, "length": length, "temperatures": list(temperatures),
-                     "seed": seed, "orders": list(orders), "representation": vocabulary.representation,
-                     "vocabulary_size": len(vocabulary), "data_transpose": transpose,
+        "settings": {**settings.record(), "representation": splits.vocabulary.representation,
+                     "vocabulary_size": len(splits.vocabulary), "data_transpose": splits.transpose,
                      "generated_time_signature": list(DEFAULT_TIME_SIGNATURE)},
-        "held_out": {"pieces": len(held_out), "tokens": lstm["tokens"], "events": lstm["events"],
+        "held_out": {"pieces": len(splits.held_out), "tokens": lstm["tokens"], "events": lstm["events"],
                      "unknown_tokens": lstm["unknown_tokens"]},
         "model_quality": lstm,
         "ngram": baseline,
         "lstm_vs_ngram": likelihood.compare_with_ngrams(lstm, baseline),
-        "music_metrics": music,
     }
-    if steerable:
-        result["settings"]["controls_samples"] = controls_samples
-        result["controls"] = evaluate_controls.control_report(generator, controls_samples, seed=seed)
-    if events.FIM_MIDDLE in vocabulary.index:  # a run trained with infilling (data.infill_rate > 0)
-        result["infill"] = likelihood.infill_quality(run_dir, held_out, vocabulary,
-                                                     generator if hasattr(generator, "fill") else None, seed)
-    result["figures"] = _write_figures(music, out_dir)
-    if steerable:
-        evaluate_controls.plot_confusions(result["controls"], storage.join(out_dir, CONTROLS_PNG))
-        result["figures"].append(CONTROLS_PNG)
-    result = storage.json_ready(result)
-    storage.write_json(storage.join(out_dir, run_lib.EVALUATION_JSON), result)
-    storage.write_text(storage.join(out_dir, run_lib.EVALUATION_MD), evaluate_report.render_evaluation(result))
-    return result
 
 
 def _write_figures(music: dict, out_dir: str) -> list[str]:
@@ -97,20 +107,6 @@ def _write_figures(music: dict, out_dir: str) -> list[str]:
         return [DISTRIBUTIONS_PNG]
     evaluate_report.plot_metrics_vs_temperature(music, storage.join(out_dir, TEMPERATURE_PNG))
     return [DISTRIBUTIONS_PNG, TEMPERATURE_PNG]
-
-
-def _check_settings(num_samples, length, temperatures, seed) -> None:
-    checked = (("num_samples", num_samples, 1), ("seed", seed, 0)) + (
-        () if length == cli.MATCHED else (("length", length, 1),))
-    for name, value, low in checked:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    temperatures = tuple(temperatures)
-    if not temperatures:
-        raise ValueError("temperatures must name at least one temperature, got none")
-    for t in temperatures:
-        if isinstance(t, bool) or not isinstance(t, (int, float, np.number)) or not (0 <= t < math.inf):
-            raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {t!r}")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -178,8 +174,9 @@ def main(argv=None) -> int:
     with cli.user_errors(parser):
         temperatures = tuple(dict.fromkeys(args.temperature)) if args.temperature else DEFAULT_TEMPERATURES
         out_dir = args.out or run_lib.path(args.run_dir, run_lib.EVALUATION)
-        result = evaluate_run(args.run_dir, args.num_samples, args.length, temperatures, args.seed, args.orders,
-                              out_dir, show_progress=not args.quiet, controls_samples=args.controls_samples)
+        settings = EvaluationSettings(num_samples=args.num_samples, length=args.length, temperatures=temperatures,
+                                      seed=args.seed, orders=args.orders, controls_samples=args.controls_samples)
+        result = evaluate_run(args.run_dir, settings, out_dir=out_dir, show_progress=not args.quiet)
         lstm = result["model_quality"]
         ratios = result["lstm_vs_ngram"]
         print(f"held-out: {lstm['tokens']} tokens, {lstm['events']} events; LSTM perplexity "

@@ -19,8 +19,12 @@ from fractions import Fraction
 import numpy as np
 
 from keras_music import controls, defaults, events, midi
+from keras_music import plots, run as run_lib
+from keras_music.controls import ControlSettings
+from keras_music.evaluate_music import DEFAULT_CONTROLS_SAMPLES
+from keras_music.sampling import SamplingSettings
 
-DEFAULT_SAMPLES = 8  # pieces per requested value
+DEFAULT_SAMPLES = DEFAULT_CONTROLS_SAMPLES  # pieces per requested value
 DEFAULT_LENGTH = 64  # events per piece
 # A bin asked for in under this share of the training bars is reported but left out of the headline
 # numbers: a model cannot learn to write what its corpus (almost) never has (chorales have no one-voice bars).
@@ -70,7 +74,7 @@ def bar_outcomes(piece, kind: str) -> list[tuple[int, int]]:
     return out
 
 
-def bin_summary(pairs, bins: int, training_shares=None) -> dict:
+def bin_summary(pairs, bins: int, *, training_shares=None) -> dict:
     """Share in the requested bin, within one bin, the confusion table (rows requested, columns realised), Spearman.
 
     With `training_shares` (share of the training bars per bin), the headline numbers count only the bins
@@ -106,10 +110,8 @@ def bin_summary(pairs, bins: int, training_shares=None) -> dict:
 def training_shares(run_dir: str, vocabulary, kind: str, bins: int) -> np.ndarray | None:
     """Share of the training bars in each bin of `kind`, from the control tokens of the run's training pieces
     (None for a run whose data is gone)."""
-    from keras_music import run as run_lib
-
     try:
-        pieces = run_lib.read_split(run_dir, "train", vocabulary)
+        pieces = run_lib.read_split(run_dir, "train", vocabulary=vocabulary)
     except Exception:  # a run copied without its data: no support to weigh the bins by
         return None
     counts = np.zeros(bins, np.int64)
@@ -140,10 +142,10 @@ def requested_keys(generator) -> list[str]:
     return names
 
 
-def control_report(generator, num_samples: int = DEFAULT_SAMPLES, length: int = DEFAULT_LENGTH, seed: int = 0,
+def control_report(generator, num_samples: int = DEFAULT_SAMPLES, *, length: int = DEFAULT_LENGTH, seed: int = 0,
                    temperature: float = defaults.TEMPERATURE) -> dict:
     """Generate per requested value and measure what was realised (see the module's docstring)."""
-    common = {"num_samples": num_samples, "length": length, "seed": seed, "temperature": temperature,
+    common = {"sampling": SamplingSettings(temperature=temperature, length=length), "seed": seed,
               "primer_tokens": []}
     report = {"settings": {"samples_per_value": num_samples, "length": length, "seed": seed,
                            "temperature": float(temperature)}}
@@ -154,13 +156,15 @@ def control_report(generator, num_samples: int = DEFAULT_SAMPLES, length: int = 
         for limits, into in ((True, report), (False, report["model_alone"])):
             pairs = []
             for value in range(bins):
-                for piece in generator.generate(**common, **{argument: str(value)}, bar_limits=limits):
+                asked = ControlSettings(**{argument: str(value)}, bar_limits=limits)
+                for piece in generator.generate(num_samples, **common, controls=asked):
                     pairs += bar_outcomes(piece, kind)
-            into[argument] = bin_summary(pairs, bins, shares)
+            into[argument] = bin_summary(pairs, bins, training_shares=shares)
     keys = {}
     for name in requested_keys(generator):
         wanted = controls.parse_requested_key(name)
-        found = [estimated_key(piece) for piece in generator.generate(**common, key=name)]
+        found = [estimated_key(piece) for piece in generator.generate(num_samples, **common,
+                                                                      controls=ControlSettings(key=name))]
         keys[name] = {"pieces": len(found), "share": float(np.mean([f == wanted for f in found])),
                       "mode_share": float(np.mean([f is not None and f[1] == wanted[1] for f in found])),
                       "estimated": _counts(f"{events.PITCH_NAMES[f[0]]} {f[1]}" if f else "unknown" for f in found)}
@@ -241,8 +245,6 @@ def render_section(report: dict) -> list[str]:
 def plot_confusions(report: dict, out_path: str) -> None:
     """The confusion tables as heat maps, each row normalised to the share of its bars: with the bar limits
     (top) and, when the report has them, of the model alone (bottom)."""
-    from keras_music import plots
-
     panels = [(name, report, "") for name in ("density", "polyphony")]
     alone = report.get("model_alone") or {}
     panels += [(name, alone, ", model alone") for name in ("density", "polyphony") if name in alone]

@@ -22,7 +22,7 @@ class HeldOutPiece:
     time_signature: tuple[int, int]
 
 
-def _count_events(ids, vocabulary, entry) -> int:
+def _count_events(ids, vocabulary, *, entry) -> int:
     if vocabulary.representation == "classic":
         # Every classic token is one event; <unk> stands for a real (rare) token.
         return len(ids)
@@ -44,11 +44,11 @@ def _time_signature(entry) -> tuple[int, int]:
     return DEFAULT_TIME_SIGNATURE
 
 
-def load_split(run_dir: str, split: str, vocabulary=None) -> list[HeldOutPiece]:
+def load_split(run_dir: str, split: str, *, vocabulary=None) -> list[HeldOutPiece]:
     """The pieces of one split (train or validation) of a run, in shard order."""
     vocabulary = vocabulary or run_lib.load_vocabulary(run_dir)
     # Checked against prepared.json: a missing or damaged shard is an error, never a smaller split.
-    named = run_lib.named_pieces(run_dir, split, vocabulary)
+    named = run_lib.named_pieces(run_dir, split, vocabulary=vocabulary)
     if not named:
         raise run_lib.RunError(f"{run_lib.data_dir(run_dir)} has no {split} pieces: {run_dir} has no {split} split")
     entries = run_lib.manifest_entries(run_dir)
@@ -56,5 +56,5 @@ def load_split(run_dir: str, split: str, vocabulary=None) -> list[HeldOutPiece]:
     for name, ids in named:
         entry = entries.get(name)
         ids = np.asarray(ids, dtype=np.int32)
-        out.append(HeldOutPiece(name, ids, _count_events(ids, vocabulary, entry), _time_signature(entry)))
+        out.append(HeldOutPiece(name, ids, _count_events(ids, vocabulary, entry=entry), _time_signature(entry)))
     return out

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+import random
+from fractions import Fraction
 
 import numpy as np
 
 from keras_music import events, run as run_lib
+from keras_music import infill, ngram, sampling
 from keras_music.cli import progress
 from keras_music.evaluate_held_out import HeldOutPiece, load_split
+from keras_music.generate import Generator
+from keras_music.sampling import SamplingSettings
 
 # Held-out perplexity on the Bach chorales keeps improving up to order 8 and is
 # flat by 12, so the baseline is compared at its best order, not a truncated one.
@@ -45,7 +50,7 @@ def _batches_by_length(pieces, vocabulary_size: int) -> list[list[int]]:
     return batches
 
 
-def token_log_probs(model, pieces, boundary_id: int, pad_id: int = 0, show_progress: bool = False,
+def token_log_probs(model, pieces, *, boundary_id: int, pad_id: int = 0, show_progress: bool = False,
                     excluded=None):
     """Natural-log probability and top-1 hit of every token of every piece under the sequence model.
 
@@ -106,7 +111,7 @@ def _safe_exp(value: float) -> float:
     return math.exp(value) if value < 700 else math.inf
 
 
-def likelihood_summary(total_nll: float, tokens: int, events_count: int) -> dict:
+def likelihood_summary(total_nll: float, tokens: int, *, events_count: int) -> dict:
     """NLL (nats and bits) and perplexity per token and per event from a total NLL in nats."""
     nll = total_nll / tokens if tokens else math.nan
     event_nll = total_nll / events_count if events_count else math.nan
@@ -122,7 +127,7 @@ def likelihood_summary(total_nll: float, tokens: int, events_count: int) -> dict
     }
 
 
-def model_quality(run_dir: str, pieces: list[HeldOutPiece] | None = None, model=None, vocabulary=None,
+def model_quality(run_dir: str, pieces: list[HeldOutPiece] | None = None, *, model=None, vocabulary=None,
                   show_progress: bool = False) -> dict:
     """Per-token and per-event NLL, perplexity and top-1 accuracy of the run's model on its held-out pieces.
 
@@ -131,20 +136,21 @@ def model_quality(run_dir: str, pieces: list[HeldOutPiece] | None = None, model=
     (`never_sampled`); `raw_perplexity` keeps the plain softmax's per-token number beside it.
     """
     vocabulary = vocabulary or run_lib.load_vocabulary(run_dir)
-    pieces = pieces if pieces is not None else load_split(run_dir, "validation", vocabulary)
+    pieces = pieces if pieces is not None else load_split(run_dir, "validation", vocabulary=vocabulary)
     model = model or run_lib.load_model(run_dir, vocabulary)
     excluded = never_sampled(vocabulary)
-    log_probs, hits = token_log_probs(model, [p.ids for p in pieces], vocabulary.boundary_id,
-                                      vocabulary.pad_id, show_progress, excluded)
+    log_probs, hits = token_log_probs(model, [p.ids for p in pieces], boundary_id=vocabulary.boundary_id,
+                                      pad_id=vocabulary.pad_id, show_progress=show_progress, excluded=excluded)
     raw_nll = None
     if excluded is not None:
-        raw, _ = token_log_probs(model, [p.ids for p in pieces], vocabulary.boundary_id, vocabulary.pad_id)
+        raw, _ = token_log_probs(model, [p.ids for p in pieces], boundary_id=vocabulary.boundary_id,
+                                 pad_id=vocabulary.pad_id)
         raw_nll = -float(sum(lp.sum() for lp in raw))
     tokens = sum(len(p.ids) for p in pieces)
     if tokens == 0:
         raise run_lib.RunError(f"{run_dir}: the held-out split has no tokens to score")
     total_nll = -float(sum(lp.sum() for lp in log_probs))
-    result = likelihood_summary(total_nll, tokens, sum(p.events for p in pieces))
+    result = likelihood_summary(total_nll, tokens, events_count=sum(p.events for p in pieces))
     result["accuracy"] = float(sum(int(h.sum()) for h in hits)) / tokens
     if raw_nll is not None:
         result["renormalized"] = "over the tokens a generator samples (controls and sentinels left out)"
@@ -165,9 +171,10 @@ def model_quality(run_dir: str, pieces: list[HeldOutPiece] | None = None, model=
 def event_accuracy(run_dir: str) -> dict:
     """Fraction of held-out events (sonorities) whose every token the model predicts top-1 from the true past."""
     vocabulary = run_lib.load_vocabulary(run_dir)
-    pieces = load_split(run_dir, "validation", vocabulary)
+    pieces = load_split(run_dir, "validation", vocabulary=vocabulary)
     model = run_lib.load_model(run_dir, vocabulary)
-    _, hits = token_log_probs(model, [p.ids for p in pieces], vocabulary.boundary_id, vocabulary.pad_id)
+    _, hits = token_log_probs(model, [p.ids for p in pieces], boundary_id=vocabulary.boundary_id,
+                              pad_id=vocabulary.pad_id)
     ends_event = np.array([events.ends_event(t, vocabulary.representation) for t in vocabulary.tokens])
     correct = total = 0
     for piece, hit in zip(pieces, hits):
@@ -191,7 +198,7 @@ def check_orders(orders) -> tuple[int, ...]:
     return tuple(sorted({int(o) for o in orders}))
 
 
-def ngram_baseline(run_dir: str, orders=DEFAULT_ORDERS, pieces: list[HeldOutPiece] | None = None,
+def ngram_baseline(run_dir: str, orders=DEFAULT_ORDERS, *, pieces: list[HeldOutPiece] | None = None,
                    train_pieces: list[HeldOutPiece] | None = None, vocabulary=None,
                    show_progress: bool = False) -> dict:
     """Kneser-Ney n-grams of each order fit on the training split and scored on the held-out pieces.
@@ -199,12 +206,10 @@ def ngram_baseline(run_dir: str, orders=DEFAULT_ORDERS, pieces: list[HeldOutPiec
     Returns `orders` (keyed by the order as a string: ngram.NGramModel.evaluate's
     numbers plus per-event NLL/perplexity) and `best_order`.
     """
-    from keras_music import ngram
-
     orders = check_orders(orders)
     vocabulary = vocabulary or run_lib.load_vocabulary(run_dir)
-    pieces = pieces if pieces is not None else load_split(run_dir, "validation", vocabulary)
-    train_pieces = train_pieces if train_pieces is not None else load_split(run_dir, "train", vocabulary)
+    pieces = pieces if pieces is not None else load_split(run_dir, "validation", vocabulary=vocabulary)
+    train_pieces = train_pieces if train_pieces is not None else load_split(run_dir, "train", vocabulary=vocabulary)
     held_out = [p.ids for p in pieces]
     training = [p.ids for p in train_pieces]
     excluded = never_sampled(vocabulary)
@@ -213,10 +218,10 @@ def ngram_baseline(run_dir: str, orders=DEFAULT_ORDERS, pieces: list[HeldOutPiec
         training = [ids[~excluded[ids]] for ids in training]
     events_count = sum(p.events for p in pieces)
     results = {}
-    models = ngram.fit_orders(training, len(vocabulary), orders)
+    models = ngram.fit_orders(training, len(vocabulary), orders=orders)
     for order in progress(orders, show=show_progress, desc="n-gram baselines", unit="order"):
         scores = models[order].evaluate(held_out)
-        summary = likelihood_summary(scores["nll_nats"] * scores["tokens"], scores["tokens"], events_count)
+        summary = likelihood_summary(scores["nll_nats"] * scores["tokens"], scores["tokens"], events_count=events_count)
         # The per-token numbers are ngram's own, untouched.
         summary.update(scores)
         results[str(order)] = summary
@@ -260,14 +265,9 @@ def compare_with_ngrams(lstm: dict, baseline: dict) -> dict:
 MAX_INFILL_GAPS = 64
 
 
-def infill_gaps(run_dir: str, pieces: list[HeldOutPiece], vocabulary, seed: int = 0,
+def infill_gaps(run_dir: str, pieces: list[HeldOutPiece], *, vocabulary, seed: int = 0,
                 max_gaps: int = MAX_INFILL_GAPS) -> list[dict]:
     """One gap per held-out piece (up to `max_gaps`): the piece's name, the gap and its suffix/prefix/middle tokens."""
-    import random
-    from fractions import Fraction
-
-    from keras_music import infill
-
     data = run_lib.load_config(run_dir).data
     grid, window = int(data.grid), int(data.seq_length)
     entries = run_lib.manifest_entries(run_dir, strict=False)
@@ -280,12 +280,13 @@ def infill_gaps(run_dir: str, pieces: list[HeldOutPiece], vocabulary, seed: int 
         sonorities = events.tokens_to_sonorities(vocabulary.decode(piece.ids), "note")
         start = events.quantize(entry.get("start") or 0, grid)
         signatures = entry.get("time_signatures")
-        for gap in infill.training_gaps(sonorities, start, signatures, rng, 1, grid):
+        for gap in infill.training_gaps(sonorities, start, time_signatures=signatures, rng=rng, count=1, grid=grid):
             parts = infill.cut(sonorities, start, gap)
             suffix, prefix, middle = infill.context_tokens(parts, start, grid=grid)
             if middle:
                 out.append({"piece": piece.name, "gap": gap, "suffix": suffix, "prefix": prefix, "middle": middle,
-                            "context": infill.generation_context(parts, suffix, prefix, infill.example_length(window)),
+                            "context": infill.generation_context(parts, suffix, prefix=prefix,
+                                                                 window=infill.example_length(window)),
                             "ticks": int(gap.duration * grid), "duration": Fraction(gap.duration)})
     return out
 
@@ -300,7 +301,7 @@ def _distributions(model, sequences) -> list[np.ndarray]:
     return out
 
 
-def _nll(probabilities: np.ndarray, target: int, allowed: np.ndarray | None = None) -> float:
+def _nll(probabilities: np.ndarray, target: int, *, allowed: np.ndarray | None = None) -> float:
     """-log of the target's probability, the distribution first renormalised over `allowed` if given."""
     if allowed is not None:
         probabilities = np.where(allowed, probabilities, 0.0)
@@ -308,13 +309,11 @@ def _nll(probabilities: np.ndarray, target: int, allowed: np.ndarray | None = No
     return -float(np.log(max(probabilities[target], PROBABILITY_FLOOR)))
 
 
-def middle_nll(model, gaps: list[dict], vocabulary, grid: int) -> list[dict]:
+def middle_nll(model, gaps: list[dict], *, vocabulary, grid: int) -> list[dict]:
     """Per gap, the middle's total NLL after the FIM context (fed from the start state, `<fim_suffix>` first,
     as `generate --infill` feeds it) and after `<piece>` and the whole prefix (a left-to-right continuation):
     from the softmax alone (`fim`, `prefix`) and as each generator samples (`fim_masked`: the grammar and
     `infill.GapMask`, which knows how much of the gap is left; `prefix_masked`: the grammar alone)."""
-    from keras_music import infill, sampling
-
     grammar = sampling.Grammar(events.grammar_table(vocabulary.tokens, vocabulary.representation))
     mask = infill.GapMask(vocabulary.tokens, grid)
     out = []
@@ -337,7 +336,7 @@ def middle_nll(model, gaps: list[dict], vocabulary, grid: int) -> list[dict]:
                     allowed = mask.allowed(allowed, state.phase == 0, remaining)
                 row = probabilities[len(head) - 1 + offset]
                 raw += _nll(row, token)
-                masked += _nll(row, token, allowed[0])
+                masked += _nll(row, token, allowed=allowed[0])
                 grammar.advance(state, np.array([token]))
                 remaining = remaining - mask.ticks[token]
             totals[name], totals[f"{name}_masked"] = raw, masked
@@ -345,19 +344,17 @@ def middle_nll(model, gaps: list[dict], vocabulary, grid: int) -> list[dict]:
     return out
 
 
-def infill_quality(run_dir: str, pieces: list[HeldOutPiece], vocabulary, generator=None, seed: int = 0,
+def infill_quality(run_dir: str, pieces: list[HeldOutPiece], *, vocabulary, generator=None, seed: int = 0,
                    temperature: float = 0.9, model=None, max_gaps: int = MAX_INFILL_GAPS) -> dict:
     """For held-out gaps: NLL per token of the true middle after suffix + prefix (FIM order, the context
     `generate --infill` feeds: the suffix's opening and the prefix's end in one window) and after the whole
     prefix alone (the same bars continued left to right), and the share of sampled fills with the gap's exact
     duration."""
-    from fractions import Fraction
-
-    gaps = infill_gaps(run_dir, pieces, vocabulary, seed, max_gaps)
+    gaps = infill_gaps(run_dir, pieces, vocabulary=vocabulary, seed=seed, max_gaps=max_gaps)
     if not gaps:
         return {"gaps": 0, "note": "no held-out piece has bars enough for a gap with music before and after it"}
     model = model or run_lib.load_model(run_dir, vocabulary)
-    scores = middle_nll(model, gaps, vocabulary, run_lib.load_config(run_dir).data.grid)
+    scores = middle_nll(model, gaps, vocabulary=vocabulary, grid=run_lib.load_config(run_dir).data.grid)
     details, totals = [], {"fim": 0.0, "prefix": 0.0, "fim_masked": 0.0, "prefix_masked": 0.0}
     for gap, score in zip(gaps, scores):
         n = len(gap["middle"])
@@ -369,11 +366,9 @@ def infill_quality(run_dir: str, pieces: list[HeldOutPiece], vocabulary, generat
                         "nll_fim_masked": score["fim_masked"] / n,
                         "nll_prefix_only_masked": score["prefix_masked"] / n})
     if generator is None:
-        from keras_music.generate import Generator
-
         generator = Generator(run_dir)
     contexts = [vocabulary.encode(g["context"]) for g in gaps]
-    fills, _ = generator.fill(contexts, [g["ticks"] for g in gaps], temperature=temperature, seed=seed)
+    fills, _ = generator.fill(contexts, [g["ticks"] for g in gaps], seed=seed, sampling=SamplingSettings(temperature=temperature))
     exact = 0
     for detail, gap, fill in zip(details, gaps, fills):
         filled = sum((Fraction(t.partition(":")[2]) for t in vocabulary.decode(fill) if t.startswith("dur:")),

@@ -2,21 +2,75 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
-from keras_music import cli, defaults, events, metrics, run as run_lib
+from keras_music import cli, defaults, events, music_metrics, run as run_lib
 from keras_music.cli import progress
 from keras_music.evaluate_held_out import DEFAULT_TIME_SIGNATURE, HeldOutPiece, load_split
+from keras_music.evaluate_likelihood import DEFAULT_ORDERS, check_orders
+from keras_music.generate import Generator
+from keras_music.sampling import SamplingSettings
 
-METRIC_NAMES = tuple(metrics.METRIC_DESCRIPTIONS)
+METRIC_NAMES = tuple(music_metrics.METRIC_DESCRIPTIONS)
 DEFAULT_NUM_SAMPLES = 20
 # Generated pieces as long as the held-out pieces they are compared with: pitch entropy,
 # pitch range and most other metrics grow with a piece's length, so sets of unlike lengths
 # differ for that reason alone.
 DEFAULT_LENGTH = cli.MATCHED
 DEFAULT_TEMPERATURES = defaults.TEMPERATURES
+# Pieces per requested control value in the control report (0: no report).
+DEFAULT_CONTROLS_SAMPLES = 8
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationSettings:
+    """What an evaluation generates and scores; checked once, when made (ValueError naming the bad setting).
+
+    Attributes:
+      num_samples: pieces generated per temperature (>= 1).
+      length: events per generated piece (>= 1), or "matched": piece i as long as held-out piece i.
+      temperatures: one or more finite temperatures >= 0 (0 is greedy).
+      seed: the sampling seed (>= 0).
+      orders: the n-gram orders compared with the LSTM (1..evaluate_likelihood.MAX_ORDER).
+      controls_samples: pieces per requested control value for a run with control tokens (0: no report).
+    """
+
+    num_samples: int = DEFAULT_NUM_SAMPLES
+    length: int | str = DEFAULT_LENGTH
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    seed: int = 0
+    orders: tuple[int, ...] = DEFAULT_ORDERS
+    controls_samples: int = DEFAULT_CONTROLS_SAMPLES
+
+    def __post_init__(self):
+        checked = (("num_samples", self.num_samples, 1), ("seed", self.seed, 0)) + (
+            () if self.length == cli.MATCHED else (("length", self.length, 1),))
+        for name, value, low in checked:
+            if not _is_count(value) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        temperatures = tuple(self.temperatures)
+        if not temperatures:
+            raise ValueError("temperatures must name at least one temperature, got none")
+        for t in temperatures:
+            if isinstance(t, bool) or not isinstance(t, (int, float, np.number)) or not (0 <= t < math.inf):
+                raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {t!r}")
+        object.__setattr__(self, "temperatures", tuple(float(t) for t in temperatures))
+        object.__setattr__(self, "orders", check_orders(self.orders))
+        if not _is_count(self.controls_samples) or self.controls_samples < 0:
+            raise ValueError(f"controls_samples must be an integer >= 0 (0: no control report), "
+                             f"got {self.controls_samples!r}")
+
+    def record(self) -> dict:
+        """The settings as evaluation.json gives them."""
+        return {"num_samples": self.num_samples, "length": self.length, "temperatures": list(self.temperatures),
+                "seed": self.seed, "orders": list(self.orders)}
 
 
 def temperature_key(temperature: float) -> str:
@@ -28,7 +82,8 @@ def temperature_key(temperature: float) -> str:
 
 
 def decode_sonorities(ids, vocabulary):
-    return events.tokens_to_sonorities(vocabulary.decode(ids), vocabulary.representation, vocabulary.classic_step)
+    return events.tokens_to_sonorities(vocabulary.decode(ids), vocabulary.representation,
+                                       classic_step=vocabulary.classic_step)
 
 
 def piece_notes(sonorities) -> np.ndarray:
@@ -57,15 +112,15 @@ def generated_part(piece) -> tuple[np.ndarray, list]:
 
 
 def transition_matrix_for(pieces: list[HeldOutPiece], vocabulary) -> np.ndarray:
-    return metrics.transition_matrix([piece_notes(decode_sonorities(p.ids, vocabulary)) for p in pieces])
+    return music_metrics.transition_matrix([piece_notes(decode_sonorities(p.ids, vocabulary)) for p in pieces])
 
 
-def real_piece_metrics(pieces: list[HeldOutPiece], vocabulary, matrix, show_progress: bool = False) -> list[dict]:
+def real_piece_metrics(pieces: list[HeldOutPiece], vocabulary, *, matrix, show_progress: bool = False) -> list[dict]:
     out = []
     for piece in progress(pieces, show=show_progress, desc="metrics of held-out pieces", unit="piece"):
         sonorities = decode_sonorities(piece.ids, vocabulary)
-        values = metrics.piece_metrics(piece_notes(sonorities), events.event_keys(sonorities),
-                                       piece.time_signature, matrix)
+        values = music_metrics.piece_metrics(piece_notes(sonorities), events.event_keys(sonorities),
+                                       time_signature=piece.time_signature, matrix=matrix)
         out.append({"name": piece.name, "events": len(sonorities), "time_signature": list(piece.time_signature),
                     "metrics": values})
     return out
@@ -75,7 +130,8 @@ def generated_piece_metrics(pieces, matrix) -> list[dict]:
     out = []
     for piece in pieces:
         notes, sonorities = generated_part(piece)
-        values = metrics.piece_metrics(notes, events.event_keys(sonorities), DEFAULT_TIME_SIGNATURE, matrix)
+        values = music_metrics.piece_metrics(notes, events.event_keys(sonorities),
+                                             time_signature=DEFAULT_TIME_SIGNATURE, matrix=matrix)
         repairs = getattr(piece, "repairs", None) or {}
         out.append({"events": len(sonorities), "notes": int(len(notes)),
                     "stop_reason": getattr(piece, "stop_reason", None),
@@ -111,8 +167,8 @@ def stop_reasons(rows) -> dict:
     return reasons
 
 
-def generation_lengths(length, real_rows, num_samples: int) -> dict:
-    """Generator length settings: `matched` gives piece i exactly the events of held-out piece i (cycling)."""
+def generation_lengths(length, real_rows, *, num_samples: int) -> dict:
+    """Sampling length settings: `matched` gives piece i exactly the events of held-out piece i (cycling)."""
     if length != cli.MATCHED:
         return {"length": length}
     if not real_rows:
@@ -127,18 +183,20 @@ def _summaries(rows) -> dict:
     return {name: summarize_values(metric_values(rows, name)) for name in METRIC_NAMES}
 
 
-def music_metrics(run_dir: str, num_samples: int = DEFAULT_NUM_SAMPLES, length=DEFAULT_LENGTH,
-                  temperatures=DEFAULT_TEMPERATURES, seed: int = 0, pieces=None, train_pieces=None,
-                  vocabulary=None, generator=None, show_progress: bool = False) -> dict:
-    """Metrics of generated pieces per temperature and of held-out real pieces, and their comparison."""
-    vocabulary = vocabulary or run_lib.load_vocabulary(run_dir)
-    pieces = pieces if pieces is not None else load_split(run_dir, "validation", vocabulary)
-    train_pieces = train_pieces if train_pieces is not None else load_split(run_dir, "train", vocabulary)
-    matrix = transition_matrix_for(train_pieces, vocabulary)
-    real = real_piece_metrics(pieces, vocabulary, matrix, show_progress)
-    if generator is None:
-        from keras_music.generate import Generator
+def music_report(run_dir: str, settings: EvaluationSettings | None = None, *, pieces=None, train_pieces=None,
+                 vocabulary=None, generator=None, show_progress: bool = False) -> dict:
+    """Metrics of generated pieces per temperature and of held-out real pieces, and their comparison.
 
+    `settings` gives the pieces generated per temperature, their length, the temperatures and the seed.
+    """
+    settings = EvaluationSettings() if settings is None else settings
+    temperatures = settings.temperatures
+    vocabulary = vocabulary or run_lib.load_vocabulary(run_dir)
+    pieces = pieces if pieces is not None else load_split(run_dir, "validation", vocabulary=vocabulary)
+    train_pieces = train_pieces if train_pieces is not None else load_split(run_dir, "train", vocabulary=vocabulary)
+    matrix = transition_matrix_for(train_pieces, vocabulary)
+    real = real_piece_metrics(pieces, vocabulary, matrix=matrix, show_progress=show_progress)
+    if generator is None:
         generator = Generator(run_dir)
     generated, comparisons = {}, {}
     for temperature in progress(temperatures, show=show_progress and len(temperatures) > 1,
@@ -146,17 +204,18 @@ def music_metrics(run_dir: str, num_samples: int = DEFAULT_NUM_SAMPLES, length=D
         key = temperature_key(temperature)
         # No primer: pieces come from the model's own openings, so the generated set does
         # not borrow material from the held-out pieces it is compared with.
-        samples = generator.generate(num_samples=num_samples, temperature=float(temperature), seed=seed,
-                                     primer_tokens=[], show_progress=show_progress,
-                                     **generation_lengths(length, real, num_samples))
+        sampling = SamplingSettings(temperature=float(temperature),
+                                    **generation_lengths(settings.length, real, num_samples=settings.num_samples))
+        samples = generator.generate(settings.num_samples, sampling, seed=settings.seed, primer_tokens=[],
+                                     show_progress=show_progress)
         rows = generated_piece_metrics(samples, matrix)
         generated[key] = {"pieces": rows, "summary": _summaries(rows), "stop_reasons": stop_reasons(rows)}
-        comparisons[key] = {name: metrics.compare_distributions(metric_values(rows, name), metric_values(real, name))
+        comparisons[key] = {name: music_metrics.compare_distributions(metric_values(rows, name), metric_values(real, name))
                             for name in METRIC_NAMES}
     return {
         "temperatures": [float(t) for t in temperatures],
         "metric_names": list(METRIC_NAMES),
-        "descriptions": dict(metrics.METRIC_DESCRIPTIONS),
+        "descriptions": dict(music_metrics.METRIC_DESCRIPTIONS),
         "transition_matrix": matrix.tolist(),
         "real": {"pieces": real, "summary": _summaries(real)},
         "generated": generated,

@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-from keras_music import cli, formatting as fmt, metrics, plots
+from keras_music import cli, formatting as fmt, music_metrics, plots
+from keras_music.evaluate_controls import render_section
 from keras_music.evaluate_music import metric_values, temperature_key
 
 
@@ -32,7 +33,7 @@ def _evaluation_header(result: dict) -> list[str]:
     ]
 
 
-def _quality_row(label: str, scores: dict, ratio: str) -> str:
+def _quality_row(label: str, scores: dict, *, ratio: str) -> str:
     return (f"| {label} | {fmt.number(scores['nll_nats'])} | {fmt.number(scores['nll_bits'])} "
             f"| {fmt.number(scores['perplexity'])} | {fmt.number(scores['accuracy'])} "
             f"| {fmt.number(scores['event_nll_nats'])} | {fmt.number(scores['event_perplexity'])} | {ratio} |")
@@ -51,12 +52,12 @@ def _model_quality_section(result: dict) -> list[str]:
         "| model | NLL nats/token | NLL bits/token | perplexity/token | top-1 accuracy | NLL nats/event "
         "| perplexity/event | LSTM perplexity / this |",
         "|---|---|---|---|---|---|---|---|",
-        _quality_row("LSTM", result["model_quality"], "1.000"),
+        _quality_row("LSTM", result["model_quality"], ratio="1.000"),
     ]
     for order, scores in baseline["orders"].items():
         marker = " (best)" if int(order) == baseline["best_order"] else ""
         lines.append(_quality_row(f"{order}-gram{marker}", scores,
-                                  fmt.number(ratios["per_order"][order]["perplexity_ratio"])))
+                                  ratio=fmt.number(ratios["per_order"][order]["perplexity_ratio"])))
     ratio = ratios["perplexity_ratio"]
     verdict = ("the LSTM predicts the held-out music better than every n-gram" if ratio is not None and ratio < 1
                else "the LSTM does not beat the best n-gram")
@@ -86,7 +87,7 @@ def _music_metrics_section(music: dict, keys: list[str]) -> list[str]:
     return lines
 
 
-def _overlap_section(music: dict, keys: list[str], held_out_pieces: int) -> list[str]:
+def _overlap_section(music: dict, keys: list[str], *, held_out_pieces: int) -> list[str]:
     lines = [
         "",
         "## Generated vs real: overlapping area / KL divergence (Yang & Lerch 2020)",
@@ -142,11 +143,9 @@ def render_evaluation(result: dict) -> str:
     lines = _evaluation_header(result)
     lines += _model_quality_section(result)
     lines += _music_metrics_section(music, keys)
-    lines += _overlap_section(music, keys, result["held_out"]["pieces"])
+    lines += _overlap_section(music, keys, held_out_pieces=result["held_out"]["pieces"])
     lines += _generation_section(music, keys)
     if "controls" in result:
-        from keras_music.evaluate_controls import render_section
-
         lines += render_section(result["controls"])
     lines += _how_to_read_section(music)
     lines += _infill_section(result.get("infill"))
@@ -190,8 +189,8 @@ def plot_distributions(music: dict, out_path: str) -> None:
     keys = [temperature_key(t) for t in music["temperatures"]]
     figure, axes = plots.metric_grid(len(names))
     for ax, name in zip(axes.flat, names):
-        real = metrics.finite_values(metric_values(music["real"]["pieces"], name))
-        generated = {k: metrics.finite_values(metric_values(music["generated"][k]["pieces"], name)) for k in keys}
+        real = music_metrics.finite_values(metric_values(music["real"]["pieces"], name))
+        generated = {k: music_metrics.finite_values(metric_values(music["generated"][k]["pieces"], name)) for k in keys}
         pooled = np.concatenate([real, *generated.values()])
         if len(pooled) == 0:
             ax.set_title(f"{name} (undefined)")
@@ -208,8 +207,8 @@ def plot_distributions(music: dict, out_path: str) -> None:
                 ax.hist(generated[k], bins=bins, density=True, histtype="step", linewidth=1.5, label=f"T = {k}")
         ax.set_title(name, fontsize=10)
         ax.tick_params(labelsize=8)
-    plots.finish_metric_grid(figure, axes, len(names),
-                             "metric distributions: generated (per temperature) vs held-out real", out_path)
+    plots.finish_metric_grid(figure, axes, used=len(names),
+                             title="metric distributions: generated (per temperature) vs held-out real", path=out_path)
 
 
 def plot_metrics_vs_temperature(music: dict, out_path: str) -> None:
@@ -232,5 +231,6 @@ def plot_metrics_vs_temperature(music: dict, out_path: str) -> None:
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("temperature", fontsize=8)
         ax.tick_params(labelsize=8)
-    plots.finish_metric_grid(figure, axes, len(names),
-                             "metrics against sampling temperature (mean ± std; dashed: held-out real mean)", out_path)
+    plots.finish_metric_grid(figure, axes, used=len(names),
+                             title="metrics against sampling temperature (mean ± std; dashed: held-out real mean)",
+                             path=out_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from fractions import Fraction
 
 import numpy as np
@@ -135,7 +136,18 @@ def score_notes(score, grid: int = GRID) -> list[tuple[Fraction, Fraction, int]]
     return sorted((n[0], n[1], n[2]) for n in notes)
 
 
-def score_timing(score) -> dict:
+class Timing(typing.TypedDict, total=False):
+    """Where a piece sits in time, JSON-ready: `tempos` [[quarter, bpm], ...], `time_signatures`
+    [[quarter, numerator, denominator], ...], and for a piece `start` (its first note, quarter notes)
+    and `program` (General MIDI, 0-127)."""
+
+    tempos: list
+    time_signatures: list
+    start: float
+    program: int
+
+
+def score_timing(score) -> Timing:
     """Tempo marks and time signatures of a music21 score as [[quarter, bpm]] and [[quarter, n, d]]."""
     flat = score.flatten()
     signatures: dict[float, list] = {}
@@ -305,7 +317,7 @@ def sonorities_to_tokens(sonorities, representation: str = "note") -> list[str]:
     raise ValueError(f"unknown representation {representation!r} (expected note or classic)")
 
 
-def tokens_to_sonorities(tokens, representation: str = "note", classic_step=Fraction(1, 2),
+def tokens_to_sonorities(tokens, representation: str = "note", *, classic_step=Fraction(1, 2),
                          report: DecodeReport | None = None) -> list[Sonority]:
     """Inverse of sonorities_to_tokens; tolerant of ill-formed generated sequences.
 
@@ -315,13 +327,13 @@ def tokens_to_sonorities(tokens, representation: str = "note", classic_step=Frac
     """
     report = report or DecodeReport()
     if representation == "classic":
-        return _classic_sonorities(tokens, Fraction(classic_step).limit_denominator(GRID), report)
+        return _classic_sonorities(tokens, Fraction(classic_step).limit_denominator(GRID), report=report)
     if representation != "note":
         raise ValueError(f"unknown representation {representation!r} (expected note or classic)")
     return _note_sonorities(tokens, report)
 
 
-def _classic_sonorities(tokens, step: Fraction, report: DecodeReport) -> list[Sonority]:
+def _classic_sonorities(tokens, step: Fraction, *, report: DecodeReport) -> list[Sonority]:
     """One attack of `step` quarter notes per note name or pitch-class chord."""
     out: list[Sonority] = []
     for token in tokens:
@@ -395,7 +407,7 @@ def _duration(value: str, report: DecodeReport) -> Fraction | None:
     return duration
 
 
-def transpose_token(token: str, shift: int, representation: str = "note", low: int = 0,
+def transpose_token(token: str, shift: int, *, representation: str = "note", low: int = 0,
                     high: int = 127) -> str | None:
     """The token moved by `shift` semitones, or None if its pitch leaves low..high (default: the MIDI range).
 
@@ -513,7 +525,7 @@ def event_keys(sonorities) -> list[tuple]:
 
 # ----------------------------------------------------------------------------- sonorities -> music21
 
-def sonorities_to_stream(sonorities, tempo: float = 90.0, instrument: str = "Piano",
+def sonorities_to_stream(sonorities, tempo: float = 90.0, *, instrument: str = "Piano",
                          time_signature: tuple[int, int] | None = (4, 4), title: str | None = None):
     """A single-part music21 score: chords/notes/rests with ties for held pitches."""
     from music21 import chord, instrument as m21instrument, meter, metadata, note, stream, tempo as m21tempo, tie
@@ -556,7 +568,7 @@ def sonorities_to_stream(sonorities, tempo: float = 90.0, instrument: str = "Pia
     return score
 
 
-def stream_to_tokens(score, representation: str = "note", max_duration=Fraction(8),
+def stream_to_tokens(score, representation: str = "note", *, max_duration=Fraction(8),
                      shift: int = 0, grid: int = GRID) -> list[str]:
     notes = [(a, b, p + shift) for a, b, p in score_notes(score, grid) if 0 <= p + shift <= 127]
     return sonorities_to_tokens(notes_to_sonorities(notes, max_duration, grid), representation)

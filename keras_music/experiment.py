@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import math
 import os
@@ -12,11 +13,14 @@ import time
 
 from keras_music import cli, config as config_lib, defaults, evaluate, evaluate_likelihood as likelihood, experiment_report
 from keras_music import run as run_lib, storage
-from keras_music.evaluate_music import temperature_key
+from keras_music.evaluate_music import EvaluationSettings, temperature_key
 from keras_music.experiment_claims import RULE, judge_claims, mean_se
 from keras_music.experiment_configs import (MIN_SCALED_HIDDEN, ExperimentError, StudyRun, apply_token_budget,
                                            resolve_runs, tokens_per_epoch)
 from keras_music.experiment_report import LEARNING_CURVES_PNG, METRICS_PNG
+from keras_music.sampling import SamplingSettings
+from keras_music import listening, train
+from keras_music.generate import Generator
 
 DEFAULT_TEMPERATURES = defaults.TEMPERATURES
 DEFAULT_NUM_SAMPLES = 20
@@ -54,28 +58,27 @@ class RecordingGenerator:
         self.generator = generator
         self.pieces: dict[str, list] = {}
 
-    def generate(self, *args, **kwargs):
-        pieces = self.generator.generate(*args, **kwargs)
-        self.pieces[temperature_key(kwargs.get("temperature", 1.0))] = pieces
+    def generate(self, num_samples=1, sampling: SamplingSettings | None = None, **kwargs):
+        sampling = SamplingSettings() if sampling is None else sampling
+        pieces = self.generator.generate(num_samples, sampling, **kwargs)
+        self.pieces[temperature_key(sampling.temperature)] = pieces
         return pieces
 
 
-def _train_run(run: StudyRun, budget_tokens: int | None, user_keys: set, show_progress: bool, log) -> dict:
+def _train_run(run: StudyRun, budget_tokens: int | None, *, user_keys: set, show_progress: bool, log) -> dict:
     import keras
 
-    from keras_music import train
-
     storage.makedirs(run.run_dir)
-    prepared = train.prepare_run(run.config, run.run_dir, show_progress, log)
+    prepared = train.prepare_run(run.config, run.run_dir, show_progress=show_progress, log=log)
     per_epoch = tokens_per_epoch(run.config, prepared)
     if budget_tokens is not None and "train.epochs" not in user_keys:
-        apply_token_budget(run, budget_tokens, per_epoch)
+        apply_token_budget(run, budget_tokens, per_epoch=per_epoch)
     keras.backend.clear_session()
     metrics_json = train.train(run.config, run.run_dir, show_progress=show_progress, log=log)
     return dict(metrics_json, tokens_per_epoch=per_epoch)
 
 
-def _train_all(runs, budget_tokens, overrides, show_progress: bool, log) -> dict:
+def _train_all(runs, budget_tokens, *, overrides, show_progress: bool, log) -> dict:
     user_keys = {config_lib.parse_override(text)[0] for text in overrides}
     trained = {}
     for run in runs:
@@ -83,11 +86,12 @@ def _train_all(runs, budget_tokens, overrides, show_progress: bool, log) -> dict
             f"({'; '.join(run.applied) or 'settings as in ' + run.config_file})")
         # --quiet keeps the experiment's own stage lines but drops train's per-epoch ones.
         train_log = (lambda *a, n=run.name: log(f"[{n}]", *a)) if show_progress else (lambda *a: None)
-        trained[run.name] = _train_run(run, budget_tokens, user_keys, show_progress, train_log)
+        trained[run.name] = _train_run(run, budget_tokens, user_keys=user_keys, show_progress=show_progress,
+                                       log=train_log)
     return trained
 
 
-def _write_listening_samples(run: StudyRun, recorder: RecordingGenerator, count: int, log) -> dict:
+def _write_listening_samples(run: StudyRun, recorder: RecordingGenerator, *, count: int, log) -> dict:
     written = {}
     if count < 1:
         return written
@@ -102,46 +106,72 @@ def _write_listening_samples(run: StudyRun, recorder: RecordingGenerator, count:
     return written
 
 
-def _evaluate_all(runs, num_samples, length, temperatures, seed, write_samples, show_progress, log):
+def _evaluate_all(runs, study: StudySettings, *, show_progress: bool, log):
     """Each run's evaluation, event accuracy and listening samples, keyed by run name."""
-    from keras_music.generate import Generator
-
     evaluations, samples, accuracy = {}, {}, {}
+    settings = EvaluationSettings(num_samples=study.num_samples, length=study.length, temperatures=study.temperatures,
+                                  seed=study.seed or 0, orders=likelihood.DEFAULT_ORDERS)
     for run in runs:
-        log(f"[{run.name}] sampling {num_samples} pieces at each of {len(temperatures)} temperatures and evaluating")
+        log(f"[{run.name}] sampling {study.num_samples} pieces at each of {len(study.temperatures)} temperatures "
+            "and evaluating")
         recorder = RecordingGenerator(Generator(run.run_dir))
         evaluations[run.name] = evaluate.evaluate_run(
-            run.run_dir, num_samples, length, temperatures, seed or 0, likelihood.DEFAULT_ORDERS,
-            run_lib.path(run.run_dir, run_lib.EVALUATION), show_progress=show_progress, generator=recorder)
+            run.run_dir, settings, out_dir=run_lib.path(run.run_dir, run_lib.EVALUATION),
+            show_progress=show_progress, generator=recorder)
         accuracy[run.name] = likelihood.event_accuracy(run.run_dir)
-        samples[run.name] = _write_listening_samples(run, recorder, write_samples, log)
+        samples[run.name] = _write_listening_samples(run, recorder, count=study.write_samples, log=log)
     return evaluations, accuracy, samples
 
 
-def run_study(config_files, out_dir: str, sources=(), overrides=(), scale: float | None = None,
-              budget_minutes: float | None = None, budget_tokens: int | None = None,
-              temperatures=DEFAULT_TEMPERATURES, num_samples: int = DEFAULT_NUM_SAMPLES,
-              length: int = DEFAULT_LENGTH, seed: int = 0, write_samples: int = DEFAULT_WRITE_SAMPLES,
-              show_progress: bool = True, log=None, command: str = "") -> dict:
+@dataclasses.dataclass(frozen=True)
+class StudySettings:
+    """What the study trains and measures: the configs (the report's original setting first), the data and
+    overrides every config shares, the scale and budget, and the sampling it evaluates with.
+
+    `seed` None leaves each config's train.seed; temperatures are kept once each, in order.
+    """
+
+    configs: tuple[str, ...]
+    sources: tuple[str, ...] = ()
+    overrides: tuple[str, ...] = ()
+    scale: float | None = None
+    budget_minutes: float | None = None
+    budget_tokens: int | None = None
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+    num_samples: int = DEFAULT_NUM_SAMPLES
+    length: int | str = DEFAULT_LENGTH
+    seed: int | None = 0
+    write_samples: int = DEFAULT_WRITE_SAMPLES
+
+    def __post_init__(self):
+        if len(self.configs) < 2:
+            raise ExperimentError(f"the study compares at least two configs, got {len(self.configs)}")
+        for name in ("configs", "sources", "overrides"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "temperatures", tuple(float(t) for t in dict.fromkeys(self.temperatures)))
+
+
+def run_study(settings: StudySettings, out_dir: str, *, show_progress: bool = True, log=None,
+              command: str = "") -> dict:
     """Train every config into OUT/<name>, evaluate each, and write report.md, report.json and plots into OUT."""
     log = log or (lambda *a: print(*a, file=sys.stderr))
-    if len(config_files) < 2:
-        raise ExperimentError(f"the study compares at least two configs, got {len(config_files)}")
-    temperatures = tuple(float(t) for t in dict.fromkeys(temperatures))
     started = time.time()
-    if seed is not None:
-        overrides = [*overrides, f"train.seed={int(seed)}"]
-    runs = resolve_runs(config_files, out_dir, sources, overrides, scale, budget_minutes, budget_tokens)
+    overrides = list(settings.overrides)
+    if settings.seed is not None:
+        overrides.append(f"train.seed={int(settings.seed)}")
+    runs = resolve_runs(settings.configs, out_dir, sources=settings.sources, overrides=overrides,
+                        scale=settings.scale, budget_minutes=settings.budget_minutes,
+                        budget_tokens=settings.budget_tokens)
     storage.makedirs(out_dir)
-    trained = _train_all(runs, budget_tokens, overrides, show_progress, log)
-    evaluations, accuracy, samples = _evaluate_all(runs, num_samples, length, temperatures, seed, write_samples,
-                                                   show_progress, log)
-    result = assemble(runs, trained, evaluations, accuracy, samples, out_dir, {
+    trained = _train_all(runs, settings.budget_tokens, overrides=overrides, show_progress=show_progress, log=log)
+    evaluations, accuracy, samples = _evaluate_all(runs, settings, show_progress=show_progress, log=log)
+    result = assemble(runs, trained, evaluations=evaluations, accuracy=accuracy, samples=samples, out_dir=out_dir,
+                      settings={
         "configs": [r.config_file for r in runs], "sources": list(runs[0].config.data.sources),
-        "overrides": [o for o in overrides if not o.startswith("train.seed=")], "scale": scale,
-        "budget_minutes": budget_minutes, "budget_tokens": budget_tokens, "temperatures": list(temperatures),
-        "num_samples": num_samples, "length": length, "seed": seed or 0,
-        "ngram_orders": list(likelihood.DEFAULT_ORDERS), "command": command})
+        "overrides": [o for o in overrides if not o.startswith("train.seed=")], "scale": settings.scale,
+        "budget_minutes": settings.budget_minutes, "budget_tokens": settings.budget_tokens,
+        "temperatures": list(settings.temperatures), "num_samples": settings.num_samples, "length": settings.length,
+        "seed": settings.seed or 0, "ngram_orders": list(likelihood.DEFAULT_ORDERS), "command": command})
     experiment_report.plot_learning_curves(result, storage.join(out_dir, LEARNING_CURVES_PNG))
     experiment_report.plot_metrics_by_temperature(result, storage.join(out_dir, METRICS_PNG))
     result["seconds"] = round(time.time() - started, 1)
@@ -173,8 +203,6 @@ def rerender_report(out_dir: str) -> dict:
 
 def listening_results(out_dir: str, run_dirs) -> list[dict]:
     """Blind A/B results between the two compared runs, from the studio's votes in OUT/listening.sqlite."""
-    from keras_music import listening
-
     path = storage.join(out_dir, listening.DB_NAME)
     if storage.is_remote(path) or not storage.exists(path):
         return []
@@ -250,7 +278,8 @@ def _music_by_temperature(music: dict) -> dict:
         for name in music["metric_names"]} for temperature in music["temperatures"]}
 
 
-def _run_summary(run: StudyRun, trained: dict, evaluation: dict, accuracy: dict, samples: dict, out_dir: str) -> dict:
+def _run_summary(run: StudyRun, trained: dict, *, evaluation: dict, accuracy: dict, samples: dict,
+                 out_dir: str) -> dict:
     music = evaluation["music_metrics"]
     return {
         "config_file": run.config_file,
@@ -268,7 +297,7 @@ def _run_summary(run: StudyRun, trained: dict, evaluation: dict, accuracy: dict,
     }
 
 
-def assemble(runs, trained, evaluations, accuracy, samples, out_dir, settings) -> dict:
+def assemble(runs, trained, *, evaluations, accuracy, samples, out_dir, settings) -> dict:
     """The JSON-ready summary the report and plots are drawn from."""
     names = [r.name for r in runs]
     held_out = {r.name: run_lib.held_out_names(r.run_dir) for r in runs}
@@ -287,14 +316,15 @@ def assemble(runs, trained, evaluations, accuracy, samples, out_dir, settings) -
                  "held_out": held_out[names[0]]},
         "scaled": settings["scale"] is not None,
         "budgeted": settings["budget_minutes"] is not None or settings["budget_tokens"] is not None,
-        "runs": {run.name: _run_summary(run, trained[run.name], evaluations[run.name], accuracy[run.name],
-                                        samples.get(run.name, {}), out_dir) for run in runs},
+        "runs": {run.name: _run_summary(run, trained[run.name], evaluation=evaluations[run.name],
+                                        accuracy=accuracy[run.name],
+                                        samples=samples.get(run.name, {}), out_dir=out_dir) for run in runs},
         "metric_names": list(real_music["metric_names"]),
         "descriptions": dict(real_music["descriptions"]),
         "real": {name: mean_se(row["metrics"].get(name) for row in real_music["real"]["pieces"])
                  for name in real_music["metric_names"]},
         "rule": RULE,
-        "claims": judge_claims(evaluations[names[0]], evaluations[names[1]], names[:2]),
+        "claims": judge_claims(evaluations[names[0]], evaluations[names[1]], names=names[:2]),
         "figures": [LEARNING_CURVES_PNG, METRICS_PNG],
     }
 
@@ -302,10 +332,12 @@ def assemble(runs, trained, evaluations, accuracy, samples, out_dir, settings) -
 # ----------------------------------------------------------------------------- command line
 
 
-scale_factor = cli.number_type("scale_factor", float, lambda value: 0 < value <= 1, "a factor in (0, 1]",
-                               "--scale must be in (0, 1] (e.g. 0.125 for 1/8 of hidden_size), got {text}")
-budget_minutes = cli.number_type("budget_minutes", float, lambda value: 0 < value < math.inf,
-                                 "a positive number of minutes", "--budget must be a positive number of minutes, got {text}")
+scale_factor = cli.number_type("scale_factor", float, accept=lambda value: 0 < value <= 1,
+                               expected="a factor in (0, 1]",
+                               out_of_range="--scale must be in (0, 1] (e.g. 0.125 for 1/8 of hidden_size), got {text}")
+budget_minutes = cli.number_type("budget_minutes", float, accept=lambda value: 0 < value < math.inf,
+                                 expected="a positive number of minutes",
+                                 out_of_range="--budget must be a positive number of minutes, got {text}")
 
 
 def parse_args(argv=None):
@@ -375,10 +407,7 @@ def main(argv=None):
     command = "python -m keras_music.experiment " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     if args.report_only:
         with cli.user_errors(parser):
-            try:
-                result = rerender_report(args.out)
-            except ExperimentError as error:
-                parser.error(str(error))
+            result = rerender_report(args.out)
             votes = sum(r["votes"] for r in result["listening"])
             print(f"listening: {votes} vote{'s' if votes != 1 else ''} in {len(result['listening'])} comparison"
                   f"{'s' if len(result['listening']) != 1 else ''}")
@@ -386,13 +415,12 @@ def main(argv=None):
         cli.finish(0)
     with cli.user_errors(parser):
         out_dir = args.out or run_lib.timestamped_dir("runs", "experiment-")
-        try:
-            result = run_study(args.configs, out_dir, args.data, args.overrides, args.scale, args.budget,
-                               args.budget_tokens, args.temperatures or DEFAULT_TEMPERATURES, args.num_samples,
-                               args.length, args.seed, args.write_samples, show_progress=not args.quiet,
-                               command=command)
-        except ExperimentError as error:
-            parser.error(str(error))
+        settings = StudySettings(configs=args.configs, sources=args.data, overrides=args.overrides,
+                                 scale=args.scale, budget_minutes=args.budget, budget_tokens=args.budget_tokens,
+                                 temperatures=args.temperatures or DEFAULT_TEMPERATURES,
+                                 num_samples=args.num_samples, length=args.length, seed=args.seed,
+                                 write_samples=args.write_samples)
+        result = run_study(settings, out_dir, show_progress=not args.quiet, command=command)
         for claim in result["claims"]:
             print(f"claim {claim['id']} ({claim['claim']}): {claim['verdict']}")
         print(f"report: {storage.join(out_dir, REPORT_MD)}")

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from keras_music import metrics
+from keras_music import music_metrics
 from keras_music.evaluate_music import temperature_key
 
 # A difference counts only when it is at least this many standard errors.
@@ -54,7 +54,7 @@ RULE = (
 
 def mean_se(values) -> dict:
     """Mean, sample standard deviation (n − 1), standard error of the mean, count of finite values."""
-    x = metrics.finite_values(values)
+    x = music_metrics.finite_values(values)
     n = len(x)
     std = float(x.std(ddof=1)) if n >= 2 else math.nan
     return {"mean": float(x.mean()) if n else math.nan, "std": std,
@@ -69,7 +69,7 @@ def verdict(difference: float, se: float, direction: int) -> str:
     return "supports" if np.sign(difference) == np.sign(direction) else "contradicts"
 
 
-def compare_groups(original, modified, direction: int) -> dict:
+def compare_groups(original, modified, *, direction: int) -> dict:
     """Difference of means (modified − original) of two independent groups, its standard error and verdict."""
     a, b = mean_se(original), mean_se(modified)
     difference = b["mean"] - a["mean"]
@@ -78,17 +78,17 @@ def compare_groups(original, modified, direction: int) -> dict:
             "verdict": verdict(difference, se, direction)}
 
 
-def compare_paired(original: dict, modified: dict, direction: int) -> dict:
+def compare_paired(original: dict, modified: dict, *, direction: int) -> dict:
     """Like compare_groups for values keyed by the same items (held-out pieces): mean of per-item differences."""
     shared = [k for k in original if k in modified and original[k] is not None and modified[k] is not None]
-    differences = metrics.finite_values([modified[k] - original[k] for k in shared])
+    differences = music_metrics.finite_values([modified[k] - original[k] for k in shared])
     summary = mean_se(differences)
     return {"original": mean_se([original[k] for k in shared]), "modified": mean_se([modified[k] for k in shared]),
             "difference": summary["mean"], "se": summary["se"], "pairs": summary["n"],
             "verdict": verdict(summary["mean"], summary["se"], direction)}
 
 
-def slope(x, y, direction: int) -> dict:
+def slope(x, y, *, direction: int) -> dict:
     """Least-squares slope of y on x with its standard error and verdict (finite pairs only)."""
     pairs = [(float(a), float(b)) for a, b in zip(x, y)
              if a is not None and b is not None and math.isfinite(float(a)) and math.isfinite(float(b))]
@@ -136,42 +136,43 @@ def _slope_measures(claim: dict, named_evaluations) -> list[dict]:
     measures = []
     for name, evaluation in named_evaluations:
         for metric, direction in claim["measures"]:
-            result = slope(*_temperature_values(evaluation["music_metrics"], metric), direction)
+            x, y = _temperature_values(evaluation["music_metrics"], metric)
+            result = slope(x, y, direction=direction)
             measures.append(dict(result, measure=metric, config=name, direction=direction))
     return measures
 
 
-def _held_out_perplexity(original: dict, modified: dict, direction: int) -> dict:
+def _held_out_perplexity(original: dict, modified: dict, *, direction: int) -> dict:
     """Paired per-piece held-out NLL of the two models, with each model's perplexity beside it."""
     per_piece = [{p["name"] or str(i): p.get("nll_nats") for i, p in enumerate(e["model_quality"].get("per_piece", []))}
                  for e in (original, modified)]
-    result = compare_paired(per_piece[0], per_piece[1], direction)
+    result = compare_paired(per_piece[0], per_piece[1], direction=direction)
     result["original"]["perplexity"] = original["model_quality"]["perplexity"]
     result["modified"]["perplexity"] = modified["model_quality"]["perplexity"]
     return result
 
 
-def _difference_measures(claim: dict, original: dict, modified: dict) -> list[dict]:
+def _difference_measures(claim: dict, original: dict, *, modified: dict) -> list[dict]:
     """Claims 1-4: modified minus original, metric by metric."""
     measures = []
     for metric, direction in claim["measures"]:
         if metric == "held_out_perplexity":
-            result = _held_out_perplexity(original, modified, direction)
+            result = _held_out_perplexity(original, modified, direction=direction)
         else:
             result = compare_groups(_pooled_values(original["music_metrics"], metric),
-                                    _pooled_values(modified["music_metrics"], metric), direction)
+                                    _pooled_values(modified["music_metrics"], metric), direction=direction)
         measures.append(dict(result, measure=metric, direction=direction))
     return measures
 
 
-def judge_claims(original: dict, modified: dict, names=("original", "modified")) -> list[dict]:
+def judge_claims(original: dict, modified: dict, *, names=("original", "modified")) -> list[dict]:
     """Verdicts for CLAIMS from two evaluate_run results (the first is the report's original setting)."""
     out = []
     for claim in CLAIMS:
         if claim["id"] == 5:
             measures = _slope_measures(claim, zip(names, (original, modified)))
         else:
-            measures = _difference_measures(claim, original, modified)
+            measures = _difference_measures(claim, original, modified=modified)
         out.append({"id": claim["id"], "claim": claim["claim"], "operationalisation": claim["operationalisation"],
                     "measures": measures, "verdict": combine(m["verdict"] for m in measures)})
     return out

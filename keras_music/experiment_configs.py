@@ -7,6 +7,7 @@ import math
 import os
 
 from keras_music import config as config_lib, storage
+from keras_music import train
 from keras_music.errors import KerasMusicError
 
 # Smallest hidden size --scale produces: below it an LSTM of three layers says little.
@@ -45,7 +46,7 @@ def _names(files) -> list[str]:
     return names
 
 
-def resolve_runs(config_files, out_dir: str, sources=(), overrides=(), scale: float | None = None,
+def resolve_runs(config_files, out_dir: str, *, sources=(), overrides=(), scale: float | None = None,
                  budget_minutes: float | None = None, budget_tokens: int | None = None) -> list[StudyRun]:
     """One resolved config per file: file < --set < what --scale/--budget choose (except keys --set names)."""
     if budget_minutes is not None and budget_tokens is not None:
@@ -71,18 +72,17 @@ def resolve_runs(config_files, out_dir: str, sources=(), overrides=(), scale: fl
         config = config_lib.load([file], overrides + applied)
         if sources:
             config = config_lib.validate(config_lib.with_sources(config, sources))
-        runs.append(StudyRun(name, str(file), config, storage.join(out_dir, name), base.model.hidden_size, applied))
+        runs.append(StudyRun(name=name, config_file=str(file), config=config, run_dir=storage.join(out_dir, name),
+                             configured_hidden_size=base.model.hidden_size, applied=applied))
     return runs
 
 
 def tokens_per_epoch(config: config_lib.Config, prepared: dict) -> int:
-    from keras_music import train
-
     return (train.epoch_steps(config, train.shortest_train_lengths(config, prepared)) * config.train.batch_size
             * config.data.seq_length)
 
 
-def apply_token_budget(run: StudyRun, budget_tokens: int, per_epoch: int) -> None:
+def apply_token_budget(run: StudyRun, budget_tokens: int, *, per_epoch: int) -> None:
     """Give the run's config the whole epochs that reach `budget_tokens` training tokens."""
     if per_epoch < 1:
         raise ExperimentError(f"{run.name}: the training split has fewer tokens than one batch of "

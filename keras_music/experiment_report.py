@@ -6,6 +6,7 @@ import math
 import os
 
 from keras_music import formatting as fmt, plots
+from keras_music import listening
 from keras_music.evaluate_music import temperature_key
 from keras_music.evaluate_report import length_phrase
 from keras_music.experiment_claims import SPREAD_FACTOR
@@ -16,7 +17,7 @@ LEARNING_CURVES_PNG = "learning_curves.png"
 METRICS_PNG = "metrics_by_temperature.png"
 
 
-def _config_table(header: str, result: dict, rows) -> list[str]:
+def _config_table(header: str, result: dict, *, rows) -> list[str]:
     """A markdown table with one column per config: `rows` are (label, cell of a run's summary)."""
     names = result["names"]
     lines = [header + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -91,7 +92,7 @@ def _budget_minutes_note(result: dict) -> str:
 def scaling_lines(result: dict) -> list[str]:
     """The "What was trained" table and a note on each setting the study chose for every config."""
     settings = result["settings"]
-    lines = _config_table("| setting | ", result, WHAT_WAS_TRAINED)
+    lines = _config_table("| setting | ", result, rows=WHAT_WAS_TRAINED)
     if settings["scale"] is not None:
         lines += ["", f"`--scale {settings['scale']:g}`: hidden_size = max({MIN_SCALED_HIDDEN}, "
                       f"round(configured × {settings['scale']:g})); nothing else was scaled."]
@@ -233,8 +234,6 @@ def _listening_section(result: dict) -> list[str]:
                for name in result["names"] for key, paths in result["runs"][name]["samples"].items() if paths]
     lines = ["", "## Listening", ""] + (samples or ["No sample pieces were written (--write-samples 0)."])
     if result.get("listening"):
-        from keras_music import listening
-
         lines += ["", "Blind A/B votes from `python -m keras_music.studio` (95% Wilson intervals; exact two-sided "
                       "binomial test against 0.5):", ""] + listening.report_lines(result["listening"])
     else:
@@ -255,7 +254,7 @@ def render_study(result: dict) -> str:
               "Held-out numbers score every held-out piece from its start with the evaluated (best-validation) "
               "model; per event = per sonority (the piece's total NLL over its events). Accuracy per event: "
               "every token of the event is the model's top-1 choice given the true past.", ""]
-    lines += _config_table("| | ", result, PER_CONFIG_RESULTS)
+    lines += _config_table("| | ", result, rows=PER_CONFIG_RESULTS)
     lines += ["", "## Learning curves", "",
               "Validation loss against training tokens seen and against training time, both configs on one "
               "plot (from each run's metrics.json history).", "",
@@ -317,5 +316,6 @@ def plot_metrics_by_temperature(result: dict, out_path: str) -> None:
         ax.set_title(metric, fontsize=10)
         ax.set_xlabel("temperature", fontsize=8)
         ax.tick_params(labelsize=8)
-    plots.finish_metric_grid(figure, axes, len(names), "music metrics against temperature (mean ± standard error; "
-                             "dashed: held-out real mean)", out_path, right=0.9)
+    plots.finish_metric_grid(figure, axes, used=len(names),
+                             title="music metrics against temperature (mean ± standard error; "
+                             "dashed: held-out real mean)", path=out_path, right=0.9)

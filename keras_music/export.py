@@ -3,97 +3,186 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
 import time
+from typing import TypedDict
+from importlib import metadata
+import hashlib
+import shutil
+
+import numpy as np
 
 from keras_music import (export_parity, export_saved_model, export_tflite, formatting as fmt, run as run_lib,
                          storage, web_export)
 from keras_music.export_saved_model import SIGNATURES, ExportError
 from keras_music.export_tflite import ARTIFACT_NAMES, QUANTIZATIONS
+from keras_music.vocabulary import Vocabulary
+from keras_music import cli
+import keras_music
 
 REPORT = run_lib.EXPORT_REPORT
 REPORT_FORMAT = "keras_music.export_report"
 REPORT_VERSION = 1
+COMMAND = "python -m keras_music.export"
 # What the web page's model menu says each .tflite file is.
 WEB_DESCRIPTIONS = {"none": "float32", "float16": "float16 weights", "dynamic": "dynamic-range int8 weights"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSettings:
+    """What an export writes and how hard it checks it.
+
+    `quantize`: the TFLite variants among QUANTIZATIONS (model.tflite, "none", is always
+    written). `parity_windows` held-out windows and greedy runs of `parity_steps` tokens
+    compare every artifact against Keras. `separate_conversion` runs the TFLite converter
+    in a CPU-only child process (None: only when this process sees a GPU). `web` also
+    writes RUN/export/web/, the static site that generates in the browser (keras_music.web_export).
+    """
+
+    quantize: tuple[str, ...] = QUANTIZATIONS
+    parity_windows: int = 8
+    parity_steps: int = 200
+    separate_conversion: bool | None = None
+    web: bool = False
+
+    def __post_init__(self):
+        if self.parity_windows < 1:
+            raise ValueError(f"parity_windows must be >= 1, got {self.parity_windows}")
+        if self.parity_steps < 0:
+            raise ValueError(f"parity_steps must be >= 0, got {self.parity_steps}")
+        object.__setattr__(self, "quantize", tuple(q for q in QUANTIZATIONS if q in set(self.quantize) | {"none"}))
+
+
+class Artifact(export_parity.ArtifactFigures, total=False):
+    """One file's entry in the report's `artifacts`: its parity figures, and where it is and what it holds.
+
+    Fields besides the figures: `path` (relative to export/), `bytes`; the SavedModel's
+    `signatures`; a .tflite file's `quantization` (what its weights are), `operators` and `builtin_only`.
+    """
+
+    path: str
+    bytes: int
+    signatures: list[str]
+    quantization: str
+    operators: list[str]
+    builtin_only: bool
+
+
+class ExportReport(TypedDict, total=False):
+    """export_report.json: what was exported with which versions, and how close each artifact is to Keras.
+
+    Fields: `format`/`version`, `created`, `versions` (of TensorFlow, Keras, LiteRT, numpy,
+    keras_music, Python), `model` (sizes and representation), `files` (bytes by path),
+    `parity_data`, `keras` (the reference's own figures), `artifacts` (by name),
+    `dynamic_size_ratio`/`float16_size_ratio` (to the float32 file), `thresholds`, `web`
+    (with --web), `checks`, `passed`, `vocabulary_fingerprint` and `sha256` (by path).
+    """
+
+    format: str
+    version: int
+    created: str
+    versions: dict[str, str | None]
+    model: dict
+    files: dict[str, int]
+    parity_data: export_parity.ParityDescription
+    keras: export_parity.KerasFigures
+    artifacts: dict[str, Artifact]
+    dynamic_size_ratio: float | None
+    float16_size_ratio: float | None
+    thresholds: export_parity.Thresholds
+    web: web_export.SiteSummary
+    checks: list[export_parity.Check]
+    passed: bool
+    vocabulary_fingerprint: str
+    sha256: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """What an export reads from the run before it writes anything."""
+
+    run_dir: str
+    vocabulary: Vocabulary
+    model: object  # the trained keras.Model
+    sizes: dict  # model.describe
+    data: export_parity.ParityData
 
 
 def export_dir(run_dir: str) -> str:
     return run_lib.path(run_dir, run_lib.EXPORT)
 
 
-def export(run_dir: str, quantize=QUANTIZATIONS, parity_windows: int = 8, parity_steps: int = 200,
-           show_progress: bool = False, log=print, separate_conversion: bool | None = None,
-           web: bool = False) -> dict:
+def export(run_dir: str, settings: ExportSettings = ExportSettings(), *, show_progress: bool = False,
+           log=print) -> ExportReport:
     """Write RUN/export/ (SavedModel, TFLite files, vocab.json, export_report.json) atomically.
 
     Returns the report; report["passed"] says whether every threshold held. The
-    artifacts are written either way so a failed check can be inspected.
-    `separate_conversion` runs the TFLite converter in a CPU-only child process
-    (None: only when this process sees a GPU). `web` also writes RUN/export/web/, the
-    static site that generates in the browser (keras_music.web_export). The run directory
-    is locked meanwhile, and unfinished export folders of a killed earlier export are removed first.
+    artifacts are written either way so a failed check can be inspected. The run
+    directory is locked meanwhile, and unfinished export folders of a killed earlier
+    export are removed first.
     """
-    with run_lib.lock(run_dir, "python -m keras_music.export"):
-        return _export(run_dir, quantize, parity_windows, parity_steps, show_progress, log, separate_conversion, web)
+    with run_lib.lock(run_dir, COMMAND):
+        source = _read_run(run_dir, settings)
+        if settings.separate_conversion is None:
+            settings = dataclasses.replace(settings, separate_conversion=export_tflite.needs_separate_process())
+        # Fetched before the long conversion, so a missing npm fails in seconds.
+        runtime = web_export.fetch_runtime(log=log) if settings.web else None
+        removed = remove_stale_exports(run_dir)
+        if removed:
+            log(f"removed {removed} unfinished export folder(s) left by an interrupted export")
+        with storage.atomic_directory(export_dir(run_dir)) as out, \
+                tempfile.TemporaryDirectory(prefix="keras_music-step-") as scratch:
+            exported = _write_models(source, out, scratch=scratch, settings=settings, log=log)
+            parity = export_parity.measure_parity(run_dir, source.model, exported=exported, data=source.data,
+                                                  show_progress=show_progress)
+            artifacts = _artifacts(parity, exported)
+            web_summary = _write_web(run_dir, out, vocab_file=exported.vocab_file, tflite_paths=exported.tflite,
+                                     runtime=runtime) if settings.web else None
+            report = _report(source, parity, artifacts=artifacts, vocab_file=exported.vocab_file,
+                             web_summary=web_summary)
+            # Generators that load these files check them against the checksums first.
+            report["sha256"] = file_digests(out)
+            storage.write_json(os.path.join(out, REPORT), report)
+    return report
 
 
-def _export(run_dir, quantize, parity_windows, parity_steps, show_progress, log, separate_conversion,
-            web) -> dict:
+def _read_run(run_dir: str, settings: ExportSettings) -> _Source:
+    """The run's vocabulary, model and parity data (held-out windows and greedy primers)."""
     from keras_music import model as model_lib
 
-    if parity_windows < 1:
-        raise ValueError(f"parity_windows must be >= 1, got {parity_windows}")
-    if parity_steps < 0:
-        raise ValueError(f"parity_steps must be >= 0, got {parity_steps}")
-    quantize = tuple(q for q in QUANTIZATIONS if q in set(quantize) | {"none"})
     config = run_lib.load_config(run_dir)
     vocabulary = run_lib.load_vocabulary(run_dir)
     model = run_lib.load_model(run_dir, vocabulary)
     sizes = model_lib.describe(model)
-    data = export_parity.parity_data(run_dir, config.data.seq_length, vocabulary, parity_windows, parity_steps,
-                                     list(vocabulary.banned_ids))
-    if separate_conversion is None:
-        separate_conversion = export_tflite.needs_separate_process()
-    # Fetched before the long conversion, so a missing npm fails in seconds.
-    runtime = web_export.fetch_runtime(log=log) if web else None
-
-    removed = remove_stale_exports(run_dir)
-    if removed:
-        log(f"removed {removed} unfinished export folder(s) left by an interrupted export")
-    with storage.atomic_directory(export_dir(run_dir)) as out, \
-            tempfile.TemporaryDirectory(prefix="keras_music-step-") as scratch:
-        vocab_file = os.path.join(out, run_lib.EXPORT_VOCAB)
-        with open(vocab_file, "wb") as handle:
-            handle.write(storage.read_bytes(run_lib.path(run_dir, run_lib.VOCAB)))
-        saved_model_dir = _write_models(model, vocabulary, vocab_file, out, scratch, quantize, separate_conversion, log)
-        loaded = _reload(saved_model_dir)
-        tflite_paths = {q: os.path.join(out, run_lib.TFLITE_FILES[q]) for q in quantize}
-        parity = export_parity.measure_parity(run_dir, model, saved_model_dir, loaded, tflite_paths, data,
-                                              show_progress=show_progress)
-        artifacts = _artifacts(parity, saved_model_dir, loaded, tflite_paths)
-        web_summary = _write_web(run_dir, out, vocab_file, tflite_paths, runtime) if web else None
-        report = _report(sizes, vocabulary, vocab_file, data, parity, artifacts, web_summary)
-        # Generators that load these files check them against the checksums first.
-        report["sha256"] = file_digests(out)
-        storage.write_json(os.path.join(out, REPORT), report)
-    return report
+    data = export_parity.parity_data(run_dir, vocabulary, seq_length=config.data.seq_length,
+                                     windows=settings.parity_windows, greedy_steps=settings.parity_steps,
+                                     banned=list(vocabulary.banned_ids))
+    return _Source(run_dir, vocabulary, model, sizes, data)
 
 
-def _write_models(model, vocabulary, vocab_file, out, scratch, quantize, separate_conversion, log) -> str:
-    """The SavedModel into out/saved_model and the .tflite files into out; returns the SavedModel's folder."""
+def _write_models(source: _Source, out: str, *, scratch: str, settings: ExportSettings,
+                  log) -> export_parity.Exported:
+    """vocab.json, the SavedModel (out/saved_model) and the .tflite files into out; returns them, reloaded."""
+    vocab_file = os.path.join(out, run_lib.EXPORT_VOCAB)
+    with open(vocab_file, "wb") as handle:
+        handle.write(storage.read_bytes(run_lib.path(source.run_dir, run_lib.VOCAB)))
     saved_model_dir = os.path.join(out, run_lib.SAVED_MODEL)
     started = time.perf_counter()
-    export_saved_model.write_saved_model(model, vocabulary, vocab_file, saved_model_dir)
+    export_saved_model.write_saved_model(source.model, source.vocabulary, vocab_file=vocab_file,
+                                         directory=saved_model_dir)
     log(f"SavedModel written in {time.perf_counter() - started:.1f} s")
     step_dir = os.path.join(scratch, "step_saved_model")
-    export_saved_model.write_step_saved_model(model, step_dir)
+    export_saved_model.write_step_saved_model(source.model, step_dir)
     started = time.perf_counter()
-    export_tflite.convert(step_dir, out, quantize, separate_conversion)
-    log(f"TFLite ({', '.join(quantize)}) converted in {time.perf_counter() - started:.1f} s")
-    return saved_model_dir
+    export_tflite.convert(step_dir, out, quantizations=settings.quantize,
+                          separate_process=settings.separate_conversion)
+    log(f"TFLite ({', '.join(settings.quantize)}) converted in {time.perf_counter() - started:.1f} s")
+    tflite = {q: os.path.join(out, run_lib.TFLITE_FILES[q]) for q in settings.quantize}
+    return export_parity.Exported(vocab_file=vocab_file, saved_model=saved_model_dir,
+                                  loaded=_reload(saved_model_dir), tflite=tflite)
 
 
 def _reload(saved_model_dir: str):
@@ -107,12 +196,12 @@ def _reload(saved_model_dir: str):
     return loaded
 
 
-def _artifacts(parity: dict, saved_model_dir: str, loaded, tflite_paths: dict) -> dict:
+def _artifacts(parity: export_parity.Parity, exported: export_parity.Exported) -> dict[str, Artifact]:
     """The report's `artifacts`: each file's parity figures with its path, size and (TFLite) operators."""
     artifacts = {"saved_model": dict(parity["saved_model"], path=run_lib.SAVED_MODEL,
-                                     bytes=directory_size(saved_model_dir),
-                                     signatures=sorted(loaded.signatures.keys()))}
-    for quantization, path in tflite_paths.items():
+                                     bytes=directory_size(exported.saved_model),
+                                     signatures=sorted(exported.loaded.signatures.keys()))}
+    for quantization, path in exported.tflite.items():
         with open(path, "rb") as handle:
             operators = export_tflite.check_builtin_only(handle.read(), run_lib.TFLITE_FILES[quantization])
         name = ARTIFACT_NAMES[quantization]
@@ -122,13 +211,14 @@ def _artifacts(parity: dict, saved_model_dir: str, loaded, tflite_paths: dict) -
     return artifacts
 
 
-def _write_web(run_dir: str, out: str, vocab_file: str, tflite_paths: dict, runtime) -> dict:
+def _write_web(run_dir: str, out: str, *, vocab_file: str, tflite_paths: dict[str, str],
+               runtime: str) -> web_export.SiteSummary:
     """RUN/export/web/, the static site that generates with the .tflite files in a browser; returns its summary."""
     return web_export.write_site(
         os.path.join(out, run_lib.WEB), vocab_file,
-        [(path, WEB_DESCRIPTIONS[quantization]) for quantization, path in tflite_paths.items()], runtime,
-        run_name=os.path.basename(run_dir.rstrip("/")), timing=run_lib.load_prepared(run_dir).get("timing"),
-        encoding=_encoding(run_dir))
+        models=[(path, WEB_DESCRIPTIONS[quantization]) for quantization, path in tflite_paths.items()],
+        runtime_dir=runtime, run_name=os.path.basename(run_dir.rstrip("/")),
+        timing=run_lib.load_prepared(run_dir).get("timing"), encoding=_encoding(run_dir))
 
 
 def _encoding(run_dir: str) -> dict | None:
@@ -141,17 +231,18 @@ def _encoding(run_dir: str) -> dict | None:
             "transpose": data.transpose}
 
 
-def _report(sizes: dict, vocabulary, vocab_file: str, data, parity: dict, artifacts: dict, web_summary) -> dict:
+def _report(source: _Source, parity: export_parity.Parity, *, artifacts: dict[str, Artifact], vocab_file: str,
+            web_summary: web_export.SiteSummary | None) -> ExportReport:
     """export_report.json (without the checksums): versions, model, files, parity figures and checks."""
     float32_bytes = artifacts["tflite_float32"]["bytes"]
-    report = {
+    report: ExportReport = {
         "format": REPORT_FORMAT,
         "version": REPORT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": _versions(),
-        "model": dict(sizes, representation=vocabulary.representation),
+        "model": dict(source.sizes, representation=source.vocabulary.representation),
         "files": {run_lib.EXPORT_VOCAB: os.path.getsize(vocab_file)},
-        "parity_data": data.describe(),
+        "parity_data": source.data.describe(),
         "keras": parity["keras"],
         "artifacts": artifacts,
         "dynamic_size_ratio": (artifacts["tflite_dynamic"]["bytes"] / float32_bytes
@@ -166,14 +257,12 @@ def _report(sizes: dict, vocabulary, vocab_file: str, data, parity: dict, artifa
         report["web"] = web_summary
     report["checks"] = export_parity.evaluate_checks(report)
     report["passed"] = all(check["passed"] for check in report["checks"])
-    report["vocabulary_fingerprint"] = vocabulary.fingerprint()
+    report["vocabulary_fingerprint"] = source.vocabulary.fingerprint()
     return report
 
 
 def file_digests(directory: str) -> dict:
     """sha256 of every file below a local directory, by '/'-joined relative path (the report excluded)."""
-    import hashlib
-
     digests = {}
     for folder, _, files in os.walk(directory):
         for name in files:
@@ -188,8 +277,6 @@ def file_digests(directory: str) -> dict:
 
 def remove_stale_exports(run_dir: str) -> int:
     """Remove the hidden `.export.tmp-*` folders a killed export left beside export/ (callers hold the run's lock)."""
-    import shutil
-
     if storage.is_remote(run_dir) or not os.path.isdir(run_dir):
         return 0
     removed = 0
@@ -207,13 +294,8 @@ def directory_size(path: str) -> int:
 
 
 def _versions() -> dict:
-    from importlib import metadata
-
     import keras
-    import numpy as np
     import tensorflow as tf
-
-    import keras_music
 
     try:
         litert = metadata.version("ai-edge-litert")
@@ -286,10 +368,8 @@ def format_table(report: dict) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 def parse_args(argv=None):
-    from keras_music import cli
-
     parser = argparse.ArgumentParser(
-        prog="python -m keras_music.export",
+        prog=COMMAND,
         description="Export a trained run into RUN/export/: a SavedModel (serving_default, step, generate, "
                     "initial_state), TFLite step models (float32 and quantized, builtin ops only), vocab.json "
                     "and export_report.json with parity figures against Keras. Exits 1 if a parity threshold "
@@ -314,14 +394,14 @@ def main(argv=None) -> int:
     # Conversion must be CPU-only; hiding GPUs has to happen before TensorFlow loads.
     os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
     parser, args = parse_args(argv)
-    from keras_music import cli
 
     with cli.user_errors(parser):
-        # One writer of the run at a time: an export never runs beside train or another export.
-        with run_lib.lock(args.run_dir, "python -m keras_music.export"):
-            report = export(args.run_dir, quantize=args.quantize, parity_windows=args.parity_windows,
-                            parity_steps=args.parity_steps, show_progress=not args.quiet, web=args.web,
-                            log=(lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr)))
+        # One writer of the run at a time: export() holds the run's lock, so it never runs beside train or
+        # another export.
+        settings = ExportSettings(quantize=args.quantize, parity_windows=args.parity_windows,
+                                  parity_steps=args.parity_steps, web=args.web)
+        report = export(args.run_dir, settings, show_progress=not args.quiet,
+                        log=(lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr)))
         print(format_table(report))
         print(f"\nwritten: {export_dir(args.run_dir)}")
         if not report["passed"]:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
+
+from keras_music import events
 from keras_music.errors import KerasMusicError
 
 SIGNATURES = ("serving_default", "step", "generate", "initial_state")
@@ -11,7 +16,7 @@ class ExportError(KerasMusicError, RuntimeError):
     """A conversion failed, needed non-builtin ops, or an artifact does not load."""
 
 
-def write_saved_model(model, vocabulary, vocab_file: str, directory: str) -> None:
+def write_saved_model(model, vocabulary, *, vocab_file: str, directory: str) -> None:
     """The run's SavedModel: serving_default, step, generate, initial_state, and vocab.json as an asset.
 
     Written with keras.export.ExportArchive, which saves the Keras 3 variables with
@@ -98,6 +103,7 @@ _TOP_P_TOLERANCE = 1e-9
 MAX_LENGTH = (2 ** 31 - 1) // 32
 TOKENS_PER_EVENT_LIMIT = 32
 STOP_REASONS = ("length", "boundary", "token_limit")
+_BY_LENGTH, _BY_BOUNDARY, _BY_TOKEN_LIMIT = range(len(STOP_REASONS))
 _PHASE_BETWEEN, _PHASE_CHORD, _PHASE_REST = 0, 1, 2
 
 
@@ -137,7 +143,6 @@ class _GraphGrammar:
     """
 
     def __init__(self, table: dict):
-        import numpy as np
         import tensorflow as tf
 
         kinds = np.asarray(table["kinds"])
@@ -219,7 +224,7 @@ def widened(values):
     return tf.where(subnormal, signed, tf.cast(values, tf.float64))
 
 
-def sample_one(probabilities, allowed, temperature, top_k, top_p, rng_state):
+def sample_one(probabilities, allowed, *, temperature, top_k, top_p, rng_state):
     """One token by export/README.md "Portable sampler / One token", in float64: (id int32, next rng state).
 
     `probabilities` float32 [V] (widened exactly), `allowed` bool [V]; ids 0 and 1 are
@@ -266,6 +271,76 @@ def sample_one(probabilities, allowed, temperature, top_k, top_p, rng_state):
     return tf.cond(temperature > 0.0, draw, lambda: (best, rng_state))
 
 
+class _Piece(NamedTuple):
+    """Where the `generate` loop is in its piece: tf.while_loop carries it as nested loop variables."""
+
+    step: object  # int32: tokens drawn so far
+    done: object  # bool
+    reason: object  # int32 index into STOP_REASONS
+    events_so_far: object  # int32: events emitted
+    rng_state: object  # uint64 SplitMix64 state
+    ids: object  # TensorArray of the drawn ids
+
+    @staticmethod
+    def start(seed) -> _Piece:
+        import tensorflow as tf
+
+        return _Piece(step=tf.constant(0), done=tf.constant(False), reason=tf.constant(_BY_TOKEN_LIMIT),
+                      events_so_far=tf.constant(0), rng_state=seed_state(seed),
+                      ids=tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=tf.TensorShape([])))
+
+    def drawn(self):
+        """The piece's ids: the step that stopped it (between sonorities, or a <piece> token) emitted nothing."""
+        import tensorflow as tf
+
+        count = tf.where(self.done & tf.not_equal(self.reason, _BY_LENGTH), self.step - 1, self.step)
+        return self.ids.stack()[:count]
+
+
+class _Context(NamedTuple):
+    """What the tokens read so far leave: the LSTM's (h, c) stack, the next-token probabilities and the
+    grammar state; the `generate` loops carry it as nested loop variables."""
+
+    lstm_state: object  # float32 [1, 2 * layers, hidden]
+    probabilities: object  # float32 [V]
+    where: object  # _GraphGrammar's (phase, top, current, previous)
+
+
+def _generate_checks(vocabulary_size: int, *, primer, length, min_length, temperature, top_k, top_p) -> list:
+    """Assertions on the `generate` inputs, with the messages a caller sees."""
+    import tensorflow as tf
+
+    return [
+        tf.debugging.assert_greater_equal(length, 1, message="generate: length (events) must be >= 1"),
+        tf.debugging.assert_less_equal(length, MAX_LENGTH, message=f"generate: length must be <= {MAX_LENGTH}"),
+        tf.debugging.assert_non_negative(min_length, message="generate: min_length (events) must be >= 0"),
+        tf.debugging.assert_non_negative(temperature, message="generate: temperature must be >= 0 (0 is greedy)"),
+        tf.debugging.assert_less(temperature, tf.constant(float("inf"), tf.float64),
+                                 message="generate: temperature must be finite"),
+        tf.debugging.assert_non_negative(top_k, message="generate: top_k must be >= 0 (0 is off)"),
+        tf.debugging.assert_greater(top_p, tf.constant(0.0, tf.float64),
+                                    message="generate: top_p must be in (0, 1]"),
+        tf.debugging.assert_less_equal(top_p, tf.constant(1.0, tf.float64),
+                                       message="generate: top_p must be in (0, 1]"),
+        tf.debugging.assert_less(primer, vocabulary_size,
+                                 message=f"generate: primer ids must be < {vocabulary_size}"),
+        tf.debugging.assert_non_negative(primer, message="generate: primer ids must be >= 0")]
+
+
+def _read_primer(step_model, grammar: _GraphGrammar, *, primer) -> _Context:
+    """The step model and the grammar after reading `primer`, from zero LSTM state and the grammar's start."""
+    import tensorflow as tf
+
+    def prime(i, context):
+        token = primer[i]
+        out = step_model(tf.reshape(token, [1]), context.lstm_state)
+        return i + 1, _Context(out["next_state"], out["probabilities"][0], grammar.advance(context.where, token))
+
+    start = _Context(tf.zeros([1, *step_model.state_shape], tf.float32), tf.zeros([grammar.size], tf.float32),
+                     grammar.start())
+    return tf.while_loop(lambda i, _: i < tf.size(primer), prime, (tf.constant(0), start))[1]
+
+
 def _generate_function(step_model, vocabulary):
     """`generate(primer, length, min_length, temperature, top_k, top_p, seed)`: one piece, the portable loop.
 
@@ -276,82 +351,52 @@ def _generate_function(step_model, vocabulary):
     """
     import tensorflow as tf
 
-    from keras_music import events
-
-    num_rows, hidden_size = step_model.state_shape
     vocabulary_size = len(vocabulary)
     tokens = tf.constant(vocabulary.tokens, dtype=tf.string)
     boundary_id = vocabulary.boundary_id
     grammar = _GraphGrammar(events.grammar_table(vocabulary.tokens, vocabulary.representation))
     reasons = tf.constant(STOP_REASONS)
-    by_length, by_boundary, by_token_limit = range(len(STOP_REASONS))
 
     def generate(primer, length, min_length, temperature, top_k, top_p, seed):
-        checks = [
-            tf.debugging.assert_greater_equal(length, 1, message="generate: length (events) must be >= 1"),
-            tf.debugging.assert_less_equal(length, MAX_LENGTH, message=f"generate: length must be <= {MAX_LENGTH}"),
-            tf.debugging.assert_non_negative(min_length, message="generate: min_length (events) must be >= 0"),
-            tf.debugging.assert_non_negative(temperature, message="generate: temperature must be >= 0 (0 is greedy)"),
-            tf.debugging.assert_less(temperature, tf.constant(float("inf"), tf.float64),
-                                     message="generate: temperature must be finite"),
-            tf.debugging.assert_non_negative(top_k, message="generate: top_k must be >= 0 (0 is off)"),
-            tf.debugging.assert_greater(top_p, tf.constant(0.0, tf.float64),
-                                        message="generate: top_p must be in (0, 1]"),
-            tf.debugging.assert_less_equal(top_p, tf.constant(1.0, tf.float64),
-                                           message="generate: top_p must be in (0, 1]"),
-            tf.debugging.assert_less(primer, vocabulary_size,
-                                     message=f"generate: primer ids must be < {vocabulary_size}"),
-            tf.debugging.assert_non_negative(primer, message="generate: primer ids must be >= 0")]
-        with tf.control_dependencies(checks):
+        with tf.control_dependencies(_generate_checks(
+                vocabulary_size, primer=primer, length=length, min_length=min_length, temperature=temperature,
+                top_k=top_k, top_p=top_p)):
             primer = tf.cond(tf.size(primer) > 0, lambda: tf.identity(primer),
                              lambda: tf.constant([boundary_id], tf.int32))
             length = tf.identity(length)
         min_length = tf.minimum(min_length, length)
         max_tokens = length * TOKENS_PER_EVENT_LIMIT
-        state = tf.zeros([1, num_rows, hidden_size], tf.float32)
-        probabilities = tf.zeros([vocabulary_size], tf.float32)
 
-        def prime(i, state, probabilities, where):
-            token = primer[i]
-            out = step_model(tf.reshape(token, [1]), state)
-            return i + 1, out["next_state"], out["probabilities"][0], grammar.advance(where, token)
+        context = _read_primer(step_model, grammar, primer=primer)
 
-        _, state, probabilities, where = tf.while_loop(
-            lambda i, *_: i < tf.size(primer), prime, (tf.constant(0), state, probabilities, grammar.start()))
-
-        def keep_going(step, done, *_):
-            return tf.logical_not(done) & (step < max_tokens)
-
-        def extend(step, done, reason, state, probabilities, where, events_so_far, rng_state, ids):
-            last = tf.equal(step, max_tokens - 1)
-            allowed = grammar.allowed(where, last)
-            allowed = allowed & ((tf.range(vocabulary_size) != boundary_id) | (events_so_far >= min_length))
-            token, rng_state = sample_one(probabilities, allowed, temperature, top_k, top_p, rng_state)
-            full = last & grammar.between(where)  # nothing drawn: the piece stops between sonorities
+        def extend(piece, context):
+            last = tf.equal(piece.step, max_tokens - 1)
+            allowed = grammar.allowed(context.where, last)
+            allowed = allowed & ((tf.range(vocabulary_size) != boundary_id) | (piece.events_so_far >= min_length))
+            token, rng_state = sample_one(context.probabilities, allowed, temperature=temperature, top_k=top_k,
+                                          top_p=top_p, rng_state=piece.rng_state)
+            full = last & grammar.between(context.where)  # nothing drawn: the piece stops between sonorities
             ended = tf.logical_not(full) & tf.equal(token, boundary_id)
             emitted = tf.logical_not(full | ended)
-            ids = ids.write(step, token)  # the stopping step's slot is cut off below
-            events_so_far += tf.cast(emitted & grammar.is_event[token], tf.int32)
+            ids = piece.ids.write(piece.step, token)  # the stopping step's slot is cut off below
+            events_so_far = piece.events_so_far + tf.cast(emitted & grammar.is_event[token], tf.int32)
             reached = emitted & (events_so_far >= length)
             done = full | ended | reached
-            reason = tf.where(reached, by_length, tf.where(ended, by_boundary, by_token_limit))
-            where = grammar.advance(where, token)
+            reason = tf.where(reached, _BY_LENGTH, tf.where(ended, _BY_BOUNDARY, _BY_TOKEN_LIMIT))
 
             def forward():
-                out = step_model(tf.reshape(token, [1]), state)
+                out = step_model(tf.reshape(token, [1]), context.lstm_state)
                 return out["next_state"], out["probabilities"][0]
 
-            state, probabilities = tf.cond(done, lambda: (state, probabilities), forward)
-            return (step + 1, done, reason, state, probabilities, where, events_so_far, rng_state, ids)
+            lstm_state, probabilities = tf.cond(done, lambda: (context.lstm_state, context.probabilities), forward)
+            return (_Piece(step=piece.step + 1, done=done, reason=reason, events_so_far=events_so_far,
+                           rng_state=rng_state, ids=ids),
+                    _Context(lstm_state, probabilities, grammar.advance(context.where, token)))
 
-        initial = (tf.constant(0), tf.constant(False), tf.constant(by_token_limit), state, probabilities, where,
-                   tf.constant(0), seed_state(seed), tf.TensorArray(tf.int32, size=0, dynamic_size=True,
-                                                                    element_shape=tf.TensorShape([])))
-        step, done, reason, *_, ids = tf.while_loop(keep_going, extend, initial)
-        # The step that stopped the piece (between sonorities, or a <piece> token) emitted nothing.
-        count = tf.where(done & tf.not_equal(reason, by_length), step - 1, step)
-        ids = ids.stack()[:count]
-        return {"ids": ids, "tokens": tf.gather(tokens, ids), "stop_reason": reasons[reason]}
+        piece, _ = tf.while_loop(lambda piece, _: tf.logical_not(piece.done) & (piece.step < max_tokens), extend,
+                                 (_Piece.start(seed), context))
+        ids = piece.drawn()
+        return {"ids": ids, "tokens": tf.gather(tokens, ids), "stop_reason": reasons[piece.reason]}
 
     return generate
 

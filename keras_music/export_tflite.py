@@ -65,7 +65,7 @@ def check_builtin_only(data: bytes, name: str) -> list[str]:
     return operators
 
 
-def convert_all(step_saved_model: str, out_dir: str, quantizations) -> None:
+def convert_all(step_saved_model: str, out_dir: str, *, quantizations) -> None:
     """Write one .tflite file per quantization into out_dir (in this process)."""
     for quantization in quantizations:
         data = convert_tflite(step_saved_model, quantization)
@@ -81,11 +81,11 @@ def needs_separate_process() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def convert_in_subprocess(step_saved_model: str, out_dir: str, quantizations) -> None:
+def convert_in_subprocess(step_saved_model: str, out_dir: str, *, quantizations) -> None:
     """convert_all in a child process that sees no GPU."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1")
     code = ("import sys; from keras_music import export_tflite; "
-            "export_tflite.convert_all(sys.argv[1], sys.argv[2], sys.argv[3].split(','))")
+            "export_tflite.convert_all(sys.argv[1], sys.argv[2], quantizations=sys.argv[3].split(','))")
     result = subprocess.run([sys.executable, "-c", code, step_saved_model, out_dir, ",".join(quantizations)],
                             env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -93,9 +93,9 @@ def convert_in_subprocess(step_saved_model: str, out_dir: str, quantizations) ->
         raise ExportError(f"TFLite conversion in a CPU-only process failed (exit {result.returncode}):\n{tail}")
 
 
-def convert(step_saved_model: str, out_dir: str, quantizations, separate_process: bool) -> None:
+def convert(step_saved_model: str, out_dir: str, *, quantizations, separate_process: bool) -> None:
     """One .tflite file per quantization into out_dir, in a CPU-only child process when `separate_process`."""
     if separate_process:
-        convert_in_subprocess(step_saved_model, out_dir, quantizations)
+        convert_in_subprocess(step_saved_model, out_dir, quantizations=quantizations)
     else:
-        convert_all(step_saved_model, out_dir, quantizations)
+        convert_all(step_saved_model, out_dir, quantizations=quantizations)

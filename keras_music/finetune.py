@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
+from typing import TypedDict
+
+import numpy as np
 
 from keras_music import config as config_lib, events, run as run_lib, storage
 from keras_music.vocabulary import Vocabulary
@@ -25,6 +29,26 @@ class Base:
     run_dir: str
     config: config_lib.Config
     vocabulary: Vocabulary
+
+
+class StartRecord(TypedDict, total=False):
+    """metrics.json's `init_from`: the base run a fine-tune started from, the tokens it added, and its start's scores.
+
+    Fields: `run`, the base's `vocabulary_fingerprint` and `vocabulary_size`, `tokens_added` and `added`
+    (the tokens appended to the base's), `held_out_overlap` ([held-out piece, base training piece] pairs
+    allowed by train.allow_held_out_overlap) and, scored by the chief, `val_loss_at_start`,
+    `val_perplexity_at_start` and `val_accuracy_at_start` (the starting model on the held-out windows).
+    """
+
+    run: str
+    vocabulary_fingerprint: str
+    vocabulary_size: int
+    tokens_added: int
+    added: list
+    held_out_overlap: list
+    val_loss_at_start: float
+    val_perplexity_at_start: float
+    val_accuracy_at_start: float
 
 
 def _where(base_dir: str) -> str:
@@ -93,7 +117,7 @@ def added_tokens(base: Vocabulary, vocabulary: Vocabulary) -> list[str]:
     return vocabulary.tokens[len(base):]
 
 
-def initial_model(base: Base, vocabulary: Vocabulary, dropout: float):
+def initial_model(base: Base, vocabulary: Vocabulary, *, dropout: float):
     """A new model for `vocabulary` holding the base model's weights, and rows for the added tokens.
 
     Old rows are copied exactly: the embedding rows and softmax columns of the base's
@@ -105,8 +129,6 @@ def initial_model(base: Base, vocabulary: Vocabulary, dropout: float):
     move until the data says otherwise. A kind the base lacks takes the mean (and the
     lowest bias) of all the base's musical tokens.
     """
-    import numpy as np
-
     from keras_music import model as model_lib
 
     base_model = run_lib.load_model(base.run_dir, base.vocabulary)
@@ -139,12 +161,11 @@ def initial_model(base: Base, vocabulary: Vocabulary, dropout: float):
 # ----------------------------------------------------------------------------- held-out pieces
 
 def _ids_digest(ids) -> str:
-    import numpy as np
-
     return hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest()
 
 
-def held_out_overlap(base: Base, run_dir: str, vocabulary: Vocabulary, info: dict) -> list[tuple[str, str]]:
+def held_out_overlap(base: Base, run_dir: str, *, vocabulary: Vocabulary,
+                     info: run_lib.Prepared) -> list[tuple[str, str]]:
     """(held-out piece of this run, the base's training piece it repeats) for every repeat.
 
     Two content hashes: the manifest's sha256 of the file's bytes, and the sha256 of
@@ -156,13 +177,13 @@ def held_out_overlap(base: Base, run_dir: str, vocabulary: Vocabulary, info: dic
                     if entry.get("status") == "used" and entry.get("split") == "train" and entry.get("sha256")}
     by_ids = {}
     try:
-        for name, ids in run_lib.read_split(base.run_dir, "train", base.vocabulary):
+        for name, ids in run_lib.read_split(base.run_dir, "train", vocabulary=base.vocabulary):
             by_ids.setdefault(_ids_digest(ids), name)
     except run_lib.RunError:
         pass  # the base's own data is gone or damaged: the file hashes still decide
     entries = run_lib.manifest_entries(run_dir)
     found = []
-    for name, ids in run_lib.read_split(run_dir, "validation", vocabulary, info):
+    for name, ids in run_lib.read_split(run_dir, "validation", vocabulary=vocabulary, info=info):
         digest = (entries.get(name) or {}).get("sha256")
         repeat = by_file_hash.get(digest) if digest else None
         repeat = repeat or by_ids.get(_ids_digest(ids))
@@ -171,9 +192,10 @@ def held_out_overlap(base: Base, run_dir: str, vocabulary: Vocabulary, info: dic
     return sorted(found)
 
 
-def check_held_out(base: Base, run_dir: str, vocabulary: Vocabulary, info: dict, allow: bool, log=print) -> list:
+def check_held_out(base: Base, run_dir: str, *, vocabulary: Vocabulary, info: run_lib.Prepared, allow: bool,
+                   log=print) -> list:
     """Refuse held-out pieces that the base trained on (unless `allow`); returns the repeats found."""
-    found = held_out_overlap(base, run_dir, vocabulary, info)
+    found = held_out_overlap(base, run_dir, vocabulary=vocabulary, info=info)
     if found and not allow:
         shown = ", ".join(f"{name} (= {repeat})" for name, repeat in found[:5])
         more = f" and {len(found) - 5} more" if len(found) > 5 else ""
@@ -187,14 +209,12 @@ def check_held_out(base: Base, run_dir: str, vocabulary: Vocabulary, info: dict,
     return found
 
 
-def record(base: Base, vocabulary: Vocabulary, overlap: list, start: dict | None = None) -> dict:
+def record(base: Base, vocabulary: Vocabulary, *, overlap: list, start: dict | None = None) -> StartRecord:
     """What metrics.json keeps of where a fine-tune started (`start`: the initial model's held-out scores)."""
-    import math
-
     added = added_tokens(base.vocabulary, vocabulary)
-    out = {"run": base.run_dir, "vocabulary_fingerprint": base.vocabulary.fingerprint(),
-           "vocabulary_size": len(base.vocabulary), "tokens_added": len(added), "added": added,
-           "held_out_overlap": [list(pair) for pair in overlap]}
+    out: StartRecord = {"run": base.run_dir, "vocabulary_fingerprint": base.vocabulary.fingerprint(),
+                        "vocabulary_size": len(base.vocabulary), "tokens_added": len(added), "added": added,
+                        "held_out_overlap": [list(pair) for pair in overlap]}
     if start is not None:
         out.update(val_loss_at_start=float(start["loss"]), val_perplexity_at_start=float(math.exp(start["loss"])),
                    val_accuracy_at_start=float(start["accuracy"]))

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from fractions import Fraction
 
 import numpy as np
 
-from keras_music import audio as audio_lib, cli, controls, defaults, events, formatting as fmt, infill as infill_lib
-from keras_music import piece_files, run as run_lib, sampling, storage
+from keras_music import audio as audio_lib, cli, controls as controls_lib, defaults, events, formatting as fmt, infill as infill_lib
+from keras_music import corpus, prepare
+from keras_music import piece_files, run as run_lib, sampling as sampling_lib, storage
 from keras_music.backends import BACKENDS, make_backend
 from keras_music.errors import KerasMusicError
-from keras_music.pieces import Piece, default_timing, record_timing, within_primer
+from keras_music.pieces import Piece, Primer, default_timing, record_timing, within_primer
+from keras_music.sampling import SamplingSettings
 
 # The default primer is the opening of a held-out piece: this many tokens, cut back
 # to the last complete sonority.
@@ -50,7 +53,7 @@ def instrument_program(name: str) -> int:
     return int(program) if program is not None else 0
 
 
-def opening_events(tokens: list[str], count: int, representation: str = "note") -> list[str]:
+def opening_events(tokens: list[str], count: int, *, representation: str = "note") -> list[str]:
     """The tokens of the first `count` (>= 1) events: all of them when there are fewer."""
     ends = events.event_ends(tokens, representation)
     return list(tokens[:ends[count - 1]]) if count <= len(ends) else list(tokens)
@@ -64,39 +67,27 @@ def _is_integer(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _row_lengths(length, num_samples: int) -> np.ndarray:
-    """`length` as one event count per row: an integer for every row, or a sequence of them."""
-    values = list(length) if isinstance(length, (list, tuple, np.ndarray)) else [length] * num_samples
-    if len(values) != num_samples or any(not _is_integer(v) or not 1 <= v <= MAX_LENGTH for v in values):
-        raise GenerateError(f"length must be an integer in 1..{MAX_LENGTH} (events to generate) or one such "
-                            f"integer per piece ({num_samples}), got {length!r}")
-    return np.asarray(values, np.int64)
-
-
 def _rng_for_primers(seed: int):
     # A stream separate from the sampler's, so choosing a primer never shifts the
     # sampled tokens of an otherwise identical run.
-    return sampling.make_rng([int(seed), 1], "numpy")
+    return sampling_lib.make_rng([int(seed), 1], "numpy")
 
 
-def _checked_settings(num_samples, length, seed, temperature, top_k, top_p, primer_events, min_length, rng):
-    """Every setting checked before anything is read: (events per row, min_length per row)."""
+def _checked_rows(num_samples, settings: SamplingSettings, *, seed) -> tuple[np.ndarray, np.ndarray]:
+    """The batch's settings checked before anything is read: (events per row, min_length per row)."""
+    if not isinstance(settings, SamplingSettings):
+        raise GenerateError(f"sampling must be a SamplingSettings, got {type(settings).__name__}")
     if not _is_integer(num_samples) or not 1 <= num_samples <= MAX_NUM_SAMPLES:
         raise GenerateError(f"num_samples must be an integer in 1..{MAX_NUM_SAMPLES}, got {num_samples!r}")
-    lengths = _row_lengths(length, num_samples)
+    length = settings.length
+    values = list(length) if isinstance(length, tuple) else [length] * num_samples
+    if len(values) != num_samples:
+        raise GenerateError(f"length must be an integer in 1..{MAX_LENGTH} (events to generate) or one such "
+                            f"integer per piece ({num_samples}), got {length!r}")
     if not _is_integer(seed) or seed < 0:
         raise GenerateError(f"seed must be an integer >= 0, got {seed!r}")
-    try:
-        sampling.validate_sampling(temperature, top_k, top_p)
-    except ValueError as error:
-        raise GenerateError(str(error)) from None
-    if not _is_integer(primer_events) or primer_events < 1:
-        raise GenerateError(f"primer_events must be an integer >= 1, got {primer_events!r}")
-    if not _is_integer(min_length) or min_length < 0:
-        raise GenerateError(f"min_length must be an integer >= 0 (events), got {min_length!r}")
-    if rng not in sampling.RNG_KINDS:
-        raise GenerateError(f"rng must be one of {', '.join(sampling.RNG_KINDS)}, got {rng!r}")
-    return lengths, np.minimum(int(min_length), lengths)
+    lengths = np.asarray(values, np.int64)
+    return lengths, np.minimum(int(settings.min_length), lengths)
 
 
 class _Rows:
@@ -113,7 +104,7 @@ class _Rows:
         """Rows still short of their min_length."""
         return self.events < self.min_lengths
 
-    def take(self, ids, boundary: int, is_event: np.ndarray) -> None:
+    def take(self, ids, boundary: int, *, is_event: np.ndarray) -> None:
         """Append each unfinished row's id; the boundary or the row's last event finishes it."""
         for row in np.flatnonzero(~self.finished):
             token_id = int(ids[row])
@@ -131,10 +122,22 @@ class _Rows:
         return int(np.where(self.finished, self.lengths.max(), self.events).min())
 
 
+@dataclasses.dataclass
+class _Draw:
+    """Where sampling starts: the next-token probabilities, LSTM state and grammar state after each row's
+    primer, the random stream and the sampling settings."""
+
+    probabilities: np.ndarray
+    lstm_state: np.ndarray
+    grammar_state: sampling_lib.GrammarState
+    rng: object
+    settings: SamplingSettings
+
+
 class Generator:
     """Loads a run (config, vocabulary, model or exported artifacts) and generates pieces from it."""
 
-    def __init__(self, run_dir: str, backend="keras", log=_warn):
+    def __init__(self, run_dir: str, backend="keras", *, log=_warn):
         self.run_dir = run_dir
         self.config = run_lib.load_config(run_dir)
         self.vocabulary = run_lib.load_vocabulary(run_dir)
@@ -142,9 +145,9 @@ class Generator:
         self.log = log
         if isinstance(backend, str):
             self.backend_name = backend
-            self.backend = make_backend(run_dir, backend, self.vocabulary)
+            self.backend = make_backend(run_dir, backend, vocabulary=self.vocabulary)
         else:
-            # Any object with initial_state(batch) and step(ids, state) (tests use fakes).
+            # Any object with initial_state(batch) and step(ids, lstm_state) (tests use fakes).
             self.backend_name = getattr(backend, "name", type(backend).__name__)
             self.backend = backend
         size = getattr(self.backend, "vocabulary_size", len(self.vocabulary))
@@ -153,7 +156,7 @@ class Generator:
                                 f"has {len(self.vocabulary)}: re-export the run with {run_lib.export_command(run_dir)}")
         self.banned = np.array(self.vocabulary.banned_ids, np.int64)
         self.is_event = np.array([events.ends_event(t, self.representation) for t in self.vocabulary.tokens], bool)
-        self.grammar = sampling.Grammar(events.grammar_table(self.vocabulary.tokens, self.representation))
+        self.grammar = sampling_lib.Grammar(events.grammar_table(self.vocabulary.tokens, self.representation))
         self._held_out = None
         self._held_out_files: list[dict] = []
 
@@ -161,8 +164,6 @@ class Generator:
 
     def _read_primer(self, path: str) -> tuple[list[str], dict]:
         """A score file tokenized exactly as training data was (same parser, grid, key frame, max duration)."""
-        from keras_music import prepare
-
         record = self._read_record(path, "primer")
         tokens = prepare.tokens_for(record, self.config.data)
         if not tokens:
@@ -171,8 +172,6 @@ class Generator:
 
     def _read_record(self, path: str, role: str) -> dict:
         """A score file parsed as training data was (same parser, grid, key frame): its parse record."""
-        from keras_music import corpus, prepare
-
         if not storage.exists(path):
             raise FileNotFoundError(2, "no such file", path)
         data = self.config.data
@@ -192,7 +191,7 @@ class Generator:
             named = []
             try:
                 if storage.isdir(run_lib.data_dir(self.run_dir)):  # a run copied without its data has none
-                    named = run_lib.named_pieces(self.run_dir, "validation", self.vocabulary)
+                    named = run_lib.named_pieces(self.run_dir, "validation", vocabulary=self.vocabulary)
             except Exception as error:  # damaged or missing shards only cost the default primer
                 self.log(f"cannot read the held-out pieces of {self.run_dir}: {error}")
             entries = run_lib.manifest_entries(self.run_dir, strict=False)
@@ -224,18 +223,19 @@ class Generator:
             cut = min(wanted, len(tokens))
         return tokens[:cut], f"held-out piece {name} (first {cut} tokens)", timing
 
-    def _primers(self, num_samples, rng, primer, primer_tokens, strict, primer_events=DEFAULT_PRIMER_EVENTS):
-        """One (tokens, source, unknown tokens, timing) per row."""
+    def _primers(self, num_samples, rng, *, primer, primer_tokens, strict=False,
+                 primer_events=DEFAULT_PRIMER_EVENTS) -> list[Primer]:
+        """One `Primer` (tokens, source, unknown tokens, timing) per row."""
         if primer is not None and primer_tokens is not None:
             raise GenerateError("give either a primer file or primer tokens, not both")
         if primer is None and primer_tokens is None:
             openings = [self.random_opening(rng) for _ in range(num_samples)]
-            return [(tokens, source, [], timing) for tokens, source, timing in openings]
+            return [Primer(tokens, source, [], timing) for tokens, source, timing in openings]
         timing = self.corpus_timing()
         if primer is not None:
             (tokens, timing), source = self._read_primer(primer), str(primer)
             total = events.count_events(tokens, self.representation)
-            tokens = opening_events(tokens, primer_events, self.representation)
+            tokens = opening_events(tokens, primer_events, representation=self.representation)
             used = events.count_events(tokens, self.representation)
             source = f"{primer} (first {used} of {total} events)"
         else:
@@ -262,15 +262,15 @@ class Generator:
             if strict:
                 raise GenerateError(message)
             self.log(message + " (fed to the model as <unk>)")
-        return [(tokens, source, unknown, timing)] * num_samples
+        return [Primer(tokens, source, unknown, timing)] * num_samples
 
     # ------------------------------------------------------------------ the loop
 
     def prime(self, sequences: list[list[int]]):
-        """Feed each row's ids through the backend; returns (probabilities after each row's last id, state).
+        """Feed each row's ids through the backend; returns (probabilities after each row's last id, LSTM state).
 
         Rows of different lengths are stepped together; a row whose sequence has ended
-        keeps its state unchanged, so every row's state is exactly that of its own prefix.
+        keeps its LSTM state unchanged, so every row's state is exactly that of its own prefix.
         """
         batch = len(sequences)
         lengths = np.array([len(s) for s in sequences])
@@ -279,124 +279,132 @@ class Generator:
         padded = np.zeros((batch, lengths.max()), np.int32)
         for row, sequence in enumerate(sequences):
             padded[row, :len(sequence)] = sequence
-        state = self.backend.initial_state(batch)
+        lstm_state = self.backend.initial_state(batch)
         last = None
         for t in range(int(lengths.max())):
-            probabilities, next_state = self.backend.step(padded[:, t], state)
+            probabilities, next_state = self.backend.step(padded[:, t], lstm_state)
             if last is None:
                 last = np.zeros_like(probabilities)
             active = t < lengths
-            state = np.where(active[:, None, None], next_state, state)
+            lstm_state = np.where(active[:, None, None], next_state, lstm_state)
             last[active] = probabilities[active]
-        return last, state
+        return last, lstm_state
 
-    def grammar_state(self, sequences: list[list[int]]) -> sampling.GrammarState:
+    def grammar_state(self, sequences: list[list[int]]) -> sampling_lib.GrammarState:
         """The grammar's state of each row after its own ids (boundary and primer)."""
-        state = self.grammar.start(len(sequences))
+        grammar_state = self.grammar.start(len(sequences))
         lengths = np.array([len(s) for s in sequences])
         for t in range(int(lengths.max(initial=0))):
             ids = np.array([s[t] if t < len(s) else 0 for s in sequences], np.int64)
-            self.grammar.advance(state, ids, t < lengths)
-        return state
+            self.grammar.advance(grammar_state, ids, active=t < lengths)
+        return grammar_state
 
-    def generate(self, num_samples=1, length=defaults.LENGTH, temperature=defaults.TEMPERATURE, top_k=defaults.TOP_K,
-                 top_p=defaults.TOP_P, seed=defaults.SEED, primer=None, primer_tokens=None, strict=False,
-                 show_progress=False, min_length=defaults.MIN_LENGTH, primer_events=DEFAULT_PRIMER_EVENTS,
-                 rng=sampling.DEFAULT_RNG, key=None, density=None, polyphony=None,
-                 bar_limits=True) -> list[Piece]:
+    def generate(self, num_samples=1, sampling: SamplingSettings | None = None, *, seed=defaults.SEED,
+                 primer=None, primer_tokens=None, primer_events=DEFAULT_PRIMER_EVENTS, strict=False,
+                 controls: controls_lib.ControlSettings | None = None, show_progress=False) -> list[Piece]:
         """Sample `num_samples` pieces in one batched pass.
 
+        `sampling` (default `SamplingSettings()`) says how tokens are drawn and how long pieces run.
         Each row starts with `<piece>` and its primer: the first `primer_events` events
         of the file `primer`, the list (or
         space-separated string) `primer_tokens` ([] = no primer), or by default the opening
         of a random held-out piece (a different one per row, chosen with `seed`). A row
-        stops after `length` events (sonorities; tokens for `classic`; one integer, or one
-        per row) or when it samples `<piece>`, but not before `min_length` events (clamped
+        stops after `sampling.length` events (sonorities; tokens for `classic`; one integer, or one
+        per row) or when it samples `<piece>`, but not before `sampling.min_length` events (clamped
         to the row's length): an empty or
         one-chord "piece" is never what a user asked for. Every step samples only the
-        tokens the representation's grammar allows (`sampling.Grammar`), so decoding
+        tokens the representation's grammar allows (`sampling_lib.Grammar`), so decoding
         has nothing to repair.
 
-        The loop is export/README.md's "One piece". With `rng` "splitmix64" (the default)
+        The loop is export/README.md's "One piece". With `sampling.rng` "splitmix64" (the default)
         row i draws from SplitMix64(seed + i), one uniform per sampled token when the
         temperature is above 0: piece i of a batch is the piece of seed + i generated alone
         (with the same primer), and the exported models and the web page given that seed
-        draw the same tokens. `rng` "numpy" draws from one `np.random.Generator` instead.
+        draw the same tokens. `sampling.rng` "numpy" draws from one `np.random.Generator` instead.
 
-        Controls (runs trained with `data.controls`): `key` ("D minor") goes into the primer
-        right after `<piece>`; `density` and `polyphony` are a level (low, medium, high, off, a
-        bin) or a bar schedule ("1-4:low,5-8:high"), fed by the rule of `controls.Steering`. With
-        `bar_limits` (the default) the sampler also keeps each bar they were fed for in its bins
-        (`controls.BarLimits`); without, the model alone decides how far it follows them.
+        `controls` (runs trained with `data.controls`, a `controls_lib.ControlSettings`): its `key`
+        ("D minor") goes into the primer right after `<piece>`; `density` and `polyphony` are a
+        level (low, medium, high, off, a bin) or a bar schedule ("1-4:low,5-8:high"), fed by the
+        rule of `controls_lib.Steering`. With `bar_limits` (the default) the sampler also keeps each
+        bar they were fed for in its bins (`controls_lib.BarLimits`); without, the model alone decides
+        how far it follows them.
         """
-        lengths, min_lengths = _checked_settings(num_samples, length, seed, temperature, top_k, top_p,
-                                                 primer_events, min_length, rng)
-        request = self.control_request(key, density, polyphony)
-        primers = self._primers(num_samples, _rng_for_primers(seed), primer, primer_tokens, strict, primer_events)
+        sampling = SamplingSettings() if sampling is None else sampling
+        controls = controls_lib.ControlSettings() if controls is None else controls
+        lengths, min_lengths = _checked_rows(num_samples, sampling, seed=seed)
+        if not _is_integer(primer_events) or primer_events < 1:
+            raise GenerateError(f"primer_events must be an integer >= 1, got {primer_events!r}")
+        request = self.control_request(controls)
+        primers = self._primers(num_samples, _rng_for_primers(seed), primer=primer, primer_tokens=primer_tokens,
+                                strict=strict, primer_events=primer_events)
         if request.key_token is not None:
-            primers = [(controls.with_key(p[0], request.key_token),) + tuple(p[1:]) for p in primers]
-        sequences = [[self.vocabulary.boundary_id] + self.vocabulary.encode(primer[0]) for primer in primers]
-        steering = self._steering(request, primers, sequences, lengths, bar_limits)
-        probabilities, state = self.prime(sequences)
+            primers = [p._replace(tokens=controls_lib.with_key(p.tokens, request.key_token)) for p in primers]
+        sequences = [[self.vocabulary.boundary_id] + self.vocabulary.encode(p.tokens) for p in primers]
+        steering = self._steering(request, primers, sequences=sequences, lengths=lengths,
+                                  bar_limits=controls.bar_limits)
+        probabilities, lstm_state = self.prime(sequences)
         rows = _Rows(lengths, min_lengths)
-        self._sample(rows, probabilities, state, self.grammar_state(sequences), sampling.make_rng(seed, rng),
-                     (temperature, top_k, top_p), show_progress, steering)
-        settings = {"backend": self.backend_name, "num_samples": num_samples,
-                    "temperature": float(temperature), "top_k": int(top_k), "top_p": float(top_p),
-                    "representation": self.representation, "rng": rng}
-        pieces = [self._piece(row, primers[row], rows.ids[row], rows.stop[row], seed,
-                              {**settings, "length": int(lengths[row]), "min_length": int(min_lengths[row]),
-                               **self._piece_seed(rng, seed, row)})
+        self._sample(rows, _Draw(probabilities, lstm_state, self.grammar_state(sequences),
+                                 sampling_lib.make_rng(seed, sampling.rng), sampling),
+                     show_progress=show_progress, steering=steering)
+        settings = {"backend": self.backend_name, "num_samples": num_samples, **sampling.record(),
+                    "representation": self.representation}
+        pieces = [self._piece(row, primers[row], rows=rows, seed=seed,
+                              settings={**settings, "length": int(lengths[row]), "min_length": int(min_lengths[row]),
+                               **self._piece_seed(sampling.rng, seed, row=row)})
                   for row in range(num_samples)]
-        return [self._steered(piece, request, steering) for piece in pieces]
+        return [self._steered(piece, request, steering=steering) for piece in pieces]
 
     # ------------------------------------------------------------------ controls
 
-    def control_request(self, key=None, density=None, polyphony=None) -> controls.Request:
+    def control_request(self, asked: controls_lib.ControlSettings | None = None) -> controls_lib.Request:
         """The checked controls a user asked for (one-line errors: no control tokens, a key the vocabulary lacks)."""
+        asked = controls_lib.ControlSettings() if asked is None else asked
         try:
-            return controls.make_request(self.vocabulary.tokens, bool(self.config.data.normalize_key), self.run_dir,
-                                         key, density, polyphony)
-        except controls.ControlError as error:
+            return controls_lib.make_request(self.vocabulary.tokens, bool(self.config.data.normalize_key),
+                                             where=self.run_dir, asked=asked)
+        except controls_lib.ControlError as error:
             raise GenerateError(str(error)) from None
 
-    def _steering(self, request, primers, sequences, lengths, bar_limits=True):
+    def _steering(self, request, primers: list[Primer], *, sequences, lengths, bar_limits=True):
         """The bar controls' feeder of the batch (None without bar controls), its clocks past each primer."""
         if not (request.density.requested or request.polyphony.requested):
             return None
         table = events.grammar_table(self.vocabulary.tokens, self.representation)
-        steering = controls.Steering(self.vocabulary.tokens, table["kinds"], request.density, request.polyphony,
-                                     [controls.time_signature_of(p[3]) for p in primers], limits=bar_limits)
+        steering = controls_lib.Steering(self.vocabulary.tokens, table["kinds"], density=request.density,
+                                         polyphony=request.polyphony,
+                                         time_signatures=[controls_lib.time_signature_of(p.timing) for p in primers],
+                                         limits=bar_limits)
         steering.start(sequences)
         durations = [Fraction(t.partition(":")[2]) for t, k in zip(self.vocabulary.tokens, table["kinds"]) if k == "dur"]
         try:
-            controls.check_reach(request, steering.latest_bar(lengths, max(durations, default=Fraction(0))))
-        except controls.ControlError as error:
+            controls_lib.check_reach(request, steering.latest_bar(lengths, max(durations, default=Fraction(0))))
+        except controls_lib.ControlError as error:
             raise GenerateError(str(error)) from None
         return steering
 
     @staticmethod
-    def _steered(piece: Piece, request, steering) -> Piece:
+    def _steered(piece: Piece, request, *, steering) -> Piece:
         """The piece with its requested controls recorded and, for a key reached by transposition, moved there."""
         if not request.any:
             return piece
         fed = steering.fed[piece.index] if steering is not None else []
-        piece.settings["controls"] = request.record(controls.time_signature_of(piece.timing), fed)
+        piece.settings["controls"] = request.record(controls_lib.time_signature_of(piece.timing), fed)
         if steering is not None:
             piece.settings["controls"]["bar_limits"] = steering.limits is not None
         if request.transpose:
-            piece.sonorities = controls.transposed(piece.sonorities, request.transpose)
+            piece.sonorities = controls_lib.transposed(piece.sonorities, request.transpose)
             piece.notes = events.sonorities_to_notes(piece.sonorities)
         return piece
 
     @staticmethod
-    def _piece_seed(rng: str, seed: int, row: int) -> dict:
+    def _piece_seed(rng: str, seed: int, *, row: int) -> dict:
         """The seed that gives this row's piece alone, in every path (only the portable sampler has one)."""
         return {"piece_seed": (int(seed) + row) % 2 ** 64} if rng == "splitmix64" else {}
 
-    def _sample(self, rows: _Rows, probabilities, state, grammar, rng, how, show_progress: bool,
-                steering=None) -> None:
-        """Sample every row until it has its events or samples the boundary (`how`: temperature, top_k, top_p)."""
+    def _sample(self, rows: _Rows, draw: _Draw, *, show_progress: bool = False, steering=None) -> None:
+        """Sample every row until it has its events or samples the boundary."""
+        probabilities, lstm_state, grammar_state = draw.probabilities, draw.lstm_state, draw.grammar_state
         longest = int(rows.lengths.max())
         # Each row's own token limit (export/README.md, "One piece"), so a row of a batch
         # stops exactly where it would stop alone.
@@ -407,21 +415,24 @@ class Generator:
                 last = step == max_tokens - 1
                 # A token started at a row's last step could never be closed: rows between
                 # sonorities stop there and the others may only close theirs.
-                rows.finished |= last & (grammar.phase == 0)
+                rows.finished |= last & (grammar_state.phase == 0)
                 if rows.finished.all():
                     break
                 if steering is not None:  # bar controls due now are fed without a draw
-                    probabilities, state = steering.feed(self.backend.step, probabilities, state, ~rows.finished)
-                allowed = self.grammar.allowed(grammar, closing=last)
+                    probabilities, lstm_state = steering.feed(self.backend.step, probabilities, state=lstm_state,
+                                                              active=~rows.finished)
+                allowed = self.grammar.allowed(grammar_state, closing=last)
                 # A row short of its min_length may not end yet: the boundary is not allowed.
                 allowed[rows.early(), self.vocabulary.boundary_id] = False
                 if steering is not None:  # the bar limits narrow it where that leaves something
                     allowed = steering.limit(allowed, ~rows.finished)
-                ids = sampling.sample_next(probabilities, rng, *how, self.banned, allowed)
+                ids = sampling_lib.sample_next(probabilities, draw.rng, temperature=draw.settings.temperature,
+                                               top_k=draw.settings.top_k, top_p=draw.settings.top_p,
+                                               banned=self.banned, allowed=allowed)
                 if steering is not None:
                     steering.advance(ids, ~rows.finished)
-                self.grammar.advance(grammar, ids, ~rows.finished)
-                rows.take(ids, self.vocabulary.boundary_id, self.is_event)
+                self.grammar.advance(grammar_state, ids, active=~rows.finished)
+                rows.take(ids, self.vocabulary.boundary_id, is_event=self.is_event)
                 rows.finished |= last
                 progress = rows.progress()
                 if progress > shown:
@@ -430,15 +441,17 @@ class Generator:
                 if rows.finished.all():
                     break
                 # Finished rows keep stepping with the rest of the batch; their output is ignored.
-                probabilities, state = self.backend.step(ids.astype(np.int32), state)
+                probabilities, lstm_state = self.backend.step(ids.astype(np.int32), lstm_state)
 
-    def _piece(self, row, primer, ids, stop_reason, seed, settings) -> Piece:
+    def _piece(self, row: int, primer: Primer, *, rows: _Rows, seed: int, settings: dict) -> Piece:
+        ids, stop_reason = rows.ids[row], rows.stop[row]
         primer_tokens, source, unknown, timing = primer
         tokens = self.vocabulary.decode(ids)
         report = events.DecodeReport()
         step = Fraction(self.config.data.classic_step).limit_denominator(self.config.data.grid)
-        sonorities = events.tokens_to_sonorities(list(primer_tokens) + tokens, self.representation, step, report)
-        primer_sonorities = events.tokens_to_sonorities(list(primer_tokens), self.representation, step)
+        sonorities = events.tokens_to_sonorities(list(primer_tokens) + tokens, self.representation, classic_step=step,
+                                                 report=report)
+        primer_sonorities = events.tokens_to_sonorities(list(primer_tokens), self.representation, classic_step=step)
         primer_events = len(primer_sonorities)
         return Piece(tokens=tokens, primer_tokens=list(primer_tokens), ids=[int(i) for i in ids],
                      sonorities=sonorities, notes=events.sonorities_to_notes(sonorities),
@@ -449,53 +462,55 @@ class Generator:
 
     # ------------------------------------------------------------------ infilling (keras_music.infill)
 
-    def infill(self, path: str, bars, num_samples=1, temperature=defaults.TEMPERATURE, top_k=defaults.TOP_K,
-               top_p=defaults.TOP_P, seed=defaults.SEED, rng=sampling.DEFAULT_RNG) -> list[Piece]:
+    def infill(self, path: str, bars, *, num_samples=1, sampling: SamplingSettings | None = None,
+               seed=defaults.SEED) -> list[Piece]:
         """Fill bars `bars` ("A-B" or (A, B), 1-based) of the score file `path`: one whole piece per row.
 
         The bars before and after the gap are the file's own (read as training data is, on the
         grid, in the key frame the run was trained in and written back in the file's key); the
         model reads `<fim_suffix> AFTER <fim_prefix> BEFORE <fim_middle>` from its start state and samples the
         middle under `infill.GapMask`, so it fills exactly the gap's duration before `<fim_end>`.
-        Row i draws from SplitMix64(seed + i) like `generate`. Each piece's `infill` record says
+        `sampling` gives the temperature, top-k, top-p and random numbers (its lengths do not apply:
+        the gap decides). Row i draws from SplitMix64(seed + i) like `generate`. Each piece's `infill` record says
         where the gap lies (quarter notes on the file's timeline) and what filled it. A row that
         runs out of tokens before closing its gap (`exact` false, stop reason "token_limit") has
         the rest of the gap as a rest, so the bars after it keep their place.
         """
-        _checked_settings(num_samples, 1, seed, temperature, top_k, top_p, 1, 0, rng)
+        sampling = SamplingSettings() if sampling is None else sampling
+        _checked_rows(num_samples, sampling.replace(length=1, min_length=0), seed=seed)
         first, last = bars if isinstance(bars, (tuple, list)) else infill_lib.parse_bars(bars)
         if events.FIM_MIDDLE not in self.vocabulary.index:
             raise GenerateError(f"{self.run_dir} was trained without infilling (data.infill_rate 0), so it cannot fill "
                                 "bars: train a run with --set data.infill_rate=0.25")
-        from keras_music import corpus
 
         record = self._read_record(path, "infill file")
         grid = int(record.get("grid", events.GRID))
         sonorities = corpus.record_sonorities(record, self.config.data.max_duration)
         start = Fraction(min(n[0] for n in record["notes"]), grid)
-        gap = infill_lib.gap_for_bars(sonorities, start, record.get("time_signatures"), first, last,
-                                      f"infill file {path}", grid)
+        gap = infill_lib.gap_for_bars(sonorities, start, time_signatures=record.get("time_signatures"), first=first,
+                                      last=last,
+                                      source=f"infill file {path}", grid=grid)
         parts = infill_lib.cut(sonorities, start, gap)
         suffix, prefix, _ = infill_lib.context_tokens(parts, start, grid=grid)
         # From the start state, <fim_suffix> first, as the training examples (no <piece>: keras_music.infill).
-        context = infill_lib.generation_context(parts, suffix, prefix,
-                                                infill_lib.example_length(self.config.data.seq_length))
+        context = infill_lib.generation_context(parts, suffix, prefix=prefix,
+                                                window=infill_lib.example_length(self.config.data.seq_length))
         unknown: list[str] = []
         ids = self.vocabulary.encode(context, unknown)
         if unknown:
             self.log(f"infill file {path}: {len(set(unknown))} token(s) not in the vocabulary of {self.run_dir}: "
                      f"{', '.join(list(dict.fromkeys(unknown))[:20])} (fed to the model as <unk>)")
-        fills, exact = self.fill([ids] * num_samples, [gap.ticks(grid)] * num_samples, temperature, top_k, top_p,
-                                 seed, rng, what=f"bars {first}-{last} of {path}")
-        settings = {"backend": self.backend_name, "num_samples": num_samples, "temperature": float(temperature),
-                    "top_k": int(top_k), "top_p": float(top_p), "representation": self.representation, "rng": rng}
+        fills, exact = self.fill([ids] * num_samples, [gap.ticks(grid)] * num_samples, sampling=sampling, seed=seed,
+                                 what=f"bars {first}-{last} of {path}")
+        settings = {"backend": self.backend_name, "num_samples": num_samples, **sampling.record(),
+                    "representation": self.representation}
         shift = int(record.get("shift", 0))
         pieces = []
         for row, fill in enumerate(fills):
             tokens = self.vocabulary.decode(fill)
             report = events.DecodeReport()
             middle = events.tokens_to_sonorities(prefix + tokens, "note", report=report)[len(parts.prefix):]
-            joined = infill_lib.transposed(infill_lib.join(parts.prefix, middle, parts.suffix), -shift)
+            joined = infill_lib.transposed(infill_lib.join(parts.prefix, middle, suffix=parts.suffix), -shift)
             filled = sum((s.duration for s in middle), Fraction(0))
             if filled < gap.duration:
                 middle.append(events.Sonority((), (), gap.duration - filled))
@@ -507,19 +522,20 @@ class Generator:
                                 sonorities=joined, notes=events.sonorities_to_notes(joined),
                                 primer_events=len(parts.prefix), stop_reason="filled" if exact[row] else "token_limit",
                                 repairs=dict(report.repairs), seed=int(seed), index=row,
-                                settings={**settings, **self._piece_seed(rng, seed, row)},
+                                settings={**settings, **self._piece_seed(sampling.rng, seed, row=row)},
                                 primer_source=f"{path} (bars {first}-{last} filled)", unknown_primer_tokens=unknown,
                                 timing=record_timing(record), infill=record_infill))
         return pieces
 
-    def fill(self, contexts, gap_ticks, temperature=defaults.TEMPERATURE, top_k=defaults.TOP_K, top_p=defaults.TOP_P,
-             seed=defaults.SEED, rng=sampling.DEFAULT_RNG, what="the gap"):
+    def fill(self, contexts, gap_ticks, *, sampling: SamplingSettings | None = None, seed=defaults.SEED,
+             what="the gap"):
         """Sample a middle after each row's context ids (`<fim_suffix> ... <fim_middle>`) filling `gap_ticks[row]` grid ticks.
 
         Returns (the middle's ids per row, without `<fim_end>`; whether each row closed its gap
         with `<fim_end>`). The grammar and `infill.GapMask` allow only what fills the gap exactly,
         so a row fails only by running out of tokens (a model that never closes its chords).
         """
+        sampling = SamplingSettings() if sampling is None else sampling
         mask = infill_lib.GapMask(self.vocabulary.tokens, self.config.data.grid)
         gap_ticks = np.asarray(gap_ticks, np.int64)
         for ticks in set(gap_ticks.tolist()):
@@ -527,21 +543,22 @@ class Generator:
                 raise GenerateError(f"{what} lasts {fmt.number(ticks / self.config.data.grid)} quarter notes, which the "
                                     f"durations in the vocabulary of {self.run_dir} cannot add up to exactly")
         contexts = [list(c) for c in contexts]
-        probabilities, state = self.prime(contexts)
+        probabilities, lstm_state = self.prime(contexts)
         # The middle continues the prefix: the grammar starts at <fim_prefix>, not after the suffix.
         prefix_id = self.vocabulary.index[events.FIM_PREFIX]
-        grammar = self.grammar_state([c[len(c) - c[::-1].index(prefix_id):] if prefix_id in c else c
+        grammar_state = self.grammar_state([c[len(c) - c[::-1].index(prefix_id):] if prefix_id in c else c
                                       for c in contexts])
-        draw = sampling.make_rng(seed, rng)
+        draw = sampling_lib.make_rng(seed, sampling.rng)
         remaining = gap_ticks.copy()
         finished = np.zeros(len(gap_ticks), bool)
         out: list[list[int]] = [[] for _ in gap_ticks]
         max_tokens = int(gap_ticks.max() // mask.durations[0] + 1) * MAX_TOKENS_PER_EVENT
         for _ in range(max_tokens):
-            allowed = mask.allowed(self.grammar.allowed(grammar), grammar.phase == 0, remaining)
-            ids = sampling.sample_next(probabilities, draw, temperature, top_k, top_p, self.banned, allowed)
+            allowed = mask.allowed(self.grammar.allowed(grammar_state), grammar_state.phase == 0, remaining)
+            ids = sampling_lib.sample_next(probabilities, draw, temperature=sampling.temperature, top_k=sampling.top_k,
+                                           top_p=sampling.top_p, banned=self.banned, allowed=allowed)
             active = ~finished
-            self.grammar.advance(grammar, ids, active)
+            self.grammar.advance(grammar_state, ids, active=active)
             for row in np.flatnonzero(active):
                 if ids[row] == mask.end_id:
                     finished[row] = True
@@ -550,12 +567,12 @@ class Generator:
                     remaining[row] -= mask.ticks[ids[row]]
             if finished.all():
                 break
-            probabilities, state = self.backend.step(ids.astype(np.int32), state)
+            probabilities, lstm_state = self.backend.step(ids.astype(np.int32), lstm_state)
         return out, finished & (remaining == 0)
 
     # ------------------------------------------------------------------ output
 
-    def write(self, pieces, out_dir, tempo=None, instrument=None, prefix="sample",
+    def write(self, pieces, out_dir, *, tempo=None, instrument=None, prefix="sample",
               audio=audio_lib.DEFAULT_FORMAT, soundfont=None, replace=False) -> list[str]:
         """MIDI, MusicXML, piano-roll PNG, audio (`audio`: ogg, wav, flac or none) and JSON per piece; returns the paths.
 
@@ -576,7 +593,7 @@ class Generator:
         program = instrument_program(instrument) if instrument is not None else None
         writer = piece_files.Writer(self.run_dir, self.log, tempo=tempo, instrument=instrument, program=program,
                                     prefix=prefix, audio=audio, soundfont=soundfont)
-        return writer.write(list(pieces), out_dir, replace)
+        return writer.write(list(pieces), out_dir, replace=replace)
 
 
 def summary_line(name: str, piece: Piece) -> str:
@@ -594,8 +611,8 @@ def write_training_samples(run_dir: str, config) -> list[str]:
     if train.num_samples < 1:
         return []
     generator = Generator(run_dir)
-    pieces = generator.generate(num_samples=train.num_samples, length=train.sample_length,
-                                temperature=train.sample_temperature, seed=train.seed)
+    pieces = generator.generate(train.num_samples, SamplingSettings(temperature=train.sample_temperature,
+                                                                    length=train.sample_length), seed=train.seed)
     # The run's own samples are one set: written as a whole, replacing an earlier set.
     paths = generator.write(pieces, run_lib.path(run_dir, run_lib.SAMPLES), replace=True)
     return [p for p in paths if p.endswith(".mid")]
@@ -617,9 +634,13 @@ def infill_line(name: str, piece: Piece) -> str:
             f"{fmt.number(record['offset'])}")
 
 
-def parse_args(argv=None):
-    from keras_music import cli
+def sampling_settings(args) -> SamplingSettings:
+    """The command line's sampling settings as one object."""
+    return SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, length=args.length,
+                            min_length=args.min_length, rng=args.rng)
 
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m keras_music.generate",
         description="Generate pieces from a trained run, one note at a time with the LSTM states carried "
@@ -661,7 +682,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=cli.non_negative_int, default=defaults.SEED, metavar="S",
                         help="random seed, an integer >= 0 (same seed, same pieces; piece i of a batch is the "
                              "piece of seed + i)")
-    parser.add_argument("--rng", choices=sampling.RNG_KINDS, default=sampling.DEFAULT_RNG,
+    parser.add_argument("--rng", choices=sampling_lib.RNG_KINDS, default=sampling_lib.DEFAULT_RNG,
                         help="random numbers: splitmix64, the portable generator the exported models and the web "
                              "page share (a seed gives the same tokens everywhere), or numpy's")
     steer = parser.add_argument_group("controls (runs trained with data.controls=true)")
@@ -702,20 +723,17 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    from keras_music import cli
-
     parser, args = parse_args(argv)
     with cli.user_errors(parser):
         generator = Generator(args.run_dir, args.backend)
         if args.infill is not None:
             _infill_main(generator, args)
             cli.finish(0)
-        pieces = generator.generate(num_samples=args.num_samples, length=args.length, min_length=args.min_length,
-                                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                    seed=args.seed, primer=args.primer, primer_tokens=args.primer_tokens,
+        pieces = generator.generate(args.num_samples, sampling_settings(args), seed=args.seed, primer=args.primer,
+                                    primer_tokens=args.primer_tokens, primer_events=args.primer_events,
                                     strict=args.strict, show_progress=not args.quiet,
-                                    primer_events=args.primer_events, rng=args.rng, key=args.key,
-                                    density=args.density, polyphony=args.polyphony, bar_limits=args.bar_limits)
+                                    controls=controls_lib.ControlSettings(args.key, args.density, args.polyphony,
+                                                                          args.bar_limits))
         out_dir = args.out or run_lib.timestamped_dir(run_lib.path(args.run_dir, run_lib.GENERATED))
         paths = generator.write(pieces, out_dir, tempo=args.tempo, instrument=args.instrument,
                                 audio=args.audio, soundfont=args.soundfont)
@@ -727,15 +745,15 @@ def main(argv=None):
             print(summary_line(f"sample {number}", piece))
             steered = piece.settings.get("controls")
             if steered:
-                print(f"  controls: {controls.describe_record(steered)}")
+                print(f"  controls: {controls_lib.describe_record(steered)}")
         print(f"wrote {len(pieces)} piece{'s' if len(pieces) != 1 else ''} to {out_dir}")
     cli.finish(0)
 
 
 def _infill_main(generator: Generator, args) -> None:
     """`--infill FILE --bars A-B`: the whole piece with the bars filled, per sample."""
-    pieces = generator.infill(args.infill, args.bars, num_samples=args.num_samples, temperature=args.temperature,
-                              top_k=args.top_k, top_p=args.top_p, seed=args.seed, rng=args.rng)
+    pieces = generator.infill(args.infill, args.bars, num_samples=args.num_samples, sampling=sampling_settings(args),
+                              seed=args.seed)
     out_dir = args.out or run_lib.timestamped_dir(run_lib.path(args.run_dir, run_lib.GENERATED))
     paths = generator.write(pieces, out_dir, tempo=args.tempo, instrument=args.instrument,
                             audio=args.audio, soundfont=args.soundfont)

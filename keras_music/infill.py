@@ -104,7 +104,7 @@ def piece_span(sonorities, start) -> tuple[Fraction, Fraction]:
     return start, start + sum((s.duration for s in sonorities), Fraction(0))
 
 
-def gap_for_bars(sonorities, start, time_signatures, first: int, last: int, source: str = "the piece",
+def gap_for_bars(sonorities, start, *, time_signatures, first: int, last: int, source: str = "the piece",
                  grid: int = events.GRID) -> Gap:
     """The gap of bars `first`..`last` (1-based, bars laid out by `controls.bars`), cut to the piece's notes."""
     begin, end = piece_span(sonorities, start)
@@ -119,7 +119,7 @@ def gap_for_bars(sonorities, start, time_signatures, first: int, last: int, sour
     return Gap(first, last, onset, offset)
 
 
-def training_gaps(sonorities, start, time_signatures, rng: random.Random, count: int = VARIANTS,
+def training_gaps(sonorities, start, *, time_signatures, rng: random.Random, count: int = VARIANTS,
                   grid: int = events.GRID) -> list[Gap]:
     """Up to `count` gaps of 1-4 bars with at least one bar of music before and after (none for short pieces)."""
     begin, end = piece_span(sonorities, start)
@@ -136,21 +136,24 @@ def training_gaps(sonorities, start, time_signatures, rng: random.Random, count:
     return gaps
 
 
-def part_tokens(sonorities, at, time_signatures=None, key: str | None = None, with_controls: bool = False,
+def part_tokens(sonorities, at, *, time_signatures=None, key: str | None = None, with_controls: bool = False,
                 grid: int = events.GRID) -> list[str]:
     """The `note` tokens of one part beginning at `at` quarters (with its bars' controls and `key` if asked)."""
     if not with_controls:
         return events.sonorities_to_tokens(sonorities, "note")
-    return controls.tokens_with_controls(sonorities, time_signatures, at, key, grid)
+    return controls.tokens_with_controls(sonorities, time_signatures, start=at, key=key, grid=grid)
 
 
-def context_tokens(parts: Parts, start, time_signatures=None, key: str | None = None, with_controls: bool = False,
+def context_tokens(parts: Parts, start, *, time_signatures=None, key: str | None = None, with_controls: bool = False,
                    grid: int = events.GRID) -> tuple[list[str], list[str], list[str]]:
     """(suffix, prefix, middle) tokens of a cut piece."""
-    suffix = part_tokens(parts.suffix, parts.gap.offset, time_signatures, None, with_controls, grid)
-    prefix = part_tokens(parts.prefix, start, time_signatures, key, with_controls, grid)
-    middle = part_tokens(parts.middle, max(Fraction(start), parts.gap.onset), time_signatures, None, with_controls,
-                         grid)
+    suffix = part_tokens(parts.suffix, parts.gap.offset, time_signatures=time_signatures, key=None,
+                         with_controls=with_controls, grid=grid)
+    prefix = part_tokens(parts.prefix, start, time_signatures=time_signatures, key=key, with_controls=with_controls,
+                         grid=grid)
+    middle = part_tokens(parts.middle, max(Fraction(start), parts.gap.onset), time_signatures=time_signatures,
+                         key=None, with_controls=with_controls,
+                         grid=grid)
     return suffix, prefix, middle
 
 
@@ -160,13 +163,13 @@ def example_length(seq_length: int) -> int:
     return int(seq_length) + 1
 
 
-def fim_sequence(suffix, prefix, middle=None) -> list[str]:
+def fim_sequence(suffix, prefix, *, middle=None) -> list[str]:
     """`<fim_suffix> SUFFIX <fim_prefix> PREFIX <fim_middle>` and, given the middle, `MIDDLE <fim_end>`."""
     head = [FIM_SUFFIX, *suffix, FIM_PREFIX, *prefix, FIM_MIDDLE]
     return head if middle is None else head + [*middle, FIM_END]
 
 
-def window_context(suffix, prefix, middle_tokens: int, window: int) -> tuple[list[str], list[str]]:
+def window_context(suffix, prefix, *, middle_tokens: int, window: int) -> tuple[list[str], list[str]]:
     """The opening of the suffix and the end of the prefix that one window of `window` tokens holds around a
     middle of `middle_tokens` tokens (and the four sentinels).
 
@@ -181,7 +184,7 @@ def window_context(suffix, prefix, middle_tokens: int, window: int) -> tuple[lis
     return list(suffix[:suffix_part]), list(prefix[len(prefix) - prefix_part:])
 
 
-def training_examples(sonorities, start, time_signatures, seed: int, window: int, key: str | None = None,
+def training_examples(sonorities, start, *, time_signatures, seed: int, window: int, key: str | None = None,
                       with_controls: bool = False, grid: int = events.GRID) -> list[list[str]]:
     """Up to `VARIANTS` FIM examples of a training piece, each exactly `window` tokens (`example_length`: one
     training window, no `<piece>`): `<fim_suffix>` the suffix's opening `<fim_prefix>` the prefix's end
@@ -190,13 +193,15 @@ def training_examples(sonorities, start, time_signatures, seed: int, window: int
     """
     rng = random.Random(seed)
     out: list[list[str]] = []
-    for gap in training_gaps(sonorities, start, time_signatures, rng, 4 * VARIANTS, grid):
-        suffix, prefix, middle = context_tokens(cut(sonorities, start, gap), start, time_signatures, key,
-                                                with_controls, grid)
+    for gap in training_gaps(sonorities, start, time_signatures=time_signatures, rng=rng, count=4 * VARIANTS,
+                             grid=grid):
+        suffix, prefix, middle = context_tokens(cut(sonorities, start, gap), start, time_signatures=time_signatures,
+                                                key=key,
+                                                with_controls=with_controls, grid=grid)
         if len(middle) > window // 2:
             continue
-        suffix, prefix = window_context(suffix, prefix, len(middle), window)
-        tokens = fim_sequence(suffix, prefix, middle)
+        suffix, prefix = window_context(suffix, prefix, middle_tokens=len(middle), window=window)
+        tokens = fim_sequence(suffix, prefix, middle=middle)
         if len(tokens) == window and tokens not in out:  # a gap drawn twice is one example
             out.append(tokens)
         if len(out) == VARIANTS:
@@ -204,15 +209,15 @@ def training_examples(sonorities, start, time_signatures, seed: int, window: int
     return out
 
 
-def generation_context(parts: Parts, suffix, prefix, window: int) -> list[str]:
+def generation_context(parts: Parts, suffix, *, prefix, window: int) -> list[str]:
     """`<fim_suffix> ... <fim_middle>` for filling `parts.gap`, cut as training windows are (`window_context`),
     the middle's length estimated from the tokens per quarter note of the bars around it."""
     around = sum((s.duration for s in parts.prefix + parts.suffix), Fraction(0))
     estimate = round((len(prefix) + len(suffix)) * parts.gap.duration / around) + 1 if around else window // 2
-    return fim_sequence(*window_context(suffix, prefix, min(estimate, window // 2), window))
+    return fim_sequence(*window_context(suffix, prefix, middle_tokens=min(estimate, window // 2), window=window))
 
 
-def join(prefix, middle, suffix) -> list:
+def join(prefix, middle, *, suffix) -> list:
     """The piece again: the suffix's held continuations hold only what the middle's last sonority sounds."""
     sounding = set(middle[-1].pitches) if middle else set(prefix[-1].pitches) if prefix else set()
     if suffix:

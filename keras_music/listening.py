@@ -46,7 +46,7 @@ class ListeningError(KerasMusicError, ValueError):
 
 # ----------------------------------------------------------------------------- statistics
 
-def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
+def wilson_interval(successes: int, trials: int, *, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (better coverage than the normal one at small n)."""
     if trials <= 0:
         return (0.0, 1.0)
@@ -57,7 +57,7 @@ def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float,
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def binomial_p_value(successes: int, trials: int, p: float = 0.5) -> float:
+def binomial_p_value(successes: int, trials: int, *, p: float = 0.5) -> float:
     """Exact two-sided binomial test: the probability of outcomes no likelier than the observed one."""
     if trials <= 0:
         return 1.0
@@ -67,7 +67,7 @@ def binomial_p_value(successes: int, trials: int, p: float = 0.5) -> float:
     return min(1.0, sum(q for q in probabilities if q <= observed * (1 + 1e-7)))
 
 
-def summarize(name: str, kind: str, first: str, second: str, votes: int, chose_first: int,
+def summarize(name: str, kind: str, *, first: str, second: str, votes: int, chose_first: int,
               listeners: int | None = None) -> dict:
     question = ("which is the human? (preference = share who picked the real piece)" if kind == "real"
                 else f"which do you prefer? (preference = share who picked {first})")
@@ -126,12 +126,12 @@ class Store:
                 connection.execute("ROLLBACK")
                 raise
 
-    def add_comparison(self, name: str, kind: str, first: str, second: str, first_dir: str, second_dir: str):
+    def add_comparison(self, name: str, kind: str, *, first: str, second: str, first_dir: str, second_dir: str):
         with self._transaction() as connection:
             connection.execute("INSERT OR IGNORE INTO comparisons VALUES (?, ?, ?, ?, ?, ?)",
                                (name, kind, first, second, first_dir, second_dir))
 
-    def add_stimulus(self, side: str, file: str, seconds: float) -> str:
+    def add_stimulus(self, side: str, file: str, *, seconds: float) -> str:
         stimulus = uuid.uuid4().hex
         with self._transaction() as connection:
             connection.execute("INSERT INTO stimuli VALUES (?, ?, ?, ?, ?)", (stimulus, side, file, seconds, time.time()))
@@ -158,7 +158,7 @@ class Store:
                                       "SELECT b_stimulus FROM pairs) GROUP BY s").fetchall()
         return dict(rows)
 
-    def add_pair(self, comparison: str, first_stimulus: str, second_stimulus: str, first_is: str,
+    def add_pair(self, comparison: str, first_stimulus: str, *, second_stimulus: str, first_is: str,
                  listener: str = "") -> str:
         pair = uuid.uuid4().hex
         a, b = (first_stimulus, second_stimulus) if first_is == "a" else (second_stimulus, first_stimulus)
@@ -204,7 +204,8 @@ class Store:
                 "COUNT(DISTINCT CASE WHEN v.pair_id IS NOT NULL THEN p.listener END) "
                 "FROM comparisons c LEFT JOIN pairs p ON p.comparison = c.name "
                 "LEFT JOIN votes v ON v.pair_id = p.id GROUP BY c.name ORDER BY c.name").fetchall()
-        return [summarize(*row) for row in rows]
+        return [summarize(name, kind, first=first, second=second, votes=votes, chose_first=chose, listeners=listeners)
+                for name, kind, first, second, votes, chose, listeners in rows]
 
     def results_by_listener(self) -> list[dict]:
         """One row per comparison and listener who voted on it ('' = pairs dealt without a listener id)."""
@@ -213,7 +214,8 @@ class Store:
                 "SELECT c.name, c.kind, c.first, c.second, p.listener, COUNT(*), SUM(v.chose_first) "
                 "FROM votes v JOIN pairs p ON p.id = v.pair_id JOIN comparisons c ON c.name = p.comparison "
                 "GROUP BY c.name, p.listener ORDER BY c.name, p.listener").fetchall()
-        return [dict(summarize(name, kind, first, second, votes, chose), listener=listener)
+        return [dict(summarize(name, kind, first=first, second=second, votes=votes, chose_first=chose),
+                     listener=listener)
                 for name, kind, first, second, listener, votes, chose in rows]
 
     def votes(self) -> list[dict]:

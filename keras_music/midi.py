@@ -52,10 +52,12 @@ def read(data: bytes) -> RawMidi:
     midi_file = _midi_file(data)
     found = _Found()
     for track_index, track in enumerate(midi_file.tracks):
-        _read_track(track, track_index, found)
+        _read_track(track, track_index, found=found)
     found.notes.sort()
-    return RawMidi(int(midi_file.ticksPerQuarterNote), found.notes, found.parts, sorted(found.tempos.items()),
-                   sorted((t, n, d) for t, (n, d) in found.signatures.items()), found.dropped, found.unterminated)
+    return RawMidi(ticks_per_quarter=int(midi_file.ticksPerQuarterNote), notes=found.notes, parts=found.parts,
+                   tempos=sorted(found.tempos.items()),
+                   time_signatures=sorted((t, n, d) for t, (n, d) in found.signatures.items()),
+                   dropped=found.dropped, unterminated=found.unterminated)
 
 
 def _midi_file(data: bytes):
@@ -97,7 +99,7 @@ class _Found:
         return self.part_numbers[key]
 
 
-def _read_track(track, track_index: int, found: _Found) -> None:
+def _read_track(track, track_index: int, *, found: _Found) -> None:
     """One track's tempo map, metre, name, programs and notes, added to `found`."""
     from music21 import midi as m21midi
 
@@ -181,7 +183,7 @@ def tempo_bpm(microseconds_per_quarter: int) -> float:
 
 # ----------------------------------------------------------------------------- onto the grid
 
-def to_grid(tick: int, ticks_per_quarter: int, grid: int) -> int:
+def to_grid(tick: int, ticks_per_quarter: int, *, grid: int) -> int:
     """The nearest grid point (halves round up), in grid steps."""
     return (2 * tick * grid + ticks_per_quarter) // (2 * ticks_per_quarter)
 
@@ -197,7 +199,7 @@ def quantize(raw: RawMidi, grid: int) -> tuple[list[list[int]], dict]:
     largest = Fraction(0)
     by_onset_pitch: dict[tuple[int, int], list[int]] = {}
     for onset, end, pitch, _velocity, part in raw.notes:
-        a, b = to_grid(onset, tpq, grid), to_grid(end, tpq, grid)
+        a, b = to_grid(onset, tpq, grid=grid), to_grid(end, tpq, grid=grid)
         if onset * grid % tpq == 0 and end * grid % tpq == 0:
             exact += 1
         else:
@@ -231,7 +233,7 @@ def quarters(tick: int, ticks_per_quarter: int) -> float:
     return tick / ticks_per_quarter
 
 
-def timing(raw: RawMidi) -> dict:
+def timing(raw: RawMidi) -> events.Timing:
     """Tempo map and metre in quarter notes (exact tick ratios as floats), as the run keeps them."""
     tpq = raw.ticks_per_quarter
     tempos = [[quarters(t, tpq), tempo_bpm(us)] for t, us in raw.tempos]
@@ -286,7 +288,7 @@ def _track(events: list[tuple[int, int, bytes]]) -> bytes:
     return b"MTrk" + struct.pack(">I", len(body)) + bytes(body)
 
 
-def write(notes, tempos=((0.0, 120.0),), time_signatures=((0.0, 4, 4),), parts=None,
+def write(notes, tempos=((0.0, 120.0),), *, time_signatures=((0.0, 4, 4),), parts=None,
           ticks_per_quarter: int = WRITE_TICKS_PER_QUARTER, title: str = "", markers=()) -> bytes:
     """A format-1 MIDI file: track 0 holds the tempo map and metre, one track per part.
 

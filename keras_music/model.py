@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import zipfile
+
 from keras_music import require_tensorflow
 
 require_tensorflow()  # before Keras loads TensorFlow: a wrong version is one line with the fix
 
 import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
+import numpy as np
 
 from keras_music import defaults
 
@@ -84,8 +88,6 @@ class StepModel:
         return {"probabilities": self.head(x), "next_state": ops.stack(new_states, axis=1)}
 
     def initial_state(self, batch_size: int):
-        import numpy as np
-
         return np.zeros((batch_size,) + self.state_shape, dtype=np.float32)
 
     def compiled(self):
@@ -100,8 +102,6 @@ class StepModel:
 
     def step(self, token, state):
         """numpy in, numpy out."""
-        import numpy as np
-
         out = self.compiled()(np.asarray(token, np.int32), np.asarray(state, np.float32))
         return out["probabilities"].numpy(), out["next_state"].numpy()
 
@@ -115,11 +115,8 @@ def load_model(path: str) -> keras.Model:
 METADATA = "keras_music.json"
 
 
-def save_model(model: keras.Model, path: str, metadata: dict | None = None) -> None:
+def save_model(model: keras.Model, path: str, *, metadata: dict | None = None) -> None:
     """model.save, plus `metadata` (e.g. the vocabulary fingerprint) stored inside the same file."""
-    import json
-    import zipfile
-
     model.save(path)
     if metadata:
         with zipfile.ZipFile(path, "a") as archive:
@@ -128,9 +125,6 @@ def save_model(model: keras.Model, path: str, metadata: dict | None = None) -> N
 
 def read_metadata(path: str) -> dict | None:
     """What save_model stored with the model, or None (a model saved without it, or not a zip)."""
-    import json
-    import zipfile
-
     try:
         with zipfile.ZipFile(path) as archive:
             if METADATA not in archive.namelist():

@@ -55,7 +55,7 @@ class _Levels:
     much as fitting order N once.
     """
 
-    def __init__(self, checked, order, bos):
+    def __init__(self, checked, order, *, bos):
         if not any(checked):
             raise ValueError("fit needs at least one token, got only empty sequences")
         self.order = order
@@ -159,7 +159,7 @@ class NGramModel:
         discount in (0, 1].
     """
 
-    def __init__(self, order: int, vocabulary_size: int, discount=None):
+    def __init__(self, order: int, vocabulary_size: int, *, discount=None):
         if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order < 1:
             raise ValueError(f"order must be an integer >= 1, got {fmt.shown(order)}")
         if (
@@ -227,7 +227,7 @@ class NGramModel:
 
     def fit(self, sequences):
         """Counts n-grams of `sequences` (iterable of token-id sequences) and returns self."""
-        levels = _Levels(self._check_sequences(sequences), self.order, self.bos_id)
+        levels = _Levels(self._check_sequences(sequences), self.order, bos=self.bos_id)
         return self._fit_levels(levels)
 
     def _fit_levels(self, levels):
@@ -367,7 +367,7 @@ class NGramModel:
         }
 
 
-def fit_orders(train_sequences, vocabulary_size, orders, discount=None):
+def fit_orders(train_sequences, vocabulary_size, *, orders, discount=None):
     """One fitted NGramModel per order, all built from a single count of the highest order.
 
     Returns:
@@ -379,12 +379,12 @@ def fit_orders(train_sequences, vocabulary_size, orders, discount=None):
         raise ValueError(f"orders must name at least one order, got {orders!r}")
     models = {order: NGramModel(order, vocabulary_size, discount=discount) for order in orders}
     top = models[orders[-1]]
-    levels = _Levels(top._check_sequences(train_sequences), top.order, top.bos_id)
+    levels = _Levels(top._check_sequences(train_sequences), top.order, bos=top.bos_id)
     return {order: model._fit_levels(levels) for order, model in models.items()}
 
 
 def evaluate_orders(
-    train_sequences, eval_sequences, vocabulary_size, orders=(1, 2, 3, 4, 5), discount=None
+    train_sequences, eval_sequences, *, vocabulary_size, orders=(1, 2, 3, 4, 5), discount=None
 ):
     """Fits one NGramModel per order on `train_sequences` and evaluates it on `eval_sequences`.
 
@@ -394,7 +394,7 @@ def evaluate_orders(
     orders = tuple(orders)
     if not orders:
         raise ValueError(f"orders must name at least one order, got {orders!r}")
-    models = fit_orders(train_sequences, vocabulary_size, orders, discount)
+    models = fit_orders(train_sequences, vocabulary_size, orders=orders, discount=discount)
     return {order: models[order].evaluate(eval_sequences) for order in orders}
 
 

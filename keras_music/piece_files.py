@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from keras_music import audio as audio_lib, events, run as run_lib, storage
+from keras_music import midi, plots
 from keras_music.pieces import Piece, with_overrides
 
 _STAGING = ".{prefix}-{number}.tmp-"
@@ -20,13 +21,12 @@ _STAGING = ".{prefix}-{number}.tmp-"
 
 def piece_midi(piece: Piece, title: str = "") -> bytes:
     """The piece as a MIDI file: its notes at their place on the timeline, its tempo map, metre and program."""
-    from keras_music import midi
-
     start = float(piece.timing.get("start", 0.0))
     notes = [(start + onset, start + onset + duration, int(pitch), 80, 0)
              for onset, duration, pitch in np.asarray(piece.notes, float).reshape(-1, 3)]
     parts = [{"program": int(piece.timing.get("program", 0)), "channel": 1, "name": title}]
-    return midi.write(notes, piece.timing["tempos"], piece.timing["time_signatures"], parts, title=title,
+    return midi.write(notes, piece.timing["tempos"], time_signatures=piece.timing["time_signatures"], parts=parts,
+                      title=title,
                       markers=infill_markers(piece))
 
 
@@ -38,11 +38,9 @@ def infill_markers(piece: Piece) -> list[tuple[float, str]]:
     return [(piece.infill["onset"], f"infill {bars} start"), (piece.infill["offset"], f"infill {bars} end")]
 
 
-def plot_piano_roll(piece: Piece, path: str, title: str = "") -> None:
+def plot_piano_roll(piece: Piece, path: str, *, title: str = "") -> None:
     """Pitch against time in quarter notes; the primer region and notes are drawn apart from generated ones."""
     from matplotlib.patches import Rectangle
-
-    from keras_music import plots
 
     notes = np.asarray(piece.notes, float).reshape(-1, 3)
     primer_end = piece.primer_duration
@@ -86,7 +84,7 @@ def next_number(out_dir: str, prefix: str = "sample") -> int:
     return max(numbers, default=0) + 1
 
 
-def _staging_dir(out_dir: str, prefix: str, number: int) -> str:
+def _staging_dir(out_dir: str, prefix: str, *, number: int) -> str:
     """A hidden local directory in which one piece's files are made before they are moved into `out_dir`."""
     parent = None if storage.is_remote(out_dir) else out_dir
     if parent:
@@ -130,7 +128,7 @@ class Writer:
     audio: str = audio_lib.DEFAULT_FORMAT
     soundfont: str | None = None
 
-    def write(self, pieces: list[Piece], out_dir: str, replace: bool = False) -> list[str]:
+    def write(self, pieces: list[Piece], out_dir: str, *, replace: bool = False) -> list[str]:
         """Every piece's files into `out_dir`, numbered after the pieces already there; returns the paths.
 
         Each piece is made in a hidden staging folder and moved in whole, its JSON record
@@ -138,7 +136,7 @@ class Writer:
         """
         if replace:
             with storage.atomic_directory(out_dir) as staging:
-                paths = self._write_all(pieces, staging, 1)
+                paths = self._write_all(pieces, staging, first=1)
             return [storage.join(out_dir, os.path.basename(p)) for p in paths]
         with run_lib.lock(out_dir, "python -m keras_music.generate"):
             _remove_staging(out_dir, self.prefix)
@@ -146,31 +144,31 @@ class Writer:
             if first > 1:
                 self.log(f"{out_dir} already holds pieces up to {self.prefix}-{first - 1:02d}: the new ones are "
                          f"numbered from {self.prefix}-{first:02d}")
-            return self._write_all(pieces, out_dir, first)
+            return self._write_all(pieces, out_dir, first=first)
 
-    def _write_all(self, pieces: list[Piece], out_dir: str, first: int) -> list[str]:
+    def _write_all(self, pieces: list[Piece], out_dir: str, *, first: int) -> list[str]:
         width = max(2, len(str(first + len(pieces) - 1)))
         paths = []
         with ThreadPoolExecutor(max_workers=1) as renderer:
             for offset, piece in enumerate(pieces):
-                paths += self._write_whole(piece, first + offset, width, out_dir, renderer)
+                paths += self._write_whole(piece, first + offset, width=width, out_dir=out_dir, renderer=renderer)
         return paths
 
-    def _write_whole(self, piece: Piece, number: int, width: int, out_dir: str, renderer) -> list[str]:
+    def _write_whole(self, piece: Piece, number: int, *, width: int, out_dir: str, renderer) -> list[str]:
         """One piece made in a hidden staging directory, then moved into `out_dir` with its JSON record last."""
-        staging = _staging_dir(out_dir, self.prefix, number)
+        staging = _staging_dir(out_dir, self.prefix, number=number)
         try:
-            written = self._write_piece(piece, number, width, staging, renderer)
+            written = self._write_piece(piece, number, width=width, directory=staging, renderer=renderer)
             # The record goes last: a piece whose JSON exists is complete.
             written.sort(key=lambda p: p.endswith(".json"))
             return [_move_into(path, out_dir) for path in written]
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _write_piece(self, piece: Piece, number: int, width: int, directory: str, renderer) -> list[str]:
+    def _write_piece(self, piece: Piece, number: int, *, width: int, directory: str, renderer) -> list[str]:
         """One piece's files into `directory`; its audio renders on `renderer` while the MusicXML and piano roll
         are written."""
-        piece = dataclasses.replace(piece, timing=with_overrides(piece.timing, self.tempo, self.program))
+        piece = dataclasses.replace(piece, timing=with_overrides(piece.timing, self.tempo, program=self.program))
         stem = os.path.join(directory, f"{self.prefix}-{number:0{width}d}")
         title = f"{self.prefix} {number} (keras_music)"
         score = events.sonorities_to_stream(piece.sonorities, tempo=piece.timing["tempos"][0][1],
@@ -185,7 +183,7 @@ class Writer:
         try:
             with storage.atomic_local_path(musicxml, suffix=".musicxml") as tmp:
                 score.write("musicxml", fp=tmp)
-            plot_piano_roll(piece, png, title)
+            plot_piano_roll(piece, png, title=title)
         finally:
             sound = rendering.result() if rendering is not None else None  # never leave it writing into `directory`
         files = {"midi": os.path.basename(midi), "musicxml": os.path.basename(musicxml), "png": os.path.basename(png)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import numpy as np
 
@@ -50,7 +51,16 @@ class Piece:
         return float(sum(s.duration for s in self.sonorities[:self.primer_events]))
 
 
-def default_timing(tempo: float = defaults.TEMPO, time_signature=(4, 4), program: int = 0) -> dict:
+class Primer(typing.NamedTuple):
+    """What a generated piece opens with: its tokens, where they came from, the tokens the vocabulary lacks, its timing."""
+
+    tokens: list[str]
+    source: str
+    unknown: list[str]
+    timing: events.Timing
+
+
+def default_timing(tempo: float = defaults.TEMPO, time_signature=(4, 4), program: int = 0) -> events.Timing:
     return {"start": 0.0, "tempos": [[0.0, float(tempo)]],
             "time_signatures": [[0.0, int(time_signature[0]), int(time_signature[1])]], "program": int(program)}
 
@@ -59,7 +69,7 @@ def _finite_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
-def record_timing(record: dict) -> dict:
+def record_timing(record: dict) -> events.Timing:
     """A parsed file's (or manifest entry's) timing: start, tempo map, metre and its main program.
 
     Entries that no parser writes (a damaged or edited manifest) are left out, so a piece
@@ -89,7 +99,7 @@ def record_timing(record: dict) -> dict:
             "program": int(program)}
 
 
-def within_primer(timing: dict, primer_duration: float) -> dict:
+def within_primer(timing: events.Timing, primer_duration: float) -> events.Timing:
     """The primer's tempo map and metre up to its end; the continuation keeps what is in force there."""
     end = timing["start"] + primer_duration
     out = dict(timing)
@@ -99,7 +109,7 @@ def within_primer(timing: dict, primer_duration: float) -> dict:
     return out
 
 
-def with_overrides(timing: dict, tempo: float | None = None, program: int | None = None) -> dict:
+def with_overrides(timing: events.Timing, tempo: float | None = None, *, program: int | None = None) -> events.Timing:
     """`--tempo` replaces the whole tempo map with one tempo; `--instrument` replaces the program."""
     out = dict(timing)
     if tempo is not None:

@@ -32,7 +32,7 @@ def metric_grid(count: int, columns: int = 4):
     return pyplot().subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
 
 
-def finish_metric_grid(figure, axes, used: int, title: str, path: str, right: float = 0.92) -> None:
+def finish_metric_grid(figure, axes, *, used: int, title: str, path: str, right: float = 0.92) -> None:
     """Hide unused axes, add one shared legend and the title, then save."""
     for axis in list(axes.flat)[used:]:
         axis.axis("off")

@@ -6,9 +6,12 @@ import argparse
 import hashlib
 import json
 import re
+import statistics
 import time
+from collections import Counter
 from fractions import Fraction
 
+from keras_music import cli
 from keras_music import config as config_lib, controls as controls_lib, corpus, events, infill, run as run_lib, storage
 from keras_music.errors import KerasMusicError
 from keras_music.vocabulary import Vocabulary, build as build_vocabulary, extend as extend_vocabulary
@@ -64,7 +67,7 @@ def parse_settings(data: config_lib.DataConfig) -> corpus.ParseSettings:
                                 estimate_key=data.controls)
 
 
-def tokens_for(entry: dict, data: config_lib.DataConfig, controls: bool = False) -> list[str]:
+def tokens_for(entry: dict, data: config_lib.DataConfig, *, controls: bool = False) -> list[str]:
     """A piece's tokens; with `controls`, its key token first and each bar's density and polyphony in place."""
     sonorities = corpus.record_sonorities(entry, data.max_duration)
     if not controls:
@@ -72,18 +75,20 @@ def tokens_for(entry: dict, data: config_lib.DataConfig, controls: bool = False)
     grid = int(entry.get("grid", events.GRID))
     start = Fraction(min(n[0] for n in entry["notes"]), grid)
     key = controls_lib.key_token(entry.get("key"), int(entry.get("shift", 0)), data.normalize_key)
-    return controls_lib.tokens_with_controls(sonorities, entry.get("time_signatures"), start, key, grid)
+    return controls_lib.tokens_with_controls(sonorities, entry.get("time_signatures"), start=start, key=key, grid=grid)
 
 
-def fim_examples_for(entry: dict, data: config_lib.DataConfig, controls: bool, seed: int) -> list[list[str]]:
+def fim_examples_for(entry: dict, data: config_lib.DataConfig, *, controls: bool, seed: int) -> list[list[str]]:
     """A training piece's fill-in-the-middle examples (keras_music.infill), cut choices seeded by piece and seed."""
     sonorities = corpus.record_sonorities(entry, data.max_duration)
     grid = int(entry.get("grid", events.GRID))
     start = Fraction(min(n[0] for n in entry["notes"]), grid)
     key = controls_lib.key_token(entry.get("key"), int(entry.get("shift", 0)), data.normalize_key) if controls else None
     digest = hashlib.sha256(f"{seed}:{entry.get('sha256', entry.get('file'))}".encode("utf-8", "surrogateescape"))
-    return infill.training_examples(sonorities, start, entry.get("time_signatures"), int(digest.hexdigest()[:15], 16),
-                                    infill.example_length(data.seq_length), key, controls, grid)
+    return infill.training_examples(sonorities, start, time_signatures=entry.get("time_signatures"),
+                                    seed=int(digest.hexdigest()[:15], 16),
+                                    window=infill.example_length(data.seq_length), key=key, with_controls=controls,
+                                    grid=grid)
 
 
 def piece_tempo(entry: dict) -> float:
@@ -109,9 +114,6 @@ def piece_tempo(entry: dict) -> float:
 
 def typical_timing(used: list[dict]) -> dict:
     """The corpus's median tempo, most common opening time signature and most common program."""
-    import statistics
-    from collections import Counter
-
     tempos = [piece_tempo(e) for e in used]
     signatures = Counter(tuple(e.get("time_signature") or (4, 4)) for e in used)
     programs = Counter(p.get("program", 0) for e in used for p in (e.get("parts") or [{"program": 0}])[:1])
@@ -124,7 +126,7 @@ def is_prepared(directory: str) -> bool:
     return storage.exists(run_lib.path(directory, run_lib.PREPARED))
 
 
-def read_prepared(directory: str) -> dict:
+def read_prepared(directory: str) -> run_lib.Prepared:
     """prepared.json of a prepared (or run) directory, checked for consistency (run.check_prepared)."""
     try:
         return run_lib.load_prepared(directory, required=True)
@@ -133,7 +135,7 @@ def read_prepared(directory: str) -> dict:
 
 
 def prepare(config: config_lib.Config, out_dir: str, show_progress: bool = True, log=print,
-            expected_vocabulary: str | None = None, base_vocabulary: Vocabulary | None = None) -> dict:
+            expected_vocabulary: str | None = None, base_vocabulary: Vocabulary | None = None) -> run_lib.Prepared:
     """Write vocab.json, corpus_manifest.json, data/*.tfrecord and prepared.json into out_dir.
 
     prepared.json is written last: its presence means the rest is complete. With
@@ -146,11 +148,12 @@ def prepare(config: config_lib.Config, out_dir: str, show_progress: bool = True,
     data = config.data
     entries = corpus.parse_sources([*data.sources, *data.held_out], parse_settings(data), workers=data.workers,
                                    cache_dir=data.cache_dir, show_progress=show_progress)
-    return build(config, entries, out_dir, started, log, expected_vocabulary, base_vocabulary)
+    return build(config, entries, out_dir=out_dir, started=started, log=log, expected_vocabulary=expected_vocabulary,
+                 base_vocabulary=base_vocabulary)
 
 
-def build(config: config_lib.Config, entries: list[dict], out_dir: str, started: float | None = None,
-          log=print, expected_vocabulary: str | None = None, base_vocabulary: Vocabulary | None = None) -> dict:
+def build(config: config_lib.Config, entries: list[dict], *, out_dir: str, started: float | None = None,
+          log=print, expected_vocabulary: str | None = None, base_vocabulary: Vocabulary | None = None) -> run_lib.Prepared:
     """From parsed manifest entries (in resolved order) to a complete prepared directory.
 
     Everything is computed and checked before the first file is written.
@@ -159,7 +162,7 @@ def build(config: config_lib.Config, entries: list[dict], out_dir: str, started:
     data = config.data
     corpus.mark_duplicates(entries)
     held_out = held_out_files(data)
-    corpus.split_by_piece(entries, data.val_fraction, config.train.seed, held_out)
+    corpus.split_by_piece(entries, data.val_fraction, seed=config.train.seed, held_out=held_out)
     used = [e for e in entries if e.get("status") == "used"]
     if held_out and not any(e.get("split") == "validation" for e in used):
         raise PrepareError(f"data.held_out {list(data.held_out)} has no usable piece (of {len(held_out)} files): "
@@ -170,11 +173,11 @@ def build(config: config_lib.Config, entries: list[dict], out_dir: str, started:
     manifest = corpus.manifest_json(entries, {"sources": list(data.sources),
                                               **({"held_out": list(data.held_out)} if data.held_out else {})})
     # A run that has started training keeps its files unless the data comes out usable.
-    _check_usable(used, manifest, data.sources, out_dir, write_manifest=expected_vocabulary is None)
+    _check_usable(used, manifest, sources=data.sources, out_dir=out_dir, write_manifest=expected_vocabulary is None)
     ordered = sorted(used, key=lambda e: e["sha256"])
     # Only the training pieces carry controls: the held-out ones are scored without them, so their loss is
     # the unconditioned one, comparable with runs without controls.
-    tokens = {e["file"]: tokens_for(e, data, data.controls and e["split"] == "train") for e in ordered}
+    tokens = {e["file"]: tokens_for(e, data, controls=data.controls and e["split"] == "train") for e in ordered}
     splits = {split: [e for e in ordered if e["split"] == split] for split in ("train", "validation")}
     always = controls_lib.all_tokens(data.normalize_key) if data.controls else []
     if data.full_vocabulary:
@@ -182,12 +185,14 @@ def build(config: config_lib.Config, entries: list[dict], out_dir: str, started:
     fim = {}
     if data.infill_rate > 0:
         # Training pieces only; the few tokens only cutting makes (durations split at a bar line) are kept too.
-        fim = {e["file"]: fim_examples_for(e, data, data.controls, config.train.seed) for e in splits["train"]}
+        fim = {e["file"]: fim_examples_for(e, data, controls=data.controls,
+                                           seed=config.train.seed) for e in splits["train"]}
         seen = {t for e in splits["train"] for t in tokens[e["file"]]}
         always = [*always, *events.FIM_TOKENS,
                   *sorted({t for examples in fim.values() for x in examples for t in x} - seen - set(events.FIM_TOKENS))]
-    vocabulary = build_vocabulary((tokens[e["file"]] for e in splits["train"]), data.representation, data.min_count,
-                                  data.transpose, data.classic_step, always)
+    vocabulary = build_vocabulary((tokens[e["file"]] for e in splits["train"]), data.representation,
+                                  min_count=data.min_count, transpose=data.transpose, classic_step=data.classic_step,
+                                  always=always)
     if base_vocabulary is not None:
         vocabulary = extend_vocabulary(base_vocabulary, vocabulary)
     if expected_vocabulary is not None and vocabulary.fingerprint() != expected_vocabulary:
@@ -200,7 +205,7 @@ def build(config: config_lib.Config, entries: list[dict], out_dir: str, started:
                          for e in splits["train"]],
                "validation": [(e["file"], vocabulary.encode(tokens[e["file"]], unknown_validation))
                               for e in splits["validation"]]}
-    shards = _write_data(out_dir, manifest, vocabulary, encoded)
+    shards = _write_data(out_dir, manifest, vocabulary=vocabulary, encoded=encoded)
     lengths = {split: [len(piece[1]) for piece in pieces] for split, pieces in encoded.items()}
     event_counts = {split: sum(events.count_events(tokens[e["file"]], data.representation) for e in pieces)
                     for split, pieces in splits.items()}
@@ -241,7 +246,7 @@ def _write_manifest(out_dir: str, manifest: dict) -> None:
     storage.write_json(run_lib.path(out_dir, run_lib.MANIFEST), manifest)
 
 
-def _check_usable(used: list[dict], manifest: dict, sources, out_dir: str, write_manifest: bool) -> None:
+def _check_usable(used: list[dict], manifest: dict, *, sources, out_dir: str, write_manifest: bool) -> None:
     """PrepareError unless the used pieces split into train and validation; the manifest (if written) says why."""
     summary = manifest["summary"]
     if used and summary["train_pieces"] > 0 and summary["validation_pieces"] > 0:
@@ -257,7 +262,7 @@ def _check_usable(used: list[dict], manifest: dict, sources, out_dir: str, write
                        f"got {len(used)}; see {see}")
 
 
-def _write_data(out_dir: str, manifest: dict, vocabulary, encoded: dict[str, list]) -> dict[str, list[dict]]:
+def _write_data(out_dir: str, manifest: dict, *, vocabulary, encoded: dict[str, list]) -> dict[str, list[dict]]:
     """The manifest, vocab.json and each split's TFRecord shards; returns what each shard holds."""
     from keras_music import dataset
 
@@ -271,8 +276,8 @@ def _write_data(out_dir: str, manifest: dict, vocabulary, encoded: dict[str, lis
     data_dir = run_lib.path(out_dir, run_lib.DATA)
     shards = {}
     for split, pieces in encoded.items():
-        written = dataset.write_shards(data_dir, split, pieces)
-        shards[split] = _shard_records(data_dir, written, [piece[1] for piece in pieces])
+        written = dataset.write_shards(data_dir, split, pieces=pieces)
+        shards[split] = _shard_records(data_dir, written, pieces=[piece[1] for piece in pieces])
         # Shards of an earlier, larger preparation would otherwise be read as part of this one.
         for name in storage.listdir(data_dir):
             if name.startswith(split + "-") and name.endswith(".tfrecord") and name not in set(written):
@@ -280,7 +285,7 @@ def _write_data(out_dir: str, manifest: dict, vocabulary, encoded: dict[str, lis
     return shards
 
 
-def _shard_records(data_dir: str, names: list[str], pieces: list[list[int]]) -> list[dict]:
+def _shard_records(data_dir: str, names: list[str], *, pieces: list[list[int]]) -> list[dict]:
     """What each shard holds, as prepared.json records it: pieces, tokens, bytes and sha256."""
     from keras_music import dataset
 
@@ -297,7 +302,7 @@ def _shard_records(data_dir: str, names: list[str], pieces: list[list[int]]) -> 
 
 # ----------------------------------------------------------------------------- sharded preparation
 
-def shard_dir(out_dir: str, shard_index: int, num_shards: int) -> str:
+def shard_dir(out_dir: str, shard_index: int, *, num_shards: int) -> str:
     return storage.join(out_dir, PARTS, f"shard-{shard_index}-of-{num_shards}")
 
 
@@ -305,7 +310,7 @@ def _files_digest(files: list[corpus.SourceFile]) -> str:
     return hashlib.sha256("\n".join(f.name for f in files).encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def prepare_shard(config: config_lib.Config, out_dir: str, shard_index: int, num_shards: int,
+def prepare_shard(config: config_lib.Config, out_dir: str, *, shard_index: int, num_shards: int,
                   show_progress: bool = True, log=print) -> dict:
     """Parse the files at positions shard_index, shard_index + num_shards, ... of the resolved list.
 
@@ -321,7 +326,7 @@ def prepare_shard(config: config_lib.Config, out_dir: str, shard_index: int, num
                            "without shards, or leave the held-out split to data.val_fraction")
     files = corpus.resolve_files(data.sources)
     indexes = list(range(shard_index, len(files), num_shards))
-    directory = shard_dir(out_dir, shard_index, num_shards)
+    directory = shard_dir(out_dir, shard_index, num_shards=num_shards)
     marker = storage.join(directory, PART_MANIFEST)
     storage.makedirs(directory)
     # A rerun must not leave an old marker vouching for a half-replaced part.
@@ -354,7 +359,7 @@ def prepare_shard(config: config_lib.Config, out_dir: str, shard_index: int, num
 
 
 def merge(config: config_lib.Config, out_dir: str, num_shards: int | None = None, check_sources: bool = False,
-          log=print) -> dict:
+          log=print) -> run_lib.Prepared:
     """Check that all shards of out_dir/parts are complete and alike, then build the prepared directory.
 
     The result equals an unsharded `prepare` of the same sources and settings. Sources
@@ -363,9 +368,9 @@ def merge(config: config_lib.Config, out_dir: str, num_shards: int | None = None
     started = time.time()
     num_shards = _sharding(out_dir, num_shards)
     parts = _finished_parts(out_dir, num_shards)
-    config = _shards_config(config, parts[0]["settings"], check_sources)
+    config = _shards_config(config, parts[0]["settings"], check_sources=check_sources)
     entries = _part_entries(out_dir, parts)
-    info = build(config, entries, out_dir, started, log)
+    info = build(config, entries, out_dir=out_dir, started=started, log=log)
     run_lib.write_config(out_dir, config)
     return info
 
@@ -396,7 +401,7 @@ def _sharding(out_dir: str, num_shards: int | None) -> int:
 def _finished_parts(out_dir: str, num_shards: int) -> list[dict]:
     """Every shard's manifest_part.json, checked to be finished, in place and made alike."""
     present = [i for i in range(num_shards)
-               if storage.exists(storage.join(shard_dir(out_dir, i, num_shards), PART_MANIFEST))]
+               if storage.exists(storage.join(shard_dir(out_dir, i, num_shards=num_shards), PART_MANIFEST))]
     missing = [i for i in range(num_shards) if i not in present]
     if missing:
         names = ", ".join(f"shard-{i}-of-{num_shards}" for i in missing)
@@ -404,11 +409,11 @@ def _finished_parts(out_dir: str, num_shards: int) -> list[dict]:
             f"cannot merge {out_dir}: {len(missing)} of {num_shards} shards missing or unfinished ({names}: no "
             f"{PART_MANIFEST}); run python -m keras_music.prepare --out {out_dir} --num-shards {num_shards} "
             f"--shard-index I for I in {', '.join(str(i) for i in missing)}, with the same --data/--config/--set")
-    parts = [storage.read_json(storage.join(shard_dir(out_dir, i, num_shards), PART_MANIFEST))
+    parts = [storage.read_json(storage.join(shard_dir(out_dir, i, num_shards=num_shards), PART_MANIFEST))
              for i in range(num_shards)]
     first = parts[0]
     for i, part in enumerate(parts):
-        where = shard_dir(out_dir, i, num_shards)
+        where = shard_dir(out_dir, i, num_shards=num_shards)
         if not isinstance(part, dict) or part.get("format") != PART_FORMAT:
             raise PrepareError(f"{where}/{PART_MANIFEST} is not a keras_music shard manifest")
         if (part.get("shard_index"), part.get("num_shards")) != (i, num_shards):
@@ -429,7 +434,7 @@ def _finished_parts(out_dir: str, num_shards: int) -> list[dict]:
     return parts
 
 
-def _shards_config(config: config_lib.Config, settings: dict, check_sources: bool) -> config_lib.Config:
+def _shards_config(config: config_lib.Config, settings: dict, *, check_sources: bool) -> config_lib.Config:
     """The config on the shards' sources, checked to ask for the settings the shards were parsed with."""
     sources = settings["sources"]
     if check_sources and list(config.data.sources) != list(sources):
@@ -450,7 +455,7 @@ def _part_entries(out_dir: str, parts: list[dict]) -> list[dict]:
     num_shards, total = len(parts), parts[0]["total_files"]
     by_index: dict[int, dict] = {}
     for i, part in enumerate(parts):
-        where = storage.join(shard_dir(out_dir, i, num_shards), PART_ENTRIES)
+        where = storage.join(shard_dir(out_dir, i, num_shards=num_shards), PART_ENTRIES)
         payload = storage.read_bytes(where)
         if hashlib.sha256(payload).hexdigest() != part["entries_sha256"]:
             raise PrepareError(f"{where} does not match its {PART_MANIFEST} (changed or truncated); rerun shard {i}")
@@ -467,8 +472,6 @@ def _part_entries(out_dir: str, parts: list[dict]) -> list[dict]:
 # ----------------------------------------------------------------------------- command line
 
 def parse_args(argv=None):
-    from keras_music import cli
-
     parser = argparse.ArgumentParser(
         prog="python -m keras_music.prepare",
         description="Parse sources into a prepared directory (vocab.json, corpus_manifest.json, TFRecord "
@@ -511,7 +514,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     parser, args = parse_args(argv)
-    from keras_music import cli
 
     with cli.user_errors(parser):
         config = config_lib.load(args.config, args.overrides)
@@ -520,8 +522,10 @@ def main(argv=None) -> int:
         if args.held_out:
             config = config_lib.with_held_out(config, args.held_out)
         if args.shard_index is not None:
-            with run_lib.lock(shard_dir(args.out, args.shard_index, args.num_shards), "python -m keras_music.prepare"):
-                prepare_shard(config, args.out, args.shard_index, args.num_shards, show_progress=not args.quiet)
+            with run_lib.lock(shard_dir(args.out, args.shard_index, num_shards=args.num_shards),
+                              "python -m keras_music.prepare"):
+                prepare_shard(config, args.out, shard_index=args.shard_index, num_shards=args.num_shards,
+                              show_progress=not args.quiet)
         else:
             with run_lib.lock(args.out, "python -m keras_music.prepare"):
                 if run_lib.training_started(args.out):

@@ -8,13 +8,14 @@ import os
 import sys
 from fractions import Fraction
 
+from keras_music import cli
 from keras_music import config as config_lib, corpus, events, midi, storage
 from keras_music.prepare import parse_settings, tokens_for
 
 FIDELITY = "fidelity.json"
 
 
-def decoded_notes(entry: dict, tokens: list[str], data: config_lib.DataConfig) -> list[list]:
+def decoded_notes(entry: dict, tokens: list[str], *, data: config_lib.DataConfig) -> list[list]:
     """The entry's tokens decoded back to [onset, end, pitch, part] in quarter notes on its own timeline.
 
     Tokens carry no instrument (parts are merged for the model), so each decoded note
@@ -22,7 +23,7 @@ def decoded_notes(entry: dict, tokens: list[str], data: config_lib.DataConfig) -
     """
     grid = int(entry.get("grid", events.GRID))
     step = Fraction(data.classic_step).limit_denominator(grid)
-    sonorities = events.tokens_to_sonorities(tokens, data.representation, step)
+    sonorities = events.tokens_to_sonorities(tokens, data.representation, classic_step=step)
     start = Fraction(entry["notes"][0][0], grid)
     part_of = {(n[0], n[2]): (n[3] if len(n) > 3 else 0) for n in entry["notes"]}
     out = []
@@ -33,11 +34,11 @@ def decoded_notes(entry: dict, tokens: list[str], data: config_lib.DataConfig) -
     return out
 
 
-def write_piece(entry: dict, notes: list[list], path: str, musicxml: bool = False) -> list[str]:
+def write_piece(entry: dict, notes: list[list], *, path: str, musicxml: bool = False) -> list[str]:
     """MIDI (and optionally MusicXML) of decoded notes with the source's tempo map, metre and parts."""
     parts = entry.get("parts") or [{"program": 0, "channel": 1, "name": ""}]
     payload = midi.write([(a, b, p, 80, part) for a, b, p, part in notes], entry.get("tempos") or [[0.0, 120.0]],
-                         entry.get("time_signatures") or [[0.0, 4, 4]], parts,
+                         time_signatures=entry.get("time_signatures") or [[0.0, 4, 4]], parts=parts,
                          title=os.path.basename(path))
     storage.write_bytes(path, payload)
     written = [path]
@@ -77,13 +78,14 @@ def roundtrip(config: config_lib.Config, out_dir: str, musicxml: bool = False, s
                                            "key", "parts") if key in entry}
         if entry.get("status") == "used":
             tokens = tokens_for(entry, data)
-            notes = decoded_notes(entry, tokens, data)
+            notes = decoded_notes(entry, tokens, data=data)
             row["tokens"] = len(tokens)
             row["notes_written"] = len(notes)
             row["tempo_changes"] = len(entry.get("tempos") or [])
             row["time_signatures"] = entry.get("time_signatures")
-            row["outputs"] = [os.path.basename(p) for p in write_piece(entry, notes, storage.join(out_dir, stem + ".mid"),
-                                                                       musicxml)]
+            row["outputs"] = [os.path.basename(p) for p in write_piece(entry, notes,
+                                                                       path=storage.join(out_dir, stem + ".mid"),
+                                                                       musicxml=musicxml)]
         files.append(row)
     used = [f for f in files if f["status"] == "used"]
     totals = {key: sum(f.get("midi", {}).get(key, 0) for f in used)
@@ -140,8 +142,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    from keras_music import cli
-
     parser, args = parse_args(argv)
     with cli.user_errors(parser):
         config = config_lib.load(args.config, args.overrides)

@@ -8,10 +8,16 @@ import hashlib
 import json
 import math
 import os
+import re
 import socket
 import sys
+import tempfile
+from typing import TypedDict
+
+import numpy as np
 
 from keras_music import cli, config as config_lib, storage
+from keras_music import events
 from keras_music.errors import KerasMusicError
 from keras_music.vocabulary import Vocabulary, VocabularyError
 
@@ -19,12 +25,12 @@ CONFIG = "config.yaml"
 VOCAB = "vocab.json"
 MANIFEST = "corpus_manifest.json"
 MODEL = "model.keras"
-METRICS = "metrics.json"
+TRAINING_RECORD = "metrics.json"  # the training record (not the music metrics of music_metrics.py)
 PREPARED = "prepared.json"
 PREPARED_FORMAT = "keras_music.prepared"
 DATA = "data"
 BACKUP = "backup"
-BACKUP_STATE = "state.json"
+BACKUP_RECORD = "state.json"
 BACKUP_MODEL_PREFIX = "model-"  # backup/model-<next epoch>.keras
 LOGS = "logs"  # TensorBoard
 BEST_CHECKPOINT = ("checkpoints", "best.keras")
@@ -43,6 +49,89 @@ EXPORT_VOCAB = "vocab.json"
 WEB = "web"
 # Held by the one process that writes a directory (see `lock`).
 LOCK = ".keras_music.lock"
+
+
+class TrainingRecord(TypedDict, total=False):
+    """metrics.json: what training did and how the kept model scores (written by `train`, read by later stages).
+
+    Fields: `epochs` (epochs run), `stopped` (why: completed, early_stopping, budget, nan_loss) and
+    `stopped_detail`, `train_loss`/`val_loss` (nats per token), `val_perplexity`, `val_accuracy`,
+    `best_epoch` (0-based, of the kept model), `tokens_seen`, `tokens_per_second`, `train_seconds`,
+    `wall_seconds`, `parameters`, `vocabulary_size`, `validation_unknown_rate`, `strategy`,
+    `replicas`, `history` (one record per epoch) and, for a fine-tune, `init_from`.
+    """
+
+    epochs: int
+    stopped: str
+    stopped_detail: str
+    train_loss: float
+    val_loss: float
+    val_perplexity: float
+    val_accuracy: float
+    best_epoch: int
+    tokens_seen: int
+    tokens_per_second: float
+    train_seconds: float
+    wall_seconds: float
+    parameters: int
+    vocabulary_size: int
+    validation_unknown_rate: float
+    strategy: str
+    replicas: int
+    history: list
+    init_from: dict
+
+
+class BackupRecord(TypedDict, total=False):
+    """backup/state.json: where an interrupted training resumes (the backup, not an LSTM or grammar state).
+
+    Fields: `next_epoch`, `model` (the backup model's file name in backup/), `history`, `best` (best
+    validation loss so far), `wait` (epochs without improvement), `elapsed` (seconds trained),
+    `stopped`/`stopped_reason` (set once training has ended), `steps_done`, `config` (the resolved
+    config it was trained with) and `vocabulary_fingerprint`.
+    """
+
+    next_epoch: int
+    model: str
+    history: list
+    best: float
+    wait: int
+    elapsed: float
+    stopped: str | None
+    stopped_reason: str | None
+    steps_done: int
+    config: dict
+    vocabulary_fingerprint: str
+
+
+class Prepared(TypedDict, total=False):
+    """prepared.json: what the corpus stage wrote into data/ (checked by `check_prepared`).
+
+    Fields: `format`/`version`, `settings` (the config keys that decide the tokens), `vocabulary_size`,
+    `vocabulary_fingerprint`, per split `pieces`, `tokens`, `events`, `lengths` and `shards`, the
+    validation split's `validation_unknown_tokens`/`_rate`/`validation_events`, `files` (source files
+    per split), `timing` (the corpus's median tempo, metre and program), `seconds`, and for a run with
+    controls or infilling `control_tokens` and `infill_examples`.
+    """
+
+    format: str
+    version: int
+    settings: dict
+    vocabulary_size: int
+    vocabulary_fingerprint: str
+    pieces: dict
+    tokens: dict
+    events: dict
+    lengths: dict
+    shards: dict
+    validation_unknown_tokens: int
+    validation_unknown_rate: float
+    validation_events: int
+    files: dict
+    timing: dict
+    seconds: float
+    control_tokens: dict
+    infill_examples: dict
 
 
 class RunError(KerasMusicError, ValueError):
@@ -104,7 +193,7 @@ def point_latest(run_dir: str) -> None:
 # ----------------------------------------------------------------------------- one writer at a time
 
 class _Held:
-    def __init__(self, file: str, descriptor: int | None, info: dict):
+    def __init__(self, file: str, descriptor: int | None, *, info: dict):
         self.file, self.descriptor, self.info, self.count = file, descriptor, info, 1
 
 
@@ -140,7 +229,7 @@ def _alive(pid) -> bool:
     return True
 
 
-def _locked(directory: str, file: str, owner: dict | None) -> RunLocked:
+def _locked(directory: str, file: str, *, owner: dict | None) -> RunLocked:
     return RunLocked(f"{directory} is in use by {_owner_text(owner)}: one process writes a directory at a "
                      f"time; wait for it to finish or stop it. If it is no longer running, remove {file}")
 
@@ -160,7 +249,7 @@ def _acquire_local(directory: str, file: str, command: str, log) -> _Held:
         except BlockingIOError:
             text = os.pread(descriptor, 4096, 0).decode("utf-8", "replace")
             os.close(descriptor)
-            raise _locked(directory, file, _read_owner(text)) from None
+            raise _locked(directory, file, owner=_read_owner(text)) from None
         except OSError:
             # A file system without flock (some network and FUSE mounts): the owner's pid
             # and host in the file decide, as on object stores.
@@ -181,14 +270,14 @@ def _acquire_local(directory: str, file: str, command: str, log) -> _Held:
             # flock does not reach every network file system: an owner on another host
             # cannot be checked from here, so its lock stands until it is removed.
             os.close(descriptor)
-            raise _locked(directory, file, previous)
+            raise _locked(directory, file, owner=previous)
         if previous:
             log(f"{directory}: taking over the lock left by {_owner_text(previous)}, which is no longer running")
         info = _lock_info(command)
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, (json.dumps(info) + "\n").encode("utf-8"), 0)
         os.fsync(descriptor)
-        return _Held(file, descriptor, info)
+        return _Held(file, descriptor, info=info)
     raise RunLocked(f"{directory}: could not take the lock {file} (it keeps being replaced); try again")
 
 
@@ -204,10 +293,10 @@ def _acquire_by_content(directory: str, file: str, command: str, log) -> _Held:
         if owner and owner.get("host") == here and not _alive(owner.get("pid")):
             log(f"{directory}: taking over the lock left by {_owner_text(owner)}, which is no longer running")
         elif owner or storage.is_remote(file):
-            raise _locked(directory, file, owner)
+            raise _locked(directory, file, owner=owner)
     info = _lock_info(command)
     storage.write_json(file, info)
-    return _Held(file, None, info)
+    return _Held(file, None, info=info)
 
 
 def _release(held: _Held) -> None:
@@ -280,7 +369,7 @@ def check_unlocked(directory: str) -> None:
     """Refuse to read a directory that another process is writing right now."""
     owner = lock_owner(directory)
     if owner is not None:
-        raise _locked(directory, storage.join(str(directory), LOCK), owner)
+        raise _locked(directory, storage.join(str(directory), LOCK), owner=owner)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -288,7 +377,7 @@ def check_unlocked(directory: str) -> None:
 def training_started(run_dir: str) -> bool:
     """Whether the run holds training results (a backup, a checkpoint, a model or metrics)."""
     return any(storage.exists(path(run_dir, *parts)) for parts in
-               ((BACKUP, BACKUP_STATE), BEST_CHECKPOINT, (MODEL,), (METRICS,)))
+               ((BACKUP, BACKUP_RECORD), BEST_CHECKPOINT, (MODEL,), (TRAINING_RECORD,)))
 
 
 def _flat(data: dict, prefix: str = "") -> dict:
@@ -319,7 +408,7 @@ def check_settings(run_dir: str, config: config_lib.Config) -> None:
     if storage.exists(file):
         recorded = load_config(run_dir)
     else:
-        state = read_backup_state(run_dir)
+        state = read_backup_record(run_dir)
         if state and isinstance(state.get("config"), dict):
             try:
                 recorded = config_lib.from_dict(state["config"])
@@ -346,9 +435,9 @@ def write_config(run_dir: str, config: config_lib.Config) -> None:
     storage.write_text(file, text)
 
 
-def read_backup_state(run_dir: str) -> dict | None:
+def read_backup_record(run_dir: str) -> BackupRecord | None:
     """backup/state.json, or None when it is missing or unreadable (a new backup is then written)."""
-    file = path(run_dir, BACKUP, BACKUP_STATE)
+    file = path(run_dir, BACKUP, BACKUP_RECORD)
     if not storage.exists(file):
         return None
     try:
@@ -382,7 +471,7 @@ def _model_fix(run_dir: str) -> str:
             f"that were trained together in {run_dir}")
 
 
-def check_model(model, vocabulary: Vocabulary, model_path: str, run_dir: str, metadata: dict | None = None) -> dict:
+def check_model(model, vocabulary: Vocabulary, *, model_path: str, run_dir: str, metadata: dict | None = None) -> dict:
     """The loaded model is a keras_music LSTM that fits `vocabulary`; returns its sizes.
 
     Checks the embedding and the softmax head against the vocabulary size, the LSTM
@@ -390,8 +479,6 @@ def check_model(model, vocabulary: Vocabulary, model_path: str, run_dir: str, me
     file records it, the fingerprint of the vocabulary it was trained with (so a
     shuffled or edited vocab.json of the right size is refused too).
     """
-    import numpy as np
-
     from keras_music import model as model_lib
 
     fix = _model_fix(run_dir)
@@ -430,7 +517,7 @@ def check_model(model, vocabulary: Vocabulary, model_path: str, run_dir: str, me
     return sizes
 
 
-def load_model(run_dir: str, vocabulary: Vocabulary | None = None, file: str = MODEL):
+def load_model(run_dir: str, vocabulary: Vocabulary | None = None, *, file: str = MODEL):
     """model.keras in safe mode, checked against the run's vocabulary (see check_model)."""
     from keras_music import model as model_lib
 
@@ -441,8 +528,6 @@ def load_model(run_dir: str, vocabulary: Vocabulary | None = None, file: str = M
     metadata = None
     try:
         if storage.is_remote(model_path):
-            import tempfile
-
             with tempfile.TemporaryDirectory() as tmp:
                 local = os.path.join(tmp, MODEL)
                 with open(local, "wb") as handle:
@@ -458,7 +543,7 @@ def load_model(run_dir: str, vocabulary: Vocabulary | None = None, file: str = M
         raise RunError(f"{model_path} cannot be loaded as a Keras model: {type(error).__name__}: "
                        f"{str(error).splitlines()[0] if str(error) else ''}; {_model_fix(run_dir)}") from None
     vocabulary = vocabulary or load_vocabulary(run_dir)
-    check_model(model, vocabulary, model_path, run_dir, metadata)
+    check_model(model, vocabulary, model_path=model_path, run_dir=run_dir, metadata=metadata)
     return model
 
 
@@ -477,7 +562,7 @@ def _prepared_fix(directory: str, info: dict | None = None) -> str:
             f"python -m keras_music.prepare --out {cli.quote(directory)} ...")
 
 
-def check_prepared(info, file: str, directory: str = "") -> dict:
+def check_prepared(info, file: str, *, directory: str = "") -> Prepared:
     """prepared.json's own consistency: format, counts that are non-negative integers and agree."""
     fix = _prepared_fix(directory, info if isinstance(info, dict) else None)
 
@@ -519,8 +604,6 @@ def check_prepared(info, file: str, directory: str = "") -> dict:
         raise bad(f"\"vocabulary_size\" must be an integer >= 4, got {size!r}")
     timing = info.get("timing")
     if timing is not None:
-        from keras_music import events
-
         if not isinstance(timing, dict):
             raise bad("\"timing\" must be a mapping")
         tempo, signature, program = timing.get("tempo", 120.0), timing.get("time_signature", [4, 4]), \
@@ -534,7 +617,7 @@ def check_prepared(info, file: str, directory: str = "") -> dict:
     return info
 
 
-def load_prepared(run_dir: str, required: bool = False) -> dict:
+def load_prepared(run_dir: str, required: bool = False) -> Prepared:
     """prepared.json of the run, checked ({} when the run has none, e.g. one trained before it existed)."""
     file = path(run_dir, PREPARED)
     if not storage.exists(file):
@@ -545,7 +628,7 @@ def load_prepared(run_dir: str, required: bool = False) -> dict:
         info = storage.read_json(file, 256 << 20)
     except (OSError, ValueError):
         raise RunError(f"{file} is not valid JSON; {_prepared_fix(run_dir)}") from None
-    return check_prepared(info, file, run_dir)
+    return check_prepared(info, file, directory=run_dir)
 
 
 def data_dir(run_dir: str) -> str:
@@ -557,7 +640,7 @@ def file_sha256(file: str, max_bytes: int | None = None) -> str:
     return hashlib.sha256(storage.read_bytes(file, max_bytes)).hexdigest()
 
 
-def shard_paths(run_dir: str, split: str, info: dict | None = None) -> list[str]:
+def shard_paths(run_dir: str, split: str, *, info: dict | None = None) -> list[str]:
     """The split's TFRecord shards, each checked against what prepare recorded (size and sha256).
 
     Prepared data written before shard records existed is listed by name; read_split
@@ -594,20 +677,18 @@ def shard_paths(run_dir: str, split: str, info: dict | None = None) -> list[str]
     return files
 
 
-def read_split(run_dir: str, split: str, vocabulary: Vocabulary, info: dict | None = None) -> list[tuple[str, object]]:
+def read_split(run_dir: str, split: str, *, vocabulary: Vocabulary,
+               info: dict | None = None) -> list[tuple[str, object]]:
     """(name, ids) of every piece of a split, checked: readable records, ids inside the vocabulary, counts as recorded."""
-    import numpy as np
-
     from keras_music import dataset
 
     info = load_prepared(run_dir, required=True) if info is None else info
     fix = _prepared_fix(run_dir, info)
     pieces = []
-    for file in shard_paths(run_dir, split, info):
+    for file in shard_paths(run_dir, split, info=info):
         try:
             pieces.extend(dataset.read_named_pieces([file]))
         except Exception as error:  # tf.errors.DataLossError and friends for truncated or bit-flipped records
-            import re
 
             text = (getattr(error, "message", None) or str(error)).strip().splitlines()
             # TensorFlow wraps the reason in the names of the graph nodes that met it.
@@ -627,10 +708,10 @@ def read_split(run_dir: str, split: str, vocabulary: Vocabulary, info: dict | No
     return pieces
 
 
-def read_metrics(run_dir: str) -> dict | None:
+def read_training_record(run_dir: str) -> TrainingRecord | None:
     """metrics.json of a run that finished training, or None (missing, unreadable, or not a training record)."""
     try:
-        metrics = storage.read_json(path(run_dir, METRICS), 64 << 20)
+        metrics = storage.read_json(path(run_dir, TRAINING_RECORD), 64 << 20)
     except (OSError, ValueError):
         return None
     return metrics if isinstance(metrics, dict) and "val_loss" in metrics else None
@@ -671,7 +752,8 @@ def held_out_names(run_dir: str) -> list[str]:
                   if entry.get("status") == "used" and entry.get("split") == "validation")
 
 
-def named_pieces(run_dir: str, split: str, vocabulary: Vocabulary, info: dict | None = None) -> list[tuple[str, object]]:
+def named_pieces(run_dir: str, split: str, *, vocabulary: Vocabulary,
+                 info: dict | None = None) -> list[tuple[str, object]]:
     """(file name, ids) of every piece of one split, in shard order ([] when the split is empty).
 
     Checked against prepared.json (read_split); a run from before prepared.json is read
@@ -679,7 +761,7 @@ def named_pieces(run_dir: str, split: str, vocabulary: Vocabulary, info: dict | 
     """
     info = load_prepared(run_dir) if info is None else info
     if info:
-        return read_split(run_dir, split, vocabulary, info)
+        return read_split(run_dir, split, vocabulary=vocabulary, info=info)
     from keras_music import dataset
 
     directory = path(run_dir, DATA)
@@ -688,7 +770,7 @@ def named_pieces(run_dir: str, split: str, vocabulary: Vocabulary, info: dict | 
     return dataset.read_named_pieces(dataset.shard_files(directory, split))
 
 
-def check_data(run_dir: str, info: dict, vocabulary: Vocabulary) -> None:
+def check_data(run_dir: str, info: dict, *, vocabulary: Vocabulary) -> None:
     """The prepared data fits its prepared.json and the vocabulary (before training or evaluating on it)."""
     fix = _prepared_fix(run_dir, info)
     size = info.get("vocabulary_size")
@@ -701,9 +783,9 @@ def check_data(run_dir: str, info: dict, vocabulary: Vocabulary) -> None:
                        f"their order differ from {path(run_dir, PREPARED)}); {fix}")
     for split in ("train", "validation"):
         if info.get("shards") and info.get("vocabulary_fingerprint"):
-            shard_paths(run_dir, split, info)  # checksums prove the records are what prepare wrote
+            shard_paths(run_dir, split, info=info)  # checksums prove the records are what prepare wrote
         else:
-            read_split(run_dir, split, vocabulary, info)
+            read_split(run_dir, split, vocabulary=vocabulary, info=info)
 
 
 # ----------------------------------------------------------------------------- exports

@@ -1,5 +1,6 @@
 """Pure numpy next-token sampling: SplitMix64 streams, greedy, temperature, top-k, top-p, banned ids and a token grammar."""
 
+import dataclasses
 import math
 import numbers
 import secrets
@@ -7,6 +8,7 @@ import secrets
 import numpy as np
 
 from keras_music import defaults, formatting as fmt
+from keras_music.errors import KerasMusicError
 
 DEFAULT_TEMPERATURE = defaults.TEMPERATURE
 
@@ -105,7 +107,7 @@ def make_rng(seed=None, kind=DEFAULT_RNG):
     return RowStreams(secrets.randbits(64) if seed is None else seed)
 
 
-def validate_sampling(temperature, top_k, top_p):
+def validate_sampling(temperature, top_k, *, top_p):
     """Checks sampling settings and raises ValueError naming the first bad one.
 
     Args:
@@ -131,6 +133,62 @@ def validate_sampling(temperature, top_k, top_p):
         or not 0 < top_p <= 1
     ):
         raise ValueError(f"top_p must be in (0, 1] (1 means off), got {fmt.shown(top_p)}")
+
+
+class SamplingError(KerasMusicError, ValueError):
+    """A sampling setting is out of range; the message names it and what it accepts."""
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """How tokens are drawn and how long a piece runs; checked once, when made.
+
+    Attributes:
+      temperature: finite real >= 0; 0 means greedy.
+      top_k: integer >= 0; 0 means off.
+      top_p: real in (0, 1]; 1 means off.
+      length: events per piece (1..`defaults.MAX_LENGTH`), or a tuple of one such count per piece.
+      min_length: events a piece must have before a sampled `<piece>` may end it (>= 0).
+      rng: "splitmix64" (the portable sampler, export/README.md) or "numpy".
+    """
+
+    temperature: float = defaults.TEMPERATURE
+    top_k: int = defaults.TOP_K
+    top_p: float = defaults.TOP_P
+    length: int | tuple[int, ...] = defaults.LENGTH
+    min_length: int = defaults.MIN_LENGTH
+    rng: str = DEFAULT_RNG
+
+    def __post_init__(self):
+        try:
+            validate_sampling(self.temperature, self.top_k, top_p=self.top_p)
+        except ValueError as error:
+            raise SamplingError(str(error)) from None
+        length = self.length
+        if isinstance(length, (list, tuple, np.ndarray)):
+            length = tuple(int(v) if _is_count(v) else v for v in length)
+            object.__setattr__(self, "length", length)
+        values = length if isinstance(length, tuple) else (length,)
+        if not values or any(not _is_count(v) or not 1 <= v <= defaults.MAX_LENGTH for v in values):
+            raise SamplingError(f"length must be an integer in 1..{defaults.MAX_LENGTH} (events to generate) or "
+                                f"one such integer per piece, got {fmt.shown(self.length)}")
+        if not _is_count(self.min_length) or self.min_length < 0:
+            raise SamplingError(f"min_length must be an integer >= 0 (events), got {fmt.shown(self.min_length)}")
+        if self.rng not in RNG_KINDS:
+            raise SamplingError(f"rng must be one of {', '.join(RNG_KINDS)}, got {fmt.shown(self.rng)}")
+
+    def replace(self, **changes) -> "SamplingSettings":
+        """A copy with `changes` (checked like a new one)."""
+        return dataclasses.replace(self, **changes)
+
+    def record(self) -> dict:
+        """The draw settings as a piece's JSON record gives them."""
+        return {"temperature": float(self.temperature), "top_k": int(self.top_k), "top_p": float(self.top_p),
+                "rng": self.rng}
 
 
 def _as_probabilities(probabilities):
@@ -179,7 +237,7 @@ def _argmax_allowed(probs, mask):
     return np.argmax(probs, axis=1).astype(np.int64)
 
 
-def _forbidden_mask(banned, allowed, probs):
+def _forbidden_mask(banned, allowed, *, probs):
     """Boolean mask of ids never returned ([vocab] or [batch, vocab]), or None."""
     mask = _banned_mask(banned, probs.shape[1])
     if allowed is None:
@@ -204,10 +262,10 @@ def greedy(probabilities, banned=None, allowed=None):
       allowed: optional boolean [batch, vocab]; only True ids are returned.
     """
     probs = _as_probabilities(probabilities)
-    return _argmax_allowed(probs, _forbidden_mask(banned, allowed, probs))
+    return _argmax_allowed(probs, _forbidden_mask(banned, allowed, probs=probs))
 
 
-def sample_next(probabilities, rng, temperature=1.0, top_k=0, top_p=1.0, banned=None, allowed=None):
+def sample_next(probabilities, rng, *, temperature=1.0, top_k=0, top_p=1.0, banned=None, allowed=None):
     """Samples one next-token id per row, for the whole batch in one vectorised pass.
 
     The steps are: zero the banned ids and those `allowed` rules out (the
@@ -237,9 +295,9 @@ def sample_next(probabilities, rng, temperature=1.0, top_k=0, top_p=1.0, banned=
     Returns:
       int64 array [batch] of sampled ids.
     """
-    validate_sampling(temperature, top_k, top_p)
+    validate_sampling(temperature, top_k, top_p=top_p)
     probs = _as_probabilities(probabilities)
-    mask = _forbidden_mask(banned, allowed, probs)
+    mask = _forbidden_mask(banned, allowed, probs=probs)
     if mask is not None:
         probs = np.where(mask, 0.0, probs)
     fallback = _argmax_allowed(probs, mask)
@@ -247,7 +305,7 @@ def sample_next(probabilities, rng, temperature=1.0, top_k=0, top_p=1.0, banned=
         return fallback
     uniforms = rng.random(len(probs))
     weights, alive = _tempered(probs, temperature)
-    weights = _truncated(weights, probs, top_k, top_p)
+    weights = _truncated(weights, probs, top_k=top_k, top_p=top_p)
     return np.where(alive, _inverse_cdf(weights, uniforms), fallback).astype(np.int64)
 
 
@@ -265,7 +323,7 @@ def _tempered(probs, temperature):
     return np.exp(shifted / temperature), alive
 
 
-def _truncated(weights, probs, top_k, top_p):
+def _truncated(weights, probs, *, top_k, top_p):
     """The weights with all but the top_k ids and the top_p nucleus zeroed, ranked by the original probs."""
     use_top_k = 0 < top_k < probs.shape[1]
     use_top_p = top_p < 1
@@ -379,7 +437,7 @@ class Grammar:
         allowed[empty] = self.not_banned
         return allowed
 
-    def advance(self, state: GrammarState, ids, active=None) -> None:
+    def advance(self, state: GrammarState, ids, *, active=None) -> None:
         """Moves each row past its token `ids[row]` (in place); lenient, like the decoder.
 
         Only rows where `active` (bool [batch], default all) is True move.
@@ -411,7 +469,7 @@ class Grammar:
 
 # ----------------------------------------------------------------------------- one piece
 
-def one_piece(step, primer, grammar_table: dict, length: int, min_length: int, choose):
+def one_piece(step, primer, *, grammar_table: dict, length: int, min_length: int, choose):
     """export/README.md's "One piece" for one row: (sampled ids, stop reason "length", "boundary" or "token_limit").
 
     `step(token)` feeds one id to the model and returns its probabilities [1, vocab];

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob as globmod
 import json
+import math
 import os
 import shutil
 import stat
 import tempfile
 import uuid
+
+import numpy as np
+
+from keras_music import check_tensorflow_io
 
 REMOTE_SCHEMES = ("s3://", "gs://", "hdfs://", "az://", "http://", "https://")
 _touched_remote = False
@@ -27,7 +33,6 @@ def touched_remote() -> bool:
 def _gfile():
     global _touched_remote
     _touched_remote = True
-    from keras_music import check_tensorflow_io
 
     check_tensorflow_io()
     import tensorflow as tf
@@ -90,7 +95,6 @@ def rmtree(path: str) -> None:
 def glob(pattern: str) -> list[str]:
     if is_remote(pattern):
         return sorted(_gfile().glob(pattern))
-    import glob as globmod
 
     return sorted(globmod.glob(pattern, recursive=True))
 
@@ -253,10 +257,6 @@ def write_json(path: str, data) -> None:
 
 def json_ready(value):
     """NaN and infinities become null: they are not JSON, and other tools refuse them."""
-    import math
-
-    import numpy as np
-
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if isinstance(value, dict):
@@ -271,8 +271,6 @@ def json_ready(value):
 
 
 def _json_default(value):
-    import numpy as np
-
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -9,10 +9,17 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 import types
+import warnings
+from typing import Any, Callable
 
+import numpy as np
+
+from keras_music import cli, generate, plots, prepare
 from keras_music import config as config_lib, distributed, events, finetune, run as run_lib, storage
+from keras_music.vocabulary import Vocabulary
 
 COMMAND = "python -m keras_music.train"
 
@@ -82,9 +89,9 @@ def trained_vocabulary(run_dir: str) -> str | None:
 
     if not run_lib.training_started(run_dir):
         return None
-    state = run_lib.read_backup_state(run_dir) or {}
-    if isinstance(state.get("vocabulary_fingerprint"), str):
-        return state["vocabulary_fingerprint"]
+    backup = run_lib.read_backup_record(run_dir) or {}
+    if isinstance(backup.get("vocabulary_fingerprint"), str):
+        return backup["vocabulary_fingerprint"]
     for parts in ((run_lib.MODEL,), run_lib.BEST_CHECKPOINT):
         file = run_lib.path(run_dir, *parts)
         if storage.exists(file) and not storage.is_remote(file):
@@ -98,8 +105,8 @@ def trained_vocabulary(run_dir: str) -> str | None:
                                "record of the vocabulary they were trained with; train in a new --run-dir") from None
 
 
-def prepare_run(config: config_lib.Config, run_dir: str, show_progress: bool, log=print,
-                base_vocabulary=None) -> dict:
+def prepare_run(config: config_lib.Config, run_dir: str, *, show_progress: bool, log=print,
+                base_vocabulary=None) -> run_lib.Prepared:
     """Prepare data into the run directory, or reuse it (resume, or a prepared --data directory).
 
     Reused data is checked first (prepared.json, shard checksums, vocabulary); damaged
@@ -107,8 +114,6 @@ def prepare_run(config: config_lib.Config, run_dir: str, show_progress: bool, lo
     data that would change it is refused before anything is written. A fine-tune
     (`base_vocabulary`, the base run's) prepares its sources with the base's tokens first.
     """
-    from keras_music import prepare
-
     sources = config.data.sources
     expected = trained_vocabulary(run_dir)
     if len(sources) == 1 and storage.isdir(sources[0]) and prepare.is_prepared(sources[0]):
@@ -117,54 +122,12 @@ def prepare_run(config: config_lib.Config, run_dir: str, show_progress: bool, lo
             raise run_lib.RunError(f"--data {source} is a prepared directory, whose ids belong to its own vocabulary; "
                                    "a fine-tune (train.init_from) needs the music itself: pass the folder of "
                                    "files it was prepared from")
-        run_lib.check_unlocked(source)
-        info = run_lib.load_prepared(source, required=True)
-        prepared = info.get("settings", {})
-        for key in ("representation", "transpose", "max_duration", "classic_step", "normalize_key"):
-            if key in prepared and prepared[key] != getattr(config.data, key):
-                raise run_lib.RunError(f"{source} was prepared with data.{key}={prepared[key]!r} but this run has "
-                                       f"{getattr(config.data, key)!r}; pass --set data.{key}={prepared[key]} "
-                                       "or prepare again")
-        if prepared.get("controls", False) != config.data.controls:
-            had = bool(prepared.get("controls", False))
-            raise run_lib.RunError(f"{source} was prepared with data.controls={had} but this run has "
-                                   f"{config.data.controls}; pass --set data.controls={str(had).lower()} "
-                                   "or prepare again")
-        if prepared.get("infill") and prepared.get("infill_window") != config.data.seq_length:
-            raise run_lib.RunError(f"{source} was prepared with infilling examples of data.seq_length="
-                                   f"{prepared.get('infill_window')} but this run has {config.data.seq_length}; pass "
-                                   f"--set data.seq_length={prepared.get('infill_window')} or prepare again")
-        if prepared.get("infill") and prepared.get("infill_format") != 2:
-            raise run_lib.RunError(f"{source} was prepared with fill-in-the-middle examples that begin with <piece>, "
-                                   "which teaches a model that every piece it begins is one: prepare it again")
-        if prepared.get("infill", False) != (config.data.infill_rate > 0):
-            had = bool(prepared.get("infill", False))
-            raise run_lib.RunError(f"{source} was prepared {'with' if had else 'without'} infilling but this run has "
-                                   f"data.infill_rate={config.data.infill_rate}; pass --set data.infill_rate="
-                                   f"{'0.25' if had else '0'} or prepare again")
-        vocabulary = run_lib.load_vocabulary(source)
-        run_lib.check_data(source, info, vocabulary)
-        if expected is not None and vocabulary.fingerprint() != expected:
-            raise run_lib.RunError(f"{source} now holds another vocabulary than the one {run_dir} was trained with "
-                                   "(it was prepared again since); nothing was changed: train on it in a new "
-                                   "--run-dir")
-        for name in (run_lib.VOCAB, run_lib.MANIFEST):
-            _copy_if_changed(storage.join(source, name), run_lib.path(run_dir, name))
-        location = source if storage.is_remote(source) else os.path.abspath(source)
-        info = dict(info, data_dir=storage.join(location, "data"))
-        try:
-            current = run_lib.load_prepared(run_dir)
-        except run_lib.RunError:
-            current = None
-        if current != info:
-            storage.write_json(run_lib.path(run_dir, run_lib.PREPARED), info)
-        log(f"using prepared data in {source} ({info['pieces']['train']} training pieces)")
-        return info
+        return _use_prepared(source, config, run_dir=run_dir, expected=expected, log=log)
     if prepare.is_prepared(run_dir):
         try:
             info = prepare.read_prepared(run_dir)
             if info.get("settings") == prepare.prepare_settings(config, base_vocabulary):
-                run_lib.check_data(run_dir, info, run_lib.load_vocabulary(run_dir))
+                run_lib.check_data(run_dir, info, vocabulary=run_lib.load_vocabulary(run_dir))
                 return info
         except (prepare.PrepareError, run_lib.RunError) as error:
             log(f"the prepared data in {run_dir} cannot be used ({str(error).split('; ')[0]}): preparing it again")
@@ -172,7 +135,131 @@ def prepare_run(config: config_lib.Config, run_dir: str, show_progress: bool, lo
                            base_vocabulary=base_vocabulary)
 
 
-def train(config: config_lib.Config, run_dir: str, *, show_progress: bool = True, log=print) -> dict:
+def _use_prepared(source: str, config: config_lib.Config, *, run_dir: str, expected: str | None,
+                  log) -> run_lib.Prepared:
+    """A prepared --data directory's data, checked against this run, with its vocabulary and manifest copied in.
+
+    `expected` is the fingerprint of the vocabulary the run was trained with (None: not started).
+    """
+    run_lib.check_unlocked(source)
+    info = run_lib.load_prepared(source, required=True)
+    _check_prepared_settings(source, config, settings=info.get("settings", {}))
+    vocabulary = run_lib.load_vocabulary(source)
+    run_lib.check_data(source, info, vocabulary=vocabulary)
+    if expected is not None and vocabulary.fingerprint() != expected:
+        raise run_lib.RunError(f"{source} now holds another vocabulary than the one {run_dir} was trained with "
+                               "(it was prepared again since); nothing was changed: train on it in a new "
+                               "--run-dir")
+    for name in (run_lib.VOCAB, run_lib.MANIFEST):
+        _copy_if_changed(storage.join(source, name), run_lib.path(run_dir, name))
+    location = source if storage.is_remote(source) else os.path.abspath(source)
+    info = dict(info, data_dir=storage.join(location, "data"))
+    try:
+        current = run_lib.load_prepared(run_dir)
+    except run_lib.RunError:
+        current = None
+    if current != info:
+        storage.write_json(run_lib.path(run_dir, run_lib.PREPARED), info)
+    log(f"using prepared data in {source} ({info['pieces']['train']} training pieces)")
+    return info
+
+
+def _check_prepared_settings(source: str, config: config_lib.Config, *, settings: dict) -> None:
+    """Refuse a prepared directory whose `settings` (prepared.json's) differ from this run's data settings."""
+    for key in ("representation", "transpose", "max_duration", "classic_step", "normalize_key"):
+        if key in settings and settings[key] != getattr(config.data, key):
+            raise run_lib.RunError(f"{source} was prepared with data.{key}={settings[key]!r} but this run has "
+                                   f"{getattr(config.data, key)!r}; pass --set data.{key}={settings[key]} "
+                                   "or prepare again")
+    if settings.get("controls", False) != config.data.controls:
+        had = bool(settings.get("controls", False))
+        raise run_lib.RunError(f"{source} was prepared with data.controls={had} but this run has "
+                               f"{config.data.controls}; pass --set data.controls={str(had).lower()} "
+                               "or prepare again")
+    if settings.get("infill") and settings.get("infill_window") != config.data.seq_length:
+        raise run_lib.RunError(f"{source} was prepared with infilling examples of data.seq_length="
+                               f"{settings.get('infill_window')} but this run has {config.data.seq_length}; pass "
+                               f"--set data.seq_length={settings.get('infill_window')} or prepare again")
+    if settings.get("infill") and settings.get("infill_format") != 2:
+        raise run_lib.RunError(f"{source} was prepared with fill-in-the-middle examples that begin with <piece>, "
+                               "which teaches a model that every piece it begins is one: prepare it again")
+    if settings.get("infill", False) != (config.data.infill_rate > 0):
+        had = bool(settings.get("infill", False))
+        raise run_lib.RunError(f"{source} was prepared {'with' if had else 'without'} infilling but this run has "
+                               f"data.infill_rate={config.data.infill_rate}; pass --set data.infill_rate="
+                               f"{'0.25' if had else '0'} or prepare again")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop:
+    """Why training ended: `code` (completed | early_stopping | time_budget | nan_loss) and the sentence saying so.
+
+    Both are None for a backup that records no stop.
+    """
+
+    code: str | None
+    reason: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What the epochs did: their history, why they ended, and the lowest validation loss a model was kept for.
+
+    `steps_per_epoch` counts the steps of epochs recorded before each epoch kept its own.
+    """
+
+    history: list[dict]
+    stop: Stop
+    steps_per_epoch: int
+    best: float = math.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """The training batches (`make_train_data(input_context=None)`), the validation windows, and the epochs left."""
+
+    make_train_data: Callable
+    validation_data: Any
+    first_epoch: int
+    steps_per_epoch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What the phases of one train() call share, filled in as they learn it."""
+
+    config: config_lib.Config
+    run_dir: str
+    work_dir: str  # run_dir, or a temporary directory on the workers that are not the chief
+    cluster: distributed.Cluster | None
+    strategy: Any  # a tf.distribute.Strategy: TensorFlow is not imported before training starts
+    base: finetune.Base | None
+    show_progress: bool
+    log: Callable
+    started: float
+    info: run_lib.Prepared | None = None
+    vocabulary: Vocabulary | None = None
+    overlap: list = dataclasses.field(default_factory=list)  # held-out pieces the base trained on, allowed
+    backup: run_lib.BackupRecord | None = None
+
+    @property
+    def chief(self) -> bool:
+        return self.cluster is None or self.cluster.is_chief
+
+
+@dataclasses.dataclass(frozen=True)
+class _Trained:
+    """The model being trained, its callbacks (RunProgress first) and what is saved with it."""
+
+    model: Any
+    progress: Any  # a callbacks.RunProgress: Keras is not imported before training starts
+    callbacks: list
+    metadata: dict
+    sizes: dict
+
+
+def train(config: config_lib.Config, run_dir: str, *, show_progress: bool = True,
+          log=print) -> run_lib.TrainingRecord:
     """Prepare (or reuse) data, fit (or resume), and write the run directory. Returns metrics.json.
 
     This is `keras_music.train(config, run_dir)`. Unlike the command it writes no
@@ -191,98 +278,140 @@ def train(config: config_lib.Config, run_dir: str, *, show_progress: bool = True
     with run_lib.lock(run_dir, COMMAND) if chief else contextlib.nullcontext():
         if chief:
             run_lib.check_settings(run_dir, config)
-        return _train(config, run_dir, cluster, chief, show_progress, log)
+        run = _with_data(_set_up(config, run_dir, cluster=cluster, show_progress=show_progress and chief, log=log))
+        run = dataclasses.replace(run, backup=read_backup(run_dir, config))
+        done = finished_run(run_dir, run.backup, config=config, vocabulary=run.vocabulary, log=run.log) \
+            if chief else None
+        if done is not None:
+            return done
+        inputs = _inputs(run)
+        trained = _build(run, inputs)
+        outcome = _train_epochs(run, trained, inputs=inputs)
+        metrics = _training_record(run, trained, inputs=inputs, outcome=outcome)
+        return _keep(run, trained, metrics=metrics)
 
 
-def _train(config, run_dir, cluster, chief, show_progress, log) -> dict:
-    import tempfile
+def _quiet(*args, **kwargs) -> None:
+    """The log of the workers that are not the chief: the chief reports."""
 
-    from keras_music import callbacks as callbacks_lib, model as model_lib
 
-    train_cfg = config.train
-    strategy = distributed.distribution_strategy(train_cfg.strategy)
+def _set_up(config: config_lib.Config, run_dir: str, *, cluster: distributed.Cluster | None, show_progress: bool,
+            log) -> _Run:
+    """The strategy (before any other TensorFlow work), the directory this process writes, and a fine-tune's base."""
+    chief = cluster is None or cluster.is_chief
+    strategy = distributed.distribution_strategy(config.train.strategy)
     work_dir = run_dir if chief else tempfile.mkdtemp(prefix="keras_music-worker-")
-    if not chief:
-        log = lambda *args, **kwargs: None  # noqa: E731  (workers stay quiet; the chief reports)
     base = None
-    if train_cfg.init_from:
+    if config.train.init_from:
         # Checked before anything is written: a base that is unfinished, damaged or made
         # with other token settings or model sizes is refused in one line.
-        base = finetune.load_base(train_cfg.init_from)
+        base = finetune.load_base(config.train.init_from)
         finetune.check_compatible(base, config)
     storage.makedirs(work_dir)
-    started = time.time()
+    return _Run(config=config, run_dir=run_dir, work_dir=work_dir, cluster=cluster, strategy=strategy, base=base,
+                show_progress=show_progress, log=log if chief else _quiet, started=time.time())
 
-    info = prepare_run(config, work_dir, show_progress and chief, log,
+
+def _with_data(run: _Run) -> _Run:
+    """The run with its prepared data and vocabulary (a fine-tune's held-out pieces checked); config.yaml written."""
+    base = run.base
+    info = prepare_run(run.config, run.work_dir, show_progress=run.show_progress, log=run.log,
                        base_vocabulary=base.vocabulary if base else None)
-    vocabulary = run_lib.load_vocabulary(work_dir)
-    overlap = (finetune.check_held_out(base, work_dir, vocabulary, info, train_cfg.allow_held_out_overlap, log)
+    vocabulary = run_lib.load_vocabulary(run.work_dir)
+    overlap = (finetune.check_held_out(base, run.work_dir, vocabulary=vocabulary, info=info,
+                                       allow=run.config.train.allow_held_out_overlap, log=run.log)
                if base else [])
-    run_lib.write_config(work_dir, config)
-    state = read_backup(run_dir, config)
-    done = finished_run(run_dir, state, config, vocabulary, log) if chief else None
-    if done is not None:
-        return done
-    steps_per_epoch = checked_steps(config, info, strategy.num_replicas_in_sync)
-    seed_everything(train_cfg)
-    first_epoch = state["next_epoch"] if state else 0
-    if state and not state.get("stopped_reason") and first_epoch < train_cfg.epochs:
-        log(f"resuming {run_dir} at epoch {first_epoch + 1} of {train_cfg.epochs}")
-    make_train_data, validation_data = input_pipelines(config, work_dir, info, vocabulary, steps_per_epoch,
-                                                       first_epoch)
+    run_lib.write_config(run.work_dir, run.config)
+    return dataclasses.replace(run, info=info, vocabulary=vocabulary, overlap=overlap)
 
-    with strategy.scope():
-        model = build_or_resume(config, run_dir, state, len(vocabulary), steps_per_epoch,
-                                start=(lambda: finetune.initial_model(base, vocabulary, config.model.dropout))
+
+def _inputs(run: _Run) -> Inputs:
+    """Batches per epoch, the seeds, and the input pipelines from the epoch the run starts or resumes at."""
+    train_cfg = run.config.train
+    steps_per_epoch = checked_steps(run.config, run.info, replicas=run.strategy.num_replicas_in_sync)
+    seed_everything(train_cfg)
+    first_epoch = run.backup["next_epoch"] if run.backup else 0
+    if run.backup and not run.backup.get("stopped_reason") and first_epoch < train_cfg.epochs:
+        run.log(f"resuming {run.run_dir} at epoch {first_epoch + 1} of {train_cfg.epochs}")
+    return input_pipelines(run.config, run.work_dir, info=run.info, vocabulary=run.vocabulary,
+                           steps_per_epoch=steps_per_epoch, first_epoch=first_epoch)
+
+
+def _build(run: _Run, inputs: Inputs) -> _Trained:
+    """The model (the backup's, a fine-tune's start, or new) and its callbacks; logs its sizes."""
+    from keras_music import callbacks as callbacks_lib, model as model_lib
+
+    config, base, vocabulary = run.config, run.base, run.vocabulary
+    with run.strategy.scope():
+        model = build_or_resume(config, run.run_dir, backup=run.backup, vocabulary_size=len(vocabulary),
+                                steps_per_epoch=inputs.steps_per_epoch,
+                                start=(lambda: finetune.initial_model(base, vocabulary, dropout=config.model.dropout))
                                 if base else None)
     metadata = {"vocabulary_fingerprint": vocabulary.fingerprint(), "vocabulary_size": len(vocabulary)}
-    progress, callbacks = callbacks_lib.make_callbacks(config, work_dir, steps_per_epoch, state, log,
-                                                       show_progress=show_progress and chief, metadata=metadata)
-    if base and state is None:
+    progress, callbacks = callbacks_lib.make_callbacks(config, run.work_dir, steps_per_epoch=inputs.steps_per_epoch,
+                                                       backup=run.backup, log=run.log,
+                                                       show_progress=run.show_progress, metadata=metadata)
+    if base and run.backup is None:
         # The model it starts from competes with every epoch for the kept model: a fine-tune
         # never ends worse on its held-out pieces than the base it started from.
-        progress.best = evaluate_windows(model, validation_data)["loss"]
+        progress.best = evaluate_windows(model, inputs.validation_data)["loss"]
         progress.backups.save_best(model)
     sizes = model_lib.describe(model)
-    log(f"model: {sizes['num_layers']} x LSTM({sizes['hidden_size']}), {sizes['parameters']:,} parameters, "
-        f"vocabulary {sizes['vocabulary_size']}; {steps_per_epoch} steps/epoch of {train_cfg.batch_size} x "
-        f"{config.data.seq_length} tokens" + (f"; {cluster.num_workers} workers" if cluster else ""))
+    run.log(f"model: {sizes['num_layers']} x LSTM({sizes['hidden_size']}), {sizes['parameters']:,} parameters, "
+            f"vocabulary {sizes['vocabulary_size']}; {inputs.steps_per_epoch} steps/epoch of "
+            f"{config.train.batch_size} x {config.data.seq_length} tokens"
+            + (f"; {run.cluster.num_workers} workers" if run.cluster else ""))
+    return _Trained(model, progress, callbacks, metadata, sizes)
 
-    earlier_code, earlier_reason = earlier_stop(state)
-    if first_epoch < train_cfg.epochs and not earlier_reason:
-        fit(model, strategy, config, make_train_data, validation_data, progress, callbacks, first_epoch,
-            steps_per_epoch)
-    stopped = progress.stopped or earlier_code or "completed"
-    reason = progress.stopped_reason or earlier_reason
-    restore_best(model, work_dir, run_dir, stopped, reason, train_cfg.learning_rate)
-    metrics = summarize(config, progress.history, stopped, reason, evaluate_windows(model, validation_data), sizes,
-                        info, int(strategy.num_replicas_in_sync), steps_per_epoch,
-                        time.time() - started + (state or {}).get("elapsed", 0.0), progress.best)
-    if base:
+
+def _train_epochs(run: _Run, trained: _Trained, *, inputs: Inputs) -> Outcome:
+    """Fit the epochs left, unless an earlier process recorded a stop; how the epochs ended."""
+    earlier = earlier_stop(run.backup)
+    if inputs.first_epoch < run.config.train.epochs and not earlier.reason:
+        fit(trained.model, inputs, config=run.config, strategy=run.strategy, progress=trained.progress,
+            callbacks=trained.callbacks)
+    progress = trained.progress
+    stop = Stop(progress.stopped or earlier.code or "completed", progress.stopped_reason or earlier.reason)
+    return Outcome(progress.history, stop, steps_per_epoch=inputs.steps_per_epoch, best=progress.best)
+
+
+def _training_record(run: _Run, trained: _Trained, *, inputs: Inputs, outcome: Outcome) -> run_lib.TrainingRecord:
+    """The kept model's weights restored and scored: metrics.json (a fine-tune's with where it started)."""
+    restore_best(trained.model, outcome.stop, work_dir=run.work_dir, run_dir=run.run_dir,
+                 learning_rate=run.config.train.learning_rate)
+    metrics = summarize(run.config, outcome, evaluation=evaluate_windows(trained.model, inputs.validation_data),
+                        sizes=trained.sizes, info=run.info, replicas=int(run.strategy.num_replicas_in_sync),
+                        wall_seconds=time.time() - run.started + (run.backup or {}).get("elapsed", 0.0))
+    if run.base:
         # The same held-out windows scored by the model the fine-tune started from: whether
         # fine-tuning helped is then one comparison in metrics.json.
-        start = evaluate_windows(finetune.initial_model(base, vocabulary, config.model.dropout), validation_data) \
-            if chief else None
-        metrics["init_from"] = finetune.record(base, vocabulary, overlap, start)
-
-    if not chief:
-        storage.rmtree(work_dir)
-        return metrics
-    save_results(run_dir, model, metrics, metadata, sizes)
-    if stopped == "nan_loss":
-        raise _diverged(run_dir, storage.json_ready(metrics), config)
+        start = evaluate_windows(finetune.initial_model(run.base, run.vocabulary, dropout=run.config.model.dropout),
+                                 inputs.validation_data) if run.chief else None
+        metrics["init_from"] = finetune.record(run.base, run.vocabulary, overlap=run.overlap, start=start)
     return metrics
 
 
-def finished_run(run_dir: str, state: dict | None, config, vocabulary, log) -> dict | None:
+def _keep(run: _Run, trained: _Trained, *, metrics: run_lib.TrainingRecord) -> run_lib.TrainingRecord:
+    """Write the results (the chief) or remove the worker's temporary directory; a NaN stop raises TrainingDiverged."""
+    if not run.chief:
+        storage.rmtree(run.work_dir)
+        return metrics
+    save_results(run.run_dir, trained.model, metrics=metrics, metadata=trained.metadata, sizes=trained.sizes)
+    if metrics["stopped"] == "nan_loss":
+        raise _diverged(run.run_dir, storage.json_ready(metrics), config=run.config)
+    return metrics
+
+
+def finished_run(run_dir: str, backup: run_lib.BackupRecord | None, *, config, vocabulary,
+                 log) -> run_lib.TrainingRecord | None:
     """metrics.json of a run that has already finished (and whose model checks out), else None.
 
     A finished run is reported and left as it is; one that stopped on a NaN loss raises TrainingDiverged again.
     """
-    if not state or not (state.get("stopped") or state.get("stopped_reason")
-                         or state.get("next_epoch", 0) >= config.train.epochs):
+    if not backup or not (backup.get("stopped") or backup.get("stopped_reason")
+                          or backup.get("next_epoch", 0) >= config.train.epochs):
         return None
-    done = run_lib.read_metrics(run_dir)
+    done = run_lib.read_training_record(run_dir)
     if done is None or not storage.exists(run_lib.path(run_dir, run_lib.MODEL)):
         return None
     try:
@@ -291,7 +420,7 @@ def finished_run(run_dir: str, state: dict | None, config, vocabulary, log) -> d
         return None
     log(f"{run_dir} has finished training ({done.get('epochs')} epochs, {done.get('stopped_detail')}); nothing to do")
     if done.get("stopped") == "nan_loss":
-        raise _diverged(run_dir, done, config)
+        raise _diverged(run_dir, done, config=config)
     return done
 
 
@@ -305,7 +434,7 @@ def seed_everything(train_cfg) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def checked_steps(config: config_lib.Config, info: dict, replicas: int) -> int:
+def checked_steps(config: config_lib.Config, info: run_lib.Prepared, *, replicas: int) -> int:
     """Batches per epoch, once the splits are known to fill a batch and a validation window."""
     from keras_music import dataset
 
@@ -313,11 +442,11 @@ def checked_steps(config: config_lib.Config, info: dict, replicas: int) -> int:
     steps_per_epoch = epoch_steps(config, shortest_train_lengths(config, info))
     if steps_per_epoch < 1:
         stride = data.window_stride or data.seq_length
-        windows = dataset.count_windows(shortest_train_lengths(config, info), data.seq_length, stride)
+        windows = dataset.count_windows(shortest_train_lengths(config, info), data.seq_length, stride=stride)
         raise run_lib.RunError(f"the training split has {info['tokens']['train']} tokens, {windows} windows of "
                                f"data.seq_length+1={data.seq_length + 1}: fewer than one batch of "
                                f"train.batch_size={train_cfg.batch_size}; lower them or add data")
-    if dataset.count_windows(info["lengths"]["validation"], data.seq_length, data.seq_length) < 1:
+    if dataset.count_windows(info["lengths"]["validation"], data.seq_length, stride=data.seq_length) < 1:
         raise run_lib.RunError(f"the validation split has {info['tokens']['validation']} tokens: not one window of "
                                f"data.seq_length+1={data.seq_length + 1}, so the validation loss would mean "
                                "nothing; lower data.seq_length or raise data.val_fraction")
@@ -327,9 +456,9 @@ def checked_steps(config: config_lib.Config, info: dict, replicas: int) -> int:
     return steps_per_epoch
 
 
-def input_pipelines(config: config_lib.Config, work_dir: str, info: dict, vocabulary, steps_per_epoch: int,
-                    first_epoch: int):
-    """(make_train_data(input_context=None) -> the training batches, the validation windows).
+def input_pipelines(config: config_lib.Config, work_dir: str, *, info: run_lib.Prepared, vocabulary,
+                    steps_per_epoch: int, first_epoch: int) -> Inputs:
+    """The training batches from `first_epoch` on and the validation windows.
 
     Only the training stream is transposed (data.transpose); under tf.distribute each
     worker's input context picks its rows of every global batch.
@@ -337,30 +466,26 @@ def input_pipelines(config: config_lib.Config, work_dir: str, info: dict, vocabu
     from keras_music import dataset
 
     data, train_cfg = config.data, config.train
-    train_files = run_lib.shard_paths(work_dir, "train", info)
-    validation_files = run_lib.shard_paths(work_dir, "validation", info)
-    transposition = vocabulary.transposition_table(data.transpose) if data.transpose else None
-    control_dropout = None
-    if data.controls:
-        control_dropout = ([events.is_control(t) for t in vocabulary.tokens], data.control_dropout,
-                           data.control_token_dropout)
+    train_files = run_lib.shard_paths(work_dir, "train", info=info)
+    validation_files = run_lib.shard_paths(work_dir, "validation", info=info)
+    tokens = dataset.TokenTables(
+        boundary_id=vocabulary.boundary_id,
+        transposition=vocabulary.transposition_table(data.transpose) if data.transpose else None,
+        is_control=[events.is_control(t) for t in vocabulary.tokens] if data.controls else None)
+    span = dataset.EpochSpan(steps_per_epoch, first_epoch=first_epoch)
 
     def make_train_data(context=None):
         worker = (context.input_pipeline_id, context.num_input_pipelines) if context is not None else None
-        return dataset.training_dataset(train_files, data.seq_length, train_cfg.batch_size, steps_per_epoch,
-                                        train_cfg.seed, first_epoch, train_cfg.epochs,
-                                        data.window_stride or data.seq_length, data.shuffle_buffer, transposition,
-                                        vocabulary.boundary_id, worker_slice=worker,
-                                        piece_count=len(info["lengths"]["train"]), control_dropout=control_dropout,
-                                        infill_rate=data.infill_rate)
+        return dataset.training_dataset(train_files, data, train=train_cfg, span=span, tokens=tokens,
+                                        worker_slice=worker, piece_count=len(info["lengths"]["train"]))
 
-    validation_data = dataset.evaluation_dataset(validation_files, data.seq_length, train_cfg.batch_size,
-                                                 vocabulary.boundary_id)
-    return make_train_data, validation_data
+    validation_data = dataset.evaluation_dataset(validation_files, data.seq_length, batch_size=train_cfg.batch_size,
+                                                 boundary_id=vocabulary.boundary_id)
+    return Inputs(make_train_data, validation_data, first_epoch=first_epoch, steps_per_epoch=steps_per_epoch)
 
 
-def build_or_resume(config: config_lib.Config, run_dir: str, state: dict | None, vocabulary_size: int,
-                    steps_per_epoch: int, start=None):
+def build_or_resume(config: config_lib.Config, run_dir: str, *, backup: run_lib.BackupRecord | None,
+                    vocabulary_size: int, steps_per_epoch: int, start=None):
     """The backed-up model to resume from, or a new compiled one. Call it inside the strategy's scope.
 
     `start()` gives the new model's first weights (a fine-tune's, from its base); without
@@ -371,8 +496,8 @@ def build_or_resume(config: config_lib.Config, run_dir: str, state: dict | None,
     from keras_music import callbacks as callbacks_lib, model as model_lib
 
     train_cfg, model_cfg = config.train, config.model
-    if state and state.get("model"):
-        return _load_saved(run_lib.path(run_dir, run_lib.BACKUP, state["model"]),
+    if backup and backup.get("model"):
+        return _load_saved(run_lib.path(run_dir, run_lib.BACKUP, backup["model"]),
                            f"remove {run_lib.path(run_dir, run_lib.BACKUP)} to train again from the first epoch, "
                            "or use a new --run-dir")
     model = start() if start is not None else model_lib.build_model(
@@ -385,36 +510,33 @@ def build_or_resume(config: config_lib.Config, run_dir: str, state: dict | None,
     return model
 
 
-def earlier_stop(state: dict | None) -> tuple[str | None, str | None]:
-    """(code, sentence) of the stop an earlier process recorded in the backup, or (None, None)."""
-    reason = state.get("stopped_reason") if state else None
-    code = state.get("stopped") if state else None
+def earlier_stop(backup: run_lib.BackupRecord | None) -> Stop:
+    """The stop an earlier process recorded in the backup, or Stop(None, None)."""
+    reason = backup.get("stopped_reason") if backup else None
+    code = backup.get("stopped") if backup else None
     if reason and not code:
         # Backups written before the code existed carry only the sentence.
         code = "time_budget" if "time budget" in reason else "nan_loss" if "NaN" in reason else "early_stopping"
-    return code, reason
+    return Stop(code, reason)
 
 
-def fit(model, strategy, config: config_lib.Config, make_train_data, validation_data, progress, callbacks,
-        first_epoch: int, steps_per_epoch: int) -> None:
-    """Train epochs first_epoch+1..train.epochs: Keras `fit`, or the custom loop under multi_worker."""
-    import warnings
-
+def fit(model, inputs: Inputs, *, config: config_lib.Config, strategy, progress, callbacks) -> None:
+    """Train epochs inputs.first_epoch+1..train.epochs: Keras `fit`, or the custom loop under multi_worker."""
     train_cfg = config.train
     if train_cfg.strategy == "multi_worker":
-        fit_custom(strategy, model, make_train_data, validation_data, progress, first_epoch, train_cfg.epochs,
-                   steps_per_epoch, train_cfg.batch_size, config.data.seq_length, train_cfg.clipnorm)
+        fit_custom(model, inputs, config=config, strategy=strategy, progress=progress)
         return
     # Keras warns about `shuffle` and end-of-data for every tf.data input; the pipeline
     # shuffles itself and yields exactly steps_per_epoch batches per epoch.
     warnings.filterwarnings("ignore", message=".*shuffle=True.*", category=UserWarning)
     warnings.filterwarnings("ignore", message=".*ran out of data.*", category=UserWarning)
     # RunProgress draws the progress line and one summary line per epoch; Keras' own bar stays off.
-    model.fit(make_train_data(), validation_data=validation_data, epochs=train_cfg.epochs, initial_epoch=first_epoch,
-              steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=0)
+    model.fit(inputs.make_train_data(), validation_data=inputs.validation_data, epochs=train_cfg.epochs,
+              initial_epoch=inputs.first_epoch, steps_per_epoch=inputs.steps_per_epoch, callbacks=callbacks,
+              verbose=0)
 
 
-def _replica_steps(strategy, model, global_tokens: float, clipnorm: float):
+def _replica_steps(strategy, model, *, global_tokens: float, clipnorm: float):
     """(train_step(iterator) -> summed loss and hits, agree_to_stop(flag) -> sum over workers) as tf.functions."""
     import tensorflow as tf
 
@@ -452,8 +574,7 @@ def _replica_steps(strategy, model, global_tokens: float, clipnorm: float):
     return train_step, agree_to_stop
 
 
-def fit_custom(strategy, model, make_train_data, validation_data, progress, first_epoch: int, epochs: int,
-               steps_per_epoch: int, global_batch: int, seq_length: int, clipnorm: float) -> None:
+def fit_custom(model, inputs: Inputs, *, config: config_lib.Config, strategy, progress) -> None:
     """A training loop under strategy.run, for MultiWorkerMirroredStrategy.
 
     Keras `fit` fails under MultiWorkerMirroredStrategy (PerReplica conversion error),
@@ -463,12 +584,14 @@ def fit_custom(strategy, model, make_train_data, validation_data, progress, firs
     """
     import tensorflow as tf
 
-    iterator = iter(strategy.distribute_datasets_from_function(make_train_data))
-    global_tokens = float(global_batch * seq_length)
-    train_step, agree_to_stop = _replica_steps(strategy, model, global_tokens, clipnorm)
+    steps_per_epoch = inputs.steps_per_epoch
+    iterator = iter(strategy.distribute_datasets_from_function(inputs.make_train_data))
+    global_tokens = float(config.train.batch_size * config.data.seq_length)
+    train_step, agree_to_stop = _replica_steps(strategy, model, global_tokens=global_tokens,
+                                               clipnorm=config.train.clipnorm)
     progress.set_model(model)
     progress.on_train_begin()
-    for epoch in range(first_epoch, epochs):
+    for epoch in range(inputs.first_epoch, config.train.epochs):
         model.stop_training = False
         progress.on_epoch_begin(epoch)
         loss_sum, hit_sum = 0.0, 0.0
@@ -477,7 +600,7 @@ def fit_custom(strategy, model, make_train_data, validation_data, progress, firs
             loss_sum += float(loss)
             hit_sum += float(hits)
             progress.on_train_batch_end(batch, {"loss": loss_sum / (batch + 1)})
-        validation = evaluate_windows(model, validation_data)
+        validation = evaluate_windows(model, inputs.validation_data)
         logs = {"loss": loss_sum / steps_per_epoch, "accuracy": hit_sum / (steps_per_epoch * global_tokens),
                 "val_loss": validation["loss"], "val_accuracy": validation["accuracy"]}
         progress.on_epoch_end(epoch, logs)
@@ -485,10 +608,8 @@ def fit_custom(strategy, model, make_train_data, validation_data, progress, firs
             break
 
 
-def restore_best(model, work_dir: str, run_dir: str, stopped: str, reason: str | None, learning_rate: float) -> None:
+def restore_best(model, stop: Stop, *, work_dir: str, run_dir: str, learning_rate: float) -> None:
     """Give the model the best epoch's weights (checkpoints/best.keras); a run that diverged before it has none."""
-    import warnings
-
     best_path = run_lib.path(work_dir, *run_lib.BEST_CHECKPOINT)
     if storage.exists(best_path):
         with warnings.catch_warnings():
@@ -497,37 +618,35 @@ def restore_best(model, work_dir: str, run_dir: str, stopped: str, reason: str |
             best = _load_saved(best_path, f"remove it and {run_lib.path(run_dir, run_lib.BACKUP)} to train again, "
                                           "or use a new --run-dir")
         model.set_weights(best.get_weights())
-    elif stopped == "nan_loss":
-        raise TrainingDiverged(f"training stopped: {reason} before any epoch had a finite validation loss, so no "
-                               f"model was kept (train.learning_rate={learning_rate:g}); lower train.learning_rate "
-                               "(or train.clipnorm) and train again in a new --run-dir")
+    elif stop.code == "nan_loss":
+        raise TrainingDiverged(f"training stopped: {stop.reason} before any epoch had a finite validation loss, so "
+                               f"no model was kept (train.learning_rate={learning_rate:g}); lower "
+                               "train.learning_rate (or train.clipnorm) and train again in a new --run-dir")
 
 
-def summarize(config: config_lib.Config, history: list[dict], stopped: str, reason: str | None, evaluation: dict,
-              sizes: dict, info: dict, replicas: int, steps_per_epoch: int, wall_seconds: float,
-              best: float = math.inf) -> dict:
+def summarize(config: config_lib.Config, outcome: Outcome, *, evaluation: dict, sizes: dict, info: run_lib.Prepared,
+              replicas: int, wall_seconds: float) -> run_lib.TrainingRecord:
     """metrics.json: why training ended, the kept model's held-out scores, speed, sizes and the epoch history.
 
-    `best` is the lowest validation loss the run kept a model for; below every epoch's
+    `outcome.best` is the lowest validation loss the run kept a model for; below every epoch's
     it was the starting model's (a fine-tune whose epochs never beat its base): best_epoch 0.
     """
-    import numpy as np
-
+    history = outcome.history
     tokens_per_step = config.train.batch_size * config.data.seq_length
     train_seconds = sum(h.get("seconds", 0.0) for h in history)
-    tokens_seen = sum(int(h.get("steps", steps_per_epoch)) for h in history) * tokens_per_step
+    tokens_seen = sum(int(h.get("steps", outcome.steps_per_epoch)) for h in history) * tokens_per_step
     finite = [h.get("val_loss", math.inf) for h in history]
     finite = [v if isinstance(v, (int, float)) and math.isfinite(v) else math.inf for v in finite]
     return {
         "epochs": len(history),
         # Why training ended: completed | early_stopping | time_budget | nan_loss.
-        "stopped": stopped,
-        "stopped_detail": reason or ("all epochs trained" if history else "nothing to train"),
+        "stopped": outcome.stop.code,
+        "stopped_detail": outcome.stop.reason or ("all epochs trained" if history else "nothing to train"),
         "train_loss": history[-1]["loss"] if history else None,
         "val_loss": float(evaluation["loss"]),
         "val_perplexity": float(np.exp(evaluation["loss"])),
         "val_accuracy": float(evaluation["accuracy"]),
-        "best_epoch": (0 if min(finite) > best else int(np.argmin(finite) + 1)) if history else None,
+        "best_epoch": (0 if min(finite) > outcome.best else int(np.argmin(finite) + 1)) if history else None,
         "tokens_seen": tokens_seen,
         "tokens_per_second": tokens_seen / train_seconds if train_seconds else None,
         "train_seconds": round(train_seconds, 1),
@@ -541,22 +660,20 @@ def summarize(config: config_lib.Config, history: list[dict], stopped: str, reas
     }
 
 
-def save_results(run_dir: str, model, metrics: dict, metadata: dict, sizes: dict) -> None:
+def save_results(run_dir: str, model, *, metrics: run_lib.TrainingRecord, metadata: dict, sizes: dict) -> None:
     """model.keras (the kept weights), metrics.json and training_curves.png."""
     from keras_music import model as model_lib
 
     with storage.atomic_local_path(run_lib.path(run_dir, run_lib.MODEL)) as tmp:
-        model_lib.save_model(model, tmp, metadata)
-    storage.write_json(run_lib.path(run_dir, run_lib.METRICS), metrics)
+        model_lib.save_model(model, tmp, metadata=metadata)
+    storage.write_json(run_lib.path(run_dir, run_lib.TRAINING_RECORD), metrics)
     if metrics["history"]:
         name = os.path.basename(str(run_dir).rstrip("/"))
         plot_curves(metrics["history"], run_lib.path(run_dir, run_lib.TRAINING_CURVES),
-                    f"{name}: {sizes['num_layers']} x LSTM({sizes['hidden_size']})")
+                    title=f"{name}: {sizes['num_layers']} x LSTM({sizes['hidden_size']})")
 
 
-def plot_curves(history: list[dict], out_path: str, title: str = "") -> None:
-    from keras_music import plots
-
+def plot_curves(history: list[dict], out_path: str, *, title: str = "") -> None:
     epochs = [h["epoch"] for h in history]
     figure, axes = plots.pyplot().subplots(1, 2, figsize=(10, 4))
     panels = (("loss", "cross-entropy (nats/token)"), ("accuracy", "top-1 accuracy"))
@@ -573,15 +690,16 @@ def plot_curves(history: list[dict], out_path: str, title: str = "") -> None:
     plots.save(figure, out_path, dpi=100)
 
 
-def read_backup(run_dir: str, config) -> dict | None:
-    state = run_lib.read_backup_state(run_dir)
-    if state is None:
+def read_backup(run_dir: str, config) -> run_lib.BackupRecord | None:
+    """backup/state.json, where an interrupted run resumes (None: there is none); refused if its settings differ."""
+    backup = run_lib.read_backup_record(run_dir)
+    if backup is None:
         return None
-    recorded = state.get("config")
+    recorded = backup.get("config")
     if recorded != config_lib.to_dict(config) and not _same_settings(recorded, config):
         raise run_lib.RunError(f"{run_dir} holds an interrupted run with different settings; use a new --run-dir "
                                "or the same config to resume")
-    return state
+    return backup
 
 
 def _same_settings(recorded, config) -> bool:
@@ -595,7 +713,6 @@ def _same_settings(recorded, config) -> bool:
 def _load_saved(file: str, fix: str):
     """A checkpoint or backup written by this module, loaded in safe mode and checked for finite weights."""
     import keras
-    import numpy as np
 
     try:
         model = keras.saving.load_model(file, safe_mode=True)
@@ -608,7 +725,7 @@ def _load_saved(file: str, fix: str):
     return model
 
 
-def _diverged(run_dir: str, metrics: dict, config) -> TrainingDiverged:
+def _diverged(run_dir: str, metrics: run_lib.TrainingRecord, *, config) -> TrainingDiverged:
     best = metrics.get("best_epoch")
     return TrainingDiverged(
         f"training stopped: {metrics.get('stopped_detail', 'the loss became NaN')} (train.learning_rate="
@@ -661,13 +778,11 @@ def epoch_steps(config: config_lib.Config, train_lengths) -> int:
     from keras_music import dataset
 
     stride = config.data.window_stride or config.data.seq_length
-    return dataset.count_windows(train_lengths, config.data.seq_length, stride) // config.train.batch_size
+    return dataset.count_windows(train_lengths, config.data.seq_length, stride=stride) // config.train.batch_size
 
 
-def print_summary(run_dir: str, metrics: dict, samples: list[str]) -> None:
+def print_summary(run_dir: str, metrics: run_lib.TrainingRecord, *, samples: list[str]) -> None:
     """The end of `python -m keras_music.train`: the held-out scores, the samples and the next commands."""
-    from keras_music import cli
-
     print(json.dumps({k: metrics[k] for k in ("val_loss", "val_perplexity", "val_accuracy", "epochs",
                                                "wall_seconds")}, indent=None))
     print(f"\nrun directory: {run_dir}")
@@ -684,7 +799,6 @@ def print_summary(run_dir: str, metrics: dict, samples: list[str]) -> None:
 
 def main(argv=None) -> int:
     parser, args = parse_args(argv)
-    from keras_music import cli
 
     with cli.user_errors(parser):
         config = resolve_config(args)
@@ -701,10 +815,8 @@ def main(argv=None) -> int:
             run_lib.point_latest(run_dir)
             samples = []
             if config.train.num_samples:
-                from keras_music import generate
-
                 samples = generate.write_training_samples(run_dir, config)
-        print_summary(run_dir, metrics, samples)
+        print_summary(run_dir, metrics, samples=samples)
     cli.finish(0)
 
 
@@ -712,7 +824,8 @@ def main(argv=None) -> int:
 class _CallableModule(types.ModuleType):
     # `from keras_music import train` gives this module (a submodule always wins over a
     # package attribute of its name), so calling it must be the public train().
-    def __call__(self, config: config_lib.Config, run_dir: str, *, show_progress: bool = True, log=print) -> dict:
+    def __call__(self, config: config_lib.Config, run_dir: str, *, show_progress: bool = True,
+                 log=print) -> run_lib.TrainingRecord:
         return train(config, run_dir, show_progress=show_progress, log=log)
 
 

@@ -7,6 +7,9 @@ import hashlib
 import json
 import math
 import re
+from fractions import Fraction
+
+import numpy as np
 
 from keras_music import controls, events, storage
 from keras_music.errors import KerasMusicError
@@ -26,7 +29,7 @@ class VocabularyError(KerasMusicError, ValueError):
 class Vocabulary:
     """Ids 0, 1, 2 are always <pad>, <unk>, <piece> (the piece boundary)."""
 
-    def __init__(self, tokens, representation: str = "note", counts=None, classic_step: float = 0.5):
+    def __init__(self, tokens, representation: str = "note", *, counts=None, classic_step: float = 0.5):
         tokens = list(tokens)
         if tuple(tokens[:len(events.SPECIAL_TOKENS)]) != events.SPECIAL_TOKENS:
             raise VocabularyError(f"the vocabulary must start with {list(events.SPECIAL_TOKENS)}, got {tokens[:3]}")
@@ -75,14 +78,12 @@ class Vocabulary:
         the tf.data pipeline only uses shifts that keep every token of a piece valid.
         Shift 0 is valid for every token, so each piece keeps at least that one.
         """
-        import numpy as np
-
         table = np.zeros((len(self.tokens), 2 * max_shift + 1), dtype=np.int32)
         valid = np.ones_like(table, dtype=bool)
         for i, token in enumerate(self.tokens):
             for column, shift in enumerate(range(-max_shift, max_shift + 1)):
-                moved = events.transpose_token(token, shift, self.representation, events.PIANO_LOW,
-                                               events.PIANO_HIGH)
+                moved = events.transpose_token(token, shift, representation=self.representation, low=events.PIANO_LOW,
+                                               high=events.PIANO_HIGH)
                 j = self.index.get(moved) if moved is not None else None
                 table[i, column] = i if j is None else j
                 valid[i, column] = j is not None
@@ -132,7 +133,7 @@ class Vocabulary:
         if tuple(tokens[:len(events.SPECIAL_TOKENS)]) != events.SPECIAL_TOKENS:
             raise VocabularyError(f"{source}: the vocabulary must start with {list(events.SPECIAL_TOKENS)}, "
                                   f"got {tokens[:3]}")
-        bad = [t for i, t in enumerate(tokens) if not valid_token(t, representation, i)]
+        bad = [t for i, t in enumerate(tokens) if not valid_token(t, representation, position=i)]
         if bad:
             raise VocabularyError(f"{source}: {len(bad)} token(s) are not valid {representation} tokens: "
                                   f"{', '.join(repr(t) for t in bad[:5])}{' ...' if len(bad) > 5 else ''} "
@@ -142,7 +143,7 @@ class Vocabulary:
                                                    for c in counts) or len(counts) not in (0, len(tokens)):
             raise VocabularyError(f"{source}: \"counts\" must list one integer >= 0 per token")
         try:
-            vocabulary = cls(tokens, representation, dict(zip(tokens, counts)), float(step))
+            vocabulary = cls(tokens, representation, counts=dict(zip(tokens, counts)), classic_step=float(step))
         except VocabularyError as error:
             raise VocabularyError(f"{source}: {error}") from None
         return vocabulary
@@ -164,7 +165,7 @@ class Vocabulary:
         return cls.from_json(data, path)
 
 
-def valid_token(token: str, representation: str, position: int | None = None) -> bool:
+def valid_token(token: str, representation: str, *, position: int | None = None) -> bool:
     """Whether `token` is one the representation can produce (special tokens only at ids 0-2)."""
     if token in events.SPECIAL_TOKENS:
         return position is None or events.SPECIAL_TOKENS.index(token) == position
@@ -179,8 +180,6 @@ def valid_token(token: str, representation: str, position: int | None = None) ->
         if kind in ("pitch", "hold"):
             return bool(_NUMBER.match(value)) and int(value) <= 127
         if kind == "dur" and _DURATION.match(value):
-            from fractions import Fraction
-
             return events.format_duration(Fraction(value)) == value
         return False
     if all(part.isdigit() and len(part) <= 2 for part in token.split(".")):
@@ -201,8 +200,6 @@ def token_sort_key(token: str):
     if token == events.REST:
         return (2, 0, "")
     if kind == "dur":
-        from fractions import Fraction
-
         return (3, Fraction(value), "")
     if events.is_control(token):
         return (4, *controls.control_sort_key(token))
@@ -211,7 +208,7 @@ def token_sort_key(token: str):
     return (5, 0, token)
 
 
-def build(token_sequences, representation: str = "note", min_count: int = 1, transpose: int = 0,
+def build(token_sequences, representation: str = "note", *, min_count: int = 1, transpose: int = 0,
           classic_step: float = 0.5, always=()) -> Vocabulary:
     """Count tokens over the training pieces (and their augmentation shifts) and keep frequent ones.
 
@@ -228,7 +225,8 @@ def build(token_sequences, representation: str = "note", min_count: int = 1, tra
         counts.update(tokens)
         for shift in range(-transpose, transpose + 1):
             if shift:
-                moved = [events.transpose_token(t, shift, representation, events.PIANO_LOW, events.PIANO_HIGH)
+                moved = [events.transpose_token(t, shift, representation=representation, low=events.PIANO_LOW,
+                                                high=events.PIANO_HIGH)
                          for t in tokens]
                 if all(m is not None for m in moved):
                     # Shifted copies only make tokens exist; they do not change the
@@ -238,7 +236,8 @@ def build(token_sequences, representation: str = "note", min_count: int = 1, tra
     kept = [t for t, c in counts.items()
             if t not in events.SPECIAL_TOKENS and (c >= min_count or c == 0 or t in always)]
     kept.sort(key=token_sort_key)
-    return Vocabulary(list(events.SPECIAL_TOKENS) + kept, representation, dict(counts), classic_step)
+    return Vocabulary(list(events.SPECIAL_TOKENS) + kept, representation, counts=dict(counts),
+                      classic_step=classic_step)
 
 
 def extend(base: Vocabulary, vocabulary: Vocabulary) -> Vocabulary:
@@ -252,4 +251,4 @@ def extend(base: Vocabulary, vocabulary: Vocabulary) -> Vocabulary:
                               f"with a {vocabulary.representation} one (classic_step {vocabulary.classic_step})")
     added = sorted((t for t in vocabulary.tokens if t not in base.index), key=token_sort_key)
     counts = {t: vocabulary.counts.get(t, 0) for t in base.tokens + added}
-    return Vocabulary(base.tokens + added, base.representation, counts, base.classic_step)
+    return Vocabulary(base.tokens + added, base.representation, counts=counts, classic_step=base.classic_step)

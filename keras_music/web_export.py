@@ -10,7 +10,9 @@ import shutil
 import subprocess
 import tempfile
 import time
+from typing import TypedDict
 
+from keras_music import config as config_lib, corpus, events
 from keras_music import defaults, run as run_lib, storage
 from keras_music.errors import KerasMusicError
 
@@ -56,6 +58,26 @@ class WebExportError(KerasMusicError, RuntimeError):
     """The web export cannot be built (npm missing or unable to fetch, the page's sources missing) or found."""
 
 
+class Download(TypedDict):
+    """What a visitor's browser fetches with one runtime build: bytes as served, and gzipped."""
+
+    bytes: int
+    gzip_bytes: int
+
+
+class SiteSummary(TypedDict):
+    """A written site's sizes (the export report's `web`): `path` (relative to export/), `files` and `bytes`
+    on disk, the `default_model`, every model's file name, the `runtime` and the `download` per build."""
+
+    path: str
+    files: int
+    bytes: int
+    default_model: str
+    models: list[str]
+    runtime: str
+    download: dict[str, Download]
+
+
 def sources_dir() -> str:
     missing = [name for name in SOURCE_FILES if not os.path.isfile(os.path.join(SOURCES, name))]
     if missing:
@@ -99,8 +121,6 @@ def _runtime_ready(directory: str) -> bool:
 
 
 def default_runtime_cache() -> str:
-    from keras_music import corpus
-
     return os.path.join(corpus.default_cache_dir(), f"litertjs-{RUNTIME_VERSION}")
 
 
@@ -128,7 +148,7 @@ def fetch_runtime(directory: str | None = None, log=print) -> str:
                              "(e.g. apt-get install nodejs npm) and run the export again")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="keras_music-npm-") as work:
-        _npm_install(npm, work, directory)
+        _npm_install(npm, work, cache=directory)
         _check_integrity(work)
         with storage.atomic_directory(directory) as out:
             _copy_runtime(os.path.join(work, "node_modules"), out)
@@ -136,7 +156,7 @@ def fetch_runtime(directory: str | None = None, log=print) -> str:
     return directory
 
 
-def _npm_install(npm: str, work: str, directory: str) -> None:
+def _npm_install(npm: str, work: str, *, cache: str) -> None:
     """npm install of the pinned packages into `work`, scripts off, failing fast when the registry is unreachable."""
     package = {"name": "keras-music-web-runtime", "private": True, "description": "fetched by keras_music",
                "dependencies": {name: version for name, (version, _) in RUNTIME_PACKAGES.items()}}
@@ -154,7 +174,7 @@ def _npm_install(npm: str, work: str, directory: str) -> None:
         tail = " | ".join(line.strip() for line in (result.stderr or result.stdout).strip().splitlines()[-6:])
         raise WebExportError(f"npm could not fetch @litertjs/core {RUNTIME_VERSION} from {_registry(npm)} "
                              f"(exit {result.returncode}): {tail or 'no output'}. The web export needs the npm "
-                             "registry once; the runtime is then cached in " + directory)
+                             "registry once; the runtime is then cached in " + cache)
 
 
 def _check_integrity(work: str) -> None:
@@ -203,8 +223,8 @@ def download_files(site: dict, build: str = "default") -> list[str]:
                f"{RUNTIME_DIR}/wasm/{stem}.js", f"{RUNTIME_DIR}/wasm/{stem}.wasm"])
 
 
-def write_site(directory: str, vocab_file: str, models, runtime_dir: str, run_name: str = "",
-               timing: dict | None = None, encoding: dict | None = None) -> dict:
+def write_site(directory: str, vocab_file: str, *, models, runtime_dir: str, run_name: str = "",
+               timing: dict | None = None, encoding: dict | None = None) -> SiteSummary:
     """Write the static site into `directory` (an empty or new directory); returns its summary.
 
     models: (path of a .tflite file, what its weights are) pairs, from the export.
@@ -257,8 +277,6 @@ def write_site(directory: str, vocab_file: str, models, runtime_dir: str, run_na
 
 
 def _encoding(encoding: dict | None) -> dict:
-    from keras_music import config as config_lib, events
-
     data = config_lib.DataConfig()
     encoding = dict(encoding or {})
     return {"grid": int(encoding.get("grid", events.GRID)),
@@ -267,7 +285,7 @@ def _encoding(encoding: dict | None) -> dict:
             "transpose": int(encoding.get("transpose", data.transpose))}
 
 
-def describe(directory: str) -> dict:
+def describe(directory: str) -> SiteSummary:
     """Sizes of a written site: everything on disk, and what a visitor downloads per runtime build."""
     with open(os.path.join(directory, SITE_FILE), encoding="utf-8") as handle:
         site = json.load(handle)

@@ -98,11 +98,11 @@ def test_bad_format_soundfont_and_midi_raise_audio_errors(chorale_midi, tmp_path
     with pytest.raises(audio.AudioError, match="'mp3'"):
         audio.render(midi, "mp3")
     with pytest.raises(audio.AudioError, match="no such file"):
-        audio.render(midi, "wav", str(tmp_path / "missing.sf2"))
+        audio.render(midi, "wav", soundfont=str(tmp_path / "missing.sf2"))
     fake = tmp_path / "fake.sf2"
     fake.write_bytes(b"not a soundfont at all")
     with pytest.raises(audio.AudioError, match="not a SoundFont 2 file"):
-        audio.render(midi, "wav", str(fake))
+        audio.render(midi, "wav", soundfont=str(fake))
     with pytest.raises(audio.AudioError, match="cannot read the MIDI"):
         audio.render(b"MThd garbage", "wav")
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from keras_music import backends, export, generate, run as run_lib
+from keras_music.sampling import SamplingSettings
 
 
 @pytest.fixture(scope="module")
@@ -15,14 +16,15 @@ def exported(tiny_run, tmp_path_factory):
     """A private copy of the tiny run with its float32 export (tiny_run itself is shared read-only)."""
     directory = str(tmp_path_factory.mktemp("backends") / "run")
     shutil.copytree(tiny_run, directory, ignore=shutil.ignore_patterns("export"))
-    export.export(directory, quantize=("none",), parity_windows=1, parity_steps=0, log=lambda *a: None)
+    export.export(directory, export.ExportSettings(quantize=("none",), parity_windows=1, parity_steps=0),
+                  log=lambda *a: None)
     return directory
 
 
 @pytest.fixture(scope="module")
 def all_backends(exported):
     vocabulary = run_lib.load_vocabulary(exported)
-    return {name: backends.make_backend(exported, name, vocabulary) for name in backends.BACKENDS}
+    return {name: backends.make_backend(exported, name, vocabulary=vocabulary) for name in backends.BACKENDS}
 
 
 # Float32 exports: the SavedModel runs the same graph as Keras; TFLite's kernels round differently.
@@ -79,8 +81,8 @@ def test_every_backend_gives_the_same_pieces(exported):
     results = {}
     for backend in backends.BACKENDS:
         chosen = generate.Generator(exported, backend, log=lambda m: None)
-        greedy = chosen.generate(num_samples=2, length=12, temperature=0, primer_tokens=simple_primer(chosen))
-        sampled = chosen.generate(num_samples=2, length=12, temperature=1.0, seed=9)
+        greedy = chosen.generate(num_samples=2, primer_tokens=simple_primer(chosen), sampling=SamplingSettings(length=12, temperature=0))
+        sampled = chosen.generate(num_samples=2, seed=9, sampling=SamplingSettings(length=12, temperature=1.0))
         results[backend] = ([p.tokens for p in greedy], [p.tokens for p in sampled])
     assert all(tokens for tokens in results["keras"][0] + results["keras"][1])
     assert results["savedmodel"] == results["keras"]
@@ -111,10 +113,10 @@ def test_tampered_export_files_are_refused(exported, tmp_path):
     payload[len(payload) // 2] ^= 0x01
     open(path, "wb").write(bytes(payload))
     with pytest.raises(run_lib.RunError, match="model.tflite was changed or damaged since it was exported"):
-        backends.make_backend(copy, "tflite", vocabulary)
+        backends.make_backend(copy, "tflite", vocabulary=vocabulary)
     os.remove(os.path.join(copy, "export", "export_report.json"))
     with pytest.raises(run_lib.RunError, match="export_report.json is missing"):
-        backends.make_backend(copy, "savedmodel", vocabulary)
+        backends.make_backend(copy, "savedmodel", vocabulary=vocabulary)
 
 
 def test_an_export_made_with_another_vocabulary_is_stale(exported, tmp_path):
@@ -127,6 +129,7 @@ def test_an_export_made_with_another_vocabulary_is_stale(exported, tmp_path):
         json.dump(data, handle)
     for name in ("savedmodel", "tflite"):
         with pytest.raises(backends.BackendError, match="differs from .*vocab.json: the export is stale; re-export"):
-            backends.make_backend(copy, name, run_lib.load_vocabulary(copy))
+            backends.make_backend(copy, name, vocabulary=run_lib.load_vocabulary(copy))
     # The Keras backend never reads the export.
-    assert backends.make_backend(copy, "keras", run_lib.load_vocabulary(copy)).vocabulary_size == len(data["tokens"])
+    keras = backends.make_backend(copy, "keras", vocabulary=run_lib.load_vocabulary(copy))
+    assert keras.vocabulary_size == len(data["tokens"])

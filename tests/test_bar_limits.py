@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from keras_music import controls, events, generate
+from keras_music.sampling import SamplingSettings
+from keras_music.controls import ControlSettings
 
 F = Fraction
 TOKENS = ["<pad>", "<unk>", "<piece>", "rest", "pitch:60", "pitch:62", "pitch:64", "pitch:67", "hold:60", "hold:64",
@@ -14,8 +16,8 @@ TOKENS = ["<pad>", "<unk>", "<piece>", "rest", "pitch:60", "pitch:62", "pitch:64
 
 def limits(density=None, polyphony=None, metre=(4, 4)):
     kinds = events.grammar_table(TOKENS)["kinds"]
-    return controls.BarLimits(TOKENS, kinds, controls.parse_schedule(controls.DENSITY, density),
-                              controls.parse_schedule(controls.POLYPHONY, polyphony), metre)
+    return controls.BarLimits(TOKENS, kinds, density=controls.parse_schedule(controls.DENSITY, density),
+                              polyphony=controls.parse_schedule(controls.POLYPHONY, polyphony), time_signature=metre)
 
 
 def feed(row, *tokens):
@@ -121,8 +123,8 @@ def test_on_the_tiny_run_every_fed_bar_lands_in_its_bin_and_without_limits_not(c
     outcomes = {True: [], False: []}
     for kind, argument, value in cases:
         for limits_on in (True, False):
-            pieces = generator.generate(num_samples=3, length=40, seed=5, temperature=1.0, primer_tokens=[],
-                                        bar_limits=limits_on, **{argument: str(value)})
+            pieces = generator.generate(3, SamplingSettings(length=40, temperature=1.0), seed=5, primer_tokens=[],
+                                        controls=ControlSettings(**{argument: str(value)}, bar_limits=limits_on))
             for piece in pieces:
                 assert piece.repairs == {}, piece.repairs
                 assert piece.settings["controls"]["bar_limits"] is limits_on
@@ -167,7 +169,7 @@ def test_the_studio_passes_bar_limits_and_refuses_a_non_boolean(controls_run, tm
             assert status == 200, piece
             assert piece["controls"]["bar_limits"] is limits
             status, record = call(server, piece["urls"]["json"])
-            ours = generator.generate(seed=9, length=24, primer_tokens=[], density="5", bar_limits=limits)[0]
+            ours = generator.generate(seed=9, primer_tokens=[], sampling=SamplingSettings(length=24), controls=ControlSettings(density="5", bar_limits=limits))[0]
             assert record["ids"] == ours.ids
         status, answer = call(server, "/api/generate", {"length": 8, "density": "high", "bar_limits": "no"})
         assert status == 400 and "bar_limits must be true or false" in answer["error"], answer

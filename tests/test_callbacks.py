@@ -55,10 +55,12 @@ def test_time_budget_counts_the_time_of_earlier_processes_too():
 # ----------------------------------------------------------------------------- progress line
 
 def test_progress_line_says_where_training_is():
-    line = callbacks.progress_line(3, 60, 120, 400, 5432.1, 1.23456, 95.4, 12 * 60 + 30)
+    line = callbacks.progress_line(callbacks.Position(3, 60, 120, 400), tokens_per_second=5432.1, loss=1.23456,
+                                   epoch_eta=95.4, budget_left=12 * 60 + 30)
     assert line == ("epoch 3/60 step 120/400 | 5,432 tokens/s | loss 1.2346 | epoch ends in 1:35 | "
                     "budget left 12:30")
-    assert callbacks.progress_line(1, 2, 1, 2, 10.0, None, 3725, None).endswith(
+    assert callbacks.progress_line(callbacks.Position(1, 2, 1, 2), tokens_per_second=10.0, loss=None, epoch_eta=3725,
+                                   budget_left=None).endswith(
         "loss n/a | epoch ends in 1:02:05 | no time budget")
 
 
@@ -85,7 +87,8 @@ def test_epoch_record_and_line():
     assert callbacks.epoch_line(record) == ("epoch 1: loss 1.0000  val_loss 2.0000  val_perplexity 7.389  "
                                             "val_accuracy 0.2500  2 s")
     # A loss too large for exp() reads as exp(50), not an overflow.
-    assert callbacks.epoch_record({"loss": 1e6}, 0, 1, 1.0, 1, 0.1)["perplexity"] == pytest.approx(math.exp(50))
+    record = callbacks.epoch_record({"loss": 1e6}, 0, steps=1, seconds=1.0, tokens_per_step=1, learning_rate=0.1)
+    assert record["perplexity"] == pytest.approx(math.exp(50))
 
 
 # ----------------------------------------------------------------------------- the run's callback, driven by hand
@@ -106,7 +109,7 @@ def drive(progress, epoch, val_loss, loss=1.0, steps=3):
     progress.on_epoch_end(epoch, {"loss": loss, "val_loss": val_loss, "val_accuracy": 0.5})
 
 
-def read_state(run_dir):
+def read_backup(run_dir):
     return json.load(open(os.path.join(run_dir, "backup", "state.json")))
 
 
@@ -127,23 +130,23 @@ def test_patience_stops_the_run_and_the_backup_resumes_it_until_a_nan_loss(tmp_p
     assert compiled_model.stop_training
     assert (progress.stopped, progress.stopped_reason) == ("early_stopping", "no validation improvement for 2 epochs")
     assert messages[0] == "epoch 1: loss 1.0000  val_loss 2.0000  val_perplexity 7.389  val_accuracy 0.5000  0 s"
-    state = read_state(run_dir)
-    assert list(state) == ["next_epoch", "model", "history", "best", "wait", "elapsed", "stopped", "stopped_reason",
-                           "steps_done", "config", "vocabulary_fingerprint"]
-    assert (state["next_epoch"], state["model"], state["best"], state["wait"], state["steps_done"]) == (
+    backup = read_backup(run_dir)
+    assert list(backup) == ["next_epoch", "model", "history", "best", "wait", "elapsed", "stopped", "stopped_reason",
+                            "steps_done", "config", "vocabulary_fingerprint"]
+    assert (backup["next_epoch"], backup["model"], backup["best"], backup["wait"], backup["steps_done"]) == (
         4, "model-0004.keras", 1.5, 2, 12)
-    assert (state["stopped"], state["vocabulary_fingerprint"]) == ("early_stopping", "abc")
+    assert (backup["stopped"], backup["vocabulary_fingerprint"]) == ("early_stopping", "abc")
     assert sorted(os.listdir(os.path.join(run_dir, "backup"))) == ["model-0004.keras", "state.json"]
 
     # A later process resumes from the backup; a NaN loss stops it and its weights are not backed up.
-    resumed = callbacks.RunProgress(config, run_dir, steps_per_epoch=3, initial_state=state, log=messages.append)
+    resumed = callbacks.RunProgress(config, run_dir, steps_per_epoch=3, backup=backup, log=messages.append)
     resumed.set_model(compiled_model)
     resumed.on_train_begin()
     drive(resumed, 4, float("nan"), loss=float("nan"))
     assert (resumed.stopped, resumed.stopped_reason) == ("nan_loss", "the loss became NaN in epoch 5")
-    state = read_state(run_dir)
-    assert (state["next_epoch"], state["model"], state["steps_done"]) == (5, "model-0004.keras", 15)
-    assert [h["epoch"] for h in state["history"]] == [1, 2, 3, 4, 5] and state["history"][-1]["loss"] is None
+    backup = read_backup(run_dir)
+    assert (backup["next_epoch"], backup["model"], backup["steps_done"]) == (5, "model-0004.keras", 15)
+    assert [h["epoch"] for h in backup["history"]] == [1, 2, 3, 4, 5] and backup["history"][-1]["loss"] is None
     assert sorted(os.listdir(os.path.join(run_dir, "backup"))) == ["model-0004.keras", "state.json"]
 
 
@@ -176,7 +179,7 @@ def test_callbacks_for_fit_log_to_tensorboard_in_a_local_run(tmp_path):
     import keras
 
     config = tiny_config()
-    progress, every = callbacks.make_callbacks(config, str(tmp_path), 3, None, print)
+    progress, every = callbacks.make_callbacks(config, str(tmp_path), steps_per_epoch=3, backup=None, log=print)
     assert every[0] is progress and isinstance(every[1], keras.callbacks.TerminateOnNaN)
     assert isinstance(every[2], keras.callbacks.TensorBoard) and every[2].log_dir == str(tmp_path / "logs")
     assert np.isinf(progress.best) and progress.history == []

@@ -41,7 +41,7 @@ def test_types_take_good_values(parse, text, value):
     (cli.top_p, "NaN", "top-p must be in (0, 1], got NaN"),
     (cli.bounded_int(2, 4), "3.0", "expected an integer in 2..4, got '3.0'"),
     (cli.bounded_int(2, 4), "5", "expected an integer in 2..4, got 5"),
-    (cli.bounded_int(0, 9, "a shard index"), "-1", "expected a shard index in 0..9, got -1"),
+    (cli.bounded_int(0, 9, what="a shard index"), "-1", "expected a shard index in 0..9, got -1"),
     (cli.piece_length, "0", "expected 'matched' or a positive integer, got '0'"),
     (cli.piece_length, "all", "expected 'matched' or a positive integer, got 'all'"),
 ])

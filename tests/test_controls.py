@@ -225,7 +225,7 @@ def test_the_dropper_drops_only_controls_at_about_the_rate_and_exactly_for_a_see
 
     is_control = np.isin(np.arange(13), CONTROL_IDS)
     ids = np.array(stream_pieces(1, 20000)[0][1], np.int32)
-    drop = dataset._control_dropper(is_control, 0.0, 0.5)
+    drop = dataset._control_dropper(is_control, 0.0, token_rate=0.5)
     kept = drop(tf.constant(ids), tf.constant(1234, tf.int64)).numpy()
     controls_in = int(is_control[ids].sum())
     controls_kept = int(is_control[kept].sum())
@@ -235,9 +235,11 @@ def test_the_dropper_drops_only_controls_at_about_the_rate_and_exactly_for_a_see
     np.testing.assert_array_equal(drop(tf.constant(ids), tf.constant(1234, tf.int64)).numpy(), kept)
     assert not np.array_equal(drop(tf.constant(ids), tf.constant(1235, tf.int64)).numpy(), kept)
     # Rates 0 and 1 keep and drop every control.
-    assert len(dataset._control_dropper(is_control, 0.0, 0.0)(tf.constant(ids), tf.constant(1, tf.int64))) == len(ids)
+    keep_all = dataset._control_dropper(is_control, 0.0, token_rate=0.0)
+    assert len(keep_all(tf.constant(ids), tf.constant(1, tf.int64))) == len(ids)
     for rates in ((1.0, 0.0), (0.0, 1.0)):
-        none = dataset._control_dropper(is_control, *rates)(tf.constant(ids), tf.constant(1, tf.int64)).numpy()
+        drop_all = dataset._control_dropper(is_control, rates[0], token_rate=rates[1])
+        none = drop_all(tf.constant(ids), tf.constant(1, tf.int64)).numpy()
         np.testing.assert_array_equal(none, ids[~is_control[ids]])
 
 
@@ -249,7 +251,7 @@ def test_a_piece_trains_unconditioned_at_the_piece_rate_and_else_loses_controls_
     is_control = np.isin(np.arange(13), CONTROL_IDS)
     ids = np.array(stream_pieces(1, 400)[0][1], np.int32)
     controls_in = int(is_control[ids].sum())
-    drop = dataset._control_dropper(is_control, 0.5, 0.25)
+    drop = dataset._control_dropper(is_control, 0.5, token_rate=0.25)
     left = [int(is_control[drop(tf.constant(ids), tf.constant(draw, tf.int64)).numpy()].sum()) for draw in range(400)]
     off = [n == 0 for n in left]
     # About half the draws leave the piece without any control (Performance RNN's "off")...
@@ -271,15 +273,19 @@ def test_training_stream_drops_controls_seeded_and_anew_every_epoch(tmp_path):
     # tf.data's op seeds combine with the global seed, which training sets from train.seed.
     tf.random.set_seed(0)
     pieces = stream_pieces()
-    dataset.write_shards(str(tmp_path), "train", pieces)
+    dataset.write_shards(str(tmp_path), "train", pieces=pieces)
     files = dataset.shard_files(str(tmp_path), "train")
     is_control = np.isin(np.arange(13), CONTROL_IDS)
     lengths = [len(ids) for _, ids in pieces]
     shortest = [len(ids) - int(is_control[ids].sum()) for _, ids in pieces]
-    steps = dataset.count_windows(shortest, 50, 50) // 2
+    steps = dataset.count_windows(shortest, 50, stride=50) // 2
 
     def epochs(rate, seed=0):
-        data = dataset.training_dataset(files, 50, 2, steps, seed, 0, 2, control_dropout=(is_control, 0.0, rate))
+        config = tiny_config("data.seq_length=50", "data.controls=true", "data.control_dropout=0",
+                             f"data.control_token_dropout={rate}", "train.batch_size=2", f"train.seed={seed}",
+                             "train.epochs=2")
+        data = dataset.training_dataset(files, config.data, train=config.train, span=dataset.EpochSpan(steps),
+                                        tokens=dataset.TokenTables(is_control=is_control))
         x = np.stack([batch.numpy() for batch, _ in data])
         return x[:steps], x[steps:]
 
@@ -295,7 +301,8 @@ def test_training_stream_drops_controls_seeded_and_anew_every_epoch(tmp_path):
     assert is_control[first].sum() == 468  # exact for this seed
     # Dropping every control leaves exactly the ordinary tokens; rate 0 is the stream without dropout.
     assert not is_control[epochs(1.0)[0]].any()
-    plain = dataset.training_dataset(files, 50, 2, steps, 0, 0, 1)
+    plain_config = tiny_config("data.seq_length=50", "train.batch_size=2", "train.seed=0", "train.epochs=1")
+    plain = dataset.training_dataset(files, plain_config.data, train=plain_config.train, span=dataset.EpochSpan(steps))
     np.testing.assert_array_equal(epochs(0.0)[0], np.stack([batch.numpy() for batch, _ in plain]))
 
 
@@ -356,14 +363,15 @@ def test_the_corpus_estimates_the_key_without_moving_the_notes_when_keys_are_not
     data = midi.write(notes, time_signatures=((0.0, 4, 4), (6.0, 3, 4)))
     plain = corpus.ParseSettings(normalize_key=False)
     keyed = corpus.ParseSettings(normalize_key=False, estimate_key=True)
-    assert corpus.parse_bytes("d.mid", data, plain)["key"] == ""
-    record = corpus.parse_bytes("d.mid", data, keyed)
+    assert corpus.parse_bytes("d.mid", data, settings=plain)["key"] == ""
+    record = corpus.parse_bytes("d.mid", data, settings=keyed)
     assert (record["key"], record["shift"]) == ("D major", 0)
     assert [n[2] for n in record["notes"]][:3] == [62, 64, 66]
     # The cache keeps records apart only where they differ; every other key is what it was.
     assert keyed.cache_key() != plain.cache_key()
     assert corpus.ParseSettings(estimate_key=True).cache_key() == corpus.ParseSettings().cache_key()
-    tokens = prepare.tokens_for(record, tiny_config("data.normalize_key=false", "data.controls=true").data, True)
+    tokens = prepare.tokens_for(record, tiny_config("data.normalize_key=false", "data.controls=true").data,
+                                controls=True)
     assert tokens[:3] == ["key:D:major", "density:1", "poly:0"]
     # Bars [0, 4), [4, 6) (cut short by the 3/4 at quarter 6), [6, 9), [9, 12), [12, 15): 4, 2, 3, 3 and 3
     # onsets, one note each but the final chord of three (mean 5/3); nothing starts in [15, 18).

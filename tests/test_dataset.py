@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 
 from keras_music import dataset
+from keras_music.config import DataConfig, TrainConfig
 
 PIECES = [("a", [10, 11, 12, 13, 14]), ("b", [20, 21, 22]), ("c", [30, 31, 32, 33])]
 
 
 @pytest.fixture()
 def shards(tmp_path):
-    names = dataset.write_shards(str(tmp_path), "train", PIECES, pieces_per_shard=2)
+    names = dataset.write_shards(str(tmp_path), "train", pieces=PIECES, pieces_per_shard=2)
     assert names == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
     return dataset.shard_files(str(tmp_path), "train")
 
@@ -25,15 +26,17 @@ def test_evaluation_windows_are_the_boundary_joined_stream_shifted_by_one(shards
     # Stream: 2 10 11 12 13 14 2 20 21 22 2 30 31 32 33 (15 tokens) -> windows of 5, shift 4.
     np.testing.assert_array_equal(x, [[2, 10, 11, 12], [13, 14, 2, 20], [21, 22, 2, 30]])
     np.testing.assert_array_equal(y, [[10, 11, 12, 13], [14, 2, 20, 21], [22, 2, 30, 31]])
-    assert dataset.count_windows([5, 3, 4], 4, 4) == 3
+    assert dataset.count_windows([5, 3, 4], 4, stride=4) == 3
 
 
 def test_training_yields_exactly_steps_per_epoch_and_is_seeded_per_epoch(shards):
-    windows = dataset.count_windows([5, 3, 4], 3, 2)
+    windows = dataset.count_windows([5, 3, 4], 3, stride=2)
     steps = windows // 2
 
     def batches(first, epochs, seed=0):
-        data = dataset.training_dataset(shards, 3, 2, steps, seed, first, epochs, stride=2, shuffle_buffer=16)
+        data = dataset.training_dataset(shards, DataConfig(seq_length=3, window_stride=2, shuffle_buffer=16),
+                                        train=TrainConfig(batch_size=2, seed=seed, epochs=epochs),
+                                        span=dataset.EpochSpan(steps, first_epoch=first))
         return [x.tolist() for x, _ in data.as_numpy_iterator()]
 
     full = batches(0, 3)
@@ -41,7 +44,9 @@ def test_training_yields_exactly_steps_per_epoch_and_is_seeded_per_epoch(shards)
     # A resumed run (from epoch 1) sees exactly the batches of the uninterrupted run.
     assert batches(1, 3) == full[steps:]
     assert batches(0, 3, seed=5) != full
-    for x, y in dataset.training_dataset(shards, 3, 2, steps, 0, 0, 1, stride=2).as_numpy_iterator():
+    data = dataset.training_dataset(shards, DataConfig(seq_length=3, window_stride=2),
+                                    train=TrainConfig(batch_size=2, seed=0, epochs=1), span=dataset.EpochSpan(steps))
+    for x, y in data.as_numpy_iterator():
         np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
 
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO
 
 from keras_music import config, defaults, evaluate, evaluate_music, experiment, export, generate, model, pieces
-from keras_music import run as run_lib, web_export
+from keras_music import run as run_lib, sampling, web_export
 from keras_music.studio import app as studio_app, service as studio_service
 
 PAGE = os.path.join(REPO, "keras_music", "web_page")
@@ -40,19 +40,21 @@ def test_defaults_hold_the_agreed_values():
 
 
 def test_library_signatures_use_the_defaults():
+    # Sampling settings travel as one object: its defaults are the agreed ones, and generate takes it whole.
+    drawn = parameter_defaults(sampling.SamplingSettings)
+    assert drawn == {"length": defaults.LENGTH, "temperature": defaults.TEMPERATURE, "top_k": defaults.TOP_K,
+                     "top_p": defaults.TOP_P, "min_length": defaults.MIN_LENGTH, "rng": "splitmix64"}
     generated = parameter_defaults(generate.Generator.generate)
-    assert {key: generated[key] for key in ("length", "temperature", "top_k", "top_p", "seed", "min_length")} == {
-        "length": defaults.LENGTH, "temperature": defaults.TEMPERATURE, "top_k": defaults.TOP_K,
-        "top_p": defaults.TOP_P, "seed": defaults.SEED, "min_length": defaults.MIN_LENGTH}
-    assert generated["rng"] == "splitmix64"
+    assert generated["sampling"] is None and generated["seed"] == defaults.SEED
     assert (generate.MAX_LENGTH, generate.MAX_TOKENS_PER_EVENT) == (defaults.MAX_LENGTH, defaults.MAX_TOKENS_PER_EVENT)
-    assert parameter_defaults(evaluate.evaluate_run)["temperatures"] == defaults.TEMPERATURES
-    assert parameter_defaults(evaluate_music.music_metrics)["temperatures"] == defaults.TEMPERATURES
-    assert parameter_defaults(experiment.run_study)["temperatures"] == defaults.TEMPERATURES
+    assert evaluate_music.EvaluationSettings().temperatures == defaults.TEMPERATURES
+    assert parameter_defaults(evaluate.evaluate_run)["settings"] is None
+    assert parameter_defaults(evaluate_music.music_report)["settings"] is None
+    assert parameter_defaults(experiment.StudySettings)["temperatures"] == defaults.TEMPERATURES
     assert parameter_defaults(model.build_model)["dropout"] == defaults.DROPOUT
     assert parameter_defaults(pieces.default_timing)["tempo"] == defaults.TEMPO
     assert studio_service.MAX_LENGTH == defaults.MAX_LENGTH
-    assert parameter_defaults(studio_service.Studio)["max_length"] == defaults.MAX_LENGTH
+    assert studio_service.StudioSettings().max_length == defaults.MAX_LENGTH
 
 
 def test_config_defaults_are_the_defaults():
@@ -125,8 +127,8 @@ def test_the_web_export_ships_the_defaults_and_the_corpus_tempo(tiny_run, tmp_pa
     model_file = tmp_path / "model.tflite"
     model_file.write_bytes(b"not read by the site writer")
     out = tmp_path / "export"
-    export._write_web(tiny_run, str(out), run_lib.path(tiny_run, run_lib.VOCAB), {"none": str(model_file)},
-                      fake_runtime(tmp_path / "runtime"))
+    export._write_web(tiny_run, str(out), vocab_file=run_lib.path(tiny_run, run_lib.VOCAB),
+                      tflite_paths={"none": str(model_file)}, runtime=fake_runtime(tmp_path / "runtime"))
     with open(out / run_lib.WEB / web_export.SITE_FILE) as handle:
         site = json.load(handle)
     assert site["defaults"] == {"temperature": defaults.TEMPERATURE, "top_k": defaults.TOP_K, "top_p": defaults.TOP_P,
@@ -166,8 +168,8 @@ def test_the_studio_serves_the_defaults_and_its_form_has_none_of_its_own(tiny_ru
     from page_harness import BackgroundServer
     from keras_music.studio import routes
 
-    studio = studio_service.Studio([tiny_run], str(tmp_path / "out"), str(tmp_path / "votes.sqlite"), ab_seconds=8,
-                            ab_pool=1, log=lambda message: None)
+    studio = studio_service.Studio([tiny_run], str(tmp_path / "out"), db=str(tmp_path / "votes.sqlite"),
+                            settings=studio_service.StudioSettings(ab_seconds=8, ab_pool=1), log=lambda message: None)
     server = BackgroundServer(routes.create_app(studio))
     try:
         with urllib.request.urlopen(server.url + "/api/defaults", timeout=60) as response:

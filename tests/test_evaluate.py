@@ -9,7 +9,8 @@ import pytest
 
 from conftest import usage_error
 
-from keras_music import cli, evaluate, evaluate_report, formatting as fmt, metrics, run as run_lib, storage
+from keras_music import cli, evaluate, evaluate_report, formatting as fmt, music_metrics, run as run_lib, storage
+from keras_music.evaluate_music import EvaluationSettings
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +27,8 @@ def test_length_argument_takes_matched_or_a_positive_integer():
 @pytest.fixture(scope="module")
 def evaluation(tiny_run, tmp_path_factory):
     out_dir = str(tmp_path_factory.mktemp("evaluation"))
-    result = evaluate.evaluate_run(tiny_run, num_samples=4, length=24, temperatures=(0.5, 1.5), seed=3,
-                                   orders=(1, 2, 3), out_dir=out_dir)
+    settings = EvaluationSettings(num_samples=4, length=24, temperatures=(0.5, 1.5), seed=3, orders=(1, 2, 3))
+    result = evaluate.evaluate_run(tiny_run, settings, out_dir=out_dir)
     return result, out_dir
 
 
@@ -43,15 +44,15 @@ def test_writes_every_file_and_section(evaluation):
         assert key in written, key
     music = written["music_metrics"]
     assert sorted(music["generated"]) == ["0.5", "1.5"]
-    assert set(music["comparison"]["0.5"]) == set(metrics.METRIC_DESCRIPTIONS)
+    assert set(music["comparison"]["0.5"]) == set(music_metrics.METRIC_DESCRIPTIONS)
     assert len(music["generated"]["1.5"]["pieces"]) == 4
-    assert set(music["real"]["summary"]) == set(metrics.METRIC_DESCRIPTIONS)
+    assert set(music["real"]["summary"]) == set(music_metrics.METRIC_DESCRIPTIONS)
     report = storage.read_text(os.path.join(out_dir, "evaluation.md"))
     for heading in ("## Model quality", "## Music metrics", "## Generated vs real", "## How to read this"):
         assert heading in report
     for row in ("| LSTM |", "| 1-gram", "| 2-gram", "| 3-gram", "T = 0.5", "T = 1.5", "held-out real"):
         assert row in report
-    for description in metrics.METRIC_DESCRIPTIONS.values():
+    for description in music_metrics.METRIC_DESCRIPTIONS.values():
         assert description in report
     # The tiny config trains without transposition, and the report says so.
     assert result["settings"]["data_transpose"] == 0
@@ -101,7 +102,7 @@ def test_counts_match_prepared(evaluation, tiny_run):
 ])
 def test_evaluate_run_rejects_bad_settings_before_writing(tiny_run, tmp_path, setting, message):
     with pytest.raises(ValueError, match=message):
-        evaluate.evaluate_run(tiny_run, out_dir=str(tmp_path / "out"), **setting)
+        evaluate.evaluate_run(tiny_run, EvaluationSettings(**setting), out_dir=str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out")
 
 

@@ -49,7 +49,7 @@ def test_a_missing_or_bad_time_signature_falls_back_to_four_four(signature):
 
 def test_every_classic_token_is_one_event():
     vocabulary = types.SimpleNamespace(representation="classic")
-    assert held_out_lib._count_events(np.arange(7), vocabulary, {"events": 3}) == 7
+    assert held_out_lib._count_events(np.arange(7), vocabulary, entry={"events": 3}) == 7
 
 
 def test_an_empty_split_is_an_error_that_names_it(tiny_run, monkeypatch):

@@ -75,7 +75,7 @@ def test_event_accuracy_counts_events_whose_every_token_is_the_top_choice(tiny_r
     vocabulary = run_lib.load_vocabulary(tiny_run)
     model = run_lib.load_model(tiny_run)
     held_out = stored_pieces(tiny_run, "validation")
-    _, hits = likelihood.token_log_probs(model, held_out, vocabulary.boundary_id, vocabulary.pad_id)
+    _, hits = likelihood.token_log_probs(model, held_out, boundary_id=vocabulary.boundary_id, pad_id=vocabulary.pad_id)
     correct = total = 0
     for ids, hit in zip(held_out, hits):
         event_hit = True
@@ -108,13 +108,13 @@ def test_ngram_numbers_equal_ngram_evaluate(tiny_run):
 
 
 def test_likelihood_summary_per_token_and_per_event():
-    summary = likelihood.likelihood_summary(20.0, 10, 4)
+    summary = likelihood.likelihood_summary(20.0, 10, events_count=4)
     assert summary["nll_nats"] == 2.0 and summary["event_nll_nats"] == 5.0
     assert summary["nll_bits"] == pytest.approx(2 / math.log(2))
     assert summary["perplexity"] == pytest.approx(math.exp(2)) and summary["event_perplexity"] == pytest.approx(math.exp(5))
     assert (summary["tokens"], summary["events"]) == (10, 4)
-    assert math.isnan(likelihood.likelihood_summary(1.0, 0, 0)["perplexity"])
-    assert likelihood.likelihood_summary(1e6, 1, 1)["perplexity"] == math.inf
+    assert math.isnan(likelihood.likelihood_summary(1.0, 0, events_count=0)["perplexity"])
+    assert likelihood.likelihood_summary(1e6, 1, events_count=1)["perplexity"] == math.inf
 
 
 def test_check_orders_sorts_and_rejects():

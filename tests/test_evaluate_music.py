@@ -7,7 +7,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from keras_music import dataset, evaluate_music as music_lib, events, metrics, ngram, run as run_lib, sampling
+from keras_music import dataset, evaluate_music as music_lib, events, music_metrics, ngram, run as run_lib, sampling
+from keras_music.evaluate_music import EvaluationSettings
 from keras_music.generate import Generator
 
 pytestmark = pytest.mark.slow
@@ -33,31 +34,33 @@ class NGramGenerator:
         self.model = ngram.NGramModel(2, len(self.vocabulary)).fit(training)
         self.calls = []
 
-    def generate(self, num_samples=1, length=200, temperature=1.0, top_k=0, top_p=1.0, seed=0, **_):
+    def generate(self, num_samples=1, sampling_settings=None, *, seed=0, **_):
+        length, temperature = sampling_settings.length, sampling_settings.temperature
         self.calls.append({"num_samples": num_samples, "length": length, "temperature": temperature, "seed": seed})
         rng = sampling.make_rng(seed)
         banned = [self.vocabulary.pad_id, self.vocabulary.unk_id, self.vocabulary.boundary_id]
         pieces = []
-        lengths = list(length) if isinstance(length, list) else [length] * num_samples
+        lengths = list(length) if isinstance(length, tuple) else [length] * num_samples
         for row in range(num_samples):
             ids = []
             while sum(self.vocabulary.tokens[i].startswith("dur:") for i in ids) < lengths[row]:
                 probabilities = self.model.probabilities(ids)[None, :]
-                ids.append(int(sampling.sample_next(probabilities, rng, temperature, 0, 1.0, banned)[0]))
+                ids.append(int(sampling.sample_next(probabilities, rng, temperature=temperature, top_k=0, top_p=1.0,
+                                                    banned=banned)[0]))
             pieces.append(fake_piece(self.vocabulary.decode(ids)))
         return pieces
 
 
 def test_matched_length_gives_each_generated_piece_a_held_out_piece_length(tiny_run):
     real = [{"events": 7}, {"events": 3}]
-    assert music_lib.generation_lengths("matched", real, 5) == {"length": [7, 3, 7, 3, 7], "min_length": 7}
-    assert music_lib.generation_lengths(12, real, 5) == {"length": 12}
+    assert music_lib.generation_lengths("matched", real, num_samples=5) == {"length": [7, 3, 7, 3, 7], "min_length": 7}
+    assert music_lib.generation_lengths(12, real, num_samples=5) == {"length": 12}
     generator = NGramGenerator(tiny_run)
-    music = music_lib.music_metrics(tiny_run, num_samples=3, length="matched", temperatures=(1.0,), seed=0,
-                                    generator=generator)
+    music = music_lib.music_report(tiny_run, EvaluationSettings(num_samples=3, length="matched", temperatures=(1.0,),
+                                                                     seed=0), generator=generator)
     held_out = [row["events"] for row in music["real"]["pieces"]]
-    assert generator.calls[0]["length"] == [held_out[i % len(held_out)] for i in range(3)]
-    assert [row["events"] for row in music["generated"]["1"]["pieces"]] == generator.calls[0]["length"]
+    assert generator.calls[0]["length"] == tuple(held_out[i % len(held_out)] for i in range(3))
+    assert [row["events"] for row in music["generated"]["1"]["pieces"]] == list(generator.calls[0]["length"])
 
 
 def test_generated_metrics_use_only_generated_notes(tiny_run):
@@ -69,21 +72,21 @@ def test_generated_metrics_use_only_generated_notes(tiny_run):
     notes, sonorities = music_lib.generated_part(piece)
     np.testing.assert_allclose(notes, [[0, 1, 60], [1, 1, 62], [2, 1, 64], [3, 1, 65], [4, 2, 67]])
     assert len(sonorities) == 6 and sonorities[0].pitches == (60,)
-    assert metrics.pitch_entropy(notes) == pytest.approx(math.log2(5))
+    assert music_metrics.pitch_entropy(notes) == pytest.approx(math.log2(5))
     # With the primer's note the piece has 6 distinct pitches.
-    assert metrics.pitch_entropy(piece.notes) == pytest.approx(math.log2(6))
+    assert music_metrics.pitch_entropy(piece.notes) == pytest.approx(math.log2(6))
 
     class PrimedGenerator:
-        def generate(self, num_samples=1, **_):
+        def generate(self, num_samples=1, sampling_settings=None, **_):
             return [piece] * num_samples
 
-    music = music_lib.music_metrics(tiny_run, num_samples=2, length=6, temperatures=(1.0,), seed=0,
-                                    generator=PrimedGenerator())
+    music = music_lib.music_report(tiny_run, EvaluationSettings(num_samples=2, length=6, temperatures=(1.0,),
+                                                                     seed=0), generator=PrimedGenerator())
     rows = music["generated"]["1"]["pieces"]
     assert rows[0]["metrics"]["pitch_entropy"] == pytest.approx(math.log2(5))
     assert rows[0]["events"] == 6
-    expected = metrics.piece_metrics(notes, events.event_keys(sonorities), (4, 4),
-                                     np.array(music["transition_matrix"]))
+    expected = music_metrics.piece_metrics(notes, events.event_keys(sonorities), time_signature=(4, 4),
+                                     matrix=np.array(music["transition_matrix"]))
     for name, value in expected.items():
         assert rows[0]["metrics"][name] == pytest.approx(value, nan_ok=True), name
     # The generated part starts 1.5 quarters in; moved to 0 it has no empty beat
@@ -103,8 +106,8 @@ def test_pitch_entropy_rises_with_temperature_controlled(tiny_run):
     # A bigram model of the training pieces sampled with seeded numpy: at T = 0.3
     # it keeps to its few most likely continuations, at T = 3.0 it wanders over
     # the whole pitch vocabulary.
-    music = music_lib.music_metrics(tiny_run, num_samples=6, length=30, temperatures=(0.3, 3.0), seed=11,
-                                    generator=NGramGenerator(tiny_run))
+    music = music_lib.music_report(tiny_run, EvaluationSettings(num_samples=6, length=30, temperatures=(0.3, 3.0),
+                                                                     seed=11), generator=NGramGenerator(tiny_run))
     low = music["generated"]["0.3"]["summary"]["pitch_entropy"]
     high = music["generated"]["3"]["summary"]["pitch_entropy"]
     assert low["n"] == high["n"] == 6
@@ -114,8 +117,8 @@ def test_pitch_entropy_rises_with_temperature_controlled(tiny_run):
 
 
 def test_pitch_entropy_rises_with_temperature_real_generator(tiny_run):
-    music = music_lib.music_metrics(tiny_run, num_samples=8, length=40, temperatures=(0.3, 3.0), seed=5,
-                                    generator=Generator(tiny_run))
+    music = music_lib.music_report(tiny_run, EvaluationSettings(num_samples=8, length=40, temperatures=(0.3, 3.0),
+                                                                     seed=5), generator=Generator(tiny_run))
     # Seeded, so deterministic; seeds 0, 5 and 11 all give gaps above 2 bits.
     low = music["generated"]["0.3"]["summary"]["pitch_entropy"]
     high = music["generated"]["3"]["summary"]["pitch_entropy"]
@@ -127,17 +130,17 @@ def test_pitch_entropy_rises_with_temperature_real_generator(tiny_run):
 
 def test_music_metrics_measures_every_metric_per_temperature(tiny_run):
     generator = NGramGenerator(tiny_run)
-    music = music_lib.music_metrics(tiny_run, num_samples=3, length=8, temperatures=(0.5, 1.0), seed=2,
-                                    generator=generator)
+    music = music_lib.music_report(tiny_run, EvaluationSettings(num_samples=3, length=8, temperatures=(0.5, 1.0),
+                                                                     seed=2), generator=generator)
     assert [call["temperature"] for call in generator.calls] == [0.5, 1.0]
     assert all(call["seed"] == 2 and call["length"] == 8 for call in generator.calls)
     assert music["temperatures"] == [0.5, 1.0]
-    assert music["metric_names"] == list(metrics.METRIC_DESCRIPTIONS) == list(music["descriptions"])
+    assert music["metric_names"] == list(music_metrics.METRIC_DESCRIPTIONS) == list(music["descriptions"])
     assert list(music["generated"]) == list(music["comparison"]) == ["0.5", "1"]
     for key in ("0.5", "1"):
         at = music["generated"][key]
         assert len(at["pieces"]) == 3 and at["stop_reasons"] == {"length": 3}
-        assert set(at["summary"]) == set(music["comparison"][key]) == set(metrics.METRIC_DESCRIPTIONS)
+        assert set(at["summary"]) == set(music["comparison"][key]) == set(music_metrics.METRIC_DESCRIPTIONS)
         values = [row["metrics"]["pitch_entropy"] for row in at["pieces"]]
         assert at["summary"]["pitch_entropy"]["mean"] == pytest.approx(np.mean(values))
         comparison = music["comparison"][key]["pitch_entropy"]
@@ -170,8 +173,9 @@ def test_temperature_key_writes_the_shortest_number():
 
 def test_generation_lengths_need_a_held_out_piece_to_match():
     with pytest.raises(ValueError, match="at least one held-out piece"):
-        music_lib.generation_lengths("matched", [], 3)
-    assert music_lib.generation_lengths("matched", [{"events": 0}], 2) == {"length": [1, 1], "min_length": 1}
+        music_lib.generation_lengths("matched", [], num_samples=3)
+    assert music_lib.generation_lengths("matched", [{"events": 0}], num_samples=2) == {"length": [1, 1],
+                                                                                      "min_length": 1}
 
 
 def test_generated_piece_metrics_count_repairs_and_keep_the_stop_reason():

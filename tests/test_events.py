@@ -39,7 +39,7 @@ def test_classic_representation_is_the_tutorials():
     part = stream.Part()
     part.append([note.Note("C#4"), chord.Chord(["C4", "E4", "G4"]), note.Rest(), note.Note("B-3")])
     assert events.stream_to_tokens(part, "classic") == ["C#4", "0.4.7", "B-3"]
-    sonorities = events.tokens_to_sonorities(["C#4", "0.4.7"], "classic", F(1, 2))
+    sonorities = events.tokens_to_sonorities(["C#4", "0.4.7"], "classic", classic_step=F(1, 2))
     assert sonorities == [events.Sonority((61,), (False,), F(1, 2)),
                           events.Sonority((60, 64, 67), (False, False, False), F(1, 2))]
 
@@ -81,8 +81,8 @@ def test_transpose_token():
     assert events.transpose_token("pitch:60", 2) == "pitch:62"
     assert events.transpose_token("hold:127", 1) is None
     assert events.transpose_token("dur:1/2", 5) == "dur:1/2"
-    assert events.transpose_token("0.4.7", 2, "classic") == "2.6.9"
-    assert events.transpose_token("B3", 1, "classic") == "C4"
+    assert events.transpose_token("0.4.7", 2, representation="classic") == "2.6.9"
+    assert events.transpose_token("B3", 1, representation="classic") == "C4"
 
 
 def test_sonorities_to_notes_merges_held_pitches():

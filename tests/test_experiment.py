@@ -104,7 +104,7 @@ def test_report_json_agrees_with_the_run_directories(study):
     assert result["settings"]["budget_tokens"] == 1000 and result["scaled"] and result["budgeted"]
     for name, run in result["runs"].items():
         run_dir = os.path.join(out, run["run_dir"])
-        with open(run_lib.path(run_dir, run_lib.METRICS)) as handle:
+        with open(run_lib.path(run_dir, run_lib.TRAINING_RECORD)) as handle:
             metrics_json = json.load(handle)
         with open(os.path.join(out, run["evaluation"]).replace(".md", ".json")) as handle:
             evaluation = json.load(handle)
@@ -187,10 +187,12 @@ def test_report_only_adds_the_votes_gathered_since_without_retraining(study, tmp
     dirs = [os.path.join(copy, result["runs"][name]["run_dir"]) for name in (first, second)]
     store = listening.Store(os.path.join(copy, listening.DB_NAME))
     name = f"{first}@1 vs {second}@1"
-    store.add_comparison(name, "prefer", f"{first}@1", f"{second}@1", *dirs)
-    a, b = store.add_stimulus(f"{first}@1", "a.ogg", 8.0), store.add_stimulus(f"{second}@1", "b.ogg", 8.0)
+    store.add_comparison(name, "prefer", first=f"{first}@1", second=f"{second}@1", first_dir=dirs[0], second_dir=dirs[1])
+    a = store.add_stimulus(f"{first}@1", "a.ogg", seconds=8.0)
+    b = store.add_stimulus(f"{second}@1", "b.ogg", seconds=8.0)
     for number in range(5):
-        store.vote(store.add_pair(name, a, b, "a", f"listener{number % 3}"), "a" if number < 4 else "b")
+        store.vote(store.add_pair(name, a, second_stimulus=b, first_is="a", listener=f"listener{number % 3}"),
+                   "a" if number < 4 else "b")
     capsys.readouterr()
     assert run_main(["--report-only", "--out", copy]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "listening: 5 votes in 1 comparison"
@@ -206,5 +208,5 @@ def test_report_only_adds_the_votes_gathered_since_without_retraining(study, tmp
 def test_report_only_needs_a_finished_study(tmp_path, capsys):
     assert run_main(["--report-only"]) == 2
     assert "argument --report-only: needs --out DIR" in capsys.readouterr().err
-    assert run_main(["--report-only", "--out", str(tmp_path)]) == 2
+    assert run_main(["--report-only", "--out", str(tmp_path)]) == 1  # a missing study is an error, not a usage one
     assert "--report-only re-renders the report of a study that finished" in capsys.readouterr().err

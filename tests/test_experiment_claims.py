@@ -26,20 +26,21 @@ def test_verdict_needs_two_standard_errors_in_the_claimed_direction():
 
 
 def test_verdicts_follow_the_two_standard_error_rule():
-    assert claims.compare_groups([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], +1)["verdict"] == "supports"
-    assert claims.compare_groups([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], -1)["verdict"] == "contradicts"
-    assert claims.compare_groups([1.0, 2.0, 3.0], [1.5, 2.5, 3.5], +1)["verdict"] == "cannot tell"
-    assert claims.compare_groups([1.0], [5.0, 6.0], +1)["verdict"] == "cannot tell"  # n < 2
-    assert claims.compare_groups([1.0, None, float("nan")], [5.0, 6.0], +1)["verdict"] == "cannot tell"
-    result = claims.compare_groups([1.0, 3.0], [4.0, 6.0], +1)
+    assert claims.compare_groups([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], direction=+1)["verdict"] == "supports"
+    assert claims.compare_groups([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], direction=-1)["verdict"] == "contradicts"
+    assert claims.compare_groups([1.0, 2.0, 3.0], [1.5, 2.5, 3.5], direction=+1)["verdict"] == "cannot tell"
+    assert claims.compare_groups([1.0], [5.0, 6.0], direction=+1)["verdict"] == "cannot tell"  # n < 2
+    assert claims.compare_groups([1.0, None, float("nan")], [5.0, 6.0], direction=+1)["verdict"] == "cannot tell"
+    result = claims.compare_groups([1.0, 3.0], [4.0, 6.0], direction=+1)
     assert result["difference"] == pytest.approx(3.0)
     assert result["se"] == pytest.approx(math.sqrt(2 / 2 + 2 / 2))  # s² = 2 in each group, n = 2
-    paired = claims.compare_paired({"a": 3.0, "b": 4.0, "c": 5.0}, {"a": 2.0, "b": 3.1, "c": 3.9}, -1)
+    paired = claims.compare_paired({"a": 3.0, "b": 4.0, "c": 5.0}, {"a": 2.0, "b": 3.1, "c": 3.9}, direction=-1)
     assert paired["pairs"] == 3 and paired["verdict"] == "supports"
 
 
 def test_compare_paired_uses_only_items_both_sides_scored():
-    paired = claims.compare_paired({"a": 3.0, "b": 4.0, "c": None, "d": 1.0}, {"a": 2.0, "b": 2.0, "c": 1.0}, -1)
+    paired = claims.compare_paired({"a": 3.0, "b": 4.0, "c": None, "d": 1.0}, {"a": 2.0, "b": 2.0, "c": 1.0},
+                                   direction=-1)
     assert paired["pairs"] == 2
     assert paired["difference"] == pytest.approx(-1.5)
     assert paired["se"] == pytest.approx(0.5)
@@ -48,10 +49,10 @@ def test_compare_paired_uses_only_items_both_sides_scored():
 
 
 def test_slope_and_combination():
-    rising = claims.slope([0.5, 0.5, 1.0, 1.0, 1.5, 1.5], [1.0, 1.1, 2.0, 2.1, 3.0, 3.1], +1)
+    rising = claims.slope([0.5, 0.5, 1.0, 1.0, 1.5, 1.5], [1.0, 1.1, 2.0, 2.1, 3.0, 3.1], direction=+1)
     assert rising["slope"] == pytest.approx(2.0) and rising["verdict"] == "supports"
-    assert claims.slope([1.0, 1.0, 1.0], [1.0, 2.0, 3.0], +1)["verdict"] == "cannot tell"  # one temperature
-    assert claims.slope([0.5, 1.0, None, 1.5], [1.0, 2.0, 5.0, math.nan], +1)["n"] == 2
+    assert claims.slope([1.0, 1.0, 1.0], [1.0, 2.0, 3.0], direction=+1)["verdict"] == "cannot tell"  # one temperature
+    assert claims.slope([0.5, 1.0, None, 1.5], [1.0, 2.0, 5.0, math.nan], direction=+1)["n"] == 2
     assert claims.combine(["supports"]) == "supports"
     assert claims.combine(["supports", "cannot tell", "cannot tell"]) == "cannot tell"
     assert claims.combine(["supports", "supports", "cannot tell"]) == "supports"

@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO
 from keras_music import (events, export, export_parity, export_saved_model, formatting as fmt, model as model_lib,
                          run as run_lib, sampling)
+from keras_music.sampling import SamplingSettings
 from keras_music.vocabulary import Vocabulary
 
 pytestmark = pytest.mark.slow
@@ -250,7 +251,7 @@ def test_reference_generator_decoding_and_sampling_match_keras_music():
     assert ours[0] == (0, 2, 60)
     classic = ["<piece>", "C4", "0.4.7", "F#3", "B-2"]
     ours = reference.sonorities_to_notes(reference.tokens_to_sonorities(classic, "classic", Fraction(1, 2)))
-    theirs = events.sonorities_to_notes(events.tokens_to_sonorities(classic, "classic", Fraction(1, 2)))
+    theirs = events.sonorities_to_notes(events.tokens_to_sonorities(classic, "classic", classic_step=Fraction(1, 2)))
     assert [(float(a), float(d), p) for a, d, p in ours] == [tuple(row) for row in theirs.tolist()]
 
     # The grammar as shipped in vocab.json allows, step by step, exactly what keras_music's does.
@@ -276,12 +277,14 @@ def test_reference_generator_decoding_and_sampling_match_keras_music():
     allowed[:, 5] = True
     for row, mask in zip(probabilities, allowed):
         rng_ours, rng_theirs = reference.SplitMix64(4), sampling.make_rng(4)
-        expected = sampling.sample_next(row[None], rng_theirs, 0.8, 0, banned=[0, 1], allowed=mask[None])[0]
+        expected = sampling.sample_next(row[None], rng_theirs, temperature=0.8, top_k=0, banned=[0, 1],
+                                        allowed=mask[None])[0]
         assert reference.sample(row, rng_ours, 0.8, 0, (0, 1), mask) == expected
     for temperature, top_k in ((0.0, 0), (1.0, 0), (0.7, 5), (1.5, 1)):
         rng_ours, rng_theirs = reference.SplitMix64(4), sampling.make_rng(4)
         for row in probabilities:
-            expected = sampling.sample_next(row[None], rng_theirs, temperature, top_k, banned=[0, 1])[0]
+            expected = sampling.sample_next(row[None], rng_theirs, temperature=temperature, top_k=top_k,
+                                            banned=[0, 1])[0]
             assert reference.sample(row, rng_ours, temperature, top_k, (0, 1)) == expected
 
 
@@ -304,16 +307,14 @@ def test_generator_and_the_reference_generator_give_the_same_token_ids(exported,
     compared = 0
     for temperature, top_k, top_p in ((0.0, 0, 1.0), (0.9, 0, 0.95), (1.5, 20, 1.0)):
         for seed in (0, 1, 2, 2 ** 40 + 3):
-            ours = generator.generate(num_samples=1, length=24, min_length=4, temperature=temperature, top_k=top_k,
-                                      top_p=top_p, seed=seed, primer_tokens=primer)[0]
+            ours = generator.generate(num_samples=1, seed=seed, primer_tokens=primer, sampling=SamplingSettings(length=24, min_length=4, temperature=temperature, top_k=top_k, top_p=top_p))[0]
             theirs, stopped = reference.generate(tflite, vocabulary, primer_ids, 24, temperature, top_k, seed,
                                                  top_p=top_p, min_length=4)
             assert ours.ids == theirs[len(primer_ids):], (temperature, top_k, top_p, seed)
             assert stopped == (ours.stop_reason == "boundary")
             compared += len(ours.ids)
     # A batch gives the same pieces: row i is the reference's piece of seed + i.
-    batch = generator.generate(num_samples=3, length=24, min_length=4, temperature=0.9, top_p=0.95, seed=5,
-                               primer_tokens=primer)
+    batch = generator.generate(num_samples=3, seed=5, primer_tokens=primer, sampling=SamplingSettings(length=24, min_length=4, temperature=0.9, top_p=0.95))
     for i, piece in enumerate(batch):
         theirs, _ = reference.generate(tflite, vocabulary, primer_ids, 24, 0.9, 0, 5 + i, top_p=0.95, min_length=4)
         assert piece.ids == theirs[len(primer_ids):], i
@@ -380,8 +381,9 @@ def test_dynamic_range_file_is_small_at_realistic_size(run_dir, tmp_path):
     model = model_lib.build_model(len(vocabulary), embedding_size=96, hidden_size=256, num_layers=3, dropout=0.1)
     model.save(str(big / "model.keras"))
     # The child-process conversion path (used when this process sees a GPU) runs here too.
-    report = export.export(str(big), quantize=("none", "dynamic"), parity_windows=1, parity_steps=10,
-                           log=lambda *a: None, separate_conversion=True)
+    settings = export.ExportSettings(quantize=("none", "dynamic"), parity_windows=1, parity_steps=10,
+                                     separate_conversion=True)
+    report = export.export(str(big), settings, log=lambda *a: None)
     assert report["artifacts"]["tflite_float32"]["bytes"] >= export_parity.SIZE_RATIO_MIN_BYTES
     assert report["dynamic_size_ratio"] <= 0.30
     size_check = [c for c in report["checks"] if c["metric"] == "size_ratio_to_float32"][0]
@@ -444,6 +446,6 @@ def test_failed_export_keeps_the_previous_one(exported, run_dir, monkeypatch):
 
     monkeypatch.setattr(export_saved_model, "write_saved_model", broken)
     with pytest.raises(export.ExportError, match="exploded"):
-        export.export(run_dir, parity_windows=1, parity_steps=1, log=lambda *a: None)
+        export.export(run_dir, export.ExportSettings(parity_windows=1, parity_steps=1), log=lambda *a: None)
     assert sorted(os.listdir(directory)) == before
     assert not [n for n in os.listdir(run_dir) if n.startswith(".export")]

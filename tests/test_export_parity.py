@@ -12,22 +12,23 @@ def vocabulary(tiny_run):
 
 
 def validation_stream(run_dir, vocabulary):
-    pieces = [ids for _, ids in run_lib.named_pieces(run_dir, "validation", vocabulary)]
+    pieces = [ids for _, ids in run_lib.named_pieces(run_dir, "validation", vocabulary=vocabulary)]
     return np.concatenate([np.concatenate([[vocabulary.boundary_id], piece]) for piece in pieces]).astype(np.int32)
 
 
 def test_windows_are_consecutive_slices_of_the_held_out_stream(tiny_run, vocabulary):
     stream = validation_stream(tiny_run, vocabulary)
-    windows, split = export_parity.held_out_windows(tiny_run, 32, vocabulary.boundary_id, 3)
+    windows, split = export_parity.held_out_windows(tiny_run, 32, boundary_id=vocabulary.boundary_id, count=3)
     assert split == "validation" and windows.dtype == np.int32 and len(stream) >= 3 * 32
     np.testing.assert_array_equal(windows, stream[:3 * 32].reshape(3, 32))
     # A stream shorter than the window length gives one window of the whole stream.
-    whole, _ = export_parity.held_out_windows(tiny_run, len(stream) + 100, vocabulary.boundary_id, 8)
+    whole, _ = export_parity.held_out_windows(tiny_run, len(stream) + 100, boundary_id=vocabulary.boundary_id,
+                                               count=8)
     np.testing.assert_array_equal(whole, stream[None, :])
 
 
 def test_parity_data_describes_what_is_compared(tiny_run, vocabulary):
-    data = export_parity.parity_data(tiny_run, 32, vocabulary, 4, 50, [0, 1])
+    data = export_parity.parity_data(tiny_run, vocabulary, seq_length=32, windows=4, greedy_steps=50, banned=[0, 1])
     assert data.windows.shape == (4, 32) and data.split == "validation"
     assert [p.tolist() for p in data.primers] == [[vocabulary.boundary_id], data.windows[0][:16].tolist(),
                                                   data.windows[1][:16].tolist()]
@@ -44,7 +45,7 @@ def test_differences_skip_banned_ids_for_top1_and_combine_by_positions():
     assert figures["positions"] == 2 and figures["max_abs"] == pytest.approx(0.4)
     assert figures["mean_abs"] == pytest.approx((0.4 + 0.4 + 0.1 + 0.1) / 8)
     assert figures["top1_agreement"] == 0.5  # ids 0 and 1 are out of the race: the first rows agree on 2
-    empty = export_parity._differences(np.zeros((0, 4)), np.zeros((0, 4)), [0, 1])
+    empty = export_parity._differences(np.zeros((0, 4)), np.zeros((0, 4)), banned=[0, 1])
     assert empty == {"max_abs": 0.0, "mean_abs": 0.0, "positions": 0, "top1_agreement": 1.0}
     combined = export_parity._combined(figures, {"max_abs": 0.1, "mean_abs": 0.0, "positions": 6,
                                                  "top1_agreement": 1.0})
@@ -109,14 +110,16 @@ def test_parity_holds_for_the_model_exported_and_tells_another_model_apart(tiny_
     with open(run_lib.path(tiny_run, run_lib.VOCAB), "rb") as source, open(vocab_file, "wb") as copy:
         copy.write(source.read())
     saved_model = str(tmp_path / "saved_model")
-    export_saved_model.write_saved_model(untrained, vocabulary, vocab_file, saved_model)
+    export_saved_model.write_saved_model(untrained, vocabulary, vocab_file=vocab_file, directory=saved_model)
     export_saved_model.write_step_saved_model(untrained, str(tmp_path / "step"))
-    export_tflite.convert_all(str(tmp_path / "step"), str(tmp_path), ["none"])
+    export_tflite.convert_all(str(tmp_path / "step"), str(tmp_path), quantizations=["none"])
     loaded = tf.saved_model.load(saved_model)
     paths = {"none": str(tmp_path / "model.tflite")}
-    data = export_parity.parity_data(tiny_run, 32, vocabulary, 2, 12, list(vocabulary.banned_ids))
+    data = export_parity.parity_data(tiny_run, vocabulary, seq_length=32, windows=2, greedy_steps=12,
+                                     banned=list(vocabulary.banned_ids))
 
-    same = export_parity.measure_parity(tiny_run, untrained, saved_model, loaded, paths, data)
+    exported = export_parity.Exported(vocab_file=vocab_file, saved_model=saved_model, loaded=loaded, tflite=paths)
+    same = export_parity.measure_parity(tiny_run, untrained, exported=exported, data=data)
     assert list(same) == ["keras", "saved_model", "tflite_float32"]
     assert same["keras"]["step_vs_sequence_model"]["max_abs"] <= 1e-5
     assert same["saved_model"]["overall"]["max_abs"] <= 1e-5 and same["saved_model"]["greedy_identical"]
@@ -125,7 +128,7 @@ def test_parity_holds_for_the_model_exported_and_tells_another_model_apart(tiny_
     assert same["saved_model"]["windows"]["positions"] == 2 * 32 and same["saved_model"]["greedy"]["positions"] == 36
     assert same["saved_model"]["greedy_runs_identical"] == [True, True, True]
 
-    other = export_parity.measure_parity(tiny_run, trained, saved_model, loaded, paths, data)
+    other = export_parity.measure_parity(tiny_run, trained, exported=exported, data=data)
     for name in ("saved_model", "tflite_float32"):
         assert other[name]["overall"]["max_abs"] > 1e-2
     assert not other["saved_model"]["generate_greedy_identical"]

@@ -19,7 +19,8 @@ def keras_reference(tiny_run):
     vocabulary = run_lib.load_vocabulary(tiny_run)
     model = run_lib.load_model(tiny_run, vocabulary)
     config = run_lib.load_config(tiny_run)
-    windows, _ = export_parity.held_out_windows(tiny_run, config.data.seq_length, vocabulary.boundary_id, WINDOWS)
+    windows, _ = export_parity.held_out_windows(tiny_run, config.data.seq_length,
+                                               boundary_id=vocabulary.boundary_id, count=WINDOWS)
     return model, model_lib.StepModel(model), vocabulary, windows
 
 
@@ -34,7 +35,7 @@ def written(tiny_run, keras_reference, tmp_path_factory):
     with open(run_lib.path(tiny_run, run_lib.VOCAB), "rb") as source, open(vocab_file, "wb") as copy:
         copy.write(source.read())
     folder = str(directory / "saved_model")
-    export_saved_model.write_saved_model(model, vocabulary, vocab_file, folder)
+    export_saved_model.write_saved_model(model, vocabulary, vocab_file=vocab_file, directory=folder)
     return folder, tf.saved_model.load(folder)
 
 
@@ -130,9 +131,10 @@ def host_piece(step_model, vocabulary, primer=(2,), length=24, min_length=8, tem
         return probabilities
 
     def choose(probabilities, allowed):
-        return sampling.sample_next(probabilities, rng, temperature, top_k, top_p, banned=[0, 1], allowed=allowed)[0]
+        return sampling.sample_next(probabilities, rng, temperature=temperature, top_k=top_k, top_p=top_p,
+                                    banned=[0, 1], allowed=allowed)[0]
 
-    return sampling.one_piece(step, primer, table, length, min_length, choose)
+    return sampling.one_piece(step, primer, grammar_table=table, length=length, min_length=min_length, choose=choose)
 
 
 def event_count(vocabulary, ids):
@@ -178,7 +180,7 @@ def test_one_token_in_the_graph_equals_sampling_sample_next():
     import tensorflow as tf
 
     one_token = tf.function(lambda p, allowed, t, k, top_p, state: export_saved_model.sample_one(
-        p, allowed, t, k, top_p, state))
+        p, allowed, temperature=t, top_k=k, top_p=top_p, rng_state=state))
     generator = np.random.default_rng(3)
     rows = generator.dirichlet(np.full(40, 0.3), size=60).astype(np.float32)
     rows[::3, 5:9] = rows[::3, 5:6]  # ties
@@ -195,7 +197,8 @@ def test_one_token_in_the_graph_equals_sampling_sample_next():
         seed = 11
         python, state = reference.SplitMix64(seed), export_saved_model.seed_state(tf.constant(seed, tf.int64))
         for row, mask in zip(rows, allowed):
-            expected = sampling.sample_next(row[None], python, temperature, top_k, top_p, banned=[0, 1],
+            expected = sampling.sample_next(row[None], python, temperature=temperature, top_k=top_k, top_p=top_p,
+                                            banned=[0, 1],
                                             allowed=mask[None])[0]
             chosen, state = one_token(tf.constant(row), tf.constant(mask), tf.constant(temperature, tf.float64),
                                       tf.constant(top_k), tf.constant(top_p, tf.float64), state)
@@ -254,7 +257,8 @@ def test_generate_at_temperature_2_needs_no_decode_repair(written, keras_referen
     for seed in range(200):
         ids, tokens, reason = call_generate(generate, length=16, min_length=4, temperature=2.0, seed=seed)
         report = events.DecodeReport()
-        events.tokens_to_sonorities(["<piece>"] + tokens, vocabulary.representation, Fraction(1, 2), report)
+        events.tokens_to_sonorities(["<piece>"] + tokens, vocabulary.representation, classic_step=Fraction(1, 2),
+                                    report=report)
         for what, count in report.repairs.items():
             repairs[what] = repairs.get(what, 0) + count
         reasons.add(reason)
@@ -285,7 +289,8 @@ def rigged(tmp_path_factory):
     directory = tmp_path_factory.mktemp("rigged")
     vocab_file = str(directory / "vocab.json")
     vocabulary.save(vocab_file)
-    export_saved_model.write_saved_model(model, vocabulary, vocab_file, str(directory / "saved_model"))
+    export_saved_model.write_saved_model(model, vocabulary, vocab_file=vocab_file,
+                                         directory=str(directory / "saved_model"))
     loaded = tf.saved_model.load(str(directory / "saved_model"))
     return loaded.signatures["generate"], model_lib.StepModel(model), vocabulary
 
@@ -314,7 +319,8 @@ def test_generate_with_rules_any_counts_every_token_as_an_event(tmp_path):
     model = model_lib.build_model(len(vocabulary), 8, 8, 3, dropout=0.0)
     vocab_file = str(tmp_path / "vocab.json")
     vocabulary.save(vocab_file)
-    export_saved_model.write_saved_model(model, vocabulary, vocab_file, str(tmp_path / "saved_model"))
+    export_saved_model.write_saved_model(model, vocabulary, vocab_file=vocab_file,
+                                         directory=str(tmp_path / "saved_model"))
     generate = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["generate"]
     step_model = model_lib.StepModel(model)
     for seed in range(4):

@@ -17,7 +17,8 @@ def keras_reference(tiny_run):
     vocabulary = run_lib.load_vocabulary(tiny_run)
     model = run_lib.load_model(tiny_run, vocabulary)
     config = run_lib.load_config(tiny_run)
-    windows, _ = export_parity.held_out_windows(tiny_run, config.data.seq_length, vocabulary.boundary_id, 2)
+    windows, _ = export_parity.held_out_windows(tiny_run, config.data.seq_length, boundary_id=vocabulary.boundary_id,
+                                               count=2)
     return model, model_lib.StepModel(model), vocabulary, windows
 
 
@@ -32,7 +33,8 @@ def step_saved_model(keras_reference, tmp_path_factory):
 def converted(step_saved_model, tmp_path_factory):
     """Every quantization of the tiny run's step model, converted in this process; returns the folder."""
     directory = str(tmp_path_factory.mktemp("converted"))
-    export_tflite.convert(step_saved_model, directory, export_tflite.QUANTIZATIONS, separate_process=False)
+    export_tflite.convert(step_saved_model, directory, quantizations=export_tflite.QUANTIZATIONS,
+                          separate_process=False)
     return directory
 
 
@@ -123,7 +125,7 @@ def test_quantized_models_agree_on_top1(converted, keras_reference):
 
 def test_the_cpu_only_child_process_writes_the_same_model(step_saved_model, converted, keras_reference, tmp_path):
     # The child imports keras_music itself: this checks the code it is started with, too.
-    export_tflite.convert(step_saved_model, str(tmp_path), ["none"], separate_process=True)
+    export_tflite.convert(step_saved_model, str(tmp_path), quantizations=["none"], separate_process=True)
     assert os.listdir(tmp_path) == ["model.tflite"]
     child, here = tflite_runner(str(tmp_path / "model.tflite")), tflite_runner(os.path.join(converted, "model.tflite"))
     state = np.zeros((1, *keras_reference[1].state_shape), np.float32)
@@ -139,7 +141,7 @@ def test_a_failed_child_conversion_says_why(tmp_path):
     missing = str(tmp_path / "no-such-model")
     failed = r"TFLite conversion in a CPU-only process failed \(exit 1\)"
     with pytest.raises(export_tflite.ExportError, match=failed) as error:
-        export_tflite.convert(missing, str(tmp_path), ["none"], separate_process=True)
+        export_tflite.convert(missing, str(tmp_path), quantizations=["none"], separate_process=True)
     # The child got as far as the converter: the tail of its traceback names the missing SavedModel.
     assert f"SavedModel file does not exist at: {missing}" in str(error.value)
     assert os.listdir(tmp_path) == []

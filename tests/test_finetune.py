@@ -61,7 +61,7 @@ def test_the_fine_tune_keeps_the_base_ids_appends_new_tokens_and_trains(tiny_run
     # The model it started from, scored on the same held-out windows: two epochs of training lower the loss.
     assert np.isfinite(start["val_loss_at_start"]) and start["val_loss_at_start"] > metrics["val_loss"]
     assert start["val_perplexity_at_start"] == pytest.approx(np.exp(start["val_loss_at_start"]))
-    assert json.load(open(run_lib.path(run_dir, run_lib.METRICS)))["init_from"] == record
+    assert json.load(open(run_lib.path(run_dir, run_lib.TRAINING_RECORD)))["init_from"] == record
     assert yaml.safe_load(open(run_lib.path(run_dir, run_lib.CONFIG)))["train"]["init_from"] == tiny_run
     assert metrics["epochs"] == 2 and np.isfinite(metrics["val_loss"])
     # The model file carries the fine-tune's own vocabulary fingerprint, and loads with it.
@@ -105,7 +105,7 @@ def test_a_fine_tuned_run_exports_with_parity(fine_tuned, tmp_path):
 
     run_dir = str(tmp_path / "run")
     shutil.copytree(fine_tuned[0], run_dir)
-    report = export.export(run_dir, parity_windows=2, parity_steps=50, log=lambda *a: None)
+    report = export.export(run_dir, export.ExportSettings(parity_windows=2, parity_steps=50), log=lambda *a: None)
     assert report["passed"], report
 
 
@@ -187,7 +187,7 @@ def test_a_rerun_with_another_base_is_refused_and_a_rerun_with_the_same_changes_
     shutil.copytree(tiny_run, other, ignore=shutil.ignore_patterns("export"))
     with pytest.raises(run_lib.RunError, match=r"train\.init_from .* -> .*other-base.*nothing was changed"):
         train.train(fine_tune_config(other, sources=(new_folder,)), run_dir, **QUIET)
-    before = {name: os.stat(os.path.join(run_dir, name)).st_mtime_ns for name in (run_lib.MODEL, run_lib.METRICS)}
+    before = {name: os.stat(os.path.join(run_dir, name)).st_mtime_ns for name in (run_lib.MODEL, run_lib.TRAINING_RECORD)}
     assert train.train(fine_tune_config(tiny_run, sources=(new_folder,)), run_dir, **QUIET) == metrics
     assert before == {name: os.stat(os.path.join(run_dir, name)).st_mtime_ns for name in before}
 
@@ -249,16 +249,16 @@ def test_an_interrupted_fine_tune_resumes_from_its_own_backup(tiny_run, new_fold
     with pytest.raises(KeyboardInterrupt):
         train.train(config, run_dir, **QUIET)
     monkeypatch.undo()
-    state = run_lib.read_backup_state(run_dir)
+    state = run_lib.read_backup_record(run_dir)
     assert state and state["next_epoch"] == 1
     backup = run_lib.path(run_dir, run_lib.BACKUP, state["model"])
     saved = __import__("keras").saving.load_model(backup).get_weights()
     resumed_from = []
     build_or_resume = train.build_or_resume
 
-    def watch(config, run_dir, state, *args, **kwargs):
-        resumed_from.append((state or {}).get("model"))
-        return build_or_resume(config, run_dir, state, *args, **kwargs)
+    def watch(config, run_dir, *, backup, **kwargs):
+        resumed_from.append((backup or {}).get("model"))
+        return build_or_resume(config, run_dir, backup=backup, **kwargs)
 
     monkeypatch.setattr(train, "build_or_resume", watch)
     metrics = train.train(config, run_dir, **QUIET)

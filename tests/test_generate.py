@@ -10,6 +10,7 @@ import pytest
 from conftest import tiny_config, usage_error
 
 from keras_music import events, generate, sampling
+from keras_music.sampling import SamplingSettings
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +61,9 @@ def test_priming_rows_of_different_lengths_keeps_each_state_exact(generator):
 # ----------------------------------------------------------------------------- sampling
 
 def test_same_seed_same_pieces_and_different_seed_differs(generator):
-    first = generator.generate(num_samples=2, length=12, seed=3)
-    again = generator.generate(num_samples=2, length=12, seed=3)
-    other = generator.generate(num_samples=2, length=12, seed=4)
+    first = generator.generate(num_samples=2, seed=3, sampling=SamplingSettings(length=12))
+    again = generator.generate(num_samples=2, seed=3, sampling=SamplingSettings(length=12))
+    other = generator.generate(num_samples=2, seed=4, sampling=SamplingSettings(length=12))
     assert [p.tokens for p in first] == [p.tokens for p in again]
     assert [p.primer_tokens for p in first] == [p.primer_tokens for p in again]
     assert [p.tokens for p in first] != [p.tokens for p in other]
@@ -71,10 +72,10 @@ def test_same_seed_same_pieces_and_different_seed_differs(generator):
 def test_piece_i_of_a_batch_is_the_piece_of_seed_plus_i_alone(generator):
     primer = simple_primer(generator)
     for settings in ({"temperature": 0.9, "top_p": 0.95}, {"temperature": 1.5, "top_k": 20}, {}):
-        batch = generator.generate(num_samples=3, length=10, seed=7, primer_tokens=primer, min_length=4, **settings)
+        batch = generator.generate(3, SamplingSettings(length=10, min_length=4, **settings), seed=7, primer_tokens=primer)
         for i, piece in enumerate(batch):
-            alone = generator.generate(num_samples=1, length=10, seed=7 + i, primer_tokens=primer, min_length=4,
-                                       **settings)[0]
+            alone = generator.generate(1, SamplingSettings(length=10, min_length=4, **settings), seed=7 + i,
+                                       primer_tokens=primer)[0]
             assert (piece.ids, piece.stop_reason) == (alone.ids, alone.stop_reason), (settings, i)
     assert len({tuple(p.ids) for p in batch}) > 1
 
@@ -92,36 +93,36 @@ def test_each_row_draws_one_uniform_per_sampled_token(generator, monkeypatch):
             return self.rng.random(size)
 
     monkeypatch.setattr(sampling, "make_rng", lambda seed, kind: Counting(make_rng(seed, kind)))
-    piece = generator.generate(num_samples=1, length=12, seed=5, primer_tokens=simple_primer(generator))[0]
+    piece = generator.generate(num_samples=1, seed=5, primer_tokens=simple_primer(generator), sampling=SamplingSettings(length=12))[0]
     assert draws == [1] * (len(piece.ids) + (piece.stop_reason == "boundary"))
     draws.clear()
-    generator.generate(num_samples=1, length=12, seed=5, temperature=0, primer_tokens=simple_primer(generator))
+    generator.generate(num_samples=1, seed=5, primer_tokens=simple_primer(generator), sampling=SamplingSettings(length=12, temperature=0))
     assert draws == []
 
 
 def test_rng_numpy_is_a_choice_not_the_default(generator):
     primer = simple_primer(generator)
-    default = generator.generate(num_samples=2, length=12, seed=3, primer_tokens=primer)
-    portable = generator.generate(num_samples=2, length=12, seed=3, primer_tokens=primer, rng="splitmix64")
-    numpy_ones = generator.generate(num_samples=2, length=12, seed=3, primer_tokens=primer, rng="numpy")
-    again = generator.generate(num_samples=2, length=12, seed=3, primer_tokens=primer, rng="numpy")
+    default = generator.generate(num_samples=2, seed=3, primer_tokens=primer, sampling=SamplingSettings(length=12))
+    portable = generator.generate(num_samples=2, seed=3, primer_tokens=primer, sampling=SamplingSettings(length=12, rng="splitmix64"))
+    numpy_ones = generator.generate(num_samples=2, seed=3, primer_tokens=primer, sampling=SamplingSettings(length=12, rng="numpy"))
+    again = generator.generate(num_samples=2, seed=3, primer_tokens=primer, sampling=SamplingSettings(length=12, rng="numpy"))
     assert [p.ids for p in default] == [p.ids for p in portable]
     assert [p.ids for p in numpy_ones] == [p.ids for p in again]
     assert [p.ids for p in numpy_ones] != [p.ids for p in default]
     assert default[0].settings["rng"] == "splitmix64" and numpy_ones[0].settings["rng"] == "numpy"
     # A portable piece records the seed that gives it alone; a numpy one has none.
     assert [p.settings["piece_seed"] for p in default] == [3, 4]
-    alone = generator.generate(num_samples=1, length=12, seed=default[1].settings["piece_seed"], primer_tokens=primer)
+    alone = generator.generate(num_samples=1, seed=default[1].settings["piece_seed"], primer_tokens=primer, sampling=SamplingSettings(length=12))
     assert alone[0].ids == default[1].ids
     assert "piece_seed" not in numpy_ones[0].settings
-    with pytest.raises(generate.GenerateError, match=r"^rng must be one of splitmix64, numpy, got 'mt'$"):
-        generator.generate(rng="mt")
+    with pytest.raises(sampling.SamplingError, match=r"^rng must be one of splitmix64, numpy, got 'mt'$"):
+        SamplingSettings(rng="mt")
 
 
 def test_temperature_zero_and_top_k_one_equal_a_manual_greedy_loop(generator):
     primer = simple_primer(generator)
-    greedy = generator.generate(num_samples=1, length=15, temperature=0, primer_tokens=primer, seed=1)[0]
-    top1 = generator.generate(num_samples=1, length=15, temperature=1.3, top_k=1, primer_tokens=primer, seed=7)[0]
+    greedy = generator.generate(num_samples=1, primer_tokens=primer, seed=1, sampling=SamplingSettings(length=15, temperature=0))[0]
+    top1 = generator.generate(num_samples=1, primer_tokens=primer, seed=7, sampling=SamplingSettings(length=15, temperature=1.3, top_k=1))[0]
     assert greedy.tokens == top1.tokens
     vocabulary = generator.vocabulary
     ids = [vocabulary.boundary_id] + vocabulary.encode(primer)
@@ -163,7 +164,7 @@ class CountingBackend:
 def test_a_batch_is_sampled_in_one_pass_and_every_row_is_valid(run_dir, generator):
     counting = CountingBackend(generator.backend)
     batched = generate.Generator(run_dir, backend=counting, log=lambda m: None)
-    pieces = batched.generate(num_samples=4, length=10, top_p=0.95, seed=5)
+    pieces = batched.generate(num_samples=4, seed=5, sampling=SamplingSettings(length=10, top_p=0.95))
     assert set(counting.batches) == {4}
     # Priming steps all rows together (as long as the longest primer), then generation
     # steps them together (as long as the longest piece): one pass, not one per piece.
@@ -176,17 +177,22 @@ def test_a_batch_is_sampled_in_one_pass_and_every_row_is_valid(run_dir, generato
         assert piece.stop_reason in ("length", "boundary")
         generated = events.count_events(piece.tokens)
         assert generated == 10 if piece.stop_reason == "length" else generated <= 10
-    again = batched.generate(num_samples=4, length=10, top_p=0.95, seed=5)
+    again = batched.generate(num_samples=4, seed=5, sampling=SamplingSettings(length=10, top_p=0.95))
     assert [p.tokens for p in again] == [p.tokens for p in pieces]
 
 
 def test_bad_settings_raise_errors_naming_the_value(generator):
-    with pytest.raises(generate.GenerateError, match="temperature"):
-        generator.generate(temperature=-1)
-    with pytest.raises(generate.GenerateError, match="top_p"):
-        generator.generate(top_p=0)
-    with pytest.raises(generate.GenerateError, match="length"):
-        generator.generate(length=0)
+    # Sampling settings are checked once, when made; a SamplingError is a KerasMusicError and a ValueError.
+    with pytest.raises(sampling.SamplingError, match="temperature"):
+        SamplingSettings(temperature=-1)
+    with pytest.raises(sampling.SamplingError, match="top_p"):
+        SamplingSettings(top_p=0)
+    with pytest.raises(sampling.SamplingError, match="length"):
+        SamplingSettings(length=0)
+    with pytest.raises(sampling.SamplingError, match="min_length"):
+        SamplingSettings(min_length=-1)
+    with pytest.raises(generate.GenerateError, match="sampling must be a SamplingSettings"):
+        generator.generate(1, {"temperature": 0.5})
     with pytest.raises(generate.GenerateError, match="not both"):
         generator.generate(primer="x.mid", primer_tokens=[])
 
@@ -197,7 +203,7 @@ def test_stops_after_length_events(generator):
     # min_length (8 by default) is clamped to the length: the boundary cannot end a piece
     # before its 7th event, and the 7th ends it, so every piece stops by length.
     for seed in range(3):
-        for piece in generator.generate(num_samples=2, length=7, seed=seed, primer_tokens=[]):
+        for piece in generator.generate(num_samples=2, seed=seed, primer_tokens=[], sampling=SamplingSettings(length=7)):
             assert piece.stop_reason == "length"
             assert events.count_events(piece.tokens) == 7
             assert piece.tokens[-1].startswith("dur:")
@@ -238,7 +244,7 @@ class FakeBackend:
 def test_stops_when_the_boundary_is_sampled_per_row(run_dir, generator):
     fake = FakeBackend(generator.vocabulary, k=3)
     fake_generator = generate.Generator(run_dir, backend=fake, log=lambda m: None)
-    pieces = fake_generator.generate(num_samples=3, length=50, primer_tokens=[], seed=0, min_length=0)
+    pieces = fake_generator.generate(num_samples=3, primer_tokens=[], seed=0, sampling=SamplingSettings(length=50, min_length=0))
     pair = [generator.vocabulary.tokens[fake.pitch_id], generator.vocabulary.tokens[fake.duration_id]]
     assert [p.tokens for p in pieces] == [pair * 3, pair * 4, pair * 5]
     assert [p.stop_reason for p in pieces] == ["boundary"] * 3
@@ -256,27 +262,27 @@ def test_the_boundary_cannot_end_a_piece_before_min_length(run_dir, generator):
         return probabilities, state
 
     fake.step = half_boundary
-    pieces = generate.Generator(run_dir, backend=fake, log=lambda m: None).generate(
-        num_samples=8, length=30, primer_tokens=[], seed=3, min_length=5)
+    pieces = generate.Generator(run_dir, backend=fake, log=lambda m: None).generate(num_samples=8, primer_tokens=[], seed=3, sampling=SamplingSettings(length=30, min_length=5))
     assert all(len(p.tokens) >= 5 for p in pieces)
     assert {p.stop_reason for p in pieces} <= {"boundary", "length"}
     assert any(p.stop_reason == "boundary" for p in pieces)
-    short = generate.Generator(run_dir, backend=fake, log=lambda m: None).generate(
-        num_samples=8, length=30, primer_tokens=[], seed=3, min_length=0)
+    short = generate.Generator(run_dir, backend=fake, log=lambda m: None).generate(num_samples=8, primer_tokens=[], seed=3, sampling=SamplingSettings(length=30, min_length=0))
     assert any(len(p.tokens) < 5 for p in short)
 
 
 def test_each_row_can_have_its_own_length(run_dir, generator):
     fake = FakeBackend(generator.vocabulary, k=0, unk_mass=0.0)
     fake_generator = generate.Generator(run_dir, backend=fake, log=lambda m: None)
-    pieces = fake_generator.generate(num_samples=3, length=[2, 5, 3], min_length=5, primer_tokens=[], seed=0)
+    pieces = fake_generator.generate(num_samples=3, primer_tokens=[], seed=0, sampling=SamplingSettings(length=[2, 5, 3], min_length=5))
     assert [len(p.sonorities) for p in pieces] == [2, 5, 3]
     assert [p.stop_reason for p in pieces] == ["length"] * 3
     assert [p.settings["length"] for p in pieces] == [2, 5, 3]
     assert [p.settings["min_length"] for p in pieces] == [2, 5, 3]
-    for bad in ([2, 5], [2, 0, 3], [2, True, 3]):
-        with pytest.raises(generate.GenerateError, match="one such integer per piece"):
-            fake_generator.generate(num_samples=3, length=bad, primer_tokens=[], seed=0)
+    with pytest.raises(generate.GenerateError, match=r"one such integer per piece \(3\)"):
+        fake_generator.generate(3, SamplingSettings(length=[2, 5]), primer_tokens=[], seed=0)
+    for bad in ([2, 0, 3], [2, True, 3]):
+        with pytest.raises(sampling.SamplingError, match="one such integer per piece"):
+            SamplingSettings(length=bad)
 
 
 class UniformBackend:
@@ -297,7 +303,7 @@ class UniformBackend:
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 1.5, 2.0])
 def test_uniform_sampling_is_valid_by_construction(run_dir, generator, temperature):
     uniform = generate.Generator(run_dir, backend=UniformBackend(len(generator.vocabulary)), log=lambda m: None)
-    pieces = uniform.generate(num_samples=50, length=40, temperature=temperature, seed=11, min_length=8)
+    pieces = uniform.generate(num_samples=50, seed=11, sampling=SamplingSettings(length=40, temperature=temperature, min_length=8))
     assert [p.repairs for p in pieces] == [{}] * 50
     assert {p.stop_reason for p in pieces} <= {"length", "boundary"}
     assert any(p.stop_reason == "boundary" for p in pieces) and any(p.stop_reason == "length" for p in pieces)
@@ -314,14 +320,13 @@ def test_without_the_grammar_uniform_sampling_needs_repairs(run_dir, generator):
     uniform = generate.Generator(run_dir, backend=UniformBackend(len(generator.vocabulary)), log=lambda m: None)
     table = events.grammar_table(generator.vocabulary.tokens, "note")
     uniform.grammar = sampling.Grammar(dict(table, rules="any"))
-    pieces = uniform.generate(num_samples=20, length=40, seed=11, primer_tokens=[])
+    pieces = uniform.generate(num_samples=20, seed=11, primer_tokens=[], sampling=SamplingSettings(length=40))
     assert sum(bool(p.repairs) for p in pieces) >= 15
 
 
 def test_pad_and_unk_are_never_sampled(run_dir, generator):
     fake = FakeBackend(generator.vocabulary, k=100, unk_mass=0.999)
-    pieces = generate.Generator(run_dir, backend=fake, log=lambda m: None).generate(
-        num_samples=2, length=20, primer_tokens=[], temperature=2.0, seed=0)
+    pieces = generate.Generator(run_dir, backend=fake, log=lambda m: None).generate(num_samples=2, primer_tokens=[], seed=0, sampling=SamplingSettings(length=20, temperature=2.0))
     for piece in pieces:
         assert events.UNK not in piece.tokens and events.PAD not in piece.tokens
         assert piece.stop_reason == "length"
@@ -335,7 +340,7 @@ def test_a_backend_for_another_vocabulary_is_refused(run_dir, generator):
 
 
 def test_bad_write_settings_raise_errors_naming_the_value(generator, tmp_path):
-    piece = generator.generate(num_samples=1, length=2, seed=0, primer_tokens=[])
+    piece = generator.generate(num_samples=1, seed=0, primer_tokens=[], sampling=SamplingSettings(length=2))
     with pytest.raises(generate.GenerateError, match="tempo must be a positive number of beats per minute, got 0"):
         generator.write(piece, str(tmp_path / "out"), tempo=0)
     with pytest.raises(generate.GenerateError, match="unknown instrument 'Kazoophone'"):
@@ -365,9 +370,10 @@ def test_primer_from_a_midi_file_is_tokenized_in_the_training_key_frame(generato
     path = write_primer_midi(tmp_path / "primer.mid")
     score = converter.parse(path)
     shift, _ = events.key_shift(score)
-    expected = events.stream_to_tokens(score, "note", Fraction(generator.config.data.max_duration), shift)
+    expected = events.stream_to_tokens(score, "note", max_duration=Fraction(generator.config.data.max_duration),
+                                       shift=shift)
     assert shift != 0
-    piece = generator.generate(num_samples=1, length=5, primer=path, seed=0)[0]
+    piece = generator.generate(num_samples=1, primer=path, seed=0, sampling=SamplingSettings(length=5))[0]
     assert piece.primer_tokens == expected
     assert piece.primer_events == events.count_events(expected) == 10
     assert piece.sonorities[:10] == events.tokens_to_sonorities(expected)
@@ -377,8 +383,8 @@ def test_primer_from_a_midi_file_is_tokenized_in_the_training_key_frame(generato
 def test_primer_file_gives_only_its_opening_events(run_dir, tmp_path):
     path = write_primer_midi(tmp_path / "primer.mid")
     quiet = generate.Generator(run_dir, log=lambda m: None)
-    whole = quiet.generate(num_samples=1, length=3, primer=path, seed=0)[0].primer_tokens
-    piece = quiet.generate(num_samples=1, length=3, primer=path, seed=0, primer_events=4)[0]
+    whole = quiet.generate(num_samples=1, primer=path, seed=0, sampling=SamplingSettings(length=3))[0].primer_tokens
+    piece = quiet.generate(num_samples=1, primer=path, seed=0, primer_events=4, sampling=SamplingSettings(length=3))[0]
     assert piece.primer_events == 4
     assert piece.primer_tokens == generate.opening_events(whole, 4)
     assert piece.primer_tokens[-1].startswith("dur:") and events.count_events(piece.primer_tokens) == 4
@@ -392,12 +398,12 @@ def test_opening_events_cuts_after_whole_sonorities():
     assert generate.opening_events(tokens, 1) == tokens[:3]
     assert generate.opening_events(tokens, 2) == tokens[:5]
     assert generate.opening_events(tokens, 9) == tokens
-    assert generate.opening_events(["C4", "D4", "0.4.7"], 2, "classic") == ["C4", "D4"]
+    assert generate.opening_events(["C4", "D4", "0.4.7"], 2, representation="classic") == ["C4", "D4"]
 
 
 def test_primer_from_tokens_opens_every_piece(generator):
     primer = simple_primer(generator)
-    pieces = generator.generate(num_samples=2, length=4, primer_tokens=" ".join(primer), seed=2)
+    pieces = generator.generate(num_samples=2, primer_tokens=" ".join(primer), seed=2, sampling=SamplingSettings(length=4))
     for piece in pieces:
         assert piece.primer_tokens == primer
         assert piece.primer_events == 2
@@ -409,7 +415,7 @@ def test_default_primer_is_a_held_out_opening_cut_after_a_sonority(generator):
     assert held_out
     openings = set()
     for seed in range(4):
-        for piece in generator.generate(num_samples=2, length=3, seed=seed):
+        for piece in generator.generate(num_samples=2, seed=seed, sampling=SamplingSettings(length=3)):
             primer = piece.primer_tokens
             assert primer[-1].startswith("dur:")
             assert any(tokens[:len(primer)] == primer for tokens in held_out)
@@ -422,12 +428,11 @@ def test_default_primer_is_a_held_out_opening_cut_after_a_sonority(generator):
 def test_unknown_primer_tokens_are_reported_by_name(run_dir):
     generator, messages = run_with_log(run_dir)
     known = simple_primer(generator)
-    piece = generator.generate(num_samples=1, length=3, seed=0,
-                               primer_tokens=known[:2] + ["pitch:127", "dur:77/5"] + known[2:])[0]
+    piece = generator.generate(num_samples=1, seed=0, primer_tokens=known[:2] + ["pitch:127", "dur:77/5"] + known[2:], sampling=SamplingSettings(length=3))[0]
     assert piece.unknown_primer_tokens == ["pitch:127", "dur:77/5"]
     assert len(messages) == 1 and "pitch:127" in messages[0] and "dur:77/5" in messages[0]
     with pytest.raises(generate.GenerateError, match=r"pitch:127.*dur:77/5"):
-        generator.generate(num_samples=1, length=3, primer_tokens=["pitch:127", "dur:77/5"], strict=True)
+        generator.generate(num_samples=1, primer_tokens=["pitch:127", "dur:77/5"], strict=True, sampling=SamplingSettings(length=3))
 
 
 def test_unreadable_primer_files_raise_errors_naming_the_file(generator, tmp_path):
@@ -458,7 +463,7 @@ def test_a_midi_primer_hands_its_tempo_map_metre_program_and_pickup_to_the_piece
     for i, pitch in enumerate((62, 66, 69, 74, 73, 71, 69, 66, 64, 62)):
         violin += note(1 + i, 2 + i, pitch)  # a one-beat pickup in 3/4
     primer = build(tmp_path / "primer.mid", [conductor, violin])
-    piece = generator.generate(num_samples=1, length=6, primer=primer, seed=3)[0]
+    piece = generator.generate(num_samples=1, primer=primer, seed=3, sampling=SamplingSettings(length=6))[0]
     assert piece.timing["start"] == 1.0
     generator.write([piece], str(tmp_path / "out"))
     notes, tempos, signatures = read_back(str(tmp_path / "out" / "sample-01.mid"))
@@ -480,7 +485,7 @@ def test_unprimed_pieces_take_the_corpus_median_tempo_and_most_common_metre(run_
     with open(os.path.join(copy, "prepared.json"), "w") as handle:
         json.dump(info, handle)
     generator = generate.Generator(copy, log=lambda message: None)
-    pieces = generator.generate(num_samples=1, length=4, primer_tokens=simple_primer(generator), seed=1)
+    pieces = generator.generate(num_samples=1, primer_tokens=simple_primer(generator), seed=1, sampling=SamplingSettings(length=4))
     generator.write(pieces, str(tmp_path / "out"))
     notes, tempos, signatures = read_back(str(tmp_path / "out" / "sample-01.mid"))
     assert tempos == [(0, round(60_000_000 / 77))] and signatures == [(0, 3, 4)]
@@ -648,4 +653,4 @@ def test_a_primer_that_parses_too_long_is_stopped(run_dir, tmp_path):
     generator.config = dataclasses.replace(generator.config, data=data)
     slow = os.path.join(slow_midi_folder(str(tmp_path / "slow"), count=1, notes=60000), "slow00.mid")
     with pytest.raises(generate.GenerateError, match="timed out: parsing took longer than 0.5 s"):
-        generator.generate(num_samples=1, length=4, primer=slow)
+        generator.generate(num_samples=1, primer=slow, sampling=SamplingSettings(length=4))

@@ -150,7 +150,7 @@ def test_absurd_tempos_and_metre_are_read_as_the_file_says(tmp_path):
     # tempo, so the notes are learnt as they are and the tempo map is kept for writing.
     path = str(tmp_path / "absurd_meta.mid")
     midi_file(path, [absurd_meta_messages()])
-    record = corpus.parse_bytes(path, open(path, "rb").read(), corpus.ParseSettings(normalize_key=False))
+    record = corpus.parse_bytes(path, open(path, "rb").read(), settings=corpus.ParseSettings(normalize_key=False))
     assert record["status"] == "parsed" and record["check"]["ok"] and record["events"] == 24
     # The notes start after the second tempo change, 100 ticks (5/24 of a quarter) in.
     assert record["notes"] == [[5 + 24 * i, 5 + 24 * (i + 1), 60 + i % 7, 0] for i in range(24)]

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import tiny_config, usage_error
 from keras_music import config as config_lib, events, infill, sampling
+from keras_music.evaluate_music import EvaluationSettings
+from keras_music.sampling import SamplingSettings
 from keras_music.events import Sonority
 from midi_truth import build, note, read_back
 
@@ -32,18 +34,18 @@ def test_cut_at_bar_lines_splits_a_sounding_note_into_held_continuations_and_joi
     # E (2-5) and the bass (0-8) sound across the bar line at 4: the middle starts with their holds.
     assert parts.middle[0] == Sonority((48, 64), (True, True), F(1))
     assert parts.suffix == [Sonority((72,), (False,), F(1))]
-    joined = infill.join(parts.prefix, parts.middle, parts.suffix)
+    joined = infill.join(parts.prefix, parts.middle, suffix=parts.suffix)
     assert events.sonorities_to_notes(joined).tolist() == events.sonorities_to_notes(sonorities).tolist()
 
 
 def test_gap_from_bars_and_its_errors_name_the_bars_and_the_range():
     sonorities = piece_sonorities()  # 9 quarters in 4/4: 3 bars
-    gap = infill.gap_for_bars(sonorities, 0, [[0.0, 4, 4]], 2, 3, "x.mid")
+    gap = infill.gap_for_bars(sonorities, 0, time_signatures=[[0.0, 4, 4]], first=2, last=3, source="x.mid")
     assert (gap.onset, gap.offset) == (4, 9)  # cut to the last note's end
     with pytest.raises(infill.InfillError, match=r"bars 3-4 are outside x.mid, which has 3 bars \(expected A-B"):
-        infill.gap_for_bars(sonorities, 0, [[0.0, 4, 4]], 3, 4, "x.mid")
+        infill.gap_for_bars(sonorities, 0, time_signatures=[[0.0, 4, 4]], first=3, last=4, source="x.mid")
     with pytest.raises(infill.InfillError, match="bars 1-1 of x.mid hold no music"):
-        infill.gap_for_bars(sonorities, 5, [[0.0, 4, 4]], 1, 1, "x.mid")
+        infill.gap_for_bars(sonorities, 5, time_signatures=[[0.0, 4, 4]], first=1, last=1, source="x.mid")
     assert infill.parse_bars("5-6") == (5, 6) and infill.parse_bars(" 3 ") == (3, 3)
     for bad in ("6-5", "0-2", "a-b", "", "2-"):
         with pytest.raises(infill.InfillError, match="expected A-B with 1 <= A <= B"):
@@ -54,7 +56,7 @@ def test_training_examples_are_one_window_of_suffix_prefix_middle_between_sentin
     notes = [(F(q, 2), F(q + 1, 2), 60 + q % 7) for q in range(96)]  # 12 bars of eighths, 16 tokens a bar
     sonorities = events.notes_to_sonorities(notes)
     whole = " ".join(events.sonorities_to_tokens(sonorities))
-    examples = infill.training_examples(sonorities, 0, [[0.0, 4, 4]], seed=3, window=64)
+    examples = infill.training_examples(sonorities, 0, time_signatures=[[0.0, 4, 4]], seed=3, window=64)
     assert len(examples) == infill.VARIANTS and len({tuple(x) for x in examples}) == infill.VARIANTS
     for tokens in examples:
         assert len(tokens) == 64
@@ -67,8 +69,10 @@ def test_training_examples_are_one_window_of_suffix_prefix_middle_between_sentin
         assert gap_quarters in (4, 8)  # 1-4 whole bars, at most half the window
         assert len(suffix) <= 16  # a quarter of the window: the bars right after the gap
         assert " ".join(prefix + middle + suffix) in whole  # the end of the prefix, the gap, the suffix's opening
-    assert infill.training_examples(sonorities[:8], 0, [[0.0, 4, 4]], seed=3, window=64) == []  # one bar only
-    assert infill.training_examples(sonorities[:24], 0, [[0.0, 4, 4]], seed=3, window=128) == []  # too short
+    assert infill.training_examples(sonorities[:8], 0, time_signatures=[[0.0, 4, 4]], seed=3,
+                                    window=64) == []  # one bar only
+    assert infill.training_examples(sonorities[:24], 0, time_signatures=[[0.0, 4, 4]], seed=3,
+                                    window=128) == []  # too short
 
 
 def test_gap_mask_allows_only_durations_that_can_still_fill_the_gap_and_then_only_fim_end():
@@ -141,12 +145,13 @@ def test_prepared_data_holds_sentinels_and_fim_examples_that_the_stream_mixes_in
     assert info["settings"]["infill_window"] == 96
     examples = info["infill_examples"]["train"]
     assert all(0 < n <= infill.VARIANTS for n in examples)
-    files = run_lib.shard_paths(infill_run, "train", info)
+    files = run_lib.shard_paths(infill_run, "train", info=info)
     fim_ids = [vocabulary.index[t] for t in FIM]
 
     def sentinels(rate, seed):
-        stream = dataset.training_dataset(files, 96, 2, 1000, seed, infill_rate=rate,
-                                          piece_count=len(info["lengths"]["train"]))
+        stream = dataset.training_dataset(files, config_lib.DataConfig(seq_length=96, infill_rate=rate),
+                                          train=config_lib.TrainConfig(batch_size=2, seed=seed, epochs=1),
+                                          span=dataset.EpochSpan(1000), piece_count=len(info["lengths"]["train"]))
         rows = np.concatenate([x.numpy() for x, _ in stream])
         # A FIM window is a whole window from the start state, <fim_suffix> first: never `<piece> <fim_suffix>`,
         # which would teach the model that a piece begun from the start state is a FIM example.
@@ -237,7 +242,7 @@ def test_infill_gives_exact_fills_for_several_seeds_and_gaps_in_python(infill_ru
     generator = Generator(infill_run)
     # Bars 1-1: no prefix, so the middle may not hold what the suffix (read just before) ends with.
     for bars, seed in (("1-1", 0), ("1-2", 7), ("2-5", 1), ("6-6", 2), ("4", 3)):
-        for piece in generator.infill(source, bars, num_samples=3, seed=seed, temperature=1.5):
+        for piece in generator.infill(source, bars, num_samples=3, seed=seed, sampling=SamplingSettings(temperature=1.5)):
             gap = F(piece.infill["offset"]) - F(piece.infill["onset"])
             assert sum(F(t[4:]) for t in piece.tokens if t.startswith("dur:")) == gap
             assert piece.stop_reason == "filled" and piece.repairs == {}
@@ -265,7 +270,7 @@ def test_a_middle_without_prefix_holds_nothing_over_from_the_suffix(infill_run, 
 
     source = write_file(tmp_path / "six-bars.mid")
     generator = Generator(infill_run, backend=Uniform(len(run_lib.load_vocabulary(infill_run))))
-    pieces = generator.infill(source, "1-1", num_samples=40, seed=0, temperature=1.0)
+    pieces = generator.infill(source, "1-1", num_samples=40, seed=0, sampling=SamplingSettings(temperature=1.0))
     def first_sonority(piece):
         return piece.tokens[:next(i for i, t in enumerate(piece.tokens) if t.startswith("dur:"))]
 
@@ -302,8 +307,8 @@ def test_evaluate_reports_the_middle_nll_with_and_without_the_suffix(infill_run,
     from keras_music.evaluate_held_out import load_split
 
     out = str(tmp_path / "evaluation")
-    result = evaluate.evaluate_run(infill_run, num_samples=1, length=8, temperatures=(0.9,), orders=(1, 2),
-                                   out_dir=out)
+    result = evaluate.evaluate_run(infill_run, EvaluationSettings(num_samples=1, length=8, temperatures=(0.9,),
+                                                                  orders=(1, 2)), out_dir=out)
     quality = result["infill"]
     assert quality["gaps"] >= 1 and quality["exact_share"] == 1.0
     assert quality["nll_reduction"] == pytest.approx(1 - quality["nll_fim"] / quality["nll_prefix_only"])
@@ -315,8 +320,8 @@ def test_evaluate_reports_the_middle_nll_with_and_without_the_suffix(infill_run,
         1 - quality["nll_fim_masked"] / quality["nll_prefix_only_masked"])
     # One gap's FIM NLL recomputed from the model's own softmax, stepping through the sequence.
     vocabulary = run_lib.load_vocabulary(infill_run)
-    held_out = load_split(infill_run, "validation", vocabulary)
-    gap = evaluate_likelihood.infill_gaps(infill_run, held_out, vocabulary, seed=0)[0]
+    held_out = load_split(infill_run, "validation", vocabulary=vocabulary)
+    gap = evaluate_likelihood.infill_gaps(infill_run, held_out, vocabulary=vocabulary, seed=0)[0]
     assert gap["context"][0] == events.FIM_SUFFIX and gap["context"][-1] == events.FIM_MIDDLE
     # Fed from the start state, <fim_suffix> first (no <piece>), as generate --infill feeds it.
     sequence = vocabulary.encode(gap["context"] + gap["middle"])
@@ -361,8 +366,8 @@ def test_no_exported_sampler_samples_a_sentinel():
 def test_the_studio_fills_bars_of_an_uploaded_file_and_of_a_piece_it_made(infill_run, tmp_path):
     from keras_music.studio import service
 
-    studio = service.Studio([infill_run], str(tmp_path / "out"), str(tmp_path / "votes.sqlite"), ab_seconds=8,
-                            ab_pool=1, log=lambda message: None)
+    studio = service.Studio([infill_run], str(tmp_path / "out"), db=str(tmp_path / "votes.sqlite"),
+                            settings=service.StudioSettings(ab_seconds=8, ab_pool=1), log=lambda message: None)
     try:
         source = write_file(tmp_path / "six-bars.mid")
         upload = studio.add_primer("six-bars.mid", open(source, "rb").read())
@@ -408,12 +413,12 @@ def test_every_backend_fills_the_same_bars(infill_run, tmp_path):
 
     copy = str(tmp_path / "run")
     shutil.copytree(infill_run, copy, ignore=shutil.ignore_patterns("export"))
-    export.export(copy, quantize=("none",), parity_windows=1, parity_steps=0, log=lambda *a: None)
+    export.export(copy, export.ExportSettings(quantize=("none",), parity_windows=1, parity_steps=0),
+                  log=lambda *a: None)
     source = write_file(tmp_path / "six-bars.mid")
     fills = {}
     for backend in backends.BACKENDS:
-        pieces = Generator(copy, backend, log=lambda m: None).infill(source, "3-4", num_samples=2, seed=4,
-                                                                    temperature=0)
+        pieces = Generator(copy, backend, log=lambda m: None).infill(source, "3-4", num_samples=2, seed=4, sampling=SamplingSettings(temperature=0))
         assert all(p.infill["exact"] for p in pieces)
         fills[backend] = [p.tokens for p in pieces]
     assert fills["savedmodel"] == fills["keras"] and fills["tflite"] == fills["keras"]

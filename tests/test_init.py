@@ -44,7 +44,7 @@ def test_the_version_is_checked_where_tensorflow_is_imported_not_at_package_impo
     # numpy-only modules still import; a module that imports TensorFlow stops with the fix.
     code = FAKE_TENSORFLOW + (
         "import sys\n"
-        "import keras_music, keras_music.metrics, keras_music.sampling, keras_music.config\n"
+        "import keras_music, keras_music.music_metrics, keras_music.sampling, keras_music.config\n"
         "from keras_music import Config, Generator, train, evaluate_run, export_run\n"
         "assert Config().train.epochs == 60\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
@@ -77,7 +77,7 @@ def test_a_command_with_the_wrong_tensorflow_says_so_in_one_line(tmp_path):
 
 def test_the_public_api_is_there_without_loading_tensorflow():
     code = ("import sys\n"
-            "import keras_music, keras_music.metrics\n"
+            "import keras_music, keras_music.music_metrics\n"
             "assert 'tensorflow' not in sys.modules, 'import keras_music loaded TensorFlow'\n"
             "from keras_music import Config, Generator, evaluate_run, export_run, load_config, train\n"
             "assert 'tensorflow' not in sys.modules, 'the public names loaded TensorFlow'\n"

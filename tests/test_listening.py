@@ -10,8 +10,8 @@ from keras_music import listening
 
 def comparison_store(tmp_path, first_dir="/x", second_dir="/y"):
     store = listening.Store(str(tmp_path / "votes.sqlite"))
-    store.add_comparison("x vs y", "prefer", "x", "y", first_dir, second_dir)
-    return store, store.add_stimulus("x", "x.ogg", 1.0), store.add_stimulus("y", "y.ogg", 1.5)
+    store.add_comparison("x vs y", "prefer", first="x", second="y", first_dir=first_dir, second_dir=second_dir)
+    return store, store.add_stimulus("x", "x.ogg", seconds=1.0), store.add_stimulus("y", "y.ogg", seconds=1.5)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -32,11 +32,11 @@ def test_no_trials_is_the_whole_interval_and_p_one():
 
 
 def test_summaries_state_the_question_and_leave_statistics_out_without_votes():
-    empty = listening.summarize("x vs y", "prefer", "x", "y", 0, 0)
+    empty = listening.summarize("x vs y", "prefer", first="x", second="y", votes=0, chose_first=0)
     assert empty == {"name": "x vs y", "kind": "prefer", "first": "x", "second": "y",
                      "question": "which do you prefer? (preference = share who picked x)", "listeners": None, "votes": 0,
                      "chose_first": 0, "preference": None, "ci95": None, "p_value": None}
-    real = listening.summarize("held-out:r vs r@1", "real", "held-out:r", "r@1", 4, 3)
+    real = listening.summarize("held-out:r vs r@1", "real", first="held-out:r", second="r@1", votes=4, chose_first=3)
     assert real["question"] == "which is the human? (preference = share who picked the real piece)"
     assert real["preference"] == 0.75 and real["ci95"] == list(listening.wilson_interval(3, 4))
     assert real["p_value"] == pytest.approx(10 / 16)  # 0, 1, 3 or 4 of 4 are no likelier than 3
@@ -46,7 +46,7 @@ def test_summaries_state_the_question_and_leave_statistics_out_without_votes():
 
 def test_concurrent_store_writers_lose_nothing(tmp_path):
     store, a, b = comparison_store(tmp_path)
-    pairs = [store.add_pair("x vs y", a, b, "ab"[i % 2]) for i in range(200)]
+    pairs = [store.add_pair("x vs y", a, second_stimulus=b, first_is="ab"[i % 2]) for i in range(200)]
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
         list(pool.map(lambda p: listening.Store(store.path).vote(p, "a"), pairs))
     (result,) = store.results()
@@ -58,7 +58,7 @@ def test_concurrent_store_writers_lose_nothing(tmp_path):
 
 def test_a_pair_serves_its_sides_in_the_order_drawn_and_takes_one_vote(tmp_path):
     store, first, second = comparison_store(tmp_path)
-    pair = store.add_pair("x vs y", first, second, "b")  # the first side plays as b
+    pair = store.add_pair("x vs y", first, second_stimulus=second, first_is="b")  # the first side plays as b
     assert (store.pair_file(pair, "a"), store.pair_file(pair, "b")) == ("y.ogg", "x.ogg")
     assert store.stimuli("y") == [{"id": second, "file": "y.ogg", "seconds": 1.5}]
     assert store.vote(pair, "b", "warmer") == {"pair_id": pair, "comparison": "x vs y", "choice": "b"}
@@ -78,7 +78,7 @@ def test_a_pair_serves_its_sides_in_the_order_drawn_and_takes_one_vote(tmp_path)
 ])
 def test_bad_sides_choices_and_unknown_pairs_are_refused_with_a_status(tmp_path, call, words, status):
     store, first, second = comparison_store(tmp_path)
-    pair = store.add_pair("x vs y", first, second, "a")
+    pair = store.add_pair("x vs y", first, second_stimulus=second, first_is="a")
     with pytest.raises(listening.ListeningError, match=words) as refused:
         call(store, pair)
     assert refused.value.status == status
@@ -87,10 +87,11 @@ def test_bad_sides_choices_and_unknown_pairs_are_refused_with_a_status(tmp_path,
 
 def test_results_for_runs_match_either_order_and_only_with_votes(tmp_path):
     store, first, second = comparison_store(tmp_path, str(tmp_path / "one"), str(tmp_path / "two"))
-    store.add_comparison("x vs x", "prefer", "x", "x2", str(tmp_path / "one"), str(tmp_path / "three"))
-    store.add_comparison("x vs y", "real", "ignored", "ignored", "/a", "/b")  # a known name is kept as it was
+    store.add_comparison("x vs x", "prefer", first="x", second="x2", first_dir=str(tmp_path / "one"),
+                         second_dir=str(tmp_path / "three"))
+    store.add_comparison("x vs y", "real", first="ignored", second="ignored", first_dir="/a", second_dir="/b")  # a known name is kept as it was
     assert store.results_for_runs([str(tmp_path / "two"), str(tmp_path / "one")]) == []  # no votes yet
-    store.vote(store.add_pair("x vs y", first, second, "a"), "a")
+    store.vote(store.add_pair("x vs y", first, second_stimulus=second, first_is="a"), "a")
     (result,) = store.results_for_runs([str(tmp_path / "two"), str(tmp_path / "one")])
     assert (result["name"], result["kind"], result["first"], result["votes"]) == ("x vs y", "prefer", "x", 1)
 
@@ -101,10 +102,11 @@ def test_experiment_report_includes_the_votes_between_its_two_runs(tmp_path):
     original, modified, other = (tmp_path / n for n in ("original", "modified", "other"))
     store = listening.Store(str(tmp_path / listening.DB_NAME))
     for name, second in (("original@1 vs modified@1", modified), ("original@1 vs other@1", other)):
-        store.add_comparison(name, "prefer", "original@1", name.split(" vs ")[1], str(original), str(second))
-        a, b = store.add_stimulus("x", "a.ogg", 1.0), store.add_stimulus("y", "b.ogg", 1.0)
+        store.add_comparison(name, "prefer", first="original@1", second=name.split(" vs ")[1], first_dir=str(original),
+                             second_dir=str(second))
+        a, b = store.add_stimulus("x", "a.ogg", seconds=1.0), store.add_stimulus("y", "b.ogg", seconds=1.0)
         for number in range(8):
-            store.vote(store.add_pair(name, a, b, "a"), "a" if number < 6 else "b")
+            store.vote(store.add_pair(name, a, second_stimulus=b, first_is="a"), "a" if number < 6 else "b")
     (result,) = experiment.listening_results(str(tmp_path), [str(modified), str(original)])
     assert result["name"] == "original@1 vs modified@1" and result["votes"] == 8 and result["preference"] == 0.75
     row = listening.report_lines([result])[2]
@@ -115,8 +117,8 @@ def test_experiment_report_includes_the_votes_between_its_two_runs(tmp_path):
 # ----------------------------------------------------------------------------- report formats
 
 def test_csv_and_markdown_rows_carry_every_figure():
-    voted = listening.summarize("x vs y", "prefer", "x", "y", 4, 3)
-    empty = listening.summarize("x vs z", "prefer", "x", "z", 0, 0)
+    voted = listening.summarize("x vs y", "prefer", first="x", second="y", votes=4, chose_first=3)
+    empty = listening.summarize("x vs z", "prefer", first="x", second="z", votes=0, chose_first=0)
     assert voted["ci95"] == pytest.approx([0.30064, 0.95441], abs=1e-5)
     low, high = voted["ci95"]
     assert listening.results_csv([voted, empty]).splitlines() == [
@@ -133,7 +135,8 @@ def test_csv_and_markdown_rows_carry_every_figure():
 
 def test_votes_count_per_listener_and_a_pair_takes_its_own_listeners_vote_only(tmp_path):
     store, x, y = comparison_store(tmp_path)
-    pairs = {listener: [store.add_pair("x vs y", x, y, "a", listener) for _ in range(3)] for listener in ("l1", "l2")}
+    pairs = {listener: [store.add_pair("x vs y", x, second_stimulus=y, first_is="a",
+                                       listener=listener) for _ in range(3)] for listener in ("l1", "l2")}
     with pytest.raises(listening.ListeningError) as refused:
         store.vote(pairs["l1"][0], "a", listener="l2")
     assert refused.value.status == 403 and "another listener" in str(refused.value)

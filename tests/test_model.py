@@ -74,7 +74,7 @@ def test_step_model_needs_one_hidden_size_and_lstm_layers():
 def test_save_model_keeps_the_metadata_and_load_model_gives_the_same_outputs(model, tmp_path):
     path = str(tmp_path / "model.keras")
     metadata = {"vocabulary_fingerprint": "f" * 64, "vocabulary_size": 12}
-    model_lib.save_model(model, path, metadata)
+    model_lib.save_model(model, path, metadata=metadata)
     assert model_lib.read_metadata(path) == metadata
     loaded = model_lib.load_model(path)
     ids = token_ids((2, 5), seed=2)

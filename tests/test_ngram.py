@@ -206,7 +206,7 @@ def test_evaluate_orders_and_best_order():
     pattern = [0, 1, 0, 2, 0, 1, 0, 3]
     train = pattern_pieces(pattern, 4, 120)
     held_out = pattern_pieces(pattern, 1, 64)
-    results = evaluate_orders(train, held_out, 4, orders=(1, 2, 4))
+    results = evaluate_orders(train, held_out, vocabulary_size=4, orders=(1, 2, 4))
     assert sorted(results) == [1, 2, 4]
     assert set(results[1]) == {"nll_nats", "nll_bits", "perplexity", "accuracy", "tokens"}
     assert best_order(results) == 4
@@ -375,7 +375,7 @@ def test_higher_orders_do_not_lose_on_held_out_data():
     # order 12 to sparse long contexts; that is the model, not a bug.)
     train = motif_pieces(0, 40, 400)
     held_out = motif_pieces(1, 10, 400)
-    results = evaluate_orders(train, held_out, 16, orders=range(1, 13))
+    results = evaluate_orders(train, held_out, vocabulary_size=16, orders=range(1, 13))
     perplexities = [results[order]["perplexity"] for order in range(1, 13)]
     for k in range(1, 12):
         assert perplexities[k] <= min(perplexities[:k]) * 1.01, perplexities
@@ -386,7 +386,7 @@ def test_higher_orders_do_not_lose_on_held_out_data():
 def test_fit_orders_equals_separate_fits():
     train = random_pieces(7, 11, 6, 70)
     held_out = random_pieces(8, 11, 2, 40)
-    models = fit_orders(train, 11, [5, 1, 3, 5])
+    models = fit_orders(train, 11, orders=[5, 1, 3, 5])
     assert sorted(models) == [1, 3, 5]
     for order, model in models.items():
         alone = NGramModel(order, 11).fit(train)
@@ -405,7 +405,7 @@ def test_orders_one_to_twelve_share_one_count_of_the_text(monkeypatch):
     tables = count_calls(monkeypatch, ngram, "_build_table")
     train = markov_pieces(2, 1, 90, 20, 300)
     held_out = markov_pieces(3, 1, 90, 4, 200)
-    results = evaluate_orders(train, held_out, 90, orders=range(1, 13))
+    results = evaluate_orders(train, held_out, vocabulary_size=90, orders=range(1, 13))
     assert sorted(results) == list(range(1, 13))
     assert len(counted) == 1 and counted[0][2] == 12
     assert len(tables) == 12 + 11
@@ -428,7 +428,8 @@ def test_orders_one_to_twelve_share_one_count_of_the_text(monkeypatch):
 )
 def test_constructor_errors(args, message):
     with pytest.raises(ValueError) as error:
-        NGramModel(*args)
+        order, vocabulary_size, *discount = args
+        NGramModel(order, vocabulary_size, **({"discount": discount[0]} if discount else {}))
     assert message in str(error.value)
 
 
@@ -454,4 +455,4 @@ def test_input_errors():
     with pytest.raises(ValueError, match="at least one token"):
         model.evaluate([[]])
     with pytest.raises(ValueError, match="at least one order"):
-        evaluate_orders([[0]], [[0]], 5, orders=())
+        evaluate_orders([[0]], [[0]], vocabulary_size=5, orders=())

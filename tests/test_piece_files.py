@@ -9,6 +9,7 @@ import mido
 import pytest
 
 from keras_music import events, generate, piece_files, pieces
+from keras_music.sampling import SamplingSettings
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_written_midi_and_musicxml_reparse_into_the_same_events(generator, tmp_p
 
     from midi_truth import read_back
 
-    written_pieces = generator.generate(num_samples=2, length=25, temperature=1.2, seed=8)
+    written_pieces = generator.generate(num_samples=2, seed=8, sampling=SamplingSettings(length=25, temperature=1.2))
     written_pieces.append(crafted_piece(generator))
     paths = generator.write(written_pieces, str(tmp_path), tempo=120, instrument="Violin", prefix="take")
     assert len(paths) == 5 * len(written_pieces)  # MIDI, MusicXML, PNG, Ogg audio, JSON
@@ -114,7 +115,7 @@ def test_bad_timing_in_a_manifest_never_reaches_the_files(generator, tmp_path):
     timing = pieces.record_timing({"start": float("nan"), "tempos": [[0.0, -5.0], [1.0, 90.0]],
                                    "time_signatures": [[0.0, 4, 3], [0.0, 0, 4], ["x", 3, 4]],
                                    "parts": [{"program": 400}], "notes": [[0, 24, 60, 0]]})
-    piece = generator.generate(num_samples=1, length=4, seed=3, primer_tokens=[])[0]
+    piece = generator.generate(num_samples=1, seed=3, primer_tokens=[], sampling=SamplingSettings(length=4))[0]
     piece = dataclasses.replace(piece, timing=dict(timing, tempos=[[0.0, 90.0]]))
     writer = piece_files.Writer(generator.run_dir, log=lambda message: None, audio="none")
     paths = writer.write([piece], str(tmp_path / "out"))
@@ -135,7 +136,7 @@ def piece_files_in(directory):
 
 def test_an_interrupted_write_leaves_whole_pieces_and_numbers_never_mix(generator, tmp_path, monkeypatch):
     out = str(tmp_path / "out")
-    first = generator.generate(num_samples=2, length=4, seed=1, primer_tokens=[])
+    first = generator.generate(num_samples=2, seed=1, primer_tokens=[], sampling=SamplingSettings(length=4))
     generator.write(first, out, audio="none")
     before = {name: open(os.path.join(out, name), "rb").read() for name in piece_files_in(out)}
     assert sorted(before) == [f"sample-0{n}{e}" for n in (1, 2) for e in (".json", ".mid", ".musicxml", ".png")]
@@ -143,7 +144,7 @@ def test_an_interrupted_write_leaves_whole_pieces_and_numbers_never_mix(generato
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    second = generator.generate(num_samples=2, length=4, seed=2, primer_tokens=[])
+    second = generator.generate(num_samples=2, seed=2, primer_tokens=[], sampling=SamplingSettings(length=4))
     monkeypatch.setattr(piece_files, "plot_piano_roll", interrupted)  # Ctrl-C in the middle of a piece
     with pytest.raises(KeyboardInterrupt):
         generator.write(second, out, audio="none")
@@ -164,7 +165,7 @@ def test_an_interrupted_write_leaves_whole_pieces_and_numbers_never_mix(generato
 def test_the_run_samples_are_replaced_as_one_set(generator, tmp_path):
     out = str(tmp_path / "samples")
     for seed in (1, 2):
-        generator.write(generator.generate(num_samples=2, length=4, seed=seed, primer_tokens=[]), out, audio="none",
+        generator.write(generator.generate(num_samples=2, seed=seed, primer_tokens=[], sampling=SamplingSettings(length=4)), out, audio="none",
                         replace=True)
     assert piece_files_in(out) == [f"sample-0{n}{e}" for n in (1, 2) for e in (".json", ".mid", ".musicxml", ".png")]
     assert json.loads(open(os.path.join(out, "sample-01.json")).read())["seed"] == 2

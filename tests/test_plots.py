@@ -72,7 +72,7 @@ def test_finish_metric_grid_hides_unused_panels_and_shares_one_legend(tmp_path):
         axis.plot([0, 1], [index, math.nan], label="generated")
         axis.axhline(np.nan, label="held-out real")
     path = str(tmp_path / "grid.png")
-    plots.finish_metric_grid(figure, axes, 5, "five metrics", path)
+    plots.finish_metric_grid(figure, axes, used=5, title="five metrics", path=path)
     assert [axis.axison for axis in axes.flat] == [True] * 5 + [False] * 3
     (legend,) = figure.legends
     assert [text.get_text() for text in legend.get_texts()] == ["generated", "held-out real"]
@@ -84,6 +84,6 @@ def test_finish_metric_grid_without_labels_draws_no_legend(tmp_path):
     figure, axes = plots.metric_grid(2)
     axes.flat[0].plot([1, 2], [math.nan, math.nan])
     path = str(tmp_path / "grid.png")
-    plots.finish_metric_grid(figure, axes, 2, "nothing labelled", path)
+    plots.finish_metric_grid(figure, axes, used=2, title="nothing labelled", path=path)
     assert figure.legends == []
     assert read_head(path) == PNG_SIGNATURE

@@ -62,7 +62,7 @@ def test_huge_ticks_round_trip_exactly_and_absurd_ones_are_skipped(tmp_path):
     absurd = build(tmp_path / "absurd.mid", [note(0, 1, 60, tpq=24) + [(0x0FFFFFFF, mido.Message("note_on", note=61, velocity=80)),
                                                                (0x0FFFFFFF + 10, mido.Message("note_off", note=61))]],
                    ticks_per_beat=24)
-    record = corpus.parse_bytes(absurd, open(absurd, "rb").read(), corpus.ParseSettings())
+    record = corpus.parse_bytes(absurd, open(absurd, "rb").read(), settings=corpus.ParseSettings())
     assert record["status"] == "skipped" and record["reason"].startswith("timeline too long")
 
 

@@ -309,13 +309,13 @@ def test_metrics_and_evaluation_are_read_only_when_they_are_whole(tmp_path):
     from keras_music import run as run_lib, storage
 
     run_dir = str(tmp_path)
-    assert run_lib.read_metrics(run_dir) is None and run_lib.read_evaluation(run_dir) is None
-    storage.write_text(run_lib.path(run_dir, run_lib.METRICS), '{"val_loss": 2.5, "epochs": 3')  # cut short
-    assert run_lib.read_metrics(run_dir) is None
-    storage.write_json(run_lib.path(run_dir, run_lib.METRICS), {"epochs": 3})  # not a training record
-    assert run_lib.read_metrics(run_dir) is None
-    storage.write_json(run_lib.path(run_dir, run_lib.METRICS), {"val_loss": 2.5, "epochs": 3})
-    assert run_lib.read_metrics(run_dir) == {"val_loss": 2.5, "epochs": 3}
+    assert run_lib.read_training_record(run_dir) is None and run_lib.read_evaluation(run_dir) is None
+    storage.write_text(run_lib.path(run_dir, run_lib.TRAINING_RECORD), '{"val_loss": 2.5, "epochs": 3')  # cut short
+    assert run_lib.read_training_record(run_dir) is None
+    storage.write_json(run_lib.path(run_dir, run_lib.TRAINING_RECORD), {"epochs": 3})  # not a training record
+    assert run_lib.read_training_record(run_dir) is None
+    storage.write_json(run_lib.path(run_dir, run_lib.TRAINING_RECORD), {"val_loss": 2.5, "epochs": 3})
+    assert run_lib.read_training_record(run_dir) == {"val_loss": 2.5, "epochs": 3}
     storage.write_json(run_lib.path(run_dir, run_lib.EVALUATION, run_lib.EVALUATION_JSON), [1, 2])
     assert run_lib.read_evaluation(run_dir) is None
     storage.write_json(run_lib.path(run_dir, run_lib.EVALUATION, run_lib.EVALUATION_JSON), {"model_quality": {}})

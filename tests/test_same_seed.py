@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from keras_music import defaults, events, export, generate, run as run_lib
+from keras_music.sampling import SamplingSettings
 from keras_music.studio import routes, service
 from page_harness import BackgroundServer, call, headless_chromium, open_page, reference_generator
 from test_studio import call as studio_call
@@ -35,8 +36,8 @@ def web_run(tiny_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def studio(web_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("same-seed-studio")
-    studio = service.Studio([web_run], str(root / "out"), str(root / "votes.sqlite"), ab_seconds=8, ab_pool=1,
-                            log=lambda message: None)
+    studio = service.Studio([web_run], str(root / "out"), db=str(root / "votes.sqlite"),
+                            settings=service.StudioSettings(ab_seconds=8, ab_pool=1), log=lambda message: None)
     server = BackgroundServer(routes.create_app(studio))
     yield studio, server
     server.stop()
@@ -56,9 +57,7 @@ def python_pieces(run_dir, primer, seeds=SEEDS):
     generator = generate.Generator(run_dir, log=lambda message: None)
     out = {}
     for temperature, top_k, top_p in SETTINGS:
-        pieces = generator.generate(num_samples=len(seeds), length=LENGTH, min_length=MIN_LENGTH,
-                                    temperature=temperature, top_k=top_k, top_p=top_p, seed=seeds[0],
-                                    primer_tokens=primer)
+        pieces = generator.generate(num_samples=len(seeds), seed=seeds[0], primer_tokens=primer, sampling=SamplingSettings(length=LENGTH, min_length=MIN_LENGTH, temperature=temperature, top_k=top_k, top_p=top_p))
         for seed, piece in zip(seeds, pieces):
             out[temperature, top_k, top_p, seed] = piece.ids
     return out

@@ -271,10 +271,11 @@ def test_validation_errors_name_the_bad_value(kwargs, message):
 
 
 def test_validation_accepts_edges():
-    assert validate_sampling(0, 0, 1.0) is None and validate_sampling(2.5, np.int64(3), 1e-9) is None
+    assert validate_sampling(0, 0, top_p=1.0) is None and validate_sampling(2.5, np.int64(3), top_p=1e-9) is None
     # Greedy with nothing cut off, and a nucleus so small that only the top token is left.
-    np.testing.assert_array_equal(sample_next([P, P[::-1]], make_rng(0), 0, 0, 1.0), [0, 3])
-    np.testing.assert_array_equal(sample_next([P, P[::-1]], make_rng(0), 2.5, np.int64(3), 1e-9), [0, 3])
+    np.testing.assert_array_equal(sample_next([P, P[::-1]], make_rng(0), temperature=0, top_k=0, top_p=1.0), [0, 3])
+    np.testing.assert_array_equal(sample_next([P, P[::-1]], make_rng(0), temperature=2.5, top_k=np.int64(3),
+                                              top_p=1e-9), [0, 3])
 
 
 @pytest.mark.parametrize(
@@ -364,7 +365,7 @@ def test_sample_next_only_draws_allowed_ids_and_renormalises():
     probabilities = np.array([[0.7, 0.1, 0.1, 0.1]] * 2)
     allowed = np.array([[False, True, True, False], [True, False, False, False]])
     rng = sampling.make_rng(0)
-    draws = np.array([sampling.sample_next(probabilities, rng, 1.0, allowed=allowed) for _ in range(2000)])
+    draws = np.array([sampling.sample_next(probabilities, rng, temperature=1.0, allowed=allowed) for _ in range(2000)])
     assert set(draws[:, 0]) == {1, 2}
     assert abs(np.mean(draws[:, 0] == 1) - 0.5) < 0.05
     assert set(draws[:, 1]) == {0}

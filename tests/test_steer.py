@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 
 from keras_music import controls, evaluate_controls, events, generate, run as run_lib
+from keras_music.evaluate_music import EvaluationSettings
+from keras_music.sampling import SamplingSettings
+from keras_music.controls import ControlSettings
 from page_harness import reference_generator
 from test_web_export import run_node as web_run_node
 
@@ -164,8 +167,7 @@ def test_python_the_reference_generator_and_the_page_feed_the_same_controls(cont
                                       (None, "medium,3:off", (6, 8))):
         generator.corpus_timing = lambda metre=metre: {"start": 0.0, "tempos": [[0.0, 100.0]],
                                                        "time_signatures": [[0.0, *metre]], "program": 0}
-        pieces = generator.generate(num_samples=len(seeds), seed=seeds[0], length=30, min_length=4, temperature=1.2,
-                                    primer_tokens=primer, key="G minor", density=density, polyphony=polyphony)
+        pieces = generator.generate(num_samples=len(seeds), seed=seeds[0], primer_tokens=primer, sampling=SamplingSettings(length=30, min_length=4, temperature=1.2), controls=ControlSettings(key="G minor", density=density, polyphony=polyphony))
         primer_ids = [2, tokens.index("key:minor")] + [tokens.index(t) for t in primer]
         for seed, piece in zip(seeds, pieces):
             assert piece.settings["controls"]["transpose"] == -2
@@ -178,8 +180,7 @@ def test_python_the_reference_generator_and_the_page_feed_the_same_controls(cont
                                        "density": density, "polyphony": polyphony, "timeSignature": list(metre)}})
             assert piece.settings["controls"]["bars_fed"], piece.settings
         # Without controls the same fake model gives other pieces: the fed tokens changed the course.
-        plain = generator.generate(num_samples=1, seed=seeds[0], length=30, min_length=4, temperature=1.2,
-                                   primer_tokens=["key:minor"] + primer)
+        plain = generator.generate(num_samples=1, seed=seeds[0], primer_tokens=["key:minor"] + primer, sampling=SamplingSettings(length=30, min_length=4, temperature=1.2))
         assert plain[0].ids != pieces[0].ids
     answers = run_node(tmp_path, {"schedules": [], "keys": [], "pieces": cases})
     expected = [case for case in cases]
@@ -210,9 +211,7 @@ def test_the_bar_limits_agree_in_python_the_reference_generator_and_the_page_and
         generator.corpus_timing = lambda metre=metre: {"start": 0.0, "tempos": [[0.0, 100.0]],
                                                        "time_signatures": [[0.0, *metre]], "program": 0}
         for limited in (True, False):
-            pieces = generator.generate(num_samples=len(seeds), seed=seeds[0], length=40, min_length=4,
-                                        temperature=1.2, primer_tokens=primer, key="G minor", density=density,
-                                        polyphony=polyphony, bar_limits=limited)
+            pieces = generator.generate(num_samples=len(seeds), seed=seeds[0], primer_tokens=primer, sampling=SamplingSettings(length=40, min_length=4, temperature=1.2), controls=ControlSettings(key="G minor", density=density, polyphony=polyphony, bar_limits=limited))
             for seed, piece in zip(seeds, pieces):
                 assert piece.settings["controls"]["bar_limits"] is limited
                 assert piece.primer_events == 2 and piece.repairs == {}, piece.repairs
@@ -262,7 +261,8 @@ def test_each_control_on_the_tiny_run_gives_tokens_that_obey_the_grammar(control
     generator = generate.Generator(controls_run, log=lambda message: None)
     vocabulary = generator.vocabulary
     control_ids = {i for i, t in enumerate(vocabulary.tokens) if events.is_control(t)}
-    pieces = generator.generate(num_samples=3, seed=21, length=40, primer_tokens=[], **request_)
+    pieces = generator.generate(3, SamplingSettings(length=40), seed=21, primer_tokens=[],
+                                controls=ControlSettings(**request_))
     for piece in pieces:
         assert not control_ids & set(piece.ids)
         report = events.DecodeReport()
@@ -305,9 +305,7 @@ def test_keras_and_tflite_give_the_same_ids_with_controls(controls_run, referenc
     model = reference.StepModel(os.path.join(directory, "model.tflite"), len(vocabulary["tokens"]))
     seeds = (5, 6, 7)
     for temperature in (0.0, 1.0):
-        pieces = generator.generate(num_samples=len(seeds), seed=seeds[0], length=24, min_length=4,
-                                    temperature=temperature, primer_tokens=[], key="minor", density="1-3:high,4-:low",
-                                    polyphony="medium")
+        pieces = generator.generate(num_samples=len(seeds), seed=seeds[0], primer_tokens=[], sampling=SamplingSettings(length=24, min_length=4, temperature=temperature), controls=ControlSettings(key="minor", density="1-3:high,4-:low", polyphony="medium"))
         primer_ids = [2, vocabulary["tokens"].index("key:minor")]
         for seed, piece in zip(seeds, pieces):
             ids, _ = reference.generate(model, vocabulary, primer_ids, 24, temperature, 0, seed, min_length=4,
@@ -323,15 +321,15 @@ def test_impossible_requests_are_one_line_errors(controls_run, tiny_run, capsys)
              ({"polyphony": "1-4:low,3:high"}, "overlap another range")]
     for request_, message in cases:
         with pytest.raises(generate.GenerateError) as caught:
-            generator.generate(length=16, primer_tokens=[], **request_)
+            generator.generate(1, SamplingSettings(length=16), primer_tokens=[], controls=ControlSettings(**request_))
         assert message in str(caught.value) and "\n" not in str(caught.value)
     plain = generate.Generator(tiny_run, log=lambda message: None)
     with pytest.raises(generate.GenerateError, match="has no control tokens .* train a run with data.controls=true"):
-        plain.generate(length=16, primer_tokens=[], density="low")
+        plain.generate(primer_tokens=[], sampling=SamplingSettings(length=16), controls=ControlSettings(density="low"))
     # Without normalised keys the run would need key:D:minor; this run has only the modes.
     raw = controls.make_request
     with pytest.raises(controls.ControlError, match=r"key token key:D:minor \(for 'D minor'\) is not in the vocabulary"):
-        raw(generator.vocabulary.tokens, False, "RUN", key="D minor")
+        raw(generator.vocabulary.tokens, False, where="RUN", asked=controls.ControlSettings(key="D minor"))
     with pytest.raises(SystemExit):
         generate.main(["--run-dir", controls_run, "--density", "loud", "--quiet", "--audio", "none"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -394,8 +392,7 @@ def test_the_studio_generates_with_controls_and_refuses_impossible_ones(controls
         status, record = call(server, piece["urls"]["json"])
         assert record["settings"]["controls"]["density"] == "5"
         assert record["primer_tokens"] == ["key:minor"]
-        ours = generate.Generator(controls_run, log=lambda message: None).generate(
-            seed=4, length=20, primer_tokens=[], key="D minor", density="high", polyphony="1-2:low,3-:medium")[0]
+        ours = generate.Generator(controls_run, log=lambda message: None).generate(seed=4, primer_tokens=[], sampling=SamplingSettings(length=20), controls=ControlSettings(key="D minor", density="high", polyphony="1-2:low,3-:medium"))[0]
         assert record["ids"] == ours.ids
         for bad, words in (({"key": "H minor"}, "key 'H minor' does not exist"),
                            ({"density": "loud"}, "density level 'loud' does not exist"),
@@ -431,15 +428,15 @@ def test_evaluate_reports_requested_vs_realised_controls_from_the_pieces(control
     from keras_music import evaluate, evaluate_controls
 
     out = str(tmp_path / "evaluation")
-    result = evaluate.evaluate_run(controls_run, 2, 16, (0.9,), 3, (1, 2), out, controls_samples=2)
+    result = evaluate.evaluate_run(controls_run, EvaluationSettings(2, 16, (0.9,), 3, (1, 2), controls_samples=2),
+                                   out_dir=out)
     report = result["controls"]
     assert result["settings"]["controls_samples"] == 2
     # The density confusion is rebuilt by hand from the same pieces (same seed, same settings).
     generator = generate.Generator(controls_run, log=lambda message: None)
     pairs = []
     for value in range(controls.DENSITY_BINS):
-        for piece in generator.generate(num_samples=2, length=evaluate_controls.DEFAULT_LENGTH, seed=3,
-                                        temperature=0.9, primer_tokens=[], density=str(value)):
+        for piece in generator.generate(num_samples=2, seed=3, primer_tokens=[], sampling=SamplingSettings(length=evaluate_controls.DEFAULT_LENGTH, temperature=0.9), controls=ControlSettings(density=str(value))):
             pairs += hand_density_bins(piece)
     confusion = np.zeros((controls.DENSITY_BINS, controls.DENSITY_BINS), int)
     for wanted, got in pairs:
@@ -450,7 +447,7 @@ def test_evaluate_reports_requested_vs_realised_controls_from_the_pieces(control
     assert report["density"]["all_bins"]["in_bin"] == pytest.approx(np.trace(confusion) / len(pairs))
     vocabulary = generator.vocabulary
     counts = np.zeros(controls.DENSITY_BINS)
-    for _, ids in run_lib.read_split(controls_run, "train", vocabulary):
+    for _, ids in run_lib.read_split(controls_run, "train", vocabulary=vocabulary):
         for token in vocabulary.decode(ids):
             if token.startswith("density:"):
                 counts[int(token.split(":")[1])] += 1
@@ -472,7 +469,8 @@ def test_evaluate_reports_requested_vs_realised_controls_from_the_pieces(control
                                                                                                 [1, 2, 3, 4])[0, 1] * 1)
     assert evaluate_controls.spearman([1, 1], [2, 3]) is None
     # A run without control tokens: no report, no new keys in what evaluate writes.
-    plain = evaluate.evaluate_run(tiny_run, 1, 8, (0.9,), 0, (1,), str(tmp_path / "plain"), controls_samples=2)
+    plain = evaluate.evaluate_run(tiny_run, EvaluationSettings(1, 8, (0.9,), 0, (1,), controls_samples=2),
+                                  out_dir=str(tmp_path / "plain"))
     assert "controls" not in plain and "controls_samples" not in plain["settings"]
     assert "Controls" not in open(str(tmp_path / "plain" / "evaluation.md")).read()
 

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import usage_error, write_chorales_as_midi
 from keras_music import audio, defaults
+from keras_music.evaluate_music import EvaluationSettings
 from keras_music.studio import app as studio_app, routes, service
 from page_harness import BackgroundServer, headless_chromium
 
@@ -28,8 +29,8 @@ class Server(BackgroundServer):
 
 
 def make_studio(run_dir, root, **kwargs):
-    return service.Studio([run_dir], str(root / "out"), str(root / "votes.sqlite"), ab_seconds=8, ab_pool=1,
-                             log=lambda message: None, **kwargs)
+    return service.Studio([run_dir], str(root / "out"), db=str(root / "votes.sqlite"),
+                            settings=service.StudioSettings(ab_seconds=8, ab_pool=1), log=lambda message: None, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,8 @@ def evaluated_run(tiny_run, tmp_path_factory):
 
     copy = str(tmp_path_factory.mktemp("evaluated") / "tiny")
     shutil.copytree(tiny_run, copy)
-    evaluate.evaluate_run(copy, 3, 24, (0.5, 0.9, 1.2), 0, (1, 2, 3), run_lib.path(copy, run_lib.EVALUATION))
+    evaluate.evaluate_run(copy, EvaluationSettings(3, 24, (0.5, 0.9, 1.2), 0, (1, 2, 3)),
+                          out_dir=run_lib.path(copy, run_lib.EVALUATION))
     return copy
 
 
@@ -97,7 +99,7 @@ def test_runs_are_described_in_words_and_labelled_records_without_machine_paths(
     from keras_music import run as run_lib
 
     (run,) = call(server, "/api/runs")[1]["runs"]
-    evaluation, metrics = run_lib.read_evaluation(evaluated_run), run_lib.read_metrics(evaluated_run)
+    evaluation, metrics = run_lib.read_evaluation(evaluated_run), run_lib.read_training_record(evaluated_run)
     ratio = evaluation["lstm_vs_ngram"]
     assert (f"Held-out perplexity {evaluation['model_quality']['perplexity']:.2f} per token, "
             f"{ratio['perplexity_ratio']:.2f}x the best n-gram ({ratio['best_order']}-gram)") in run["summary"]["lines"][1]
@@ -258,7 +260,7 @@ def test_a_port_in_use_is_one_line_and_exit_1(capsys):
     port = taken.getsockname()[1]
     try:
         with pytest.raises(SystemExit) as exit_info:
-            studio_app.serve(argparse.ArgumentParser(prog="studio"), "127.0.0.1", port, None, "nothing")
+            studio_app.serve(argparse.ArgumentParser(prog="studio"), None, host="127.0.0.1", port=port, what="nothing")
     finally:
         taken.close()
     assert exit_info.value.code == 1
@@ -487,11 +489,11 @@ def test_from_another_machine_generate_uploads_and_results_need_the_admin_token(
 def test_listening_beyond_this_machine_prints_the_listeners_link_and_the_token():
     assert studio_app.is_loopback("127.0.0.1") and studio_app.is_loopback("::1")
     assert not studio_app.is_loopback("0.0.0.0") and not studio_app.is_loopback("192.168.1.20")
-    assert studio_app.share_lines("192.168.1.20", 8000, "T0K") == [
+    assert studio_app.share_lines("192.168.1.20", 8000, token="T0K") == [
         "studio: give listeners this link: http://192.168.1.20:8000/listen",
         "studio: admin token (generate, uploads, results from other machines): T0K",
         "studio: your page from another machine: http://192.168.1.20:8000/?token=T0K"]
-    lines = studio_app.share_lines("0.0.0.0", 8000, "T0K")
+    lines = studio_app.share_lines("0.0.0.0", 8000, token="T0K")
     assert lines[0].endswith(":8000/listen") and "0.0.0.0" not in lines[0]
 
 

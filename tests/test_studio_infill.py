@@ -28,8 +28,8 @@ def infill_run(tmp_path_factory):
 def server(infill_run, tiny_run, tmp_path_factory):
     """The studio serving the infilling run and a plain one (no controls, no infilling)."""
     root = tmp_path_factory.mktemp("studio-infill-out")
-    studio = service.Studio([infill_run, tiny_run], str(root / "out"), str(root / "votes.sqlite"), ab_seconds=8,
-                            ab_pool=1, log=lambda message: None)
+    studio = service.Studio([infill_run, tiny_run], str(root / "out"), db=str(root / "votes.sqlite"),
+                            settings=service.StudioSettings(ab_seconds=8, ab_pool=1), log=lambda message: None)
     server = Server(studio)
     yield server
     server.stop()

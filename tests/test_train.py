@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from keras_music import callbacks, config as config_lib, dataset, run as run_lib, train
+from keras_music.sampling import SamplingSettings
 from conftest import FOUR_CHORALES, REPO, TINY, tiny_config
 
 RUN_FILES = ("config.yaml", "vocab.json", "corpus_manifest.json", "model.keras", "metrics.json",
@@ -40,8 +41,8 @@ def test_tiny_run_writes_the_whole_run_directory(tiny_run):
     assert metrics["val_perplexity"] == pytest.approx(np.exp(metrics["val_loss"]))
     # The held-out scores are those of the saved model over every position of the validation windows.
     model = run_lib.load_model(tiny_run)
-    windows = dataset.evaluation_dataset(run_lib.shard_paths(tiny_run, "validation", prepared), 32, 4,
-                                         vocabulary.boundary_id)
+    windows = dataset.evaluation_dataset(run_lib.shard_paths(tiny_run, "validation", info=prepared), 32, batch_size=4,
+                                         boundary_id=vocabulary.boundary_id)
     nll, hits, count = 0.0, 0, 0
     for x, y in windows.as_numpy_iterator():
         probabilities = model(x, training=False).numpy()
@@ -432,16 +433,17 @@ def test_transposition_shifts_training_pieces_and_leaves_validation_as_it_is(tmp
 
     config = tiny_config("data.transpose=2")
     run_dir = str(tmp_path / "run")
-    info = train.prepare_run(config, run_dir, False, log=lambda *a: None)
+    info = train.prepare_run(config, run_dir, show_progress=False, log=lambda *a: None)
     vocabulary = run_lib.load_vocabulary(run_dir)
     steps = train.epoch_steps(config, info["lengths"]["train"])
-    make_train_data, validation_data = train.input_pipelines(config, run_dir, info, vocabulary, steps, 0)
+    inputs = train.input_pipelines(config, run_dir, info=info, vocabulary=vocabulary, steps_per_epoch=steps,
+                                   first_epoch=0)
 
     def shifted_pieces(split):
-        pieces = [vocabulary.decode(ids) for ids in dataset.read_pieces(run_lib.shard_paths(run_dir, split, info))]
+        pieces = [vocabulary.decode(ids) for ids in dataset.read_pieces(run_lib.shard_paths(run_dir, split, info=info))]
         shifted = {}
         for shift in range(-2, 3):
-            moved = [[events.transpose_token(t, shift, "note") for t in piece] for piece in pieces]
+            moved = [[events.transpose_token(t, shift, representation="note") for t in piece] for piece in pieces]
             shifted[shift] = [" " + " ".join(piece) + " " for piece in moved if None not in piece]
         return shifted
 
@@ -452,14 +454,14 @@ def test_transposition_shifts_training_pieces_and_leaves_validation_as_it_is(tmp
 
     training, held_out = shifted_pieces("train"), shifted_pieces("validation")
     seen = []
-    for segment in stream_segments(make_train_data().as_numpy_iterator(), vocabulary):
+    for segment in stream_segments(inputs.make_train_data().as_numpy_iterator(), vocabulary):
         shifts = shifts_of(segment, training)
         assert shifts, segment  # a whole piece moved by one shift, every pitch by the same amount
         if len(shifts) == 1:  # a slice with pitches tells its shift
             seen.append(shifts.pop())
     assert len(set(seen)) > 1 and set(seen) <= {-2, -1, 0, 1, 2}
     told = []
-    for segment in stream_segments(validation_data.as_numpy_iterator(), vocabulary):
+    for segment in stream_segments(inputs.validation_data.as_numpy_iterator(), vocabulary):
         shifts = shifts_of(segment, held_out)
         assert 0 in shifts, segment  # the held-out pieces as they are
         told += list(shifts) if len(shifts) == 1 else []
@@ -470,14 +472,14 @@ def test_min_count_turns_rare_tokens_into_unk_in_the_vocabulary_and_the_data(pre
     import collections
 
     run_dir = str(tmp_path / "run")
-    info = train.prepare_run(tiny_config("data.min_count=3"), run_dir, False, log=lambda *a: None)
+    info = train.prepare_run(tiny_config("data.min_count=3"), run_dir, show_progress=False, log=lambda *a: None)
     reduced = run_lib.load_vocabulary(run_dir)
     full = run_lib.load_vocabulary(prepared)  # the same pieces with data.min_count=1
     full_info = run_lib.load_prepared(prepared)
 
     def pieces(directory, split, split_info, vocabulary):
-        return [vocabulary.decode(ids) for ids in dataset.read_pieces(run_lib.shard_paths(directory, split,
-                                                                                          split_info))]
+        paths = run_lib.shard_paths(directory, split, info=split_info)
+        return [vocabulary.decode(ids) for ids in dataset.read_pieces(paths)]
 
     counts = collections.Counter(t for piece in pieces(prepared, "train", full_info, full) for t in piece)
     rare = {token for token, count in counts.items() if count < 3}
@@ -507,8 +509,7 @@ def test_the_classic_representation_trains_samples_generates_evaluates_and_expor
     samples = out.split("samples: ")[1].splitlines()[0].split(", ")
     assert len(samples) == 1 and samples[0].endswith(".mid")
     assert len(converter.parse(samples[0]).flatten().notes) > 0
-    pieces = generate.Generator(str(run_dir), log=lambda message: None).generate(
-        num_samples=2, length=12, seed=3, primer_tokens=[])
+    pieces = generate.Generator(str(run_dir), log=lambda message: None).generate(num_samples=2, seed=3, primer_tokens=[], sampling=SamplingSettings(length=12))
     for piece in pieces:
         assert 0 < len(piece.tokens) <= 12
         assert all(events.token_representations(token) == {"classic"} for token in piece.tokens)
@@ -518,7 +519,8 @@ def test_the_classic_representation_trains_samples_generates_evaluates_and_expor
     assert quality["events"] == quality["tokens"] > 0
     assert 1 < quality["perplexity"] < len(vocabulary)
     # Exported, it generates classic tokens on the phone's path (TFLite, no TensorFlow).
-    report = export.export(str(run_dir), quantize=("none",), parity_windows=2, parity_steps=20, log=lambda *a: None)
+    report = export.export(str(run_dir), export.ExportSettings(quantize=("none",), parity_windows=2, parity_steps=20),
+                           log=lambda *a: None)
     assert report["passed"]
     exported = run_lib.path(str(run_dir), run_lib.EXPORT)
     assert json.load(open(os.path.join(exported, run_lib.EXPORT_VOCAB)))["representation"] == "classic"

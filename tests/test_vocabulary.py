@@ -280,7 +280,7 @@ def test_classic_token_syntax(token, expected):
 
 def test_special_tokens_are_valid_only_at_their_own_id():
     for position, token in enumerate(SPECIALS):
-        assert vocabulary_lib.valid_token(token, "note", position)
+        assert vocabulary_lib.valid_token(token, "note", position=position)
         assert vocabulary_lib.valid_token(token, "classic")
-        assert not vocabulary_lib.valid_token(token, "note", position + 3)
-    assert not vocabulary_lib.valid_token("<unk>", "note", 0)
+        assert not vocabulary_lib.valid_token(token, "note", position=position + 3)
+    assert not vocabulary_lib.valid_token("<unk>", "note", position=0)

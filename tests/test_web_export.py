@@ -326,8 +326,8 @@ def test_javascript_decoder_and_midi_writer_match_python(tmp_path):
         step = Fraction(str(case["vocabulary"].get("classic_step", 0.5)))
         notes = reference.sonorities_to_notes(reference.tokens_to_sonorities(case["tokens"],
                                                                              case["vocabulary"]["representation"], step))
-        theirs = events.sonorities_to_notes(events.tokens_to_sonorities(case["tokens"],
-                                                                        case["vocabulary"]["representation"], step))
+        theirs = events.sonorities_to_notes(events.tokens_to_sonorities(
+            case["tokens"], case["vocabulary"]["representation"], classic_step=step))
         assert got["notes"] == [[float(a), float(d), p] for a, d, p in notes] == theirs.tolist()
         assert bytes(got["midi"]) == reference.midi_bytes(notes, cases["tempo"], cases["program"], (3, 4))
 
@@ -341,7 +341,8 @@ def test_reference_sampler_is_keras_musics_sampler_drawing_from_splitmix64():
     for temperature, top_k, top_p in ((1.0, 0, 1.0), (0.8, 6, 1.0), (1.2, 0, 0.8), (0.6, 10, 0.9), (0.0, 0, 1.0)):
         ours, theirs = reference.SplitMix64(11), reference.SplitMix64(11)
         for row, mask in zip(rows, masks):
-            expected = sampling.sample_next(row[None], theirs, temperature, top_k, top_p, banned=[0, 1],
+            expected = sampling.sample_next(row[None], theirs, temperature=temperature, top_k=top_k, top_p=top_p,
+                                            banned=[0, 1],
                                             allowed=mask[None])[0]
             assert reference.sample(row, ours, temperature, top_k, (0, 1), mask, top_p) == expected
 
@@ -617,8 +618,8 @@ def test_a_web_export_is_found_in_its_folder_or_its_run_directory(web_run, site,
 
 
 def test_studio_links_a_runs_web_export(web_run, tmp_path):
-    studio = service.Studio([web_run], str(tmp_path / "out"), str(tmp_path / "votes.sqlite"), ab_pool=1,
-                            log=lambda message: None)
+    studio = service.Studio([web_run], str(tmp_path / "out"), db=str(tmp_path / "votes.sqlite"),
+                            settings=service.StudioSettings(ab_pool=1), log=lambda message: None)
     (run,) = studio.describe_runs()
     assert run["web_url"] == f"/web/{run['name']}/"
     server = BackgroundServer(routes.create_app(studio))

@@ -51,7 +51,7 @@ def orders_one_to_twelve(train, held_out, vocabulary_size: int) -> dict:
     from keras_music.ngram import evaluate_orders
 
     started = time.perf_counter()
-    results = evaluate_orders(train, held_out, vocabulary_size, orders=range(1, 13))
+    results = evaluate_orders(train, held_out, vocabulary_size=vocabulary_size, orders=range(1, 13))
     return {"seconds": time.perf_counter() - started, "best_perplexity": min(r["perplexity"] for r in results.values())}
 
 

@@ -27,14 +27,16 @@ def parse_throughput(sources, workers: int, cache_dir: str | None) -> tuple[floa
 
 MEMORY_CHILD = r"""
 import json, resource, sys
-from keras_music import dataset
+from keras_music import config as config_lib, dataset
 import tensorflow as tf
 files, seq_length, batch = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 lengths = [len(p) for p in tf.data.TFRecordDataset(files).map(dataset._parse)]
-steps = dataset.count_windows(lengths, seq_length, seq_length) // batch
+steps = dataset.count_windows(lengths, seq_length, stride=seq_length) // batch
 count = 0
-for x, y in dataset.training_dataset(files, seq_length, batch, steps, 0, 0, 1):
+for x, y in dataset.training_dataset(files, config_lib.DataConfig(seq_length=seq_length),
+                                     train=config_lib.TrainConfig(batch_size=batch, seed=0, epochs=1),
+                                     span=dataset.EpochSpan(steps)):
     count += 1
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"baseline_mib": before / 1024, "peak_mib": after / 1024, "batches": count,
@@ -48,7 +50,7 @@ def pipeline_memory(run_dir: str, factor: int, seq_length: int, batch: int) -> d
     pieces = dataset.read_pieces(dataset.shard_files(run_lib.data_dir(run_dir), "train"))
     with tempfile.TemporaryDirectory() as tmp:
         copies = [(f"piece{i}-{k}", ids.tolist()) for k in range(factor) for i, ids in enumerate(pieces)]
-        dataset.write_shards(tmp, "train", copies)
+        dataset.write_shards(tmp, "train", pieces=copies)
         files = dataset.shard_files(tmp, "train")
         output = subprocess.run([sys.executable, "-c", MEMORY_CHILD, json.dumps(files), str(seq_length), str(batch)],
                                 capture_output=True, text=True, check=True).stdout

@@ -92,11 +92,13 @@ def main(argv=None) -> int:
 
 def many_to_many_tokens_per_second(files, lengths, vocabulary_size: int, args) -> float:
     """keras_music: many-to-many on the tf.data pipeline, every position predicted."""
-    from keras_music import dataset, model as model_lib
+    from keras_music import config as config_lib, dataset, model as model_lib
 
     L, B = args.seq_length, args.batch_size
-    steps_per_epoch = dataset.count_windows(lengths, L, L) // B
-    data = dataset.training_dataset(files, L, B, steps_per_epoch, 0, 0, 1000).repeat()
+    steps_per_epoch = dataset.count_windows(lengths, L, stride=L) // B
+    data = dataset.training_dataset(files, config_lib.DataConfig(seq_length=L),
+                                    train=config_lib.TrainConfig(batch_size=B, seed=0, epochs=1000),
+                                    span=dataset.EpochSpan(steps_per_epoch)).repeat()
     many = model_lib.build_model(vocabulary_size, args.embedding_size, args.hidden_size, args.num_layers, 0.0)
     many.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     seconds = timed_fit(many, data, args.steps)

@@ -6,11 +6,14 @@ import argparse
 import ipaddress
 import os
 import secrets
+import socket
 import sys
+
+import uvicorn
 
 from keras_music import cli, listening, run as run_lib, storage, web_export
 from keras_music.studio.routes import create_app, create_web_app
-from keras_music.studio.service import AB_TEMPO, MAX_LENGTH, Studio
+from keras_music.studio.service import AB_TEMPO, MAX_LENGTH, Studio, StudioSettings
 
 
 def parse_args(argv=None):
@@ -69,8 +72,8 @@ def main(argv=None):
         print(f"python -m keras_music.studio: error: {error}", file=sys.stderr)
         cli.finish(cli.USAGE_EXIT)
     if args.web_export is not None:
-        serve(parser, args.host, args.port, create_web_app(args.web_export),
-              f"web export {os.path.realpath(web_export.site_directory(args.web_export))}")
+        serve(parser, create_web_app(args.web_export), host=args.host, port=args.port,
+              what=f"web export {os.path.realpath(web_export.site_directory(args.web_export))}")
         cli.finish(0)
     beside = os.path.dirname(os.path.realpath(args.run_dir[0]))
     with cli.user_errors(parser):
@@ -79,13 +82,13 @@ def main(argv=None):
                 parser.error(f"argument --run-dir: the studio serves local run directories, got {run_dir}")
             run_lib.load_config(run_dir)
         print("loading runs ...", file=sys.stderr)
+        settings = StudioSettings(soundfont=args.soundfont, tempo=args.tempo, ab_seconds=args.ab_seconds,
+                                  ab_pool=args.ab_pool, max_length=args.max_length)
         studio = Studio(args.run_dir, args.out or os.path.join(beside, "studio"),
-                        args.db or os.path.join(beside, listening.DB_NAME), soundfont=args.soundfont,
-                        tempo=args.tempo, ab_seconds=args.ab_seconds, ab_pool=args.ab_pool,
-                        max_length=args.max_length)
+                        db=args.db or os.path.join(beside, listening.DB_NAME), settings=settings)
         token = None if is_loopback(args.host) else secrets.token_urlsafe(18)
-        serve(parser, args.host, args.port, create_app(studio, admin_token=token),
-              f"runs: {', '.join(studio.runs)}; votes: {studio.store.path}", token)
+        serve(parser, create_app(studio, admin_token=token), host=args.host, port=args.port,
+              what=f"runs: {', '.join(studio.runs)}; votes: {studio.store.path}", token=token)
     cli.finish(0)
 
 
@@ -98,8 +101,6 @@ def is_loopback(host: str) -> bool:
 
 def reachable_address(host: str) -> str:
     """The address other machines reach a server bound to `host` at (for 0.0.0.0: this machine's outward one)."""
-    import socket
-
     if host not in ("0.0.0.0", "::", ""):
         return host
     try:
@@ -111,7 +112,7 @@ def reachable_address(host: str) -> str:
         return socket.gethostname()
 
 
-def share_lines(host: str, port: int, token: str) -> list[str]:
+def share_lines(host: str, port: int, *, token: str) -> list[str]:
     """What the studio prints when it listens beyond this machine: the listeners' link and the owner's."""
     address = reachable_address(host)
     base = f"http://{address if ':' not in address else f'[{address}]'}:{port}"
@@ -120,11 +121,7 @@ def share_lines(host: str, port: int, token: str) -> list[str]:
             f"studio: your page from another machine: {base}/?token={token}"]
 
 
-def serve(parser, host: str, port: int, app, what: str, token: str | None = None) -> None:
-    import socket
-
-    import uvicorn
-
+def serve(parser, app, *, host: str, port: int, what: str, token: str | None = None) -> None:
     # Bind the socket here so a port in use is a one-line error and --port 0 can print the real port.
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -136,6 +133,6 @@ def serve(parser, host: str, port: int, app, what: str, token: str | None = None
     bound, port = sock.getsockname()[:2]
     print(f"studio: http://{bound if ':' not in bound else f'[{bound}]'}:{port}/ ({what})", flush=True)
     if token:
-        print("\n".join(share_lines(host, port, token)), flush=True)
+        print("\n".join(share_lines(host, port, token=token)), flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     server.run(sockets=[sock])

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import ipaddress
 import json
+import mimetypes
 import os
 import re
 import secrets
@@ -87,7 +88,7 @@ def listener_of(request, assign: bool = False) -> tuple[str, bool]:
     return (secrets.token_hex(16), True) if assign else ("", False)
 
 
-def with_listener(response, listener: str, new: bool):
+def with_listener(response, listener: str, *, new: bool):
     if new:
         response.set_cookie(LISTENER_COOKIE, listener, max_age=YEAR, httponly=True, samesite="lax")
     return response
@@ -100,7 +101,7 @@ def error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-async def refuse_oversized(request, cap: int, what: str) -> None:
+async def refuse_oversized(request, cap: int, *, what: str) -> None:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > cap:
         if int(declared) <= 4 * cap:
@@ -121,7 +122,7 @@ async def read_capped(request, cap: int) -> bytes:
 
 
 async def json_body(request) -> dict:
-    await refuse_oversized(request, MAX_JSON_BYTES, "request body")
+    await refuse_oversized(request, MAX_JSON_BYTES, what="request body")
     data = await read_capped(request, MAX_JSON_BYTES)
     if not data.strip():
         return {}
@@ -189,7 +190,7 @@ async def ab_next(request):
     listener, new = listener_of(request, assign=True)
     body = await json_body(request)
     pair = await run_in_threadpool(request.app.state.studio.next_pair, body, listener)
-    return with_listener(JSONResponse(pair), listener, new)
+    return with_listener(JSONResponse(pair), listener, new=new)
 
 
 @refusing
@@ -225,7 +226,7 @@ async def primers(request):
     filename = os.path.basename(request.query_params.get("filename", ""))
     if not filename:
         raise StudioError("name the upload: POST /api/primers?filename=NAME.mid with the file as the body")
-    await refuse_oversized(request, MAX_UPLOAD_BYTES, "upload")
+    await refuse_oversized(request, MAX_UPLOAD_BYTES, what="upload")
     data = await read_capped(request, MAX_UPLOAD_BYTES)
     return JSONResponse(await run_in_threadpool(request.app.state.studio.add_primer, filename, data))
 
@@ -233,7 +234,7 @@ async def primers(request):
 @refusing
 async def files(request):
     params = request.path_params
-    return FileResponse(request.app.state.studio.output_file(params["area"], params["item"], params["name"]))
+    return FileResponse(request.app.state.studio.output_file(params["area"], params["item"], name=params["name"]))
 
 
 @refusing
@@ -299,8 +300,6 @@ ROUTES = (
 
 def web_site(directory: str, isolate: bool = True):
     """An ASGI app serving a web export's files, with the cross-origin isolation headers when `isolate`."""
-    import mimetypes
-
     mimetypes.add_type("application/wasm", ".wasm")
     mimetypes.add_type("text/javascript", ".js")
     mimetypes.add_type("application/octet-stream", ".tflite")

@@ -13,7 +13,14 @@ import uuid
 from fractions import Fraction
 
 from keras_music import audio as audio_lib, defaults, events, listening, run as run_lib, storage, web_export
+from keras_music import controls, corpus, infill as infill_lib
+from keras_music.controls import ControlSettings
 from keras_music.errors import KerasMusicError
+from keras_music.generate import GenerateError
+from keras_music.generate import Generator
+from keras_music.pieces import Piece
+from keras_music.sampling import SamplingSettings
+from keras_music.studio import summary
 
 MAX_LENGTH = defaults.MAX_LENGTH  # events per generated piece
 QUEUE = 2  # requests that may wait for the one running generation before "busy" answers
@@ -29,8 +36,6 @@ POOL_QUIET_SECONDS = 1.0
 
 def _controls_of(generator) -> dict | None:
     """What the studio's form may ask a run for: None for a run without control tokens."""
-    from keras_music import controls
-
     tokens = generator.vocabulary.tokens
     if not controls.has_controls(tokens):
         return None
@@ -45,7 +50,7 @@ def _controls_of(generator) -> dict | None:
             "polyphony_bins": controls.POLYPHONY_BINS, "normalize_key": normalize}
 
 
-def _requested_controls(body: dict) -> dict:
+def _requested_controls(body: dict) -> ControlSettings:
     """The key, density and polyphony of a /api/generate body (strings, or a bin number), unset when absent, and
     `bar_limits` (default true: the sampler keeps steered bars in their bins)."""
     out = {}
@@ -62,7 +67,31 @@ def _requested_controls(body: dict) -> dict:
         if not isinstance(limits, bool):
             raise StudioError(f"bar_limits must be true or false, got {limits!r}")
         out["bar_limits"] = limits
-    return out
+    return ControlSettings(**out)
+
+
+def _sampling_of(body: dict, vocabulary_size: int, *, max_length: int | None = None) -> SamplingSettings:
+    """The temperature, top-k and top-p of a request body (and, given `max_length`, its length and min_length)."""
+    settings = {"temperature": _number(body, "temperature", default=defaults.TEMPERATURE, low=0.0, high=5.0),
+                "top_k": int(_number(body, "top_k", default=defaults.TOP_K, low=0, high=vocabulary_size, integer=True)),
+                "top_p": _number(body, "top_p", default=defaults.TOP_P, low=1e-6, high=1.0)}
+    if max_length is not None:
+        settings["length"] = int(_number(body, "length", default=defaults.LENGTH, low=1, high=max_length, integer=True))
+        settings["min_length"] = int(_number(body, "min_length", default=defaults.MIN_LENGTH, low=0, high=max_length,
+                                             integer=True))
+    return SamplingSettings(**settings)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudioSettings:
+    """How the studio serves: the SoundFont and tempo it writes with, the A/B excerpts' length in seconds
+    and pool size per side, and the longest piece a request may ask for (events)."""
+
+    soundfont: str | None = None
+    tempo: float | None = None
+    ab_seconds: float = 20.0
+    ab_pool: int = 8
+    max_length: int = MAX_LENGTH
 
 
 class StudioError(KerasMusicError, ValueError):
@@ -86,10 +115,7 @@ class Side:
 class Studio:
     """Runs, generators, the output area and the listening store behind the HTTP API."""
 
-    def __init__(self, run_dirs, out_dir: str, db: str, soundfont: str | None = None, tempo: float | None = None,
-                 ab_seconds: float = 20.0, ab_pool: int = 8, max_length: int = MAX_LENGTH, log=None):
-        from keras_music.generate import Generator
-
+    def __init__(self, run_dirs, out_dir: str, *, db: str, settings: StudioSettings | None = None, log=None):
         self.log = log or (lambda message: print(message, file=sys.stderr))
         self.runs: dict[str, str] = {}
         for run_dir in run_dirs:
@@ -100,19 +126,21 @@ class Studio:
         self.out_dir = os.path.abspath(out_dir)
         os.makedirs(self.out_dir, exist_ok=True)
         self.store = listening.Store(db)
-        self.soundfont = soundfont
-        audio_lib.soundfont_bytes(soundfont)  # a bad --soundfont fails at start, not on the first request
-        self.tempo, self.ab_seconds, self.ab_pool, self.max_length = tempo, ab_seconds, ab_pool, max_length
+        settings = StudioSettings() if settings is None else settings
+        self.soundfont = settings.soundfont
+        audio_lib.soundfont_bytes(self.soundfont)  # a bad --soundfont fails at start, not on the first request
+        self.tempo, self.ab_seconds = settings.tempo, settings.ab_seconds
+        self.ab_pool, self.max_length = settings.ab_pool, settings.max_length
         # Generated pieces keep their own timing unless --tempo says otherwise; A/B excerpts all
         # share one tempo so that neither side can be told apart by it.
-        self.ab_tempo = tempo or AB_TEMPO
+        self.ab_tempo = self.tempo or AB_TEMPO
         self.generators = {label: Generator(run_dir, log=self.log) for label, run_dir in self.runs.items()}
         self._lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending = 0
         for generator in self.generators.values():
             # The first step traces the model; do it now rather than in the first request.
-            generator.generate(length=2, primer_tokens=[])
+            generator.generate(primer_tokens=[], sampling=SamplingSettings(length=2))
             generator.held_out_pieces()
         # The A/B pool: excerpts rendered ahead, per side, so that dealing a pair never waits on a model.
         self._kinds: dict[str, str] = {}
@@ -153,12 +181,10 @@ class Studio:
         return label
 
     def describe_runs(self) -> list[dict]:
-        from keras_music.studio import summary
-
         out = []
         for label, run_dir in self.runs.items():
             generator = self.generators[label]
-            metrics = run_lib.read_metrics(run_dir)
+            metrics = run_lib.read_training_record(run_dir)
             evaluation = run_lib.read_evaluation(run_dir)
             held_out = len(generator.held_out_pieces())
             out.append({
@@ -167,8 +193,10 @@ class Studio:
                 "controls": _controls_of(generator),
                 "infill": events.FIM_MIDDLE in generator.vocabulary.index,
                 "metrics": _scalars(metrics), "evaluation": _scalars(evaluation),
-                "summary": summary.summarize_run(label, generator.representation, len(generator.vocabulary),
-                                                 held_out, metrics, evaluation, defaults.TEMPERATURE),
+                "summary": summary.summarize_run(label, generator.representation,
+                                                 vocabulary_size=len(generator.vocabulary),
+                                                 held_out=held_out, metrics=metrics, evaluation=evaluation,
+                                                 recommended=defaults.TEMPERATURE),
                 "details": [summary.records(metrics, "Training"), summary.records(evaluation, "Evaluation")],
                 "curves_url": (f"/runs/{label}/{run_lib.TRAINING_CURVES}"
                                if os.path.isfile(run_lib.path(run_dir, run_lib.TRAINING_CURVES)) else None),
@@ -189,19 +217,16 @@ class Studio:
     def generate(self, body: dict) -> dict:
         label = self.run_label(body.get("run"))
         generator = self.generators[label]
-        temperature = _number(body, "temperature", defaults.TEMPERATURE, 0.0, 5.0)
-        top_k = int(_number(body, "top_k", defaults.TOP_K, 0, len(generator.vocabulary), integer=True))
-        top_p = _number(body, "top_p", defaults.TOP_P, 1e-6, 1.0)
-        length = int(_number(body, "length", defaults.LENGTH, 1, self.max_length, integer=True))
-        min_length = int(_number(body, "min_length", defaults.MIN_LENGTH, 0, self.max_length, integer=True))
-        seed = int(_number(body, "seed", random.randrange(2 ** 31), 0, 2 ** 31 - 1, integer=True))
+        sampling = _sampling_of(body, len(generator.vocabulary), max_length=self.max_length)
+        seed = int(_number(body, "seed", default=random.randrange(2 ** 31), low=0, high=2 ** 31 - 1, integer=True))
         primer = body.get("primer", "held_out")
-        kwargs = _requested_controls(body)
+        asked = _requested_controls(body)
         try:
             # A bad control fails now, not after waiting for the model.
-            generator.control_request(**{k: v for k, v in kwargs.items() if k != "bar_limits"})
+            generator.control_request(asked)
         except KerasMusicError as error:
             raise StudioError(str(error)) from None
+        kwargs = {}
         if primer == "none":
             kwargs["primer_tokens"] = []
         elif isinstance(primer, str) and primer.startswith("held_out:"):
@@ -214,12 +239,9 @@ class Studio:
         directory = os.path.join(self.out_dir, "pieces", piece_id)
 
         def work():
-            from keras_music.generate import GenerateError
-
             started = time.perf_counter()
             try:
-                pieces = generator.generate(length=length, min_length=min_length, temperature=temperature,
-                                            top_k=top_k, top_p=top_p, seed=seed, **kwargs)
+                pieces = generator.generate(1, sampling, seed=seed, controls=asked, **kwargs)
             except GenerateError as error:
                 raise StudioError(str(error)) from None
             sampled = time.perf_counter()
@@ -227,19 +249,17 @@ class Studio:
             return pieces[0], paths, sampled - started, time.perf_counter() - sampled
 
         piece, paths, sample_seconds, write_seconds = self.exclusive(work)
-        answer = self._answer(piece_id, label, seed, piece, paths, generator)
+        answer = self._answer(piece_id, label, seed=seed, piece=piece, paths=paths, generator=generator)
         answer["timing"] = {"sample_seconds": round(sample_seconds, 3), "write_seconds": round(write_seconds, 3)}
         return answer
 
-    def _answer(self, piece_id: str, label: str, seed: int, piece, paths, generator) -> dict:
+    def _answer(self, piece_id: str, label: str, *, seed: int, piece, paths, generator) -> dict:
         """What /api/generate and /api/infill answer about a piece written to `paths`: its numbers, notes and files.
 
         `bars` is how many bars /api/infill counts in the piece's MIDI file (laid out from the start of
         its timeline up to its last note's end); `start` is where its notes begin on that timeline."""
-        from keras_music import controls
-
         names = {os.path.splitext(p)[1]: os.path.basename(p) for p in paths}
-        self._hide_paths(os.path.join(os.path.dirname(paths[0]), names[".json"]), label, generator)
+        self._hide_paths(os.path.join(os.path.dirname(paths[0]), names[".json"]), label, generator=generator)
         base = f"/files/pieces/{piece_id}/"
         with open(os.path.join(os.path.dirname(paths[0]), names[".ogg"]), "rb") as handle:
             seconds = audio_lib.duration(handle.read())
@@ -266,18 +286,14 @@ class Studio:
 
         The answer is /api/generate's, with the piece's `infill` record (its `source` the request's
         "upload:ID" or "piece:ID"); errors name the piece and the run, never a path of this machine."""
-        from keras_music import infill as infill_lib
-
         label = self.run_label(body.get("run"))
         generator = self.generators[label]
         if events.FIM_MIDDLE not in generator.vocabulary.index:
             raise StudioError(f"run {label} was trained without infilling (its vocabulary has no "
                               f"{events.FIM_MIDDLE}), so it cannot fill bars: serve a run trained with "
                               "data.infill_rate > 0")
-        temperature = _number(body, "temperature", defaults.TEMPERATURE, 0.0, 5.0)
-        top_k = int(_number(body, "top_k", defaults.TOP_K, 0, len(generator.vocabulary), integer=True))
-        top_p = _number(body, "top_p", defaults.TOP_P, 1e-6, 1.0)
-        seed = int(_number(body, "seed", random.randrange(2 ** 31), 0, 2 ** 31 - 1, integer=True))
+        sampling = _sampling_of(body, len(generator.vocabulary))
+        seed = int(_number(body, "seed", default=random.randrange(2 ** 31), low=0, high=2 ** 31 - 1, integer=True))
         source, bars = body.get("piece"), body.get("bars")
         if isinstance(source, str) and source.startswith("upload:"):
             item = source.partition(":")[2]
@@ -301,8 +317,7 @@ class Studio:
 
         def work():
             try:
-                pieces = generator.infill(path, (first, last), temperature=temperature, top_k=top_k, top_p=top_p,
-                                          seed=seed)
+                pieces = generator.infill(path, (first, last), sampling=sampling, seed=seed)
             except KerasMusicError as error:
                 raise StudioError(_replaced(str(error), public)) from None
             piece = dataclasses.replace(pieces[0], primer_source=f"{source} (bars {first}-{last} filled)",
@@ -311,11 +326,11 @@ class Studio:
                                           soundfont=self.soundfont)
 
         piece, paths = self.exclusive(work)
-        answer = self._answer(piece_id, label, seed, piece, paths, generator)
+        answer = self._answer(piece_id, label, seed=seed, piece=piece, paths=paths, generator=generator)
         answer["events"] = events.count_events(piece.tokens)  # the filled bars' (the rest is the source's)
         return answer
 
-    def _hide_paths(self, record_path: str, label: str, generator) -> None:
+    def _hide_paths(self, record_path: str, label: str, *, generator) -> None:
         """The piece's JSON record as served: the run by its label, and no path of this machine in it."""
         record = storage.read_json(record_path)
         public = ((generator.run_dir, f"run {label}"), (self.out_dir, "studio"))
@@ -346,8 +361,6 @@ class Studio:
     # ------------------------------------------------------------------ uploads
 
     def add_primer(self, filename: str, data: bytes) -> dict:
-        from keras_music import corpus
-
         extension = os.path.splitext(filename)[1].lower()
         if extension not in corpus.SCORE_EXTENSIONS:
             raise StudioError(f"{filename!r} is not a score file (expected one of {', '.join(corpus.SCORE_EXTENSIONS)})",
@@ -373,7 +386,7 @@ class Studio:
 
     # ------------------------------------------------------------------ files
 
-    def output_file(self, area: str, item: str, name: str) -> str:
+    def output_file(self, area: str, item: str, *, name: str) -> str:
         if area != "pieces" or not ID.match(item) or not FILE_NAME.match(name):
             raise StudioError("not found", 404)
         path = os.path.realpath(os.path.join(self.out_dir, area, item, name))
@@ -415,8 +428,9 @@ class Studio:
         name = f"{first.name} vs {second.name}"
         if name not in self._kinds:  # registered once per process: a pair costs one write, its own
             kind = "real" if first.temperature is None else "prefer"
-            self.store.add_comparison(name, kind, first.name, second.name, os.path.realpath(self.runs[first.run]),
-                                      os.path.realpath(self.runs[second.run]))
+            self.store.add_comparison(name, kind, first=first.name, second=second.name,
+                                      first_dir=os.path.realpath(self.runs[first.run]),
+                                      second_dir=os.path.realpath(self.runs[second.run]))
             self._kinds[name] = kind
         return name, first, second
 
@@ -444,7 +458,7 @@ class Studio:
             raise StudioError(f"busy: the excerpts of {' and '.join(missing)} are still being rendered; "
                               "try again in a few seconds", 503)
         first_is = random.choice("ab")
-        pair = self.store.add_pair(name, first_id, second_id, first_is, listener)
+        pair = self.store.add_pair(name, first_id, second_stimulus=second_id, first_is=first_is, listener=listener)
         self._wake.set()  # top the pool up behind this listener
         return {"pair_id": pair, "comparison": name,
                 "question": "Which one is the human?" if self._kinds[name] == "real" else "Which do you prefer?",
@@ -524,7 +538,7 @@ class Studio:
         quarters = Fraction(max(1, round(self.ab_seconds * self.ab_tempo / 60)))
         step = Fraction(generator.config.data.classic_step).limit_denominator(generator.config.data.grid)
         if side.temperature is None:
-            candidates = [events.tokens_to_sonorities(p, generator.representation, step)
+            candidates = [events.tokens_to_sonorities(p, generator.representation, classic_step=step)
                           for p in generator.held_out_pieces()]
             candidates = [c for c in candidates if c]
             if not candidates:
@@ -535,15 +549,14 @@ class Studio:
             # A sixteenth per event at least, so the piece always reaches the target before trimming.
             length = min(self.max_length, int(quarters * 4))
             with self._lock:  # the model is shared with /api/generate, one sampler at a time
-                piece = generator.generate(length=length, min_length=length, temperature=side.temperature,
-                                           seed=random.randrange(2 ** 31), primer_tokens=[])[0]
+                sampling = SamplingSettings(temperature=side.temperature, length=length, min_length=length)
+                piece = generator.generate(1, sampling, seed=random.randrange(2 ** 31), primer_tokens=[])[0]
             sonorities = piece.sonorities
         sonorities = trim(sonorities, quarters)
-        return self._write_stimulus(side, generator, sonorities, float(quarters) * 60 / self.ab_tempo)
+        return self._write_stimulus(side, generator, sonorities=sonorities,
+                                    seconds=float(quarters) * 60 / self.ab_tempo)
 
-    def _write_stimulus(self, side: Side, generator, sonorities, seconds: float) -> str:
-        from keras_music.pieces import Piece
-
+    def _write_stimulus(self, side: Side, generator, *, sonorities, seconds: float) -> str:
         piece = Piece(tokens=[], primer_tokens=[], ids=[], sonorities=sonorities,
                       notes=events.sonorities_to_notes(sonorities), primer_events=0, stop_reason="length",
                       repairs={}, settings={"side": side.name})
@@ -556,7 +569,7 @@ class Studio:
         sound = audio_lib.render_file(midi, os.path.splitext(midi)[0] + ".ogg", "ogg", self.soundfont, seconds)
         with open(sound, "rb") as handle:
             seconds = audio_lib.duration(handle.read())
-        return self.store.add_stimulus(side.name, os.path.relpath(sound, self.out_dir), seconds)
+        return self.store.add_stimulus(side.name, os.path.relpath(sound, self.out_dir), seconds=seconds)
 
     def pair_audio(self, pair: str, side: str) -> str:
         self._last_request = time.monotonic()
@@ -618,7 +631,7 @@ def _scalars(record) -> dict:
     return dict(list(out.items())[:40])
 
 
-def _number(body: dict, key: str, default, low, high, integer: bool = False):
+def _number(body: dict, key: str, *, default, low, high, integer: bool = False):
     value = body.get(key, default)
     if value is None:
         value = default

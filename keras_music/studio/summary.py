@@ -133,7 +133,7 @@ def overlap(evaluation: dict, recommended: float) -> dict | None:
     return {"temperature": float(key), "recommended": recommended, "mean": round(mean, 3), "metrics": metrics}
 
 
-def summarize_run(label: str, representation: str, vocabulary_size: int, held_out: int, metrics: dict | None,
+def summarize_run(label: str, representation: str, *, vocabulary_size: int, held_out: int, metrics: dict | None,
                   evaluation: dict | None, recommended: float) -> dict:
     """The run in a few sentences and numbers, for a musician or an ML engineer at a glance."""
     metrics, evaluation = metrics or {}, evaluation or {}

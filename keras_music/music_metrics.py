@@ -348,7 +348,7 @@ def note_transition_logprob(notes, matrix) -> float:
 # ----------------------------------------------------------------------------
 
 
-def groove_consistency(notes, time_signature=(4, 4), resolution: int = 12) -> float:
+def groove_consistency(notes, time_signature=(4, 4), *, resolution: int = 12) -> float:
     """Rhythmic consistency between consecutive bars (MusPy's definition).
 
     Times are rounded to a grid of ``resolution`` steps per quarter note;
@@ -533,7 +533,7 @@ def restatement_rate(events: Sequence[Hashable], length: int = RESTATEMENT_EVENT
     return restated / count
 
 
-def piece_metrics(notes, events=None, time_signature=(4, 4), matrix=None) -> dict[str, float]:
+def piece_metrics(notes, events=None, *, time_signature=(4, 4), matrix=None) -> dict[str, float]:
     """All scalar metrics of one piece, as floats, keyed as in ``METRIC_DESCRIPTIONS``.
 
     Always present: pitch_entropy, pitch_class_entropy, groove_consistency
@@ -592,7 +592,7 @@ def _scott_bandwidth(values: np.ndarray) -> float:
     return float(np.std(values, ddof=1)) * len(values) ** (-0.2)
 
 
-def _log_kde(grid: np.ndarray, values: np.ndarray, bandwidth: float) -> np.ndarray:
+def _log_kde(grid: np.ndarray, values: np.ndarray, *, bandwidth: float) -> np.ndarray:
     """Log density of a Gaussian KDE, via log-sum-exp so far tails do not underflow."""
     out = np.empty(len(grid))
     chunk = max(1, _KDE_CHUNK_CELLS // len(values))
@@ -611,7 +611,7 @@ def _trapezoid(y: np.ndarray, dx: float) -> float:
     return float(np.sum(y[1:] + y[:-1]) * 0.5 * dx)
 
 
-def _kde_overlap(p_values: np.ndarray, q_values: np.ndarray, bandwidth) -> dict:
+def _kde_overlap(p_values: np.ndarray, q_values: np.ndarray, *, bandwidth) -> dict:
     """OA and KL(p || q) of the KDEs of two finite sets, with the degenerate cases."""
     result = {
         "overlapping_area": math.nan,
@@ -650,8 +650,8 @@ def _kde_overlap(p_values: np.ndarray, q_values: np.ndarray, bandwidth) -> dict:
     if n_points == _MAX_GRID_POINTS:
         reasons.append("grid capped; narrow kernels are under-resolved")
     grid, dx = np.linspace(low, high, n_points, retstep=True)
-    log_p = _log_kde(grid, p_values, h_p)
-    log_q = _log_kde(grid, q_values, h_q)
+    log_p = _log_kde(grid, p_values, bandwidth=h_p)
+    log_q = _log_kde(grid, q_values, bandwidth=h_q)
     p, q = np.exp(log_p), np.exp(log_q)
     result.update(
         overlapping_area=_trapezoid(np.minimum(p, q), dx),
@@ -670,7 +670,7 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
-def compare_distributions(generated, real, bandwidth=None) -> dict:
+def compare_distributions(generated, real, *, bandwidth=None) -> dict:
     """Compare one metric's values over generated and real pieces (Yang & Lerch 2020).
 
     Non-finite values (e.g. nan metrics of empty pieces) are dropped first.
@@ -701,7 +701,7 @@ def compare_distributions(generated, real, bandwidth=None) -> dict:
     real = finite_values(real)
     generated_mean, generated_std = _mean_std(generated)
     real_mean, real_std = _mean_std(real)
-    comparison = _kde_overlap(real, generated, bandwidth)
+    comparison = _kde_overlap(real, generated, bandwidth=bandwidth)
     reason = comparison["reason"].replace("set p", "real set").replace("set q", "generated set")
     return {
         "generated_mean": generated_mean,
@@ -723,7 +723,7 @@ def _pairwise_distances(values: np.ndarray) -> np.ndarray:
     return np.abs(values[:, None] - values[None, :])[upper]
 
 
-def compare_distances(generated, real, bandwidth=None) -> dict:
+def compare_distances(generated, real, *, bandwidth=None) -> dict:
     """Yang & Lerch's intra-set / inter-set comparison of one metric.
 
     After dropping non-finite values: intra-set distances
@@ -749,7 +749,7 @@ def compare_distances(generated, real, bandwidth=None) -> dict:
         result[f"{name}_mean"], result[f"{name}_std"] = _mean_std(values)
     reasons = []
     for label in ("real", "generated"):
-        comparison = _kde_overlap(distances[f"intra_{label}"], distances["inter"], bandwidth)
+        comparison = _kde_overlap(distances[f"intra_{label}"], distances["inter"], bandwidth=bandwidth)
         result[f"{label}_intra_vs_inter_overlapping_area"] = comparison["overlapping_area"]
         result[f"{label}_intra_vs_inter_kl_divergence"] = comparison["kl_divergence"]
         if comparison["reason"]:
