@@ -74,6 +74,22 @@ def tiny_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def web_run(tiny_run, tmp_path_factory):
+    """A copy of the tiny run, exported once with --web (the SavedModel, TFLite models and the page); shared by
+    the web export's, live play's and the one-seed tests, which only read it."""
+    import shutil
+
+    from test_web_export import run_export
+
+    directory = str(tmp_path_factory.mktemp("web-run") / "run")
+    shutil.copytree(tiny_run, directory, ignore=shutil.ignore_patterns("export"))
+    status, out, err = run_export(directory, "--web")
+    assert status == 0, out + err
+    assert "web export: web/" in out
+    return directory
+
+
+@pytest.fixture(scope="session")
 def controls_run(tmp_path_factory):
     """A tiny run trained with control tokens (data.controls), exported (TFLite, SavedModel and the page); shared
     by read-only tests."""

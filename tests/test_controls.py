@@ -308,11 +308,11 @@ def test_training_stream_drops_controls_seeded_and_anew_every_epoch(tmp_path):
 
 # ----------------------------------------------------------------------------- a run with controls
 
-def test_a_tiny_run_with_controls_trains_and_ships_them_in_its_vocabulary(tmp_path):
-    from keras_music import dataset, storage, train
+def test_a_tiny_run_with_controls_trains_and_ships_them_in_its_vocabulary(controls_run, tmp_path):
+    from keras_music import dataset, run as run_lib, storage, train
 
-    run_dir = str(tmp_path / "run")
-    metrics = train.train(tiny_config("data.controls=true"), run_dir, show_progress=False, log=lambda *a: None)
+    run_dir = controls_run  # conftest's: tiny_config("data.controls=true"), trained once per session
+    metrics = run_lib.read_training_record(run_dir)
     assert np.isfinite(metrics["val_loss"])
     with open(os.path.join(run_dir, "vocab.json")) as handle:
         vocab = json.load(handle)

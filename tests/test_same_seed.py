@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ from keras_music.sampling import SamplingSettings
 from keras_music.studio import routes, service
 from page_harness import BackgroundServer, call, headless_chromium, open_page, reference_generator
 from test_studio import call as studio_call
-from test_web_export import run_export
 
 pytestmark = pytest.mark.slow
 
@@ -22,15 +20,6 @@ FIRST_SEED = 1000
 SEEDS = tuple(range(FIRST_SEED, FIRST_SEED + 10))
 LENGTH = 24  # events
 MIN_LENGTH = 4
-
-
-@pytest.fixture(scope="module")
-def web_run(tiny_run, tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("same-seed") / "run")
-    shutil.copytree(tiny_run, directory, ignore=shutil.ignore_patterns("export"))
-    status, out, err = run_export(directory, "--web")
-    assert status == 0, out + err
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -164,19 +153,6 @@ def test_the_defaults_the_studio_and_python_share_give_one_piece(web_run, studio
     assert record["settings"]["temperature"] == defaults.TEMPERATURE
     ours = generate.Generator(web_run, log=lambda message: None).generate(seed=5, primer_tokens=primer)[0]
     assert record["ids"] == ours.ids
-
-
-@pytest.fixture(scope="module")
-def controls_run(tmp_path_factory):
-    """A tiny run trained with control tokens (data.controls), exported without the page."""
-    from conftest import tiny_config
-    from keras_music import train
-
-    run_dir = str(tmp_path_factory.mktemp("same-seed-controls") / "run")
-    train.train(tiny_config("data.controls=true"), run_dir, show_progress=False, log=lambda *a: None)
-    status, out, err = run_export(run_dir)
-    assert status == 0, out + err
-    return run_dir
 
 
 def test_control_tokens_are_fed_never_sampled_and_every_path_agrees(controls_run):

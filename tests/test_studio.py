@@ -24,7 +24,7 @@ class Server(BackgroundServer):
 
     def __init__(self, studio, admin_token=None):
         self.studio = studio
-        studio.wait_for_pool(300)
+        studio.wait_for_pool(300, max_failures=2)  # a broken renderer fails the test at once, not after 300 s
         super().__init__(routes.create_app(studio, admin_token))
 
 
@@ -352,6 +352,23 @@ def test_runs_show_the_evaluation_that_evaluate_wrote(tiny_run, tmp_path):
     studio.close()
     shown = studio.describe_runs()[0]["evaluation"]
     assert shown == {"model_quality.perplexity_per_token": 3.25, "model_quality.tokens": 1200, "settings.seed": 0}
+
+
+def test_waiting_for_a_pool_whose_renders_fail_ends_at_the_failures_naming_the_last(tiny_run, tmp_path, monkeypatch):
+    def broken(self, side):
+        raise OSError(f"no sound for {side.name}")
+
+    monkeypatch.setattr(service.Studio, "render_stimulus", broken)
+    studio = make_studio(tiny_run, tmp_path)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RuntimeError) as error:
+            studio.wait_for_pool(120, max_failures=1)
+        assert time.monotonic() - started < 30  # the back-off after two failures is 2 s + 4 s, not the timeout
+        assert "2 renders failed, the last with OSError: no sound for" in str(error.value)
+        assert studio.pool_status()["filled"] is False
+    finally:
+        studio.close()
 
 
 # ----------------------------------------------------------------------------- many listeners

@@ -48,17 +48,6 @@ def run_export(run_dir, *extra):
 
 
 @pytest.fixture(scope="module")
-def web_run(tiny_run, tmp_path_factory):
-    """A private copy of the tiny run, exported once with --web."""
-    directory = str(tmp_path_factory.mktemp("web-run") / "run")
-    shutil.copytree(tiny_run, directory, ignore=shutil.ignore_patterns("export"))
-    status, out, err = run_export(directory, "--web")
-    assert status == 0, out + err
-    assert "web export: web/" in out
-    return directory
-
-
-@pytest.fixture(scope="module")
 def site(web_run):
     return run_lib.path(web_run, run_lib.EXPORT, run_lib.WEB)
 

@@ -16,7 +16,7 @@ from keras_music.vocabulary import Vocabulary
 from page_harness import (BackgroundServer, PageError, call, headless_chromium, install_fake_midi, live_session,
                           open_page, random_phrases, reference_generator)
 # The web export's fixtures: one tiny run exported with --web, served with and without isolation headers.
-from test_web_export import isolated, plain, reference_models, site, vocabulary, web_run  # noqa: F401
+from test_web_export import isolated, plain, reference_models, site, vocabulary  # noqa: F401
 
 reference = reference_generator()
 

@@ -150,6 +150,7 @@ class Studio:
         self._uses = self.store.stimulus_uses()
         self._pool = self.store.all_stimuli()
         self._pool_failures = 0
+        self._last_pool_failure = ""
         self._last_request = 0.0  # monotonic time of the last A/B request; top-ups wait for a quiet moment
         self._register_defaults()
         self._wake, self._closed = threading.Event(), threading.Event()
@@ -483,9 +484,14 @@ class Studio:
         return {"filled": all(v["rendered"] >= self.ab_pool for v in sides.values()), "sides": sides,
                 "failures": self._pool_failures}
 
-    def wait_for_pool(self, timeout: float = 600.0) -> dict:
+    def wait_for_pool(self, timeout: float = 600.0, *, max_failures: int | None = None) -> dict:
+        """Block until every side has --ab-pool excerpts; TimeoutError after `timeout` seconds, and
+        RuntimeError (naming the last failure) once more than `max_failures` renders have failed."""
         deadline = time.monotonic() + timeout
         while not self.pool_status()["filled"]:
+            if max_failures is not None and self._pool_failures > max_failures:
+                raise RuntimeError(f"the A/B pool stopped filling: {self._pool_failures} renders failed, the last with "
+                                   f"{self._last_pool_failure}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the A/B pool did not fill in {timeout:g} s: {self.pool_status()}")
             time.sleep(0.05)
@@ -519,7 +525,8 @@ class Studio:
                 stimulus = self.render_stimulus(side)
             except Exception as failure:  # logged and retried later; listeners get 503s meanwhile, not a crash
                 self._pool_failures += 1
-                self.log(f"studio: rendering an excerpt of {side.name} failed: {type(failure).__name__}: {failure}")
+                self._last_pool_failure = f"{type(failure).__name__}: {failure}"
+                self.log(f"studio: rendering an excerpt of {side.name} failed: {self._last_pool_failure}")
                 self._closed.wait(min(30.0, 2.0 ** self._pool_failures))
                 continue
             with self._pool_lock:
