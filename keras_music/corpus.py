@@ -27,7 +27,7 @@ from keras_music.errors import KerasMusicError
 SCORE_EXTENSIONS = (".mid", ".midi", ".xml", ".mxl", ".musicxml", ".abc", ".krn")
 MIDI_EXTENSIONS = (".mid", ".midi")
 # Bump when parsing or note extraction changes, so stale cache entries are never reused.
-PARSE_VERSION = 5
+PARSE_VERSION = 6
 GLOB_CHARACTERS = set("*?[")
 # Larger source files are skipped unread: no score keras_music can learn from is this big,
 # and reading one whole would only exhaust memory.
@@ -177,9 +177,9 @@ def _parse_midi(data: bytes, settings: ParseSettings) -> dict:
     notes, account = midi.quantize(raw, grid)
     shift, key_name = 0, ""
     if settings.normalize_key:
-        shift, key_name = midi.estimate_key(notes, grid)
+        shift, key_name = events.estimate_key(notes)
     elif settings.estimate_key:
-        key_name = midi.estimate_key(notes, grid)[1]
+        key_name = events.estimate_key(notes)[1]
     kept = [[a, b, p + shift, part] for a, b, p, part in notes if 0 <= p + shift <= 127]
     if len(kept) < len(notes):
         account["notes_dropped"]["out of range after transposition"] = len(notes) - len(kept)
@@ -260,10 +260,7 @@ def _parse_score(name: str, data: bytes, *, settings: ParseSettings) -> dict:
             return {"status": "skipped", "reason": "no notes (no pitched notes with a duration)"}
         shift, key_name = 0, ""
         if settings.normalize_key or settings.estimate_key:
-            try:
-                shift, key_name = events.key_shift(score)
-            except Exception:  # key analysis can fail on degenerate scores; keep the piece as is
-                shift, key_name = 0, "unknown"
+            shift, key_name = events.estimate_key(notes)
             if not settings.normalize_key:
                 shift = 0
         notes = [(a, b, p + shift) for a, b, p in notes if 0 <= p + shift <= 127]

@@ -9,7 +9,7 @@ as users get it, with the sampler's bar limits (`controls.BarLimits`), and with 
 tokens by itself. The bars
 measured are those that got it and end inside the piece (the last, cut-off bar is left out), with
 `controls.measure`, the measurement preparation made the training tokens with. A piece's key is
-estimated from its notes with `midi.estimate_key`, the estimator the corpus stage uses.
+estimated from its notes with `events.estimate_key`, the estimator the corpus stage uses.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from keras_music import controls, defaults, events, midi
+from keras_music import controls, defaults, events
 from keras_music import plots, run as run_lib
 from keras_music.controls import ControlSettings
 from keras_music.evaluate_music import DEFAULT_CONTROLS_SAMPLES
@@ -126,7 +126,7 @@ def training_shares(run_dir: str, vocabulary, kind: str, bins: int) -> np.ndarra
 def estimated_key(piece) -> tuple[int, str] | None:
     """(tonic pitch class, mode) the corpus stage's estimator hears in the piece's notes, or None."""
     notes = [(float(onset), float(onset + duration), int(pitch)) for onset, duration, pitch in piece.notes]
-    return controls.parse_key(midi.estimate_key(notes, 1)[1])
+    return controls.parse_key(events.estimate_key(notes)[1])
 
 
 def requested_keys(generator) -> list[str]:

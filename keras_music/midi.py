@@ -18,10 +18,6 @@ DEFAULT_TEMPO = 500_000  # microseconds per quarter note (120 bpm) when a file s
 MAX_QUARTERS = 200_000
 WRITE_TICKS_PER_QUARTER = 960  # divisible by 24, 32, 48 and 64: every grid point is a whole tick
 
-# Krumhansl-Kessler key profiles (major, minor), starting at the tonic.
-_MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-_MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
-_KEY_NAMES = ("C", "C#", "D", "E-", "E", "F", "F#", "G", "A-", "A", "B-", "B")
 
 
 class MidiError(KerasMusicError, ValueError):
@@ -243,27 +239,6 @@ def timing(raw: RawMidi) -> events.Timing:
     if not signatures or signatures[0][0] > 0:
         signatures.insert(0, [0.0, 4, 4])
     return {"tempos": tempos, "time_signatures": signatures}
-
-
-def estimate_key(notes, grid: int) -> tuple[int, str]:
-    """Semitones that move the notes' key to C major / A minor (in -6..5), from a pitch-class profile.
-
-    Each pitch class is weighted by how long it sounds, then correlated with the
-    Krumhansl-Kessler major and minor profiles in all twelve keys.
-    """
-    weights = np.zeros(12)
-    for onset, end, pitch, *_ in notes:
-        weights[int(pitch) % 12] += (end - onset) / grid
-    if not weights.any():
-        return 0, "unknown"
-    best = (-2.0, 0, "major")
-    for tonic in range(12):
-        for mode, profile in (("major", _MAJOR_PROFILE), ("minor", _MINOR_PROFILE)):
-            score = float(np.corrcoef(weights, np.roll(profile, tonic))[0, 1])
-            if score > best[0]:
-                best = (score, tonic, mode)
-    _, tonic, mode = best
-    return events.shift_to_c(tonic, mode), f"{_KEY_NAMES[tonic]} {mode}"
 
 
 # ----------------------------------------------------------------------------- writing

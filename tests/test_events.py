@@ -134,3 +134,42 @@ def test_shift_to_c_moves_the_tonic_to_c_major_or_a_minor_the_shorter_way():
 def test_key_shift_of_a_score():
     d_major = converter.parse("tinyNotation: 4/4 d4 e4 f#4 g4 a4 b4 c#'4 d'4 a4 f#4 d2")
     assert events.key_shift(d_major) == (-2, "D major")
+
+
+def test_key_estimation_from_the_duration_weighted_pitch_class_profile():
+    d_major_scale = [62, 64, 66, 67, 69, 71, 73, 74]
+    notes = [(i, i + 1, p) for i, p in enumerate(d_major_scale + [62, 66, 69, 62])]
+    assert events.estimate_key(notes) == (-2, "D major")
+    a_minor = [57, 60, 64, 57, 59, 60, 62, 64, 65, 64, 62, 60, 59, 57, 56, 57]
+    assert events.estimate_key([(i, i + 1, p) for i, p in enumerate(a_minor)]) == (0, "A minor")
+    # Durations weigh: the same seven white keys are C major with C, G and E long, A minor with A, E and C long.
+    def white_keys(long):
+        notes, time = [], 0
+        for pitch in (60, 62, 64, 65, 67, 69, 71):
+            notes.append((time, time + long.get(pitch, 1), pitch))
+            time += long.get(pitch, 1)
+        return notes
+
+    assert events.estimate_key(white_keys({60: 4, 67: 4, 64: 2})) == (0, "C major")
+    assert events.estimate_key(white_keys({69: 4, 64: 4, 60: 2})) == (0, "A minor")
+    # G# minor and A-flat major: spelled as music21 spells them.
+    assert events.estimate_key([(i, i + 1, p + 11) for i, p in enumerate(a_minor)]) == (1, "G# minor")
+    assert events.estimate_key([(a, b, p - 6) for a, b, p in notes]) == (4, "A- major")
+    assert events.estimate_key([]) == (0, "unknown")
+    assert events.estimate_key([(0, 1, 60), (1, 2, 61), (2, 3, 62), (3, 4, 63), (4, 5, 64), (5, 6, 65),
+                                (6, 7, 66), (7, 8, 67), (8, 9, 68), (9, 10, 69), (10, 11, 70), (11, 12, 71)]) \
+        == (0, "unknown")
+
+
+def test_key_estimation_names_the_key_music21_names_on_the_chorales():
+    """One estimator for MIDI and scores: on real chorales it agrees with music21's analyze("key")."""
+    from music21 import corpus as music21_corpus
+
+    paths = sorted(str(p) for p in music21_corpus.getComposer("bach"))[::40]
+    assert len(paths) >= 10
+    for path in paths:
+        score = music21_corpus.parse(path)
+        wanted = score.analyze("key")
+        shift, name = events.estimate_key(events.score_notes(score))
+        assert name.split() == [wanted.tonic.name, wanted.mode], path
+        assert shift == events.shift_to_c(wanted.tonic.pitchClass, wanted.mode)

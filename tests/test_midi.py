@@ -61,13 +61,3 @@ def test_the_self_check_flags_a_file_whose_timeline_drifted(ground_truth, monkey
     assert record["check"]["notes_misplaced"] > 0 and not record["check"]["ok"]
 
 
-def test_key_estimation_from_the_pitch_class_profile():
-    grid = 24
-    d_major_scale = [62, 64, 66, 67, 69, 71, 73, 74]
-    notes = [(i * grid, (i + 1) * grid, p) for i, p in enumerate(d_major_scale + [62, 66, 69, 62])]
-    assert midi.estimate_key(notes, grid) == (-2, "D major")
-    a_minor = [57, 60, 64, 57, 59, 60, 62, 64, 65, 64, 62, 60, 59, 57, 56, 57]
-    notes = [(i * grid, (i + 1) * grid, p) for i, p in enumerate(a_minor)]
-    assert midi.estimate_key(notes, grid) == (0, "A minor")
-
-
