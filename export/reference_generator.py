@@ -497,7 +497,7 @@ def sample(probabilities, rng, temperature: float, top_k: int, banned, allowed=N
 def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAULT_LENGTH,
              temperature: float = DEFAULT_TEMPERATURE, top_k: int = DEFAULT_TOP_K, seed: int = 0,
              stop_at_boundary: bool = True, top_p: float = DEFAULT_TOP_P, min_length: int = DEFAULT_MIN_LENGTH,
-             density=None, polyphony=None, time_signature=(4, 4), bar_limits=True):
+             density=None, polyphony=None, time_signature=(4, 4), bar_limits=True, key=None):
     """Primer ids followed by the sampled ids of up to `length` events; returns (ids, stopped_at_boundary).
 
     export/README.md's "One piece": every id is drawn among those the grammar allows, with
@@ -511,6 +511,9 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
     first in a bar (bars of `time_signature` from the primer's start) that no primer sonority
     started in, the bar's `density:D` then `poly:P` are fed to the model without a draw. With `bar_limits`
     (the default) the bar limits (`BarLimits`) also keep each bar they were fed for in the requested bins.
+    `key` (a key token such as "key:minor", from `key_request`; the primer holds it after <piece>,
+    `with_key`) is fed at each such bar too, before density and polyphony, unless the id just before
+    (the primer's last, or the last sampled) is that key token.
     """
     rng = SplitMix64(seed)
     tokens = vocabulary["tokens"]
@@ -520,6 +523,9 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
     if steered and not any(t.startswith(("density:", "poly:")) for t in tokens):
         raise GeneratorError("the vocabulary has no control tokens, so --density and --polyphony cannot steer it "
                              "(train the run with data.controls=true)")
+    if key is not None and key not in tokens:
+        raise GeneratorError(f"key token {key} is not in the vocabulary (train the run with data.controls=true)")
+    key_id = None if key is None else tokens.index(key)
     clock = BarClock(time_signature)
     boundary = 2
     banned = (0, 1)
@@ -532,10 +538,13 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
     limits = BarLimits(tokens, kinds, schedules[0][1], schedules[1][1], time_signature) \
         if steered and bar_limits else None
 
+    latest = [None]  # the latest primer or sampled id
+
     def advance(token):  # the limits move before the clock, over every primer and sampled id
         if limits is not None:
             limits.advance(kinds[token], tokens[token])
         clock.advance(kinds[token], tokens[token])
+        latest[0] = token
 
     for token in primer_ids:
         probabilities, state = model.step(token, state)
@@ -547,10 +556,12 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
         last = step == max_tokens - 1
         if last and grammar.phase == "between":  # rules "any" never leave it
             break
-        bar = clock.due() if steered else None
+        bar = clock.due() if steered or key_id is not None else None
         if bar is not None:  # the bar's controls, fed without a draw
             if limits is not None:
                 limits.enter(bar)
+            if key_id is not None and latest[0] != key_id:
+                probabilities, state = model.step(key_id, state)
             for kind, schedule in schedules:
                 bin_ = schedule_at(schedule, bar)
                 if bin_ is not None:
@@ -819,7 +830,7 @@ def main(argv=None) -> int:
             parser.error(f"--primer tokens {unknown or primer} are not in {args.vocab} "
                          "(use tokens it lists, e.g. \"<piece> pitch:60 dur:1\")")
         primer_ids = [index[t] for t in primer]
-        transpose = 0
+        transpose, key = 0, None
         if args.key:
             key, transpose = key_request(args.key, tokens)
             primer_ids = with_key(primer_ids, index[key], tokens)
@@ -829,7 +840,7 @@ def main(argv=None) -> int:
         ids, stopped = generate(model, vocabulary, primer_ids, args.length, args.temperature,
                                 args.top_k, seed, stop_at_boundary=not args.keep_going, top_p=args.top_p,
                                 min_length=args.min_length, density=args.density, polyphony=args.polyphony,
-                                time_signature=args.time_signature, bar_limits=args.bar_limits)
+                                time_signature=args.time_signature, bar_limits=args.bar_limits, key=key)
         primer = [tokens[i] for i in primer_ids]
         piece = [tokens[i] for i in ids]
         sonorities = tokens_to_sonorities(piece, vocabulary["representation"],

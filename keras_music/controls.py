@@ -204,19 +204,20 @@ def tokens_with_controls(sonorities, time_signatures, *, start=0, key: str | Non
                          grid: int = events.GRID) -> list[str]:
     """The `note` tokens of the sonorities with the controls in place.
 
-    `key` (a key token, or None) comes first; each bar in which a sonority starts gets
-    `density:B poly:B` right before the first such sonority. Removing every control token
-    gives exactly `events.sonorities_to_tokens(sonorities)`.
+    Each bar in which a sonority starts gets `key density:B poly:B` (`key` a key token, or None for
+    none) right before the first such sonority: the key is repeated at every bar line, so a window
+    cut anywhere in a piece still holds it a bar back at most, as the generators feed it. Removing
+    every control token gives exactly `events.sonorities_to_tokens(sonorities)`.
     """
     layout = measure(sonorities, time_signatures, start, grid)
     starts = [bar.start for bar in layout]
-    tokens = [key] if key else []
+    tokens: list[str] = []
     time, last_bar = Fraction(start), -1
     for sonority in sonorities:
         index = bisect.bisect_right(starts, time) - 1
         if index != last_bar:
             bar = layout[index]
-            tokens += [density_token(bar.density_bin), polyphony_token(bar.polyphony_bin)]
+            tokens += ([key] if key else []) + [density_token(bar.density_bin), polyphony_token(bar.polyphony_bin)]
             last_bar = index
         tokens += events.sonorities_to_tokens([sonority], "note")
         time += sonority.duration
@@ -566,25 +567,31 @@ class BarLimits:
 class Steering:
     """Feeds the requested bar controls of a batch of pieces through a step function (the rule above).
 
-    With `limits` (the default) each row also has its `BarLimits`, which `limit` applies to what the
-    grammar allows.
+    At each bar's turn a row is fed `key` (the requested key token, if any; not when the token just
+    before is that key token, as right after a primer of `<piece> key`), then the bar's density and
+    polyphony tokens, in the order training put them (`tokens_with_controls`). With `limits` (the
+    default) each row also has its `BarLimits`, which `limit` applies to what the grammar allows
+    (they act only in bars fed density or polyphony).
     """
 
-    def __init__(self, tokens, kinds, *, density: Schedule, polyphony: Schedule, time_signatures, limits: bool = True):
+    def __init__(self, tokens, kinds, *, density: Schedule, polyphony: Schedule, time_signatures, limits: bool = True,
+                 key: str | None = None):
         self.tokens, self.kinds = list(tokens), list(kinds)
         self.index = {token: i for i, token in enumerate(self.tokens)}
-        self.density, self.polyphony = density, polyphony
+        self.density, self.polyphony, self.key = density, polyphony, key
         self.clocks = [BarClock(ts) for ts in time_signatures]
         self.limits = [BarLimits(self.tokens, self.kinds, density=density, polyphony=polyphony,
                                  time_signature=ts) for ts in time_signatures] \
             if limits else None
         self.fed: list[list] = [[] for _ in self.clocks]
+        self.last: list[int | None] = [None for _ in self.clocks]  # each row's latest primer or sampled id
 
     def _advance(self, row: int, token_id: int) -> None:
         kind, token = self.kinds[token_id], self.tokens[token_id]
         if self.limits is not None:
             self.limits[row].advance(kind, token)
         self.clocks[row].advance(kind, token)
+        self.last[row] = token_id
 
     def start(self, sequences) -> None:
         """Advance each row's clock over its own primer ids."""
@@ -608,7 +615,7 @@ class Steering:
         return allowed
 
     def due(self, row: int) -> list[int]:
-        """The control ids to feed row `row` now (density first), its bar marked done."""
+        """The control ids to feed row `row` now (key, density, polyphony), its bar marked done."""
         bar = self.clocks[row].due()
         if bar is None:
             return []
@@ -616,6 +623,8 @@ class Steering:
             self.limits[row].enter(bar)
         wanted = [token(b) for token, b in ((density_token, self.density.at(bar)),
                                             (polyphony_token, self.polyphony.at(bar))) if b is not None]
+        if self.key is not None and self.last[row] != self.index[self.key]:
+            wanted.insert(0, self.key)
         if wanted:
             self.fed[row].append([bar + 1] + wanted)
         return [self.index[t] for t in wanted]

@@ -194,8 +194,8 @@ def training_dataset(files, data: config_lib.DataConfig, *, train: config_lib.Tr
     With data.infill_rate > 0, each piece also gives, with that probability, one of its prepared
     fill-in-the-middle examples (keras_music.infill; chosen anew every epoch) as a window of its own:
     the example is exactly seq_length + 1 tokens from `<fim_suffix>` on, so the middle is always learnt
-    with its suffix and prefix in view. These windows (transposed at random as the pieces are, controls
-    never dropped from them) are mixed among the ordinary ones, which stay as they are; an epoch stays
+    with its suffix and prefix in view. These windows (transposed at random as the pieces are; they
+    carry no control tokens) are mixed among the ordinary ones, which stay as they are; an epoch stays
     `steps_per_epoch` batches. With `worker_slice=(i, n)` the worker keeps rows i*b/n..(i+1)*b/n of every
     global batch: together the n workers see exactly the batches a single process would. `piece_count`
     (known from prepared.json) saves a pass over the shards to count the pieces.

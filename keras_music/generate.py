@@ -323,7 +323,8 @@ class Generator:
         draw the same tokens. `sampling.rng` "numpy" draws from one `np.random.Generator` instead.
 
         `controls` (runs trained with `data.controls`, a `controls_lib.ControlSettings`): its `key`
-        ("D minor") goes into the primer right after `<piece>`; `density` and `polyphony` are a
+        ("D minor") goes into the primer right after `<piece>` and is fed again at every later bar line;
+        `density` and `polyphony` are a
         level (low, medium, high, off, a bin) or a bar schedule ("1-4:low,5-8:high"), fed by the
         rule of `controls_lib.Steering`. With `bar_limits` (the default) the sampler also keeps each
         bar they were fed for in its bins (`controls_lib.BarLimits`); without, the model alone decides
@@ -368,13 +369,13 @@ class Generator:
 
     def _steering(self, request, primers: list[Primer], *, sequences, lengths, bar_limits=True):
         """The bar controls' feeder of the batch (None without bar controls), its clocks past each primer."""
-        if not (request.density.requested or request.polyphony.requested):
+        if not (request.density.requested or request.polyphony.requested or request.key_token is not None):
             return None
         table = events.grammar_table(self.vocabulary.tokens, self.representation)
         steering = controls_lib.Steering(self.vocabulary.tokens, table["kinds"], density=request.density,
                                          polyphony=request.polyphony,
                                          time_signatures=[controls_lib.time_signature_of(p.timing) for p in primers],
-                                         limits=bar_limits)
+                                         limits=bar_limits, key=request.key_token)
         steering.start(sequences)
         durations = [Fraction(t.partition(":")[2]) for t, k in zip(self.vocabulary.tokens, table["kinds"]) if k == "dur"]
         try:

@@ -15,7 +15,8 @@ middle with the suffix in view, never across a window boundary that would hide i
 with `<fim_suffix>` at the model's start state, never with `<piece>`: ordinary windows are cut
 anywhere in the stream of pieces and seldom begin with `<piece>`, so a `<piece>` before every FIM
 window would teach the model that a piece begun from the start state (as every generator begins one)
-is a fill-in-the-middle example. Training adds such windows for a share of the
+is a fill-in-the-middle example. The examples carry no control tokens (in a run trained with
+`data.controls` too), because infilling reads a gap's context without them. Training adds such windows for a share of the
 pieces (`data.infill_rate`) every epoch; generation feeds the same cut up to `<fim_middle>`
 (`generation_context`) and samples the middle under
 `GapMask`: a duration only if it fits in what is left of the gap and the rest can still be

@@ -53,6 +53,10 @@ def prepare_settings(config: config_lib.Config, base_vocabulary: Vocabulary | No
         # Examples begin with <fim_suffix>, not <piece> (keras_music.infill): data prepared the older way is
         # prepared again.
         settings["infill_format"] = 2
+    if config.data.controls:
+        # The key token is repeated at every bar line and FIM examples carry no controls: data prepared
+        # before (key only after <piece>, FIM examples with controls) is prepared again.
+        settings["controls_format"] = 2
     return settings
 
 
@@ -185,7 +189,9 @@ def build(config: config_lib.Config, entries: list[dict], *, out_dir: str, start
     fim = {}
     if data.infill_rate > 0:
         # Training pieces only; the few tokens only cutting makes (durations split at a bar line) are kept too.
-        fim = {e["file"]: fim_examples_for(e, data, controls=data.controls,
+        # Without control tokens, as `generate --infill` and the held-out infill scoring read a gap's context:
+        # examples with controls would teach a context that infilling never gives.
+        fim = {e["file"]: fim_examples_for(e, data, controls=False,
                                            seed=config.train.seed) for e in splits["train"]}
         seen = {t for e in splits["train"] for t in tokens[e["file"]]}
         always = [*always, *events.FIM_TOKENS,

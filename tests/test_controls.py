@@ -72,14 +72,18 @@ def test_dense_bars_reach_the_top_bins_and_the_bins_are_the_documented_edges():
 
 
 def test_control_tokens_land_before_the_first_sonority_of_each_bar():
+    # The key is repeated at every bar line, before the bar's density and polyphony.
     tokens = controls.tokens_with_controls(sonorities(), METRE, key="key:major")
     assert " ".join(tokens) == (
         "key:major density:1 poly:1 pitch:60 pitch:64 pitch:67 dur:1 pitch:72 dur:1 pitch:62 dur:1 "
         "hold:62 pitch:65 dur:1 "
-        "density:0 poly:1 hold:65 dur:1 pitch:48 dur:1 hold:48 pitch:60 pitch:64 dur:1 hold:48 dur:6 "
-        "density:0 poly:0 rest dur:2 "
-        "density:0 poly:0 pitch:70 dur:1")
+        "key:major density:0 poly:1 hold:65 dur:1 pitch:48 dur:1 hold:48 pitch:60 pitch:64 dur:1 hold:48 dur:6 "
+        "key:major density:0 poly:0 rest dur:2 "
+        "key:major density:0 poly:0 pitch:70 dur:1")
     assert controls.strip_controls(tokens) == events.sonorities_to_tokens(sonorities())
+    # Without a key the bars get density and polyphony only.
+    assert [t for t in controls.tokens_with_controls(sonorities(), METRE) if t.startswith("key:")] == []
+    assert [t for t in tokens if t != "key:major"] == controls.tokens_with_controls(sonorities(), METRE)
 
 
 def test_a_piece_that_starts_late_gets_the_controls_of_its_first_bar():

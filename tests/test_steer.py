@@ -164,7 +164,7 @@ def test_python_the_reference_generator_and_the_page_feed_the_same_controls(cont
     primer = [pitches[3], "dur:1", pitches[5], "dur:1/2"]
     cases, seeds = [], (11, 12, 13, 14)
     for density, polyphony, metre in (("high", "low", (4, 4)), ("1-2:low,4-:6", None, (3, 4)),
-                                      (None, "medium,3:off", (6, 8))):
+                                      (None, "medium,3:off", (6, 8)), (None, None, (4, 4))):
         generator.corpus_timing = lambda metre=metre: {"start": 0.0, "tempos": [[0.0, 100.0]],
                                                        "time_signatures": [[0.0, *metre]], "program": 0}
         pieces = generator.generate(num_samples=len(seeds), seed=seeds[0], primer_tokens=primer, sampling=SamplingSettings(length=30, min_length=4, temperature=1.2), controls=ControlSettings(key="G minor", density=density, polyphony=polyphony))
@@ -173,12 +173,19 @@ def test_python_the_reference_generator_and_the_page_feed_the_same_controls(cont
             assert piece.settings["controls"]["transpose"] == -2
             assert piece.settings["controls"]["time_signature"] == list(metre)
             ids, _ = reference.generate(SingleTable(table), vocabulary, primer_ids, 30, 1.2, 0, seed, min_length=4,
-                                        density=density, polyphony=polyphony, time_signature=metre)
+                                        density=density, polyphony=polyphony, time_signature=metre, key="key:minor")
             assert ids[len(primer_ids):] == piece.ids, (density, polyphony, seed)
             cases.append({"vocabulary": vocabulary, "table": table.astype(np.float64).tolist(), "primerIds": primer_ids,
                           "settings": {"seed": seed, "length": 30, "minLength": 4, "temperature": 1.2,
-                                       "density": density, "polyphony": polyphony, "timeSignature": list(metre)}})
-            assert piece.settings["controls"]["bars_fed"], piece.settings
+                                       "density": density, "polyphony": polyphony, "timeSignature": list(metre),
+                                       "key": "key:minor"}})
+            fed = piece.settings["controls"]["bars_fed"]
+            # The primer ends in a duration, so every bar's turn (the first after the primer too) gets the key first.
+            assert fed and all(bar[1] == "key:minor" for bar in fed), fed
+            if density is None and polyphony is None:
+                assert all(bar[1:] == ["key:minor"] for bar in fed), fed
+                # Fed where the bars begin: the clock's bar numbers, one after another.
+                assert [bar[0] for bar in fed] == list(range(fed[0][0], fed[0][0] + len(fed)))
         # Without controls the same fake model gives other pieces: the fed tokens changed the course.
         plain = generator.generate(num_samples=1, seed=seeds[0], primer_tokens=["key:minor"] + primer, sampling=SamplingSettings(length=30, min_length=4, temperature=1.2))
         assert plain[0].ids != pieces[0].ids
@@ -189,7 +196,7 @@ def test_python_the_reference_generator_and_the_page_feed_the_same_controls(cont
         ids, _ = reference.generate(SingleTable(table), vocabulary, case["primerIds"], 30, 1.2, 0,
                                     case["settings"]["seed"], min_length=4, density=case["settings"]["density"],
                                     polyphony=case["settings"]["polyphony"],
-                                    time_signature=tuple(case["settings"]["timeSignature"]))
+                                    time_signature=tuple(case["settings"]["timeSignature"]), key="key:minor")
         assert got == ids[len(case["primerIds"]):]
 
 
@@ -217,10 +224,10 @@ def test_the_bar_limits_agree_in_python_the_reference_generator_and_the_page_and
                 assert piece.primer_events == 2 and piece.repairs == {}, piece.repairs
                 ids, _ = reference.generate(SingleTable(table), vocabulary, primer_ids, 40, 1.2, 0, seed,
                                             min_length=4, density=density, polyphony=polyphony, time_signature=metre,
-                                            bar_limits=limited)
+                                            bar_limits=limited, key="key:minor")
                 assert ids[len(primer_ids):] == piece.ids, (density, polyphony, limited, seed)
                 settings = {"seed": seed, "length": 40, "minLength": 4, "temperature": 1.2, "density": density,
-                            "polyphony": polyphony, "timeSignature": list(metre)}
+                            "polyphony": polyphony, "timeSignature": list(metre), "key": "key:minor"}
                 if not limited:
                     settings["barLimits"] = False  # left out when on: the page's default is on
                 cases.append({"vocabulary": vocabulary, "table": table.astype(np.float64).tolist(),
@@ -272,23 +279,23 @@ def test_each_control_on_the_tiny_run_gives_tokens_that_obey_the_grammar(control
         if "key" in request_:
             assert piece.primer_tokens[0] == controls.requested_key(request_["key"])[0]
         fed = record["bars_fed"]
-        if "density" in request_ or "polyphony" in request_:
-            # Where training puts them: a turn for each bar a sonority starts in (and, for a piece that
-            # ended at <piece>, the bar it ended in).
-            generated = events.tokens_to_sonorities(piece.tokens)
-            expected = bars_with_a_sonority(generated, (4, 4))
-            got = [entry[0] for entry in fed]
-            assert got[:len(expected)] == expected
-            assert len(got) - len(expected) <= (piece.stop_reason == "boundary")
-            schedule_d = controls.parse_schedule("density", request_.get("density"))
-            schedule_p = controls.parse_schedule("poly", request_.get("polyphony"))
-            for entry in fed:
-                wanted = [t for t in (schedule_d.at(entry[0] - 1), schedule_p.at(entry[0] - 1)) if t is not None]
-                assert entry[1:] == [f"{kind}:{b}" for kind, b in zip(
-                    [k for k, s in (("density", schedule_d), ("poly", schedule_p)) if s.at(entry[0] - 1) is not None],
-                    wanted)]
-        else:
-            assert fed == []
+        # Where training puts them: a turn for each bar a sonority starts in (and, for a piece that ended at
+        # <piece>, the bar it ended in); the key at each turn but the first, which follows the primer's key token.
+        key = controls.requested_key(request_["key"])[0] if "key" in request_ else None
+        schedule_d = controls.parse_schedule("density", request_.get("density"))
+        schedule_p = controls.parse_schedule("poly", request_.get("polyphony"))
+
+        def wanted(bar):
+            return ([key] if key and bar > 1 else []) + [f"{kind}:{s.at(bar - 1)}" for kind, s in (
+                ("density", schedule_d), ("poly", schedule_p)) if s.at(bar - 1) is not None]
+
+        generated = events.tokens_to_sonorities(piece.tokens)
+        expected = [bar for bar in bars_with_a_sonority(generated, (4, 4)) if wanted(bar)]
+        got = [entry[0] for entry in fed]
+        assert expected and got[:len(expected)] == expected
+        assert len(got) - len(expected) <= (piece.stop_reason == "boundary")
+        for entry in fed:
+            assert entry[1:] == wanted(entry[0])
     if request_.get("key") == "E minor":  # A minor moved up 7 semitones would be E: -5 is the nearer way
         piece = pieces[0]
         assert piece.settings["controls"]["transpose"] == -5
@@ -309,8 +316,14 @@ def test_keras_and_tflite_give_the_same_ids_with_controls(controls_run, referenc
         primer_ids = [2, vocabulary["tokens"].index("key:minor")]
         for seed, piece in zip(seeds, pieces):
             ids, _ = reference.generate(model, vocabulary, primer_ids, 24, temperature, 0, seed, min_length=4,
-                                        density="1-3:high,4-:low", polyphony="medium")
+                                        density="1-3:high,4-:low", polyphony="medium", key="key:minor")
             assert ids[len(primer_ids):] == piece.ids, (temperature, seed)
+            # Bar 1 follows the primer's key token, so it gets no second one; every later bar gets it first.
+            fed = piece.settings["controls"]["bars_fed"]
+            assert fed[0][:2] == [1, "density:5"] and len(fed) > 1, fed
+            assert all(bar[1:3] == ["key:minor", "density:5" if bar[0] <= 3 else "density:1"] for bar in fed[1:]), fed
+            tokens = [vocabulary["tokens"][i] for i in ids]
+            assert tokens.count("key:minor") == 1  # fed tokens are no output: only the primer's is in the ids
 
 
 def test_impossible_requests_are_one_line_errors(controls_run, tiny_run, capsys):
@@ -360,7 +373,8 @@ def test_the_page_in_chromium_gives_the_reference_generators_ids_with_controls(c
             page = call(driver, f"kerasMusic.generate({json.dumps(settings)})")
             primer = [2, vocabulary["tokens"].index("key:minor")]
             ids, _ = reference.generate(model, vocabulary, primer, 24, 1.0, 0, seed, min_length=4,
-                                        density="1-2:high,3-:low", polyphony="medium", time_signature=metre)
+                                        density="1-2:high,3-:low", polyphony="medium", time_signature=metre,
+                                        key="key:minor")
             assert page == ids[len(primer):], seed
         last = call(driver, "Promise.resolve(kerasMusic.last)")
         assert last["controls"]["transpose"] == 5

@@ -348,7 +348,7 @@ def sonority_starts(tokens):
 @pytest.mark.slow
 def test_key_and_density_steer_each_answer_as_the_reference_generator_does(controls_run):
     """A run trained with control tokens: the live Key and Density selects offer the ordinary form's choices, and
-    with E minor and high density every answer has key:minor in its primer, density:5 at each bar (counted from
+    with E minor and high density every answer has key:minor in its primer, key:minor density:5 at each bar (counted from
     the primer's start) it starts a sonority in, notes moved by -5 semitones, and the reference generator's ids."""
     from keras_music import run as run_lib
     from keras_music.studio import routes
@@ -390,7 +390,7 @@ def test_key_and_density_steer_each_answer_as_the_reference_generator_does(contr
         controls = turn["controls"]
         assert {k: controls[k] for k in ("key", "density", "keyToken", "transpose")} == {
             "key": "E minor", "density": "high", "keyToken": "key:minor", "transpose": -5}
-        # The key token right after <piece> in the primer the model was fed, and nowhere else.
+        # The key token right after <piece> in the primer the model was fed, and nowhere else in it.
         assert turn["primer"][:2] == ["<piece>", "key:minor"]
         assert [t for t in turn["primer"] if t.startswith("key:")] == ["key:minor"]
         assert [vocab["tokens"][i] for i in turn["primerIds"]] == turn["primer"]
@@ -401,16 +401,17 @@ def test_key_and_density_steer_each_answer_as_the_reference_generator_does(contr
             assert read == {(pitch + 5) % 12 for _, _, pitch in turn["phraseNotes"]}, turn["turn"]
         ids, _ = reference.generate(model, vocab, turn["primerIds"], turn["length"], 0.9, 0, int(turn["seed"]),
                                     stop_at_boundary=True, top_p=0.95, min_length=turn["length"], density="high",
-                                    time_signature=metre)
+                                    time_signature=metre, key="key:minor")
         assert turn["ids"] == cut_answer(ids[len(turn["primerIds"]):], vocab, quarters), turn["turn"]
-        # density:5 before the first sonority the answer starts in each bar no earlier sonority started in.
+        # key:minor density:5 before the first sonority the answer starts in each bar no earlier sonority started in
+        # (the key too: the primer ends in the phrase's last duration, not in the key token).
         primer_starts, primer_length = sonority_starts(turn["primer"])
         done = max(int(onset // bar) for _, onset in primer_starts)
         expected = []
         for index, onset in sonority_starts(turn["tokens"])[0]:
             number = int((primer_length + onset) // bar)
             if number > done:
-                expected.append({"bar": number + 1, "at": index, "tokens": ["density:5"]})
+                expected.append({"bar": number + 1, "at": index, "tokens": ["key:minor", "density:5"]})
                 done = number
         assert controls["fed"] == expected, turn["turn"]
         fed_bars += len(expected)

@@ -172,7 +172,7 @@ async function generate({seed, length, minLength, temperature, topK, topP, keepG
   return exclusive(async () => {
     const started = performance.now();
     const result = await sampleTokens(page.model, page.vocabulary, {primerIds: primerIdList, ...settings,
-      maxTokens, seed: usedSeed, now: () => performance.now(), density, polyphony,
+      maxTokens, seed: usedSeed, now: () => performance.now(), density, polyphony, key: steered.keyToken,
       timeSignature: timing().time_signature});
     const tokens = result.ids.map((id) => page.vocabulary.tokens[id]);
     page.last = {seed: String(usedSeed), settings, controls, model: page.model.name, build: page.build,
@@ -411,11 +411,11 @@ function liveSettings() {
 
 /** Generation on the page's own thread, for a browser where the worker cannot start (the worker's reply shape). */
 async function generateHere(message) {
-  const {id, primerIds, seed, length, minLength, temperature, topK, topP, density, timeSignature} = message;
+  const {id, primerIds, seed, length, minLength, temperature, topK, topP, density, key = null, timeSignature} = message;
   return exclusive(async () => {
     const started = performance.now();
     const result = await sampleTokens(page.model, page.vocabulary, {primerIds, seed, length, minLength, temperature,
-      topK, topP, keepGoing: false, now: () => performance.now(), density, timeSignature});
+      topK, topP, keepGoing: false, now: () => performance.now(), density, key, timeSignature});
     return {type: 'answer', id, sampled: result.sampled, events: result.events, stopped: result.stopped,
             fed: result.fed, stepMs: result.stepMs, generateMs: performance.now() - started, queuedMs: 0};
   });

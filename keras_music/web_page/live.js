@@ -291,8 +291,8 @@ export class Live {
     const shift = steer([BOUNDARY], this.vocabulary.tokens, controls).transpose;
     const primer = phrasePrimer(notes.map(([on, off, pitch]) => [on, off, pitch - shift]), endTick, this.vocabulary,
                                 {grid, maxDuration});
-    // Steering as the page's Generate does it (sampler.js): the key token after <piece>, the output transposed,
-    // the density schedule fed at the bars (counted from the primer's start) the answer starts a sonority in.
+    // Steering as the page's Generate does it (sampler.js): the key token after <piece> and at every bar line, the
+    // output transposed, the density schedule fed at the bars (counted from the primer's start) the answer starts a sonority in.
     const steered = steer(primer.tokens.filter((token) => this.tokenIds.has(token)).map((t) => this.tokenIds.get(t)),
                           this.vocabulary.tokens, controls);
     const primerIds = steered.primerIds;
@@ -305,7 +305,7 @@ export class Live {
                     primerIds, dropped: primer.dropped, requestedAt: this.sound.now(), confirmed: false, result: null,
                     length, notes, controls: {...controls, keyToken: steered.keyToken, transpose: steered.transpose}};
     this.post({type: 'generate', id, primerIds, seed: String(seed), length, minLength: length, temperature, topK, topP,
-               untilQuarters: this.answerQuarters(), density: controls.density,
+               untilQuarters: this.answerQuarters(), density: controls.density, key: steered.keyToken,
                timeSignature: this.timing().timeSignature});
   }
 

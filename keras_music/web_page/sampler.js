@@ -517,6 +517,8 @@ export function sample(probabilities, rng, temperature, topK, topP, banned = BAN
  * loop there, so the ids are a prefix of the ones the full loop gives (live answers stop at their bars).
  * `density` and `polyphony` are bar schedules (parseSchedule), bars of `timeSignature` counted from the primer's start;
  * with `barLimits` (the default) the bar limits (BarLimits) also keep each bar they were fed for in the requested bins.
+ * `key` (a key token such as 'key:minor', steer()'s keyToken; steer() also put it after <piece>) is fed at each such
+ * bar before density and polyphony, unless the id just before (the primer's last or the last sampled) is that token.
  * `model` has initialState() and async step(token, state) -> {probabilities, state}.
  * Returns {ids (primer included), sampled (primer excluded), events, stopped, stepMs, fed}: `fed` lists the bar
  * controls fed, {bar (counted from 1), at (the index in `sampled` they came before), tokens}.
@@ -524,7 +526,7 @@ export function sample(probabilities, rng, temperature, topK, topP, banned = BAN
 export async function generate(model, vocabulary, {primerIds = [BOUNDARY], length = DEFAULTS.length,
   minLength = DEFAULTS.minLength, temperature = DEFAULTS.temperature, topK = DEFAULTS.topK, topP = DEFAULTS.topP,
   seed = 0, keepGoing = false, maxTokens = null, now = null, until = null, density = null, polyphony = null,
-  timeSignature = [4, 4], barLimits = true} = {}) {
+  timeSignature = [4, 4], barLimits = true, key = null} = {}) {
   const rng = new SplitMix64(seed);
   const grammar = new Grammar(vocabulary);
   const schedules = [['density', parseSchedule('density', density)], ['poly', parseSchedule('poly', polyphony)]];
@@ -532,12 +534,16 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
   if (steered && !vocabulary.tokens.some((t) => t.startsWith('density:') || t.startsWith('poly:'))) {
     throw new Error('this model has no control tokens, so density and polyphony cannot steer it');
   }
+  const keyId = key === null || key === undefined || key === '' ? null : vocabulary.tokens.indexOf(key);
+  if (keyId === -1) throw new Error(`key token ${key} is not in vocab.json (train the run with data.controls=true)`);
   const clock = new BarClock(timeSignature);
+  let latest = null;  // the latest primer or sampled id
   const limits = steered && barLimits ?
     new BarLimits(vocabulary.tokens, grammar.kinds, schedules[0][1], schedules[1][1], timeSignature) : null;
   const advance = (token) => {  // the limits move before the clock, over every primer and sampled id
     if (limits) limits.advance(grammar.kinds[token], vocabulary.tokens[token]);
     clock.advance(grammar.kinds[token], vocabulary.tokens[token]);
+    latest = token;
   };
   const tokenLimit = maxTokens ?? length * DEFAULTS.maxTokensPerEvent;
   const least = Math.min(minLength, length);
@@ -562,10 +568,14 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
   for (let step = 0; step < tokenLimit; step++) {
     const last = step === tokenLimit - 1;
     if (last && grammar.phase === 'between') break;  // rules "any" never leave it
-    const bar = steered ? clock.due() : null;
+    const bar = steered || keyId !== null ? clock.due() : null;
     if (bar !== null) {  // the bar's controls, fed without a draw
       if (limits) limits.enter(bar);
       const tokens = [];
+      if (keyId !== null && latest !== keyId) {
+        tokens.push(key);
+        ({probabilities, state} = await timed(keyId, state));
+      }
       for (const [kind, schedule] of schedules) {
         const bin = scheduleAt(schedule, bar);
         if (bin !== null) {

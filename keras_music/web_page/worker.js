@@ -106,13 +106,14 @@ function lengthReached(vocabulary, quarters) {
 
 async function generate(message, posted) {
   const {id, primerIds, seed, length, minLength, temperature, topK, topP, untilQuarters, density = null,
-    timeSignature = [4, 4]} = message;
+    key = null, timeSignature = [4, 4]} = message;
   const started = performance.now();
   const settings = {length, minLength, temperature, topK, topP, keepGoing: false};
   state.sampler.validateSettings(settings);
-  // The density schedule is fed at the bar lines by the sampler's bar clock (it refuses a model without controls).
+  // The key token and the density schedule are fed at the bar lines by the sampler's bar clock (it refuses a model
+  // without controls).
   const result = await state.sampler.generate(state.model, state.vocabulary, {
-    primerIds, ...settings, seed, now: () => performance.now(), density, timeSignature,
+    primerIds, ...settings, seed, now: () => performance.now(), density, key, timeSignature,
     until: untilQuarters ? lengthReached(state.vocabulary, untilQuarters) : null});
   return {type: 'answer', id, sampled: result.sampled, events: result.events, stopped: result.stopped, fed: result.fed,
           stepMs: result.stepMs, generateMs: performance.now() - started, queuedMs: started - posted};
