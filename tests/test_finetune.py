@@ -264,7 +264,11 @@ def test_an_interrupted_fine_tune_resumes_from_its_own_backup(tiny_run, new_fold
     metrics = train.train(config, run_dir, **QUIET)
     assert resumed_from == [state["model"]]  # the backup, not the base again
     assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
-    assert not all(np.array_equal(a, b) for a, b in zip(saved, run_lib.load_model(run_dir).get_weights()))
+    # Training went on from there: a later backup (not the best model, which may still be epoch 0's) moved.
+    last = run_lib.read_backup_record(run_dir)
+    assert last["next_epoch"] > state["next_epoch"]
+    moved = __import__("keras").saving.load_model(run_lib.path(run_dir, run_lib.BACKUP, last["model"])).get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(saved, moved))
 
 
 # ----------------------------------------------------------------------------- held-out pieces
