@@ -41,6 +41,8 @@ DEFAULT_LENGTH = 200  # events
 DEFAULT_MIN_LENGTH = 8  # events
 MAX_TOKENS_PER_EVENT = 32
 DEFAULT_TEMPO = 120.0  # bpm
+DEFAULT_KEY_GUIDANCE = 10.0  # export/README.md, "Key guidance"
+GUIDANCE_FLOOR = 1e-30
 
 
 class GeneratorError(Exception):
@@ -135,6 +137,20 @@ def key_request(name: str, tokens) -> tuple[str, int]:
         raise GeneratorError(f"key token {token} is not in the vocabulary (it has {', '.join(keys) or 'no key tokens'}; "
                              "train with data.controls=true)")
     return token, transpose
+
+
+def other_mode(key_token: str) -> str:
+    """The key token with the other mode: key:major <-> key:minor, key:D:minor <-> key:D:major."""
+    head, _, mode = key_token.rpartition(":")
+    return f"{head}:{'minor' if mode == 'major' else 'major'}"
+
+
+def guided(asked, contrast, weight: float) -> np.ndarray:
+    """Key guidance (export/README.md): exp(g - max g), g = (1 + w) log(asked) - w log(max(contrast, floor))."""
+    asked, contrast = np.asarray(asked, np.float64), np.asarray(contrast, np.float64)
+    with np.errstate(divide="ignore"):
+        g = (1.0 + weight) * np.log(asked) - weight * np.log(np.maximum(contrast, GUIDANCE_FLOOR))
+    return np.exp(g - g.max())
 
 
 def with_key(primer_ids, key_id: int, tokens):
@@ -497,7 +513,8 @@ def sample(probabilities, rng, temperature: float, top_k: int, banned, allowed=N
 def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAULT_LENGTH,
              temperature: float = DEFAULT_TEMPERATURE, top_k: int = DEFAULT_TOP_K, seed: int = 0,
              stop_at_boundary: bool = True, top_p: float = DEFAULT_TOP_P, min_length: int = DEFAULT_MIN_LENGTH,
-             density=None, polyphony=None, time_signature=(4, 4), bar_limits=True, key=None):
+             density=None, polyphony=None, time_signature=(4, 4), bar_limits=True, key=None,
+             key_guidance=DEFAULT_KEY_GUIDANCE):
     """Primer ids followed by the sampled ids of up to `length` events; returns (ids, stopped_at_boundary).
 
     export/README.md's "One piece": every id is drawn among those the grammar allows, with
@@ -513,7 +530,9 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
     (the default) the bar limits (`BarLimits`) also keep each bar they were fed for in the requested bins.
     `key` (a key token such as "key:minor", from `key_request`; the primer holds it after <piece>,
     `with_key`) is fed at each such bar too, before density and polyphony, unless the id just before
-    (the primer's last, or the last sampled) is that key token.
+    (the primer's last, or the last sampled) is that key token. With a key and `key_guidance` w > 0, every
+    step also runs a second state that reads the other mode's key token wherever the key is fed (the primer's
+    included), and the probabilities sampled from are `guided`'s.
     """
     rng = SplitMix64(seed)
     tokens = vocabulary["tokens"]
@@ -526,6 +545,12 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
     if key is not None and key not in tokens:
         raise GeneratorError(f"key token {key} is not in the vocabulary (train the run with data.controls=true)")
     key_id = None if key is None else tokens.index(key)
+    contrast_id = None
+    if key_id is not None and key_guidance > 0:
+        other = other_mode(key)
+        if other not in tokens:
+            raise GeneratorError(f"key guidance needs {other} beside {key} in the vocabulary: use key_guidance 0")
+        contrast_id = tokens.index(other)
     clock = BarClock(time_signature)
     boundary = 2
     banned = (0, 1)
@@ -533,6 +558,15 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
     max_tokens = length * MAX_TOKENS_PER_EVENT
     grammar = Grammar(vocabulary)
     state = model.initial_state()
+    contrast = [model.initial_state(), None]  # the contrast stream's state and last probabilities
+
+    def model_step(token, state):  # one step of the model, or of both streams under key guidance
+        probabilities, state = model.step(token, state)
+        if contrast_id is None:
+            return probabilities, state
+        contrast[1], contrast[0] = model.step(contrast_id if token == key_id else token, contrast[0])
+        return guided(probabilities, contrast[1], key_guidance), state
+
     probabilities = None
     kinds = (vocabulary.get("grammar") or {}).get("kinds") or ["event"] * len(tokens)
     limits = BarLimits(tokens, kinds, schedules[0][1], schedules[1][1], time_signature) \
@@ -547,7 +581,7 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
         latest[0] = token
 
     for token in primer_ids:
-        probabilities, state = model.step(token, state)
+        probabilities, state = model_step(token, state)
         grammar.advance(token)
         advance(token)
     generated = []
@@ -561,11 +595,11 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
             if limits is not None:
                 limits.enter(bar)
             if key_id is not None and latest[0] != key_id:
-                probabilities, state = model.step(key_id, state)
+                probabilities, state = model_step(key_id, state)
             for kind, schedule in schedules:
                 bin_ = schedule_at(schedule, bar)
                 if bin_ is not None:
-                    probabilities, state = model.step(tokens.index(f"{kind}:{bin_}"), state)
+                    probabilities, state = model_step(tokens.index(f"{kind}:{bin_}"), state)
         allowed = grammar.allowed(closing=last)
         if events < min_length:
             allowed[boundary] = False
@@ -582,7 +616,7 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
         events += bool(grammar.ends_event[token])
         if events >= length:
             break
-        probabilities, state = model.step(token, state)
+        probabilities, state = model_step(token, state)
     return list(primer_ids) + generated, False
 
 
@@ -802,6 +836,9 @@ def parse_args(argv=None):
     parser.add_argument("--key", default=None,
                         help='key of the piece, e.g. "D minor" (runs trained with data.controls; with keys '
                              "normalised the MIDI file is transposed to the tonic)")
+    parser.add_argument("--key-guidance", type=_non_negative_float("key guidance"), default=DEFAULT_KEY_GUIDANCE,
+                        metavar="W", help="with --key: p(x|key)^(1+W) / p(x|other mode)^W, renormalised; 0 leaves the "
+                                          "key to the model alone (export/README.md, \"Key guidance\")")
     parser.add_argument("--density", default=None,
                         help='onsets per bar: low, medium, high, off or a bin 0-6, or per bar range, bars from 1: '
                              '"1-4:low,5-8:high"')
@@ -840,7 +877,8 @@ def main(argv=None) -> int:
         ids, stopped = generate(model, vocabulary, primer_ids, args.length, args.temperature,
                                 args.top_k, seed, stop_at_boundary=not args.keep_going, top_p=args.top_p,
                                 min_length=args.min_length, density=args.density, polyphony=args.polyphony,
-                                time_signature=args.time_signature, bar_limits=args.bar_limits, key=key)
+                                time_signature=args.time_signature, bar_limits=args.bar_limits, key=key,
+                                key_guidance=args.key_guidance)
         primer = [tokens[i] for i in primer_ids]
         piece = [tokens[i] for i in ids]
         sonorities = tokens_to_sonorities(piece, vocabulary["representation"],

@@ -51,7 +51,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from keras_music import events
+from keras_music import defaults, events
 from keras_music.errors import UsageError
 
 KEY, DENSITY, POLYPHONY = events.CONTROL_KINDS
@@ -646,6 +646,57 @@ class Steering:
         return [int((clock.time + int(n) * max_duration) // clock.bar_length) for clock, n in zip(self.clocks, lengths)]
 
 
+# ----------------------------------------------------------------------------- key guidance
+#
+# The model reads the key tokens but leans on them only a little (README, "Steering"). Key guidance
+# sharpens what it reads: every row is stepped twice, once as asked and once with the other mode's key
+# token wherever the asked one is fed (the "contrast" stream), and the next-token probabilities are
+# p(x | key)^(1 + w) / p(x | other mode)^w, renormalised (export/README.md, "Key guidance"; the
+# reference generator and the page repeat it, in float64 and in this order of operations).
+
+# Where the contrast stream's probability is 0 (float32 underflow), it counts as this instead.
+GUIDANCE_FLOOR = 1e-30
+
+
+def other_mode(key_token: str) -> str:
+    """The key token with the other mode: key:major <-> key:minor, key:D:minor <-> key:D:major."""
+    head, _, mode = key_token.rpartition(":")
+    if mode not in MODES:
+        raise ControlError(f"{key_token!r} is not a key token (expected key:MODE or key:TONIC:MODE)")
+    return f"{head}:{MODES[1 - MODES.index(mode)]}"
+
+
+def guided(asked, contrast, weight: float) -> np.ndarray:
+    """float64 [..., V]: exp(g - max g) with g = (1 + w) * log(asked) - w * log(max(contrast, GUIDANCE_FLOOR));
+    an id the asked stream gives probability 0 stays 0."""
+    asked, contrast = np.asarray(asked, np.float64), np.asarray(contrast, np.float64)
+    with np.errstate(divide="ignore"):
+        g = (1.0 + weight) * np.log(asked) - weight * np.log(np.maximum(contrast, GUIDANCE_FLOOR))
+    top = g.max(axis=-1, keepdims=True)
+    return np.exp(g - top)
+
+
+class KeyGuided:
+    """A batched backend (`initial_state(batch)`, `step(ids, state)`) that steps each row as asked and with the
+    other mode's key token (`guided`); the state holds both streams, the asked one first (axis 1)."""
+
+    def __init__(self, backend, *, key_id: int, other_id: int, weight: float):
+        self.backend, self.key_id, self.other_id, self.weight = backend, int(key_id), int(other_id), float(weight)
+
+    def initial_state(self, batch: int) -> np.ndarray:
+        state = self.backend.initial_state(batch)
+        return np.concatenate([state, state], axis=1)
+
+    def step(self, ids, state):
+        ids = np.asarray(ids)
+        batch, half = len(ids), state.shape[1] // 2
+        contrast = np.where(ids == self.key_id, self.other_id, ids).astype(ids.dtype)
+        probabilities, next_state = self.backend.step(np.concatenate([ids, contrast]),
+                                                      np.concatenate([state[:, :half], state[:, half:]], axis=0))
+        return (guided(probabilities[:batch], probabilities[batch:], self.weight),
+                np.concatenate([next_state[:batch], next_state[batch:]], axis=1))
+
+
 def has_controls(tokens) -> bool:
     return any(events.is_control(t) and valid_control(t) for t in tokens)
 
@@ -668,12 +719,20 @@ class ControlSettings:
       density, polyphony: a level (low, medium, high, off, a bin) or a bar schedule
         ("1-4:low,5-8:high"), or None.
       bar_limits: keep each bar they were fed for in its bins (`BarLimits`); False leaves it to the model.
+      key_guidance: the weight w of key guidance (`guided`) when a key is asked for; 0 leaves the key to the
+        model alone.
     """
 
     key: str | None = None
     density: object = None
     polyphony: object = None
     bar_limits: bool = True
+    key_guidance: float = defaults.KEY_GUIDANCE
+
+    def __post_init__(self):
+        weight = self.key_guidance
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ControlError(f"key guidance must be a number >= 0 (0: the model alone), got {weight!r}")
 
 
 @dataclasses.dataclass
@@ -683,6 +742,7 @@ class Request:
     key: str | None = None
     key_token: str | None = None
     transpose: int = 0
+    key_guidance: float = 0.0  # the weight of key guidance (0 without a key)
     density: Schedule = dataclasses.field(default_factory=lambda: Schedule(DENSITY))
     polyphony: Schedule = dataclasses.field(default_factory=lambda: Schedule(POLYPHONY))
 
@@ -693,6 +753,7 @@ class Request:
     def record(self, time_signature, fed) -> dict:
         """The JSON record of a piece's requested controls and the bars that got them (1-based)."""
         return {"key": self.key, "key_token": self.key_token, "transpose": self.transpose,
+                "key_guidance": self.key_guidance,
                 "density": self.density.describe() or None, "polyphony": self.polyphony.describe() or None,
                 "time_signature": list(time_signature), "bars_fed": fed}
 
@@ -718,6 +779,7 @@ def make_request(tokens, normalize_key: bool, *, where: str, asked: ControlSetti
     if asked.key is not None and str(asked.key).strip():
         request.key_token, request.transpose = requested_key(asked.key, normalize_key)
         request.key = str(asked.key).strip()
+        request.key_guidance = float(asked.key_guidance)
     if not request.any:
         return request
     vocabulary = set(tokens)
@@ -728,6 +790,9 @@ def make_request(tokens, normalize_key: bool, *, where: str, asked: ControlSetti
         keys = sorted(t for t in vocabulary if t.startswith(KEY + ":"))
         raise ControlError(f"key token {request.key_token} (for {request.key!r}) is not in the vocabulary of "
                            f"{where} (it has {', '.join(keys) or 'no key tokens'})")
+    if request.key_guidance and other_mode(request.key_token) not in vocabulary:
+        raise ControlError(f"key guidance needs {other_mode(request.key_token)} beside {request.key_token}, and the "
+                           f"vocabulary of {where} lacks it: ask with key guidance 0")
     return request
 
 

@@ -160,16 +160,18 @@ def control_report(generator, num_samples: int = DEFAULT_SAMPLES, *, length: int
                 for piece in generator.generate(num_samples, **common, controls=asked):
                     pairs += bar_outcomes(piece, kind)
             into[argument] = bin_summary(pairs, bins, training_shares=shares)
-    keys = {}
-    for name in requested_keys(generator):
-        wanted = controls.parse_requested_key(name)
-        found = [estimated_key(piece) for piece in generator.generate(num_samples, **common,
-                                                                      controls=ControlSettings(key=name))]
-        keys[name] = {"pieces": len(found), "share": float(np.mean([f == wanted for f in found])),
-                      "mode_share": float(np.mean([f is not None and f[1] == wanted[1] for f in found])),
-                      "estimated": _counts(f"{events.PITCH_NAMES[f[0]]} {f[1]}" if f else "unknown" for f in found)}
-    report["key"] = {"per_key": keys,
-                     "share": float(np.mean([k["share"] for k in keys.values()])) if keys else None}
+    for guidance, into in ((defaults.KEY_GUIDANCE, report), (0.0, report["model_alone"])):
+        keys = {}
+        for name in requested_keys(generator):
+            wanted = controls.parse_requested_key(name)
+            asked = ControlSettings(key=name, key_guidance=guidance)
+            found = [estimated_key(piece) for piece in generator.generate(num_samples, **common, controls=asked)]
+            keys[name] = {"pieces": len(found), "share": float(np.mean([f == wanted for f in found])),
+                          "mode_share": float(np.mean([f is not None and f[1] == wanted[1] for f in found])),
+                          "estimated": _counts(f"{events.PITCH_NAMES[f[0]]} {f[1]}" if f else "unknown"
+                                               for f in found)}
+        into["key"] = {"per_key": keys, "key_guidance": guidance,
+                       "share": float(np.mean([k["share"] for k in keys.values()])) if keys else None}
     return report
 
 
@@ -231,14 +233,18 @@ def render_section(report: dict) -> list[str]:
             lines.append(f"| {wanted} | " + " | ".join(str(n) for n in row) + f" | {_percent(value.get('in_bin'))} | "
                          f"{_percent(value.get('training_share'))} |")
     key = report["key"]
+    alone_key = alone.get("key")
     lines += ["", f"Key: {_percent(key['share'])} of the pieces are in the requested key by the corpus stage's "
-                  "estimator (with normalised keys the model is asked for C major or A minor; another tonic is "
+                  f"estimator with key guidance {key.get('key_guidance', defaults.KEY_GUIDANCE):g} (what users get), "
+                  + (f"{_percent(alone_key['share'])} with the model alone (`--key-guidance 0`)" if alone_key else "")
+                  + " (with normalised keys the model is asked for C major or A minor; another tonic is "
                   "the same piece transposed).", "",
               "| requested key | pieces | estimated as requested | same mode | estimates |", "|---|---|---|---|---|"]
-    for name, row in key["per_key"].items():
-        estimates = ", ".join(f"{k}: {n}" for k, n in row["estimated"].items())
-        lines.append(f"| {name} | {row['pieces']} | {_percent(row['share'])} | {_percent(row['mode_share'])} | "
-                     f"{estimates} |")
+    for label, source in (("", key), (", model alone", alone_key)):
+        for name, row in (source or {}).get("per_key", {}).items():
+            estimates = ", ".join(f"{k}: {n}" for k, n in row["estimated"].items())
+            lines.append(f"| {name}{label} | {row['pieces']} | {_percent(row['share'])} | "
+                         f"{_percent(row['mode_share'])} | {estimates} |")
     return lines
 
 

@@ -132,6 +132,7 @@ class _Draw:
     grammar_state: sampling_lib.GrammarState
     rng: object
     settings: SamplingSettings
+    backend: object = None  # what steps the rows (None: the generator's own backend)
 
 
 class Generator:
@@ -266,7 +267,7 @@ class Generator:
 
     # ------------------------------------------------------------------ the loop
 
-    def prime(self, sequences: list[list[int]]):
+    def prime(self, sequences: list[list[int]], *, backend=None):
         """Feed each row's ids through the backend; returns (probabilities after each row's last id, LSTM state).
 
         Rows of different lengths are stepped together; a row whose sequence has ended
@@ -279,10 +280,11 @@ class Generator:
         padded = np.zeros((batch, lengths.max()), np.int32)
         for row, sequence in enumerate(sequences):
             padded[row, :len(sequence)] = sequence
-        lstm_state = self.backend.initial_state(batch)
+        backend = self.backend if backend is None else backend
+        lstm_state = backend.initial_state(batch)
         last = None
         for t in range(int(lengths.max())):
-            probabilities, next_state = self.backend.step(padded[:, t], lstm_state)
+            probabilities, next_state = backend.step(padded[:, t], lstm_state)
             if last is None:
                 last = np.zeros_like(probabilities)
             active = t < lengths
@@ -343,10 +345,11 @@ class Generator:
         sequences = [[self.vocabulary.boundary_id] + self.vocabulary.encode(p.tokens) for p in primers]
         steering = self._steering(request, primers, sequences=sequences, lengths=lengths,
                                   bar_limits=controls.bar_limits)
-        probabilities, lstm_state = self.prime(sequences)
+        backend = self._key_guided(request)
+        probabilities, lstm_state = self.prime(sequences, backend=backend)
         rows = _Rows(lengths, min_lengths)
         self._sample(rows, _Draw(probabilities, lstm_state, self.grammar_state(sequences),
-                                 sampling_lib.make_rng(seed, sampling.rng), sampling),
+                                 sampling_lib.make_rng(seed, sampling.rng), sampling, backend=backend),
                      show_progress=show_progress, steering=steering)
         settings = {"backend": self.backend_name, "num_samples": num_samples, **sampling.record(),
                     "representation": self.representation}
@@ -366,6 +369,15 @@ class Generator:
                                              where=self.run_dir, asked=asked)
         except controls_lib.ControlError as error:
             raise GenerateError(str(error)) from None
+
+    def _key_guided(self, request):
+        """The backend that steps the rows: with a key asked for and key guidance on, `controls_lib.KeyGuided`."""
+        if request.key_token is None or not request.key_guidance:
+            return self.backend
+        index = self.vocabulary.index
+        return controls_lib.KeyGuided(self.backend, key_id=index[request.key_token],
+                                      other_id=index[controls_lib.other_mode(request.key_token)],
+                                      weight=request.key_guidance)
 
     def _steering(self, request, primers: list[Primer], *, sequences, lengths, bar_limits=True):
         """The bar controls' feeder of the batch (None without bar controls), its clocks past each primer."""
@@ -406,6 +418,7 @@ class Generator:
     def _sample(self, rows: _Rows, draw: _Draw, *, show_progress: bool = False, steering=None) -> None:
         """Sample every row until it has its events or samples the boundary."""
         probabilities, lstm_state, grammar_state = draw.probabilities, draw.lstm_state, draw.grammar_state
+        backend = self.backend if draw.backend is None else draw.backend
         longest = int(rows.lengths.max())
         # Each row's own token limit (export/README.md, "One piece"), so a row of a batch
         # stops exactly where it would stop alone.
@@ -420,7 +433,7 @@ class Generator:
                 if rows.finished.all():
                     break
                 if steering is not None:  # bar controls due now are fed without a draw
-                    probabilities, lstm_state = steering.feed(self.backend.step, probabilities, state=lstm_state,
+                    probabilities, lstm_state = steering.feed(backend.step, probabilities, state=lstm_state,
                                                               active=~rows.finished)
                 allowed = self.grammar.allowed(grammar_state, closing=last)
                 # A row short of its min_length may not end yet: the boundary is not allowed.
@@ -442,7 +455,7 @@ class Generator:
                 if rows.finished.all():
                     break
                 # Finished rows keep stepping with the rest of the batch; their output is ignored.
-                probabilities, lstm_state = self.backend.step(ids.astype(np.int32), lstm_state)
+                probabilities, lstm_state = backend.step(ids.astype(np.int32), lstm_state)
 
     def _piece(self, row: int, primer: Primer, *, rows: _Rows, seed: int, settings: dict) -> Piece:
         ids, stop_reason = rows.ids[row], rows.stop[row]
@@ -699,6 +712,10 @@ def parse_args(argv=None):
     steer.add_argument("--no-bar-limits", dest="bar_limits", action="store_false",
                        help="feed the density and polyphony tokens only, leaving it to the model how far it "
                             "follows them (default: the sampler keeps each bar in the requested bins)")
+    steer.add_argument("--key-guidance", metavar="W", type=cli.key_guidance, default=defaults.KEY_GUIDANCE,
+                       help="with --key: how strongly the sampler favours what the model writes in the asked key over "
+                            "what it writes in the other mode, p(x|key)^(1+W) / p(x|other mode)^W; 0 leaves the key "
+                            "to the model alone")
     parser.add_argument("--out", metavar="DIR", default=None, help="output directory (default: RUN/generated/<timestamp>)")
     parser.add_argument("--tempo", type=float, default=None, metavar="BPM",
                         help="one tempo for the whole piece (default: the primer's tempo map, or the corpus's "
@@ -734,7 +751,8 @@ def main(argv=None):
                                     primer_tokens=args.primer_tokens, primer_events=args.primer_events,
                                     strict=args.strict, show_progress=not args.quiet,
                                     controls=controls_lib.ControlSettings(args.key, args.density, args.polyphony,
-                                                                          args.bar_limits))
+                                                                          args.bar_limits,
+                                                                          key_guidance=args.key_guidance))
         out_dir = args.out or run_lib.timestamped_dir(run_lib.path(args.run_dir, run_lib.GENERATED))
         paths = generator.write(pieces, out_dir, tempo=args.tempo, instrument=args.instrument,
                                 audio=args.audio, soundfont=args.soundfont)

@@ -157,7 +157,7 @@ def test_help_names_the_flag(argv, capsys):
     assert "--no-bar-limits" in capsys.readouterr().out
 
 
-def test_the_studio_passes_bar_limits_and_refuses_a_non_boolean(controls_run, tmp_path):
+def test_the_studio_passes_bar_limits_and_key_guidance_and_refuses_bad_ones(controls_run, tmp_path):
     from test_studio import Server, call, make_studio
 
     server = Server(make_studio(controls_run, tmp_path))
@@ -173,5 +173,17 @@ def test_the_studio_passes_bar_limits_and_refuses_a_non_boolean(controls_run, tm
             assert record["ids"] == ours.ids
         status, answer = call(server, "/api/generate", {"length": 8, "density": "high", "bar_limits": "no"})
         assert status == 400 and "bar_limits must be true or false" in answer["error"], answer
+        # Key guidance the same way: the studio's piece is the generator's with that weight.
+        for guidance in (0, 4.5):
+            body = {"seed": 9, "length": 24, "primer": "none", "key": "A minor", "key_guidance": guidance}
+            status, piece = call(server, "/api/generate", body)
+            assert status == 200 and piece["controls"]["key_guidance"] == guidance, piece
+            status, record = call(server, piece["urls"]["json"])
+            ours = generator.generate(seed=9, primer_tokens=[], sampling=SamplingSettings(length=24),
+                                      controls=ControlSettings(key="A minor", key_guidance=guidance))[0]
+            assert record["ids"] == ours.ids
+        for bad in ("strong", -1, True):
+            status, answer = call(server, "/api/generate", {"length": 8, "key": "minor", "key_guidance": bad})
+            assert status == 400 and "key_guidance must be a number >= 0" in answer["error"], answer
     finally:
         server.stop()

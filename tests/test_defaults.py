@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO
 
-from keras_music import config, defaults, evaluate, evaluate_music, experiment, export, generate, model, pieces
+from keras_music import config, controls, defaults, evaluate, evaluate_music, experiment, export, generate, model, pieces
 from keras_music import run as run_lib, sampling, web_export
 from keras_music.studio import app as studio_app, service as studio_service
 
@@ -88,14 +88,17 @@ def test_the_reference_generator_repeats_the_defaults():
         defaults.TEMPERATURE, defaults.TOP_K, defaults.TOP_P)
     assert (reference.DEFAULT_LENGTH, reference.DEFAULT_MIN_LENGTH, reference.MAX_TOKENS_PER_EVENT) == (
         defaults.LENGTH, defaults.MIN_LENGTH, defaults.MAX_TOKENS_PER_EVENT)
-    assert reference.DEFAULT_TEMPO == defaults.TEMPO
+    assert reference.DEFAULT_TEMPO == defaults.TEMPO and reference.DEFAULT_KEY_GUIDANCE == defaults.KEY_GUIDANCE
     _, args = reference.parse_args(["--model", "m.tflite", "--vocab", "v.json", "--out", "o.mid"])
     assert (args.length, args.min_length, args.temperature, args.top_k, args.top_p, args.tempo) == (
         defaults.LENGTH, defaults.MIN_LENGTH, defaults.TEMPERATURE, defaults.TOP_K, defaults.TOP_P, defaults.TEMPO)
     signature = parameter_defaults(reference.generate)
     assert (signature["length"], signature["min_length"], signature["temperature"], signature["top_k"],
-            signature["top_p"]) == (defaults.LENGTH, defaults.MIN_LENGTH, defaults.TEMPERATURE, defaults.TOP_K,
-                                    defaults.TOP_P)
+            signature["top_p"], signature["key_guidance"]) == (defaults.LENGTH, defaults.MIN_LENGTH,
+                                                               defaults.TEMPERATURE, defaults.TOP_K, defaults.TOP_P,
+                                                               defaults.KEY_GUIDANCE)
+    assert reference.parse_args(["--model", "m", "--vocab", "v", "--out", "o"])[1].key_guidance == defaults.KEY_GUIDANCE
+    assert controls.ControlSettings().key_guidance == defaults.KEY_GUIDANCE
 
 
 def test_the_savedmodel_consumer_repeats_the_defaults():
@@ -134,7 +137,8 @@ def test_the_web_export_ships_the_defaults_and_the_corpus_tempo(tiny_run, tmp_pa
     assert site["defaults"] == {"temperature": defaults.TEMPERATURE, "top_k": defaults.TOP_K, "top_p": defaults.TOP_P,
                                 "length": defaults.LENGTH, "min_length": defaults.MIN_LENGTH,
                                 "max_length": defaults.MAX_LENGTH,
-                                "max_tokens_per_event": defaults.MAX_TOKENS_PER_EVENT, "tempo": defaults.TEMPO}
+                                "max_tokens_per_event": defaults.MAX_TOKENS_PER_EVENT, "tempo": defaults.TEMPO,
+                                "key_guidance": defaults.KEY_GUIDANCE}
     corpus_tempo = run_lib.load_prepared(tiny_run)["timing"]["tempo"]
     assert site["timing"]["tempo"] == pytest.approx(corpus_tempo)
 
@@ -149,7 +153,8 @@ def test_the_pages_fallback_values_are_the_defaults():
     values = {key: float(value) for key, value in re.findall(r"(\w+): ([\d.]+)", block)}
     assert values == {"temperature": defaults.TEMPERATURE, "topK": defaults.TOP_K, "topP": defaults.TOP_P,
                       "length": defaults.LENGTH, "minLength": defaults.MIN_LENGTH, "maxLength": defaults.MAX_LENGTH,
-                      "maxTokensPerEvent": defaults.MAX_TOKENS_PER_EVENT, "tempo": defaults.TEMPO}
+                      "maxTokensPerEvent": defaults.MAX_TOKENS_PER_EVENT, "tempo": defaults.TEMPO,
+                      "keyGuidance": defaults.KEY_GUIDANCE}
     # The form's initial values (the page sets them again from web.json once it has loaded).
     html = read("index.html")
     initial = {name: float(re.search(rf'id="{name}"[^>]*value="([\d.]+)"', html).group(1))

@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from keras_music import controls, evaluate_controls, events, generate, run as run_lib
+from keras_music import controls, defaults, evaluate_controls, events, generate, run as run_lib
 from keras_music.evaluate_music import EvaluationSettings
 from keras_music.sampling import SamplingSettings
 from keras_music.controls import ControlSettings
@@ -152,6 +152,96 @@ class SingleTable:
 
     def step(self, token, state):
         return self.table[(token * 7 + state) % len(self.table)], state + 1
+
+
+GUIDED_NODE = r"""
+import {guided, otherMode} from './sampler.mjs';
+const chunks = [];
+for await (const chunk of process.stdin) chunks.push(chunk);
+const {rows, weights} = JSON.parse(Buffer.concat(chunks).toString());
+const out = rows.map(([asked, contrast]) => weights.map((w) => Array.from(guided(asked, contrast, w))));
+process.stdout.write(JSON.stringify({out, other: ['key:major', 'key:minor', 'key:D:minor', 'key:B-:major'].map(otherMode)}));
+"""
+
+
+def test_key_guidance_sharpens_the_asked_mode_against_the_other_alike_everywhere(tmp_path, reference):
+    asked = np.array([0.5, 0.25, 0.25, 0.0, 1e-8], np.float32)
+    contrast = np.array([0.25, 0.25, 0.5, 0.0, 0.0], np.float32)
+    for weight in (0.0, 1.0, 10.0):
+        got = controls.guided(asked, contrast, weight)
+        assert got.dtype == np.float64 and got.max() == 1.0
+        # Ratios are (asked_i / asked_j)^(1 + w) (contrast_j / contrast_i)^w; zero stays zero; a contrast of 0
+        # counts as the floor, so an id only the asked stream gives some mass is favoured, not infinite.
+        assert got[1] / got[0] == pytest.approx(0.5 ** (1 + weight))
+        assert got[2] / got[0] == pytest.approx(0.5 ** (1 + weight) * 0.5 ** weight)
+        assert got[3] == 0.0 and np.isfinite(got).all()
+        assert got[4] / got[0] == pytest.approx((1e-8 / 0.5) ** (1 + weight) * (0.25 / controls.GUIDANCE_FLOOR) ** weight,
+                                                rel=1e-5)
+    assert controls.guided(asked, contrast, 0.0) == pytest.approx(asked / asked.max())
+    assert [controls.other_mode(t) for t in ("key:major", "key:minor", "key:D:minor", "key:B-:major")] == [
+        "key:minor", "key:major", "key:D:major", "key:B-:minor"]
+    with pytest.raises(controls.ControlError, match="not a key token"):
+        controls.other_mode("density:3")
+    with pytest.raises(controls.ControlError, match="key guidance must be a number >= 0"):
+        ControlSettings(key="major", key_guidance=-1)
+    # The reference generator and the page compute the same numbers (platform logs may differ in the last bit).
+    rng = np.random.default_rng(0)
+    rows = [(rng.dirichlet(np.full(40, 0.2)).astype(np.float32), rng.dirichlet(np.full(40, 0.2)).astype(np.float32))
+            for _ in range(5)]
+    answer = web_run_node(tmp_path, {"rows": [[a.astype(np.float64).tolist(), c.astype(np.float64).tolist()]
+                                              for a, c in rows], "weights": [0, 3, 10]}, GUIDED_NODE)
+    assert answer["other"] == ["key:minor", "key:major", "key:D:major", "key:B-:minor"]
+    for (a, c), page in zip(rows, answer["out"]):
+        for weight, values in zip((0, 3, 10), page):
+            ours = controls.guided(a, c, weight)
+            np.testing.assert_allclose(values, ours, rtol=1e-12, atol=0)
+            np.testing.assert_array_equal(reference.guided(a, c, weight), ours)
+
+
+class RecordingTable(BatchTable):
+    """A fake batched backend with a memory (the state is a running hash of the ids read) that records its calls."""
+
+    def __init__(self, table):
+        super().__init__(table)
+        self.fed = []
+
+    def step(self, ids, state):
+        self.fed.append(np.asarray(ids).tolist())
+        history = (state[:, 0, 0].astype(np.int64) * 31 + np.asarray(ids, np.int64)) % 1_000_003
+        return self.table[history % len(self.table)], history.reshape(-1, 1, 1).astype(np.float32)
+
+
+def test_key_guidance_steps_a_contrast_stream_that_reads_the_other_mode(controls_run):
+    vocabulary = json.loads(open(run_lib.path(controls_run, run_lib.VOCAB)).read())
+    tokens = vocabulary["tokens"]
+    minor, major = tokens.index("key:minor"), tokens.index("key:major")
+    table = np.random.default_rng(7).dirichlet(np.full(len(tokens), 0.3), size=23).astype(np.float32)
+    backend = RecordingTable(table)
+    generator = generate.Generator(controls_run, backend=backend, log=lambda message: None)
+    sampling = SamplingSettings(length=24, min_length=4, temperature=1.0)
+    pieces = generator.generate(num_samples=2, seed=5, primer_tokens=[], sampling=sampling,
+                                controls=ControlSettings(key="A minor", density="medium"))
+    assert all(piece.settings["controls"]["key_guidance"] == 10.0 for piece in pieces)
+    # Every backend call steps 2 rows as asked and their 2 contrast rows: the same ids, key:major for key:minor.
+    assert backend.fed and all(len(ids) == 4 for ids in backend.fed)
+    for ids in backend.fed:
+        assert [major if i == minor else i for i in ids[:2]] == ids[2:]
+    assert sum(ids[:2].count(minor) for ids in backend.fed) > 2  # after <piece> and at later bars
+    # Off, one stream and other pieces; the same seed and weight, the same pieces.
+    backend.fed.clear()
+    alone = generator.generate(num_samples=2, seed=5, primer_tokens=[], sampling=sampling,
+                               controls=ControlSettings(key="A minor", density="medium", key_guidance=0))
+    assert all(len(ids) == 2 for ids in backend.fed)
+    assert alone[0].settings["controls"]["key_guidance"] == 0.0
+    assert [p.ids for p in alone] != [p.ids for p in pieces]
+    again = generator.generate(num_samples=2, seed=5, primer_tokens=[], sampling=sampling,
+                               controls=ControlSettings(key="A minor", density="medium"))
+    assert [p.ids for p in again] == [p.ids for p in pieces]
+    # Without a key there is nothing to guide: one stream.
+    backend.fed.clear()
+    generator.generate(num_samples=2, seed=5, primer_tokens=[], sampling=sampling,
+                       controls=ControlSettings(density="medium"))
+    assert all(len(ids) == 2 for ids in backend.fed)
 
 
 def test_python_the_reference_generator_and_the_page_feed_the_same_controls(controls_run, tmp_path, reference):
@@ -347,6 +437,11 @@ def test_impossible_requests_are_one_line_errors(controls_run, tiny_run, capsys)
         generate.main(["--run-dir", controls_run, "--density", "loud", "--quiet", "--audio", "none"])
     err = capsys.readouterr().err.strip().splitlines()
     assert "density level 'loud' does not exist" in err[-1]
+    with pytest.raises(SystemExit) as exit_:
+        generate.parse_args(["--run-dir", controls_run, "--key", "minor", "--key-guidance", "-1"])
+    assert exit_.value.code == 2
+    assert "key guidance must be >= 0 (0 leaves the key to the model), got -1" in capsys.readouterr().err
+    assert generate.parse_args(["--run-dir", controls_run, "--key-guidance", "0"])[1].key_guidance == 0.0
 
 
 @pytest.mark.slow
@@ -474,6 +569,14 @@ def test_evaluate_reports_requested_vs_realised_controls_from_the_pieces(control
     assert report["density"]["per_value"]["0"]["training_share"] == pytest.approx(counts[0] / counts.sum())
     assert sorted(report["key"]["per_key"]) == ["A minor", "C major"]
     assert all(row["pieces"] == 2 for row in report["key"]["per_key"].values())
+    # The key both ways: with key guidance (what users get) and with the model alone, each from its own pieces.
+    assert report["key"]["key_guidance"] == defaults.KEY_GUIDANCE and report["model_alone"]["key"]["key_guidance"] == 0
+    for into, guidance in ((report, defaults.KEY_GUIDANCE), (report["model_alone"], 0.0)):
+        found = [evaluate_controls.estimated_key(piece) for piece in generator.generate(
+            num_samples=2, seed=3, primer_tokens=[],
+            sampling=SamplingSettings(length=evaluate_controls.DEFAULT_LENGTH, temperature=0.9),
+            controls=ControlSettings(key="A minor", key_guidance=guidance))]
+        assert into["key"]["per_key"]["A minor"]["share"] == pytest.approx(np.mean([f == (9, "minor") for f in found]))
     markdown = open(os.path.join(out, "evaluation.md")).read()
     assert "## Controls: requested vs realised" in markdown and "controls_confusion.png" in markdown
     assert os.path.isfile(os.path.join(out, "controls_confusion.png"))

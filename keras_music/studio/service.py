@@ -52,7 +52,8 @@ def _controls_of(generator) -> dict | None:
 
 def _requested_controls(body: dict) -> ControlSettings:
     """The key, density and polyphony of a /api/generate body (strings, or a bin number), unset when absent, and
-    `bar_limits` (default true: the sampler keeps steered bars in their bins)."""
+    `bar_limits` (default true: the sampler keeps steered bars in their bins) and `key_guidance` (default
+    defaults.KEY_GUIDANCE)."""
     out = {}
     for name in ("key", "density", "polyphony"):
         value = body.get(name)
@@ -67,6 +68,11 @@ def _requested_controls(body: dict) -> ControlSettings:
         if not isinstance(limits, bool):
             raise StudioError(f"bar_limits must be true or false, got {limits!r}")
         out["bar_limits"] = limits
+    guidance = body.get("key_guidance")
+    if guidance is not None:
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance < float("inf"):
+            raise StudioError(f"key_guidance must be a number >= 0 (0 leaves the key to the model), got {guidance!r}")
+        out["key_guidance"] = float(guidance)
     return ControlSettings(**out)
 
 

@@ -13,7 +13,30 @@ export const BANNED = [0, 1];
 // keras_music's defaults (keras_music/defaults.py); the export also ships them in web.json
 // "defaults", which the page prefers. The tests check that the two agree.
 export const DEFAULTS = Object.freeze({temperature: 0.9, topK: 0, topP: 1, length: 200, minLength: 8,
-  maxLength: 10000, maxTokensPerEvent: 32, tempo: 120});
+  maxLength: 10000, maxTokensPerEvent: 32, tempo: 120, keyGuidance: 10});
+// Key guidance (export/README.md, "Key guidance"): a contrast probability below this counts as this.
+const GUIDANCE_FLOOR = 1e-30;
+
+/** The key token with the other mode: key:major <-> key:minor, key:D:minor <-> key:D:major. */
+export function otherMode(keyToken) {
+  const at = keyToken.lastIndexOf(':');
+  return `${keyToken.slice(0, at)}:${keyToken.slice(at + 1) === 'major' ? 'minor' : 'major'}`;
+}
+
+/**
+ * Key guidance: exp(g - max g) with g = (1 + w) log(asked) - w log(max(contrast, 1e-30)), in float64 and in this
+ * order of operations (keras_music/controls.py `guided`, reference_generator.py `guided`).
+ */
+export function guided(asked, contrast, weight) {
+  const g = new Float64Array(asked.length);
+  let top = -Infinity;
+  for (let i = 0; i < asked.length; i++) {
+    g[i] = (1 + weight) * Math.log(asked[i]) - weight * Math.log(Math.max(contrast[i], GUIDANCE_FLOOR));
+    if (g[i] > top) top = g[i];
+  }
+  for (let i = 0; i < g.length; i++) g[i] = Math.exp(g[i] - top);
+  return g;
+}
 
 // Named levels of the bar controls (keras_music/controls.py; the tests check that they agree).
 export const LEVELS = Object.freeze({density: {low: 1, medium: 3, high: 5}, poly: {low: 1, medium: 2, high: 4}});
@@ -519,6 +542,8 @@ export function sample(probabilities, rng, temperature, topK, topP, banned = BAN
  * with `barLimits` (the default) the bar limits (BarLimits) also keep each bar they were fed for in the requested bins.
  * `key` (a key token such as 'key:minor', steer()'s keyToken; steer() also put it after <piece>) is fed at each such
  * bar before density and polyphony, unless the id just before (the primer's last or the last sampled) is that token.
+ * With a key and `keyGuidance` w > 0 every step also runs a second state that reads the other mode's key token
+ * wherever the key is fed (the primer's included), and sampling draws from guided(...) (export/README.md).
  * `model` has initialState() and async step(token, state) -> {probabilities, state}.
  * Returns {ids (primer included), sampled (primer excluded), events, stopped, stepMs, fed}: `fed` lists the bar
  * controls fed, {bar (counted from 1), at (the index in `sampled` they came before), tokens}.
@@ -526,7 +551,7 @@ export function sample(probabilities, rng, temperature, topK, topP, banned = BAN
 export async function generate(model, vocabulary, {primerIds = [BOUNDARY], length = DEFAULTS.length,
   minLength = DEFAULTS.minLength, temperature = DEFAULTS.temperature, topK = DEFAULTS.topK, topP = DEFAULTS.topP,
   seed = 0, keepGoing = false, maxTokens = null, now = null, until = null, density = null, polyphony = null,
-  timeSignature = [4, 4], barLimits = true, key = null} = {}) {
+  timeSignature = [4, 4], barLimits = true, key = null, keyGuidance = DEFAULTS.keyGuidance} = {}) {
   const rng = new SplitMix64(seed);
   const grammar = new Grammar(vocabulary);
   const schedules = [['density', parseSchedule('density', density)], ['poly', parseSchedule('poly', polyphony)]];
@@ -536,6 +561,13 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
   }
   const keyId = key === null || key === undefined || key === '' ? null : vocabulary.tokens.indexOf(key);
   if (keyId === -1) throw new Error(`key token ${key} is not in vocab.json (train the run with data.controls=true)`);
+  if (!(Number.isFinite(keyGuidance) && keyGuidance >= 0)) {
+    throw new Error(`keyGuidance must be a number >= 0 (0 leaves the key to the model), got ${keyGuidance}`);
+  }
+  const contrastId = keyId !== null && keyGuidance > 0 ? vocabulary.tokens.indexOf(otherMode(key)) : null;
+  if (contrastId === -1) {
+    throw new Error(`key guidance needs ${otherMode(key)} beside ${key} in vocab.json: use keyGuidance 0`);
+  }
   const clock = new BarClock(timeSignature);
   let latest = null;  // the latest primer or sampled id
   const limits = steered && barLimits ?
@@ -548,9 +580,15 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
   const tokenLimit = maxTokens ?? length * DEFAULTS.maxTokensPerEvent;
   const least = Math.min(minLength, length);
   const stepMs = [];
+  let contrast = contrastId === null ? null : {state: model.initialState(), probabilities: null};
   const timed = async (token, state) => {
     const started = now ? now() : 0;
-    const out = await model.step(token, state);
+    let out = await model.step(token, state);
+    if (contrast) {  // the contrast stream: the other mode's key token where the key is fed
+      const other = await model.step(token === keyId ? contrastId : token, contrast.state);
+      contrast = {state: other.state, probabilities: other.probabilities};
+      out = {probabilities: guided(out.probabilities, other.probabilities, keyGuidance), state: out.state};
+    }
     if (now) stepMs.push(now() - started);
     return out;
   };
@@ -605,7 +643,10 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
     if (until && until(token)) break;
     ({probabilities, state} = await timed(token, state));
   }
-  if (model.release) model.release(state);
+  if (model.release) {
+    model.release(state);
+    if (contrast) model.release(contrast.state);
+  }
   return {ids: [...primerIds, ...sampled], sampled, events, stopped, stepMs, fed};
 }
 
