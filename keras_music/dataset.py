@@ -253,7 +253,7 @@ def _fim_windows(pieces: tf.data.Dataset, epoch_seed: int, *, rate: float, seq_l
     draws = tf.data.Dataset.random(seed=epoch_seed + 23)
     chosen = tf.data.Dataset.zip((pieces, draws)).map(_fim_chooser(rate))
     # Only examples exactly one window long (prepared for this seq_length) are used; each is a whole window
-    # from the start state, <fim_prefix> first (keras_music.infill says why never <piece>).
+    # from the start state, <fim_suffix> first (keras_music.infill says why never <piece>).
     examples = chosen.filter(lambda example, use: use & (tf.size(example) == seq_length + 1)).map(
         lambda e, use: e)
     if transpose is not None:

@@ -310,7 +310,7 @@ def _nll(probabilities: np.ndarray, target: int, *, allowed: np.ndarray | None =
 
 
 def middle_nll(model, gaps: list[dict], *, vocabulary, grid: int) -> list[dict]:
-    """Per gap, the middle's total NLL after the FIM context (fed from the start state, `<fim_prefix>` first,
+    """Per gap, the middle's total NLL after the FIM context (fed from the start state, `<fim_suffix>` first,
     as `generate --infill` feeds it) and after `<piece>` and the whole prefix (a left-to-right continuation):
     from the softmax alone (`fim`, `prefix`) and as each generator samples (`fim_masked`: the grammar and
     `infill.GapMask`, which knows how much of the gap is left; `prefix_masked`: the grammar alone)."""
@@ -324,10 +324,10 @@ def middle_nll(model, gaps: list[dict], *, vocabulary, grid: int) -> list[dict]:
         totals = {}
         for name, head, gapped in (("fim", context, True), ("prefix", lead, False)):
             probabilities = _distributions(model, [head + middle])[0]
-            # The middle continues the prefix: the grammar reads the prefix alone, as `Generator.fill` does.
-            read = infill.continued(head, prefix_id=mask.prefix_id, suffix_id=mask.suffix_id) if gapped else head
+            # The middle continues the prefix: the grammar reads from <fim_prefix> on, as `Generator.fill` does.
+            start = len(head) - head[::-1].index(mask.prefix_id) if gapped and mask.prefix_id in head else 0
             state = grammar.start(1)
-            for token in read:
+            for token in head[start:]:
                 grammar.advance(state, np.array([token]))
             remaining, raw, masked = np.array([gap["ticks"]]), 0.0, 0.0
             for offset, token in enumerate(middle):

@@ -21,8 +21,8 @@ PITCH_NAMES = ("C", "C#", "D", "E-", "E", "F", "F#", "G", "G#", "A", "B-", "B")
 # Prefixes of the control tokens (keras_music.controls): they steer the music but are no event,
 # so event counts skip them and decoding ignores them.
 CONTROL_KINDS = ("key", "density", "poly")
-# Sentinels of fill-in-the-middle examples (keras_music.infill): `<fim_prefix> PREFIX <fim_suffix> SUFFIX
-# <fim_middle> MIDDLE <fim_end>`. Like controls they are no event and decoding skips them.
+# Sentinels of fill-in-the-middle examples (keras_music.infill): `<piece> <fim_suffix> SUFFIX <fim_prefix>
+# PREFIX <fim_middle> MIDDLE <fim_end>`. Like controls they are no event and decoding skips them.
 FIM_SUFFIX, FIM_PREFIX, FIM_MIDDLE, FIM_END = "<fim_suffix>", "<fim_prefix>", "<fim_middle>", "<fim_end>"
 FIM_TOKENS = (FIM_SUFFIX, FIM_PREFIX, FIM_MIDDLE, FIM_END)
 

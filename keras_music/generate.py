@@ -482,7 +482,7 @@ class Generator:
 
         The bars before and after the gap are the file's own (read as training data is, on the
         grid, in the key frame the run was trained in and written back in the file's key); the
-        model reads `<fim_prefix> BEFORE <fim_suffix> AFTER <fim_middle>` from its start state and samples the
+        model reads `<fim_suffix> AFTER <fim_prefix> BEFORE <fim_middle>` from its start state and samples the
         middle under `infill.GapMask`, so it fills exactly the gap's duration before `<fim_end>`.
         `sampling` gives the temperature, top-k, top-p and random numbers (its lengths do not apply:
         the gap decides). Row i draws from SplitMix64(seed + i) like `generate`. Each piece's `infill` record says
@@ -506,7 +506,7 @@ class Generator:
                                       source=f"infill file {path}", grid=grid)
         parts = infill_lib.cut(sonorities, start, gap)
         suffix, prefix, _ = infill_lib.context_tokens(parts, start, grid=grid)
-        # From the start state, <fim_prefix> first, as the training examples (no <piece>: keras_music.infill).
+        # From the start state, <fim_suffix> first, as the training examples (no <piece>: keras_music.infill).
         context = infill_lib.generation_context(parts, suffix, prefix=prefix,
                                                 window=infill_lib.example_length(self.config.data.seq_length))
         unknown: list[str] = []
@@ -558,10 +558,10 @@ class Generator:
                                     f"durations in the vocabulary of {self.run_dir} cannot add up to exactly")
         contexts = [list(c) for c in contexts]
         probabilities, lstm_state = self.prime(contexts)
-        # The middle continues the prefix: the grammar reads the prefix alone, not the suffix after it.
-        prefix_id, suffix_id = self.vocabulary.index[events.FIM_PREFIX], self.vocabulary.index[events.FIM_SUFFIX]
-        grammar_state = self.grammar_state([infill_lib.continued(c, prefix_id=prefix_id, suffix_id=suffix_id)
-                                            for c in contexts])
+        # The middle continues the prefix: the grammar starts at <fim_prefix>, not after the suffix.
+        prefix_id = self.vocabulary.index[events.FIM_PREFIX]
+        grammar_state = self.grammar_state([c[len(c) - c[::-1].index(prefix_id):] if prefix_id in c else c
+                                      for c in contexts])
         draw = sampling_lib.make_rng(seed, sampling.rng)
         remaining = gap_ticks.copy()
         finished = np.zeros(len(gap_ticks), bool)

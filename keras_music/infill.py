@@ -5,18 +5,14 @@ and a suffix (the bars after it). A note sounding across a cut is split there in
 continuations, as `events.notes_to_sonorities` splits long spans, so the three parts are
 sonorities of their own and joined again give the piece. The model reads them in the order
 
-    <fim_prefix> PREFIX <fim_suffix> SUFFIX <fim_middle> MIDDLE <fim_end>
+    <fim_suffix> SUFFIX <fim_prefix> PREFIX <fim_middle> MIDDLE <fim_end>
 
-with the suffix short (its opening, up to an eighth of the window: about a bar) and right before the
-middle: an LSTM carries what it read last best, and a suffix read before the whole prefix was measured
-to be forgotten (a run trained with the suffix first scored the held-out middles exactly as well after
-another piece's suffix or none: keras_music's README, "Steering"). The middle continues the prefix,
-which ends a suffix's length before it: the grammar reads the prefix alone (`continued`). Each
-training example is exactly one training window
-(`data.seq_length` + 1 tokens, inputs and shifted targets: `example_length`): the end of the
-prefix, the opening of the suffix and the whole middle (`window_context`), so the model always learns the
+(the suffix first, so the prefix sits right before the middle it leads into: an LSTM carries
+what it read last best). Each training example is exactly one training window
+(`data.seq_length` + 1 tokens, inputs and shifted targets: `example_length`): the opening of the
+suffix, the end of the prefix and the whole middle (`window_context`), so the model always learns the
 middle with the suffix in view, never across a window boundary that would hide it. An example begins
-with `<fim_prefix>` at the model's start state, never with `<piece>`: ordinary windows are cut
+with `<fim_suffix>` at the model's start state, never with `<piece>`: ordinary windows are cut
 anywhere in the stream of pieces and seldom begin with `<piece>`, so a `<piece>` before every FIM
 window would teach the model that a piece begun from the start state (as every generator begins one)
 is a fill-in-the-middle example. The examples carry no control tokens (in a run trained with
@@ -169,32 +165,21 @@ def example_length(seq_length: int) -> int:
 
 
 def fim_sequence(suffix, prefix, *, middle=None) -> list[str]:
-    """`<fim_prefix> PREFIX <fim_suffix> SUFFIX <fim_middle>` and, given the middle, `MIDDLE <fim_end>`."""
-    head = [FIM_PREFIX, *prefix, FIM_SUFFIX, *suffix, FIM_MIDDLE]
+    """`<fim_suffix> SUFFIX <fim_prefix> PREFIX <fim_middle>` and, given the middle, `MIDDLE <fim_end>`."""
+    head = [FIM_SUFFIX, *suffix, FIM_PREFIX, *prefix, FIM_MIDDLE]
     return head if middle is None else head + [*middle, FIM_END]
-
-
-def continued(ids, *, prefix_id: int, suffix_id: int) -> list:
-    """The part of a FIM context (ids or tokens) that the middle continues: the prefix, between `<fim_prefix>`
-    and `<fim_suffix>` (the whole context if it has no `<fim_prefix>`)."""
-    ids = list(ids)
-    if prefix_id not in ids:
-        return ids
-    start = len(ids) - ids[::-1].index(prefix_id)
-    end = ids.index(suffix_id, start) if suffix_id in ids[start:] else len(ids)
-    return ids[start:end]
 
 
 def window_context(suffix, prefix, *, middle_tokens: int, window: int) -> tuple[list[str], list[str]]:
     """The opening of the suffix and the end of the prefix that one window of `window` tokens holds around a
     middle of `middle_tokens` tokens (and the four sentinels).
 
-    The suffix gets up to an eighth of the window (the sonorities right after the gap, about a bar), the
-    prefix the rest (the bars right before it, cut anywhere, as a training window is); a short prefix
-    leaves more to the suffix.
+    The suffix gets up to a quarter of the window (the bars right after the gap), the prefix the rest
+    (the bars right before it, cut anywhere, as a training window is); a short prefix leaves more to the
+    suffix.
     """
     budget = max(0, window - len(events.FIM_TOKENS) - middle_tokens)
-    suffix_part = min(len(suffix), window // 8, budget)
+    suffix_part = min(len(suffix), window // 4, budget)
     prefix_part = min(len(prefix), budget - suffix_part)
     suffix_part = min(len(suffix), budget - prefix_part)
     return list(suffix[:suffix_part]), list(prefix[len(prefix) - prefix_part:])
@@ -203,7 +188,7 @@ def window_context(suffix, prefix, *, middle_tokens: int, window: int) -> tuple[
 def training_examples(sonorities, start, *, time_signatures, seed: int, window: int, key: str | None = None,
                       with_controls: bool = False, grid: int = events.GRID) -> list[list[str]]:
     """Up to `VARIANTS` FIM examples of a training piece, each exactly `window` tokens (`example_length`: one
-    training window, no `<piece>`): `<fim_prefix>` the prefix's end `<fim_suffix>` the suffix's opening
+    training window, no `<piece>`): `<fim_suffix>` the suffix's opening `<fim_prefix>` the prefix's end
     `<fim_middle>` the whole middle `<fim_end>` (`window_context`). Gaps whose middle takes more than half the window, and pieces too
     short to fill a window, give none.
     """
@@ -226,7 +211,7 @@ def training_examples(sonorities, start, *, time_signatures, seed: int, window: 
 
 
 def generation_context(parts: Parts, suffix, *, prefix, window: int) -> list[str]:
-    """`<fim_prefix> ... <fim_middle>` for filling `parts.gap`, cut as training windows are (`window_context`),
+    """`<fim_suffix> ... <fim_middle>` for filling `parts.gap`, cut as training windows are (`window_context`),
     the middle's length estimated from the tokens per quarter note of the bars around it."""
     around = sum((s.duration for s in parts.prefix + parts.suffix), Fraction(0))
     estimate = round((len(prefix) + len(suffix)) * parts.gap.duration / around) + 1 if around else window // 2
@@ -283,7 +268,6 @@ class GapMask:
             raise InfillError("the vocabulary has no <fim_end>: the run was trained without infilling")
         self.end_id = tokens.index(FIM_END)
         self.prefix_id = tokens.index(FIM_PREFIX) if FIM_PREFIX in tokens else -1
-        self.suffix_id = tokens.index(FIM_SUFFIX) if FIM_SUFFIX in tokens else -1
         self.boundary_id = tokens.index(events.BOUNDARY)
         self.ticks = np.zeros(len(tokens), np.int64)
         self.is_duration = np.array([t.startswith("dur:") for t in tokens], bool)

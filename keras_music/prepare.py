@@ -50,9 +50,9 @@ def prepare_settings(config: config_lib.Config, base_vocabulary: Vocabulary | No
         # example is one training window long.
         settings["infill"] = True
         settings["infill_window"] = config.data.seq_length
-        # Examples begin with <fim_prefix> (prefix, then a short suffix, then the middle), not <piece> nor
-        # <fim_suffix> (keras_music.infill): data prepared the older ways is prepared again.
-        settings["infill_format"] = 3
+        # Examples begin with <fim_suffix>, not <piece> (keras_music.infill): data prepared the older way is
+        # prepared again.
+        settings["infill_format"] = 2
     if config.data.controls:
         # The key token is repeated at every bar line and FIM examples carry no controls: data prepared
         # before (key only after <piece>, FIM examples with controls) is prepared again.

@@ -52,7 +52,7 @@ def test_gap_from_bars_and_its_errors_name_the_bars_and_the_range():
             infill.parse_bars(bad)
 
 
-def test_training_examples_are_one_window_of_prefix_suffix_middle_between_sentinels():
+def test_training_examples_are_one_window_of_suffix_prefix_middle_between_sentinels():
     notes = [(F(q, 2), F(q + 1, 2), 60 + q % 7) for q in range(96)]  # 12 bars of eighths, 16 tokens a bar
     sonorities = events.notes_to_sonorities(notes)
     whole = " ".join(events.sonorities_to_tokens(sonorities))
@@ -60,19 +60,15 @@ def test_training_examples_are_one_window_of_prefix_suffix_middle_between_sentin
     assert len(examples) == infill.VARIANTS and len({tuple(x) for x in examples}) == infill.VARIANTS
     for tokens in examples:
         assert len(tokens) == 64
-        assert tokens[0] == events.FIM_PREFIX and tokens[-1] == events.FIM_END
-        assert tokens.count(events.FIM_SUFFIX) == tokens.count(events.FIM_MIDDLE) == 1
-        p, s, m = tokens.index(events.FIM_PREFIX), tokens.index(events.FIM_SUFFIX), tokens.index(events.FIM_MIDDLE)
-        prefix, suffix, middle = tokens[p + 1:s], tokens[s + 1:m], tokens[m + 1:-1]
-        assert p < s < m and suffix and prefix and middle
+        assert tokens[0] == events.FIM_SUFFIX and tokens[-1] == events.FIM_END
+        assert tokens.count(events.FIM_PREFIX) == tokens.count(events.FIM_MIDDLE) == 1
+        s, p, m = tokens.index(events.FIM_SUFFIX), tokens.index(events.FIM_PREFIX), tokens.index(events.FIM_MIDDLE)
+        suffix, prefix, middle = tokens[s + 1:p], tokens[p + 1:m], tokens[m + 1:-1]
+        assert suffix and prefix and middle
         gap_quarters = sum(F(t[4:]) for t in middle if t.startswith("dur:"))
         assert gap_quarters in (4, 8)  # 1-4 whole bars, at most half the window
-        # An eighth of the window (the sonorities right after the gap), more only when the prefix is the whole
-        # of the piece before the gap and leaves room.
-        assert len(suffix) == 8 or (len(suffix) > 8 and whole.startswith(" ".join(prefix + middle)))
+        assert len(suffix) <= 16  # a quarter of the window: the bars right after the gap
         assert " ".join(prefix + middle + suffix) in whole  # the end of the prefix, the gap, the suffix's opening
-        # The grammar of the middle reads the prefix alone: it continues the prefix, not the suffix before it.
-        assert infill.continued(tokens[:m + 1], prefix_id=events.FIM_PREFIX, suffix_id=events.FIM_SUFFIX) == prefix
     assert infill.training_examples(sonorities[:8], 0, time_signatures=[[0.0, 4, 4]], seed=3,
                                     window=64) == []  # one bar only
     assert infill.training_examples(sonorities[:24], 0, time_signatures=[[0.0, 4, 4]], seed=3,
@@ -157,10 +153,10 @@ def test_prepared_data_holds_sentinels_and_fim_examples_that_the_stream_mixes_in
                                           train=config_lib.TrainConfig(batch_size=2, seed=seed, epochs=1),
                                           span=dataset.EpochSpan(1000), piece_count=len(info["lengths"]["train"]))
         rows = np.concatenate([x.numpy() for x, _ in stream])
-        # A FIM window is a whole window from the start state, <fim_prefix> first: never `<piece> <fim_prefix>`,
+        # A FIM window is a whole window from the start state, <fim_suffix> first: never `<piece> <fim_suffix>`,
         # which would teach the model that a piece begun from the start state is a FIM example.
-        starts = int(np.sum(rows[:, 0] == fim_ids[1]))
-        assert not np.any((rows[:, :-1] == vocabulary.boundary_id) & (rows[:, 1:] == fim_ids[1]))
+        starts = int(np.sum(rows[:, 0] == fim_ids[0]))
+        assert not np.any((rows[:, :-1] == vocabulary.boundary_id) & (rows[:, 1:] == fim_ids[0]))
         return int(np.isin(rows, fim_ids).sum()), starts
 
     assert sentinels(0.0, 0) == (0, 0)
@@ -168,15 +164,14 @@ def test_prepared_data_holds_sentinels_and_fim_examples_that_the_stream_mixes_in
     # At rate 1 every piece gives one whole FIM window; its inputs hold three sentinels (<fim_end> is the last target).
     assert everything == 3 * len(examples) and starts == len(examples)
     assert sentinels(1.0, 0) == (everything, starts)  # seeded: the same stream again
-    # Every example is exactly one window: seq_length inputs and the last target, <fim_prefix> first.
+    # Every example is exactly one window: seq_length inputs and the last target, <fim_suffix> first.
     import tensorflow as tf
 
     for record in tf.data.TFRecordDataset(files):
         ids, fim_ids, lengths = (t.numpy() for t in dataset._parse_fim(record))
         assert sum(lengths) == len(fim_ids) and set(lengths) == {97}
         first = vocabulary.decode(fim_ids[:lengths[0]])
-        assert [t for t in first if t in FIM] == [events.FIM_PREFIX, events.FIM_SUFFIX, events.FIM_MIDDLE,
-                                                  events.FIM_END]
+        assert [t for t in first if t in FIM] == FIM
 
 
 def write_file(path, key=3):
@@ -327,8 +322,8 @@ def test_evaluate_reports_the_middle_nll_with_and_without_the_suffix(infill_run,
     vocabulary = run_lib.load_vocabulary(infill_run)
     held_out = load_split(infill_run, "validation", vocabulary=vocabulary)
     gap = evaluate_likelihood.infill_gaps(infill_run, held_out, vocabulary=vocabulary, seed=0)[0]
-    assert gap["context"][0] == events.FIM_PREFIX and gap["context"][-1] == events.FIM_MIDDLE
-    # Fed from the start state, <fim_prefix> first (no <piece>), as generate --infill feeds it.
+    assert gap["context"][0] == events.FIM_SUFFIX and gap["context"][-1] == events.FIM_MIDDLE
+    # Fed from the start state, <fim_suffix> first (no <piece>), as generate --infill feeds it.
     sequence = vocabulary.encode(gap["context"] + gap["middle"])
     model = run_lib.load_model(infill_run, vocabulary)
     probabilities = model(np.array([sequence[:-1]], np.int32), training=False).numpy()[0]
