@@ -8,7 +8,10 @@ sonorities of their own and joined again give the piece. The model reads them in
     <fim_suffix> SUFFIX <fim_prefix> PREFIX <fim_middle> MIDDLE <fim_end>
 
 (the suffix first, so the prefix sits right before the middle it leads into: an LSTM carries
-what it read last best). Each training example is exactly one training window
+what it read last best). Measured: the other order, `<fim_prefix> PREFIX <fim_suffix> SUFFIX
+<fim_middle>` with the suffix cut to an eighth of the window, was worse (the held-out middles' NLL 4%
+above a prefix-only continuation, against 0.1% for this order), and neither run's model used the suffix
+at all (keras_music's README, "Steering"). Each training example is exactly one training window
 (`data.seq_length` + 1 tokens, inputs and shifted targets: `example_length`): the opening of the
 suffix, the end of the prefix and the whole middle (`window_context`), so the model always learns the
 middle with the suffix in view, never across a window boundary that would hide it. An example begins
