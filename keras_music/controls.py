@@ -570,8 +570,8 @@ class Steering:
     At each bar's turn a row is fed `key` (the requested key token, if any; not when the token just
     before is that key token, as right after a primer of `<piece> key`), then the bar's density and
     polyphony tokens, in the order training put them (`tokens_with_controls`). With `limits` (the
-    default) each row also has its `BarLimits`, which `limit` applies to what the grammar allows
-    (they act only in bars fed density or polyphony).
+    default) and a density or polyphony schedule, each row also has its `BarLimits`, which `limit` applies
+    to what the grammar allows (a key alone has none, as in the reference generator and the page).
     """
 
     def __init__(self, tokens, kinds, *, density: Schedule, polyphony: Schedule, time_signatures, limits: bool = True,
@@ -580,9 +580,10 @@ class Steering:
         self.index = {token: i for i, token in enumerate(self.tokens)}
         self.density, self.polyphony, self.key = density, polyphony, key
         self.clocks = [BarClock(ts) for ts in time_signatures]
+        self.bar_limits = limits  # asked for; they exist only where a bar schedule asks something
         self.limits = [BarLimits(self.tokens, self.kinds, density=density, polyphony=polyphony,
                                  time_signature=ts) for ts in time_signatures] \
-            if limits else None
+            if limits and (density.requested or polyphony.requested) else None
         self.fed: list[list] = [[] for _ in self.clocks]
         self.last: list[int | None] = [None for _ in self.clocks]  # each row's latest primer or sampled id
 

@@ -404,7 +404,7 @@ class Generator:
         fed = steering.fed[piece.index] if steering is not None else []
         piece.settings["controls"] = request.record(controls_lib.time_signature_of(piece.timing), fed)
         if steering is not None:
-            piece.settings["controls"]["bar_limits"] = steering.limits is not None
+            piece.settings["controls"]["bar_limits"] = steering.bar_limits
         if request.transpose:
             piece.sonorities = controls_lib.transposed(piece.sonorities, request.transpose)
             piece.notes = events.sonorities_to_notes(piece.sonorities)
