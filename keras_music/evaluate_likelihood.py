@@ -101,7 +101,7 @@ def token_log_probs(model, pieces, *, boundary_id: int, pad_id: int = 0, show_pr
 def never_sampled(vocabulary) -> np.ndarray | None:
     """Bool per id: the control tokens and infilling sentinels, which a generator feeds but never samples
     (None for a vocabulary without them, whose scores need no renormalising)."""
-    mask = np.array([events.is_control(t) or t in events.FIM_TOKENS for t in vocabulary.tokens], bool)
+    mask = np.array([events.is_control(t) or events.is_fim(t) for t in vocabulary.tokens], bool)
     return mask if mask.any() else None
 
 
@@ -286,7 +286,8 @@ def infill_gaps(run_dir: str, pieces: list[HeldOutPiece], *, vocabulary, seed: i
             if middle:
                 out.append({"piece": piece.name, "gap": gap, "suffix": suffix, "prefix": prefix, "middle": middle,
                             "context": infill.generation_context(parts, suffix, prefix=prefix,
-                                                                 window=infill.example_length(window)),
+                                                                 window=infill.example_length(window),
+                                                                 lengths=infill.has_lengths(vocabulary.tokens)),
                             "ticks": int(gap.duration * grid), "duration": Fraction(gap.duration)})
     return out
 

@@ -25,6 +25,10 @@ CONTROL_KINDS = ("key", "density", "poly")
 # PREFIX <fim_middle> MIDDLE <fim_end>`. Like controls they are no event and decoding skips them.
 FIM_SUFFIX, FIM_PREFIX, FIM_MIDDLE, FIM_END = "<fim_suffix>", "<fim_prefix>", "<fim_middle>", "<fim_end>"
 FIM_TOKENS = (FIM_SUFFIX, FIM_PREFIX, FIM_MIDDLE, FIM_END)
+# The gap's length right after `<fim_middle>`: `<fim_len:N>`, N its quarter notes rounded up (1..16, longer gaps
+# say 16), so the model knows where the middle has to meet the suffix (keras_music.infill).
+FIM_LENGTH_PREFIX, MAX_FIM_LENGTH = "<fim_len:", 16
+FIM_LENGTH_TOKENS = tuple(f"{FIM_LENGTH_PREFIX}{n}>" for n in range(1, MAX_FIM_LENGTH + 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +63,8 @@ def is_control(token: str) -> bool:
 
 
 def is_fim(token: str) -> bool:
-    """Whether a token is one of the fill-in-the-middle sentinels."""
-    return token in FIM_TOKENS
+    """Whether a token is one of the fill-in-the-middle sentinels or gap lengths."""
+    return token in FIM_TOKENS or token in FIM_LENGTH_TOKENS
 
 
 def quantize(value, grid: int = GRID) -> Fraction:
@@ -373,7 +377,7 @@ def _classic_sonorities(tokens, step: Fraction, *, report: DecodeReport) -> list
     """One attack of `step` quarter notes per note name or pitch-class chord."""
     out: list[Sonority] = []
     for token in tokens:
-        if token in SPECIAL_TOKENS or is_control(token) or token in FIM_TOKENS:
+        if token in SPECIAL_TOKENS or is_control(token) or is_fim(token):
             continue
         try:
             if "." in token or token.isdigit():
@@ -394,7 +398,7 @@ def _note_sonorities(tokens, report: DecodeReport) -> list[Sonority]:
     rest = False
     previous: set[int] = set()
     for token in tokens:
-        if token in SPECIAL_TOKENS or token in FIM_TOKENS:
+        if token in SPECIAL_TOKENS or is_fim(token):
             continue
         kind, _, value = token.partition(":")
         if kind in CONTROL_KINDS:
@@ -474,7 +478,7 @@ def token_representations(token: str) -> set[str]:
     """Which representations' grammar a token belongs to (empty if none; specials fit both)."""
     if token in SPECIAL_TOKENS:
         return {"note", "classic"}
-    if token in FIM_TOKENS:
+    if is_fim(token):
         return {"note"}
     kind, _, value = token.partition(":")
     if token == REST or (kind in ("pitch", "hold") and value.isdigit()) or kind == "dur" or kind in CONTROL_KINDS:
@@ -517,7 +521,7 @@ def grammar_table(tokens, representation: str = "note") -> dict:
             kind = "banned"
         elif is_control(token):
             kind = "control"
-        elif token in FIM_TOKENS:
+        elif is_fim(token):
             kind = "fim"
         elif representation == "classic":
             kind = "event"
@@ -541,7 +545,7 @@ def ends_event(token: str, representation: str = "note") -> bool:
     """Whether a token closes a musical event (sonority): its duration token, or any non-special token for classic."""
     if representation == "note":
         return token.startswith("dur:")
-    return token not in SPECIAL_TOKENS and not is_control(token) and token not in FIM_TOKENS
+    return token not in SPECIAL_TOKENS and not is_control(token) and not is_fim(token)
 
 
 def event_ends(tokens, representation: str = "note") -> list[int]:

@@ -508,7 +508,8 @@ class Generator:
         suffix, prefix, _ = infill_lib.context_tokens(parts, start, grid=grid)
         # From the start state, <fim_suffix> first, as the training examples (no <piece>: keras_music.infill).
         context = infill_lib.generation_context(parts, suffix, prefix=prefix,
-                                                window=infill_lib.example_length(self.config.data.seq_length))
+                                                window=infill_lib.example_length(self.config.data.seq_length),
+                                                lengths=infill_lib.has_lengths(self.vocabulary.tokens))
         unknown: list[str] = []
         ids = self.vocabulary.encode(context, unknown)
         if unknown:

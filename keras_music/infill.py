@@ -5,10 +5,11 @@ and a suffix (the bars after it). A note sounding across a cut is split there in
 continuations, as `events.notes_to_sonorities` splits long spans, so the three parts are
 sonorities of their own and joined again give the piece. The model reads them in the order
 
-    <fim_suffix> SUFFIX <fim_prefix> PREFIX <fim_middle> MIDDLE <fim_end>
+    <fim_suffix> SUFFIX <fim_prefix> PREFIX <fim_middle> <fim_len:N> MIDDLE <fim_end>
 
 (the suffix first, so the prefix sits right before the middle it leads into: an LSTM carries
-what it read last best). Measured: the other order, `<fim_prefix> PREFIX <fim_suffix> SUFFIX
+what it read last best; `<fim_len:N>` says the gap's length, N quarter notes rounded up, so the
+model can tell when the middle reaches the suffix: without it, a run's model did not use the suffix). Measured: the other order, `<fim_prefix> PREFIX <fim_suffix> SUFFIX
 <fim_middle>` with the suffix cut to an eighth of the window, was worse (the held-out middles' NLL 4%
 above a prefix-only continuation, against 0.1% for this order), and neither run's model used the suffix
 at all (keras_music's README, "Steering"). Each training example is exactly one training window
@@ -31,6 +32,7 @@ Pure Python and numpy.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from fractions import Fraction
 
@@ -167,21 +169,33 @@ def example_length(seq_length: int) -> int:
     return int(seq_length) + 1
 
 
-def fim_sequence(suffix, prefix, *, middle=None) -> list[str]:
-    """`<fim_suffix> SUFFIX <fim_prefix> PREFIX <fim_middle>` and, given the middle, `MIDDLE <fim_end>`."""
-    head = [FIM_SUFFIX, *suffix, FIM_PREFIX, *prefix, FIM_MIDDLE]
+def length_token(duration) -> str:
+    """`<fim_len:N>` of a gap of `duration` quarter notes: N rounded up, 1..events.MAX_FIM_LENGTH."""
+    quarters = math.ceil(Fraction(duration))
+    return events.FIM_LENGTH_TOKENS[min(max(quarters, 1), events.MAX_FIM_LENGTH) - 1]
+
+
+def has_lengths(tokens) -> bool:
+    """Whether a vocabulary's tokens hold the gap lengths (runs prepared before them do not)."""
+    return events.FIM_LENGTH_TOKENS[0] in set(tokens)
+
+
+def fim_sequence(suffix, prefix, *, middle=None, length: str | None = None) -> list[str]:
+    """`<fim_suffix> SUFFIX <fim_prefix> PREFIX <fim_middle>`, then the gap's `length` token if given and,
+    given the middle, `MIDDLE <fim_end>`."""
+    head = [FIM_SUFFIX, *suffix, FIM_PREFIX, *prefix, FIM_MIDDLE, *([length] if length else [])]
     return head if middle is None else head + [*middle, FIM_END]
 
 
 def window_context(suffix, prefix, *, middle_tokens: int, window: int) -> tuple[list[str], list[str]]:
     """The opening of the suffix and the end of the prefix that one window of `window` tokens holds around a
-    middle of `middle_tokens` tokens (and the four sentinels).
+    middle of `middle_tokens` tokens (and the four sentinels and the gap's length).
 
     The suffix gets up to a quarter of the window (the bars right after the gap), the prefix the rest
     (the bars right before it, cut anywhere, as a training window is); a short prefix leaves more to the
     suffix.
     """
-    budget = max(0, window - len(events.FIM_TOKENS) - middle_tokens)
+    budget = max(0, window - len(events.FIM_TOKENS) - 1 - middle_tokens)
     suffix_part = min(len(suffix), window // 4, budget)
     prefix_part = min(len(prefix), budget - suffix_part)
     suffix_part = min(len(suffix), budget - prefix_part)
@@ -192,7 +206,7 @@ def training_examples(sonorities, start, *, time_signatures, seed: int, window: 
                       with_controls: bool = False, grid: int = events.GRID) -> list[list[str]]:
     """Up to `VARIANTS` FIM examples of a training piece, each exactly `window` tokens (`example_length`: one
     training window, no `<piece>`): `<fim_suffix>` the suffix's opening `<fim_prefix>` the prefix's end
-    `<fim_middle>` the whole middle `<fim_end>` (`window_context`). Gaps whose middle takes more than half the window, and pieces too
+    `<fim_middle>` the gap's length, the whole middle `<fim_end>` (`window_context`). Gaps whose middle takes more than half the window, and pieces too
     short to fill a window, give none.
     """
     rng = random.Random(seed)
@@ -205,7 +219,7 @@ def training_examples(sonorities, start, *, time_signatures, seed: int, window: 
         if len(middle) > window // 2:
             continue
         suffix, prefix = window_context(suffix, prefix, middle_tokens=len(middle), window=window)
-        tokens = fim_sequence(suffix, prefix, middle=middle)
+        tokens = fim_sequence(suffix, prefix, middle=middle, length=length_token(gap.duration))
         if len(tokens) == window and tokens not in out:  # a gap drawn twice is one example
             out.append(tokens)
         if len(out) == VARIANTS:
@@ -213,12 +227,14 @@ def training_examples(sonorities, start, *, time_signatures, seed: int, window: 
     return out
 
 
-def generation_context(parts: Parts, suffix, *, prefix, window: int) -> list[str]:
-    """`<fim_suffix> ... <fim_middle>` for filling `parts.gap`, cut as training windows are (`window_context`),
-    the middle's length estimated from the tokens per quarter note of the bars around it."""
+def generation_context(parts: Parts, suffix, *, prefix, window: int, lengths: bool = True) -> list[str]:
+    """`<fim_suffix> ... <fim_middle> <fim_len:N>` for filling `parts.gap`, cut as training windows are
+    (`window_context`), the middle's length estimated from the tokens per quarter note of the bars around it.
+    Without `lengths` (a run prepared before the gap lengths), the context ends at `<fim_middle>`."""
     around = sum((s.duration for s in parts.prefix + parts.suffix), Fraction(0))
     estimate = round((len(prefix) + len(suffix)) * parts.gap.duration / around) + 1 if around else window // 2
-    return fim_sequence(*window_context(suffix, prefix, middle_tokens=min(estimate, window // 2), window=window))
+    return fim_sequence(*window_context(suffix, prefix, middle_tokens=min(estimate, window // 2), window=window),
+                        length=length_token(parts.gap.duration) if lengths else None)
 
 
 def join(prefix, middle, *, suffix) -> list:

@@ -50,9 +50,9 @@ def prepare_settings(config: config_lib.Config, base_vocabulary: Vocabulary | No
         # example is one training window long.
         settings["infill"] = True
         settings["infill_window"] = config.data.seq_length
-        # Examples begin with <fim_suffix>, not <piece> (keras_music.infill): data prepared the older way is
-        # prepared again.
-        settings["infill_format"] = 2
+        # Examples begin with <fim_suffix>, not <piece>, and say the gap's length after <fim_middle>
+        # (keras_music.infill): data prepared the older ways is prepared again.
+        settings["infill_format"] = 3
     if config.data.controls:
         # The key token is repeated at every bar line and FIM examples carry no controls: data prepared
         # before (key only after <piece>, FIM examples with controls) is prepared again.
@@ -194,8 +194,9 @@ def build(config: config_lib.Config, entries: list[dict], *, out_dir: str, start
         fim = {e["file"]: fim_examples_for(e, data, controls=False,
                                            seed=config.train.seed) for e in splits["train"]}
         seen = {t for e in splits["train"] for t in tokens[e["file"]]}
-        always = [*always, *events.FIM_TOKENS,
-                  *sorted({t for examples in fim.values() for x in examples for t in x} - seen - set(events.FIM_TOKENS))]
+        sentinels = [*events.FIM_TOKENS, *events.FIM_LENGTH_TOKENS]
+        always = [*always, *sentinels,
+                  *sorted({t for examples in fim.values() for x in examples for t in x} - seen - set(sentinels))]
     vocabulary = build_vocabulary((tokens[e["file"]] for e in splits["train"]), data.representation,
                                   min_count=data.min_count, transpose=data.transpose, classic_step=data.classic_step,
                                   always=always)

@@ -180,9 +180,9 @@ def _check_prepared_settings(source: str, config: config_lib.Config, *, settings
         raise run_lib.RunError(f"{source} was prepared with infilling examples of data.seq_length="
                                f"{settings.get('infill_window')} but this run has {config.data.seq_length}; pass "
                                f"--set data.seq_length={settings.get('infill_window')} or prepare again")
-    if settings.get("infill") and settings.get("infill_format") != 2:
-        raise run_lib.RunError(f"{source} was prepared with fill-in-the-middle examples that begin with <piece>, "
-                               "which teaches a model that every piece it begins is one: prepare it again")
+    if settings.get("infill") and settings.get("infill_format") != 3:
+        raise run_lib.RunError(f"{source} was prepared with fill-in-the-middle examples of an older layout (begun "
+                               "with <piece>, or without the gap's length): prepare it again")
     if settings.get("infill", False) != (config.data.infill_rate > 0):
         had = bool(settings.get("infill", False))
         raise run_lib.RunError(f"{source} was prepared {'with' if had else 'without'} infilling but this run has "

@@ -174,7 +174,7 @@ def valid_token(token: str, representation: str, *, position: int | None = None)
             return True
         if events.is_control(token):
             return controls.valid_control(token)
-        if token in events.FIM_TOKENS:
+        if events.is_fim(token):
             return True
         kind, _, value = token.partition(":")
         if kind in ("pitch", "hold"):
@@ -205,6 +205,8 @@ def token_sort_key(token: str):
         return (4, *controls.control_sort_key(token))
     if token in events.FIM_TOKENS:
         return (6, events.FIM_TOKENS.index(token), "")
+    if token in events.FIM_LENGTH_TOKENS:
+        return (6, len(events.FIM_TOKENS) + events.FIM_LENGTH_TOKENS.index(token), "")
     return (5, 0, token)
 
 

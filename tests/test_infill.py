@@ -16,6 +16,7 @@ from keras_music.events import Sonority
 from midi_truth import build, note, read_back
 
 FIM = list(events.FIM_TOKENS)
+LENGTHS = list(events.FIM_LENGTH_TOKENS)
 
 
 # ----------------------------------------------------------------------------- pure parts
@@ -63,10 +64,11 @@ def test_training_examples_are_one_window_of_suffix_prefix_middle_between_sentin
         assert tokens[0] == events.FIM_SUFFIX and tokens[-1] == events.FIM_END
         assert tokens.count(events.FIM_PREFIX) == tokens.count(events.FIM_MIDDLE) == 1
         s, p, m = tokens.index(events.FIM_SUFFIX), tokens.index(events.FIM_PREFIX), tokens.index(events.FIM_MIDDLE)
-        suffix, prefix, middle = tokens[s + 1:p], tokens[p + 1:m], tokens[m + 1:-1]
+        suffix, prefix, length, middle = tokens[s + 1:p], tokens[p + 1:m], tokens[m + 1], tokens[m + 2:-1]
         assert suffix and prefix and middle
         gap_quarters = sum(F(t[4:]) for t in middle if t.startswith("dur:"))
         assert gap_quarters in (4, 8)  # 1-4 whole bars, at most half the window
+        assert length == f"<fim_len:{gap_quarters}>"  # the gap's length in quarter notes, right after <fim_middle>
         assert len(suffix) <= 16  # a quarter of the window: the bars right after the gap
         assert " ".join(prefix + middle + suffix) in whole  # the end of the prefix, the gap, the suffix's opening
     assert infill.training_examples(sonorities[:8], 0, time_signatures=[[0.0, 4, 4]], seed=3,
@@ -97,20 +99,22 @@ def test_gap_mask_allows_only_durations_that_can_still_fill_the_gap_and_then_onl
 
 
 def test_sentinels_are_grammar_kind_fim_never_sampled_skipped_by_decoding_and_no_events():
-    tokens = ["<pad>", "<unk>", "<piece>", "pitch:60", "dur:1", *FIM]
+    tokens = ["<pad>", "<unk>", "<piece>", "pitch:60", "dur:1", *FIM, *LENGTHS]
     table = events.grammar_table(tokens, "note")
-    assert table["kinds"][5:] == ["fim"] * 4
+    assert table["kinds"][5:] == ["fim"] * 20
     grammar = sampling.Grammar(table)
     for closing in (None, np.array([True])):
         assert not grammar.allowed(grammar.start(1), closing=closing)[0, 5:].any()
     any_rules = sampling.Grammar({**table, "rules": "any"})
     assert not any_rules.allowed(any_rules.start(1))[0, 5:].any()
     report = events.DecodeReport()
-    sequence = [events.FIM_SUFFIX, "pitch:60", "dur:1", events.FIM_PREFIX, events.FIM_MIDDLE, "pitch:62", "dur:1",
-                events.FIM_END]
+    sequence = [events.FIM_SUFFIX, "pitch:60", "dur:1", events.FIM_PREFIX, events.FIM_MIDDLE, "<fim_len:1>",
+                "pitch:62", "dur:1", events.FIM_END]
     assert [s.pitches for s in events.tokens_to_sonorities(sequence, report=report)] == [(60,), (62,)]
     assert report.repairs == {}
-    assert events.count_events(sequence) == 2 and not any(events.ends_event(t) for t in FIM)
+    assert events.count_events(sequence) == 2 and not any(events.ends_event(t) for t in FIM + LENGTHS)
+    assert [infill.length_token(d) for d in (F(1, 2), 1, F(13, 4), 16, 40)] == [
+        "<fim_len:1>", "<fim_len:1>", "<fim_len:4>", "<fim_len:16>", "<fim_len:16>"]
 
 
 def test_infill_rate_is_validated_naming_the_key():
@@ -139,7 +143,7 @@ def test_prepared_data_holds_sentinels_and_fim_examples_that_the_stream_mixes_in
     from keras_music import dataset, run as run_lib
 
     vocabulary = run_lib.load_vocabulary(infill_run)
-    assert vocabulary.tokens[-4:] == FIM
+    assert vocabulary.tokens[-20:] == FIM + LENGTHS
     info = run_lib.load_prepared(infill_run)
     assert info["settings"]["infill"] is True
     assert info["settings"]["infill_window"] == 96
@@ -172,6 +176,7 @@ def test_prepared_data_holds_sentinels_and_fim_examples_that_the_stream_mixes_in
         assert sum(lengths) == len(fim_ids) and set(lengths) == {97}
         first = vocabulary.decode(fim_ids[:lengths[0]])
         assert [t for t in first if t in FIM] == FIM
+        assert sum(t in LENGTHS for t in first) == 1 and first[first.index(events.FIM_MIDDLE) + 1] in LENGTHS
 
 
 def write_file(path, key=3):
@@ -322,12 +327,13 @@ def test_evaluate_reports_the_middle_nll_with_and_without_the_suffix(infill_run,
     vocabulary = run_lib.load_vocabulary(infill_run)
     held_out = load_split(infill_run, "validation", vocabulary=vocabulary)
     gap = evaluate_likelihood.infill_gaps(infill_run, held_out, vocabulary=vocabulary, seed=0)[0]
-    assert gap["context"][0] == events.FIM_SUFFIX and gap["context"][-1] == events.FIM_MIDDLE
+    assert gap["context"][0] == events.FIM_SUFFIX and gap["context"][-2] == events.FIM_MIDDLE
+    assert gap["context"][-1] == infill.length_token(gap["duration"]) in vocabulary.index
     # Fed from the start state, <fim_suffix> first (no <piece>), as generate --infill feeds it.
     sequence = vocabulary.encode(gap["context"] + gap["middle"])
     model = run_lib.load_model(infill_run, vocabulary)
     probabilities = model(np.array([sequence[:-1]], np.int32), training=False).numpy()[0]
-    first = len(gap["context"])  # after the context up to <fim_middle>
+    first = len(gap["context"])  # after the context up to <fim_middle> and the gap's length
     nll = -np.mean([np.log(probabilities[i - 1, sequence[i]]) for i in range(first, first + len(gap["middle"]))])
     detail = quality["details"][0]
     assert detail["middle_tokens"] == len(gap["middle"])
@@ -351,16 +357,16 @@ def test_no_exported_sampler_samples_a_sentinel():
     from keras_music.export_saved_model import _GraphGrammar
     from keras_music.vocabulary import Vocabulary
 
-    shipped = Vocabulary(["<pad>", "<unk>", "<piece>", "pitch:60", "rest", "dur:1", *FIM]).to_json()
-    assert shipped["grammar"]["kinds"][-4:] == ["fim"] * 4
+    shipped = Vocabulary(["<pad>", "<unk>", "<piece>", "pitch:60", "rest", "dur:1", *FIM, *LENGTHS]).to_json()
+    assert shipped["grammar"]["kinds"][-20:] == ["fim"] * 20
     spec = importlib.util.spec_from_file_location(
         "reference_generator", os.path.join(os.path.dirname(__file__), "..", "export", "reference_generator.py"))
     reference = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(reference)
     for rules in ("note", "any"):
         table = dict(shipped["grammar"], rules=rules)
-        assert not _GraphGrammar(table).not_banned.numpy()[-4:].any()
-        assert not reference.Grammar(dict(shipped, grammar=table)).allowed()[-4:].any()
+        assert not _GraphGrammar(table).not_banned.numpy()[-20:].any()
+        assert not reference.Grammar(dict(shipped, grammar=table)).allowed()[-20:].any()
 
 
 def test_the_studio_fills_bars_of_an_uploaded_file_and_of_a_piece_it_made(infill_run, tmp_path):
