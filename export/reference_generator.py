@@ -41,7 +41,8 @@ DEFAULT_LENGTH = 200  # events
 DEFAULT_MIN_LENGTH = 8  # events
 MAX_TOKENS_PER_EVENT = 32
 DEFAULT_TEMPO = 120.0  # bpm
-DEFAULT_KEY_GUIDANCE = 10.0  # export/README.md, "Key guidance"
+DEFAULT_KEY_GUIDANCE = 0.0  # export/README.md, "Key guidance" (off)
+DEFAULT_KEY_PRIOR = 2.0  # export/README.md, "Key prior"
 GUIDANCE_FLOOR = 1e-30
 
 
@@ -145,12 +146,36 @@ def other_mode(key_token: str) -> str:
     return f"{head}:{'minor' if mode == 'major' else 'major'}"
 
 
-def guided(asked, contrast, weight: float) -> np.ndarray:
-    """Key guidance (export/README.md): exp(g - max g), g = (1 + w) log(asked) - w log(max(contrast, floor))."""
-    asked, contrast = np.asarray(asked, np.float64), np.asarray(contrast, np.float64)
+def guided(asked, contrast, weight: float, bias=None) -> np.ndarray:
+    """The key prior and key guidance (export/README.md): exp(g - max g), g = (1 + w) log(asked)
+    - w log(max(contrast, floor)) + bias, without the contrast term when `contrast` is None and without the
+    bias term when `bias` is None."""
+    asked = np.asarray(asked, np.float64)
     with np.errstate(divide="ignore"):
-        g = (1.0 + weight) * np.log(asked) - weight * np.log(np.maximum(contrast, GUIDANCE_FLOOR))
+        g = (1.0 + weight) * np.log(asked)
+        if contrast is not None:
+            g = g - weight * np.log(np.maximum(np.asarray(contrast, np.float64), GUIDANCE_FLOOR))
+    if bias is not None:
+        g = g + bias
     return np.exp(g - g.max())
+
+
+def key_bias(vocabulary: dict, key: str, beta: float) -> np.ndarray | None:
+    """The key prior's bias (export/README.md, "Key prior"): beta * log_ratios[key][pitch mod 12] for each
+    token of grammar kind "pitch", 0 for the others; None (no prior) when vocab.json has no ratios for the key
+    (no training piece was in it)."""
+    ratios = ((vocabulary.get("key_prior") or {}).get("log_ratios") or {}).get(key)
+    if ratios is None:
+        return None
+    if not isinstance(ratios, list) or len(ratios) != 12:
+        raise GeneratorError(f"vocab.json \"key_prior\" log ratios for {key} must be a list of 12 numbers, "
+                             f"got {ratios!r}")
+    table = vocabulary.get("grammar") or {}
+    bias = np.zeros(len(vocabulary["tokens"]), np.float64)
+    for i, (kind, pitch) in enumerate(zip(table.get("kinds") or [], table.get("pitches") or [])):
+        if kind == "pitch" and pitch >= 0:
+            bias[i] = float(beta) * float(ratios[pitch % 12])
+    return bias
 
 
 def with_key(primer_ids, key_id: int, tokens):
@@ -514,7 +539,7 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
              temperature: float = DEFAULT_TEMPERATURE, top_k: int = DEFAULT_TOP_K, seed: int = 0,
              stop_at_boundary: bool = True, top_p: float = DEFAULT_TOP_P, min_length: int = DEFAULT_MIN_LENGTH,
              density=None, polyphony=None, time_signature=(4, 4), bar_limits=True, key=None,
-             key_guidance=DEFAULT_KEY_GUIDANCE):
+             key_guidance=DEFAULT_KEY_GUIDANCE, key_prior=DEFAULT_KEY_PRIOR):
     """Primer ids followed by the sampled ids of up to `length` events; returns (ids, stopped_at_boundary).
 
     export/README.md's "One piece": every id is drawn among those the grammar allows, with
@@ -532,7 +557,8 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
     `with_key`) is fed at each such bar too, before density and polyphony, unless the id just before
     (the primer's last, or the last sampled) is that key token. With a key and `key_guidance` w > 0, every
     step also runs a second state that reads the other mode's key token wherever the key is fed (the primer's
-    included), and the probabilities sampled from are `guided`'s.
+    included); with a key and `key_prior` beta > 0 the pitch tokens' log probabilities get the key prior's
+    bias (`key_bias`); either way the probabilities sampled from are `guided`'s.
     """
     rng = SplitMix64(seed)
     tokens = vocabulary["tokens"]
@@ -551,6 +577,7 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
         if other not in tokens:
             raise GeneratorError(f"key guidance needs {other} beside {key} in the vocabulary: use key_guidance 0")
         contrast_id = tokens.index(other)
+    bias = key_bias(vocabulary, key, key_prior) if key_id is not None and key_prior > 0 else None
     clock = BarClock(time_signature)
     boundary = 2
     banned = (0, 1)
@@ -563,9 +590,9 @@ def generate(model: StepModel, vocabulary: dict, primer_ids, length: int = DEFAU
     def model_step(token, state):  # one step of the model, or of both streams under key guidance
         probabilities, state = model.step(token, state)
         if contrast_id is None:
-            return probabilities, state
+            return (probabilities if bias is None else guided(probabilities, None, 0.0, bias)), state
         contrast[1], contrast[0] = model.step(contrast_id if token == key_id else token, contrast[0])
-        return guided(probabilities, contrast[1], key_guidance), state
+        return guided(probabilities, contrast[1], key_guidance, bias), state
 
     probabilities = None
     kinds = (vocabulary.get("grammar") or {}).get("kinds") or ["event"] * len(tokens)
@@ -836,9 +863,12 @@ def parse_args(argv=None):
     parser.add_argument("--key", default=None,
                         help='key of the piece, e.g. "D minor" (runs trained with data.controls; with keys '
                              "normalised the MIDI file is transposed to the tonic)")
+    parser.add_argument("--key-prior", type=_non_negative_float("key prior"), default=DEFAULT_KEY_PRIOR,
+                        metavar="B", help="with --key: each pitch token's probability times r^B, r from vocab.json's "
+                                          "key_prior (export/README.md, \"Key prior\"); 0 turns it off")
     parser.add_argument("--key-guidance", type=_non_negative_float("key guidance"), default=DEFAULT_KEY_GUIDANCE,
-                        metavar="W", help="with --key: p(x|key)^(1+W) / p(x|other mode)^W, renormalised; 0 leaves the "
-                                          "key to the model alone (export/README.md, \"Key guidance\")")
+                        metavar="W", help="with --key: p(x|key)^(1+W) / p(x|other mode)^W, renormalised (default 0: "
+                                          "off; export/README.md, \"Key guidance\")")
     parser.add_argument("--density", default=None,
                         help='onsets per bar: low, medium, high, off or a bin 0-6, or per bar range, bars from 1: '
                              '"1-4:low,5-8:high"')
@@ -878,7 +908,7 @@ def main(argv=None) -> int:
                                 args.top_k, seed, stop_at_boundary=not args.keep_going, top_p=args.top_p,
                                 min_length=args.min_length, density=args.density, polyphony=args.polyphony,
                                 time_signature=args.time_signature, bar_limits=args.bar_limits, key=key,
-                                key_guidance=args.key_guidance)
+                                key_guidance=args.key_guidance, key_prior=args.key_prior)
         primer = [tokens[i] for i in primer_ids]
         piece = [tokens[i] for i in ids]
         sonorities = tokens_to_sonorities(piece, vocabulary["representation"],

@@ -145,7 +145,9 @@ non_negative_int = number_type("non_negative_int", int, accept=lambda value: val
 temperature = number_type("temperature", float, accept=lambda value: 0 <= value < math.inf, expected="a number >= 0",
                           out_of_range="temperature must be >= 0 (0 means greedy), got {text}")
 key_guidance = number_type("key_guidance", float, accept=lambda value: 0 <= value < math.inf, expected="a number >= 0",
-                           out_of_range="key guidance must be >= 0 (0 leaves the key to the model), got {text}")
+                           out_of_range="key guidance must be >= 0 (0 turns it off), got {text}")
+key_prior = number_type("key_prior", float, accept=lambda value: 0 <= value < math.inf, expected="a number >= 0",
+                        out_of_range="key prior must be >= 0 (0 turns it off), got {text}")
 top_p = number_type("top_p", float, accept=lambda value: 0 < value <= 1, expected="a number in (0, 1]",
                     out_of_range="top-p must be in (0, 1], got {text}")
 

@@ -647,16 +647,62 @@ class Steering:
         return [int((clock.time + int(n) * max_duration) // clock.bar_length) for clock, n in zip(self.clocks, lengths)]
 
 
-# ----------------------------------------------------------------------------- key guidance
+# ----------------------------------------------------------------------------- the key prior and key guidance
 #
-# The model reads the key tokens but leans on them only a little (README, "Steering"). Key guidance
-# sharpens what it reads: every row is stepped twice, once as asked and once with the other mode's key
-# token wherever the asked one is fed (the "contrast" stream), and the next-token probabilities are
-# p(x | key)^(1 + w) / p(x | other mode)^w, renormalised (export/README.md, "Key guidance"; the
-# reference generator and the page repeat it, in float64 and in this order of operations).
+# The model reads the key tokens but leans on them only a little (README, "Steering"). Two ways help
+# it, both applied to the next-token probabilities when a key is asked for (export/README.md, "Key prior"
+# and "Key guidance"; the reference generator and the page repeat them, in float64 and in this order):
+#
+# - the key prior: each pitch token's probability is multiplied by r_K(pc)^beta, where r_K(pc) is how much
+#   more (or less) often pitch class pc starts a note in the training pieces of key token K than in all
+#   the training pieces with a key token (`key_pitch_counts`, `key_log_ratios`);
+# - key guidance: every row is stepped twice, once as asked and once with the other mode's key token
+#   wherever the asked one is fed (the "contrast" stream), and the probabilities are raised to 1 + w and
+#   divided by the contrast stream's to the w.
 
 # Where the contrast stream's probability is 0 (float32 underflow), it counts as this instead.
 GUIDANCE_FLOOR = 1e-30
+
+
+def key_pitch_counts(pieces) -> dict[str, list[int]]:
+    """{key token: [12 counts]}: over token lists (one per training piece), the `pitch:N` tokens (note
+    starts; holds are not counted) by pitch class N mod 12, grouped by the piece's first key token.
+    Pieces without a key token count for none."""
+    counts: dict[str, list[int]] = {}
+    for tokens in pieces:
+        key = next((t for t in tokens if t.startswith(KEY + ":")), None)
+        if key is None:
+            continue
+        row = counts.setdefault(key, [0] * 12)
+        for token in tokens:
+            kind, _, value = token.partition(":")
+            if kind == "pitch" and value.isdigit():
+                row[int(value) % 12] += 1
+    return dict(sorted(counts.items()))
+
+
+def key_log_ratios(counts: dict) -> dict[str, list[float]]:
+    """{key token: [12 floats]}: log r_K(pc), r_K(pc) = ((c_K(pc) + 1) / (C_K + 12)) / ((a(pc) + 1) / (A + 12))
+    with c_K the counts of key token K, C_K their sum, a the counts of every key token summed and A theirs
+    (add-one smoothing, so a pitch class never seen is not ruled out)."""
+    overall = [sum(int(row[pc]) for row in counts.values()) for pc in range(12)]
+    total = sum(overall)
+    out = {}
+    for key, row in sorted(counts.items()):
+        own = sum(int(c) for c in row)
+        out[key] = [math.log(((int(row[pc]) + 1) / (own + 12)) / ((overall[pc] + 1) / (total + 12)))
+                    for pc in range(12)]
+    return out
+
+
+def key_bias(table: dict, log_ratios, weight: float) -> np.ndarray:
+    """float64 [V]: weight * log r_K(pc) for each `pitch` token of the grammar table (0 for every other token)."""
+    kinds, pitches = table["kinds"], table["pitches"]
+    bias = np.zeros(len(kinds), np.float64)
+    for i, (kind, pitch) in enumerate(zip(kinds, pitches)):
+        if kind == "pitch" and pitch >= 0:
+            bias[i] = float(weight) * float(log_ratios[pitch % 12])
+    return bias
 
 
 def other_mode(key_token: str) -> str:
@@ -667,34 +713,48 @@ def other_mode(key_token: str) -> str:
     return f"{head}:{MODES[1 - MODES.index(mode)]}"
 
 
-def guided(asked, contrast, weight: float) -> np.ndarray:
-    """float64 [..., V]: exp(g - max g) with g = (1 + w) * log(asked) - w * log(max(contrast, GUIDANCE_FLOOR));
-    an id the asked stream gives probability 0 stays 0."""
-    asked, contrast = np.asarray(asked, np.float64), np.asarray(contrast, np.float64)
+def guided(asked, contrast, weight: float, bias=None) -> np.ndarray:
+    """float64 [..., V]: exp(g - max g) with g = (1 + w) * log(asked) - w * log(max(contrast, GUIDANCE_FLOOR))
+    + bias, in this order (no contrast term without `contrast`, no bias term without `bias`); an id the asked
+    stream gives probability 0 stays 0."""
+    asked = np.asarray(asked, np.float64)
     with np.errstate(divide="ignore"):
-        g = (1.0 + weight) * np.log(asked) - weight * np.log(np.maximum(contrast, GUIDANCE_FLOOR))
+        g = (1.0 + weight) * np.log(asked)
+        if contrast is not None:
+            g = g - weight * np.log(np.maximum(np.asarray(contrast, np.float64), GUIDANCE_FLOOR))
+    if bias is not None:
+        g = g + np.asarray(bias, np.float64)
     top = g.max(axis=-1, keepdims=True)
     return np.exp(g - top)
 
 
 class KeyGuided:
-    """A batched backend (`initial_state(batch)`, `step(ids, state)`) that steps each row as asked and with the
-    other mode's key token (`guided`); the state holds both streams, the asked one first (axis 1)."""
+    """A batched backend (`initial_state(batch)`, `step(ids, state)`) that steers each step's probabilities
+    toward the asked key: with `weight` > 0 it steps each row as asked and with the other mode's key token
+    (the state holds both streams, the asked one first, on axis 1), and with `bias` (`key_bias`) it adds the
+    key prior (`guided`)."""
 
-    def __init__(self, backend, *, key_id: int, other_id: int, weight: float):
-        self.backend, self.key_id, self.other_id, self.weight = backend, int(key_id), int(other_id), float(weight)
+    def __init__(self, backend, *, key_id: int, other_id: int | None, weight: float, bias=None):
+        self.backend, self.key_id, self.weight = backend, int(key_id), float(weight)
+        self.other_id = None if other_id is None else int(other_id)
+        self.bias = None if bias is None else np.asarray(bias, np.float64)
+        if self.weight and self.other_id is None:
+            raise ValueError("key guidance needs the other mode's key token")
 
     def initial_state(self, batch: int) -> np.ndarray:
         state = self.backend.initial_state(batch)
-        return np.concatenate([state, state], axis=1)
+        return np.concatenate([state, state], axis=1) if self.weight else state
 
     def step(self, ids, state):
         ids = np.asarray(ids)
+        if not self.weight:
+            probabilities, next_state = self.backend.step(ids, state)
+            return guided(probabilities, None, 0.0, self.bias), next_state
         batch, half = len(ids), state.shape[1] // 2
         contrast = np.where(ids == self.key_id, self.other_id, ids).astype(ids.dtype)
         probabilities, next_state = self.backend.step(np.concatenate([ids, contrast]),
                                                       np.concatenate([state[:, :half], state[:, half:]], axis=0))
-        return (guided(probabilities[:batch], probabilities[batch:], self.weight),
+        return (guided(probabilities[:batch], probabilities[batch:], self.weight, self.bias),
                 np.concatenate([next_state[:batch], next_state[batch:]], axis=1))
 
 
@@ -720,8 +780,9 @@ class ControlSettings:
       density, polyphony: a level (low, medium, high, off, a bin) or a bar schedule
         ("1-4:low,5-8:high"), or None.
       bar_limits: keep each bar they were fed for in its bins (`BarLimits`); False leaves it to the model.
-      key_guidance: the weight w of key guidance (`guided`) when a key is asked for; 0 leaves the key to the
-        model alone.
+      key_guidance: the weight w of key guidance (`guided`) when a key is asked for; 0 turns it off.
+      key_prior: the exponent beta of the key prior (`key_bias`) when a key is asked for; 0 turns it off.
+        With both 0 the key is left to the model alone.
     """
 
     key: str | None = None
@@ -729,11 +790,13 @@ class ControlSettings:
     polyphony: object = None
     bar_limits: bool = True
     key_guidance: float = defaults.KEY_GUIDANCE
+    key_prior: float = defaults.KEY_PRIOR
 
     def __post_init__(self):
-        weight = self.key_guidance
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            raise ControlError(f"key guidance must be a number >= 0 (0: the model alone), got {weight!r}")
+        for name, weight in (("key guidance", self.key_guidance), ("key prior", self.key_prior)):
+            if (isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight)
+                    or weight < 0):
+                raise ControlError(f"{name} must be a number >= 0 (0 turns it off), got {weight!r}")
 
 
 @dataclasses.dataclass
@@ -744,6 +807,7 @@ class Request:
     key_token: str | None = None
     transpose: int = 0
     key_guidance: float = 0.0  # the weight of key guidance (0 without a key)
+    key_prior: float = 0.0  # the exponent of the key prior (0 without a key)
     density: Schedule = dataclasses.field(default_factory=lambda: Schedule(DENSITY))
     polyphony: Schedule = dataclasses.field(default_factory=lambda: Schedule(POLYPHONY))
 
@@ -754,7 +818,7 @@ class Request:
     def record(self, time_signature, fed) -> dict:
         """The JSON record of a piece's requested controls and the bars that got them (1-based)."""
         return {"key": self.key, "key_token": self.key_token, "transpose": self.transpose,
-                "key_guidance": self.key_guidance,
+                "key_guidance": self.key_guidance, "key_prior": self.key_prior,
                 "density": self.density.describe() or None, "polyphony": self.polyphony.describe() or None,
                 "time_signature": list(time_signature), "bars_fed": fed}
 
@@ -781,6 +845,7 @@ def make_request(tokens, normalize_key: bool, *, where: str, asked: ControlSetti
         request.key_token, request.transpose = requested_key(asked.key, normalize_key)
         request.key = str(asked.key).strip()
         request.key_guidance = float(asked.key_guidance)
+        request.key_prior = float(asked.key_prior)
     if not request.any:
         return request
     vocabulary = set(tokens)

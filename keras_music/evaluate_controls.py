@@ -160,17 +160,22 @@ def control_report(generator, num_samples: int = DEFAULT_SAMPLES, *, length: int
                 for piece in generator.generate(num_samples, **common, controls=asked):
                     pairs += bar_outcomes(piece, kind)
             into[argument] = bin_summary(pairs, bins, training_shares=shares)
-    for guidance, into in ((defaults.KEY_GUIDANCE, report), (0.0, report["model_alone"])):
+    for (prior, guidance), into in (((defaults.KEY_PRIOR, defaults.KEY_GUIDANCE), report),
+                                    ((0.0, 0.0), report["model_alone"])):
         keys = {}
         for name in requested_keys(generator):
             wanted = controls.parse_requested_key(name)
-            asked = ControlSettings(key=name, key_guidance=guidance)
+            # The prior needs training pieces in the key's token; a key the run never saw is asked without it.
+            token = generator.control_request(ControlSettings(key=name, key_prior=0)).key_token
+            used = prior if token in generator.key_log_ratios() else 0.0
+            asked = ControlSettings(key=name, key_guidance=guidance, key_prior=used)
             found = [estimated_key(piece) for piece in generator.generate(num_samples, **common, controls=asked)]
-            keys[name] = {"pieces": len(found), "share": float(np.mean([f == wanted for f in found])),
+            keys[name] = {"pieces": len(found), "key_prior": used,
+                          "share": float(np.mean([f == wanted for f in found])),
                           "mode_share": float(np.mean([f is not None and f[1] == wanted[1] for f in found])),
                           "estimated": _counts(f"{events.PITCH_NAMES[f[0]]} {f[1]}" if f else "unknown"
                                                for f in found)}
-        into["key"] = {"per_key": keys, "key_guidance": guidance,
+        into["key"] = {"per_key": keys, "key_guidance": guidance, "key_prior": prior,
                        "share": float(np.mean([k["share"] for k in keys.values()])) if keys else None}
     return report
 
@@ -235,8 +240,10 @@ def render_section(report: dict) -> list[str]:
     key = report["key"]
     alone_key = alone.get("key")
     lines += ["", f"Key: {_percent(key['share'])} of the pieces are in the requested key by the corpus stage's "
-                  f"estimator with key guidance {key.get('key_guidance', defaults.KEY_GUIDANCE):g} (what users get), "
-                  + (f"{_percent(alone_key['share'])} with the model alone (`--key-guidance 0`)" if alone_key else "")
+                  f"estimator with the key prior {key.get('key_prior', 0.0):g} and key guidance "
+                  f"{key.get('key_guidance', 0.0):g} (what users get), "
+                  + (f"{_percent(alone_key['share'])} with the model alone (`--key-prior 0 --key-guidance 0`)"
+                     if alone_key else "")
                   + " (with normalised keys the model is asked for C major or A minor; another tonic is "
                   "the same piece transposed).", "",
               "| requested key | pieces | estimated as requested | same mode | estimates |", "|---|---|---|---|---|"]

@@ -11,12 +11,13 @@ import time
 from typing import TypedDict
 from importlib import metadata
 import hashlib
+import json
 import shutil
 
 import numpy as np
 
-from keras_music import (export_parity, export_saved_model, export_tflite, formatting as fmt, run as run_lib,
-                         storage, web_export)
+from keras_music import (controls, export_parity, export_saved_model, export_tflite, formatting as fmt,
+                         run as run_lib, storage, web_export)
 from keras_music.export_saved_model import SIGNATURES, ExportError
 from keras_music.export_tflite import ARTIFACT_NAMES, QUANTIZATIONS
 from keras_music.vocabulary import Vocabulary
@@ -163,12 +164,24 @@ def _read_run(run_dir: str, settings: ExportSettings) -> _Source:
     return _Source(run_dir, vocabulary, model, sizes, data)
 
 
+def exported_vocabulary(run_dir: str, vocabulary: Vocabulary) -> bytes:
+    """The export's vocab.json: the run's, and for a run with key tokens the key prior's log ratios per key
+    token ("key_prior": {"log_ratios": ...}, export/README.md "Key prior"), which on-device generators read."""
+    data = storage.read_bytes(run_lib.path(run_dir, run_lib.VOCAB))
+    counts = run_lib.key_pitch_counts(run_dir, vocabulary=vocabulary)
+    if not counts:
+        return data
+    shipped = json.loads(data)
+    shipped["key_prior"] = {"log_ratios": controls.key_log_ratios(counts)}
+    return (json.dumps(shipped, indent=2, allow_nan=False) + "\n").encode("utf-8")
+
+
 def _write_models(source: _Source, out: str, *, scratch: str, settings: ExportSettings,
                   log) -> export_parity.Exported:
     """vocab.json, the SavedModel (out/saved_model) and the .tflite files into out; returns them, reloaded."""
     vocab_file = os.path.join(out, run_lib.EXPORT_VOCAB)
     with open(vocab_file, "wb") as handle:
-        handle.write(storage.read_bytes(run_lib.path(source.run_dir, run_lib.VOCAB)))
+        handle.write(exported_vocabulary(source.run_dir, source.vocabulary))
     saved_model_dir = os.path.join(out, run_lib.SAVED_MODEL)
     started = time.perf_counter()
     export_saved_model.write_saved_model(source.model, source.vocabulary, vocab_file=vocab_file,

@@ -362,22 +362,43 @@ class Generator:
     # ------------------------------------------------------------------ controls
 
     def control_request(self, asked: controls_lib.ControlSettings | None = None) -> controls_lib.Request:
-        """The checked controls a user asked for (one-line errors: no control tokens, a key the vocabulary lacks)."""
+        """The checked controls a user asked for (one-line errors: no control tokens, a key the vocabulary lacks);
+        the key prior is off for a key no training piece was in."""
         asked = controls_lib.ControlSettings() if asked is None else asked
         try:
-            return controls_lib.make_request(self.vocabulary.tokens, bool(self.config.data.normalize_key),
-                                             where=self.run_dir, asked=asked)
+            request = controls_lib.make_request(self.vocabulary.tokens, bool(self.config.data.normalize_key),
+                                                where=self.run_dir, asked=asked)
         except controls_lib.ControlError as error:
             raise GenerateError(str(error)) from None
+        if request.key_token is not None and request.key_prior and request.key_token not in self.key_log_ratios():
+            # The prior leans on the training pieces in the asked key; with none it has nothing to say, and the
+            # exported generators (vocab.json without that key's ratios) leave it off the same way.
+            self.log(f"the key prior has no training pieces in {request.key_token} in {self.run_dir}: "
+                     "generating without it (key prior 0)")
+            request = dataclasses.replace(request, key_prior=0.0)
+        return request
+
+    def key_log_ratios(self) -> dict[str, list[float]]:
+        """The key prior's log ratios per key token (`controls_lib.key_log_ratios` of the run's training pieces)."""
+        if not hasattr(self, "_key_log_ratios"):
+            counts = run_lib.key_pitch_counts(self.run_dir, vocabulary=self.vocabulary)
+            self._key_log_ratios = controls_lib.key_log_ratios(counts)
+        return self._key_log_ratios
 
     def _key_guided(self, request):
-        """The backend that steps the rows: with a key asked for and key guidance on, `controls_lib.KeyGuided`."""
-        if request.key_token is None or not request.key_guidance:
+        """The backend that steps the rows: with a key asked for and the key prior or key guidance on,
+        `controls_lib.KeyGuided`."""
+        if request.key_token is None or not (request.key_guidance or request.key_prior):
             return self.backend
         index = self.vocabulary.index
+        bias = None
+        if request.key_prior:
+            table = events.grammar_table(self.vocabulary.tokens, self.representation)
+            bias = controls_lib.key_bias(table, self.key_log_ratios()[request.key_token], request.key_prior)
         return controls_lib.KeyGuided(self.backend, key_id=index[request.key_token],
-                                      other_id=index[controls_lib.other_mode(request.key_token)],
-                                      weight=request.key_guidance)
+                                      other_id=index[controls_lib.other_mode(request.key_token)]
+                                      if request.key_guidance else None,
+                                      weight=request.key_guidance, bias=bias)
 
     def _steering(self, request, primers: list[Primer], *, sequences, lengths, bar_limits=True):
         """The bar controls' feeder of the batch (None without bar controls), its clocks past each primer."""
@@ -713,10 +734,15 @@ def parse_args(argv=None):
     steer.add_argument("--no-bar-limits", dest="bar_limits", action="store_false",
                        help="feed the density and polyphony tokens only, leaving it to the model how far it "
                             "follows them (default: the sampler keeps each bar in the requested bins)")
+    steer.add_argument("--key-prior", metavar="B", type=cli.key_prior, default=defaults.KEY_PRIOR,
+                       help="with --key: each pitch token's probability times r^B, r how much more often its pitch "
+                            "class starts a note in the training pieces of the asked key than in all of them "
+                            "(default %(default)s; 0 turns it off)")
     steer.add_argument("--key-guidance", metavar="W", type=cli.key_guidance, default=defaults.KEY_GUIDANCE,
                        help="with --key: how strongly the sampler favours what the model writes in the asked key over "
-                            "what it writes in the other mode, p(x|key)^(1+W) / p(x|other mode)^W; 0 leaves the key "
-                            "to the model alone")
+                            "what it writes in the other mode, p(x|key)^(1+W) / p(x|other mode)^W (default "
+                            "%(default)s: off; it costs a second model step per token); with --key-prior 0 and "
+                            "--key-guidance 0 the key is left to the model alone")
     parser.add_argument("--out", metavar="DIR", default=None, help="output directory (default: RUN/generated/<timestamp>)")
     parser.add_argument("--tempo", type=float, default=None, metavar="BPM",
                         help="one tempo for the whole piece (default: the primer's tempo map, or the corpus's "
@@ -753,7 +779,8 @@ def main(argv=None):
                                     strict=args.strict, show_progress=not args.quiet,
                                     controls=controls_lib.ControlSettings(args.key, args.density, args.polyphony,
                                                                           args.bar_limits,
-                                                                          key_guidance=args.key_guidance))
+                                                                          key_guidance=args.key_guidance,
+                                                                          key_prior=args.key_prior))
         out_dir = args.out or run_lib.timestamped_dir(run_lib.path(args.run_dir, run_lib.GENERATED))
         paths = generator.write(pieces, out_dir, tempo=args.tempo, instrument=args.instrument,
                                 audio=args.audio, soundfont=args.soundfont)

@@ -238,6 +238,8 @@ def build(config: config_lib.Config, entries: list[dict], *, out_dir: str, start
         # Per training piece: how many of its tokens are controls, which training may drop.
         info["control_tokens"] = {"train": [sum(1 for t in tokens[e["file"]] if events.is_control(t))
                                             for e in splits["train"]]}
+        # The key prior's counts: note starts by pitch class in the training pieces of each key token.
+        info["key_pitch_counts"] = controls_lib.key_pitch_counts(tokens[e["file"]] for e in splits["train"])
     if fim:
         # Per training piece: how many fill-in-the-middle examples an epoch may pick from (0: too few bars).
         info["infill_examples"] = {"train": [len(fim[e["file"]]) for e in splits["train"]]}

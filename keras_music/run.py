@@ -17,7 +17,7 @@ from typing import TypedDict
 import numpy as np
 
 from keras_music import cli, config as config_lib, storage
-from keras_music import events
+from keras_music import controls, events
 from keras_music.errors import KerasMusicError
 from keras_music.vocabulary import Vocabulary, VocabularyError
 
@@ -111,7 +111,8 @@ class Prepared(TypedDict, total=False):
     `vocabulary_fingerprint`, per split `pieces`, `tokens`, `events`, `lengths` and `shards`, the
     validation split's `validation_unknown_tokens`/`_rate`/`validation_events`, `files` (source files
     per split), `timing` (the corpus's median tempo, metre and program), `seconds`, and for a run with
-    controls or infilling `control_tokens` and `infill_examples`.
+    controls or infilling `control_tokens`, `key_pitch_counts` (the key prior's counts,
+    `controls.key_pitch_counts`) and `infill_examples`.
     """
 
     format: str
@@ -131,6 +132,7 @@ class Prepared(TypedDict, total=False):
     timing: dict
     seconds: float
     control_tokens: dict
+    key_pitch_counts: dict
     infill_examples: dict
 
 
@@ -599,6 +601,12 @@ def check_prepared(info, file: str, *, directory: str = "") -> Prepared:
         if not (isinstance(counts, list) and len(counts) == len(lengths)
                 and all(_is_count(c) and c <= n for c, n in zip(counts, lengths))):
             raise bad("\"control_tokens\".train must list one count per training piece, each at most its length")
+    key_counts = info.get("key_pitch_counts")
+    if key_counts is not None and not (
+            isinstance(key_counts, dict)
+            and all(isinstance(k, str) and k.startswith("key:") and isinstance(v, list) and len(v) == 12
+                    and all(_is_count(c) for c in v) for k, v in key_counts.items())):
+        raise bad("\"key_pitch_counts\" must map key tokens to 12 note counts, one per pitch class")
     size = info.get("vocabulary_size")
     if size is not None and (not _is_count(size) or size < 4):
         raise bad(f"\"vocabulary_size\" must be an integer >= 4, got {size!r}")
@@ -706,6 +714,19 @@ def read_split(run_dir: str, split: str, *, vocabulary: Vocabulary,
                        f"{path(run_dir, PREPARED)} records {info['pieces'][split]} pieces of "
                        f"{info['tokens'][split]} tokens; {fix}")
     return pieces
+
+
+def key_pitch_counts(run_dir: str, *, vocabulary: Vocabulary) -> dict[str, list[int]]:
+    """The key prior's counts of a run (`controls.key_pitch_counts` over its training pieces): as prepare
+    recorded them, or, for a run prepared before it did, counted from its training shards, which hold the
+    same tokens ({} for a run without key tokens)."""
+    if not any(t.startswith("key:") for t in vocabulary.tokens):
+        return {}
+    info = load_prepared(run_dir)
+    if "key_pitch_counts" in info:
+        return dict(info["key_pitch_counts"])
+    pieces = named_pieces(run_dir, "train", vocabulary=vocabulary, info=info)
+    return controls.key_pitch_counts(vocabulary.decode(ids) for _, ids in pieces)
 
 
 def read_training_record(run_dir: str) -> TrainingRecord | None:

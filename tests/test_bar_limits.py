@@ -5,7 +5,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from keras_music import controls, events, generate
+from keras_music import controls, defaults, events, generate
 from keras_music.sampling import SamplingSettings
 from keras_music.controls import ControlSettings
 
@@ -173,17 +173,26 @@ def test_the_studio_passes_bar_limits_and_key_guidance_and_refuses_bad_ones(cont
             assert record["ids"] == ours.ids
         status, answer = call(server, "/api/generate", {"length": 8, "density": "high", "bar_limits": "no"})
         assert status == 400 and "bar_limits must be true or false" in answer["error"], answer
-        # Key guidance the same way: the studio's piece is the generator's with that weight.
-        for guidance in (0, 4.5):
+        # Key guidance and the key prior the same way: the studio's piece is the generator's with those weights.
+        seen = []
+        for guidance, prior in ((0, None), (4.5, None), (0, 0), (0, 3.5), (2, 1)):
             body = {"seed": 9, "length": 24, "primer": "none", "key": "A minor", "key_guidance": guidance}
+            if prior is not None:
+                body["key_prior"] = prior
             status, piece = call(server, "/api/generate", body)
+            expected_prior = defaults.KEY_PRIOR if prior is None else prior
             assert status == 200 and piece["controls"]["key_guidance"] == guidance, piece
+            assert piece["controls"]["key_prior"] == expected_prior, piece
             status, record = call(server, piece["urls"]["json"])
             ours = generator.generate(seed=9, primer_tokens=[], sampling=SamplingSettings(length=24),
-                                      controls=ControlSettings(key="A minor", key_guidance=guidance))[0]
+                                      controls=ControlSettings(key="A minor", key_guidance=guidance,
+                                                               key_prior=expected_prior))[0]
             assert record["ids"] == ours.ids
-        for bad in ("strong", -1, True):
-            status, answer = call(server, "/api/generate", {"length": 8, "key": "minor", "key_guidance": bad})
-            assert status == 400 and "key_guidance must be a number >= 0" in answer["error"], answer
+            seen.append(tuple(ours.ids))
+        assert len(set(seen)) > 1  # the weights change the pieces
+        for name in ("key_guidance", "key_prior"):
+            for bad in ("strong", -1, True, [2]):
+                status, answer = call(server, "/api/generate", {"length": 8, "key": "minor", name: bad})
+                assert status == 400 and f"{name} must be a number >= 0" in answer["error"], answer
     finally:
         server.stop()

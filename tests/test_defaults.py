@@ -69,6 +69,7 @@ def test_command_defaults_are_the_defaults(tiny_run, tmp_path):
     assert (args.length, args.min_length, args.temperature, args.top_k, args.top_p, args.seed, args.rng) == (
         defaults.LENGTH, defaults.MIN_LENGTH, defaults.TEMPERATURE, defaults.TOP_K, defaults.TOP_P, defaults.SEED,
         "splitmix64")
+    assert (args.key_prior, args.key_guidance) == (defaults.KEY_PRIOR, defaults.KEY_GUIDANCE)
     # evaluate and experiment leave --temperature(s) unset and sweep the defaults; their help says which.
     parser, args = evaluate.parse_args(["--run-dir", tiny_run])
     assert args.temperature is None and args.seed == defaults.SEED
@@ -89,16 +90,19 @@ def test_the_reference_generator_repeats_the_defaults():
     assert (reference.DEFAULT_LENGTH, reference.DEFAULT_MIN_LENGTH, reference.MAX_TOKENS_PER_EVENT) == (
         defaults.LENGTH, defaults.MIN_LENGTH, defaults.MAX_TOKENS_PER_EVENT)
     assert reference.DEFAULT_TEMPO == defaults.TEMPO and reference.DEFAULT_KEY_GUIDANCE == defaults.KEY_GUIDANCE
+    assert reference.DEFAULT_KEY_PRIOR == defaults.KEY_PRIOR
     _, args = reference.parse_args(["--model", "m.tflite", "--vocab", "v.json", "--out", "o.mid"])
     assert (args.length, args.min_length, args.temperature, args.top_k, args.top_p, args.tempo) == (
         defaults.LENGTH, defaults.MIN_LENGTH, defaults.TEMPERATURE, defaults.TOP_K, defaults.TOP_P, defaults.TEMPO)
     signature = parameter_defaults(reference.generate)
     assert (signature["length"], signature["min_length"], signature["temperature"], signature["top_k"],
-            signature["top_p"], signature["key_guidance"]) == (defaults.LENGTH, defaults.MIN_LENGTH,
-                                                               defaults.TEMPERATURE, defaults.TOP_K, defaults.TOP_P,
-                                                               defaults.KEY_GUIDANCE)
-    assert reference.parse_args(["--model", "m", "--vocab", "v", "--out", "o"])[1].key_guidance == defaults.KEY_GUIDANCE
+            signature["top_p"], signature["key_guidance"], signature["key_prior"]) == (
+        defaults.LENGTH, defaults.MIN_LENGTH, defaults.TEMPERATURE, defaults.TOP_K, defaults.TOP_P,
+        defaults.KEY_GUIDANCE, defaults.KEY_PRIOR)
+    args = reference.parse_args(["--model", "m", "--vocab", "v", "--out", "o"])[1]
+    assert (args.key_guidance, args.key_prior) == (defaults.KEY_GUIDANCE, defaults.KEY_PRIOR)
     assert controls.ControlSettings().key_guidance == defaults.KEY_GUIDANCE
+    assert controls.ControlSettings().key_prior == defaults.KEY_PRIOR
 
 
 def test_the_savedmodel_consumer_repeats_the_defaults():
@@ -138,7 +142,7 @@ def test_the_web_export_ships_the_defaults_and_the_corpus_tempo(tiny_run, tmp_pa
                                 "length": defaults.LENGTH, "min_length": defaults.MIN_LENGTH,
                                 "max_length": defaults.MAX_LENGTH,
                                 "max_tokens_per_event": defaults.MAX_TOKENS_PER_EVENT, "tempo": defaults.TEMPO,
-                                "key_guidance": defaults.KEY_GUIDANCE}
+                                "key_guidance": defaults.KEY_GUIDANCE, "key_prior": defaults.KEY_PRIOR}
     corpus_tempo = run_lib.load_prepared(tiny_run)["timing"]["tempo"]
     assert site["timing"]["tempo"] == pytest.approx(corpus_tempo)
 
@@ -154,7 +158,7 @@ def test_the_pages_fallback_values_are_the_defaults():
     assert values == {"temperature": defaults.TEMPERATURE, "topK": defaults.TOP_K, "topP": defaults.TOP_P,
                       "length": defaults.LENGTH, "minLength": defaults.MIN_LENGTH, "maxLength": defaults.MAX_LENGTH,
                       "maxTokensPerEvent": defaults.MAX_TOKENS_PER_EVENT, "tempo": defaults.TEMPO,
-                      "keyGuidance": defaults.KEY_GUIDANCE}
+                      "keyGuidance": defaults.KEY_GUIDANCE, "keyPrior": defaults.KEY_PRIOR}
     # The form's initial values (the page sets them again from web.json once it has loaded).
     html = read("index.html")
     initial = {name: float(re.search(rf'id="{name}"[^>]*value="([\d.]+)"', html).group(1))

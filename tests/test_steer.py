@@ -211,8 +211,152 @@ class RecordingTable(BatchTable):
         return self.table[history % len(self.table)], history.reshape(-1, 1, 1).astype(np.float32)
 
 
+PRIOR_NODE = r"""
+import {guided, keyBias} from './sampler.mjs';
+const chunks = [];
+for await (const chunk of process.stdin) chunks.push(chunk);
+const {rows, vocabulary, key, betas} = JSON.parse(Buffer.concat(chunks).toString());
+const biases = betas.map((beta) => Array.from(keyBias(vocabulary, key, beta)));
+const out = rows.map(([asked, contrast]) => biases.map((bias) => [Array.from(guided(asked, null, 0, bias)),
+                                                                  Array.from(guided(asked, contrast, 3, bias))]));
+const missing = keyBias(vocabulary, 'key:D:minor', 2);
+let error = null;
+try { keyBias({...vocabulary, key_prior: {log_ratios: {'key:major': [1, 2]}}}, 'key:major', 2); } catch (e) { error = e.message; }
+process.stdout.write(JSON.stringify({biases, out, missing, error}));
+"""
+
+
+def test_the_key_prior_counts_note_starts_per_key_and_weighs_pitch_tokens_alike_everywhere(tmp_path, reference):
+    pieces = [["key:major", "density:3", "pitch:60", "pitch:64", "dur:1", "hold:64", "pitch:67", "dur:1", "key:major",
+               "pitch:72", "dur:1"],
+              ["key:minor", "pitch:57", "pitch:69", "dur:1", "pitch:68", "dur:1/2", "rest", "dur:1"],
+              ["pitch:61", "dur:1"]]  # no key token: counted for no key
+    counts = controls.key_pitch_counts(pieces)
+    # Note starts only (the hold of 64 is none), by pitch class.
+    assert counts == {"key:major": [2, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0],
+                      "key:minor": [0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0]}
+    ratios = controls.key_log_ratios(counts)
+    # All keyed pieces: [2, 0, 0, 0, 1, 0, 0, 1, 1, 2, 0, 0], 7 notes; major 4 notes, minor 3; add-one smoothing.
+    assert ratios["key:major"][0] == pytest.approx(np.log((3 / 16) / (3 / 19)))
+    assert ratios["key:major"][8] == pytest.approx(np.log((1 / 16) / (2 / 19)))
+    assert ratios["key:minor"][9] == pytest.approx(np.log((3 / 15) / (3 / 19)))
+    assert ratios["key:minor"][1] == pytest.approx(np.log((1 / 15) / (1 / 19)))
+    tokens = ["<pad>", "<unk>", "<piece>", "pitch:60", "hold:60", "pitch:69", "rest", "dur:1", "key:major", "key:minor"]
+    table = events.grammar_table(tokens, "note")
+    bias = controls.key_bias(table, ratios["key:major"], 2.0)
+    assert bias.tolist() == [0, 0, 0, 2 * ratios["key:major"][0], 0, 2 * ratios["key:major"][9], 0, 0, 0, 0]
+    # The prior multiplies each pitch token's probability by r^beta: as a ratio against a token without bias.
+    asked = np.array([0, 0, 0.1, 0.2, 0.1, 0.3, 0.1, 0.2, 0, 0], np.float32)
+    got = controls.guided(asked, None, 0.0, bias)
+    assert got[3] / got[4] == pytest.approx(2 * np.exp(2 * ratios["key:major"][0]))
+    assert got[0] == 0 and got[5] / got[7] == pytest.approx(1.5 * np.exp(2 * ratios["key:major"][9]))
+    # The reference generator and the page compute the same biases and probabilities.
+    vocabulary = {"tokens": tokens, "grammar": table, "key_prior": {"log_ratios": ratios}}
+    rng = np.random.default_rng(1)
+    rows = [(rng.dirichlet(np.full(len(tokens), 0.5)).astype(np.float32),
+             rng.dirichlet(np.full(len(tokens), 0.5)).astype(np.float32)) for _ in range(4)]
+    betas = [0.5, 2.0]
+    answer = web_run_node(tmp_path, {"rows": [[a.astype(np.float64).tolist(), c.astype(np.float64).tolist()]
+                                              for a, c in rows], "vocabulary": vocabulary, "key": "key:major",
+                                     "betas": betas}, PRIOR_NODE)
+    # A key no training piece was in has no ratios: no prior (null), the same in both; a malformed row is an error.
+    assert answer["missing"] is None and reference.key_bias(vocabulary, "key:D:minor", 2.0) is None
+    assert "key_prior" in answer["error"] and "12 numbers" in answer["error"]
+    for beta, page_bias in zip(betas, answer["biases"]):
+        ours = controls.key_bias(table, ratios["key:major"], beta)
+        assert page_bias == ours.tolist()
+        np.testing.assert_array_equal(reference.key_bias(vocabulary, "key:major", beta), ours)
+    for (a, c), page in zip(rows, answer["out"]):
+        for beta, (alone, with_guidance) in zip(betas, page):
+            bias = controls.key_bias(table, ratios["key:major"], beta)
+            for values, ours, theirs in ((alone, controls.guided(a, None, 0.0, bias), reference.guided(a, None, 0.0, bias)),
+                                         (with_guidance, controls.guided(a, c, 3, bias), reference.guided(a, c, 3, bias))):
+                np.testing.assert_allclose(values, ours, rtol=1e-12, atol=0)
+                np.testing.assert_array_equal(theirs, ours)
+    assert reference.key_bias({"tokens": tokens, "grammar": table}, "key:major", 2.0) is None
+    with pytest.raises(reference.GeneratorError, match="key_prior.*12 numbers"):
+        reference.key_bias({**vocabulary, "key_prior": {"log_ratios": {"key:major": [1, 2]}}}, "key:major", 2.0)
+
+
+def test_prepare_records_the_key_priors_counts_and_older_runs_count_them_from_their_shards(controls_run, tmp_path):
+    import shutil
+
+    vocabulary = run_lib.load_vocabulary(controls_run)
+    recorded = run_lib.load_prepared(controls_run)["key_pitch_counts"]
+    # Counted by hand from the training shards: note starts by pitch class, per piece's key token.
+    by_hand = {}
+    for _, ids in run_lib.read_split(controls_run, "train", vocabulary=vocabulary):
+        tokens = vocabulary.decode(ids)
+        key = [t for t in tokens if t.startswith("key:")][0]
+        row = by_hand.setdefault(key, [0] * 12)
+        for token in tokens:
+            if token.startswith("pitch:"):
+                row[int(token[6:]) % 12] += 1
+    # The tiny corpus's training pieces need not cover both modes: only the keys it has are counted.
+    assert recorded == by_hand and recorded and set(recorded) <= {"key:major", "key:minor"}
+    assert sum(sum(row) for row in recorded.values()) > 100
+    older = str(tmp_path / "older")
+    shutil.copytree(controls_run, older)
+    info = json.loads(open(run_lib.path(older, run_lib.PREPARED)).read())
+    del info["key_pitch_counts"]
+    with open(run_lib.path(older, run_lib.PREPARED), "w") as handle:
+        json.dump(info, handle)
+    assert run_lib.key_pitch_counts(older, vocabulary=vocabulary) == recorded
+    info["key_pitch_counts"] = {"key:major": [1, 2]}
+    with open(run_lib.path(older, run_lib.PREPARED), "w") as handle:
+        json.dump(info, handle)
+    with pytest.raises(run_lib.RunError, match="key_pitch_counts"):
+        run_lib.load_prepared(older)
+
+
+def test_the_key_prior_steers_the_pitches_toward_the_asked_key_in_one_stream(controls_run):
+    vocabulary = shipped_vocabulary(controls_run)
+    tokens = vocabulary["tokens"]
+    table = np.random.default_rng(11).dirichlet(np.full(len(tokens), 0.3), size=23).astype(np.float32)
+    backend = RecordingTable(table)
+    generator = generate.Generator(controls_run, backend=backend, log=lambda message: None)
+    assert generator.key_log_ratios() == vocabulary["key_prior"]["log_ratios"]
+    # The tiny corpus's training pieces are all in one mode (so its ratios are all 0): steer with a table that
+    # favours A minor's scale over the other five pitch classes.
+    ratios = [0.7 if pc in (9, 11, 0, 2, 4, 5, 7) else -0.7 for pc in range(12)]
+    generator._key_log_ratios = {"key:minor": ratios}
+
+    def mean_ratio(prior):
+        backend.fed.clear()
+        pieces = generator.generate(num_samples=6, seed=3, primer_tokens=[],
+                                    sampling=SamplingSettings(length=60, min_length=60, temperature=1.0),
+                                    controls=ControlSettings(key="A minor", key_prior=prior))
+        assert all(len(ids) == 6 for ids in backend.fed)  # one stream: the prior needs no second model step
+        assert all(piece.settings["controls"]["key_prior"] == prior for piece in pieces)
+        pitches = [int(tokens[i][6:]) for piece in pieces for i in piece.ids if tokens[i].startswith("pitch:")]
+        return float(np.mean([ratios[p % 12] for p in pitches])), [p.ids for p in pieces]
+
+    alone, plain = mean_ratio(0.0)
+    steered, favoured = mean_ratio(4.0)
+    # The sampled pitches lean toward the pitch classes the minor pieces use more than the major ones.
+    assert steered > alone + 0.05 and plain != favoured
+    # A key no training piece was in: the prior is off (said once, and recorded as 0), and the tokens are those of
+    # asking with key prior 0.
+    generator._key_log_ratios = {"key:major": ratios}
+    said = []
+    generator.log = said.append
+    off, asked_off = ([p.ids for p in generator.generate(num_samples=2, seed=5, primer_tokens=[],
+                                                         sampling=SamplingSettings(length=20),
+                                                         controls=ControlSettings(key="A minor", key_prior=prior))]
+                      for prior in (4.0, 0.0))
+    assert off == asked_off
+    assert any("no training pieces in key:minor" in line and "key prior 0" in line for line in said)
+
+
+def shipped_vocabulary(run_dir) -> dict:
+    """vocab.json as an export ships it, with the key prior's log ratios (what the reference generator reads)."""
+    from keras_music import export
+
+    return json.loads(export.exported_vocabulary(run_dir, run_lib.load_vocabulary(run_dir)))
+
+
 def test_key_guidance_steps_a_contrast_stream_that_reads_the_other_mode(controls_run):
-    vocabulary = json.loads(open(run_lib.path(controls_run, run_lib.VOCAB)).read())
+    vocabulary = shipped_vocabulary(controls_run)
     tokens = vocabulary["tokens"]
     minor, major = tokens.index("key:minor"), tokens.index("key:major")
     table = np.random.default_rng(7).dirichlet(np.full(len(tokens), 0.3), size=23).astype(np.float32)
@@ -220,7 +364,7 @@ def test_key_guidance_steps_a_contrast_stream_that_reads_the_other_mode(controls
     generator = generate.Generator(controls_run, backend=backend, log=lambda message: None)
     sampling = SamplingSettings(length=24, min_length=4, temperature=1.0)
     pieces = generator.generate(num_samples=2, seed=5, primer_tokens=[], sampling=sampling,
-                                controls=ControlSettings(key="A minor", density="medium"))
+                                controls=ControlSettings(key="A minor", density="medium", key_guidance=10))
     assert all(piece.settings["controls"]["key_guidance"] == 10.0 for piece in pieces)
     # Every backend call steps 2 rows as asked and their 2 contrast rows: the same ids, key:major for key:minor.
     assert backend.fed and all(len(ids) == 4 for ids in backend.fed)
@@ -231,11 +375,11 @@ def test_key_guidance_steps_a_contrast_stream_that_reads_the_other_mode(controls
     backend.fed.clear()
     alone = generator.generate(num_samples=2, seed=5, primer_tokens=[], sampling=sampling,
                                controls=ControlSettings(key="A minor", density="medium", key_guidance=0))
-    assert all(len(ids) == 2 for ids in backend.fed)
+    assert all(len(ids) == 2 for ids in backend.fed)  # the key prior (on by default) needs no second stream
     assert alone[0].settings["controls"]["key_guidance"] == 0.0
     assert [p.ids for p in alone] != [p.ids for p in pieces]
     again = generator.generate(num_samples=2, seed=5, primer_tokens=[], sampling=sampling,
-                               controls=ControlSettings(key="A minor", density="medium"))
+                               controls=ControlSettings(key="A minor", density="medium", key_guidance=10))
     assert [p.ids for p in again] == [p.ids for p in pieces]
     # Without a key there is nothing to guide: one stream.
     backend.fed.clear()
@@ -246,7 +390,7 @@ def test_key_guidance_steps_a_contrast_stream_that_reads_the_other_mode(controls
 
 def test_python_the_reference_generator_and_the_page_feed_the_same_controls(controls_run, tmp_path, reference):
     """The portable rule on one fake model: Generator (batched), reference_generator and sampler.js agree."""
-    vocabulary = json.loads(open(run_lib.path(controls_run, run_lib.VOCAB)).read())
+    vocabulary = shipped_vocabulary(controls_run)
     tokens = vocabulary["tokens"]
     table = np.random.default_rng(3).dirichlet(np.full(len(tokens), 0.3), size=29).astype(np.float32)
     generator = generate.Generator(controls_run, backend=BatchTable(table), log=lambda message: None)
@@ -294,7 +438,7 @@ def test_the_bar_limits_agree_in_python_the_reference_generator_and_the_page_and
         controls_run, tmp_path, reference):
     """The bar limits on one fake model: with and without them Generator, reference_generator and sampler.js give
     the same ids; with them every fed, complete bar lands in its bins, without them the fake model misses some."""
-    vocabulary = json.loads(open(run_lib.path(controls_run, run_lib.VOCAB)).read())
+    vocabulary = shipped_vocabulary(controls_run)
     tokens = vocabulary["tokens"]
     table = np.random.default_rng(5).dirichlet(np.full(len(tokens), 0.3), size=31).astype(np.float32)
     generator = generate.Generator(controls_run, backend=BatchTable(table), log=lambda message: None)
@@ -404,6 +548,10 @@ def test_keras_and_tflite_give_the_same_ids_with_controls(controls_run, referenc
     for temperature in (0.0, 1.0):
         pieces = generator.generate(num_samples=len(seeds), seed=seeds[0], primer_tokens=[], sampling=SamplingSettings(length=24, min_length=4, temperature=temperature), controls=ControlSettings(key="minor", density="1-3:high,4-:low", polyphony="medium"))
         primer_ids = [2, vocabulary["tokens"].index("key:minor")]
+        # The export ships the key prior's log ratios, which the default sampling uses on every backend.
+        assert vocabulary["key_prior"]["log_ratios"] == controls.key_log_ratios(
+            run_lib.load_prepared(controls_run)["key_pitch_counts"])
+        assert all(p.settings["controls"]["key_prior"] == defaults.KEY_PRIOR for p in pieces)
         for seed, piece in zip(seeds, pieces):
             ids, _ = reference.generate(model, vocabulary, primer_ids, 24, temperature, 0, seed, min_length=4,
                                         density="1-3:high,4-:low", polyphony="medium", key="key:minor")
@@ -440,8 +588,17 @@ def test_impossible_requests_are_one_line_errors(controls_run, tiny_run, capsys)
     with pytest.raises(SystemExit) as exit_:
         generate.parse_args(["--run-dir", controls_run, "--key", "minor", "--key-guidance", "-1"])
     assert exit_.value.code == 2
-    assert "key guidance must be >= 0 (0 leaves the key to the model), got -1" in capsys.readouterr().err
+    assert "key guidance must be >= 0 (0 turns it off), got -1" in capsys.readouterr().err
     assert generate.parse_args(["--run-dir", controls_run, "--key-guidance", "0"])[1].key_guidance == 0.0
+    for bad in ("-0.5", "inf", "two"):
+        with pytest.raises(SystemExit) as exit_:
+            generate.parse_args(["--run-dir", controls_run, "--key", "minor", "--key-prior", bad])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "--key-prior" in err[-1] and ("key prior must be >= 0" in err[-1] or "a number >= 0" in err[-1]), err
+    assert generate.parse_args(["--run-dir", controls_run, "--key-prior", "0"])[1].key_prior == 0.0
+    with pytest.raises(controls.ControlError, match="key prior must be a number >= 0"):
+        ControlSettings(key="minor", key_prior=float("nan"))
 
 
 @pytest.mark.slow
@@ -569,13 +726,22 @@ def test_evaluate_reports_requested_vs_realised_controls_from_the_pieces(control
     assert report["density"]["per_value"]["0"]["training_share"] == pytest.approx(counts[0] / counts.sum())
     assert sorted(report["key"]["per_key"]) == ["A minor", "C major"]
     assert all(row["pieces"] == 2 for row in report["key"]["per_key"].values())
-    # The key both ways: with key guidance (what users get) and with the model alone, each from its own pieces.
-    assert report["key"]["key_guidance"] == defaults.KEY_GUIDANCE and report["model_alone"]["key"]["key_guidance"] == 0
-    for into, guidance in ((report, defaults.KEY_GUIDANCE), (report["model_alone"], 0.0)):
+    # A key the training pieces never had is asked without the prior (it has nothing to lean on), the others with it.
+    ratios = generator.key_log_ratios()
+    for name, token in (("A minor", "key:minor"), ("C major", "key:major")):
+        expected = defaults.KEY_PRIOR if token in ratios else 0.0
+        assert report["key"]["per_key"][name]["key_prior"] == expected
+        assert report["model_alone"]["key"]["per_key"][name]["key_prior"] == 0.0
+    # The key both ways: with the defaults (what users get: the key prior) and with the model alone, each from its
+    # own pieces.
+    assert (report["key"]["key_prior"], report["key"]["key_guidance"]) == (defaults.KEY_PRIOR, defaults.KEY_GUIDANCE)
+    assert (report["model_alone"]["key"]["key_prior"], report["model_alone"]["key"]["key_guidance"]) == (0, 0)
+    for into, (prior, guidance) in ((report, (defaults.KEY_PRIOR, defaults.KEY_GUIDANCE)),
+                                    (report["model_alone"], (0.0, 0.0))):
         found = [evaluate_controls.estimated_key(piece) for piece in generator.generate(
             num_samples=2, seed=3, primer_tokens=[],
             sampling=SamplingSettings(length=evaluate_controls.DEFAULT_LENGTH, temperature=0.9),
-            controls=ControlSettings(key="A minor", key_guidance=guidance))]
+            controls=ControlSettings(key="A minor", key_guidance=guidance, key_prior=prior))]
         assert into["key"]["per_key"]["A minor"]["share"] == pytest.approx(np.mean([f == (9, "minor") for f in found]))
     markdown = open(os.path.join(out, "evaluation.md")).read()
     assert "## Controls: requested vs realised" in markdown and "controls_confusion.png" in markdown

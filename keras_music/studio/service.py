@@ -52,8 +52,8 @@ def _controls_of(generator) -> dict | None:
 
 def _requested_controls(body: dict) -> ControlSettings:
     """The key, density and polyphony of a /api/generate body (strings, or a bin number), unset when absent, and
-    `bar_limits` (default true: the sampler keeps steered bars in their bins) and `key_guidance` (default
-    defaults.KEY_GUIDANCE)."""
+    `bar_limits` (default true: the sampler keeps steered bars in their bins), `key_prior` (default
+    defaults.KEY_PRIOR) and `key_guidance` (default defaults.KEY_GUIDANCE)."""
     out = {}
     for name in ("key", "density", "polyphony"):
         value = body.get(name)
@@ -68,11 +68,12 @@ def _requested_controls(body: dict) -> ControlSettings:
         if not isinstance(limits, bool):
             raise StudioError(f"bar_limits must be true or false, got {limits!r}")
         out["bar_limits"] = limits
-    guidance = body.get("key_guidance")
-    if guidance is not None:
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance < float("inf"):
-            raise StudioError(f"key_guidance must be a number >= 0 (0 leaves the key to the model), got {guidance!r}")
-        out["key_guidance"] = float(guidance)
+    for name in ("key_guidance", "key_prior"):
+        weight = body.get(name)
+        if weight is not None:
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+                raise StudioError(f"{name} must be a number >= 0 (0 turns it off), got {weight!r}")
+            out[name] = float(weight)
     return ControlSettings(**out)
 
 

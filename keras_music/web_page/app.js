@@ -136,7 +136,7 @@ function defaults() {
   return {temperature: pick('temperature', DEFAULTS.temperature), topK: pick('top_k', DEFAULTS.topK),
           topP: pick('top_p', DEFAULTS.topP), length: pick('length', DEFAULTS.length),
           minLength: pick('min_length', DEFAULTS.minLength), tempo: pick('tempo', DEFAULTS.tempo),
-          keyGuidance: pick('key_guidance', DEFAULTS.keyGuidance)};
+          keyGuidance: pick('key_guidance', DEFAULTS.keyGuidance), keyPrior: pick('key_prior', DEFAULTS.keyPrior)};
 }
 
 /** Whether the model reads control tokens (a run trained with data.controls). */
@@ -159,7 +159,7 @@ function transposed(notes, semitones) {
 
 /** Samples a piece; resolves to the sampled token ids (primer excluded). Unset settings take the defaults. */
 async function generate({seed, length, minLength, temperature, topK, topP, keepGoing = false, primer = null,
-  maxTokens = null, key = null, density = null, polyphony = null, keyGuidance = null} = {}) {
+  maxTokens = null, key = null, density = null, polyphony = null, keyGuidance = null, keyPrior = null} = {}) {
   const fallback = defaults();
   const settings = {length: length ?? fallback.length, minLength: minLength ?? fallback.minLength,
                     temperature: temperature ?? fallback.temperature, topK: topK ?? fallback.topK,
@@ -170,13 +170,14 @@ async function generate({seed, length, minLength, temperature, topK, topP, keepG
   const steered = steering(primerIds(primer), {key, density, polyphony});
   const primerIdList = steered.primerIds;
   const guidance = keyGuidance ?? fallback.keyGuidance;
+  const prior = keyPrior ?? fallback.keyPrior;
   const controls = {key, density, polyphony, transpose: steered.transpose, timeSignature: timing().time_signature,
-                    keyGuidance: steered.keyToken ? guidance : 0};
+                    keyGuidance: steered.keyToken ? guidance : 0, keyPrior: steered.keyToken ? prior : 0};
   return exclusive(async () => {
     const started = performance.now();
     const result = await sampleTokens(page.model, page.vocabulary, {primerIds: primerIdList, ...settings,
       maxTokens, seed: usedSeed, now: () => performance.now(), density, polyphony, key: steered.keyToken,
-      keyGuidance: guidance,
+      keyGuidance: guidance, keyPrior: prior,
       timeSignature: timing().time_signature});
     const tokens = result.ids.map((id) => page.vocabulary.tokens[id]);
     page.last = {seed: String(usedSeed), settings, controls, model: page.model.name, build: page.build,

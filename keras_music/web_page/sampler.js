@@ -13,7 +13,7 @@ export const BANNED = [0, 1];
 // keras_music's defaults (keras_music/defaults.py); the export also ships them in web.json
 // "defaults", which the page prefers. The tests check that the two agree.
 export const DEFAULTS = Object.freeze({temperature: 0.9, topK: 0, topP: 1, length: 200, minLength: 8,
-  maxLength: 10000, maxTokensPerEvent: 32, tempo: 120, keyGuidance: 10});
+  maxLength: 10000, maxTokensPerEvent: 32, tempo: 120, keyGuidance: 0, keyPrior: 2});
 // Key guidance (export/README.md, "Key guidance"): a contrast probability below this counts as this.
 const GUIDANCE_FLOOR = 1e-30;
 
@@ -24,18 +24,41 @@ export function otherMode(keyToken) {
 }
 
 /**
- * Key guidance: exp(g - max g) with g = (1 + w) log(asked) - w log(max(contrast, 1e-30)), in float64 and in this
- * order of operations (keras_music/controls.py `guided`, reference_generator.py `guided`).
+ * The key prior and key guidance: exp(g - max g) with g = (1 + w) log(asked) - w log(max(contrast, 1e-30)) + bias,
+ * without the contrast term when `contrast` is null and without the bias term when `bias` is null, in float64 and in
+ * this order of operations (keras_music/controls.py `guided`, reference_generator.py `guided`).
  */
-export function guided(asked, contrast, weight) {
+export function guided(asked, contrast, weight, bias = null) {
   const g = new Float64Array(asked.length);
   let top = -Infinity;
   for (let i = 0; i < asked.length; i++) {
-    g[i] = (1 + weight) * Math.log(asked[i]) - weight * Math.log(Math.max(contrast[i], GUIDANCE_FLOOR));
-    if (g[i] > top) top = g[i];
+    let v = (1 + weight) * Math.log(asked[i]);
+    if (contrast) v = v - weight * Math.log(Math.max(contrast[i], GUIDANCE_FLOOR));
+    if (bias) v = v + bias[i];
+    g[i] = v;
+    if (v > top) top = v;
   }
   for (let i = 0; i < g.length; i++) g[i] = Math.exp(g[i] - top);
   return g;
+}
+
+/**
+ * The key prior's bias (export/README.md, "Key prior"): beta * log_ratios[key][pitch mod 12] for each token of
+ * grammar kind "pitch" (vocab.json "key_prior"), 0 for the others; null (no prior) when vocab.json has no ratios
+ * for the key (no training piece was in it).
+ */
+export function keyBias(vocabulary, key, beta) {
+  const ratios = ((vocabulary.key_prior || {}).log_ratios || {})[key];
+  if (ratios === undefined || ratios === null) return null;
+  if (!Array.isArray(ratios) || ratios.length !== 12) {
+    throw new Error(`vocab.json "key_prior" log ratios for ${key} must be a list of 12 numbers`);
+  }
+  const {kinds, pitches} = vocabulary.grammar;
+  const bias = new Float64Array(vocabulary.tokens.length);
+  for (let i = 0; i < bias.length; i++) {
+    if (kinds[i] === 'pitch' && pitches[i] >= 0) bias[i] = beta * ratios[pitches[i] % 12];
+  }
+  return bias;
 }
 
 // Named levels of the bar controls (keras_music/controls.py; the tests check that they agree).
@@ -543,7 +566,8 @@ export function sample(probabilities, rng, temperature, topK, topP, banned = BAN
  * `key` (a key token such as 'key:minor', steer()'s keyToken; steer() also put it after <piece>) is fed at each such
  * bar before density and polyphony, unless the id just before (the primer's last or the last sampled) is that token.
  * With a key and `keyGuidance` w > 0 every step also runs a second state that reads the other mode's key token
- * wherever the key is fed (the primer's included), and sampling draws from guided(...) (export/README.md).
+ * wherever the key is fed (the primer's included); with a key and `keyPrior` beta > 0 the pitch tokens get the key
+ * prior's bias (keyBias); either way sampling draws from guided(...) (export/README.md).
  * `model` has initialState() and async step(token, state) -> {probabilities, state}.
  * Returns {ids (primer included), sampled (primer excluded), events, stopped, stepMs, fed}: `fed` lists the bar
  * controls fed, {bar (counted from 1), at (the index in `sampled` they came before), tokens}.
@@ -551,7 +575,8 @@ export function sample(probabilities, rng, temperature, topK, topP, banned = BAN
 export async function generate(model, vocabulary, {primerIds = [BOUNDARY], length = DEFAULTS.length,
   minLength = DEFAULTS.minLength, temperature = DEFAULTS.temperature, topK = DEFAULTS.topK, topP = DEFAULTS.topP,
   seed = 0, keepGoing = false, maxTokens = null, now = null, until = null, density = null, polyphony = null,
-  timeSignature = [4, 4], barLimits = true, key = null, keyGuidance = DEFAULTS.keyGuidance} = {}) {
+  timeSignature = [4, 4], barLimits = true, key = null, keyGuidance = DEFAULTS.keyGuidance,
+  keyPrior = DEFAULTS.keyPrior} = {}) {
   const rng = new SplitMix64(seed);
   const grammar = new Grammar(vocabulary);
   const schedules = [['density', parseSchedule('density', density)], ['poly', parseSchedule('poly', polyphony)]];
@@ -564,10 +589,14 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
   if (!(Number.isFinite(keyGuidance) && keyGuidance >= 0)) {
     throw new Error(`keyGuidance must be a number >= 0 (0 leaves the key to the model), got ${keyGuidance}`);
   }
+  if (!(Number.isFinite(keyPrior) && keyPrior >= 0)) {
+    throw new Error(`keyPrior must be a number >= 0 (0 turns it off), got ${keyPrior}`);
+  }
   const contrastId = keyId !== null && keyGuidance > 0 ? vocabulary.tokens.indexOf(otherMode(key)) : null;
   if (contrastId === -1) {
     throw new Error(`key guidance needs ${otherMode(key)} beside ${key} in vocab.json: use keyGuidance 0`);
   }
+  const bias = keyId !== null && keyPrior > 0 ? keyBias(vocabulary, key, keyPrior) : null;
   const clock = new BarClock(timeSignature);
   let latest = null;  // the latest primer or sampled id
   const limits = steered && barLimits ?
@@ -587,7 +616,9 @@ export async function generate(model, vocabulary, {primerIds = [BOUNDARY], lengt
     if (contrast) {  // the contrast stream: the other mode's key token where the key is fed
       const other = await model.step(token === keyId ? contrastId : token, contrast.state);
       contrast = {state: other.state, probabilities: other.probabilities};
-      out = {probabilities: guided(out.probabilities, other.probabilities, keyGuidance), state: out.state};
+      out = {probabilities: guided(out.probabilities, other.probabilities, keyGuidance, bias), state: out.state};
+    } else if (bias) {
+      out = {probabilities: guided(out.probabilities, null, 0, bias), state: out.state};
     }
     if (now) stepMs.push(now() - started);
     return out;
