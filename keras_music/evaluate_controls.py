@@ -165,11 +165,11 @@ def control_report(generator, num_samples: int = DEFAULT_SAMPLES, *, length: int
         keys = {}
         for name in requested_keys(generator):
             wanted = controls.parse_requested_key(name)
-            # The prior needs training pieces in the key's token; a key the run never saw is asked without it.
-            token = generator.control_request(ControlSettings(key=name, key_prior=0)).key_token
-            used = prior if token in generator.key_log_ratios() else 0.0
-            asked = ControlSettings(key=name, key_guidance=guidance, key_prior=used)
-            found = [estimated_key(piece) for piece in generator.generate(num_samples, **common, controls=asked)]
+            asked = ControlSettings(key=name, key_guidance=guidance, key_prior=prior)
+            pieces = generator.generate(num_samples, **common, controls=asked)
+            found = [estimated_key(piece) for piece in pieces]
+            # The prior the pieces were generated with: the generator leaves it off for a key no training piece was in.
+            used = pieces[0].settings["controls"]["key_prior"] if pieces else 0.0
             keys[name] = {"pieces": len(found), "key_prior": used,
                           "share": float(np.mean([f == wanted for f in found])),
                           "mode_share": float(np.mean([f is not None and f[1] == wanted[1] for f in found])),

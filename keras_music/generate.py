@@ -157,7 +157,9 @@ class Generator:
                                 f"has {len(self.vocabulary)}: re-export the run with {run_lib.export_command(run_dir)}")
         self.banned = np.array(self.vocabulary.banned_ids, np.int64)
         self.is_event = np.array([events.ends_event(t, self.representation) for t in self.vocabulary.tokens], bool)
-        self.grammar = sampling_lib.Grammar(events.grammar_table(self.vocabulary.tokens, self.representation))
+        # The per-token grammar table (kinds, pitches, rules): the grammar, the bar controls and the key prior read it.
+        self.grammar_table = events.grammar_table(self.vocabulary.tokens, self.representation)
+        self.grammar = sampling_lib.Grammar(self.grammar_table)
         self._held_out = None
         self._held_out_files: list[dict] = []
 
@@ -393,8 +395,8 @@ class Generator:
         index = self.vocabulary.index
         bias = None
         if request.key_prior:
-            table = events.grammar_table(self.vocabulary.tokens, self.representation)
-            bias = controls_lib.key_bias(table, self.key_log_ratios()[request.key_token], request.key_prior)
+            bias = controls_lib.key_bias(self.grammar_table, self.key_log_ratios()[request.key_token],
+                                         request.key_prior)
         return controls_lib.KeyGuided(self.backend, key_id=index[request.key_token],
                                       other_id=index[controls_lib.other_mode(request.key_token)]
                                       if request.key_guidance else None,
@@ -404,7 +406,7 @@ class Generator:
         """The bar controls' feeder of the batch (None without bar controls), its clocks past each primer."""
         if not (request.density.requested or request.polyphony.requested or request.key_token is not None):
             return None
-        table = events.grammar_table(self.vocabulary.tokens, self.representation)
+        table = self.grammar_table
         steering = controls_lib.Steering(self.vocabulary.tokens, table["kinds"], density=request.density,
                                          polyphony=request.polyphony,
                                          time_signatures=[controls_lib.time_signature_of(p.timing) for p in primers],
