@@ -21,6 +21,8 @@ from keras_music.errors import UsageError
 REPRESENTATIONS = ("note", "classic")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 LR_SCHEDULES = ("constant", "cosine", "cosine_budget")
+# data.infill_rate's ceiling: the fill-in-the-middle windows a training piece prepares (keras_music.infill.VARIANTS).
+MAX_INFILL_RATE = 8
 
 
 class ConfigError(UsageError, ValueError):
@@ -275,7 +277,9 @@ def validate(config: Config) -> Config:
     require(0.0 <= d.control_dropout <= 1.0, "data.control_dropout", d.control_dropout, "a probability in [0, 1]")
     require(0.0 <= d.control_token_dropout <= 1.0, "data.control_token_dropout", d.control_token_dropout,
             "a probability in [0, 1]")
-    require(0.0 <= d.infill_rate <= 1.0, "data.infill_rate", d.infill_rate, "a share of training pieces in [0, 1]")
+    require(0.0 <= d.infill_rate <= MAX_INFILL_RATE, "data.infill_rate", d.infill_rate,
+            f"fill-in-the-middle windows per training piece and epoch, in [0, {MAX_INFILL_RATE:g}] "
+            "(a piece prepares at most that many)")
     require(not d.full_vocabulary or d.representation == "note", "data.full_vocabulary", d.full_vocabulary,
             "false with data.representation=classic (its tokens are not pitches and durations)")
     require(not d.infill_rate or d.representation == "note", "data.infill_rate", d.infill_rate,

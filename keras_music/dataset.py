@@ -191,8 +191,9 @@ def training_dataset(files, data: config_lib.DataConfig, *, train: config_lib.Tr
     data.control_dropout, else each of them with probability data.control_token_dropout, after any
     transposition; other tokens are never dropped. The epoch then holds fewer windows, so
     `steps_per_epoch` must count the pieces without their controls (prepared.json's "control_tokens").
-    With data.infill_rate > 0, each piece also gives, with that probability, one of its prepared
-    fill-in-the-middle examples (keras_music.infill; chosen anew every epoch) as a window of its own:
+    With data.infill_rate > 0, each piece also gives that many of its prepared fill-in-the-middle
+    examples on average (below 1: one, with that probability; keras_music.infill; chosen anew every
+    epoch), each as a window of its own:
     the example is exactly seq_length + 1 tokens from `<fim_suffix>` on, so the middle is always learnt
     with its suffix and prefix in view. These windows (transposed at random as the pieces are; they
     carry no control tokens) are mixed among the ordinary ones, which stay as they are; an epoch stays
@@ -250,8 +251,14 @@ def _dropper(data: config_lib.DataConfig, tokens: TokenTables):
 
 
 def _fim_windows(pieces: tf.data.Dataset, epoch_seed: int, *, rate: float, seq_length: int, transpose):
+    # A rate above 1 reads the pieces ceil(rate) times, each time with probability rate / ceil(rate), so a
+    # piece gives `rate` examples per epoch on average (each a prepared variant drawn anew); a rate up to 1
+    # reads them once, as runs trained before rates above 1 did.
+    passes = max(1, math.ceil(rate))
+    if passes > 1:
+        pieces = pieces.repeat(passes)
     draws = tf.data.Dataset.random(seed=epoch_seed + 23)
-    chosen = tf.data.Dataset.zip((pieces, draws)).map(_fim_chooser(rate))
+    chosen = tf.data.Dataset.zip((pieces, draws)).map(_fim_chooser(rate / passes))
     # Only examples exactly one window long (prepared for this seq_length) are used; each is a whole window
     # from the start state, <fim_suffix> first (keras_music.infill says why never <piece>).
     examples = chosen.filter(lambda example, use: use & (tf.size(example) == seq_length + 1)).map(

@@ -118,8 +118,12 @@ def test_sentinels_are_grammar_kind_fim_never_sampled_skipped_by_decoding_and_no
 
 
 def test_infill_rate_is_validated_naming_the_key():
-    with pytest.raises(config_lib.ConfigError, match=r"data.infill_rate: expected a share of training pieces in \[0, 1\], got 1.5"):
-        config_lib.load((), ["data.infill_rate=1.5"])
+    with pytest.raises(config_lib.ConfigError, match=r"data.infill_rate: expected fill-in-the-middle windows per training "
+                                                     r"piece and epoch, in \[0, 8\] \(a piece prepares at most that many\), got 8.5"):
+        config_lib.load((), ["data.infill_rate=8.5"])
+    with pytest.raises(config_lib.ConfigError, match=r"data.infill_rate: .* got -0.5"):
+        config_lib.load((), ["data.infill_rate=-0.5"])
+    assert config_lib.load((), ["data.infill_rate=2.5"]).data.infill_rate == 2.5
     with pytest.raises(config_lib.ConfigError, match="data.infill_rate.*data.representation=classic"):
         config_lib.load((), ["data.infill_rate=0.5", "data.representation=classic"])
     assert config_lib.load((), []).data.infill_rate == 0
@@ -168,6 +172,10 @@ def test_prepared_data_holds_sentinels_and_fim_examples_that_the_stream_mixes_in
     # At rate 1 every piece gives one whole FIM window; its inputs hold three sentinels (<fim_end> is the last target).
     assert everything == 3 * len(examples) and starts == len(examples)
     assert sentinels(1.0, 0) == (everything, starts)  # seeded: the same stream again
+    # Above 1 a piece gives that many windows per epoch on average: at 3, exactly three (each a variant drawn anew).
+    assert sentinels(3.0, 0) == (3 * everything, 3 * starts)
+    more, more_starts = sentinels(1.5, 1)
+    assert len(examples) < more_starts < 2 * len(examples) and more == 3 * more_starts
     # Every example is exactly one window: seq_length inputs and the last target, <fim_suffix> first.
     import tensorflow as tf
 

@@ -552,6 +552,12 @@ def test_keras_and_tflite_give_the_same_ids_with_controls(controls_run, referenc
         assert vocabulary["key_prior"]["log_ratios"] == controls.key_log_ratios(
             run_lib.load_prepared(controls_run)["key_pitch_counts"])
         assert all(p.settings["controls"]["key_prior"] == defaults.KEY_PRIOR for p in pieces)
+        # Both modes have training pieces (conftest.STEER_CHORALES), so the prior really moves the pitches here.
+        ratios = vocabulary["key_prior"]["log_ratios"]
+        assert sorted(ratios) == ["key:major", "key:minor"] and all(max(map(abs, row)) > 0.1 for row in ratios.values())
+        if temperature:
+            unweighted = generator.generate(num_samples=len(seeds), seed=seeds[0], primer_tokens=[], sampling=SamplingSettings(length=24, min_length=4, temperature=temperature), controls=ControlSettings(key="minor", density="1-3:high,4-:low", polyphony="medium", key_prior=0.0))
+            assert [p.ids for p in unweighted] != [p.ids for p in pieces]
         for seed, piece in zip(seeds, pieces):
             ids, _ = reference.generate(model, vocabulary, primer_ids, 24, temperature, 0, seed, min_length=4,
                                         density="1-3:high,4-:low", polyphony="medium", key="key:minor")

@@ -6,6 +6,7 @@ from fractions import Fraction as F
 import pytest
 
 from conftest import tiny_config
+from keras_music import defaults
 from keras_music.studio import service
 from midi_truth import read_back
 from page_harness import headless_chromium
@@ -151,6 +152,17 @@ def test_the_fill_form_shows_for_a_piece_of_an_infilling_run_only(server, tmp_pa
         driver.find_element(By.ID, "bar-limits").click()
         generate(steered)
         assert driver.execute_script("return [piece.controls.density, piece.controls.bar_limits]") == ["5", True]
+        # "Key prior" starts at the default and is the request's key_prior; emptied, the default again.
+        assert float(driver.find_element(By.ID, "key-prior").get_attribute("value")) == defaults.KEY_PRIOR
+        Select(driver.find_element(By.ID, "key")).select_by_value("D minor")
+        driver.find_element(By.ID, "key-prior").clear()
+        driver.find_element(By.ID, "key-prior").send_keys("0.5")
+        generate(steered)
+        assert driver.execute_script("return [piece.controls.key_token, piece.controls.key_prior]") == ["key:minor", 0.5]
+        driver.find_element(By.ID, "key-prior").clear()
+        generate(steered)
+        assert driver.execute_script("return piece.controls.key_prior") == defaults.KEY_PRIOR
+        Select(driver.find_element(By.ID, "key")).select_by_value("")
         bars = driver.execute_script("return piece.bars")
         message = fill(bars + 1, bars + 1)
         assert message.startswith(f"bars {bars + 1}-{bars + 1} are outside piece ") and "\n" not in message

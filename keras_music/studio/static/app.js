@@ -57,6 +57,7 @@ async function loadDefaults() {
   $("length").max = shown.max_length;
   $("top-k").value = shown.top_k;
   $("top-p").value = shown.top_p;
+  $("key-prior").value = shown.key_prior;
 }
 
 async function loadRuns() {
@@ -98,7 +99,7 @@ async function generate(event) {
     piece = await post("/api/generate", {
       run: $("run-select").value, ...sampling(), length: number("length"), primer: $("primer").value,
       ...(run && run.controls ? { key: $("key").value, density: $("density").value.trim(), polyphony: $("polyphony").value.trim(),
-        bar_limits: $("bar-limits").checked } : {}),
+        bar_limits: $("bar-limits").checked, key_prior: number("key-prior") } : {}),
     }, { retries: 5, onWait: (why, seconds) => say($("status"), `another piece is being generated; trying again in ${seconds.toFixed(0)} s ...`) });
     say($("infill-status"), "");
     showPiece(started, (seconds) => say($("status"), `${piece.events} events, ${piece.seconds.toFixed(1)} s of audio ` +
