@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from keras_music import controls, events, prepare, sampling, vocabulary as vocabulary_lib
-from conftest import REPO, tiny_config
+from conftest import REPO, STEER_CHORALES, tiny_config
 
 F = Fraction
 # 4/4 for two bars, then 3/4 from quarter 8. Bar 1: a C major chord, then three single attacks, the last two
@@ -315,7 +315,7 @@ def test_training_stream_drops_controls_seeded_and_anew_every_epoch(tmp_path):
 def test_a_tiny_run_with_controls_trains_and_ships_them_in_its_vocabulary(controls_run, tmp_path):
     from keras_music import dataset, run as run_lib, storage, train
 
-    run_dir = controls_run  # conftest's: tiny_config("data.controls=true"), trained once per session
+    run_dir = controls_run  # conftest's: tiny_config("data.controls=true") on STEER_CHORALES, trained once per session
     metrics = run_lib.read_training_record(run_dir)
     assert np.isfinite(metrics["val_loss"])
     with open(os.path.join(run_dir, "vocab.json")) as handle:
@@ -337,7 +337,7 @@ def test_a_tiny_run_with_controls_trains_and_ships_them_in_its_vocabulary(contro
     # The same data without controls: every ordinary token keeps its id, so the held-out shards are the
     # same bytes, and the training pieces are the controlled ones with their controls taken out.
     plain_dir = str(tmp_path / "plain")
-    prepare.prepare(tiny_config(), plain_dir, show_progress=False, log=lambda *a: None)
+    prepare.prepare(tiny_config(sources=STEER_CHORALES), plain_dir, show_progress=False, log=lambda *a: None)
     plain_vocab = storage.read_json(os.path.join(plain_dir, "vocab.json"))
     assert plain_vocab["tokens"] == tokens[:len(plain_vocab["tokens"])]
     assert "control" not in plain_vocab["grammar"]["kinds"]
