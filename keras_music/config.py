@@ -21,7 +21,7 @@ from keras_music.errors import UsageError
 REPRESENTATIONS = ("note", "classic")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 LR_SCHEDULES = ("constant", "cosine", "cosine_budget")
-# data.infill_rate's ceiling: the fill-in-the-middle windows a training piece prepares (keras_music.infill.VARIANTS).
+# data.infill_rate's ceiling, and the fill-in-the-middle windows a training piece prepares (keras_music.infill.VARIANTS).
 MAX_INFILL_RATE = 8
 
 

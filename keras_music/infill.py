@@ -38,14 +38,15 @@ from fractions import Fraction
 
 import numpy as np
 
-from keras_music import controls, events
+from keras_music import config, controls, events
 from keras_music.errors import UsageError
 
 FIM_SUFFIX, FIM_PREFIX, FIM_MIDDLE, FIM_END = events.FIM_TOKENS
 # Gaps of training examples: 1 to 4 whole bars, with at least one bar before and after.
 MIN_GAP_BARS, MAX_GAP_BARS = 1, 4
-# Cut choices prepared per training piece; each epoch picks one of them for a piece it turns into an example.
-VARIANTS = 8
+# Cut choices prepared per training piece; each epoch picks among them for a piece it turns into examples.
+# It is also data.infill_rate's ceiling, so the config states the number.
+VARIANTS = config.MAX_INFILL_RATE
 
 
 class InfillError(UsageError, ValueError):
