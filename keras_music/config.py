@@ -119,6 +119,10 @@ class TrainConfig:
     # Fine-tuning: train even when held-out pieces of this run are among the init_from
     # run's training pieces (its held-out scores are then not held out).
     allow_held_out_overlap: bool = False
+    # Carry the LSTM state from one training window to the next window of the same stream of pieces
+    # (truncated backpropagation through time), as generation carries it through a whole piece;
+    # validation then scores each held-out piece whole, from its start.
+    carry_state: bool = False
 
 
 @dataclass(frozen=True)
@@ -299,6 +303,14 @@ def validate(config: Config) -> Config:
     require(t.early_stopping_patience >= 0, "train.early_stopping_patience", t.early_stopping_patience,
             "an integer >= 0 (0 = off)")
     require(t.strategy in STRATEGIES, "train.strategy", t.strategy, "one of " + ", ".join(STRATEGIES))
+    require(not t.carry_state or t.strategy == "default", "train.carry_state", t.carry_state,
+            f"false with train.strategy={t.strategy} (state is carried on one device only)")
+    require(not t.carry_state or not d.infill_rate, "train.carry_state", t.carry_state,
+            f"false with data.infill_rate={d.infill_rate:g} (fill-in-the-middle windows start from the start "
+            "state, outside the streams)")
+    require(not t.carry_state or d.window_stride in (0, d.seq_length), "train.carry_state", t.carry_state,
+            f"false with data.window_stride={d.window_stride} (carried windows follow each other: the stride is "
+            "data.seq_length)")
     require(t.num_samples >= 0, "train.num_samples", t.num_samples, "an integer >= 0")
     require(t.sample_length >= 1, "train.sample_length", t.sample_length, "an integer >= 1")
     require(t.sample_temperature >= 0, "train.sample_temperature", t.sample_temperature, "a number >= 0")

@@ -216,12 +216,7 @@ def training_dataset(files, data: config_lib.DataConfig, *, train: config_lib.Tr
             fim_windows = _fim_windows(pieces, epoch_seed, rate=infill_rate, seq_length=seq_length,
                                        transpose=transpose)
             pieces = pieces.map(lambda ids, fim_ids, fim_lengths: ids)
-        if transpose is not None:
-            draws = tf.data.Dataset.random(seed=epoch_seed + 7)
-            pieces = tf.data.Dataset.zip((pieces, draws)).map(transpose)
-        if drop is not None:
-            drop_draws = tf.data.Dataset.random(seed=epoch_seed + 17)
-            pieces = tf.data.Dataset.zip((pieces, drop_draws)).map(drop)
+        pieces = _augmented(pieces, epoch_seed, transpose=transpose, drop=drop)
         windows = _windows(pieces, seq_length, stride=stride, boundary_id=tokens.boundary_id)
         if infill_rate > 0:
             # About rate x pieces FIM windows among the ordinary ones, interleaved by a seeded draw.
@@ -234,6 +229,64 @@ def training_dataset(files, data: config_lib.DataConfig, *, train: config_lib.Tr
         return _worker_rows(batches, worker_slice, batch_size=batch_size) if worker_slice is not None else batches
 
     # Python-level seeds per epoch (tf.data shuffles take no tensor seeds); epochs are few.
+    dataset = one_epoch(span.first_epoch)
+    for epoch in range(span.first_epoch + 1, train.epochs):
+        dataset = dataset.concatenate(one_epoch(epoch))
+    options = tf.data.Options()
+    options.deterministic = True
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _augmented(pieces: tf.data.Dataset, epoch_seed: int, *, transpose, drop) -> tf.data.Dataset:
+    """One epoch's pieces transposed and with their controls dropped, each drawn from the epoch's seed."""
+    if transpose is not None:
+        draws = tf.data.Dataset.random(seed=epoch_seed + 7)
+        pieces = tf.data.Dataset.zip((pieces, draws)).map(transpose)
+    if drop is not None:
+        drop_draws = tf.data.Dataset.random(seed=epoch_seed + 17)
+        pieces = tf.data.Dataset.zip((pieces, drop_draws)).map(drop)
+    return pieces
+
+
+def carried_dataset(files, data: config_lib.DataConfig, *, train: config_lib.TrainConfig, span: EpochSpan,
+                    tokens: TokenTables = TokenTables(), piece_count: int | None = None) -> tf.data.Dataset:
+    """Batches whose rows go on from one batch to the next, for training with the LSTM state carried
+    (`train.carry_state`): exactly `span.steps_per_epoch` batches per epoch, epochs span.first_epoch..
+
+    Each epoch joins its pieces (shuffled, transposed and with controls dropped exactly as
+    `training_dataset` does for the same seed and epoch) into one stream, each piece after a
+    boundary token, and cuts it into train.batch_size consecutive rows of steps_per_epoch x
+    data.seq_length tokens (the few tokens after the last row are left out that epoch). Batch k
+    holds the k-th window of every row, so row r of batch k + 1 starts where row r of batch k
+    ended: a model that keeps its state between batches reads each row as one long sequence.
+    `steps_per_epoch` must be what `training_dataset` would give with stride seq_length
+    (count_windows // batch_size): the stream then always holds the rows and the last target.
+    """
+    seq_length, batch_size, steps = data.seq_length, train.batch_size, span.steps_per_epoch
+    transpose = _transposer(*tokens.transposition) if tokens.transposition is not None else None
+    drop = _dropper(data, tokens)
+    if piece_count is None:
+        piece_count = sum(1 for _ in tf.data.TFRecordDataset(files)) if files else 0
+    width = steps * seq_length  # tokens of one row
+    boundary = tf.constant([tokens.boundary_id], tf.int32)
+
+    def rows(stream):
+        stream = tf.ensure_shape(stream, [None])
+        tf.debugging.assert_greater_equal(tf.size(stream), batch_size * width + 1,
+                                          message="the epoch's stream is shorter than its batches")
+        inputs = tf.reshape(stream[:batch_size * width], [batch_size, steps, seq_length])
+        targets = tf.reshape(stream[1:batch_size * width + 1], [batch_size, steps, seq_length])
+        # [steps, batch, seq_length]: batch k is the k-th window of every row.
+        return tf.data.Dataset.from_tensor_slices((tf.transpose(inputs, [1, 0, 2]), tf.transpose(targets, [1, 0, 2])))
+
+    def one_epoch(epoch: int):
+        epoch_seed = train.seed * 100003 + epoch
+        pieces = tf.data.TFRecordDataset(files).map(_parse)
+        pieces = pieces.shuffle(max(1, piece_count), seed=epoch_seed, reshuffle_each_iteration=False)
+        pieces = _augmented(pieces, epoch_seed, transpose=transpose, drop=drop)
+        joined = pieces.map(lambda ids: tf.concat([boundary, ids], axis=0)).ragged_batch(max(1, piece_count))
+        return joined.take(1).map(lambda batch: batch.flat_values).flat_map(rows)
+
     dataset = one_epoch(span.first_epoch)
     for epoch in range(span.first_epoch + 1, train.epochs):
         dataset = dataset.concatenate(one_epoch(epoch))

@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from keras_music import events, run as run_lib
+from keras_music import events, model as model_lib, run as run_lib
 from keras_music import infill, ngram, sampling
 from keras_music.cli import progress
 from keras_music.evaluate_held_out import HeldOutPiece, load_split
@@ -20,82 +20,12 @@ from keras_music.sampling import SamplingSettings
 DEFAULT_ORDERS = tuple(range(1, 13))
 MAX_ORDER = 20
 
-# One forward pass holds batch x time x vocabulary float32 probabilities; this caps
-# it (about 128 MB) so long held-out pieces with a large vocabulary still fit.
-MAX_OUTPUT_CELLS = 1 << 25
-MAX_BATCH_PIECES = 32
-# Floor for a probability before its log: a float32 softmax can underflow to 0 for a
-# token the model rules out completely, and one -inf would hide every other number.
-PROBABILITY_FLOOR = float(np.finfo(np.float32).tiny)
+# The LSTM's log probabilities of whole pieces are keras_music.model's (training's whole-piece validation uses them too).
+PROBABILITY_FLOOR = model_lib.PROBABILITY_FLOOR
+token_log_probs = model_lib.token_log_probs
 
 
 # ----------------------------------------------------------------------------- LSTM likelihood
-
-
-def _batches_by_length(pieces, vocabulary_size: int) -> list[list[int]]:
-    """Indices of the non-empty pieces, shortest first, grouped so a batch's output stays under the caps."""
-    order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]))
-    batches, current = [], []
-    for i in order:
-        if not len(pieces[i]):
-            continue
-        width = len(pieces[i])
-        if current and ((len(current) + 1) * width * vocabulary_size > MAX_OUTPUT_CELLS
-                        or len(current) >= MAX_BATCH_PIECES):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def token_log_probs(model, pieces, *, boundary_id: int, pad_id: int = 0, show_progress: bool = False,
-                    excluded=None):
-    """Natural-log probability and top-1 hit of every token of every piece under the sequence model.
-
-    `excluded` (bool per vocabulary id, optional) names tokens a generator never samples (controls,
-    infilling sentinels: `never_sampled`); each step's distribution is then renormalised over the
-    others, as a generator that masks them samples it.
-
-    Each piece is fed as [boundary] + piece[:-1] and every piece token is scored, so
-    the first token is predicted from the start of a piece, as in training. Pieces
-    are batched by length and padded on the right: an LSTM reads left to right, so
-    padding after a piece cannot change the outputs at the piece's own positions,
-    and the padded positions are never scored.
-
-    Returns:
-      (log_probs, hits): lists with one float64 / bool array per piece, in input order.
-    """
-    import tensorflow as tf
-
-    pieces = [np.asarray(p, dtype=np.int32) for p in pieces]
-    vocabulary_size = int(model.outputs[0].shape[-1])
-    forward = tf.function(lambda tokens: model(tokens, training=False),
-                          input_signature=[tf.TensorSpec([None, None], tf.int32)])
-    log_probs = [np.zeros(0) for _ in pieces]
-    hits = [np.zeros(0, dtype=bool) for _ in pieces]
-    bar = progress(total=sum(len(p) for p in pieces), show=show_progress, desc="scoring held-out", unit="token")
-    for batch in _batches_by_length(pieces, vocabulary_size):
-        width = max(len(pieces[i]) for i in batch)
-        tokens = np.full((len(batch), width), pad_id, dtype=np.int32)
-        for row, i in enumerate(batch):
-            tokens[row, 0] = boundary_id
-            tokens[row, 1:len(pieces[i])] = pieces[i][:-1]
-        probabilities = forward(tokens).numpy()
-        for row, i in enumerate(batch):
-            targets = pieces[i]
-            steps = np.arange(len(targets))
-            rows = probabilities[row, steps].astype(np.float64)
-            if excluded is not None:
-                rows[:, excluded] = 0.0
-                rows /= np.maximum(rows.sum(axis=-1, keepdims=True), PROBABILITY_FLOOR)
-            chosen = rows[steps, targets]
-            log_probs[i] = np.log(np.maximum(chosen, PROBABILITY_FLOOR))
-            hits[i] = rows.argmax(axis=-1) == targets
-            bar.update(len(targets))
-    bar.close()
-    return log_probs, hits
 
 
 def never_sampled(vocabulary) -> np.ndarray | None:

@@ -14,6 +14,7 @@ from keras import layers, ops  # noqa: E402
 import numpy as np
 
 from keras_music import defaults
+from keras_music.cli import progress
 
 
 def build_model(vocabulary_size: int, embedding_size: int = 96, hidden_size: int = 256, num_layers: int = 3,
@@ -54,6 +55,82 @@ def describe(model: keras.Model) -> dict:
         "state_shape": [2 * len(lstms), int(lstms[0].units)],
         "parameters": int(model.count_params()),
     }
+
+
+# One forward pass holds batch x time x vocabulary float32 probabilities; this caps
+# it (about 128 MB) so long held-out pieces with a large vocabulary still fit.
+MAX_OUTPUT_CELLS = 1 << 25
+MAX_BATCH_PIECES = 32
+# Floor for a probability before its log: a float32 softmax can underflow to 0 for a
+# token the model rules out completely, and one -inf would hide every other number.
+PROBABILITY_FLOOR = float(np.finfo(np.float32).tiny)
+
+
+
+def _batches_by_length(pieces, vocabulary_size: int) -> list[list[int]]:
+    """Indices of the non-empty pieces, shortest first, grouped so a batch's output stays under the caps."""
+    order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]))
+    batches, current = [], []
+    for i in order:
+        if not len(pieces[i]):
+            continue
+        width = len(pieces[i])
+        if current and ((len(current) + 1) * width * vocabulary_size > MAX_OUTPUT_CELLS
+                        or len(current) >= MAX_BATCH_PIECES):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def token_log_probs(model, pieces, *, boundary_id: int, pad_id: int = 0, show_progress: bool = False,
+                    excluded=None):
+    """Natural-log probability and top-1 hit of every token of every piece under the sequence model.
+
+    `excluded` (bool per vocabulary id, optional) names tokens a generator never samples (controls,
+    infilling sentinels: `never_sampled`); each step's distribution is then renormalised over the
+    others, as a generator that masks them samples it.
+
+    Each piece is fed as [boundary] + piece[:-1] and every piece token is scored, so
+    the first token is predicted from the start of a piece, as in training. Pieces
+    are batched by length and padded on the right: an LSTM reads left to right, so
+    padding after a piece cannot change the outputs at the piece's own positions,
+    and the padded positions are never scored.
+
+    Returns:
+      (log_probs, hits): lists with one float64 / bool array per piece, in input order.
+    """
+    import tensorflow as tf
+
+    pieces = [np.asarray(p, dtype=np.int32) for p in pieces]
+    vocabulary_size = int(model.outputs[0].shape[-1])
+    forward = tf.function(lambda tokens: model(tokens, training=False),
+                          input_signature=[tf.TensorSpec([None, None], tf.int32)])
+    log_probs = [np.zeros(0) for _ in pieces]
+    hits = [np.zeros(0, dtype=bool) for _ in pieces]
+    bar = progress(total=sum(len(p) for p in pieces), show=show_progress, desc="scoring held-out", unit="token")
+    for batch in _batches_by_length(pieces, vocabulary_size):
+        width = max(len(pieces[i]) for i in batch)
+        tokens = np.full((len(batch), width), pad_id, dtype=np.int32)
+        for row, i in enumerate(batch):
+            tokens[row, 0] = boundary_id
+            tokens[row, 1:len(pieces[i])] = pieces[i][:-1]
+        probabilities = forward(tokens).numpy()
+        for row, i in enumerate(batch):
+            targets = pieces[i]
+            steps = np.arange(len(targets))
+            rows = probabilities[row, steps].astype(np.float64)
+            if excluded is not None:
+                rows[:, excluded] = 0.0
+                rows /= np.maximum(rows.sum(axis=-1, keepdims=True), PROBABILITY_FLOOR)
+            chosen = rows[steps, targets]
+            log_probs[i] = np.log(np.maximum(chosen, PROBABILITY_FLOOR))
+            hits[i] = rows.argmax(axis=-1) == targets
+            bar.update(len(targets))
+    bar.close()
+    return log_probs, hits
 
 
 class StepModel:
@@ -104,6 +181,42 @@ class StepModel:
         """numpy in, numpy out."""
         out = self.compiled()(np.asarray(token, np.int32), np.asarray(state, np.float32))
         return out["probabilities"].numpy(), out["next_state"].numpy()
+
+
+class CarriedModel:
+    """The sequence model run from given states, returning the states it ends in (`train.carry_state`).
+
+    `__call__(tokens [batch, time], state [batch, 2*num_layers, hidden])` gives the probabilities
+    [batch, time, vocab] and the state after the last token, laid out as the step model's, so the
+    next window of the same streams goes on where this one stopped. Each LSTM layer's cell is
+    wrapped in a `keras.layers.RNN` that returns its state; the cells, the embedding, the dropout
+    layers and the head are the model's own objects, so training through this trains the model
+    (there is nothing to copy back) and the model saved afterwards is the plain one.
+    """
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+        self.lstms = lstm_layers(model)
+        self.embedding = model.get_layer("embedding")
+        self.head = model.get_layer("head")
+        names = {layer.name: layer for layer in model.layers}
+        self.dropouts = [names.get(f"dropout_{i}") for i in range(len(self.lstms))]
+        self.rnns = [layers.RNN(layer.cell, return_sequences=True, return_state=True, name=f"carried_{i}")
+                     for i, layer in enumerate(self.lstms)]
+        self.state_shape = (2 * len(self.lstms), int(self.lstms[0].units))
+
+    def __call__(self, tokens, state, training: bool = False):
+        x = self.embedding(tokens)
+        states = []
+        for i, rnn in enumerate(self.rnns):
+            x, h, c = rnn(x, initial_state=[state[:, 2 * i], state[:, 2 * i + 1]], training=training)
+            states.extend([h, c])
+            if self.dropouts[i] is not None:
+                x = self.dropouts[i](x, training=training)
+        return self.head(x), ops.stack(states, axis=1)
+
+    def initial_state(self, batch_size: int):
+        return np.zeros((batch_size,) + self.state_shape, dtype=np.float32)
 
 
 def load_model(path: str) -> keras.Model:

@@ -216,12 +216,24 @@ class Outcome:
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
-    """The training batches (`make_train_data(input_context=None)`), the validation windows, and the epochs left."""
+    """The training batches (`make_train_data(input_context=None)`), the validation windows, and the epochs left.
+
+    `validation_pieces` (the held-out pieces' ids) is set when the run carries its state
+    (train.carry_state): it is then scored on whole pieces, not windows (`validate`).
+    """
 
     make_train_data: Callable
     validation_data: Any
     first_epoch: int
     steps_per_epoch: int
+    validation_pieces: list | None = None
+    boundary_id: int = 2
+
+    def validate(self, model) -> dict:
+        """The held-out loss and accuracy every epoch is judged by: of the windows, or of whole pieces."""
+        if self.validation_pieces is not None:
+            return evaluate_pieces(model, self.validation_pieces, boundary_id=self.boundary_id)
+        return evaluate_windows(model, self.validation_data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,7 +366,7 @@ def _build(run: _Run, inputs: Inputs) -> _Trained:
     if base and run.backup is None:
         # The model it starts from competes with every epoch for the kept model: a fine-tune
         # never ends worse on its held-out pieces than the base it started from.
-        progress.best = evaluate_windows(model, inputs.validation_data)["loss"]
+        progress.best = inputs.validate(model)["loss"]
         progress.backups.save_best(model)
     sizes = model_lib.describe(model)
     run.log(f"model: {sizes['num_layers']} x LSTM({sizes['hidden_size']}), {sizes['parameters']:,} parameters, "
@@ -379,14 +391,14 @@ def _training_record(run: _Run, trained: _Trained, *, inputs: Inputs, outcome: O
     """The kept model's weights restored and scored: metrics.json (a fine-tune's with where it started)."""
     restore_best(trained.model, outcome.stop, work_dir=run.work_dir, run_dir=run.run_dir,
                  learning_rate=run.config.train.learning_rate)
-    metrics = summarize(run.config, outcome, evaluation=evaluate_windows(trained.model, inputs.validation_data),
+    metrics = summarize(run.config, outcome, evaluation=inputs.validate(trained.model),
                         sizes=trained.sizes, info=run.info, replicas=int(run.strategy.num_replicas_in_sync),
                         wall_seconds=time.time() - run.started + (run.backup or {}).get("elapsed", 0.0))
     if run.base:
         # The same held-out windows scored by the model the fine-tune started from: whether
         # fine-tuning helped is then one comparison in metrics.json.
-        start = evaluate_windows(finetune.initial_model(run.base, run.vocabulary, dropout=run.config.model.dropout),
-                                 inputs.validation_data) if run.chief else None
+        start = inputs.validate(finetune.initial_model(run.base, run.vocabulary, dropout=run.config.model.dropout)) \
+            if run.chief else None
         metrics["init_from"] = finetune.record(run.base, run.vocabulary, overlap=run.overlap, start=start)
     return metrics
 
@@ -475,13 +487,18 @@ def input_pipelines(config: config_lib.Config, work_dir: str, *, info: run_lib.P
     span = dataset.EpochSpan(steps_per_epoch, first_epoch=first_epoch)
 
     def make_train_data(context=None):
+        if train_cfg.carry_state:
+            return dataset.carried_dataset(train_files, data, train=train_cfg, span=span, tokens=tokens,
+                                           piece_count=len(info["lengths"]["train"]))
         worker = (context.input_pipeline_id, context.num_input_pipelines) if context is not None else None
         return dataset.training_dataset(train_files, data, train=train_cfg, span=span, tokens=tokens,
                                         worker_slice=worker, piece_count=len(info["lengths"]["train"]))
 
     validation_data = dataset.evaluation_dataset(validation_files, data.seq_length, batch_size=train_cfg.batch_size,
                                                  boundary_id=vocabulary.boundary_id)
-    return Inputs(make_train_data, validation_data, first_epoch=first_epoch, steps_per_epoch=steps_per_epoch)
+    pieces = dataset.read_pieces(validation_files) if train_cfg.carry_state else None
+    return Inputs(make_train_data, validation_data, first_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
+                  validation_pieces=pieces, boundary_id=vocabulary.boundary_id)
 
 
 def build_or_resume(config: config_lib.Config, run_dir: str, *, backup: run_lib.BackupRecord | None,
@@ -525,6 +542,9 @@ def fit(model, inputs: Inputs, *, config: config_lib.Config, strategy, progress,
     train_cfg = config.train
     if train_cfg.strategy == "multi_worker":
         fit_custom(model, inputs, config=config, strategy=strategy, progress=progress)
+        return
+    if train_cfg.carry_state:
+        fit_carried(model, inputs, config=config, progress=progress)
         return
     # Keras warns about `shuffle` and end-of-data for every tf.data input; the pipeline
     # shuffles itself and yields exactly steps_per_epoch batches per epoch.
@@ -600,11 +620,64 @@ def fit_custom(model, inputs: Inputs, *, config: config_lib.Config, strategy, pr
             loss_sum += float(loss)
             hit_sum += float(hits)
             progress.on_train_batch_end(batch, {"loss": loss_sum / (batch + 1)})
-        validation = evaluate_windows(model, inputs.validation_data)
+        validation = inputs.validate(model)
         logs = {"loss": loss_sum / steps_per_epoch, "accuracy": hit_sum / (steps_per_epoch * global_tokens),
                 "val_loss": validation["loss"], "val_accuracy": validation["accuracy"]}
         progress.on_epoch_end(epoch, logs)
         if float(agree_to_stop(tf.constant(1.0 if model.stop_training else 0.0))) > 0:
+            break
+
+
+def fit_carried(model, inputs: Inputs, *, config: config_lib.Config, progress) -> None:
+    """A training loop that carries the LSTM state from each batch to the next (train.carry_state).
+
+    The batches come from `dataset.carried_dataset`: row r of a batch continues row r of the one
+    before, so each row is a long stream of whole pieces read window by window (truncated
+    backpropagation through time: gradients stop at the window's start, the state does not).
+    The state starts at zero every epoch, as the rows start anew. It drives the same RunProgress
+    callback as `fit` (checkpoints, backups, early stopping, the time budget and the learning-rate
+    schedule); the model's optimizer (with its clipnorm) updates the model's own weights, and each
+    epoch is judged on whole held-out pieces (`Inputs.validate`).
+    """
+    import tensorflow as tf
+
+    from keras_music import model as model_lib
+
+    carried = model_lib.CarriedModel(model)
+    state = tf.Variable(carried.initial_state(config.train.batch_size), trainable=False, name="carried_state")
+    optimizer, variables = model.optimizer, model.trainable_variables
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            probabilities, next_state = carried(x, state, training=True)
+            picked = tf.gather(probabilities, y, batch_dims=2)
+            loss = -tf.reduce_mean(tf.math.log(tf.maximum(picked, 1e-7)))
+        optimizer.apply(tape.gradient(loss, variables), variables)
+        state.assign(next_state)
+        hits = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(probabilities, -1, output_type=tf.int32), y), tf.float32))
+        return loss, hits
+
+    iterator = iter(inputs.make_train_data())
+    progress.set_model(model)
+    progress.on_train_begin()
+    for epoch in range(inputs.first_epoch, config.train.epochs):
+        model.stop_training = False
+        progress.on_epoch_begin(epoch)
+        state.assign(tf.zeros_like(state))
+        loss_sum, hit_sum, steps = 0.0, 0.0, 0
+        for batch in range(inputs.steps_per_epoch):
+            loss, hits = train_step(*next(iterator))
+            loss_sum, hit_sum, steps = loss_sum + float(loss), hit_sum + float(hits), steps + 1
+            progress.on_train_batch_end(batch, {"loss": loss_sum / steps})
+            if not math.isfinite(float(loss)):
+                model.stop_training = True
+            if model.stop_training:
+                break  # the time budget ran out or the loss diverged: the run ends after this epoch's record
+        validation = inputs.validate(model)
+        progress.on_epoch_end(epoch, {"loss": loss_sum / max(1, steps), "accuracy": hit_sum / max(1, steps),
+                                      "val_loss": validation["loss"], "val_accuracy": validation["accuracy"]})
+        if model.stop_training:
             break
 
 
@@ -757,6 +830,20 @@ def evaluate_windows(model, data) -> dict:
         raise run_lib.RunError("the validation data holds no window to evaluate on: the validation shards are "
                                "missing or empty; prepare the data again (rerun the same train command)")
     return {"loss": total_loss / count, "accuracy": total_hits / count, "tokens": count}
+
+
+def evaluate_pieces(model, pieces, *, boundary_id: int) -> dict:
+    """Mean cross-entropy and accuracy over every token of the held-out pieces, each read whole from its
+    start (as `evaluate` scores them and a generator writes them), for runs that carry their state."""
+    from keras_music import model as model_lib
+
+    log_probs, hits = model_lib.token_log_probs(model, pieces, boundary_id=boundary_id)
+    count = sum(len(p) for p in log_probs)
+    if count == 0:
+        raise run_lib.RunError("the validation data holds no piece to evaluate on: the validation shards are "
+                               "missing or empty; prepare the data again (rerun the same train command)")
+    return {"loss": -float(sum(p.sum() for p in log_probs)) / count,
+            "accuracy": float(sum(h.sum() for h in hits)) / count, "tokens": count}
 
 
 def shortest_train_lengths(config: config_lib.Config, info: dict) -> list[int]:

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from keras_music import dataset, events, evaluate_likelihood as likelihood, ngram, run as run_lib
+from keras_music import dataset, events, evaluate_likelihood as likelihood, model as model_lib, ngram, run as run_lib
 
 pytestmark = pytest.mark.slow
 
@@ -61,13 +61,13 @@ def test_empty_pieces_score_nothing(tiny_run):
 
 def test_batches_group_pieces_shortest_first_under_both_caps(monkeypatch):
     pieces = [np.zeros(n) for n in (5, 0, 3, 8, 3, 4)]
-    assert likelihood._batches_by_length(pieces, 10) == [[2, 4, 5, 0, 3]]
-    monkeypatch.setattr(likelihood, "MAX_BATCH_PIECES", 2)
-    assert likelihood._batches_by_length(pieces, 10) == [[2, 4], [5, 0], [3]]
+    assert model_lib._batches_by_length(pieces, 10) == [[2, 4, 5, 0, 3]]
+    monkeypatch.setattr(model_lib, "MAX_BATCH_PIECES", 2)
+    assert model_lib._batches_by_length(pieces, 10) == [[2, 4], [5, 0], [3]]
     # Two pieces padded to width 3 over 10 tokens make 60 output cells; a third of width 4, 120: over 90.
-    monkeypatch.setattr(likelihood, "MAX_BATCH_PIECES", 32)
-    monkeypatch.setattr(likelihood, "MAX_OUTPUT_CELLS", 90)
-    assert likelihood._batches_by_length(pieces, 10) == [[2, 4], [5], [0], [3]]
+    monkeypatch.setattr(model_lib, "MAX_BATCH_PIECES", 32)
+    monkeypatch.setattr(model_lib, "MAX_OUTPUT_CELLS", 90)
+    assert model_lib._batches_by_length(pieces, 10) == [[2, 4], [5], [0], [3]]
 
 
 def test_event_accuracy_counts_events_whose_every_token_is_the_top_choice(tiny_run):

@@ -58,6 +58,9 @@ def parse_args(argv=None):
     parser.add_argument("--long-window", type=int, default=0, metavar="TOKENS",
                         help="also fine-tune the largest folder with data.seq_length=TOKENS at the same budget (a row "
                              "on whether longer training windows make the model restate its material; 0: no)")
+    parser.add_argument("--carry-state", action="store_true",
+                        help="also fine-tune the largest folder with train.carry_state=true at the same budget (a row "
+                             "on whether carrying the LSTM state across windows makes the model restate its material)")
     parser.add_argument("--only", choices=("base", "scratch", "finetune"), action="append", default=None,
                         help="train only these kinds of run (default: all); the table uses whatever is in OUT")
     args = parser.parse_args(argv)
@@ -220,14 +223,19 @@ def main(argv=None) -> None:
                       init_from=base_dir if kind == "finetune" else None)
             if finished(run_dir):
                 order.append((f"{kind}-{size}", run_dir))
-    if args.long_window and finished(base_dir):
-        size = max(args.sizes)
-        run_dir = os.path.join(runs, f"finetune-{size}-window{args.long_window}")
+    variants = []
+    if args.long_window:
+        variants.append((f"window{args.long_window}", f"{args.long_window}-token windows",
+                         f"data.seq_length={args.long_window}"))
+    if args.carry_state:
+        variants.append(("carry-state", "state carried across windows", "train.carry_state=true"))
+    size = max(args.sizes)
+    for suffix, label, setting in variants if finished(base_dir) else []:
+        run_dir = os.path.join(runs, f"finetune-{size}-{suffix}")
         if "finetune" in wanted:
-            train(run_dir, [folders[f"pool-{size}"]], held, args.budget,
-                  [*args.set, f"data.seq_length={args.long_window}"], log, init_from=base_dir)
+            train(run_dir, [folders[f"pool-{size}"]], held, args.budget, [*args.set, setting], log, init_from=base_dir)
         if finished(run_dir):
-            order.append((f"finetune-{size}, {args.long_window}-token windows", run_dir))
+            order.append((f"finetune-{size}, {label}", run_dir))
     rows = [row(name, run_dir, evaluate(run_dir, args.num_samples, args.temperature, log), args.temperature)
             for name, run_dir in order]
     storage.write_json(os.path.join(out, "table.json"), {"settings": vars(args), "rows": rows})
