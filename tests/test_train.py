@@ -110,8 +110,11 @@ def test_bad_config_is_a_usage_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_and_ends_with_the_uninterrupted_weights(tmp_path):
-    extra = ("--set", "train.epochs=4", "--set", "train.deterministic=true", "--set", "model.dropout=0.2")
+@pytest.mark.parametrize("carry", ["false", "true"])
+def test_killed_run_resumes_and_ends_with_the_uninterrupted_weights(tmp_path, carry):
+    # Also with the state carried across windows: its streams and its state start anew each epoch.
+    extra = ("--set", "train.epochs=4", "--set", "train.deterministic=true", "--set", "model.dropout=0.2",
+             "--set", f"train.carry_state={carry}")
     straight = subprocess.run(command(tmp_path / "straight", *extra), capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr
 
