@@ -228,9 +228,14 @@ def training_dataset(files, data: config_lib.DataConfig, *, train: config_lib.Tr
         batches = windows.batch(batch_size, drop_remainder=True).take(span.steps_per_epoch)
         return _worker_rows(batches, worker_slice, batch_size=batch_size) if worker_slice is not None else batches
 
+    return _epochs(one_epoch, span, epochs=train.epochs)
+
+
+def _epochs(one_epoch, span: EpochSpan, *, epochs: int) -> tf.data.Dataset:
+    """Epochs span.first_epoch..epochs-1 of `one_epoch(epoch)` one after another, deterministic and prefetched."""
     # Python-level seeds per epoch (tf.data shuffles take no tensor seeds); epochs are few.
     dataset = one_epoch(span.first_epoch)
-    for epoch in range(span.first_epoch + 1, train.epochs):
+    for epoch in range(span.first_epoch + 1, epochs):
         dataset = dataset.concatenate(one_epoch(epoch))
     options = tf.data.Options()
     options.deterministic = True
@@ -287,12 +292,7 @@ def carried_dataset(files, data: config_lib.DataConfig, *, train: config_lib.Tra
         joined = pieces.map(lambda ids: tf.concat([boundary, ids], axis=0)).ragged_batch(max(1, piece_count))
         return joined.take(1).map(lambda batch: batch.flat_values).flat_map(rows)
 
-    dataset = one_epoch(span.first_epoch)
-    for epoch in range(span.first_epoch + 1, train.epochs):
-        dataset = dataset.concatenate(one_epoch(epoch))
-    options = tf.data.Options()
-    options.deterministic = True
-    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return _epochs(one_epoch, span, epochs=train.epochs)
 
 
 def _dropper(data: config_lib.DataConfig, tokens: TokenTables):
