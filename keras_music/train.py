@@ -641,23 +641,7 @@ def fit_carried(model, inputs: Inputs, *, config: config_lib.Config, progress) -
     """
     import tensorflow as tf
 
-    from keras_music import model as model_lib
-
-    carried = model_lib.CarriedModel(model)
-    state = tf.Variable(carried.initial_state(config.train.batch_size), trainable=False, name="carried_state")
-    optimizer, variables = model.optimizer, model.trainable_variables
-
-    @tf.function
-    def train_step(x, y):
-        with tf.GradientTape() as tape:
-            probabilities, next_state = carried(x, state, training=True)
-            picked = tf.gather(probabilities, y, batch_dims=2)
-            loss = -tf.reduce_mean(tf.math.log(tf.maximum(picked, 1e-7)))
-        optimizer.apply(tape.gradient(loss, variables), variables)
-        state.assign(next_state)
-        hits = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(probabilities, -1, output_type=tf.int32), y), tf.float32))
-        return loss, hits
-
+    train_step, state = carried_train_step(model, config.train.batch_size)
     iterator = iter(inputs.make_train_data())
     progress.set_model(model)
     progress.on_train_begin()
@@ -679,6 +663,34 @@ def fit_carried(model, inputs: Inputs, *, config: config_lib.Config, progress) -
                                       "val_loss": validation["loss"], "val_accuracy": validation["accuracy"]})
         if model.stop_training:
             break
+
+
+def carried_train_step(model, batch_size: int):
+    """(train_step(x, y) -> (mean loss, accuracy), the state variable it carries [batch, 2*layers, hidden]).
+
+    One update of the compiled `model` by its own optimizer from the state the previous call left,
+    which it then replaces; assign zeros to the state to start the rows anew.
+    """
+    import tensorflow as tf
+
+    from keras_music import model as model_lib
+
+    carried = model_lib.CarriedModel(model)
+    state = tf.Variable(carried.initial_state(batch_size), trainable=False, name="carried_state")
+    optimizer, variables = model.optimizer, model.trainable_variables
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            probabilities, next_state = carried(x, state, training=True)
+            picked = tf.gather(probabilities, y, batch_dims=2)
+            loss = -tf.reduce_mean(tf.math.log(tf.maximum(picked, 1e-7)))
+        optimizer.apply(tape.gradient(loss, variables), variables)
+        state.assign(next_state)
+        hits = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(probabilities, -1, output_type=tf.int32), y), tf.float32))
+        return loss, hits
+
+    return train_step, state
 
 
 def restore_best(model, stop: Stop, *, work_dir: str, run_dir: str, learning_rate: float) -> None:

@@ -54,6 +54,9 @@ def parse_args(argv=None):
     parser.add_argument("--seq-length", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--carry-state", action="store_true",
+                        help="also time train.carry_state's loop (the state carried from batch to batch) on the same "
+                             "model size and stream")
     parser.add_argument("--json", default=None)
     return parser.parse_args(argv)
 
@@ -70,6 +73,8 @@ def main(argv=None) -> int:
         files = dataset.shard_files(run_lib.data_dir(run_dir), "train")
         pieces = dataset.read_pieces(files)
         many_tokens = many_to_many_tokens_per_second(files, [len(p) for p in pieces], len(vocabulary), args)
+        carried = carried_tokens_per_second(files, [len(p) for p in pieces], len(vocabulary), args) \
+            if args.carry_state else None
         one_tokens, one_hot_mib = many_to_one_tokens_per_second(pieces, vocabulary, args)
     flops = lstm_flops_per_token(len(vocabulary), args.embedding_size, args.hidden_size, args.num_layers)
     peak = matmul_gflops(args.batch_size, args.hidden_size * 2, 4 * args.hidden_size)
@@ -84,25 +89,52 @@ def main(argv=None) -> int:
         "matmul_gflops_per_second_at_lstm_shape": peak,
         "share_of_matmul_throughput": achieved / peak,
     }
+    if args.carry_state:
+        results["carried_predicted_tokens_per_second"] = carried
+        results["carried_vs_windows"] = carried / many_tokens
     report(results, args)
     if args.json:
         storage.write_json(args.json, results)
     return 0
 
 
-def many_to_many_tokens_per_second(files, lengths, vocabulary_size: int, args) -> float:
-    """keras_music: many-to-many on the tf.data pipeline, every position predicted."""
+def _stream_and_model(files, lengths, vocabulary_size: int, args, *, carried: bool):
+    """The training stream (windows, or train.carry_state's rows) and a compiled model of the benchmark's size."""
     from keras_music import config as config_lib, dataset, model as model_lib
 
     L, B = args.seq_length, args.batch_size
     steps_per_epoch = dataset.count_windows(lengths, L, stride=L) // B
-    data = dataset.training_dataset(files, config_lib.DataConfig(seq_length=L),
-                                    train=config_lib.TrainConfig(batch_size=B, seed=0, epochs=1000),
-                                    span=dataset.EpochSpan(steps_per_epoch)).repeat()
-    many = model_lib.build_model(vocabulary_size, args.embedding_size, args.hidden_size, args.num_layers, 0.0)
-    many.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    make = dataset.carried_dataset if carried else dataset.training_dataset
+    # The windowed stream chains many epochs cheaply; the carried one holds an epoch per element, so two repeat.
+    data = make(files, config_lib.DataConfig(seq_length=L),
+                train=config_lib.TrainConfig(batch_size=B, seed=0, epochs=2 if carried else 1000),
+                span=dataset.EpochSpan(steps_per_epoch)).repeat()
+    model = model_lib.build_model(vocabulary_size, args.embedding_size, args.hidden_size, args.num_layers, 0.0)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return data, model
+
+
+def many_to_many_tokens_per_second(files, lengths, vocabulary_size: int, args) -> float:
+    """keras_music: many-to-many on the tf.data pipeline, every position predicted."""
+    data, many = _stream_and_model(files, lengths, vocabulary_size, args, carried=False)
     seconds = timed_fit(many, data, args.steps)
-    return args.steps * B * L / seconds
+    return args.steps * args.batch_size * args.seq_length / seconds
+
+
+def carried_tokens_per_second(files, lengths, vocabulary_size: int, args, warmup: int = 3) -> float:
+    """train.carry_state: the training loop's own step on the row-continuing stream, every position predicted."""
+    from keras_music import train
+
+    data, model = _stream_and_model(files, lengths, vocabulary_size, args, carried=True)
+    step, _ = train.carried_train_step(model, args.batch_size)
+    batches = iter(data)
+    for _ in range(warmup):
+        float(step(*next(batches))[0])
+    started = time.perf_counter()
+    for _ in range(args.steps):
+        loss, _ = step(*next(batches))
+    float(loss)
+    return args.steps * args.batch_size * args.seq_length / (time.perf_counter() - started)
 
 
 def many_to_one_tokens_per_second(pieces, vocabulary, args) -> tuple[float, float]:
@@ -139,6 +171,9 @@ def report(results: dict, args) -> None:
     print(f"  many-to-one, one-hot (tutorial): {one:10,.0f} predicted tokens/s")
     print(f"  ratio: {many / one:.1f}x; the tutorial's one-hot targets for the whole corpus "
           f"would take {results['tutorial_full_corpus_one_hot_mib']:,.0f} MiB")
+    if results.get("carried_predicted_tokens_per_second"):
+        print(f"  state carried (train.carry_state): {results['carried_predicted_tokens_per_second']:10,.0f} "
+              f"predicted tokens/s, {results['carried_vs_windows']:.2f}x the many-to-many windows")
     print(f"  training reaches {achieved:.1f} GFLOP/s = {achieved / peak:.0%} of this CPU's matmul throughput "
           f"at the LSTM's shape ({B} x {2 * args.hidden_size} x {4 * args.hidden_size}: {peak:.1f} GFLOP/s)")
 
