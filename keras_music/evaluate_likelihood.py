@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from keras_music import events, model as model_lib, run as run_lib
+from keras_music import events, run as run_lib
 from keras_music import infill, ngram, sampling
 from keras_music.cli import progress
 from keras_music.evaluate_held_out import HeldOutPiece, load_split
@@ -20,9 +20,12 @@ from keras_music.sampling import SamplingSettings
 DEFAULT_ORDERS = tuple(range(1, 13))
 MAX_ORDER = 20
 
-# The LSTM's log probabilities of whole pieces are keras_music.model's (training's whole-piece validation uses them too).
-PROBABILITY_FLOOR = model_lib.PROBABILITY_FLOOR
-token_log_probs = model_lib.token_log_probs
+def token_log_probs(model, pieces, **options):
+    """keras_music.model.token_log_probs: the LSTM's log probabilities of whole pieces (training's whole-piece
+    validation shares it). Imported when called, so this module's names load without TensorFlow."""
+    from keras_music import model as model_lib
+
+    return model_lib.token_log_probs(model, pieces, **options)
 
 
 # ----------------------------------------------------------------------------- LSTM likelihood
@@ -88,6 +91,8 @@ def model_quality(run_dir: str, pieces: list[HeldOutPiece] | None = None, *, mod
         result["raw_perplexity"] = _safe_exp(raw_nll / tokens)
     result["pieces"] = len(pieces)
     result["unknown_tokens"] = int(sum(int(np.sum(p.ids == vocabulary.unk_id)) for p in pieces))
+    from keras_music.model import PROBABILITY_FLOOR
+
     result["floored_probabilities"] = int(sum(int(np.sum(lp <= math.log(PROBABILITY_FLOOR))) for lp in log_probs))
     result["per_piece"] = [
         {"name": p.name, "tokens": len(p.ids), "events": p.events,
@@ -234,6 +239,8 @@ def _distributions(model, sequences) -> list[np.ndarray]:
 
 def _nll(probabilities: np.ndarray, target: int, *, allowed: np.ndarray | None = None) -> float:
     """-log of the target's probability, the distribution first renormalised over `allowed` if given."""
+    from keras_music.model import PROBABILITY_FLOOR
+
     if allowed is not None:
         probabilities = np.where(allowed, probabilities, 0.0)
         probabilities = probabilities / max(probabilities.sum(), PROBABILITY_FLOOR)
