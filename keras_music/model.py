@@ -66,7 +66,6 @@ MAX_BATCH_PIECES = 32
 PROBABILITY_FLOOR = float(np.finfo(np.float32).tiny)
 
 
-
 def _batches_by_length(pieces, vocabulary_size: int) -> list[list[int]]:
     """Indices of the non-empty pieces, shortest first, grouped so a batch's output stays under the caps."""
     order = sorted(range(len(pieces)), key=lambda i: len(pieces[i]))

@@ -395,7 +395,7 @@ def _training_record(run: _Run, trained: _Trained, *, inputs: Inputs, outcome: O
                         sizes=trained.sizes, info=run.info, replicas=int(run.strategy.num_replicas_in_sync),
                         wall_seconds=time.time() - run.started + (run.backup or {}).get("elapsed", 0.0))
     if run.base:
-        # The same held-out windows scored by the model the fine-tune started from: whether
+        # The same held-out windows (or whole pieces) scored by the model the fine-tune started from: whether
         # fine-tuning helped is then one comparison in metrics.json.
         start = inputs.validate(finetune.initial_model(run.base, run.vocabulary, dropout=run.config.model.dropout)) \
             if run.chief else None

@@ -18,7 +18,7 @@ def test_the_carried_model_reads_consecutive_windows_as_one_sequence_with_the_mo
     second, end = carried(tokens[:, 12:], state)
     np.testing.assert_allclose(np.concatenate([first, second], axis=1), whole, atol=1e-6)
     # The state it hands on is the one the step model (generation) reaches after the same tokens.
-    step, step_state = model_lib.StepModel(model), None
+    step = model_lib.StepModel(model)
     step_state = step.initial_state(4)
     for t in range(12):
         _, step_state = step.step(tokens[:, t], step_state)
