@@ -1,6 +1,7 @@
 """tools/infill_side_experiment.py's gap hint: zero outside a middle, the suffix's first sonority and the gap left."""
 
 import numpy as np
+import pytest
 
 import infill_side_experiment as experiment
 from keras_music import events
@@ -59,3 +60,27 @@ def test_the_hinted_model_starts_as_the_base_model_and_shares_its_weights():
     # Training the hinted model trains the base model's own LSTM and head.
     shared = {id(v) for v in base.weights}
     assert sum(id(v) in shared for v in hinted.weights) == len(base.weights) == len(hinted.weights) - 1
+
+
+def test_the_tail_share_counts_the_last_sonority_and_the_last_four_quarters_of_each_middle():
+    class Vocabulary:
+        tokens, boundary_id = TOKENS, 2
+
+        def encode(self, names):
+            return ids(*names)
+
+    class Uniform:  # every token equally likely: the NLL shares are the token shares
+        def __call__(self, tokens, training=False):
+            return np.full(np.shape(tokens) + (len(TOKENS),), 1 / len(TOKENS), np.float32)
+
+    hint = experiment.Hint(TOKENS, grid=24)
+    # Six quarters: C-E (2) | rest (1) | E (1) | G (1/2) | C (1/2) | E-G (1). The last four quarters are the
+    # sonorities from the rest on (11 of the 14 tokens); the last sonority is E-G (3 tokens).
+    middle = ["pitch:60", "pitch:64", "dur:2", "rest", "dur:1", "pitch:64", "dur:1", "pitch:67", "dur:1/2",
+              "pitch:60", "dur:1/2", "pitch:64", "pitch:67", "dur:1"]
+    gap = {"middle": middle, "prefix": ["pitch:60", "dur:1"], "ticks": 6 * 24}
+    shares = experiment.tail_share(Uniform(), [gap], vocabulary=Vocabulary(), hint=hint)
+    assert shares["last_sonority"]["tokens"] == pytest.approx(3 / 14)
+    assert shares["last_sonority"]["nll"] == pytest.approx(3 / 14)
+    assert shares["last_4_quarters"]["tokens"] == pytest.approx(11 / 14)
+    assert shares["nll_per_token"] == pytest.approx(np.log(len(TOKENS)), rel=1e-5)

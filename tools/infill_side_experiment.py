@@ -155,6 +155,39 @@ def score(model, gaps, *, vocabulary, grid: int, hint: Hint) -> dict:
     return {name: value / tokens for name, value in totals.items()}
 
 
+def tail_share(model, gaps, *, vocabulary, hint: Hint, quarters: int = 4) -> dict:
+    """Under a prefix-only continuation (the base model's softmax), the share of the middles' tokens and NLL
+    in their last sonority and in their last `quarters` quarter notes (from the sonority sounding there on):
+    what the bars after a gap could inform most."""
+    from keras_music import evaluate_likelihood as likelihood
+
+    totals = {"tokens": 0, "nll": 0.0, "last_sonority_tokens": 0, "last_sonority_nll": 0.0, "last_bar_tokens": 0,
+              "last_bar_nll": 0.0}
+    for gap in gaps:
+        middle = vocabulary.encode(gap["middle"])
+        lead = [vocabulary.boundary_id] + vocabulary.encode(gap["prefix"])
+        rows = likelihood._distributions(model, [lead + middle])[0][len(lead) - 1:]
+        nll = np.array([likelihood._nll(row, token) for row, token in zip(rows, middle)])
+        ticks = hint.ticks[middle]
+        ends = [i for i, token in enumerate(middle) if hint.is_duration[token]]
+        last = ends[-2] + 1 if len(ends) >= 2 else 0
+        # The first sonority still sounding `quarters` before the gap's end begins after the duration before it.
+        before = gap["ticks"] - quarters * hint.grid
+        elapsed = np.cumsum(ticks)
+        bar = max([e + 1 for e in ends if elapsed[e] <= before], default=0)
+        totals["tokens"] += len(middle)
+        totals["nll"] += float(nll.sum())
+        totals["last_sonority_tokens"] += len(middle) - last
+        totals["last_sonority_nll"] += float(nll[last:].sum())
+        totals["last_bar_tokens"] += len(middle) - bar
+        totals["last_bar_nll"] += float(nll[bar:].sum())
+    return {"last_sonority": {"tokens": totals["last_sonority_tokens"] / totals["tokens"],
+                              "nll": totals["last_sonority_nll"] / totals["nll"]},
+            f"last_{quarters}_quarters": {"tokens": totals["last_bar_tokens"] / totals["tokens"],
+                                          "nll": totals["last_bar_nll"] / totals["nll"]},
+            "nll_per_token": totals["nll"] / totals["tokens"]}
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python tools/infill_side_experiment.py",
                                      description=__doc__.split("\n\n")[0])
@@ -167,6 +200,9 @@ def parse_args(argv=None):
                         help="off: the hint is always zero (plain FIM fine-tuning, the control arm)")
     parser.add_argument("--seed", type=int, default=0, help="training stream and gap choice seed (default: 0)")
     parser.add_argument("--out", required=True, help="JSON file for the scores")
+    parser.add_argument("--tail-only", action="store_true",
+                        help="only measure how much of the held-out middles' NLL their last sonority and last "
+                             "bar hold, with the run's model (no fine-tuning)")
     parser.add_argument("--save", default="", help="also write the fine-tuned model here (FILE.keras)")
     parser.add_argument("--load", default="",
                         help="score this model written by --save instead of fine-tuning (--epochs is ignored)")
@@ -187,6 +223,15 @@ def main(argv=None) -> int:
     grid = int(config.data.grid)
     hint = Hint(vocabulary.tokens, grid)
     base = run_lib.load_model(args.run_dir, vocabulary)
+    if args.tail_only:
+        held_out = evaluate_held_out.load_split(args.run_dir, "validation", vocabulary=vocabulary)
+        gaps = evaluate_likelihood.infill_gaps(args.run_dir, held_out, vocabulary=vocabulary, seed=0)
+        shares = tail_share(base, gaps, vocabulary=vocabulary, hint=hint)
+        storage.write_text(args.out, json.dumps({"gaps": len(gaps), **shares}, indent=2) + "\n")
+        print(f"{len(gaps)} gaps, NLL {shares['nll_per_token']:.4f} per token after the prefix alone; last sonority: "
+              f"{shares['last_sonority']['tokens']:.1%} of the tokens, {shares['last_sonority']['nll']:.1%} of the "
+              f"NLL; last 4 quarters: {shares['last_4_quarters']['tokens']:.1%}, {shares['last_4_quarters']['nll']:.1%}")
+        return 0
     model = build(base, SIZE)
     if args.load:
         model.load_weights(args.load)
