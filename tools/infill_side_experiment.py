@@ -141,7 +141,7 @@ class Scorer:
         return self.model([np.asarray(tokens, np.int32), side[None]], training=False)
 
 
-def score(model, gaps, *, vocabulary, grid: int, hint: Hint) -> dict:
+def score(model, gaps, *, vocabulary, grid: int) -> dict:
     from keras_music import evaluate_likelihood as likelihood
 
     totals: dict[str, float] = {}
@@ -219,6 +219,10 @@ def main(argv=None) -> int:
 
     config = run_lib.load_config(args.run_dir)
     vocabulary = run_lib.load_vocabulary(args.run_dir)
+    if infill.FIM_END not in vocabulary.tokens:
+        print(f"{args.run_dir} was trained without infilling (data.infill_rate 0): expected a run of "
+              "configs/steer.yaml or another run with data.infill_rate > 0", file=sys.stderr)
+        return 2
     info = run_lib.load_prepared(args.run_dir, required=True)
     grid = int(config.data.grid)
     hint = Hint(vocabulary.tokens, grid)
@@ -242,15 +246,13 @@ def main(argv=None) -> int:
     data = dataclasses.replace(config.data, infill_rate=args.infill_rate)
     train_cfg = dataclasses.replace(config.train, epochs=args.epochs, seed=args.seed)
     files = run_lib.shard_paths(args.run_dir, "train", info=info)
-    lengths = list(info["lengths"]["train"])
-    pieces = len(lengths)
     from keras_music import train as train_lib
 
     steps = train_lib.epoch_steps(config, train_lib.shortest_train_lengths(config, info))
     tables = dataset.TokenTables(boundary_id=vocabulary.boundary_id,
                                  is_control=[events.is_control(t) for t in vocabulary.tokens] if data.controls else None)
     stream = dataset.training_dataset(files, data, train=train_cfg, span=dataset.EpochSpan(steps), tokens=tables,
-                                      piece_count=pieces)
+                                      piece_count=len(info["lengths"]["train"]))
     started = time.time()
     history = []
     batches = iter(stream.as_numpy_iterator())
@@ -287,11 +289,10 @@ def main(argv=None) -> int:
         "run_dir": os.path.basename(os.path.normpath(args.run_dir)), "hint": args.hint, "epochs": args.epochs,
         "learning_rate": args.learning_rate, "infill_rate": args.infill_rate, "steps_per_epoch": steps,
         "gaps": len(gaps), "middle_tokens": sum(len(g["middle"]) for g in gaps), "history": history,
-        "with_hint": score(Scorer(model, hint), gaps, vocabulary=vocabulary, grid=grid, hint=hint),
-        "with_hint_whole_prefix": score(Scorer(model, hint), whole, vocabulary=vocabulary, grid=grid, hint=hint),
-        "hint_zeroed": score(Scorer(model, hint, use_hint=False), gaps, vocabulary=vocabulary, grid=grid, hint=hint),
-        "base_model": score(Scorer(build(fresh, SIZE), hint, use_hint=False), gaps, vocabulary=vocabulary, grid=grid,
-                            hint=hint),
+        "with_hint": score(Scorer(model, hint), gaps, vocabulary=vocabulary, grid=grid),
+        "with_hint_whole_prefix": score(Scorer(model, hint), whole, vocabulary=vocabulary, grid=grid),
+        "hint_zeroed": score(Scorer(model, hint, use_hint=False), gaps, vocabulary=vocabulary, grid=grid),
+        "base_model": score(Scorer(build(fresh, SIZE), hint, use_hint=False), gaps, vocabulary=vocabulary, grid=grid),
     }
     trained, base_scores = result["with_hint"], result["base_model"]
     result["reduction_vs_own_prefix_only"] = 1 - trained["fim"] / trained["prefix"]
